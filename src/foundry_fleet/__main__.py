@@ -1,0 +1,3 @@
+from foundry_fleet.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The daemon's local control API (HTTP over a unix socket) and its client."""

@@ -1,0 +1,79 @@
+"""Client for the control API over its unix socket (httpx with a UDS transport)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from foundry_fleet.domain.errors import ERROR_KINDS, DaemonNotRunning, FleetError
+
+
+class ControlClient:
+    def __init__(self, socket_path: Path, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.socket_path = socket_path
+        self._client = httpx.Client(
+            transport=transport or httpx.HTTPTransport(uds=str(socket_path)),
+            base_url="http://fleet.invalid",
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self._client.request(method, path, **kwargs)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
+            raise DaemonNotRunning(
+                f"the fleet daemon is not running (no answer on {self.socket_path})",
+                "start it with `foundry-fleet up`",
+            ) from e
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                cls = ERROR_KINDS.get(body.get("error", ""), FleetError)
+                raise cls(body.get("message", r.text), body.get("hint"))
+            except ValueError:
+                raise FleetError(f"control API answered {r.status_code}: {r.text[:200]}") from None
+        return r.json()
+
+    def reachable(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        try:
+            self._call("GET", "/v1/health")
+            return True
+        except DaemonNotRunning:
+            return False
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health")
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/instances")
+
+    def get_instance(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/instances/{name}")
+
+    def create_instance(self, **body: Any) -> dict[str, Any]:
+        return self._call("POST", "/v1/instances", json=body)
+
+    def action(self, name: str, verb: str, wait: bool = True) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/{verb}", params={"wait": wait})
+
+    def delete_instance(self, name: str, purge: bool) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/instances/{name}", params={"purge": purge})
+
+    def events(self, target: str | None, limit: int) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if target:
+            params["target"] = target
+        return self._call("GET", "/v1/events", params=params)
+
+    def openapi(self) -> dict[str, Any]:
+        return self._call("GET", "/openapi.json")

@@ -1,0 +1,157 @@
+"""`foundry-fleet instance ...`: create, inspect, start, stop and delete Foundry instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from foundry_fleet.cli.context import CliContext
+from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json
+from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.runtime.logs import follow, tail
+
+app = typer.Typer(help="Foundry instances, one per tenant.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}", "give a readable file holding the password") from None
+    value = text.rstrip("\r\n")
+    if not value or "\n" in value:
+        raise InvalidInput(f"{path} must hold the password on one line", "write just the password into it")
+    return value
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="becomes the host <name>.<domain>: lowercase letters, digits, dashes")],
+    release: Annotated[str, typer.Option("--release", "-r", help="a version from `release list`, e.g. 13.345")],
+    license_key: Annotated[Optional[str], typer.Option("--license", help="the tenant's Foundry license key")] = None,
+    owner: Annotated[Optional[str], typer.Option(help="the tenant's Discord user id")] = None,
+    admin_password_file: Annotated[
+        Optional[Path], typer.Option(help="file holding the Foundry admin password (else one is generated)")
+    ] = None,
+    start: Annotated[bool, typer.Option(help="start it once created")] = True,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create an instance: storage, install, options.json, license.json, admin.txt, a port."""
+    c: CliContext = ctx.obj
+    password = _read_secret_file(admin_password_file) if admin_password_file else None
+    client = c.daemon()
+    if client is not None:
+        result: dict[str, Any] = client.create_instance(
+            name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start
+        )
+    else:
+        result = c.fleet().create_instance(name, release, license_key, owner, password, start).to_dict()
+    inst = result["instance"]
+    if json_out:
+        print_json(result)
+    else:
+        console.print(instance_detail(inst))
+        if client is None and start:
+            err_console.print("[yellow]the fleet daemon is not running:[/] the instance starts when `foundry-fleet up` runs")
+    if result.get("admin_password"):
+        # Shown once: only its hash is kept (Config/admin.txt).
+        err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
+                          highlight=False)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Every instance with its state, port and URL."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    rows = client.list_instances() if client else [i.to_dict() for i in c.fleet().list_instances()]
+    if json_out:
+        print_json(rows)
+    else:
+        console.print(instances_table(rows))
+
+
+@app.command()
+def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """One instance in detail."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    row = client.get_instance(name) if client else c.fleet().get_instance(name).to_dict()
+    if json_out:
+        print_json(row)
+    else:
+        console.print(instance_detail(row))
+
+
+def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool) -> None:
+    c: CliContext = ctx.obj
+    row = c.require_daemon().action(name, verb, wait=wait)
+    if json_out:
+        print_json(row)
+    else:
+        console.print(f"{name}: {row['state']}" + (f" ({row['state_reason']})" if row["state_reason"] else ""))
+    if wait and verb in ("start", "restart") and row["state"] == "failed":
+        raise typer.Exit(1)
+
+
+WaitFlag = Annotated[bool, typer.Option(help="wait until the instance settles")]
+
+
+@app.command()
+def start(ctx: typer.Context, name: str, wait: WaitFlag = True, json_out: JsonFlag = False) -> None:
+    """Start an instance (also after it failed in a crash loop)."""
+    _action(ctx, name, "start", wait, json_out)
+
+
+@app.command()
+def stop(ctx: typer.Context, name: str, wait: WaitFlag = True, json_out: JsonFlag = False) -> None:
+    """Stop an instance gracefully (SIGTERM, then SIGKILL after stop_timeout)."""
+    _action(ctx, name, "stop", wait, json_out)
+
+
+@app.command()
+def restart(ctx: typer.Context, name: str, wait: WaitFlag = True, json_out: JsonFlag = False) -> None:
+    """Restart an instance."""
+    _action(ctx, name, "restart", wait, json_out)
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    name: str,
+    purge: Annotated[bool, typer.Option(help="also destroy its data (otherwise kept under archive/)")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Delete an instance. Its data is kept under archive/ unless --purge."""
+    c: CliContext = ctx.obj
+    if purge and not yes:
+        typer.confirm(f"Destroy all data of {name}? This cannot be undone.", abort=True)
+    client = c.daemon()
+    kept = client.delete_instance(name, purge)["kept_at"] if client else c.fleet().delete_instance(name, purge)
+    console.print(f"deleted {name}" + (f"; data kept at {kept}" if kept else "; data destroyed"))
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    name: str,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 100,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+) -> None:
+    """An instance's server log (stdout and stderr)."""
+    c: CliContext = ctx.obj
+    c.fleet().get_instance(name)  # a clear error for unknown names
+    path = c.config.paths.instance_logs(name) / "foundry.log"
+    for line in tail(path, lines):
+        typer.echo(line)
+    if follow_:
+        try:
+            for line in follow(path):
+                typer.echo(line)
+        except KeyboardInterrupt:
+            pass

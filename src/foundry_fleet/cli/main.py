@@ -1,0 +1,146 @@
+"""foundry-fleet: the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from foundry_fleet.cli import instance as instance_cmds
+from foundry_fleet.cli import release as release_cmds
+from foundry_fleet.cli.context import CliContext
+from foundry_fleet.cli.render import console, err_console, events_table, instances_table, print_json
+from foundry_fleet.domain.errors import FleetError
+
+app = typer.Typer(
+    name="foundry-fleet",
+    help="Host Foundry Virtual Tabletop for many game masters on one server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(release_cmds.app, name="release")
+app.add_typer(instance_cmds.app, name="instance")
+
+ConfigOption = Annotated[
+    Optional[str],
+    typer.Option("--config", "-c", help="fleet.toml (else $FOUNDRY_FLEET_CONFIG, ./fleet.toml, ./fleet-data/fleet.toml)"),
+]
+
+
+@app.callback()
+def main_callback(ctx: typer.Context, config: ConfigOption = None) -> None:
+    ctx.obj = CliContext(config_path=config)
+
+
+@app.command()
+def init(
+    root: Annotated[Path, typer.Option(help="directory for the fleet's state and fleet.toml")] = Path("fleet-data"),
+    domain: Annotated[Optional[str], typer.Option(help="serve tenants at <instance>.<domain> (ACME on 80/443)")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="edge HTTP port (default 8080, or 80 with --domain)")] = None,
+    https_port: Annotated[Optional[int], typer.Option(help="edge HTTPS port (default 8443, or 443 with --domain)")] = None,
+    tls: Annotated[Optional[str], typer.Option(help="internal | acme | on-demand")] = None,
+    storage: Annotated[str, typer.Option(help="directory | zfs")] = "directory",
+    force: Annotated[bool, typer.Option(help="overwrite an existing fleet.toml")] = False,
+) -> None:
+    """Create a fleet: write a documented fleet.toml under ROOT."""
+    from foundry_fleet.services.init import init_fleet
+
+    path = init_fleet(root, domain, http_port, https_port, tls, storage, force)
+    console.print(f"wrote {path}")
+    console.print(f"next: foundry-fleet --config {path} up")
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    leave_running: Annotated[
+        bool, typer.Option(help="on exit, leave instances running for the next `up` to re-attach")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the fleet daemon in the foreground: supervise instances, serve the control API."""
+    from rich.logging import RichHandler
+
+    from foundry_fleet.services.daemon import serve
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
+
+
+@app.command()
+def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The daemon and every instance, at a glance."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    if client is not None:
+        data = client.status()
+    else:
+        data = {
+            "daemon": {"running": False, "root": str(c.config.root)},
+            "capabilities": [],
+            "instances": [i.to_dict() for i in c.fleet().list_instances()],
+        }
+    if json_out:
+        print_json(data)
+        return
+    d = data["daemon"]
+    if d["running"]:
+        console.print(f"daemon: [green]running[/] (pid {d['pid']}) for {d['root']}")
+    else:
+        console.print(f"daemon: [red]not running[/] for {d['root']} (states below are the last recorded)")
+    for cap in data["capabilities"]:
+        if not cap["available"]:
+            console.print(f"[yellow]not available:[/] {cap['name']}: {cap['detail']}")
+    console.print(instances_table(data["instances"]))
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    instance: Annotated[Optional[str], typer.Option(help="only events about this instance")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What happened, who did it, and how it went."""
+    rows = [e.to_dict() for e in ctx.obj.fleet().events(instance, limit)]
+    if json_out:
+        print_json(rows)
+    else:
+        console.print(events_table(rows))
+
+
+@app.command("api-schema")
+def api_schema(ctx: typer.Context) -> None:
+    """Print the control API's OpenAPI schema (from the running daemon)."""
+    print_json(ctx.obj.require_daemon().openapi())
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except FleetError as e:
+        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        if e.hint:
+            err_console.print(f"[dim]hint:[/] {e.hint}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (typer.Abort, typer.Exit) as e:
+        sys.exit(getattr(e, "exit_code", 1))
+    except Exception as e:  # click usage errors and the like carry their own exit codes
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

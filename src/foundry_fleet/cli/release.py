@@ -1,0 +1,47 @@
+"""`foundry-fleet release ...`: the host's cache of Foundry releases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from foundry_fleet.cli.render import console, print_json, releases_table
+
+app = typer.Typer(help="Add, list and remove Foundry releases.", no_args_is_help=True)
+
+
+@app.command("add")
+def add(ctx: typer.Context, source: Annotated[str, typer.Argument(help="a release zip path, or an https URL (e.g. a timed download URL)")]) -> None:
+    """Add a release to the cache (downloads once; cached versions never hit the network again)."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(phase: str, done: int, total: int | None) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        release = ctx.obj.fleet().add_release(source, on_progress)
+    console.print(f"release [bold]{release.version}[/] ready ({release.layout} build, Node.js {release.node})")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Releases in this fleet, and which instances use them."""
+    rows = [r.to_dict() for r in ctx.obj.fleet().list_releases()]
+    if json_out:
+        print_json(rows)
+    else:
+        console.print(releases_table(rows))
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, version: str) -> None:
+    """Remove a release (refused while an instance uses it)."""
+    ctx.obj.fleet().remove_release(version)
+    console.print(f"removed release {version}")

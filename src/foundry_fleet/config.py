@@ -1,0 +1,237 @@
+"""fleet.toml: the fleet's configuration, validated by pydantic with one clear message per bad key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from foundry_fleet.domain.crash_policy import CrashPolicy
+from foundry_fleet.domain.errors import InvalidInput, NotFound
+from foundry_fleet.domain.names import validate_domain
+
+CONFIG_ENV = "FOUNDRY_FLEET_CONFIG"
+CONFIG_NAME = "fleet.toml"
+DEFAULT_ROOT = "fleet-data"
+
+# Where foundryvtt.com serves release zips from (timed URLs point at these).
+DEFAULT_DOWNLOAD_HOSTS = ["foundryvtt.com", "*.foundryvtt.com"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FleetSection(_Section):
+    root: Path = Field(description="where the fleet keeps its state; relative paths are relative to fleet.toml")
+    domain: str = Field("localhost", description="tenant hosts are <instance>.<domain>")
+    fleet_host: str = Field("fleet", description="the fleet's own host label: <fleet_host>.<domain>")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return validate_domain(v)
+
+
+class EdgeSection(_Section):
+    http_port: int = Field(8080, ge=1, le=65535)
+    https_port: int = Field(8443, ge=1, le=65535)
+    tls: Literal["internal", "acme", "on-demand"] = "internal"
+    acme_email: str = ""
+
+
+class StorageSection(_Section):
+    driver: Literal["directory", "zfs"] = "directory"
+
+
+class ReleasesSection(_Section):
+    cache_dir: Path | None = Field(None, description="host-wide release cache; default <root>/releases")
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_DOWNLOAD_HOSTS))
+    allow_private_addresses: bool = Field(False, description="tests only: allow loopback/private download hosts")
+    extra_ca_file: Path | None = Field(None, description="tests only: trust this CA for downloads")
+    max_download_mb: int = Field(2048, ge=1)
+    max_unpacked_mb: int = Field(4096, ge=1)
+    max_entries: int = Field(200_000, ge=1)
+
+
+class NodeSection(_Section):
+    default: str = Field("node", description="node binary used when no per-major binary is set")
+    binaries: dict[str, str] = Field(default_factory=dict, description='per Foundry major, e.g. "14" = "/opt/node24/bin/node"')
+
+    @field_validator("binaries")
+    @classmethod
+    def _majors(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not key.isdigit():
+                raise ValueError(f"key {key!r} is not a Foundry major version number")
+        return v
+
+    def binary_for(self, generation: int) -> str:
+        return self.binaries.get(str(generation), self.default)
+
+
+class InstancesSection(_Section):
+    port_range: tuple[int, int] = (30000, 30999)
+    uid_range: tuple[int, int] = Field((200000, 265535), description="uids for instances when run as root")
+    stop_timeout: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> InstancesSection:
+        lo, hi = self.port_range
+        if not (1024 <= lo <= hi <= 65535):
+            raise ValueError("port_range must be [low, high] with 1024 <= low <= high <= 65535")
+        ulo, uhi = self.uid_range
+        if not (1000 <= ulo <= uhi < 2**31):
+            raise ValueError("uid_range must be [low, high] with 1000 <= low <= high")
+        return self
+
+
+class SupervisorSection(_Section):
+    backoff_initial: float = Field(1.0, gt=0)
+    backoff_max: float = Field(60.0, gt=0)
+    crash_loop_count: int = Field(5, ge=1, description="more crashes than this ...")
+    crash_loop_minutes: float = Field(10.0, gt=0, description="... within this many minutes: failed")
+    stable_after: float = Field(60.0, gt=0)
+    health_interval: float = Field(5.0, gt=0)
+    health_timeout: float = Field(2.0, gt=0)
+    health_failures: int = Field(3, ge=1, description="consecutive failed checks of a running instance before a restart")
+    start_timeout: float = Field(120.0, gt=0)
+
+    def crash_policy(self) -> CrashPolicy:
+        return CrashPolicy(
+            backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max,
+            max_crashes=self.crash_loop_count,
+            window=self.crash_loop_minutes * 60,
+            stable_after=self.stable_after,
+        )
+
+
+class LimitsSection(_Section):
+    memory_mb: int = Field(2048, ge=64)
+    cpu_percent: int = Field(100, ge=1, description="100 = one core")
+    pids: int = Field(512, ge=16)
+
+
+class LogsSection(_Section):
+    max_kb: int = Field(10240, ge=1)
+    keep: int = Field(5, ge=1)
+
+
+class FleetConfig(_Section):
+    fleet: FleetSection
+    edge: EdgeSection = EdgeSection()
+    storage: StorageSection = StorageSection()
+    releases: ReleasesSection = ReleasesSection()
+    node: NodeSection = NodeSection()
+    instances: InstancesSection = InstancesSection()
+    supervisor: SupervisorSection = SupervisorSection()
+    limits: LimitsSection = LimitsSection()
+    logs: LogsSection = LogsSection()
+
+    @property
+    def root(self) -> Path:
+        return self.fleet.root
+
+    @property
+    def paths(self) -> FleetPaths:
+        return FleetPaths(self.fleet.root, self.releases.cache_dir or self.fleet.root / "releases")
+
+    def host_for(self, instance: str) -> str:
+        return f"{instance}.{self.fleet.domain}"
+
+    def public_url(self, instance: str) -> str:
+        port = "" if self.edge.https_port == 443 else f":{self.edge.https_port}"
+        return f"https://{self.host_for(instance)}{port}/-/"
+
+
+@dataclass(frozen=True)
+class FleetPaths:
+    """Where things live under the fleet root (the seed's layout)."""
+
+    root: Path
+    releases: Path
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state" / "fleet.sqlite"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "control.sock"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.run / "daemon.lock"
+
+    def instance_logs(self, name: str) -> Path:
+        return self.logs / "instances" / name
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $FOUNDRY_FLEET_CONFIG, else ./fleet.toml, else ./fleet-data/fleet.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    for candidate in (Path(CONFIG_NAME), Path(DEFAULT_ROOT) / CONFIG_NAME):
+        if candidate.exists():
+            return candidate
+    raise NotFound(
+        "no fleet.toml found (looked for --config, $FOUNDRY_FLEET_CONFIG, ./fleet.toml, ./fleet-data/fleet.toml)",
+        "create a fleet with: foundry-fleet init --root fleet-data",
+    )
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{path}: [{key}] {first['msg']}{tail}"
+
+
+def load_config(path: Path) -> FleetConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"config file {path} does not exist", "run foundry-fleet init, or pass --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{path} is not valid TOML: {e}", "fix the file, or re-create it with foundry-fleet init") from None
+    base = path.resolve().parent
+    fleet = raw.get("fleet") if isinstance(raw.get("fleet"), dict) else None
+    if fleet is not None:
+        fleet.setdefault("root", ".")
+        fleet["root"] = str((base / str(fleet["root"])).resolve())
+    releases = raw.get("releases")
+    if isinstance(releases, dict) and isinstance(releases.get("cache_dir"), str):
+        releases["cache_dir"] = str((base / releases["cache_dir"]).resolve())
+    try:
+        return FleetConfig.model_validate(raw)
+    except ValidationError as e:
+        raise InvalidInput(_describe(e, path), "fix that key in fleet.toml (see the comments there)") from None

@@ -1,0 +1,59 @@
+"""Errors that reach a person: what was wrong, and what to do next."""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error the fleet reports to a person.
+
+    `hint` says what to do next; adapters print it under the message.
+    """
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"error": self.kind, "message": self.message, "hint": self.hint}
+
+
+class InvalidInput(FleetError):
+    kind = "invalid"
+    exit_code = 2
+
+
+class NotFound(FleetError):
+    kind = "not_found"
+    exit_code = 3
+
+
+class Conflict(FleetError):
+    kind = "conflict"
+    exit_code = 4
+
+
+class Unsupported(FleetError):
+    kind = "unsupported"
+    exit_code = 5
+
+
+class DaemonNotRunning(FleetError):
+    kind = "daemon_not_running"
+    exit_code = 6
+
+
+class ExternalFailure(FleetError):
+    """Something outside the fleet (network, a binary, the kernel) failed."""
+
+    kind = "external"
+    exit_code = 7
+
+
+ERROR_KINDS: dict[str, type[FleetError]] = {
+    cls.kind: cls
+    for cls in (FleetError, InvalidInput, NotFound, Conflict, Unsupported, DaemonNotRunning, ExternalFailure)
+}

@@ -1,0 +1,54 @@
+"""The files Foundry reads from `Config/`, built as data."""
+
+from __future__ import annotations
+
+import re
+
+from foundry_fleet.domain.errors import InvalidInput
+
+ROUTE_PREFIX = "-"
+
+
+def build_options(
+    *, data_path: str, port: int, hostname: str, proxy_port: int, proxy_ssl: bool = True
+) -> dict[str, object]:
+    """options.json for an instance behind the fleet's edge (Caddy terminates TLS)."""
+    return {
+        "dataPath": data_path,
+        "port": port,
+        "hostname": hostname,
+        "localHostname": None,
+        "routePrefix": ROUTE_PREFIX,
+        "proxySSL": proxy_ssl,
+        "proxyPort": proxy_port,
+        "sslCert": None,
+        "sslKey": None,
+        "upnp": False,
+        "awsConfig": None,
+        "world": None,
+        "language": "en.core",
+        "compressStatic": True,
+        "compressSocket": True,
+        "fullscreen": False,
+        "updateChannel": "stable",
+        "hotReload": False,
+        "telemetry": False,
+    }
+
+
+_LICENSE = re.compile(r"^[A-Z0-9]{24}$")
+
+
+def normalise_license_key(key: str) -> str:
+    """Foundry keys are 24 characters, shown in groups of four with dashes; license.json holds them bare."""
+    bare = re.sub(r"[\s-]", "", key).upper()
+    if not _LICENSE.match(bare):
+        raise InvalidInput(
+            "the license key is not a Foundry license key",
+            "copy it from your foundryvtt.com account: 24 letters and digits, dashes optional",
+        )
+    return bare
+
+
+def build_license(key: str) -> dict[str, str]:
+    return {"license": normalise_license_key(key)}

@@ -1,0 +1,1 @@
+"""Runtime drivers: run and supervise an instance's process."""

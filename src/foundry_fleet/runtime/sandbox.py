@@ -1,0 +1,155 @@
+"""The bubblewrap sandbox one instance runs in.
+
+Inside, the instance sees only what Foundry needs: the system's programs and libraries (read-only),
+its own release (read-only), its own data directory (read-write) and the shared assets (read-only,
+at `Data/shared`, because Foundry serves nothing outside `Data/`). Other tenants' directories, the
+fleet's database and the host's /home, /root, /var and /sys do not exist in there.
+
+Paths are the same inside and outside, so `argv` and options.json need no translation.
+
+Deliberate choices:
+- No `--die-with-parent`: the parent is the control plane, and instances must outlive its restarts.
+- No `--new-session`: the task keeps the process group the runtime created, so one killpg reaches
+  bwrap, its init and node. TIOCSTI (the reason for --new-session) needs a terminal, and the task has
+  none: it runs in a session of its own with stdin on /dev/null.
+- Host networking stays: Foundry must listen on its port for the edge. The firewall (firewall.py)
+  keeps other machines away from that port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from foundry_fleet.runtime.base import Capability, TaskSpec
+
+# What node needs from the host, and why:
+#   /usr, /bin, /lib, /lib64   node, the ELF loader, libc/libstdc++, ICU and tz data, CA bundle
+#                              (on merged-/usr systems the last three are symlinks into /usr)
+#   /etc/ssl                   OpenSSL config and the CA links node uses for HTTPS to foundryvtt.com
+#   /etc/resolv.conf, /etc/hosts, /etc/nsswitch.conf   name resolution
+#   /etc/localtime             local time in log lines
+SYSTEM_PATHS = (
+    "/usr",
+    "/bin",
+    "/lib",
+    "/lib64",
+    "/etc/ssl",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
+)
+
+SHARED_MOUNT = Path("Data") / "shared"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def find_bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def probe(bwrap: str | None) -> Capability:
+    """Run a real (tiny) sandbox once: installed is not the same as usable (user namespaces)."""
+    if bwrap is None:
+        return Capability(
+            "sandbox",
+            False,
+            "bubblewrap is not installed (apt install bubblewrap): every instance could read the "
+            "others' data and write the shared assets wherever file permissions allow",
+        )
+    try:
+        result = subprocess.run(
+            [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+             "--proc", "/proc", "--dev", "/dev", "true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Capability("sandbox", False, f"{bwrap} could not run: {exc}")
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip()
+        return Capability("sandbox", False, f"{bwrap} is installed but fails here: {err}")
+    return Capability("sandbox", True, f"bubblewrap at {bwrap}: private /proc, pid/ipc/uts namespaces, "
+                      "only the instance's own directories visible, shared assets read-only")
+
+
+def _mirror(path: str) -> list[str]:
+    """Expose a host path at the same place: symlinks stay symlinks, the rest is bound read-only."""
+    if os.path.islink(path):
+        return ["--symlink", os.readlink(path), path]
+    if os.path.exists(path):
+        return ["--ro-bind", path, path]
+    return []
+
+
+def _node_dirs(argv0: str, env_path: str) -> list[str]:
+    """The node binary's directory, when it lives outside /usr (e.g. /opt/node/bin)."""
+    found = shutil.which(argv0, path=env_path) if "/" not in argv0 else argv0
+    if not found:
+        return []
+    dirs = []
+    for candidate in {os.path.dirname(os.path.abspath(found)), os.path.dirname(os.path.realpath(found))}:
+        if not (candidate == "/usr" or candidate.startswith("/usr/") or candidate in ("/bin", "/sbin")):
+            dirs.append(candidate)
+    return sorted(dirs)
+
+
+def sandbox_env(spec: TaskSpec) -> dict[str, str]:
+    """The whole environment the server sees: nothing leaks in from the control plane."""
+    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": os.environ.get("LANG", "C.UTF-8")}
+    env["HOME"] = str(spec.data_dir)
+    env.update(spec.env)
+    return env
+
+
+def bwrap_argv(
+    spec: TaskSpec, bwrap: str, info_fd: int | None = None, privileged: bool | None = None
+) -> list[str]:
+    """The full command line: bwrap, its options, `--`, then the server's argv.
+
+    `privileged`: bwrap itself runs as root (default: this process is root and no uid is set).
+    """
+    if privileged is None:
+        privileged = os.geteuid() == 0 and spec.uid is None
+    env = sandbox_env(spec)
+    args = [
+        bwrap,
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname", spec.name,
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+    ]
+    for path in SYSTEM_PATHS:
+        args += _mirror(path)
+    for node_dir in _node_dirs(spec.argv[0], env["PATH"]):
+        args += ["--ro-bind", node_dir, node_dir]
+
+    install = str(spec.install_dir)
+    real_install = os.path.realpath(install)
+    # node resolves the entry script's symlinks, so a linked release must exist at its real path too.
+    if real_install != install:
+        args += ["--ro-bind", real_install, real_install]
+    args += ["--ro-bind", install, install]
+
+    data = str(spec.data_dir)
+    args += ["--bind", data, data]
+    if spec.shared_dir is not None:
+        args += ["--ro-bind", str(spec.shared_dir), str(spec.data_dir / SHARED_MOUNT)]
+
+    args += ["--chdir", data, "--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    if privileged:
+        # Privileged bwrap would otherwise hand root's capabilities to the server.
+        args += ["--cap-drop", "ALL"]
+    if info_fd is not None:
+        args += ["--info-fd", str(info_fd)]
+    return [*args, "--", *spec.argv]

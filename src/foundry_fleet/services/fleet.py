@@ -1,0 +1,454 @@
+"""The fleet's operations. Adapters (CLI, control API) call these; nothing else changes state."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from foundry_fleet.config import FleetConfig
+from foundry_fleet.domain import admin_key
+from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
+from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.foundry_options import build_license, build_options, normalise_license_key
+from foundry_fleet.domain.instance import DesiredState, InstanceState
+from foundry_fleet.domain.names import validate_instance_name
+from foundry_fleet.domain.ports import choose_port
+from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, node_range_for
+from foundry_fleet.releases.cache import ReleaseCache
+from foundry_fleet.releases.policy import ProgressCallback
+from foundry_fleet.services.events import record
+from foundry_fleet.services.node_binaries import resolve_node
+from foundry_fleet.services.views import CreatedInstance, EventView, InstanceView, ReleaseView
+from foundry_fleet.storage.base import Storage
+from foundry_fleet.store.models import EventRow, Instance, Release, Tenant
+
+MIN_ADMIN_PASSWORD = 8
+
+
+def _port_is_free(port: int) -> bool:
+    """Nothing on the host listens on `port` (an instance bound there would fail to start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def validate_discord_id(value: str) -> str:
+    v = value.strip()
+    if not v.isdigit() or not 15 <= len(v) <= 21:
+        raise InvalidInput(f"{value!r} is not a Discord user id", "Discord ids are 17-20 digit numbers (Developer Mode: Copy User ID)")
+    return v
+
+
+class Fleet:
+    """One fleet: its configuration, state database, storage and release cache."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        releases: ReleaseCache,
+        actor: str = "cli",
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.storage = storage
+        self.releases = releases
+        self.actor = actor
+        self.running_as_root = os.geteuid() == 0
+
+    # helpers ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def _instance_row(self, session: Session, name: str) -> Instance:
+        row = session.scalar(select(Instance).where(Instance.name == name))
+        if row is None:
+            raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
+        return row
+
+    def view(self, row: Instance) -> InstanceView:
+        paths = self.storage.paths(row.name)
+        task = row.task or {}
+        return InstanceView(
+            name=row.name,
+            state=row.state,
+            desired=row.desired,
+            state_reason=row.state_reason,
+            release=row.release_version,
+            port=row.port,
+            host=self.config.host_for(row.name),
+            url=self.config.public_url(row.name),
+            data_dir=str(paths.data),
+            install_dir=str(paths.install),
+            pid=task.get("pid") if isinstance(task.get("pid"), int) else None,
+            restarts=row.restarts,
+            owner=row.owner.discord_id if row.owner else None,
+            uid=row.uid,
+            created_at=row.created_at,
+        )
+
+    def _creation_lock(self, name: str) -> FileLock:
+        lock_dir = self.config.paths.run / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"create-{name}.lock"))
+
+    # releases -----------------------------------------------------------------------------
+
+    def add_release(self, source: str, progress: ProgressCallback | None = None) -> ReleaseView:
+        info = self.releases.add(source, progress)
+        try:
+            # A release that no node binary here can run is refused now, not when a tenant starts it.
+            resolve_node(self.config.node, info.generation)
+        except FleetError as e:
+            with self._session() as s:
+                record(s, self.actor, "release.add", info.version, Outcome.REFUSED, e.message)
+            raise
+        with self._session() as s:
+            row = s.get(Release, info.version)
+            if row is None:
+                s.add(_release_row(info))
+                record(s, self.actor, "release.add", info.version, Outcome.OK, f"from {info.source}", sha256=info.sha256)
+            elif row.sha256 != info.sha256:
+                raise Conflict(
+                    f"release {info.version} is already registered with another zip (sha256 {row.sha256[:12]}...)",
+                    f"remove it first with `foundry-fleet release remove {info.version}`",
+                )
+        return self.get_release(info.version)
+
+    def _release_view(self, s: Session, row: Release) -> ReleaseView:
+        users = s.scalars(select(Instance.name).where(Instance.release_version == row.version)).all()
+        return ReleaseView(
+            version=row.version, generation=row.generation, build=row.build, layout=row.layout,
+            entry=row.entry, node=str(node_range_for(row.generation)), sha256=row.sha256,
+            zip_bytes=row.zip_bytes, unpacked_bytes=row.unpacked_bytes, source=row.source,
+            instances=sorted(users),
+        )
+
+    def get_release(self, version: str) -> ReleaseView:
+        with self._session() as s:
+            row = s.get(Release, version)
+            if row is None:
+                raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`, or add it with `release add`")
+            return self._release_view(s, row)
+
+    def list_releases(self) -> list[ReleaseView]:
+        with self._session() as s:
+            rows = s.scalars(select(Release).order_by(Release.generation, Release.build)).all()
+            return [self._release_view(s, r) for r in rows]
+
+    def remove_release(self, version: str) -> None:
+        with self._session() as s:
+            row = s.get(Release, version)
+            if row is None:
+                raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`")
+            users = s.scalars(select(Instance.name).where(Instance.release_version == version)).all()
+            if users:
+                record(s, self.actor, "release.remove", version, Outcome.REFUSED, "in use")
+                raise Conflict(
+                    f"release {version} is in use by {', '.join(sorted(users))}",
+                    "upgrade or delete those instances first",
+                )
+            s.delete(row)
+            record(s, self.actor, "release.remove", version, Outcome.OK)
+        self.releases.remove(version)
+
+    # instances: reading -------------------------------------------------------------------
+
+    def list_instances(self) -> list[InstanceView]:
+        with self._session() as s:
+            return [self.view(r) for r in s.scalars(select(Instance).order_by(Instance.name)).all()]
+
+    def get_instance(self, name: str) -> InstanceView:
+        with self._session() as s:
+            return self.view(self._instance_row(s, name))
+
+    def events(self, target: str | None = None, limit: int = 50) -> list[EventView]:
+        with self._session() as s:
+            q = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+            if target:
+                q = q.where(EventRow.target == target)
+            rows = s.scalars(q).all()
+            return [EventView(r.at, r.actor, r.action, r.target, r.outcome, r.message) for r in reversed(rows)]
+
+    # instances: creating ------------------------------------------------------------------
+
+    def create_instance(
+        self,
+        name: str,
+        release: str,
+        license_key: str | None = None,
+        owner: str | None = None,
+        admin_password: str | None = None,
+        start: bool = True,
+    ) -> CreatedInstance:
+        name = validate_instance_name(name, frozenset({self.config.fleet.fleet_host}))
+        license_json = build_license(license_key) if license_key else None
+        owner_id = validate_discord_id(owner) if owner else None
+        if admin_password is not None and len(admin_password) < MIN_ADMIN_PASSWORD:
+            raise InvalidInput(f"the admin password is shorter than {MIN_ADMIN_PASSWORD} characters", "choose a longer one")
+        generated = admin_password is None
+        password = admin_key.generate_admin_password() if generated else admin_password
+        assert password is not None
+
+        self.repair_interrupted()
+        lock = self._creation_lock(name)
+        with lock:
+            row_id = self._reserve_instance(name, release, owner_id, start)
+            try:
+                self._provision(name, license_json, password)
+            except BaseException as e:
+                self._roll_back_creation(name, f"{type(e).__name__}: {e}")
+                raise
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            assert row.id == row_id
+            row.state = InstanceState.STOPPED.value
+            row.state_reason = "created"
+            record(s, self.actor, "instance.create", name, Outcome.OK, f"release {release}, port {row.port}")
+            view = self.view(row)
+        return CreatedInstance(view, password if generated else None)
+
+    def _reserve_instance(self, name: str, release: str, owner_id: str | None, start: bool) -> int:
+        """Insert the row in state `creating`: it holds the name, port and uid while files are laid out."""
+        lo, hi = self.config.instances.port_range
+        for attempt in range(3):
+            try:
+                with self._session() as s:
+                    if s.scalar(select(Instance.id).where(Instance.name == name)) is not None:
+                        raise Conflict(f"an instance named {name!r} already exists", "choose another name, or delete it first")
+                    rel = s.get(Release, release)
+                    if rel is None:
+                        raise NotFound(
+                            f"release {release} is not in this fleet",
+                            "see `foundry-fleet release list`, or add it with `foundry-fleet release add ZIP_OR_URL`",
+                        )
+                    resolve_node(self.config.node, rel.generation)
+                    taken = s.scalars(select(Instance.port)).all()
+                    port = choose_port(lo, hi, taken, _port_is_free)
+                    uid = self._allocate_uid(s) if self.running_as_root else None
+                    tenant = None
+                    if owner_id:
+                        tenant = s.scalar(select(Tenant).where(Tenant.discord_id == owner_id))
+                        if tenant is None:
+                            tenant = Tenant(discord_id=owner_id)
+                            s.add(tenant)
+                    row = Instance(
+                        name=name, release_version=release, port=port, uid=uid, owner=tenant,
+                        desired=(DesiredState.RUNNING if start else DesiredState.STOPPED).value,
+                        state=InstanceState.CREATING.value, state_reason="laying out storage",
+                        restarts=0, crash_times=[],
+                    )
+                    s.add(row)
+                    s.flush()
+                    return row.id
+            except IntegrityError:
+                # Another creator took the same port or uid between our read and write: pick again.
+                if attempt == 2:
+                    raise Conflict("could not reserve a port for the instance (busy fleet)", "try again") from None
+        raise AssertionError("unreachable")
+
+    def _allocate_uid(self, s: Session) -> int:
+        lo, hi = self.config.instances.uid_range
+        used = set(s.scalars(select(Instance.uid).where(Instance.uid.is_not(None))).all())
+        for uid in range(lo, hi + 1):
+            if uid not in used:
+                return uid
+        raise Conflict(f"no free uid left in [instances] uid_range {lo}-{hi}", "widen uid_range in fleet.toml")
+
+    def _provision(self, name: str, license_json: dict[str, str] | None, password: str) -> None:
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            rel = row.release
+            port, uid = row.port, row.uid
+        self.storage.ensure_layout()
+        paths = self.storage.create_instance(name)
+        self.storage.install_release(name, Path(rel.path))
+        entry = paths.install / rel.entry
+        if not entry.is_file():
+            raise FleetError(f"release {rel.version} install has no entry point {rel.entry}", "re-add the release")
+        config_dir = paths.data / "Config"
+        options = build_options(
+            data_path=str(paths.data), port=port, hostname=self.config.host_for(name),
+            proxy_port=self.config.edge.https_port,
+        )
+        _write_json(config_dir / "options.json", options, 0o600)
+        if license_json:
+            _write_json(config_dir / "license.json", license_json, 0o600)
+        _write_text(config_dir / "admin.txt", admin_key.hash_admin_password(password), 0o600)
+        if uid is not None:
+            _chown_tree(paths.data, uid, uid)
+
+    def _roll_back_creation(self, name: str, why: str) -> None:
+        """Undo a creation that failed or was interrupted: nothing half-made is left behind."""
+        try:
+            self.storage.destroy_instance(name)
+        finally:
+            with self._session() as s:
+                row = s.scalar(select(Instance).where(Instance.name == name))
+                if row is not None and row.state == InstanceState.CREATING.value:
+                    s.delete(row)
+                record(s, self.actor, "instance.create", name, Outcome.FAILED, f"rolled back: {why}")
+
+    def repair_interrupted(self) -> list[str]:
+        """Roll back creations whose creator died (the row is `creating` and nobody holds its lock)."""
+        with self._session() as s:
+            names = s.scalars(select(Instance.name).where(Instance.state == InstanceState.CREATING.value)).all()
+        repaired = []
+        for name in names:
+            lock = self._creation_lock(name)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # a creation in progress elsewhere
+            try:
+                self._roll_back_creation(name, "interrupted before it finished")
+                repaired.append(name)
+            finally:
+                lock.release()
+        return repaired
+
+    # instances: desired state -------------------------------------------------------------
+
+    def set_desired(self, name: str, desired: DesiredState, reason: str = "") -> InstanceView:
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            if row.state == InstanceState.CREATING.value:
+                raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
+            row.desired = desired.value
+            if desired is DesiredState.RUNNING and row.state == InstanceState.FAILED.value:
+                # An explicit start after a crash loop: forget the loop and try again.
+                row.crash_times = []
+                row.state = InstanceState.STOPPED.value
+                row.state_reason = "start requested after failure"
+            action = "instance.start" if desired is DesiredState.RUNNING else "instance.stop"
+            record(s, self.actor, action, name, Outcome.OK, reason)
+            return self.view(row)
+
+    def delete_instance(self, name: str, purge: bool = False) -> str | None:
+        """Forget an instance. Its data is archived (kept) unless `purge`; returns where it was kept."""
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            if row.task is not None:
+                raise Conflict(
+                    f"instance {name} still has a process (state {row.state})",
+                    "stop it first (the daemon must be running to stop it)",
+                )
+        kept: str | None = None
+        if purge:
+            self.storage.destroy_instance(name)
+        else:
+            kept = str(self.storage.archive_instance(name, time.strftime("%Y%m%d-%H%M%S")))
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            s.delete(row)
+            record(s, self.actor, "instance.delete", name, Outcome.OK, "purged" if purge else f"data kept at {kept}")
+        return kept
+
+    # used by the supervisor ---------------------------------------------------------------
+
+    def launch_plan(self, name: str) -> tuple[InstanceView, ReleaseInfo, str]:
+        """What the supervisor needs to start an instance: its view, release and node binary."""
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            rel = row.release
+            info = ReleaseInfo(
+                version=rel.version, generation=rel.generation, build=rel.build,
+                layout=ReleaseLayout(rel.layout), entry=rel.entry, sha256=rel.sha256,
+                zip_bytes=rel.zip_bytes, unpacked_bytes=rel.unpacked_bytes, path=rel.path, source=rel.source,
+            )
+            view = self.view(row)
+        return view, info, resolve_node(self.config.node, info.generation)
+
+    def observe(
+        self,
+        name: str,
+        state: InstanceState,
+        reason: str = "",
+        *,
+        task: dict | None | bool = False,
+        restarts_delta: int = 0,
+        crash_times: list[float] | None = None,
+        event: tuple[str, Outcome] | None = None,
+        actor: str = "supervisor",
+    ) -> None:
+        """Record what the supervisor saw. `task=False` leaves the stored task handle untouched."""
+        with self._session() as s:
+            row = s.scalar(select(Instance).where(Instance.name == name))
+            if row is None:
+                return
+            row.state = state.value
+            row.state_reason = reason
+            if task is not False:
+                row.task = task  # type: ignore[assignment]
+            row.restarts += restarts_delta
+            if crash_times is not None:
+                row.crash_times = crash_times
+            if event:
+                record(s, actor, event[0], name, event[1], reason)
+
+    def supervision_rows(self) -> list[tuple[str, str, str, dict | None, list[float]]]:
+        """(name, desired, state, task, crash_times) of every instance past creation."""
+        with self._session() as s:
+            rows = s.scalars(select(Instance).where(Instance.state != InstanceState.CREATING.value)).all()
+            return [(r.name, r.desired, r.state, r.task, list(r.crash_times or [])) for r in rows]
+
+    def record_event(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:
+        with self._session() as s:
+            record(s, actor or self.actor, action, target, outcome, message)
+
+
+def _release_row(info: ReleaseInfo) -> Release:
+    return Release(
+        version=info.version, generation=info.generation, build=info.build, layout=info.layout.value,
+        entry=info.entry, sha256=info.sha256, zip_bytes=info.zip_bytes, unpacked_bytes=info.unpacked_bytes,
+        path=info.path, source=info.source, added_at=time.time(),
+    )
+
+
+def _write_json(path: Path, data: object, mode: int) -> None:
+    _write_text(path, json.dumps(data, indent=2) + "\n", mode)
+
+
+def _write_text(path: Path, text: str, mode: int) -> None:
+    """Write atomically with the final mode from the start (secrets are never world-readable)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            full = os.path.join(dirpath, n)
+            # Data/shared is a mount point for the fleet's shared assets: leave it to root.
+            if os.path.relpath(full, path) == os.path.join("Data", "shared"):
+                continue
+            os.lchown(full, uid, gid)
+
+
+__all__ = ["Fleet", "normalise_license_key", "validate_discord_id"]

@@ -1,0 +1,127 @@
+"""`foundry-fleet init`: write a documented fleet.toml and lay out the fleet root."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from foundry_fleet.config import CONFIG_NAME, load_config
+from foundry_fleet.domain.errors import Conflict, InvalidInput, Unsupported
+from foundry_fleet.domain.names import validate_domain
+
+TEMPLATE = """\
+# foundry-fleet configuration. Every key is optional except [fleet] root; the values below are
+# the defaults unless `foundry-fleet init` was told otherwise. Relative paths are relative to this file.
+
+[fleet]
+# Where the fleet keeps its state: state/fleet.sqlite, shared/, instances/<name>/{{data,install}},
+# releases/ (the release cache), logs/, run/ (control socket, locks).
+root = {root}
+# Tenants reach their instance at https://<instance>.<domain>/-/
+domain = {domain}
+# The fleet's own host: <fleet_host>.<domain>
+fleet_host = "fleet"
+
+[edge]
+http_port = {http_port}
+https_port = {https_port}
+# internal: a local CA (no domain needed); acme: Let's Encrypt (needs a public domain and ports 80/443);
+# on-demand: certificates only for hostnames of existing instances.
+tls = {tls}
+acme_email = ""
+
+[storage]
+# directory: plain directories (the embedded default).
+driver = {storage}
+
+[releases]
+# The host-wide release cache (zips and unpacked releases); default <root>/releases.
+# cache_dir = "/var/cache/foundry-fleet"
+# Download hosts allowed for `release add URL` (exact, or *.suffix). HTTPS only, never private addresses.
+allowed_hosts = ["foundryvtt.com", "*.foundryvtt.com"]
+max_download_mb = 2048
+max_unpacked_mb = 4096
+max_entries = 200000
+
+[node]
+# Node.js binary per Foundry major (v12: 18-20, v13: 20-22, v14: 24). Unset majors use `default`.
+default = "node"
+# binaries = {{ "14" = "/opt/node-24/bin/node" }}
+
+[instances]
+# Instance ports; firewalled from other machines when the fleet runs as root (players use the edge).
+port_range = [30000, 30999]
+# Each instance runs as its own user from this range when the fleet runs as root.
+uid_range = [200000, 265535]
+# Seconds between SIGTERM and SIGKILL when stopping an instance.
+stop_timeout = 10.0
+
+[supervisor]
+backoff_initial = 1.0      # seconds before the first restart after a crash, doubling each time
+backoff_max = 60.0
+crash_loop_count = 5       # more crashes than this ...
+crash_loop_minutes = 10.0  # ... within this window marks the instance failed
+stable_after = 60.0        # a run this long resets the backoff
+health_interval = 5.0      # seconds between health checks of /-/api/status
+health_timeout = 2.0
+health_failures = 3        # failed checks in a row before a running instance is restarted
+start_timeout = 120.0      # seconds an instance may take to become healthy
+
+[limits]
+# Per instance, applied through cgroups where the host allows it.
+memory_mb = 2048
+cpu_percent = 100          # 100 = one core
+pids = 512
+
+[logs]
+max_kb = 10240             # rotate an instance's log at this size ...
+keep = 5                   # ... keeping this many old files
+"""
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def init_fleet(
+    root: Path,
+    domain: str | None = None,
+    http_port: int | None = None,
+    https_port: int | None = None,
+    tls: str | None = None,
+    storage: str = "directory",
+    force: bool = False,
+) -> Path:
+    """Write <root>/fleet.toml and create the layout; refuses to overwrite without `force`."""
+    if storage not in ("directory", "zfs"):
+        raise InvalidInput(f"unknown storage driver {storage!r}", "use directory or zfs")
+    if storage == "zfs":
+        raise Unsupported("the ZFS storage driver is not available in this version", "use --storage directory")
+    if tls is not None and tls not in ("internal", "acme", "on-demand"):
+        raise InvalidInput(f"unknown TLS mode {tls!r}", "use internal, acme or on-demand")
+    if domain:
+        domain = validate_domain(domain)
+    for label, port in (("--http-port", http_port), ("--https-port", https_port)):
+        if port is not None and not 1 <= port <= 65535:
+            raise InvalidInput(f"{label} {port} is not a TCP port", "use 1-65535")
+    # Without a domain: <name>.localhost with a local CA on unprivileged ports; with one: ACME on 80/443.
+    text = TEMPLATE.format(
+        root=_toml_str("."),
+        domain=_toml_str(domain or "localhost"),
+        http_port=http_port or (80 if domain else 8080),
+        https_port=https_port or (443 if domain else 8443),
+        tls=_toml_str(tls or ("acme" if domain else "internal")),
+        storage=_toml_str(storage),
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / CONFIG_NAME
+    if path.exists() and not force:
+        raise Conflict(f"{path} already exists", "edit it, or pass --force to write a fresh one")
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    config = load_config(path)  # what we wrote must load: fail here, not at `up`
+    for d in (config.paths.run, config.paths.logs, config.paths.database.parent):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    return path

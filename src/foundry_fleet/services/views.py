@@ -1,0 +1,67 @@
+"""What the service layer hands to adapters: plain data, ready for JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    name: str
+    state: str
+    desired: str
+    state_reason: str
+    release: str
+    port: int
+    host: str
+    url: str
+    data_dir: str
+    install_dir: str
+    pid: int | None
+    restarts: int
+    owner: str | None
+    uid: int | None
+    created_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReleaseView:
+    version: str
+    generation: int
+    build: int
+    layout: str
+    entry: str
+    node: str  # the Node.js range this generation needs
+    sha256: str
+    zip_bytes: int
+    unpacked_bytes: int
+    source: str
+    instances: list[str]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EventView:
+    at: float
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    message: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CreatedInstance:
+    instance: InstanceView
+    admin_password: str | None  # only when the fleet generated it: shown once, never stored in clear
+
+    def to_dict(self) -> dict[str, object]:
+        return {"instance": self.instance.to_dict(), "admin_password": self.admin_password}

@@ -1,0 +1,1 @@
+"""Storage drivers: where shared assets, instance data and installs live."""

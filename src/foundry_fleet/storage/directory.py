@@ -1,0 +1,152 @@
+"""Plain directories: the embedded default, for hosts without ZFS.
+
+An install is a tree of hard links into the release cache, so it costs no copy of the release bytes.
+That is safe because the cache tree is read-only and instances see their install read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from foundry_fleet.domain.errors import Conflict, ExternalFailure
+from foundry_fleet.storage.base import InstancePaths
+
+
+class DirectoryStorage:
+    name = "directory"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # layout -------------------------------------------------------------------------------
+
+    def ensure_layout(self) -> None:
+        self.shared_dir().mkdir(parents=True, exist_ok=True)
+        (self.root / "instances").mkdir(parents=True, exist_ok=True)
+        # Instances run as their own users: they may read shared assets, never write them.
+        self.shared_dir().chmod(0o755)
+
+    def shared_dir(self) -> Path:
+        return self.root / "shared"
+
+    def paths(self, instance: str) -> InstancePaths:
+        base = self.root / "instances" / instance
+        return InstancePaths(root=base, data=base / "data", install=base / "install")
+
+    def create_instance(self, instance: str) -> InstancePaths:
+        p = self.paths(instance)
+        p.root.mkdir(parents=True, exist_ok=True)
+        p.root.chmod(0o711)
+        for sub in ("Config", "Data", "Logs", "Backups", "Data/shared"):
+            (p.data / sub).mkdir(parents=True, exist_ok=True)
+        p.data.chmod(0o700)
+        return p
+
+    # installs -----------------------------------------------------------------------------
+
+    def install_release(self, instance: str, release_dir: Path) -> Path:
+        """Point `install/` at a release: a fresh tree of hard links, swapped in atomically."""
+        p = self.paths(instance)
+        staging = p.root / ".install.new"
+        _remove_tree(staging)
+        try:
+            link_tree(release_dir, staging)
+        except OSError as e:
+            _remove_tree(staging)
+            raise ExternalFailure(f"could not install release into {p.install}: {e}") from e
+        old = p.root / ".install.old"
+        _remove_tree(old)
+        if p.install.exists():
+            p.install.rename(old)
+        staging.rename(p.install)
+        _remove_tree(old)
+        return p.install
+
+    # removal ------------------------------------------------------------------------------
+
+    def archive_instance(self, instance: str, stamp: str) -> Path:
+        p = self.paths(instance)
+        target = self.root / "archive" / f"{instance}-{stamp}"
+        if target.exists():
+            raise Conflict(f"archive {target} already exists", "retry in a second")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.chmod(0o700)
+        if p.data.exists():
+            target.mkdir()
+            p.data.rename(target / "data")
+        _remove_tree(p.root)
+        return target
+
+    def destroy_instance(self, instance: str) -> None:
+        _remove_tree(self.paths(instance).root)
+
+    def usage_bytes(self, instance: str) -> int:
+        total = 0
+        seen: set[tuple[int, int]] = set()
+        for dirpath, _dirs, files in os.walk(self.paths(instance).data):
+            for f in files:
+                try:
+                    st = os.lstat(os.path.join(dirpath, f))
+                except FileNotFoundError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+        return total
+
+
+def link_tree(src: Path, dst: Path) -> int:
+    """Recreate `src` at `dst` with hard links for files (symlinks copied as links); returns files linked."""
+    count = 0
+    dst.mkdir(parents=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dst if rel == "." else dst / rel
+        for d in dirnames:
+            s = os.path.join(dirpath, d)
+            if os.path.islink(s):
+                os.symlink(os.readlink(s), target_dir / d)
+            else:
+                (target_dir / d).mkdir()
+        for f in filenames:
+            s = os.path.join(dirpath, f)
+            if os.path.islink(s):
+                os.symlink(os.readlink(s), target_dir / f)
+            else:
+                os.link(s, target_dir / f)
+                count += 1
+    # Directories mirror the cache's read-only modes once filled.
+    for dirpath, _dirs, _files in os.walk(dst, topdown=False):
+        os.chmod(dirpath, 0o555)
+    return count
+
+
+def _make_writable(path: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+    if path.is_dir() and not path.is_symlink():
+        os.chmod(path, 0o755)
+
+
+def _remove_tree(path: Path) -> None:
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    _make_writable(path)
+
+    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
+        # A read-only parent: open it up and try once more.
+        parent = os.path.dirname(p)
+        mode = os.stat(parent).st_mode
+        os.chmod(parent, stat.S_IMODE(mode) | 0o700)
+        func(p)
+
+    shutil.rmtree(path, onerror=onerror)

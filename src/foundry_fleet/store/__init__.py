@@ -1,0 +1,1 @@
+"""State: SQLite (WAL) through SQLAlchemy 2, schema managed by Alembic."""

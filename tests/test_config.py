@@ -1,0 +1,81 @@
+"""fleet.toml: init writes a loadable, documented file; bad values name their key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foundry_fleet.config import find_config, load_config
+from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, Unsupported
+from foundry_fleet.services.init import init_fleet
+
+
+def test_init_defaults_to_localhost_with_a_local_ca(tmp_path: Path) -> None:
+    path = init_fleet(tmp_path / "f")
+    cfg = load_config(path)
+    assert cfg.root == (tmp_path / "f").resolve()
+    assert cfg.fleet.domain == "localhost"
+    assert (cfg.edge.http_port, cfg.edge.https_port, cfg.edge.tls) == (8080, 8443, "internal")
+    assert cfg.public_url("gm1") == "https://gm1.localhost:8443/-/"
+    assert "# " in path.read_text()  # documented
+    assert (cfg.paths.run.stat().st_mode & 0o777) == 0o700
+
+
+def test_init_with_domain_uses_acme_on_443(tmp_path: Path) -> None:
+    cfg = load_config(init_fleet(tmp_path, domain="Games.Example.org"))
+    assert (cfg.fleet.domain, cfg.edge.http_port, cfg.edge.https_port, cfg.edge.tls) == ("games.example.org", 80, 443, "acme")
+    assert cfg.public_url("gm") == "https://gm.games.example.org/-/"
+
+
+def test_init_refuses_overwrite_and_bad_input(tmp_path: Path) -> None:
+    init_fleet(tmp_path)
+    with pytest.raises(Conflict):
+        init_fleet(tmp_path)
+    init_fleet(tmp_path, force=True, https_port=9443)
+    assert load_config(tmp_path / "fleet.toml").edge.https_port == 9443
+    with pytest.raises(InvalidInput):
+        init_fleet(tmp_path / "x", tls="self-signed")
+    with pytest.raises(InvalidInput):
+        init_fleet(tmp_path / "y", domain="bad domain")
+    with pytest.raises(Unsupported):
+        init_fleet(tmp_path / "z", storage="zfs")
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (("http_port = 8080", "http_port = 99999"), "edge.http_port"),
+        (('tls = "internal"', 'tls = "plain"'), "edge.tls"),
+        (("port_range = [30000, 30999]", "port_range = [30999, 30000]"), "instances"),
+        (("memory_mb = 2048", "memory_mb = 1"), "limits.memory_mb"),
+        (("[logs]", "[logs]\nsurprise = 1"), "logs.surprise"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, edit: tuple[str, str], key: str) -> None:
+    path = init_fleet(tmp_path)
+    path.write_text(path.read_text().replace(*edit))
+    with pytest.raises(InvalidInput) as e:
+        load_config(path)
+    assert f"[{key}" in e.value.message
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    p = tmp_path / "fleet.toml"
+    p.write_text("[fleet\n")
+    with pytest.raises(InvalidInput, match="not valid TOML"):
+        load_config(p)
+
+
+def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FOUNDRY_FLEET_CONFIG", raising=False)
+    with pytest.raises(NotFound):
+        find_config()
+    init_fleet(tmp_path / "fleet-data")
+    assert find_config() == Path("fleet-data/fleet.toml")
+    (tmp_path / "fleet.toml").write_text("")
+    assert find_config() == Path("fleet.toml")
+    monkeypatch.setenv("FOUNDRY_FLEET_CONFIG", "/elsewhere.toml")
+    assert find_config() == Path("/elsewhere.toml")
+    assert find_config("given.toml") == Path("given.toml")
