@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 from foundry_fleet.domain.release import ReleaseLayout
 
 try:
-    from standin import (
+    from tests.standin import (
         NODE,
         SOCKET_PATH,
         STATUS_PATH,
@@ -41,8 +41,8 @@ try:
         write_options,
         zip_name,
     )
-except ImportError:  # tests/ is a package: import through it
-    from tests.standin import (
+except ImportError:  # tests/ is not a package: the folder itself is on sys.path
+    from standin import (
         NODE,
         SOCKET_PATH,
         STATUS_PATH,
@@ -582,6 +582,62 @@ def test_listens_on_all_interfaces(runner: Runner, unpacked) -> None:
         if ln.split()[3] == "0A" and ln.split()[1].endswith(f":{run.port:04X}")
     ]
     assert listening == [local]
+
+
+# The page's own script, run by node (which has a browser-like WebSocket behind a flag) with a
+# minimal document/location: it must reach "connected", then show the close code.
+PAGE_HARNESS = r"""
+const el = { textContent: 'websocket: connecting' };  // as in the page's HTML
+globalThis.document = { body: { dataset: { ws: 'connecting' } }, getElementById: (id) => (id === 'ws' ? el : null) };
+globalThis.location = new URL(process.env.PAGE_URL);
+globalThis.window = globalThis;
+const report = () => console.log(JSON.stringify({ state: document.body.dataset.ws, text: el.textContent }));
+new Function(process.env.PAGE_SCRIPT)();
+let last = 'connecting';
+const started = Date.now();
+const timer = setInterval(() => {
+  const now = document.body.dataset.ws;
+  if (now !== last) { last = now; report(); }
+  if (now === 'closed' || now === 'error' || Date.now() - started > 10000) { clearInterval(timer); }
+}, 5);
+"""
+
+
+def test_page_script_connects_its_websocket(runner: Runner, unpacked) -> None:
+    run = runner.start(unpacked(ReleaseLayout.LINUX, True))
+    page = run.request("/-/")[2].decode()
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    env = {**os.environ, "PAGE_URL": f"http://127.0.0.1:{run.port}/-/", "PAGE_SCRIPT": script}
+    harness = subprocess.Popen(
+        [NODE, "--no-warnings", "--experimental-websocket", "-e", PAGE_HARNESS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        states = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = harness.stdout.readline()
+            assert line, f"harness ended early: {states}"
+            states.append(json.loads(line))
+            if states[-1]["state"] == "connected":
+                break
+        assert states[-1] == {"state": "connected", "text": "websocket: connected"}, states
+        assert run.status()["users"] == 1
+        run.proc.send_signal(signal.SIGTERM)
+        assert json.loads(harness.stdout.readline()) == {
+            "state": "closed",
+            "text": "websocket: closed (code 1001)",
+        }
+        assert harness.wait(5) == 0
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+        harness.wait(5)
+        harness.stdout.close()
+    assert run.wait_exit(2) == 0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -525,7 +525,7 @@ class WsConnection {
       this.fail(1002, 'reserved bits set');
       return false;
     }
-    if (false) {
+    if (!masked) {
       this.fail(1002, 'client frames must be masked');
       return false;
     }

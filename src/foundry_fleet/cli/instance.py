@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json
@@ -94,7 +95,7 @@ def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool
     if json_out:
         print_json(row)
     else:
-        console.print(f"{name}: {row['state']}" + (f" ({row['state_reason']})" if row["state_reason"] else ""))
+        console.print(f"{name}: {row['state']}" + (f" ({escape(row['state_reason'])})" if row["state_reason"] else ""))
     if wait and verb in ("start", "restart") and row["state"] == "failed":
         raise typer.Exit(1)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import release as release_cmds
@@ -100,7 +101,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
         console.print(f"daemon: [red]not running[/] for {d['root']} (states below are the last recorded)")
     for cap in data["capabilities"]:
         if not cap["available"]:
-            console.print(f"[yellow]not available:[/] {cap['name']}: {cap['detail']}")
+            console.print(f"[yellow]not available:[/] {cap['name']}: {escape(cap['detail'])}")
     console.print(instances_table(data["instances"]))
 
 
@@ -129,9 +130,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except FleetError as e:
-        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
         if e.hint:
-            err_console.print(f"[dim]hint:[/] {e.hint}", highlight=False)
+            err_console.print(f"[dim]hint:[/] {escape(e.hint)}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -60,7 +60,7 @@ class ByteBudget:
         self.used += count
         if self.used > self.limit:
             raise InvalidInput(
-                f"the zip unpacks to more than the limit of {_mb(self.limit)} "
+                f"the zip is too large: it unpacks to more than the limit of {_mb(self.limit)} "
                 f"(went over while writing {entry!r}); this looks like a zip bomb",
                 f"{NOT_GENUINE_HINT}; if it is genuine, raise [releases] max_unpacked_mb in fleet.toml",
             )
@@ -84,14 +84,15 @@ def refuse_non_zip(path: Path) -> None:
             "download the Node.js or Linux build",
             WRONG_BUILD_HINT,
         )
-    if tail == b"koly" or (not zipfile.is_zipfile(path) and _looks_compressed(head)):
+    if zipfile.is_zipfile(path):
+        return
+    if tail == b"koly" or _looks_compressed(head):
         raise InvalidInput(
             "this is the macOS disk image (.dmg), not a Foundry release zip; "
             "download the Node.js or Linux build",
             WRONG_BUILD_HINT,
         )
-    if not zipfile.is_zipfile(path):
-        raise InvalidInput("this file is not a zip archive, so it is not a Foundry release", WRONG_BUILD_HINT)
+    raise InvalidInput("this file is not a zip archive, so it is not a Foundry release", WRONG_BUILD_HINT)
 
 
 def _looks_compressed(head: bytes) -> bool:
@@ -158,7 +159,8 @@ def safe_unpack(
         return written
     except BaseException as err:
         _clear(dest, remove_dest=made_dest)
-        if isinstance(err, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)):
+        # ValueError covers undecodable UTF-8 names and other malformed headers zipfile trips over.
+        if isinstance(err, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError)):
             raise InvalidInput(f"the zip is damaged or uses an unsupported format ({err})", NOT_GENUINE_HINT) from None
         if isinstance(err, OSError):
             raise ExternalFailure(
@@ -177,7 +179,9 @@ def _prepare_dest(dest: Path) -> bool:
     st = os.lstat(dest)
     if not stat.S_ISDIR(st.st_mode):
         raise InvalidInput(f"cannot unpack into {dest}: it is not a folder", "choose an empty folder")
-    if any(os.scandir(dest)):
+    with os.scandir(dest) as entries:
+        empty = next(entries, None) is None
+    if not empty:
         raise InvalidInput(f"cannot unpack into {dest}: it is not empty", "choose an empty folder")
     return False
 
@@ -193,7 +197,8 @@ def _plan(archive: zipfile.ZipFile, limits: UnpackLimits) -> list[_Member]:
     declared = sum(info.file_size for info in infos)
     if declared > limits.max_unpacked_bytes:
         raise InvalidInput(
-            f"the zip says it unpacks to {_mb(declared)}, more than the limit of {_mb(limits.max_unpacked_bytes)}",
+            f"the zip is too large: it says it unpacks to {_mb(declared)}, "
+            f"more than the limit of {_mb(limits.max_unpacked_bytes)}",
             f"{NOT_GENUINE_HINT}; if it is genuine, raise [releases] max_unpacked_mb in fleet.toml",
         )
     members: list[_Member] = []
@@ -376,11 +381,12 @@ def _clear(dest: Path, remove_dest: bool) -> None:
     if remove_dest:
         shutil.rmtree(dest, ignore_errors=True)
         return
-    for entry in os.scandir(dest):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            os.unlink(entry.path)
+    with os.scandir(dest) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
 
 
 def _mb(size: int) -> str:

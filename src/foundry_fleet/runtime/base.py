@@ -48,6 +48,8 @@ class TaskHandle:
     pgid: int  # process group holding the whole task
     started_at: float  # wall clock
     driver: str = "local"
+    # The kernel's boot id at start: after a reboot pids and start times repeat, so they prove nothing.
+    boot_id: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -115,6 +115,15 @@ class CgroupHost:
         if controller not in control.read_text().split():
             _write(control, f"+{controller}")
 
+    def remove_parent(self) -> None:
+        """Remove the (empty) parent groups, e.g. when the fleet is uninstalled."""
+        for controller in CONTROLLERS:
+            try:
+                self.parent_dir(controller).rmdir()
+            except (FileNotFoundError, OSError):
+                pass
+        self._states = None
+
     def task(self, name: str) -> TaskCgroups:
         if not _SAFE_NAME.match(name):
             raise ValueError(f"task name {name!r} cannot name a cgroup")

@@ -155,3 +155,11 @@ def cpu_seconds(pid: int) -> float:
     if st is None:
         return 0.0
     return (st.utime + st.stime + st.cutime + st.cstime) / CLOCK_TICKS
+
+
+def boot_id() -> str | None:
+    """The kernel's random id of this boot (changes at every reboot)."""
+    try:
+        return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return None

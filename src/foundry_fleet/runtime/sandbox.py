@@ -51,8 +51,12 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def probe(bwrap: str | None) -> Capability:
-    """Run a real (tiny) sandbox once: installed is not the same as usable (user namespaces)."""
+def probe(bwrap: str | None, run_as: list[str] | None = None) -> Capability:
+    """Run a real (tiny) sandbox once: installed is not the same as usable.
+
+    `run_as` prefixes the command (e.g. setpriv to an unprivileged uid): instances start bwrap as
+    their own uid, which needs unprivileged user namespaces, something root's own try cannot show.
+    """
     if bwrap is None:
         return Capability(
             "sandbox",
@@ -60,19 +64,18 @@ def probe(bwrap: str | None) -> Capability:
             "bubblewrap is not installed (apt install bubblewrap): every instance could read the "
             "others' data and write the shared assets wherever file permissions allow",
         )
+    argv = [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--proc", "/proc", "--dev", "/dev", "true"]
     try:
         result = subprocess.run(
-            [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-             "--proc", "/proc", "--dev", "/dev", "true"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=10,
+            [*(run_as or []), *argv], stdin=subprocess.DEVNULL, capture_output=True, timeout=10, cwd="/"
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Capability("sandbox", False, f"{bwrap} could not run: {exc}")
     if result.returncode != 0:
         err = result.stderr.decode(errors="replace").strip()
-        return Capability("sandbox", False, f"{bwrap} is installed but fails here: {err}")
+        who = " for an unprivileged uid (are user namespaces disabled?)" if run_as else ""
+        return Capability("sandbox", False, f"{bwrap} is installed but fails here{who}: {err}")
     return Capability("sandbox", True, f"bubblewrap at {bwrap}: private /proc, pid/ipc/uts namespaces, "
                       "only the instance's own directories visible, shared assets read-only")
 

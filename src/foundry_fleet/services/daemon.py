@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -64,7 +65,9 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet = open_fleet(config, actor="daemon")
     fleet.storage.ensure_layout()
-    runtime = LocalRuntime()
+    # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
+    fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
+    runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}")
     caps = runtime.fingerprint()
     lo, hi = config.instances.port_range
     caps.append(runtime.protect_ports(lo, hi))
@@ -95,6 +98,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
         server.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)
+        if not leave_running:
+            runtime.unprotect_ports()  # nothing listens in the range any more
         await api
         sock.close()
         config.paths.socket.unlink(missing_ok=True)

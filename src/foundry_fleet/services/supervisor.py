@@ -165,7 +165,7 @@ class InstanceSupervisor:
         last_maintain = 0.0
         try:
             while True:
-                interval = sup.health_interval if healthy else 0.1
+                interval = sup.health_interval if healthy else 0.02
                 wake_waiter = asyncio.create_task(self.wake.wait())
                 done, _ = await asyncio.wait({exit_waiter, wake_waiter}, timeout=interval,
                                              return_when=asyncio.FIRST_COMPLETED)

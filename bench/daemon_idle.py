@@ -1,0 +1,103 @@
+"""The daemon's own footprint with many instances registered: RSS, and CPU while idle.
+
+Target (issue: single-host fleet): <= 80 MB RSS and < 1% CPU with 50 idle instances registered.
+"Idle" is measured two ways: 50 instances registered but stopped, and 50 running (health-checked).
+The anchor is the same daemon with no instances at all.
+Run: .venv/bin/python bench/daemon_idle.py [--instances 50 --seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe  # noqa: E402
+from foundry_fleet.api.client import ControlClient  # noqa: E402
+from foundry_fleet.domain.release import ReleaseLayout  # noqa: E402
+from foundry_fleet.services.init import init_fleet  # noqa: E402
+from tests.harness import FleetHarness, kill_processes_with  # noqa: E402
+from tests.standin import build_release_zip  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def measure(pid: int, seconds: float) -> tuple[float, float]:
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    return rss_mb(pid), 100 * (c1 - c0) / (t1 - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instances", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=30)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ff-bench-idle-"))
+    fleet = None
+    try:
+        z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
+        fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
+        fleet.edit_config("port_range = [30000, 30999]", "port_range = [42000, 42999]")
+        fleet.cli("release", "add", str(z))
+        daemon = fleet.up()
+        client = ControlClient(fleet.socket)
+        time.sleep(2)
+        empty = measure(daemon.pid, args.seconds)
+
+        for i in range(args.instances):
+            client.create_instance(name=f"idle{i}", release="13.345", start=False)
+        time.sleep(2)
+        stopped = measure(daemon.pid, args.seconds)
+
+        for i in range(args.instances):
+            client.action(f"idle{i}", "start", wait=False)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if all(r["state"] == "running" for r in client.list_instances()):
+                break
+            time.sleep(1)
+        time.sleep(2)
+        running = measure(daemon.pid, args.seconds)
+        client.close()
+
+        print(f"machine: {describe()}")
+        print(f"daemon pid {daemon.pid}; CPU averaged over {args.seconds:g} s; health checks every 5 s (default)")
+        print(f"no instances (anchor)            : RSS {empty[0]:6.1f} MB, CPU {empty[1]:5.2f} %")
+        print(f"{args.instances} instances registered, stopped: RSS {stopped[0]:6.1f} MB, CPU {stopped[1]:5.2f} %")
+        print(f"{args.instances} instances running           : RSS {running[0]:6.1f} MB, CPU {running[1]:5.2f} %")
+        print(f"ratio RSS {args.instances} running / none   : {running[0] / empty[0]:.2f}x   (target <= 80 MB, < 1% CPU)")
+    finally:
+        if fleet is not None:
+            fleet.stop_daemons()
+            kill_processes_with(f"--dataPath={fleet.root}")
+        for p in work.rglob("*"):
+            if p.is_dir() and not p.is_symlink():
+                try:
+                    p.chmod(0o755)
+                except OSError:
+                    pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Run every benchmark in turn and print its figures (record them in bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["install_cost.py", "create_to_healthy.py", "daemon_idle.py"]
+
+for script in SCRIPTS:
+    print(f"\n== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)

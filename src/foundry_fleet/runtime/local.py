@@ -1,0 +1,655 @@
+"""The local runtime: each instance is a detached process tree on this host.
+
+Launch chain (root, sandbox available):
+
+    /bin/sh -c 'echo $$ > <each cgroup.procs> && exec "$@"' sh \\
+        setpriv --reuid=UID --regid=GID --clear-groups [--inh-caps=-all --bounding-set=-all] \\
+        bwrap <sandbox options> -- node main.js --port=... --dataPath=...
+
+The shell joins the task's cgroups while it is still root, setpriv drops to the instance's own uid,
+bwrap builds the sandbox, and node runs inside. Every step but bwrap's fork is an exec, so the
+process the runtime spawned (the *leader*) keeps one pid and start time from the shell to bwrap.
+
+The task is detached from the control plane, so killing the control plane (even with SIGKILL)
+leaves every instance running: the task gets a session and process group of its own, stdin is
+/dev/null, and stdout/stderr go to the instance's log file through a descriptor the runtime opened
+with O_APPEND. There is no pipe back to the control plane whose closing could SIGPIPE the server.
+A restarted control plane finds its tasks again with `recover_task`.
+
+In the sandbox, bwrap forks an init (pid 1 of the instance's pid namespace) which forks node. The
+handle's `pid` is node's host pid; `leader_pid` is bwrap. When pid 1 of the namespace dies, the
+kernel kills everything else in it, which is what makes "kill the init" a complete stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
+from foundry_fleet.runtime import logs, procfs, sandbox
+from foundry_fleet.runtime.base import Capability, TaskExit, TaskHandle, TaskSpec, TaskStats
+from foundry_fleet.runtime.cgroups import CgroupHost, TaskCgroups
+from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, PortFirewall
+
+# After the server dies, bwrap exits at once; if it does not within this time it is killed.
+SERVER_EXIT_GRACE = 2.0
+# How long start_task waits for the sandbox to run the server before giving up.
+START_TIMEOUT = 15.0
+INFO_FD = 3  # the descriptor number bwrap writes its child's pid to, inside the leader
+
+
+def _high_fd(fd: int) -> int:
+    """A close-on-exec copy of `fd` numbered above the standard streams and INFO_FD."""
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return new
+
+
+def _decode_status(status: int, sandboxed: bool) -> TaskExit:
+    if os.WIFSIGNALED(status):
+        return TaskExit(exit_code=None, signal=os.WTERMSIG(status))
+    code = os.WEXITSTATUS(status)
+    # bwrap reports a server killed by signal N as exit code 128 + N.
+    if sandboxed and 128 < code <= 128 + 64:
+        return TaskExit(exit_code=None, signal=code - 128)
+    return TaskExit(exit_code=code, signal=None)
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(
+        self,
+        cgroup_parent: str = "foundry-fleet",
+        use_sandbox: bool | None = None,
+        firewall: bool | None = None,
+        *,
+        firewall_chain: str = DEFAULT_CHAIN,
+    ) -> None:
+        self.cgroups = CgroupHost(cgroup_parent)
+        self.firewall = PortFirewall(firewall_chain)
+        self._use_sandbox = use_sandbox
+        self._firewall_wanted = firewall
+        self._bwrap = sandbox.find_bwrap()
+        self._sandbox_probe: Capability | None = None
+        self._setpriv = shutil.which("setpriv")
+        self._setpriv_drops_caps: bool | None = None
+        self._exits: dict[tuple[int, int], TaskExit] = {}
+
+    # ------------------------------------------------------------------ capabilities
+
+    def sandbox_capability(self) -> Capability:
+        if self._sandbox_probe is None:
+            if self._use_sandbox is False:
+                self._sandbox_probe = Capability(
+                    "sandbox", False, "disabled in the configuration: instances see the whole host "
+                    "and shared assets are protected by file permissions only"
+                )
+            else:
+                run_as = None
+                if os.geteuid() == 0 and self._setpriv is not None:
+                    # Instances run bwrap as their own uid: probe it the same way.
+                    run_as = [self._setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+                self._sandbox_probe = sandbox.probe(self._bwrap, run_as)
+        return self._sandbox_probe
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox_capability().available
+
+    def fingerprint(self) -> list[Capability]:
+        caps = [self.sandbox_capability(), self._users_capability()]
+        caps += self.cgroups.capabilities()
+        caps.append(self._firewall_capability())
+        caps.append(self._pidfd_capability())
+        return caps
+
+    def _users_capability(self) -> Capability:
+        if os.geteuid() != 0:
+            return Capability(
+                "users", False,
+                f"not root: every instance runs as uid {os.geteuid()}, the fleet's own user",
+            )
+        if self._setpriv is None:
+            return Capability("users", False, "setpriv (util-linux) is missing: instances cannot drop root")
+        extra = ", capabilities cleared" if self._caps_droppable() else ""
+        return Capability("users", True, f"root: each instance runs as its own uid via setpriv{extra}")
+
+    def _firewall_capability(self) -> Capability:
+        if self._firewall_wanted is False:
+            return Capability("firewall", False, "disabled in the configuration")
+        return self.firewall.usable()
+
+    @staticmethod
+    def _pidfd_capability() -> Capability:
+        try:
+            fd = os.pidfd_open(os.getpid())
+        except (AttributeError, OSError) as exc:
+            return Capability("pidfd", False, f"pidfd_open unavailable ({exc}): exits are noticed by polling")
+        os.close(fd)
+        return Capability("pidfd", True, "exits are noticed at once, also for re-attached instances")
+
+    def _caps_droppable(self) -> bool:
+        if self._setpriv_drops_caps is None:
+            try:
+                probe = subprocess.run(
+                    [self._setpriv or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     "--inh-caps=-all", "--bounding-set=-all", "true"],
+                    stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                )
+                self._setpriv_drops_caps = probe.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                self._setpriv_drops_caps = False
+        return self._setpriv_drops_caps
+
+    def protect_ports(self, low: int, high: int) -> Capability:
+        """Keep other machines from connecting to instance ports directly (iptables)."""
+        if self._firewall_wanted is False:
+            return Capability(
+                "firewall", False,
+                f"instance ports {low}-{high} are reachable from other machines: the firewall is "
+                "disabled in the configuration",
+            )
+        cap = self.firewall.protect(low, high)
+        if self._firewall_wanted and not cap.available:
+            raise ExternalFailure(cap.detail, "run the fleet as root with iptables installed, or set firewall = false")
+        return cap
+
+    def unprotect_ports(self) -> None:
+        self.firewall.remove()
+
+    # ------------------------------------------------------------------ start
+
+    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        self._check_spec(spec)
+        is_root = os.geteuid() == 0
+        use_bwrap = self._sandbox_wanted()
+        uid = spec.uid
+        gid = spec.gid if spec.gid is not None else spec.uid
+        if uid is not None and not is_root and uid != os.geteuid():
+            raise Unsupported(
+                f"instance {spec.name} should run as uid {uid}, which needs root",
+                "run the fleet as root, or leave the instance's uid unset",
+            )
+        cg = self.cgroups.task(spec.name)
+        argv = list(spec.argv)
+        if use_bwrap:
+            argv = sandbox.bwrap_argv(spec, self._bwrap or "bwrap", info_fd=INFO_FD,
+                                      privileged=is_root and uid is None)
+        if is_root and uid is not None:
+            drop = [self._setpriv or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+            if self._caps_droppable():
+                drop += ["--inh-caps=-all", "--bounding-set=-all"]
+            argv = drop + argv
+        # Only controllers whose parent group this process could create are used (CgroupHost), so
+        # the task's own groups are ours to join, also when not root.
+        joins = cg.procs_files()
+        if joins:
+            script = " && ".join(f"echo $$ > {shlex.quote(str(f))}" for f in joins)
+            argv = ["/bin/sh", "-c", script + ' && exec "$@"', "sh", *argv]
+        env = sandbox.sandbox_env(spec)
+        executable = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env["PATH"])
+        if executable is None:
+            raise InvalidInput(f"{argv[0]!r} was not found on {env['PATH']}", "give the node binary's full path")
+
+        if is_root and uid is not None:
+            _check_reachable(spec, uid, gid if gid is not None else uid)
+        self._prepare_dirs(spec, use_bwrap, uid, gid)
+        try:
+            cg.create(spec.limits)
+        except RuntimeError as exc:
+            raise Conflict(
+                f"instance {spec.name} seems to be running already ({exc})",
+                "recover or stop the running instance before starting it again",
+            ) from exc
+        except OSError as exc:
+            raise ExternalFailure(f"cannot set up cgroups for {spec.name}: {exc}") from exc
+
+        info_r = info_w = None
+        if use_bwrap:
+            info_r, info_w = (_high_fd(fd) for fd in os.pipe())
+        log_fd = _high_fd(logs.open_for_task(logs.log_path(spec.log_dir)))
+        actions: list[tuple] = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ]
+        if info_w is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, info_w, INFO_FD))
+        begun = time.time()
+        try:
+            leader = os.posix_spawn(
+                executable, argv, env,
+                file_actions=actions,
+                setsid=True,  # own session and process group; no controlling terminal
+                setsigmask=(),
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+            )
+        except OSError as exc:
+            cg.remove()
+            if info_r is not None:
+                os.close(info_r)
+            raise ExternalFailure(f"could not start {spec.name}: {exc}") from exc
+        finally:
+            os.close(log_fd)
+            if info_w is not None:
+                os.close(info_w)
+        leader_start = procfs.start_time(leader) or 0
+        handle = TaskHandle(
+            name=spec.name, pid=leader, leader_pid=leader, leader_start=leader_start,
+            pgid=leader, started_at=begun, driver=self.name, boot_id=procfs.boot_id(),
+        )
+        if info_r is None:
+            return handle
+        try:
+            server = await self._find_server(handle, spec, info_r)
+        except BaseException:
+            await self._abort_start(handle, cg)
+            raise
+        finally:
+            os.close(info_r)
+        return replace(handle, pid=server)
+
+    def _sandbox_wanted(self) -> bool:
+        if self._use_sandbox is False:
+            return False
+        cap = self.sandbox_capability()
+        if self._use_sandbox and not cap.available:
+            raise Unsupported(f"the sandbox is required but not usable: {cap.detail}",
+                              "install bubblewrap, or set use_sandbox = false")
+        return cap.available
+
+    @staticmethod
+    def _check_spec(spec: TaskSpec) -> None:
+        if not spec.argv:
+            raise InvalidInput(f"instance {spec.name} has no command to run")
+        for label, path in (("install", spec.install_dir), ("data", spec.data_dir)):
+            if not Path(path).is_dir():
+                raise InvalidInput(f"{label} directory {path} of {spec.name} does not exist")
+        if spec.shared_dir is not None and not Path(spec.shared_dir).is_dir():
+            raise InvalidInput(f"shared directory {spec.shared_dir} does not exist")
+
+    @staticmethod
+    def _prepare_dirs(spec: TaskSpec, use_bwrap: bool, uid: int | None, gid: int | None) -> None:
+        spec.log_dir.mkdir(parents=True, exist_ok=True)
+        if spec.shared_dir is None:
+            return
+        data = spec.data_dir / "Data"
+        if data.is_symlink():
+            raise InvalidInput(f"{data} is a symbolic link", "make it a plain directory")
+        if not data.exists():
+            data.mkdir()
+            if uid is not None:
+                os.chown(data, uid, gid if gid is not None else uid)
+        mount = spec.data_dir / sandbox.SHARED_MOUNT
+        if use_bwrap:
+            # The sandbox mounts the shared assets here; the host side is only an empty mount point.
+            if mount.is_symlink():
+                mount.unlink()
+            mount.mkdir(exist_ok=True)
+        else:
+            # Without a sandbox, a link makes the assets appear under Data/; only file permissions
+            # keep the instance from writing them.
+            if mount.is_symlink() and os.readlink(mount) == str(spec.shared_dir):
+                return
+            if mount.is_symlink():
+                mount.unlink()
+            elif mount.is_dir() and not any(mount.iterdir()):
+                mount.rmdir()
+            if not mount.exists():
+                mount.symlink_to(spec.shared_dir)
+
+    async def _find_server(self, handle: TaskHandle, spec: TaskSpec, info_r: int) -> int:
+        """Learn the sandbox init's pid from bwrap, then wait for its child to exec the server."""
+        deadline = time.monotonic() + START_TIMEOUT
+        leader_fd = os.pidfd_open(handle.leader_pid)
+        try:
+            os.set_blocking(info_r, False)
+            raw = b""
+            info: dict | None = None
+            while info is None:
+                ready = await _wait_readable([info_r, leader_fd], deadline - time.monotonic())
+                if info_r in ready:
+                    chunk = os.read(info_r, 65536)
+                    raw += chunk
+                    try:
+                        info = json.loads(raw)
+                    except ValueError:
+                        if not chunk:
+                            raise await self._start_failure(spec, "bwrap closed its info pipe") from None
+                        continue
+                elif leader_fd in ready:
+                    raise await self._start_failure(spec, "the sandbox exited during start-up")
+                else:
+                    raise await self._start_failure(spec, f"no sandbox after {START_TIMEOUT:.0f} s")
+            init = int(info["child-pid"])
+            delay = 0.001
+            while True:
+                for pid in procfs.children(init):
+                    words = procfs.cmdline(pid)
+                    if words and words[0] == spec.argv[0]:
+                        return pid
+                if not procfs.is_alive(handle.leader_pid, handle.leader_start):
+                    raise await self._start_failure(spec, "the sandbox exited during start-up")
+                if time.monotonic() > deadline:
+                    raise await self._start_failure(spec, f"the server did not start within {START_TIMEOUT:.0f} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        finally:
+            os.close(leader_fd)
+
+    async def _start_failure(self, spec: TaskSpec, what: str) -> ExternalFailure:
+        await asyncio.sleep(0.05)  # let the last words reach the log
+        last = logs.tail(logs.log_path(spec.log_dir), 5)
+        detail = " | ".join(last) if last else "nothing in the log"
+        return ExternalFailure(
+            f"instance {spec.name} did not start: {what}; last log lines: {detail}",
+            f"see {logs.log_path(spec.log_dir)}",
+        )
+
+    async def _abort_start(self, handle: TaskHandle, cg: TaskCgroups) -> None:
+        await self._kill_everything(handle)
+        self._collect_exit(handle)
+        cg.remove()
+
+    # ------------------------------------------------------------------ wait / stop
+
+    async def wait_task(self, handle: TaskHandle) -> TaskExit:
+        known = self._exits.get(_key(handle))
+        if known is not None:
+            return known
+        if not _same_boot(handle):
+            return TaskExit(exit_code=None, signal=None)
+        leader_fd = _pidfd_of(handle.leader_pid, handle.leader_start)
+        server_fd = None
+        if handle.pid != handle.leader_pid and self._is_server(handle, handle.pid):
+            server_fd = _pidfd_of(handle.pid, None)
+        try:
+            if leader_fd is not None:
+                watched = [leader_fd] + ([server_fd] if server_fd is not None else [])
+                ready = await _wait_readable(watched, None)
+                if leader_fd not in ready:
+                    # The server died; bwrap normally follows within milliseconds.
+                    await _wait_readable([leader_fd], SERVER_EXIT_GRACE)
+        finally:
+            for fd in (leader_fd, server_fd):
+                if fd is not None:
+                    os.close(fd)
+        # Whatever is left of the task goes, so the port is free when this returns.
+        await self._kill_everything(handle)
+        return self._collect_exit(handle)
+
+    async def stop_task(self, handle: TaskHandle, timeout: float) -> None:
+        # SIGTERM only the server side: bwrap exits by itself once the server is gone. (Killing bwrap
+        # first would look like a crash to wait_task, which would SIGKILL the server mid-shutdown.)
+        sandbox_pids = self._sandbox_pids(handle)
+        for pid in self._task_pids(handle) - sandbox_pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        leader_fd = _pidfd_of(handle.leader_pid, handle.leader_start) if _same_boot(handle) else None
+        if leader_fd is not None:
+            # The leader exits last (bwrap follows the server; without a sandbox it is the server).
+            try:
+                await _wait_readable([leader_fd], timeout)
+            finally:
+                os.close(leader_fd)
+        while time.monotonic() < deadline and self._task_pids(handle):
+            await asyncio.sleep(0.02)
+        await self._kill_everything(handle)
+        self._collect_exit(handle)
+
+    async def _kill_everything(self, handle: TaskHandle) -> None:
+        for _ in range(500):
+            pids = self._task_pids(handle)
+            if _leader_alive(handle):
+                pids.add(handle.leader_pid)
+            if not pids:
+                return
+            for pid in pids:
+                _signal(pid, signal.SIGKILL)
+            await asyncio.sleep(0.01)
+
+    def _kill_everything_now(self, handle: TaskHandle) -> None:
+        for _ in range(500):
+            pids = self._task_pids(handle)
+            if _leader_alive(handle):
+                pids.add(handle.leader_pid)
+            if not pids:
+                return
+            for pid in pids:
+                _signal(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def _collect_exit(self, handle: TaskHandle) -> TaskExit:
+        """Reap the leader if it is our child; remember the result for every later caller."""
+        key = _key(handle)
+        if key in self._exits:
+            return self._exits[key]
+        sandboxed = handle.pid != handle.leader_pid
+        result = TaskExit(exit_code=None, signal=None)
+        st = procfs.stat(handle.leader_pid)
+        if st is not None and st.start_time == handle.leader_start and st.ppid == os.getpid():
+            try:
+                pid, status = os.waitpid(handle.leader_pid, os.WNOHANG)
+                if pid == handle.leader_pid:
+                    result = _decode_status(status, sandboxed)
+            except ChildProcessError:
+                pass
+        oom = self._cgroups_of(handle).oom_kills() > 0
+        if oom:
+            result = replace(result, oom_killed=True)
+        self._exits[key] = result
+        return result
+
+    # ------------------------------------------------------------------ the other verbs
+
+    def inspect_task(self, handle: TaskHandle) -> bool:
+        if not _leader_alive(handle):
+            return False
+        return handle.pid == handle.leader_pid or self._is_server(handle, handle.pid)
+
+    def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
+        if _leader_alive(handle):
+            if handle.pid == handle.leader_pid or self._is_server(handle, handle.pid):
+                return handle
+            server = self._server_below(handle.leader_pid)
+            return replace(handle, pid=server) if server is not None else handle
+        # The leader is gone; anything of the task still around (node holding the port) must go.
+        self._kill_everything_now(handle)
+        return None
+
+    def task_stats(self, handle: TaskHandle) -> TaskStats | None:
+        pids = self._task_pids(handle)
+        if not pids:
+            return None
+        return TaskStats(
+            rss_bytes=sum(procfs.rss_bytes(p) for p in pids),
+            cpu_seconds=sum(procfs.cpu_seconds(p) for p in pids),
+        )
+
+    def destroy_task(self, handle: TaskHandle) -> None:
+        self._kill_everything_now(handle)
+        self._collect_exit(handle)
+        self._exits.pop(_key(handle), None)
+        cg = self._cgroups_of(handle)
+        # Members that are not this task's belong to a newer task of the same name: leave them be.
+        if not cg.pids():
+            cg.remove()
+
+    def maintain(self, handle: TaskHandle, spec: TaskSpec) -> None:
+        logs.rotate(logs.log_path(spec.log_dir), spec.log_max_bytes, spec.log_keep)
+
+    # ------------------------------------------------------------------ finding the task's processes
+
+    def _cgroups_of(self, handle: TaskHandle) -> TaskCgroups:
+        return self.cgroups.task(handle.name)
+
+    def _task_pids(self, handle: TaskHandle) -> set[int]:
+        """Live processes of the task (the leader included while it lives).
+
+        While the leader lives, its process group, its descendants and its cgroups hold the task.
+        Once it is gone, only processes that still carry its process group and started after it
+        count: the kernel does not hand out the group's number again while any member is left, so
+        a live process *owning* that pid with another start time means the group is extinct.
+        """
+        if not _same_boot(handle):
+            return set()
+        cgroup_members = self._cgroups_of(handle).pids()
+        if _leader_alive(handle):
+            pids = set(procfs.group_members(handle.pgid, not_before=handle.leader_start))
+            pids |= {p for p in cgroup_members if procfs.is_alive(p)}
+            todo = [handle.leader_pid]
+            while todo:
+                for child in procfs.children(todo.pop()):
+                    if child not in pids and procfs.is_alive(child):
+                        pids.add(child)
+                        todo.append(child)
+            return pids
+        owner = procfs.stat(handle.pgid)
+        if owner is not None and owner.start_time != handle.leader_start and owner.state not in ("Z", "X", "x"):
+            return set()
+        members = set(procfs.group_members(handle.pgid, not_before=handle.leader_start))
+        if cgroup_members:
+            # With cgroups, a straggler must also still sit in the task's groups.
+            members &= cgroup_members
+        return members
+
+    def _sandbox_pids(self, handle: TaskHandle) -> set[int]:
+        """bwrap and the sandbox's init: they exit on their own once the server has."""
+        if handle.pid == handle.leader_pid:
+            return set()
+        found = {handle.leader_pid}
+        for pid in self._task_pids(handle):
+            st = procfs.stat(pid)
+            if st is not None and st.comm == "bwrap":
+                found.add(pid)
+        return found
+
+    @staticmethod
+    def _is_server(handle: TaskHandle, pid: int) -> bool:
+        st = procfs.stat(pid)
+        return (
+            st is not None
+            and st.state not in ("Z", "X", "x")
+            and st.pgid == handle.pgid
+            and st.start_time >= handle.leader_start
+        )
+
+    @staticmethod
+    def _server_below(leader: int) -> int | None:
+        """The first process under `leader` that is not bwrap itself (the sandbox's init is)."""
+        todo = [leader]
+        while todo:
+            pid = todo.pop(0)
+            st = procfs.stat(pid)
+            if st is None:
+                continue
+            if st.comm != "bwrap":
+                return pid
+            todo.extend(procfs.children(pid))
+        return None
+
+
+def _may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+    """Do the permission bits (r=4, w=2, x=1) let `uid`/`gid` (no other groups) do `bits`?"""
+    if st.st_uid == uid:
+        mode = (st.st_mode >> 6) & 7
+    elif st.st_gid == gid:
+        mode = (st.st_mode >> 3) & 7
+    else:
+        mode = st.st_mode & 7
+    return mode & bits == bits
+
+
+def _check_reachable(spec: TaskSpec, uid: int, gid: int) -> None:
+    """Fail early, naming the directory, when the instance's uid could not reach its own files.
+
+    The server (and bwrap, which binds the directories as that uid) needs to pass through every
+    parent directory; a 0700 parent such as /root or a private temp dir blocks it.
+    """
+    targets = [spec.install_dir, Path(os.path.realpath(spec.install_dir)), spec.data_dir]
+    if spec.shared_dir is not None:
+        targets.append(spec.shared_dir)
+    for target in targets:
+        target = Path(os.path.abspath(target))
+        for directory in [*reversed(target.parents), target]:
+            try:
+                st = os.stat(directory)
+            except OSError:
+                break
+            needed = 5 if directory == target else 1
+            if not _may(st, uid, gid, needed):
+                what = "read" if needed == 5 else "pass through"
+                raise InvalidInput(
+                    f"instance {spec.name} runs as uid {uid}, which cannot {what} {directory} "
+                    f"(owner {st.st_uid}, mode {st.st_mode & 0o7777:04o}), on the way to {target}",
+                    f"make it reachable (chmod o+x {directory}) or keep the fleet's directories elsewhere",
+                )
+
+
+def _same_boot(handle: TaskHandle) -> bool:
+    return handle.boot_id is None or handle.boot_id == procfs.boot_id()
+
+
+def _leader_alive(handle: TaskHandle) -> bool:
+    return _same_boot(handle) and procfs.is_alive(handle.leader_pid, handle.leader_start)
+
+
+def _key(handle: TaskHandle) -> tuple[int, int]:
+    return handle.leader_pid, handle.leader_start
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pidfd_of(pid: int, start: int | None) -> int | None:
+    """A pidfd for the process, or None when it is gone (or the pid now belongs to another one)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # Checked after opening: the pidfd now pins this exact process.
+    if not procfs.is_alive(pid, start):
+        os.close(fd)
+        return None
+    return fd
+
+
+async def _wait_readable(fds: list[int], timeout: float | None) -> set[int]:
+    """Wait until any of `fds` is readable (pidfds: the process exited); empty on timeout."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    ready: set[int] = set()
+
+    def mark(fd: int) -> None:
+        ready.add(fd)
+        if not done.done():
+            done.set_result(None)
+
+    for fd in fds:
+        loop.add_reader(fd, mark, fd)
+    try:
+        if timeout is None:
+            await done
+        elif timeout > 0:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+    return ready

@@ -1,0 +1,86 @@
+"""Shared fixtures: stand-in release zips, and fleets run through the real CLI."""
+
+from __future__ import annotations
+
+import atexit
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from foundry_fleet.domain.release import ReleaseLayout
+from tests.harness import FleetHarness, kill_processes_with
+from tests.standin import build_release_zip
+
+
+@pytest.fixture(scope="session")
+def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One stand-in release zip per layout, plus a wrapped one."""
+    d = tmp_path_factory.mktemp("zips")
+    return {
+        "node": build_release_zip(d, ReleaseLayout.NODE, 13, 345),
+        "linux": build_release_zip(d, ReleaseLayout.LINUX, 13, 346),
+        "legacy": build_release_zip(d, ReleaseLayout.LEGACY_NODE, 12, 331),
+        "wrapped": build_release_zip(d, ReleaseLayout.NODE, 13, 347, wrap=True),
+    }
+
+
+# Each test fleet gets its own slice of ports, so a leftover from one test never collides with another.
+_PORT_BLOCKS = iter(range(31000 + random.randrange(0, 200) * 100, 60000, 100))
+
+
+# Fleet roots live outside pytest's temp dir: that one is mode 0700 (and pytest resets it), and
+# instances running as their own uids must pass through every directory above their data, as on a
+# real host.
+_FLEETS = Path(tempfile.mkdtemp(prefix="ff-tests-"))
+_FLEETS.chmod(0o711)
+atexit.register(lambda: remove_tree(_FLEETS))
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf, also through the read-only trees of installs and the release cache."""
+    for p in path.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            try:
+                p.chmod(0o755)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
+    from foundry_fleet.services.init import init_fleet
+
+    home = Path(tempfile.mkdtemp(dir=_FLEETS, prefix=tmp_path.name[:40] + "-"))
+    home.chmod(0o711)
+    root = home / "fleet"
+    config = init_fleet(root)
+    h = FleetHarness(root=root, config=config)
+    low = next(_PORT_BLOCKS)
+    h.edit_config("port_range = [30000, 30999]", f"port_range = [{low}, {low + 49}]")
+    # Quick supervision so crash handling is observable within a test.
+    for key, value in {
+        "backoff_initial = 1.0": "backoff_initial = 0.2",
+        "backoff_max = 60.0": "backoff_max = 1.0",
+        "crash_loop_count = 5": "crash_loop_count = 3",
+        "health_interval = 5.0": "health_interval = 0.5",
+        "stop_timeout = 10.0": "stop_timeout = 5.0",
+        "start_timeout = 120.0": "start_timeout = 20.0",
+        "memory_mb = 2048": "memory_mb = 512",
+        **overrides,
+    }.items():
+        h.edit_config(key, value)
+    return h
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetHarness]:
+    h = make_fleet(tmp_path)
+    yield h
+    h.stop_daemons()
+    # Instances left running on purpose by a test (re-attach) must not outlive it.
+    kill_processes_with(f"--dataPath={h.root}")
+    remove_tree(h.root.parent)

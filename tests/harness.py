@@ -1,0 +1,157 @@
+"""Drive a real fleet the way a person does: the `foundry-fleet` command, a real daemon, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent / "foundry-fleet"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class FleetHarness:
+    root: Path
+    config: Path
+    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> CliResult:
+        p = subprocess.run(
+            [str(BIN), "--config", str(self.config), *args],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        )
+        result = CliResult(p.returncode, p.stdout, p.stderr)
+        if check and p.returncode != 0:
+            raise AssertionError(f"foundry-fleet {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return result
+
+    def edit_config(self, old: str, new: str) -> None:
+        text = self.config.read_text()
+        assert old in text, old
+        self.config.write_text(text.replace(old, new, 1))
+
+    # the daemon ---------------------------------------------------------------------------
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "control.sock"
+
+    def up(self, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"daemon-{len(self.daemons)}.log", "wb")
+        proc = subprocess.Popen(
+            [str(BIN), "--config", str(self.config), "up", *extra],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self.daemons.append(proc)
+        wait_until(lambda: self._answers() or proc.poll() is not None, 30, "the daemon's control socket")
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited {proc.returncode}:\n{self.daemon_log()}")
+        return proc
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://x") as c:
+                return c.get("/v1/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def daemon_log(self, index: int = -1) -> str:
+        logs = sorted(self.root.glob("daemon-*.log"))
+        return logs[index].read_text(errors="replace") if logs else ""
+
+    def stop_daemons(self) -> None:
+        for proc in self.daemons:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    # instances ----------------------------------------------------------------------------
+
+    def instance(self, name: str) -> dict[str, Any]:
+        return self.cli("instance", "show", name, "--json").json()
+
+    def wait_state(self, name: str, state: str, timeout: float = 30) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            row = self.instance(name)
+            return row if row["state"] == state else None
+
+        return wait_until(check, timeout, f"{name} to be {state}", interval=0.2)
+
+    def get(self, port: int, path: str, timeout: float = 5) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
+
+    def probe(self, port: int, **params: str) -> dict[str, Any]:
+        r = self.get(port, "/-/__probe?" + "&".join(f"{k}={v}" for k, v in params.items()))
+        r.raise_for_status()
+        return r.json()
+
+
+def pids_with_arg(arg: str) -> list[int]:
+    """Host pids of live node processes with `arg` as one of their arguments (e.g. --port=30001)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            continue
+        if argv and argv[0].endswith(b"node") and arg.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_processes_with(text: str) -> None:
+    """SIGKILL every process whose command line contains `text` (test clean-up)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in argv:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

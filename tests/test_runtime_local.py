@@ -1,0 +1,775 @@
+"""The local runtime against real processes: node, bubblewrap, cgroups v1, iptables, network namespaces.
+
+Every test starts real node servers from a tiny inline script and cleans up every process, cgroup
+and iptables rule it made. Directories live under a 0755 temporary root (pytest's own tmp_path is
+0700, which an instance running as another uid could not enter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
+from foundry_fleet.runtime import procfs
+from foundry_fleet.runtime.base import ResourceLimits, TaskHandle, TaskSpec
+from foundry_fleet.runtime.local import LocalRuntime
+
+IS_ROOT = os.geteuid() == 0
+NODE = shutil.which("node")
+TENANT_UID = 200123
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+needs_node = pytest.mark.skipif(NODE is None, reason="needs node on PATH")
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (uids, cgroups, iptables)")
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (apt bubblewrap)")
+needs_cgroup_v1_memory = pytest.mark.skipif(
+    not os.access("/sys/fs/cgroup/memory/cgroup.procs", os.W_OK), reason="needs a writable cgroup v1 memory controller"
+)
+needs_cgroup_v1_pids = pytest.mark.skipif(
+    not os.access("/sys/fs/cgroup/pids/cgroup.procs", os.W_OK), reason="needs a writable cgroup v1 pids controller"
+)
+needs_netns = pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 for a network namespace")
+
+pytestmark = [needs_node, pytest.mark.timeout(120)]
+
+SERVER_JS = textwrap.dedent(
+    r"""
+    const http = require('http');
+    const fs = require('fs');
+    const cp = require('child_process');
+    const arg = (name) => { const a = process.argv.find(x => x.startsWith('--' + name + '=')); return a && a.slice(name.length + 3); };
+    const port = parseInt(arg('port'));
+    if (process.argv.includes('--ignore-term')) process.on('SIGTERM', () => console.log('ignoring SIGTERM'));
+    fs.readFileSync('/proc/self/stat');
+    fs.readFile('/proc/self/stat', () => {});  // start libuv's thread pool before any limit bites
+    const kept = [];
+    const routes = {
+      '/': (q, done) => done({pid: process.pid, uid: process.getuid(), gid: process.getgid(), cwd: process.cwd(), home: process.env.HOME, env: Object.keys(process.env).sort()}),
+      '/read': (q, done) => { try { done({ok: true, text: fs.readFileSync(q.get('path'), 'utf8')}); } catch (e) { done({ok: false, code: e.code}); } },
+      '/write': (q, done) => { try { fs.writeFileSync(q.get('path'), 'x'); done({ok: true}); } catch (e) { done({ok: false, code: e.code}); } },
+      '/exists': (q, done) => done({exists: fs.existsSync(q.get('path'))}),
+      '/log': (q, done) => { for (let i = 0; i < parseInt(q.get('n')); i++) console.log(q.get('text') + ' ' + i); done({ok: true}); },
+      '/exit': (q, done) => { done({ok: true}); setTimeout(() => process.exit(parseInt(q.get('code'))), 20); },
+      '/alloc': (q, done) => { done({ok: true}); setInterval(() => { const b = Buffer.alloc(8 * 1024 * 1024); b.fill(1); kept.push(b); }, 5); },
+      '/spawn': (q, done) => {
+        const n = parseInt(q.get('n')); let ok = 0, failed = 0, settled = 0; const kids = [];
+        const settle = () => { if (++settled === n) { kids.forEach(k => { try { k.kill('SIGKILL'); } catch (e) {} }); done({ok, failed}); } };
+        for (let i = 0; i < n; i++) {
+          try {
+            const k = cp.spawn('/bin/sleep', ['30'], {stdio: 'ignore'});
+            kids.push(k);
+            k.on('spawn', () => { ok++; settle(); });
+            k.on('error', () => { failed++; settle(); });
+          } catch (e) { failed++; settle(); }
+        }
+      },
+    };
+    http.createServer((req, res) => {
+      const url = new URL(req.url, 'http://x');
+      const route = routes[url.pathname];
+      if (!route) { res.statusCode = 404; return res.end('{}'); }
+      route(url.searchParams, (body) => { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify(body)); });
+    }).listen(port, '0.0.0.0', () => console.log('listening on ' + port));
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Could a new server listen here? (node sets SO_REUSEADDR, so TIME_WAIT does not count)"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def get(port: int, path: str = "/", timeout: float = 5.0) -> dict:
+    """GET a JSON answer from the server, retrying until it listens (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class World:
+    """A 0755 tree holding the release, shared assets and tenants' data dirs, plus started tasks."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ff-runtime-", dir="/tmp"))
+        self.root.chmod(0o755)
+        self.install = self.root / "install"
+        self.install.mkdir()
+        (self.install / "server.js").write_text(SERVER_JS)
+        self.shared = self.root / "shared"
+        self.shared.mkdir()
+        (self.shared / "map.txt").write_text("shared map")
+        self.tag = f"{os.getpid()}-{id(self) % 10000}"
+        self.runtime = LocalRuntime(cgroup_parent=f"ff-test-{self.tag}", firewall_chain=f"FFT-{os.getpid()}")
+        self.handles: list[TaskHandle] = []
+
+    def spec(self, name: str, *extra: str, uid: int | None = TENANT_UID, **fields) -> TaskSpec:
+        data = self.root / "tenants" / name / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        (data.parent).chmod(0o755)
+        (self.root / "tenants").chmod(0o755)
+        if uid is not None and IS_ROOT:
+            os.chown(data, uid, uid)
+        port = fields.pop("port", None) or free_port()
+        return TaskSpec(
+            name=name,
+            argv=[NODE or "node", str(self.install / "server.js"), f"--port={port}", *extra],
+            install_dir=self.install,
+            data_dir=data,
+            shared_dir=self.shared,
+            log_dir=self.root / "tenants" / name / "logs",
+            port=port,
+            uid=uid if IS_ROOT else None,
+            gid=uid if IS_ROOT else None,
+            **fields,
+        )
+
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        handle = asyncio.run(self.runtime.start_task(spec))
+        self.handles.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self.handles:
+            self.runtime.destroy_task(handle)
+        self.runtime.cgroups.remove_parent()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def gone(handle: TaskHandle) -> bool:
+    return not procfs.is_alive(handle.pid) and not procfs.group_members(handle.pgid, handle.leader_start)
+
+
+# ----------------------------------------------------------------------------- start, identity
+
+
+@needs_root
+@needs_bwrap
+def test_start_runs_node_as_the_tenant_uid_in_the_sandbox(world: World) -> None:
+    spec = world.spec("alpha")
+    handle = world.start(spec)
+    answer = get(spec.port)
+    # The handle's pid is node itself, seen from the host; the leader is bwrap.
+    words = procfs.cmdline(handle.pid)
+    assert words[0] == NODE and words[1].endswith("server.js"), words
+    assert os.path.basename(procfs.cmdline(handle.leader_pid)[0]) == "bwrap"
+    assert handle.pid != handle.leader_pid and handle.pgid == handle.leader_pid
+    assert procfs.stat(handle.pid).pgid == handle.pgid
+    # In its own pid namespace node is not pid 1 (bwrap's init is), and it runs as the tenant.
+    assert answer["pid"] == 2
+    assert (answer["uid"], answer["gid"]) == (TENANT_UID, TENANT_UID)
+    assert procfs.status_ids(handle.pid) == (TENANT_UID, TENANT_UID)
+    assert answer["cwd"] == str(spec.data_dir) and answer["home"] == str(spec.data_dir)
+    # Nothing of the control plane's environment leaks in.
+    assert set(answer["env"]) <= {"PATH", "LANG", "HOME", "PWD"}
+    # Detached: own session, no terminal, stdin is /dev/null, output goes to the log file.
+    st = procfs.stat(handle.leader_pid)
+    assert st.session == handle.leader_pid
+    assert os.readlink(f"/proc/{handle.pid}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{handle.pid}/fd/1") == str(spec.log_dir / "foundry.log")
+    assert wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text())
+    assert world.runtime.inspect_task(handle)
+    stats = world.runtime.task_stats(handle)
+    assert stats is not None and stats.rss_bytes > 10 * 1024 * 1024
+
+
+@needs_root
+@needs_bwrap
+def test_shared_assets_read_only_and_other_tenants_invisible(world: World) -> None:
+    other = world.spec("other-tenant")
+    (other.data_dir / "secret.txt").write_text("not yours")
+    spec = world.spec("beta")
+    world.start(spec)
+    shared_in = spec.data_dir / "Data" / "shared"
+    assert get(spec.port, f"/read?path={shared_in}/map.txt") == {"ok": True, "text": "shared map"}
+    assert get(spec.port, f"/write?path={shared_in}/map.txt") == {"ok": False, "code": "EROFS"}
+    assert get(spec.port, f"/write?path={shared_in}/new.txt") == {"ok": False, "code": "EROFS"}
+    assert (world.shared / "map.txt").read_text() == "shared map"
+    assert not (world.shared / "new.txt").exists()
+    # Its own data is writable; the release is not.
+    assert get(spec.port, f"/write?path={spec.data_dir}/Data/world.db") == {"ok": True}
+    assert get(spec.port, f"/write?path={world.install}/server.js")["code"] == "EROFS"
+    # Another tenant's directory, the shared tree's host path and the host's private dirs don't exist.
+    for hidden in (other.data_dir / "secret.txt", other.data_dir, world.shared, "/root", "/var/lib", "/home"):
+        assert get(spec.port, f"/exists?path={hidden}") == {"exists": False}, hidden
+    assert get(spec.port, f"/read?path={other.data_dir}/secret.txt")["ok"] is False
+
+
+@needs_root
+@needs_bwrap
+def test_start_failure_reports_the_log(world: World) -> None:
+    spec = replace(world.spec("broken"), argv=["/usr/bin/node-does-not-exist", "x.js"])
+    with pytest.raises(ExternalFailure) as info:
+        run(world.runtime.start_task(spec))
+    assert "did not start" in info.value.message and "node-does-not-exist" in info.value.message
+    assert not world.runtime.cgroups.task("broken").exists()
+
+
+# ----------------------------------------------------------------------------- stop and wait
+
+
+@needs_root
+def test_stop_kills_a_server_that_ignores_sigterm_after_the_timeout(world: World) -> None:
+    spec = world.spec("stubborn", "--ignore-term")
+    handle = world.start(spec)
+    get(spec.port)
+
+    async def scenario():
+        waiter = asyncio.create_task(world.runtime.wait_task(handle))
+        began = time.monotonic()
+        await world.runtime.stop_task(handle, timeout=1.0)
+        took = time.monotonic() - began
+        return took, await asyncio.wait_for(waiter, 5)
+
+    took, exit_ = run(scenario())
+    assert 1.0 <= took < 4.0
+    assert exit_.signal == signal.SIGKILL and exit_.exit_code is None
+    assert "ignoring SIGTERM" in (spec.log_dir / "foundry.log").read_text()
+    assert gone(handle) and port_is_free(spec.port)
+    assert not world.runtime.inspect_task(handle)
+
+
+@needs_root
+def test_stop_lets_a_cooperative_server_exit_on_sigterm(world: World) -> None:
+    spec = world.spec("polite")
+    handle = world.start(spec)
+    get(spec.port)
+
+    async def scenario():
+        began = time.monotonic()
+        await world.runtime.stop_task(handle, timeout=10.0)
+        return time.monotonic() - began, await world.runtime.wait_task(handle)
+
+    took, exit_ = run(scenario())
+    assert took < 2.0
+    assert exit_.signal == signal.SIGTERM
+    assert gone(handle) and port_is_free(spec.port)
+
+
+@needs_root
+def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World) -> None:
+    spec = world.spec("quitter")
+    handle = world.start(spec)
+    get(spec.port)
+
+    async def scenario():
+        waiter = asyncio.create_task(world.runtime.wait_task(handle))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await asyncio.to_thread(get, spec.port, "/exit?code=7")
+        return await asyncio.wait_for(waiter, 5)
+
+    exit_ = run(scenario())
+    assert exit_.exit_code == 7 and exit_.signal is None and not exit_.oom_killed
+    assert gone(handle)
+
+
+@needs_root
+def test_kill_9_of_the_node_pid_ends_wait(world: World) -> None:
+    spec = world.spec("victim")
+    handle = world.start(spec)
+    get(spec.port)
+
+    async def scenario():
+        waiter = asyncio.create_task(world.runtime.wait_task(handle))
+        await asyncio.sleep(0.05)
+        os.kill(handle.pid, signal.SIGKILL)
+        began = time.monotonic()
+        result = await asyncio.wait_for(waiter, 5)
+        return result, time.monotonic() - began
+
+    exit_, took = run(scenario())
+    assert exit_.signal == signal.SIGKILL and took < 1.0
+    assert gone(handle) and port_is_free(spec.port)
+
+
+@needs_root
+@needs_bwrap
+def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) -> None:
+    spec = world.spec("orphan")
+    handle = world.start(spec)
+    get(spec.port)
+
+    async def scenario():
+        waiter = asyncio.create_task(world.runtime.wait_task(handle))
+        await asyncio.sleep(0.05)
+        os.kill(handle.leader_pid, signal.SIGKILL)
+        return await asyncio.wait_for(waiter, 5)
+
+    exit_ = run(scenario())
+    assert exit_.signal == signal.SIGKILL
+    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+
+
+# ----------------------------------------------------------------------------- control plane restart
+
+CONTROL_PLANE = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from foundry_fleet.runtime.base import TaskSpec
+    from foundry_fleet.runtime.local import LocalRuntime
+    from pathlib import Path
+    spec = json.loads(sys.argv[1])
+    for key in ("install_dir", "data_dir", "shared_dir", "log_dir"):
+        spec[key] = Path(spec[key])
+    runtime = LocalRuntime(cgroup_parent=sys.argv[2])
+    handle = asyncio.run(runtime.start_task(TaskSpec(**spec)))
+    print(json.dumps(handle.to_dict()), flush=True)
+    import time
+    time.sleep(3600)
+    """
+)
+
+
+def start_from_another_control_plane(world: World, spec: TaskSpec) -> tuple[subprocess.Popen, TaskHandle]:
+    fields = {
+        "name": spec.name, "argv": spec.argv, "install_dir": str(spec.install_dir),
+        "data_dir": str(spec.data_dir), "shared_dir": str(spec.shared_dir), "log_dir": str(spec.log_dir),
+        "port": spec.port, "uid": spec.uid, "gid": spec.gid,
+    }
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent],
+        stdout=subprocess.PIPE, env=env, text=True,
+    )
+    line = proc.stdout.readline()
+    assert line, "the other control plane printed no handle"
+    handle = TaskHandle.from_dict(json.loads(line))
+    world.handles.append(handle)
+    return proc, handle
+
+
+@needs_root
+def test_recover_after_the_control_plane_is_sigkilled(world: World) -> None:
+    spec = world.spec("survivor")
+    proc, handle = start_from_another_control_plane(world, spec)
+    first = get(spec.port)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    time.sleep(0.2)
+    # The task outlived its control plane and still serves.
+    assert get(spec.port) == first
+    recovered = world.runtime.recover_task(handle)
+    assert recovered == handle and handle.boot_id == procfs.boot_id()
+    assert world.runtime.inspect_task(recovered)
+
+    async def scenario():
+        waiter = asyncio.create_task(world.runtime.wait_task(recovered))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        os.kill(recovered.pid, signal.SIGKILL)
+        return await asyncio.wait_for(waiter, 5)
+
+    exit_ = run(scenario())
+    # Not our child: the exit status belongs to whoever reaps it.
+    assert exit_.exit_code is None
+    assert gone(recovered) and port_is_free(spec.port)
+    assert world.runtime.recover_task(handle) is None
+
+
+@needs_root
+@needs_bwrap
+def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None:
+    spec = world.spec("leftover")
+    proc, handle = start_from_another_control_plane(world, spec)
+    get(spec.port)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    os.kill(handle.leader_pid, signal.SIGKILL)
+    assert wait_until(lambda: not procfs.is_alive(handle.leader_pid, handle.leader_start))
+    assert procfs.is_alive(handle.pid)  # node lives on without its bwrap
+    assert world.runtime.recover_task(handle) is None
+    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+
+
+def test_recover_of_a_reused_pid_is_none(world: World) -> None:
+    me = procfs.stat(os.getpid())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    fake = TaskHandle(name="ghost", pid=os.getpid(), leader_pid=os.getpid(), leader_start=me.start_time + 1,
+                      pgid=dead.pid, started_at=0.0)
+    assert not world.runtime.inspect_task(fake)
+    # A dead leader: recover kills only what started after it, so this test process must survive.
+    assert world.runtime.recover_task(fake) is None
+    assert procfs.is_alive(os.getpid())
+
+
+def test_a_handle_from_before_a_reboot_matches_nothing(world: World) -> None:
+    # After a reboot the same pid and start time can come back (boots are repetitive): the boot id
+    # tells them apart, so this live process is neither recovered nor killed.
+    me = procfs.stat(os.getpid())
+    old = TaskHandle(name="ghost", pid=os.getpid(), leader_pid=os.getpid(), leader_start=me.start_time,
+                     pgid=me.pgid, started_at=0.0, boot_id="00000000-0000-0000-0000-000000000000")
+    assert world.runtime.recover_task(old) is None
+    assert not world.runtime.inspect_task(old)
+    assert world.runtime.task_stats(old) is None
+    assert run(world.runtime.wait_task(old)).exit_code is None
+    assert procfs.is_alive(os.getpid())
+    same_boot = replace(old, boot_id=procfs.boot_id())
+    assert world.runtime.inspect_task(same_boot)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+@needs_root
+@needs_cgroup_v1_memory
+def test_memory_limit_oom_kills_and_is_reported(world: World) -> None:
+    spec = world.spec("hungry", limits=ResourceLimits(memory_mb=64))
+    handle = world.start(spec)
+    group = world.runtime.cgroups.task("hungry").dirs["memory"]
+    assert (group / "memory.limit_in_bytes").read_text().strip() == str(64 * 1024 * 1024)
+    assert handle.pid in world.runtime.cgroups.task("hungry").pids()
+    get(spec.port)  # it runs fine under the limit until it allocates
+
+    async def scenario():
+        waiter = asyncio.create_task(world.runtime.wait_task(handle))
+        await asyncio.to_thread(get, spec.port, "/alloc")
+        return await asyncio.wait_for(waiter, 20)
+
+    exit_ = run(scenario())
+    assert exit_.oom_killed and exit_.describe() == "killed: out of memory"
+    assert gone(handle)
+
+
+@needs_root
+@needs_cgroup_v1_pids
+def test_pids_limit_stops_fork_bombs(world: World) -> None:
+    spec = world.spec("forky", limits=ResourceLimits(pids=24, cpu_percent=50))
+    world.start(spec)
+    cg = world.runtime.cgroups.task("forky")
+    assert (cg.dirs["pids"] / "pids.max").read_text().strip() == "24"
+    assert (cg.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
+    get(spec.port)
+    result = get(spec.port, "/spawn?n=40", timeout=20)
+    assert result["failed"] > 0 and 0 < result["ok"] < 40, result
+    assert get(spec.port)["uid"] == TENANT_UID  # the server itself survives hitting the limit
+
+
+@needs_root
+def test_destroy_removes_the_cgroups(world: World) -> None:
+    spec = world.spec("short", limits=ResourceLimits(memory_mb=256, pids=64, cpu_percent=100))
+    handle = world.start(spec)
+    cg = world.runtime.cgroups.task("short")
+    assert cg.exists() and handle.pid in cg.pids()
+    run(world.runtime.stop_task(handle, timeout=5))
+    world.runtime.destroy_task(handle)
+    assert not cg.exists()
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+@needs_root
+def test_maintain_rotates_the_log_and_the_server_keeps_writing(world: World) -> None:
+    from foundry_fleet.runtime import logs
+
+    spec = world.spec("chatty", log_max_bytes=500, log_keep=2)
+    handle = world.start(spec)
+    get(spec.port)
+    log = spec.log_dir / "foundry.log"
+    for round_ in range(4):
+        get(spec.port, f"/log?n=100&text=round{round_}")
+        assert wait_until(lambda: f"round{round_} 99" in log.read_text())
+        world.runtime.maintain(handle, spec)
+        assert log.stat().st_size == 0
+    get(spec.port, "/log?n=3&text=after")
+    assert wait_until(lambda: "after 2" in log.read_text())
+    text = log.read_text()
+    # O_APPEND: after truncation the server writes at the start again, no hole of NUL bytes.
+    assert "\0" not in text and text.startswith("after 0")
+    assert sorted(p.name for p in spec.log_dir.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2"]
+    assert "round3 99" in (spec.log_dir / "foundry.log.1").read_text()
+    assert "round2 99" in (spec.log_dir / "foundry.log.2").read_text()
+
+
+def test_rotation_keeps_n_files_and_follow_keeps_up_across_rotation(tmp_path: Path) -> None:
+    from foundry_fleet.runtime import logs
+
+    log = tmp_path / "foundry.log"
+    fd = logs.open_for_task(log)
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def reader():
+        for line in logs.follow(log, from_start=True, poll_interval=0.01, stop=stop.is_set):
+            seen.append(line)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    expected = []
+    for n in range(50):
+        line = f"line {n:03d} " + "x" * 60
+        os.write(fd, (line + "\n").encode())
+        expected.append(line)
+        if n % 10 == 9:
+            assert wait_until(lambda: len(seen) == len(expected), 5), (len(seen), len(expected))
+            assert logs.rotate(log, max_bytes=100, keep=3)
+    assert wait_until(lambda: len(seen) == len(expected), 5)
+    stop.set()
+    thread.join(5)
+    os.close(fd)
+    assert seen == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2", "foundry.log.3"]
+    assert logs.tail(log.with_name("foundry.log.1"), 2) == expected[48:50]
+    assert not logs.rotate(log, max_bytes=10**9, keep=3)
+    # Lowering `keep` drops the surplus files.
+    os.write(os.open(log, os.O_WRONLY | os.O_APPEND), b"more\n")
+    assert logs.rotate(log, max_bytes=1, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foundry.log", "foundry.log.1"]
+
+
+def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> None:
+    from foundry_fleet.runtime import logs
+
+    log = tmp_path / "foundry.log"
+    log.write_text("old\n")
+    lines = logs.follow(log, from_start=True, poll_interval=0.01)
+    assert next(lines) == "old"
+    with open(log, "a") as f:
+        f.write("first\n")
+    assert next(lines) == "first"
+    with open(log, "a") as f:
+        f.write("second\nthird\n")
+    # Rotated before the follower looked: the two lines are only in foundry.log.1 now.
+    logs.rotate(log, max_bytes=1, keep=2)
+    with open(log, "a") as f:
+        f.write("fourth\n")
+    assert [next(lines) for _ in range(3)] == ["second", "third", "fourth"]
+    lines.close()
+    assert logs.tail(log.with_name("foundry.log.1"), 10) == ["old", "first", "second", "third"]
+
+
+# ----------------------------------------------------------------------------- firewall
+
+
+@pytest.fixture
+def netns() -> Iterator[tuple[str, str]]:
+    """A network namespace joined to the host by a veth pair: (namespace, host address)."""
+    name = f"fft{os.getpid() % 100000}"
+    host_if, peer_if = f"fh{os.getpid() % 100000}", f"fp{os.getpid() % 100000}"
+    octet = 16 + os.getpid() % 200
+    host_ip, peer_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", name],
+        ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
+        ["ip", "link", "set", host_if, "up"],
+        ["ip", "-n", name, "addr", "add", f"{peer_ip}/30", "dev", peer_if],
+        ["ip", "-n", name, "link", "set", peer_if, "up"],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        yield name, host_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def connects_from(namespace: str, host: str, port: int) -> bool:
+    code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1.5)"
+    return subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+                          capture_output=True).returncode == 0
+
+
+@needs_root
+@needs_netns
+def test_firewall_keeps_other_machines_off_instance_ports(world: World, netns: tuple[str, str]) -> None:
+    namespace, host_ip = netns
+    fw = world.runtime.firewall
+    listeners: list[socket.socket] = []
+    try:
+        # Below the ephemeral range, so no outgoing connection holds the ports we listen on.
+        for low in random.sample(range(20000, 30000, 30), 50):
+            inside, outside = low + 3, low + 20
+            try:
+                for port in (inside, outside):
+                    s = socket.socket()
+                    listeners.append(s)
+                    s.bind(("0.0.0.0", port))
+                    s.listen(8)
+                break
+            except OSError:
+                for s in listeners:
+                    s.close()
+                listeners.clear()
+        assert listeners, "no free pair of ports"
+        assert connects_from(namespace, host_ip, inside)  # open before
+        cap = world.runtime.protect_ports(low, low + 9)
+        assert cap.available, cap.detail
+        again = world.runtime.protect_ports(low, low + 9)  # idempotent
+        assert again.available
+        rules = fw.rules()
+        for family in ("IPv4", "IPv6"):
+            drops = [r for r in rules[family] if r.endswith("-j DROP")]
+            jumps = [r for r in rules[family] if r.startswith("-A INPUT")]
+            assert len(drops) == 1 and f"--dport {low}:{low + 9}" in drops[0] and "! -i lo" in drops[0], rules
+            assert len(jumps) == 1, rules
+        assert not connects_from(namespace, host_ip, inside)
+        assert connects_from(namespace, host_ip, outside)
+        with socket.create_connection(("127.0.0.1", inside), timeout=2):
+            pass  # the edge, on this host, still gets through
+        # A new range replaces the old one.
+        world.runtime.protect_ports(low + 10, low + 29)
+        assert connects_from(namespace, host_ip, inside)
+        assert not connects_from(namespace, host_ip, outside)
+        world.runtime.unprotect_ports()
+        assert fw.rules() == {"IPv4": [], "IPv6": []}
+        assert connects_from(namespace, host_ip, outside)
+    finally:
+        fw.remove()
+        for s in listeners:
+            s.close()
+
+
+def test_firewall_disabled_says_ports_are_reachable() -> None:
+    runtime = LocalRuntime(firewall=False)
+    cap = runtime.protect_ports(30000, 30999)
+    assert not cap.available and "reachable from other machines" in cap.detail
+
+
+# ----------------------------------------------------------------------------- fingerprint and procfs
+
+
+def test_fingerprint_reports_every_capability(world: World) -> None:
+    caps = {c.name: c for c in world.runtime.fingerprint()}
+    assert set(caps) == {"sandbox", "users", "cgroup-memory", "cgroup-cpu", "cgroup-pids", "firewall", "pidfd"}
+    assert all(c.detail for c in caps.values())
+    if IS_ROOT and shutil.which("bwrap"):
+        # On the hosts this project targets, everything is there.
+        assert all(c.available for c in caps.values()), [c for c in caps.values() if not c.available]
+
+
+def test_sandbox_off_is_reported_and_still_runs(world: World) -> None:
+    plain = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, use_sandbox=False)
+    assert not {c.name: c for c in plain.fingerprint()}["sandbox"].available
+    spec = world.spec("plain")
+    handle = run(plain.start_task(spec))
+    world.handles.append(handle)
+    assert handle.pid == handle.leader_pid
+    answer = get(spec.port)
+    assert answer["pid"] == handle.pid
+    # Without the sandbox the shared assets are linked into Data/ (protected by permissions only).
+    assert os.readlink(spec.data_dir / "Data" / "shared") == str(world.shared)
+    if IS_ROOT:
+        assert answer["uid"] == TENANT_UID
+    run(plain.stop_task(handle, 5))
+    assert gone(handle)
+
+
+def test_parse_stat_copes_with_spaces_and_parentheses_in_comm() -> None:
+    line = "4242 (we ird) (name)) S 1 4242 4242 0 -1 4194560 0 0 0 0 7 3 1 2 20 0 1 0 987654 1000 50 18446744073709551615"
+    st = procfs.parse_stat(line)
+    assert (st.pid, st.comm, st.state, st.ppid, st.pgid) == (4242, "we ird) (name)", "S", 1, 4242)
+    assert (st.utime, st.stime, st.cutime, st.cstime, st.start_time, st.rss_pages) == (7, 3, 1, 2, 987654, 50)
+    assert procfs.start_time(os.getpid()) == procfs.stat(os.getpid()).start_time
+    assert procfs.is_alive(os.getpid()) and not procfs.is_alive(os.getpid(), start=1)
+
+
+@needs_root
+def test_an_unreachable_directory_is_named_before_starting(world: World) -> None:
+    private = world.root / "private"
+    private.mkdir(mode=0o700)
+    data = private / "data"
+    data.mkdir()
+    os.chown(data, TENANT_UID, TENANT_UID)
+    spec = replace(world.spec("locked"), data_dir=data)
+    with pytest.raises(InvalidInput) as info:
+        run(world.runtime.start_task(spec))
+    assert str(private) in info.value.message and "chmod o+x" in (info.value.hint or "")
+    assert not world.runtime.cgroups.task("locked").exists()
+
+
+def test_sandbox_probe_and_command_line(world: World) -> None:
+    from foundry_fleet.runtime import sandbox
+
+    assert not sandbox.probe(None).available and "apt install bubblewrap" in sandbox.probe(None).detail
+    assert not sandbox.probe("/bin/false").available
+    spec = world.spec("argv-check")
+    argv = sandbox.bwrap_argv(spec, "/usr/bin/bwrap", info_fd=3, privileged=False)
+    # The sandbox must survive the control plane and stay in the task's process group.
+    assert "--die-with-parent" not in argv and "--new-session" not in argv
+    assert argv[argv.index("--") + 1 :] == spec.argv
+    options = argv[: argv.index("--")]
+    triples = {tuple(options[i : i + 3]) for i in range(len(options) - 2)}
+    assert ("--ro-bind", str(world.shared), str(spec.data_dir / "Data" / "shared")) in triples
+    assert ("--bind", str(spec.data_dir), str(spec.data_dir)) in triples
+    assert ("--ro-bind", str(world.install), str(world.install)) in triples
+    assert ("--info-fd", "3") == tuple(options[-2:])
+    assert "--clearenv" in options and "--cap-drop" not in options
+    assert "--cap-drop" in sandbox.bwrap_argv(spec, "/usr/bin/bwrap", privileged=True)
+
+
+@needs_root
+@needs_bwrap
+def test_a_release_linked_into_place_runs(world: World) -> None:
+    # Storage may make install/ a symbolic link to a cached release; node resolves the entry script's
+    # real path, so the sandbox must hold both.
+    linked = world.root / "tenants" / "linked-install"
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    linked.symlink_to(world.install)
+    spec = world.spec("linked")
+    spec = replace(spec, install_dir=linked, argv=[spec.argv[0], str(linked / "server.js"), *spec.argv[2:]])
+    world.start(spec)
+    assert get(spec.port)["uid"] == TENANT_UID
