@@ -47,7 +47,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ff-bench-install-"))
     try:
         z = build_release_zip(work, ReleaseLayout.NODE, 13, 345, filler_files=args.files, filler_bytes=args.file_kb * 1024)
-        cache = ReleaseCache(work / "cache", DownloadPolicy(allowed_hosts=()), UnpackLimits(8 << 30, 1_000_000))
+        cache = ReleaseCache(work / "cache", DownloadPolicy(allowed_hosts=(), max_download_bytes=8 << 30), UnpackLimits(8 << 30, 1_000_000))
         info = cache.add(str(z))
         release_dir = Path(info.path)
         cache_inodes = {(st.st_dev, st.st_ino) for st in (os.lstat(os.path.join(d, f))

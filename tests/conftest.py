@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,31 +29,12 @@ def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 _PORT_BLOCKS = iter(range(31000 + random.randrange(0, 200) * 100, 60000, 100))
 
 
-# Fleet roots live outside pytest's temp dir: that one is mode 0700 (and pytest resets it), and
-# instances running as their own uids must pass through every directory above their data, as on a
-# real host.
-_FLEETS = Path(tempfile.mkdtemp(prefix="ff-tests-"))
-_FLEETS.chmod(0o711)
-atexit.register(lambda: remove_tree(_FLEETS))
-
-
-def remove_tree(path: Path) -> None:
-    """rm -rf, also through the read-only trees of installs and the release cache."""
-    for p in path.rglob("*"):
-        if p.is_dir() and not p.is_symlink():
-            try:
-                p.chmod(0o755)
-            except OSError:
-                pass
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
     from foundry_fleet.services.init import init_fleet
 
-    home = Path(tempfile.mkdtemp(dir=_FLEETS, prefix=tmp_path.name[:40] + "-"))
-    home.chmod(0o711)
-    root = home / "fleet"
+    # Under pytest's own temp dir, whose parents are mode 0700 like /root: instances running as
+    # their own uids must work there too.
+    root = tmp_path / "fleet"
     config = init_fleet(root)
     h = FleetHarness(root=root, config=config)
     low = next(_PORT_BLOCKS)
@@ -83,4 +61,3 @@ def fleet(tmp_path: Path) -> Iterator[FleetHarness]:
     h.stop_daemons()
     # Instances left running on purpose by a test (re-attach) must not outlive it.
     kill_processes_with(f"--dataPath={h.root}")
-    remove_tree(h.root.parent)

@@ -728,7 +728,28 @@ def test_parse_stat_copes_with_spaces_and_parentheses_in_comm() -> None:
 
 
 @needs_root
-def test_an_unreachable_directory_is_named_before_starting(world: World) -> None:
+@needs_bwrap
+def test_a_private_parent_directory_does_not_block_a_sandboxed_instance(world: World) -> None:
+    # Like a fleet under /root: the sandbox is built as root and the uid is dropped inside it, so
+    # the instance never walks the host's 0700 parents.
+    private = world.root / "private"
+    private.mkdir(mode=0o700)
+    data = private / "data"
+    data.mkdir()
+    os.chown(data, TENANT_UID, TENANT_UID)
+    spec = replace(world.spec("locked"), data_dir=data)
+    handle = run(world.runtime.start_task(spec))
+    world.handles.append(handle)
+    assert get(spec.port)["uid"] == TENANT_UID
+    assert get(spec.port, f"/write?path={data}/note.txt")["ok"]
+    assert (data / "note.txt").read_text() == "x"
+    # System files bwrap mounts below parents it had to create stay readable for the uid.
+    assert get(spec.port, "/read?path=/etc/ssl/openssl.cnf")["ok"]
+
+
+@needs_root
+def test_an_unreachable_directory_is_named_before_starting_without_a_sandbox(world: World) -> None:
+    plain = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, use_sandbox=False)
     private = world.root / "private"
     private.mkdir(mode=0o700)
     data = private / "data"
@@ -736,9 +757,9 @@ def test_an_unreachable_directory_is_named_before_starting(world: World) -> None
     os.chown(data, TENANT_UID, TENANT_UID)
     spec = replace(world.spec("locked"), data_dir=data)
     with pytest.raises(InvalidInput) as info:
-        run(world.runtime.start_task(spec))
+        run(plain.start_task(spec))
     assert str(private) in info.value.message and "chmod o+x" in (info.value.hint or "")
-    assert not world.runtime.cgroups.task("locked").exists()
+    assert not plain.cgroups.task("locked").exists()
 
 
 def test_sandbox_probe_and_command_line(world: World) -> None:

@@ -3,12 +3,14 @@
 Launch chain (root, sandbox available):
 
     /bin/sh -c 'echo $$ > <each cgroup.procs> && exec "$@"' sh \\
-        setpriv --reuid=UID --regid=GID --clear-groups [--inh-caps=-all --bounding-set=-all] \\
-        bwrap <sandbox options> -- node main.js --port=... --dataPath=...
+        bwrap <sandbox options> -- \\
+        setpriv --reuid=UID --regid=GID --clear-groups --no-new-privs [--inh-caps=-all --bounding-set=-all] \\
+        node main.js --port=... --dataPath=...
 
-The shell joins the task's cgroups while it is still root, setpriv drops to the instance's own uid,
-bwrap builds the sandbox, and node runs inside. Every step but bwrap's fork is an exec, so the
-process the runtime spawned (the *leader*) keeps one pid and start time from the shell to bwrap.
+The shell joins the task's cgroups while it is root, bwrap builds the sandbox as root, and inside it
+setpriv drops to the instance's own uid before exec'ing node. Every step but bwrap's fork is an
+exec, so the process the runtime spawned (the *leader*) keeps one pid and start time from the shell
+to bwrap. Without a sandbox, setpriv comes before node directly.
 
 The task is detached from the control plane, so killing the control plane (even with SIGKILL)
 leaves every instance running: the task gets a session and process group of its own, stdin is
@@ -96,11 +98,9 @@ class LocalRuntime:
                     "and shared assets are protected by file permissions only"
                 )
             else:
-                run_as = None
-                if os.geteuid() == 0 and self._setpriv is not None:
-                    # Instances run bwrap as their own uid: probe it the same way.
-                    run_as = [self._setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-                self._sandbox_probe = sandbox.probe(self._bwrap, run_as)
+                # As root, bwrap runs privileged and drops to the instance's uid inside; otherwise it
+                # runs as the fleet's user. Either way the probe runs it as the instances will.
+                self._sandbox_probe = sandbox.probe(self._bwrap)
         return self._sandbox_probe
 
     @property
@@ -183,13 +183,16 @@ class LocalRuntime:
             )
         cg = self.cgroups.task(spec.name)
         argv = list(spec.argv)
-        if use_bwrap:
-            argv = sandbox.bwrap_argv(spec, self._bwrap or "bwrap", info_fd=INFO_FD,
-                                      privileged=is_root and uid is None)
+        drop: list[str] = []
         if is_root and uid is not None:
-            drop = [self._setpriv or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+            drop = [self._setpriv or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs"]
             if self._caps_droppable():
                 drop += ["--inh-caps=-all", "--bounding-set=-all"]
+        if use_bwrap:
+            # Root builds the sandbox, then drops to the instance's uid inside it.
+            argv = sandbox.bwrap_argv(spec, self._bwrap or "bwrap", info_fd=INFO_FD,
+                                      privileged=is_root, drop_privileges=drop)
+        else:
             argv = drop + argv
         # Only controllers whose parent group this process could create are used (CgroupHost), so
         # the task's own groups are ours to join, also when not root.
@@ -202,7 +205,8 @@ class LocalRuntime:
         if executable is None:
             raise InvalidInput(f"{argv[0]!r} was not found on {env['PATH']}", "give the node binary's full path")
 
-        if is_root and uid is not None:
+        if is_root and uid is not None and not use_bwrap:
+            # Without a sandbox the server walks the host's own directories as its uid.
             _check_reachable(spec, uid, gid if gid is not None else uid)
         self._prepare_dirs(spec, use_bwrap, uid, gid)
         try:

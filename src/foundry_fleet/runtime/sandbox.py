@@ -80,13 +80,40 @@ def probe(bwrap: str | None, run_as: list[str] | None = None) -> Capability:
                       "only the instance's own directories visible, shared assets read-only")
 
 
-def _mirror(path: str) -> list[str]:
-    """Expose a host path at the same place: symlinks stay symlinks, the rest is bound read-only."""
-    if os.path.islink(path):
-        return ["--symlink", os.readlink(path), path]
-    if os.path.exists(path):
-        return ["--ro-bind", path, path]
-    return []
+class _Mounts:
+    """Builds mount options, creating each destination's parents first with mode 0755.
+
+    Privileged bwrap makes missing parents mode 0700 and root-owned; the server, which runs as
+    the instance's own uid, could then not reach /etc/ssl or its own data directory.
+    """
+
+    def __init__(self) -> None:
+        self.args: list[str] = []
+        self._made: set[str] = {"/"}
+
+    def _parents(self, dest: str) -> None:
+        parents = [str(p) for p in reversed(Path(dest).parents)]
+        for parent in parents:
+            if parent not in self._made:
+                self.args += ["--perms", "0755", "--dir", parent]
+                self._made.add(parent)
+
+    def add(self, option: str, source: str, dest: str) -> None:
+        self._parents(dest)
+        self.args += [option, source, dest]
+        self._made.add(dest)
+
+    def tmpfs(self, dest: str) -> None:
+        self._parents(dest)
+        self.args += ["--tmpfs", dest]
+        self._made.add(dest)
+
+    def mirror(self, path: str) -> None:
+        """Expose a host path at the same place: symlinks stay symlinks, the rest is bound read-only."""
+        if os.path.islink(path):
+            self.add("--symlink", os.readlink(path), path)
+        elif os.path.exists(path):
+            self.add("--ro-bind", path, path)
 
 
 def _node_dirs(argv0: str, env_path: str) -> list[str]:
@@ -110,14 +137,22 @@ def sandbox_env(spec: TaskSpec) -> dict[str, str]:
 
 
 def bwrap_argv(
-    spec: TaskSpec, bwrap: str, info_fd: int | None = None, privileged: bool | None = None
+    spec: TaskSpec,
+    bwrap: str,
+    info_fd: int | None = None,
+    privileged: bool | None = None,
+    drop_privileges: list[str] | None = None,
 ) -> list[str]:
     """The full command line: bwrap, its options, `--`, then the server's argv.
 
-    `privileged`: bwrap itself runs as root (default: this process is root and no uid is set).
+    `privileged`: bwrap itself runs as root (default: this process is root).
+    `drop_privileges`: a command (setpriv ...) run inside the sandbox that switches to the
+    instance's own uid and then execs the server. Dropping inside, after the mounts are made, means
+    the instance's uid never needs to reach its directories through the host's parents (a fleet
+    under /root works), and the server still ends up with no capabilities at all.
     """
     if privileged is None:
-        privileged = os.geteuid() == 0 and spec.uid is None
+        privileged = os.geteuid() == 0
     env = sandbox_env(spec)
     args = [
         bwrap,
@@ -128,31 +163,34 @@ def bwrap_argv(
         "--hostname", spec.name,
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
     ]
+    mounts = _Mounts()
+    mounts.tmpfs("/tmp")
     for path in SYSTEM_PATHS:
-        args += _mirror(path)
+        mounts.mirror(path)
     for node_dir in _node_dirs(spec.argv[0], env["PATH"]):
-        args += ["--ro-bind", node_dir, node_dir]
+        mounts.add("--ro-bind", node_dir, node_dir)
 
     install = str(spec.install_dir)
     real_install = os.path.realpath(install)
     # node resolves the entry script's symlinks, so a linked release must exist at its real path too.
     if real_install != install:
-        args += ["--ro-bind", real_install, real_install]
-    args += ["--ro-bind", install, install]
+        mounts.add("--ro-bind", real_install, real_install)
+    mounts.add("--ro-bind", install, install)
 
     data = str(spec.data_dir)
-    args += ["--bind", data, data]
+    mounts.add("--bind", data, data)
     if spec.shared_dir is not None:
-        args += ["--ro-bind", str(spec.shared_dir), str(spec.data_dir / SHARED_MOUNT)]
+        mounts.add("--ro-bind", str(spec.shared_dir), str(spec.data_dir / SHARED_MOUNT))
+    args += mounts.args
 
     args += ["--chdir", data, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
-    if privileged:
-        # Privileged bwrap would otherwise hand root's capabilities to the server.
+    if privileged and not drop_privileges:
+        # Privileged bwrap would otherwise hand root's capabilities to the server. (With a drop
+        # command, setpriv needs them for the switch and clears them all itself.)
         args += ["--cap-drop", "ALL"]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
-    return [*args, "--", *spec.argv]
+    return [*args, "--", *(drop_privileges or []), *spec.argv]
