@@ -81,7 +81,7 @@ def main() -> None:
         client.close()
 
         print(f"machine: {describe()}")
-        print(f"daemon pid {daemon.pid}; CPU averaged over {args.seconds:g} s; health checks every 5 s (default)")
+        print(f"daemon pid {daemon.pid}; CPU averaged over {args.seconds:g} s; health checks every 15 s (default)")
         print(f"no instances (anchor)            : RSS {empty[0]:6.1f} MB, CPU {empty[1]:5.2f} %")
         print(f"{args.instances} instances registered, stopped: RSS {stopped[0]:6.1f} MB, CPU {stopped[1]:5.2f} %")
         print(f"{args.instances} instances running           : RSS {running[0]:6.1f} MB, CPU {running[1]:5.2f} %")

@@ -44,7 +44,7 @@ def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
         "backoff_initial = 1.0": "backoff_initial = 0.2",
         "backoff_max = 60.0": "backoff_max = 1.0",
         "crash_loop_count = 5": "crash_loop_count = 3",
-        "health_interval = 5.0": "health_interval = 0.5",
+        "health_interval = 15.0": "health_interval = 0.5",
         "stop_timeout = 10.0": "stop_timeout = 5.0",
         "start_timeout = 120.0": "start_timeout = 20.0",
         "memory_mb = 2048": "memory_mb = 512",

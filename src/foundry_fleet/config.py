@@ -96,7 +96,7 @@ class SupervisorSection(_Section):
     crash_loop_count: int = Field(5, ge=1, description="more crashes than this ...")
     crash_loop_minutes: float = Field(10.0, gt=0, description="... within this many minutes: failed")
     stable_after: float = Field(60.0, gt=0)
-    health_interval: float = Field(5.0, gt=0)
+    health_interval: float = Field(15.0, gt=0, description="a crash is noticed at once; checks find hangs")
     health_timeout: float = Field(2.0, gt=0)
     health_failures: int = Field(3, ge=1, description="consecutive failed checks of a running instance before a restart")
     start_timeout: float = Field(120.0, gt=0)

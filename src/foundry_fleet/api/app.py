@@ -6,18 +6,19 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from foundry_fleet import __version__
-from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.supervisor import Supervisor
-
-STATUS_CODES = {"invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422, "external": 502}
+from foundry_fleet.services.views import CreatedInstance, EventView, InstanceView
 
 
 @dataclass
@@ -29,6 +30,8 @@ class DaemonInfo:
 
 
 class CreateInstance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     release: str
     license_key: str | None = None
@@ -37,20 +40,16 @@ class CreateInstance(BaseModel):
     start: bool = True
 
 
-def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_timeout: float = 60.0) -> FastAPI:
-    app = FastAPI(title="foundry-fleet control API", version=__version__, docs_url=None, redoc_url=None)
-    # Offloaded service calls touch SQLite; keep them off the event loop.
+WAIT = Param("wait", bool, True, "answer once the instance has settled (running, stopped or failed)")
+
+
+def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_timeout: float = 60.0) -> Starlette:
+    # Service calls touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
 
-    @app.exception_handler(FleetError)
-    async def _fleet_error(_request: Request, exc: FleetError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=STATUS_CODES.get(exc.kind, 500))
-
-    @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return {"ok": True, "pid": info.pid, "version": __version__, "started_at": info.started_at, "root": info.root}
 
-    @app.get("/v1/status")
     async def status() -> dict[str, Any]:
         instances = await run(fleet.list_instances)
         return {
@@ -59,63 +58,78 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
             "instances": [i.to_dict() for i in instances],
         }
 
-    @app.get("/v1/instances")
     async def list_instances() -> list[dict[str, Any]]:
         return [i.to_dict() for i in await run(fleet.list_instances)]
 
-    @app.get("/v1/instances/{name}")
     async def get_instance(name: str) -> dict[str, Any]:
         return (await run(fleet.get_instance, name)).to_dict()
 
-    @app.post("/v1/instances", status_code=201)
     async def create_instance(body: CreateInstance) -> dict[str, Any]:
         created = await run(fleet.create_instance, body.name, body.release, body.license_key, body.owner,
                             body.admin_password, body.start)
         await supervisor.reconcile()
         if body.start:
             await supervisor.wait_settled(body.name, settle_timeout)
-            created = type(created)((await run(fleet.get_instance, body.name)), created.admin_password)
+            created = CreatedInstance(await run(fleet.get_instance, body.name), created.admin_password)
         return created.to_dict()
 
-    @app.post("/v1/instances/{name}/start")
-    async def start(name: str, wait: bool = True) -> dict[str, Any]:
+    async def settle(name: str, wait: bool) -> dict[str, Any]:
+        if wait:
+            await supervisor.wait_settled(name, settle_timeout)
+        return (await run(fleet.get_instance, name)).to_dict()
+
+    async def start_instance(name: str, wait: bool) -> dict[str, Any]:
         await run(fleet.set_desired, name, DesiredState.RUNNING)
         supervisor.poke(name)
-        if wait:
-            await supervisor.wait_settled(name, settle_timeout)
-        return (await run(fleet.get_instance, name)).to_dict()
+        return await settle(name, wait)
 
-    @app.post("/v1/instances/{name}/stop")
-    async def stop(name: str, wait: bool = True) -> dict[str, Any]:
+    async def stop_instance(name: str, wait: bool) -> dict[str, Any]:
         await run(fleet.set_desired, name, DesiredState.STOPPED)
         supervisor.poke(name)
-        if wait:
-            await supervisor.wait_settled(name, settle_timeout)
-        return (await run(fleet.get_instance, name)).to_dict()
+        return await settle(name, wait)
 
-    @app.post("/v1/instances/{name}/restart")
-    async def restart(name: str, wait: bool = True) -> dict[str, Any]:
+    async def restart_instance(name: str, wait: bool) -> dict[str, Any]:
         await run(fleet.set_desired, name, DesiredState.RUNNING, "restart")
         await supervisor.restart(name)
-        if wait:
-            await supervisor.wait_settled(name, settle_timeout)
-        return (await run(fleet.get_instance, name)).to_dict()
+        return await settle(name, wait)
 
-    @app.delete("/v1/instances/{name}")
-    async def delete(name: str, purge: bool = False) -> dict[str, Any]:
+    async def delete_instance(name: str, purge: bool) -> dict[str, Any]:
         # Stopped first, so no reconcile can start it again while it is being removed.
         await run(fleet.set_desired, name, DesiredState.STOPPED, "deleting")
         await supervisor.remove(name)
         kept = await run(fleet.delete_instance, name, purge)
         return {"deleted": name, "kept_at": kept}
 
-    @app.get("/v1/events")
-    async def events(target: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_events(target: str | None, limit: int) -> list[dict[str, Any]]:
         return [e.to_dict() for e in await run(fleet.events, target, limit)]
 
-    @app.post("/v1/reconcile")
     async def reconcile() -> dict[str, bool]:
         await supervisor.reconcile()
         return {"ok": True}
 
-    return app
+    table = [
+        Endpoint("GET", "/v1/health", "Is the daemon up?", health),
+        Endpoint("GET", "/v1/status", "The daemon, the host's capabilities and every instance", status),
+        Endpoint("GET", "/v1/instances", "Every instance", list_instances, returns=list[InstanceView]),
+        Endpoint("POST", "/v1/instances", "Create an instance (and start it unless start is false)",
+                 create_instance, body=CreateInstance, status=201),
+        Endpoint("GET", "/v1/instances/{name}", "One instance", get_instance, returns=InstanceView),
+        Endpoint("POST", "/v1/instances/{name}/start", "Start an instance (also after it failed)",
+                 start_instance, query=(WAIT,), returns=InstanceView),
+        Endpoint("POST", "/v1/instances/{name}/stop", "Stop an instance gracefully",
+                 stop_instance, query=(WAIT,), returns=InstanceView),
+        Endpoint("POST", "/v1/instances/{name}/restart", "Restart an instance",
+                 restart_instance, query=(WAIT,), returns=InstanceView),
+        Endpoint("DELETE", "/v1/instances/{name}", "Delete an instance; its data is archived unless purge",
+                 delete_instance, query=(Param("purge", bool, False, "destroy the data too"),)),
+        Endpoint("GET", "/v1/events", "The event log, oldest first", list_events,
+                 query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
+                 returns=list[EventView]),
+        Endpoint("POST", "/v1/reconcile", "Re-read the desired state now", reconcile),
+    ]
+    schema = openapi(table, "foundry-fleet control API")
+
+    async def openapi_json(_request: Request) -> JSONResponse:
+        return JSONResponse(schema)
+
+    return Starlette(routes=[*routes(table), Route("/openapi.json", openapi_json, methods=["GET"])])

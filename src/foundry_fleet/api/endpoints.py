@@ -1,0 +1,130 @@
+"""Endpoints as data: one table drives both the Starlette routes and the OpenAPI schema.
+
+Starlette (not FastAPI) keeps the long-running daemon lean; the table keeps the schema honest,
+since a route cannot exist without its entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from foundry_fleet import __version__
+from foundry_fleet.domain.errors import FleetError, InvalidInput
+
+STATUS_CODES = {"invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422, "external": 502,
+                "daemon_not_running": 503}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type  # bool, int or str
+    default: Any
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Callable[..., Awaitable[Any]]  # called with path params, query params and `body`
+    query: tuple[Param, ...] = ()
+    body: type[BaseModel] | None = None
+    returns: Any = None  # a type, for the schema
+    status: int = 200
+
+
+def _parse_query(request: Request, params: tuple[Param, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in params:
+        raw = request.query_params.get(p.name)
+        if raw is None:
+            out[p.name] = p.default
+        elif p.kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise InvalidInput(f"query parameter {p.name} must be true or false, not {raw!r}")
+            out[p.name] = raw.lower() in ("true", "1")
+        elif p.kind is int:
+            try:
+                out[p.name] = int(raw)
+            except ValueError:
+                raise InvalidInput(f"query parameter {p.name} must be a whole number, not {raw!r}") from None
+        else:
+            out[p.name] = raw
+    return out
+
+
+def _route(ep: Endpoint) -> Route:
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            kwargs: dict[str, Any] = dict(request.path_params)
+            kwargs.update(_parse_query(request, ep.query))
+            if ep.body is not None:
+                try:
+                    kwargs["body"] = ep.body.model_validate_json(await request.body())
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    where = ".".join(str(x) for x in first["loc"]) or "body"
+                    raise InvalidInput(f"request body: {where}: {first['msg']}") from None
+            result = await ep.handler(**kwargs)
+        except FleetError as exc:
+            return JSONResponse(exc.to_dict(), status_code=STATUS_CODES.get(exc.kind, 500))
+        return JSONResponse(result, status_code=ep.status)
+
+    return Route(ep.path, endpoint, methods=[ep.method])
+
+
+def routes(endpoints: list[Endpoint]) -> list[Route]:
+    return [_route(ep) for ep in endpoints]
+
+
+def openapi(endpoints: list[Endpoint], title: str) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for the table."""
+    types = {bool: "boolean", int: "integer", str: "string"}
+    error = {"$ref": "#/components/schemas/Error"}
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                           "hint": {"type": ["string", "null"]}},
+            "required": ["error", "message"],
+        }
+    }
+    paths: dict[str, Any] = {}
+    for ep in endpoints:
+        op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__}
+        params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for n in _path_params(ep.path)]
+        params += [{"name": p.name, "in": "query", "required": False, "description": p.description,
+                    "schema": {"type": types[p.kind], "default": p.default}} for p in ep.query]
+        if params:
+            op["parameters"] = params
+        if ep.body is not None:
+            schemas[ep.body.__name__] = ep.body.model_json_schema()
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{ep.body.__name__}"}}}}
+        ok: dict[str, Any] = {"description": "success"}
+        if ep.returns is not None:
+            ok["content"] = {"application/json": {"schema": TypeAdapter(ep.returns).json_schema()}}
+        op["responses"] = {str(ep.status): ok, "default": {
+            "description": "what was wrong, and what to do next",
+            "content": {"application/json": {"schema": error}}}}
+        paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": __version__},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{") and part.endswith("}")]

@@ -1,0 +1,46 @@
+"""The state database: migrations match the models, WAL is on, and an up-to-date schema opens fast."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from foundry_fleet.store.database import MIGRATIONS, SCHEMA_REVISION, make_engine, open_database
+from foundry_fleet.store.models import Base
+
+
+def test_schema_revision_is_alembic_head() -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
+
+
+def test_migrations_create_exactly_the_models(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "fleet.sqlite"
+    open_database(db)
+    engine = make_engine(db)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert (db.stat().st_mode & 0o777) == 0o600
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("pragma journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("select version_num from alembic_version").fetchone()[0] == SCHEMA_REVISION
+
+
+def test_an_up_to_date_database_opens_without_alembic(tmp_path: Path) -> None:
+    db = tmp_path / "fleet.sqlite"
+    open_database(db)
+    code = (
+        "import sys; from pathlib import Path; from foundry_fleet.store.database import open_database; "
+        f"open_database(Path({str(db)!r})); print('alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
