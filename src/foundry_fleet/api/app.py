@@ -104,7 +104,7 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
         return [e.to_dict() for e in await run(fleet.events, target, limit)]
 
     async def reconcile() -> dict[str, bool]:
-        await supervisor.reconcile()
+        await supervisor.reconcile(poke=True)
         return {"ok": True}
 
     table = [

@@ -288,14 +288,18 @@ class Supervisor:
     def poke(self, name: str) -> None:
         self.get(name).poke()
 
-    async def reconcile(self) -> None:
-        """Supervise new instances, drop deleted ones, and have every supervisor re-read its row."""
+    async def reconcile(self, poke: bool = False) -> None:
+        """Supervise new instances and drop deleted ones; with `poke`, every supervisor re-reads its row.
+
+        The periodic pass does not poke: that would cut a crash backoff short.
+        """
         rows = self.fleet.supervision_rows()
         names = {r[0] for r in rows}
         for name, _desired, state, task, _crashes in rows:
             sup = self.instances.get(name)
             if sup is not None:
-                sup.poke()
+                if poke:
+                    sup.poke()
                 continue
             recovered = None
             if task:
