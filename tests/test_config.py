@@ -79,3 +79,14 @@ def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("FOUNDRY_FLEET_CONFIG", "/elsewhere.toml")
     assert find_config() == Path("/elsewhere.toml")
     assert find_config("given.toml") == Path("given.toml")
+
+
+def test_config_option_is_accepted_anywhere() -> None:
+    from foundry_fleet.cli.main import hoist_config_option
+
+    assert hoist_config_option(["instance", "list", "--config", "f.toml", "--json"]) == [
+        "--config", "f.toml", "instance", "list", "--json"]
+    assert hoist_config_option(["status", "--config=f.toml"]) == ["--config=f.toml", "status"]
+    assert hoist_config_option(["-c", "f.toml", "status"]) == ["-c", "f.toml", "status"]
+    # After `--` everything is an argument, even a word that looks like the option.
+    assert hoist_config_option(["instance", "create", "--", "--config"]) == ["instance", "create", "--", "--config"]

@@ -34,7 +34,9 @@ def test_create_run_isolate_crash_and_reattach(fleet: FleetHarness, release_zips
 
     password_file = tmp_path / "pw"
     password_file.write_text("correct horse battery\n")
-    created = create(fleet, "alice", "13.345", "--license", LICENSE, "--owner", "123456789012345678",
+    license_file = tmp_path / "license"
+    license_file.write_text(LICENSE + "\n")
+    created = create(fleet, "alice", "13.345", "--license-file", str(license_file), "--owner", "123456789012345678",
                      "--admin-password-file", str(password_file))
     inst = created["instance"]
     assert created["admin_password"] is None  # chosen by the admin, so never echoed back

@@ -95,3 +95,56 @@ def test_daemon_shutdown_leave_running_keeps_instances_for_the_next_up(
     assert pids_with_arg(f"--port={inst['port']}") == [inst["pid"]]
     fleet.up()
     assert fleet.wait_state("hank", "running")["pid"] == inst["pid"]
+
+
+def test_an_unrecorded_process_is_cleared_before_the_instance_starts(
+    fleet: FleetHarness, release_zips: dict[str, Path]
+) -> None:
+    """The daemon died between spawning a server and recording it: the stray must not hold the port."""
+    import sqlite3
+
+    from tests.standin import spawn_standin
+
+    fleet.cli("release", "add", str(release_zips["node"]))
+    inst = fleet.cli("instance", "create", "ivan", "--release", "13.345", "--json").json()["instance"]
+    entry = Path(inst["install_dir"]) / "main.js"
+    stray = spawn_standin(entry, inst["port"], Path(inst["data_dir"]), stdout_path=fleet.root / "stray.log")
+    wait_until(lambda: pids_with_arg(f"--port={inst['port']}"), 10, "the stray to run")
+    db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
+    db.execute("update instances set state = 'starting' where name = 'ivan'")
+    db.commit()
+    db.close()
+    fleet.up()
+    back = fleet.wait_state("ivan", "running")
+    assert stray.wait(10) is not None
+    assert pids_with_arg(f"--port={inst['port']}") == [back["pid"]]
+    actions = [e["action"] for e in fleet.cli("events", "--instance", "ivan", "--json").json()]
+    assert "instance.strays" in actions
+
+
+def test_an_interrupted_delete_is_finished_without_losing_data(
+    fleet: FleetHarness, release_zips: dict[str, Path]
+) -> None:
+    import sqlite3
+
+    fleet.cli("release", "add", str(release_zips["node"]))
+    inst = fleet.cli("instance", "create", "jane", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    Path(inst["data_dir"], "Data", "world.db").write_text("keep me")
+    db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
+    db.execute("update instances set desired = 'deleted' where name = 'jane'")  # then the deleter died
+    db.commit()
+    db.close()
+    fleet.up()
+    assert fleet.cli("instance", "show", "jane", check=False).code == 3
+    kept = list((fleet.root / "archive").glob("jane-*/data/Data/world.db"))
+    assert [p.read_text() for p in kept] == ["keep me"]
+
+
+def test_files_without_an_instance_are_never_adopted(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    fleet.cli("release", "add", str(release_zips["node"]))
+    orphan = fleet.root / "instances" / "kim" / "data"
+    orphan.mkdir(parents=True)
+    (orphan / "secret.txt").write_text("someone else's")
+    r = fleet.cli("instance", "create", "kim", "--release", "13.345", check=False)
+    assert r.code == 4 and "belongs to no instance" in r.err
+    assert (orphan / "secret.txt").read_text() == "someone else's"

@@ -18,14 +18,14 @@ app = typer.Typer(help="Foundry instances, one per tenant.", no_args_is_help=Tru
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _read_secret_file(path: Path) -> str:
+def _read_secret_file(path: Path, what: str = "password") -> str:
     try:
         text = path.read_text()
     except OSError as e:
-        raise InvalidInput(f"cannot read {path}: {e.strerror}", "give a readable file holding the password") from None
+        raise InvalidInput(f"cannot read {path}: {e.strerror}", f"give a readable file holding the {what}") from None
     value = text.rstrip("\r\n")
     if not value or "\n" in value:
-        raise InvalidInput(f"{path} must hold the password on one line", "write just the password into it")
+        raise InvalidInput(f"{path} must hold the {what} on one line", f"write just the {what} into it")
     return value
 
 
@@ -35,6 +35,9 @@ def create(
     name: Annotated[str, typer.Argument(help="becomes the host <name>.<domain>: lowercase letters, digits, dashes")],
     release: Annotated[str, typer.Option("--release", "-r", help="a version from `release list`, e.g. 13.345")],
     license_key: Annotated[Optional[str], typer.Option("--license", help="the tenant's Foundry license key")] = None,
+    license_file: Annotated[
+        Optional[Path], typer.Option(help="file holding the license key (keeps it out of the process list)")
+    ] = None,
     owner: Annotated[Optional[str], typer.Option(help="the tenant's Discord user id")] = None,
     admin_password_file: Annotated[
         Optional[Path], typer.Option(help="file holding the Foundry admin password (else one is generated)")
@@ -44,6 +47,10 @@ def create(
 ) -> None:
     """Create an instance: storage, install, options.json, license.json, admin.txt, a port."""
     c: CliContext = ctx.obj
+    if license_key and license_file:
+        raise InvalidInput("give the license with --license or --license-file, not both")
+    if license_file:
+        license_key = _read_secret_file(license_file, "license key")
     password = _read_secret_file(admin_password_file) if admin_password_file else None
     client = c.daemon()
     if client is not None:

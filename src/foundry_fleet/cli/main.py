@@ -126,9 +126,29 @@ def api_schema(ctx: typer.Context) -> None:
     print_json(ctx.obj.require_daemon().openapi())
 
 
+def hoist_config_option(argv: list[str]) -> list[str]:
+    """Accept --config/-c anywhere on the line (`foundry-fleet instance list --config f.toml`)."""
+    args, hoisted, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            args += argv[i:]
+            break
+        if a in ("--config", "-c") and i + 1 < len(argv):
+            hoisted = [a, argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            hoisted = [a]
+        else:
+            args.append(a)
+        i += 1
+    return hoisted + args
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app(args=hoist_config_option(sys.argv[1:]), prog_name="foundry-fleet", standalone_mode=False)
     except FleetError as e:
         err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
         if e.hint:

@@ -17,6 +17,9 @@ class InstanceState(str, enum.Enum):
 class DesiredState(str, enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
+    # Being deleted: set before the data is moved away, so an interrupted delete is finished (by
+    # archiving, which never loses data) the next time the fleet starts.
+    DELETED = "deleted"
 
 
 # States in which a process may exist and must be stopped before the instance is deleted.

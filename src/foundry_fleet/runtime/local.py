@@ -481,6 +481,19 @@ class LocalRuntime:
             cpu_seconds=sum(procfs.cpu_seconds(p) for p in pids),
         )
 
+    def kill_strays(self, name: str, data_dir: Path) -> int:
+        """Kill what runs in the task's cgroups or serves its data directory, though no handle says so."""
+        strays = set(self.cgroups.task(name).pids()) if self.cgroups.usable() else set()
+        flag = f"--dataPath={data_dir}"
+        strays |= {pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid)}
+        strays.discard(os.getpid())
+        for pid in strays:
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(procfs.is_alive(p) for p in strays):
+            time.sleep(0.01)
+        return len(strays)
+
     def destroy_task(self, handle: TaskHandle) -> None:
         self._kill_everything_now(handle)
         self._collect_exit(handle)

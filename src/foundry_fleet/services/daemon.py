@@ -68,9 +68,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
     fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
     runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}")
-    caps = runtime.fingerprint()
     lo, hi = config.instances.port_range
-    caps.append(runtime.protect_ports(lo, hi))
+    # The firewall line reports what was actually set up for this fleet's port range.
+    caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
     report_capabilities(caps)
 
     supervisor = Supervisor(fleet, runtime)

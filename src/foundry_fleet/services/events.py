@@ -30,4 +30,4 @@ def record(
         )
     )
     level = logging.WARNING if outcome in (Outcome.FAILED, Outcome.REFUSED) else logging.INFO
-    log.log(level, "%s %s %s: %s%s", actor, action, target, outcome.value, f" ({message})" if message else "")
+    log.log(level, "%s %s: %s%s [%s]", action, target, outcome.value, f" ({message})" if message else "", actor)

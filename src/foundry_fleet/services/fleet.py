@@ -211,6 +211,7 @@ class Fleet:
         self.repair_interrupted()
         lock = self._creation_lock(name)
         with lock:
+            self._refuse_unowned_files(name)
             row_id = self._reserve_instance(name, release, owner_id, start)
             try:
                 self._provision(name, license_json, password)
@@ -225,6 +226,17 @@ class Fleet:
             record(s, self.actor, "instance.create", name, Outcome.OK, f"release {release}, port {row.port}")
             view = self.view(row)
         return CreatedInstance(view, password if generated else None)
+
+    def _refuse_unowned_files(self, name: str) -> None:
+        """Files under instances/<name> that no instance owns are someone's data: never adopt them."""
+        root = self.storage.paths(name).root
+        with self._session() as s:
+            owned = s.scalar(select(Instance.id).where(Instance.name == name)) is not None
+        if root.exists() and not owned:
+            raise Conflict(
+                f"{root} exists but belongs to no instance of this fleet",
+                f"move it away (for example into {self.config.paths.archive}) before creating {name!r}",
+            )
 
     def _reserve_instance(self, name: str, release: str, owner_id: str | None, start: bool) -> int:
         """Insert the row in state `creating`: it holds the name, port and uid while files are laid out."""
@@ -308,10 +320,20 @@ class Fleet:
                 record(s, self.actor, "instance.create", name, Outcome.FAILED, f"rolled back: {why}")
 
     def repair_interrupted(self) -> list[str]:
-        """Roll back creations whose creator died (the row is `creating` and nobody holds its lock)."""
+        """Finish what a crash interrupted: creations are rolled back, deletions completed (archived).
+
+        A creation counts as interrupted when its row is `creating` and nobody holds its lock.
+        """
+        repaired = []
+        with self._session() as s:
+            deleting = s.scalars(
+                select(Instance.name).where(Instance.desired == DesiredState.DELETED.value, Instance.task.is_(None))
+            ).all()
+        for name in deleting:
+            self._finish_delete(name, purge=False)
+            repaired.append(name)
         with self._session() as s:
             names = s.scalars(select(Instance.name).where(Instance.state == InstanceState.CREATING.value)).all()
-        repaired = []
         for name in names:
             lock = self._creation_lock(name)
             try:
@@ -332,6 +354,8 @@ class Fleet:
             row = self._instance_row(s, name)
             if row.state == InstanceState.CREATING.value:
                 raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
+            if row.desired == DesiredState.DELETED.value:
+                raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
             row.desired = desired.value
             if desired is DesiredState.RUNNING and row.state == InstanceState.FAILED.value:
                 # An explicit start after a crash loop: forget the loop and try again.
@@ -343,7 +367,11 @@ class Fleet:
             return self.view(row)
 
     def delete_instance(self, name: str, purge: bool = False) -> str | None:
-        """Forget an instance. Its data is archived (kept) unless `purge`; returns where it was kept."""
+        """Forget an instance. Its data is archived (kept) unless `purge`; returns where it was kept.
+
+        Two steps: the row is marked `deleted` first, then the files go, then the row. A delete
+        interrupted in between is finished by `repair_interrupted`.
+        """
         with self._session() as s:
             row = self._instance_row(s, name)
             if row.task is not None:
@@ -351,10 +379,14 @@ class Fleet:
                     f"instance {name} still has a process (state {row.state})",
                     "stop it first (the daemon must be running to stop it)",
                 )
+            row.desired = DesiredState.DELETED.value
+        return self._finish_delete(name, purge)
+
+    def _finish_delete(self, name: str, purge: bool) -> str | None:
         kept: str | None = None
         if purge:
             self.storage.destroy_instance(name)
-        else:
+        elif self.storage.paths(name).root.exists():
             kept = str(self.storage.archive_instance(name, time.strftime("%Y%m%d-%H%M%S")))
         with self._session() as s:
             row = self._instance_row(s, name)
@@ -407,7 +439,11 @@ class Fleet:
     def supervision_rows(self) -> list[tuple[str, str, str, dict | None, list[float]]]:
         """(name, desired, state, task, crash_times) of every instance past creation."""
         with self._session() as s:
-            rows = s.scalars(select(Instance).where(Instance.state != InstanceState.CREATING.value)).all()
+            rows = s.scalars(
+                select(Instance).where(
+                    Instance.state != InstanceState.CREATING.value, Instance.desired != DesiredState.DELETED.value
+                )
+            ).all()
             return [(r.name, r.desired, r.state, r.task, list(r.crash_times or [])) for r in rows]
 
     def record_event(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:

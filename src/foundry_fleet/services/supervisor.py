@@ -310,6 +310,13 @@ class Supervisor:
                                        event=("instance.lost", Outcome.INFO))
             elif state in (InstanceState.RUNNING.value, InstanceState.STARTING.value, InstanceState.STOPPING.value):
                 self.fleet.observe(name, InstanceState.STOPPED, "no process recorded", task=None)
+            if recovered is None:
+                # A control plane that died between spawning a process and recording it leaves one
+                # nobody knows about; it would hold the port, so it goes before anything starts.
+                strays = self.runtime.kill_strays(name, self.fleet.storage.paths(name).data)
+                if strays:
+                    self.fleet.record_event("instance.strays", name, Outcome.INFO,
+                                            f"stopped {strays} unrecorded process(es)", actor="supervisor")
             sup = InstanceSupervisor(name, self.fleet, self.runtime, self.http)
             self.instances[name] = sup
             sup.start(recovered)
