@@ -8,10 +8,8 @@ Run: .venv/bin/python bench/create_to_healthy.py [--rounds 10]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,10 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
-from foundry_fleet.domain.release import ReleaseLayout  # noqa: E402
-from foundry_fleet.services.init import init_fleet  # noqa: E402
-from tests.harness import FleetHarness, kill_processes_with  # noqa: E402
-from tests.standin import build_release_zip, free_port, spawn_standin, wait_for_status, write_options  # noqa: E402
+from bench.fleet import bench_fleet  # noqa: E402
+from tests.standin import free_port, spawn_standin, wait_for_status, write_options  # noqa: E402
 
 
 def bare_start(entry: Path, work: Path) -> float:
@@ -44,46 +40,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ff-bench-create-"))
-    fleet = None
-    try:
-        z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
-        fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
-        fleet.edit_config("port_range = [30000, 30999]", "port_range = [41000, 41999]")
-        fleet.cli("release", "add", str(z))
-        fleet.up()
+    with bench_fleet("ff-bench-create-", 41000) as fleet:
         client = ControlClient(fleet.socket)
         # The anchor runs the very same unpacked release, straight from the cache.
         entry = next((fleet.root / "releases").glob("versions/13.345/**/main.js"))
-
         totals, anchors = [], []
         for i in range(args.rounds):
-            anchors.append(bare_start(entry, work))
+            anchors.append(bare_start(entry, fleet.root))
             t0 = time.perf_counter()
             created = client.create_instance(name=f"bench{i}", release="13.345", start=True)
             totals.append(time.perf_counter() - t0)
             assert created["instance"]["state"] == "running", created
-        overhead = [t - a for t, a in zip(totals, anchors)]
-        print(f"machine: {describe()}")
-        print(f"rounds: {args.rounds}, bubblewrap + setpriv + cgroups: as the daemon found them (see its log)")
-        print(f"stand-in alone (spawn -> healthy): median {statistics.median(anchors) * 1000:6.1f} ms")
-        print(f"fleet create -> healthy          : median {statistics.median(totals) * 1000:6.1f} ms, "
-              f"p90 {percentile(totals, 90) * 1000:6.1f} ms")
-        print(f"control-plane overhead           : median {statistics.median(overhead) * 1000:6.1f} ms, "
-              f"p90 {percentile(overhead, 90) * 1000:6.1f} ms   (target <= 300 ms)")
-        print(f"ratio fleet / stand-in alone     : {statistics.median(totals) / statistics.median(anchors):.2f}x")
         client.close()
-    finally:
-        if fleet is not None:
-            fleet.stop_daemons()
-            kill_processes_with(f"--dataPath={fleet.root}")
-        for p in work.rglob("*"):
-            if p.is_dir() and not p.is_symlink():
-                try:
-                    p.chmod(0o755)
-                except OSError:
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
+    overhead = [t - a for t, a in zip(totals, anchors)]
+    print(f"machine: {describe()}")
+    print(f"rounds: {args.rounds}, bubblewrap + setpriv + cgroups: as the daemon found them (see its log)")
+    print(f"stand-in alone (spawn -> healthy): median {statistics.median(anchors) * 1000:6.1f} ms")
+    print(f"fleet create -> healthy          : median {statistics.median(totals) * 1000:6.1f} ms, "
+          f"p90 {percentile(totals, 90) * 1000:6.1f} ms")
+    print(f"control-plane overhead           : median {statistics.median(overhead) * 1000:6.1f} ms, "
+          f"p90 {percentile(overhead, 90) * 1000:6.1f} ms   (target <= 300 ms)")
+    print(f"ratio fleet / stand-in alone     : {statistics.median(totals) / statistics.median(anchors):.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,10 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
-from foundry_fleet.domain.release import ReleaseLayout  # noqa: E402
-from foundry_fleet.services.init import init_fleet  # noqa: E402
-from tests.harness import FleetHarness, kill_processes_with  # noqa: E402
-from tests.standin import build_release_zip  # noqa: E402
+from bench.fleet import bench_fleet  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -52,14 +47,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=30)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ff-bench-idle-"))
-    fleet = None
-    try:
-        z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
-        fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
-        fleet.edit_config("port_range = [30000, 30999]", "port_range = [42000, 42999]")
-        fleet.cli("release", "add", str(z))
-        daemon = fleet.up()
+    with bench_fleet("ff-bench-idle-", 42000) as fleet:
+        daemon = fleet.daemons[-1]
         client = ControlClient(fleet.socket)
         time.sleep(2)
         empty = measure(daemon.pid, args.seconds)
@@ -80,23 +69,12 @@ def main() -> None:
         running = measure(daemon.pid, args.seconds)
         client.close()
 
-        print(f"machine: {describe()}")
-        print(f"daemon pid {daemon.pid}; CPU averaged over {args.seconds:g} s; health checks every 15 s (default)")
-        print(f"no instances (anchor)            : RSS {empty[0]:6.1f} MB, CPU {empty[1]:5.2f} %")
-        print(f"{args.instances} instances registered, stopped: RSS {stopped[0]:6.1f} MB, CPU {stopped[1]:5.2f} %")
-        print(f"{args.instances} instances running           : RSS {running[0]:6.1f} MB, CPU {running[1]:5.2f} %")
-        print(f"ratio RSS {args.instances} running / none   : {running[0] / empty[0]:.2f}x   (target <= 80 MB, < 1% CPU)")
-    finally:
-        if fleet is not None:
-            fleet.stop_daemons()
-            kill_processes_with(f"--dataPath={fleet.root}")
-        for p in work.rglob("*"):
-            if p.is_dir() and not p.is_symlink():
-                try:
-                    p.chmod(0o755)
-                except OSError:
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"machine: {describe()}")
+    print(f"daemon pid {daemon.pid}; CPU averaged over {args.seconds:g} s; health checks every 15 s (default)")
+    print(f"no instances (anchor)            : RSS {empty[0]:6.1f} MB, CPU {empty[1]:5.2f} %")
+    print(f"{args.instances} instances registered, stopped: RSS {stopped[0]:6.1f} MB, CPU {stopped[1]:5.2f} %")
+    print(f"{args.instances} instances running           : RSS {running[0]:6.1f} MB, CPU {running[1]:5.2f} %")
+    print(f"ratio RSS {args.instances} running / none   : {running[0] / empty[0]:.2f}x   (target <= 80 MB, < 1% CPU)")
 
 
 if __name__ == "__main__":

@@ -412,26 +412,26 @@ class LocalRuntime:
         await self._kill_everything(handle)
         self._collect_exit(handle)
 
+    def _kill_round(self, handle: TaskHandle) -> bool:
+        """SIGKILL every live process of the task once; False when none was left."""
+        pids = self._task_pids(handle)
+        if _leader_alive(handle):
+            pids.add(handle.leader_pid)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        return bool(pids)
+
     async def _kill_everything(self, handle: TaskHandle) -> None:
         for _ in range(500):
-            pids = self._task_pids(handle)
-            if _leader_alive(handle):
-                pids.add(handle.leader_pid)
-            if not pids:
+            if not self._kill_round(handle):
                 return
-            for pid in pids:
-                _signal(pid, signal.SIGKILL)
             await asyncio.sleep(0.01)
 
     def _kill_everything_now(self, handle: TaskHandle) -> None:
+        """The same, for callers outside the event loop (recover, destroy)."""
         for _ in range(500):
-            pids = self._task_pids(handle)
-            if _leader_alive(handle):
-                pids.add(handle.leader_pid)
-            if not pids:
+            if not self._kill_round(handle):
                 return
-            for pid in pids:
-                _signal(pid, signal.SIGKILL)
             time.sleep(0.01)
 
     def _collect_exit(self, handle: TaskHandle) -> TaskExit:

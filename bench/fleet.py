@@ -1,0 +1,39 @@
+"""A throw-away fleet for a benchmark: a running daemon on a cached stand-in release, cleaned up after."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from foundry_fleet.domain.release import ReleaseLayout
+from foundry_fleet.services.init import init_fleet
+from tests.harness import FleetHarness, kill_processes_with
+from tests.standin import build_release_zip
+
+
+@contextmanager
+def bench_fleet(prefix: str, port_low: int) -> Iterator[FleetHarness]:
+    """init, release add 13.345, up; on exit stop the daemon and every instance, and delete it all."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    fleet = None
+    try:
+        z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
+        fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
+        fleet.edit_config("port_range = [30000, 30999]", f"port_range = [{port_low}, {port_low + 999}]")
+        fleet.cli("release", "add", str(z))
+        fleet.up()
+        yield fleet
+    finally:
+        if fleet is not None:
+            fleet.stop_daemons()
+            kill_processes_with(f"--dataPath={fleet.root}")
+        for p in work.rglob("*"):
+            if p.is_dir() and not p.is_symlink():
+                try:
+                    p.chmod(0o755)  # installs and the release cache are read-only
+                except OSError:
+                    pass
+        shutil.rmtree(work, ignore_errors=True)
