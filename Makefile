@@ -39,6 +39,7 @@ run: system-deps $(VENV)/.run-deps
 	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up
 
 test: system-deps $(VENV)/.test-deps
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
 bench: system-deps $(VENV)/.test-deps

@@ -52,7 +52,7 @@ def main() -> None:
             totals.append(time.perf_counter() - t0)
             assert created["instance"]["state"] == "running", created
         client.close()
-    overhead = [t - a for t, a in zip(totals, anchors)]
+    overhead = [t - a for t, a in zip(totals, anchors, strict=False)]
     print(f"machine: {describe()}")
     print(f"rounds: {args.rounds}, bubblewrap + setpriv + cgroups: as the daemon found them (see its log)")
     print(f"stand-in alone (spawn -> healthy): median {statistics.median(anchors) * 1000:6.1f} ms")

@@ -10,6 +10,7 @@ import pytest
 
 from foundry_fleet.domain.release import ReleaseLayout
 from tests.harness import FleetHarness, kill_processes_with
+from tests.releases_support import https_server, https_server_session  # noqa: F401 (fixtures)
 from tests.standin import build_release_zip
 
 

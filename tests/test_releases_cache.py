@@ -18,14 +18,12 @@ from foundry_fleet.domain.errors import Conflict, ExternalFailure, FleetError, I
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import MIB, DownloadPolicy
-from tests.test_releases_support import (  # noqa: F401 (fixtures)
+from tests.releases_support import (
     LocalHTTPS,
     Route,
     assert_cache_clean,
     assert_read_only_tree,
     file,
-    https_server,
-    https_server_session,
     local_policy,
     make_release_zip,
     small_limits,

@@ -16,7 +16,7 @@ from foundry_fleet.config import ReleasesSection
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.releases.fetch import address_kind, download, redact_url
 from foundry_fleet.releases.policy import MIB, DownloadPolicy, UnpackLimits, host_matches
-from tests.test_releases_support import LocalHTTPS, Route, https_server, https_server_session, local_policy  # noqa: F401
+from tests.releases_support import LocalHTTPS, Route, local_policy
 
 SECRET = "verify=S3CR3T-T0K3N&expires=1700000000"
 

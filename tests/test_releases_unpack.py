@@ -22,7 +22,7 @@ from foundry_fleet.releases.unpack import (
     safe_unpack,
     symlink_stays_inside,
 )
-from tests.test_releases_support import (
+from tests.releases_support import (
     assert_read_only_tree,
     file,
     folder,

@@ -522,7 +522,6 @@ def test_destroy_removes_the_cgroups(world: World) -> None:
 
 @needs_root
 def test_maintain_rotates_the_log_and_the_server_keeps_writing(world: World) -> None:
-    from foundry_fleet.runtime import logs
 
     spec = world.spec("chatty", log_max_bytes=500, log_keep=2)
     handle = world.start(spec)
@@ -530,7 +529,7 @@ def test_maintain_rotates_the_log_and_the_server_keeps_writing(world: World) -> 
     log = spec.log_dir / "foundry.log"
     for round_ in range(4):
         get(spec.port, f"/log?n=100&text=round{round_}")
-        assert wait_until(lambda: f"round{round_} 99" in log.read_text())
+        assert wait_until(lambda r=round_: f"round{r} 99" in log.read_text())
         world.runtime.maintain(handle, spec)
         assert log.stat().st_size == 0
     get(spec.port, "/log?n=3&text=after")

@@ -720,7 +720,7 @@ def test_websocket_handshake_refusals(runner: Runner, unpacked) -> None:
             return out
 
     key = base64.b64encode(os.urandom(16)).decode()
-    up = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nHost: x\r\n"
+    up = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nHost: x\r\n"
     assert raw(f"GET /socket.io/ HTTP/1.1\r\n{up}Sec-WebSocket-Key: {key}\r\n\r\n").startswith(
         b"HTTP/1.1 404"
     )

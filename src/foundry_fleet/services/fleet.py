@@ -446,6 +446,11 @@ class Fleet:
             ).all()
             return [(r.name, r.desired, r.state, r.task, list(r.crash_times or [])) for r in rows]
 
+    def crash_times(self, name: str) -> list[float]:
+        """When the instance crashed recently (what the crash-loop rule counts)."""
+        with self._session() as s:
+            return list(self._instance_row(s, name).crash_times or [])
+
     def record_event(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:
         with self._session() as s:
             record(s, actor or self.actor, action, target, outcome, message)

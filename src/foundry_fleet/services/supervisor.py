@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -116,8 +115,7 @@ class InstanceSupervisor:
                 return
             desired, state = row
             if desired == DesiredState.RUNNING.value and state != InstanceState.FAILED.value:
-                if self.restart_requested:
-                    self.restart_requested = False
+                self.restart_requested = False  # whatever ran is gone; this start is the restart
                 async with self.lock:
                     ok = await self._launch()
                 if ok:
@@ -230,10 +228,10 @@ class InstanceSupervisor:
         if stop:
             await self._stop_handle(handle)
         self.handle = None
-        views = [r for r in self.fleet.supervision_rows() if r[0] == self.name]
-        if not views:
-            return
-        _name, desired, _state, _task, crash_times = views[0]
+        try:
+            crash_times = self.fleet.crash_times(self.name)
+        except NotFound:
+            return  # deleted meanwhile
         now = time.time()
         decision = decide_after_crash(self.config.supervisor.crash_policy(), tuple(crash_times), now,
                                       ran_for=now - handle.started_at)
@@ -353,12 +351,3 @@ class Supervisor:
         self.instances.clear()
         await self.http.aclose()
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

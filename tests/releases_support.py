@@ -169,7 +169,7 @@ def assert_cache_clean(cache_dir: Path, allowed_versions: tuple[str, ...] = ()) 
 
 
 def assert_read_only_tree(root: Path) -> None:
-    for current, dirs, files in os.walk(root, followlinks=False):
+    for current, _dirs, files in os.walk(root, followlinks=False):
         mode = stat.S_IMODE(os.lstat(current).st_mode)
         assert mode == 0o555, f"{current} has mode {oct(mode)}"
         for name in files:
