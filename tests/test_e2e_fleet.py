@@ -5,6 +5,7 @@ Real daemon, real node processes (the stand-in Foundry), real bubblewrap, cgroup
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -92,6 +93,8 @@ def test_create_run_isolate_crash_and_reattach(fleet: FleetHarness, release_zips
     assert pids_with_arg(f"--port={port}") == [before["pid"]], "re-attached, not started twice"
     events = fleet.cli("events", "--instance", "alice", "--json").json()
     assert any(e["action"] == "instance.reattach" for e in events)
+    created_by = [e["actor"] for e in events if e["action"] == "instance.create"]
+    assert created_by == [f"cli:{getpass.getuser()}"]  # the CLI's user, not the daemon that did the work
 
     # A crash loop ends in `failed`, with an event saying so.
     Path(inst["data_dir"], "crash-on-start").touch()

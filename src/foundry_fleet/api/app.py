@@ -64,8 +64,8 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
     async def get_instance(name: str) -> dict[str, Any]:
         return (await run(fleet.get_instance, name)).to_dict()
 
-    async def create_instance(body: CreateInstance) -> dict[str, Any]:
-        created = await run(fleet.create_instance, body.name, body.release, body.license_key, body.owner,
+    async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
+        created = await run(fleet.acting_as(actor).create_instance, body.name, body.release, body.license_key, body.owner,
                             body.admin_password, body.start)
         await supervisor.reconcile()
         if body.start:
@@ -78,26 +78,27 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
             await supervisor.wait_settled(name, settle_timeout)
         return (await run(fleet.get_instance, name)).to_dict()
 
-    async def start_instance(name: str, wait: bool) -> dict[str, Any]:
-        await run(fleet.set_desired, name, DesiredState.RUNNING)
+    async def start_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
+        await run(fleet.acting_as(actor).set_desired, name, DesiredState.RUNNING)
         supervisor.poke(name)
         return await settle(name, wait)
 
-    async def stop_instance(name: str, wait: bool) -> dict[str, Any]:
-        await run(fleet.set_desired, name, DesiredState.STOPPED)
+    async def stop_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
+        await run(fleet.acting_as(actor).set_desired, name, DesiredState.STOPPED)
         supervisor.poke(name)
         return await settle(name, wait)
 
-    async def restart_instance(name: str, wait: bool) -> dict[str, Any]:
-        await run(fleet.set_desired, name, DesiredState.RUNNING, "restart")
+    async def restart_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
+        await run(fleet.acting_as(actor).set_desired, name, DesiredState.RUNNING, "restart")
         await supervisor.restart(name)
         return await settle(name, wait)
 
-    async def delete_instance(name: str, purge: bool) -> dict[str, Any]:
+    async def delete_instance(name: str, purge: bool, actor: str) -> dict[str, Any]:
+        acting = fleet.acting_as(actor)
         # Stopped first, so no reconcile can start it again while it is being removed.
-        await run(fleet.set_desired, name, DesiredState.STOPPED, "deleting")
+        await run(acting.set_desired, name, DesiredState.STOPPED, "deleting")
         await supervisor.remove(name)
-        kept = await run(fleet.delete_instance, name, purge)
+        kept = await run(acting.delete_instance, name, purge)
         return {"deleted": name, "kept_at": kept}
 
     async def list_events(target: str | None, limit: int) -> list[dict[str, Any]]:
@@ -112,16 +113,16 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
         Endpoint("GET", "/v1/status", "The daemon, the host's capabilities and every instance", status),
         Endpoint("GET", "/v1/instances", "Every instance", list_instances, returns=list[InstanceView]),
         Endpoint("POST", "/v1/instances", "Create an instance (and start it unless start is false)",
-                 create_instance, body=CreateInstance, status=201),
+                 create_instance, body=CreateInstance, status=201, changes_state=True),
         Endpoint("GET", "/v1/instances/{name}", "One instance", get_instance, returns=InstanceView),
         Endpoint("POST", "/v1/instances/{name}/start", "Start an instance (also after it failed)",
-                 start_instance, query=(WAIT,), returns=InstanceView),
+                 start_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
         Endpoint("POST", "/v1/instances/{name}/stop", "Stop an instance gracefully",
-                 stop_instance, query=(WAIT,), returns=InstanceView),
+                 stop_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
         Endpoint("POST", "/v1/instances/{name}/restart", "Restart an instance",
-                 restart_instance, query=(WAIT,), returns=InstanceView),
+                 restart_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
         Endpoint("DELETE", "/v1/instances/{name}", "Delete an instance; its data is archived unless purge",
-                 delete_instance, query=(Param("purge", bool, False, "destroy the data too"),)),
+                 delete_instance, query=(Param("purge", bool, False, "destroy the data too"),), changes_state=True),
         Endpoint("GET", "/v1/events", "The event log, oldest first", list_events,
                  query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
                  returns=list[EventView]),

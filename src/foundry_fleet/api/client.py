@@ -11,12 +11,19 @@ from foundry_fleet.domain.errors import ERROR_KINDS, DaemonNotRunning, FleetErro
 
 
 class ControlClient:
-    def __init__(self, socket_path: Path, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+        actor: str = "api",
+    ) -> None:
         self.socket_path = socket_path
         self._client = httpx.Client(
             transport=transport or httpx.HTTPTransport(uds=str(socket_path)),
             base_url="http://fleet.invalid",
             timeout=timeout,
+            headers={"X-Fleet-Actor": actor},  # who asked, for the daemon's event log
         )
 
     def close(self) -> None:

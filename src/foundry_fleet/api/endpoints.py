@@ -6,6 +6,7 @@ since a route cannot exist without its entry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +36,12 @@ class Endpoint:
     method: str
     path: str
     summary: str
-    handler: Callable[..., Awaitable[Any]]  # called with path params, query params and `body`
+    handler: Callable[..., Awaitable[Any]]  # called with path params, query params, `body` and `actor`
     query: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
     returns: Any = None  # a type, for the schema
     status: int = 200
+    changes_state: bool = False  # handler takes `actor`: who asked, for the event log
 
 
 def _parse_query(request: Request, params: tuple[Param, ...]) -> dict[str, Any]:
@@ -74,12 +76,24 @@ def _route(ep: Endpoint) -> Route:
                     first = e.errors()[0]
                     where = ".".join(str(x) for x in first["loc"]) or "body"
                     raise InvalidInput(f"request body: {where}: {first['msg']}") from None
+            if ep.changes_state:
+                kwargs["actor"] = _actor(request)
             result = await ep.handler(**kwargs)
         except FleetError as exc:
             return JSONResponse(exc.to_dict(), status_code=STATUS_CODES.get(exc.kind, 500))
         return JSONResponse(result, status_code=ep.status)
 
     return Route(ep.path, endpoint, methods=[ep.method])
+
+
+ACTOR_HEADER = "x-fleet-actor"
+_ACTOR = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+
+
+def _actor(request: Request) -> str:
+    """Who asked: the client names itself (the socket is the fleet owner's alone), or `api`."""
+    claimed = request.headers.get(ACTOR_HEADER, "")
+    return claimed if _ACTOR.match(claimed) else "api"
 
 
 def routes(endpoints: list[Endpoint]) -> list[Route]:

@@ -32,7 +32,7 @@ class CliContext:
 
     def daemon(self) -> ControlClient | None:
         """A client for the running daemon, or None when it is not running."""
-        client = ControlClient(self.config.paths.socket)
+        client = ControlClient(self.config.paths.socket, actor=f"cli:{_user()}")
         if client.reachable():
             return client
         client.close()

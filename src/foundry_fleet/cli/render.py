@@ -57,8 +57,9 @@ def releases_table(releases: list[dict[str, Any]]) -> Table:
 
 def events_table(events: list[dict[str, Any]]) -> Table:
     t = Table()
-    for col in ("time", "actor", "action", "target", "outcome", "message"):
-        t.add_column(col)
+    for col in ("time", "actor", "action", "target", "outcome"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("message")
     for e in events:
         t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["actor"], e["action"],
                   e["target"], e["outcome"], e["message"])

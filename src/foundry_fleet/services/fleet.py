@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -70,6 +71,12 @@ class Fleet:
         self.releases = releases
         self.actor = actor
         self.running_as_root = os.geteuid() == 0
+
+    def acting_as(self, actor: str) -> Fleet:
+        """The same fleet, recording events under another actor (e.g. the CLI user behind an API call)."""
+        other = copy.copy(self)
+        other.actor = actor
+        return other
 
     # helpers ------------------------------------------------------------------------------
 
