@@ -40,6 +40,10 @@ def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
     h = FleetHarness(root=root, config=config)
     low = next(_PORT_BLOCKS)
     h.edit_config("port_range = [30000, 30999]", f"port_range = [{low}, {low + 49}]")
+    # The edge's ports come from the same block: every test fleet runs its own Caddy.
+    h.edit_config("http_port = 8080", f"http_port = {low + 80}")
+    h.edit_config("https_port = 8443", f"https_port = {low + 81}")
+    h.edit_config("web_port = 8099", f"web_port = {low + 82}")
     # Quick supervision so crash handling is observable within a test.
     for key, value in {
         "backoff_initial = 1.0": "backoff_initial = 0.2",
@@ -61,4 +65,4 @@ def fleet(tmp_path: Path) -> Iterator[FleetHarness]:
     yield h
     h.stop_daemons()
     # Instances left running on purpose by a test (re-attach) must not outlive it.
-    kill_processes_with(f"--dataPath={h.root}")
+    kill_processes_with(str(h.root))  # instances (--dataPath=...) and Caddy (--config .../edge/caddy.json)

@@ -43,7 +43,8 @@ def test_create_run_isolate_crash_and_reattach(fleet: FleetHarness, release_zips
     assert created["admin_password"] is None  # chosen by the admin, so never echoed back
     assert inst["state"] == "running", inst
     port = inst["port"]
-    assert inst["url"] == "https://alice.localhost:8443/-/"
+    https_port = int(fleet.config.read_text().split("https_port = ")[1].split()[0])
+    assert inst["url"] == f"https://alice.localhost:{https_port}/-/"
     status = fleet.get(port, "/-/api/status").json()
     assert status["version"] == "13.345"
 
@@ -51,7 +52,7 @@ def test_create_run_isolate_crash_and_reattach(fleet: FleetHarness, release_zips
     config = Path(inst["data_dir"]) / "Config"
     options = json.loads((config / "options.json").read_text())
     assert options["routePrefix"] == "-" and options["port"] == port and options["hostname"] == "alice.localhost"
-    assert options["proxySSL"] is True and options["proxyPort"] == 8443 and options["upnp"] is False
+    assert options["proxySSL"] is True and options["proxyPort"] == https_port and options["upnp"] is False
     assert options["dataPath"] == inst["data_dir"]
     assert json.loads((config / "license.json").read_text()) == {"license": "ABCDEFGHIJKLMNOPQRSTUVWX"}
     assert verify_admin_password("correct horse battery", (config / "admin.txt").read_text())

@@ -42,6 +42,17 @@ class EdgeSection(_Section):
     https_port: int = Field(8443, ge=1, le=65535)
     tls: Literal["internal", "acme", "on-demand"] = "internal"
     acme_email: str = ""
+    acme_staging: bool = Field(False, description="use Let's Encrypt's staging CA (for trying things out)")
+    web_port: int = Field(8099, ge=1, le=65535, description="loopback port of the fleet's own web endpoints")
+    stream_close_delay_hours: float = Field(8.0, gt=0, description="open websockets survive config reloads this long")
+    caddy_binary: str | None = Field(None, description="default: the caddy that comes with foundry-fleet")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> EdgeSection:
+        ports = [self.http_port, self.https_port, self.web_port]
+        if len(set(ports)) != 3:
+            raise ValueError("http_port, https_port and web_port must all differ")
+        return self
 
 
 class StorageSection(_Section):

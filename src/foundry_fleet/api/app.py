@@ -15,6 +15,7 @@ from starlette.routing import Route
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
 from foundry_fleet.domain.instance import DesiredState
+from foundry_fleet.edge.driver import Edge
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.supervisor import Supervisor
@@ -38,12 +39,21 @@ class CreateInstance(BaseModel):
     owner: str | None = None
     admin_password: str | None = Field(None, description="sent over the 0600 unix socket only; never stored in clear")
     start: bool = True
+    extra_hosts: list[str] = Field(default_factory=list, description="hostnames besides <name>.<domain>")
+
+
+class SetHosts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    extra_hosts: list[str]
 
 
 WAIT = Param("wait", bool, True, "answer once the instance has settled (running, stopped or failed)")
 
 
-def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_timeout: float = 60.0) -> Starlette:
+def create_app(
+    fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, edge: Edge | None = None, settle_timeout: float = 60.0
+) -> Starlette:
     # Service calls touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
 
@@ -52,10 +62,17 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
 
     async def status() -> dict[str, Any]:
         instances = await run(fleet.list_instances)
+        hosts: list[dict[str, Any]] = []
+        if edge is not None:
+            # Asked over TLS, like a browser: what each host really serves right now.
+            names = sorted(await run(fleet.known_hosts))
+            certs = await asyncio.gather(*(run(edge.certificate, h) for h in names))
+            hosts = [c.__dict__ for c in certs]
         return {
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
             "instances": [i.to_dict() for i in instances],
+            "hosts": hosts,
         }
 
     async def list_instances() -> list[dict[str, Any]]:
@@ -66,7 +83,7 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
         created = await run(fleet.acting_as(actor).create_instance, body.name, body.release, body.license_key, body.owner,
-                            body.admin_password, body.start)
+                            body.admin_password, body.start, body.extra_hosts)
         await supervisor.reconcile()
         if body.start:
             await supervisor.wait_settled(body.name, settle_timeout)
@@ -101,6 +118,12 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
         kept = await run(acting.delete_instance, name, purge)
         return {"deleted": name, "kept_at": kept}
 
+    async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
+        return (await run(fleet.acting_as(actor).set_extra_hosts, name, body.extra_hosts)).to_dict()
+
+    async def edge_config() -> dict[str, Any]:
+        return await run(edge.config) if edge is not None else {}
+
     async def list_events(target: str | None, limit: int) -> list[dict[str, Any]]:
         return [e.to_dict() for e in await run(fleet.events, target, limit)]
 
@@ -123,6 +146,9 @@ def create_app(fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, settle_ti
                  restart_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
         Endpoint("DELETE", "/v1/instances/{name}", "Delete an instance; its data is archived unless purge",
                  delete_instance, query=(Param("purge", bool, False, "destroy the data too"),), changes_state=True),
+        Endpoint("PUT", "/v1/instances/{name}/hosts", "Set the hostnames an instance answers on besides its own",
+                 set_hosts, body=SetHosts, returns=InstanceView, changes_state=True),
+        Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),
         Endpoint("GET", "/v1/events", "The event log, oldest first", list_events,
                  query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
                  returns=list[EventView]),

@@ -76,6 +76,12 @@ class ControlClient:
     def delete_instance(self, name: str, purge: bool) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/instances/{name}", params={"purge": purge})
 
+    def set_hosts(self, name: str, extra_hosts: list[str]) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/instances/{name}/hosts", json={"extra_hosts": extra_hosts})
+
+    def edge_config(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/edge/config")
+
     def events(self, target: str | None, limit: int) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if target:

@@ -43,6 +43,9 @@ def create(
         Optional[Path], typer.Option(help="file holding the Foundry admin password (else one is generated)")
     ] = None,
     start: Annotated[bool, typer.Option(help="start it once created")] = True,
+    extra_host: Annotated[
+        Optional[list[str]], typer.Option(help="another hostname for it (repeatable), e.g. the tenant's own domain")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create an instance: storage, install, options.json, license.json, admin.txt, a port."""
@@ -55,10 +58,11 @@ def create(
     client = c.daemon()
     if client is not None:
         result: dict[str, Any] = client.create_instance(
-            name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start
+            name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
+            extra_hosts=extra_host or [],
         )
     else:
-        result = c.fleet().create_instance(name, release, license_key, owner, password, start).to_dict()
+        result = c.fleet().create_instance(name, release, license_key, owner, password, start, extra_host).to_dict()
     inst = result["instance"]
     if json_out:
         print_json(result)
@@ -70,6 +74,30 @@ def create(
         # Shown once: only its hash is kept (Config/admin.txt).
         err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
                           highlight=False)
+
+
+@app.command()
+def hosts(
+    ctx: typer.Context,
+    name: str,
+    extra_hosts: Annotated[Optional[list[str]], typer.Argument(help="the full list of extra hostnames")] = None,
+    clear: Annotated[bool, typer.Option(help="remove every extra hostname")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show, or set, the hostnames an instance answers on besides <name>.<domain>."""
+    c: CliContext = ctx.obj
+    if extra_hosts or clear:
+        client = c.daemon()
+        wanted = [] if clear else list(extra_hosts or [])
+        row = client.set_hosts(name, wanted) if client else c.fleet().set_extra_hosts(name, wanted).to_dict()
+    else:
+        client = c.daemon()
+        row = client.get_instance(name) if client else c.fleet().get_instance(name).to_dict()
+    if json_out:
+        print_json(row["hosts"])
+    else:
+        for host in row["hosts"]:
+            console.print(host)
 
 
 @app.command("list")

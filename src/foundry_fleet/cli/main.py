@@ -11,10 +11,11 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, err_console, events_table, instances_table, print_json
+from foundry_fleet.cli.render import console, err_console, events_table, hosts_table, instances_table, print_json
 from foundry_fleet.domain.errors import FleetError
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(release_cmds.app, name="release")
 app.add_typer(instance_cmds.app, name="instance")
+app.add_typer(edge_cmds.app, name="edge")
 
 ConfigOption = Annotated[
     Optional[str],
@@ -103,6 +105,8 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
         if not cap["available"]:
             console.print(f"[yellow]not available:[/] {cap['name']}: {escape(cap['detail'])}")
     console.print(instances_table(data["instances"]))
+    if data.get("hosts"):
+        console.print(hosts_table(data["hosts"]))
 
 
 @app.command()

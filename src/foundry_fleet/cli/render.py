@@ -38,10 +38,22 @@ def instance_detail(i: dict[str, Any]) -> Table:
     t = Table(show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()
-    for key in ("name", "state", "state_reason", "desired", "release", "url", "host", "port", "pid",
+    for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "port", "pid",
                 "restarts", "owner", "uid", "data_dir", "install_dir"):
-        t.add_row(key, str(i.get(key) if i.get(key) is not None else "-"))
+        value = i.get(key)
+        t.add_row(key, ", ".join(value) if isinstance(value, list) else str(value if value is not None else "-"))
     t.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"])))
+    return t
+
+
+def hosts_table(hosts: list[dict[str, Any]]) -> Table:
+    t = Table()
+    for col in ("host", "certificate", "valid until", "issuer"):
+        t.add_column(col)
+    styles = {"valid": "green", "invalid": "bold red", "none": "yellow", "unreachable": "red"}
+    for h in hosts:
+        state = h["state"] + (f" ({h['detail']})" if h.get("detail") else "")
+        t.add_row(h["host"], f"[{styles.get(h['state'], '')}]{state}[/]", h.get("not_after") or "-", h.get("issuer") or "-")
     return t
 
 

@@ -15,12 +15,18 @@ import uvicorn
 
 from foundry_fleet.api.app import DaemonInfo, create_app
 from foundry_fleet.config import FleetConfig
+from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.edge.admin import CaddyAdmin
+from foundry_fleet.edge.driver import Edge
+from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.supervisor import Supervisor
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.wiring import edge_settings, open_fleet
+from foundry_fleet.web.app import create_web_app
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -73,18 +79,29 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
     report_capabilities(caps)
 
+    loop = asyncio.get_running_loop()
+    edge = make_edge(config, fleet)
+    # Every change to instances reaches the edge; service calls may come from worker threads.
+    fleet.on_change(lambda: loop.call_soon_threadsafe(edge.request_update))
+    web_sock = bind_loopback(config.edge.web_port)
+    web = uvicorn.Server(uvicorn.Config(create_web_app(fleet.known_hosts), log_level="warning", lifespan="off"))
+    web_task = asyncio.create_task(web.serve(sockets=[web_sock]))
+    await edge.start()
+    caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
+                                         f":{config.edge.https_port}, TLS {config.edge.tls}"))
+
     supervisor = Supervisor(fleet, runtime)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
-    app = create_app(fleet, supervisor, info)
+    app = create_app(fleet, supervisor, info, edge=edge)
     sock = bind_control_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
     await supervisor.start()
+    edge.request_update()
     fleet.record_event("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
@@ -97,10 +114,37 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     finally:
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
         server.should_exit = True
+        web.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)
         if not leave_running:
             runtime.unprotect_ports()  # nothing listens in the range any more
+        # Left running, Caddy keeps players connected until the next daemon adopts it.
+        await edge.close(stop_caddy=not leave_running)
         await api
+        await web_task
         sock.close()
+        web_sock.close()
         config.paths.socket.unlink(missing_ok=True)
         fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+
+
+def make_edge(config: FleetConfig, fleet: Fleet) -> Edge:
+    paths = config.paths
+    settings = edge_settings(config)
+    caddy = ManagedCaddy(find_caddy(config.edge.caddy_binary), paths.root / "edge", paths.run / "caddy-admin.sock",
+                         paths.logs / "caddy.log")
+    caddy_version(caddy.binary)
+    return Edge(settings, caddy, CaddyAdmin(caddy.admin_socket), fleet.edge_sites)
+
+
+def bind_loopback(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as e:
+        sock.close()
+        raise Conflict(f"the fleet's web port 127.0.0.1:{port} is taken: {e.strerror}",
+                       "set [edge] web_port in fleet.toml to a free port") from None
+    sock.listen(128)
+    return sock

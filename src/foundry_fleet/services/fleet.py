@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,8 +22,9 @@ from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotF
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import build_license, build_options, normalise_license_key
 from foundry_fleet.domain.instance import DesiredState, InstanceState
-from foundry_fleet.domain.names import validate_instance_name
+from foundry_fleet.domain.names import validate_domain, validate_instance_name
 from foundry_fleet.domain.ports import choose_port
+from foundry_fleet.edge.caddy_config import TenantSite
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, node_range_for
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import ProgressCallback
@@ -71,6 +72,15 @@ class Fleet:
         self.releases = releases
         self.actor = actor
         self.running_as_root = os.geteuid() == 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every change to instances (the edge follows them). Any thread."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def acting_as(self, actor: str) -> Fleet:
         """The same fleet, recording events under another actor (e.g. the CLI user behind an API call)."""
@@ -102,6 +112,7 @@ class Fleet:
             release=row.release_version,
             port=row.port,
             host=self.config.host_for(row.name),
+            hosts=[self.config.host_for(row.name), *(row.extra_hosts or [])],
             url=self.config.public_url(row.name),
             data_dir=str(paths.data),
             install_dir=str(paths.install),
@@ -205,8 +216,10 @@ class Fleet:
         owner: str | None = None,
         admin_password: str | None = None,
         start: bool = True,
+        extra_hosts: list[str] | None = None,
     ) -> CreatedInstance:
         name = validate_instance_name(name, frozenset({self.config.fleet.fleet_host}))
+        hosts = self._validate_extra_hosts(name, extra_hosts or [])
         license_json = build_license(license_key) if license_key else None
         owner_id = validate_discord_id(owner) if owner else None
         if admin_password is not None and len(admin_password) < MIN_ADMIN_PASSWORD:
@@ -219,7 +232,7 @@ class Fleet:
         lock = self._creation_lock(name)
         with lock:
             self._refuse_unowned_files(name)
-            row_id = self._reserve_instance(name, release, owner_id, start)
+            row_id = self._reserve_instance(name, release, owner_id, start, hosts)
             try:
                 self._provision(name, license_json, password)
             except BaseException as e:
@@ -232,7 +245,55 @@ class Fleet:
             row.state_reason = "created"
             record(s, self.actor, "instance.create", name, Outcome.OK, f"release {release}, port {row.port}")
             view = self.view(row)
+        self._changed()
         return CreatedInstance(view, password if generated else None)
+
+    def _validate_extra_hosts(self, name: str, hosts: list[str]) -> list[str]:
+        """Extra hostnames must be valid, and nobody else's (not the fleet's, not another instance's)."""
+        clean: list[str] = []
+        for h in hosts:
+            host = validate_domain(h)
+            if "." not in host:
+                raise InvalidInput(f"extra host {h!r} is not a full hostname", "give e.g. games.example.org")
+            if host not in clean:
+                clean.append(host)
+        taken = self.known_hosts(exclude=name)
+        for host in clean:
+            if host in taken:
+                raise Conflict(f"host {host} is already served by this fleet", "each hostname can point at one instance only")
+        return clean
+
+    def set_extra_hosts(self, name: str, hosts: list[str]) -> InstanceView:
+        clean = self._validate_extra_hosts(name, hosts)
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            row.extra_hosts = clean
+            record(s, self.actor, "instance.hosts", name, Outcome.OK, ", ".join(clean) or "none")
+            view = self.view(row)
+        self._changed()
+        return view
+
+    # the edge -----------------------------------------------------------------------------
+
+    def known_hosts(self, exclude: str | None = None) -> set[str]:
+        """Every hostname the fleet serves: its own host and all of its instances' hosts."""
+        hosts = {self.config.host_for(self.config.fleet.fleet_host)}
+        with self._session() as s:
+            for row in s.scalars(select(Instance)).all():
+                if row.name != exclude:
+                    hosts.add(self.config.host_for(row.name))
+                    hosts.update(row.extra_hosts or [])
+        return hosts
+
+    def edge_sites(self) -> list[TenantSite]:
+        """What the edge routes: every instance that exists, with the state its page should show."""
+        with self._session() as s:
+            rows = s.scalars(select(Instance).where(Instance.desired != DesiredState.DELETED.value)).all()
+            return [
+                TenantSite(name=r.name, hosts=(self.config.host_for(r.name), *(r.extra_hosts or [])),
+                           port=r.port, state=r.state)
+                for r in rows
+            ]
 
     def _refuse_unowned_files(self, name: str) -> None:
         """Files under instances/<name> that no instance owns are someone's data: never adopt them."""
@@ -245,7 +306,7 @@ class Fleet:
                 f"move it away (for example into {self.config.paths.archive}) before creating {name!r}",
             )
 
-    def _reserve_instance(self, name: str, release: str, owner_id: str | None, start: bool) -> int:
+    def _reserve_instance(self, name: str, release: str, owner_id: str | None, start: bool, hosts: list[str]) -> int:
         """Insert the row in state `creating`: it holds the name, port and uid while files are laid out."""
         lo, hi = self.config.instances.port_range
         for attempt in range(3):
@@ -273,7 +334,7 @@ class Fleet:
                         name=name, release_version=release, port=port, uid=uid, owner=tenant,
                         desired=(DesiredState.RUNNING if start else DesiredState.STOPPED).value,
                         state=InstanceState.CREATING.value, state_reason="laying out storage",
-                        restarts=0, crash_times=[],
+                        restarts=0, crash_times=[], extra_hosts=hosts,
                     )
                     s.add(row)
                     s.flush()
@@ -371,7 +432,9 @@ class Fleet:
                 row.state_reason = "start requested after failure"
             action = "instance.start" if desired is DesiredState.RUNNING else "instance.stop"
             record(s, self.actor, action, name, Outcome.OK, reason)
-            return self.view(row)
+            view = self.view(row)
+        self._changed()
+        return view
 
     def delete_instance(self, name: str, purge: bool = False) -> str | None:
         """Forget an instance. Its data is archived (kept) unless `purge`; returns where it was kept.
@@ -399,6 +462,7 @@ class Fleet:
             row = self._instance_row(s, name)
             s.delete(row)
             record(s, self.actor, "instance.delete", name, Outcome.OK, "purged" if purge else f"data kept at {kept}")
+        self._changed()
         return kept
 
     # used by the supervisor ---------------------------------------------------------------
@@ -442,6 +506,7 @@ class Fleet:
                 row.crash_times = crash_times
             if event:
                 record(s, actor, event[0], name, event[1], reason)
+        self._changed()
 
     def supervision_rows(self) -> list[tuple[str, str, str, dict | None, list[float]]]:
         """(name, desired, state, task, crash_times) of every instance past creation."""

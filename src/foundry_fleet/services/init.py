@@ -29,6 +29,14 @@ https_port = {https_port}
 # on-demand: certificates only for hostnames of existing instances.
 tls = {tls}
 acme_email = ""
+acme_staging = false
+# The fleet's own web endpoints (health, TLS permission, backup sign-in) listen on loopback here;
+# Caddy publishes them at https://<fleet_host>.<domain>/.
+web_port = 8099
+# Open websockets survive a config reload for this long, so changing one tenant never
+# disconnects another tenant's players.
+stream_close_delay_hours = 8.0
+# caddy_binary = "/usr/local/bin/caddy"   # default: the caddy that comes with foundry-fleet
 
 [storage]
 # directory: plain directories (the embedded default).

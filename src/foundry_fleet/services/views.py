@@ -14,6 +14,7 @@ class InstanceView:
     release: str
     port: int
     host: str
+    hosts: list[str]  # every hostname the edge routes to it: host first, then extra ones
     url: str
     data_dir: str
     install_dir: str

@@ -54,6 +54,8 @@ class Instance(Base):
     state_reason: Mapped[str] = mapped_column(Text, default="")
     # The runtime's TaskHandle while a process exists; what re-attaching reads back.
     task: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Hostnames besides <name>.<domain> (a tenant's own domain); the edge routes and certifies them all.
+    extra_hosts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     crash_times: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)

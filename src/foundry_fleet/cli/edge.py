@@ -1,0 +1,24 @@
+"""`foundry-fleet edge ...`: what Caddy is told to serve."""
+
+from __future__ import annotations
+
+import typer
+
+from foundry_fleet.cli.context import CliContext
+from foundry_fleet.cli.render import print_json
+
+app = typer.Typer(help="The edge (Caddy): routes and certificates for every tenant host.", no_args_is_help=True)
+
+
+@app.command()
+def show(ctx: typer.Context) -> None:
+    """Print the Caddy JSON configuration generated from the fleet's desired state."""
+    from foundry_fleet.edge.caddy_config import build_caddy_config
+    from foundry_fleet.services.wiring import edge_settings
+
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    if client is not None:
+        print_json(client.edge_config())
+    else:
+        print_json(build_caddy_config(edge_settings(c.config), c.fleet().edge_sites()))

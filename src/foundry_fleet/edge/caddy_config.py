@@ -1,0 +1,197 @@
+"""Caddy's JSON configuration, built as data from the fleet's desired state (pure: no I/O).
+
+Per tenant host (`<name>.<domain>` and any extra hosts):
+  /          -> 302 to /-/
+  /-/*       -> the instance (websockets pass; `stream_close_delay` keeps open sockets across
+                config reloads, so changing one tenant never disconnects another's players);
+                a small 503 page with Retry-After while the instance is not running
+  /backups/* -> forward_auth to the fleet's auth endpoint; client-sent identity headers are
+                stripped first, so only the auth service's answer can set them
+The fleet host serves the fleet's web endpoints (never the control API). Plain HTTP redirects to
+HTTPS on the configured port. A host the fleet does not serve gets no certificate and no route.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+# Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
+IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
+NS = 1_000_000_000  # Caddy durations are integer nanoseconds
+
+
+@dataclass(frozen=True)
+class TenantSite:
+    name: str
+    hosts: tuple[str, ...]
+    port: int
+    state: str  # the instance's state: only "running" is proxied
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    http_port: int
+    https_port: int
+    tls: str  # internal | acme | on-demand
+    fleet_host: str
+    web_dial: str  # host:port of the fleet's own web endpoints
+    admin_listen: str  # e.g. unix//path/to/admin.sock
+    acme_email: str = ""
+    acme_staging: bool = False
+    stream_close_delay_s: float = 8 * 3600
+    max_body_bytes: int = 300 * 1000 * 1000
+    retry_after_s: int = 10
+
+
+LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+def _state_page(site: TenantSite, retry_after: int) -> dict[str, Any]:
+    words = {
+        "stopped": "is stopped",
+        "starting": "is starting",
+        "stopping": "is stopping",
+        "failed": "has failed and is waiting for its game master",
+        "creating": "is being set up",
+    }.get(site.state, "is not running")
+    body = (
+        "<!doctype html><meta charset=utf-8><title>Not running</title>"
+        f"<p>The game at <b>{html.escape(site.hosts[0])}</b> {words}. Please try again in a little while.</p>"
+    )
+    return {
+        "handler": "static_response",
+        "status_code": 503,
+        "headers": {"Retry-After": [str(retry_after)], "Content-Type": ["text/html; charset=utf-8"],
+                    "Cache-Control": ["no-store"]},
+        "body": body,
+    }
+
+
+def _proxy(dial: str, settings: EdgeSettings) -> list[dict[str, Any]]:
+    return [
+        {"handler": "request_body", "max_size": settings.max_body_bytes},
+        {
+            "handler": "reverse_proxy",
+            "upstreams": [{"dial": dial}],
+            "stream_close_delay": int(settings.stream_close_delay_s * NS),
+        },
+    ]
+
+
+def _forward_auth(settings: EdgeSettings, uri: str) -> dict[str, Any]:
+    """Ask the auth service; a 2xx answer lets the request on, with the identity it returned."""
+    copy_identity: list[dict[str, Any]] = []
+    for header in IDENTITY_HEADERS:
+        value = f"{{http.reverse_proxy.header.{header}}}"
+        copy_identity.append({
+            "handle": [{"handler": "headers", "request": {"set": {header: [value]}}}],
+            "match": [{"not": [{"vars": {value: [""]}}]}],
+        })
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": settings.web_dial}],
+        "rewrite": {"method": "GET", "uri": uri},
+        "headers": {"request": {"set": {
+            "X-Forwarded-Method": ["{http.request.method}"],
+            "X-Forwarded-Uri": ["{http.request.uri}"],
+            "X-Forwarded-Host": ["{http.request.host}"],
+        }}},
+        "handle_response": [{"match": {"status_code": [2]}, "routes": copy_identity}],
+    }
+
+
+def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
+    if site.state == "running":
+        foundry = _proxy(f"127.0.0.1:{site.port}", settings)
+    else:
+        foundry = [_state_page(site, settings.retry_after_s)]
+    strip_identity = {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
+    backups_denied = {"handler": "static_response", "status_code": 404}  # nothing is served behind auth yet
+    routes = [
+        {"match": [{"path": ["/"]}],
+         "handle": [{"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}]},
+        {"match": [{"path": ["/-", "/-/*"]}], "handle": foundry},
+        {"match": [{"path": ["/backups", "/backups/*"]}],
+         "handle": [strip_identity, _forward_auth(settings, f"/auth/backups?instance={site.name}"), backups_denied]},
+        {"handle": [{"handler": "static_response", "status_code": 404}]},
+    ]
+    return {
+        "match": [{"host": list(site.hosts)}],
+        "handle": [{"handler": "subroute", "routes": routes}],
+        "terminal": True,
+    }
+
+
+def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
+    if settings.tls == "internal":
+        issuers: list[dict[str, Any]] = [{"module": "internal"}]
+    else:
+        acme: dict[str, Any] = {"module": "acme"}
+        if settings.acme_email:
+            acme["email"] = settings.acme_email
+        if settings.acme_staging:
+            acme["ca"] = LETS_ENCRYPT_STAGING
+        issuers = [acme]
+    if settings.tls == "on-demand":
+        # Certificates only for hosts the fleet's permission endpoint vouches for, when first asked.
+        return {
+            "automation": {
+                "policies": [{"issuers": issuers, "on_demand": True}],
+                "on_demand": {"permission": {"module": "http", "endpoint": f"http://{settings.web_dial}/tls/permission"}},
+            }
+        }
+    return {"automation": {"policies": [{"subjects": hosts, "issuers": issuers}]}}
+
+
+def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[str, Any]:
+    """The whole configuration; the same input always gives the same output (so reloads can be skipped)."""
+    sites = sorted(sites, key=lambda s: s.name)
+    tenant_hosts = sorted(h for s in sites for h in s.hosts)
+    routes = [_tenant_route(s, settings) for s in sites]
+    routes.append({
+        "match": [{"host": [settings.fleet_host]}],
+        "handle": [{"handler": "subroute", "routes": [
+            {"match": [{"path": ["/health", "/tls/*", "/auth/*", "/login/*"]}],
+             "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": settings.web_dial}]}]},
+            {"handle": [{"handler": "static_response", "status_code": 404}]},
+        ]}],
+        "terminal": True,
+    })
+    # A name we do not serve (reachable only over a connection made for another name): hang up.
+    routes.append({"handle": [{"handler": "static_response", "abort": True}]})
+    https_port = settings.https_port
+    port_suffix = "" if https_port == 443 else f":{https_port}"
+    servers = {
+        "edge": {
+            "listen": [f":{https_port}"],
+            "routes": routes,
+            # Our own redirect server below keeps the port; Caddy's would drop a non-standard one.
+            "automatic_https": {"disable_redirects": True},
+            "errors": {"routes": [{"handle": [{
+                "handler": "static_response",
+                "status_code": 503,
+                "headers": {"Retry-After": [str(settings.retry_after_s)]},
+                "body": "This game is not reachable right now. Please try again in a little while.",
+            }]}]},
+        },
+        "redirect": {
+            "listen": [f":{settings.http_port}"],
+            "routes": [{"handle": [{
+                "handler": "static_response",
+                "status_code": 308,
+                "headers": {"Location": [f"https://{{http.request.host}}{port_suffix}{{http.request.uri}}"]},
+            }]}],
+            "automatic_https": {"disable": True},
+        },
+    }
+    all_hosts = sorted({*tenant_hosts, settings.fleet_host})
+    return {
+        "admin": {"listen": settings.admin_listen},
+        "apps": {
+            "http": {"http_port": settings.http_port, "https_port": https_port, "servers": servers},
+            "tls": _tls(settings, all_hosts),
+            "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
+        },
+    }

@@ -1,0 +1,1 @@
+"""The fleet's own web endpoints, published by the edge on the fleet host."""

@@ -1,0 +1,37 @@
+"""Health, the on-demand TLS permission check, and the auth check behind tenants' /backups/.
+
+Served on loopback only; Caddy publishes it at https://<fleet host>/ and calls it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+
+def create_web_app(known_hosts: Callable[[], set[str]]) -> Starlette:
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def tls_permission(request: Request) -> Response:
+        """Caddy asks before it gets a certificate on demand: only hosts the fleet serves get one."""
+        domain = request.query_params.get("domain", "").strip().lower().rstrip(".")
+        hosts = await asyncio.to_thread(known_hosts)
+        if domain and domain in hosts:
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not a host of this fleet", status_code=403)
+
+    async def backups_auth(_request: Request) -> Response:
+        # Nobody is allowed until tenants can sign in: the route is safe from the first day.
+        return PlainTextResponse("Sign-in for backups is not available yet.", status_code=403)
+
+    return Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/tls/permission", tls_permission, methods=["GET"]),
+        Route("/auth/backups", backups_auth, methods=["GET"]),
+    ])
