@@ -56,6 +56,12 @@ class FleetHarness:
             raise AssertionError(f"foundry-fleet {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return result
 
+    def settings(self) -> Any:
+        """The fleet's configuration as the fleet reads it."""
+        from foundry_fleet.config import load_config
+
+        return load_config(self.config)
+
     def edit_config(self, old: str, new: str) -> None:
         text = self.config.read_text()
         assert old in text, old

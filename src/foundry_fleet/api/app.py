@@ -88,11 +88,18 @@ def create_app(
         if body.start:
             await supervisor.wait_settled(body.name, settle_timeout)
             created = CreatedInstance(await run(fleet.get_instance, body.name), created.admin_password)
+        await edge_sync()
         return created.to_dict()
+
+    async def edge_sync() -> None:
+        # Answer once players can see the change: the edge serves the new state.
+        if edge is not None:
+            await edge.sync()
 
     async def settle(name: str, wait: bool) -> dict[str, Any]:
         if wait:
             await supervisor.wait_settled(name, settle_timeout)
+            await edge_sync()
         return (await run(fleet.get_instance, name)).to_dict()
 
     async def start_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
@@ -116,10 +123,13 @@ def create_app(
         await run(acting.set_desired, name, DesiredState.STOPPED, "deleting")
         await supervisor.remove(name)
         kept = await run(acting.delete_instance, name, purge)
+        await edge_sync()
         return {"deleted": name, "kept_at": kept}
 
     async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
-        return (await run(fleet.acting_as(actor).set_extra_hosts, name, body.extra_hosts)).to_dict()
+        view = await run(fleet.acting_as(actor).set_extra_hosts, name, body.extra_hosts)
+        await edge_sync()
+        return view.to_dict()
 
     async def edge_config() -> dict[str, Any]:
         return await run(edge.config) if edge is not None else {}

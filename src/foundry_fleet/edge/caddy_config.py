@@ -43,6 +43,8 @@ class EdgeSettings:
     stream_close_delay_s: float = 8 * 3600
     max_body_bytes: int = 300 * 1000 * 1000
     retry_after_s: int = 10
+    # Where an allowed /backups/ request goes (host:port); None until the fleet serves backups.
+    backups_dial: str | None = None
 
 
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -108,13 +110,16 @@ def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
     else:
         foundry = [_state_page(site, settings.retry_after_s)]
     strip_identity = {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
-    backups_denied = {"handler": "static_response", "status_code": 404}  # nothing is served behind auth yet
+    if settings.backups_dial:
+        backups: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": settings.backups_dial}]}
+    else:
+        backups = {"handler": "static_response", "status_code": 404}  # nothing served behind the check yet
     routes = [
         {"match": [{"path": ["/"]}],
          "handle": [{"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}]},
         {"match": [{"path": ["/-", "/-/*"]}], "handle": foundry},
         {"match": [{"path": ["/backups", "/backups/*"]}],
-         "handle": [strip_identity, _forward_auth(settings, f"/auth/backups?instance={site.name}"), backups_denied]},
+         "handle": [strip_identity, _forward_auth(settings, f"/auth/backups?instance={site.name}"), backups]},
         {"handle": [{"handler": "static_response", "status_code": 404}]},
     ]
     return {

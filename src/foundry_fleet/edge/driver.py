@@ -52,6 +52,7 @@ class Edge:
         self.admin = admin
         self.desired_sites = desired_sites
         self._dirty = asyncio.Event()
+        self._push_lock = asyncio.Lock()
         self._pushed_digest: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.loads = 0  # real loads sent (skipped identical ones do not count)
@@ -96,21 +97,34 @@ class Edge:
         self._dirty.set()
 
     async def push(self) -> bool:
-        """Send the desired config if it differs from the last one sent; False if Caddy was unreachable."""
-        config = await asyncio.to_thread(self.config)
-        blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(blob.encode()).hexdigest()
-        if digest == self._pushed_digest:
+        """Send the desired config if it differs from the last one sent; False if Caddy was unreachable.
+
+        One push at a time: the config is read and loaded under the lock, so an older config can
+        never be loaded after a newer one.
+        """
+        async with self._push_lock:
+            config = await asyncio.to_thread(self.config)
+            blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+            digest = hashlib.sha256(blob.encode()).hexdigest()
+            if digest == self._pushed_digest:
+                return True
+            try:
+                await asyncio.to_thread(self.admin.load, config)
+            except CaddyUnreachable as e:
+                log.warning("edge: %s; the change is kept and sent when Caddy is back", e.message)
+                return False
+            self.caddy.write_config(config)
+            self._pushed_digest = digest
+            self.loads += 1
             return True
+
+    async def sync(self) -> None:
+        """Push now (no batching wait): for callers that answer a person once the edge shows a change."""
         try:
-            await asyncio.to_thread(self.admin.load, config)
-        except CaddyUnreachable as e:
-            log.warning("edge: %s; the change is kept and sent when Caddy is back", e.message)
-            return False
-        self.caddy.write_config(config)
-        self._pushed_digest = digest
-        self.loads += 1
-        return True
+            if not await self.push():
+                self._dirty.set()  # the pusher keeps retrying
+        except ExternalFailure as e:
+            log.error("edge: %s", e.message)
 
     async def _pusher(self) -> None:
         while True:
