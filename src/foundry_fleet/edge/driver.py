@@ -28,6 +28,7 @@ log = logging.getLogger("foundry_fleet.edge")
 BATCH_WINDOW = 0.05  # seconds: changes arriving within this window go out as one load
 RETRY_EVERY = 1.0
 WATCH_EVERY = 1.0
+MAX_RESTART_DELAY = 60.0
 
 
 @dataclass(frozen=True)
@@ -143,18 +144,22 @@ class Edge:
                 self._dirty.set()
 
     async def _watch(self) -> None:
-        """Restart Caddy if it dies; it comes back with the full config."""
+        """Restart Caddy if it dies; it comes back with the full config. Failing restarts back off."""
+        delay = WATCH_EVERY
         while True:
-            await asyncio.sleep(WATCH_EVERY)
+            await asyncio.sleep(delay)
             if self.caddy.alive():
+                delay = WATCH_EVERY
                 continue
             log.warning("edge: Caddy is gone; starting it again")
             try:
                 self._launch()
                 await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
                 await self.push()
+                delay = WATCH_EVERY
             except ExternalFailure as e:
-                log.error("edge: could not restart Caddy: %s", e.message)
+                delay = min(delay * 2, MAX_RESTART_DELAY)
+                log.error("edge: could not restart Caddy (next try in %.0fs): %s", delay, e.message)
 
     # status -------------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""The Caddy config as data: what each tenant host gets, and what nobody gets."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from foundry_fleet.edge.caddy_config import IDENTITY_HEADERS, EdgeSettings, TenantSite, build_caddy_config
+
+SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_host="fleet.localhost",
+                        web_dial="127.0.0.1:8099", admin_listen="unix//run/admin.sock")
+
+
+def _tenant_routes(config: dict, host: str) -> list[dict]:
+    for route in config["apps"]["http"]["servers"]["edge"]["routes"]:
+        if route.get("match") and host in route["match"][0].get("host", []):
+            return route["handle"][0]["routes"]
+    raise AssertionError(f"no route for {host}")
+
+
+def _by_path(routes: list[dict], path: str) -> list[dict]:
+    for r in routes:
+        if path in r.get("match", [{}])[0].get("path", []):
+            return r["handle"]
+    raise AssertionError(path)
+
+
+def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running")])
+    routes = _tenant_routes(config, "games.example.org")
+    assert _by_path(routes, "/")[0] == {"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}
+    body, proxy = _by_path(routes, "/-/*")
+    assert body == {"handler": "request_body", "max_size": 300_000_000}
+    assert proxy["upstreams"] == [{"dial": "127.0.0.1:30001"}]
+    assert proxy["stream_close_delay"] == 8 * 3600 * 10**9
+    policy = config["apps"]["tls"]["automation"]["policies"][0]
+    assert policy["subjects"] == ["alice.localhost", "fleet.localhost", "games.example.org"]
+    assert policy["issuers"] == [{"module": "internal"}]
+    assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
+    redirect = config["apps"]["http"]["servers"]["redirect"]
+    assert redirect["listen"] == [":8080"]
+    assert redirect["routes"][0]["handle"][0]["headers"]["Location"] == ["https://{http.request.host}:8443{http.request.uri}"]
+
+
+def test_a_stopped_tenant_gets_a_page_not_a_proxy() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("bob", ("bob.localhost",), 30002, "failed")])
+    (page,) = _by_path(_tenant_routes(config, "bob.localhost"), "/-/*")
+    assert page["status_code"] == 503 and page["headers"]["Retry-After"] == ["10"]
+    assert "has failed" in page["body"] and "30002" not in json.dumps(config)
+
+
+def test_backups_strip_identity_then_ask_the_auth_service() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), 30001, "running")])
+    strip, auth, rest = _by_path(_tenant_routes(config, "alice.localhost"), "/backups/*")
+    assert strip == {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
+    assert auth["rewrite"] == {"method": "GET", "uri": "/auth/backups?instance=alice"}
+    assert auth["upstreams"] == [{"dial": "127.0.0.1:8099"}]
+    assert rest == {"handler": "static_response", "status_code": 404}
+
+
+def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_off() -> None:
+    config = build_caddy_config(SETTINGS, [])
+    routes = config["apps"]["http"]["servers"]["edge"]["routes"]
+    fleet_paths = routes[0]["handle"][0]["routes"][0]["match"][0]["path"]
+    assert not any(p.startswith("/v1") or "openapi" in p for p in fleet_paths)
+    assert routes[-1] == {"handle": [{"handler": "static_response", "abort": True}]}
+    assert config["admin"] == {"listen": "unix//run/admin.sock"}
+
+
+def test_tls_modes() -> None:
+    from dataclasses import replace
+
+    acme = build_caddy_config(replace(SETTINGS, tls="acme", acme_email="gm@example.org", acme_staging=True), [])
+    issuer = acme["apps"]["tls"]["automation"]["policies"][0]["issuers"][0]
+    assert issuer["module"] == "acme" and issuer["email"] == "gm@example.org" and "staging" in issuer["ca"]
+    od = build_caddy_config(replace(SETTINGS, tls="on-demand"), [])
+    automation = od["apps"]["tls"]["automation"]
+    assert automation["policies"][0]["on_demand"] is True
+    assert automation["on_demand"]["permission"] == {"module": "http", "endpoint": "http://127.0.0.1:8099/tls/permission"}
+
+
+names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), unique=True, max_size=8)
+
+
+@given(names, st.randoms())
+def test_same_state_same_config_whatever_the_order(tenant_names: list[str], rnd) -> None:
+    sites = [TenantSite(n, (f"{n}.localhost",), 30000 + i, "running") for i, n in enumerate(tenant_names)]
+    shuffled = list(sites)
+    rnd.shuffle(shuffled)
+    a = json.dumps(build_caddy_config(SETTINGS, sites), sort_keys=True)
+    b = json.dumps(build_caddy_config(SETTINGS, shuffled), sort_keys=True)
+    assert a == b
+    for n in tenant_names:
+        assert f'"{n}.localhost"' in a
