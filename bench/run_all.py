@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["install_cost.py", "create_to_healthy.py", "daemon_idle.py"]
+SCRIPTS = [
+    "install_cost.py", "create_to_healthy.py", "daemon_idle.py",
+    "edge_push.py", "edge_websockets.py", "edge_ttfb.py",
+]
 
 for script in SCRIPTS:
     print(f"\n== {script}", flush=True)

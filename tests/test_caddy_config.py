@@ -13,25 +13,26 @@ SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_h
                         web_dial="127.0.0.1:8099", admin_listen="unix//run/admin.sock")
 
 
-def _tenant_routes(config: dict, host: str) -> list[dict]:
+def route_for(config: dict, host: str, path: str) -> dict:
+    """The first route Caddy would pick for `host` + `path` (first match wins; routes are terminal)."""
     for route in config["apps"]["http"]["servers"]["edge"]["routes"]:
-        if route.get("match") and host in route["match"][0].get("host", []):
-            return route["handle"][0]["routes"]
-    raise AssertionError(f"no route for {host}")
-
-
-def _by_path(routes: list[dict], path: str) -> list[dict]:
-    for r in routes:
-        if path in r.get("match", [{}])[0].get("path", []):
-            return r["handle"]
-    raise AssertionError(path)
+        matchers = route.get("match")
+        if not matchers:
+            return route
+        m = matchers[0]
+        if host not in m.get("host", [host]):
+            continue
+        paths = m.get("path")
+        if paths is None or any(p == path or (p.endswith("/*") and path.startswith(p[:-1])) for p in paths):
+            return route
+    raise AssertionError(f"no route for {host}{path}")
 
 
 def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> None:
     config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running")])
-    routes = _tenant_routes(config, "games.example.org")
-    assert _by_path(routes, "/")[0] == {"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}
-    body, proxy = _by_path(routes, "/-/*")
+    assert route_for(config, "games.example.org", "/")["handle"] == [
+        {"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}]
+    body, proxy = route_for(config, "games.example.org", "/-/socket.io/")["handle"]
     assert body == {"handler": "request_body", "max_size": 300_000_000}
     assert proxy["upstreams"] == [{"dial": "127.0.0.1:30001"}]
     assert proxy["stream_close_delay"] == 8 * 3600 * 10**9
@@ -46,25 +47,30 @@ def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> No
 
 def test_a_stopped_tenant_gets_a_page_not_a_proxy() -> None:
     config = build_caddy_config(SETTINGS, [TenantSite("bob", ("bob.localhost",), 30002, "failed")])
-    (page,) = _by_path(_tenant_routes(config, "bob.localhost"), "/-/*")
+    (page,) = route_for(config, "bob.localhost", "/-/game")["handle"]
     assert page["status_code"] == 503 and page["headers"]["Retry-After"] == ["10"]
     assert "has failed" in page["body"] and "30002" not in json.dumps(config)
 
 
 def test_backups_strip_identity_then_ask_the_auth_service() -> None:
     config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), 30001, "running")])
-    strip, auth, rest = _by_path(_tenant_routes(config, "alice.localhost"), "/backups/*")
+    strip, auth, rest = route_for(config, "alice.localhost", "/backups/2026/x.tar.zst")["handle"]
     assert strip == {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
-    assert auth["rewrite"] == {"method": "GET", "uri": "/auth/backups?instance=alice"}
+    assert auth["rewrite"] == {"method": "GET", "uri": "/auth/backups"}
+    # The auth service tells tenants apart by the host the request came for.
+    assert auth["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
     assert auth["upstreams"] == [{"dial": "127.0.0.1:8099"}]
     assert rest == {"handler": "static_response", "status_code": 404}
 
 
 def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_off() -> None:
-    config = build_caddy_config(SETTINGS, [])
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), 30001, "running")])
     routes = config["apps"]["http"]["servers"]["edge"]["routes"]
-    fleet_paths = routes[0]["handle"][0]["routes"][0]["match"][0]["path"]
+    fleet = route_for(config, "fleet.localhost", "/v1/status")
+    fleet_paths = fleet["handle"][0]["routes"][0]["match"][0]["path"]
     assert not any(p.startswith("/v1") or "openapi" in p for p in fleet_paths)
+    assert route_for(config, "alice.localhost", "/v1/status")["handle"] == [{"handler": "static_response", "status_code": 404}]
+    assert route_for(config, "mallory.localhost", "/") == routes[-1]
     assert routes[-1] == {"handle": [{"handler": "static_response", "abort": True}]}
     assert config["admin"] == {"listen": "unix//run/admin.sock"}
 

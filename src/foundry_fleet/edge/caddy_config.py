@@ -105,28 +105,35 @@ def _forward_auth(settings: EdgeSettings, uri: str) -> dict[str, Any]:
 
 
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
+    """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
     if site.state == "running":
         foundry = _proxy(f"127.0.0.1:{site.port}", settings)
     else:
         foundry = [_state_page(site, settings.retry_after_s)]
+    return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": foundry, "terminal": True}
+
+
+def _shared_tenant_routes(settings: EdgeSettings, tenant_hosts: list[str]) -> list[dict[str, Any]]:
+    """Routes every tenant host has alike, written once for all of them.
+
+    Once per host they would make the config (and each reload) several times larger; the auth
+    service tells tenants apart by the X-Forwarded-Host it is sent.
+    """
+    if not tenant_hosts:
+        return []
     strip_identity = {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
     if settings.backups_dial:
         backups: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": settings.backups_dial}]}
     else:
         backups = {"handler": "static_response", "status_code": 404}  # nothing served behind the check yet
-    routes = [
-        {"match": [{"path": ["/"]}],
-         "handle": [{"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}]},
-        {"match": [{"path": ["/-", "/-/*"]}], "handle": foundry},
-        {"match": [{"path": ["/backups", "/backups/*"]}],
-         "handle": [strip_identity, _forward_auth(settings, f"/auth/backups?instance={site.name}"), backups]},
-        {"handle": [{"handler": "static_response", "status_code": 404}]},
+    return [
+        {"match": [{"host": tenant_hosts, "path": ["/"]}],
+         "handle": [{"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}],
+         "terminal": True},
+        {"match": [{"host": tenant_hosts, "path": ["/backups", "/backups/*"]}],
+         "handle": [strip_identity, _forward_auth(settings, "/auth/backups"), backups],
+         "terminal": True},
     ]
-    return {
-        "match": [{"host": list(site.hosts)}],
-        "handle": [{"handler": "subroute", "routes": routes}],
-        "terminal": True,
-    }
 
 
 def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
@@ -154,7 +161,11 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     """The whole configuration; the same input always gives the same output (so reloads can be skipped)."""
     sites = sorted(sites, key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
-    routes = [_tenant_route(s, settings) for s in sites]
+    routes = _shared_tenant_routes(settings, tenant_hosts)
+    routes += [_tenant_route(s, settings) for s in sites]
+    if tenant_hosts:
+        routes.append({"match": [{"host": tenant_hosts}],
+                       "handle": [{"handler": "static_response", "status_code": 404}], "terminal": True})
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [
