@@ -14,29 +14,10 @@ TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools
 .PHONY: run test bench system-deps test-system-deps clean
 
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing=""; \
-	  for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	  command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  fi; \
-	else \
-	  for c in bwrap node iptables; do command -v $$c >/dev/null 2>&1 || echo "warning: $$c not found (not root, so not installed): see README"; done; \
-	fi
+	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $$(command -v node >/dev/null || echo nodejs) -- bwrap node iptables setpriv
 
 test-system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing=""; \
-	  for p in $(TEST_SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing for the tests:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  fi; \
-	else \
-	  for c in chromium certutil; do command -v $$c >/dev/null 2>&1 || echo "warning: $$c not found (not root, so not installed): the browser test will be skipped"; done; \
-	fi
+	@tools/ensure-debian-packages "for the browser test" $(TEST_SYSTEM_PACKAGES) -- chromium certutil
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
