@@ -112,11 +112,14 @@ def test_caddy_killed_is_restarted_with_the_full_config(fleet: FleetHarness, rel
     client = _running_fleet(fleet, release_zips, "alice", "bob")
     _http_port, https_port = _ports(fleet)
     ca = local_ca(fleet.root)
+    serial = served_certificate(https_port, "alice.localhost", ca)["serialNumber"]
     pid = int((fleet.root / "edge" / "caddy.pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: int((fleet.root / "edge" / "caddy.pid").read_text().split()[0]) != pid, 15, "a new Caddy")
     for host in ("alice.localhost", "bob.localhost"):
         wait_until(lambda h=host: _status(https_port, h, ca) == 200, 15, f"{host} through the new Caddy")
+    # Certificates live under the fleet root: the new Caddy serves the same one, not a new one.
+    assert served_certificate(https_port, "alice.localhost", ca)["serialNumber"] == serial
     client.close()
 
 
