@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 
-from bench.edge_websockets import edge_fleet  # noqa: E402
+from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from tests.edge_support import local_ca  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=300)
     args = ap.parse_args()
-    with edge_fleet("ff-bench-edge-ttfb-", PORT_LOW) as fleet:
+    with bench_fleet("ff-bench-edge-ttfb-", PORT_LOW) as fleet:
         client = ControlClient(fleet.socket)
         alice = client.create_instance(name="alice", release="13.345", start=True)["instance"]
         client.close()

@@ -18,14 +18,12 @@ Run: .venv/bin/python bench/edge_websockets.py [--sockets 20] [--reloads 100]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,47 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import ClientConnection  # noqa: E402
 
+from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
-from foundry_fleet.domain.release import ReleaseLayout  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
 from foundry_fleet.edge.caddy_config import TenantSite, build_caddy_config  # noqa: E402
-from foundry_fleet.services.init import init_fleet  # noqa: E402
 from foundry_fleet.services.wiring import edge_settings  # noqa: E402
 from tests.edge_support import local_ca, wss  # noqa: E402
-from tests.harness import FleetHarness, kill_processes_with  # noqa: E402
-from tests.standin import build_release_zip  # noqa: E402
+from tests.harness import FleetHarness  # noqa: E402
 
 PORT_LOW = 52000  # above the blocks the test suite draws from (31000-50999) and bench_fleet's 41000s
-
-
-@contextmanager
-def edge_fleet(prefix: str, port_low: int) -> Iterator[FleetHarness]:
-    """A running fleet with its own Caddy: instances on port_low.., edge on port_low+80/+81, web +82.
-    On exit the daemon, Caddy and every instance are stopped and everything is deleted."""
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    fleet = None
-    try:
-        z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
-        fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
-        fleet.edit_config("port_range = [30000, 30999]", f"port_range = [{port_low}, {port_low + 49}]")
-        fleet.edit_config("http_port = 8080", f"http_port = {port_low + 80}")
-        fleet.edit_config("https_port = 8443", f"https_port = {port_low + 81}")
-        fleet.edit_config("web_port = 8099", f"web_port = {port_low + 82}")
-        fleet.cli("release", "add", str(z))
-        fleet.up()
-        yield fleet
-    finally:
-        if fleet is not None:
-            fleet.stop_daemons()
-            kill_processes_with(str(fleet.root))  # instances (--dataPath=...) and Caddy (--config .../edge/...)
-        for p in work.rglob("*"):
-            if p.is_dir() and not p.is_symlink():
-                try:
-                    p.chmod(0o755)  # installs and the release cache are read-only
-                except OSError:
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def bob_hosts(i: int) -> list[str]:
@@ -154,7 +121,7 @@ def main() -> None:
     ap.add_argument("--reloads", type=int, default=100)
     args = ap.parse_args()
     results = []
-    with edge_fleet("ff-bench-edge-ws-", PORT_LOW) as fleet:
+    with bench_fleet("ff-bench-edge-ws-", PORT_LOW) as fleet:
         client = ControlClient(fleet.socket)
         alice = client.create_instance(name="alice", release="13.345", start=True)["instance"]
         bob = client.create_instance(name="bob", release="13.345", start=True)["instance"]

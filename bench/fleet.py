@@ -16,20 +16,27 @@ from tests.standin import build_release_zip
 
 @contextmanager
 def bench_fleet(prefix: str, port_low: int) -> Iterator[FleetHarness]:
-    """init, release add 13.345, up; on exit stop the daemon and every instance, and delete it all."""
+    """init, release add 13.345, up; on exit stop the daemon, Caddy and every instance, and delete it all.
+
+    Ports: instances from port_low (up to 100 of them), the edge at port_low+100 (http), +101
+    (https) and +102 (the fleet's web endpoints).
+    """
     work = Path(tempfile.mkdtemp(prefix=prefix))
     fleet = None
     try:
         z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
         fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
-        fleet.edit_config("port_range = [30000, 30999]", f"port_range = [{port_low}, {port_low + 999}]")
+        fleet.edit_config("port_range = [30000, 30999]", f"port_range = [{port_low}, {port_low + 99}]")
+        fleet.edit_config("http_port = 8080", f"http_port = {port_low + 100}")
+        fleet.edit_config("https_port = 8443", f"https_port = {port_low + 101}")
+        fleet.edit_config("web_port = 8099", f"web_port = {port_low + 102}")
         fleet.cli("release", "add", str(z))
         fleet.up()
         yield fleet
     finally:
         if fleet is not None:
             fleet.stop_daemons()
-            kill_processes_with(f"--dataPath={fleet.root}")
+            kill_processes_with(str(fleet.root))  # instances (--dataPath=...) and Caddy (--config .../edge/...)
         for p in work.rglob("*"):
             if p.is_dir() and not p.is_symlink():
                 try:
