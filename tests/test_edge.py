@@ -172,6 +172,7 @@ def test_status_and_edge_show(fleet: FleetHarness, release_zips: dict[str, Path]
     status = fleet.cli("status", "--json").json()
     hosts = {h["host"]: h for h in status["hosts"]}
     assert hosts["alice.localhost"]["state"] == "valid" and hosts["alice.localhost"]["not_after"]
+    assert "Caddy Local Authority" in hosts["alice.localhost"]["issuer"]
     assert "fleet.localhost" in hosts
     shown = fleet.cli("edge", "show").json()
     routes = shown["apps"]["http"]["servers"]["edge"]["routes"]

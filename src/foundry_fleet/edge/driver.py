@@ -180,7 +180,8 @@ class Edge:
             return CertificateState(host, "none")
         except OSError:
             return CertificateState(host, "unreachable")
-        issuer = next((v for rdn in cert.get("issuer", ()) for k, v in rdn if k == "organizationName"), None)
+        names = {k: v for rdn in cert.get("issuer", ()) for k, v in rdn}
+        issuer = names.get("organizationName") or names.get("commonName")
         not_after = cert.get("notAfter")
         if isinstance(not_after, str):
             not_after = time.strftime("%Y-%m-%d", time.gmtime(ssl.cert_time_to_seconds(not_after)))
