@@ -50,6 +50,7 @@ def test_init_refuses_overwrite_and_bad_input(tmp_path: Path) -> None:
         (("port_range = [30000, 30999]", "port_range = [30999, 30000]"), "instances"),
         (("memory_mb = 2048", "memory_mb = 1"), "limits.memory_mb"),
         (("[logs]", "[logs]\nsurprise = 1"), "logs.surprise"),
+        (('plan = "7d=>1h,30d=>1d,1y=>1w"', 'plan = "1h=>7d"'), "backups.plan"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, edit: tuple[str, str], key: str) -> None:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import InvalidInput, NotFound
 from foundry_fleet.domain.names import validate_domain
@@ -122,6 +123,28 @@ class SupervisorSection(_Section):
         )
 
 
+class BackupsSection(_Section):
+    plan: str = Field("7d=>1h,30d=>1d,1y=>1w", description="znapzend syntax: retention=>interval,...")
+    tsformat: str = Field("%Y-%m-%d-%H%M%SZ", description="snapshot names; a trailing Z means UTC")
+
+    @field_validator("plan")
+    @classmethod
+    def _plan(cls, v: str) -> str:
+        try:
+            return str(parse_plan(v))
+        except InvalidInput as e:  # pydantic names the key only for a ValueError
+            raise ValueError(f"{e.message} ({e.hint})") from None
+
+    @field_validator("tsformat")
+    @classmethod
+    def _tsformat(cls, v: str) -> str:
+        try:
+            TimeFormat(v)
+        except InvalidInput as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return v
+
+
 class LimitsSection(_Section):
     memory_mb: int = Field(2048, ge=64)
     cpu_percent: int = Field(100, ge=1, description="100 = one core")
@@ -142,6 +165,7 @@ class FleetConfig(_Section):
     instances: InstancesSection = InstancesSection()
     supervisor: SupervisorSection = SupervisorSection()
     limits: LimitsSection = LimitsSection()
+    backups: BackupsSection = BackupsSection()
     logs: LogsSection = LogsSection()
 
     @property

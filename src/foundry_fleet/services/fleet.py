@@ -518,6 +518,18 @@ class Fleet:
             ).all()
             return [(r.name, r.desired, r.state, r.task, list(r.crash_times or [])) for r in rows]
 
+    def backup_facts(self, name: str) -> tuple[str | None, bool, int | None]:
+        """(its own backup plan or None, whether a process is recorded, its uid)."""
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            return row.backup_plan, row.task is not None, row.uid
+
+    def set_backup_plan(self, name: str, plan: str | None) -> None:
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            row.backup_plan = plan
+            record(s, self.actor, "backup.plan", name, Outcome.OK, plan or f"default ({self.config.backups.plan})")
+
     def crash_times(self, name: str) -> list[float]:
         """When the instance crashed recently (what the crash-loop rule counts)."""
         with self._session() as s:

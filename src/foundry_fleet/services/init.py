@@ -81,6 +81,13 @@ memory_mb = 2048
 cpu_percent = 100          # 100 = one core
 pids = 512
 
+[backups]
+# Snapshots of every instance's data, in znapzend's syntax: keep one per hour for 7 days, one per day
+# for 30 days, one per week for a year (units: s, min, h, d, w, m = month, y). `foundry-fleet backup
+# plan NAME PLAN` overrides it for one instance. Manual snapshots (`backup now`) are never thinned.
+plan = "7d=>1h,30d=>1d,1y=>1w"
+tsformat = "%Y-%m-%d-%H%M%SZ"
+
 [logs]
 max_kb = 10240             # rotate an instance's log at this size ...
 keep = 5                   # ... keeping this many old files

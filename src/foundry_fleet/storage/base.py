@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from foundry_fleet.storage.snapshots import DirectorySnapshots
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,7 @@ class InstancePaths:
 
 class Storage(Protocol):
     name: str
+    snapshots: DirectorySnapshots  # the driver's snapshots of instance data (ZFS brings its own)
 
     def ensure_layout(self) -> None:
         """Create `shared/` and `instances/` if missing (idempotent)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, ExternalFailure
 from foundry_fleet.storage.base import InstancePaths
+from foundry_fleet.storage.snapshots import DirectorySnapshots
 
 
 class DirectoryStorage:
@@ -20,6 +21,7 @@ class DirectoryStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.snapshots = DirectorySnapshots(root)
 
     # layout -------------------------------------------------------------------------------
 
@@ -77,10 +79,15 @@ class DirectoryStorage:
         if p.data.exists():
             target.mkdir()
             p.data.rename(target / "data")
+        snaps = self.root / "snapshots" / instance
+        if snaps.exists():
+            target.mkdir(exist_ok=True)
+            snaps.rename(target / "snapshots")  # backups are data too: kept with it
         _remove_tree(p.root)
         return target
 
     def destroy_instance(self, instance: str) -> None:
+        self.snapshots.destroy_all(instance)
         _remove_tree(self.paths(instance).root)
 
     def usage_bytes(self, instance: str) -> int:

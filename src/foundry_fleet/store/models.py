@@ -56,6 +56,8 @@ class Instance(Base):
     task: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # Hostnames besides <name>.<domain> (a tenant's own domain); the edge routes and certifies them all.
     extra_hosts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    # znapzend-style plan for this instance's snapshots; None follows the fleet's [backups] plan.
+    backup_plan: Mapped[str | None] = mapped_column(Text, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     crash_times: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)

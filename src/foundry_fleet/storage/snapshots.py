@@ -1,0 +1,236 @@
+"""Snapshots of an instance's data as plain directory trees, for hosts without ZFS.
+
+Each snapshot is a full, read-only tree. A file unchanged since the previous snapshot (same size
+and modification time, to the nanosecond) is a hard link to that snapshot's copy, so it costs no
+space; a changed or new file is copied. A snapshot never links to a live file: Foundry appends to
+its databases in place, and a link would let the live file rewrite the snapshot.
+
+A snapshot is built as `<name>.partial` and renamed when complete, so a crash leaves no half
+snapshot that looks whole; leftovers are swept the next time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
+
+PARTIAL = ".partial"
+# Never part of a snapshot: the mount point of the fleet's shared assets (not the tenant's data).
+SKIP = {os.path.join("Data", "shared")}
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    created_at: float
+    bytes_new: int  # bytes this snapshot added on disk (copied files)
+    files: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "created_at": self.created_at, "bytes_new": self.bytes_new, "files": self.files}
+
+
+def _valid_name(name: str) -> str:
+    if not name or "/" in name or name.startswith(".") or name.endswith(PARTIAL) or len(name) > 200:
+        raise InvalidInput(f"{name!r} is not a snapshot name", "use letters, digits, dashes and dots")
+    return name
+
+
+class DirectorySnapshots:
+    """Snapshots of `instances/<id>/data` under `snapshots/<id>/<name>`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, instance: str) -> Path:
+        return self.root / "snapshots" / instance
+
+    def path(self, instance: str, name: str) -> Path:
+        p = self._dir(instance) / _valid_name(name)
+        if not p.is_dir():
+            raise NotFound(f"instance {instance} has no snapshot {name!r}", f"see `foundry-fleet backup list {instance}`")
+        return p
+
+    def list(self, instance: str) -> list[SnapshotInfo]:
+        d = self._dir(instance)
+        if not d.is_dir():
+            return []
+        out = []
+        for entry in os.scandir(d):
+            if entry.name.endswith(PARTIAL) or entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            meta = _read_meta(Path(entry.path))
+            out.append(SnapshotInfo(entry.name, meta.get("created_at", entry.stat().st_mtime),
+                                    int(meta.get("bytes_new", 0)), int(meta.get("files", 0))))
+        return sorted(out, key=lambda s: (s.created_at, s.name))
+
+    def take(self, instance: str, data: Path, name: str) -> SnapshotInfo:
+        _valid_name(name)
+        d = self._dir(instance)
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+        final = d / name
+        if final.exists():
+            raise Conflict(f"instance {instance} already has a snapshot named {name!r}", "choose another label")
+        self._sweep(d)
+        previous = self.list(instance)
+        prev_dir = d / previous[-1].name if previous else None
+        staging = d / (name + PARTIAL)
+        files, bytes_new = _copy_tree(data, staging, prev_dir)
+        _write_meta(staging, {"created_at": time.time(), "bytes_new": bytes_new, "files": files})
+        _seal(staging)
+        os.rename(staging, final)
+        return SnapshotInfo(name, _read_meta(final)["created_at"], bytes_new, files)
+
+    def destroy(self, instance: str, name: str) -> None:
+        remove_tree(self.path(instance, name))
+
+    def destroy_all(self, instance: str) -> None:
+        remove_tree(self._dir(instance))
+
+    def _sweep(self, d: Path) -> None:
+        for entry in os.scandir(d):
+            if entry.name.endswith(PARTIAL):
+                remove_tree(Path(entry.path))
+
+
+META = ".snapshot.json"
+
+
+def _read_meta(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    import json
+
+    (path / META).write_text(json.dumps(meta))
+
+
+def _copy_tree(src: Path, dst: Path, previous: Path | None) -> tuple[int, int]:
+    """Copy `src` to `dst`, hard-linking files unchanged since `previous`; returns (files, bytes copied)."""
+    files = copied = 0
+    dst.mkdir()
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = os.path.relpath(dirpath, src)
+        target_dir = dst if rel_dir == "." else dst / rel_dir
+        for d in list(dirnames):
+            rel = os.path.normpath(os.path.join(rel_dir, d))
+            full = os.path.join(dirpath, d)
+            if rel in SKIP or os.path.islink(full):
+                dirnames.remove(d)  # never follow a link out of the data, never into shared assets
+                if os.path.islink(full) and rel not in SKIP:
+                    os.symlink(os.readlink(full), target_dir / d)
+                continue
+            (target_dir / d).mkdir()
+        for f in filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, f))
+            full = os.path.join(dirpath, f)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(full), target_dir / f)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue  # sockets, fifos: not data
+            files += 1
+            if previous is not None:
+                old = previous / rel
+                try:
+                    ost = os.lstat(old)
+                except FileNotFoundError:
+                    ost = None
+                if ost is not None and stat.S_ISREG(ost.st_mode) and ost.st_size == st.st_size \
+                        and ost.st_mtime_ns == st.st_mtime_ns:
+                    os.link(old, target_dir / f)
+                    continue
+            shutil.copy2(full, target_dir / f, follow_symlinks=False)
+            copied += st.st_blocks * 512
+    return files, copied
+
+
+def _seal(path: Path) -> None:
+    """Snapshots are read-only: files 0444 (0555 if executable), directories 0555."""
+    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # linked ones are sealed already
+                os.chmod(full, 0o555 if st.st_mode & 0o111 else 0o444)
+        os.chmod(dirpath, 0o555)
+
+
+def remove_tree(path: Path) -> None:
+    if not os.path.lexists(path):
+        return
+    for dirpath, dirnames, _ in os.walk(path):
+        os.chmod(dirpath, 0o755)
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+    shutil.rmtree(path)
+
+
+RESTORE_NEW = "data.restore-new"
+RESTORE_OLD = "data.restore-old"
+
+
+def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
+    """Make `data` exactly the snapshot's content, as fresh writable files (never links into it).
+
+    Steps, each safe to crash in (see `finish_restore`): copy the snapshot beside the live data,
+    move the live data aside, move the copy into place, delete what was moved aside.
+    """
+    new, old = data.parent / RESTORE_NEW, data.parent / RESTORE_OLD
+    remove_tree(new)
+    shutil.copytree(snapshot, new, symlinks=True, ignore=shutil.ignore_patterns(META))
+    for dirpath, _dirnames, filenames in os.walk(new):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755 if os.stat(full).st_mode & 0o111 else 0o644)
+    (new / "Data" / "shared").mkdir(parents=True, exist_ok=True)  # the shared assets' mount point
+    os.chmod(new, 0o700)
+    if uid is not None:
+        for dirpath, dirnames, filenames in os.walk(new):
+            os.lchown(dirpath, uid, uid)
+            for n in filenames + dirnames:
+                if os.path.join(os.path.relpath(dirpath, new), n) != os.path.join("Data", "shared"):
+                    os.lchown(os.path.join(dirpath, n), uid, uid)
+        os.lchown(new / "Data" / "shared", 0, 0)
+    remove_tree(old)
+    os.rename(data, old)
+    os.rename(new, data)
+    remove_tree(old)
+
+
+def finish_restore(data: Path) -> str | None:
+    """Put right a restore that was interrupted; says what was done (None: nothing to do)."""
+    new, old = data.parent / RESTORE_NEW, data.parent / RESTORE_OLD
+    if not data.exists() and new.exists():
+        os.rename(new, data)  # the copy was complete (it is renamed only after), the swap was not
+        remove_tree(old)
+        return "completed an interrupted restore"
+    if not data.exists() and old.exists():
+        os.rename(old, data)
+        return "put the data back after an interrupted restore"
+    done = None
+    if new.exists():
+        remove_tree(new)  # a copy interrupted before the swap: the live data was never touched
+        done = "dropped a half-made restore copy"
+    if old.exists():
+        remove_tree(old)
+        done = "removed the data a finished restore replaced"
+    return done
