@@ -16,6 +16,7 @@ from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.edge.driver import Edge
+from foundry_fleet.services.backups import Backups
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.supervisor import Supervisor
@@ -42,6 +43,24 @@ class CreateInstance(BaseModel):
     extra_hosts: list[str] = Field(default_factory=list, description="hostnames besides <name>.<domain>")
 
 
+class TakeSnapshot(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = "manual"
+
+
+class SetPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str | None = Field(None, description="znapzend syntax; null follows the fleet's default plan")
+
+
+class Restore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot: str
+
+
 class SetHosts(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,8 +71,14 @@ WAIT = Param("wait", bool, True, "answer once the instance has settled (running,
 
 
 def create_app(
-    fleet: Fleet, supervisor: Supervisor, info: DaemonInfo, edge: Edge | None = None, settle_timeout: float = 60.0
+    fleet: Fleet,
+    supervisor: Supervisor,
+    info: DaemonInfo,
+    edge: Edge | None = None,
+    backups: Backups | None = None,
+    settle_timeout: float = 60.0,
 ) -> Starlette:
+    backups = backups or Backups(fleet)
     # Service calls touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
 
@@ -131,6 +156,32 @@ def create_app(
         await edge_sync()
         return view.to_dict()
 
+    async def take_snapshot(name: str, body: TakeSnapshot, actor: str) -> dict[str, Any]:
+        return (await run(Backups(fleet.acting_as(actor)).take, name, body.label)).to_dict()
+
+    async def list_snapshots(name: str) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in await run(backups.list, name)]
+
+    async def set_plan(name: str, body: SetPlan, actor: str) -> dict[str, Any]:
+        return {"plan": await run(Backups(fleet.acting_as(actor)).set_plan, name, body.plan)}
+
+    async def restore(name: str, body: Restore, actor: str) -> dict[str, Any]:
+        """Stop, keep the current data as a safety snapshot, restore, and start again if it ran."""
+        acting = fleet.acting_as(actor)
+        was = await run(fleet.get_instance, name)
+        await run(backups.snapshots.path, name, body.snapshot)  # 404 before anything stops
+        await run(acting.set_desired, name, DesiredState.STOPPED, f"restoring {body.snapshot}")
+        supervisor.poke(name)
+        await supervisor.wait_settled(name, settle_timeout)
+        try:
+            safety = await run(Backups(acting).restore, name, body.snapshot)
+        finally:
+            if was.desired == DesiredState.RUNNING.value:
+                await run(acting.set_desired, name, DesiredState.RUNNING, "restored")
+                supervisor.poke(name)
+        view = await settle(name, was.desired == DesiredState.RUNNING.value)
+        return {"safety_snapshot": safety, "instance": view}
+
     async def edge_config() -> dict[str, Any]:
         return await run(edge.config) if edge is not None else {}
 
@@ -159,6 +210,14 @@ def create_app(
         Endpoint("PUT", "/v1/instances/{name}/hosts", "Set the hostnames an instance answers on besides its own",
                  set_hosts, body=SetHosts, returns=InstanceView, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),
+        Endpoint("POST", "/v1/instances/{name}/backups", "Take a manual snapshot (never thinned)",
+                 take_snapshot, body=TakeSnapshot, status=201, changes_state=True),
+        Endpoint("GET", "/v1/instances/{name}/backups", "An instance's snapshots, oldest first", list_snapshots),
+        Endpoint("PUT", "/v1/instances/{name}/backup-plan", "Set (or clear) an instance's own snapshot plan",
+                 set_plan, body=SetPlan, changes_state=True),
+        Endpoint("POST", "/v1/instances/{name}/restore",
+                 "Restore a snapshot: stop, keep the current data as a safety snapshot, restore, restart",
+                 restore, body=Restore, changes_state=True),
         Endpoint("GET", "/v1/events", "The event log, oldest first", list_events,
                  query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
                  returns=list[EventView]),

@@ -82,6 +82,18 @@ class ControlClient:
     def edge_config(self) -> dict[str, Any]:
         return self._call("GET", "/v1/edge/config")
 
+    def take_snapshot(self, name: str, label: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/backups", json={"label": label})
+
+    def list_snapshots(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/instances/{name}/backups")
+
+    def set_backup_plan(self, name: str, plan: str | None) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/instances/{name}/backup-plan", json={"plan": plan})
+
+    def restore(self, name: str, snapshot: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/restore", json={"snapshot": snapshot})
+
     def events(self, target: str | None, limit: int) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if target:

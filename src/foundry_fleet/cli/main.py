@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import release as release_cmds
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(release_cmds.app, name="release")
 app.add_typer(instance_cmds.app, name="instance")
 app.add_typer(edge_cmds.app, name="edge")
+app.add_typer(backup_cmds.app, name="backup")
 
 ConfigOption = Annotated[
     Optional[str],

@@ -22,6 +22,7 @@ from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.runtime.local import LocalRuntime
+from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
@@ -31,6 +32,7 @@ from foundry_fleet.web.app import create_web_app
 log = logging.getLogger("foundry_fleet.daemon")
 
 RECONCILE_EVERY = 30.0
+BACKUP_CHECK_EVERY = 30.0  # the smallest sensible plan interval is a minute or more
 
 
 def bind_control_socket(path: Path) -> socket.socket:
@@ -90,9 +92,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
                                          f":{config.edge.https_port}, TLS {config.edge.tls}"))
 
+    backups = Backups(fleet)
+    for name in backups.repair():  # before any instance starts on half-restored data
+        log.warning("finished an interrupted restore of %s", name)
     supervisor = Supervisor(fleet, runtime)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
-    app = create_app(fleet, supervisor, info, edge=edge)
+    app = create_app(fleet, supervisor, info, edge=edge, backups=backups)
     sock = bind_control_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
@@ -105,6 +110,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet.record_event("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
+    scheduler = asyncio.create_task(run_backup_schedule(backups))
     try:
         while not stopping.is_set() and not api.done():
             try:
@@ -113,6 +119,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                 await supervisor.reconcile()
     finally:
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
+        scheduler.cancel()
         server.should_exit = True
         web.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)
@@ -126,6 +133,18 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         web_sock.close()
         config.paths.socket.unlink(missing_ok=True)
         fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+
+
+async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVERY) -> None:
+    """Take due snapshots and thin old ones; a round is cheap when nothing is due."""
+    while True:
+        try:
+            result = await asyncio.to_thread(backups.run_schedule)
+            for name, why in result.failed:
+                log.error("backup of %s failed: %s", name, why)
+        except Exception:  # noqa: BLE001 - the schedule must outlive any one bad round
+            log.exception("backup round failed")
+        await asyncio.sleep(every)
 
 
 def make_edge(config: FleetConfig, fleet: Fleet) -> Edge:

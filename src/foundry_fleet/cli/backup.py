@@ -1,0 +1,93 @@
+"""`foundry-fleet backup ...`: snapshots of an instance's data."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from foundry_fleet.cli.context import CliContext
+from foundry_fleet.cli.render import console, human_bytes, print_json
+
+app = typer.Typer(help="Snapshots of instance data: take, list, plan, restore.", no_args_is_help=True)
+
+
+def _backups(c: CliContext):  # type: ignore[no-untyped-def]
+    from foundry_fleet.services.backups import Backups
+
+    return Backups(c.fleet())
+
+
+@app.command()
+def now(
+    ctx: typer.Context,
+    name: str,
+    label: Annotated[str, typer.Option(help="names the snapshot <label>-<time>; never thinned")] = "manual",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Take a snapshot now."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    snap = client.take_snapshot(name, label) if client else _backups(c).take(name, label).to_dict()
+    if json_out:
+        print_json(snap)
+    else:
+        console.print(f"snapshot {snap['name']} of {name} ({human_bytes(snap['bytes_new'])} new on disk)")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, name: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """An instance's snapshots, oldest first."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    snaps = client.list_snapshots(name) if client else [s.to_dict() for s in _backups(c).list(name)]
+    if json_out:
+        print_json(snaps)
+        return
+    t = Table()
+    for col in ("snapshot", "taken", "new on disk", "files"):
+        t.add_column(col)
+    for s in snaps:
+        t.add_row(s["name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["created_at"])),
+                  human_bytes(s["bytes_new"]), str(s["files"]))
+    console.print(t)
+
+
+@app.command()
+def plan(
+    ctx: typer.Context,
+    name: str,
+    new_plan: Annotated[Optional[str], typer.Argument(help="e.g. '7d=>1h,30d=>1d,1y=>1w'")] = None,
+    default: Annotated[bool, typer.Option("--default", help="follow the fleet's default plan again")] = False,
+) -> None:
+    """Show or set an instance's snapshot plan (znapzend syntax; m = month, min = minute)."""
+    c: CliContext = ctx.obj
+    if new_plan is None and not default:
+        console.print(str(_backups(c).plan_for(name)))
+        return
+    client = c.daemon()
+    wanted = None if default else new_plan
+    shown = client.set_backup_plan(name, wanted)["plan"] if client else _backups(c).set_plan(name, wanted)
+    console.print(f"{name}: {shown}")
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    name: str,
+    snapshot: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Restore a snapshot. The current data is kept as a safety snapshot first."""
+    c: CliContext = ctx.obj
+    if not yes:
+        typer.confirm(f"Replace the data of {name} with snapshot {snapshot}? (the current data is kept)", abort=True)
+    client = c.daemon()
+    if client:
+        result = client.restore(name, snapshot)
+        safety, state = result["safety_snapshot"], result["instance"]["state"]
+    else:
+        safety, state = _backups(c).restore(name, snapshot), c.fleet().get_instance(name).state
+    console.print(f"restored {snapshot} into {name} ({state}); the data before is kept as snapshot {safety}")

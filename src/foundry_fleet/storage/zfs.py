@@ -1,0 +1,486 @@
+"""ZFS datasets: the storage driver for hosts with a pool, laid out as disko would (see zfs_layout).
+
+What ZFS gives over plain directories:
+- an install is a clone of the release's `@pristine` snapshot: created in milliseconds, 0 bytes, and
+  read-only at the file system level (writes fail with EROFS, even for root);
+- a tenant's quota is a `refquota` on its data dataset, enforced by ZFS (EDQUOT), so one tenant
+  filling its quota leaves every other tenant's space alone;
+- each instance's data is one dataset, which is what snapshots and replication work on.
+
+Everything is idempotent and adopts what exists: `ensure_layout` and `create_instance` compare what is
+there with what the layout requires and change only what differs.
+
+Crash safety of an install swap: the new clone is made as `install.new` (unmounted), the old install is
+unmounted and renamed `install.old`, then `install.new` is renamed to `install` (the commit), mounted,
+and `install.old` destroyed. Whatever a crash leaves, the next call for the instance (or
+`ensure_layout`) repairs it: an `install` present is kept (leftovers go); with no `install`, an
+`install.old` is renamed back (the swap never committed).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from filelock import FileLock
+
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
+from foundry_fleet.domain.release import parse_version
+from foundry_fleet.storage.base import InstancePaths
+from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_layout import (
+    INSTALL_NEW,
+    INSTALL_OLD,
+    PRISTINE,
+    RELEASE_MOUNT_DIR,
+    ZfsLayout,
+    check_component,
+    check_instance,
+    parse_base,
+)
+
+log = logging.getLogger(__name__)
+
+_PROPS = ("mountpoint", "mounted", "readonly", "origin", "refquota")
+_SOURCE_PROPERTY = "foundry-fleet:source"  # user property: the tree a release dataset was filled from
+_DATA_SUBDIRS = ("Config", "Data", "Logs", "Backups", "Data/shared")
+_USABLE_HEALTH = ("ONLINE", "DEGRADED")
+
+Props = dict[str, dict[str, Prop]]
+
+
+class ZfsStorage:
+    name = "zfs"
+
+    def __init__(self, root: Path, base: str, runner: ZfsRunner | None = None) -> None:
+        self.root = Path(root)
+        self.pool, self.base = parse_base(base)
+        self.layout = ZfsLayout(self.root, self.base)
+        self.zfs = runner or ZfsRunner()
+
+    # layout -------------------------------------------------------------------------------
+
+    def ensure_layout(self) -> None:
+        """Create what is missing, repair interrupted install swaps, and correct properties that differ."""
+        self._check_pool()
+        if self.base != self.pool and not self.zfs.exists(self.base):
+            self.zfs.zfs("create", "-p", "-o", "mountpoint=none", self.base)
+        props = self._props(self.base, recursive=True)
+        for container in (self.layout.releases, self.layout.instances):
+            self._ensure_dataset(container, props)
+        self._ensure_dataset(self.layout.shared, props)
+        instances = [i for i in (self.layout.instance_of(name) for name in props) if i is not None]
+        if any(self._repair_install(i, props) for i in instances):
+            props = self._props(self.base, recursive=True)
+        for dataset, found in props.items():
+            self._correct(dataset, found)
+        _ensure_mode(self.shared_dir(), 0o755)
+        for instance in instances:
+            _ensure_mode(self.layout.instance_path(instance), 0o711, create=True)
+
+    def shared_dir(self) -> Path:
+        return self.layout.shared_path()
+
+    def paths(self, instance: str) -> InstancePaths:
+        base = self.layout.instance_path(instance)
+        return InstancePaths(root=base, data=base / "data", install=base / "install")
+
+    def create_instance(self, instance: str, quota_bytes: int | None = None) -> InstancePaths:
+        """Lay out the instance's datasets (adopting what exists); `quota_bytes` sets the data refquota.
+
+        `quota_bytes=None` leaves any quota already set alone (use `set_quota` to remove one).
+        """
+        check_instance(instance)
+        _check_quota(quota_bytes)
+        props = self._ensure_instance_container(instance)
+        if self._repair_install(instance, props):
+            props = self._props(self.layout.instance(instance), recursive=True)
+        data = self.layout.data(instance)
+        extra = [] if quota_bytes is None else ["-o", f"refquota={quota_bytes}"]
+        if self._ensure_dataset(data, props, *extra):
+            props = self._props(self.layout.instance(instance), recursive=True)
+        elif quota_bytes is not None and props[data]["refquota"].as_int() != quota_bytes:
+            self.zfs.zfs("set", f"refquota={quota_bytes}", data)
+        for dataset, found in props.items():
+            self._correct(dataset, found)
+        p = self.paths(instance)
+        _ensure_mode(p.root, 0o711, create=True)
+        for sub in _DATA_SUBDIRS:
+            (p.data / sub).mkdir(parents=True, exist_ok=True)
+        _ensure_mode(p.data, 0o700)
+        return p
+
+    def set_quota(self, instance: str, quota_bytes: int | None) -> None:
+        """Set (or with None, remove) the refquota on the instance's data."""
+        check_instance(instance)
+        _check_quota(quota_bytes)
+        self.zfs.zfs("set", f"refquota={'none' if quota_bytes is None else quota_bytes}", self.layout.data(instance))
+
+    # releases -----------------------------------------------------------------------------
+
+    def ensure_release(self, version: str, unpacked_tree: Path) -> str:
+        """The dataset holding release `version`, filled once from `unpacked_tree` and snapshotted @pristine.
+
+        Idempotent: a release that has its @pristine snapshot is used as it is. A release dataset without
+        one is what a crash during filling leaves (nothing can be cloned from it): it is made again.
+        """
+        parse_version(version)  # raises InvalidInput for anything that is not generation.build
+        check_component(version, "release version")
+        tree = Path(unpacked_tree)
+        if not tree.is_dir():
+            raise InvalidInput(f"release tree {tree} is not a directory", "add the release to the cache again")
+        dataset, snapshot = self.layout.release(version), self.layout.pristine(version)
+        lock_dir = self.root / RELEASE_MOUNT_DIR
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        # Two instances installing the same new release at once must not both fill its dataset.
+        with FileLock(str(lock_dir / f".{version}.lock"), timeout=3600):
+            if self.zfs.exists(snapshot):
+                return dataset
+            self._ensure_dataset(self.layout.releases, self._props(self.layout.releases))
+            if self.zfs.exists(dataset):
+                log.warning("release dataset %s has no @%s snapshot (interrupted): making it again", dataset, PRISTINE)
+                self.zfs.zfs("destroy", "-r", dataset)
+            mountpoint = self.layout.release_path(version)
+            self.zfs.zfs("create", "-o", f"mountpoint={mountpoint}", "-o", f"{_SOURCE_PROPERTY}={tree}", dataset)
+            self._ensure_mounted(dataset)
+            try:
+                shutil.copytree(tree, mountpoint, symlinks=True, dirs_exist_ok=True)
+            except (OSError, shutil.Error) as e:
+                raise ExternalFailure(
+                    f"could not copy release {version} from {tree} into {dataset}: {e}",
+                    "check the pool's free space (zfs list) and the release cache, then retry",
+                ) from e
+            self.zfs.zfs("set", "readonly=on", dataset)
+            self.zfs.zfs("snapshot", snapshot)  # the commit point: only now can installs clone it
+        log.info("release %s is in %s", version, snapshot)
+        return dataset
+
+    def installed_release(self, instance: str) -> str | None:
+        """The version the instance's install is a clone of, or None without an install."""
+        check_instance(instance)
+        props = self._props(self.layout.install(instance))
+        found = props.get(self.layout.install(instance))
+        return None if found is None else self.layout.version_of_origin(found["origin"].value)
+
+    def install_release(self, instance: str, release_dir: Path) -> Path:
+        """Make `install/` a clone of the release in `release_dir` (see `release_version_of`)."""
+        check_instance(instance)
+        version = release_version_of(Path(release_dir))
+        self.ensure_release(version, Path(release_dir))
+        return self.install_version(instance, version)
+
+    def install_version(self, instance: str, version: str) -> Path:
+        """Swap the instance's install for a clone of `<base>/releases/<version>@pristine` (zero copy)."""
+        check_instance(instance)
+        check_component(version, "release version")
+        snapshot = self.layout.pristine(version)
+        install = self.layout.install(instance)
+        new, old = self.layout.install(instance, INSTALL_NEW), self.layout.install(instance, INSTALL_OLD)
+        props = self._ensure_instance_container(instance)
+        if self._repair_install(instance, props):
+            props = self._props(self.layout.instance(instance), recursive=True)
+        current = props.get(install)
+        if current is not None and current["origin"].value == snapshot:
+            self._correct(install, current)  # already this release: just make sure it is in place
+            return self.paths(instance).install
+        self.zfs.zfs("clone", "-o", "readonly=on", "-o", "mountpoint=none", snapshot, new)
+        if current is not None:
+            try:
+                if current["mounted"].value == "yes":
+                    self.zfs.zfs("unmount", install)
+            except ZfsCommandFailed as e:
+                self._destroy_quietly(new)
+                raise ExternalFailure(
+                    f"the install of {instance} is in use, so it was left as it is: {e.message}",
+                    "stop the instance, then install the release again",
+                ) from e
+            self.zfs.zfs("set", "mountpoint=none", install)
+            self.zfs.zfs("rename", install, old)
+        self.zfs.zfs("rename", new, install)  # the commit point
+        path = self.paths(instance).install
+        self.zfs.zfs("set", f"mountpoint={path}", install)
+        self._ensure_mounted(install)
+        if current is not None:
+            self._destroy_quietly(old)
+        return path
+
+    # removal ------------------------------------------------------------------------------
+
+    def archive_instance(self, instance: str, stamp: str) -> Path:
+        """Move the instance's data dataset to `<base>/archive/<id>-<stamp>/data` (mounted under
+        `<root>/archive/`); destroy the rest of the instance. Returns the archive's folder."""
+        check_instance(instance)
+        name = check_component(f"{instance}-{stamp}", "archive stamp")
+        target, target_path = self.layout.archived(name), self.layout.archived_path(name)
+        if target_path.exists() or self.zfs.exists(target):
+            raise Conflict(f"archive {target} already exists", "retry in a second")
+        data = self.layout.data(instance)
+        props = self._props(data)
+        if data in props:
+            self._ensure_dataset(self.layout.archive, self._props(self.layout.archive))
+            self.zfs.zfs("create", "-o", "mountpoint=none", target)
+            if props[data]["mounted"].value == "yes":
+                self._unmount_for(instance, data)
+            self.zfs.zfs("rename", data, f"{target}/data")
+            self.zfs.zfs("set", f"mountpoint={target_path / 'data'}", f"{target}/data")
+            self._ensure_mounted(f"{target}/data")
+        self.destroy_instance(instance)
+        _ensure_mode(target_path.parent, 0o700, create=True)
+        return target_path
+
+    def destroy_instance(self, instance: str) -> None:
+        """Destroy the instance's datasets (data, install and their snapshots) and its folder."""
+        check_instance(instance)
+        container = self.layout.instance(instance)
+        if self.zfs.exists(container):
+            self.zfs.zfs("destroy", "-r", container)
+        _remove_folder(self.layout.instance_path(instance))
+
+    # reporting ----------------------------------------------------------------------------
+
+    def usage_bytes(self, instance: str) -> int:
+        """Bytes the instance's data uses (`used`, snapshots included); 0 when it has none.
+
+        zfs-fuse shows space freed by deleting files about 30 s later.
+        """
+        check_instance(instance)
+        found = self._props(self.layout.data(instance), properties=("used",))
+        if not found:
+            return 0
+        return next(iter(found.values()))["used"].as_int() or 0
+
+    def status(self) -> dict[str, object]:
+        """Pool health and space, and per instance: used, refquota (None: no quota), available, release."""
+        pool = self._check_pool()
+        props = self._props(self.base, recursive=True, properties=("used", "available", "refquota", "origin"))
+        instances: dict[str, dict[str, object]] = {}
+        releases: dict[str, dict[str, object]] = {}
+        for dataset, found in props.items():
+            instance = self.layout.instance_of(dataset)
+            if instance is not None:
+                data = props.get(f"{dataset}/data", {})
+                install = props.get(f"{dataset}/install", {})
+                instances[instance] = {
+                    "used": _int(data.get("used")),
+                    "refquota": _int(data.get("refquota")) or None,
+                    "available": _int(data.get("available")),
+                    "release": self.layout.version_of_origin(install["origin"].value) if install else None,
+                }
+            elif dataset.startswith(self.layout.releases + "/") and "@" not in dataset:
+                releases[dataset[len(self.layout.releases) + 1 :]] = {"used": _int(found.get("used"))}
+        base = props.get(self.base, {})
+        return {
+            "driver": self.name,
+            "base": self.base,
+            "pool": pool,
+            "used": _int(base.get("used")),
+            "available": _int(base.get("available")),
+            "instances": instances,
+            "releases": releases,
+        }
+
+    # internals ----------------------------------------------------------------------------
+
+    def _check_pool(self) -> dict[str, str]:
+        try:
+            line = self.zfs.zpool("list", "-H", "-o", "name,health,size,alloc,free", self.pool)
+        except ZfsCommandFailed as e:
+            raise ExternalFailure(f"ZFS pool {self.pool!r} is not available: {e.message}", e.hint) from e
+        name, health, size, alloc, free = (line.strip().split("\t") + [""] * 5)[:5]
+        if health not in _USABLE_HEALTH:
+            raise ExternalFailure(
+                f"ZFS pool {self.pool!r} is {health}, so the fleet's storage cannot be used",
+                f"see `zpool status {self.pool}`",
+            )
+        return {"name": name, "health": health, "size": size, "alloc": alloc, "free": free}
+
+    def _props(self, dataset: str, recursive: bool = False, properties: tuple[str, ...] = _PROPS) -> Props:
+        """Properties of `dataset` (and below, without snapshots); {} when it does not exist."""
+        try:
+            found = self.zfs.get(properties, dataset, recursive=recursive)
+        except ZfsCommandFailed as e:
+            if e.missing:
+                return {}
+            raise
+        return {name: values for name, values in found.items() if "@" not in name}
+
+    def _ensure_dataset(self, dataset: str, props: Props, *options: str) -> bool:
+        """Create `dataset` with the layout's mountpoint when missing; True if it was created."""
+        if dataset in props:
+            return False
+        expected = self.layout.expected(dataset)
+        mountpoint = expected.mountpoint if expected is not None else "none"
+        self.zfs.zfs("create", "-o", f"mountpoint={mountpoint}", *options, dataset)
+        if mountpoint != "none":
+            self._ensure_mounted(dataset)
+        return True
+
+    def _ensure_instance_container(self, instance: str) -> Props:
+        container = self.layout.instance(instance)
+        props = self._props(container, recursive=True)
+        if container not in props:
+            self._ensure_dataset(self.layout.instances, self._props(self.layout.instances))
+            self._ensure_dataset(container, props)
+            props = self._props(container, recursive=True)
+        return props
+
+    def _correct(self, dataset: str, found: dict[str, Prop]) -> None:
+        """Bring one dataset's mountpoint, readonly and mounted state to what the layout says."""
+        expected = self.layout.expected(dataset)
+        if expected is None:
+            return
+        if found["mountpoint"].value != expected.mountpoint:
+            log.info("%s: mountpoint %s -> %s", dataset, found["mountpoint"].value, expected.mountpoint)
+            self.zfs.zfs("set", f"mountpoint={expected.mountpoint}", dataset)
+        if expected.readonly is not None and self._is_readonly(found) != expected.readonly:
+            log.info("%s: readonly -> %s", dataset, expected.readonly)
+            self.zfs.zfs("set", f"readonly={'on' if expected.readonly else 'off'}", dataset)
+        if expected.mountpoint != "none":
+            self._ensure_mounted(dataset)
+
+    def _is_readonly(self, found: dict[str, Prop]) -> bool:
+        readonly = found["readonly"]
+        # zfs-fuse reports a mounted dataset's readonly as "off (temporary)" whatever is set: its FUSE
+        # mount is always rw and ZFS itself refuses the writes. Ask the file system instead.
+        if readonly.source == "temporary" and found["mounted"].value == "yes":
+            return not _accepts_writes(Path(found["mountpoint"].value))
+        return readonly.value == "on"
+
+    def _ensure_mounted(self, dataset: str) -> None:
+        found = self._props(dataset, properties=("mounted",))
+        if found and found[dataset]["mounted"].value != "yes":
+            self.zfs.zfs("mount", dataset)
+
+    def _unmount_for(self, instance: str, dataset: str) -> None:
+        try:
+            self.zfs.zfs("unmount", dataset)
+        except ZfsCommandFailed as e:
+            raise ExternalFailure(
+                f"{dataset} is in use, so nothing was changed: {e.message}", f"stop the instance {instance} and retry"
+            ) from e
+
+    def _repair_install(self, instance: str, props: Props) -> bool:
+        """Finish or undo an install swap a crash interrupted; True if anything changed."""
+        install = self.layout.install(instance)
+        new, old = self.layout.install(instance, INSTALL_NEW), self.layout.install(instance, INSTALL_OLD)
+        if new not in props and old not in props:
+            return False
+        if install not in props and old in props:
+            log.warning("%s: install swap was interrupted before it committed: keeping the old install", instance)
+            self.zfs.zfs("rename", old, install)
+            del props[old]
+        elif install not in props:
+            log.warning("%s: first install was interrupted after its clone was made: using it", instance)
+            self.zfs.zfs("rename", new, install)
+            del props[new]
+        for leftover in (new, old):
+            if leftover in props:
+                self.zfs.zfs("destroy", leftover)
+        return True
+
+    def _destroy_quietly(self, dataset: str) -> None:
+        """Destroy a leftover whose removal is not part of the caller's outcome (repair sweeps it later)."""
+        try:
+            self.zfs.zfs("destroy", dataset)
+        except ExternalFailure as e:
+            log.warning("could not destroy %s (removed on the next repair): %s", dataset, e.message)
+
+
+def release_version_of(release_dir: Path) -> str:
+    """The Foundry version of an unpacked release tree, as the release cache lays it out.
+
+    The cache keeps a release at `versions/<version>/` next to its manifest `versions/<version>.json`;
+    a wrapped zip's app root is one folder further down (`versions/13.347/FoundryVTT-13.347/`). So:
+    the release dir or one of its two parents that has a `<its name>.json` manifest beside it saying
+    `"version": "<its name>"` gives the version; failing that, a release dir named like a version
+    (`13.345`). Anything else is refused rather than guessed.
+    """
+    release_dir = Path(release_dir)
+    for candidate in [release_dir, *list(release_dir.parents)[:2]]:
+        manifest = candidate.parent / f"{candidate.name}.json"
+        if not manifest.is_file():
+            continue
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("version") == candidate.name:
+            parse_version(candidate.name)
+            return candidate.name
+    try:
+        parse_version(release_dir.name)
+    except InvalidInput:
+        raise InvalidInput(
+            f"cannot tell which Foundry version {release_dir} holds",
+            "install releases from the release cache (its manifest names the version)",
+        ) from None
+    return release_dir.name
+
+
+def _check_quota(quota_bytes: int | None) -> None:
+    if quota_bytes is not None and (isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes <= 0):
+        raise InvalidInput(f"quota {quota_bytes!r} is not a positive number of bytes", "give the quota in bytes")
+
+
+def _int(prop: Prop | None) -> int | None:
+    return None if prop is None else prop.as_int()
+
+
+def _ensure_mode(path: Path, mode: int, create: bool = False) -> None:
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    if (path.stat().st_mode & 0o7777) != mode:
+        path.chmod(mode)
+
+
+def _accepts_writes(directory: Path) -> bool:
+    """Whether a file can be created in `directory`; the probe file is removed at once."""
+    probe = directory / f".foundry-fleet-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return False
+        raise
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` (from /proc/self/mounts; octal escapes decoded)."""
+    prefix = str(path)
+    found = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 2:
+            continue
+        point = fields[1].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            found.append(point)
+    return found
+
+
+def _remove_folder(path: Path) -> None:
+    """Remove the instance's folder once nothing is mounted in it (only empty mountpoints remain)."""
+    if not os.path.lexists(path):
+        return
+    deadline = time.monotonic() + 5.0
+    while mounted := _mounts_under(path):
+        if time.monotonic() > deadline:
+            raise ExternalFailure(
+                f"{path} still has mounts ({', '.join(mounted)}), so it was not removed",
+                "unmount them (zfs unmount / umount) and delete the instance again",
+            )
+        time.sleep(0.1)
+    shutil.rmtree(path)
