@@ -7,9 +7,10 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 # bubblewrap: instance sandbox; iptables: keeps instance ports off the network; util-linux: setpriv.
 SYSTEM_PACKAGES = bubblewrap iptables util-linux procps
-# Only for `make test`: headless Chromium (and its driver) for the browser test through the edge, and
-# certutil (libnss3-tools) so that browser trusts the fleet's local CA. `make run` never needs them.
-TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools
+# Only for `make test`: headless Chromium (and its driver) for the browser test through the edge,
+# certutil (libnss3-tools) so that browser trusts the fleet's local CA, and zfs-fuse for the ZFS
+# storage tests (their fixture starts its daemon and makes pools on files). `make run` needs none.
+TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools zfs-fuse
 
 .PHONY: run test bench system-deps test-system-deps clean
 
@@ -17,7 +18,7 @@ system-deps:
 	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $$(command -v node >/dev/null || echo nodejs) -- bwrap node iptables setpriv
 
 test-system-deps:
-	@tools/ensure-debian-packages "for the browser test" $(TEST_SYSTEM_PACKAGES) -- chromium certutil
+	@tools/ensure-debian-packages "for the browser and ZFS tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +37,7 @@ run: system-deps $(VENV)/.run-deps
 
 test: system-deps test-system-deps $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest
+	FOUNDRY_FLEET_REQUIRE_ZFS=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest
 
 bench: system-deps $(VENV)/.test-deps
 	$(BIN)/python bench/run_all.py

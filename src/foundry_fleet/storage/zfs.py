@@ -19,13 +19,13 @@ and `install.old` destroyed. Whatever a crash leaves, the next call for the inst
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -47,7 +47,7 @@ from foundry_fleet.storage.zfs_layout import (
 
 log = logging.getLogger(__name__)
 
-_PROPS = ("mountpoint", "mounted", "readonly", "origin", "refquota")
+_PROPS = ("mountpoint", "mounted", "readonly", "canmount", "origin", "refquota")
 _SOURCE_PROPERTY = "foundry-fleet:source"  # user property: the tree a release dataset was filled from
 _DATA_SUBDIRS = ("Config", "Data", "Logs", "Backups", "Data/shared")
 _USABLE_HEALTH = ("ONLINE", "DEGRADED")
@@ -142,13 +142,15 @@ class ZfsStorage:
         with FileLock(str(lock_dir / f".{version}.lock"), timeout=3600):
             if self.zfs.exists(snapshot):
                 return dataset
-            self._ensure_dataset(self.layout.releases, self._props(self.layout.releases))
+            if not self.zfs.exists(self.layout.releases):
+                self.ensure_layout()
             if self.zfs.exists(dataset):
                 log.warning("release dataset %s has no @%s snapshot (interrupted): making it again", dataset, PRISTINE)
                 self.zfs.zfs("destroy", "-r", dataset)
             mountpoint = self.layout.release_path(version)
-            self.zfs.zfs("create", "-o", f"mountpoint={mountpoint}", "-o", f"{_SOURCE_PROPERTY}={tree}", dataset)
-            self._ensure_mounted(dataset)
+            self.zfs.zfs("create", "-o", f"mountpoint={mountpoint}", "-o", "canmount=noauto",
+                         "-o", f"{_SOURCE_PROPERTY}={tree}", dataset)
+            self._ensure_mounted(dataset, read_only=False)  # for filling, once
             try:
                 shutil.copytree(tree, mountpoint, symlinks=True, dirs_exist_ok=True)
             except (OSError, shutil.Error) as e:
@@ -158,6 +160,7 @@ class ZfsStorage:
                 ) from e
             self.zfs.zfs("set", "readonly=on", dataset)
             self.zfs.zfs("snapshot", snapshot)  # the commit point: only now can installs clone it
+            self._ensure_mounted(dataset, read_only=True)
         log.info("release %s is in %s", version, snapshot)
         return dataset
 
@@ -189,7 +192,7 @@ class ZfsStorage:
         if current is not None and current["origin"].value == snapshot:
             self._correct(install, current)  # already this release: just make sure it is in place
             return self.paths(instance).install
-        self.zfs.zfs("clone", "-o", "readonly=on", "-o", "mountpoint=none", snapshot, new)
+        self.zfs.zfs("clone", "-o", "readonly=on", "-o", "canmount=noauto", "-o", "mountpoint=none", snapshot, new)
         if current is not None:
             try:
                 if current["mounted"].value == "yes":
@@ -200,12 +203,18 @@ class ZfsStorage:
                     f"the install of {instance} is in use, so it was left as it is: {e.message}",
                     "stop the instance, then install the release again",
                 ) from e
-            self.zfs.zfs("set", "mountpoint=none", install)
-            self.zfs.zfs("rename", install, old)
-        self.zfs.zfs("rename", new, install)  # the commit point
+            try:
+                self.zfs.zfs("set", "mountpoint=none", install)
+                self.zfs.zfs("rename", install, old)
+                self.zfs.zfs("rename", new, install)  # the commit point
+            except ExternalFailure:
+                self._put_back_quietly(instance)
+                raise
+        else:
+            self.zfs.zfs("rename", new, install)  # the commit point
         path = self.paths(instance).install
         self.zfs.zfs("set", f"mountpoint={path}", install)
-        self._ensure_mounted(install)
+        self._ensure_mounted(install, read_only=True)
         if current is not None:
             self._destroy_quietly(old)
         return path
@@ -223,15 +232,15 @@ class ZfsStorage:
         data = self.layout.data(instance)
         props = self._props(data)
         if data in props:
+            if props[data]["mounted"].value == "yes":
+                self._unmount_for(instance, data)  # first: an instance still running stops everything here
+            _ensure_mode(target_path.parent, 0o700, create=True)  # archives are the operator's, not tenants'
             self._ensure_dataset(self.layout.archive, self._props(self.layout.archive))
             self.zfs.zfs("create", "-o", "mountpoint=none", target)
-            if props[data]["mounted"].value == "yes":
-                self._unmount_for(instance, data)
             self.zfs.zfs("rename", data, f"{target}/data")
             self.zfs.zfs("set", f"mountpoint={target_path / 'data'}", f"{target}/data")
-            self._ensure_mounted(f"{target}/data")
+            self._ensure_mounted(f"{target}/data", read_only=False)
         self.destroy_instance(instance)
-        _ensure_mode(target_path.parent, 0o700, create=True)
         return target_path
 
     def destroy_instance(self, instance: str) -> None:
@@ -317,45 +326,50 @@ class ZfsStorage:
         expected = self.layout.expected(dataset)
         mountpoint = expected.mountpoint if expected is not None else "none"
         self.zfs.zfs("create", "-o", f"mountpoint={mountpoint}", *options, dataset)
-        if mountpoint != "none":
-            self._ensure_mounted(dataset)
+        if expected is not None and expected.mounted:
+            self._ensure_mounted(dataset, read_only=bool(expected.readonly))
         return True
 
     def _ensure_instance_container(self, instance: str) -> Props:
         container = self.layout.instance(instance)
         props = self._props(container, recursive=True)
         if container not in props:
-            self._ensure_dataset(self.layout.instances, self._props(self.layout.instances))
+            if not self.zfs.exists(self.layout.instances):
+                self.ensure_layout()
             self._ensure_dataset(container, props)
             props = self._props(container, recursive=True)
         return props
 
     def _correct(self, dataset: str, found: dict[str, Prop]) -> None:
-        """Bring one dataset's mountpoint, readonly and mounted state to what the layout says."""
+        """Bring one dataset's mountpoint, canmount, readonly and mount to what the layout says."""
         expected = self.layout.expected(dataset)
         if expected is None:
             return
+        if expected.canmount is not None and found["canmount"].value != expected.canmount:
+            log.info("%s: canmount -> %s", dataset, expected.canmount)
+            self.zfs.zfs("set", f"canmount={expected.canmount}", dataset)
         if found["mountpoint"].value != expected.mountpoint:
             log.info("%s: mountpoint %s -> %s", dataset, found["mountpoint"].value, expected.mountpoint)
             self.zfs.zfs("set", f"mountpoint={expected.mountpoint}", dataset)
-        if expected.readonly is not None and self._is_readonly(found) != expected.readonly:
-            log.info("%s: readonly -> %s", dataset, expected.readonly)
-            self.zfs.zfs("set", f"readonly={'on' if expected.readonly else 'off'}", dataset)
-        if expected.mountpoint != "none":
-            self._ensure_mounted(dataset)
-
-    def _is_readonly(self, found: dict[str, Prop]) -> bool:
         readonly = found["readonly"]
-        # zfs-fuse reports a mounted dataset's readonly as "off (temporary)" whatever is set: its FUSE
-        # mount is always rw and ZFS itself refuses the writes. Ask the file system instead.
-        if readonly.source == "temporary" and found["mounted"].value == "yes":
-            return not _accepts_writes(Path(found["mountpoint"].value))
-        return readonly.value == "on"
+        # A mounted dataset shows its mount's value as "temporary", which hides the property itself; the
+        # mount check below covers that case (a read-only mount is what protects the files).
+        if expected.readonly is not None and readonly.source != "temporary":
+            if (readonly.value == "on") != expected.readonly:
+                log.info("%s: readonly -> %s", dataset, expected.readonly)
+                self.zfs.zfs("set", f"readonly={'on' if expected.readonly else 'off'}", dataset)
+        if expected.mounted:
+            self._ensure_mounted(dataset, read_only=bool(expected.readonly))
 
-    def _ensure_mounted(self, dataset: str) -> None:
-        found = self._props(dataset, properties=("mounted",))
-        if found and found[dataset]["mounted"].value != "yes":
-            self.zfs.zfs("mount", dataset)
+    def _ensure_mounted(self, dataset: str, read_only: bool) -> None:
+        """Mount `dataset` if it is not; a read-only one must be mounted read-only (remounted if not)."""
+        mount = _mount_table().get(dataset)
+        if mount is not None and read_only and not mount.read_only:
+            log.info("%s: mounted read-write: remounting read-only", dataset)
+            self.zfs.zfs("unmount", dataset)
+            mount = None
+        if mount is None:
+            self.zfs.zfs("mount", *(["-o", "ro"] if read_only else []), dataset)
 
     def _unmount_for(self, instance: str, dataset: str) -> None:
         try:
@@ -383,6 +397,18 @@ class ZfsStorage:
             if leftover in props:
                 self.zfs.zfs("destroy", leftover)
         return True
+
+    def _put_back_quietly(self, instance: str) -> None:
+        """After a swap failed half way: repair and remount what is there, reporting only to the log."""
+        try:
+            props = self._props(self.layout.instance(instance), recursive=True)
+            if self._repair_install(instance, props):
+                props = self._props(self.layout.instance(instance), recursive=True)
+            install = self.layout.install(instance)
+            if install in props:
+                self._correct(install, props[install])
+        except ExternalFailure as e:
+            log.warning("%s: install left for the next repair: %s", instance, e.message)
 
     def _destroy_quietly(self, dataset: str) -> None:
         """Destroy a leftover whose removal is not part of the caller's outcome (repair sweeps it later)."""
@@ -424,7 +450,9 @@ def release_version_of(release_dir: Path) -> str:
 
 
 def _check_quota(quota_bytes: int | None) -> None:
-    if quota_bytes is not None and (isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes <= 0):
+    if quota_bytes is None:
+        return
+    if isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes <= 0:
         raise InvalidInput(f"quota {quota_bytes!r} is not a positive number of bytes", "give the quota in bytes")
 
 
@@ -439,36 +467,39 @@ def _ensure_mode(path: Path, mode: int, create: bool = False) -> None:
         path.chmod(mode)
 
 
-def _accepts_writes(directory: Path) -> bool:
-    """Whether a file can be created in `directory`; the probe file is removed at once."""
-    probe = directory / f".foundry-fleet-probe-{uuid.uuid4().hex}"
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except OSError as e:
-        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return False
-        raise
-    os.close(fd)
-    os.unlink(probe)
-    return True
+@dataclass(frozen=True)
+class _Mount:
+    point: str
+    read_only: bool
+
+
+def _mount_table() -> dict[str, _Mount]:
+    """ZFS mounts by dataset name, from /proc/self/mounts (zfs-fuse's type is fuse.zfs)."""
+    found: dict[str, _Mount] = {}
+    for fields in _proc_mounts():
+        source, point, fstype, options = fields[:4]
+        if fstype in ("zfs", "fuse.zfs"):
+            found[source] = _Mount(point, "ro" in options.split(","))
+    return found
 
 
 def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below `path` (from /proc/self/mounts; octal escapes decoded)."""
+    """Mount points at or below `path`."""
     prefix = str(path)
-    found = []
+    return [f[1] for f in _proc_mounts() if f[1] == prefix or f[1].startswith(prefix + "/")]
+
+
+def _proc_mounts() -> list[list[str]]:
     try:
         lines = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return []
-    for line in lines:
-        fields = line.split(" ")
-        if len(fields) < 2:
-            continue
-        point = fields[1].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(point)
-    return found
+    unescape = re.compile(r"\\([0-7]{3})")
+    return [
+        [unescape.sub(lambda m: chr(int(m.group(1), 8)), field) for field in line.split(" ")]
+        for line in lines
+        if line.count(" ") >= 3
+    ]
 
 
 def _remove_folder(path: Path) -> None:

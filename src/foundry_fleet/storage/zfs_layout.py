@@ -4,19 +4,25 @@ Datasets under the fleet's base (`POOL[/PATH]`), with their mountpoints under th
 
     <base>/shared                         <root>/shared
     <base>/releases                       none (a container)
-    <base>/releases/<version>@pristine    <root>/releases-zfs/<version>, readonly
+    <base>/releases/<version>@pristine    <root>/releases-zfs/<version>, read-only (see below)
     <base>/instances                      none
     <base>/instances/<id>                 none
     <base>/instances/<id>/data            <root>/instances/<id>/data (refquota = the tenant's quota)
-    <base>/instances/<id>/install         <root>/instances/<id>/install, readonly, a clone of
+    <base>/instances/<id>/install         <root>/instances/<id>/install, read-only, a clone of
                                           <base>/releases/<version>@pristine
-    <base>/instances/<id>/install.new     none, readonly: a swap in progress (see ZfsStorage)
-    <base>/instances/<id>/install.old     none, readonly: a swap in progress
+    <base>/instances/<id>/install.new     none, read-only: a swap in progress (see ZfsStorage)
+    <base>/instances/<id>/install.old     none, read-only: a swap in progress
     <base>/archive/<id>-<stamp>           none
     <base>/archive/<id>-<stamp>/data      <root>/archive/<id>-<stamp>/data
 
 Every mountpoint is set explicitly (never inherited), so the layout does not depend on where the
 pool or the base happen to be mounted. The base itself is left as it is: it may be someone's pool.
+
+Read-only datasets have `readonly=on` and `canmount=noauto`, and the driver mounts them itself with
+`zfs mount -o ro`. zfs-fuse does not enforce `readonly=on` for writes into files that already exist
+(open for writing and write both succeed, and the bytes reach the pool); a read-only mount makes the
+kernel refuse them. `noauto` keeps a daemon restart from mounting them read-write behind the fleet's
+back; the fleet daemon's `ensure_layout` at start mounts them.
 """
 
 from __future__ import annotations
@@ -42,6 +48,15 @@ _INSTANCE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 class Expected:
     mountpoint: str  # an absolute path, or "none"
     readonly: bool | None = None  # None: not the layout's business
+
+    @property
+    def canmount(self) -> str | None:
+        """Read-only datasets are mounted by the driver (read-only), never automatically."""
+        return "noauto" if self.readonly else None
+
+    @property
+    def mounted(self) -> bool:
+        return self.mountpoint != "none"
 
 
 def parse_base(base: str) -> tuple[str, str]:
