@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ from starlette.routing import Route
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
+from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.edge.driver import Edge
 from foundry_fleet.services.backups import Backups
@@ -59,6 +62,12 @@ class Restore(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     snapshot: str
+
+
+class Upgrade(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    release: str
 
 
 class SetHosts(BaseModel):
@@ -182,6 +191,58 @@ def create_app(
         view = await settle(name, was.desired == DesiredState.RUNNING.value)
         return {"safety_snapshot": safety, "instance": view}
 
+    async def stop_and_wait(acting: Fleet, name: str, why: str) -> None:
+        await run(acting.set_desired, name, DesiredState.STOPPED, why)
+        supervisor.poke(name)
+        await supervisor.wait_settled(name, settle_timeout)
+
+    async def start_and_judge(acting: Fleet, name: str, why: str) -> tuple[bool, str]:
+        """Start and watch: healthy is success; failing, crashing once or not becoming healthy in
+        time is failure (with the reason)."""
+        before = await run(fleet.get_instance, name)
+        await run(acting.set_desired, name, DesiredState.RUNNING, why)
+        supervisor.poke(name)
+        deadline = time.monotonic() + fleet.config.supervisor.start_timeout
+        while time.monotonic() < deadline:
+            view = await run(fleet.get_instance, name)
+            if view.state == "running":
+                return True, "healthy"
+            if view.state == "failed" or view.restarts > before.restarts:
+                return False, view.state_reason
+            await asyncio.sleep(0.2)
+        return False, f"not healthy within {fleet.config.supervisor.start_timeout:g}s"
+
+    async def upgrade(name: str, body: Upgrade, actor: str) -> dict[str, Any]:
+        """Snapshot, switch the release, start; back to the old release and data if it is not healthy."""
+        acting = fleet.acting_as(actor)
+        was = await run(fleet.get_instance, name)
+        if was.release == body.release:
+            raise Conflict(f"instance {name} already runs release {body.release}")
+        await run(fleet.get_release, body.release)  # 404 before anything stops
+        await stop_and_wait(acting, name, f"upgrading to {body.release}")
+        snap = await run(Backups(acting).take, name, "pre-upgrade")
+        try:
+            old = await run(acting.switch_release, name, body.release)
+        except Exception:
+            if was.desired == DesiredState.RUNNING.value:
+                await start_and_judge(acting, name, "upgrade refused")
+            raise
+        ok, why = await start_and_judge(acting, name, f"upgraded to {body.release}")
+        if ok:
+            await run(acting.record_event, "instance.upgrade", name, Outcome.OK, f"{old} -> {body.release}")
+            if was.desired != DesiredState.RUNNING.value:
+                await stop_and_wait(acting, name, "was stopped before the upgrade")
+            return {"upgraded": True, "snapshot": snap.name, "reason": why, "instance": await settle(name, True)}
+        # Not healthy: the old release, and the data as it was before the new one touched it.
+        await stop_and_wait(acting, name, f"rolling back from {body.release}")
+        await run(acting.switch_release, name, old)
+        await run(Backups(acting).restore, name, snap.name)
+        await run(acting.record_event, "instance.upgrade", name, Outcome.FAILED,
+                  f"{body.release} was not healthy ({why}); rolled back to {old} and snapshot {snap.name}")
+        if was.desired == DesiredState.RUNNING.value:
+            await start_and_judge(acting, name, "rolled back")
+        return {"upgraded": False, "snapshot": snap.name, "reason": why, "instance": await settle(name, True)}
+
     async def edge_config() -> dict[str, Any]:
         return await run(edge.config) if edge is not None else {}
 
@@ -215,6 +276,9 @@ def create_app(
         Endpoint("GET", "/v1/instances/{name}/backups", "An instance's snapshots, oldest first", list_snapshots),
         Endpoint("PUT", "/v1/instances/{name}/backup-plan", "Set (or clear) an instance's own snapshot plan",
                  set_plan, body=SetPlan, changes_state=True),
+        Endpoint("POST", "/v1/instances/{name}/upgrade",
+                 "Upgrade to another release: snapshot first, roll back if it does not become healthy",
+                 upgrade, body=Upgrade, changes_state=True),
         Endpoint("POST", "/v1/instances/{name}/restore",
                  "Restore a snapshot: stop, keep the current data as a safety snapshot, restore, restart",
                  restore, body=Restore, changes_state=True),

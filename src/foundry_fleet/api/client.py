@@ -91,6 +91,9 @@ class ControlClient:
     def set_backup_plan(self, name: str, plan: str | None) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/backup-plan", json={"plan": plan})
 
+    def upgrade(self, name: str, release: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/upgrade", json={"release": release})
+
     def restore(self, name: str, snapshot: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/instances/{name}/restore", json={"snapshot": snapshot})
 

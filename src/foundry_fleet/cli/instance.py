@@ -157,6 +157,27 @@ def restart(ctx: typer.Context, name: str, wait: WaitFlag = True, json_out: Json
 
 
 @app.command()
+def upgrade(
+    ctx: typer.Context,
+    name: str,
+    release: Annotated[str, typer.Option("--release", "-r", help="the release to move to")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Move an instance to another release: snapshot first, roll back if it does not become healthy."""
+    c: CliContext = ctx.obj
+    result = c.require_daemon().upgrade(name, release)
+    if json_out:
+        print_json(result)
+    elif result["upgraded"]:
+        console.print(f"{name} now runs {release} (snapshot {result['snapshot']} taken before)")
+    else:
+        err_console.print(f"[bold red]{name} did not become healthy on {release}:[/] {escape(result['reason'])}")
+        err_console.print(f"rolled back to {result['instance']['release']} and the data of snapshot {result['snapshot']}")
+    if not result["upgraded"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def delete(
     ctx: typer.Context,
     name: str,

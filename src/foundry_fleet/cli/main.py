@@ -154,7 +154,9 @@ def hoist_config_option(argv: list[str]) -> list[str]:
 
 def main() -> None:
     try:
-        app(args=hoist_config_option(sys.argv[1:]), prog_name="foundry-fleet", standalone_mode=False)
+        # Without standalone mode, click hands back the code of a typer.Exit instead of exiting.
+        code = app(args=hoist_config_option(sys.argv[1:]), prog_name="foundry-fleet", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except FleetError as e:
         err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
         if e.hint:

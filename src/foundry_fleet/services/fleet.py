@@ -518,6 +518,25 @@ class Fleet:
             ).all()
             return [(r.name, r.desired, r.state, r.task, list(r.crash_times or [])) for r in rows]
 
+    def switch_release(self, name: str, version: str) -> str:
+        """Install another release for a stopped instance; returns the release it had."""
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            if row.task is not None:
+                raise Conflict(f"instance {name} is running", "stop it first")
+            rel = s.get(Release, version)
+            if rel is None:
+                raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`")
+            resolve_node(self.config.node, rel.generation)
+            old, path = row.release_version, rel.path
+        self.storage.install_release(name, Path(path))
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            row.release_version = version
+            record(s, self.actor, "instance.release", name, Outcome.OK, f"{old} -> {version}")
+        self._changed()
+        return old
+
     def backup_facts(self, name: str) -> tuple[str | None, bool, int | None]:
         """(its own backup plan or None, whether a process is recorded, its uid)."""
         with self._session() as s:
