@@ -75,7 +75,7 @@ class Backups:
         for name, own_plan in rows:
             try:
                 plan = parse_plan(own_plan or self.fleet.config.backups.plan)
-                existing = [s.name for s in self.snapshots.list(name)]
+                existing = self.snapshots.names(name)
                 slot = current_slot(now, plan)
                 latest = max((t for t in map(self.fmt.parse, existing) if t is not None), default=None)
                 if latest is None or latest < slot:

@@ -57,6 +57,14 @@ class DirectorySnapshots:
             raise NotFound(f"instance {instance} has no snapshot {name!r}", f"see `foundry-fleet backup list {instance}`")
         return p
 
+    def names(self, instance: str) -> list[str]:
+        """Just the names (what the scheduler needs, without reading each snapshot's details)."""
+        d = self._dir(instance)
+        if not d.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(d)
+                      if not e.name.endswith(PARTIAL) and not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+
     def list(self, instance: str) -> list[SnapshotInfo]:
         d = self._dir(instance)
         if not d.is_dir():
