@@ -27,7 +27,8 @@ from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.wiring import edge_settings, open_fleet
-from foundry_fleet.web.app import create_web_app
+from foundry_fleet.web.app import by_socket, create_web_app
+from foundry_fleet.web.backups import create_backups_app
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -35,8 +36,8 @@ RECONCILE_EVERY = 30.0
 BACKUP_CHECK_EVERY = 30.0  # the smallest sensible plan interval is a minute or more
 
 
-def bind_control_socket(path: Path) -> socket.socket:
-    """A unix socket only its owner can use: the control API has no other authentication."""
+def bind_private_socket(path: Path) -> socket.socket:
+    """A unix socket only its owner can use (the control API and the backups door have no other lock)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
     if path.exists() or path.is_symlink():
@@ -86,8 +87,14 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Every change to instances reaches the edge; service calls may come from worker threads.
     fleet.on_change(lambda: loop.call_soon_threadsafe(edge.request_update))
     web_sock = bind_loopback(config.edge.web_port)
-    web = uvicorn.Server(uvicorn.Config(create_web_app(fleet.known_hosts), log_level="warning", lifespan="off"))
-    web_task = asyncio.create_task(web.serve(sockets=[web_sock]))
+    # Tenants' backups: only the edge (the fleet's own user) may open this socket.
+    backups_path = config.paths.run / "backups.sock"
+    backups_sock = bind_private_socket(backups_path)
+    web_app = by_socket(str(backups_path),
+                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host),
+                        create_web_app(fleet.known_hosts))
+    web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
+    web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     await edge.start()
     caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
                                          f":{config.edge.https_port}, TLS {config.edge.tls}"))
@@ -98,7 +105,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     supervisor = Supervisor(fleet, runtime)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
     app = create_app(fleet, supervisor, info, edge=edge, backups=backups)
-    sock = bind_control_socket(config.paths.socket)
+    sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
     stopping = asyncio.Event()
@@ -131,6 +138,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         await web_task
         sock.close()
         web_sock.close()
+        backups_sock.close()
+        backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
         fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 

@@ -285,6 +285,15 @@ class Fleet:
                     hosts.update(row.extra_hosts or [])
         return hosts
 
+    def instance_for_host(self, host: str) -> str | None:
+        """The instance a hostname belongs to (its own or an extra one), or None."""
+        host = host.lower().rstrip(".")
+        with self._session() as s:
+            for row in s.scalars(select(Instance).where(Instance.desired != DesiredState.DELETED.value)).all():
+                if host == self.config.host_for(row.name) or host in (row.extra_hosts or []):
+                    return row.name
+        return None
+
     def edge_sites(self) -> list[TenantSite]:
         """What the edge routes: every instance that exists, with the state its page should show."""
         with self._session() as s:

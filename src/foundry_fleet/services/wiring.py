@@ -25,6 +25,7 @@ def edge_settings(config: FleetConfig) -> EdgeSettings:
         acme_email=e.acme_email,
         acme_staging=e.acme_staging,
         stream_close_delay_s=e.stream_close_delay_hours * 3600,
+        backups_dial=f"unix/{config.paths.run / 'backups.sock'}",
     )
 
 

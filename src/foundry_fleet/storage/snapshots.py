@@ -31,9 +31,11 @@ class SnapshotInfo:
     created_at: float
     bytes_new: int  # bytes this snapshot added on disk (copied files)
     files: int
+    bytes_total: int = 0  # size of all its files: what a download of it weighs
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "created_at": self.created_at, "bytes_new": self.bytes_new, "files": self.files}
+        return {"name": self.name, "created_at": self.created_at, "bytes_new": self.bytes_new, "files": self.files,
+                "bytes_total": self.bytes_total}
 
 
 def _valid_name(name: str) -> str:
@@ -75,7 +77,8 @@ class DirectorySnapshots:
                 continue
             meta = _read_meta(Path(entry.path))
             out.append(SnapshotInfo(entry.name, meta.get("created_at", entry.stat().st_mtime),
-                                    int(meta.get("bytes_new", 0)), int(meta.get("files", 0))))
+                                    int(meta.get("bytes_new", 0)), int(meta.get("files", 0)),
+                                    int(meta.get("bytes_total", 0))))
         return sorted(out, key=lambda s: (s.created_at, s.name))
 
     def take(self, instance: str, data: Path, name: str) -> SnapshotInfo:
@@ -90,11 +93,12 @@ class DirectorySnapshots:
         previous = self.list(instance)
         prev_dir = d / previous[-1].name if previous else None
         staging = d / (name + PARTIAL)
-        files, bytes_new = _copy_tree(data, staging, prev_dir)
-        _write_meta(staging, {"created_at": time.time(), "bytes_new": bytes_new, "files": files})
+        files, bytes_new, bytes_total = _copy_tree(data, staging, prev_dir)
+        created = time.time()
+        _write_meta(staging, {"created_at": created, "bytes_new": bytes_new, "files": files, "bytes_total": bytes_total})
         _seal(staging)
         os.rename(staging, final)
-        return SnapshotInfo(name, _read_meta(final)["created_at"], bytes_new, files)
+        return SnapshotInfo(name, created, bytes_new, files, bytes_total)
 
     def destroy(self, instance: str, name: str) -> None:
         remove_tree(self.path(instance, name))
@@ -126,9 +130,10 @@ def _write_meta(path: Path, meta: dict) -> None:
     (path / META).write_text(json.dumps(meta))
 
 
-def _copy_tree(src: Path, dst: Path, previous: Path | None) -> tuple[int, int]:
-    """Copy `src` to `dst`, hard-linking files unchanged since `previous`; returns (files, bytes copied)."""
-    files = copied = 0
+def _copy_tree(src: Path, dst: Path, previous: Path | None) -> tuple[int, int, int]:
+    """Copy `src` to `dst`, hard-linking files unchanged since `previous`;
+    returns (files, bytes copied, bytes of all files)."""
+    files = copied = total = 0
     dst.mkdir()
     for dirpath, dirnames, filenames in os.walk(src):
         rel_dir = os.path.relpath(dirpath, src)
@@ -152,6 +157,7 @@ def _copy_tree(src: Path, dst: Path, previous: Path | None) -> tuple[int, int]:
             if not stat.S_ISREG(st.st_mode):
                 continue  # sockets, fifos: not data
             files += 1
+            total += st.st_size
             if previous is not None:
                 old = previous / rel
                 try:
@@ -164,7 +170,7 @@ def _copy_tree(src: Path, dst: Path, previous: Path | None) -> tuple[int, int]:
                     continue
             shutil.copy2(full, target_dir / f, follow_symlinks=False)
             copied += st.st_blocks * 512
-    return files, copied
+    return files, copied, total
 
 
 def _seal(path: Path) -> None:

@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 def create_web_app(known_hosts: Callable[[], set[str]]) -> Starlette:
@@ -35,3 +36,17 @@ def create_web_app(known_hosts: Callable[[], set[str]]) -> Starlette:
         Route("/tls/permission", tls_permission, methods=["GET"]),
         Route("/auth/backups", backups_auth, methods=["GET"]),
     ])
+
+
+def by_socket(unix_socket: str, over_unix: ASGIApp, over_tcp: ASGIApp) -> ASGIApp:
+    """One server, two doors: requests that came in over `unix_socket` go to one app, the rest to
+    the other. (A unix socket's scope["server"] is (path, None).)"""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if server and server[1] is None and server[0] == unix_socket:
+            await over_unix(scope, receive, send)
+        else:
+            await over_tcp(scope, receive, send)
+
+    return app
