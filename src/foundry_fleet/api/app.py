@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +91,17 @@ def create_app(
     settle_timeout: float = 60.0,
 ) -> Starlette:
     backups = backups or Backups(fleet)
+    # One operation at a time per instance: an upgrade or restore takes several steps that a
+    # start, stop or delete arriving in between must not interleave with.
+    operation_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def one_at_a_time(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(handler)
+        async def locked(name: str, **kwargs: Any) -> Any:
+            async with operation_locks[name]:
+                return await handler(name, **kwargs)
+
+        return locked
     # Service calls touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
 
@@ -136,21 +150,25 @@ def create_app(
             await edge_sync()
         return (await run(fleet.get_instance, name)).to_dict()
 
+    @one_at_a_time
     async def start_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
         await run(fleet.acting_as(actor).set_desired, name, DesiredState.RUNNING)
         supervisor.poke(name)
         return await settle(name, wait)
 
+    @one_at_a_time
     async def stop_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
         await run(fleet.acting_as(actor).set_desired, name, DesiredState.STOPPED)
         supervisor.poke(name)
         return await settle(name, wait)
 
+    @one_at_a_time
     async def restart_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
         await run(fleet.acting_as(actor).set_desired, name, DesiredState.RUNNING, "restart")
         await supervisor.restart(name)
         return await settle(name, wait)
 
+    @one_at_a_time
     async def delete_instance(name: str, purge: bool, actor: str) -> dict[str, Any]:
         acting = fleet.acting_as(actor)
         # Stopped first, so no reconcile can start it again while it is being removed.
@@ -174,6 +192,7 @@ def create_app(
     async def set_plan(name: str, body: SetPlan, actor: str) -> dict[str, Any]:
         return {"plan": await run(Backups(fleet.acting_as(actor)).set_plan, name, body.plan)}
 
+    @one_at_a_time
     async def restore(name: str, body: Restore, actor: str) -> dict[str, Any]:
         """Stop, keep the current data as a safety snapshot, restore, and start again if it ran."""
         acting = fleet.acting_as(actor)
@@ -212,6 +231,7 @@ def create_app(
             await asyncio.sleep(0.2)
         return False, f"not healthy within {fleet.config.supervisor.start_timeout:g}s"
 
+    @one_at_a_time
     async def upgrade(name: str, body: Upgrade, actor: str) -> dict[str, Any]:
         """Snapshot, switch the release, start; back to the old release and data if it is not healthy."""
         acting = fleet.acting_as(actor)
