@@ -55,7 +55,8 @@ def main() -> None:
 
         for i in range(args.instances):
             client.create_instance(name=f"idle{i}", release="13.345", start=False)
-        time.sleep(2)
+        # Past the first backup round, which snapshots every new instance once: steady state.
+        time.sleep(35)
         stopped = measure(daemon.pid, args.seconds)
 
         for i in range(args.instances):
