@@ -62,6 +62,17 @@ class FleetHarness:
 
         return load_config(self.config)
 
+    def sql(self, statement: str, *params: object) -> None:
+        """Change the state database directly, as a process dying half-way through would leave it."""
+        import sqlite3
+
+        db = sqlite3.connect(self.root / "state" / "fleet.sqlite")
+        try:
+            db.execute(statement, params)
+            db.commit()
+        finally:
+            db.close()
+
     def edit_config(self, old: str, new: str) -> None:
         text = self.config.read_text()
         assert old in text, old

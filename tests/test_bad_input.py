@@ -153,19 +153,15 @@ def test_release_in_use_cannot_be_removed(fleet: FleetHarness, release_zips: dic
 
 def test_interrupted_creation_is_rolled_back(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     """A creator killed half-way leaves a `creating` row and some files: the next start removes both."""
-    import sqlite3
     import time
 
     fleet.cli("release", "add", str(release_zips["node"]))
-    db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
     now = time.time()
-    db.execute(
+    fleet.sql(
         "insert into instances (name, release_version, port, desired, state, state_reason, restarts, crash_times,"
         " created_at, updated_at) values ('half', '13.345', 1, 'running', 'creating', '', 0, '[]', ?, ?)",
-        (now, now),
+        now, now,
     )
-    db.commit()
-    db.close()
     (fleet.root / "instances" / "half" / "data" / "Config").mkdir(parents=True)
     fleet.up()
     assert fleet.cli("instance", "list", "--json").json() == []

@@ -101,8 +101,6 @@ def test_an_unrecorded_process_is_cleared_before_the_instance_starts(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     """The daemon died between spawning a server and recording it: the stray must not hold the port."""
-    import sqlite3
-
     from tests.standin import spawn_standin
 
     fleet.cli("release", "add", str(release_zips["node"]))
@@ -110,10 +108,7 @@ def test_an_unrecorded_process_is_cleared_before_the_instance_starts(
     entry = Path(inst["install_dir"]) / "main.js"
     stray = spawn_standin(entry, inst["port"], Path(inst["data_dir"]), stdout_path=fleet.root / "stray.log")
     wait_until(lambda: pids_with_arg(f"--port={inst['port']}"), 10, "the stray to run")
-    db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
-    db.execute("update instances set state = 'starting' where name = 'ivan'")
-    db.commit()
-    db.close()
+    fleet.sql("update instances set state = 'starting' where name = 'ivan'")
     fleet.up()
     back = fleet.wait_state("ivan", "running")
     assert stray.wait(10) is not None
@@ -125,15 +120,10 @@ def test_an_unrecorded_process_is_cleared_before_the_instance_starts(
 def test_an_interrupted_delete_is_finished_without_losing_data(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
-    import sqlite3
-
     fleet.cli("release", "add", str(release_zips["node"]))
     inst = fleet.cli("instance", "create", "jane", "--release", "13.345", "--no-start", "--json").json()["instance"]
     Path(inst["data_dir"], "Data", "world.db").write_text("keep me")
-    db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
-    db.execute("update instances set desired = 'deleted' where name = 'jane'")  # then the deleter died
-    db.commit()
-    db.close()
+    fleet.sql("update instances set desired = 'deleted' where name = 'jane'")  # then the deleter died
     fleet.up()
     assert fleet.cli("instance", "show", "jane", check=False).code == 3
     kept = list((fleet.root / "archive").glob("jane-*/data/Data/world.db"))

@@ -30,7 +30,7 @@ import pytest
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
 from foundry_fleet.runtime import procfs
-from foundry_fleet.runtime.base import ResourceLimits, TaskHandle, TaskSpec
+from foundry_fleet.runtime.base import ResourceLimits, TaskExit, TaskHandle, TaskSpec
 from foundry_fleet.runtime.local import LocalRuntime
 
 IS_ROOT = os.geteuid() == 0
@@ -322,21 +322,23 @@ def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World
     assert gone(handle)
 
 
+async def kill_while_waiting(world: World, handle: TaskHandle, pid: int) -> tuple[TaskExit, float]:
+    """SIGKILL `pid` while wait_task watches the task; what wait_task said, and how long it took."""
+    waiter = asyncio.create_task(world.runtime.wait_task(handle))
+    await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    began = time.monotonic()
+    result = await asyncio.wait_for(waiter, 5)
+    return result, time.monotonic() - began
+
+
 @needs_root
 def test_kill_9_of_the_node_pid_ends_wait(world: World) -> None:
     spec = world.spec("victim")
     handle = world.start(spec)
     get(spec.port)
 
-    async def scenario():
-        waiter = asyncio.create_task(world.runtime.wait_task(handle))
-        await asyncio.sleep(0.05)
-        os.kill(handle.pid, signal.SIGKILL)
-        began = time.monotonic()
-        result = await asyncio.wait_for(waiter, 5)
-        return result, time.monotonic() - began
-
-    exit_, took = run(scenario())
+    exit_, took = run(kill_while_waiting(world, handle, handle.pid))
     assert exit_.signal == signal.SIGKILL and took < 1.0
     assert gone(handle) and port_is_free(spec.port)
 
@@ -348,13 +350,7 @@ def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) 
     handle = world.start(spec)
     get(spec.port)
 
-    async def scenario():
-        waiter = asyncio.create_task(world.runtime.wait_task(handle))
-        await asyncio.sleep(0.05)
-        os.kill(handle.leader_pid, signal.SIGKILL)
-        return await asyncio.wait_for(waiter, 5)
-
-    exit_ = run(scenario())
+    exit_, _took = run(kill_while_waiting(world, handle, handle.leader_pid))
     assert exit_.signal == signal.SIGKILL
     assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
 
