@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.services.init import init_fleet
+from foundry_fleet.storage.trees import remove_tree
 from tests.harness import FleetHarness, kill_processes_with
 from tests.standin import build_release_zip
 
@@ -37,10 +37,4 @@ def bench_fleet(prefix: str, port_low: int) -> Iterator[FleetHarness]:
         if fleet is not None:
             fleet.stop_daemons()
             kill_processes_with(str(fleet.root))  # instances (--dataPath=...) and Caddy (--config .../edge/...)
-        for p in work.rglob("*"):
-            if p.is_dir() and not p.is_symlink():
-                try:
-                    p.chmod(0o755)  # installs and the release cache are read-only
-                except OSError:
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)  # installs and the release cache are read-only

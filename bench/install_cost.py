@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from foundry_fleet.domain.release import ReleaseLayout  # noqa: E402
 from foundry_fleet.releases.cache import ReleaseCache  # noqa: E402
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits  # noqa: E402
 from foundry_fleet.storage.directory import DirectoryStorage  # noqa: E402
+from foundry_fleet.storage.trees import remove_tree  # noqa: E402
 from tests.standin import build_release_zip  # noqa: E402
 
 
@@ -82,10 +82,7 @@ def main() -> None:
         print(f"fleet install: {ft * 1000:8.1f} ms  {fb / 2**20:9.2f} MiB  (hard links into the cache)")
         print(f"ratio        : {mt / ft:8.1f}x faster, {mb / max(fb, 1):.0f}x fewer bytes   (target >= 50x)")
     finally:
-        for p in work.rglob("*"):
-            if p.is_dir() and not p.is_symlink():
-                p.chmod(0o755)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)  # installs and the release cache are read-only
 
 
 if __name__ == "__main__":

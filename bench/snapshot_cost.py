@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.install_cost import new_bytes  # noqa: E402
 from bench.machine import describe  # noqa: E402
-from foundry_fleet.storage.snapshots import DirectorySnapshots, remove_tree  # noqa: E402
+from foundry_fleet.storage.snapshots import DirectorySnapshots  # noqa: E402
+from foundry_fleet.storage.trees import remove_tree  # noqa: E402
 
 
 def main() -> None:

@@ -7,13 +7,12 @@ That is safe because the cache tree is read-only and instances see their install
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, ExternalFailure
 from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.snapshots import DirectorySnapshots
+from foundry_fleet.storage.trees import remove_tree
 
 
 class DirectoryStorage:
@@ -53,18 +52,18 @@ class DirectoryStorage:
         """Point `install/` at a release: a fresh tree of hard links, swapped in atomically."""
         p = self.paths(instance)
         staging = p.root / ".install.new"
-        _remove_tree(staging)
+        remove_tree(staging)
         try:
             link_tree(release_dir, staging)
         except OSError as e:
-            _remove_tree(staging)
+            remove_tree(staging)
             raise ExternalFailure(f"could not install release into {p.install}: {e}") from e
         old = p.root / ".install.old"
-        _remove_tree(old)
+        remove_tree(old)
         if p.install.exists():
             p.install.rename(old)
         staging.rename(p.install)
-        _remove_tree(old)
+        remove_tree(old)
         return p.install
 
     # removal ------------------------------------------------------------------------------
@@ -83,12 +82,12 @@ class DirectoryStorage:
         if snaps.exists():
             target.mkdir(exist_ok=True)
             snaps.rename(target / "snapshots")  # backups are data too: kept with it
-        _remove_tree(p.root)
+        remove_tree(p.root)
         return target
 
     def destroy_instance(self, instance: str) -> None:
         self.snapshots.destroy_all(instance)
-        _remove_tree(self.paths(instance).root)
+        remove_tree(self.paths(instance).root)
 
     def usage_bytes(self, instance: str) -> int:
         total = 0
@@ -129,31 +128,3 @@ def link_tree(src: Path, dst: Path) -> int:
     for dirpath, _dirs, _files in os.walk(dst, topdown=False):
         os.chmod(dirpath, 0o555)
     return count
-
-
-def _make_writable(path: Path) -> None:
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755)
-    if path.is_dir() and not path.is_symlink():
-        os.chmod(path, 0o755)
-
-
-def _remove_tree(path: Path) -> None:
-    if not os.path.lexists(path):
-        return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    _make_writable(path)
-
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        # A read-only parent: open it up and try once more.
-        parent = os.path.dirname(p)
-        mode = os.stat(parent).st_mode
-        os.chmod(parent, stat.S_IMODE(mode) | 0o700)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)

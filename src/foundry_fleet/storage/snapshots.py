@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
+from foundry_fleet.storage.trees import remove_tree
 
 PARTIAL = ".partial"
 # Never part of a snapshot: the mount point of the fleet's shared assets (not the tenant's data).
@@ -182,18 +183,6 @@ def _seal(path: Path) -> None:
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # linked ones are sealed already
                 os.chmod(full, 0o555 if st.st_mode & 0o111 else 0o444)
         os.chmod(dirpath, 0o555)
-
-
-def remove_tree(path: Path) -> None:
-    if not os.path.lexists(path):
-        return
-    for dirpath, dirnames, _ in os.walk(path):
-        os.chmod(dirpath, 0o755)
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755)
-    shutil.rmtree(path)
 
 
 RESTORE_NEW = "data.restore-new"
