@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from foundry_fleet.domain.release import ReleaseLayout
 from tests.harness import FleetHarness, kill_processes_with
+from tests.ports import port_block
 from tests.releases_support import https_server, https_server_session  # noqa: F401 (fixtures)
 from tests.standin import build_release_zip
 
@@ -26,8 +26,6 @@ def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-# Each test fleet gets its own slice of ports, so a leftover from one test never collides with another.
-_PORT_BLOCKS = iter(range(31000 + random.randrange(0, 200) * 100, 60000, 100))
 
 
 def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
@@ -38,7 +36,7 @@ def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
     root = tmp_path / "fleet"
     config = init_fleet(root)
     h = FleetHarness(root=root, config=config)
-    low = next(_PORT_BLOCKS)
+    low = port_block()
     h.edit_config("port_range = [30000, 30999]", f"port_range = [{low}, {low + 49}]")
     # The edge's ports come from the same block: every test fleet runs its own Caddy.
     h.edit_config("http_port = 8080", f"http_port = {low + 80}")

@@ -22,6 +22,7 @@ from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from tests.conftest import make_fleet
 from tests.edge_support import http, https, local_ca, served_certificate, wss
 from tests.harness import FleetHarness, kill_processes_with, wait_until
+from tests.ports import port_block
 
 pytestmark = pytest.mark.e2e
 
@@ -221,9 +222,7 @@ def auth_and_backend() -> Iterator[ThreadingHTTPServer]:
 def test_backups_need_the_auth_services_consent_and_forged_identity_never_passes(
     tmp_path: Path, auth_and_backend: ThreadingHTTPServer
 ) -> None:
-    import random
-
-    base = random.randrange(20000, 29000)
+    base = port_block()
     dial = f"127.0.0.1:{auth_and_backend.server_address[1]}"
     admin_socket = tmp_path / "admin.sock"
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",

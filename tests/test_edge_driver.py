@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
+from tests.ports import port_block
 from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite
 from foundry_fleet.edge.driver import Edge
@@ -13,7 +13,7 @@ from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 
 
 def _edge(tmp_path: Path, sites: list[TenantSite]) -> Edge:
-    base = random.randrange(20000, 29000)
+    base = port_block()
     socket_path = tmp_path / "admin.sock"
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")

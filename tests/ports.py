@@ -1,0 +1,54 @@
+"""Port blocks for tests that run servers on fixed ports (fleets, Caddy)."""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+# Each test that listens gets its own slice of 100 ports, so a leftover from one test never collides
+# with another. The slices lie below the kernel's ephemeral range (where outgoing connections take their
+# local ports), and each is checked to be free before use: another program on the machine may hold
+# a port, and the edge's Caddy would then refuse to start.
+_BLOCK = 100
+_USED_OFFSETS = [*range(0, 50), 80, 81, 82]
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _block_is_free(low: int) -> bool:
+    for offset in _USED_OFFSETS:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, low + offset))
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        return False
+                    # A host without IPv6 cannot bind "::"; that says nothing about the port.
+    return True
+
+
+def _port_blocks() -> Iterator[int]:
+    starts = list(range(10000, _ephemeral_start() - _BLOCK, _BLOCK))
+    first = random.randrange(len(starts))
+    for low in starts[first:] + starts[:first]:
+        if _block_is_free(low):
+            yield low
+    raise RuntimeError("no free block of 100 ports left below the ephemeral range")
+
+
+_PORT_BLOCKS = _port_blocks()
+
+
+def port_block() -> int:
+    """The lowest port of a free block of 100 that no other test in this run has been given."""
+    return next(_PORT_BLOCKS)
