@@ -236,6 +236,8 @@ def test_backups_need_the_auth_services_consent_and_forged_identity_never_passes
         caddy.wait_ready(admin.ping)
         ca = caddy.local_ca_root()
         wait_until(lambda: ca.exists(), 10, "the local CA")
+        # The site's certificate is issued moments after the CA: until then the handshake fails.
+        wait_until(lambda: _handshakes(base + 1, "alice.localhost", ca), 20, "alice's certificate")
         forged = {h: "mallory" for h in IDENTITY_HEADERS}
 
         _Recorder.answer = (403, {})
@@ -255,6 +257,14 @@ def test_backups_need_the_auth_services_consent_and_forged_identity_never_passes
     finally:
         admin.close()
         caddy.stop()
+
+
+def _handshakes(port: int, host: str, ca: Path) -> bool:
+    try:
+        served_certificate(port, host, ca)
+    except (OSError, ssl.SSLError):
+        return False
+    return True
 
 
 @pytest.mark.parametrize("tls", ["internal", "acme", "on-demand"])
