@@ -13,6 +13,8 @@ from tests.ports import port_block
 from tests.releases_support import https_server, https_server_session  # noqa: F401 (fixtures)
 from tests.standin import build_release_zip
 
+pytest_plugins = ["tests.zfs_support"]  # real ZFS: zfs_daemon, zfs_pool, zfs_base
+
 
 @pytest.fixture(scope="session")
 def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import find_config, load_config
-from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, Unsupported
+from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.services.init import init_fleet
 
 
@@ -38,8 +38,39 @@ def test_init_refuses_overwrite_and_bad_input(tmp_path: Path) -> None:
         init_fleet(tmp_path / "x", tls="self-signed")
     with pytest.raises(InvalidInput):
         init_fleet(tmp_path / "y", domain="bad domain")
-    with pytest.raises(Unsupported):
+    with pytest.raises(InvalidInput, match="zfs-base"):
         init_fleet(tmp_path / "z", storage="zfs")
+    with pytest.raises(InvalidInput, match="not a ZFS dataset name"):
+        init_fleet(tmp_path / "z2", storage="zfs", zfs_base="tank/../etc")
+
+
+def test_storage_section_needs_a_valid_base_for_zfs(tmp_path: Path) -> None:
+    path = init_fleet(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace('driver = "directory"', 'driver = "zfs"'))
+    with pytest.raises(InvalidInput, match=r"\[storage\].*zfs_base"):
+        load_config(path)
+    path.write_text(text.replace('# zfs_base = "tank/foundry"', 'zfs_base = "tank foundry"'))
+    with pytest.raises(InvalidInput, match=r"storage.zfs_base"):
+        load_config(path)
+
+
+def test_destinations_are_checked_where_they_are_written(tmp_path: Path) -> None:
+    path = init_fleet(tmp_path)
+    base = path.read_text()
+    good = '\n[[backups.destinations]]\nname = "usb"\ntarget = "backup/fleet"\nplan = "30d=>1d"\npassword_file = "pw"\n'
+    path.write_text(base + good)
+    dest = load_config(path).backups.destinations[0]
+    assert dest.plan == "30d=>1d" and dest.password_file == (tmp_path / "pw").resolve()
+    path.write_text(base + good.replace("30d=>1d", "1d=>30d"))
+    with pytest.raises(InvalidInput, match="backups.destinations.0.plan"):
+        load_config(path)
+    path.write_text(base + good + good)
+    with pytest.raises(InvalidInput, match="same name"):
+        load_config(path)
+    path.write_text(base + good.replace('"usb"', '"USB disk"'))
+    with pytest.raises(InvalidInput, match="backups.destinations.0.name"):
+        load_config(path)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from tests.releases_support import small_limits
 from tests.standin import build_release_zip
 
 pytest.register_assert_rewrite("tests.zfs_support")
-pytest_plugins = ["tests.zfs_support"]  # its fixtures: zfs_daemon, zfs_pool, zfs_base
 
 from tests.zfs_support import listing, used_bytes, zfs  # noqa: E402 (after the rewrite registration)
 

@@ -58,6 +58,25 @@ class EdgeSection(_Section):
 
 class StorageSection(_Section):
     driver: Literal["directory", "zfs"] = "directory"
+    zfs_base: str | None = Field(None, description="POOL or POOL/PATH holding the fleet's datasets (zfs driver)")
+
+    @field_validator("zfs_base")
+    @classmethod
+    def _zfs_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from foundry_fleet.storage.zfs_layout import parse_base
+
+        try:
+            return parse_base(value)[1]
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
+
+    @model_validator(mode="after")
+    def _base_for_zfs(self) -> StorageSection:
+        if self.driver == "zfs" and not self.zfs_base:
+            raise ValueError('driver = "zfs" needs zfs_base = "POOL[/PATH]" (see `foundry-fleet storage init --zfs`)')
+        return self
 
 
 class ReleasesSection(_Section):
@@ -123,17 +142,41 @@ class SupervisorSection(_Section):
         )
 
 
+def _checked_plan(v: str) -> str:
+    try:
+        return str(parse_plan(v))
+    except InvalidInput as e:  # pydantic names the key only for a ValueError
+        raise ValueError(f"{e.message} ({e.hint})") from None
+
+
+class DestinationSection(_Section):
+    """A place the snapshots are copied to, kept by its own plan."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    # ZFS storage: POOL[/PATH] on this host, or [user@]host:POOL[/PATH] over ssh.
+    # Directory storage: a restic repository (a path, or any restic backend URL such as sftp:... or s3:...).
+    target: str = Field(min_length=1)
+    plan: str = Field(description="znapzend syntax: what the destination keeps")
+    instances: list[str] = Field(default_factory=list, description="only these instances; empty: all")
+    password_file: Path | None = Field(None, description="restic: the repository's password, a 0600 file")
+
+    _plan = field_validator("plan")(_checked_plan)
+
+
 class BackupsSection(_Section):
     plan: str = Field("7d=>1h,30d=>1d,1y=>1w", description="znapzend syntax: retention=>interval,...")
     tsformat: str = Field("%Y-%m-%d-%H%M%SZ", description="snapshot names; a trailing Z means UTC")
+    destinations: list[DestinationSection] = Field(default_factory=list)
 
-    @field_validator("plan")
+    @field_validator("destinations")
     @classmethod
-    def _plan(cls, v: str) -> str:
-        try:
-            return str(parse_plan(v))
-        except InvalidInput as e:  # pydantic names the key only for a ValueError
-            raise ValueError(f"{e.message} ({e.hint})") from None
+    def _unique_destinations(cls, v: list[DestinationSection]) -> list[DestinationSection]:
+        names = [d.name for d in v]
+        if len(names) != len(set(names)):
+            raise ValueError("two backup destinations have the same name")
+        return v
+
+    _plan = field_validator("plan")(_checked_plan)
 
     @field_validator("tsformat")
     @classmethod
@@ -149,6 +192,7 @@ class LimitsSection(_Section):
     memory_mb: int = Field(2048, ge=64)
     cpu_percent: int = Field(100, ge=1, description="100 = one core")
     pids: int = Field(512, ge=16)
+    disk_mb: int = Field(0, ge=0, description="quota on each instance's data (ZFS storage); 0: none")
 
 
 class LogsSection(_Section):
@@ -266,6 +310,10 @@ def load_config(path: Path) -> FleetConfig:
     releases = raw.get("releases")
     if isinstance(releases, dict) and isinstance(releases.get("cache_dir"), str):
         releases["cache_dir"] = str((base / releases["cache_dir"]).resolve())
+    backups = raw.get("backups")
+    for dest in (backups.get("destinations") or []) if isinstance(backups, dict) else []:
+        if isinstance(dest, dict) and isinstance(dest.get("password_file"), str):
+            dest["password_file"] = str((base / dest["password_file"]).resolve())
     try:
         return FleetConfig.model_validate(raw)
     except ValidationError as e:

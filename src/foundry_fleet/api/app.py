@@ -91,6 +91,9 @@ def create_app(
     settle_timeout: float = 60.0,
 ) -> Starlette:
     backups = backups or Backups(fleet)
+
+    def backups_for(acting: Fleet) -> Backups:
+        return Backups(acting, backups.replication)
     # One operation at a time per instance: an upgrade or restore takes several steps that a
     # start, stop or delete arriving in between must not interleave with.
     operation_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -174,9 +177,10 @@ def create_app(
         # Stopped first, so no reconcile can start it again while it is being removed.
         await run(acting.set_desired, name, DesiredState.STOPPED, "deleting")
         await supervisor.remove(name)
+        final = await run(backups_for(acting).final_backup, name, purge)
         kept = await run(acting.delete_instance, name, purge)
         await edge_sync()
-        return {"deleted": name, "kept_at": kept}
+        return {"deleted": name, "kept_at": kept, "final_snapshot": final}
 
     async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
         view = await run(fleet.acting_as(actor).set_extra_hosts, name, body.extra_hosts)
@@ -184,13 +188,16 @@ def create_app(
         return view.to_dict()
 
     async def take_snapshot(name: str, body: TakeSnapshot, actor: str) -> dict[str, Any]:
-        return (await run(Backups(fleet.acting_as(actor)).take, name, body.label)).to_dict()
+        return (await run(backups_for(fleet.acting_as(actor)).take, name, body.label)).to_dict()
 
     async def list_snapshots(name: str) -> list[dict[str, Any]]:
         return [s.to_dict() for s in await run(backups.list, name)]
 
+    async def backup_status(name: str | None) -> dict[str, Any]:
+        return await run(backups.status, name)
+
     async def set_plan(name: str, body: SetPlan, actor: str) -> dict[str, Any]:
-        return {"plan": await run(Backups(fleet.acting_as(actor)).set_plan, name, body.plan)}
+        return {"plan": await run(backups_for(fleet.acting_as(actor)).set_plan, name, body.plan)}
 
     @one_at_a_time
     async def restore(name: str, body: Restore, actor: str) -> dict[str, Any]:
@@ -202,7 +209,7 @@ def create_app(
         supervisor.poke(name)
         await supervisor.wait_settled(name, settle_timeout)
         try:
-            safety = await run(Backups(acting).restore, name, body.snapshot)
+            safety = await run(backups_for(acting).restore, name, body.snapshot)
         finally:
             if was.desired == DesiredState.RUNNING.value:
                 await run(acting.set_desired, name, DesiredState.RUNNING, "restored")
@@ -240,7 +247,7 @@ def create_app(
             raise Conflict(f"instance {name} already runs release {body.release}")
         await run(fleet.get_release, body.release)  # 404 before anything stops
         await stop_and_wait(acting, name, f"upgrading to {body.release}")
-        snap = await run(Backups(acting).take, name, "pre-upgrade")
+        snap = await run(backups_for(acting).take, name, "pre-upgrade")
         try:
             old = await run(acting.switch_release, name, body.release)
         except Exception:
@@ -256,7 +263,7 @@ def create_app(
         # Not healthy: the old release, and the data as it was before the new one touched it.
         await stop_and_wait(acting, name, f"rolling back from {body.release}")
         await run(acting.switch_release, name, old)
-        await run(Backups(acting).restore, name, snap.name)
+        await run(backups_for(acting).restore, name, snap.name)
         await run(acting.record_event, "instance.upgrade", name, Outcome.FAILED,
                   f"{body.release} was not healthy ({why}); rolled back to {old} and snapshot {snap.name}")
         if was.desired == DesiredState.RUNNING.value:
@@ -294,6 +301,8 @@ def create_app(
         Endpoint("POST", "/v1/instances/{name}/backups", "Take a manual snapshot (never thinned)",
                  take_snapshot, body=TakeSnapshot, status=201, changes_state=True),
         Endpoint("GET", "/v1/instances/{name}/backups", "An instance's snapshots, oldest first", list_snapshots),
+        Endpoint("GET", "/v1/backups/status", "Snapshots per instance, and where each backup destination stands",
+                 backup_status, query=(Param("name", str, None, "only this instance"),)),
         Endpoint("PUT", "/v1/instances/{name}/backup-plan", "Set (or clear) an instance's own snapshot plan",
                  set_plan, body=SetPlan, changes_state=True),
         Endpoint("POST", "/v1/instances/{name}/upgrade",

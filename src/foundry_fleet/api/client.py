@@ -88,6 +88,9 @@ class ControlClient:
     def list_snapshots(self, name: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/instances/{name}/backups")
 
+    def backup_status(self, name: str | None) -> dict[str, Any]:
+        return self._call("GET", "/v1/backups/status", params={"name": name} if name else {})
+
     def set_backup_plan(self, name: str, plan: str | None) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/backup-plan", json={"plan": plan})
 

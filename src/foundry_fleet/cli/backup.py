@@ -6,18 +6,19 @@ import time
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, human_bytes, print_json
 
-app = typer.Typer(help="Snapshots of instance data: take, list, plan, restore.", no_args_is_help=True)
+app = typer.Typer(help="Snapshots of instance data: take, list, plan, restore, status.", no_args_is_help=True)
 
 
 def _backups(c: CliContext):  # type: ignore[no-untyped-def]
-    from foundry_fleet.services.backups import Backups
+    from foundry_fleet.services.wiring import make_backups
 
-    return Backups(c.fleet())
+    return make_backups(c.fleet())
 
 
 @app.command()
@@ -91,3 +92,44 @@ def restore(
     else:
         safety, state = _backups(c).restore(name, snapshot), c.fleet().get_instance(name).state
     console.print(f"restored {snapshot} into {name} ({state}); the data before is kept as snapshot {safety}")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help="only this instance")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Snapshots per instance, and per backup destination the last synced snapshot and how far behind it is."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    result = client.backup_status(name) if client else _backups(c).status(name)
+    if json_out:
+        print_json(result)
+        return
+    t = Table(title="snapshots here")
+    for col in ("instance", "plan", "snapshots", "newest"):
+        t.add_column(col)
+    for row in result["instances"]:
+        t.add_row(row["instance"], row["plan"], str(row["snapshots"]), row["newest"] or "-")
+    console.print(t)
+    if not result["destinations"]:
+        console.print("no backup destinations ([[backups.destinations]] in fleet.toml)")
+        return
+    t = Table(title="backup destinations")
+    for col in ("instance", "destination", "last synced", "behind", "last error"):
+        t.add_column(col)
+    for row in result["destinations"]:
+        behind = f"{row['snapshots_behind']} snapshot(s)"
+        if row["seconds_behind"]:
+            behind += f", {_duration(row['seconds_behind'])}"
+        t.add_row(row["instance"], row["destination"], row["last_snapshot"] or "never", behind,
+                  escape(row["last_error"] or ""))
+    console.print(t)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"

@@ -24,6 +24,9 @@ class CliContext:
             self._config = load_config(find_config(self.config_path))
         return self._config
 
+    def config_file(self) -> Path:
+        return find_config(self.config_path)
+
     def fleet(self) -> Fleet:
         """The service layer in this process (for work that does not need the daemon)."""
         if self._fleet is None:

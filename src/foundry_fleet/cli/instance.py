@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
+from foundry_fleet.services.wiring import make_backups
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json
 from foundry_fleet.domain.errors import InvalidInput
@@ -189,7 +190,12 @@ def delete(
     if purge and not yes:
         typer.confirm(f"Destroy all data of {name}? This cannot be undone.", abort=True)
     client = c.daemon()
-    kept = client.delete_instance(name, purge)["kept_at"] if client else c.fleet().delete_instance(name, purge)
+    if client:
+        kept = client.delete_instance(name, purge)["kept_at"]
+    else:
+        fleet = c.fleet()
+        make_backups(fleet).final_backup(name, purge)
+        kept = fleet.delete_instance(name, purge)
     console.print(f"deleted {name}" + (f"; data kept at {kept}" if kept else "; data destroyed"))
 
 

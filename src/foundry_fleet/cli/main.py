@@ -15,6 +15,7 @@ from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import release as release_cmds
+from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, events_table, hosts_table, instances_table, print_json
 from foundry_fleet.domain.errors import FleetError
@@ -29,6 +30,7 @@ app.add_typer(release_cmds.app, name="release")
 app.add_typer(instance_cmds.app, name="instance")
 app.add_typer(edge_cmds.app, name="edge")
 app.add_typer(backup_cmds.app, name="backup")
+app.add_typer(storage_cmds.app, name="storage")
 
 ConfigOption = Annotated[
     Optional[str],
@@ -49,12 +51,13 @@ def init(
     https_port: Annotated[Optional[int], typer.Option(help="edge HTTPS port (default 8443, or 443 with --domain)")] = None,
     tls: Annotated[Optional[str], typer.Option(help="internal | acme | on-demand")] = None,
     storage: Annotated[str, typer.Option(help="directory | zfs")] = "directory",
+    zfs_base: Annotated[Optional[str], typer.Option(help="with --storage zfs: POOL[/PATH] for the datasets")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing fleet.toml")] = False,
 ) -> None:
     """Create a fleet: write a documented fleet.toml under ROOT."""
     from foundry_fleet.services.init import init_fleet
 
-    path = init_fleet(root, domain, http_port, https_port, tls, storage, force)
+    path = init_fleet(root, domain, http_port, https_port, tls, storage, force, zfs_base=zfs_base)
     console.print(f"wrote {path}")
     console.print(f"next: foundry-fleet --config {path} up")
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import re
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from foundry_fleet.domain.backup_plan import Plan, TimeFormat, current_slot, parse_plan, thin
-from foundry_fleet.domain.errors import Conflict, InvalidInput
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.storage.snapshots import SnapshotInfo, finish_restore, restore_into
+from foundry_fleet.services.replication import Replication
+from foundry_fleet.storage.snapshots import SnapshotInfo
 from foundry_fleet.store.models import Instance
 
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -30,10 +32,11 @@ class ScheduleRound:
 
 
 class Backups:
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, replication: Replication | None = None) -> None:
         self.fleet = fleet
         self.snapshots = fleet.storage.snapshots
         self.fmt = TimeFormat(fleet.config.backups.tsformat)
+        self.replication = replication  # None: no backup destinations
 
     # plans --------------------------------------------------------------------------------
 
@@ -63,39 +66,98 @@ class Backups:
         self.fleet.record_event("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
         return info
 
+    def final_backup(self, name: str, purge: bool) -> str | None:
+        """Before a delete: a last snapshot of the data (kept with the archive); before a purge, also sent
+        to every backup destination, and the purge is refused if one cannot take it (nothing is lost)."""
+        if not self.fleet.storage.paths(name).data.exists():
+            return None
+        info = self.take(name, label="final")
+        if purge and self.replication is not None:
+            failures = [r for r in self.replication.run_round([name]) if r.error]
+            if failures:
+                raise ExternalFailure(
+                    f"the final snapshot of {name} could not reach backup destination {failures[0].destination}: "
+                    f"{failures[0].error}", "fix the destination and delete again, or delete without --purge")
+        return info.name
+
+    def status(self, name: str | None = None) -> dict[str, object]:
+        """Per instance: its plan, snapshot count and newest; per destination: where each copy stands."""
+        names = [name] if name else [v.name for v in self.fleet.list_instances()]
+        instances = []
+        for n in names:
+            snaps = self.list(n)
+            instances.append({"instance": n, "plan": str(self.plan_for(n)), "snapshots": len(snaps),
+                              "newest": snaps[-1].name if snaps else None,
+                              "newest_at": snaps[-1].created_at if snaps else None})
+        replicas = self.replication.status(names) if self.replication is not None else []
+        return {"instances": instances, "destinations": replicas}
+
     # the schedule -------------------------------------------------------------------------
 
     def run_schedule(self, now: float | None = None) -> ScheduleRound:
-        """Take every due snapshot (one per instance per slot of its smallest interval), then thin."""
+        """Take every due snapshot (one per instance per slot of its smallest interval; all instances due
+        at the same slot together, atomically where the storage can), replicate, then thin."""
         now = time.time() if now is None else now
         with self.fleet.sessions() as s:
             rows = [(r.name, r.backup_plan) for r in s.scalars(select(Instance)).all()
                     if r.state != "creating" and r.desired != "deleted"]
-        taken, destroyed, failed = [], [], []
+        taken: list[tuple[str, str]] = []
+        destroyed: list[tuple[str, str]] = []
+        failed: list[tuple[str, str]] = []
+        plans, due = {}, defaultdict(list)
         for name, own_plan in rows:
             try:
-                plan = parse_plan(own_plan or self.fleet.config.backups.plan)
-                existing = self.snapshots.names(name)
+                plans[name] = plan = parse_plan(own_plan or self.fleet.config.backups.plan)
                 slot = current_slot(now, plan)
-                latest = max((t for t in map(self.fmt.parse, existing) if t is not None), default=None)
+                latest = max((t for t in map(self.fmt.parse, self.snapshots.names(name)) if t is not None), default=None)
                 if latest is None or latest < slot:
-                    snap = self.fmt.name(slot)
-                    info = self.snapshots.take(name, self.fleet.storage.paths(name).data, snap)
-                    existing.append(snap)
-                    taken.append((name, snap))
-                    self.fleet.record_event("backup.snapshot", name, Outcome.OK,
-                                            f"{snap} ({info.bytes_new} bytes new)", actor="scheduler")
-                result = thin(existing, now, plan, self.fmt)
-                for snap in result.destroy:
-                    self.snapshots.destroy(name, snap)
-                    destroyed.append((name, snap))
-                if result.destroy:
-                    self.fleet.record_event("backup.thin", name, Outcome.OK,
-                                            f"{len(result.destroy)} snapshot(s) past the plan", actor="scheduler")
+                    due[self.fmt.name(slot)].append(name)
             except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
                 failed.append((name, str(e)))
-                self.fleet.record_event("backup.snapshot", name, Outcome.FAILED, str(e), actor="scheduler")
+        for snap, names in due.items():
+            taken += self._take_scheduled(names, snap, failed)
+        if self.replication is not None:
+            for r in self.replication.run_round([name for name in plans], now):
+                if r.error and not r.offline:
+                    failed.append((r.instance, f"replication to {r.destination}: {r.error}"))
+        for name, plan in plans.items():
+            try:
+                destroyed += self._thin(name, plan, now)
+            except Exception as e:  # noqa: BLE001
+                failed.append((name, str(e)))
+                self.fleet.record_event("backup.thin", name, Outcome.FAILED, str(e), actor="scheduler")
+        self.snapshots.sweep_views()
         return ScheduleRound(taken, destroyed, failed)
+
+    def _take_scheduled(self, names: list[str], snap: str, failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        targets = [(name, self.fleet.storage.paths(name).data) for name in names]
+        try:
+            infos = self.snapshots.take_many(targets, snap)
+        except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
+            if len(names) > 1:  # the set failed as one: each alone, so one bad instance stays alone
+                return [t for name in names for t in self._take_scheduled([name], snap, failed)]
+            failed.append((names[0], str(e)))
+            self.fleet.record_event("backup.snapshot", names[0], Outcome.FAILED, str(e), actor="scheduler")
+            return []
+        for name, info in zip(names, infos, strict=True):
+            self.fleet.record_event("backup.snapshot", name, Outcome.OK, f"{snap} ({info.bytes_new} bytes new)",
+                                    actor="scheduler")
+        return [(name, snap) for name in names]
+
+    def _thin(self, name: str, plan: Plan, now: float) -> list[tuple[str, str]]:
+        """Destroy what the plan no longer keeps, except what a backup destination still needs."""
+        existing = self.snapshots.names(name)
+        doomed = thin(existing, now, plan, self.fmt).destroy
+        if self.replication is not None and doomed:
+            ordered = [s.name for s in self.snapshots.list(name)]
+            needed = self.replication.needed_on_source(name, ordered, now)
+            doomed = [snap for snap in doomed if snap not in needed]
+        for snap in doomed:
+            self.snapshots.destroy(name, snap)
+        if doomed:
+            self.fleet.record_event("backup.thin", name, Outcome.OK, f"{len(doomed)} snapshot(s) past the plan",
+                                    actor="scheduler")
+        return [(name, snap) for snap in doomed]
 
     # restoring ----------------------------------------------------------------------------
 
@@ -105,9 +167,9 @@ class Backups:
         _own, running, uid = self.fleet.backup_facts(name)
         if running:
             raise Conflict(f"instance {name} is running", "stop it first (`backup restore` through the daemon does)")
-        source = self.snapshots.path(name, snapshot)
+        self.snapshots.path(name, snapshot)  # NotFound before anything changes
         safety = self.take(name, label="safety")
-        restore_into(source, self.fleet.storage.paths(name).data, uid)
+        self.snapshots.restore(name, snapshot, self.fleet.storage.paths(name).data, uid)
         self.fleet.record_event("backup.restore", name, Outcome.OK, f"restored {snapshot}; previous data kept as {safety.name}")
         return safety.name
 
@@ -115,7 +177,7 @@ class Backups:
         """Finish restores a crash interrupted (run before any instance starts)."""
         done = []
         for view in self.fleet.list_instances():
-            what = finish_restore(self.fleet.storage.paths(view.name).data)
+            what = self.snapshots.finish_restore(view.name, self.fleet.storage.paths(view.name).data)
             if what:
                 self.fleet.record_event("backup.restore", view.name, Outcome.INFO, what, actor="repair")
                 done.append(view.name)

@@ -26,7 +26,9 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.wiring import edge_settings, open_fleet
+from foundry_fleet.services.wiring import edge_settings, make_backups, open_fleet
+from foundry_fleet.storage.base import Storage
+from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
 
@@ -74,12 +76,14 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet = open_fleet(config, actor="daemon")
     fleet.storage.ensure_layout()
+    fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
     fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
     runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}")
     lo, hi = config.instances.port_range
     # The firewall line reports what was actually set up for this fleet's port range.
     caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
+    caps.append(Capability("storage", True, _describe_storage(fleet.storage)))
     report_capabilities(caps)
 
     loop = asyncio.get_running_loop()
@@ -99,7 +103,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
                                          f":{config.edge.https_port}, TLS {config.edge.tls}"))
 
-    backups = Backups(fleet)
+    backups = make_backups(fleet)
     for name in backups.repair():  # before any instance starts on half-restored data
         log.warning("finished an interrupted restore of %s", name)
     supervisor = Supervisor(fleet, runtime)
@@ -142,6 +146,13 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
         fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+
+
+def _describe_storage(storage: Storage) -> str:
+    if isinstance(storage, ZfsStorage):
+        pool = storage.pool_status()
+        return f"ZFS datasets under {storage.base} (pool {pool['name']} {pool['health']}, {pool['free']} free)"
+    return f"directories under {storage.shared_dir().parent}"
 
 
 async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVERY) -> None:

@@ -368,7 +368,8 @@ class Fleet:
             rel = row.release
             port, uid = row.port, row.uid
         self.storage.ensure_layout()
-        paths = self.storage.create_instance(name)
+        quota = self.config.limits.disk_mb * 1024 * 1024 or None
+        paths = self.storage.create_instance(name, quota_bytes=quota)
         self.storage.install_release(name, Path(rel.path))
         entry = paths.install / rel.entry
         if not entry.is_file():

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from foundry_fleet.config import CONFIG_NAME, load_config
-from foundry_fleet.domain.errors import Conflict, InvalidInput, Unsupported
+from foundry_fleet.domain.errors import Conflict, InvalidInput
 from foundry_fleet.domain.names import validate_domain
 
 TEMPLATE = """\
@@ -39,8 +39,10 @@ stream_close_delay_hours = 8.0
 # caddy_binary = "/usr/local/bin/caddy"   # default: the caddy that comes with foundry-fleet
 
 [storage]
-# directory: plain directories (the embedded default).
-driver = {storage}
+# directory: plain directories (the embedded default). zfs: datasets under zfs_base, laid out by
+# `foundry-fleet storage init --zfs POOL[/PATH]` (which also sets these two keys).
+driver = "directory"
+# zfs_base = "tank/foundry"
 
 [releases]
 # The host-wide release cache (zips and unpacked releases); default <root>/releases.
@@ -80,6 +82,7 @@ start_timeout = 120.0      # seconds an instance may take to become healthy
 memory_mb = 2048
 cpu_percent = 100          # 100 = one core
 pids = 512
+disk_mb = 0                # quota on each instance's data, enforced by ZFS storage; 0: none
 
 [backups]
 # Snapshots of every instance's data, in znapzend's syntax: keep one per hour for 7 days, one per day
@@ -87,6 +90,18 @@ pids = 512
 # plan NAME PLAN` overrides it for one instance. Manual snapshots (`backup now`) are never thinned.
 plan = "7d=>1h,30d=>1d,1y=>1w"
 tsformat = "%Y-%m-%d-%H%M%SZ"
+
+# Copies of the snapshots elsewhere, each kept by its own plan. With ZFS storage the target is a dataset
+# here (POOL/PATH, e.g. a pool on a USB disk) or over ssh ([user@]host:POOL/PATH): `zfs send -I` from
+# the last common snapshot. With directory storage it is a restic repository (a path or any restic URL),
+# whose password is in password_file (chmod 600). A destination that cannot be reached is retried every
+# round, and the snapshots it still needs are kept here until it has them.
+# [[backups.destinations]]
+# name = "offsite"
+# target = "backup@backup.example.org:tank/foundry"
+# plan = "30d=>1d,1y=>1w"
+# instances = []           # only these instances; empty: all
+# password_file = "restic-password"
 
 [logs]
 max_kb = 10240             # rotate an instance's log at this size ...
@@ -106,12 +121,13 @@ def init_fleet(
     tls: str | None = None,
     storage: str = "directory",
     force: bool = False,
+    zfs_base: str | None = None,
 ) -> Path:
     """Write <root>/fleet.toml and create the layout; refuses to overwrite without `force`."""
     if storage not in ("directory", "zfs"):
         raise InvalidInput(f"unknown storage driver {storage!r}", "use directory or zfs")
-    if storage == "zfs":
-        raise Unsupported("the ZFS storage driver is not available in this version", "use --storage directory")
+    if storage == "zfs" and not zfs_base:
+        raise InvalidInput("--storage zfs needs --zfs-base POOL[/PATH]", "e.g. --zfs-base tank/foundry")
     if tls is not None and tls not in ("internal", "acme", "on-demand"):
         raise InvalidInput(f"unknown TLS mode {tls!r}", "use internal, acme or on-demand")
     if domain:
@@ -126,7 +142,6 @@ def init_fleet(
         http_port=http_port or (80 if domain else 8080),
         https_port=https_port or (443 if domain else 8443),
         tls=_toml_str(tls or ("acme" if domain else "internal")),
-        storage=_toml_str(storage),
     )
     root.mkdir(parents=True, exist_ok=True)
     path = root / CONFIG_NAME
@@ -139,4 +154,8 @@ def init_fleet(
     for d in (config.paths.run, config.paths.logs, config.paths.database.parent):
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o700)
+    if storage == "zfs":
+        from foundry_fleet.services.storage_setup import init_zfs_storage
+
+        init_zfs_storage(path, zfs_base or "")
     return path

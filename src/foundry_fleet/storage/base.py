@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from foundry_fleet.storage.snapshots import DirectorySnapshots
+    from foundry_fleet.storage.snapshots import SnapshotInfo
 
 
 @dataclass(frozen=True)
@@ -17,9 +17,38 @@ class InstancePaths:
     install: Path  # instances/<id>/install (the release, read-only to the instance)
 
 
+class Snapshots(Protocol):
+    """Snapshots of instances' data: directory trees, or ZFS snapshots."""
+
+    def names(self, instance: str) -> list[str]: ...
+
+    def list(self, instance: str) -> list[SnapshotInfo]: ...
+
+    def path(self, instance: str, name: str) -> Path:
+        """A read-only directory holding the snapshot's files (NotFound when there is no such snapshot)."""
+
+    def take(self, instance: str, data: Path, name: str) -> SnapshotInfo: ...
+
+    def take_many(self, targets: list[tuple[str, Path]], name: str) -> list[SnapshotInfo]:
+        """The same snapshot of several instances' data, atomically where the driver can."""
+
+    def destroy(self, instance: str, name: str) -> None: ...
+
+    def destroy_all(self, instance: str) -> None: ...
+
+    def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
+        """Make `data` (not in use) exactly the snapshot's content, owned by `uid`."""
+
+    def finish_restore(self, instance: str, data: Path) -> str | None:
+        """Put right a restore a crash interrupted; says what was done (None: nothing to do)."""
+
+    def sweep_views(self, idle_seconds: float = ...) -> int:
+        """Clean up read-only views of snapshots nobody used for `idle_seconds`."""
+
+
 class Storage(Protocol):
     name: str
-    snapshots: DirectorySnapshots  # the driver's snapshots of instance data (ZFS brings its own)
+    snapshots: Snapshots
 
     def ensure_layout(self) -> None:
         """Create `shared/` and `instances/` if missing (idempotent)."""
@@ -28,8 +57,9 @@ class Storage(Protocol):
 
     def paths(self, instance: str) -> InstancePaths: ...
 
-    def create_instance(self, instance: str) -> InstancePaths:
-        """Lay out data/ and install/ for an instance (idempotent: adopts what exists)."""
+    def create_instance(self, instance: str, quota_bytes: int | None = None) -> InstancePaths:
+        """Lay out data/ and install/ for an instance (idempotent: adopts what exists); `quota_bytes`
+        caps its data where the driver can enforce it."""
 
     def install_release(self, instance: str, release_dir: Path) -> Path:
         """Make `install/` the given unpacked release without copying its bytes."""
@@ -41,3 +71,6 @@ class Storage(Protocol):
         """Remove the instance's data and install for good."""
 
     def usage_bytes(self, instance: str) -> int: ...
+
+    def status(self) -> dict[str, object]:
+        """What `storage status` shows: the driver, space, and per instance what it uses."""

@@ -7,6 +7,7 @@ That is safe because the cache tree is read-only and instances see their install
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, ExternalFailure
@@ -37,7 +38,8 @@ class DirectoryStorage:
         base = self.root / "instances" / instance
         return InstancePaths(root=base, data=base / "data", install=base / "install")
 
-    def create_instance(self, instance: str) -> InstancePaths:
+    def create_instance(self, instance: str, quota_bytes: int | None = None) -> InstancePaths:
+        del quota_bytes  # plain directories cannot enforce a quota (ZFS storage does)
         p = self.paths(instance)
         p.root.mkdir(parents=True, exist_ok=True)
         p.root.chmod(0o711)
@@ -88,6 +90,18 @@ class DirectoryStorage:
     def destroy_instance(self, instance: str) -> None:
         self.snapshots.destroy_all(instance)
         remove_tree(self.paths(instance).root)
+
+    def status(self) -> dict[str, object]:
+        usage = shutil.disk_usage(self.root)
+        instances_dir = self.root / "instances"
+        names = sorted(e.name for e in os.scandir(instances_dir) if e.is_dir()) if instances_dir.is_dir() else []
+        return {
+            "driver": self.name,
+            "root": str(self.root),
+            "used": usage.used,
+            "available": usage.free,
+            "instances": {n: {"used": self.usage_bytes(n), "refquota": None} for n in names},
+        }
 
     def usage_bytes(self, instance: str) -> int:
         total = 0

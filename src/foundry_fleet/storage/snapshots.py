@@ -101,8 +101,24 @@ class DirectorySnapshots:
         os.rename(staging, final)
         return SnapshotInfo(name, created, bytes_new, files, bytes_total)
 
+    def take_many(self, targets: list[tuple[str, Path]], name: str) -> list[SnapshotInfo]:
+        """One snapshot per (instance, data): separate trees, so one after the other, not atomic."""
+        return [self.take(instance, data, name) for instance, data in targets]
+
     def destroy(self, instance: str, name: str) -> None:
         remove_tree(self.path(instance, name))
+
+    def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
+        restore_into(self.path(instance, name), data, uid)
+
+    def finish_restore(self, instance: str, data: Path) -> str | None:
+        del instance
+        return finish_restore(data)
+
+    def sweep_views(self, idle_seconds: float = 0.0) -> int:
+        """Snapshots are directories already: there are no views to clean up."""
+        del idle_seconds
+        return 0
 
     def destroy_all(self, instance: str) -> None:
         remove_tree(self._dir(instance))

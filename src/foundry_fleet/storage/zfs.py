@@ -22,10 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -33,7 +31,9 @@ from filelock import FileLock
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
+from foundry_fleet.storage.mounts import mounts_under, zfs_mounts
 from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_snapshots import ZfsSnapshots
 from foundry_fleet.storage.zfs_layout import (
     INSTALL_NEW,
     INSTALL_OLD,
@@ -63,6 +63,7 @@ class ZfsStorage:
         self.pool, self.base = parse_base(base)
         self.layout = ZfsLayout(self.root, self.base)
         self.zfs = runner or ZfsRunner()
+        self.snapshots = ZfsSnapshots(self.zfs, self.layout)
 
     # layout -------------------------------------------------------------------------------
 
@@ -294,6 +295,10 @@ class ZfsStorage:
             "releases": releases,
         }
 
+    def pool_status(self) -> dict[str, str]:
+        """The pool's name, health, size, alloc and free (ExternalFailure when it is unusable)."""
+        return self._check_pool()
+
     # internals ----------------------------------------------------------------------------
 
     def _check_pool(self) -> dict[str, str]:
@@ -363,7 +368,7 @@ class ZfsStorage:
 
     def _ensure_mounted(self, dataset: str, read_only: bool) -> None:
         """Mount `dataset` if it is not; a read-only one must be mounted read-only (remounted if not)."""
-        mount = _mount_table().get(dataset)
+        mount = zfs_mounts().get(dataset)
         if mount is not None and read_only and not mount.read_only:
             log.info("%s: mounted read-write: remounting read-only", dataset)
             self.zfs.zfs("unmount", dataset)
@@ -395,7 +400,7 @@ class ZfsStorage:
             del props[new]
         for leftover in (new, old):
             if leftover in props:
-                self.zfs.zfs("destroy", leftover)
+                self.zfs.zfs("destroy", "-r", leftover)  # -r: backups snapshot installs along with data
         return True
 
     def _put_back_quietly(self, instance: str) -> None:
@@ -413,7 +418,7 @@ class ZfsStorage:
     def _destroy_quietly(self, dataset: str) -> None:
         """Destroy a leftover whose removal is not part of the caller's outcome (repair sweeps it later)."""
         try:
-            self.zfs.zfs("destroy", dataset)
+            self.zfs.zfs("destroy", "-r", dataset)  # -r: backups snapshot installs along with data
         except ExternalFailure as e:
             log.warning("could not destroy %s (removed on the next repair): %s", dataset, e.message)
 
@@ -467,47 +472,12 @@ def _ensure_mode(path: Path, mode: int, create: bool = False) -> None:
         path.chmod(mode)
 
 
-@dataclass(frozen=True)
-class _Mount:
-    point: str
-    read_only: bool
-
-
-def _mount_table() -> dict[str, _Mount]:
-    """ZFS mounts by dataset name, from /proc/self/mounts (zfs-fuse's type is fuse.zfs)."""
-    found: dict[str, _Mount] = {}
-    for fields in _proc_mounts():
-        source, point, fstype, options = fields[:4]
-        if fstype in ("zfs", "fuse.zfs"):
-            found[source] = _Mount(point, "ro" in options.split(","))
-    return found
-
-
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below `path`."""
-    prefix = str(path)
-    return [f[1] for f in _proc_mounts() if f[1] == prefix or f[1].startswith(prefix + "/")]
-
-
-def _proc_mounts() -> list[list[str]]:
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return []
-    unescape = re.compile(r"\\([0-7]{3})")
-    return [
-        [unescape.sub(lambda m: chr(int(m.group(1), 8)), field) for field in line.split(" ")]
-        for line in lines
-        if line.count(" ") >= 3
-    ]
-
-
 def _remove_folder(path: Path) -> None:
     """Remove the instance's folder once nothing is mounted in it (only empty mountpoints remain)."""
     if not os.path.lexists(path):
         return
     deadline = time.monotonic() + 5.0
-    while mounted := _mounts_under(path):
+    while mounted := mounts_under(path):
         if time.monotonic() > deadline:
             raise ExternalFailure(
                 f"{path} still has mounts ({', '.join(mounted)}), so it was not removed",

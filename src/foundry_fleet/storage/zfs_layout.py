@@ -14,6 +14,8 @@ Datasets under the fleet's base (`POOL[/PATH]`), with their mountpoints under th
     <base>/instances/<id>/install.old     none, read-only: a swap in progress
     <base>/archive/<id>-<stamp>           none
     <base>/archive/<id>-<stamp>/data      <root>/archive/<id>-<stamp>/data
+    <base>/views/<id>:<snapshot>          <root>/views/<id>:<snapshot>, read-only: a snapshot's files
+                                          for the backup pages where the host has no .zfs (zfs-fuse)
 
 Every mountpoint is set explicitly (never inherited), so the layout does not depend on where the
 pool or the base happen to be mounted. The base itself is left as it is: it may be someone's pool.
@@ -148,7 +150,7 @@ class ZfsLayout:
         match rel:
             case ["shared"]:
                 return Expected(str(self.shared_path()), readonly=False)
-            case ["releases"] | ["instances"] | ["archive"] | ["instances", _] | ["archive", _]:
+            case ["releases"] | ["instances"] | ["archive"] | ["views"] | ["instances", _] | ["archive", _]:
                 return Expected("none")
             case ["releases", version]:
                 return Expected(str(self.release_path(version)), readonly=True)

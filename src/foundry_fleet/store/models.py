@@ -1,4 +1,4 @@
-"""Tables: tenants, releases, instances, events."""
+"""Tables: tenants, releases, instances, events, replication state."""
 
 from __future__ import annotations
 
@@ -78,3 +78,21 @@ class EventRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ReplicationRow(Base):
+    """Where one instance's snapshots stand on one backup destination (what `backup status` shows even
+    while the destination is offline)."""
+
+    __tablename__ = "replication"
+    __table_args__ = (UniqueConstraint("instance", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance: Mapped[str] = mapped_column(String(63), index=True)
+    destination: Mapped[str] = mapped_column(String(40))
+    last_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)  # newest snapshot it holds
+    last_snapshot_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # when that was taken
+    last_sync_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    bytes_sent: Mapped[int] = mapped_column(Integer, default=0)  # in the last successful round

@@ -1,0 +1,197 @@
+"""A fleet on real ZFS (zfs-fuse, pools on files): storage init, quotas, snapshots, browsing, restore, and
+replication into a second pool that goes offline and comes back."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from foundry_fleet.config import load_config
+from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.wiring import make_backups, open_fleet
+from tests.conftest import make_fleet
+from tests.harness import FleetHarness, kill_processes_with
+from tests.zfs_support import FilePool, make_file_pool, zfs, zpool
+
+pytestmark = pytest.mark.e2e
+OWNER = {"X-Fleet-User": "123456789012345678"}
+HOUR = 3600.0
+
+
+@pytest.fixture
+def zfs_fleet(tmp_path: Path, zfs_base: str) -> Iterator[FleetHarness]:
+    """A fleet whose storage is `zfs_base`; stopped (and its processes gone) before the datasets go."""
+    h = make_fleet(tmp_path, **{"disk_mb = 0": "disk_mb = 64"})
+    h.cli("storage", "init", "--zfs", zfs_base)
+    yield h
+    h.stop_daemons()
+    kill_processes_with(str(h.root))
+
+
+@pytest.fixture
+def second_pool(tmp_path_factory: pytest.TempPathFactory, zfs_daemon: None) -> Iterator[FilePool]:
+    pool = make_file_pool(tmp_path_factory.mktemp("dest"), size="256M")
+    try:
+        yield pool
+    finally:
+        if zpool("list", pool.name, check=False).returncode != 0:
+            zpool("import", "-d", str(pool.file.parent), pool.name, check=False)
+        pool.destroy()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every regular file under `root` (Data/shared and .zfs aside) with its sha256."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".zfs" and os.path.relpath(os.path.join(dirpath, d), root)
+                       != os.path.join("Data", "shared")]
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            if not os.path.islink(full):
+                out[os.path.relpath(full, root)] = hashlib.sha256(Path(full).read_bytes()).hexdigest()
+    return out
+
+
+def test_storage_init_lays_out_datasets_once_and_records_them(zfs_fleet: FleetHarness, zfs_base: str) -> None:
+    config = load_config(zfs_fleet.config)
+    assert config.storage.driver == "zfs" and config.storage.zfs_base == zfs_base
+    names = zfs("list", "-H", "-o", "name", "-r", zfs_base).stdout.split()
+    assert {f"{zfs_base}/shared", f"{zfs_base}/releases", f"{zfs_base}/instances"} <= set(names)
+    again = zfs_fleet.cli("storage", "init", "--zfs", zfs_base, "--json").json()
+    assert again["driver"] == "zfs" and again["pool"]["health"] == "ONLINE"
+    assert zfs("list", "-H", "-o", "name", "-r", zfs_base).stdout.split() == names
+    moved = zfs_fleet.cli("storage", "init", "--zfs", "no-such-pool/x", check=False)
+    assert moved.code == 7 and "no-such-pool" in moved.err
+    assert load_config(zfs_fleet.config).storage.zfs_base == zfs_base  # unchanged by the failure
+
+
+def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
+    zfs_fleet: FleetHarness, zfs_base: str, release_zips: dict[str, Path]
+) -> None:
+    zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    zfs_fleet.up()
+    inst = zfs_fleet.cli("instance", "create", "alice", "--release", "13.345", "--json").json()["instance"]
+    data = Path(inst["data_dir"])
+    assert zfs("get", "-H", "-o", "value", "origin", f"{zfs_base}/instances/alice/install").stdout.strip() \
+        == f"{zfs_base}/releases/13.345@pristine"
+    assert zfs("get", "-H", "-p", "-o", "value", "refquota", f"{zfs_base}/instances/alice/data").stdout.strip() \
+        == str(64 * 1024 * 1024)
+    status = zfs_fleet.cli("storage", "status", "--json").json()
+    assert status["instances"]["alice"]["refquota"] == 64 * 1024 * 1024
+
+    world = data / "Data" / "worlds" / "w" / "world.db"
+    world.parent.mkdir(parents=True)
+    world.write_text("session 1")
+    (data / "Data" / "map.webp").write_bytes(os.urandom(200_000))
+    os.chown(world, inst["uid"], inst["uid"]) if inst.get("uid") else None
+    before = tree_digest(data)
+    snap = zfs_fleet.cli("backup", "now", "alice", "--label", "before", "--json").json()["name"]
+    assert f"{zfs_base}/instances/alice/data@{snap}" in zfs("list", "-H", "-t", "snapshot", "-o", "name").stdout
+    world.write_text("session 2 went badly")
+    (data / "Data" / "map.webp").unlink()
+
+    sock = zfs_fleet.root / "run" / "backups.sock"
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://alice.localhost",
+                      timeout=30) as door:
+        listing = door.get("/backups/", headers={**OWNER, "Accept": "application/json"}).json()
+        assert snap in [s["name"] for s in listing]
+        got = door.get(f"/backups/{snap}/Data/worlds/w/world.db", headers=OWNER)
+        assert got.status_code == 200 and got.text == "session 1", got.text
+        assert door.get(f"/backups/{snap}/../../../etc/passwd", headers=OWNER).status_code in (400, 404)
+    # The page is served from a read-only view, which the fleet keeps under a root-only folder.
+    views = zfs_fleet.root / "views"
+    assert views.stat().st_mode & 0o777 == 0o700
+
+    out = zfs_fleet.cli("backup", "restore", "alice", snap, "--yes").out
+    assert "kept as snapshot safety-" in out
+    assert tree_digest(data) == before
+    after = zfs_fleet.instance("alice")
+    assert after["state"] == "running"
+    names = [s["name"] for s in zfs_fleet.cli("backup", "list", "alice", "--json").json()]
+    safety = next(n for n in names if n.startswith("safety-"))
+    assert snap in names  # restoring never destroys a snapshot, older or newer
+    fleet = open_fleet(load_config(zfs_fleet.config))
+    with_bad_session = fleet.storage.snapshots.path("alice", safety) / "Data" / "worlds" / "w" / "world.db"
+    assert with_bad_session.read_text() == "session 2 went badly"
+
+
+def test_an_interrupted_restore_on_zfs_is_redone_at_the_next_start(
+    zfs_fleet: FleetHarness, release_zips: dict[str, Path]
+) -> None:
+    zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    inst = zfs_fleet.cli("instance", "create", "carol", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    data = Path(inst["data_dir"])
+    (data / "Data" / "world.db").write_text("the good state")
+    snap = zfs_fleet.cli("backup", "now", "carol", "--json").json()["name"]
+    want = tree_digest(data)
+    # A restore that got as far as deleting the live files when the host went down.
+    (data / ".fleet-restore").write_text(snap + "\n")
+    (data / "Data" / "world.db").unlink()
+    zfs_fleet.up()
+    zfs_fleet.cli("instance", "start", "carol")
+    zfs_fleet.wait_state("carol", "running")
+    assert tree_digest(data) == want and not (data / ".fleet-restore").exists()
+
+
+def _fleet_with_destination(h: FleetHarness, dest: str, source_plan: str, dest_plan: str) -> Backups:
+    text = h.config.read_text().replace('plan = "7d=>1h,30d=>1d,1y=>1w"', f'plan = "{source_plan}"')
+    text += f'\n[[backups.destinations]]\nname = "usb"\ntarget = "{dest}"\nplan = "{dest_plan}"\n'
+    h.config.write_text(text)
+    return make_backups(open_fleet(load_config(h.config), actor="test"))
+
+
+def test_replication_is_full_then_incremental_and_catches_up_after_being_offline(
+    zfs_fleet: FleetHarness, second_pool: FilePool, release_zips: dict[str, Path]
+) -> None:
+    zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    inst = zfs_fleet.cli("instance", "create", "dana", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    data = Path(inst["data_dir"])
+    # Here: two hours of hourly snapshots. There: a day of them.
+    backups = _fleet_with_destination(zfs_fleet, f"{second_pool.name}/fleet", "2h=>1h", "1d=>1h")
+    dest = f"{second_pool.name}/fleet/dana"
+    t0 = 1_800_000_000.0 - 1_800_000_000.0 % HOUR
+
+    (data / "Data" / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    first = backups.run_schedule(now=t0)
+    assert first.failed == [] and len(first.taken) == 1
+    full = backups.replication.status(["dana"])[0]
+    assert full["last_snapshot"] == first.taken[0][1] and full["snapshots_behind"] == 0
+
+    (data / "Data" / "small.bin").write_bytes(os.urandom(256 * 1024))
+    second = backups.run_schedule(now=t0 + HOUR)
+    assert second.failed == []
+    from sqlalchemy import select
+
+    from foundry_fleet.store.models import ReplicationRow
+
+    with backups.fleet.sessions() as s:
+        sent = s.scalars(select(ReplicationRow)).one().bytes_sent
+    assert 256 * 1024 <= sent <= 1.2 * 256 * 1024 + 64 * 1024, sent  # the change, not the 4 MiB again
+
+    zpool("export", second_pool.name)  # the USB disk is unplugged for four hours
+    for hour in range(2, 6):
+        (data / "Data" / f"hour{hour}.txt").write_text(str(hour))
+        offline = backups.run_schedule(now=t0 + hour * HOUR)
+        assert offline.failed == [] and len(offline.taken) == 1  # offline is not a failure of the round
+    local = backups.snapshots.names("dana")
+    # The plan here keeps two hours; everything the destination still wants stayed.
+    wanted = [Backups(backups.fleet).fmt.name(t0 + h * HOUR) for h in range(1, 6)]
+    assert set(wanted) <= set(local), local
+    behind = backups.replication.status(["dana"])[0]
+    assert behind["snapshots_behind"] == 4 and "not available" in behind["last_error"]
+
+    zpool("import", "-d", str(second_pool.file.parent), second_pool.name)
+    back = backups.run_schedule(now=t0 + 6 * HOUR)
+    assert back.failed == []
+    there = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", dest).stdout.split()
+    assert {f"{dest}@{n}" for n in wanted} <= set(there), there
+    caught_up = backups.replication.status(["dana"])[0]
+    assert caught_up["snapshots_behind"] == 0 and caught_up["last_error"] == ""
+    # Caught up, the plan here applies again: only two hours' worth (and the newest) remain.
+    assert len(backups.snapshots.names("dana")) <= 3
+    assert zfs("get", "-H", "-o", "value", "mounted", dest).stdout.strip() == "no"
