@@ -28,6 +28,11 @@ def broken_release(tmp_path: Path) -> Path:
 
 def test_upgrade_then_a_failed_upgrade_is_rolled_back(fleet: FleetHarness, release_zips: dict[str, Path],
                                                      tmp_path: Path) -> None:
+    upgrade_then_roll_back(fleet, release_zips, tmp_path)
+
+
+def upgrade_then_roll_back(fleet: FleetHarness, release_zips: dict[str, Path], tmp_path: Path) -> dict:
+    """Upgrade alice to 13.347, then to a broken 13.400 that is rolled back; returns alice's instance."""
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.cli("release", "add", str(release_zips["wrapped"]))  # 13.347
     fleet.cli("release", "add", str(broken_release(tmp_path)))
@@ -54,3 +59,4 @@ def test_upgrade_then_a_failed_upgrade_is_rolled_back(fleet: FleetHarness, relea
     assert same.code == 4 and "already runs" in same.err
     missing = fleet.cli("instance", "upgrade", "alice", "--release", "13.999", check=False)
     assert missing.code == 3 and fleet.instance("alice")["state"] == "running"
+    return inst

@@ -16,6 +16,7 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import make_backups, open_fleet
 from tests.conftest import make_fleet
 from tests.harness import FleetHarness, kill_processes_with
+from tests.test_e2e_upgrade import upgrade_then_roll_back
 from tests.zfs_support import FilePool, make_file_pool, zfs, zpool
 
 pytestmark = pytest.mark.e2e
@@ -195,3 +196,40 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
     # Caught up, the plan here applies again: only two hours' worth (and the newest) remain.
     assert len(backups.snapshots.names("dana")) <= 3
     assert zfs("get", "-H", "-o", "value", "mounted", dest).stdout.strip() == "no"
+
+
+def test_a_failed_upgrade_on_zfs_swaps_the_install_back_and_restores_the_data(
+    zfs_fleet: FleetHarness, zfs_base: str, release_zips: dict[str, Path], tmp_path: Path
+) -> None:
+    inst = upgrade_then_roll_back(zfs_fleet, release_zips, tmp_path)
+    origin = zfs("get", "-H", "-o", "value", "origin", f"{zfs_base}/instances/alice/install").stdout.strip()
+    assert origin == f"{zfs_base}/releases/13.347@pristine"
+    names = [s["name"] for s in zfs_fleet.cli("backup", "list", "alice", "--json").json()]
+    assert sum(n.startswith("pre-upgrade-") for n in names) == 2 and any(n.startswith("safety-") for n in names)
+    assert Path(inst["data_dir"], "Data", "world.db").read_text() == "campaign state"
+
+
+def test_delete_takes_a_final_snapshot_kept_with_the_archive_and_purge_reaches_the_destination(
+    zfs_fleet: FleetHarness, zfs_base: str, second_pool: FilePool, release_zips: dict[str, Path]
+) -> None:
+    zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    for name in ("erin", "finn"):
+        inst = zfs_fleet.cli("instance", "create", name, "--release", "13.345", "--no-start", "--json").json()
+        Path(inst["instance"]["data_dir"], "Data", "world.db").write_text(f"{name}'s last session")
+    _fleet_with_destination(zfs_fleet, f"{second_pool.name}/fleet", "1d=>1h", "1d=>1h")
+
+    kept = zfs_fleet.cli("instance", "delete", "erin").out
+    assert "data kept at" in kept
+    archived = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", f"{zfs_base}/archive").stdout
+    assert "/data@final-" in archived
+
+    zfs_fleet.cli("instance", "delete", "finn", "--purge", "--yes")
+    assert zfs("list", f"{zfs_base}/instances/finn", check=False).returncode != 0
+    there = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", f"{second_pool.name}/fleet/finn").stdout
+    assert "@final-" in there, "the purged instance's last state lives on at the destination"
+
+    zfs_fleet.cli("instance", "create", "gwen", "--release", "13.345", "--no-start")
+    zpool("export", second_pool.name)
+    refused = zfs_fleet.cli("instance", "delete", "gwen", "--purge", "--yes", check=False)
+    assert refused.code == 7 and "could not reach backup destination usb" in refused.err
+    assert zfs("list", f"{zfs_base}/instances/gwen/data").returncode == 0  # nothing was lost
