@@ -107,9 +107,11 @@ class Replication:
         infos = self.snapshots.list(instance)
         source = [s.name for s in infos]
         created = {s.name: s.created_at for s in infos}
+        if not source or self._rows(instance).get(section.name) == source[-1]:
+            # Nothing new since the last round that reached it: no need to ask the destination (the
+            # daemon's rounds come every 30 s; snapshots far less often).
+            return SyncResult(instance, section.name, None, 0, 0)
         there = dest.snapshots(instance)
-        if not source:
-            return self._record(instance, section.name, now, last=None, created=None)
         common = next((n for n in reversed(source) if n in set(there)), None)
         if there and common is None:
             raise ExternalFailure(

@@ -28,8 +28,6 @@ _SHARED_MOUNT = Path("Data") / "shared"
 def restore_in_place(snapshot: Path, data: Path, name: str, uid: int | None) -> None:
     tmp = data / (MARKER + ".new")
     tmp.write_text(name + "\n")
-    if uid is not None:
-        os.chown(tmp, 0, 0)
     os.chmod(tmp, 0o600)
     os.replace(tmp, data / MARKER)
     _replace_contents(snapshot, data, uid)

@@ -126,7 +126,7 @@ class ZfsSnapshots:
 
     def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
         restore_in_place(self.path(instance, name), data, name, uid)
-        self.sweep_views(idle_seconds=0.0)
+        self._drop_view(self._view_dataset(instance, name))
 
     def finish_restore(self, instance: str, data: Path) -> str | None:
         return finish_restore_in_place(data, lambda name: self.path(instance, name))
