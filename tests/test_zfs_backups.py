@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import make_backups, open_fleet
 from tests.conftest import make_fleet
-from tests.harness import FleetHarness, kill_processes_with
+from tests.harness import BIN, FleetHarness, kill_processes_with, wait_until
 from tests.test_e2e_upgrade import upgrade_then_roll_back
 from tests.zfs_support import FilePool, make_file_pool, zfs, zpool
 
@@ -121,22 +122,37 @@ def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
     assert with_bad_session.read_text() == "session 2 went badly"
 
 
-def test_an_interrupted_restore_on_zfs_is_redone_at_the_next_start(
+def test_a_restore_killed_half_way_is_redone_at_the_next_start(
     zfs_fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
     inst = zfs_fleet.cli("instance", "create", "carol", "--release", "13.345", "--no-start", "--json").json()["instance"]
     data = Path(inst["data_dir"])
-    (data / "Data" / "world.db").write_text("the good state")
+    for i in range(40):  # enough that the copy back takes a while
+        (data / "Data" / f"scene{i}.webp").write_bytes(os.urandom(1024 * 1024))
     snap = zfs_fleet.cli("backup", "now", "carol", "--json").json()["name"]
     want = tree_digest(data)
-    # A restore that got as far as deleting the live files when the host went down.
-    (data / ".fleet-restore").write_text(snap + "\n")
-    (data / "Data" / "world.db").unlink()
+    (data / "Data" / "scene0.webp").write_bytes(b"changed after the snapshot")
+    changed = tree_digest(data)
+
+    restore = subprocess.Popen([str(BIN), "--config", str(zfs_fleet.config), "backup", "restore", "carol", snap,
+                                "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = data / ".fleet-restore"
+    wait_until(lambda: marker.exists() or restore.poll() is not None, 60, "the restore to begin")
+    restore.kill()
+    restore.wait()
+    assert marker.exists(), "the restore finished before it could be interrupted: make the data bigger"
+    assert tree_digest(data) != want  # half way: neither the old data nor the snapshot's
+
     zfs_fleet.up()
     zfs_fleet.cli("instance", "start", "carol")
     zfs_fleet.wait_state("carol", "running")
-    assert tree_digest(data) == want and not (data / ".fleet-restore").exists()
+    assert tree_digest(data) == want and not marker.exists()
+    safety = [s["name"] for s in zfs_fleet.cli("backup", "list", "carol", "--json").json()
+              if s["name"].startswith("safety-")]
+    assert len(safety) == 1
+    fleet = open_fleet(load_config(zfs_fleet.config))
+    assert tree_digest(fleet.storage.snapshots.path("carol", safety[0])) == changed  # nothing was lost
 
 
 def _fleet_with_destination(h: FleetHarness, dest: str, source_plan: str, dest_plan: str) -> Backups:
