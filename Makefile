@@ -10,8 +10,9 @@ BIN = $(VENV)/bin
 SYSTEM_PACKAGES = bubblewrap iptables util-linux procps restic
 # Only for `make test`: headless Chromium (and its driver) for the browser test through the edge,
 # certutil (libnss3-tools) so that browser trusts the fleet's local CA, and zfs-fuse for the ZFS
-# storage tests (their fixture starts its daemon and makes pools on files). `make run` needs none.
-TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools zfs-fuse
+# storage tests (their fixture starts its daemon and makes pools on files), and an ssh server and
+# client for replication to a ZFS destination over ssh. `make run` needs none.
+TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools zfs-fuse openssh-server openssh-client
 
 .PHONY: run test bench system-deps test-system-deps clean
 
@@ -19,7 +20,7 @@ system-deps:
 	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $$(command -v node >/dev/null || echo nodejs) -- bwrap node iptables setpriv restic
 
 test-system-deps:
-	@tools/ensure-debian-packages "for the browser and ZFS tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool
+	@tools/ensure-debian-packages "for the browser and ZFS tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

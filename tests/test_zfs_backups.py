@@ -4,7 +4,9 @@ replication into a second pool that goes offline and comes back."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import make_backups, open_fleet
 from tests.conftest import make_fleet
+from tests.ports import port_block
 from tests.harness import BIN, FleetHarness, kill_processes_with, wait_until
 from tests.test_e2e_upgrade import upgrade_then_roll_back
 from tests.zfs_support import FilePool, make_file_pool, zfs, zpool
@@ -155,9 +158,10 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
     assert tree_digest(fleet.storage.snapshots.path("carol", safety[0])) == changed  # nothing was lost
 
 
-def _fleet_with_destination(h: FleetHarness, dest: str, source_plan: str, dest_plan: str) -> Backups:
+def _fleet_with_destination(h: FleetHarness, dest: str, source_plan: str, dest_plan: str,
+                            extra: str = "") -> Backups:
     text = h.config.read_text().replace('plan = "7d=>1h,30d=>1d,1y=>1w"', f'plan = "{source_plan}"')
-    text += f'\n[[backups.destinations]]\nname = "usb"\ntarget = "{dest}"\nplan = "{dest_plan}"\n'
+    text += f'\n[[backups.destinations]]\nname = "usb"\ntarget = "{dest}"\nplan = "{dest_plan}"\n{extra}'
     h.config.write_text(text)
     return make_backups(open_fleet(load_config(h.config), actor="test"))
 
@@ -249,3 +253,77 @@ def test_delete_takes_a_final_snapshot_kept_with_the_archive_and_purge_reaches_t
     refused = zfs_fleet.cli("instance", "delete", "gwen", "--purge", "--yes", check=False)
     assert refused.code == 7 and "could not reach backup destination usb" in refused.err
     assert zfs("list", f"{zfs_base}/instances/gwen/data").returncode == 0  # nothing was lost
+
+
+class Sshd:
+    """A real sshd on a loopback port that lets in one key, as root: the far side of an ssh destination."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = port_block()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "host")], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "client")], check=True)
+        (directory / "authorized_keys").write_text((directory / "client.pub").read_text())
+        (directory / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\n"
+            f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+            f"PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {directory / 'sshd.pid'}\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: subprocess.run(["ssh", *self.options(), "root@127.0.0.1", "true"],
+                                          capture_output=True).returncode == 0, 20, "sshd")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    def options(self) -> list[str]:
+        return ["-p", str(self.port), "-i", str(self.dir / "client"), "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    if shutil.which("/usr/sbin/sshd") is None:
+        pytest.fail("openssh-server is missing (make test installs it)")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    server = Sshd(d)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_replication_over_ssh_and_a_host_that_stops_answering(
+    zfs_fleet: FleetHarness, second_pool: FilePool, sshd: Sshd, release_zips: dict[str, Path]
+) -> None:
+    zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    inst = zfs_fleet.cli("instance", "create", "hana", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    data = Path(inst["data_dir"])
+    ssh_command = json.dumps(["ssh", *sshd.options()])
+    backups = _fleet_with_destination(zfs_fleet, f"root@127.0.0.1:{second_pool.name}/remote", "1d=>1h", "1d=>1h",
+                                      extra=f"ssh_command = {ssh_command}\n")
+    t0 = 1_800_000_000.0 - 1_800_000_000.0 % HOUR
+    dest = f"{second_pool.name}/remote/hana"
+
+    (data / "Data" / "world.db").write_text("hour 0")
+    assert backups.run_schedule(now=t0).failed == []
+    assert zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", dest).stdout.count("@") == 1
+
+    sshd.stop()  # the backup host goes away
+    (data / "Data" / "world.db").write_text("hour 1")
+    away = backups.run_schedule(now=t0 + HOUR)
+    assert away.failed == []
+    row = backups.replication.status(["hana"])[0]
+    assert row["snapshots_behind"] == 1 and "does not answer" in row["last_error"]
+
+    sshd.start()
+    assert backups.run_schedule(now=t0 + 2 * HOUR).failed == []
+    assert zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", dest).stdout.count("@") == 3
+    assert backups.replication.status(["hana"])[0]["snapshots_behind"] == 0

@@ -159,6 +159,8 @@ class DestinationSection(_Section):
     plan: str = Field(description="znapzend syntax: what the destination keeps")
     instances: list[str] = Field(default_factory=list, description="only these instances; empty: all")
     password_file: Path | None = Field(None, description="restic: the repository's password, a 0600 file")
+    ssh_command: list[str] = Field(default_factory=lambda: ["ssh"], min_length=1,
+                                   description='ZFS over ssh: the ssh to run, e.g. ["ssh", "-p", "2222", "-i", "key"]')
 
     _plan = field_validator("plan")(_checked_plan)
 

@@ -58,7 +58,7 @@ def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[Desti
         else:
             from foundry_fleet.storage.zfs_destination import ZfsDestination
 
-            dest = ZfsDestination(section.target, storage.layout.data)  # type: ignore[attr-defined]
+            dest = ZfsDestination(section.target, storage.layout.data, ssh=section.ssh_command)  # type: ignore[attr-defined]
         out.append((section, dest))
     return out
 

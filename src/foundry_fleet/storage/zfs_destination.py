@@ -30,7 +30,7 @@ class DestinationOffline(ExternalFailure):
 
 class ZfsDestination:
     def __init__(self, target: str, source_dataset: Callable[[str], str], runner: ZfsRunner | None = None,
-                 ssh: str = "ssh") -> None:
+                 ssh: Sequence[str] = ("ssh",)) -> None:
         self.target = target
         self.source_dataset = source_dataset  # instance -> the dataset its snapshots are of
         host, sep, dataset = target.rpartition(":")
@@ -39,7 +39,7 @@ class ZfsDestination:
                                "write the destination as POOL/PATH or user@host:POOL/PATH")
         self.pool, self.base = parse_base(dataset)
         self.host = host or None
-        self._remote = [ssh, *_SSH_OPTIONS, host, "--"] if host else []
+        self._remote = [*ssh, *_SSH_OPTIONS, host, "--"] if host else []
         self.zfs = runner or ZfsRunner()
 
     def dataset(self, instance: str) -> str:
@@ -131,7 +131,7 @@ def _pipe(send: list[str], receive: list[str]) -> int:
         t.join()
     if sent != 0 or received != 0:
         said = " / ".join(errors.get(k, b"").decode(errors="replace").strip() for k in ("send", "recv") if errors.get(k))
-        if receive[0] != "zfs" and received == 255:
+        if receive[0] != "zfs" and received == 255:  # ssh's own failure
             raise DestinationOffline(f"the connection broke during `zfs recv`: {said}", "it is retried next round")
         raise ExternalFailure(f"`{' '.join(send)} | {' '.join(receive)}` failed: {said or 'no message'}",
                               "check both pools (zpool status); the next round retries from the last common snapshot")
