@@ -97,10 +97,10 @@ class Replication:
                 try:
                     results.append(self._sync(instance, section, dest, now))
                 except DestinationOffline as e:
-                    offline = e.message
-                    results.append(self._record(instance, section.name, now, error=e.message, offline=True))
+                    offline = _said(e)
+                    results.append(self._record(instance, section.name, now, error=offline, offline=True))
                 except ExternalFailure as e:
-                    results.append(self._record(instance, section.name, now, error=e.message))
+                    results.append(self._record(instance, section.name, now, error=_said(e)))
         return results
 
     def _sync(self, instance: str, section: DestinationSection, dest: Destination, now: float) -> SyncResult:
@@ -184,3 +184,8 @@ class Replication:
                     "last_error": row.last_error if row else "",
                 })
         return out
+
+
+def _said(e: ExternalFailure) -> str:
+    """The message with what to do about it: `backup status` shows this, and nothing else, to the operator."""
+    return f"{e.message} ({e.hint})" if e.hint else e.message

@@ -48,7 +48,8 @@ class ResticDestination:
             raise ExternalFailure(f"restic password file {self.password_file}: {e.strerror}",
                                   "create it (chmod 600) or fix password_file in fleet.toml") from e
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ExternalFailure(f"restic password file {self.password_file} is readable by others",
+            raise ExternalFailure(f"restic password file {self.password_file} is readable by others: "
+                                  f"chmod 600 {self.password_file}",
                                   f"chmod 600 {self.password_file}")
         return {**os.environ, "RESTIC_REPOSITORY": self.target, "RESTIC_PASSWORD_FILE": str(self.password_file),
                 "RESTIC_CACHE_DIR": str(self.password_file.parent / ".restic-cache"), "LC_ALL": "C"}
@@ -62,7 +63,9 @@ class ResticDestination:
                                   "install it (Debian: apt-get install restic)") from None
         if done.returncode != 0:
             said = done.stderr.strip().splitlines()
-            message = said[-1] if said else f"exit {done.returncode}"
+            # restic's reason is its "Fatal: ..." line; what follows it is advice such as the repository's location.
+            fatal = [line for line in said if line.startswith("Fatal:")]
+            message = fatal[0] if fatal else said[-1] if said else f"exit {done.returncode}"
             lowered = done.stderr.lower()
             if any(m in lowered for m in _OFFLINE_MARKERS):
                 raise DestinationOffline(f"backup destination {self.target} does not answer: {message}",
