@@ -205,6 +205,10 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
     assert set(wanted) <= set(local), local
     behind = backups.replication.status(["dana"])[0]
     assert behind["snapshots_behind"] == 4 and "not available" in behind["last_error"]
+    shown = zfs_fleet.cli("backup", "status", "dana", "--json").json()
+    assert shown["destinations"] == [behind | {"seconds_behind": shown["destinations"][0]["seconds_behind"]}]
+    table = zfs_fleet.cli("backup", "status").out
+    assert "usb" in table and "4 snapshot(s)" in table
 
     zpool("import", "-d", str(second_pool.file.parent), second_pool.name)
     back = backups.run_schedule(now=t0 + 6 * HOUR)

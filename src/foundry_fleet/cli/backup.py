@@ -114,7 +114,7 @@ def status(
         t.add_row(row["instance"], row["plan"], str(row["snapshots"]), row["newest"] or "-")
     console.print(t)
     if not result["destinations"]:
-        console.print("no backup destinations ([[backups.destinations]] in fleet.toml)")
+        console.print(escape("no backup destinations ([[backups.destinations]] in fleet.toml)"))
         return
     t = Table(title="backup destinations")
     for col in ("instance", "destination", "last synced", "behind", "last error"):
