@@ -10,7 +10,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "install_cost.py", "create_to_healthy.py", "daemon_idle.py",
     "edge_push.py", "edge_websockets.py", "edge_ttfb.py",
-    "thinning.py", "snapshot_cost.py",
+    "thinning.py", "snapshot_cost.py", "zfs_snapshot_many.py", "replication_bytes.py",
 ]
 
 for script in SCRIPTS:

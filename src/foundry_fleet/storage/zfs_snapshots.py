@@ -103,10 +103,13 @@ class ZfsSnapshots:
             if "dataset already exists" in e.stderr:
                 raise Conflict(f"a snapshot named {name!r} already exists", "choose another label") from e
             raise
+        # One `zfs get` names exactly the new snapshots: reading each instance's list would grow with its history.
+        found = self.zfs.get(_SNAP_PROPS, *(f"{self.layout.data(i)}@{name}" for i in instances))
         infos = []
         for instance in instances:
-            info = next((s for s in self.list(instance) if s.name == name), None)
-            infos.append(info or SnapshotInfo(name, time.time(), 0, 0))
+            props = found.get(f"{self.layout.data(instance)}@{name}")
+            infos.append(SnapshotInfo(name, float(props["creation"].as_int() or 0), props["used"].as_int() or 0, 0,
+                                      props["referenced"].as_int() or 0) if props else SnapshotInfo(name, time.time(), 0, 0))
         return infos
 
     def destroy(self, instance: str, name: str) -> None:
