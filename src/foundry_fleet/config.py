@@ -202,6 +202,38 @@ class LogsSection(_Section):
     keep: int = Field(5, ge=1)
 
 
+_SNOWFLAKE = r"^[0-9]{15,21}$"
+
+
+class DiscordSection(_Section):
+    """The bot, and Discord sign-in for tenants' backup pages. The fleet runs fine with neither."""
+
+    token_file: Path | None = Field(None, description="the bot token, a 0600 file; set: `up` starts the bot")
+    guild_id: str | None = Field(None, pattern=_SNOWFLAKE, description="the server whose members the bot serves")
+    admin_role: str = Field("fleet-admin", min_length=1, max_length=100, description="members with it are admins")
+    admin_users: list[str] = Field(default_factory=list, description="Discord user ids that are always admins")
+    ops_channel_id: str | None = Field(None, pattern=_SNOWFLAKE, description="where status updates go")
+    client_id: str | None = Field(None, pattern=_SNOWFLAKE, description="OAuth2 application id (backup sign-in)")
+    client_secret_file: Path | None = Field(None, description="OAuth2 client secret, a 0600 file")
+    oauth_base: str = Field("https://discord.com", description="tests only: a stand-in Discord")
+    api_base: str = Field("https://discord.com/api", description="tests only: a stand-in Discord API")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a backup sign-in lasts")
+
+    @field_validator("admin_users")
+    @classmethod
+    def _admin_users(cls, v: list[str]) -> list[str]:
+        import re
+
+        bad = [u for u in v if not re.match(_SNOWFLAKE, u)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a Discord user id (15-21 digits; Developer Mode: Copy User ID)")
+        return v
+
+    @property
+    def login_enabled(self) -> bool:
+        return self.client_id is not None and self.client_secret_file is not None
+
+
 class FleetConfig(_Section):
     fleet: FleetSection
     edge: EdgeSection = EdgeSection()
@@ -213,6 +245,7 @@ class FleetConfig(_Section):
     limits: LimitsSection = LimitsSection()
     backups: BackupsSection = BackupsSection()
     logs: LogsSection = LogsSection()
+    discord: DiscordSection = DiscordSection()
 
     @property
     def root(self) -> Path:
@@ -312,6 +345,11 @@ def load_config(path: Path) -> FleetConfig:
     releases = raw.get("releases")
     if isinstance(releases, dict) and isinstance(releases.get("cache_dir"), str):
         releases["cache_dir"] = str((base / releases["cache_dir"]).resolve())
+    discord = raw.get("discord")
+    if isinstance(discord, dict):
+        for key in ("token_file", "client_secret_file"):
+            if isinstance(discord.get(key), str) and discord[key]:
+                discord[key] = str((base / discord[key]).resolve())
     backups = raw.get("backups")
     for dest in (backups.get("destinations") or []) if isinstance(backups, dict) else []:
         if isinstance(dest, dict) and isinstance(dest.get("password_file"), str):

@@ -20,7 +20,7 @@ from foundry_fleet import __version__
 from foundry_fleet.domain.errors import FleetError, InvalidInput
 
 STATUS_CODES = {"invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422, "external": 502,
-                "daemon_not_running": 503}
+                "daemon_not_running": 503, "forbidden": 403, "rate_limited": 429}
 
 
 @dataclass(frozen=True)

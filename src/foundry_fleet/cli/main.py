@@ -14,6 +14,7 @@ from rich.markup import escape
 from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
+from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
@@ -31,6 +32,7 @@ app.add_typer(instance_cmds.app, name="instance")
 app.add_typer(edge_cmds.app, name="edge")
 app.add_typer(backup_cmds.app, name="backup")
 app.add_typer(storage_cmds.app, name="storage")
+app.add_typer(invite_cmds.app, name="invite")
 
 ConfigOption = Annotated[
     Optional[str],

@@ -53,7 +53,26 @@ class ExternalFailure(FleetError):
     exit_code = 7
 
 
+class Forbidden(FleetError):
+    """The person asking may not do this (not the instance's owner, not an admin)."""
+
+    kind = "forbidden"
+    exit_code = 8
+
+
+class RateLimited(FleetError):
+    """Too many attempts or requests; `retry_after` seconds until the next one is accepted."""
+
+    kind = "rate_limited"
+    exit_code = 9
+
+    def __init__(self, message: str, hint: str | None = None, retry_after: float = 0.0) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
+
+
 ERROR_KINDS: dict[str, type[FleetError]] = {
     cls.kind: cls
-    for cls in (FleetError, InvalidInput, NotFound, Conflict, Unsupported, DaemonNotRunning, ExternalFailure)
+    for cls in (FleetError, InvalidInput, NotFound, Conflict, Unsupported, DaemonNotRunning, ExternalFailure,
+                Forbidden, RateLimited)
 }

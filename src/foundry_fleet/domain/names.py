@@ -61,3 +61,15 @@ def validate_domain(domain: str) -> str:
                 "use lowercase letters, digits, dashes and dots",
             )
     return d
+
+
+_SNOWFLAKE = re.compile(r"^[0-9]{15,21}$")
+
+
+def validate_discord_id(value: str) -> str:
+    """A Discord user id (a snowflake), also accepted in mention form `<@id>` / `<@!id>`."""
+    text = str(value).strip().removeprefix("<@").removeprefix("!").removesuffix(">")
+    if not _SNOWFLAKE.match(text):
+        raise InvalidInput(f"{value!r} is not a Discord user id",
+                           "copy it in Discord (Developer Mode: right-click the user, Copy User ID)")
+    return text

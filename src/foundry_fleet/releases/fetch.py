@@ -142,6 +142,13 @@ def download(
             client.close()  # a caller's transport stays open: the caller may reuse it
 
 
+def check_download_url(url: str, policy: DownloadPolicy) -> str:
+    """Refuse, before anything is downloaded, a URL the download itself would refuse (scheme, host, address);
+    returns it as given."""
+    _check_url(_parse(url), policy)
+    return url
+
+
 def _parse(url: str) -> httpx.URL:
     # The same parsed object is checked and requested, so no two URL parsers can disagree on the host.
     try:

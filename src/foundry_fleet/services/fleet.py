@@ -22,7 +22,7 @@ from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotF
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import build_license, build_options, normalise_license_key
 from foundry_fleet.domain.instance import DesiredState, InstanceState
-from foundry_fleet.domain.names import validate_domain, validate_instance_name
+from foundry_fleet.domain.names import validate_discord_id, validate_domain, validate_instance_name
 from foundry_fleet.domain.ports import choose_port
 from foundry_fleet.edge.caddy_config import TenantSite
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, node_range_for
@@ -46,13 +46,6 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def validate_discord_id(value: str) -> str:
-    v = value.strip()
-    if not v.isdigit() or not 15 <= len(v) <= 21:
-        raise InvalidInput(f"{value!r} is not a Discord user id", "Discord ids are 17-20 digit numbers (Developer Mode: Copy User ID)")
-    return v
 
 
 class Fleet:

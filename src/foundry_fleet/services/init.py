@@ -103,6 +103,20 @@ tsformat = "%Y-%m-%d-%H%M%SZ"
 # instances = []           # only these instances; empty: all
 # password_file = "restic-password"
 
+[discord]
+# Optional. With a bot token file, `up` starts the Discord bot: invites, the tenant setup wizard,
+# everyday commands, and status updates in ops_channel_id. With client_id and client_secret_file,
+# tenants sign in with Discord to fetch their backups at https://<instance>.<domain>/backups/
+# (register https://<fleet_host>.<domain>/auth/callback as the app's redirect URI).
+# token_file = "discord-token"        # chmod 600
+# guild_id = "123456789012345678"
+admin_role = "fleet-admin"
+admin_users = []                      # Discord user ids that are admins in any case
+# ops_channel_id = "123456789012345678"
+# client_id = "123456789012345678"
+# client_secret_file = "discord-client-secret"   # chmod 600
+session_hours = 12.0
+
 [logs]
 max_kb = 10240             # rotate an instance's log at this size ...
 keep = 5                   # ... keeping this many old files

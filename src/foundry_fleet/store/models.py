@@ -1,4 +1,5 @@
-"""Tables: tenants, releases, instances, events, replication state."""
+"""Tables: tenants, releases, instances, events, replication state, invites, setup wizards, sign-in
+sessions and tickets, and what the notifier has sent."""
 
 from __future__ import annotations
 
@@ -96,3 +97,78 @@ class ReplicationRow(Base):
     last_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     bytes_sent: Mapped[int] = mapped_column(Integer, default=0)  # in the last successful round
+
+
+class InviteRow(Base):
+    """An invitation to become a tenant: bound to one Discord user, or a shareable code (stored hashed).
+    Single-use: `used_at` is set once, by the redeeming user."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    discord_user_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    code_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class CodeFailureRow(Base):
+    """Wrong invite codes tried by one Discord user: enough of them within the window locks them out."""
+
+    __tablename__ = "code_failures"
+
+    discord_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[float] = mapped_column(Float, default=time.time)
+    locked_until: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class WizardRow(Base):
+    """A tenant's setup in progress (one per Discord user). The license key is not here: it waits in a
+    0600 file beside the database until the instance is made."""
+
+    __tablename__ = "wizards"
+
+    discord_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    invite_id: Mapped[int] = mapped_column(ForeignKey("invites.id"))
+    step: Mapped[str] = mapped_column(String(20))
+    instance_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    release_version: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")  # what the last step said (errors included)
+    started_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
+
+
+class WebSessionRow(Base):
+    """A signed-in browser on one tenant host (the cookie carries the id, signed); logout deletes it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    discord_user_id: Mapped[str] = mapped_column(String(32), index=True)
+    host: Mapped[str] = mapped_column(String(253))
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class UsedTicketRow(Base):
+    """Sign-in tickets already redeemed: each works once."""
+
+    __tablename__ = "used_tickets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class NotificationRow(Base):
+    """The last time a status update with this key went out, for de-duplication and rate limits."""
+
+    __tablename__ = "notifications"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_sent_at: Mapped[float] = mapped_column(Float)
+    suppressed: Mapped[int] = mapped_column(Integer, default=0)
