@@ -22,6 +22,7 @@ from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.edge.driver import Edge
+from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
@@ -71,6 +72,12 @@ class Upgrade(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     release: str
+
+
+class Suspend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=200)
 
 
 class SetHosts(BaseModel):
@@ -276,6 +283,24 @@ def create_app(
     async def list_events(target: str | None, limit: int) -> list[dict[str, Any]]:
         return [e.to_dict() for e in await run(fleet.events, target, limit)]
 
+    async def instance_logs(name: str, lines: int) -> dict[str, Any]:
+        return {"name": name, "lines": await run(fleet.log_tail, name, lines)}
+
+    async def list_releases() -> list[dict[str, Any]]:
+        return [r.to_dict() for r in await run(fleet.list_releases)]
+
+    @one_at_a_time
+    async def suspend(name: str, body: Suspend, actor: str) -> dict[str, Any]:
+        await run(fleet.acting_as(actor).suspend, name, body.reason)
+        supervisor.poke(name)
+        return await settle(name, True)
+
+    @one_at_a_time
+    async def resume(name: str, actor: str) -> dict[str, Any]:
+        await run(fleet.acting_as(actor).resume, name)
+        supervisor.poke(name)
+        return await settle(name, True)
+
     async def reconcile() -> dict[str, bool]:
         await supervisor.reconcile(poke=True)
         return {"ok": True}
@@ -283,34 +308,45 @@ def create_app(
     table = [
         Endpoint("GET", "/v1/health", "Is the daemon up?", health),
         Endpoint("GET", "/v1/status", "The daemon, the host's capabilities and every instance", status),
-        Endpoint("GET", "/v1/instances", "Every instance", list_instances, returns=list[InstanceView]),
+        Endpoint("GET", "/v1/instances", "Every instance (a tenant sees their own)", list_instances,
+                 returns=list[InstanceView], tenant_action="mine"),
         Endpoint("POST", "/v1/instances", "Create an instance (and start it unless start is false)",
                  create_instance, body=CreateInstance, status=201, changes_state=True),
-        Endpoint("GET", "/v1/instances/{name}", "One instance", get_instance, returns=InstanceView),
+        Endpoint("GET", "/v1/instances/{name}", "One instance", get_instance, returns=InstanceView,
+                 tenant_action="view"),
+        Endpoint("GET", "/v1/instances/{name}/logs", "The last lines of an instance's server log", instance_logs,
+                 query=(Param("lines", int, 50, "how many (at most 1000)"),), tenant_action="logs"),
+        Endpoint("POST", "/v1/instances/{name}/suspend", "Stop an instance and keep it stopped until resumed",
+                 suspend, body=Suspend, returns=InstanceView, changes_state=True),
+        Endpoint("POST", "/v1/instances/{name}/resume", "Lift a suspension and start the instance",
+                 resume, returns=InstanceView, changes_state=True),
+        Endpoint("GET", "/v1/releases", "Releases in the cache", list_releases, tenant_action="anyone"),
         Endpoint("POST", "/v1/instances/{name}/start", "Start an instance (also after it failed)",
-                 start_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
+                 start_instance, query=(WAIT,), returns=InstanceView, changes_state=True, tenant_action="start"),
         Endpoint("POST", "/v1/instances/{name}/stop", "Stop an instance gracefully",
-                 stop_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
+                 stop_instance, query=(WAIT,), returns=InstanceView, changes_state=True, tenant_action="stop"),
         Endpoint("POST", "/v1/instances/{name}/restart", "Restart an instance",
-                 restart_instance, query=(WAIT,), returns=InstanceView, changes_state=True),
+                 restart_instance, query=(WAIT,), returns=InstanceView, changes_state=True,
+                 tenant_action="restart"),
         Endpoint("DELETE", "/v1/instances/{name}", "Delete an instance; its data is archived unless purge",
                  delete_instance, query=(Param("purge", bool, False, "destroy the data too"),), changes_state=True),
         Endpoint("PUT", "/v1/instances/{name}/hosts", "Set the hostnames an instance answers on besides its own",
                  set_hosts, body=SetHosts, returns=InstanceView, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),
         Endpoint("POST", "/v1/instances/{name}/backups", "Take a manual snapshot (never thinned)",
-                 take_snapshot, body=TakeSnapshot, status=201, changes_state=True),
-        Endpoint("GET", "/v1/instances/{name}/backups", "An instance's snapshots, oldest first", list_snapshots),
+                 take_snapshot, body=TakeSnapshot, status=201, changes_state=True, tenant_action="backup"),
+        Endpoint("GET", "/v1/instances/{name}/backups", "An instance's snapshots, oldest first", list_snapshots,
+                 tenant_action="backups"),
         Endpoint("GET", "/v1/backups/status", "Snapshots per instance, and where each backup destination stands",
                  backup_status, query=(Param("name", str, None, "only this instance"),)),
         Endpoint("PUT", "/v1/instances/{name}/backup-plan", "Set (or clear) an instance's own snapshot plan",
-                 set_plan, body=SetPlan, changes_state=True),
+                 set_plan, body=SetPlan, changes_state=True, tenant_action="backup-plan"),
         Endpoint("POST", "/v1/instances/{name}/upgrade",
                  "Upgrade to another release: snapshot first, roll back if it does not become healthy",
-                 upgrade, body=Upgrade, changes_state=True),
+                 upgrade, body=Upgrade, changes_state=True, tenant_action="upgrade"),
         Endpoint("POST", "/v1/instances/{name}/restore",
                  "Restore a snapshot: stop, keep the current data as a safety snapshot, restore, restart",
-                 restore, body=Restore, changes_state=True),
+                 restore, body=Restore, changes_state=True, tenant_action="restore"),
         Endpoint("GET", "/v1/events", "The event log, oldest first", list_events,
                  query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
                  returns=list[EventView]),
@@ -321,4 +357,4 @@ def create_app(
     async def openapi_json(_request: Request) -> JSONResponse:
         return JSONResponse(schema)
 
-    return Starlette(routes=[*routes(table), Route("/openapi.json", openapi_json, methods=["GET"])])
+    return Starlette(routes=[*routes(table, Access(fleet)), Route("/openapi.json", openapi_json, methods=["GET"])])

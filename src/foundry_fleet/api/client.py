@@ -37,14 +37,7 @@ class ControlClient:
                 f"the fleet daemon is not running (no answer on {self.socket_path})",
                 "start it with `foundry-fleet up`",
             ) from e
-        if r.status_code >= 400:
-            try:
-                body = r.json()
-                cls = ERROR_KINDS.get(body.get("error", ""), FleetError)
-                raise cls(body.get("message", r.text), body.get("hint"))
-            except ValueError:
-                raise FleetError(f"control API answered {r.status_code}: {r.text[:200]}") from None
-        return r.json()
+        return answer(r)
 
     def reachable(self) -> bool:
         if not self.socket_path.exists():
@@ -108,3 +101,15 @@ class ControlClient:
 
     def openapi(self) -> dict[str, Any]:
         return self._call("GET", "/openapi.json")
+
+
+def answer(r: httpx.Response) -> Any:
+    """The JSON of a control API response, or the FleetError it carries, as the kind it was raised as."""
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+        except ValueError:
+            raise FleetError(f"control API answered {r.status_code}: {r.text[:200]}") from None
+        cls = ERROR_KINDS.get(body.get("error", ""), FleetError)
+        raise cls(body.get("message", r.text), body.get("hint"))
+    return r.json()

@@ -6,10 +6,11 @@ since a route cannot exist without its entry.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from foundry_fleet import __version__
-from foundry_fleet.domain.errors import FleetError, InvalidInput
+from foundry_fleet.domain.errors import Forbidden, FleetError, InvalidInput
 
 STATUS_CODES = {"invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422, "external": 502,
                 "daemon_not_running": 503, "forbidden": 403, "rate_limited": 429}
@@ -42,6 +43,9 @@ class Endpoint:
     returns: Any = None  # a type, for the schema
     status: int = 200
     changes_state: bool = False  # handler takes `actor`: who asked, for the event log
+    # What a Discord principal needs to call it: None, admins only; "anyone"; "mine", anyone, the answer
+    # filtered to what they own; otherwise the action on the instance `{name}` (see services/access.py).
+    tenant_action: str | None = None
 
 
 def _parse_query(request: Request, params: tuple[Param, ...]) -> dict[str, Any]:
@@ -64,9 +68,26 @@ def _parse_query(request: Request, params: tuple[Param, ...]) -> dict[str, Any]:
     return out
 
 
-def _route(ep: Endpoint) -> Route:
+class Guard(Protocol):
+    """Says whether a principal may call an endpoint (raises Forbidden or NotFound if not)."""
+
+    def principal(self, discord_id: str, has_admin_role: bool = False) -> Any: ...
+
+    def require_admin(self, principal: Any, what: str = ...) -> None: ...
+
+    def instance(self, principal: Any, name: str, action: str = ...) -> Any: ...
+
+
+def _route(ep: Endpoint, guard: Guard | None) -> Route:
     async def endpoint(request: Request) -> JSONResponse:
         try:
+            principal = _principal(request, guard)
+            if principal is not None:
+                assert guard is not None
+                if ep.tenant_action is None:
+                    guard.require_admin(principal, f"{ep.method} {ep.path}")
+                elif ep.tenant_action not in ("mine", "anyone"):
+                    await asyncio.to_thread(guard.instance, principal, request.path_params["name"], ep.tenant_action)
             kwargs: dict[str, Any] = dict(request.path_params)
             kwargs.update(_parse_query(request, ep.query))
             if ep.body is not None:
@@ -77,8 +98,10 @@ def _route(ep: Endpoint) -> Route:
                     where = ".".join(str(x) for x in first["loc"]) or "body"
                     raise InvalidInput(f"request body: {where}: {first['msg']}") from None
             if ep.changes_state:
-                kwargs["actor"] = _actor(request)
+                kwargs["actor"] = principal.actor if principal is not None else _actor(request)
             result = await ep.handler(**kwargs)
+            if principal is not None and ep.tenant_action == "mine" and not principal.admin:
+                result = [item for item in result if item.get("owner") == principal.discord_id]
         except FleetError as exc:
             return JSONResponse(exc.to_dict(), status_code=STATUS_CODES.get(exc.kind, 500))
         return JSONResponse(result, status_code=ep.status)
@@ -96,8 +119,22 @@ def _actor(request: Request) -> str:
     return claimed if _ACTOR.match(claimed) else "api"
 
 
-def routes(endpoints: list[Endpoint]) -> list[Route]:
-    return [_route(ep) for ep in endpoints]
+PRINCIPAL_HEADER = "x-fleet-principal"  # "<discord id>", or "<discord id>;admin" for a member of the admin role
+
+
+def _principal(request: Request, guard: Guard | None) -> Any:
+    """The Discord user a trusted adapter (the bot) acts for, or None for the fleet's own user."""
+    claimed = request.headers.get(PRINCIPAL_HEADER)
+    if claimed is None:
+        return None
+    if guard is None:
+        raise Forbidden("this control API does not serve Discord users")
+    user, _, role = claimed.partition(";")
+    return guard.principal(user, has_admin_role=role == "admin")
+
+
+def routes(endpoints: list[Endpoint], guard: Guard | None = None) -> list[Route]:
+    return [_route(ep, guard) for ep in endpoints]
 
 
 def openapi(endpoints: list[Endpoint], title: str) -> dict[str, Any]:

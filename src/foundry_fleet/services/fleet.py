@@ -114,6 +114,7 @@ class Fleet:
             owner=row.owner.discord_id if row.owner else None,
             uid=row.uid,
             created_at=row.created_at,
+            suspended=row.suspended_reason,
         )
 
     def _creation_lock(self, name: str) -> FileLock:
@@ -427,6 +428,9 @@ class Fleet:
                 raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
             if row.desired == DesiredState.DELETED.value:
                 raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
+            if desired is DesiredState.RUNNING and row.suspended_reason is not None:
+                raise Conflict(f"instance {name} is suspended: {row.suspended_reason}",
+                               "a fleet admin can resume it (`instance resume`)")
             row.desired = desired.value
             if desired is DesiredState.RUNNING and row.state == InstanceState.FAILED.value:
                 # An explicit start after a crash loop: forget the loop and try again.
@@ -435,6 +439,38 @@ class Fleet:
                 row.state_reason = "start requested after failure"
             action = "instance.start" if desired is DesiredState.RUNNING else "instance.stop"
             record(s, self.actor, action, name, Outcome.OK, reason)
+            view = self.view(row)
+        self._changed()
+        return view
+
+    def log_tail(self, name: str, lines: int = 100) -> list[str]:
+        """The last lines of the instance's server log (at most 1000)."""
+        from foundry_fleet.runtime.logs import tail
+
+        self.get_instance(name)
+        return tail(self.config.paths.instance_logs(name) / "foundry.log", max(0, min(lines, 1000)))
+
+    def suspend(self, name: str, reason: str) -> InstanceView:
+        """Stop the instance and keep it stopped: its tenant cannot start it until an admin resumes it."""
+        reason = " ".join(reason.split())[:200] or "suspended by a fleet admin"
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            row.suspended_reason = reason
+            row.desired = DesiredState.STOPPED.value
+            record(s, self.actor, "instance.suspend", name, Outcome.OK, reason)
+            view = self.view(row)
+        self._changed()
+        return view
+
+    def resume(self, name: str) -> InstanceView:
+        """Lift a suspension and start the instance again."""
+        with self._session() as s:
+            row = self._instance_row(s, name)
+            if row.suspended_reason is None:
+                raise Conflict(f"instance {name} is not suspended")
+            row.suspended_reason = None
+            row.desired = DesiredState.RUNNING.value
+            record(s, self.actor, "instance.resume", name, Outcome.OK, "")
             view = self.view(row)
         self._changed()
         return view

@@ -23,6 +23,7 @@ class InstanceView:
     owner: str | None
     uid: int | None
     created_at: float
+    suspended: str | None = None  # why an admin suspended it; None: not suspended
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

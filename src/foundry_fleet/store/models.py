@@ -59,6 +59,8 @@ class Instance(Base):
     extra_hosts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     # znapzend-style plan for this instance's snapshots; None follows the fleet's [backups] plan.
     backup_plan: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set by an admin: the instance stays stopped, and its tenant cannot start it, until resumed.
+    suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     crash_times: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)

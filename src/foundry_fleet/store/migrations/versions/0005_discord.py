@@ -1,4 +1,4 @@
-"""invites, code failures, setup wizards, sign-in sessions and tickets, notifications
+"""invites, code failures, setup wizards, sign-in sessions and tickets, notifications; suspended instances
 
 Revision ID: 0005
 Revises: 0004
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("instances") as batch:
+        batch.add_column(sa.Column("suspended_reason", sa.Text, nullable=True))
     op.create_table(
         "invites",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -71,3 +73,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("notifications", "used_tickets", "web_sessions", "wizards", "code_failures", "invites"):
         op.drop_table(table)
+    with op.batch_alter_table("instances") as batch:
+        batch.drop_column("suspended_reason")

@@ -1,0 +1,76 @@
+"""Who may do what, decided here and not in Discord: a tenant acts on the instances they own, a fleet
+admin on all of them. Adapters (the bot, the control API) say who is asking; this module says yes or no.
+
+What a tenant may do to their own instance is a short list (`TENANT_ACTIONS`); everything else (creating
+and deleting instances, suspending, invites, the edge) is for admins. Someone who does not own an
+instance hears that it does not exist, so tenants cannot probe each other's names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foundry_fleet.domain.errors import Forbidden, NotFound
+from foundry_fleet.domain.names import validate_discord_id
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.views import InstanceView
+
+TENANT_ACTIONS = frozenset({
+    "view", "start", "stop", "restart", "logs", "backup", "backups", "restore", "upgrade", "backup-plan",
+})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A person acting through Discord (or signed in with it)."""
+
+    discord_id: str
+    admin: bool = False
+
+    def __post_init__(self) -> None:
+        validate_discord_id(self.discord_id)
+
+    @property
+    def actor(self) -> str:
+        return f"discord:{self.discord_id}"
+
+
+class Access:
+    def __init__(self, fleet: Fleet, admin_users: frozenset[str] = frozenset()) -> None:
+        self.fleet = fleet
+        self.admin_users = admin_users or frozenset(fleet.config.discord.admin_users)
+
+    def principal(self, discord_id: str, has_admin_role: bool = False) -> Principal:
+        """The principal for a Discord user: an admin by role or by the config's admin_users."""
+        user = validate_discord_id(discord_id)
+        return Principal(user, has_admin_role or user in self.admin_users)
+
+    def require_admin(self, principal: Principal, what: str = "this") -> None:
+        if not principal.admin:
+            raise Forbidden(f"only fleet admins may do {what}", "ask a fleet admin")
+
+    def instance(self, principal: Principal, name: str, action: str = "view") -> InstanceView:
+        """The instance, if `principal` may do `action` to it; NotFound for someone else's instance."""
+        view = self.fleet.get_instance(name)
+        if principal.admin:
+            return view
+        if view.owner != principal.discord_id:
+            raise NotFound(f"you have no instance named {name}", "see /fleet status for yours")
+        if action not in TENANT_ACTIONS:
+            raise Forbidden(f"only fleet admins may {action} an instance", "ask a fleet admin")
+        return view
+
+    def visible(self, principal: Principal) -> list[InstanceView]:
+        views = self.fleet.list_instances()
+        return views if principal.admin else [v for v in views if v.owner == principal.discord_id]
+
+    def owned_name(self, principal: Principal, name: str | None) -> str:
+        """The instance a command means: the one named, or the tenant's only one when none is named."""
+        if name:
+            return self.instance(principal, name).name
+        mine = [v.name for v in self.visible(principal) if v.owner == principal.discord_id]
+        if len(mine) == 1:
+            return mine[0]
+        if not mine:
+            raise NotFound("you have no instance yet", "accept your invite to set one up")
+        raise NotFound(f"you have {len(mine)} instances: say which ({', '.join(mine)})")
