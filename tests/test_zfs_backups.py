@@ -331,3 +331,15 @@ def test_replication_over_ssh_and_a_host_that_stops_answering(
     assert backups.run_schedule(now=t0 + 2 * HOUR).failed == []
     assert zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", dest).stdout.count("@") == 3
     assert backups.replication.status(["hana"])[0]["snapshots_behind"] == 0
+
+
+def test_a_quota_filling_up_becomes_a_status_update(zfs_fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    from foundry_fleet.services.status_updates import LogNotifier, StatusUpdates
+
+    zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    inst = zfs_fleet.cli("instance", "create", "ivy", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    updates = StatusUpdates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
+    assert updates.quota_updates() == []
+    Path(inst["data_dir"], "Data", "big.bin").write_bytes(os.urandom(60 * 1024 * 1024))  # of 64 MiB
+    wait_until(lambda: [u.instance for u in updates.quota_updates()] == ["ivy"], 60, "ZFS to count the bytes")
+    assert "of its storage quota" in updates.quota_updates()[0].text

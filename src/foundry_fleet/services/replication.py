@@ -148,12 +148,16 @@ class Replication:
                 row = ReplicationRow(instance=instance, destination=destination, last_error="", bytes_sent=0)
                 s.add(row)
             row.last_attempt_at = now
+            newly_failing = bool(error) and not row.last_error
             row.last_error = error
             if not error:
                 row.last_snapshot, row.last_snapshot_at, row.last_sync_at = last, created, now
                 row.bytes_sent = bytes_sent
         if error:
             log.warning("replication of %s to %s: %s", instance, destination, error)
+        if newly_failing:  # once when it starts failing, not every round while it stays so
+            self.fleet.record_event("backup.replicate", instance, Outcome.FAILED, f"{destination}: {error}",
+                                    actor="scheduler")
         return SyncResult(instance, destination, sent_to, bytes_sent, thinned, error, offline)
 
     def status(self, instances: list[str], now: float | None = None) -> list[dict[str, object]]:

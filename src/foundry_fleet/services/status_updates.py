@@ -1,0 +1,215 @@
+"""Status updates: the fleet's events, turned into short messages for the ops channel and the owner.
+
+Fed by the event log (read since the last one seen, so nothing is missed while a delivery is slow), plus
+periodic checks of what has no event (a quota filling up). Each update has a key (what happened to
+which instance): the same key is sent at most once per `repeat_after`, later ones are counted and the
+count is told with the next; the ops channel gets at most `ops_burst` messages per `ops_window`. A
+tenant whose DMs cannot be delivered (DMs closed, not sharing a server) is not tried again for
+`dm_block`, so one closed inbox never turns into a retry loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import func, select
+
+from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.store.models import EventRow, NotificationRow
+
+log = logging.getLogger(__name__)
+
+
+class Undeliverable(ExternalFailure):
+    """This recipient cannot be reached (for example a Discord user with DMs closed)."""
+
+
+class Notifier(Protocol):
+    """Where updates go: Discord (the bot), or the log when no bot is configured."""
+
+    async def post_ops(self, text: str) -> None: ...
+
+    async def send_dm(self, user_id: str, text: str) -> None:
+        """Raises Undeliverable when the user cannot receive it."""
+
+
+class LogNotifier:
+    async def post_ops(self, text: str) -> None:
+        log.info("status: %s", text)
+
+    async def send_dm(self, user_id: str, text: str) -> None:
+        log.info("status for %s: %s", user_id, text)
+
+
+@dataclass(frozen=True)
+class Update:
+    key: str  # what happened to what: de-duplication is by this
+    instance: str | None
+    text: str
+
+
+# action, outcome -> how it reads. Everything else (routine successes) is not worth a message.
+_WORDING = {
+    ("instance.crashed", "failed"): "crashed and is being restarted",
+    ("instance.failed", "failed"): "has stopped after crashing repeatedly",
+    ("instance.start", "failed"): "could not start",
+    ("instance.restart", "ok"): "is running again after a crash",
+    ("instance.upgrade", "ok"): "was upgraded",
+    ("instance.upgrade", "failed"): "was not healthy on the new release and was rolled back",
+    ("backup.snapshot", "failed"): "backup failed",
+    ("backup.thin", "failed"): "removing old backups failed",
+    ("backup.replicate", "failed"): "copying backups off-site failed",
+    ("edge.certificate", "failed"): "has a certificate problem",
+}
+
+
+def update_for(action: str, outcome: str, target: str, message: str) -> Update | None:
+    """The update an event deserves, if any (pure: no I/O)."""
+    wording = _WORDING.get((action, outcome))
+    if wording is None:
+        return None
+    detail = f": {message}" if message else ""
+    return Update(key=f"{action}:{outcome}:{target}", instance=target, text=f"**{target}** {wording}{detail}")
+
+
+class StatusUpdates:
+    def __init__(self, fleet: Fleet, notifier: Notifier, clock: Callable[[], float] = time.time,
+                 repeat_after: float = 1800.0, ops_burst: int = 20, ops_window: float = 600.0,
+                 dm_block: float = 86400.0, quota_warn: float = 0.9) -> None:
+        self.fleet = fleet
+        self.notifier = notifier
+        self.clock = clock
+        self.repeat_after = repeat_after
+        self.ops_burst, self.ops_window = ops_burst, ops_window
+        self.dm_block = dm_block
+        self.quota_warn = quota_warn
+        self._ops_sent: deque[float] = deque()
+        self._last_event: int | None = None
+
+    # sources ------------------------------------------------------------------------------
+
+    def start_from_now(self) -> None:
+        """Only events from here on: a restart does not repeat yesterday's news."""
+        with self.fleet.sessions() as s:
+            self._last_event = s.scalar(select(func.max(EventRow.id))) or 0
+
+    def new_updates(self) -> list[Update]:
+        if self._last_event is None:
+            self.start_from_now()
+        with self.fleet.sessions() as s:
+            rows = s.scalars(select(EventRow).where(EventRow.id > self._last_event).order_by(EventRow.id)).all()
+            events = [(r.id, r.action, r.outcome, r.target, r.message) for r in rows]
+        updates = []
+        for event_id, action, outcome, target, message in events:
+            self._last_event = event_id
+            update = update_for(action, outcome, target, message)
+            if update is not None:
+                updates.append(update)
+        return updates
+
+    def quota_updates(self) -> list[Update]:
+        """Instances whose data uses more than `quota_warn` of its quota (ZFS storage enforces quotas)."""
+        out = []
+        instances = self.fleet.storage.status().get("instances", {})
+        assert isinstance(instances, dict)
+        for name, row in instances.items():
+            quota, used = row.get("refquota"), row.get("used") or 0
+            if quota and used / quota > self.quota_warn:
+                out.append(Update(f"quota:{name}", name,
+                                  f"**{name}** uses {100 * used / quota:.0f}% of its storage quota"))
+        return out
+
+    # delivery -----------------------------------------------------------------------------
+
+    async def deliver(self, update: Update) -> bool:
+        """Send unless the same update went out recently; True if it went out."""
+        now = self.clock()
+        suppressed = await asyncio.to_thread(self._claim, update.key, now)
+        if suppressed is None:
+            return False
+        text = update.text + (f" (and {suppressed} more time(s) since the last message)" if suppressed else "")
+        if self._ops_allowed(now):
+            await self.notifier.post_ops(text)
+        owner = await asyncio.to_thread(self._owner_of, update.instance)
+        if owner is not None and await asyncio.to_thread(self._dm_allowed, owner, now):
+            try:
+                await self.notifier.send_dm(owner, text)
+            except Undeliverable as e:
+                log.info("status updates for %s cannot be delivered (%s); not trying again for %.0f h",
+                         owner, e.message, self.dm_block / 3600)
+                await asyncio.to_thread(self._block_dm, owner, now)
+        return True
+
+    async def run_once(self, check_quotas: bool = False) -> int:
+        updates = await asyncio.to_thread(self.new_updates)
+        if check_quotas:
+            updates += await asyncio.to_thread(self.quota_updates)
+        sent = 0
+        for update in updates:
+            try:
+                sent += await self.deliver(update)
+            except Exception:  # noqa: BLE001 - one failed delivery must not stop the others
+                log.exception("could not deliver a status update")
+        return sent
+
+    async def run(self, every: float = 5.0, quota_every: float = 300.0) -> None:
+        self.start_from_now()
+        last_quota = 0.0
+        while True:
+            now = time.monotonic()
+            await self.run_once(check_quotas=now - last_quota >= quota_every)
+            if now - last_quota >= quota_every:
+                last_quota = now
+            await asyncio.sleep(every)
+
+    # state --------------------------------------------------------------------------------
+
+    def _claim(self, key: str, now: float) -> int | None:
+        """None if `key` was sent within repeat_after (counted); else how many were held back since."""
+        with self.fleet.sessions.begin() as s:
+            row = s.get(NotificationRow, key)
+            if row is not None and now - row.last_sent_at < self.repeat_after:
+                row.suppressed += 1
+                return None
+            held = row.suppressed if row is not None else 0
+            if row is None:
+                s.add(NotificationRow(key=key, last_sent_at=now, suppressed=0))
+            else:
+                row.last_sent_at, row.suppressed = now, 0
+            return held
+
+    def _ops_allowed(self, now: float) -> bool:
+        while self._ops_sent and now - self._ops_sent[0] > self.ops_window:
+            self._ops_sent.popleft()
+        if len(self._ops_sent) >= self.ops_burst:
+            return False
+        self._ops_sent.append(now)
+        return True
+
+    def _owner_of(self, instance: str | None) -> str | None:
+        if instance is None:
+            return None
+        try:
+            return self.fleet.get_instance(instance).owner
+        except Exception:  # noqa: BLE001 - a deleted instance has no owner to tell
+            return None
+
+    def _dm_allowed(self, user: str, now: float) -> bool:
+        with self.fleet.sessions() as s:
+            row = s.get(NotificationRow, f"dm-blocked:{user}")
+            return row is None or now - row.last_sent_at >= self.dm_block
+
+    def _block_dm(self, user: str, now: float) -> None:
+        with self.fleet.sessions.begin() as s:
+            row = s.get(NotificationRow, f"dm-blocked:{user}")
+            if row is None:
+                s.add(NotificationRow(key=f"dm-blocked:{user}", last_sent_at=now, suppressed=0))
+            else:
+                row.last_sent_at = now
