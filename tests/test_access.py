@@ -60,6 +60,10 @@ def test_tenants_reach_only_their_own_instances_and_admins_reach_all(
     assert refused.status_code == 409 and "suspended: unpaid" in refused.json()["message"]
     resumed = root_admin.post("/v1/instances/alice/resume").json()
     assert resumed["state"] == "running" and resumed["suspended"] is None
+    # The same through the CLI (the fleet's own user is always an admin).
+    assert "suspended (maintenance), stopped" in fleet.cli("instance", "suspend", "alice", "--reason", "maintenance").out
+    assert fleet.cli("instance", "start", "alice", check=False).code == 4
+    assert "resumed, running" in fleet.cli("instance", "resume", "alice").out
 
     forged = httpx.Client(transport=httpx.HTTPTransport(uds=str(fleet.root / "run" / "control.sock")),
                           base_url="http://fleet.invalid", headers={PRINCIPAL_HEADER: "not-an-id;admin"})

@@ -66,6 +66,12 @@ class ControlClient:
     def action(self, name: str, verb: str, wait: bool = True) -> dict[str, Any]:
         return self._call("POST", f"/v1/instances/{name}/{verb}", params={"wait": wait})
 
+    def suspend(self, name: str, reason: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/suspend", json={"reason": reason})
+
+    def resume(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/resume")
+
     def delete_instance(self, name: str, purge: bool) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/instances/{name}", params={"purge": purge})
 

@@ -158,6 +158,35 @@ def restart(ctx: typer.Context, name: str, wait: WaitFlag = True, json_out: Json
 
 
 @app.command()
+def suspend(
+    ctx: typer.Context,
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (the tenant sees it when they try to start it)")] = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Stop an instance and keep it stopped: its tenant cannot start it until it is resumed."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    row = client.suspend(name, reason) if client else c.fleet().suspend(name, reason).to_dict()
+    if json_out:
+        print_json(row)
+    else:
+        console.print(f"{name}: suspended ({escape(row['suspended'] or '')}), {row['state']}")
+
+
+@app.command()
+def resume(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Lift a suspension and start the instance again."""
+    c: CliContext = ctx.obj
+    client = c.daemon()
+    row = client.resume(name) if client else c.fleet().resume(name).to_dict()
+    if json_out:
+        print_json(row)
+    else:
+        console.print(f"{name}: resumed, {row['state']}")
+
+
+@app.command()
 def upgrade(
     ctx: typer.Context,
     name: str,
