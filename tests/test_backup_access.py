@@ -53,6 +53,10 @@ def test_each_tenant_sees_only_their_own_backups(door: httpx.Client) -> None:
     assert page.status_code == 200 and alice in page.text and "download" in page.text
     world = door.get(f"/backups/{alice}/Data/worlds/w/world.db", headers={**OWNER, "Host": "alice.localhost"})
     assert world.text == "alice's world"
+    folder = door.get(f"/backups/{alice}/Data/", headers={**OWNER, "Host": "alice.localhost"})
+    assert folder.status_code == 200, folder.text
+    assert folder.text.index("assets/") < folder.text.index("worlds/")  # listed by name
+    assert "escape" not in folder.text and "passwd" not in folder.text  # links are not shown
     # Asked for on alice's host, bob's snapshot name can only ever mean alice's own snapshot (both may
     # well be named after the same second): the host decides whose backups these are.
     other = door.get(f"/backups/{bob}/Data/worlds/w/world.db", headers={**OWNER, "Host": "alice.localhost"})

@@ -63,12 +63,32 @@ def test_backups_strip_identity_then_ask_the_auth_service() -> None:
     assert rest == {"handler": "static_response", "status_code": 404}
 
 
+def test_sign_in_on_tenant_hosts_reaches_the_web_app_with_the_real_host() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running")])
+    for host in ("alice.localhost", "games.example.org"):
+        for path in ("/auth/ticket", "/auth/logout"):
+            strip, proxy = route_for(config, host, path)["handle"]
+            assert strip == {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
+            assert proxy["upstreams"] == [{"dial": "127.0.0.1:8099"}]
+            # Set, never passed on: a client's own X-Forwarded-Host cannot pick the host a ticket is checked against.
+            assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
+        # The rest of the web app is not a tenant's to call: the forward_auth check, the fleet's own pages.
+        for path in ("/auth/backups", "/auth/login", "/auth/callback", "/auth/other", "/health"):
+            assert route_for(config, host, path)["handle"] == [{"handler": "static_response", "status_code": 404}]
+
+
 def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_off() -> None:
     config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), 30001, "running")])
     routes = config["apps"]["http"]["servers"]["edge"]["routes"]
     fleet = route_for(config, "fleet.localhost", "/v1/status")
-    fleet_paths = fleet["handle"][0]["routes"][0]["match"][0]["path"]
+    web, rest = fleet["handle"][0]["routes"]
+    fleet_paths = web["match"][0]["path"]
     assert not any(p.startswith("/v1") or "openapi" in p for p in fleet_paths)
+    # Discord sign-in starts and comes back here; the forward_auth check and tickets are not published here.
+    assert {"/auth/login", "/auth/callback"} <= set(fleet_paths)
+    assert not {"/auth/*", "/auth/backups", "/auth/ticket"} & set(fleet_paths)
+    assert web["handle"][0]["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
+    assert rest == {"handle": [{"handler": "static_response", "status_code": 404}]}
     assert route_for(config, "alice.localhost", "/v1/status")["handle"] == [{"handler": "static_response", "status_code": 404}]
     assert route_for(config, "mallory.localhost", "/") == routes[-1]
     assert routes[-1] == {"handle": [{"handler": "static_response", "abort": True}]}

@@ -7,8 +7,12 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
                 a small 503 page with Retry-After while the instance is not running
   /backups/* -> forward_auth to the fleet's auth endpoint; client-sent identity headers are
                 stripped first, so only the auth service's answer can set them
-The fleet host serves the fleet's web endpoints (never the control API). Plain HTTP redirects to
-HTTPS on the configured port. A host the fleet does not serve gets no certificate and no route.
+  /auth/ticket, /auth/logout
+             -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
+                signed-in browser gets, and gives up, that host's own session cookie
+The fleet host serves the fleet's web endpoints (health, TLS permission, Discord sign-in; never the
+control API, nor the forward_auth check). Plain HTTP redirects to HTTPS on the configured port. A
+host the fleet does not serve gets no certificate and no route.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Any
 
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
 IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
+# The web endpoints each kind of host publishes (the rest of the web app is for Caddy alone).
+TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout")
+FLEET_WEB_PATHS = ("/health", "/tls/*", "/auth/login", "/auth/callback", "/login/*")
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
 
 
@@ -104,6 +111,15 @@ def _forward_auth(settings: EdgeSettings, uri: str) -> dict[str, Any]:
     }
 
 
+def _to_web(settings: EdgeSettings) -> dict[str, Any]:
+    """The fleet's web endpoints, told which host the browser asked for (never what the client says)."""
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": settings.web_dial}],
+        "headers": {"request": {"set": {"X-Forwarded-Host": ["{http.request.host}"]}}},
+    }
+
+
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
     """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
     if site.state == "running":
@@ -132,6 +148,9 @@ def _shared_tenant_routes(settings: EdgeSettings, tenant_hosts: list[str]) -> li
          "terminal": True},
         {"match": [{"host": tenant_hosts, "path": ["/backups", "/backups/*"]}],
          "handle": [strip_identity, _forward_auth(settings, "/auth/backups"), backups],
+         "terminal": True},
+        {"match": [{"host": tenant_hosts, "path": list(TENANT_WEB_PATHS)}],
+         "handle": [strip_identity, _to_web(settings)],
          "terminal": True},
     ]
 
@@ -169,8 +188,7 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [
-            {"match": [{"path": ["/health", "/tls/*", "/auth/*", "/login/*"]}],
-             "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": settings.web_dial}]}]},
+            {"match": [{"path": list(FLEET_WEB_PATHS)}], "handle": [_to_web(settings)]},
             {"handle": [{"handler": "static_response", "status_code": 404}]},
         ]}],
         "terminal": True,

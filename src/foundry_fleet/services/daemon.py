@@ -26,6 +26,7 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.web_login import web_login_for
 from foundry_fleet.services.wiring import edge_settings, make_backups, open_fleet
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.zfs import ZfsStorage
@@ -94,9 +95,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Tenants' backups: only the edge (the fleet's own user) may open this socket.
     backups_path = config.paths.run / "backups.sock"
     backups_sock = bind_private_socket(backups_path)
+    web_login = web_login_for(fleet)
+    if problem := web_login.problem():
+        log.error("Discord sign-in for backups will not work: %s", problem)
     web_app = by_socket(str(backups_path),
                         create_backups_app(fleet.storage.snapshots, fleet.instance_for_host),
-                        create_web_app(fleet.known_hosts))
+                        create_web_app(fleet.known_hosts, web_login))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     await edge.start()

@@ -1,4 +1,5 @@
-"""Health, the on-demand TLS permission check, and the auth check behind tenants' /backups/.
+"""Health, the on-demand TLS permission check, and Discord sign-in for tenants' /backups/ (with the
+forward_auth check Caddy asks before each request for them).
 
 Served on loopback only; Caddy publishes it at https://<fleet host>/ and calls it directly.
 """
@@ -14,8 +15,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from foundry_fleet.services.web_login import WebLogin
+from foundry_fleet.web.auth import auth_routes
 
-def create_web_app(known_hosts: Callable[[], set[str]]) -> Starlette:
+
+def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None = None) -> Starlette:
+    """`login` None (or not configured in fleet.toml): nobody gets past the backups check."""
+
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -27,14 +33,10 @@ def create_web_app(known_hosts: Callable[[], set[str]]) -> Starlette:
             return PlainTextResponse("ok")
         return PlainTextResponse("not a host of this fleet", status_code=403)
 
-    async def backups_auth(_request: Request) -> Response:
-        # Nobody is allowed until tenants can sign in: the route is safe from the first day.
-        return PlainTextResponse("Sign-in for backups is not available yet.", status_code=403)
-
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/tls/permission", tls_permission, methods=["GET"]),
-        Route("/auth/backups", backups_auth, methods=["GET"]),
+        *auth_routes(login),
     ])
 
 

@@ -136,7 +136,7 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         if target is None or (target.name == META and len(parts) == 1):
             return PlainTextResponse("not found", status_code=404)
         if target.is_dir():
-            entries = sorted(e for e in os.scandir(target) if e.name != META and not e.is_symlink())
+            entries = sorted((e for e in os.scandir(target) if e.name != META and not e.is_symlink()), key=lambda e: e.name)
             base = "/backups/" + quote(snap) + "/" + "".join(quote(p) + "/" for p in parts)
             items = "".join(
                 f"<li><a href='{base}{quote(e.name)}{'/' if e.is_dir() else ''}'>{html.escape(e.name)}"

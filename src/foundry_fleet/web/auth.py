@@ -1,0 +1,115 @@
+"""The sign-in routes for tenants' backups: HTTP in, a WebLogin decision out.
+
+On the fleet host: /auth/login, /auth/callback. On tenant hosts: /auth/ticket, /auth/logout (Caddy
+passes the tenant host as X-Forwarded-Host). /auth/backups is Caddy's forward_auth check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
+from foundry_fleet.services.web_login import SESSION_COOKIE, Allow, SignIn, WebLogin, normalise_host
+
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+STATUS = {InvalidInput: 400, Forbidden: 403, Unsupported: 404, ExternalFailure: 502}
+DENY_ALL = "Sign-in for backups is not available yet."
+
+
+def request_host(request: Request) -> str:
+    """The host the browser asked for: Caddy sets X-Forwarded-Host to it on every route to this app."""
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0]
+    return normalise_host(forwarded or request.headers.get("host", ""))
+
+
+def page(status: int, title: str, message: str, hint: str | None = None, link: tuple[str, str] | None = None,
+         headers: dict[str, str] | None = None) -> HTMLResponse:
+    body = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><p>{html.escape(message)}</p>"
+    if hint:
+        body += f"<p>{html.escape(hint)}</p>"
+    if link:
+        body += f"<p><a href='{html.escape(link[0], quote=True)}'>{html.escape(link[1])}</a></p>"
+    return HTMLResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+def error_page(error: FleetError) -> HTMLResponse:
+    status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 500)
+    return page(status, "Sign-in", error.message[:1].upper() + error.message[1:] + ".", error.hint)
+
+
+def auth_routes(login: WebLogin | None) -> list[Route]:
+    async def backups_check(request: Request) -> Response:
+        """Caddy's forward_auth: 2xx lets the request through with X-Fleet-User; anything else goes back
+        to the browser as it is."""
+        if login is None or not login.enabled:
+            # Nobody is allowed until tenants can sign in: the route is safe from the first day.
+            return PlainTextResponse(DENY_ALL, status_code=403, headers=NO_STORE)
+        decision = await asyncio.to_thread(
+            login.decide, request.cookies.get(SESSION_COOKIE), request_host(request),
+            request.headers.get("x-forwarded-method", ""), request.headers.get("x-forwarded-uri", ""))
+        if isinstance(decision, Allow):
+            return PlainTextResponse("ok", headers={**NO_STORE, "X-Fleet-User": decision.user})
+        if isinstance(decision, SignIn):
+            return RedirectResponse(decision.location, status_code=302, headers=NO_STORE)
+        if decision.user is not None:
+            return page(decision.status, "Not yours", decision.message,
+                        f"Signed in as Discord user {decision.user}.", ("/auth/logout", "Sign out"))
+        return page(decision.status, "Backups", decision.message)
+
+    async def login_start(request: Request) -> Response:
+        if login is None:
+            return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
+        try:
+            start = await asyncio.to_thread(login.begin, request.query_params.get("host", ""),
+                                            request.query_params.get("next"))
+        except FleetError as e:
+            return error_page(e)
+        response = RedirectResponse(start.authorize_url, status_code=302, headers=NO_STORE)
+        response.set_cookie(start.cookie_name, start.cookie_value, max_age=start.max_age, path="/",
+                            secure=True, httponly=True, samesite="lax")
+        return response
+
+    async def callback(request: Request) -> Response:
+        if login is None:
+            return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
+        try:
+            done = await asyncio.to_thread(login.finish, dict(request.query_params), dict(request.cookies))
+        except FleetError as e:
+            return error_page(e)
+        response = RedirectResponse(done.location, status_code=302, headers=NO_STORE)
+        response.delete_cookie(done.cookie_name, path="/", secure=True, httponly=True, samesite="lax")
+        return response
+
+    async def ticket(request: Request) -> Response:
+        if login is None:
+            return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
+        try:
+            signed_in = await asyncio.to_thread(login.redeem, request.query_params.get("t", ""), request_host(request))
+        except FleetError as e:
+            return error_page(e)
+        response = RedirectResponse(signed_in.next, status_code=302, headers=NO_STORE)
+        # No Domain: the cookie belongs to this tenant host alone.
+        response.set_cookie(SESSION_COOKIE, signed_in.cookie_value, max_age=signed_in.max_age, path="/",
+                            secure=True, httponly=True, samesite="lax")
+        return response
+
+    async def logout(request: Request) -> Response:
+        if login is not None:
+            await asyncio.to_thread(login.logout, request.cookies.get(SESSION_COOKIE), request_host(request))
+        response = page(200, "Signed out", "You are signed out of this game's backups.",
+                        link=("/backups/", "Sign in again"))
+        response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
+        return response
+
+    return [
+        Route("/auth/backups", backups_check, methods=["GET"]),
+        Route("/auth/login", login_start, methods=["GET"]),
+        Route("/auth/callback", callback, methods=["GET"]),
+        Route("/auth/ticket", ticket, methods=["GET"]),
+        Route("/auth/logout", logout, methods=["GET", "POST"]),
+    ]
