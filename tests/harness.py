@@ -172,3 +172,17 @@ def kill_processes_with(text: str) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def snapshot_files(tree: Path) -> dict[str, str]:
+    """sha256 of every regular file in a directory snapshot (links and its metadata file left out)."""
+    import hashlib
+
+    want = {}
+    for dirpath, dirnames, files in os.walk(tree):
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for f in files:
+            full = Path(dirpath, f)
+            if f != ".snapshot.json" and not full.is_symlink():
+                want[str(full.relative_to(tree))] = hashlib.sha256(full.read_bytes()).hexdigest()
+    return want

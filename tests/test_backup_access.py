@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.edge_support import https, local_ca
-from tests.harness import FleetHarness
+from tests.harness import FleetHarness, snapshot_files
 
 pytestmark = pytest.mark.e2e
 OWNER = {"X-Fleet-User": "123456789012345678"}  # what the auth service sets once a tenant signed in
@@ -96,13 +96,7 @@ def test_the_zip_download_is_exactly_the_snapshot(fleet: FleetHarness, door: htt
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         got = {n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}
     tree = fleet.root / "snapshots" / "alice" / snap
-    want = {}
-    for dirpath, dirnames, files in os.walk(tree):
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-        for f in files:
-            full = Path(dirpath, f)
-            if f != ".snapshot.json" and not full.is_symlink():
-                want[str(full.relative_to(tree))] = hashlib.sha256(full.read_bytes()).hexdigest()
+    want = snapshot_files(tree)
     assert got == want and "Data/assets/map.webp" in got
     assert not any("passwd" in n or n.startswith("Data/escape") for n in got)
 

@@ -37,7 +37,7 @@ from foundry_fleet.store.models import UsedTicketRow
 from tests.conftest import make_fleet
 from tests.edge_support import served_certificate, tls_context
 from tests.fake_discord import FakeDiscord
-from tests.harness import FleetHarness, kill_processes_with, wait_until
+from tests.harness import FleetHarness, kill_processes_with, snapshot_files, wait_until
 
 CLIENT_ID = "1100000000000000001"
 SECRET = "s3cr3t-client-secret-value"
@@ -460,17 +460,6 @@ def _browser(fleet: FleetHarness, user: str | None = None, deny: bool = False) -
     return Browser(fleet.settings().edge.https_port, ca, user, deny)
 
 
-def _snapshot_files(tree: Path) -> dict[str, str]:
-    want = {}
-    for dirpath, dirnames, files in os.walk(tree):
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-        for f in files:
-            full = Path(dirpath, f)
-            if f != ".snapshot.json" and not full.is_symlink():
-                want[str(full.relative_to(tree))] = hashlib.sha256(full.read_bytes()).hexdigest()
-    return want
-
-
 @pytest.mark.e2e
 def test_the_owner_signs_in_and_downloads_their_backup(signed_fleet: tuple[FleetHarness, FakeDiscord, dict]) -> None:
     fleet, fake, snaps = signed_fleet
@@ -492,7 +481,7 @@ def test_the_owner_signs_in_and_downloads_their_backup(signed_fleet: tuple[Fleet
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         got = {n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}
-    assert got == _snapshot_files(fleet.root / "snapshots" / "alice" / snaps["alice"])
+    assert got == snapshot_files(fleet.root / "snapshots" / "alice" / snaps["alice"])
     assert "Data/worlds/w/world.db" in got
     world = browser.request("GET", browser.url("alice.localhost", f"/backups/{snaps['alice']}/Data/worlds/w/world.db"))
     assert world.text == "alice's world"
