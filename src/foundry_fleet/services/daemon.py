@@ -24,9 +24,11 @@ from foundry_fleet.runtime.base import Capability
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_lock import DaemonLock
+from foundry_fleet.services.status_updates import LogNotifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.web_login import web_login_for
+from foundry_fleet.services.wizard import SetupWizard
 from foundry_fleet.services.wiring import edge_settings, make_backups, open_fleet
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.zfs import ZfsStorage
@@ -110,6 +112,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     backups = make_backups(fleet)
     for name in backups.repair():  # before any instance starts on half-restored data
         log.warning("finished an interrupted restore of %s", name)
+    for user in SetupWizard(fleet).repair():
+        log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
     supervisor = Supervisor(fleet, runtime)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
     app = create_app(fleet, supervisor, info, edge=edge, backups=backups)
@@ -126,6 +130,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
     scheduler = asyncio.create_task(run_backup_schedule(backups))
+    updates = StatusUpdates(fleet, LogNotifier())
+    updates.start_from_now()
+    status_task = asyncio.create_task(updates.run())
     try:
         while not stopping.is_set() and not api.done():
             try:
@@ -135,6 +142,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     finally:
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
         scheduler.cancel()
+        status_task.cancel()
         server.should_exit = True
         web.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)

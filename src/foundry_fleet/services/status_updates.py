@@ -116,6 +116,8 @@ class StatusUpdates:
 
     def quota_updates(self) -> list[Update]:
         """Instances whose data uses more than `quota_warn` of its quota (ZFS storage enforces quotas)."""
+        if not self.fleet.config.limits.disk_mb or self.fleet.storage.name != "zfs":
+            return []  # no quotas to fill: spare the walk over every instance's data
         out = []
         instances = self.fleet.storage.status().get("instances", {})
         assert isinstance(instances, dict)
