@@ -71,6 +71,14 @@ def test_a_file_changed_in_place_does_not_change_the_snapshot(backups: Backups) 
     assert copy.read_text() == "turn 1\n"
 
 
+def test_two_snapshots_with_one_label_in_the_same_second_are_both_kept(backups: Backups) -> None:
+    first = backups.take("alice", "pre-upgrade", now=1_700_000_000)
+    second = backups.take("alice", "pre-upgrade", now=1_700_000_000)
+    assert second.name == f"{first.name}-2"
+    assert {first.name, second.name} <= {s.name for s in backups.list("alice")}
+    assert backups.fmt.parse(second.name) is None  # still a manual snapshot: never thinned
+
+
 def test_shared_assets_are_not_part_of_a_backup(backups: Backups) -> None:
     (backups.fleet.storage.shared_dir() / "big-map.webp").write_bytes(b"x" * 1000)
     snap = backups.take("alice")

@@ -61,7 +61,11 @@ class Backups:
         if not _LABEL.match(label):
             raise InvalidInput(f"snapshot label {label!r} is not usable", "use up to 40 lowercase letters, digits and dashes")
         view = self.fleet.get_instance(name)
-        snap_name = f"{label}-{self.fmt.name(now or time.time())}"
+        stamp = f"{label}-{self.fmt.name(now or time.time())}"
+        taken = set(self.snapshots.names(name))
+        # Two snapshots with the same label in one second (an upgrade, then a second one at once) must
+        # both be kept: the later one gets a counter.
+        snap_name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if n not in taken)
         info = self.snapshots.take(name, self.fleet.storage.paths(name).data, snap_name)
         self.fleet.record_event("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
         return info
