@@ -11,11 +11,13 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import uvicorn
+from starlette.applications import Starlette
 
 from foundry_fleet.api.app import DaemonInfo, create_app
 from foundry_fleet.config import FleetConfig
-from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.driver import Edge
@@ -24,7 +26,7 @@ from foundry_fleet.runtime.base import Capability
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_lock import DaemonLock
-from foundry_fleet.services.status_updates import LogNotifier, StatusUpdates
+from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.web_login import web_login_for
@@ -133,6 +135,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     updates = StatusUpdates(fleet, LogNotifier())
     updates.start_from_now()
     status_task = asyncio.create_task(updates.run())
+    bot_task = None
+    if config.discord.token_file is not None:
+        bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
     try:
         while not stopping.is_set() and not api.done():
             try:
@@ -143,6 +148,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
         scheduler.cancel()
         status_task.cancel()
+        if bot_task is not None:
+            bot_task.cancel()
+            await asyncio.gather(bot_task, return_exceptions=True)
         server.should_exit = True
         web.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)
@@ -165,6 +173,24 @@ def _describe_storage(storage: Storage) -> str:
         pool = storage.pool_status()
         return f"ZFS datasets under {storage.base} (pool {pool['name']} {pool['health']}, {pool['free']} free)"
     return f"directories under {storage.shared_dir().parent}"
+
+
+async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
+    """The bot, on the control API in this process; status updates go through it once it runs. A bot
+    that cannot start (no or bad token) is reported and the fleet goes on without it."""
+    from foundry_fleet.bot.runner import run_bot
+
+    def use(notifier: Notifier) -> None:
+        updates.notifier = notifier
+
+    try:
+        await run_bot(config, open_fleet(config, actor="bot"), httpx.ASGITransport(app=control_app), on_notifier=use)
+    except FleetError as e:
+        log.error("the Discord bot is not running: %s%s", e.message, f" ({e.hint})" if e.hint else "")
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - Discord being away must not take the fleet down
+        log.exception("the Discord bot stopped")
 
 
 async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVERY) -> None:

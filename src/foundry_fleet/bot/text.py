@@ -1,0 +1,104 @@
+"""Text for Discord messages: short, with nothing secret in it.
+
+Discord caps a message at 2000 characters. A URL's query string can be a credential (the timed
+download links from foundryvtt.com are), so every URL a message shows loses it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlsplit
+
+from foundry_fleet.domain.errors import FleetError
+
+MESSAGE_LIMIT = 2000
+_URL = re.compile(r"""https?://[^\s<>"'`]+""", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]/path`: no user info, query string or fragment."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<unreadable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}{f':{port}' if port else ''}{parts.path}"
+
+
+def scrub(text: str) -> str:
+    """`text` with every URL cut down to scheme, host, port and path (no user info, query or fragment)."""
+
+    def cut(match: re.Match[str]) -> str:
+        url = match.group(0)
+        tail = ""
+        while url and url[-1] in ").,;:!":  # punctuation around a URL is not part of it
+            tail = url[-1] + tail
+            url = url[:-1]
+        if "?" not in url and "#" not in url and "@" not in url:
+            return url + tail
+        return redact_url(url) + tail
+
+    return _URL.sub(cut, text)
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """At most `limit` characters, saying so when something was cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 2] + " …"
+
+
+def clip_tail(lines: list[str], limit: int) -> str:
+    """The last lines that fit in `limit` characters (for logs: the newest lines matter)."""
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        if size + len(line) + 1 > limit:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(reversed(kept))
+
+
+def code_block(text: str) -> str:
+    return "```\n" + text.replace("```", "'''") + "\n```"
+
+
+def error_text(error: FleetError) -> str:
+    """What was wrong, and what to do next."""
+    text = f"**{error.message}**"
+    if error.hint:
+        text += f"\n{error.hint}"
+    return clip(scrub(text))
+
+
+def instance_line(view: dict[str, object]) -> str:
+    """One instance on one line: name, state, release, where players connect."""
+    state = str(view.get("state", "?"))
+    if view.get("suspended"):
+        state = f"suspended ({view['suspended']})"
+    elif state == "failed" and view.get("state_reason"):
+        state = f"failed: {view['state_reason']}"
+    return f"**{view['name']}**: {state}, Foundry {view.get('release', '?')} <{public_url(view)}>"
+
+
+def public_url(view: dict[str, object]) -> str:
+    return scrub(str(view.get("url") or f"https://{view.get('host')}/"))
+
+
+def backup_link(view: dict[str, object], snapshot: str) -> str:
+    """Where the owner downloads a snapshot: https://<instance host>/backups/<snapshot>.zip."""
+    parts = urlsplit(public_url(view))
+    base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"https://{view.get('host')}"
+    return f"{base}/backups/{quote(snapshot)}.zip"
+
+
+def size(n: object) -> str:
+    value = float(n) if isinstance(n, int | float) else 0.0
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

@@ -1,0 +1,165 @@
+"""The setup wizard, driven from Discord.
+
+    invite DM or /fleet setup or /fleet join
+      -> [Set up] -> form 1 (name, license key) -> panel with [Next]   (a form cannot answer a form)
+      -> form 2 (a cached release, or a timed download link) -> "thinking", progress edits
+      -> the URL and the generated admin password, privately, once.
+
+Every step is the service's (services/wizard.py): it validates, keeps the secrets out of the database
+and remembers where a user left off, so /fleet setup resumes and a failure says what to fix with a
+button to go on. Everything here is ephemeral: only the tenant sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import discord
+
+from foundry_fleet.bot.progress import ProgressMessage
+from foundry_fleet.bot.replies import Reply, claim, failure, say_privately
+from foundry_fleet.bot.text import clip, error_text, public_url, scrub
+from foundry_fleet.bot.wizard_ui import DetailsModal, ReleaseModal, buttons, panel
+from foundry_fleet.domain.errors import FleetError, NotFound
+from foundry_fleet.services.wizard import DETAILS, READY, RELEASE, SetupWizard, WizardView
+
+if TYPE_CHECKING:
+    from foundry_fleet.bot.client import FleetBot
+
+log = logging.getLogger(__name__)
+
+CANCELLED = ("Setup cancelled; nothing was made. Your invite stays valid until it expires: "
+             "run `/fleet setup` to start again.")
+
+
+class WizardFlow:
+    def __init__(self, bot: FleetBot, provisioners: int = 4) -> None:
+        self.bot = bot
+        # Provisioning blocks a thread on the control API; in the daemon that API runs on the same
+        # event loop and uses the default executor, so provisioning must not take threads from it.
+        self.pool = ThreadPoolExecutor(max_workers=provisioners, thread_name_prefix="fleet-provision")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def wizard(self) -> SetupWizard:
+        return self.bot.wizard
+
+    @property
+    def domain(self) -> str:
+        return self.bot.config.fleet.domain
+
+    async def panel_for(self, view: WizardView) -> Reply:
+        choices = await asyncio.to_thread(self.wizard.release_choices) if view.step == RELEASE else []
+        content, buttons_view = panel(view, self.domain, choices)
+        return Reply(content, buttons_view)
+
+    async def begin(self, user: str) -> Reply:
+        """/fleet setup and /fleet join: start, or resume where the user left off."""
+        return await self.panel_for(await asyncio.to_thread(self.wizard.start, user))
+
+    # buttons ------------------------------------------------------------------------------
+
+    async def pressed(self, interaction: discord.Interaction, action: str) -> None:
+        claim(interaction)
+        user = str(interaction.user.id)
+        try:
+            if action == "start":
+                view = await asyncio.to_thread(self.wizard.start, user)
+            else:
+                found = await asyncio.to_thread(self.wizard.get, user)
+                if found is None:
+                    raise NotFound("there is no setup in progress", "run /fleet setup to start (again)")
+                view = found
+            if action == "cancel":
+                await asyncio.to_thread(self.wizard.cancel, user)
+                await interaction.response.edit_message(content=CANCELLED, view=None)
+            elif (action == "start" and view.step == DETAILS) or (
+                    action == "details" and view.step in (DETAILS, RELEASE, READY)):
+                await interaction.response.send_modal(DetailsModal(self, self.domain, view.instance_name))
+            elif action == "release" and view.step in (RELEASE, READY):
+                choices = await asyncio.to_thread(self.wizard.release_choices)
+                await interaction.response.send_modal(ReleaseModal(self, choices))
+            elif action == "create" and view.step == READY:
+                await interaction.response.defer(ephemeral=True, thinking=True)
+                await self.provision(interaction)
+            else:  # the wizard has moved on (another message, another device): show where it is
+                reply = await self.panel_for(view)
+                await interaction.response.send_message(**reply.kwargs(), ephemeral=True)
+        except Exception as e:  # noqa: BLE001 - the person hears what went wrong
+            await say_privately(interaction, failure(e))
+
+    # forms --------------------------------------------------------------------------------
+
+    async def details_submitted(self, interaction: discord.Interaction, name: str, license_key: str) -> None:
+        claim(interaction)
+        user = str(interaction.user.id)
+        try:
+            view = await asyncio.to_thread(self.wizard.submit_details, user, name, license_key)
+        except FleetError as e:
+            await interaction.response.send_message(
+                error_text(e) + "\nNothing was saved from that form; press the button to fill it in again.",
+                view=buttons(("details", "Try again"), "cancel"), ephemeral=True)
+            return
+        reply = await self.panel_for(view)
+        await interaction.response.send_message(**reply.kwargs(), ephemeral=True)
+
+    async def release_submitted(self, interaction: discord.Interaction, version: str, url: str) -> None:
+        claim(interaction)
+        user = str(interaction.user.id)
+        try:
+            await asyncio.to_thread(self.wizard.submit_release, user, version=version or None, url=url or None)
+        except FleetError as e:
+            await interaction.response.send_message(
+                error_text(e) + "\nPress the button to choose again.",
+                view=buttons(("release", "Choose the release again"), "cancel"), ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.provision(interaction)
+
+    async def failed(self, interaction: discord.Interaction, error: Exception) -> None:
+        await say_privately(interaction, failure(error))
+
+    # making the instance ------------------------------------------------------------------
+
+    async def provision(self, interaction: discord.Interaction) -> None:
+        """After the interaction was deferred: create, showing progress, then the one-time details."""
+        user = str(interaction.user.id)
+        progress = ProgressMessage(interaction)
+        progress.start()
+        try:
+            created = await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(
+                self.wizard.provision, user, progress=progress.progress, say=progress.say))
+        except Exception as e:  # noqa: BLE001 - the wizard went back a step and says what to fix
+            await progress.stop()
+            await self._provision_failed(interaction, user, e)
+            return
+        await progress.stop()
+        instance = created.instance
+        url = public_url(instance.to_dict())
+        await interaction.edit_original_response(content=f"**`{instance.name}` is ready.** Details below.")
+        password = (f"\nAdmin password for Foundry's setup screen: ||`{created.admin_password}`||\n"
+                    "It is shown this once and not kept anywhere: store it in your password manager now."
+                    if created.admin_password else "")
+        await interaction.followup.send(
+            f"**Your Foundry instance is running at {url}**{password}\n"
+            "`/fleet status`, `/fleet backups` and the other `/fleet` commands work on it from now on.",
+            ephemeral=True)
+
+    async def _provision_failed(self, interaction: discord.Interaction, user: str, error: Exception) -> None:
+        view = await asyncio.to_thread(self.wizard.get, user)
+        if not isinstance(error, FleetError):
+            log.error("setting up an instance for a Discord user failed", exc_info=error)
+        if view is None:
+            await interaction.edit_original_response(content=failure(error).content)
+            return
+        reason = view.message or (error.message if isinstance(error, FleetError) else "an unexpected error")
+        content, next_steps = panel(WizardView(**{**view.to_dict(), "message": ""}), self.domain,
+                                    await asyncio.to_thread(self.wizard.release_choices))
+        kwargs = {"content": clip(f"**Setting up did not work:** {scrub(reason)}\n\n{content}")}
+        await interaction.edit_original_response(**kwargs, view=next_steps)
