@@ -11,7 +11,7 @@ SCRIPTS = [
     "install_cost.py", "create_to_healthy.py", "daemon_idle.py",
     "edge_push.py", "edge_websockets.py", "edge_ttfb.py",
     "thinning.py", "snapshot_cost.py", "zfs_snapshot_many.py", "replication_bytes.py",
-    "invite_to_healthy.py",
+    "invite_to_healthy.py", "bot_interactions.py",
 ]
 
 for script in SCRIPTS:
