@@ -25,6 +25,7 @@ from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
@@ -135,6 +136,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     updates = StatusUpdates(fleet, LogNotifier())
     updates.start_from_now()
     status_task = asyncio.create_task(updates.run())
+    certificates_task = asyncio.create_task(CertificateWatch(fleet, edge.certificate).run())
     bot_task = None
     if config.discord.token_file is not None:
         bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
@@ -148,6 +150,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
         scheduler.cancel()
         status_task.cancel()
+        certificates_task.cancel()
         if bot_task is not None:
             bot_task.cancel()
             await asyncio.gather(bot_task, return_exceptions=True)

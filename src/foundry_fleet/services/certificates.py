@@ -1,0 +1,74 @@
+"""Watching what the edge serves: a tenant host without a valid certificate, or with one about to expire,
+is an event (and so a status update); its recovery is one too. Checked over TLS as a browser would
+(`Edge.certificate`), every few minutes; an event is recorded only when a host's state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import time
+from collections.abc import Callable
+
+from foundry_fleet.domain.events import Outcome
+from foundry_fleet.edge.driver import CertificateState
+from foundry_fleet.services.fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+# Caddy renews an ACME certificate (90 days) a month before it expires: a week left means renewing failed.
+# The local CA's certificates live 12 hours and are renewed as a matter of course: no warning for them.
+EXPIRY_WARNING_S = 7 * 86400.0
+
+
+def certificate_problem(state: CertificateState, now: float, expiry_warning: float = EXPIRY_WARNING_S) -> str | None:
+    """What is wrong with what a host serves (None: nothing)."""
+    if state.state != "valid":
+        return f"{state.host}: {state.state}" + (f" ({state.detail})" if state.detail else "")
+    if state.not_after and expiry_warning:
+        expires = calendar.timegm(time.strptime(state.not_after, "%Y-%m-%d"))
+        if expires - now < expiry_warning:
+            return f"{state.host}: expires {state.not_after} and has not been renewed"
+    return None
+
+
+class CertificateWatch:
+    def __init__(self, fleet: Fleet, certificate: Callable[[str], CertificateState],
+                 clock: Callable[[], float] = time.time, expiry_warning: float | None = None) -> None:
+        self.fleet = fleet
+        self.certificate = certificate
+        self.clock = clock
+        if expiry_warning is None:
+            expiry_warning = 0.0 if fleet.config.edge.tls == "internal" else EXPIRY_WARNING_S
+        self.expiry_warning = expiry_warning
+        self._problems: dict[str, str] = {}  # host -> the problem last recorded
+
+    def check_once(self) -> dict[str, str]:
+        """Check every tenant host; record changes; returns the current problems by host."""
+        now = self.clock()
+        current: dict[str, str] = {}
+        for view in self.fleet.list_instances():
+            if view.state != "running":
+                continue  # a stopped instance's host is served a 503 page; its certificate is not the point
+            for host in view.hosts:
+                problem = certificate_problem(self.certificate(host), now, self.expiry_warning)
+                if problem is not None:
+                    current[host] = problem
+                    if self._problems.get(host) != problem:
+                        self.fleet.record_event("edge.certificate", view.name, Outcome.FAILED, problem, actor="edge")
+                elif host in self._problems:
+                    self.fleet.record_event("edge.certificate", view.name, Outcome.OK, f"{host}: valid again",
+                                            actor="edge")
+        self._problems = current
+        return current
+
+    async def run(self, every: float = 600.0, first_after: float = 600.0) -> None:
+        """Forever; the first check waits, so certificates being issued at start are not reported."""
+        await asyncio.sleep(first_after)
+        while True:
+            try:
+                await asyncio.to_thread(self.check_once)
+            except Exception:  # noqa: BLE001 - the watch must outlive one bad round
+                log.exception("certificate check failed")
+            await asyncio.sleep(every)
