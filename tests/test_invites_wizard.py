@@ -18,6 +18,7 @@ from foundry_fleet.services.wiring import open_fleet
 from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE, SetupWizard
 from foundry_fleet.store.models import WizardRow
 from tests.harness import FleetHarness
+from tests.releases_support import LocalHTTPS, Route
 
 ALICE, BOB, EVE = "111111111111111111", "222222222222222222", "333333333333333333"
 LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
@@ -196,3 +197,33 @@ def test_a_crash_while_provisioning_is_settled_at_the_next_start(svc: Fleet) -> 
     assert wizard.get(BOB).step == READY and "interrupted" in wizard.get(BOB).message
     assert wizard.provision(BOB).instance.name == "notmade"
     assert not any(os.scandir(svc.config.paths.database.parent / "wizards"))
+
+
+def test_the_wizard_downloads_a_release_from_a_timed_link_without_showing_its_token(
+    fleet: FleetHarness, release_zips: dict[str, Path], https_server: LocalHTTPS
+) -> None:
+    fleet.edit_config('allowed_hosts = ["foundryvtt.com", "*.foundryvtt.com"]',
+                      'allowed_hosts = ["foundryvtt.com", "*.foundryvtt.com", "127.0.0.1"]')
+    text = fleet.config.read_text().replace("[releases]\n", f'[releases]\nallow_private_addresses = true\n'
+                                                          f'extra_ca_file = "{https_server.cert}"\n', 1)
+    fleet.config.write_text(text)
+    https_server.routes["/releases/FoundryVTT-Node-13.347.zip"] = Route(body=release_zips["wrapped"].read_bytes())
+    svc = open_fleet(load_config(fleet.config), actor="test")
+    wizard = SetupWizard(svc)
+    Invites(svc).create(ALICE, "7d")
+    wizard.start(ALICE)
+    wizard.submit_details(ALICE, "linked", LICENSE)
+    link = https_server.url("/releases/FoundryVTT-Node-13.347.zip?verify=SECRET-TOKEN")
+    view = wizard.submit_release(ALICE, url=link)
+    assert view.step == READY and view.has_download_url and view.release_version is None
+    assert "SECRET-TOKEN" not in str(view.to_dict())
+    progress: list[tuple[str, int, int | None]] = []
+    said: list[str] = []
+    created = wizard.provision(ALICE, progress=lambda stage, done, total: progress.append((stage, done, total)),
+                               say=said.append)
+    assert created.instance.release == "13.347" and created.instance.owner == ALICE
+    downloaded = [done for stage, done, _total in progress if "download" in stage]
+    assert downloaded and downloaded[-1] == release_zips["wrapped"].stat().st_size, progress[-3:]
+    assert https_server.count("/releases/FoundryVTT-Node-13.347.zip") == 1
+    assert not any("SECRET-TOKEN" in line for line in said)
+    assert not (svc.config.paths.database.parent / "wizards" / f"{ALICE}.json").exists()
