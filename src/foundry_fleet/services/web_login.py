@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import secrets
-import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import DiscordSection, FleetConfig
+from foundry_fleet.private_files import read_private_file
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
 from foundry_fleet.store.models import UsedTicketRow, WebSessionRow
 
@@ -149,34 +149,6 @@ def is_under_backups(uri: str) -> bool:
 
 def key_path(config: FleetConfig) -> Path:
     return config.paths.database.parent / KEY_FILE
-
-
-def read_private_file(path: Path, what: str, setting: str) -> str:
-    """The text of a secret file that only its owner may read; never echoed in any error.
-
-    `setting` names where the path comes from, for the hint (e.g. "[discord] client_secret_file").
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise InvalidInput(f"{what} {path} does not exist", f"create it (chmod 600) or fix {setting}") from None
-    except OSError as e:
-        raise InvalidInput(f"{what} {path} cannot be read: {e.strerror}",
-                           f"make it a regular file the fleet can read (chmod 600), or fix {setting}") from None
-    with os.fdopen(fd, "r", encoding="utf-8", errors="strict") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidInput(f"{what} {path} is not a regular file", f"fix {setting}")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise InvalidInput(f"{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                               f"chmod 600 {path}")
-        try:
-            text = f.read().strip()
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{what} {path} is not text", f"put only the secret in {path}") from None
-    if not text:
-        raise InvalidInput(f"{what} {path} is empty", f"put the secret in {path}")
-    return text
 
 
 def load_or_create_key(path: Path) -> bytes:

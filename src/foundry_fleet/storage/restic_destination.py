@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
+from foundry_fleet.private_files import check_private_file
 from foundry_fleet.storage.zfs_destination import DestinationOffline
 
 _NO_REPO_MARKERS = ("is there a repository at the following location", "repository does not exist",
@@ -42,15 +42,11 @@ class ResticDestination:
     # the repository -----------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        try:
-            st = os.stat(self.password_file)
-        except OSError as e:
-            raise ExternalFailure(f"restic password file {self.password_file}: {e.strerror}",
-                                  "create it (chmod 600) or fix password_file in fleet.toml") from e
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ExternalFailure(f"restic password file {self.password_file} is readable by others: "
-                                  f"chmod 600 {self.password_file}",
-                                  f"chmod 600 {self.password_file}")
+        try:  # restic reads the file itself; it must be fit to hold a secret
+            check_private_file(self.password_file, "restic password file",
+                               "password_file of the destination in fleet.toml")
+        except InvalidInput as e:  # a failure of this destination's round, reported with what to do
+            raise ExternalFailure(e.message, e.hint) from None
         return {**os.environ, "RESTIC_REPOSITORY": self.target, "RESTIC_PASSWORD_FILE": str(self.password_file),
                 "RESTIC_CACHE_DIR": str(self.password_file.parent / ".restic-cache"), "LC_ALL": "C"}
 
