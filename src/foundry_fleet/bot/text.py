@@ -10,21 +10,10 @@ import re
 from urllib.parse import quote, urlsplit
 
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.domain.urls import redact_url
 
 MESSAGE_LIMIT = 2000
 _URL = re.compile(r"""https?://[^\s<>"'`]+""", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """`scheme://host[:port]/path`: no user info, query string or fragment."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "<unreadable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme.lower()}://{host}{f':{port}' if port else ''}{parts.path}"
 
 
 def scrub(text: str) -> str:

@@ -35,7 +35,8 @@ from filelock import FileLock, Timeout
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, format_version, parse_version
-from foundry_fleet.releases.fetch import download, redact_url
+from foundry_fleet.domain.urls import redact_url
+from foundry_fleet.releases.fetch import download
 from foundry_fleet.releases.layout import detect_layout, read_version
 from foundry_fleet.releases.policy import DownloadPolicy, ProgressCallback, UnpackLimits
 from foundry_fleet.releases.unpack import make_writable, refuse_non_zip, safe_unpack

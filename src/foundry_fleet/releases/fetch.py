@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from foundry_fleet.domain.urls import redact_url
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.releases.policy import MIB, DownloadPolicy, ProgressCallback, normalise_host
 
@@ -38,25 +39,6 @@ _FRESH_LINK_HINT = (
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """`scheme://host[:port]/path` of a URL: no user info, query string or fragment.
-
-    This is the only form of a URL that may appear in messages, logs, manifests or cache keys.
-    """
-    try:
-        parts = urlsplit(str(url))
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unreadable URL>"
-    scheme = parts.scheme.lower()
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    default_port = {"https": 443, "http": 80}.get(scheme)
-    netloc = host if port is None or port == default_port else f"{host}:{port}"
-    return f"{scheme}://{netloc}{parts.path}"
 
 
 def address_kind(ip: IPAddress) -> str | None:

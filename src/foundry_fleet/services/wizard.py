@@ -25,7 +25,8 @@ from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import normalise_license_key
 from foundry_fleet.domain.names import validate_discord_id, validate_instance_name
 from foundry_fleet.domain.release import parse_version
-from foundry_fleet.releases.fetch import check_download_url, redact_url
+from foundry_fleet.domain.urls import redact_url
+from foundry_fleet.releases.fetch import check_download_url
 from foundry_fleet.releases.policy import ProgressCallback
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.invites import Invites
