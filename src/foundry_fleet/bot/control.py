@@ -52,7 +52,7 @@ class FleetApi:
         return [v for v in await self.instances() if v.get("owner") == self.principal.discord_id]
 
     async def resolve(self, name: str | None) -> str:
-        """The instance a command means (Access.owned_name): the one named, or the user's only one."""
+        """The instance a command means: the one named, or the user's only one."""
         if name and name.strip():
             return validate_instance_name(name.strip())
         return (await self.pick(None))["name"]

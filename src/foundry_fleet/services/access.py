@@ -63,14 +63,3 @@ class Access:
     def visible(self, principal: Principal) -> list[InstanceView]:
         views = self.fleet.list_instances()
         return views if principal.admin else [v for v in views if v.owner == principal.discord_id]
-
-    def owned_name(self, principal: Principal, name: str | None) -> str:
-        """The instance a command means: the one named, or the tenant's only one when none is named."""
-        if name:
-            return self.instance(principal, name).name
-        mine = [v.name for v in self.visible(principal) if v.owner == principal.discord_id]
-        if len(mine) == 1:
-            return mine[0]
-        if not mine:
-            raise NotFound("you have no instance yet", "accept your invite to set one up")
-        raise NotFound(f"you have {len(mine)} instances: say which ({', '.join(mine)})")

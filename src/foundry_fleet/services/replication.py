@@ -23,7 +23,7 @@ from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.storage.base import Snapshots
-from foundry_fleet.storage.zfs_destination import DestinationOffline
+from foundry_fleet.storage.base import DestinationOffline
 from foundry_fleet.store.models import ReplicationRow
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from foundry_fleet.domain.errors import ExternalFailure
+
 if TYPE_CHECKING:
     from foundry_fleet.storage.snapshots import SnapshotInfo
+
+
+class DestinationOffline(ExternalFailure):
+    """A backup destination cannot be reached this round; its snapshots are kept for it on the source."""
 
 
 @dataclass(frozen=True)

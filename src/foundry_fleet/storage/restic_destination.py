@@ -18,7 +18,7 @@ from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
 from foundry_fleet.private_files import check_private_file
-from foundry_fleet.storage.zfs_destination import DestinationOffline
+from foundry_fleet.storage.base import DestinationOffline
 
 _NO_REPO_MARKERS = ("is there a repository at the following location", "repository does not exist",
                     "unable to open config file")

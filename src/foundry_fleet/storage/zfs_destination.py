@@ -16,16 +16,13 @@ import threading
 from collections.abc import Callable, Sequence
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
+from foundry_fleet.storage.base import DestinationOffline
 from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage.zfs_layout import parse_base
 
 _USER_HOST = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 _SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15")
 _CHUNK = 1 << 20
-
-
-class DestinationOffline(ExternalFailure):
-    """The destination cannot be reached this round; its snapshots are kept for it on the source."""
 
 
 class ZfsDestination:
