@@ -18,11 +18,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from foundry_fleet.storage.snapshots import META, SKIP
+from foundry_fleet.storage.snapshots import META, SKIP, own_restored_tree
 from foundry_fleet.storage.trees import remove_tree
 
 MARKER = ".fleet-restore"
-_SHARED_MOUNT = Path("Data") / "shared"
 
 
 def restore_in_place(snapshot: Path, data: Path, name: str, uid: int | None) -> None:
@@ -58,30 +57,7 @@ def _replace_contents(snapshot: Path, data: Path, uid: int | None) -> None:
             shutil.copytree(src, dst, symlinks=True, ignore=_skip_shared(snapshot))
         else:
             shutil.copy2(src, dst, follow_symlinks=False)
-    (data / _SHARED_MOUNT).mkdir(parents=True, exist_ok=True)  # where the shared assets are mounted
-    for dirpath, dirnames, filenames in os.walk(data):
-        rel = os.path.relpath(dirpath, data)
-        if rel == str(_SHARED_MOUNT):
-            continue
-        if rel != ".":
-            os.chmod(dirpath, 0o755)
-        for f in filenames:
-            full = os.path.join(dirpath, f)
-            if rel == "." and f == MARKER:
-                continue
-            if not os.path.islink(full):
-                os.chmod(full, 0o755 if os.stat(full).st_mode & 0o111 else 0o644)
-            if uid is not None:
-                os.lchown(full, uid, uid)
-        if uid is not None and rel != ".":
-            os.lchown(dirpath, uid, uid)
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)) and uid is not None:
-                os.lchown(os.path.join(dirpath, d), uid, uid)
-    os.chmod(data, 0o700)
-    if uid is not None:
-        os.chown(data, uid, uid)
-        os.chown(data / _SHARED_MOUNT, 0, 0)
+    own_restored_tree(data, uid, leave=frozenset({MARKER}))
 
 
 def _skip_shared(snapshot: Path) -> Callable[[str, list[str]], set[str]]:

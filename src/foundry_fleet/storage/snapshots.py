@@ -214,25 +214,37 @@ def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
     new, old = data.parent / RESTORE_NEW, data.parent / RESTORE_OLD
     remove_tree(new)
     shutil.copytree(snapshot, new, symlinks=True, ignore=shutil.ignore_patterns(META))
-    for dirpath, _dirnames, filenames in os.walk(new):
-        os.chmod(dirpath, 0o755)
-        for f in filenames:
-            full = os.path.join(dirpath, f)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755 if os.stat(full).st_mode & 0o111 else 0o644)
-    (new / "Data" / "shared").mkdir(parents=True, exist_ok=True)  # the shared assets' mount point
-    os.chmod(new, 0o700)
-    if uid is not None:
-        for dirpath, dirnames, filenames in os.walk(new):
-            os.lchown(dirpath, uid, uid)
-            for n in filenames + dirnames:
-                if os.path.join(os.path.relpath(dirpath, new), n) != os.path.join("Data", "shared"):
-                    os.lchown(os.path.join(dirpath, n), uid, uid)
-        os.lchown(new / "Data" / "shared", 0, 0)
+    own_restored_tree(new, uid)
     remove_tree(old)
     os.rename(data, old)
     os.rename(new, data)
     remove_tree(old)
+
+
+def own_restored_tree(root: Path, uid: int | None, leave: frozenset[str] = frozenset()) -> None:
+    """Make a restored copy the instance's own data: directories 0755 (`root` itself 0700), files 0644 or
+    0755, everything owned by `uid`, except `Data/shared`, the shared assets' mount point, which is
+    root's. `leave` names files at the top that are not the instance's (left as they are)."""
+    shared = root / "Data" / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(root):
+        at_top = dirpath == str(root)
+        os.chmod(dirpath, 0o700 if at_top else 0o755)
+        for f in filenames:
+            if at_top and f in leave:
+                continue
+            full = os.path.join(dirpath, f)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755 if os.stat(full).st_mode & 0o111 else 0o644)
+            if uid is not None:
+                os.lchown(full, uid, uid)
+        if uid is not None:
+            os.lchown(dirpath, uid, uid)
+            for d in dirnames:  # links to directories are listed here but never walked into
+                if os.path.islink(os.path.join(dirpath, d)):
+                    os.lchown(os.path.join(dirpath, d), uid, uid)
+    if uid is not None:
+        os.lchown(shared, 0, 0)
 
 
 def finish_restore(data: Path) -> str | None:
