@@ -284,7 +284,7 @@ def create_app(
         return [e.to_dict() for e in await run(fleet.events, target, limit)]
 
     async def instance_logs(name: str, lines: int) -> dict[str, Any]:
-        return {"name": name, "lines": await run(fleet.log_tail, name, lines)}
+        return {"name": name, "lines": await run(fleet.log_tail, name, min(lines, 1000))}
 
     async def list_releases() -> list[dict[str, Any]]:
         return [r.to_dict() for r in await run(fleet.list_releases)]

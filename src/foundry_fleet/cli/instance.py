@@ -12,7 +12,7 @@ from foundry_fleet.services.wiring import make_backups
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json
 from foundry_fleet.domain.errors import InvalidInput
-from foundry_fleet.runtime.logs import follow, tail
+from foundry_fleet.runtime.logs import follow
 
 app = typer.Typer(help="Foundry instances, one per tenant.", no_args_is_help=True)
 
@@ -237,13 +237,12 @@ def logs(
 ) -> None:
     """An instance's server log (stdout and stderr)."""
     c: CliContext = ctx.obj
-    c.fleet().get_instance(name)  # a clear error for unknown names
-    path = c.config.paths.instance_logs(name) / "foundry.log"
-    for line in tail(path, lines):
+    fleet = c.fleet()
+    for line in fleet.log_tail(name, lines):
         typer.echo(line)
     if follow_:
         try:
-            for line in follow(path):
+            for line in follow(fleet.log_path(name)):
                 typer.echo(line)
         except KeyboardInterrupt:
             pass

@@ -443,12 +443,16 @@ class Fleet:
         self._changed()
         return view
 
+    def log_path(self, name: str) -> Path:
+        """The instance's server log (stdout and stderr); NotFound for an unknown instance."""
+        self.get_instance(name)
+        return self.config.paths.instance_logs(name) / "foundry.log"
+
     def log_tail(self, name: str, lines: int = 100) -> list[str]:
-        """The last lines of the instance's server log (at most 1000)."""
+        """The last `lines` lines of the instance's server log."""
         from foundry_fleet.runtime.logs import tail
 
-        self.get_instance(name)
-        return tail(self.config.paths.instance_logs(name) / "foundry.log", max(0, min(lines, 1000)))
+        return tail(self.log_path(name), max(0, lines))
 
     def suspend(self, name: str, reason: str) -> InstanceView:
         """Stop the instance and keep it stopped: its tenant cannot start it until an admin resumes it."""
