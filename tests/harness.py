@@ -174,15 +174,30 @@ def kill_processes_with(text: str) -> None:
                 pass
 
 
-def snapshot_files(tree: Path) -> dict[str, str]:
-    """sha256 of every regular file in a directory snapshot (links and its metadata file left out)."""
+def file_digests(tree: Path) -> dict[str, str]:
+    """sha256 of every regular file under `tree` (live data, or a snapshot of it), by relative path.
+
+    Left out: links (never followed), a directory snapshot's metadata file, `.zfs`, and `Data/shared`
+    (the shared assets' mount point, not the tenant's data).
+    """
     import hashlib
 
-    want = {}
+    out = {}
     for dirpath, dirnames, files in os.walk(tree):
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)) and d != ".zfs"
+                       and os.path.relpath(os.path.join(dirpath, d), tree) != os.path.join("Data", "shared")]
         for f in files:
             full = Path(dirpath, f)
             if f != ".snapshot.json" and not full.is_symlink():
-                want[str(full.relative_to(tree))] = hashlib.sha256(full.read_bytes()).hexdigest()
-    return want
+                out[str(full.relative_to(tree))] = hashlib.sha256(full.read_bytes()).hexdigest()
+    return out
+
+
+class Clock:
+    """A clock a test moves by hand (services take `clock=`)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.edge_support import https, local_ca
-from tests.harness import FleetHarness, snapshot_files
+from tests.harness import FleetHarness, file_digests
 
 pytestmark = pytest.mark.e2e
 OWNER = {"X-Fleet-User": "123456789012345678"}  # what the auth service sets once a tenant signed in
@@ -96,7 +96,7 @@ def test_the_zip_download_is_exactly_the_snapshot(fleet: FleetHarness, door: htt
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         got = {n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}
     tree = fleet.root / "snapshots" / "alice" / snap
-    want = snapshot_files(tree)
+    want = file_digests(tree)
     assert got == want and "Data/assets/map.webp" in got
     assert not any("passwd" in n or n.startswith("Data/escape") for n in got)
 

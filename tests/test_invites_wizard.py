@@ -17,19 +17,11 @@ from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.wiring import open_fleet
 from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE, SetupWizard
 from foundry_fleet.store.models import WizardRow
-from tests.harness import FleetHarness
+from tests.harness import Clock, FleetHarness
 from tests.releases_support import LocalHTTPS, Route
 
 ALICE, BOB, EVE = "111111111111111111", "222222222222222222", "333333333333333333"
 LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import ResourceLimits, TaskExit, TaskHandle, TaskSpec
 from foundry_fleet.runtime.local import LocalRuntime
+from tests.standin import free_port
 
 IS_ROOT = os.geteuid() == 0
 NODE = shutil.which("node")
@@ -91,12 +92,6 @@ SERVER_JS = textwrap.dedent(
     }).listen(port, '0.0.0.0', () => console.log('listening on ' + port));
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:

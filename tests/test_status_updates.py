@@ -13,7 +13,7 @@ from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.status_updates import StatusUpdates, Undeliverable, update_for
 from foundry_fleet.services.wiring import open_fleet
-from tests.harness import FleetHarness
+from tests.harness import Clock, FleetHarness
 
 ALICE, BOB = "111111111111111111", "222222222222222222"
 
@@ -34,14 +34,6 @@ class Recorder:
         if user_id == BOB:
             raise Undeliverable("Cannot send messages to this user (50007)")
         self.dms.append((user_id, text))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ replication into a second pool that goes offline and comes back."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import make_backups, open_fleet
 from tests.conftest import make_fleet
 from tests.ports import port_block
-from tests.harness import BIN, FleetHarness, kill_processes_with, wait_until
+from tests.harness import BIN, FleetHarness, file_digests, kill_processes_with, wait_until
 from tests.test_e2e_upgrade import upgrade_then_roll_back
 from tests.zfs_support import FilePool, make_file_pool, zfs, zpool
 
@@ -47,19 +46,6 @@ def second_pool(tmp_path_factory: pytest.TempPathFactory, zfs_daemon: None) -> I
         if zpool("list", pool.name, check=False).returncode != 0:
             zpool("import", "-d", str(pool.file.parent), pool.name, check=False)
         pool.destroy()
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every regular file under `root` (Data/shared and .zfs aside) with its sha256."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".zfs" and os.path.relpath(os.path.join(dirpath, d), root)
-                       != os.path.join("Data", "shared")]
-        for f in filenames:
-            full = os.path.join(dirpath, f)
-            if not os.path.islink(full):
-                out[os.path.relpath(full, root)] = hashlib.sha256(Path(full).read_bytes()).hexdigest()
-    return out
 
 
 def test_storage_init_lays_out_datasets_once_and_records_them(zfs_fleet: FleetHarness, zfs_base: str) -> None:
@@ -94,7 +80,7 @@ def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
     world.write_text("session 1")
     (data / "Data" / "map.webp").write_bytes(os.urandom(200_000))
     os.chown(world, inst["uid"], inst["uid"]) if inst.get("uid") else None
-    before = tree_digest(data)
+    before = file_digests(data)
     snap = zfs_fleet.cli("backup", "now", "alice", "--label", "before", "--json").json()["name"]
     assert f"{zfs_base}/instances/alice/data@{snap}" in zfs("list", "-H", "-t", "snapshot", "-o", "name").stdout
     world.write_text("session 2 went badly")
@@ -114,7 +100,7 @@ def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
 
     out = zfs_fleet.cli("backup", "restore", "alice", snap, "--yes").out
     assert "kept as snapshot safety-" in out
-    assert tree_digest(data) == before
+    assert file_digests(data) == before
     after = zfs_fleet.instance("alice")
     assert after["state"] == "running"
     names = [s["name"] for s in zfs_fleet.cli("backup", "list", "alice", "--json").json()]
@@ -134,9 +120,9 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
     for i in range(40):  # enough that the copy back takes a while
         (data / "Data" / f"scene{i}.webp").write_bytes(os.urandom(1024 * 1024))
     snap = zfs_fleet.cli("backup", "now", "carol", "--json").json()["name"]
-    want = tree_digest(data)
+    want = file_digests(data)
     (data / "Data" / "scene0.webp").write_bytes(b"changed after the snapshot")
-    changed = tree_digest(data)
+    changed = file_digests(data)
 
     restore = subprocess.Popen([str(BIN), "--config", str(zfs_fleet.config), "backup", "restore", "carol", snap,
                                 "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,17 +131,17 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
     restore.kill()
     restore.wait()
     assert marker.exists(), "the restore finished before it could be interrupted: make the data bigger"
-    assert tree_digest(data) != want  # half way: neither the old data nor the snapshot's
+    assert file_digests(data) != want  # half way: neither the old data nor the snapshot's
 
     zfs_fleet.up()
     zfs_fleet.cli("instance", "start", "carol")
     zfs_fleet.wait_state("carol", "running")
-    assert tree_digest(data) == want and not marker.exists()
+    assert file_digests(data) == want and not marker.exists()
     safety = [s["name"] for s in zfs_fleet.cli("backup", "list", "carol", "--json").json()
               if s["name"].startswith("safety-")]
     assert len(safety) == 1
     fleet = open_fleet(load_config(zfs_fleet.config))
-    assert tree_digest(fleet.storage.snapshots.path("carol", safety[0])) == changed  # nothing was lost
+    assert file_digests(fleet.storage.snapshots.path("carol", safety[0])) == changed  # nothing was lost
 
 
 def _fleet_with_destination(h: FleetHarness, dest: str, source_plan: str, dest_plan: str,
