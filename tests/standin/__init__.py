@@ -20,7 +20,8 @@ that behaves like Foundry where the fleet cares:
   errno name such as EROFS/EACCES/ENOENT; plus uid, gid, pid, ppid, cwd, argv, dataPath, rss,
   envKeys, env), `__alloc?mb=N` (allocates, touches and keeps N MB), `__hang` (never answers).
   A write probe of a directory creates and removes a scratch file in it; of anything else, writes
-  that file.
+  that file. `POST __shell` with JSON `{"script", "timeoutMs", "background"}` runs `/bin/sh -c script`
+  inside the instance as the server's user (`run_in_instance`): what a hostile tenant's code can do.
 - `<dataPath>/crash-on-start` present: prints a line and exits 3 at once.
   `STANDIN_START_DELAY_MS=N` in the environment: waits N ms before listening.
 - One stdout line on start (`... listening on port N (prefix /-/) ...`) and one per request.
@@ -51,6 +52,7 @@ __all__ = [
     "build_release_zip",
     "entry_in_zip",
     "free_port",
+    "run_in_instance",
     "spawn_standin",
     "standin_source_dir",
     "wait_for_status",
@@ -299,3 +301,17 @@ def wait_for_status(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer within {timeout} s")
         time.sleep(0.01)
+
+
+def run_in_instance(port: int, script: str, *, timeout: float = 30.0, background: bool = False,
+                    prefix: str = ROUTE_PREFIX) -> dict[str, object]:
+    """Run `script` with /bin/sh inside the stand-in listening on `port`, as its tenant would.
+
+    Returns `{"code", "signal", "stdout", "stderr"}`, or `{"pid"}` at once when `background`.
+    """
+    body = json.dumps({"script": script, "timeoutMs": int(timeout * 1000), "background": background}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/{prefix}/__shell", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=timeout + 5) as resp:
+        return json.loads(resp.read())

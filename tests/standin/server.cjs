@@ -4,7 +4,8 @@
 // It behaves like Foundry where the fleet cares: the command line, Config/options.json
 // (port, routePrefix), GET /<prefix>/api/status, a websocket under /<prefix>/socket.io/,
 // 404 outside the route prefix, a Logs directory, and a clean exit on SIGTERM/SIGINT.
-// It also has test hooks under the prefix (__crash, __probe, __alloc, __hang).
+// It also has test hooks under the prefix (__crash, __probe, __alloc, __hang, __shell).
+// __shell runs a shell script inside the instance, as a hostile tenant's server code could.
 //
 // Node.js built-ins only. This file is the single source of the server; the release zips
 // carry it next to a thin main.js (CommonJS) or main.mjs (ES module) loader.
@@ -322,6 +323,58 @@ function alloc(mb) {
   }
 }
 
+// POST __shell with JSON {"script", "timeoutMs", "background"}: `/bin/sh -c script` as this
+// server's own user, inside whatever sandbox it runs in. Answers {code, signal, stdout, stderr}
+// (each stream cut to 1 MiB), or {pid} at once for a background script (its output is discarded).
+function shell(req, res) {
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    let job;
+    try {
+      job = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch (err) {
+      sendJson(res, 400, { error: 'body must be JSON' });
+      return;
+    }
+    if (typeof job.script !== 'string') {
+      sendJson(res, 400, { error: 'script must be a string' });
+      return;
+    }
+    const { spawn } = require('node:child_process');
+    if (job.background) {
+      const child = spawn('/bin/sh', ['-c', job.script], { cwd: dataPath, stdio: 'ignore', detached: true });
+      child.on('error', () => {});
+      child.unref();
+      sendJson(res, 200, { pid: child.pid });
+      return;
+    }
+    const child = spawn('/bin/sh', ['-c', job.script], { cwd: dataPath, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = { stdout: [], stderr: [] };
+    const sizes = { stdout: 0, stderr: 0 };
+    for (const name of ['stdout', 'stderr']) {
+      child[name].on('data', (c) => {
+        if (sizes[name] < MB) out[name].push(c.subarray(0, MB - sizes[name]));
+        sizes[name] += c.length;
+      });
+    }
+    const timer = setTimeout(() => child.kill('SIGKILL'), Number(job.timeoutMs) || 30000);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      sendJson(res, 500, { error: String(err) });
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      sendJson(res, 200, {
+        code,
+        signal,
+        stdout: Buffer.concat(out.stdout).toString('utf8'),
+        stderr: Buffer.concat(out.stderr).toString('utf8'),
+      });
+    });
+  });
+}
+
 function handle(req, res) {
   const t0 = process.hrtime.bigint();
   let logged = false;
@@ -354,6 +407,10 @@ function handle(req, res) {
   }
   const route = pathname.slice(base.length); // '' for the index
 
+  if (route === '__shell' && req.method === 'POST') {
+    shell(req, res);
+    return;
+  }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('Allow', 'GET, HEAD');
     send(res, 405, 'Method Not Allowed\n', 'text/plain; charset=utf-8');
