@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import InvalidInput, NotFound
+from foundry_fleet.domain.hosts import validate_host_label
 from foundry_fleet.domain.names import validate_domain
 
 CONFIG_ENV = "FOUNDRY_FLEET_CONFIG"
@@ -35,7 +36,19 @@ class FleetSection(_Section):
     @field_validator("domain")
     @classmethod
     def _domain(cls, v: str) -> str:
-        return validate_domain(v)
+        try:
+            return validate_domain(v)
+        except InvalidInput as e:
+            raise ValueError(e.message) from None  # pydantic then names the key
+
+    @field_validator("fleet_host")
+    @classmethod
+    def _fleet_host(cls, v: str) -> str:
+        # It reaches Caddy's host matcher: a placeholder such as {http.request.host} would match any host.
+        try:
+            return validate_host_label(v, "fleet_host")
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
 
 
 class EdgeSection(_Section):

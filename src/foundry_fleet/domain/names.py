@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.hosts import MAX_HOST, normalise_hostname
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -46,21 +47,12 @@ def validate_instance_name(name: str, extra_reserved: frozenset[str] = frozenset
     return name
 
 
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
 def validate_domain(domain: str) -> str:
-    """A domain the fleet serves tenant hosts under, e.g. `games.example.org` or `localhost`."""
-    d = domain.strip().lower().rstrip(".")
-    if not d or len(d) > 253 - 64:
-        raise InvalidInput(f"domain {domain!r} is empty or too long", "give a domain such as games.example.org")
-    for label in d.split("."):
-        if not _HOST_LABEL.match(label):
-            raise InvalidInput(
-                f"domain {domain!r} has an invalid label {label!r}",
-                "use lowercase letters, digits, dashes and dots",
-            )
-    return d
+    """A domain the fleet serves tenant hosts under, e.g. `games.example.org` or `localhost`.
+
+    Tenant hosts are `<name>.<domain>`, so it leaves room for a 63-character name, and it is never an
+    IP address (`<name>.127.0.0.1` would be no hostname at all)."""
+    return normalise_hostname(domain, "domain", max_length=MAX_HOST - 64)
 
 
 _SNOWFLAKE = re.compile(r"^[0-9]{15,21}$")
