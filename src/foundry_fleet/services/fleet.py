@@ -22,7 +22,8 @@ from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotF
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import build_license, build_options, normalise_license_key
 from foundry_fleet.domain.instance import DesiredState, InstanceState
-from foundry_fleet.domain.names import validate_discord_id, validate_domain, validate_instance_name
+from foundry_fleet.domain.hosts import HostConflict, InstanceHosts, assign_hosts, comparable_host, normalise_hostname
+from foundry_fleet.domain.names import validate_discord_id, validate_instance_name
 from foundry_fleet.domain.ports import choose_port
 from foundry_fleet.edge.caddy_config import TenantSite
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, node_range_for
@@ -213,7 +214,7 @@ class Fleet:
         extra_hosts: list[str] | None = None,
     ) -> CreatedInstance:
         name = validate_instance_name(name, frozenset({self.config.fleet.fleet_host}))
-        hosts = self._validate_extra_hosts(name, extra_hosts or [])
+        hosts = self._clean_extra_hosts(name, extra_hosts or [])
         license_json = build_license(license_key) if license_key else None
         owner_id = validate_discord_id(owner) if owner else None
         if admin_password is not None and len(admin_password) < MIN_ADMIN_PASSWORD:
@@ -242,61 +243,120 @@ class Fleet:
         self._changed()
         return CreatedInstance(view, password if generated else None)
 
-    def _validate_extra_hosts(self, name: str, hosts: list[str]) -> list[str]:
-        """Extra hostnames must be valid, and nobody else's (not the fleet's, not another instance's)."""
+    def _clean_extra_hosts(self, name: str, hosts: list[str]) -> list[str]:
+        """Extra hostnames in their one spelling, each a real hostname (never an IP address)."""
+        own = self.config.host_for(name)
         clean: list[str] = []
         for h in hosts:
-            host = validate_domain(h)
-            if "." not in host:
-                raise InvalidInput(f"extra host {h!r} is not a full hostname", "give e.g. games.example.org")
+            host = normalise_hostname(h, "extra hostname", min_labels=2)
+            if host == own:
+                raise InvalidInput(f"{host} is already {name}'s own host", "list only the hostnames it has besides that")
             if host not in clean:
                 clean.append(host)
-        taken = self.known_hosts(exclude=name)
-        for host in clean:
-            if host in taken:
-                raise Conflict(f"host {host} is already served by this fleet", "each hostname can point at one instance only")
         return clean
 
     def set_extra_hosts(self, name: str, hosts: list[str]) -> InstanceView:
-        clean = self._validate_extra_hosts(name, hosts)
-        with self._session() as s:
+        clean = self._clean_extra_hosts(name, hosts)
+        with self._hosts_lock(), self._session() as s:
             row = self._instance_row(s, name)
+            self._refuse_taken_hosts(s, name, clean)
             row.extra_hosts = clean
             record(s, self.actor, "instance.hosts", name, Outcome.OK, ", ".join(clean) or "none")
             view = self.view(row)
         self._changed()
         return view
 
-    # the edge -----------------------------------------------------------------------------
+    # hostnames: each served for one instance ----------------------------------------------
 
-    def known_hosts(self, exclude: str | None = None) -> set[str]:
-        """Every hostname the fleet serves: its own host and all of its instances' hosts."""
-        hosts = {self.config.host_for(self.config.fleet.fleet_host)}
+    def _hosts_lock(self) -> FileLock:
+        """Held while a host is checked and claimed, by every process (CLI or daemon): two requests
+        for the same host cannot both find it free."""
+        lock_dir = self.config.paths.run / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / "hosts.lock"), timeout=60)
+
+    def _refuse_taken_hosts(self, s: Session, name: str, hosts: list[str], own: str | None = None) -> None:
+        """Conflict if one of `hosts` (or `own`, the host a new instance's name gives it) is the fleet's
+        or another instance's. Call with the hosts lock held, in the session that writes the claim."""
+        fleet_host = self.fleet_host()
+        taken: dict[str, tuple[str, str]] = {}
+        for row in s.scalars(select(Instance).where(Instance.name != name)).all():
+            taken.setdefault(comparable_host(self.config.host_for(row.name)), (row.name, "the own host"))
+            for extra in row.extra_hosts or []:
+                taken.setdefault(comparable_host(str(extra)), (row.name, "an extra hostname"))
+        if own is not None:
+            if own == fleet_host:
+                raise Conflict(f"{name}'s host {own} is the fleet's own host", "choose another name")
+            if own in taken:
+                holder, kind = taken[own]
+                raise Conflict(
+                    f"the name {name!r} would be served at {own}, which is already {kind} of instance {holder}",
+                    f"choose another name, or first remove {own} from {holder} "
+                    f"(`foundry-fleet instance hosts {holder} HOST...` with the hosts it keeps, or --clear)",
+                )
+        for host in hosts:
+            if host == fleet_host:
+                raise Conflict(f"host {host} is the fleet's own host", "choose another hostname")
+            if host in taken:
+                holder, kind = taken[host]
+                hint = ("each hostname can point at one instance only: choose another hostname"
+                        if kind == "the own host" else
+                        f"each hostname can point at one instance only: remove it from {holder} first "
+                        f"(`foundry-fleet instance hosts {holder} HOST...` with the hosts it keeps, or --clear)")
+                raise Conflict(f"host {host} is already {kind} of instance {holder}", hint)
+
+    def host_holder(self, host: str) -> str | None:
+        """Who claims `host` in the state database (an instance, or "the fleet"), served or not."""
+        host = comparable_host(host)
+        if host == self.fleet_host():
+            return "the fleet"
         with self._session() as s:
             for row in s.scalars(select(Instance)).all():
-                if row.name != exclude:
-                    hosts.add(self.config.host_for(row.name))
-                    hosts.update(row.extra_hosts or [])
-        return hosts
-
-    def instance_for_host(self, host: str) -> str | None:
-        """The instance a hostname belongs to (its own or an extra one), or None."""
-        host = host.lower().rstrip(".")
-        with self._session() as s:
-            for row in s.scalars(select(Instance).where(Instance.desired != DesiredState.DELETED.value)).all():
-                if host == self.config.host_for(row.name) or host in (row.extra_hosts or []):
+                if host == self.config.host_for(row.name) or host in {comparable_host(str(h)) for h in row.extra_hosts or []}:
                     return row.name
         return None
+
+    # the edge -----------------------------------------------------------------------------
+
+    def fleet_host(self) -> str:
+        return self.config.host_for(self.config.fleet.fleet_host)
+
+    def _served_hosts(self, s: Session) -> tuple[list[Instance], dict[str, tuple[str, ...]], list[HostConflict]]:
+        """The instances the edge routes, the hosts it serves for each, and the claims it does not serve.
+
+        The one answer the edge, the backups app and the TLS permission all use, so a host never leads
+        to one instance's server and another's backups."""
+        rows = list(s.scalars(select(Instance).where(Instance.desired != DesiredState.DELETED.value)).all())
+        wanted = [InstanceHosts(r.name, self.config.host_for(r.name), tuple(r.extra_hosts or []), (r.created_at, r.id))
+                  for r in rows]
+        served, conflicts = assign_hosts(self.fleet_host(), wanted)
+        return rows, served, conflicts
+
+    def known_hosts(self) -> set[str]:
+        """Every hostname the fleet serves: its own host and all of its instances' hosts."""
+        with self._session() as s:
+            _rows, served, _conflicts = self._served_hosts(s)
+        return {self.fleet_host(), *(h for hosts in served.values() for h in hosts)}
+
+    def instance_for_host(self, host: str) -> str | None:
+        """The instance the edge serves at a hostname (its own or an extra one), or None."""
+        host = comparable_host(host)
+        with self._session() as s:
+            _rows, served, _conflicts = self._served_hosts(s)
+        return next((name for name, hosts in served.items() if host in hosts), None)
+
+    def host_conflicts(self) -> list[HostConflict]:
+        """Hosts instances ask for that the edge does not serve them (collisions from before they were
+        refused, or an invalid hostname in an old database)."""
+        with self._session() as s:
+            return self._served_hosts(s)[2]
 
     def edge_sites(self) -> list[TenantSite]:
         """What the edge routes: every instance that exists, with the state its page should show."""
         with self._session() as s:
-            rows = s.scalars(select(Instance).where(Instance.desired != DesiredState.DELETED.value)).all()
-            return [
-                TenantSite(name=r.name, hosts=(self.config.host_for(r.name), *(r.extra_hosts or [])),
-                           port=r.port, state=r.state)
-                for r in rows
-            ]
+            rows, served, _conflicts = self._served_hosts(s)
+            return [TenantSite(name=r.name, hosts=served[r.name], port=r.port, state=r.state)
+                    for r in rows if served[r.name]]
 
     def _refuse_unowned_files(self, name: str) -> None:
         """Files under instances/<name> that no instance owns are someone's data: never adopt them."""
@@ -314,9 +374,10 @@ class Fleet:
         lo, hi = self.config.instances.port_range
         for attempt in range(3):
             try:
-                with self._session() as s:
+                with self._hosts_lock(), self._session() as s:
                     if s.scalar(select(Instance.id).where(Instance.name == name)) is not None:
                         raise Conflict(f"an instance named {name!r} already exists", "choose another name, or delete it first")
+                    self._refuse_taken_hosts(s, name, hosts, own=self.config.host_for(name))
                     rel = s.get(Release, release)
                     if rel is None:
                         raise NotFound(

@@ -199,7 +199,9 @@ class SetupWizard:
             taken = s.query(Instance.id).filter(Instance.name == name).first() is not None
             held = s.query(WizardRow).filter(WizardRow.instance_name == name, WizardRow.discord_user_id != user,
                                              WizardRow.step != DONE).first() is not None
-        if taken or held:
+        # Its host may be another instance's extra hostname: the tenant is not told whose.
+        host_taken = self.fleet.host_holder(self.fleet.config.host_for(name)) is not None
+        if taken or held or host_taken:
             raise Conflict(f"the name {name} is taken", "choose another name")
 
     def _require(self, user: str, *steps: str) -> WizardView:
