@@ -3,7 +3,8 @@
 Per tenant host (`<name>.<domain>` and any extra hosts):
   /          -> 302 to /-/
   /-/*       -> the instance (websockets pass; `stream_close_delay` keeps open sockets across
-                config reloads, so changing one tenant never disconnects another's players);
+                config reloads, so changing one tenant never disconnects another's players), with
+                the fleet's own cookies taken out of what it is sent and of what it may set;
                 a small 503 page with Retry-After while the instance is not running
   /backups/* -> forward_auth to the fleet's auth endpoint; client-sent identity headers are
                 stripped first, so only the auth service's answer can set them
@@ -11,7 +12,8 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
              -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
                 signed-in browser gets, and gives up, that host's own session cookie
 The fleet host serves the fleet's web endpoints (health, TLS permission, Discord sign-in; never the
-control API, nor the forward_auth check). Plain HTTP redirects to HTTPS on the configured port. A
+control API, nor the forward_auth check). Plain HTTP to a host the fleet serves redirects to HTTPS on
+the configured port; any other host gets a 404, never a redirect to where its Host header points. A
 host the fleet does not serve gets no certificate and no route.
 """
 
@@ -27,6 +29,13 @@ IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
 TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout")
 FLEET_WEB_PATHS = ("/health", "/tls/*", "/auth/login", "/auth/callback", "/login/*")
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
+# Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
+# tenant code never sees them, and cannot set them either.
+FLEET_COOKIE_PREFIX = "__Host-fleet_"
+# One pass removes each of the fleet's pairs from a Cookie header, wherever it sits (RE2 syntax); a
+# second tidies the separator left at the front when the first pair was one of them.
+_FLEET_COOKIE_PAIR = rf"(?i)(?:^|;)\s*{FLEET_COOKIE_PREFIX}[^;]*"
+_LEADING_SEPARATOR = r"^[;\s]+"
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,24 @@ def _proxy(dial: str, settings: EdgeSettings) -> list[dict[str, Any]]:
             "handler": "reverse_proxy",
             "upstreams": [{"dial": dial}],
             "stream_close_delay": int(settings.stream_close_delay_s * NS),
+            "headers": _without_fleet_cookies(),
         },
     ]
+
+
+def _without_fleet_cookies() -> dict[str, Any]:
+    """A tenant's server is hostile: it never gets a signed-in admin's session for its host, nor sets one.
+
+    An emptied Set-Cookie header is ignored by browsers; an emptied Cookie header carries nothing."""
+    return {
+        "request": {"replace": {"Cookie": [
+            {"search_regexp": _FLEET_COOKIE_PAIR, "replace": ""},
+            {"search_regexp": _LEADING_SEPARATOR, "replace": ""},
+        ]}},
+        "response": {"replace": {"Set-Cookie": [
+            {"search_regexp": rf"(?i)^\s*{FLEET_COOKIE_PREFIX}.*$", "replace": ""},
+        ]}},
+    }
 
 
 def _forward_auth(settings: EdgeSettings, uri: str) -> dict[str, Any]:
@@ -178,7 +203,8 @@ def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
 
 def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[str, Any]:
     """The whole configuration; the same input always gives the same output (so reloads can be skipped)."""
-    sites = sorted(sites, key=lambda s: s.name)
+    # A site without hosts would be a host matcher with no hosts, which matches every host.
+    sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
     routes = _shared_tenant_routes(settings, tenant_hosts)
     routes += [_tenant_route(s, settings) for s in sites]
@@ -197,6 +223,7 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     routes.append({"handle": [{"handler": "static_response", "abort": True}]})
     https_port = settings.https_port
     port_suffix = "" if https_port == 443 else f":{https_port}"
+    all_hosts = sorted({*tenant_hosts, settings.fleet_host})
     servers = {
         "edge": {
             "listen": [f":{https_port}"],
@@ -212,15 +239,20 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
         },
         "redirect": {
             "listen": [f":{settings.http_port}"],
-            "routes": [{"handle": [{
-                "handler": "static_response",
-                "status_code": 308,
-                "headers": {"Location": [f"https://{{http.request.host}}{port_suffix}{{http.request.uri}}"]},
-            }]}],
+            "routes": [
+                # The Host header is the client's to choose: only hosts the fleet serves are sent on.
+                {"match": [{"host": all_hosts}],
+                 "handle": [{
+                     "handler": "static_response",
+                     "status_code": 308,
+                     "headers": {"Location": [f"https://{{http.request.host}}{port_suffix}{{http.request.uri}}"]},
+                 }],
+                 "terminal": True},
+                {"handle": [{"handler": "static_response", "status_code": 404}]},
+            ],
             "automatic_https": {"disable": True},
         },
     }
-    all_hosts = sorted({*tenant_hosts, settings.fleet_host})
     return {
         "admin": {"listen": settings.admin_listen},
         "apps": {
