@@ -24,6 +24,7 @@ from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.edge.driver import Edge
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.edge_status import edge_report
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.supervisor import Supervisor
@@ -126,11 +127,13 @@ def create_app(
             names = sorted(await run(fleet.known_hosts))
             certs = await asyncio.gather(*(run(edge.certificate, h) for h in names))
             hosts = [c.__dict__ for c in certs]
+        edge_state = await run(edge.status) if edge is not None else None
         return {
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
             "instances": [i.to_dict() for i in instances],
             "hosts": hosts,
+            "edge": await run(edge_report, fleet, edge_state),
         }
 
     async def list_instances() -> list[dict[str, Any]]:

@@ -18,8 +18,11 @@ from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, err_console, events_table, hosts_table, instances_table, print_json
+from foundry_fleet.cli.render import (
+    console, err_console, events_table, hosts_table, instances_table, print_edge, print_json,
+)
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.services.edge_status import edge_report
 
 app = typer.Typer(
     name="foundry-fleet",
@@ -95,10 +98,12 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     if client is not None:
         data = client.status()
     else:
+        fleet = c.fleet()
         data = {
             "daemon": {"running": False, "root": str(c.config.root)},
             "capabilities": [],
-            "instances": [i.to_dict() for i in c.fleet().list_instances()],
+            "instances": [i.to_dict() for i in fleet.list_instances()],
+            "edge": edge_report(fleet, None),
         }
     if json_out:
         print_json(data)
@@ -114,6 +119,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     console.print(instances_table(data["instances"]))
     if data.get("hosts"):
         console.print(hosts_table(data["hosts"]))
+    print_edge(data.get("edge"))
 
 
 @app.command()

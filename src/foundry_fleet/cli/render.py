@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -55,6 +56,19 @@ def hosts_table(hosts: list[dict[str, Any]]) -> Table:
         state = h["state"] + (f" ({h['detail']})" if h.get("detail") else "")
         t.add_row(h["host"], f"[{styles.get(h['state'], '')}]{state}[/]", h.get("not_after") or "-", h.get("issuer") or "-")
     return t
+
+
+def print_edge(edge: dict[str, Any] | None) -> None:
+    """Whether Caddy serves the current state (with the daemon), and hostnames it does not serve."""
+    if not edge:
+        return
+    if edge.get("in_sync") is False:
+        since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(edge['since']))}" if edge.get("since") else ""
+        console.print(f"edge: [bold red]out of date[/]{since}: {escape(edge.get('problem') or '')}")
+    elif edge.get("in_sync"):
+        console.print("edge: [green]up to date[/]")
+    for c in edge.get("host_conflicts", []):
+        console.print(f"[yellow]host {escape(c['host'])} is not served for {escape(c['instance'])}:[/] {escape(c['why'])}")
 
 
 def releases_table(releases: list[dict[str, Any]]) -> Table:

@@ -2,7 +2,12 @@
 
 Changes that arrive together are batched into one load, an unchanged config sends nothing, and
 while Caddy is unreachable the newest config waits and is pushed as soon as Caddy is back. If Caddy
-dies it is started again and gets the full config.
+dies it is started again, with the last config it accepted, and then gets the current one.
+
+A config that fails the fleet's own check (`config_check`) is not sent; one Caddy refuses is not
+loaded (Caddy keeps serving the one before). Either way the last good config keeps serving every
+tenant, the refusal is reported once (`on_problem`: an event, so a status update) and shown in the
+edge's status, and the same config is not tried again until something changes or a backoff passes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.edge.admin import CaddyAdmin, CaddyUnreachable
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
+from foundry_fleet.edge.config_check import config_problems
 from foundry_fleet.edge.process import ManagedCaddy
 
 log = logging.getLogger("foundry_fleet.edge")
@@ -29,6 +35,25 @@ BATCH_WINDOW = 0.05  # seconds: changes arriving within this window go out as on
 RETRY_EVERY = 1.0
 WATCH_EVERY = 1.0
 MAX_RESTART_DELAY = 60.0
+# A refused config is tried again only after this, doubling up to the maximum (or at once when the
+# desired state changes): a refusal is rarely passing, and Caddy need not be asked every second.
+REFUSED_RETRY = 30.0
+MAX_REFUSED_RETRY = 900.0
+
+
+@dataclass(frozen=True)
+class EdgeStatus:
+    in_sync: bool  # Caddy serves the config the fleet's state asks for
+    problem: str | None = None  # why not
+    since: float | None = None  # since when (epoch seconds)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    digest: str
+    reason: str
+    retry_at: float  # monotonic
+    delay: float
 
 
 @dataclass(frozen=True)
@@ -47,19 +72,36 @@ class Edge:
         caddy: ManagedCaddy,
         admin: CaddyAdmin,
         desired_sites: Callable[[], list[TenantSite]],
+        on_problem: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.caddy = caddy
         self.admin = admin
         self.desired_sites = desired_sites
+        # Told (from a worker thread) when a config is refused, and with None once one loads again.
+        self.on_problem = on_problem
         self._dirty = asyncio.Event()
         self._push_lock = asyncio.Lock()
         self._pushed_digest: str | None = None
+        self._refused: _Refusal | None = None
+        self._unreachable: str | None = None
+        self._reported: str | None = None
+        self._problem_since: float | None = None
+        self._retry: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.loads = 0  # real loads sent (skipped identical ones do not count)
 
     def config(self) -> dict[str, Any]:
         return build_caddy_config(self.settings, self.desired_sites())
+
+    def status(self) -> EdgeStatus:
+        """Whether Caddy serves what the fleet's state asks for, and if not, why (reads the state: call
+        it off the event loop)."""
+        in_sync = _digest(self.config()) == self._pushed_digest
+        problem = self._refused.reason if self._refused else self._unreachable
+        if in_sync:
+            return EdgeStatus(True)
+        return EdgeStatus(False, problem or "a change is on its way to Caddy", self._problem_since if problem else None)
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -73,13 +115,15 @@ class Edge:
         self._tasks = [asyncio.create_task(self._pusher()), asyncio.create_task(self._watch())]
 
     def _launch(self) -> None:
-        # Start with the current desired config on disk, so Caddy serves it from its first moment.
-        self.caddy.write_config(self.config())
+        # Start with the last config Caddy accepted (on disk): the desired one follows by /load, so
+        # one that Caddy refuses cannot keep it from starting.
         pid = self.caddy.start()
         self._pushed_digest = None
         log.info("edge: started Caddy (pid %s)", pid)
 
     async def close(self, stop_caddy: bool) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -98,32 +142,79 @@ class Edge:
         self._dirty.set()
 
     async def push(self) -> bool:
-        """Send the desired config if it differs from the last one sent; False if Caddy was unreachable.
+        """Send the desired config if it differs from the last one sent. False if it is not what Caddy
+        serves now: Caddy was unreachable, or the config was refused (see `status`).
 
         One push at a time: the config is read and loaded under the lock, so an older config can
         never be loaded after a newer one.
         """
         async with self._push_lock:
             config = await asyncio.to_thread(self.config)
-            blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-            digest = hashlib.sha256(blob.encode()).hexdigest()
+            digest = _digest(config)
             if digest == self._pushed_digest:
+                await self._settled()
                 return True
+            refused = self._refused
+            if refused is not None and refused.digest == digest and time.monotonic() < refused.retry_at:
+                return False  # known bad: not again before something changes or the backoff passes
+            problems = config_problems(config)
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                await self._refuse(digest, "the generated config was not sent: " + "; ".join(problems[:3]) + more)
+                return False
             try:
                 await asyncio.to_thread(self.admin.load, config)
             except CaddyUnreachable as e:
                 log.warning("edge: %s; the change is kept and sent when Caddy is back", e.message)
+                if self._unreachable is None:
+                    self._problem_since = self._problem_since or time.time()
+                self._unreachable = e.message
+                return False
+            except ExternalFailure as e:
+                await self._refuse(digest, e.message)
                 return False
             self.caddy.write_config(config)
             self._pushed_digest = digest
             self.loads += 1
+            await self._settled()
             return True
+
+    async def _refuse(self, digest: str, reason: str) -> None:
+        """Caddy keeps the last good config; say so once, and wait before trying this one again."""
+        previous = self._refused
+        delay = min(previous.delay * 2, MAX_REFUSED_RETRY) if previous and previous.digest == digest else REFUSED_RETRY
+        self._refused = _Refusal(digest, reason, time.monotonic() + delay, delay)
+        self._unreachable = None
+        log.error("edge: %s; Caddy keeps serving the last good config (tried again on the next change, or in %.0fs)",
+                  reason, delay)
+        if self._reported != reason:
+            self._reported = reason
+            self._problem_since = time.time()
+            await self._tell(reason)
+
+    async def _settled(self) -> None:
+        """Caddy serves the desired config: a reported refusal is over."""
+        self._refused = None
+        self._unreachable = None
+        self._problem_since = None
+        if self._reported is not None:
+            self._reported = None
+            log.info("edge: Caddy serves the current config again")
+            await self._tell(None)
+
+    async def _tell(self, problem: str | None) -> None:
+        if self.on_problem is None:
+            return
+        try:
+            await asyncio.to_thread(self.on_problem, problem)
+        except Exception:  # noqa: BLE001 - reporting must not stop the edge
+            log.exception("edge: could not report the edge's state")
 
     async def sync(self) -> None:
         """Push now (no batching wait): for callers that answer a person once the edge shows a change."""
         try:
             if not await self.push():
-                self._dirty.set()  # the pusher keeps retrying
+                self._dirty.set()  # the pusher retries (a refused config: after its backoff)
         except ExternalFailure as e:
             log.error("edge: %s", e.message)
 
@@ -134,12 +225,18 @@ class Edge:
             self._dirty.clear()
             try:
                 ok = await self.push()
-            except ExternalFailure as e:
-                # Caddy refused the config: a bug in the builder, not a passing fault. Keep serving
-                # the last good config, and say so loudly.
-                log.error("edge: %s", e.message)
+            except Exception:  # noqa: BLE001 - the pusher must outlive any one bad round
+                log.exception("edge: pushing the config failed")
                 ok = True
-            if not ok:
+            if ok:
+                continue
+            if self._refused is not None:
+                # A change sets the flag at once; otherwise try the refused config after its backoff.
+                if self._retry is not None:
+                    self._retry.cancel()
+                wait = max(0.0, self._refused.retry_at - time.monotonic())
+                self._retry = asyncio.get_running_loop().call_later(wait, self._dirty.set)
+            else:
                 await asyncio.sleep(RETRY_EVERY)
                 self._dirty.set()
 
@@ -186,3 +283,8 @@ class Edge:
         if isinstance(not_after, str):
             not_after = time.strftime("%Y-%m-%d", time.gmtime(ssl.cert_time_to_seconds(not_after)))
         return CertificateState(host, "valid", not_after, issuer)
+
+
+def _digest(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

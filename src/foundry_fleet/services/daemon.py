@@ -27,6 +27,7 @@ from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
+from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.fleet import Fleet
@@ -108,6 +109,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                         create_web_app(fleet.known_hosts, web_login))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
+    if conflicts := report_host_conflicts(fleet):
+        log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
+                  conflicts)
     await edge.start()
     caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
                                          f":{config.edge.https_port}, TLS {config.edge.tls}"))
@@ -214,7 +218,8 @@ def make_edge(config: FleetConfig, fleet: Fleet) -> Edge:
     caddy = ManagedCaddy(find_caddy(config.edge.caddy_binary), paths.root / "edge", paths.run / "caddy-admin.sock",
                          paths.logs / "caddy.log")
     caddy_version(caddy.binary)
-    return Edge(settings, caddy, CaddyAdmin(caddy.admin_socket), fleet.edge_sites)
+    return Edge(settings, caddy, CaddyAdmin(caddy.admin_socket), fleet.edge_sites,
+                on_problem=edge_problem_reporter(fleet))
 
 
 def bind_loopback(port: int) -> socket.socket:

@@ -67,6 +67,9 @@ _WORDING = {
     ("backup.thin", "failed"): "removing old backups failed",
     ("backup.replicate", "failed"): "copying backups off-site failed",
     ("edge.certificate", "failed"): "has a certificate problem",
+    ("edge.config", "failed"): "is out of date (Caddy keeps serving the last good configuration)",
+    ("edge.config", "ok"): "serves the current configuration again",
+    ("edge.hosts", "failed"): "asks for a hostname the edge does not serve it",
 }
 
 

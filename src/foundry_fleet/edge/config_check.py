@@ -1,0 +1,78 @@
+"""What the fleet checks in a Caddy config before sending it (pure: no I/O).
+
+Caddy refuses a whole config for one host repeated in a matcher, and then keeps the old one for every
+tenant; a placeholder in a host matcher or an empty host list would match hosts the fleet does not
+serve; one host in two routes that match alike is served by whichever comes first. Each is a bug
+upstream of the builder (the fleet refuses colliding hostnames): found here, it is reported and the
+config is not sent, instead of being found by Caddy, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """Everything wrong with `config` that this check knows of; empty when it may be sent."""
+    problems: list[str] = []
+    servers = config.get("apps", {}).get("http", {}).get("servers", {})
+    for server_name, server in servers.items():
+        problems += _route_problems(f"server {server_name}", server.get("routes", []))
+    problems += _tls_problems(config.get("apps", {}).get("tls", {}))
+    return problems
+
+
+def _route_problems(where: str, routes: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    # (what the route matches besides hosts) -> host -> the route that has it first
+    seen: dict[str, dict[str, int]] = {}
+    for index, route in enumerate(routes):
+        for matcher in route.get("match") or []:
+            if "host" not in matcher:
+                continue
+            hosts = matcher["host"]
+            if not hosts:
+                problems.append(f"{where}, route {index}: a host matcher without hosts matches every host")
+            rest = json.dumps({k: v for k, v in matcher.items() if k != "host"}, sort_keys=True)
+            in_matcher: set[str] = set()
+            for host in hosts:
+                if not isinstance(host, str) or "{" in host or "}" in host:
+                    problems.append(f"{where}, route {index}: host {host!r} is a placeholder, not a hostname")
+                    continue
+                key = _comparable(host)
+                if key in in_matcher:
+                    problems.append(f"{where}, route {index}: host {host} is repeated in one matcher")
+                in_matcher.add(key)
+                first = seen.setdefault(rest, {}).setdefault(key, index)
+                if first != index:
+                    problems.append(f"{where}: host {host} is in route {first} and route {index}, which match alike")
+        for sub_where, sub_routes in _subroutes(f"{where}, route {index}", route):
+            problems += _route_problems(sub_where, sub_routes)
+    return problems
+
+
+def _subroutes(where: str, route: dict[str, Any]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    for handler in route.get("handle") or []:
+        if handler.get("handler") == "subroute":
+            yield f"{where} (subroute)", handler.get("routes", [])
+
+
+def _tls_problems(tls: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    subjects: set[str] = set()
+    for index, policy in enumerate(tls.get("automation", {}).get("policies", [])):
+        for subject in policy.get("subjects") or []:
+            if "{" in subject or "}" in subject:
+                problems.append(f"TLS policy {index}: subject {subject!r} is a placeholder, not a hostname")
+                continue
+            key = _comparable(subject)
+            if key in subjects:
+                problems.append(f"TLS policy {index}: subject {subject} is certified twice")
+            subjects.add(key)
+    return problems
+
+
+def _comparable(host: str) -> str:
+    return host.strip().lower().removesuffix(".")
