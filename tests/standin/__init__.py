@@ -18,7 +18,9 @@ that behaves like Foundry where the fleet cares:
   `__probe?read=P&write=P&list=D&env=NAME` (each repeatable; relative paths are resolved against the
   data path; results keyed by the given text, each `{"path", "ok", "code", ...}` where `code` is the
   errno name such as EROFS/EACCES/ENOENT; plus uid, gid, pid, ppid, cwd, argv, dataPath, rss,
-  envKeys, env), `__alloc?mb=N` (allocates, touches and keeps N MB), `__hang` (never answers).
+  envKeys, env), `__headers?set-cookie=C` (the request's headers as received: `headers`, `rawHeaders`;
+  each `set-cookie` given is answered as a Set-Cookie header),
+  `__alloc?mb=N` (allocates, touches and keeps N MB), `__hang` (never answers).
   A write probe of a directory creates and removes a scratch file in it; of anything else, writes
   that file. `POST __shell` with JSON `{"script", "timeoutMs", "background"}` runs `/bin/sh -c script`
   inside the instance as the server's user (`run_in_instance`): what a hostile tenant's code can do.

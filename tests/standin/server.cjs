@@ -4,7 +4,7 @@
 // It behaves like Foundry where the fleet cares: the command line, Config/options.json
 // (port, routePrefix), GET /<prefix>/api/status, a websocket under /<prefix>/socket.io/,
 // 404 outside the route prefix, a Logs directory, and a clean exit on SIGTERM/SIGINT.
-// It also has test hooks under the prefix (__crash, __probe, __alloc, __hang, __shell).
+// It also has test hooks under the prefix (__crash, __probe, __headers, __alloc, __hang, __shell).
 // __shell runs a shell script inside the instance, as a hostile tenant's server code could.
 //
 // Node.js built-ins only. This file is the single source of the server; the release zips
@@ -427,6 +427,14 @@ function handle(req, res) {
     case '__probe':
       sendJson(res, 200, probe(url.searchParams));
       return;
+    case '__headers': {
+      // What reached the server, as tenant code sees it (rawHeaders keeps repeated fields apart);
+      // each `set-cookie` parameter is sent back as a Set-Cookie header, as tenant code could.
+      const cookies = url.searchParams.getAll('set-cookie');
+      if (cookies.length) res.setHeader('Set-Cookie', cookies);
+      sendJson(res, 200, { headers: req.headers, rawHeaders: req.rawHeaders });
+      return;
+    }
     case '__alloc': {
       const mb = Number(url.searchParams.get('mb') ?? '0');
       if (!Number.isInteger(mb) || mb < 0) {

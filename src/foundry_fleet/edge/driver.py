@@ -187,10 +187,12 @@ class Edge:
         self._unreachable = None
         log.error("edge: %s; Caddy keeps serving the last good config (tried again on the next change, or in %.0fs)",
                   reason, delay)
-        if self._reported != reason:
-            self._reported = reason
+        # Told once until a config loads again: every change meanwhile is refused too, often in other
+        # words (Caddy's messages vary), and the status shows the latest reason.
+        if self._reported is None:
             self._problem_since = time.time()
             await self._tell(reason)
+        self._reported = reason
 
     async def _settled(self) -> None:
         """Caddy serves the desired config: a reported refusal is over."""
@@ -266,7 +268,10 @@ class Edge:
         ctx = ssl.create_default_context()
         local_root = self.caddy.local_ca_root()
         if local_root.exists():
-            ctx.load_verify_locations(cafile=str(local_root))
+            try:
+                ctx.load_verify_locations(cafile=str(local_root))
+            except (ssl.SSLError, OSError):
+                pass  # a damaged local CA: its certificates then fail to verify, which is what status shows
         try:
             with socket.create_connection(("127.0.0.1", self.settings.https_port), timeout=timeout) as raw:
                 with ctx.wrap_socket(raw, server_hostname=host) as tls:
