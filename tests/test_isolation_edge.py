@@ -369,6 +369,23 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
     assert open_fleet(config).host_conflicts() == []
 
 
+def test_the_setup_wizard_refuses_a_name_whose_host_is_taken(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    from foundry_fleet.services.invites import Invites
+    from foundry_fleet.services.wizard import RELEASE, SetupWizard
+
+    fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start", "--extra-host", "carol.localhost")
+    svc = open_fleet(load_config(fleet.config), actor="test")
+    tenant = "333333333333333333"
+    Invites(svc).create(tenant, "7d")
+    wizard = SetupWizard(svc)
+    wizard.start(tenant)
+    with pytest.raises(Conflict, match="the name carol is taken") as taken:
+        wizard.submit_details(tenant, "Carol", "ABCD-EFGH-IJKL-MNOP-QRST-UVWX")
+    assert "alice" not in f"{taken.value.message} {taken.value.hint}"  # a tenant is not told whose
+    assert wizard.submit_details(tenant, "dora", "ABCD-EFGH-IJKL-MNOP-QRST-UVWX").step == RELEASE
+
+
 def test_an_old_database_with_collisions_still_starts_and_serves_one_instance_per_host(
         fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     _running_fleet(fleet, release_zips, "alice", "bob", "carol")

@@ -49,17 +49,17 @@ class CertificateWatch:
         now = self.clock()
         current: dict[str, str] = {}
         # The hosts the edge serves each instance (one it does not is reported as edge.hosts, not here).
-        for view in self.fleet.edge_sites():
-            if view.state != "running":
+        for site in self.fleet.edge_sites():
+            if site.state != "running":
                 continue  # a stopped instance's host is served a 503 page; its certificate is not the point
-            for host in view.hosts:
+            for host in site.hosts:
                 problem = certificate_problem(self.certificate(host), now, self.expiry_warning)
                 if problem is not None:
                     current[host] = problem
                     if self._problems.get(host) != problem:
-                        self.fleet.record_event("edge.certificate", view.name, Outcome.FAILED, problem, actor="edge")
+                        self.fleet.record_event("edge.certificate", site.name, Outcome.FAILED, problem, actor="edge")
                 elif host in self._problems:
-                    self.fleet.record_event("edge.certificate", view.name, Outcome.OK, f"{host}: valid again",
+                    self.fleet.record_event("edge.certificate", site.name, Outcome.OK, f"{host}: valid again",
                                             actor="edge")
         self._problems = current
         return current

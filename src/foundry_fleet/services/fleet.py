@@ -268,12 +268,17 @@ class Fleet:
 
     # hostnames: each served for one instance ----------------------------------------------
 
-    def _hosts_lock(self) -> FileLock:
+    @contextmanager
+    def _hosts_lock(self) -> Iterator[None]:
         """Held while a host is checked and claimed, by every process (CLI or daemon): two requests
         for the same host cannot both find it free."""
         lock_dir = self.config.paths.run / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(lock_dir / "hosts.lock"), timeout=60)
+        try:
+            with FileLock(str(lock_dir / "hosts.lock"), timeout=60):
+                yield
+        except Timeout:
+            raise Conflict("another change of hostnames has been under way for a minute", "try again") from None
 
     def _refuse_taken_hosts(self, s: Session, name: str, hosts: list[str], own: str | None = None) -> None:
         """Conflict if one of `hosts` (or `own`, the host a new instance's name gives it) is the fleet's
