@@ -109,6 +109,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                         create_web_app(fleet.known_hosts, web_login))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
+    # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
+    updates = StatusUpdates(fleet, LogNotifier())
+    updates.start_from_now()
     if conflicts := report_host_conflicts(fleet):
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
                   conflicts)
@@ -137,8 +140,6 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
     scheduler = asyncio.create_task(run_backup_schedule(backups))
-    updates = StatusUpdates(fleet, LogNotifier())
-    updates.start_from_now()
     status_task = asyncio.create_task(updates.run())
     certificates_task = asyncio.create_task(CertificateWatch(fleet, edge.certificate).run())
     bot_task = None

@@ -165,7 +165,10 @@ class StatusUpdates:
         return sent
 
     async def run(self, every: float = 5.0, quota_every: float = 300.0) -> None:
-        self.start_from_now()
+        """Forever, from where `start_from_now` was called (the daemon calls it early, so what its own
+        start records is told), else from now."""
+        if self._last_event is None:
+            self.start_from_now()
         last_quota = 0.0
         while True:
             now = time.monotonic()
