@@ -284,11 +284,7 @@ class Fleet:
         """Conflict if one of `hosts` (or `own`, the host a new instance's name gives it) is the fleet's
         or another instance's. Call with the hosts lock held, in the session that writes the claim."""
         fleet_host = self.fleet_host()
-        taken: dict[str, tuple[str, str]] = {}
-        for row in s.scalars(select(Instance).where(Instance.name != name)).all():
-            taken.setdefault(comparable_host(self.config.host_for(row.name)), (row.name, "the own host"))
-            for extra in row.extra_hosts or []:
-                taken.setdefault(comparable_host(str(extra)), (row.name, "an extra hostname"))
+        taken = self._claims(s, exclude=name)
         if own is not None:
             if own == fleet_host:
                 raise Conflict(f"{name}'s host {own} is the fleet's own host", "choose another name")
@@ -310,16 +306,23 @@ class Fleet:
                         f"(`foundry-fleet instance hosts {holder} HOST...` with the hosts it keeps, or --clear)")
                 raise Conflict(f"host {host} is already {kind} of instance {holder}", hint)
 
+    def _claims(self, s: Session, exclude: str | None = None) -> dict[str, tuple[str, str]]:
+        """host -> (the instance that asks for it, "the own host" or "an extra hostname"), as stored."""
+        claims: dict[str, tuple[str, str]] = {}
+        for row in s.scalars(select(Instance).where(Instance.name != exclude) if exclude else select(Instance)).all():
+            claims.setdefault(comparable_host(self.config.host_for(row.name)), (row.name, "the own host"))
+            for extra in row.extra_hosts or []:
+                claims.setdefault(comparable_host(str(extra)), (row.name, "an extra hostname"))
+        return claims
+
     def host_holder(self, host: str) -> str | None:
         """Who claims `host` in the state database (an instance, or "the fleet"), served or not."""
         host = comparable_host(host)
         if host == self.fleet_host():
             return "the fleet"
         with self._session() as s:
-            for row in s.scalars(select(Instance)).all():
-                if host == self.config.host_for(row.name) or host in {comparable_host(str(h)) for h in row.extra_hosts or []}:
-                    return row.name
-        return None
+            holder = self._claims(s).get(host)
+        return holder[0] if holder else None
 
     # the edge -----------------------------------------------------------------------------
 
