@@ -10,6 +10,8 @@ backups session cookie that reached tenant code.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import ssl
 import threading
@@ -253,6 +255,34 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
     assert out.ops[0].startswith("**edge** is out of date (Caddy keeps serving the last good configuration): ")
     assert "no_such_handler" in out.ops[0]
     assert out.ops[-1] == "**edge** serves the current configuration again: Caddy serves the current configuration again"
+
+
+def test_caddy_comes_back_even_when_its_last_config_no_longer_starts(tmp_path: Path) -> None:
+    base = port_block()
+    socket_path = tmp_path / "admin.sock"
+    settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
+                            web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
+    caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
+    edge = Edge(settings, caddy, CaddyAdmin(socket_path), lambda: [TenantSite("t0", ("t0.localhost",), 30000, "stopped")])
+
+    async def scenario() -> None:
+        await edge.start()
+        try:
+            ca = caddy.local_ca_root()
+            await asyncio.to_thread(wait_until, lambda: _state_page(base + 1, "t0.localhost", ca) == 503, 20, "t0")
+            # What it last accepted no longer starts (here: a module this Caddy lacks); then it dies.
+            caddy.write_config({"admin": {"listen": f"unix/{socket_path}"},
+                                "apps": {"http": {"servers": {"x": {"listen": [f":{base + 2}"],
+                                                                    "routes": [{"handle": [{"handler": "nope"}]}]}}}}})
+            pid = caddy.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.to_thread(wait_until, lambda: caddy.pid != pid and _state_page(base + 1, "t0.localhost", ca)
+                                    == 503, 30, "t0 through a Caddy started again")
+        finally:
+            await edge.close(stop_caddy=True)
+
+    asyncio.run(scenario())
 
 
 # --- through the real fleet: attack 4 both ways round -------------------------------------------------

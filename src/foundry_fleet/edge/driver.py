@@ -108,9 +108,9 @@ class Edge:
     async def start(self) -> None:
         if self.caddy.adopt():
             log.info("edge: re-attached to Caddy (pid %s)", self.caddy.pid)
+            await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
         else:
-            self._launch()
-        await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
+            await self._launch_ready()
         await self.push()
         self._tasks = [asyncio.create_task(self._pusher()), asyncio.create_task(self._watch())]
 
@@ -120,6 +120,20 @@ class Edge:
         pid = self.caddy.start()
         self._pushed_digest = None
         log.info("edge: started Caddy (pid %s)", pid)
+
+    async def _launch_ready(self) -> None:
+        self._launch()
+        try:
+            await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
+        except ExternalFailure as e:
+            # Even the last accepted config does not start any more (another Caddy version, a port
+            # taken meanwhile): start with none, and let the push bring the current one or say why not.
+            log.warning("edge: Caddy does not start with its last config (%s); starting it with an empty one",
+                        e.message)
+            await asyncio.to_thread(self.caddy.stop)
+            self.caddy.config_path.unlink(missing_ok=True)
+            self._launch()
+            await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
 
     async def close(self, stop_caddy: bool) -> None:
         if self._retry is not None:
@@ -252,8 +266,7 @@ class Edge:
                 continue
             log.warning("edge: Caddy is gone; starting it again")
             try:
-                self._launch()
-                await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
+                await self._launch_ready()
                 await self.push()
                 delay = WATCH_EVERY
             except ExternalFailure as e:
