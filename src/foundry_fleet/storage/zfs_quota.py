@@ -31,10 +31,14 @@ _ATTEMPTS = 3
 T = TypeVar("T")
 
 
-def quota_for(limit: int, used: int) -> int:
-    """The quota that holds a dataset to `limit`: the limit itself, or its usage (rounded up to a MiB) when
-    it already uses more, since ZFS refuses a quota below the usage."""
-    return limit if used <= limit else -(-used // MIB) * MIB
+def quota_for(limit: int, used: int, current: int = 0) -> int:
+    """The quota that holds a dataset to `limit`: the limit itself, or, when it already uses more (ZFS
+    refuses a quota below the usage), its usage rounded up to a MiB, never above a quota that already
+    holds it there (`current`; 0: none): a held tenant cannot write its way to a higher one."""
+    if used <= limit:
+        return limit
+    held = -(-used // MIB) * MIB
+    return min(held, current) if current > limit else held
 
 
 def limit_of(found: dict[str, Prop]) -> int | None:
@@ -60,17 +64,20 @@ def correct(runner: ZfsRunner, dataset: str, found: dict[str, Prop], limit: int 
     if limit_of(found) != limit:
         runner.zfs("set", f"{LIMIT_PROPERTY}={limit}", dataset)
         changed = True
-    if (found["quota"].as_int() or 0) != quota_for(limit, found["used"].as_int() or 0):
-        set_quota(runner, dataset, limit)
+    current = found["quota"].as_int() or 0
+    if current != quota_for(limit, found["used"].as_int() or 0, current):
+        set_quota(runner, dataset, limit, current)
         changed = True
     return changed
 
 
-def set_quota(runner: ZfsRunner, dataset: str, limit: int) -> int:
+def set_quota(runner: ZfsRunner, dataset: str, limit: int, current: int = 0) -> int:
     """Set the quota that holds `dataset` to `limit` (see quota_for); returns the quota set."""
     for _ in range(_ATTEMPTS):  # the usage moves while the tenant writes: read it again and retry
         used = _get(runner, dataset, "used") or 0
-        quota = quota_for(limit, used)
+        quota = quota_for(limit, used, current)
+        if quota == current:
+            return quota
         try:
             runner.zfs("set", f"quota={quota}", dataset)
         except ZfsCommandFailed as e:
@@ -100,8 +107,8 @@ def tighten(runner: ZfsRunner, parent: str) -> list[str]:
         if "@" in dataset or limit is None:
             continue
         quota = props["quota"].as_int() or 0
-        if quota != quota_for(limit, props["used"].as_int() or 0):
-            set_quota(runner, dataset, limit)
+        if quota != quota_for(limit, props["used"].as_int() or 0, quota):
+            set_quota(runner, dataset, limit, quota)
             changed.append(dataset)
     return changed
 
