@@ -15,6 +15,7 @@ and `tighten` brings the quota down to the limit as thinning frees space.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,7 +27,7 @@ MIB = 1024 * 1024
 LIMIT_PROPERTY = "foundry-fleet:limit"  # user property: the limit the quota is held to, in bytes
 PROPS = ("quota", "refquota", "used", LIMIT_PROPERTY)
 _BELOW_USED = "less than current used"
-_ATTEMPTS = 3
+_ATTEMPTS = 5
 
 T = TypeVar("T")
 
@@ -73,9 +74,11 @@ def correct(runner: ZfsRunner, dataset: str, found: dict[str, Prop], limit: int 
 
 def set_quota(runner: ZfsRunner, dataset: str, limit: int, current: int = 0) -> int:
     """Set the quota that holds `dataset` to `limit` (see quota_for); returns the quota set."""
-    for _ in range(_ATTEMPTS):  # the usage moves while the tenant writes: read it again and retry
+    for attempt in range(_ATTEMPTS):
         used = _get(runner, dataset, "used") or 0
-        quota = quota_for(limit, used, current)
+        # ZFS also counts writes not yet synced (a restore's copy, a tenant writing): each retry waits for
+        # them a little and leaves a MiB more.
+        quota = quota_for(limit, used + attempt * MIB, current)
         if quota == current:
             return quota
         try:
@@ -83,6 +86,7 @@ def set_quota(runner: ZfsRunner, dataset: str, limit: int, current: int = 0) -> 
         except ZfsCommandFailed as e:
             if _BELOW_USED not in e.stderr:
                 raise
+            time.sleep(0.5 * (attempt + 1))
             continue
         if quota > limit:
             log.warning("%s uses %d bytes (snapshots included), more than its limit of %d: its quota is held "
