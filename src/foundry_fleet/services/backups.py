@@ -153,10 +153,11 @@ class Backups:
             except Exception as e:  # noqa: BLE001
                 failed.append((name, str(e)))
                 self.fleet.record_event("backup.thin", name, Outcome.FAILED, str(e), actor="scheduler")
+        thinned = sorted({name for name, _snap in destroyed})
         try:
-            disk_limits.tighten(self.fleet)  # thinning may have freed what a quota held above its limit
-        except Exception as e:  # noqa: BLE001 - the next round tries again
-            failed.append(("(quotas)", f"could not lower quotas held above their limit: {e}"))
+            disk_limits.tighten(self.fleet, thinned)  # thinning may have freed what a quota held above its limit
+        except Exception as e:  # noqa: BLE001 - the next thinning tries again
+            failed += [(name, f"could not lower its quota to its limit: {e}") for name in thinned]
         self.snapshots.sweep_views()
         return ScheduleRound(taken, destroyed, failed)
 

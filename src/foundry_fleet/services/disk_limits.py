@@ -59,25 +59,24 @@ def use_of(fleet: Fleet, name: str) -> DiskUse:
     return DiskUse(name, fleet.storage.usage_bytes(name), limit_bytes(fleet.config))
 
 
-def check_room(fleet: Fleet, name: str) -> DiskUse | None:
-    """Raise OverDiskLimit when a new snapshot must be refused (directory storage, at or over the limit);
-    the use it measured otherwise (None when nothing needed measuring)."""
+def check_room(fleet: Fleet, name: str) -> None:
+    """Raise OverDiskLimit when a new snapshot must be refused (directory storage, at or over the limit)."""
     if enforced_by_storage(fleet.storage) or limit_bytes(fleet.config) is None:
-        return None
+        return
     use = use_of(fleet, name)
     if use.over:
         raise OverDiskLimit(
             f"{use.describe()}, so no new snapshot was taken",
             "delete files in the instance (or restore a smaller snapshot), or raise [limits] disk_mb in fleet.toml",
         )
-    return use
 
 
-def tighten(fleet: Fleet) -> list[str]:
-    """Where the storage holds limits itself (ZFS), lower quotas held above them once usage allows."""
-    if not enforced_by_storage(fleet.storage):
+def tighten(fleet: Fleet, names: list[str]) -> list[str]:
+    """Where the storage holds limits itself (ZFS), lower the instances' quotas held above them once
+    their usage allows (after thinning)."""
+    if not enforced_by_storage(fleet.storage) or not names:
         return []
-    return fleet.storage.tighten_quotas()  # type: ignore[attr-defined]
+    return fleet.storage.tighten_quotas(names)  # type: ignore[attr-defined]
 
 
 def report(fleet: Fleet) -> dict[str, Any]:

@@ -137,10 +137,10 @@ class ZfsStorage:
         found = self.zfs.get(zfs_quota.PROPS, data)[data]
         zfs_quota.correct(self.zfs, data, found, quota_bytes)
 
-    def tighten_quotas(self) -> list[str]:
-        """Bring quotas held above their limit (after a restore needed room) down as far as the usage
-        allows; the backup round calls this after thinning. Returns the instances changed."""
-        changed = zfs_quota.tighten(self.zfs, self.layout.instances)
+    def tighten_quotas(self, instances: list[str]) -> list[str]:
+        """Bring the instances' quotas held above their limit (after a restore needed room) down as far as
+        their usage allows; the backup round calls this for the instances it thinned. Returns those changed."""
+        changed = zfs_quota.tighten(self.zfs, [self.layout.data(check_instance(i)) for i in instances])
         return [d.split("/")[-2] for d in changed]
 
     # releases -----------------------------------------------------------------------------

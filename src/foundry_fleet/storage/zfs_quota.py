@@ -96,19 +96,24 @@ def set_quota(runner: ZfsRunner, dataset: str, limit: int, current: int = 0) -> 
                            "every quota tried")
 
 
-def tighten(runner: ZfsRunner, parent: str) -> list[str]:
-    """Lower every quota held above its limit (after thinning freed space) under `parent`; returns the
-    datasets changed. One `zfs get` when nothing needs it."""
+def tighten(runner: ZfsRunner, datasets: list[str]) -> list[str]:
+    """Lower the quotas of `datasets` held above their limit, as far as their usage now allows (after
+    thinning freed space); returns the datasets changed. One `zfs get` when nothing needs it."""
+    if not datasets:
+        return []
     try:
-        found = runner.get(PROPS, parent, recursive=True)
+        found = runner.get(PROPS, *datasets)
     except ZfsCommandFailed as e:
-        if e.missing:
+        if not e.missing:
+            raise
+        if len(datasets) == 1:
             return []
-        raise
+        # One of them is gone (an instance deleted meanwhile): each of the others on its own.
+        return [d for dataset in datasets for d in tighten(runner, [dataset])]
     changed = []
     for dataset, props in found.items():
         limit = limit_of(props)
-        if "@" in dataset or limit is None:
+        if limit is None:
             continue
         quota = props["quota"].as_int() or 0
         if quota != quota_for(limit, props["used"].as_int() or 0, quota):
