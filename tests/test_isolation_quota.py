@@ -135,6 +135,20 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
     assert row["limit"] == 100 * MIB and row["quota"] >= row["used"] > 100 * MIB
     assert dd(ports["alice"], "Data/more.bin", 2)["code"] != 0
 
+    # Once thinning frees space, the backup round brings the quota back down to the limit.
+    fleet = open_fleet(load_config(h.config), actor="daemon")
+    backups = make_backups(fleet)
+    names = fleet.storage.snapshots.names("alice")
+    scheduled = [n for n in names if backups.fmt.parse(n) is not None]
+    assert scheduled, names  # the daemon's own first snapshot, which the plan thins away in 2033
+    for name in names:
+        if name not in scheduled and not name.startswith("round0-"):
+            fleet.storage.snapshots.destroy("alice", name)  # as an operator would
+    assert zfs_int("quota", data) > 100 * MIB
+    round_ = backups.run_schedule(now=2_000_000_000.0)
+    assert set(scheduled) <= {snap for n, snap in round_.destroyed if n == "alice"}
+    assert round_.failed == [] and zfs_int("quota", data) == 100 * MIB
+
 
 # ZFS: the driver, for what a fleet test cannot set up quickly --------------------------------------
 
@@ -242,6 +256,11 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     assert refused.code == 4, refused.err
     assert "alice uses 3" in refused.err and "of its 20.0 MiB disk limit" in refused.err
     assert "no new snapshot was taken" in refused.err and "disk_mb" in refused.err
+    # An upgrade, whose pre-upgrade snapshot is never thinned, is refused too: before anything stops.
+    h.cli("release", "add", str(release_zips["linux"]))
+    upgrade = h.cli("instance", "upgrade", "alice", "--release", "13.346", check=False)
+    assert upgrade.code == 4 and "disk limit" in upgrade.err, upgrade.err
+    assert h.instance("alice")["state"] == "running" and h.instance("alice")["release"] == "13.345"
 
     backups = make_backups(fleet)
     t0 = 2_000_000_000.0 - 2_000_000_000.0 % HOUR
