@@ -83,14 +83,14 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
         h.cli("instance", "create", name, "--release", "13.345", "--owner", OWNER, "--no-start")
     data = f"{zfs_base}/instances/alice/data"
     assert zfs("get", "-H", "-o", "value", "refquota", data).stdout.strip() == "none"
-    assert zfs_int("quota", data) == 100 * MIB
+    assert zfs_int("quota", data) == 100 * MIB and zfs_int("foundry-fleet:limit", data) == 100 * MIB
     # alice as the fleet used to lay her out: the daemon's layout check corrects that when it starts.
     zfs("set", "quota=none", data)
     zfs("set", f"refquota={100 * MIB}", data)
     zfs("inherit", "foundry-fleet:limit", data)
     h.up()
     assert zfs("get", "-H", "-o", "value", "refquota", data).stdout.strip() == "none"
-    assert zfs_int("quota", data) == 100 * MIB
+    assert zfs_int("quota", data) == 100 * MIB and zfs_int("foundry-fleet:limit", data) == 100 * MIB
     ports = {}
     for name in ("alice", "bob"):
         h.cli("instance", "start", name)
