@@ -125,8 +125,8 @@ def test_layout_is_idempotent_and_corrects_what_differs(
     storage.install_release("alpha", Path(release.path))
     storage.create_instance("beta")
     before = listing(zfs_base)
-    assert f"{zfs_base}/instances/alpha/data\t{storage.root}/instances/alpha/data\tyes\t8M\t-" in before
-    assert f"{zfs_base}/releases/13.345@pristine\t-\t-\t-\t-" in before
+    assert f"{zfs_base}/instances/alpha/data\t{storage.root}/instances/alpha/data\tyes\t8M\tnone\t-" in before
+    assert f"{zfs_base}/releases/13.345@pristine\t-\t-\t-\t-\t-" in before
     for name in ("Config", "Data", "Logs", "Backups", "Data/shared"):
         assert (storage.paths("alpha").data / name).is_dir()
     assert (storage.paths("alpha").data.stat().st_mode & 0o777) == 0o700
@@ -186,7 +186,7 @@ def test_a_tenant_filling_its_quota_does_not_affect_another(storage: ZfsStorage)
     beta = storage.create_instance("beta", quota_bytes=4 * QUOTA)
 
     written, error = write_until_refused(alpha.data / "Data" / "fill.bin", limit=3 * QUOTA)
-    assert error is not None, "writing past the refquota was allowed"
+    assert error is not None, "writing past the quota was allowed"
     assert error.errno in (errno.EDQUOT, errno.ENOSPC), error
     assert written <= QUOTA + MIB
 
@@ -196,8 +196,8 @@ def test_a_tenant_filling_its_quota_does_not_affect_another(storage: ZfsStorage)
     status = storage.status()
     assert status["pool"]["health"] == "ONLINE"  # type: ignore[index]
     instances = status["instances"]  # type: ignore[assignment]
-    assert instances["alpha"]["refquota"] == QUOTA  # type: ignore[index]
-    assert instances["beta"]["refquota"] == 4 * QUOTA  # type: ignore[index]
+    assert instances["alpha"]["limit"] == instances["alpha"]["quota"] == QUOTA  # type: ignore[index]
+    assert instances["beta"]["limit"] == 4 * QUOTA  # type: ignore[index]
     assert QUOTA - MIB <= instances["alpha"]["used"] <= QUOTA + MIB  # type: ignore[index,operator]
     assert storage.usage_bytes("alpha") == instances["alpha"]["used"]  # type: ignore[index]
     assert storage.usage_bytes("beta") >= 2 * QUOTA - MIB  # the last writes may not be counted yet
@@ -206,7 +206,7 @@ def test_a_tenant_filling_its_quota_does_not_affect_another(storage: ZfsStorage)
     storage.set_quota("alpha", None)
     _, error = write_until_refused(alpha.data / "Data" / "more.bin", limit=MIB)
     assert error is None
-    assert storage.status()["instances"]["alpha"]["refquota"] is None  # type: ignore[index]
+    assert storage.status()["instances"]["alpha"]["limit"] is None  # type: ignore[index]
 
 
 def test_bad_quotas_are_refused(storage: ZfsStorage) -> None:

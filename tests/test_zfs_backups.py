@@ -70,10 +70,11 @@ def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
     data = Path(inst["data_dir"])
     assert zfs("get", "-H", "-o", "value", "origin", f"{zfs_base}/instances/alice/install").stdout.strip() \
         == f"{zfs_base}/releases/13.345@pristine"
-    assert zfs("get", "-H", "-p", "-o", "value", "refquota", f"{zfs_base}/instances/alice/data").stdout.strip() \
+    # The limit is a quota, which counts the data's snapshots (a refquota would not).
+    assert zfs("get", "-H", "-p", "-o", "value", "quota", f"{zfs_base}/instances/alice/data").stdout.strip() \
         == str(64 * 1024 * 1024)
     status = zfs_fleet.cli("storage", "status", "--json").json()
-    assert status["instances"]["alice"]["refquota"] == 64 * 1024 * 1024
+    assert status["instances"]["alice"]["limit"] == 64 * 1024 * 1024
 
     world = data / "Data" / "worlds" / "w" / "world.db"
     world.parent.mkdir(parents=True)

@@ -199,7 +199,7 @@ def listing(base: str) -> list[str]:
 
     `used` is left out on purpose: atime updates and zfs-fuse's delayed frees move it between runs.
     """
-    out = zfs("list", "-H", "-r", "-t", "all", "-o", "name,mountpoint,mounted,refquota,origin", base).stdout
+    out = zfs("list", "-H", "-r", "-t", "all", "-o", "name,mountpoint,mounted,quota,refquota,origin", base).stdout
     return sorted(out.splitlines())
 
 

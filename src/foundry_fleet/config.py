@@ -207,7 +207,7 @@ class LimitsSection(_Section):
     memory_mb: int = Field(2048, ge=64)
     cpu_percent: int = Field(100, ge=1, description="100 = one core")
     pids: int = Field(512, ge=16)
-    disk_mb: int = Field(0, ge=0, description="quota on each instance's data (ZFS storage); 0: none")
+    disk_mb: int = Field(0, ge=0, description="limit on each instance's data and snapshots together; 0: none")
 
 
 class LogsSection(_Section):

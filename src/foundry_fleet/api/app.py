@@ -256,6 +256,7 @@ def create_app(
         if was.release == body.release:
             raise Conflict(f"instance {name} already runs release {body.release}")
         await run(fleet.get_release, body.release)  # 404 before anything stops
+        await run(backups_for(acting).check_room, name)  # a refused pre-upgrade snapshot, before anything stops
         await stop_and_wait(acting, name, f"upgrading to {body.release}")
         snap = await run(backups_for(acting).take, name, "pre-upgrade")
         try:

@@ -11,7 +11,7 @@ from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, human_bytes, print_json
 from foundry_fleet.domain.errors import Conflict, InvalidInput
 
-app = typer.Typer(help="Instance storage: lay out ZFS datasets, show space and quotas.", no_args_is_help=True)
+app = typer.Typer(help="Instance storage: lay out ZFS datasets, show space and limits.", no_args_is_help=True)
 
 
 @app.command()
@@ -40,9 +40,11 @@ def init(
 
 @app.command()
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Pool health, space, and per instance the space used and the quota."""
+    """Pool health, space, and per instance the space used (data and snapshots) against its limit."""
+    from foundry_fleet.services.disk_limits import report
+
     c: CliContext = ctx.obj
-    result = c.fleet().storage.status()
+    result = report(c.fleet())
     if json_out:
         print_json(result)
         return
@@ -59,10 +61,14 @@ def _print_status(status: dict[str, Any]) -> None:
         console.print(f"directories under {status['root']}: {human_bytes(status['used'])} used, "
                       f"{human_bytes(status['available'])} free on the file system")
     t = Table()
-    for col in ("instance", "used", "quota", "quota use"):
+    for col in ("instance", "used (data + snapshots)", "limit", "use"):
         t.add_column(col)
     for name, row in sorted(status["instances"].items()):
-        quota = row.get("refquota")
-        use = f"{100 * (row['used'] or 0) / quota:.0f}%" if quota else "-"
-        t.add_row(name, human_bytes(row["used"] or 0), human_bytes(quota) if quota else "none", use)
+        limit = row.get("limit")
+        use = f"{100 * (row['used'] or 0) / limit:.0f}%" if limit else "-"
+        if limit and (row["used"] or 0) >= limit:
+            use += " (at the limit)"
+        t.add_row(name, human_bytes(row["used"] or 0), human_bytes(limit) if limit else "none", use)
     console.print(t)
+    if status["driver"] != "zfs" and any(row.get("limit") for row in status["instances"].values()):
+        console.print("on directory storage the limit is kept by refusing new snapshots of an instance at it")

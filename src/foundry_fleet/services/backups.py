@@ -2,6 +2,13 @@
 
 Scheduled snapshots are named with the time format at the start of their epoch-aligned slot;
 manual ones are `<label>-<time>`, a name the format does not match, so thinning never touches them.
+
+The disk limit (services/disk_limits): where the storage cannot hold it (plain directories), a new
+snapshot of an instance at or over its limit is refused, scheduled or by hand, and so is an upgrade
+(its pre-upgrade snapshot is never thinned, and an owner may upgrade). Two snapshots are always taken:
+a restore's safety snapshot (refusing it would keep an owner from going back to smaller data, and
+restoring without it would lose the current data) and the final snapshot of a delete (an admin's act,
+and what makes the delete undoable).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from sqlalchemy import select
 from foundry_fleet.domain.backup_plan import Plan, TimeFormat, current_slot, parse_plan, thin
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.services import disk_limits
+from foundry_fleet.services.disk_limits import OverDiskLimit
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.replication import Replication
 from foundry_fleet.storage.snapshots import SnapshotInfo
@@ -37,6 +46,7 @@ class Backups:
         self.snapshots = fleet.storage.snapshots
         self.fmt = TimeFormat(fleet.config.backups.tsformat)
         self.replication = replication  # None: no backup destinations
+        self._refused: dict[str, float] = {}  # instance -> the slot whose snapshot the disk limit refused
 
     # plans --------------------------------------------------------------------------------
 
@@ -57,9 +67,22 @@ class Backups:
         return self.snapshots.list(name)
 
     def take(self, name: str, label: str = "manual", now: float | None = None) -> SnapshotInfo:
-        """A manual snapshot, never thinned."""
+        """A manual snapshot, never thinned; refused (OverDiskLimit) at the disk limit (see above)."""
         if not _LABEL.match(label):
             raise InvalidInput(f"snapshot label {label!r} is not usable", "use up to 40 lowercase letters, digits and dashes")
+        self.check_room(name)
+        return self._take(name, label, now)
+
+    def check_room(self, name: str) -> None:
+        """Raise OverDiskLimit (and record the refusal) when the instance may not get a new snapshot."""
+        view = self.fleet.get_instance(name)
+        try:
+            disk_limits.check_room(self.fleet, view.name)
+        except OverDiskLimit as e:
+            self.fleet.record_event("backup.snapshot", view.name, Outcome.REFUSED, e.message)
+            raise
+
+    def _take(self, name: str, label: str, now: float | None = None) -> SnapshotInfo:
         view = self.fleet.get_instance(name)
         stamp = f"{label}-{self.fmt.name(now or time.time())}"
         taken = set(self.snapshots.names(name))
@@ -75,7 +98,7 @@ class Backups:
         to every backup destination, and the purge is refused if one cannot take it (nothing is lost)."""
         if not self.fleet.storage.paths(name).data.exists():
             return None
-        info = self.take(name, label="final")
+        info = self._take(name, label="final")  # even at the disk limit: see the module's docstring
         if purge and self.replication is not None:
             failures = [r for r in self.replication.run_round([name]) if r.error]
             if failures:
@@ -114,7 +137,7 @@ class Backups:
                 plans[name] = plan = parse_plan(own_plan or self.fleet.config.backups.plan)
                 slot = current_slot(now, plan)
                 latest = max((t for t in map(self.fmt.parse, self.snapshots.names(name)) if t is not None), default=None)
-                if latest is None or latest < slot:
+                if (latest is None or latest < slot) and not self._refused_at(name, slot, failed):
                     due[self.fmt.name(slot)].append(name)
             except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
                 failed.append((name, str(e)))
@@ -130,8 +153,29 @@ class Backups:
             except Exception as e:  # noqa: BLE001
                 failed.append((name, str(e)))
                 self.fleet.record_event("backup.thin", name, Outcome.FAILED, str(e), actor="scheduler")
+        thinned = sorted({name for name, _snap in destroyed})
+        try:
+            disk_limits.tighten(self.fleet, thinned)  # thinning may have freed what a quota held above its limit
+        except Exception as e:  # noqa: BLE001 - the next thinning tries again
+            failed += [(name, f"could not lower its quota to its limit: {e}") for name in thinned]
         self.snapshots.sweep_views()
         return ScheduleRound(taken, destroyed, failed)
+
+    def _refused_at(self, name: str, slot: float, failed: list[tuple[str, str]]) -> bool:
+        """True when the disk limit refuses this slot's snapshot. Checked once per slot (the round runs
+        every 30 s, and measuring walks the instance's files): a refused instance is tried again at its
+        next slot, or at once by `backup now`."""
+        if self._refused.get(name) == slot:
+            return True
+        try:
+            disk_limits.check_room(self.fleet, name)
+        except OverDiskLimit as e:
+            self._refused[name] = slot
+            failed.append((name, e.message))
+            self.fleet.record_event("backup.snapshot", name, Outcome.REFUSED, e.message, actor="scheduler")
+            return True
+        self._refused.pop(name, None)
+        return False
 
     def _take_scheduled(self, names: list[str], snap: str, failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
         targets = [(name, self.fleet.storage.paths(name).data) for name in names]
@@ -172,7 +216,9 @@ class Backups:
         if running:
             raise Conflict(f"instance {name} is running", "stop it first (`backup restore` through the daemon does)")
         self.snapshots.path(name, snapshot)  # NotFound before anything changes
-        safety = self.take(name, label="safety")
+        # Even at the disk limit (see the module's docstring); an instance left over it is told to its
+        # owner and ops by the quota check of the status updates.
+        safety = self._take(name, label="safety")
         self.snapshots.restore(name, snapshot, self.fleet.storage.paths(name).data, uid)
         self.fleet.record_event("backup.restore", name, Outcome.OK, f"restored {snapshot}; previous data kept as {safety.name}")
         return safety.name

@@ -82,7 +82,11 @@ start_timeout = 120.0      # seconds an instance may take to become healthy
 memory_mb = 2048
 cpu_percent = 100          # 100 = one core
 pids = 512
-disk_mb = 0                # quota on each instance's data, enforced by ZFS storage; 0: none
+# disk_mb limits what each instance keeps: its data and its snapshots together (0: no limit). On ZFS it
+# is a quota (the tenant's writes fail at it); on directory storage the fleet cannot stop a write, so
+# new snapshots of an instance at its limit are refused (a restore's safety snapshot and a delete's
+# final one never are), and the owner and ops are told. Both warn above 90 %.
+disk_mb = 0
 
 [backups]
 # Snapshots of every instance's data, in znapzend's syntax: keep one per hour for 7 days, one per day

@@ -21,6 +21,7 @@ from typing import Protocol
 from sqlalchemy import func, select
 
 from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.services import disk_limits
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.store.models import EventRow, NotificationRow
 
@@ -64,6 +65,7 @@ _WORDING = {
     ("instance.upgrade", "ok"): "was upgraded",
     ("instance.upgrade", "failed"): "was not healthy on the new release and was rolled back",
     ("backup.snapshot", "failed"): "backup failed",
+    ("backup.snapshot", "refused"): "backup was refused",
     ("backup.thin", "failed"): "removing old backups failed",
     ("backup.replicate", "failed"): "copying backups off-site failed",
     ("edge.certificate", "failed"): "has a certificate problem",
@@ -118,17 +120,21 @@ class StatusUpdates:
         return updates
 
     def quota_updates(self) -> list[Update]:
-        """Instances whose data uses more than `quota_warn` of its quota (ZFS storage enforces quotas)."""
-        if not self.fleet.config.limits.disk_mb or self.fleet.storage.name != "zfs":
-            return []  # no quotas to fill: spare the walk over every instance's data
+        """Instances whose data and snapshots use more than `quota_warn` of their disk limit (held by a ZFS
+        quota; on plain directories by refusing new snapshots at the limit)."""
+        if disk_limits.limit_bytes(self.fleet.config) is None:
+            return []  # no limits to fill: spare the walk over every instance's data
         out = []
-        instances = self.fleet.storage.status().get("instances", {})
-        assert isinstance(instances, dict)
-        for name, row in instances.items():
-            quota, used = row.get("refquota"), row.get("used") or 0
-            if quota and used / quota > self.quota_warn:
-                out.append(Update(f"quota:{name}", name,
-                                  f"**{name}** uses {100 * used / quota:.0f}% of its storage quota"))
+        for use in disk_limits.uses(self.fleet):
+            if use.fraction is None or use.fraction <= self.quota_warn:
+                continue
+            text = (f"**{use.instance}** uses {100 * use.fraction:.0f}% of its storage quota "
+                    f"({disk_limits.mib(use.used)} of {disk_limits.mib(use.limit or 0)}, snapshots included)")
+            if use.over:
+                text += (": its writes fail until old snapshots go or the limit is raised"
+                         if disk_limits.enforced_by_storage(self.fleet.storage)
+                         else ": new backups are refused until it uses less")
+            out.append(Update(f"quota:{use.instance}", use.instance, text))
         return out
 
     # delivery -----------------------------------------------------------------------------

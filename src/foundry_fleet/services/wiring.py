@@ -10,6 +10,7 @@ from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.disk_limits import limit_bytes
 from foundry_fleet.services.replication import Destination, Replication
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.directory import DirectoryStorage
@@ -37,7 +38,7 @@ def make_storage(config: FleetConfig) -> Storage:
         from foundry_fleet.storage.zfs import ZfsStorage
 
         assert config.storage.zfs_base is not None  # the config refuses zfs without a base
-        return ZfsStorage(config.root, config.storage.zfs_base)
+        return ZfsStorage(config.root, config.storage.zfs_base, quota_bytes=limit_bytes(config))
     return DirectoryStorage(config.root)
 
 

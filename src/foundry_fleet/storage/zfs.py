@@ -3,8 +3,8 @@
 What ZFS gives over plain directories:
 - an install is a clone of the release's `@pristine` snapshot: created in milliseconds, 0 bytes, and
   read-only at the file system level (writes fail with EROFS, even for root);
-- a tenant's quota is a `refquota` on its data dataset, enforced by ZFS (EDQUOT), so one tenant
-  filling its quota leaves every other tenant's space alone;
+- a tenant's limit is a `quota` on its data dataset, which counts its snapshots, enforced by ZFS
+  (EDQUOT; see zfs_quota), so one tenant filling its quota leaves every other tenant's space alone;
 - each instance's data is one dataset, which is what snapshots and replication work on.
 
 Everything is idempotent and adopts what exists: `ensure_layout` and `create_instance` compare what is
@@ -33,6 +33,7 @@ from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.mounts import mounts_under, zfs_mounts
 from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage import zfs_quota
 from foundry_fleet.storage.zfs_snapshots import ZfsSnapshots
 from foundry_fleet.storage.zfs_layout import (
     INSTALL_NEW,
@@ -47,7 +48,7 @@ from foundry_fleet.storage.zfs_layout import (
 
 log = logging.getLogger(__name__)
 
-_PROPS = ("mountpoint", "mounted", "readonly", "canmount", "origin", "refquota")
+_PROPS = ("mountpoint", "mounted", "readonly", "canmount", "origin", *zfs_quota.PROPS)
 _SOURCE_PROPERTY = "foundry-fleet:source"  # user property: the tree a release dataset was filled from
 _DATA_SUBDIRS = ("Config", "Data", "Logs", "Backups", "Data/shared")
 _USABLE_HEALTH = ("ONLINE", "DEGRADED")
@@ -58,7 +59,11 @@ Props = dict[str, dict[str, Prop]]
 class ZfsStorage:
     name = "zfs"
 
-    def __init__(self, root: Path, base: str, runner: ZfsRunner | None = None) -> None:
+    def __init__(self, root: Path, base: str, runner: ZfsRunner | None = None, quota_bytes: int | None = None) -> None:
+        """`quota_bytes`: the limit every instance's data and snapshots are held to (`[limits] disk_mb`),
+        which `ensure_layout` corrects; None leaves instances' quotas as they are."""
+        _check_quota(quota_bytes)
+        self.quota_bytes = quota_bytes
         self.root = Path(root)
         self.pool, self.base = parse_base(base)
         self.layout = ZfsLayout(self.root, self.base)
@@ -81,6 +86,11 @@ class ZfsStorage:
             props = self._props(self.base, recursive=True)
         for dataset, found in props.items():
             self._correct(dataset, found)
+        if self.quota_bytes is not None:
+            for instance in instances:
+                data = self.layout.data(instance)
+                if data in props:
+                    zfs_quota.correct(self.zfs, data, props[data], self.quota_bytes)
         _ensure_mode(self.shared_dir(), 0o755)
         for instance in instances:
             _ensure_mode(self.layout.instance_path(instance), 0o711, create=True)
@@ -93,7 +103,8 @@ class ZfsStorage:
         return InstancePaths(root=base, data=base / "data", install=base / "install")
 
     def create_instance(self, instance: str, quota_bytes: int | None = None) -> InstancePaths:
-        """Lay out the instance's datasets (adopting what exists); `quota_bytes` sets the data refquota.
+        """Lay out the instance's datasets (adopting what exists); `quota_bytes` limits its data and
+        snapshots together (a `quota` on the data dataset, see zfs_quota).
 
         `quota_bytes=None` leaves any quota already set alone (use `set_quota` to remove one).
         """
@@ -103,11 +114,12 @@ class ZfsStorage:
         if self._repair_install(instance, props):
             props = self._props(self.layout.instance(instance), recursive=True)
         data = self.layout.data(instance)
-        extra = [] if quota_bytes is None else ["-o", f"refquota={quota_bytes}"]
+        extra = [] if quota_bytes is None else ["-o", f"quota={quota_bytes}",
+                                                "-o", f"{zfs_quota.LIMIT_PROPERTY}={quota_bytes}"]
         if self._ensure_dataset(data, props, *extra):
             props = self._props(self.layout.instance(instance), recursive=True)
-        elif quota_bytes is not None and props[data]["refquota"].as_int() != quota_bytes:
-            self.zfs.zfs("set", f"refquota={quota_bytes}", data)
+        elif quota_bytes is not None:
+            zfs_quota.correct(self.zfs, data, props[data], quota_bytes)
         for dataset, found in props.items():
             self._correct(dataset, found)
         p = self.paths(instance)
@@ -118,10 +130,18 @@ class ZfsStorage:
         return p
 
     def set_quota(self, instance: str, quota_bytes: int | None) -> None:
-        """Set (or with None, remove) the refquota on the instance's data."""
+        """Set (or with None, remove) the limit on the instance's data and snapshots."""
         check_instance(instance)
         _check_quota(quota_bytes)
-        self.zfs.zfs("set", f"refquota={'none' if quota_bytes is None else quota_bytes}", self.layout.data(instance))
+        data = self.layout.data(instance)
+        found = self.zfs.get(zfs_quota.PROPS, data)[data]
+        zfs_quota.correct(self.zfs, data, found, quota_bytes)
+
+    def tighten_quotas(self, instances: list[str]) -> list[str]:
+        """Bring the instances' quotas held above their limit (after a restore needed room) down as far as
+        their usage allows; the backup round calls this for the instances it thinned. Returns those changed."""
+        changed = zfs_quota.tighten(self.zfs, [self.layout.data(check_instance(i)) for i in instances])
+        return [d.split("/")[-2] for d in changed]
 
     # releases -----------------------------------------------------------------------------
 
@@ -266,9 +286,12 @@ class ZfsStorage:
         return next(iter(found.values()))["used"].as_int() or 0
 
     def status(self) -> dict[str, object]:
-        """Pool health and space, and per instance: used, refquota (None: no quota), available, release."""
+        """Pool health and space, and per instance: `used` (its data and snapshots), `data` and `snapshots`
+        (the two parts), `limit` (what the instance is held to; None: no limit), `quota` (what ZFS enforces:
+        the limit, or the usage while that is above it), `available`, `release`."""
         pool = self._check_pool()
-        props = self._props(self.base, recursive=True, properties=("used", "available", "refquota", "origin"))
+        props = self._props(self.base, recursive=True, properties=(
+            "used", "usedbydataset", "usedbysnapshots", "available", "quota", zfs_quota.LIMIT_PROPERTY, "origin"))
         instances: dict[str, dict[str, object]] = {}
         releases: dict[str, dict[str, object]] = {}
         for dataset, found in props.items():
@@ -276,9 +299,13 @@ class ZfsStorage:
             if instance is not None:
                 data = props.get(f"{dataset}/data", {})
                 install = props.get(f"{dataset}/install", {})
+                quota = _int(data.get("quota")) or None
                 instances[instance] = {
                     "used": _int(data.get("used")),
-                    "refquota": _int(data.get("refquota")) or None,
+                    "data": _int(data.get("usedbydataset")),
+                    "snapshots": _int(data.get("usedbysnapshots")),
+                    "limit": zfs_quota.limit_of(data) or quota,
+                    "quota": quota,
                     "available": _int(data.get("available")),
                     "release": self.layout.version_of_origin(install["origin"].value) if install else None,
                 }

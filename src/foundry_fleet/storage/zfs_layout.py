@@ -7,7 +7,8 @@ Datasets under the fleet's base (`POOL[/PATH]`), with their mountpoints under th
     <base>/releases/<version>@pristine    <root>/releases-zfs/<version>, read-only (see below)
     <base>/instances                      none
     <base>/instances/<id>                 none
-    <base>/instances/<id>/data            <root>/instances/<id>/data (refquota = the tenant's quota)
+    <base>/instances/<id>/data            <root>/instances/<id>/data (quota = the tenant's limit,
+                                          snapshots included; see zfs_quota)
     <base>/instances/<id>/install         <root>/instances/<id>/install, read-only, a clone of
                                           <base>/releases/<version>@pristine
     <base>/instances/<id>/install.new     none, read-only: a swap in progress (see ZfsStorage)

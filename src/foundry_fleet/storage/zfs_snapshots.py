@@ -25,6 +25,7 @@ from foundry_fleet.storage.restore_in_place import finish_restore_in_place, rest
 from foundry_fleet.storage.snapshots import SnapshotInfo
 from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage.zfs_layout import ZfsLayout, check_component, check_instance
+from foundry_fleet.storage.zfs_quota import retry_with_room
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,14 @@ class ZfsSnapshots:
             self.destroy(instance, name)
 
     def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
-        restore_in_place(self.path(instance, name), data, name, uid)
+        source = self.path(instance, name)
+        # Near its quota the copy back may not fit beside the safety snapshot: see retry_with_room.
+        retry_with_room(self.zfs, self.layout.data(instance), lambda: restore_in_place(source, data, name, uid))
         self._drop_view(self._view_dataset(instance, name))
 
     def finish_restore(self, instance: str, data: Path) -> str | None:
-        return finish_restore_in_place(data, lambda name: self.path(instance, name))
+        return retry_with_room(self.zfs, self.layout.data(instance),
+                               lambda: finish_restore_in_place(data, lambda name: self.path(instance, name)))
 
     # views --------------------------------------------------------------------------------
 

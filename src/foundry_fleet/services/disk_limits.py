@@ -1,0 +1,106 @@
+"""The per-instance disk limit (`[limits] disk_mb`): what counts, who enforces it, and what is shown.
+
+What counts is everything the fleet keeps for an instance: its live data and its snapshots (each block,
+or each file, once), since a tenant that rewrites its files between snapshots grows its backups, not its
+data. ZFS enforces that itself: the limit is a `quota` on the instance's data dataset, which counts the
+dataset's snapshots (storage/zfs_quota), so the tenant's writes fail at the limit. Plain directories
+cannot stop a tenant's write, so on them the fleet stops what it adds itself: a new snapshot is refused
+while the instance is at or over its limit (`check_room`), and the owner and ops are told.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from foundry_fleet.config import FleetConfig
+from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.storage.base import Storage
+
+MIB = 1024 * 1024
+
+
+class OverDiskLimit(Conflict):
+    """The instance is at or over its disk limit, so no new snapshot was taken."""
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    instance: str
+    used: int  # live data and snapshots
+    limit: int | None  # None: no limit
+
+    @property
+    def fraction(self) -> float | None:
+        return None if not self.limit else self.used / self.limit
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.used >= self.limit
+
+    def describe(self) -> str:
+        limit = f"its {mib(self.limit)} disk limit" if self.limit else "no disk limit"
+        return f"{self.instance} uses {mib(self.used)} (data and snapshots) of {limit}"
+
+
+def limit_bytes(config: FleetConfig) -> int | None:
+    """The configured per-instance limit in bytes (None: no limit)."""
+    return config.limits.disk_mb * MIB or None
+
+
+def enforced_by_storage(storage: Storage) -> bool:
+    """ZFS holds the limit with a quota; plain directories need the fleet to refuse snapshots."""
+    return storage.name == "zfs"
+
+
+def use_of(fleet: Fleet, name: str) -> DiskUse:
+    """How much the instance keeps against its limit (on directories: a walk of its data and snapshots)."""
+    return DiskUse(name, fleet.storage.usage_bytes(name), limit_bytes(fleet.config))
+
+
+def check_room(fleet: Fleet, name: str) -> None:
+    """Raise OverDiskLimit when a new snapshot must be refused (directory storage, at or over the limit)."""
+    if enforced_by_storage(fleet.storage) or limit_bytes(fleet.config) is None:
+        return
+    use = use_of(fleet, name)
+    if use.over:
+        raise OverDiskLimit(
+            f"{use.describe()}, so no new snapshot was taken",
+            "delete files in the instance (or restore a smaller snapshot), or raise [limits] disk_mb in fleet.toml",
+        )
+
+
+def tighten(fleet: Fleet, names: list[str]) -> list[str]:
+    """Where the storage holds limits itself (ZFS), lower the instances' quotas held above them once
+    their usage allows (after thinning)."""
+    if not enforced_by_storage(fleet.storage) or not names:
+        return []
+    return fleet.storage.tighten_quotas(names)  # type: ignore[attr-defined]
+
+
+def report(fleet: Fleet) -> dict[str, Any]:
+    """What `storage status` shows: the driver's status, with per instance `used` (data and snapshots),
+    `limit` and `percent` of it, on every driver."""
+    status: dict[str, Any] = dict(fleet.storage.status())
+    configured = limit_bytes(fleet.config)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, found in dict(status.get("instances") or {}).items():
+        row = {k: v for k, v in found.items() if k != "refquota"}  # plain directories have no quota of their own
+        if not enforced_by_storage(fleet.storage):
+            row["limit"] = configured
+        use = DiskUse(name, row.get("used") or 0, row.get("limit"))
+        row["percent"] = None if use.fraction is None else round(100 * use.fraction, 1)
+        row["over_limit"] = use.over
+        rows[name] = row
+    status["instances"] = rows
+    return status
+
+
+def uses(fleet: Fleet) -> list[DiskUse]:
+    """Every instance's use against its limit, from `report`."""
+    return [DiskUse(name, row.get("used") or 0, row.get("limit")) for name, row in report(fleet)["instances"].items()]
+
+
+def mib(n: int) -> str:
+    return f"{n / MIB:.1f} MiB"
