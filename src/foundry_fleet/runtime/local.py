@@ -222,7 +222,7 @@ class LocalRuntime:
         info_r = info_w = None
         if use_bwrap:
             info_r, info_w = (_high_fd(fd) for fd in os.pipe())
-        log_fd = _high_fd(logs.open_for_task(spec.log_dir, spec.log_max_bytes, spec.log_keep))
+        log_fd = _high_fd(logs.open_for_task(spec.log_dir, spec.log_max_bytes, spec.log_keep, uid=uid, gid=gid))
         actions: list[tuple] = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),

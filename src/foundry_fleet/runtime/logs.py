@@ -47,7 +47,8 @@ def rotated(path: Path, n: int) -> Path:
 
 
 def open_for_task(
-    log_dir: Path, max_bytes: int, keep: int, *, rate: int = RATE_BYTES, burst: int = BURST_BYTES
+    log_dir: Path, max_bytes: int, keep: int, *, uid: int | None = None, gid: int | None = None,
+    rate: int = RATE_BYTES, burst: int = BURST_BYTES,
 ) -> int:
     """The descriptor to hand to the server as stdout and stderr; the caller closes it once it has.
 
@@ -62,6 +63,10 @@ def open_for_task(
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
             pass  # the default 64 KiB works too
+        if uid is not None and os.geteuid() == 0:
+            # The task's own stdout, as an unprivileged program expects it: /dev/stdout opens. (Opening
+            # the pipe gives the tenant its own output and nothing else; the log file stays root's.)
+            os.fchown(write_end, uid, gid if gid is not None else uid)
         argv = [sys.executable, "-I", "-S", log_writer.__file__, str(log_path(log_dir)),
                 str(max_bytes), str(keep), str(rate), str(burst)]
         pid = os.posix_spawn(
@@ -150,7 +155,12 @@ def _last_lines(f, lines: int) -> list[str]:
         pos -= step
         f.seek(pos)
         data = f.read(step) + data
-    return data.decode(errors="replace").splitlines()[-lines:] if lines > 0 else []
+    # Lines end at "\n" only, as the server wrote them (str.splitlines would also break at "\r" and
+    # other controls, and lose them).
+    found = data.split(b"\n")
+    if found[-1] == b"":
+        found.pop()
+    return [line.decode(errors="replace") for line in found[-lines:]] if lines > 0 else []
 
 
 def tail(path: Path, lines: int = 50) -> list[str]:
