@@ -548,6 +548,11 @@ def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: Wo
     # The writer is no part of the task: stopping it leaves the writer to write the last lines, then go.
     writers = [pid for pid in procfs.all_pids() if str(log) in procfs.cmdline(pid)]
     assert len(writers) == 1 and writers[0] not in world.runtime._task_pids(handle)
+    # Signals meant for a terminal or a session do not end it: only the end of the task's output does.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        os.kill(writers[0], sig)
+    get(spec.port, "/log?n=1&text=still")
+    assert wait_until(lambda: logs.tail(log, 1) == ["still 0"])
     run(world.runtime.stop_task(handle, timeout=5))
     assert wait_until(lambda: not procfs.is_alive(writers[0]), 5)
 
