@@ -599,6 +599,31 @@ def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: P
     assert passed <= 5000 + 2000 * (time.monotonic() - began), passed
 
 
+def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path: Path) -> None:
+    from foundry_fleet.runtime import logs
+
+    fd = logs.open_for_task(tmp_path, max_bytes=10**6, keep=1)
+    os.write(fd, b"start\n")
+    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1) == ["start"])
+    writer = logs._writers[tmp_path]
+
+    def reads() -> int:
+        io = dict(line.split(": ") for line in Path(f"/proc/{writer}/io").read_text().splitlines())
+        return int(io["syscr"])
+
+    before, began, sent = reads(), time.monotonic(), 0
+    while time.monotonic() - began < 2:
+        os.write(fd, b"x")  # a few hundred thousand one-byte writes
+        sent += 1
+    os.write(fd, b"\n")
+    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1)[0].startswith("x"))
+    woke = reads() - before
+    os.close(fd)
+    assert logs.wait_drained(tmp_path, 5)
+    # About 100 reads a second, not one per write (the bound leaves room for a loaded machine).
+    assert woke <= 100 * (time.monotonic() - began) + 50 and sent > 10 * woke, (woke, sent)
+
+
 def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> None:
     from foundry_fleet.runtime import log_writer, logs
 
