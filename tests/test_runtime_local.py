@@ -411,8 +411,10 @@ def test_recover_after_the_control_plane_is_sigkilled(world: World) -> None:
     proc.wait()
     proc.stdout.close()
     time.sleep(0.2)
-    # The task outlived its control plane and still serves.
+    # The task outlived its control plane and still serves, and its output still reaches its log.
     assert get(spec.port) == first
+    get(spec.port, "/log?n=1&text=orphaned")
+    assert wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text())
     recovered = world.runtime.recover_task(handle)
     assert recovered == handle and handle.boot_id == procfs.boot_id()
     assert world.runtime.inspect_task(recovered)
