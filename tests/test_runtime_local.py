@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -118,6 +119,13 @@ def get(port: int, path: str = "/", timeout: float = 5.0) -> dict:
             time.sleep(0.02)
 
 
+def _link(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def wait_until(predicate, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,11 +223,17 @@ def test_start_runs_node_as_the_tenant_uid_in_the_sandbox(world: World) -> None:
     assert answer["cwd"] == str(spec.data_dir) and answer["home"] == str(spec.data_dir)
     # Nothing of the control plane's environment leaks in.
     assert set(answer["env"]) <= {"PATH", "LANG", "HOME", "PWD"}
-    # Detached: own session, no terminal, stdin is /dev/null, output goes to the log file.
+    # Detached: own session, no terminal, stdin is /dev/null, output goes to a pipe whose other end
+    # only the log writer holds (not this process: the control plane holds neither end).
     st = procfs.stat(handle.leader_pid)
     assert st.session == handle.leader_pid
     assert os.readlink(f"/proc/{handle.pid}/fd/0") == "/dev/null"
-    assert os.readlink(f"/proc/{handle.pid}/fd/1") == str(spec.log_dir / "foundry.log")
+    pipe = os.readlink(f"/proc/{handle.pid}/fd/1")
+    assert pipe.startswith("pipe:") and os.readlink(f"/proc/{handle.pid}/fd/2") == pipe
+    holders = {int(fd.parts[2]) for fd in Path("/proc").glob("[0-9]*/fd/*") if _link(fd) == pipe}
+    writers = {pid for pid in holders if str(spec.log_dir / "foundry.log") in procfs.cmdline(pid)}
+    assert len(writers) == 1 and os.getpid() not in holders
+    assert procfs.stat(next(iter(writers))).session != st.session
     assert wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text())
     assert world.runtime.inspect_task(handle)
     stats = world.runtime.task_stats(handle)
@@ -397,8 +411,10 @@ def test_recover_after_the_control_plane_is_sigkilled(world: World) -> None:
     proc.wait()
     proc.stdout.close()
     time.sleep(0.2)
-    # The task outlived its control plane and still serves.
+    # The task outlived its control plane and still serves, and its output still reaches its log.
     assert get(spec.port) == first
+    get(spec.port, "/log?n=1&text=orphaned")
+    assert wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text())
     recovered = world.runtime.recover_task(handle)
     assert recovered == handle and handle.boot_id == procfs.boot_id()
     assert world.runtime.inspect_task(recovered)
@@ -512,32 +528,43 @@ def test_destroy_removes_the_cgroups(world: World) -> None:
 
 
 @needs_root
-def test_maintain_rotates_the_log_and_the_server_keeps_writing(world: World) -> None:
+def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: World) -> None:
+    from foundry_fleet.runtime import logs
 
     spec = world.spec("chatty", log_max_bytes=500, log_keep=2)
     handle = world.start(spec)
     get(spec.port)
     log = spec.log_dir / "foundry.log"
     for round_ in range(4):
+        before = log.stat().st_ino
         get(spec.port, f"/log?n=100&text=round{round_}")
-        assert wait_until(lambda r=round_: f"round{r} 99" in log.read_text())
-        world.runtime.maintain(handle, spec)
-        assert log.stat().st_size == 0
-    get(spec.port, "/log?n=3&text=after")
-    assert wait_until(lambda: "after 2" in log.read_text())
-    text = log.read_text()
-    # O_APPEND: after truncation the server writes at the start again, no hole of NUL bytes.
-    assert "\0" not in text and text.startswith("after 0")
+        assert wait_until(lambda r=round_: logs.tail(log, 1) == [f"round{r} 99"])
+        # Renamed, not copied: the file the writer filled is now .1 (or older).
+        assert before in {p.stat().st_ino for p in spec.log_dir.glob("foundry.log.*")}
     assert sorted(p.name for p in spec.log_dir.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2"]
-    assert "round3 99" in (spec.log_dir / "foundry.log.1").read_text()
-    assert "round2 99" in (spec.log_dir / "foundry.log.2").read_text()
+    assert all(p.stat().st_size <= 500 for p in spec.log_dir.iterdir())
+    text = "".join((spec.log_dir / n).read_text() for n in ("foundry.log.2", "foundry.log.1", "foundry.log"))
+    # Whole lines in each file, in order, ending with the last round.
+    assert "\0" not in text and text.splitlines()[-100:] == [f"round3 {i}" for i in range(100)]
+    assert all(re.fullmatch(r"round[0-3] \d+", line) for line in text.splitlines())
+    # The writer is no part of the task: stopping it leaves the writer to write the last lines, then go.
+    writers = [pid for pid in procfs.all_pids() if str(log) in procfs.cmdline(pid)]
+    assert len(writers) == 1 and writers[0] not in world.runtime._task_pids(handle)
+    # Signals meant for a terminal or a session do not end it: only the end of the task's output does.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        os.kill(writers[0], sig)
+    get(spec.port, "/log?n=1&text=still")
+    assert wait_until(lambda: logs.tail(log, 1) == ["still 0"])
+    run(world.runtime.stop_task(handle, timeout=5))
+    assert wait_until(lambda: not procfs.is_alive(writers[0]), 5)
 
 
-def test_rotation_keeps_n_files_and_follow_keeps_up_across_rotation(tmp_path: Path) -> None:
+def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: Path) -> None:
     from foundry_fleet.runtime import logs
 
     log = tmp_path / "foundry.log"
-    fd = logs.open_for_task(log)
+    began = time.monotonic()
+    fd = logs.open_for_task(tmp_path, max_bytes=1000, keep=3, rate=2000, burst=5000)
     stop = threading.Event()
     seen: list[str] = []
 
@@ -548,29 +575,59 @@ def test_rotation_keeps_n_files_and_follow_keeps_up_across_rotation(tmp_path: Pa
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     expected = []
-    for n in range(50):
-        line = f"line {n:03d} " + "x" * 60
+    for n in range(50):  # 50 lines of 72 bytes: within the burst, three rotations
+        line = f"line {n:03d} " + "x" * 62
         os.write(fd, (line + "\n").encode())
         expected.append(line)
         if n % 10 == 9:
             assert wait_until(lambda: len(seen) == len(expected), 5), (len(seen), len(expected))
-            assert logs.rotate(log, max_bytes=100, keep=3)
-    assert wait_until(lambda: len(seen) == len(expected), 5)
+    assert seen == expected
+    assert logs.tail(log, 20) == expected[-20:]  # across the newest rotation
+    # A flood: far beyond the rate, dropped, and said so once the rate allows again.
+    os.write(fd, b"flood\n" * 20000)
+    time.sleep(1.6)
+    os.write(fd, b"after the flood\n")
+    os.close(fd)
+    assert logs.wait_drained(tmp_path, 5)
+    assert wait_until(lambda: seen[-1:] == ["after the flood"], 5), seen[-3:]
     stop.set()
     thread.join(5)
-    os.close(fd)
-    assert seen == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2", "foundry.log.3"]
-    assert logs.tail(log.with_name("foundry.log.1"), 2) == expected[48:50]
-    assert not logs.rotate(log, max_bytes=10**9, keep=3)
-    # Lowering `keep` drops the surplus files.
-    os.write(os.open(log, os.O_WRONLY | os.O_APPEND), b"more\n")
-    assert logs.rotate(log, max_bytes=1, keep=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["foundry.log", "foundry.log.1"]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    notes = [line for line in seen if line.startswith("[foundry-fleet]")]
+    assert len(notes) == 1 and "of output dropped" in notes[0], notes
+    # What got through is what the bucket allows (burst + rate * time), of the 120000 bytes sent.
+    passed = sum(len(line) + 1 for line in seen if not line.startswith("[foundry-fleet]"))
+    assert passed <= 5000 + 2000 * (time.monotonic() - began), passed
+
+
+def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path: Path) -> None:
+    from foundry_fleet.runtime import logs
+
+    fd = logs.open_for_task(tmp_path, max_bytes=10**6, keep=1)
+    os.write(fd, b"start\n")
+    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1) == ["start"])
+    writer = logs._writers[tmp_path]
+
+    def reads() -> int:
+        io = dict(line.split(": ") for line in Path(f"/proc/{writer}/io").read_text().splitlines())
+        return int(io["syscr"])
+
+    before, began, sent = reads(), time.monotonic(), 0
+    while time.monotonic() - began < 2:
+        os.write(fd, b"x")  # a few hundred thousand one-byte writes
+        sent += 1
+    os.write(fd, b"\n")
+    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1)[0].startswith("x"))
+    woke = reads() - before
+    os.close(fd)
+    assert logs.wait_drained(tmp_path, 5)
+    # About 100 reads a second, not one per write (the bound leaves room for a loaded machine).
+    assert woke <= 100 * (time.monotonic() - began) + 50 and sent > 10 * woke, (woke, sent)
 
 
 def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> None:
-    from foundry_fleet.runtime import logs
+    from foundry_fleet.runtime import log_writer, logs
 
     log = tmp_path / "foundry.log"
     log.write_text("old\n")
@@ -581,13 +638,15 @@ def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> 
     assert next(lines) == "first"
     with open(log, "a") as f:
         f.write("second\nthird\n")
-    # Rotated before the follower looked: the two lines are only in foundry.log.1 now.
-    logs.rotate(log, max_bytes=1, keep=2)
-    with open(log, "a") as f:
-        f.write("fourth\n")
-    assert [next(lines) for _ in range(3)] == ["second", "third", "fourth"]
+    # Rotated twice before the follower looked: the lines are in foundry.log.2 and .1 now.
+    log_writer.shift(str(log), keep=3)
+    log.write_text("fourth\n")
+    log_writer.shift(str(log), keep=3)
+    log.write_text("fifth\n")
+    assert [next(lines) for _ in range(4)] == ["second", "third", "fourth", "fifth"]
     lines.close()
-    assert logs.tail(log.with_name("foundry.log.1"), 10) == ["old", "first", "second", "third"]
+    assert logs.tail(log.with_name("foundry.log.2"), 10) == ["old", "first", "second", "third"]
+    assert logs.tail(log, 3) == ["fourth", "fifth"]  # the current file and the newest rotated one
 
 
 # ----------------------------------------------------------------------------- firewall

@@ -1,7 +1,8 @@
-"""Text for Discord messages: short, with nothing secret in it.
+"""Text for Discord messages: short, with nothing secret in it, and no control characters.
 
 Discord caps a message at 2000 characters. A URL's query string can be a credential (the timed
-download links from foundryvtt.com are), so every URL a message shows loses it.
+download links from foundryvtt.com are), so every URL a message shows loses it. Messages carry
+tenants' text (their servers' log lines, state reasons), so control characters are shown escaped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 from urllib.parse import quote, urlsplit
 
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.domain.text import escape_controls
 from foundry_fleet.domain.urls import redact_url
 
 MESSAGE_LIMIT = 2000
@@ -17,7 +19,8 @@ _URL = re.compile(r"""https?://[^\s<>"'`]+""", re.IGNORECASE)
 
 
 def scrub(text: str) -> str:
-    """`text` with every URL cut down to scheme, host, port and path (no user info, query or fragment)."""
+    """`text` with every URL cut down to scheme, host, port and path (no user info, query or fragment),
+    and every control character but newline and tab escaped (every message passes through here)."""
 
     def cut(match: re.Match[str]) -> str:
         url = match.group(0)
@@ -29,7 +32,7 @@ def scrub(text: str) -> str:
             return url + tail
         return redact_url(url) + tail
 
-    return _URL.sub(cut, text)
+    return escape_controls(_URL.sub(cut, text), multiline=True)
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:

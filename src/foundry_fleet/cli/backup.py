@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, human_bytes, print_json
+from foundry_fleet.cli.render import console, human_bytes, print_json, safe
 
 app = typer.Typer(help="Snapshots of instance data: take, list, plan, restore, status.", no_args_is_help=True)
 
@@ -124,7 +124,7 @@ def status(
         if row["seconds_behind"]:
             behind += f", {_duration(row['seconds_behind'])}"
         t.add_row(row["instance"], row["destination"], row["last_snapshot"] or "never", behind,
-                  escape(row["last_error"] or ""))
+                  safe(row["last_error"] or ""))
     console.print(t)
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 
 from foundry_fleet.services.wiring import make_backups
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json
+from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json, safe
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.text import escape_controls
 from foundry_fleet.runtime.logs import follow
 
 app = typer.Typer(help="Foundry instances, one per tenant.", no_args_is_help=True)
@@ -131,7 +131,7 @@ def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool
     if json_out:
         print_json(row)
     else:
-        console.print(f"{name}: {row['state']}" + (f" ({escape(row['state_reason'])})" if row["state_reason"] else ""))
+        console.print(f"{name}: {row['state']}" + (f" ({safe(row['state_reason'])})" if row["state_reason"] else ""))
     if wait and verb in ("start", "restart") and row["state"] == "failed":
         raise typer.Exit(1)
 
@@ -171,7 +171,7 @@ def suspend(
     if json_out:
         print_json(row)
     else:
-        console.print(f"{name}: suspended ({escape(row['suspended'] or '')}), {row['state']}")
+        console.print(f"{name}: suspended ({safe(row['suspended'] or '')}), {row['state']}")
 
 
 @app.command()
@@ -201,7 +201,7 @@ def upgrade(
     elif result["upgraded"]:
         console.print(f"{name} now runs {release} (snapshot {result['snapshot']} taken before)")
     else:
-        err_console.print(f"[bold red]{name} did not become healthy on {release}:[/] {escape(result['reason'])}")
+        err_console.print(f"[bold red]{name} did not become healthy on {release}:[/] {safe(result['reason'])}")
         err_console.print(f"rolled back to {result['instance']['release']} and the data of snapshot {result['snapshot']}")
     if not result["upgraded"]:
         raise typer.Exit(1)
@@ -235,14 +235,15 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 100,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
 ) -> None:
-    """An instance's server log (stdout and stderr)."""
+    """An instance's server log (stdout and stderr), with terminal controls shown escaped."""
     c: CliContext = ctx.obj
     fleet = c.fleet()
+    # The tenant's server wrote these lines: raw, an escape sequence would command the admin's terminal.
     for line in fleet.log_tail(name, lines):
-        typer.echo(line)
+        typer.echo(escape_controls(line))
     if follow_:
         try:
             for line in follow(fleet.log_path(name)):
-                typer.echo(line)
+                typer.echo(escape_controls(line))
         except KeyboardInterrupt:
             pass

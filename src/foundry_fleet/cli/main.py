@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
@@ -19,9 +18,10 @@ from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
-    console, err_console, events_table, hosts_table, instances_table, print_edge, print_json,
+    console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, safe,
 )
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.domain.text import escape_controls
 from foundry_fleet.services.edge_status import edge_report
 
 app = typer.Typer(
@@ -80,14 +80,19 @@ def up(
 
     from foundry_fleet.services.daemon import serve
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-    )
+    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    handler.addFilter(_escape_log_record)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
+
+
+def _escape_log_record(record: logging.LogRecord) -> bool:
+    """The daemon's log shows tenants' text too (state reasons, their servers' last lines): no controls."""
+    record.msg = escape_controls(record.getMessage(), multiline=True)
+    record.args = None
+    return True
 
 
 @app.command()
@@ -115,7 +120,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
         console.print(f"daemon: [red]not running[/] for {d['root']} (states below are the last recorded)")
     for cap in data["capabilities"]:
         if not cap["available"]:
-            console.print(f"[yellow]not available:[/] {cap['name']}: {escape(cap['detail'])}")
+            console.print(f"[yellow]not available:[/] {cap['name']}: {safe(cap['detail'])}")
     console.print(instances_table(data["instances"]))
     if data.get("hosts"):
         console.print(hosts_table(data["hosts"]))
@@ -169,9 +174,9 @@ def main() -> None:
         code = app(args=hoist_config_option(sys.argv[1:]), prog_name="foundry-fleet", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except FleetError as e:
-        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {safe(e.message)}", highlight=False)
         if e.hint:
-            err_console.print(f"[dim]hint:[/] {escape(e.hint)}", highlight=False)
+            err_console.print(f"[dim]hint:[/] {safe(e.hint)}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -10,6 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from foundry_fleet.domain.text import escape_controls
 
 console = Console()
 err_console = Console(stderr=True)
@@ -18,6 +21,16 @@ STATE_STYLE = {
     "running": "green", "starting": "yellow", "creating": "yellow", "stopping": "yellow",
     "stopped": "dim", "failed": "bold red",
 }
+
+
+def shown(value: object) -> Text:
+    """A table cell from text that may be a tenant's: no markup is read in it, no control reaches the terminal."""
+    return Text(escape_controls(str(value)))
+
+
+def safe(value: object) -> str:
+    """The same, for text placed inside a markup string."""
+    return escape(escape_controls(str(value)))
 
 
 def print_json(data: Any) -> None:
@@ -29,9 +42,9 @@ def instances_table(instances: list[dict[str, Any]]) -> Table:
     for col in ("name", "state", "release", "port", "pid", "restarts", "url"):
         t.add_column(col)
     for i in instances:
-        style = STATE_STYLE.get(i["state"], "")
-        t.add_row(i["name"], f"[{style}]{i['state']}[/]" if style else i["state"], i["release"], str(i["port"]),
-                  str(i["pid"] or "-"), str(i["restarts"]), i["url"])
+        state = Text(escape_controls(i["state"]), style=STATE_STYLE.get(i["state"], ""))
+        t.add_row(shown(i["name"]), state, shown(i["release"]), shown(i["port"]), shown(i["pid"] or "-"),
+                  shown(i["restarts"]), shown(i["url"]))
     return t
 
 
@@ -42,7 +55,7 @@ def instance_detail(i: dict[str, Any]) -> Table:
     for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "port", "pid",
                 "restarts", "owner", "uid", "data_dir", "install_dir"):
         value = i.get(key)
-        t.add_row(key, ", ".join(value) if isinstance(value, list) else str(value if value is not None else "-"))
+        t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))
     t.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"])))
     return t
 
@@ -54,7 +67,8 @@ def hosts_table(hosts: list[dict[str, Any]]) -> Table:
     styles = {"valid": "green", "invalid": "bold red", "none": "yellow", "unreachable": "red"}
     for h in hosts:
         state = h["state"] + (f" ({h['detail']})" if h.get("detail") else "")
-        t.add_row(h["host"], f"[{styles.get(h['state'], '')}]{state}[/]", h.get("not_after") or "-", h.get("issuer") or "-")
+        t.add_row(shown(h["host"]), Text(escape_controls(state), style=styles.get(h["state"], "")),
+                  shown(h.get("not_after") or "-"), shown(h.get("issuer") or "-"))
     return t
 
 
@@ -64,11 +78,11 @@ def print_edge(edge: dict[str, Any] | None) -> None:
         return
     if edge.get("in_sync") is False:
         since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(edge['since']))}" if edge.get("since") else ""
-        console.print(f"edge: [bold red]out of date[/]{since}: {escape(edge.get('problem') or '')}")
+        console.print(f"edge: [bold red]out of date[/]{since}: {safe(edge.get('problem') or '')}")
     elif edge.get("in_sync"):
         console.print("edge: [green]up to date[/]")
     for c in edge.get("host_conflicts", []):
-        console.print(f"[yellow]host {escape(c['host'])} is not served for {escape(c['instance'])}:[/] {escape(c['why'])}")
+        console.print(f"[yellow]host {safe(c['host'])} is not served for {safe(c['instance'])}:[/] {safe(c['why'])}")
 
 
 def releases_table(releases: list[dict[str, Any]]) -> Table:
@@ -76,8 +90,8 @@ def releases_table(releases: list[dict[str, Any]]) -> Table:
     for col in ("version", "layout", "node", "size", "sha256", "instances", "source"):
         t.add_column(col)
     for r in releases:
-        t.add_row(r["version"], r["layout"], r["node"], human_bytes(r["unpacked_bytes"]), r["sha256"][:12],
-                  ", ".join(r["instances"]) or "-", r["source"])
+        t.add_row(shown(r["version"]), shown(r["layout"]), shown(r["node"]), human_bytes(r["unpacked_bytes"]),
+                  shown(r["sha256"][:12]), shown(", ".join(r["instances"]) or "-"), shown(r["source"]))
     return t
 
 
@@ -87,8 +101,8 @@ def events_table(events: list[dict[str, Any]]) -> Table:
         t.add_column(col, no_wrap=True)
     t.add_column("message")
     for e in events:
-        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["actor"], e["action"],
-                  e["target"], e["outcome"], e["message"])
+        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), shown(e["actor"]), shown(e["action"]),
+                  shown(e["target"]), shown(e["outcome"]), shown(e["message"]))
     return t
 
 

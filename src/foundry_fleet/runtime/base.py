@@ -116,6 +116,3 @@ class Runtime(Protocol):
     def kill_strays(self, name: str, data_dir: Path) -> int:
         """Kill processes of a task no handle knows about (the control plane died between spawning
         it and recording it); returns how many there were."""
-
-    def maintain(self, handle: TaskHandle, spec: TaskSpec) -> None:
-        """Periodic upkeep (log rotation)."""

@@ -14,8 +14,8 @@ to bwrap. Without a sandbox, setpriv comes before node directly.
 
 The task is detached from the control plane, so killing the control plane (even with SIGKILL)
 leaves every instance running: the task gets a session and process group of its own, stdin is
-/dev/null, and stdout/stderr go to the instance's log file through a descriptor the runtime opened
-with O_APPEND. There is no pipe back to the control plane whose closing could SIGPIPE the server.
+/dev/null, and stdout/stderr are a pipe to the task's own log writer (see logs.py), detached too; the
+control plane holds no end of it, so its death cannot SIGPIPE the server.
 A restarted control plane finds its tasks again with `recover_task`.
 
 In the sandbox, bwrap forks an init (pid 1 of the instance's pid namespace) which forks node. The
@@ -222,7 +222,7 @@ class LocalRuntime:
         info_r = info_w = None
         if use_bwrap:
             info_r, info_w = (_high_fd(fd) for fd in os.pipe())
-        log_fd = _high_fd(logs.open_for_task(logs.log_path(spec.log_dir)))
+        log_fd = _high_fd(logs.open_for_task(spec.log_dir, spec.log_max_bytes, spec.log_keep, uid=uid, gid=gid))
         actions: list[tuple] = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
@@ -353,7 +353,7 @@ class LocalRuntime:
             os.close(leader_fd)
 
     async def _start_failure(self, spec: TaskSpec, what: str) -> ExternalFailure:
-        await asyncio.sleep(0.05)  # let the last words reach the log
+        await asyncio.to_thread(logs.wait_drained, spec.log_dir, 1.0)  # let the last words reach the log
         last = logs.tail(logs.log_path(spec.log_dir), 5)
         detail = " | ".join(last) if last else "nothing in the log"
         return ExternalFailure(
@@ -502,9 +502,6 @@ class LocalRuntime:
         # Members that are not this task's belong to a newer task of the same name: leave them be.
         if not cg.pids():
             cg.remove()
-
-    def maintain(self, handle: TaskHandle, spec: TaskSpec) -> None:
-        logs.rotate(logs.log_path(spec.log_dir), spec.log_max_bytes, spec.log_keep)
 
     # ------------------------------------------------------------------ finding the task's processes
 

@@ -160,7 +160,6 @@ class InstanceSupervisor:
         exit_waiter = asyncio.create_task(self.runtime.wait_task(handle))
         sup = self.config.supervisor
         failures = 0
-        last_maintain = 0.0
         try:
             while True:
                 interval = sup.health_interval if healthy else 0.02
@@ -187,9 +186,6 @@ class InstanceSupervisor:
                         self.settled.set()
                     continue
                 now = time.monotonic()
-                if now - last_maintain > 30 and self.spec is not None:
-                    last_maintain = now
-                    self.runtime.maintain(handle, self.spec)
                 ok = await self._healthy()
                 if not healthy:
                     if ok:
