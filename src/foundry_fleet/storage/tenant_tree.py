@@ -87,10 +87,14 @@ class Entry:
 
 @dataclass
 class _Frame:
-    name: str
+    parts: Parts
     ident: tuple[int, int]
     fd: int | None
     pending: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
 
 
 class DirChain:
@@ -103,14 +107,15 @@ class DirChain:
 
     def __init__(self, root_fd: int) -> None:
         st = os.fstat(root_fd)
-        self.frames: list[_Frame] = [_Frame("", (st.st_dev, st.st_ino), os.dup(root_fd))]
+        self.frames: list[_Frame] = [_Frame((), (st.st_dev, st.st_ino), os.dup(root_fd))]
+        self._evicted = 1  # frames below this index keep no descriptor (checkpoints aside)
 
     @property
     def depth(self) -> int:
         return len(self.frames) - 1
 
     def parts(self) -> Parts:
-        return tuple(f.name for f in self.frames[1:])
+        return self.frames[-1].parts
 
     def fd(self) -> int:
         top = self.frames[-1]
@@ -125,7 +130,7 @@ class DirChain:
             os.close(fd)
             raise TreeError(f"{show((*self.parts(), name))} is more than {MAX_DEPTH} directories deep",
                             "flatten that folder; nothing else of this tree was changed")
-        self.frames.append(_Frame(name, (st.st_dev, st.st_ino), fd))
+        self.frames.append(_Frame((*self.frames[-1].parts, name), (st.st_dev, st.st_ino), fd))
         self._evict()
 
     def open_child(self, name: str) -> int | None:
@@ -143,6 +148,7 @@ class DirChain:
         frame = self.frames.pop()
         if frame.fd is not None:
             os.close(frame.fd)
+        self._evicted = min(self._evicted, max(len(self.frames) - 1, 1))
 
     def close(self) -> None:
         while self.frames:
@@ -152,11 +158,12 @@ class DirChain:
 
     def _evict(self) -> None:
         low = len(self.frames) - WINDOW
-        for i in range(1, max(low, 1)):
+        for i in range(self._evicted, max(low, 1)):
             frame = self.frames[i]
             if frame.fd is not None and i % CHECKPOINT:
                 os.close(frame.fd)
                 frame.fd = None
+        self._evicted = max(self._evicted, low)
 
     def _reopen(self) -> None:
         start = max(i for i, f in enumerate(self.frames) if f.fd is not None)
@@ -166,14 +173,15 @@ class DirChain:
             try:
                 fd = os.open(frame.name, DIR_FLAGS, dir_fd=parent.fd)
             except OSError as e:
-                raise TreeError(f"{show(self.parts()[:i])} changed while it was being read ({e.strerror})",
+                raise TreeError(f"{show(frame.parts)} changed while it was being read ({e.strerror})",
                                 "retry when the instance is not rewriting that folder") from e
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != frame.ident:
                 os.close(fd)
-                raise TreeError(f"{show(self.parts()[:i])} was replaced while it was being read",
+                raise TreeError(f"{show(frame.parts)} was replaced while it was being read",
                                 "retry when the instance is not rewriting that folder")
             frame.fd = fd
+        self._evicted = min(self._evicted, start + 1)
         self._evict()
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -34,6 +35,15 @@ from foundry_fleet.storage.tenant_tree import DIR_FLAGS, FILE_FLAGS, Kind, walk
 
 IDENTITY = "x-fleet-user"
 CHUNK = 256 * 1024
+
+
+class _AnyPath(PathConvertor):
+    """`path`, newlines included (a tenant's file name may hold one; `path` is `.*`)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("backup_path", _AnyPath())
 
 
 def _safe_parts(segments: list[bytes]) -> list[str] | None:
@@ -225,5 +235,5 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         Route("/backups/", listing, methods=["GET"]),
         Route("/backups/{snapshot}.zip", download, methods=["GET"]),
         Route("/backups/{snapshot}/", browse, methods=["GET"]),
-        Route("/backups/{snapshot}/{path:path}", browse, methods=["GET"]),
+        Route("/backups/{snapshot}/{path:backup_path}", browse, methods=["GET"]),
     ])
