@@ -14,7 +14,7 @@ from foundry_fleet.domain.errors import Conflict, ExternalFailure
 from foundry_fleet.storage import tenant_tree
 from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.snapshots import DirectorySnapshots
-from foundry_fleet.storage.tenant_tree import TreeError, open_root
+from foundry_fleet.storage.tenant_tree import TreeError, make_dirs, open_root
 from foundry_fleet.storage.trees import remove_tree
 
 
@@ -45,8 +45,8 @@ class DirectoryStorage:
         p = self.paths(instance)
         p.root.mkdir(parents=True, exist_ok=True)
         p.root.chmod(0o711)
-        for sub in ("Config", "Data", "Logs", "Backups", "Data/shared"):
-            (p.data / sub).mkdir(parents=True, exist_ok=True)
+        p.data.mkdir(exist_ok=True)
+        make_dirs(p.data, "Config", "Data", "Logs", "Backups", "Data/shared")
         p.data.chmod(0o700)
         return p
 

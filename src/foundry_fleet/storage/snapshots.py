@@ -168,7 +168,7 @@ def _fill(data: Path, staging: Path, previous: Path | None) -> tuple[CopyStats, 
         stats = copy_tree(src, dst, skip=not_snapshotted, seal=True, previous_fd=prev)
         created = time.time()
         meta = {"created_at": created, "bytes_new": stats.bytes_new, "files": stats.files,
-                "bytes_total": stats.bytes_total, "skipped": len(stats.skipped)}
+                "bytes_total": stats.bytes_total, "skipped": stats.skipped, "skipped_examples": stats.examples}
         fd = os.open(META, NEW_FILE_FLAGS, 0o444, dir_fd=dst)
         try:
             os.write(fd, json.dumps(meta).encode())

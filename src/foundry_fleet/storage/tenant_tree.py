@@ -305,7 +305,8 @@ class CopyStats:
     files: int = 0
     bytes_new: int = 0  # on disk, of the files written (not linked)
     bytes_total: int = 0  # of every regular file
-    skipped: list[str] = field(default_factory=list)  # what was left out, for the message
+    skipped: int = 0  # entries left out: FIFOs, sockets, devices, and what kept changing while read
+    examples: list[str] = field(default_factory=list)  # the first few of them, for a message
 
 
 def copy_tree(src_fd: int, dst_fd: int, *, skip: Callable[[Parts], bool], owner: int | None = None,
@@ -352,7 +353,10 @@ def copy_tree(src_fd: int, dst_fd: int, *, skip: Callable[[Parts], bool], owner:
                     continue
                 stats.bytes_new += _copy_file(entry, dst.fd(), owner, seal)
             else:
-                stats.skipped.append(f"{show(entry.parts)} ({'changed while read' if entry.kind is Kind.CHANGED else 'not a file'})")
+                stats.skipped += 1
+                if len(stats.examples) < 10:
+                    why = "changed while read" if entry.kind is Kind.CHANGED else "not a file"
+                    stats.examples.append(f"{show(entry.parts)} ({why})")
     finally:
         dst.close()
         if prev is not None:
@@ -452,3 +456,30 @@ def usage(root_fd: int, seen: set[tuple[int, int]], skip: Callable[[Parts], bool
             seen.add(key)
             total += entry.st.st_blocks * 512
     return total
+
+
+def make_dirs(root: Path, *paths: str, mode: int = 0o755) -> None:
+    """`mkdir -p` of each relative path under `root`, never through a link: a component that is a link or
+    a file stops that path (made where it can be, nothing outside)."""
+    top = open_root(root)
+    try:
+        for path in paths:
+            fd = os.dup(top)
+            try:
+                for name in path.split("/"):
+                    try:
+                        os.mkdir(name, mode, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    try:
+                        child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                    except OSError as e:
+                        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                            break
+                        raise
+                    os.close(fd)
+                    fd = child
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
