@@ -324,6 +324,28 @@ def test_a_touched_file_is_not_copied_again_and_a_changed_one_is(tmp_path: Path,
     assert two.read_bytes() != big.read_bytes()  # the earlier snapshot kept its content
 
 
+def test_a_sparse_file_costs_a_snapshot_what_it_stores_not_what_it_claims(tmp_path: Path,
+                                                                          release_zips: dict[str, Path]) -> None:
+    h = make_fleet(tmp_path)
+    h.cli("release", "add", str(release_zips["node"]))
+    h.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
+    backups = Backups(open_fleet(h.settings()))
+    sparse = backups.fleet.storage.paths("alice").data / "Data" / "huge.bin"
+    with sparse.open("wb") as f:
+        f.seek(64 << 30)  # claims 64 GiB
+        f.write(b"tail")
+    first = backups.take("alice", "one")
+    copy = backups.snapshots.path("alice", first.name) / "Data" / "huge.bin"
+    assert first.bytes_new < 1 << 20 and copy.stat().st_size == (64 << 30) + 4
+    with copy.open("rb") as f:
+        f.seek(64 << 30)
+        assert f.read() == b"tail"
+    os.utime(sparse, ns=(1_000_000_000, 1_000_000_000))
+    second = backups.take("alice", "two")  # compared by what it stores: quick, and linked
+    assert second.bytes_new < 1 << 20
+    assert (backups.snapshots.path("alice", second.name) / "Data" / "huge.bin").stat().st_ino == copy.stat().st_ino
+
+
 # ZFS: the restore marker, a linked Data, and a fake .zfs --------------------------------------------------
 
 

@@ -271,29 +271,57 @@ def _look(dir_fd: int, name: str, parts: Parts, open_files: bool) -> Entry | Non
 # writing --------------------------------------------------------------------------------------------
 
 
-def copy_bytes(src: int, dst: int) -> None:
-    """Copy the rest of `src` into `dst` (both descriptors), in the kernel where it can."""
-    try:
-        while os.sendfile(dst, src, None, CHUNK) > 0:
-            pass
-        return
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-    while block := os.read(src, CHUNK):
-        view = memoryview(block)
-        while view:
-            view = view[os.write(dst, view):]
+def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) ranges of a file's first `size` bytes that hold data; holes are left out, so a
+    sparse file of a terabyte costs what it stores, not what it claims. Where the file system cannot tell
+    holes apart, the whole file is one range."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole from here to the end
+                return
+            if e.errno != errno.EINVAL:
+                raise
+            yield pos, size
+            return
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        pos = end
 
 
-def same_content(a: int, b: int) -> bool:
-    """Whether two open files hold the same bytes (read from their current offsets to the end)."""
-    while True:
-        x, y = os.read(a, CHUNK), os.read(b, CHUNK)
-        if x != y:
-            return False
-        if not x:
-            return True
+def copy_bytes(src: int, dst: int, size: int) -> None:
+    """Copy the first `size` bytes of `src` into the empty `dst`, holes kept as holes, in the kernel
+    where it can (a file that grows meanwhile is copied as it was when measured)."""
+    for start, end in data_ranges(src, size):
+        os.lseek(dst, start, os.SEEK_SET)
+        pos = start
+        while pos < end:
+            try:
+                sent = os.sendfile(dst, src, pos, min(CHUNK, end - pos))
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                sent = os.write(dst, os.pread(src, min(CHUNK, end - pos), pos))
+            if sent == 0:
+                break  # the file shrank meanwhile
+            pos += sent
+    os.ftruncate(dst, size)
+
+
+def same_content(a: int, b: int, size: int) -> bool:
+    """Whether two files of `size` bytes hold the same bytes. Only their data is read (a hole reads as
+    zeros), so comparing costs what they store."""
+    for one, other in ((a, b), (b, a)):
+        for start, end in data_ranges(one, size):
+            for pos in range(start, end, CHUNK):
+                n = min(CHUNK, end - pos)
+                if os.pread(one, n, pos) != os.pread(other, n, pos):
+                    return False
+    return True
 
 
 def file_mode(st: os.stat_result, executable: int, plain: int) -> int:
@@ -376,16 +404,11 @@ def _copy_file(entry: Entry, dir_fd: int, owner: int | None, seal: bool) -> int:
     assert entry.st is not None
     out = os.open(entry.name, NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
     try:
-        os.lseek(entry.fd, 0, os.SEEK_SET)
-        copy_bytes(entry.fd, out)
-        if seal:
-            os.fchmod(out, file_mode(entry.st, 0o555, 0o444))
-            os.utime(out, ns=(entry.st.st_atime_ns, entry.st.st_mtime_ns))
-        else:
-            os.fchmod(out, file_mode(entry.st, 0o755, 0o644))
-            os.utime(out, ns=(entry.st.st_atime_ns, entry.st.st_mtime_ns))
-            if owner is not None:
-                os.fchown(out, owner, owner)
+        copy_bytes(entry.fd, out, entry.st.st_size)
+        os.fchmod(out, file_mode(entry.st, 0o555, 0o444) if seal else file_mode(entry.st, 0o755, 0o644))
+        os.utime(out, ns=(entry.st.st_atime_ns, entry.st.st_mtime_ns))
+        if owner is not None and not seal:
+            os.fchown(out, owner, owner)
         return os.fstat(out).st_blocks * 512
     finally:
         os.close(out)
@@ -405,10 +428,8 @@ def _link_previous(entry: Entry, prev_dir: int, dst_dir: int) -> bool:
         if not stat.S_ISREG(ost.st_mode) or ost.st_size != entry.st.st_size \
                 or (ost.st_mode & 0o111 != 0) != (entry.st.st_mode & 0o111 != 0):
             return False
-        if ost.st_mtime_ns != entry.st.st_mtime_ns:
-            os.lseek(entry.fd, 0, os.SEEK_SET)
-            if not same_content(entry.fd, old):
-                return False
+        if ost.st_mtime_ns != entry.st.st_mtime_ns and not same_content(entry.fd, old, entry.st.st_size):
+            return False
         try:
             os.link(entry.name, entry.name, src_dir_fd=prev_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
         except OSError as e:
@@ -440,7 +461,7 @@ def remove_contents(dir_fd: int, *, keep: Callable[[Parts], bool] = lambda parts
         else:
             try:
                 os.unlink(entry.name, dir_fd=entry.dir_fd)
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError):  # gone, or a folder again: its parent stays
                 pass
 
 
