@@ -34,6 +34,7 @@ from foundry_fleet.storage.tenant_tree import (
     Parts,
     copy_tree,
     open_root,
+    reported_as,
 )
 from foundry_fleet.storage.trees import remove_tree
 
@@ -124,7 +125,8 @@ class DirectorySnapshots:
         staging = d / (name + PARTIAL)
         os.mkdir(staging, 0o700)
         try:
-            stats, created = _fill(data, staging, prev_dir)
+            with reported_as(f"the snapshot of {instance} failed", "nothing was kept of it; the data is untouched"):
+                stats, created = _fill(data, staging, prev_dir)
         except BaseException:
             remove_tree(staging)  # a tenant's tree that cannot be copied fails its snapshot, and leaves nothing
             raise
@@ -139,7 +141,9 @@ class DirectorySnapshots:
         remove_tree(self.path(instance, name))
 
     def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
-        restore_into(self.path(instance, name), data, uid)
+        source = self.path(instance, name)
+        with reported_as(f"restoring {name} into {instance} failed", "its data was not replaced; the copy was dropped"):
+            restore_into(source, data, uid)
 
     def finish_restore(self, instance: str, data: Path) -> str | None:
         del instance
@@ -213,6 +217,9 @@ def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
     src, dst = open_root(snapshot), open_root(new)
     try:
         copy_restored(src, dst, uid)
+    except BaseException:
+        remove_tree(new)  # the live data was not touched yet
+        raise
     finally:
         os.close(src)
         os.close(dst)

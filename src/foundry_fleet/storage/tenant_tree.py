@@ -25,6 +25,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -52,6 +53,20 @@ def show(parts: Parts) -> str:
     """A path for a message: tenant names may hold newlines or escapes, so shown as a repr."""
     text = "/".join(parts) or "."
     return repr(text)[1:-1] if not text.isprintable() else text
+
+
+@contextmanager
+def reported_as(what: str, hint: str = "nothing was changed in the instance's data") -> Iterator[None]:
+    """Turn an OSError met in a tenant's tree (a full disk, a name the file system refuses, ...) into a
+    TreeError that says what failed, so it fails that tenant's operation with a message, not a crash."""
+    try:
+        yield
+    except TreeError as e:
+        raise TreeError(f"{what}: {e.message}", e.hint or hint) from e
+    except OSError as e:
+        where = f" ({show(tuple(os.fsdecode(e.filename).split('/')))})" if e.filename not in (None, "") \
+            and not isinstance(e.filename, int) else ""
+        raise TreeError(f"{what}: {e.strerror or e}{where}", hint) from e
 
 
 def open_root(path: Path) -> int:

@@ -24,6 +24,7 @@ from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.storage.mounts import zfs_mounts
 from foundry_fleet.storage.restore_in_place import data_owner, replace_contents, take_legacy_marker
 from foundry_fleet.storage.snapshots import SnapshotInfo
+from foundry_fleet.storage.tenant_tree import reported_as
 from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage.zfs_layout import ZfsLayout, check_component, check_instance
 
@@ -136,7 +137,9 @@ class ZfsSnapshots:
         source = self.path(instance, name)
         dataset = self.layout.data(instance)
         self.zfs.zfs("set", f"{RESTORING}={name}", dataset)  # from here on, a restore is in progress
-        replace_contents(source, data, uid)
+        with reported_as(f"restoring {name} into {instance} failed",
+                         "the next start of the fleet does it again; the previous data is in the safety snapshot"):
+            replace_contents(source, data, uid)
         self.zfs.zfs("inherit", RESTORING, dataset)
         self._drop_view(self._view_dataset(instance, name))
 
