@@ -416,4 +416,14 @@ os.symlink({str(outside)!r}, "Data")
     said = h.cli("events", "--json").out + "".join(h.daemon_log(i) for i in range(len(h.daemons)))
     assert "TOP-SECRET" not in said
     assert host_file_state(victim) == before
+
+    # A restore an older fleet left half done (its marker file, root's, in the data) is still finished.
+    h.stop_daemons()
+    (data / "Data" / "world.db").write_text("half restored")
+    (data / ".fleet-restore").write_text(snap + "\n")
+    os.chmod(data / ".fleet-restore", 0o600)
+    h.up()
+    h.wait_state("alice", "running")
+    assert (data / "Data" / "world.db").read_text() == "campaign"
+    assert not os.path.lexists(data / ".fleet-restore")
     no_daemon_errors(h)
