@@ -46,13 +46,14 @@ LEGACY_MARKERS = (".fleet-restore", ".fleet-restore.new")
 
 
 def not_snapshotted(parts: Parts) -> bool:
-    """What a snapshot leaves out of the data: the shared assets' mount point, and the fleet's own names."""
-    return parts == SHARED_MOUNT or parts in ((META,), (".zfs",))
+    """What a snapshot leaves out of the data: the shared assets' mount point, and the metadata's name."""
+    return parts == SHARED_MOUNT or parts == (META,)
 
 
 def not_restored(parts: Parts) -> bool:
-    """What a restore leaves out of a snapshot (ZFS snapshots hold whatever the data held)."""
-    return not_snapshotted(parts) or (len(parts) == 1 and parts[0] in LEGACY_MARKERS)
+    """What a restore leaves out of a snapshot: the above, ZFS's control folder, and the markers older
+    fleets wrote (a ZFS snapshot holds whatever the data held)."""
+    return not_snapshotted(parts) or (len(parts) == 1 and parts[0] in (".zfs", *LEGACY_MARKERS))
 
 
 @dataclass(frozen=True)
