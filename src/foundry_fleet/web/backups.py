@@ -14,6 +14,7 @@ without recursion, so no depth breaks it.
 from __future__ import annotations
 
 import html
+import io
 import mimetypes
 import os
 import stat
@@ -142,12 +143,12 @@ def zip_stream(root: Path) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _file_chunks(fd: int) -> Iterator[bytes]:
-    try:
-        while block := os.read(fd, CHUNK):
+def _file_chunks(f: io.BufferedReader | io.FileIO) -> Iterator[bytes]:
+    """The file's bytes; a file object, not a bare descriptor, so that a response never sent (HEAD, a
+    client gone) still closes it when the generator is dropped unstarted."""
+    with f:
+        while block := f.read(CHUNK):
             yield block
-    finally:
-        os.close(fd)
 
 
 def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None]) -> Starlette:
@@ -195,7 +196,7 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         if stat.S_ISREG(st.st_mode):
             shown = _shown(parts[-1])
             kind = mimetypes.guess_type(shown)[0] or "application/octet-stream"
-            return StreamingResponse(_file_chunks(fd), media_type=kind, headers={
+            return StreamingResponse(_file_chunks(os.fdopen(fd, "rb", buffering=0)), media_type=kind, headers={
                 "Content-Length": str(st.st_size),
                 "Content-Disposition": f"attachment; filename*=utf-8''{quote(os.fsencode(parts[-1]))}"})
         try:
