@@ -16,6 +16,7 @@ import pytest
 from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.conftest import make_fleet
 from tests.ports import port_block
 from tests.harness import BIN, FleetHarness, file_digests, kill_processes_with, wait_until
@@ -113,7 +114,7 @@ def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
 
 
 def test_a_restore_killed_half_way_is_redone_at_the_next_start(
-    zfs_fleet: FleetHarness, release_zips: dict[str, Path]
+    zfs_fleet: FleetHarness, zfs_base: str, release_zips: dict[str, Path]
 ) -> None:
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
     inst = zfs_fleet.cli("instance", "create", "carol", "--release", "13.345", "--no-start", "--json").json()["instance"]
@@ -127,17 +128,21 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
 
     restore = subprocess.Popen([str(BIN), "--config", str(zfs_fleet.config), "backup", "restore", "carol", snap,
                                 "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = data / ".fleet-restore"
-    wait_until(lambda: marker.exists() or restore.poll() is not None, 60, "the restore to begin")
+    # The restore in progress is recorded on the dataset, out of the tenant's reach, not in its data.
+    def restoring() -> bool:
+        return zfs("get", "-H", "-o", "value", RESTORING, f"{zfs_base}/instances/carol/data").stdout.strip() == snap
+
+    wait_until(lambda: restoring() or restore.poll() is not None, 60, "the restore to begin")
     restore.kill()
     restore.wait()
-    assert marker.exists(), "the restore finished before it could be interrupted: make the data bigger"
+    assert restoring(), "the restore finished before it could be interrupted: make the data bigger"
+    assert not any(n.startswith(".fleet-restore") for n in os.listdir(data))
     assert file_digests(data) != want  # half way: neither the old data nor the snapshot's
 
     zfs_fleet.up()
     zfs_fleet.cli("instance", "start", "carol")
     zfs_fleet.wait_state("carol", "running")
-    assert file_digests(data) == want and not marker.exists()
+    assert file_digests(data) == want and not restoring()
     safety = [s["name"] for s in zfs_fleet.cli("backup", "list", "carol", "--json").json()
               if s["name"].startswith("safety-")]
     assert len(safety) == 1

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from foundry_fleet.domain.backup_plan import Plan, TimeFormat, current_slot, parse_plan, thin
-from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services import disk_limits
 from foundry_fleet.services.disk_limits import OverDiskLimit
 from foundry_fleet.services.fleet import Fleet
@@ -227,7 +228,15 @@ class Backups:
         """Finish restores a crash interrupted (run before any instance starts)."""
         done = []
         for view in self.fleet.list_instances():
-            what = self.snapshots.finish_restore(view.name, self.fleet.storage.paths(view.name).data)
+            try:
+                what = self.snapshots.finish_restore(view.name, self.fleet.storage.paths(view.name).data)
+            except Exception as e:  # noqa: BLE001 - one instance's bad data must not keep the others (or the daemon) down
+                why = e.message if isinstance(e, FleetError) else str(e)
+                self.fleet.record_event("backup.restore", view.name, Outcome.FAILED,
+                                        f"could not finish an interrupted restore: {why}", actor="repair")
+                if view.desired == "running":  # never start on half-restored data; the next start tries again
+                    self.fleet.set_desired(view.name, DesiredState.STOPPED, "an interrupted restore could not be finished")
+                continue
             if what:
                 self.fleet.record_event("backup.restore", view.name, Outcome.INFO, what, actor="repair")
                 done.append(view.name)

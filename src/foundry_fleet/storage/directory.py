@@ -11,8 +11,10 @@ import shutil
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, ExternalFailure
+from foundry_fleet.storage import tenant_tree
 from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.snapshots import DirectorySnapshots
+from foundry_fleet.storage.tenant_tree import TreeError, make_dirs, open_root
 from foundry_fleet.storage.trees import remove_tree
 
 
@@ -43,8 +45,8 @@ class DirectoryStorage:
         p = self.paths(instance)
         p.root.mkdir(parents=True, exist_ok=True)
         p.root.chmod(0o711)
-        for sub in ("Config", "Data", "Logs", "Backups", "Data/shared"):
-            (p.data / sub).mkdir(parents=True, exist_ok=True)
+        p.data.mkdir(exist_ok=True)
+        make_dirs(p.data, "Config", "Data", "Logs", "Backups", "Data/shared")
         p.data.chmod(0o700)
         return p
 
@@ -100,21 +102,31 @@ class DirectoryStorage:
             "root": str(self.root),
             "used": usage.used,
             "available": usage.free,
-            "instances": {n: {"used": self.usage_bytes(n), "refquota": None} for n in names},
+            "instances": {n: self._instance_status(n) for n in names},
         }
 
+    def _instance_status(self, instance: str) -> dict[str, object]:
+        try:
+            return {"used": self.usage_bytes(instance), "refquota": None}
+        except (OSError, TreeError) as e:  # one tenant's tree that cannot be measured: shown as such
+            return {"used": None, "refquota": None, "error": getattr(e, "message", None) or str(e)}
+
     def usage_bytes(self, instance: str) -> int:
-        total = 0
+        """Bytes on disk of the instance's data and of its snapshots, each file once (what a file shares
+        with a snapshot, or snapshots with each other, counts once): what its disk use costs the host."""
         seen: set[tuple[int, int]] = set()
-        for dirpath, _dirs, files in os.walk(self.paths(instance).data):
-            for f in files:
-                try:
-                    st = os.lstat(os.path.join(dirpath, f))
-                except FileNotFoundError:
+        total = 0
+        for tree in (self.paths(instance).data, self.root / "snapshots" / instance):
+            try:
+                fd = open_root(tree)
+            except TreeError:
+                if not os.path.lexists(tree):
                     continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
+                raise
+            try:
+                total += tenant_tree.usage(fd, seen)
+            finally:
+                os.close(fd)
         return total
 
 

@@ -1,9 +1,15 @@
 """Snapshots of an instance's data as plain directory trees, for hosts without ZFS.
 
-Each snapshot is a full, read-only tree. A file unchanged since the previous snapshot (same size
-and modification time, to the nanosecond) is a hard link to that snapshot's copy, so it costs no
-space; a changed or new file is copied. A snapshot never links to a live file: Foundry appends to
-its databases in place, and a link would let the live file rewrite the snapshot.
+Each snapshot is a full, read-only tree. A file whose content is the same as in the previous
+snapshot is a hard link to that snapshot's copy, so it costs no space: same size and modification
+time (to the nanosecond) is taken as the same, and a file of the same size whose time differs is
+compared byte for byte (a touched file is not copied again); a changed or new file is copied. A
+snapshot never links to a live file: Foundry appends to its databases in place, and a link would let
+the live file rewrite the snapshot.
+
+The tenant's instance may be running, and hostile, while its data is copied: the copy walks from
+directory descriptors and never follows a link (see `tenant_tree`). The snapshot's metadata file is
+the fleet's, so a tenant's file of that name at the top of its data is left out.
 
 A snapshot is built as `<name>.partial` and renamed when complete, so a crash leaves no half
 snapshot that looks whole; leftovers are swept the next time.
@@ -11,19 +17,43 @@ snapshot that looks whole; leftovers are swept the next time.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
+from foundry_fleet.storage.tenant_tree import (
+    DIR_FLAGS,
+    FILE_FLAGS,
+    NEW_FILE_FLAGS,
+    CopyStats,
+    Parts,
+    copy_tree,
+    open_root,
+    reported_as,
+)
 from foundry_fleet.storage.trees import remove_tree
 
 PARTIAL = ".partial"
-# Never part of a snapshot: the mount point of the fleet's shared assets (not the tenant's data).
-SKIP = {os.path.join("Data", "shared")}
+META = ".snapshot.json"
+SHARED_MOUNT = ("Data", "shared")  # the mount point of the fleet's shared assets (not the tenant's data)
+# Markers an older fleet wrote into a ZFS instance's data while restoring: never data, never restored.
+LEGACY_MARKERS = (".fleet-restore", ".fleet-restore.new")
+
+
+def not_snapshotted(parts: Parts) -> bool:
+    """What a snapshot leaves out of the data: the shared assets' mount point, and the metadata's name."""
+    return parts == SHARED_MOUNT or parts == (META,)
+
+
+def not_restored(parts: Parts) -> bool:
+    """What a restore leaves out of a snapshot: the above, ZFS's control folder, and the markers older
+    fleets wrote (a ZFS snapshot holds whatever the data held)."""
+    return not_snapshotted(parts) or (len(parts) == 1 and parts[0] in (".zfs", *LEGACY_MARKERS))
 
 
 @dataclass(frozen=True)
@@ -94,12 +124,15 @@ class DirectorySnapshots:
         previous = self.list(instance)
         prev_dir = d / previous[-1].name if previous else None
         staging = d / (name + PARTIAL)
-        files, bytes_new, bytes_total = _copy_tree(data, staging, prev_dir)
-        created = time.time()
-        _write_meta(staging, {"created_at": created, "bytes_new": bytes_new, "files": files, "bytes_total": bytes_total})
-        _seal(staging)
+        os.mkdir(staging, 0o700)
+        try:
+            with reported_as(f"the snapshot of {instance} failed", "nothing was kept of it; the data is untouched"):
+                stats, created = _fill(data, staging, prev_dir)
+        except BaseException:
+            remove_tree(staging)  # a tenant's tree that cannot be copied fails its snapshot, and leaves nothing
+            raise
         os.rename(staging, final)
-        return SnapshotInfo(name, created, bytes_new, files, bytes_total)
+        return SnapshotInfo(name, created, stats.bytes_new, stats.files, stats.bytes_total)
 
     def take_many(self, targets: list[tuple[str, Path]], name: str) -> list[SnapshotInfo]:
         """One snapshot per (instance, data): separate trees, so one after the other, not atomic."""
@@ -109,7 +142,9 @@ class DirectorySnapshots:
         remove_tree(self.path(instance, name))
 
     def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
-        restore_into(self.path(instance, name), data, uid)
+        source = self.path(instance, name)
+        with reported_as(f"restoring {name} into {instance} failed", "its data was not replaced; the copy was dropped"):
+            restore_into(source, data, uid)
 
     def finish_restore(self, instance: str, data: Path) -> str | None:
         del instance
@@ -129,76 +164,42 @@ class DirectorySnapshots:
                 remove_tree(Path(entry.path))
 
 
-META = ".snapshot.json"
+def _fill(data: Path, staging: Path, previous: Path | None) -> tuple[CopyStats, float]:
+    """Copy the live data into `staging`, sealed, linking what `previous` already holds; then the metadata."""
+    src = open_root(data)
+    dst = open_root(staging)
+    prev = open_root(previous) if previous is not None else None
+    try:
+        stats = copy_tree(src, dst, skip=not_snapshotted, seal=True, previous_fd=prev)
+        created = time.time()
+        meta = {"created_at": created, "bytes_new": stats.bytes_new, "files": stats.files,
+                "bytes_total": stats.bytes_total, "skipped": stats.skipped, "skipped_examples": stats.examples}
+        fd = os.open(META, NEW_FILE_FLAGS, 0o444, dir_fd=dst)
+        try:
+            os.write(fd, json.dumps(meta).encode())
+        finally:
+            os.close(fd)
+        os.fchmod(dst, 0o555)
+        return stats, created
+    finally:
+        for fd in (src, dst, prev):
+            if fd is not None:
+                os.close(fd)
 
 
 def _read_meta(path: Path) -> dict:
-    import json
-
     try:
-        return json.loads((path / META).read_text())
+        fd = os.open(path / META, FILE_FLAGS)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        return json.loads(os.read(fd, 1 << 16))
     except (OSError, ValueError):
         return {}
-
-
-def _write_meta(path: Path, meta: dict) -> None:
-    import json
-
-    (path / META).write_text(json.dumps(meta))
-
-
-def _copy_tree(src: Path, dst: Path, previous: Path | None) -> tuple[int, int, int]:
-    """Copy `src` to `dst`, hard-linking files unchanged since `previous`;
-    returns (files, bytes copied, bytes of all files)."""
-    files = copied = total = 0
-    dst.mkdir()
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel_dir = os.path.relpath(dirpath, src)
-        target_dir = dst if rel_dir == "." else dst / rel_dir
-        for d in list(dirnames):
-            rel = os.path.normpath(os.path.join(rel_dir, d))
-            full = os.path.join(dirpath, d)
-            if rel in SKIP or os.path.islink(full):
-                dirnames.remove(d)  # never follow a link out of the data, never into shared assets
-                if os.path.islink(full) and rel not in SKIP:
-                    os.symlink(os.readlink(full), target_dir / d)
-                continue
-            (target_dir / d).mkdir()
-        for f in filenames:
-            rel = os.path.normpath(os.path.join(rel_dir, f))
-            full = os.path.join(dirpath, f)
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(full), target_dir / f)
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue  # sockets, fifos: not data
-            files += 1
-            total += st.st_size
-            if previous is not None:
-                old = previous / rel
-                try:
-                    ost = os.lstat(old)
-                except FileNotFoundError:
-                    ost = None
-                if ost is not None and stat.S_ISREG(ost.st_mode) and ost.st_size == st.st_size \
-                        and ost.st_mtime_ns == st.st_mtime_ns:
-                    os.link(old, target_dir / f)
-                    continue
-            shutil.copy2(full, target_dir / f, follow_symlinks=False)
-            copied += st.st_blocks * 512
-    return files, copied, total
-
-
-def _seal(path: Path) -> None:
-    """Snapshots are read-only: files 0444 (0555 if executable), directories 0555."""
-    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
-        for f in filenames:
-            full = os.path.join(dirpath, f)
-            st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # linked ones are sealed already
-                os.chmod(full, 0o555 if st.st_mode & 0o111 else 0o444)
-        os.chmod(dirpath, 0o555)
+    finally:
+        os.close(fd)
 
 
 RESTORE_NEW = "data.restore-new"
@@ -213,38 +214,57 @@ def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
     """
     new, old = data.parent / RESTORE_NEW, data.parent / RESTORE_OLD
     remove_tree(new)
-    shutil.copytree(snapshot, new, symlinks=True, ignore=shutil.ignore_patterns(META))
-    own_restored_tree(new, uid)
+    os.mkdir(new, 0o700)
+    src, dst = open_root(snapshot), open_root(new)
+    try:
+        copy_restored(src, dst, uid)
+    except BaseException:
+        remove_tree(new)  # the live data was not touched yet
+        raise
+    finally:
+        os.close(src)
+        os.close(dst)
     remove_tree(old)
     os.rename(data, old)
     os.rename(new, data)
     remove_tree(old)
 
 
-def own_restored_tree(root: Path, uid: int | None, leave: frozenset[str] = frozenset()) -> None:
-    """Make a restored copy the instance's own data: directories 0755 (`root` itself 0700), files 0644 or
-    0755, everything owned by `uid`, except `Data/shared`, the shared assets' mount point, which is
-    root's. `leave` names files at the top that are not the instance's (left as they are)."""
-    shared = root / "Data" / "shared"
-    shared.mkdir(parents=True, exist_ok=True)
-    for dirpath, dirnames, filenames in os.walk(root):
-        at_top = dirpath == str(root)
-        os.chmod(dirpath, 0o700 if at_top else 0o755)
-        for f in filenames:
-            if at_top and f in leave:
-                continue
-            full = os.path.join(dirpath, f)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755 if os.stat(full).st_mode & 0o111 else 0o644)
-            if uid is not None:
-                os.lchown(full, uid, uid)
-        if uid is not None:
-            os.lchown(dirpath, uid, uid)
-            for d in dirnames:  # links to directories are listed here but never walked into
-                if os.path.islink(os.path.join(dirpath, d)):
-                    os.lchown(os.path.join(dirpath, d), uid, uid)
+def copy_restored(snapshot_fd: int, data_fd: int, uid: int | None) -> CopyStats:
+    """Copy a snapshot into an empty data directory as the instance's own data: directories 0755 (the top
+    0700), files 0644 or 0755, everything owned by `uid`, except `Data/shared`, the shared assets' mount
+    point, which is root's. Nothing is followed: a `Data` that the snapshot holds as a link stays a link
+    (the instance will not start until it is a folder), and no mount point is made through it."""
+    stats = copy_tree(snapshot_fd, data_fd, skip=not_restored, owner=uid)
+    os.fchmod(data_fd, 0o700)
     if uid is not None:
-        os.lchown(shared, 0, 0)
+        os.fchown(data_fd, uid, uid)
+    _make_shared_mount_point(data_fd, uid)
+    return stats
+
+
+def _make_shared_mount_point(data_fd: int, uid: int | None) -> None:
+    try:
+        os.mkdir("Data", 0o755, dir_fd=data_fd)
+        if uid is not None:
+            os.chown("Data", uid, uid, dir_fd=data_fd, follow_symlinks=False)
+    except FileExistsError:
+        pass
+    try:
+        folder = os.open("Data", DIR_FLAGS, dir_fd=data_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            return
+        raise
+    try:
+        try:
+            os.mkdir("shared", 0o755, dir_fd=folder)
+        except FileExistsError:
+            return
+        if uid is not None:
+            os.chown("shared", 0, 0, dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
 
 
 def finish_restore(data: Path) -> str | None:

@@ -1,31 +1,34 @@
-"""Removing trees the fleet keeps read-only (installs, snapshots): open them up, then delete."""
+"""Removing trees: installs and snapshots the fleet keeps read-only, and data a tenant controlled."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
+from foundry_fleet.storage.tenant_tree import DIR_FLAGS, remove_contents
+
 
 def remove_tree(path: Path) -> None:
-    """rm -rf for a tree whose directories may be read-only; a link or file is just unlinked."""
-    if not os.path.lexists(path):
+    """rm -rf at any depth that never follows a link (read-only folders are opened up to be emptied);
+    a link or a file is just unlinked. The path up to `path` is the fleet's own."""
+    try:
+        parent = os.open(path.parent, DIR_FLAGS)
+    except FileNotFoundError:
         return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    os.chmod(path, 0o755)
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755)
-
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        # A read-only parent that appeared meanwhile: open it up and try once more.
-        parent = os.path.dirname(p)
-        os.chmod(parent, stat.S_IMODE(os.stat(parent).st_mode) | 0o700)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)
+    try:
+        try:
+            st = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path.name, dir_fd=parent)
+            return
+        fd = os.open(path.name, DIR_FLAGS, dir_fd=parent)
+        try:
+            remove_contents(fd)
+        finally:
+            os.close(fd)
+        os.rmdir(path.name, dir_fd=parent)
+    finally:
+        os.close(parent)

@@ -34,6 +34,7 @@ from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.mounts import mounts_under, zfs_mounts
 from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage import zfs_quota
+from foundry_fleet.storage.tenant_tree import make_dirs
 from foundry_fleet.storage.zfs_snapshots import ZfsSnapshots
 from foundry_fleet.storage.zfs_layout import (
     INSTALL_NEW,
@@ -124,8 +125,8 @@ class ZfsStorage:
             self._correct(dataset, found)
         p = self.paths(instance)
         _ensure_mode(p.root, 0o711, create=True)
-        for sub in _DATA_SUBDIRS:
-            (p.data / sub).mkdir(parents=True, exist_ok=True)
+        p.data.mkdir(parents=True, exist_ok=True)
+        make_dirs(p.data, *_DATA_SUBDIRS)  # adopting a tenant's data: never through a link it made
         _ensure_mode(p.data, 0o700)
         return p
 

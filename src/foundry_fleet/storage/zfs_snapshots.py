@@ -8,7 +8,8 @@ read-only under `<root>/views/` (0700, root's). Views are throw-away: unused one
 
 Restoring keeps the dataset's single line of snapshots (see `restore_in_place`): `zfs rollback -r` would
 destroy every newer snapshot, the safety snapshot among them, and a clone swap would fork the line that
-replication's `send -I` follows.
+replication's `send -I` follows. A restore in progress is recorded in the user property
+`org.foundry-fleet:restore` of the data dataset (the snapshot's name), never in a file inside the data.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.storage.mounts import zfs_mounts
-from foundry_fleet.storage.restore_in_place import finish_restore_in_place, restore_in_place
+from foundry_fleet.storage.restore_in_place import data_owner, replace_contents, take_legacy_marker
 from foundry_fleet.storage.snapshots import SnapshotInfo
+from foundry_fleet.storage.tenant_tree import reported_as
 from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage.zfs_layout import ZfsLayout, check_component, check_instance
 from foundry_fleet.storage.zfs_quota import retry_with_room
@@ -30,6 +32,10 @@ from foundry_fleet.storage.zfs_quota import retry_with_room
 log = logging.getLogger(__name__)
 
 VIEW_IDLE_SECONDS = 600.0
+RESTORING = "org.foundry-fleet:restore"  # user property of a data dataset: the snapshot being restored into it
+# Inode numbers OpenZFS gives its `.zfs` and `.zfs/snapshot` control directories; a folder a tenant makes
+# under that name has ordinary ones, and is never taken for the real thing.
+_DOTZFS_INODES = ((".zfs", 0xFFFFFFFFFFFF), ("snapshot", 0xFFFFFFFFFFFD))
 _SNAP_PROPS = ("creation", "used", "referenced")
 
 
@@ -75,9 +81,9 @@ class ZfsSnapshots:
         snapshot = f"{self.layout.data(instance)}@{name}"
         if not self.zfs.exists(snapshot):
             raise NotFound(f"instance {instance} has no snapshot {name!r}", f"see `foundry-fleet backup list {instance}`")
-        dotzfs = self.layout.instance_path(instance) / "data" / ".zfs" / "snapshot" / name
-        if dotzfs.is_dir():
-            return dotzfs
+        data = self.layout.instance_path(instance) / "data"
+        if _has_snapshot_dir(data):
+            return data / ".zfs" / "snapshot" / name
         return self._view(instance, name, snapshot)
 
     # changing -----------------------------------------------------------------------------
@@ -130,13 +136,43 @@ class ZfsSnapshots:
 
     def restore(self, instance: str, name: str, data: Path, uid: int | None) -> None:
         source = self.path(instance, name)
-        # Near its quota the copy back may not fit beside the safety snapshot: see retry_with_room.
-        retry_with_room(self.zfs, self.layout.data(instance), lambda: restore_in_place(source, data, name, uid))
+        dataset = self.layout.data(instance)
+        self.zfs.zfs("set", f"{RESTORING}={name}", dataset)  # from here on, a restore is in progress
+        with reported_as(f"restoring {name} into {instance} failed",
+                         "the next start of the fleet does it again; the previous data is in the safety snapshot"):
+            # Near its quota the copy back may not fit beside the safety snapshot: see retry_with_room.
+            retry_with_room(self.zfs, dataset, lambda: replace_contents(source, data, uid))
+        self.zfs.zfs("inherit", RESTORING, dataset)
         self._drop_view(self._view_dataset(instance, name))
 
+    def restoring(self, instance: str) -> str | None:
+        """The snapshot a restore into the instance's data was interrupted in (None: none was)."""
+        dataset = self.layout.data(check_instance(instance))
+        try:
+            found = self.zfs.get((RESTORING,), dataset).get(dataset, {}).get(RESTORING)
+        except ZfsCommandFailed as e:
+            if e.missing:
+                return None
+            raise
+        return found.value if found is not None and found.source == "local" else None
+
     def finish_restore(self, instance: str, data: Path) -> str | None:
-        return retry_with_room(self.zfs, self.layout.data(instance),
-                               lambda: finish_restore_in_place(data, lambda name: self.path(instance, name)))
+        """Redo a restore a crash interrupted (None: there was none). Markers an older fleet left in the
+        data are removed; one that is really the fleet's is honoured once."""
+        name = self.restoring(instance)
+        legacy = take_legacy_marker(data) if data.is_dir() else None
+        name = name or legacy
+        if name is None:
+            return None
+        dataset = self.layout.data(instance)
+        try:
+            check_snapshot_name(name)
+        except InvalidInput:
+            self.zfs.zfs("inherit", RESTORING, dataset)
+            return "dropped an unusable record of an interrupted restore"
+        self.zfs.zfs("set", f"{RESTORING}={name}", dataset)
+        self.restore(instance, name, data, data_owner(data))
+        return f"finished an interrupted restore of {name}"
 
     # views --------------------------------------------------------------------------------
 
@@ -211,3 +247,24 @@ class ZfsSnapshots:
         except OSError:
             pass
         return True
+
+
+def _has_snapshot_dir(data: Path) -> bool:
+    """Whether the host shows the data's snapshots at `.zfs/snapshot` (OpenZFS; zfs-fuse does not)."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for name, inode in _DOTZFS_INODES:
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                return False
+            os.close(fd)
+            fd = child
+            if os.fstat(fd).st_ino != inode:
+                return False
+        return True
+    finally:
+        os.close(fd)

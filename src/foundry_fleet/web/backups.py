@@ -4,53 +4,92 @@ snapshot as one zip streamed as it is made.
 Reached only through the edge, after the fleet's auth check said yes (the edge strips any identity
 header a client sends, and only the auth answer may set `X-Fleet-User`), over a unix socket only
 the fleet's own user (Caddy's) can open. The instance is the one the request's host belongs to, so
-one tenant's host never shows another's snapshots. Paths never leave the snapshot: `..` is refused
-and links are neither followed nor served.
+one tenant's host never shows another's snapshots. Paths never leave the snapshot: `..` is refused,
+every name is opened from its folder's descriptor, links are neither followed nor served, and FIFOs
+(a ZFS snapshot holds whatever the tenant made) never block. Names are taken from the raw request path
+and shown as UTF-8 with replacement, so any name a tenant made can be browsed; the zip walks the tree
+without recursion, so no depth breaks it.
 """
 
 from __future__ import annotations
 
 import html
+import io
+import mimetypes
 import os
 import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes
 
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.storage.snapshots import META, DirectorySnapshots
+from foundry_fleet.storage.tenant_tree import DIR_FLAGS, FILE_FLAGS, Kind, walk
 
 IDENTITY = "x-fleet-user"
 CHUNK = 256 * 1024
 
 
-def _safe_parts(path: str) -> list[str] | None:
-    """The path's parts, or None if it tries to climb out (or is otherwise not a plain relative path)."""
-    parts = [p for p in PurePosixPath("/" + path).parts[1:] if p not in ("", ".")]
-    if any(p == ".." or "\\" in p or "\x00" in p for p in parts):
-        return None
+class _AnyPath(PathConvertor):
+    """`path`, newlines included (a tenant's file name may hold one; `path` is `.*`)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("backup_path", _AnyPath())
+
+
+def _safe_parts(segments: list[bytes]) -> list[str] | None:
+    """The path's names (raw bytes, so any name a tenant made can be asked for), or None if it tries to
+    climb out or is otherwise not a plain relative path."""
+    parts = []
+    for raw in segments:
+        name = unquote_to_bytes(raw)
+        if name in (b"", b"."):
+            continue
+        if name == b".." or b"/" in name or b"\\" in name or b"\x00" in name:
+            return None
+        parts.append(os.fsdecode(name))
     return parts
 
 
-def _resolve(root: Path, parts: list[str]) -> Path | None:
-    """The entry under `root`, refusing every symbolic link on the way (nothing is followed)."""
-    current = root
-    for part in parts:
-        current = current / part
+def _request_parts(request: Request) -> list[str] | None:
+    """The names after `/backups/<snapshot>/`, from the raw request path (the decoded one loses bytes
+    that are not UTF-8)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    segments = raw.split(b"?", 1)[0].split(b"/")
+    return _safe_parts(segments[3:])  # "", "backups", "<snapshot>", ...
+
+
+def _shown(name: str) -> str:
+    """A name as text a page or a zip can hold (bytes that are not UTF-8 shown as U+FFFD)."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def _open(root: Path, parts: list[str]) -> int | None:
+    """The entry under `root`, opened step by step from directory descriptors, refusing every symbolic
+    link on the way and at the end (nothing is followed), and never blocking on a FIFO."""
+    try:
+        fd = os.open(root, DIR_FLAGS)
+    except OSError:
+        return None
+    for i, part in enumerate(parts):
         try:
-            st = os.lstat(current)
+            child = os.open(part, DIR_FLAGS if i < len(parts) - 1 else FILE_FLAGS, dir_fd=fd)
         except OSError:
+            os.close(fd)
             return None
-        if stat.S_ISLNK(st.st_mode):
-            return None
-    return current
+        os.close(fd)
+        fd = child
+    return fd
 
 
 class _Sink:
@@ -59,41 +98,57 @@ class _Sink:
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        self.size = 0
 
     def write(self, data: bytes) -> int:
         self.chunks.append(bytes(data))
+        self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
         pass
 
     def take(self) -> bytes:
-        out, self.chunks = b"".join(self.chunks), []
+        out, self.chunks, self.size = b"".join(self.chunks), [], 0
         return out
 
 
+def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    t = time.localtime(min(max(mtime, 315532800 + 86400), 4102444800))  # what a zip can say: 1980 to 2099
+    return t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec
+
+
 def zip_stream(root: Path) -> Iterator[bytes]:
-    """A zip of every regular file under `root` (links skipped), produced piece by piece."""
+    """A zip of every regular file under `root` (links skipped, never followed), produced piece by piece."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                rel = os.path.relpath(full, root)
-                if rel == META or not stat.S_ISREG(os.lstat(full).st_mode):
+    fd = os.open(root, DIR_FLAGS)
+    try:
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
+            for entry in walk(fd, skip=lambda parts: parts in ((META,), (".zfs",)), open_files=True):
+                if entry.kind is not Kind.FILE or entry.st is None:
                     continue
-                info = zipfile.ZipInfo.from_file(full, rel)
+                info = zipfile.ZipInfo("/".join(_shown(p) for p in entry.parts), _zip_time(entry.st.st_mtime))
+                info.external_attr = (stat.S_IMODE(entry.st.st_mode) | stat.S_IFREG) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
-                with open(full, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as src, \
-                        zf.open(info, "w") as dst:
-                    while block := src.read(CHUNK):
+                info.file_size = entry.st.st_size
+                with zf.open(info, "w", force_zip64=entry.st.st_size > 1 << 30) as dst:
+                    while block := os.read(entry.fd, CHUNK):
                         dst.write(block)
-                        if sum(len(c) for c in sink.chunks) >= CHUNK:
+                        if sink.size >= CHUNK:
                             yield sink.take()
-            if sink.chunks:
-                yield sink.take()
-    yield sink.take()
+                if sink.size:
+                    yield sink.take()
+        yield sink.take()
+    finally:
+        os.close(fd)
+
+
+def _file_chunks(f: io.BufferedReader | io.FileIO) -> Iterator[bytes]:
+    """The file's bytes; a file object, not a bare descriptor, so that a response never sent (HEAD, a
+    client gone) still closes it when the generator is dropped unstarted."""
+    with f:
+        while block := f.read(CHUNK):
+            yield block
 
 
 def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None]) -> Starlette:
@@ -125,28 +180,41 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         if isinstance(name, Response):
             return name
         snap = request.path_params["snapshot"]
-        parts = _safe_parts(request.path_params.get("path", ""))
+        parts = _request_parts(request)
         if parts is None:
             return PlainTextResponse("not a path inside the backup", status_code=400)
         try:
             root = snapshots.path(name, snap)
         except FleetError:
             return PlainTextResponse("no such backup", status_code=404)
-        target = _resolve(root, parts)
-        if target is None or (target.name == META and len(parts) == 1):
+        if parts[:1] in ([META], [".zfs"]):
             return PlainTextResponse("not found", status_code=404)
-        if target.is_dir():
-            entries = sorted((e for e in os.scandir(target) if e.name != META and not e.is_symlink()), key=lambda e: e.name)
-            base = "/backups/" + quote(snap) + "/" + "".join(quote(p) + "/" for p in parts)
-            items = "".join(
-                f"<li><a href='{base}{quote(e.name)}{'/' if e.is_dir() else ''}'>{html.escape(e.name)}"
-                f"{'/' if e.is_dir() else ''}</a></li>" for e in entries
-            )
-            return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{html.escape(snap)}</title>"
-                                f"<h1>{html.escape(snap)}/{html.escape('/'.join(parts))}</h1><ul>{items}</ul>")
-        if not stat.S_ISREG(os.lstat(target).st_mode):
+        fd = _open(root, parts)
+        if fd is None:
             return PlainTextResponse("not found", status_code=404)
-        return FileResponse(target, filename=target.name)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            shown = _shown(parts[-1])
+            kind = mimetypes.guess_type(shown)[0] or "application/octet-stream"
+            return StreamingResponse(_file_chunks(os.fdopen(fd, "rb", buffering=0)), media_type=kind, headers={
+                "Content-Length": str(st.st_size),
+                "Content-Disposition": f"attachment; filename*=utf-8''{quote(os.fsencode(parts[-1]))}"})
+        try:
+            if not stat.S_ISDIR(st.st_mode):
+                return PlainTextResponse("not found", status_code=404)
+            with os.scandir(fd) as it:
+                entries = sorted(((e.name, e.is_dir(follow_symlinks=False)) for e in it
+                                  if not e.is_symlink() and not (not parts and e.name in (META, ".zfs"))))
+        finally:
+            os.close(fd)
+        base = "/backups/" + quote(snap) + "/" + "".join(quote(os.fsencode(p)) + "/" for p in parts)
+        items = "".join(
+            f"<li><a href='{base}{quote(os.fsencode(n))}{'/' if is_dir else ''}'>{html.escape(_shown(n))}"
+            f"{'/' if is_dir else ''}</a></li>" for n, is_dir in entries
+        )
+        title = html.escape(snap)
+        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{title}</title>"
+                            f"<h1>{title}/{html.escape('/'.join(_shown(p) for p in parts))}</h1><ul>{items}</ul>")
 
     async def download(request: Request) -> Response:
         name = tenant(request)
@@ -157,6 +225,10 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
             root = snapshots.path(name, snap)
         except FleetError:
             return PlainTextResponse("no such backup", status_code=404)
+        try:
+            os.close(os.open(root, DIR_FLAGS))
+        except OSError:
+            return PlainTextResponse("no such backup", status_code=404)
         return StreamingResponse(zip_stream(root), media_type="application/zip",
                                  headers={"Content-Disposition": f'attachment; filename="{name}-{snap}.zip"'})
 
@@ -164,5 +236,5 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         Route("/backups/", listing, methods=["GET"]),
         Route("/backups/{snapshot}.zip", download, methods=["GET"]),
         Route("/backups/{snapshot}/", browse, methods=["GET"]),
-        Route("/backups/{snapshot}/{path:path}", browse, methods=["GET"]),
+        Route("/backups/{snapshot}/{path:backup_path}", browse, methods=["GET"]),
     ])
