@@ -293,8 +293,12 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     assert not (Path(h.instance("alice")["data_dir"]) / "Data" / "big.bin").exists()
     port = h.wait_state("alice", "running")["port"]
 
-    # An operator raising the limit lets snapshots be taken again, scheduled and by hand.
+    # An operator raising the limit (and restarting the daemon, which reads it at start) lets snapshots be
+    # taken again, scheduled and by hand: the safety snapshot still holds the 30 MiB the restore replaced.
     h.edit_config("disk_mb = 20", "disk_mb = 80")
+    h.stop_daemons()
+    h.up()
+    port = h.wait_state("alice", "running")["port"]
     fleet = open_fleet(load_config(h.config), actor="daemon")
     assert dd(port, "Data/world.db", 1)["code"] == 0
     assert h.cli("backup", "now", "alice", "--json").json()["name"].startswith("manual-")
