@@ -140,7 +140,9 @@ class World:
         self.shared.mkdir()
         (self.shared / "map.txt").write_text("shared map")
         self.tag = f"{os.getpid()}-{id(self) % 10000}"
-        self.runtime = LocalRuntime(cgroup_parent=f"ff-test-{self.tag}", firewall_chain=f"FFT-{os.getpid()}")
+        self.run_dir = self.root / "run"  # the forwarders' API sockets, as under a fleet's run/
+        self.runtime = LocalRuntime(cgroup_parent=f"ff-test-{self.tag}", firewall_chain=f"FFT-{os.getpid()}",
+                                    run_dir=self.run_dir)
         self.handles: list[TaskHandle] = []
 
     def spec(self, name: str, *extra: str, uid: int | None = TENANT_UID, **fields) -> TaskSpec:
@@ -361,7 +363,7 @@ CONTROL_PLANE = textwrap.dedent(
     spec = json.loads(sys.argv[1])
     for key in ("install_dir", "data_dir", "shared_dir", "log_dir"):
         spec[key] = Path(spec[key])
-    runtime = LocalRuntime(cgroup_parent=sys.argv[2])
+    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]))
     handle = asyncio.run(runtime.start_task(TaskSpec(**spec)))
     print(json.dumps(handle.to_dict()), flush=True)
     import time
@@ -378,7 +380,7 @@ def start_from_another_control_plane(world: World, spec: TaskSpec) -> tuple[subp
     }
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent],
+        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir)],
         stdout=subprocess.PIPE, env=env, text=True,
     )
     line = proc.stdout.readline()
@@ -684,7 +686,8 @@ def test_firewall_disabled_says_ports_are_reachable() -> None:
 
 def test_fingerprint_reports_every_capability(world: World) -> None:
     caps = {c.name: c for c in world.runtime.fingerprint()}
-    assert set(caps) == {"sandbox", "users", "cgroup-memory", "cgroup-cpu", "cgroup-pids", "firewall", "pidfd"}
+    assert set(caps) == {"sandbox", "users", "network", "seccomp", "cgroup-memory", "cgroup-cpu", "cgroup-pids", "firewall",
+                         "pidfd"}
     assert all(c.detail for c in caps.values())
     if IS_ROOT and shutil.which("bwrap"):
         # On the hosts this project targets, everything is there.
