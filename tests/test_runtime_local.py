@@ -435,6 +435,41 @@ def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None
     assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
 
 
+def forwarder_pids(world: World, name: str) -> list[int]:
+    flag = f"--api-socket={world.runtime.networks.api_socket(name)}"
+    return [pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid) and procfs.is_alive(pid)]
+
+
+@needs_root
+@needs_bwrap
+def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> None:
+    # The control plane died between spawning the task and recording its handle: the next one finds
+    # the server by its data path and the forwarder, which holds the port, by its API socket.
+    spec = world.spec("unrecorded")
+    proc, handle = start_from_another_control_plane(world, spec)
+    world.handles.remove(handle)
+    get(spec.port)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    assert forwarder_pids(world, "unrecorded") == [handle.net_pid]
+    assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
+    assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(handle.pid)
+    assert wait_until(lambda: port_is_free(spec.port))
+    assert not world.runtime.networks.api_socket("unrecorded").exists()
+
+
+def test_a_handle_recorded_before_network_namespaces_loads(world: World) -> None:
+    me = procfs.stat(os.getpid())
+    old = {"name": "old", "pid": os.getpid(), "leader_pid": os.getpid(), "leader_start": me.start_time,
+           "pgid": me.pgid, "started_at": 1.0, "driver": "local", "boot_id": procfs.boot_id()}
+    handle = TaskHandle.from_dict(old)
+    assert (handle.net_pid, handle.net_start, handle.net_socket) == (None, None, None)
+    # A task on the host network has no forwarder to lose: it is alive as long as its leader is.
+    assert world.runtime.inspect_task(handle)
+    assert TaskHandle.from_dict({**handle.to_dict(), "from_a_newer_version": 1}) == handle
+
+
 def test_recover_of_a_reused_pid_is_none(world: World) -> None:
     me = procfs.stat(os.getpid())
     dead = subprocess.Popen(["true"])
@@ -694,6 +729,44 @@ def test_fingerprint_reports_every_capability(world: World) -> None:
         assert all(c.available for c in caps.values()), [c for c in caps.values() if not c.available]
 
 
+@needs_root
+@needs_bwrap
+def test_without_slirp4netns_instances_share_the_host_network_and_say_so(world: World) -> None:
+    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir)
+    runtime.networks.slirp = None  # as on a host without the package
+    caps = {c.name: c for c in runtime.fingerprint()}
+    assert not caps["network"].available and "apt install slirp4netns" in caps["network"].detail
+    assert "share the host's network" in caps["network"].detail
+    assert caps["seccomp"].available and caps["sandbox"].available
+    spec = world.spec("hostnet")
+    handle = run(runtime.start_task(spec))
+    world.handles.append(handle)
+    assert handle.net_pid is None
+    assert get(spec.port)["uid"] == TENANT_UID
+    # node itself holds the host's port, as before network namespaces.
+    assert os.readlink(f"/proc/{handle.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    run(runtime.stop_task(handle, 5))
+    assert gone(handle) and port_is_free(spec.port)
+
+
+@needs_root
+@needs_bwrap
+def test_an_instance_gets_its_own_network_namespace_and_dns_through_the_forwarder(world: World) -> None:
+    spec = world.spec("private")
+    handle = world.start(spec)
+    assert get(spec.port)["uid"] == TENANT_UID
+    assert os.readlink(f"/proc/{handle.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert handle.net_pid is not None and forwarder_pids(world, "private") == [handle.net_pid]
+    # The forwarder, not tenant code, holds the host port; the server's socket is in its namespace.
+    assert not port_is_free(spec.port)
+    assert get(spec.port, "/read?path=/etc/resolv.conf") == {"ok": True, "text": "nameserver 10.0.2.3\n"}
+    assert world.runtime.inspect_task(handle)
+    run(world.runtime.stop_task(handle, 5))
+    world.runtime.destroy_task(handle)
+    assert forwarder_pids(world, "private") == [] and port_is_free(spec.port)
+    assert not world.runtime.inspect_task(handle)
+
+
 def test_sandbox_off_is_reported_and_still_runs(world: World) -> None:
     plain = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, use_sandbox=False)
     assert not {c.name: c for c in plain.fingerprint()}["sandbox"].available
@@ -773,6 +846,12 @@ def test_sandbox_probe_and_command_line(world: World) -> None:
     assert ("--info-fd", "3") == tuple(options[-2:])
     assert "--clearenv" in options and "--cap-drop" not in options
     assert "--cap-drop" in sandbox.bwrap_argv(spec, "/usr/bin/bwrap", privileged=True)
+    assert "--unshare-net" not in options and "--seccomp" not in options
+    private = sandbox.bwrap_argv(spec, "/usr/bin/bwrap", resolv_conf=Path("/run/x/resolv.conf"), seccomp_fd=4)
+    options = private[: private.index("--")]
+    triples = {tuple(options[i : i + 3]) for i in range(len(options) - 2)}
+    assert "--unshare-net" in options and ("--seccomp", "4") in set(zip(options, options[1:], strict=False))
+    assert ("--ro-bind", "/run/x/resolv.conf", "/etc/resolv.conf") in triples
 
 
 @needs_root

@@ -299,18 +299,19 @@ class LocalRuntime:
                 init = await self._sandbox_init(handle, spec, info_r)
             finally:
                 os.close(info_r)
+            server = await self._find_server(handle, spec, init)
             if use_net:
-                # node starts meanwhile; the port forward only has to be there before the first
-                # health check can succeed.
+                # Only now: until bwrap execs the server it is still setting up the namespace's
+                # loopback, and slirp4netns configuring it at the same time makes that fail. node
+                # takes far longer to listen than the forwarder to come up, so nothing waits for it.
                 try:
-                    net = await self.networks.start(spec.name, init, spec.port)
+                    net = await self.networks.start(spec.name, server, spec.port)
                 except ExternalFailure:
                     if not procfs.is_alive(handle.leader_pid, handle.leader_start):
                         # It had no namespace left to join: the sandbox's own failure is the news.
                         raise await self._start_failure(spec, "the sandbox exited during start-up") from None
                     raise
                 handle = replace(handle, net_pid=net.pid, net_start=net.start, net_socket=net.api_socket)
-            server = await self._find_server(handle, spec, init)
         except BaseException:
             await self._abort_start(handle, cg)
             raise

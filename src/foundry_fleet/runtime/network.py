@@ -249,8 +249,8 @@ class PrivateNetworks:
         info_r, info_w = os.pipe()
         try:
             box = subprocess.Popen(
-                [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
-                 "--unshare-pid", "--die-with-parent", "--info-fd", str(info_w), "--", "sleep", "30"],
+                [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "--die-with-parent",
+                 "--info-fd", str(info_w), "--", "sleep", "30"],
                 pass_fds=(info_w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, cwd="/",
             )
@@ -268,6 +268,12 @@ class PrivateNetworks:
             except (ValueError, KeyError):
                 box.kill()
                 return f"bwrap --unshare-net: {box.communicate()[1].decode(errors='replace').strip()}"
+            # As for an instance: not before bwrap is done setting up the namespace (it execs then).
+            deadline = time.monotonic() + START_TIMEOUT
+            while procfs.cmdline(child)[:1] != ["sleep"]:
+                if box.poll() is not None or time.monotonic() > deadline:
+                    return "the probe's sandbox did not start"
+                await asyncio.sleep(0.002)
             with socket.socket() as s:  # a port that was free a moment ago
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
