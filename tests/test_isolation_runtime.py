@@ -61,8 +61,10 @@ def python_inside(port: int, code: str, timeout: float = 30) -> dict:
 
 
 def forwarders_of(fleet: FleetHarness, name: str) -> list[int]:
-    flag = f"--api-socket={fleet.root / 'run' / 'net' / f'{name}.sock'}"
-    return [pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid) and procfs.is_alive(pid)]
+    """Live slirp4netns processes serving `name`, found by their API socket under the fleet's run/net."""
+    flag = f"--api-socket={fleet.root / 'run' / 'net' / name}."
+    return [pid for pid in procfs.all_pids()
+            if any(a.startswith(flag) for a in procfs.cmdline(pid)) and procfs.is_alive(pid)]
 
 
 def recorded_task(fleet: FleetHarness, name: str) -> TaskHandle | None:

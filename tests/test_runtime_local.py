@@ -436,8 +436,7 @@ def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None
 
 
 def forwarder_pids(world: World, name: str) -> list[int]:
-    flag = f"--api-socket={world.runtime.networks.api_socket(name)}"
-    return [pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid) and procfs.is_alive(pid)]
+    return [forwarder.pid for forwarder in world.runtime.networks.running(name)]
 
 
 @needs_root
@@ -456,7 +455,7 @@ def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> Non
     assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
     assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(handle.pid)
     assert wait_until(lambda: port_is_free(spec.port))
-    assert not world.runtime.networks.api_socket("unrecorded").exists()
+    assert not Path(handle.net_socket or "").exists()
 
 
 def test_a_handle_recorded_before_network_namespaces_loads(world: World) -> None:

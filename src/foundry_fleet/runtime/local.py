@@ -578,11 +578,9 @@ class LocalRuntime:
         while time.monotonic() < deadline and any(procfs.is_alive(p) for p in strays):
             time.sleep(0.01)
         # A forwarder outlives its sandbox; it is found by its API socket, which is per instance.
-        forwarders = self.networks.strays(name)
-        for pid in forwarders:
-            st = procfs.stat(pid)
-            if st is not None:
-                self.networks.stop(Forwarder(pid, st.start_time, str(self.networks.api_socket(name))))
+        forwarders = self.networks.running(name)
+        for forwarder in forwarders:
+            self.networks.stop(forwarder)
         return len(strays) + len(forwarders)
 
     def destroy_task(self, handle: TaskHandle) -> None:

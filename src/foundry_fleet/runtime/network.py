@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ DNS_ADDRESS = "10.0.2.3"  # slirp4netns' DNS forwarder in its default 10.0.2.0/2
 MTU = 65520  # loopback-like frames: far fewer packets through user-mode TCP than with 1500
 READY_FD = 3  # the descriptor number slirp4netns writes "1" to once tap0 is configured
 START_TIMEOUT = 10.0
+LOG_CAP = 1 << 20  # bytes of slirp4netns output kept per start
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one NUL
 
 
@@ -88,15 +90,23 @@ class PrivateNetworks:
                                   "remove it; the fleet makes it again")
         os.chmod(self.run_dir, 0o700)
 
-    def api_socket(self, name: str) -> Path:
-        """`<run>/<name>.sock`, or a digest of the name when that would not fit in a socket address."""
-        path = self.run_dir / f"{name}.sock"
-        if len(os.fsencode(path)) > _SUN_PATH_MAX:
-            path = self.run_dir / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.sock"
-        return path
+    def _stem(self, name: str) -> str:
+        """The instance's name, or a digest of it when a socket path would not fit in sun_path."""
+        if len(os.fsencode(self.run_dir / f"{name}.{'0' * 8}.sock")) > _SUN_PATH_MAX:
+            return hashlib.sha256(name.encode()).hexdigest()[:12]
+        return name
+
+    def socket_prefix(self, name: str) -> str:
+        """Every API socket of `name` starts so (instance names are DNS labels: no dots in them)."""
+        return f"{self.run_dir / self._stem(name)}."
+
+    def _new_api_socket(self, name: str) -> Path:
+        """`<run>/<name>.<random>.sock`: one per forwarder, so removing a dead one's socket never
+        removes that of a newer forwarder of the same instance."""
+        return Path(f"{self.socket_prefix(name)}{os.urandom(4).hex()}.sock")
 
     def _log_path(self, name: str) -> Path:
-        return self.api_socket(name).with_suffix(".log")
+        return self.run_dir / f"{self._stem(name)}.log"
 
     def resolv_conf(self) -> Path:
         path = self.run_dir / "resolv.conf"
@@ -116,8 +126,7 @@ class PrivateNetworks:
         if self.slirp is None:
             raise ExternalFailure("slirp4netns is not installed", "apt install slirp4netns")
         self._ensure_dir()
-        sock = self.api_socket(name)
-        sock.unlink(missing_ok=True)  # a dead forwarder's; slirp4netns refuses to bind over it
+        sock = self._new_api_socket(name)
         argv = [
             self.slirp, "--configure", f"--mtu={MTU}", "--disable-host-loopback",
             "--enable-sandbox", "--enable-seccomp",
@@ -146,6 +155,12 @@ class PrivateNetworks:
             os.close(log_fd)
             os.close(ready_w)
         forwarder = Forwarder(pid=pid, start=procfs.start_time(pid) or 0, api_socket=str(sock))
+        try:
+            # Its log is root's file, written on behalf of tenant traffic: capped. (The fleet's Python
+            # ignores SIGXFSZ and exec keeps that, so past the cap writes fail and it carries on.)
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (LOG_CAP, LOG_CAP))
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone: the readiness wait below reports why
         try:
             try:
                 ready = await _read_until_closed_or(ready_r, b"1", START_TIMEOUT)
@@ -205,15 +220,19 @@ class PrivateNetworks:
         while forwarder.alive() and time.monotonic() < deadline:
             time.sleep(0.005)
         _reap(forwarder)
-        Path(forwarder.api_socket).unlink(missing_ok=True)
+        if forwarder.api_socket:
+            Path(forwarder.api_socket).unlink(missing_ok=True)
 
-    def strays(self, name: str) -> list[int]:
-        """Live forwarders of `name` that no handle knows (found by their API socket argument)."""
-        flag = f"--api-socket={self.api_socket(name)}"
-        return [pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid) and procfs.is_alive(pid)]
-
-    def forget(self, name: str) -> None:
-        self.api_socket(name).unlink(missing_ok=True)
+    def running(self, name: str) -> list[Forwarder]:
+        """Live forwarders of `name`, found by their API socket argument (for strays no handle knows)."""
+        flag = f"--api-socket={self.socket_prefix(name)}"
+        found = []
+        for pid in procfs.all_pids():
+            sockets = [a.split("=", 1)[1] for a in procfs.cmdline(pid) if a.startswith(flag)]
+            st = procfs.stat(pid)
+            if sockets and st is not None and procfs.is_alive(pid, st.start_time):
+                found.append(Forwarder(pid, st.start_time, sockets[0]))
+        return found
 
     # ------------------------------------------------------------------ capability
 
