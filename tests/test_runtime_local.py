@@ -758,6 +758,11 @@ def test_an_instance_gets_its_own_network_namespace_and_dns_through_the_forwarde
     assert handle.net_pid is not None and forwarder_pids(world, "private") == [handle.net_pid]
     # The forwarder, not tenant code, holds the host port; the server's socket is in its namespace.
     assert not port_is_free(spec.port)
+    listening = subprocess.run(["ss", "-Htlnp", f"sport = :{spec.port}"], capture_output=True, text=True).stdout
+    fields = listening.split()
+    assert f"pid={handle.net_pid}," in listening and fields[3] == f"127.0.0.1:{spec.port}", listening
+    # With a real backlog (libslirp's own is 1: a burst of connections would wait for SYN retries).
+    assert int(fields[2]) >= 128, listening
     assert get(spec.port, "/read?path=/etc/resolv.conf") == {"ok": True, "text": "nameserver 10.0.2.3\n"}
     assert world.runtime.inspect_task(handle)
     run(world.runtime.stop_task(handle, 5))

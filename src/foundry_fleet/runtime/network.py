@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -50,6 +51,10 @@ MTU = 65520  # loopback-like frames: far fewer packets through user-mode TCP tha
 READY_FD = 3  # the descriptor number slirp4netns writes "1" to once tap0 is configured
 START_TIMEOUT = 10.0
 LOG_CAP = 1 << 20  # bytes of slirp4netns output kept per start
+# libslirp listens with a backlog of 1: of 64 connections opened at once (a world loading, the edge
+# opening upstream connections in parallel) 15 then waited for a SYN retransmit, over 1 s each.
+LISTEN_BACKLOG = 512
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (new syscalls share one table)
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one NUL
 
 
@@ -169,6 +174,7 @@ class PrivateNetworks:
             if not ready:
                 raise self._failure(name, "its network did not come up")
             await self._add_port_forward(name, sock, port)
+            _widen_backlog(pid, port)
         except BaseException:
             self.stop(forwarder)
             raise
@@ -308,6 +314,36 @@ class PrivateNetworks:
             box.wait()
             if box.stderr:
                 box.stderr.close()
+
+
+def _widen_backlog(pid: int, port: int) -> None:
+    """Give the forwarder's listening socket on 127.0.0.1:port a real backlog.
+
+    listen() on a socket that already listens only changes its backlog, and a socket is the same
+    socket in every process holding it: so the fleet takes a copy of the forwarder's descriptor
+    (pidfd_getfd, root may) and calls listen() on that.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for entry in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(entry), 0)
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise ExternalFailure(f"cannot reach the forwarder's socket (pidfd_getfd: {os.strerror(err)})")
+            with socket.socket(fileno=fd) as copy:
+                listening = copy.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                if copy.family == socket.AF_INET and listening and copy.getsockname() == ("127.0.0.1", port):
+                    copy.listen(LISTEN_BACKLOG)
+                    return
+    finally:
+        os.close(pidfd)
+    raise ExternalFailure(f"the forwarder does not listen on 127.0.0.1:{port}")
 
 
 def _reap(forwarder: Forwarder) -> None:
