@@ -458,6 +458,37 @@ def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> Non
     assert not Path(handle.net_socket or "").exists()
 
 
+@needs_root
+@needs_bwrap
+def test_a_task_whose_forwarder_died_while_the_control_plane_was_down_is_not_reattached(world: World) -> None:
+    # Re-attaching would leave an instance nobody can reach: it is ended, so it can start afresh.
+    spec = world.spec("cutoff")
+    proc, handle = start_from_another_control_plane(world, spec)
+    get(spec.port)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    os.kill(handle.net_pid, signal.SIGKILL)
+    assert wait_until(lambda: not procfs.is_alive(handle.net_pid, handle.net_start))
+    assert not world.runtime.inspect_task(handle)
+    assert world.runtime.recover_task(handle) is None
+    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+
+
+@needs_root
+@needs_bwrap
+def test_a_port_held_on_the_host_fails_the_start_and_names_it(world: World) -> None:
+    spec = world.spec("blocked")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", spec.port))
+        holder.listen(1)
+        with pytest.raises(ExternalFailure) as info:
+            run(world.runtime.start_task(spec))
+    assert f"127.0.0.1:{spec.port}" in info.value.message and "cannot take its port" in info.value.message
+    assert forwarder_pids(world, "blocked") == [] and not world.runtime.cgroups.task("blocked").exists()
+    assert not [p for p in procfs.all_pids() if f"--port={spec.port}" in procfs.cmdline(p)]
+
+
 def test_a_handle_recorded_before_network_namespaces_loads(world: World) -> None:
     me = procfs.stat(os.getpid())
     old = {"name": "old", "pid": os.getpid(), "leader_pid": os.getpid(), "leader_start": me.start_time,
