@@ -452,7 +452,10 @@ def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> Non
     proc.wait()
     proc.stdout.close()
     assert forwarder_pids(world, "unrecorded") == [handle.net_pid]
+    stale = world.run_dir / "unrecorded.0badf00d.sock"  # as a forwarder before a reboot left it
+    stale.touch()
     assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
+    assert not stale.exists()
     assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(handle.pid)
     assert wait_until(lambda: port_is_free(spec.port))
     assert not Path(handle.net_socket or "").exists()

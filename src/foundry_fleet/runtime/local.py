@@ -581,6 +581,7 @@ class LocalRuntime:
         forwarders = self.networks.running(name)
         for forwarder in forwarders:
             self.networks.stop(forwarder)
+        self.networks.sweep(name)
         return len(strays) + len(forwarders)
 
     def destroy_task(self, handle: TaskHandle) -> None:

@@ -229,6 +229,19 @@ class PrivateNetworks:
         if forwarder.api_socket:
             Path(forwarder.api_socket).unlink(missing_ok=True)
 
+    def sweep(self, name: str) -> None:
+        """Remove API sockets of `name` that no forwarder serves (left by a reboot, say)."""
+        served = {f.api_socket for f in self.running(name)}
+        prefix = os.path.basename(self.socket_prefix(name))
+        try:
+            entries = os.listdir(self.run_dir)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            path = str(self.run_dir / entry)
+            if entry.startswith(prefix) and entry.endswith(".sock") and path not in served:
+                Path(path).unlink(missing_ok=True)
+
     def running(self, name: str) -> list[Forwarder]:
         """Live forwarders of `name`, found by their API socket argument (for strays no handle knows)."""
         flag = f"--api-socket={self.socket_prefix(name)}"
