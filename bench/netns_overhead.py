@@ -8,7 +8,9 @@ network capability as unavailable and instances listen on the host network, as b
 
 Measured, interleaved round by round so drift hits both alike:
   create -> healthy   `instance create --start` through the control API, until it answers healthy and
-                      the edge serves its host (as bench/create_to_healthy.py)
+                      the edge serves its host (as bench/create_to_healthy.py); split by the events at
+                      the runtime's return (instance.spawn: sandbox and forwarder up) and the first
+                      good health check (instance.healthy)
   edge, keep-alive    GET /-/api/status through Caddy (https, SNI), one pooled client connection;
                       Caddy keeps its upstream connection alive, so this is the per-request cost
   direct, keep-alive  the same to 127.0.0.1:<port> (the forwarder alone, without Caddy)
@@ -82,14 +84,17 @@ def main() -> None:
         assert network_capability(clients["netns"]) and not network_capability(clients["host"])
 
         creates: dict[str, list[float]] = {arm: [] for arm in arms}
+        phases: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
         ports: dict[str, int] = {}
         for i in range(args.creates):
             for arm in arms if i % 2 == 0 else reversed(arms):
-                t0 = time.perf_counter()
+                began, t0 = time.time(), time.perf_counter()
                 made = clients[arm].create_instance(name=f"bench{i}", release="13.345", start=True)
                 creates[arm].append(time.perf_counter() - t0)
                 assert made["instance"]["state"] == "running", made
                 ports[arm] = made["instance"]["port"]
+                at = {e["action"]: e["at"] for e in clients[arm].events(f"bench{i}", 20)}
+                phases[arm].append((at["instance.spawn"] - began, at["instance.healthy"] - at["instance.spawn"]))
 
         times: dict[str, list[float]] = {f"{arm}-{kind}": [] for arm in arms for kind in ("edge", "direct", "new")}
         host = f"bench{args.creates - 1}.localhost"
@@ -117,7 +122,9 @@ def main() -> None:
     print(f"machine: {describe()}")
     print(f"{args.creates} creates per fleet, {args.rounds} request rounds; median (p90)")
     print(f"{'':<28} {'host network':>18} {'own namespace':>18} {'added':>10} {'ratio':>7} {'target':>10}")
-    rows = [("create -> healthy", creates["host"], creates["netns"], "+20 ms")]
+    rows = [("create -> healthy", creates["host"], creates["netns"], "+20 ms"),
+            ("  of which create -> spawned", [p[0] for p in phases["host"]], [p[0] for p in phases["netns"]], ""),
+            ("  of which spawned -> healthy", [p[1] for p in phases["host"]], [p[1] for p in phases["netns"]], "")]
     labels = {"edge": "edge, keep-alive", "direct": "direct, keep-alive", "new": "direct, new connection"}
     for kind, label in labels.items():
         rows.append((label, times[f"host-{kind}"], times[f"netns-{kind}"], "+0.5 ms" if kind == "edge" else ""))
