@@ -23,7 +23,8 @@ handle's `pid` is node's host pid; `leader_pid` is bwrap. When pid 1 of the name
 kernel kills everything else in it, which is what makes "kill the init" a complete stop.
 
 As root, the sandbox also gets a network namespace of its own, and the runtime starts its forwarder
-(slirp4netns, network.py) as soon as bwrap names the init's pid. The forwarder is part of the task:
+(slirp4netns, network.py) once bwrap has exec'd the server (it has finished setting up the namespace
+then), while node boots. The forwarder is part of the task:
 detached like it, recorded in the handle (`net_pid`, `net_start`), found again by `recover_task`,
 killed with it, and swept by `kill_strays`. If it dies while the task runs, the task has lost its
 only way in: `wait_task` then ends the whole task and says why, and the supervisor restarts it as

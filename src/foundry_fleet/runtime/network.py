@@ -3,7 +3,7 @@
 bubblewrap gives the sandbox a network namespace of its own (`--unshare-net`): inside there is
 only a loopback interface, so the instance sees none of the host's sockets (`ss`, /proc/net) and
 can reach neither host loopback services (the fleet's web and auth port, Caddy) nor other
-instances. slirp4netns, started by the runtime once bwrap reports the sandbox's pid, adds a `tap0`
+instances. slirp4netns, started by the runtime once the sandbox runs the server, adds a `tap0`
 interface with user-mode NAT to the outside (Foundry fetches licences and packages from
 foundryvtt.com) and, through its API socket, one port forward: 127.0.0.1:<instance port> on the
 host to the same port inside. That host port is held by the forwarder, a process of the fleet, not
@@ -54,7 +54,7 @@ LOG_CAP = 1 << 20  # bytes of slirp4netns output kept per start
 # libslirp listens with a backlog of 1: of 64 connections opened at once (a world loading, the edge
 # opening upstream connections in parallel) 15 then waited for a SYN retransmit, over 1 s each.
 LISTEN_BACKLOG = 512
-SYS_PIDFD_GETFD = 438  # the same number on every architecture (new syscalls share one table)
+SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 alike (syscalls from 5.x on share one numbering)
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one NUL
 
 
