@@ -5,9 +5,11 @@ VENV ?= .venv
 ROOT ?= fleet-data
 PYTHON ?= python3
 BIN = $(VENV)/bin
-# bubblewrap: instance sandbox; iptables: keeps instance ports off the network; util-linux: setpriv;
-# restic: backup destinations of fleets on directory storage.
-SYSTEM_PACKAGES = bubblewrap iptables util-linux procps restic
+# bubblewrap: instance sandbox; slirp4netns: each instance's own network namespace (outbound NAT and
+# the one port forward the edge uses); libseccomp2: the sandbox's syscall filter; iptables: keeps
+# instance ports off the network; util-linux: setpriv; restic: backup destinations of fleets on
+# directory storage.
+SYSTEM_PACKAGES = bubblewrap slirp4netns libseccomp2 iptables util-linux procps restic
 # Only for `make test`: headless Chromium (and its driver) for the browser test through the edge,
 # certutil (libnss3-tools) so that browser trusts the fleet's local CA, and zfs-fuse for the ZFS
 # storage tests (their fixture starts its daemon and makes pools on files), and an ssh server and
@@ -17,7 +19,7 @@ TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools zfs-fuse openssh-s
 .PHONY: run test bench system-deps test-system-deps clean
 
 system-deps:
-	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $$(command -v node >/dev/null || echo nodejs) -- bwrap node iptables setpriv restic
+	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic
 
 test-system-deps:
 	@tools/ensure-debian-packages "for the browser and ZFS tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh

@@ -148,7 +148,9 @@ class World:
         self.shared.mkdir()
         (self.shared / "map.txt").write_text("shared map")
         self.tag = f"{os.getpid()}-{id(self) % 10000}"
-        self.runtime = LocalRuntime(cgroup_parent=f"ff-test-{self.tag}", firewall_chain=f"FFT-{os.getpid()}")
+        self.run_dir = self.root / "run"  # the forwarders' API sockets, as under a fleet's run/
+        self.runtime = LocalRuntime(cgroup_parent=f"ff-test-{self.tag}", firewall_chain=f"FFT-{os.getpid()}",
+                                    run_dir=self.run_dir)
         self.handles: list[TaskHandle] = []
 
     def spec(self, name: str, *extra: str, uid: int | None = TENANT_UID, **fields) -> TaskSpec:
@@ -375,7 +377,7 @@ CONTROL_PLANE = textwrap.dedent(
     spec = json.loads(sys.argv[1])
     for key in ("install_dir", "data_dir", "shared_dir", "log_dir"):
         spec[key] = Path(spec[key])
-    runtime = LocalRuntime(cgroup_parent=sys.argv[2])
+    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]))
     handle = asyncio.run(runtime.start_task(TaskSpec(**spec)))
     print(json.dumps(handle.to_dict()), flush=True)
     import time
@@ -392,7 +394,7 @@ def start_from_another_control_plane(world: World, spec: TaskSpec) -> tuple[subp
     }
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent],
+        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir)],
         stdout=subprocess.PIPE, env=env, text=True,
     )
     line = proc.stdout.readline()
@@ -447,6 +449,74 @@ def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None
     assert procfs.is_alive(handle.pid)  # node lives on without its bwrap
     assert world.runtime.recover_task(handle) is None
     assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+
+
+def forwarder_pids(world: World, name: str) -> list[int]:
+    return [forwarder.pid for forwarder in world.runtime.networks.running(name)]
+
+
+@needs_root
+@needs_bwrap
+def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> None:
+    # The control plane died between spawning the task and recording its handle: the next one finds
+    # the server by its data path and the forwarder, which holds the port, by its API socket.
+    spec = world.spec("unrecorded")
+    proc, handle = start_from_another_control_plane(world, spec)
+    world.handles.remove(handle)
+    get(spec.port)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    assert forwarder_pids(world, "unrecorded") == [handle.net_pid]
+    stale = world.run_dir / "unrecorded.0badf00d.sock"  # as a forwarder before a reboot left it
+    stale.touch()
+    assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
+    assert not stale.exists()
+    assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(handle.pid)
+    assert wait_until(lambda: port_is_free(spec.port))
+    assert not Path(handle.net_socket or "").exists()
+
+
+@needs_root
+@needs_bwrap
+def test_a_task_whose_forwarder_died_while_the_control_plane_was_down_is_not_reattached(world: World) -> None:
+    # Re-attaching would leave an instance nobody can reach: it is ended, so it can start afresh.
+    spec = world.spec("cutoff")
+    proc, handle = start_from_another_control_plane(world, spec)
+    get(spec.port)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    os.kill(handle.net_pid, signal.SIGKILL)
+    assert wait_until(lambda: not procfs.is_alive(handle.net_pid, handle.net_start))
+    assert not world.runtime.inspect_task(handle)
+    assert world.runtime.recover_task(handle) is None
+    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+
+
+@needs_root
+@needs_bwrap
+def test_a_port_held_on_the_host_fails_the_start_and_names_it(world: World) -> None:
+    spec = world.spec("blocked")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", spec.port))
+        holder.listen(1)
+        with pytest.raises(ExternalFailure) as info:
+            run(world.runtime.start_task(spec))
+    assert f"127.0.0.1:{spec.port}" in info.value.message and "cannot take its port" in info.value.message
+    assert forwarder_pids(world, "blocked") == [] and not world.runtime.cgroups.task("blocked").exists()
+    assert not [p for p in procfs.all_pids() if f"--port={spec.port}" in procfs.cmdline(p)]
+
+
+def test_a_handle_recorded_before_network_namespaces_loads(world: World) -> None:
+    me = procfs.stat(os.getpid())
+    old = {"name": "old", "pid": os.getpid(), "leader_pid": os.getpid(), "leader_start": me.start_time,
+           "pgid": me.pgid, "started_at": 1.0, "driver": "local", "boot_id": procfs.boot_id()}
+    handle = TaskHandle.from_dict(old)
+    assert (handle.net_pid, handle.net_start, handle.net_socket) == (None, None, None)
+    # A task on the host network has no forwarder to lose: it is alive as long as its leader is.
+    assert world.runtime.inspect_task(handle)
+    assert TaskHandle.from_dict({**handle.to_dict(), "from_a_newer_version": 1}) == handle
 
 
 def test_recover_of_a_reused_pid_is_none(world: World) -> None:
@@ -743,11 +813,55 @@ def test_firewall_disabled_says_ports_are_reachable() -> None:
 
 def test_fingerprint_reports_every_capability(world: World) -> None:
     caps = {c.name: c for c in world.runtime.fingerprint()}
-    assert set(caps) == {"sandbox", "users", "cgroup-memory", "cgroup-cpu", "cgroup-pids", "firewall", "pidfd"}
+    assert set(caps) == {"sandbox", "users", "network", "seccomp", "cgroup-memory", "cgroup-cpu", "cgroup-pids", "firewall",
+                         "pidfd"}
     assert all(c.detail for c in caps.values())
     if IS_ROOT and shutil.which("bwrap"):
         # On the hosts this project targets, everything is there.
         assert all(c.available for c in caps.values()), [c for c in caps.values() if not c.available]
+
+
+@needs_root
+@needs_bwrap
+def test_without_slirp4netns_instances_share_the_host_network_and_say_so(world: World) -> None:
+    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir)
+    runtime.networks.slirp = None  # as on a host without the package
+    caps = {c.name: c for c in runtime.fingerprint()}
+    assert not caps["network"].available and "apt install slirp4netns" in caps["network"].detail
+    assert "share the host's network" in caps["network"].detail
+    assert caps["seccomp"].available and caps["sandbox"].available
+    spec = world.spec("hostnet")
+    handle = run(runtime.start_task(spec))
+    world.handles.append(handle)
+    assert handle.net_pid is None
+    assert get(spec.port)["uid"] == TENANT_UID
+    # node itself holds the host's port, as before network namespaces.
+    assert os.readlink(f"/proc/{handle.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    run(runtime.stop_task(handle, 5))
+    assert gone(handle) and port_is_free(spec.port)
+
+
+@needs_root
+@needs_bwrap
+def test_an_instance_gets_its_own_network_namespace_and_dns_through_the_forwarder(world: World) -> None:
+    spec = world.spec("private")
+    handle = world.start(spec)
+    assert get(spec.port)["uid"] == TENANT_UID
+    assert os.readlink(f"/proc/{handle.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert handle.net_pid is not None and forwarder_pids(world, "private") == [handle.net_pid]
+    # The forwarder, not tenant code, holds the host port; the server's socket is in its namespace.
+    assert not port_is_free(spec.port)
+    listening = subprocess.run(["ss", "-Htlnp", f"sport = :{spec.port}"], capture_output=True, text=True).stdout
+    fields = listening.split()
+    assert f"pid={handle.net_pid}," in listening and fields[3] == f"127.0.0.1:{spec.port}", listening
+    # With a real backlog (libslirp's own is 1: a burst of connections would wait for SYN retries).
+    assert int(fields[2]) >= 128, listening
+    assert get(spec.port, "/read?path=/etc/resolv.conf") == {"ok": True, "text": "nameserver 10.0.2.3\n"}
+    assert world.runtime.inspect_task(handle)
+    run(world.runtime.stop_task(handle, 5))
+    world.runtime.destroy_task(handle)
+    assert forwarder_pids(world, "private") == [] and port_is_free(spec.port)
+    assert not world.runtime.inspect_task(handle)
 
 
 def test_sandbox_off_is_reported_and_still_runs(world: World) -> None:
@@ -829,6 +943,12 @@ def test_sandbox_probe_and_command_line(world: World) -> None:
     assert ("--info-fd", "3") == tuple(options[-2:])
     assert "--clearenv" in options and "--cap-drop" not in options
     assert "--cap-drop" in sandbox.bwrap_argv(spec, "/usr/bin/bwrap", privileged=True)
+    assert "--unshare-net" not in options and "--seccomp" not in options
+    private = sandbox.bwrap_argv(spec, "/usr/bin/bwrap", resolv_conf=Path("/run/x/resolv.conf"), seccomp_fd=4)
+    options = private[: private.index("--")]
+    triples = {tuple(options[i : i + 3]) for i in range(len(options) - 2)}
+    assert "--unshare-net" in options and ("--seccomp", "4") in set(zip(options, options[1:], strict=False))
+    assert ("--ro-bind", "/run/x/resolv.conf", "/etc/resolv.conf") in triples
 
 
 @needs_root

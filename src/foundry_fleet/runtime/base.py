@@ -6,7 +6,7 @@ that is still running instead of starting the instance twice.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -50,13 +50,20 @@ class TaskHandle:
     driver: str = "local"
     # The kernel's boot id at start: after a reboot pids and start times repeat, so they prove nothing.
     boot_id: str | None = None
+    # The task's network forwarder (slirp4netns), when it has a network namespace of its own: part of
+    # the task, it lives and dies with it. None for a task on the host network (and for handles
+    # recorded before namespaces existed).
+    net_pid: int | None = None
+    net_start: int | None = None
+    net_socket: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> TaskHandle:
-        return cls(**d)  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,11 @@ class TaskExit:
     exit_code: int | None  # None when the task was not our child (re-attached) or was signalled
     signal: int | None
     oom_killed: bool = False
+    reason: str | None = None  # why the runtime ended the task, when it was not the server's doing
 
     def describe(self) -> str:
+        if self.reason:
+            return self.reason
         if self.oom_killed:
             return "killed: out of memory"
         if self.signal is not None:

@@ -1,8 +1,10 @@
 """Keep instance ports away from other machines: players reach Foundry only through the edge.
 
-Instances listen on the host network (Foundry must accept the edge's connections), so without a
-filter anyone who can reach the server could talk to an instance directly, skipping TLS and the
-edge's sign-in. One dedicated chain, jumped to from INPUT, drops new TCP connections to the instance
+Without a network namespace of their own (network.py; no slirp4netns, or not root) instances
+listen on the host network, on every interface (Foundry must accept the edge's connections), so
+without a filter anyone who can reach the server could talk to an instance directly, skipping TLS
+and the edge's sign-in. (With namespaces, each instance port is held on 127.0.0.1 by its forwarder;
+the rule stays as a second line.) One dedicated chain, jumped to from INPUT, drops new TCP connections to the instance
 port range that arrive on any interface but loopback, for IPv4 and IPv6.
 
 Only connection attempts (SYN without ACK) are dropped: replies to the host's own outgoing

@@ -21,6 +21,15 @@ A restarted control plane finds its tasks again with `recover_task`.
 In the sandbox, bwrap forks an init (pid 1 of the instance's pid namespace) which forks node. The
 handle's `pid` is node's host pid; `leader_pid` is bwrap. When pid 1 of the namespace dies, the
 kernel kills everything else in it, which is what makes "kill the init" a complete stop.
+
+As root, the sandbox also gets a network namespace of its own, and the runtime starts its forwarder
+(slirp4netns, network.py) once bwrap has exec'd the server (it has finished setting up the namespace
+then), while node boots. The forwarder is part of the task:
+detached like it, recorded in the handle (`net_pid`, `net_start`), found again by `recover_task`,
+killed with it, and swept by `kill_strays`. If it dies while the task runs, the task has lost its
+only way in: `wait_task` then ends the whole task and says why, and the supervisor restarts it as
+after a crash (with a new forwarder), within its crash-loop limits. A task that comes back from a
+control plane restart without its forwarder is ended the same way rather than re-attached.
 """
 
 from __future__ import annotations
@@ -38,16 +47,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
-from foundry_fleet.runtime import logs, procfs, sandbox
+from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
 from foundry_fleet.runtime.base import Capability, TaskExit, TaskHandle, TaskSpec, TaskStats
 from foundry_fleet.runtime.cgroups import CgroupHost, TaskCgroups
 from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, PortFirewall
+from foundry_fleet.runtime.network import Forwarder, PrivateNetworks
 
 # After the server dies, bwrap exits at once; if it does not within this time it is killed.
 SERVER_EXIT_GRACE = 2.0
 # How long start_task waits for the sandbox to run the server before giving up.
 START_TIMEOUT = 15.0
 INFO_FD = 3  # the descriptor number bwrap writes its child's pid to, inside the leader
+SECCOMP_FD = 4  # the descriptor number bwrap reads the seccomp filter from, inside the leader
+NET_LOST = "its network forwarder (slirp4netns) exited, so nothing could reach it any more"
 
 
 def _high_fd(fd: int) -> int:
@@ -77,9 +89,15 @@ class LocalRuntime:
         firewall: bool | None = None,
         *,
         firewall_chain: str = DEFAULT_CHAIN,
+        network: bool | None = None,
+        run_dir: Path | None = None,
     ) -> None:
+        """`network`: give each sandbox a network namespace (None: when the host can). `run_dir`:
+        where the forwarders' API sockets live (the fleet's run directory; root-only)."""
         self.cgroups = CgroupHost(cgroup_parent)
         self.firewall = PortFirewall(firewall_chain)
+        self.networks = PrivateNetworks(run_dir or Path("/run/foundry-fleet") / cgroup_parent / "net")
+        self._network_wanted = network
         self._use_sandbox = use_sandbox
         self._firewall_wanted = firewall
         self._bwrap = sandbox.find_bwrap()
@@ -108,11 +126,23 @@ class LocalRuntime:
         return self.sandbox_capability().available
 
     def fingerprint(self) -> list[Capability]:
-        caps = [self.sandbox_capability(), self._users_capability()]
+        caps = [self.sandbox_capability(), self._users_capability(), self.network_capability(),
+                self.seccomp_capability()]
         caps += self.cgroups.capabilities()
         caps.append(self._firewall_capability())
         caps.append(self._pidfd_capability())
         return caps
+
+    def network_capability(self) -> Capability:
+        if self._network_wanted is False:
+            return Capability("network", False, "disabled: instances share the host's network")
+        if not self.sandboxed:
+            return Capability("network", False, "no sandbox, so no network namespace: instances share the "
+                              "host's network, see its sockets and reach its loopback services")
+        return self.networks.capability(self._bwrap)
+
+    def seccomp_capability(self) -> Capability:
+        return seccomp.capability(self.sandboxed)
 
     def _users_capability(self) -> Capability:
         if os.geteuid() != 0:
@@ -188,10 +218,14 @@ class LocalRuntime:
             drop = [self._setpriv or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs"]
             if self._caps_droppable():
                 drop += ["--inh-caps=-all", "--bounding-set=-all"]
+        use_net = use_bwrap and self._network_wanted_now()
+        use_seccomp = use_bwrap and self.seccomp_capability().available
         if use_bwrap:
             # Root builds the sandbox, then drops to the instance's uid inside it.
             argv = sandbox.bwrap_argv(spec, self._bwrap or "bwrap", info_fd=INFO_FD,
-                                      privileged=is_root, drop_privileges=drop)
+                                      privileged=is_root, drop_privileges=drop,
+                                      resolv_conf=self.networks.resolv_conf() if use_net else None,
+                                      seccomp_fd=SECCOMP_FD if use_seccomp else None)
         else:
             argv = drop + argv
         # Only controllers whose parent group this process could create are used (CgroupHost), so
@@ -219,9 +253,11 @@ class LocalRuntime:
         except OSError as exc:
             raise ExternalFailure(f"cannot set up cgroups for {spec.name}: {exc}") from exc
 
-        info_r = info_w = None
+        info_r = info_w = filter_fd = None
         if use_bwrap:
             info_r, info_w = (_high_fd(fd) for fd in os.pipe())
+        if use_seccomp:
+            filter_fd = _high_fd(seccomp.filter_fd())
         log_fd = _high_fd(logs.open_for_task(spec.log_dir, spec.log_max_bytes, spec.log_keep, uid=uid, gid=gid))
         actions: list[tuple] = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -230,6 +266,8 @@ class LocalRuntime:
         ]
         if info_w is not None:
             actions.append((os.POSIX_SPAWN_DUP2, info_w, INFO_FD))
+        if filter_fd is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, filter_fd, SECCOMP_FD))
         begun = time.time()
         try:
             leader = os.posix_spawn(
@@ -248,6 +286,8 @@ class LocalRuntime:
             os.close(log_fd)
             if info_w is not None:
                 os.close(info_w)
+            if filter_fd is not None:
+                os.close(filter_fd)
         leader_start = procfs.start_time(leader) or 0
         handle = TaskHandle(
             name=spec.name, pid=leader, leader_pid=leader, leader_start=leader_start,
@@ -256,13 +296,34 @@ class LocalRuntime:
         if info_r is None:
             return handle
         try:
-            server = await self._find_server(handle, spec, info_r)
+            try:
+                init = await self._sandbox_init(handle, spec, info_r)
+            finally:
+                os.close(info_r)
+            server = await self._find_server(handle, spec, init)
+            if use_net:
+                # Only now: until bwrap execs the server it is still setting up the namespace's
+                # loopback, and slirp4netns configuring it at the same time makes that fail. node
+                # takes far longer to listen than the forwarder to come up, so nothing waits for it.
+                try:
+                    net = await self.networks.start(spec.name, server, spec.port)
+                except ExternalFailure:
+                    if not procfs.is_alive(handle.leader_pid, handle.leader_start):
+                        # It had no namespace left to join: the sandbox's own failure is the news.
+                        raise await self._start_failure(spec, "the sandbox exited during start-up") from None
+                    raise
+                handle = replace(handle, net_pid=net.pid, net_start=net.start, net_socket=net.api_socket)
         except BaseException:
             await self._abort_start(handle, cg)
             raise
-        finally:
-            os.close(info_r)
         return replace(handle, pid=server)
+
+    def _network_wanted_now(self) -> bool:
+        cap = self.network_capability()
+        if self._network_wanted and not cap.available:
+            raise Unsupported(f"a network namespace per instance is required but not usable: {cap.detail}",
+                              "install slirp4netns and run the fleet as root, or allow the host network")
+        return cap.available
 
     def _sandbox_wanted(self) -> bool:
         if self._use_sandbox is False:
@@ -313,8 +374,8 @@ class LocalRuntime:
             if not mount.exists():
                 mount.symlink_to(spec.shared_dir)
 
-    async def _find_server(self, handle: TaskHandle, spec: TaskSpec, info_r: int) -> int:
-        """Learn the sandbox init's pid from bwrap, then wait for its child to exec the server."""
+    async def _sandbox_init(self, handle: TaskHandle, spec: TaskSpec, info_r: int) -> int:
+        """The sandbox init's pid (in the host's view), as bwrap reports it on its info pipe."""
         deadline = time.monotonic() + START_TIMEOUT
         leader_fd = os.pidfd_open(handle.leader_pid)
         try:
@@ -336,21 +397,25 @@ class LocalRuntime:
                     raise await self._start_failure(spec, "the sandbox exited during start-up")
                 else:
                     raise await self._start_failure(spec, f"no sandbox after {START_TIMEOUT:.0f} s")
-            init = int(info["child-pid"])
-            delay = 0.001
-            while True:
-                for pid in procfs.children(init):
-                    words = procfs.cmdline(pid)
-                    if words and words[0] == spec.argv[0]:
-                        return pid
-                if not procfs.is_alive(handle.leader_pid, handle.leader_start):
-                    raise await self._start_failure(spec, "the sandbox exited during start-up")
-                if time.monotonic() > deadline:
-                    raise await self._start_failure(spec, f"the server did not start within {START_TIMEOUT:.0f} s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+            return int(info["child-pid"])
         finally:
             os.close(leader_fd)
+
+    async def _find_server(self, handle: TaskHandle, spec: TaskSpec, init: int) -> int:
+        """Wait for the sandbox init's child to exec the server."""
+        deadline = time.monotonic() + START_TIMEOUT
+        delay = 0.001
+        while True:
+            for pid in procfs.children(init):
+                words = procfs.cmdline(pid)
+                if words and words[0] == spec.argv[0]:
+                    return pid
+            if not procfs.is_alive(handle.leader_pid, handle.leader_start):
+                raise await self._start_failure(spec, "the sandbox exited during start-up")
+            if time.monotonic() > deadline:
+                raise await self._start_failure(spec, f"the server did not start within {START_TIMEOUT:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def _start_failure(self, spec: TaskSpec, what: str) -> ExternalFailure:
         await asyncio.to_thread(logs.wait_drained, spec.log_dir, 1.0)  # let the last words reach the log
@@ -375,23 +440,34 @@ class LocalRuntime:
         if not _same_boot(handle):
             return TaskExit(exit_code=None, signal=None)
         leader_fd = _pidfd_of(handle.leader_pid, handle.leader_start)
-        server_fd = None
+        server_fd = net_fd = None
         if handle.pid != handle.leader_pid and self._is_server(handle, handle.pid):
             server_fd = _pidfd_of(handle.pid, None)
+        forwarder = _forwarder(handle)
+        net_lost = False
+        if forwarder is not None:
+            net_fd = _pidfd_of(forwarder.pid, forwarder.start)
+            net_lost = net_fd is None
         try:
-            if leader_fd is not None:
-                watched = [leader_fd] + ([server_fd] if server_fd is not None else [])
+            if leader_fd is not None and not net_lost:
+                watched = [fd for fd in (leader_fd, server_fd, net_fd) if fd is not None]
                 ready = await _wait_readable(watched, None)
-                if leader_fd not in ready:
+                if net_fd in ready and leader_fd not in ready and server_fd not in ready:
+                    net_lost = True
+                elif leader_fd not in ready:
                     # The server died; bwrap normally follows within milliseconds.
                     await _wait_readable([leader_fd], SERVER_EXIT_GRACE)
         finally:
-            for fd in (leader_fd, server_fd):
+            for fd in (leader_fd, server_fd, net_fd):
                 if fd is not None:
                     os.close(fd)
         # Whatever is left of the task goes, so the port is free when this returns.
         await self._kill_everything(handle)
-        return self._collect_exit(handle)
+        result = self._collect_exit(handle)
+        if net_lost and leader_fd is not None and result.reason is None:
+            result = replace(result, reason=NET_LOST)
+            self._exits[_key(handle)] = result
+        return result
 
     async def stop_task(self, handle: TaskHandle, timeout: float) -> None:
         # SIGTERM only the server side: bwrap exits by itself once the server is gone. (Killing bwrap
@@ -413,13 +489,22 @@ class LocalRuntime:
         self._collect_exit(handle)
 
     def _kill_round(self, handle: TaskHandle) -> bool:
-        """SIGKILL every live process of the task once; False when none was left."""
+        """SIGKILL every live process of the task once; False when none was left.
+
+        The forwarder goes last, once the server and the sandbox are gone: it is the one way in
+        until then, and holding the port it keeps anyone else from taking it.
+        """
         pids = self._task_pids(handle)
         if _leader_alive(handle):
             pids.add(handle.leader_pid)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
-        return bool(pids)
+        if pids:
+            return True
+        forwarder = _forwarder(handle)
+        if forwarder is not None and _same_boot(handle) and forwarder.alive():
+            self.networks.stop(forwarder)
+        return False
 
     async def _kill_everything(self, handle: TaskHandle) -> None:
         for _ in range(500):
@@ -458,17 +543,18 @@ class LocalRuntime:
     # ------------------------------------------------------------------ the other verbs
 
     def inspect_task(self, handle: TaskHandle) -> bool:
-        if not _leader_alive(handle):
+        if not _leader_alive(handle) or not _forwarder_alive(handle):
             return False
         return handle.pid == handle.leader_pid or self._is_server(handle, handle.pid)
 
     def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
-        if _leader_alive(handle):
+        if _leader_alive(handle) and _forwarder_alive(handle):
             if handle.pid == handle.leader_pid or self._is_server(handle, handle.pid):
                 return handle
             server = self._server_below(handle.leader_pid)
             return replace(handle, pid=server) if server is not None else handle
-        # The leader is gone; anything of the task still around (node holding the port) must go.
+        # The leader is gone (or the forwarder, the task's only way in); anything of the task still
+        # around (node, or a forwarder holding the port) must go.
         self._kill_everything_now(handle)
         return None
 
@@ -492,10 +578,18 @@ class LocalRuntime:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(procfs.is_alive(p) for p in strays):
             time.sleep(0.01)
-        return len(strays)
+        # A forwarder outlives its sandbox; it is found by its API socket, which is per instance.
+        forwarders = self.networks.running(name)
+        for forwarder in forwarders:
+            self.networks.stop(forwarder)
+        self.networks.sweep(name)
+        return len(strays) + len(forwarders)
 
     def destroy_task(self, handle: TaskHandle) -> None:
         self._kill_everything_now(handle)
+        forwarder = _forwarder(handle)
+        if forwarder is not None and _same_boot(handle):
+            self.networks.stop(forwarder)  # its socket file too, also when it died by itself
         self._collect_exit(handle)
         self._exits.pop(_key(handle), None)
         cg = self._cgroups_of(handle)
@@ -617,6 +711,18 @@ def _same_boot(handle: TaskHandle) -> bool:
 
 def _leader_alive(handle: TaskHandle) -> bool:
     return _same_boot(handle) and procfs.is_alive(handle.leader_pid, handle.leader_start)
+
+
+def _forwarder(handle: TaskHandle) -> Forwarder | None:
+    if handle.net_pid is None:
+        return None
+    return Forwarder(handle.net_pid, handle.net_start or 0, handle.net_socket or "")
+
+
+def _forwarder_alive(handle: TaskHandle) -> bool:
+    """True for a task on the host network (nothing to lose) or one whose forwarder lives."""
+    forwarder = _forwarder(handle)
+    return forwarder is None or (_same_boot(handle) and forwarder.alive())
 
 
 def _key(handle: TaskHandle) -> tuple[int, int]:

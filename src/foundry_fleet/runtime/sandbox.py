@@ -12,8 +12,12 @@ Deliberate choices:
 - No `--new-session`: the task keeps the process group the runtime created, so one killpg reaches
   bwrap, its init and node. TIOCSTI (the reason for --new-session) needs a terminal, and the task has
   none: it runs in a session of its own with stdin on /dev/null.
-- Host networking stays: Foundry must listen on its port for the edge. The firewall (firewall.py)
-  keeps other machines away from that port.
+- A network namespace of its own when the runtime can give it one (network.py): only loopback
+  until the forwarder adds the one way in, so tenant code never holds a host port. Without it the
+  sandbox keeps the host's network, and the firewall (firewall.py) keeps other machines away from
+  the instance port.
+- A seccomp filter (seccomp.py), loaded by bwrap just before the command runs, so it binds setpriv
+  and the server alike.
 """
 
 from __future__ import annotations
@@ -142,8 +146,15 @@ def bwrap_argv(
     info_fd: int | None = None,
     privileged: bool | None = None,
     drop_privileges: list[str] | None = None,
+    *,
+    resolv_conf: Path | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The full command line: bwrap, its options, `--`, then the server's argv.
+
+    `resolv_conf`: give the sandbox a network namespace of its own, with this file as its
+    /etc/resolv.conf (the forwarder's DNS; the host's may name a resolver the namespace cannot reach).
+    `seccomp_fd`: the descriptor (in bwrap) holding the compiled seccomp filter.
 
     `privileged`: bwrap itself runs as root (default: this process is root).
     `drop_privileges`: a command (setpriv ...) run inside the sandbox that switches to the
@@ -160,6 +171,7 @@ def bwrap_argv(
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
+        *(["--unshare-net"] if resolv_conf is not None else []),
         "--hostname", spec.name,
         "--proc", "/proc",
         "--dev", "/dev",
@@ -167,7 +179,10 @@ def bwrap_argv(
     mounts = _Mounts()
     mounts.tmpfs("/tmp")
     for path in SYSTEM_PATHS:
-        mounts.mirror(path)
+        if path == "/etc/resolv.conf" and resolv_conf is not None:
+            mounts.add("--ro-bind", str(resolv_conf), path)
+        else:
+            mounts.mirror(path)
     for node_dir in _node_dirs(spec.argv[0], env["PATH"]):
         mounts.add("--ro-bind", node_dir, node_dir)
 
@@ -191,6 +206,8 @@ def bwrap_argv(
         # Privileged bwrap would otherwise hand root's capabilities to the server. (With a drop
         # command, setpriv needs them for the switch and clears them all itself.)
         args += ["--cap-drop", "ALL"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     return [*args, "--", *(drop_privileges or []), *spec.argv]

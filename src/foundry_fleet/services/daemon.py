@@ -86,7 +86,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
     fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
-    runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}")
+    runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}",
+                           run_dir=config.paths.run / "net")
     lo, hi = config.instances.port_range
     # The firewall line reports what was actually set up for this fleet's port range.
     caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
