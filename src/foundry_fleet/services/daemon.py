@@ -29,6 +29,7 @@ from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
+from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.web_login import web_login_for
 from foundry_fleet.services.wizard import SetupWizard
@@ -103,9 +104,11 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     web_login = web_login_for(fleet)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
+    # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
+    tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
                         create_backups_app(fleet.storage.snapshots, fleet.instance_for_host),
-                        create_web_app(fleet.known_hosts, web_login))
+                        create_web_app(fleet.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     await edge.start()

@@ -151,11 +151,12 @@ def key_path(config: FleetConfig) -> Path:
     return config.paths.database.parent / KEY_FILE
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """The fleet's signing key for sign-in: random, in a 0600 file, made on first use.
+def load_or_create_key(path: Path, what: str = "the sign-in signing key") -> bytes:
+    """A fleet secret (the signing key for sign-in, by default): 64 random hex digits in a 0600
+    file, made on first use.
 
     Made beside the file and linked into place, so two processes starting at once agree on one key.
-    Deleting the file signs everybody out.
+    Deleting the sign-in key signs everybody out.
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,9 +173,9 @@ def load_or_create_key(path: Path) -> bytes:
                 pass  # another process made it first: use theirs
         finally:
             tmp.unlink(missing_ok=True)
-    text = read_private_file(path, "the sign-in signing key", f"{path} (delete it: a new one is made)")
+    text = read_private_file(path, what, f"{path} (delete it: a new one is made)")
     if len(text) < 64:
-        raise InvalidInput(f"the sign-in signing key {path} is too short",
+        raise InvalidInput(f"{what} {path} is too short",
                            f"delete {path}: the fleet makes a new one (everybody signs in again)")
     return text.encode()
 
