@@ -107,7 +107,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
     tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
-                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host),
+                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host,
+                                           web_login.logout_token if web_login.enabled else None),
                         create_web_app(fleet.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))

@@ -25,7 +25,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Route
 
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.services.web_login import SESSION_COOKIE
 from foundry_fleet.storage.snapshots import META, DirectorySnapshots
+from foundry_fleet.web.auth import WITH_FORM, logout_form
 
 IDENTITY = "x-fleet-user"
 CHUNK = 256 * 1024
@@ -96,7 +98,13 @@ def zip_stream(root: Path) -> Iterator[bytes]:
     yield sink.take()
 
 
-def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None]) -> Starlette:
+def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None],
+                       logout_token: Callable[[str | None], str] | None = None) -> Starlette:
+    """`logout_token`: the sign-out form's token for a session cookie (None: no sign-out button)."""
+
+    def sign_out(request: Request) -> str:
+        return logout_form(logout_token(request.cookies.get(SESSION_COOKIE))) if logout_token else ""
+
     def tenant(request: Request) -> str | Response:
         if not request.headers.get(IDENTITY):
             return PlainTextResponse("sign in first", status_code=403)
@@ -118,7 +126,8 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
             for s in reversed(snaps)
         )
         return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>Backups</title><h1>Backups</h1>"
-                            f"<table><tr><th>snapshot</th><th>taken</th><th>size</th><th></th></tr>{rows}</table>")
+                            f"<table><tr><th>snapshot</th><th>taken</th><th>size</th><th></th></tr>{rows}</table>"
+                            f"{sign_out(request)}", headers=WITH_FORM)
 
     async def browse(request: Request) -> Response:
         name = tenant(request)
@@ -143,7 +152,8 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
                 f"{'/' if e.is_dir() else ''}</a></li>" for e in entries
             )
             return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{html.escape(snap)}</title>"
-                                f"<h1>{html.escape(snap)}/{html.escape('/'.join(parts))}</h1><ul>{items}</ul>")
+                                f"<h1>{html.escape(snap)}/{html.escape('/'.join(parts))}</h1><ul>{items}</ul>"
+                                f"{sign_out(request)}", headers=WITH_FORM)
         if not stat.S_ISREG(os.lstat(target).st_mode):
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(target, filename=target.name)
