@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 import ssl
 import stat
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from foundry_fleet.api.client import ControlClient
 
-from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.config import load_config
+from foundry_fleet.domain.errors import Conflict, InvalidInput
+from foundry_fleet.domain.uid_blocks import FIRST_BLOCK, LEGACY_BLOCK, first_free_block, overlaps
+from foundry_fleet.services import uid_claims
+from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.invites import parse_expiry
 from foundry_fleet.services.wiring import open_fleet
@@ -115,3 +123,109 @@ def test_tenant_hosts_cannot_be_enumerated_through_the_tls_permission_check(
     finally:
         fleet.stop_daemons()
         kill_processes_with(str(fleet.root))
+
+
+# --- every fleet on a host has uids of its own ---------------------------------------------------------
+
+
+taken_ranges = st.lists(st.tuples(st.integers(0, 3_000_000), st.integers(0, 300_000)).map(lambda t: (t[0], t[0] + t[1])),
+                        max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(taken_ranges, st.sampled_from([1, 10, 65536]))
+def test_the_free_block_touches_nothing_taken_and_is_the_lowest(taken: list[tuple[int, int]], size: int) -> None:
+    block = first_free_block(taken, size=size, start=FIRST_BLOCK, last=2**31 - 1)
+    assert block is not None
+    low, high = block
+    assert high - low + 1 == size and (low - FIRST_BLOCK) % size == 0
+    assert not any(overlaps(block, r) for r in taken)
+    assert all(any(overlaps((lo, lo + size - 1), r) for r in taken) for lo in range(FIRST_BLOCK, low, size))
+
+
+def test_init_gives_each_fleet_its_own_block(tmp_path: Path) -> None:
+    first = load_config(init_fleet(tmp_path / "one")).instances.uid_range
+    second = load_config(init_fleet(tmp_path / "two")).instances.uid_range
+    assert not overlaps(first, second)
+    for block in (first, second):
+        assert block[1] - block[0] + 1 == 65536
+        # Not the block every fleet had before (those fleets keep it), no user's, group's or subuid's.
+        assert not overlaps(block, LEGACY_BLOCK)
+        assert not any(overlaps(block, r) for r in uid_claims.host_ids())
+    # Re-made with --force, a fleet keeps to the blocks others hold.
+    again = load_config(init_fleet(tmp_path / "one", force=True)).instances.uid_range
+    assert not overlaps(again, second)
+    claims = {c.root: c.range for c in uid_claims.read_claims()}
+    assert claims[str((tmp_path / "two").resolve())] == second
+    assert claims[str((tmp_path / "one").resolve())] == again
+
+
+def test_stale_claims_and_subordinate_ranges(tmp_path: Path) -> None:
+    registry = tmp_path / "claims"
+    live, gone = tmp_path / "live", tmp_path / "gone"
+    live.mkdir()
+    gone.mkdir()
+    uid_claims.check_and_claim(live, (400000, 465535), set(), registry)
+    uid_claims.check_and_claim(gone, (600000, 665535), set(), registry)
+    (registry / "junk.json").write_text("{not json")
+    with pytest.raises(Conflict, match=f"fleet at {live}"):
+        uid_claims.check_and_claim(tmp_path / "other", (465535, 465535), set(), registry)
+    gone.rmdir()
+    # A claim whose fleet root is gone holds nothing (and is removed once someone may write).
+    new = tmp_path / "new"
+    new.mkdir()
+    uid_claims.check_and_claim(new, (600000, 600010), set(), registry)
+    assert {c.root: c.range for c in uid_claims.read_claims(registry)} == {
+        str(live): (400000, 465535), str(new): (600000, 600010)}
+    assert len(list(registry.glob("*.json"))) == 3  # live, new, and the junk (skipped, not parsed)
+    # A fleet claims again what it has (a restart, or a changed range), whatever it claimed before.
+    uid_claims.check_and_claim(live, (700000, 700010), set(), registry)
+    uid_claims.check_and_claim(tmp_path / "live", (700000, 700010), set(), registry)
+    assert {c.root: c.range for c in uid_claims.read_claims(registry)}[str(live)] == (700000, 700010)
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:65536\nbob:165536:65536\nbroken line\ncarol:x:1\n")
+    assert uid_claims.subordinate_ranges(subuid) == [(100000, 165535), (165536, 231071)]
+
+
+def test_the_daemon_refuses_uids_another_fleet_or_process_holds(tmp_path: Path, release_zips: dict[str, Path]) -> None:
+    a = make_fleet(tmp_path / "a")
+    b = make_fleet(tmp_path / "b")
+    sleeper = None
+    try:
+        a.cli("release", "add", str(release_zips["node"]))
+        a.up()
+        alice = ControlClient(a.socket).create_instance(name="alice", release="13.345")["instance"]
+        a_range = a.settings().instances.uid_range
+        assert a_range[0] <= alice["uid"] <= a_range[1]
+        b_range = b.settings().instances.uid_range
+        assert not overlaps(a_range, b_range)
+
+        # b told to use a's uids: its tenants would be a's tenants' uids. Refused before anything starts.
+        b.edit_config(f"uid_range = [{b_range[0]}, {b_range[1]}]", f"uid_range = [{a_range[0] + 5}, {a_range[0] + 10}]")
+        refused = b.cli("up", check=False, timeout=60)
+        assert refused.code != 0
+        assert "uid_range" in refused.err and str(a.root) in refused.err and "[instances] uid_range" in refused.err
+        assert not (b.root / "edge" / "caddy.pid").exists()
+
+        # A process that is no instance of b's holds one of b's uids: refused too, naming it.
+        b.edit_config(f"uid_range = [{a_range[0] + 5}, {a_range[0] + 10}]", f"uid_range = [{b_range[0]}, {b_range[1]}]")
+        sleeper = subprocess.Popen(["setpriv", f"--reuid={b_range[0] + 7}", f"--regid={b_range[0] + 7}",
+                                    "--clear-groups", "sleep", "60"])
+        wait_until(lambda: uid_claims.process_ids(sleeper.pid) >= {b_range[0] + 7}, 5, "the process to drop to the uid")
+        refused = b.cli("up", check=False, timeout=60)
+        assert refused.code != 0 and f"process {sleeper.pid}" in refused.err and "[instances] uid_range" in refused.err
+        sleeper.kill()
+        sleeper.wait()
+
+        # Once free, b starts; and a's own instances, still running after its daemon died, are a's.
+        b.up()
+        a.daemons[-1].send_signal(signal.SIGKILL)
+        a.daemons[-1].wait()
+        a.up()
+        assert a.wait_state("alice", "running")["pid"] == alice["pid"]
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+        for fleet in (a, b):
+            fleet.stop_daemons()
+            kill_processes_with(str(fleet.root))

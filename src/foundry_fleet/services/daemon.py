@@ -29,6 +29,7 @@ from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
+from foundry_fleet.services import uid_claims
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.web_login import web_login_for
@@ -82,6 +83,10 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet = open_fleet(config, actor="daemon")
+    if os.geteuid() == 0:
+        # Before anything starts: as root each instance runs as a uid of uid_range, which no other
+        # fleet's tenants and no other process may hold.
+        uid_claims.check_fleet(fleet)
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
