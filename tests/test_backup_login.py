@@ -37,10 +37,12 @@ from foundry_fleet.services.web_login import (
 )
 from foundry_fleet.store.database import open_database
 from foundry_fleet.store.models import UsedTicketRow
+from tests.cdp_browser import Chromium
 from tests.conftest import make_fleet
 from tests.edge_support import served_certificate, tls_context
 from tests.fake_discord import FakeDiscord
 from tests.harness import FleetHarness, kill_processes_with, file_digests, wait_until
+from tests.test_edge_browser import CHROMIUM, browser_home, needs_browser
 
 CLIENT_ID = "1100000000000000001"
 SECRET = "s3cr3t-client-secret-value"
@@ -785,3 +787,42 @@ def test_no_other_page_can_sign_a_tenant_out(signed_fleet: tuple[FleetHarness, F
     browser.sign_in("bob.localhost")  # not bob's owner
     assert browser.sign_out("bob.localhost", token=browser.logout_token("bob.localhost")).status_code == 200
     assert still_signed_in()  # signing out of bob's host leaves alice's alone
+
+
+@pytest.mark.e2e
+@needs_browser
+def test_a_real_browser_signs_in_and_out_and_refuses_someone_elses_ticket(
+        signed_fleet: tuple[FleetHarness, FakeDiscord, dict], tmp_path: Path) -> None:
+    """Chromium's own rules (the __Host- cookies, SameSite, the Origin it sends with the sign-out form)
+    with the fleet's: the whole flow as a person's browser goes through it."""
+    fleet, fake, snaps = signed_fleet
+    port = fleet.settings().edge.https_port
+    ca = fleet.root / "edge" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+    assert CHROMIUM is not None
+    with Chromium(CHROMIUM, tmp_path, browser_home(tmp_path, ca)) as chromium:
+        alice = f"https://alice.localhost:{port}"
+        # Signed in at (the stand-in) Discord as the owner.
+        chromium.send("Network.setCookie", name="discord_user", value=OWNER, url=fake.base + "/")
+        listing = chromium.open(f"{alice}/backups/")
+        assert snaps["alice"] in listing and "Sign out" in listing
+        cookies = chromium.cookies(f"{alice}/")
+        assert SESSION_COOKIE in cookies and NONCE_COOKIE not in cookies  # the nonce went with the ticket
+        session = cookies[SESSION_COOKIE]
+
+        # Opening the sign-out address only asks; the button signs out.
+        assert "Sign out of this game" in chromium.open(f"{alice}/auth/logout")
+        assert chromium.cookies(f"{alice}/").get(SESSION_COOKIE) == session
+        chromium.open(f"{alice}/backups/")
+        chromium.evaluate("document.querySelector('form[action=\"/auth/logout\"] button').click()")
+        assert "You are signed out" in chromium.settled(f"{alice}/auth/logout")
+        assert SESSION_COOKIE not in chromium.cookies(f"{alice}/")
+        old = _browser(fleet).request("GET", f"{alice}/backups/", cookies={SESSION_COOKIE: session})
+        assert old.status_code == 302 and "/auth/login?" in old.headers["location"]
+
+        # Someone else's ticket (bob's game master signed in as themselves) opened in this browser.
+        attacker = _browser(fleet, OTHER)
+        ticket_url = attacker.visit(attacker.url("alice.localhost", "/backups/"),
+                                    until=lambda u: "/auth/ticket" in u)[-1][0]
+        refused = chromium.open(ticket_url)
+        assert "another browser" in refused
+        assert SESSION_COOKIE not in chromium.cookies(f"{alice}/")
