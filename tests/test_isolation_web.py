@@ -187,6 +187,22 @@ def test_stale_claims_and_subordinate_ranges(tmp_path: Path) -> None:
     assert uid_claims.subordinate_ranges(subuid) == [(100000, 165535), (165536, 231071)]
 
 
+def test_a_range_holding_a_user_or_a_subuid_range_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, root = tmp_path / "claims", tmp_path / "fleet"
+    root.mkdir()
+    nobody = 65534  # a user every Debian host has
+    with pytest.raises(Conflict, match=f"holds id {nobody} of a user, group") as e:
+        uid_claims.check_and_claim(root, (nobody - 10, nobody + 10), set(), registry)
+    assert "[instances] uid_range" in (e.value.hint or "")
+    # Debian gives a second user's containers 165536-231071: inside the old default block.
+    subuid = tmp_path / "subuid"
+    subuid.write_text("bob:165536:65536\n")
+    monkeypatch.setattr(uid_claims, "SUBORDINATE_FILES", (subuid,))
+    with pytest.raises(Conflict, match=r"holds the range \[165536, 231071\]"):
+        uid_claims.check_and_claim(root, LEGACY_BLOCK, set(), registry)
+    assert not uid_claims.read_claims(registry)  # nothing claimed by a refused fleet
+
+
 def test_the_daemon_refuses_uids_another_fleet_or_process_holds(tmp_path: Path, release_zips: dict[str, Path]) -> None:
     a = make_fleet(tmp_path / "a")
     b = make_fleet(tmp_path / "b")

@@ -3,9 +3,9 @@
 Each fleet that runs as root records its claim, `{"root", "low", "high"}`, in one small file under
 /var/lib/foundry-fleet/uid-claims (root's alone to write). `init` picks a block that no other claim,
 no user or group, no /etc/subuid or /etc/subgid range and no running process uses; the daemon, before
-it starts anything, refuses a `uid_range` that overlaps another fleet's claim or the ids of processes
-that are not its own instances, and then claims it. A claim whose fleet root no longer exists is
-stale: ignored, and removed.
+it starts anything, refuses a `uid_range` that overlaps another fleet's claim, a user, group or
+subordinate range, or the ids of processes that are not its own instances, and then claims it. A
+claim whose fleet root no longer exists is stale: ignored, and removed.
 """
 
 from __future__ import annotations
@@ -189,8 +189,9 @@ def own_processes(handles: Iterable[TaskHandle], instances_dir: Path) -> set[int
 
 
 def check_and_claim(root: Path, uid_range: IdRange, own: set[int], registry: Path = REGISTRY) -> None:
-    """Refuse (Conflict, naming the key to change) a uid range another fleet claims or that processes
-    other than this fleet's own instances use; else claim it for this fleet."""
+    """Refuse (Conflict, naming the key to change) a uid range another fleet claims, that holds a user,
+    group or subordinate id of this host, or that processes other than this fleet's own instances
+    use; else claim it for this fleet."""
     root = root.resolve()
     lo, hi = uid_range
     with _locked(registry, write=True) as writable:
@@ -200,6 +201,11 @@ def check_and_claim(root: Path, uid_range: IdRange, own: set[int], registry: Pat
             raise Conflict(f"uid_range [{lo}, {hi}] overlaps the uids of the fleet at {clash.root} "
                            f"([{clash.low}, {clash.high}]): their tenants could signal or read each other's",
                            _hint([c.range for c in others]))
+        account = next((r for r in host_ids() if overlaps(r, uid_range)), None)
+        if account is not None:
+            what = f"id {account[0]}" if account[0] == account[1] else f"the range [{account[0]}, {account[1]}]"
+            raise Conflict(f"uid_range [{lo}, {hi}] holds {what} of a user, group or /etc/subuid or /etc/subgid "
+                           "entry of this host: a tenant would share its uids", _hint([c.range for c in others]))
         for pid in procfs.all_pids():
             if pid in own:
                 continue
