@@ -694,6 +694,7 @@ def test_a_sign_out_token_belongs_to_its_session(tmp_path: Path, discord: FakeDi
     assert login.logout_allowed(alice.cookie_value, token)
     assert not login.logout_allowed(other.cookie_value, token)
     assert not login.logout_allowed(alice.cookie_value, "")
+    assert not login.logout_allowed(alice.cookie_value, "\u00e9\ud800" * 32)
     assert not login.logout_allowed(alice.cookie_value, LoginTokens(b"9" * 64).logout_token(alice.cookie_value))
 
 
@@ -761,6 +762,7 @@ def test_no_other_page_can_sign_a_tenant_out(signed_fleet: tuple[FleetHarness, F
         "no origin, no referer": dict(headers={"Origin": ""}),
         "no token": dict(token=""),
         "a guessed token": dict(token="0" * 64),
+        "a token that is not ASCII": dict(token="\u00e9" * 64),
         "another session's token": dict(token=LoginTokens.for_fleet(fleet.settings()).logout_token("x")),
         "not a form": dict(headers={"Content-Type": "application/json"}),
     }

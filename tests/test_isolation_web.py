@@ -98,7 +98,8 @@ def test_tenant_hosts_cannot_be_enumerated_through_the_tls_permission_check(
         with httpx.Client(timeout=10) as http_client:
             nothing = _answer(http_client.get(f"{web}/no/such/path"))
             assert nothing[0] == 404
-            for guess in ("", "/", f"/{'0' * 64}", f"/{secret[:-1]}", f"/{secret}x", f"/{secret.upper()}"):
+            for guess in ("", "/", f"/{'0' * 64}", f"/{secret[:-1]}", f"/{secret}x", f"/{secret.upper()}",
+                          f"/{'%C3%A9' * 64}", "/%ED%A0%80"):
                 for domain in ("alice.localhost", "bob.localhost", "stranger.localhost"):
                     url = f"{web}/tls/permission{guess}?domain={domain}"
                     assert _answer(http_client.get(url)) == nothing, url

@@ -29,4 +29,4 @@ def load_or_create_secret(path: Path) -> str:
 
 
 def is_caddy(secret: str, given: str) -> bool:
-    return hmac.compare_digest(secret.encode(), given.encode())
+    return hmac.compare_digest(secret.encode(), given.encode(errors="replace"))

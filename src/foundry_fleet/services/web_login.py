@@ -148,7 +148,7 @@ def safe_next(value: str | None) -> str | None:
 
 
 def nonce_hash(nonce: str) -> str:
-    return hashlib.sha256(nonce.encode()).hexdigest()
+    return hashlib.sha256(nonce.encode(errors="replace")).hexdigest()
 
 
 def usable_nonce(value: str | None) -> str:
@@ -491,7 +491,7 @@ class WebLogin:
 
     def logout_allowed(self, cookie: str | None, token: str) -> bool:
         """Was this sign-out sent from a page the fleet showed this session (not from another site)?"""
-        return self.enabled and hmac.compare_digest(self.logout_token(cookie), token)
+        return self.enabled and hmac.compare_digest(self.logout_token(cookie).encode(), token.encode(errors="replace"))
 
     def logout(self, cookie: str | None, host: str) -> None:
         sid = self._session_id(cookie, normalise_host(host))

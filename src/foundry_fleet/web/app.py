@@ -21,7 +21,6 @@ from foundry_fleet.services.web_login import WebLogin
 from foundry_fleet.web.auth import auth_routes
 
 
-
 def not_found() -> Response:
     """Exactly what Starlette answers for a path it has no route for."""
     return PlainTextResponse("Not Found", status_code=404)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
