@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import stat
@@ -18,6 +19,7 @@ from foundry_fleet.api.client import ControlClient
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput
 from foundry_fleet.domain.uid_blocks import FIRST_BLOCK, LEGACY_BLOCK, first_free_block, overlaps
+from foundry_fleet.runtime import procfs
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.backups import Backups
@@ -246,3 +248,21 @@ def test_the_daemon_refuses_uids_another_fleet_or_process_holds(tmp_path: Path, 
         for fleet in (a, b):
             fleet.stop_daemons()
             kill_processes_with(str(fleet.root))
+
+
+def test_a_server_the_fleet_started_but_never_recorded_counts_as_its_own(tmp_path: Path) -> None:
+    """The daemon may die between starting a server and recording it: that server (and what runs below
+    it) is still this fleet's, so the next start is not refused for it (the supervisor stops it)."""
+    instances = tmp_path / "instances"
+    server = subprocess.Popen(["sh", "-c", "sleep 30 & wait", "node", f"--dataPath={instances}/alice/data"])
+    other = subprocess.Popen(["sh", "-c", "sleep 30 & wait", "node", f"--dataPath={tmp_path}/elsewhere/data"])
+    try:
+        child = wait_until(lambda: procfs.children(server.pid), 5, "the server's child")[0]
+        own = uid_claims.own_processes([], instances)
+        assert {server.pid, child} <= own and other.pid not in own
+    finally:
+        for p in (server, other):
+            for c in procfs.children(p.pid):
+                os.kill(c, signal.SIGKILL)
+            p.kill()
+            p.wait()

@@ -180,11 +180,17 @@ def _descendants(roots: set[int]) -> set[int]:
 
 
 def own_processes(handles: Iterable[TaskHandle], instances_dir: Path) -> set[int]:
-    """The processes of this fleet's instances: those below each live task's leader, and any server
-    started on this fleet's data (one whose handle was never recorded) with what runs below it."""
-    leaders = {h.leader_pid for h in handles if procfs.is_alive(h.leader_pid, h.leader_start)}
+    """The processes of this fleet's instances: those below each live task's leader or in its process
+    group, and any server started on this fleet's data (one whose handle was never recorded) with
+    what runs below it."""
+    live = [h for h in handles if procfs.is_alive(h.leader_pid, h.leader_start)]
+    groups = {h.pgid for h in live}
     flag = f"--dataPath={instances_dir}/"
-    leaders |= {pid for pid in procfs.all_pids() if any(a.startswith(flag) for a in procfs.cmdline(pid))}
+    leaders = {h.leader_pid for h in live}
+    for pid in procfs.all_pids():
+        st = procfs.stat(pid)
+        if (st is not None and st.pgid in groups) or any(a.startswith(flag) for a in procfs.cmdline(pid)):
+            leaders.add(pid)
     return _descendants(leaders)
 
 
