@@ -266,3 +266,19 @@ def test_a_server_the_fleet_started_but_never_recorded_counts_as_its_own(tmp_pat
                 os.kill(c, signal.SIGKILL)
             p.kill()
             p.wait()
+
+
+def test_a_fleet_without_the_key_keeps_the_old_default_only_while_nobody_else_claims_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uid_claims, "SUBORDINATE_FILES", ())  # a host whose users have no subuid ranges
+    path = init_fleet(tmp_path / "old")
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("uid_range")]
+    path.write_text("\n".join(lines) + "\n")
+    assert load_config(path).instances.uid_range == LEGACY_BLOCK  # as every fleet.toml had it
+    registry, second = tmp_path / "claims", tmp_path / "second-old"
+    second.mkdir()
+    everyone = set(procfs.all_pids())  # here only the claims are judged, not this host's processes
+    uid_claims.check_and_claim(tmp_path / "old", LEGACY_BLOCK, everyone, registry)
+    with pytest.raises(Conflict, match=f"overlaps the uids of the fleet at {tmp_path / 'old'}"):
+        uid_claims.check_and_claim(second, LEGACY_BLOCK, everyone, registry)
+    uid_claims.check_and_claim(tmp_path / "old", LEGACY_BLOCK, everyone, registry)  # its own: a restart
