@@ -25,7 +25,7 @@ def secret_path(config: FleetConfig) -> Path:
 
 
 def load_or_create_secret(path: Path) -> str:
-    return load_or_create_key(path, "the TLS permission secret").decode()
+    return load_or_create_key(path, "the TLS permission secret", "when the daemon next starts").decode()
 
 
 def is_caddy(secret: str, given: str) -> bool:

@@ -169,12 +169,12 @@ def key_path(config: FleetConfig) -> Path:
     return config.paths.database.parent / KEY_FILE
 
 
-def load_or_create_key(path: Path, what: str = "the sign-in signing key") -> bytes:
+def load_or_create_key(path: Path, what: str = "the sign-in signing key",
+                       when_deleted: str = "everybody signs in again") -> bytes:
     """A fleet secret (the signing key for sign-in, by default): 64 random hex digits in a 0600
-    file, made on first use.
+    file, made on first use. `when_deleted`: what a new one means, for the hint.
 
     Made beside the file and linked into place, so two processes starting at once agree on one key.
-    Deleting the sign-in key signs everybody out.
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ def load_or_create_key(path: Path, what: str = "the sign-in signing key") -> byt
     text = read_private_file(path, what, f"{path} (delete it: a new one is made)")
     if len(text) < 64:
         raise InvalidInput(f"{what} {path} is too short",
-                           f"delete {path}: the fleet makes a new one (everybody signs in again)")
+                           f"delete {path}: the fleet makes a new one ({when_deleted})")
     return text.encode()
 
 
