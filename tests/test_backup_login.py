@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import stat
 import time
 import zipfile
@@ -22,6 +23,7 @@ from sqlalchemy import func, select
 from foundry_fleet.config import DiscordSection
 from foundry_fleet.domain.errors import ExternalFailure, Forbidden, InvalidInput, Unsupported
 from foundry_fleet.services.web_login import (
+    NONCE_COOKIE,
     SESSION_COOKIE,
     Allow,
     Deny,
@@ -30,14 +32,17 @@ from foundry_fleet.services.web_login import (
     SignIn,
     WebLogin,
     load_or_create_key,
+    nonce_hash,
     safe_next,
 )
 from foundry_fleet.store.database import open_database
 from foundry_fleet.store.models import UsedTicketRow
+from tests.cdp_browser import Chromium
 from tests.conftest import make_fleet
 from tests.edge_support import served_certificate, tls_context
 from tests.fake_discord import FakeDiscord
 from tests.harness import FleetHarness, kill_processes_with, file_digests, wait_until
+from tests.test_edge_browser import CHROMIUM, browser_home, needs_browser
 
 CLIENT_ID = "1100000000000000001"
 SECRET = "s3cr3t-client-secret-value"
@@ -46,6 +51,8 @@ OTHER = "200000000000000002"  # bob's game master
 ADMIN = "200000000000000009"
 STRANGER = "200000000000000404"
 USERS = {OWNER: "alice", OTHER: "bob", ADMIN: "gm", STRANGER: "stranger"}
+NONCE = "N" * 43  # the sign-in nonce the tenant host gave "this browser"
+BIND = nonce_hash(NONCE)
 
 
 class Clock:
@@ -95,8 +102,8 @@ def consent(discord: FakeDiscord, authorize_url: str, user: str, deny: bool = Fa
 
 
 def ticket_for(login: WebLogin, discord: FakeDiscord, user: str, host: str = "alice.localhost",
-               next_path: str = "/backups/") -> str:
-    start = login.begin(host, next_path)
+               next_path: str = "/backups/", nonce: str = NONCE) -> str:
+    start = login.begin(host, next_path, nonce_hash(nonce))
     done = login.finish(consent(discord, start.authorize_url, user), {start.cookie_name: start.cookie_value})
     assert done.cookie_name == start.cookie_name
     assert done.location.startswith(f"https://{host}:8443/auth/ticket?t=")
@@ -104,7 +111,7 @@ def ticket_for(login: WebLogin, discord: FakeDiscord, user: str, host: str = "al
 
 
 def sign_in(login: WebLogin, discord: FakeDiscord, user: str, host: str = "alice.localhost") -> SignedIn:
-    return login.redeem(ticket_for(login, discord, user, host), host)
+    return login.redeem(ticket_for(login, discord, user, host), host, NONCE)
 
 
 def test_the_owner_and_admins_may_read_others_may_not(tmp_path: Path, discord: FakeDiscord) -> None:
@@ -132,7 +139,14 @@ def test_without_a_session_the_browser_is_sent_to_sign_in(tmp_path: Path, discor
     assert isinstance(decision, SignIn)
     url = urlsplit(decision.location)
     assert (url.scheme, url.netloc, url.path) == ("https", "fleet.localhost:8443", "/auth/login")
-    assert parse_qs(url.query) == {"host": ["alice.localhost"], "next": ["/backups/2026-01-01/Data/worlds/?x=1"]}
+    # The browser gets a nonce to keep on the tenant host; only its hash travels with the sign-in.
+    assert len(decision.nonce) == 43
+    assert parse_qs(url.query) == {"host": ["alice.localhost"], "next": ["/backups/2026-01-01/Data/worlds/?x=1"],
+                                   "bind": [nonce_hash(decision.nonce)]}
+    # A browser that already holds a nonce keeps it (two tabs signing in at once); a malformed one is replaced.
+    assert login.decide(None, "alice.localhost", "GET", "/backups/", NONCE).nonce == NONCE  # type: ignore[union-attr]
+    fresh = login.decide(None, "alice.localhost", "GET", "/backups/", "short")
+    assert isinstance(fresh, SignIn) and fresh.nonce not in ("short", NONCE, decision.nonce)
 
 
 def test_a_session_belongs_to_one_host_and_ends(tmp_path: Path, discord: FakeDiscord) -> None:
@@ -163,19 +177,20 @@ def test_a_ticket_works_once_on_its_own_host_for_a_minute(tmp_path: Path, discor
     login = make_login(tmp_path, discord, clock)
     ticket = ticket_for(login, discord, OWNER)
     with pytest.raises(Forbidden, match="another game"):
-        login.redeem(ticket, "bob.localhost")
-    assert login.redeem(ticket, "alice.localhost").user == OWNER
+        login.redeem(ticket, "bob.localhost", NONCE)
+    assert login.redeem(ticket, "alice.localhost", NONCE).user == OWNER
     with pytest.raises(Forbidden, match="already used"):
-        login.redeem(ticket, "alice.localhost")
+        login.redeem(ticket, "alice.localhost", NONCE)
     late = ticket_for(login, discord, OWNER)
     clock.now += 62
     with pytest.raises(Forbidden, match="expired"):
-        login.redeem(late, "alice.localhost")
+        login.redeem(late, "alice.localhost", NONCE)
     with pytest.raises(Forbidden, match="not valid"):
-        login.redeem(LoginTokens(b"1" * 64, clock).make_ticket(OWNER, "alice.localhost", "/backups/"), "alice.localhost")
+        login.redeem(LoginTokens(b"1" * 64, clock).make_ticket(OWNER, "alice.localhost", "/backups/", BIND),
+                     "alice.localhost", NONCE)
     # Used tickets are remembered only as long as they could be replayed.
     clock.now += 10
-    login.redeem(ticket_for(login, discord, OWNER), "alice.localhost")
+    login.redeem(ticket_for(login, discord, OWNER), "alice.localhost", NONCE)
     with login.sessions() as s:
         assert s.scalar(select(func.count()).select_from(UsedTicketRow)) == 1
 
@@ -197,10 +212,10 @@ def test_next_paths_that_leave_them(value: str) -> None:
 def test_sign_in_starts_only_for_games_of_this_fleet(tmp_path: Path, discord: FakeDiscord) -> None:
     login = make_login(tmp_path, discord)
     with pytest.raises(InvalidInput, match="not a game"):
-        login.begin("evil.example", "/backups/")
+        login.begin("evil.example", "/backups/", BIND)
     with pytest.raises(InvalidInput, match="under /backups/"):
-        login.begin("alice.localhost", "https://evil.example/")
-    start = login.begin("games.alice.example", None)
+        login.begin("alice.localhost", "https://evil.example/", BIND)
+    start = login.begin("games.alice.example", None, BIND)
     query = parse_qs(urlsplit(start.authorize_url).query)
     assert query["redirect_uri"] == ["https://fleet.localhost:8443/auth/callback"]
     assert query["scope"] == ["identify"] and query["code_challenge_method"] == ["S256"]
@@ -219,8 +234,8 @@ def tampered(signed: str) -> str:
 def test_the_callback_needs_the_flow_this_browser_started(tmp_path: Path, discord: FakeDiscord) -> None:
     clock = Clock()
     login = make_login(tmp_path, discord, clock)
-    mine = login.begin("alice.localhost", "/backups/")
-    theirs = login.begin("alice.localhost", "/backups/")
+    mine = login.begin("alice.localhost", "/backups/", BIND)
+    theirs = login.begin("alice.localhost", "/backups/", BIND)
     answer = consent(discord, theirs.authorize_url, STRANGER)
     # A stranger's callback URL, opened in a browser that started a different sign-in (login CSRF).
     with pytest.raises(InvalidInput, match="not started in this browser"):
@@ -233,7 +248,7 @@ def test_the_callback_needs_the_flow_this_browser_started(tmp_path: Path, discor
     with pytest.raises(InvalidInput, match="more than 10 minutes"):
         login.finish(answer, {theirs.cookie_name: theirs.cookie_value})
     clock.now -= 601
-    cancelled = login.begin("alice.localhost", "/backups/")
+    cancelled = login.begin("alice.localhost", "/backups/", BIND)
     with pytest.raises(Forbidden, match="access_denied"):
         login.finish(consent(discord, cancelled.authorize_url, OWNER, deny=True),
                      {cancelled.cookie_name: cancelled.cookie_value})
@@ -244,7 +259,7 @@ def test_discord_refusing_the_client_secret_is_said_without_showing_it(
 ) -> None:
     login = make_login(tmp_path, discord)
     private_file(tmp_path / "client-secret", "not-the-secret")
-    start = login.begin("alice.localhost", "/backups/")
+    start = login.begin("alice.localhost", "/backups/", BIND)
     with caplog.at_level(logging.DEBUG), pytest.raises(ExternalFailure, match="refused this fleet") as err:
         login.finish(consent(discord, start.authorize_url, OWNER), {start.cookie_name: start.cookie_value})
     assert "not-the-secret" not in str(err.value.message) + str(err.value.hint) + caplog.text
@@ -260,7 +275,7 @@ def test_the_client_secret_file_must_be_private(tmp_path: Path, discord: FakeDis
     assert problem is not None and "readable by others" in problem and f"chmod 600 {secret_file}" in problem
     assert SECRET not in problem
     with pytest.raises(ExternalFailure, match="not working") as err:
-        login.begin("alice.localhost", "/backups/")
+        login.begin("alice.localhost", "/backups/", BIND)
     assert SECRET not in err.value.message + str(err.value.hint)
     secret_file.unlink()
     assert "does not exist" in (login.problem() or "")
@@ -281,7 +296,7 @@ def test_without_discord_settings_nobody_gets_in(tmp_path: Path, discord: FakeDi
     assert not login.enabled and login.problem() is None
     assert login.decide("anything", "alice.localhost", "GET", "/backups/").status == 403  # type: ignore[union-attr]
     with pytest.raises(Unsupported, match="not set up"):
-        login.begin("alice.localhost", "/backups/")
+        login.begin("alice.localhost", "/backups/", BIND)
 
 
 def test_logout_ends_the_session_on_that_host_only(tmp_path: Path, discord: FakeDiscord) -> None:
@@ -366,7 +381,7 @@ class Browser:
         return f"https://{host}:{self.port}{path}"
 
     def request(self, method: str, url: str, cookies: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None) -> httpx.Response:
+                headers: dict[str, str] | None = None, content: bytes | None = None) -> httpx.Response:
         parts = urlsplit(url)
         host = parts.hostname or ""
         jar = self.jar.get(host, {}) if cookies is None else cookies
@@ -376,10 +391,10 @@ class Browser:
             assert host.endswith(".localhost") and parts.port == self.port, url
             with httpx.Client(verify=tls_context(self.ca), timeout=30) as client:
                 response = client.request(method, f"https://127.0.0.1:{self.port}{target}",
-                                          headers={"Host": parts.netloc, **headers},
+                                          headers={"Host": parts.netloc, **headers}, content=content,
                                           extensions={"sni_hostname": host})
         else:
-            response = httpx.request(method, url, headers=headers, timeout=30)
+            response = httpx.request(method, url, headers=headers, content=content, timeout=30)
         for raw in response.headers.get_list("set-cookie"):
             self.set_cookies.append((host, raw))
             parsed = SimpleCookie()
@@ -415,6 +430,22 @@ class Browser:
 
     def session(self, host: str) -> str:
         return self.jar[host][SESSION_COOKIE]
+
+    def logout_token(self, host: str, page: str = "/backups/") -> str:
+        """The token of the sign-out form on one of the host's pages."""
+        text = self.request("GET", self.url(host, page)).text
+        match = re.search(r"<form method=post action='/auth/logout'><input type=hidden name=token value='([0-9a-f]+)'>",
+                          text)
+        assert match, text
+        return match.group(1)
+
+    def sign_out(self, host: str, token: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        """Press the sign-out button of the backups page (as a browser does: its Origin with the form)."""
+        token = self.logout_token(host) if token is None else token
+        sent = {"Origin": f"https://{host}:{self.port}", "Content-Type": "application/x-www-form-urlencoded",
+                **(headers or {})}
+        return self.request("POST", self.url(host, "/auth/logout"), headers={k: v for k, v in sent.items() if v},
+                            content=urlencode({"token": token}).encode())
 
 
 @pytest.fixture(scope="module")
@@ -555,6 +586,7 @@ def test_a_ticket_works_once_within_a_minute_on_its_own_host(signed_fleet: tuple
     chain = browser.visit(browser.url("alice.localhost", "/backups/"), until=lambda u: "/auth/ticket" in u)
     ticket_url = chain[-1][0]
     assert urlsplit(ticket_url).hostname == "alice.localhost"
+    nonce = browser.jar["alice.localhost"][NONCE_COOKIE]
     elsewhere = ticket_url.replace("alice.localhost", "bob.localhost")
     for headers in ({}, {"X-Forwarded-Host": "alice.localhost"}):
         refused = browser.request("GET", elsewhere, headers=headers)
@@ -562,19 +594,24 @@ def test_a_ticket_works_once_within_a_minute_on_its_own_host(signed_fleet: tuple
         assert SESSION_COOKIE not in browser.jar.get("bob.localhost", {})
     assert browser.request("GET", ticket_url).status_code == 302
     assert SESSION_COOKIE in browser.jar["alice.localhost"]
+    assert NONCE_COOKIE not in browser.jar["alice.localhost"]  # spent with the ticket
     thief = _browser(fleet)
     replayed = thief.request("GET", ticket_url)
+    assert replayed.status_code == 403 and "another browser" in replayed.text and not thief.jar
+    # Even with the nonce of the browser it was made for, a ticket works once.
+    replayed = thief.request("GET", ticket_url, cookies={NONCE_COOKIE: nonce})
     assert replayed.status_code == 403 and "already used" in replayed.text and not thief.jar
 
     tokens = LoginTokens.for_fleet(fleet.settings(), clock=lambda: time.time() - 120)
-    old = tokens.make_ticket(OWNER, "alice.localhost", "/backups/")
-    expired = thief.request("GET", thief.url("alice.localhost", "/auth/ticket?" + urlencode({"t": old})))
+    old = tokens.make_ticket(OWNER, "alice.localhost", "/backups/", BIND)
+    expired = thief.request("GET", thief.url("alice.localhost", "/auth/ticket?" + urlencode({"t": old})),
+                            cookies={NONCE_COOKIE: NONCE})
     assert expired.status_code == 403 and "expired" in expired.text and not thief.jar
-    fake_ticket = LoginTokens(b"e" * 64).make_ticket(OWNER, "alice.localhost", "/backups/")
+    fake_ticket = LoginTokens(b"e" * 64).make_ticket(OWNER, "alice.localhost", "/backups/", BIND)
     forged = thief.request("GET", thief.url("alice.localhost", "/auth/ticket?" + urlencode({"t": fake_ticket})))
     assert forged.status_code == 403 and not thief.jar
     # A ticket only the fleet could sign, redeemed on the fleet host itself, is for another host too.
-    fresh = LoginTokens.for_fleet(fleet.settings()).make_ticket(OWNER, "alice.localhost", "/backups/")
+    fresh = LoginTokens.for_fleet(fleet.settings()).make_ticket(OWNER, "alice.localhost", "/backups/", BIND)
     assert thief.request("GET", thief.url("fleet.localhost", "/auth/ticket?" + urlencode({"t": fresh}))).status_code == 404
 
 
@@ -597,14 +634,10 @@ def test_logout_and_expiry_end_the_session(signed_fleet: tuple[FleetHarness, Fak
     browser = _browser(fleet, OWNER)
     browser.sign_in("alice.localhost")
     cookie = browser.session("alice.localhost")
-    out = browser.request("POST", browser.url("alice.localhost", "/auth/logout"))
+    out = browser.sign_out("alice.localhost")
     assert out.status_code == 200 and SESSION_COOKIE not in browser.jar["alice.localhost"]
     again = browser.request("GET", browser.url("alice.localhost", "/backups/"), cookies={SESSION_COOKIE: cookie})
     assert again.status_code == 302 and "/auth/login?" in again.headers["location"]
-
-    browser.sign_in("alice.localhost")
-    assert browser.request("GET", browser.url("alice.localhost", "/auth/logout")).status_code == 200
-    assert browser.request("GET", browser.url("alice.localhost", "/backups/")).status_code == 302
 
     browser.sign_in("bob.localhost")  # OWNER is not bob's owner: signed in, but refused
     browser.sign_in("alice.localhost")
@@ -630,3 +663,168 @@ def test_sign_in_refuses_strange_hosts_and_paths_and_a_cancel(signed_fleet: tupl
     stray = browser.request("GET", browser.url("fleet.localhost", "/auth/callback?code=abc&state=" + "a" * 32))
     assert stray.status_code == 400 and "location" not in stray.headers
 
+
+
+# --- login CSRF and sign-out CSRF -----------------------------------------------------------------
+
+
+def test_a_ticket_opens_only_in_the_browser_that_asked_for_it(tmp_path: Path, discord: FakeDiscord) -> None:
+    login = make_login(tmp_path, discord)
+    attackers = "A" * 43
+    ticket = ticket_for(login, discord, STRANGER, nonce=attackers)  # the attacker's own sign-in, as themselves
+    for victims in (None, "", NONCE, "A" * 42, "A" * 44):
+        with pytest.raises(Forbidden, match="another browser"):
+            login.redeem(ticket, "alice.localhost", victims)
+    # Refusing it spent nothing: the browser it was made for can still use it, once.
+    assert login.redeem(ticket, "alice.localhost", attackers).user == STRANGER
+    # No sign-in starts without the tenant host's nonce, and a ticket without one is not valid.
+    for bind in (None, "", "x" * 64, BIND.upper(), BIND[:-1]):
+        with pytest.raises(InvalidInput, match="not started from your game's backups page"):
+            login.begin("alice.localhost", "/backups/", bind)
+    unbound = login.tokens().ticket.dumps({"id": "1", "user": OWNER, "host": "alice.localhost", "next": "/backups/"})
+    with pytest.raises(Forbidden, match="not valid"):
+        login.redeem(unbound, "alice.localhost", NONCE)
+
+
+def test_a_sign_out_token_belongs_to_its_session(tmp_path: Path, discord: FakeDiscord) -> None:
+    login = make_login(tmp_path, discord)
+    alice = sign_in(login, discord, OWNER)
+    other = sign_in(login, discord, OWNER)
+    token = login.logout_token(alice.cookie_value)
+    assert login.logout_allowed(alice.cookie_value, token)
+    assert not login.logout_allowed(other.cookie_value, token)
+    assert not login.logout_allowed(alice.cookie_value, "")
+    assert not login.logout_allowed(alice.cookie_value, "\u00e9\ud800" * 32)
+    assert not login.logout_allowed(alice.cookie_value, LoginTokens(b"9" * 64).logout_token(alice.cookie_value))
+
+
+@pytest.mark.e2e
+def test_a_ticket_link_cannot_sign_a_victim_in_as_someone_else(
+        signed_fleet: tuple[FleetHarness, FakeDiscord, dict]) -> None:
+    fleet, _fake, snaps = signed_fleet
+    attacker = _browser(fleet, OTHER)
+    chain = attacker.visit(attacker.url("alice.localhost", "/backups/"), until=lambda u: "/auth/ticket" in u)
+    ticket_url = chain[-1][0]
+    # The nonce: set by the tenant host itself, for that host alone, gone after the sign-in.
+    (raw,) = [c for h, c in attacker.set_cookies if c.startswith(NONCE_COOKIE + "=")]
+    assert [h for h, c in attacker.set_cookies if c.startswith(NONCE_COOKIE + "=")] == ["alice.localhost"]
+    attributes = {a.strip().split("=")[0].lower() for a in raw.split(";")[1:]}
+    assert {"httponly", "secure", "path", "samesite", "max-age"} <= attributes and "domain" not in attributes
+    assert "max-age=660" in raw.lower() and "samesite=lax" in raw.lower()
+
+    # The victim opens the attacker's link: with no sign-in of their own, and in the middle of one.
+    fresh = _browser(fleet, OWNER)
+    busy = _browser(fleet, OWNER)
+    busy.visit(busy.url("alice.localhost", "/backups/"), until=lambda u: "/oauth2/authorize" in u)
+    assert NONCE_COOKIE in busy.jar["alice.localhost"]
+    for victim in (fresh, busy):
+        r = victim.request("GET", ticket_url)
+        assert r.status_code == 403 and "another browser" in r.text
+        assert SESSION_COOKIE not in victim.jar.get("alice.localhost", {})
+        listing = victim.request("GET", victim.url("alice.localhost", "/backups/"))
+        assert listing.status_code == 302 and "/auth/login?" in listing.headers["location"]
+    # The victim's own sign-in, started before, still completes as the victim.
+    assert busy.sign_in("alice.localhost").status_code == 200
+    # The attacker's own browser may still use the ticket (it is theirs): signed in as themselves.
+    mine = attacker.request("GET", ticket_url)
+    assert mine.status_code == 302 and SESSION_COOKIE in attacker.jar["alice.localhost"]
+    refused = attacker.request("GET", attacker.url("alice.localhost", "/backups/"))
+    assert refused.status_code == 403 and OTHER in refused.text
+    assert snaps["alice"] not in refused.text
+
+
+@pytest.mark.e2e
+def test_no_other_page_can_sign_a_tenant_out(signed_fleet: tuple[FleetHarness, FakeDiscord, dict]) -> None:
+    fleet, _fake, _snaps = signed_fleet
+    browser = _browser(fleet, OWNER)
+    browser.sign_in("alice.localhost")
+    session = browser.session("alice.localhost")
+    token = browser.logout_token("alice.localhost")
+    port = browser.port
+
+    def still_signed_in() -> bool:
+        return browser.request("GET", browser.url("alice.localhost", "/backups/")).status_code == 200
+
+    # <img src="https://alice.../auth/logout">: a GET only asks.
+    for method in ("GET", "HEAD"):
+        asked = browser.request(method, browser.url("alice.localhost", "/auth/logout"))
+        assert asked.status_code == 200 and "set-cookie" not in asked.headers, method
+    assert "Sign out of this game&#x27;s backups?" in browser.request("GET", browser.url("alice.localhost", "/auth/logout")).text
+    assert still_signed_in()
+    # A form posted from elsewhere: another site, a sibling tenant host (same site!), no origin at all,
+    # or the right origin without the page's token.
+    attempts = {
+        "another site": dict(headers={"Origin": "https://evil.example"}),
+        "another tenant's host": dict(headers={"Origin": f"https://bob.localhost:{port}"}),
+        "the fleet host": dict(headers={"Origin": f"https://fleet.localhost:{port}"}),
+        "an opaque origin": dict(headers={"Origin": "null"}),
+        "no origin, a foreign referer": dict(headers={"Origin": "", "Referer": f"https://bob.localhost:{port}/-/"}),
+        "no origin, no referer": dict(headers={"Origin": ""}),
+        "no token": dict(token=""),
+        "a guessed token": dict(token="0" * 64),
+        "a token that is not ASCII": dict(token="\u00e9" * 64),
+        "another session's token": dict(token=LoginTokens.for_fleet(fleet.settings()).logout_token("x")),
+        "not a form": dict(headers={"Content-Type": "application/json"}),
+    }
+    for what, attempt in attempts.items():
+        r = browser.sign_out("alice.localhost", token=attempt.get("token", token), headers=attempt.get("headers"))
+        assert r.status_code == 403 and "still signed in" in r.text, what
+        assert "set-cookie" not in r.headers and browser.session("alice.localhost") == session, what
+        assert still_signed_in(), what
+    # The refusal shows the real button; an old browser that sends only a Referer may use it.
+    retry = browser.sign_out("alice.localhost", token="", headers={"Origin": "https://evil.example"})
+    assert "<button type=submit>Sign out</button>" in retry.text
+    out = browser.sign_out("alice.localhost", headers={"Origin": "", "Referer": f"https://alice.localhost:{port}/backups/"})
+    assert out.status_code == 200 and SESSION_COOKIE not in browser.jar["alice.localhost"]
+    again = browser.request("GET", browser.url("alice.localhost", "/backups/"), cookies={SESSION_COOKIE: session})
+    assert again.status_code == 302 and "/auth/login?" in again.headers["location"]
+
+    # The button is on the listing, on every browsed folder, and on the page of a game that is not yours.
+    browser.sign_in("alice.localhost")
+    snapshot_page = browser.request("GET", browser.url("alice.localhost", "/backups/")).text
+    first = re.search(r"href='/backups/([^/']+)/'", snapshot_page)
+    assert first and browser.logout_token("alice.localhost", f"/backups/{first.group(1)}/")
+    for page in ("/backups/", f"/backups/{first.group(1)}/"):
+        assert browser.request("GET", browser.url("alice.localhost", page)).headers["referrer-policy"] == "same-origin"
+    browser.sign_in("bob.localhost")  # not bob's owner
+    assert browser.sign_out("bob.localhost", token=browser.logout_token("bob.localhost")).status_code == 200
+    assert still_signed_in()  # signing out of bob's host leaves alice's alone
+
+
+@pytest.mark.e2e
+@needs_browser
+def test_a_real_browser_signs_in_and_out_and_refuses_someone_elses_ticket(
+        signed_fleet: tuple[FleetHarness, FakeDiscord, dict], tmp_path: Path) -> None:
+    """Chromium's own rules (the __Host- cookies, SameSite, the Origin it sends with the sign-out form)
+    with the fleet's: the whole flow as a person's browser goes through it."""
+    fleet, fake, snaps = signed_fleet
+    port = fleet.settings().edge.https_port
+    ca = fleet.root / "edge" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+    assert CHROMIUM is not None
+    with Chromium(CHROMIUM, tmp_path, browser_home(tmp_path, ca)) as chromium:
+        alice = f"https://alice.localhost:{port}"
+        # Signed in at (the stand-in) Discord as the owner.
+        chromium.send("Network.setCookie", name="discord_user", value=OWNER, url=fake.base + "/")
+        listing = chromium.open(f"{alice}/backups/")
+        assert snaps["alice"] in listing and "Sign out" in listing
+        cookies = chromium.cookies(f"{alice}/")
+        assert SESSION_COOKIE in cookies and NONCE_COOKIE not in cookies  # the nonce went with the ticket
+        session = cookies[SESSION_COOKIE]
+
+        # Opening the sign-out address only asks; the button signs out.
+        assert "Sign out of this game" in chromium.open(f"{alice}/auth/logout")
+        assert chromium.cookies(f"{alice}/").get(SESSION_COOKIE) == session
+        chromium.open(f"{alice}/backups/")
+        chromium.evaluate("document.querySelector('form[action=\"/auth/logout\"] button').click()")
+        assert "You are signed out" in chromium.settled(f"{alice}/auth/logout")
+        assert SESSION_COOKIE not in chromium.cookies(f"{alice}/")
+        old = _browser(fleet).request("GET", f"{alice}/backups/", cookies={SESSION_COOKIE: session})
+        assert old.status_code == 302 and "/auth/login?" in old.headers["location"]
+
+        # Someone else's ticket (bob's game master signed in as themselves) opened in this browser.
+        attacker = _browser(fleet, OTHER)
+        ticket_url = attacker.visit(attacker.url("alice.localhost", "/backups/"),
+                                    until=lambda u: "/auth/ticket" in u)[-1][0]
+        refused = chromium.open(ticket_url)
+        assert "another browser" in refused
+        assert SESSION_COOKIE not in chromium.cookies(f"{alice}/")

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foundry_fleet.domain.backup_plan import (
+    MAX_SNAPSHOTS,
     Band,
     TimeFormat,
     current_slot,
@@ -136,3 +137,68 @@ def test_thinning_invariants(plan, offsets: list[int], now_offset: int, with_man
     # Thinning what thinning kept changes nothing.
     again = thin(result.keep, now, plan, UTC)
     assert again.destroy == []
+
+
+# --- how many snapshots a plan may keep -----------------------------------------------------------
+
+
+def test_a_plan_keeping_billions_of_snapshots_is_refused() -> None:
+    with pytest.raises(InvalidInput) as e:
+        parse_plan("100y=>1s")
+    # 100 years of one snapshot a second: the count and the limit are both in the message.
+    assert "3,155,760,000 snapshots" in e.value.message and "10,000" in e.value.message
+    assert "7d=>1h" in (e.value.hint or "")
+    assert parse_plan("7d=>1h,30d=>1d,1y=>1w").snapshots_kept == 251  # the default: 168 + 30 + 52.2
+    assert parse_plan("1d=>1min,1y=>1d").snapshots_kept == 1440 + 366
+    with pytest.raises(InvalidInput, match="10,080 snapshots"):
+        parse_plan("1w=>1min")  # one a minute for a week: just past the limit
+    assert parse_plan("1000y=>1y").snapshots_kept == 1000
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999999999999y=>1h", f"{10**400}s=>1h", "1001y=>1y",
+                                  "7d=>1h,1y=>1w,99999999999999999999min=>1y"])
+def test_absurd_durations_are_refused_not_overflowed(text: str) -> None:
+    with pytest.raises(InvalidInput, match="longer than 1000 years"):
+        parse_plan(text)
+
+
+units = st.sampled_from(["s", "min", "h", "d", "w", "m", "y"])
+bands = st.tuples(st.integers(1, 400), units, st.integers(1, 400), units)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(bands, min_size=1, max_size=4))
+def test_plans_are_refused_exactly_when_they_would_keep_too_many(drawn: list[tuple[int, str, int, str]]) -> None:
+    text = ",".join(f"{r}{ru}=>{i}{iu}" for r, ru, i, iu in drawn)
+    retentions = [r * parse_duration(f"1{ru}") for r, ru, _i, _iu in drawn]
+    valid_shape = (len(set(retentions)) == len(retentions)
+                   and all(r * parse_duration(f"1{ru}") >= i * parse_duration(f"1{iu}") for r, ru, i, iu in drawn))
+    kept = sum(r * parse_duration(f"1{ru}") / (i * parse_duration(f"1{iu}")) for r, ru, i, iu in drawn)
+    if not valid_shape:
+        with pytest.raises(InvalidInput):
+            parse_plan(text)
+    elif kept > MAX_SNAPSHOTS:
+        with pytest.raises(InvalidInput, match="would keep up to .* more than the limit of 10,000"):
+            parse_plan(text)
+    else:
+        assert parse_plan(text).snapshots_kept <= MAX_SNAPSHOTS
+
+
+small = st.sampled_from(["1h", "2h", "3h", "6h", "12h", "1d", "2d"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(small, small), min_size=1, max_size=3), st.integers(0, 3600))
+def test_the_count_bounds_what_thinning_keeps(pairs: list[tuple[str, str]], phase: int) -> None:
+    """snapshots_kept is what the plan really keeps: a snapshot every smallest interval, thinned, leaves
+    no more than that (plus one slot per band edge and the snapshot of this moment)."""
+    text = ",".join(f"{max(a, b, key=parse_duration)}=>{min(a, b, key=parse_duration)}" for a, b in pairs)
+    try:
+        plan = parse_plan(text)
+    except InvalidInput:
+        return  # a retention given twice
+    step = int(plan.smallest_interval)
+    now = 1_700_000_000 + phase
+    names = [UTC.name(t) for t in range(now - int(plan.longest_retention) - 5 * step, now + 1, step)]
+    kept = thin(names, now, plan, UTC).keep
+    assert len(kept) <= plan.snapshots_kept + 2 * len(plan.bands) + 1

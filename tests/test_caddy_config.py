@@ -101,10 +101,15 @@ def test_tls_modes() -> None:
     acme = build_caddy_config(replace(SETTINGS, tls="acme", acme_email="gm@example.org", acme_staging=True), [])
     issuer = acme["apps"]["tls"]["automation"]["policies"][0]["issuers"][0]
     assert issuer["module"] == "acme" and issuer["email"] == "gm@example.org" and "staging" in issuer["ca"]
-    od = build_caddy_config(replace(SETTINGS, tls="on-demand"), [])
+    od = build_caddy_config(replace(SETTINGS, tls="on-demand", tls_secret_file="/f/state/tls-permission.key"), [])
     automation = od["apps"]["tls"]["automation"]
     assert automation["policies"][0]["on_demand"] is True
-    assert automation["on_demand"]["permission"] == {"module": "http", "endpoint": "http://127.0.0.1:8099/tls/permission"}
+    # Caddy reads the secret part of the path from the 0600 file each time it asks: no config holds it.
+    assert automation["on_demand"]["permission"] == {
+        "module": "http", "endpoint": "http://127.0.0.1:8099/tls/permission/{file./f/state/tls-permission.key}"}
+    # And the fleet host does not publish it.
+    assert route_for(od, "fleet.localhost", "/tls/permission/x")["handle"][0]["routes"][0]["match"] == [
+        {"path": ["/health", "/auth/login", "/auth/callback", "/login/*"]}]
 
 
 names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), unique=True, max_size=8)

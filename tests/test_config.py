@@ -122,3 +122,65 @@ def test_config_option_is_accepted_anywhere() -> None:
     assert hoist_config_option(["-c", "f.toml", "status"]) == ["-c", "f.toml", "status"]
     # After `--` everything is an argument, even a word that looks like the option.
     assert hoist_config_option(["instance", "create", "--", "--config"]) == ["instance", "create", "--", "--config"]
+
+
+FLOAT_KEYS = [
+    ("stream_close_delay_hours = 8.0", "edge.stream_close_delay_hours"),
+    ("stop_timeout = 10.0", "instances.stop_timeout"),
+    ("backoff_initial = 1.0", "supervisor.backoff_initial"),
+    ("backoff_max = 60.0", "supervisor.backoff_max"),
+    ("crash_loop_minutes = 10.0", "supervisor.crash_loop_minutes"),
+    ("stable_after = 60.0", "supervisor.stable_after"),
+    ("health_interval = 15.0", "supervisor.health_interval"),
+    ("health_timeout = 2.0", "supervisor.health_timeout"),
+    ("start_timeout = 120.0", "supervisor.start_timeout"),
+    ("session_hours = 12.0", "discord.session_hours"),
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "+inf", "nan", "-nan", "1e308", "1e30"])
+@pytest.mark.parametrize(("line", "key"), FLOAT_KEYS)
+def test_infinite_and_absurd_delays_are_refused_with_their_key(tmp_path: Path, line: str, key: str, value: str) -> None:
+    """An infinite (or astronomically long) timeout would stall the fleet, or overflow the timer that
+    waits for it (asyncio and time.sleep raise OverflowError on huge values)."""
+    path = init_fleet(tmp_path)
+    text = path.read_text()
+    assert line in text
+    path.write_text(text.replace(line, f"{line.split(' = ')[0]} = {value}"))
+    with pytest.raises(InvalidInput) as e:
+        load_config(path)
+    assert f"[{key}]" in e.value.message
+    assert "finite" in e.value.message or "less than or equal" in e.value.message
+
+
+def test_every_float_setting_is_bounded() -> None:
+    """A float key added later must be bounded too: every one has an upper bound and refuses inf/nan."""
+    from pydantic import BaseModel
+
+    from foundry_fleet.config import FleetConfig
+
+    seen = []
+    for section_name, section in FleetConfig.model_fields.items():
+        model = section.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        assert model.model_config.get("allow_inf_nan") is False, section_name
+        for name, field in model.model_fields.items():
+            if field.annotation is float:
+                seen.append(f"{section_name}.{name}")
+                assert any(getattr(m, "le", None) is not None for m in field.metadata), f"{section_name}.{name}"
+    assert sorted(seen) == sorted(key for _line, key in FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("where", ["plan", "destination"])
+def test_a_plan_keeping_billions_of_snapshots_names_its_key(tmp_path: Path, where: str) -> None:
+    path = init_fleet(tmp_path)
+    text = path.read_text()
+    if where == "plan":
+        path.write_text(text.replace('plan = "7d=>1h,30d=>1d,1y=>1w"', 'plan = "100y=>1s"'))
+        key = "backups.plan"
+    else:
+        path.write_text(text + '\n[[backups.destinations]]\nname = "usb"\ntarget = "b/f"\nplan = "100y=>1s"\n')
+        key = "backups.destinations.0.plan"
+    with pytest.raises(InvalidInput) as e:
+        load_config(path)
+    assert f"[{key}]" in e.value.message and "3,155,760,000" in e.value.message and "10,000" in e.value.message

@@ -25,7 +25,13 @@ DEFAULT_DOWNLOAD_HOSTS = ["foundryvtt.com", "*.foundryvtt.com"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are valid TOML floats: an infinite timeout or delay would stall, or overflow a
+    # timer (asyncio and time.sleep raise OverflowError), so every float must be finite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 class FleetSection(_Section):
@@ -58,7 +64,8 @@ class EdgeSection(_Section):
     acme_email: str = ""
     acme_staging: bool = Field(False, description="use Let's Encrypt's staging CA (for trying things out)")
     web_port: int = Field(8099, ge=1, le=65535, description="loopback port of the fleet's own web endpoints")
-    stream_close_delay_hours: float = Field(8.0, gt=0, description="open websockets survive config reloads this long")
+    stream_close_delay_hours: float = Field(8.0, gt=0, le=24 * 30,
+                                            description="open websockets survive config reloads this long")
     caddy_binary: str | None = Field(None, description="default: the caddy that comes with foundry-fleet")
 
     @model_validator(mode="after")
@@ -121,7 +128,7 @@ class NodeSection(_Section):
 class InstancesSection(_Section):
     port_range: tuple[int, int] = (30000, 30999)
     uid_range: tuple[int, int] = Field((200000, 265535), description="uids for instances when run as root")
-    stop_timeout: float = Field(10.0, gt=0)
+    stop_timeout: float = Field(10.0, gt=0, le=HOUR)
 
     @model_validator(mode="after")
     def _ranges(self) -> InstancesSection:
@@ -135,15 +142,15 @@ class InstancesSection(_Section):
 
 
 class SupervisorSection(_Section):
-    backoff_initial: float = Field(1.0, gt=0)
-    backoff_max: float = Field(60.0, gt=0)
+    backoff_initial: float = Field(1.0, gt=0, le=HOUR)
+    backoff_max: float = Field(60.0, gt=0, le=DAY)
     crash_loop_count: int = Field(5, ge=1, description="more crashes than this ...")
-    crash_loop_minutes: float = Field(10.0, gt=0, description="... within this many minutes: failed")
-    stable_after: float = Field(60.0, gt=0)
-    health_interval: float = Field(15.0, gt=0, description="a crash is noticed at once; checks find hangs")
-    health_timeout: float = Field(2.0, gt=0)
+    crash_loop_minutes: float = Field(10.0, gt=0, le=7 * 24 * 60, description="... within this many minutes: failed")
+    stable_after: float = Field(60.0, gt=0, le=DAY)
+    health_interval: float = Field(15.0, gt=0, le=HOUR, description="a crash is noticed at once; checks find hangs")
+    health_timeout: float = Field(2.0, gt=0, le=10 * 60)
     health_failures: int = Field(3, ge=1, description="consecutive failed checks of a running instance before a restart")
-    start_timeout: float = Field(120.0, gt=0)
+    start_timeout: float = Field(120.0, gt=0, le=HOUR)
 
     def crash_policy(self) -> CrashPolicy:
         return CrashPolicy(

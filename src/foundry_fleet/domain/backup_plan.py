@@ -11,6 +11,7 @@ whose name does not follow the time format (a manual snapshot, say) is never tou
 from __future__ import annotations
 
 import calendar
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -31,8 +32,16 @@ for _names, _seconds in (
     for _n in _names:
         _UNITS[_n] = _seconds
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$")
+_DURATION = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$", re.ASCII)
 DEFAULT_TSFORMAT = "%Y-%m-%d-%H%M%SZ"  # znapzend's default, in UTC
+MAX_YEARS = 1000  # "keep for ever" fits; anything longer is a typo
+MAX_DURATION = MAX_YEARS * _UNITS["y"]
+# The most snapshots one instance's plan may keep. Every snapshot is listed on each backup round,
+# in `backup list` and on the tenant's backups page, and is a tree of hard links (directory storage)
+# or a ZFS snapshot (zfs-fuse lists them at ~0.6 ms each: 10,000 take ~6 s). The default plan keeps
+# ~250 and one snapshot a minute for a whole week (10,080) is already past it, while `100y=>1s`
+# would ask for ~3 billion.
+MAX_SNAPSHOTS = 10_000
 
 
 def parse_duration(text: str) -> float:
@@ -45,6 +54,9 @@ def parse_duration(text: str) -> float:
     value = int(m.group(1))
     if value <= 0:
         raise InvalidInput(f"{text.strip()!r} is not a positive duration", "use a number above zero")
+    # Compared as integers first: 10**400 seconds is not even a float.
+    if value > MAX_DURATION or value * _UNITS[m.group(2)] > MAX_DURATION:
+        raise InvalidInput(f"{text.strip()!r} is longer than {MAX_YEARS} years", f"use at most {MAX_YEARS}y")
     return value * _UNITS[m.group(2)]
 
 
@@ -58,6 +70,11 @@ class Band:
 class Plan:
     bands: tuple[Band, ...]  # sorted by retention
     text: str
+
+    @property
+    def snapshots_kept(self) -> int:
+        """At most how many snapshots the plan keeps: each band's retention over its interval, added up."""
+        return math.ceil(sum(b.retention / b.interval for b in self.bands))
 
     @property
     def smallest_interval(self) -> float:
@@ -103,7 +120,13 @@ def parse_plan(text: str) -> Plan:
         bands.append(Band(retention, interval))
     bands.sort()
     canonical = ",".join(seen[b.retention].replace(" ", "") for b in bands)
-    return Plan(tuple(bands), canonical)
+    plan = Plan(tuple(bands), canonical)
+    if plan.snapshots_kept > MAX_SNAPSHOTS:
+        raise InvalidInput(
+            f"the plan {canonical} would keep up to {plan.snapshots_kept:,} snapshots of each instance, "
+            f"more than the limit of {MAX_SNAPSHOTS:,}",
+            "keep frequent snapshots for a shorter time and older ones further apart, e.g. 7d=>1h,30d=>1d,1y=>1w")
+    return plan
 
 
 def current_slot(now: float, plan: Plan) -> float:

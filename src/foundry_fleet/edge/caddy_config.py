@@ -11,10 +11,11 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
   /auth/ticket, /auth/logout
              -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
                 signed-in browser gets, and gives up, that host's own session cookie
-The fleet host serves the fleet's web endpoints (health, TLS permission, Discord sign-in; never the
-control API, nor the forward_auth check). Plain HTTP to a host the fleet serves redirects to HTTPS on
-the configured port; any other host gets a 404, never a redirect to where its Host header points. A
-host the fleet does not serve gets no certificate and no route.
+The fleet host serves the fleet's web endpoints (health, Discord sign-in; never the control API, the
+forward_auth check, nor the TLS permission check, which Caddy asks directly with a secret path).
+Plain HTTP to a host the fleet serves redirects to HTTPS on the configured port; any other host gets a
+404, never a redirect to where its Host header points. A host the fleet does not serve gets no
+certificate and no route.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
 # The web endpoints each kind of host publishes (the rest of the web app is for Caddy alone).
 TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout")
-FLEET_WEB_PATHS = ("/health", "/tls/*", "/auth/login", "/auth/callback", "/login/*")
+# Never the TLS permission check: Caddy asks it directly, and nobody else may learn the tenant hosts.
+FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", "/login/*")
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
 # Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
 # tenant code never sees them, and cannot set them either.
@@ -61,6 +63,8 @@ class EdgeSettings:
     retry_after_s: int = 10
     # Where an allowed /backups/ request goes (host:port); None until the fleet serves backups.
     backups_dial: str | None = None
+    # The 0600 file holding the secret path of the TLS permission check (read by Caddy when it asks).
+    tls_secret_file: str = ""
 
 
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -180,6 +184,11 @@ def _shared_tenant_routes(settings: EdgeSettings, tenant_hosts: list[str]) -> li
     ]
 
 
+def tls_permission_endpoint(settings: EdgeSettings) -> str:
+    """Caddy reads the secret from its file each time it asks (`{file.PATH}`), so no config holds it."""
+    return f"http://{settings.web_dial}/tls/permission/{{file.{settings.tls_secret_file}}}"
+
+
 def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
     if settings.tls == "internal":
         issuers: list[dict[str, Any]] = [{"module": "internal"}]
@@ -195,7 +204,7 @@ def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
         return {
             "automation": {
                 "policies": [{"issuers": issuers, "on_demand": True}],
-                "on_demand": {"permission": {"module": "http", "endpoint": f"http://{settings.web_dial}/tls/permission"}},
+                "on_demand": {"permission": {"module": "http", "endpoint": tls_permission_endpoint(settings)}},
             }
         }
     return {"automation": {"policies": [{"subjects": hosts, "issuers": issuers}]}}

@@ -30,6 +30,8 @@ from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
+from foundry_fleet.services import uid_claims
+from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.web_login import web_login_for
 from foundry_fleet.services.wizard import SetupWizard
@@ -82,6 +84,10 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet = open_fleet(config, actor="daemon")
+    if os.geteuid() == 0:
+        # Before anything starts: as root each instance runs as a uid of uid_range, which no other
+        # fleet's tenants and no other process may hold.
+        uid_claims.check_fleet(fleet)
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
@@ -105,9 +111,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     web_login = web_login_for(fleet)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
+    # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
+    tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
-                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host),
-                        create_web_app(fleet.known_hosts, web_login))
+                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host,
+                                           web_login.logout_token if web_login.enabled else None),
+                        create_web_app(fleet.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.

@@ -8,6 +8,7 @@ from pathlib import Path
 from foundry_fleet.config import CONFIG_NAME, load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput
 from foundry_fleet.domain.names import validate_domain
+from foundry_fleet.services.uid_claims import choose_block
 
 TEMPLATE = """\
 # foundry-fleet configuration. Every key is optional except [fleet] root; the values below are
@@ -61,8 +62,10 @@ default = "node"
 [instances]
 # Instance ports; firewalled from other machines when the fleet runs as root (players use the edge).
 port_range = [30000, 30999]
-# Each instance runs as its own user from this range when the fleet runs as root.
-uid_range = [200000, 265535]
+# Each instance runs as its own user from this range when the fleet runs as root. Chosen by `init`
+# so that no other fleet, user, group or /etc/subuid range on this host uses it; the daemon refuses
+# to start while another fleet or a process that is not one of its instances uses one of these ids.
+uid_range = [{uid_low}, {uid_high}]
 # Seconds between SIGTERM and SIGKILL when stopping an instance.
 stop_timeout = 10.0
 
@@ -153,6 +156,11 @@ def init_fleet(
     for label, port in (("--http-port", http_port), ("--https-port", https_port)):
         if port is not None and not 1 <= port <= 65535:
             raise InvalidInput(f"{label} {port} is not a TCP port", "use 1-65535")
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / CONFIG_NAME
+    if path.exists() and not force:
+        raise Conflict(f"{path} already exists", "edit it, or pass --force to write a fresh one")
+    uid_low, uid_high = choose_block(root)
     # Without a domain: <name>.localhost with a local CA on unprivileged ports; with one: ACME on 80/443.
     text = TEMPLATE.format(
         root=_toml_str("."),
@@ -160,11 +168,9 @@ def init_fleet(
         http_port=http_port or (80 if domain else 8080),
         https_port=https_port or (443 if domain else 8443),
         tls=_toml_str(tls or ("acme" if domain else "internal")),
+        uid_low=uid_low,
+        uid_high=uid_high,
     )
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / CONFIG_NAME
-    if path.exists() and not force:
-        raise Conflict(f"{path} already exists", "edit it, or pass --force to write a fresh one")
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_text(text)
     tmp.replace(path)

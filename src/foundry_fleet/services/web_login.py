@@ -2,16 +2,18 @@
 
 The flow (Discord allows only a few redirect URIs per app, so there is one callback, on the fleet host):
 
-1. A request for https://<tenant host>/backups/... without a session is sent to
-   https://<fleet host>/auth/login?host=<tenant host>&next=<path>, which remembers `state`, the PKCE
-   verifier, the host and the path in a short-lived signed cookie on the fleet host and sends the
-   browser to Discord (scope `identify`, PKCE S256).
+1. A request for https://<tenant host>/backups/... without a session gets a random nonce in a
+   short-lived host-only cookie of the tenant host, and is sent to
+   https://<fleet host>/auth/login?host=<tenant host>&next=<path>&bind=<hash of the nonce>, which
+   remembers `state`, the PKCE verifier, the host, the path and the hash in a short-lived signed
+   cookie on the fleet host and sends the browser to Discord (scope `identify`, PKCE S256).
 2. Discord sends the browser back to https://<fleet host>/auth/callback; the state is checked against
    that cookie, the code is exchanged (client authentication + verifier) and the Discord user read.
 3. The fleet host hands the tenant host a signed ticket (60 s, single use) bound to the user, the
-   tenant host and the path: https://<tenant host>/auth/ticket?t=...
-4. The tenant host redeems it: a session row in the database, and the signed session id in a
-   host-only cookie of its own. No cookie ever works on another host.
+   tenant host, the path and the nonce's hash: https://<tenant host>/auth/ticket?t=...
+4. The tenant host redeems it only for the browser holding the nonce (so a ticket someone got for
+   themselves cannot sign a victim in as them): a session row in the database, and the signed
+   session id in a host-only cookie of its own. No cookie ever works on another host.
 
 Every request for /backups/ is then decided here: GET (or HEAD) by the instance's owner or an admin.
 The decisions take plain values, so they are tested without HTTP.
@@ -58,6 +60,11 @@ SESSION_COOKIE = "__Host-fleet_backups"
 LOGIN_COOKIE_PREFIX = "__Host-fleet_login_"  # + the flow's state: several sign-ins may run at once
 LOGIN_SECONDS = 600  # from /auth/login to Discord's callback
 TICKET_SECONDS = 60
+# On the tenant host, from the first redirect to the ticket: the browser that asked to sign in.
+NONCE_COOKIE = "__Host-fleet_signin"
+NONCE_SECONDS = LOGIN_SECONDS + TICKET_SECONDS
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
+_BIND = re.compile(r"^[0-9a-f]{64}$")  # its SHA-256
 SCOPE = "identify"
 KEY_FILE = "web-login.key"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -77,6 +84,7 @@ class Allow:
 @dataclass(frozen=True)
 class SignIn:
     location: str  # where the browser goes to sign in
+    nonce: str = ""  # the tenant host's NONCE_COOKIE to set (the location carries its hash)
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,16 @@ def safe_next(value: str | None) -> str | None:
     return value
 
 
+def nonce_hash(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode(errors="replace")).hexdigest()
+
+
+def usable_nonce(value: str | None) -> str:
+    """The browser's sign-in nonce when it has a well-formed one (two tabs signing in share it), else
+    a new one."""
+    return value if value and _NONCE.match(value) else secrets.token_urlsafe(32)
+
+
 def is_under_backups(uri: str) -> bool:
     path = urlsplit(uri).path
     return path == "/backups" or path.startswith("/backups/")
@@ -151,11 +169,12 @@ def key_path(config: FleetConfig) -> Path:
     return config.paths.database.parent / KEY_FILE
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """The fleet's signing key for sign-in: random, in a 0600 file, made on first use.
+def load_or_create_key(path: Path, what: str = "the sign-in signing key",
+                       when_deleted: str = "everybody signs in again") -> bytes:
+    """A fleet secret (the signing key for sign-in, by default): 64 random hex digits in a 0600
+    file, made on first use. `when_deleted`: what a new one means, for the hint.
 
     Made beside the file and linked into place, so two processes starting at once agree on one key.
-    Deleting the file signs everybody out.
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,10 +191,10 @@ def load_or_create_key(path: Path) -> bytes:
                 pass  # another process made it first: use theirs
         finally:
             tmp.unlink(missing_ok=True)
-    text = read_private_file(path, "the sign-in signing key", f"{path} (delete it: a new one is made)")
+    text = read_private_file(path, what, f"{path} (delete it: a new one is made)")
     if len(text) < 64:
-        raise InvalidInput(f"the sign-in signing key {path} is too short",
-                           f"delete {path}: the fleet makes a new one (everybody signs in again)")
+        raise InvalidInput(f"{what} {path} is too short",
+                           f"delete {path}: the fleet makes a new one ({when_deleted})")
     return text.encode()
 
 
@@ -197,13 +216,20 @@ class LoginTokens:
         self.login = serializer("foundry-fleet login flow")
         self.ticket = serializer("foundry-fleet backups ticket")
         self.session = serializer("foundry-fleet backups session")
+        self._logout_key = hmac.new(key, b"foundry-fleet logout form", hashlib.sha256).digest()
 
     @classmethod
     def for_fleet(cls, config: FleetConfig, clock: Callable[[], float] = time.time) -> LoginTokens:
         return cls(load_or_create_key(key_path(config)), clock)
 
-    def make_ticket(self, user: str, host: str, next_path: str) -> str:
-        return self.ticket.dumps({"id": secrets.token_hex(16), "user": user, "host": host, "next": next_path})
+    def make_ticket(self, user: str, host: str, next_path: str, bind: str) -> str:
+        """`bind`: the hash of the nonce of the browser that asked to sign in."""
+        return self.ticket.dumps({"id": secrets.token_hex(16), "user": user, "host": host, "next": next_path,
+                                  "bind": bind})
+
+    def logout_token(self, session_cookie: str | None) -> str:
+        """The token a sign-out form carries: only pages of this fleet, shown to this session, have it."""
+        return hmac.new(self._logout_key, (session_cookie or "").encode(), hashlib.sha256).hexdigest()
 
 
 def _session_row_id(sid: str) -> str:
@@ -285,7 +311,8 @@ class WebLogin:
 
     # 1. /auth/login on the fleet host ------------------------------------------------------------
 
-    def begin(self, host: str, next_path: str | None) -> LoginStart:
+    def begin(self, host: str, next_path: str | None, bind: str | None) -> LoginStart:
+        """`bind`: the hash of the nonce the tenant host gave the browser (see `decide`)."""
         if not self.enabled:
             raise self._not_configured()
         host = normalise_host(host or "")
@@ -295,6 +322,9 @@ class WebLogin:
         nxt = safe_next(next_path or "/backups/")
         if nxt is None:
             raise InvalidInput("after signing in, only a page under /backups/ can be shown",
+                               f"open {self.url(host, '/backups/')}")
+        if not bind or not _BIND.match(bind):
+            raise InvalidInput("this sign-in was not started from your game's backups page",
                                f"open {self.url(host, '/backups/')}")
         try:
             self._client_secret()  # before the browser goes to Discord, not after
@@ -316,7 +346,8 @@ class WebLogin:
             code_challenge_method="S256",
             prompt="none",  # Discord skips its consent screen for a user who already agreed
         )
-        cookie = self.tokens().login.dumps({"state": state, "verifier": verifier, "host": host, "next": nxt})
+        cookie = self.tokens().login.dumps({"state": state, "verifier": verifier, "host": host, "next": nxt,
+                                            "bind": bind})
         return LoginStart(authorize_url, LOGIN_COOKIE_PREFIX + state, cookie, LOGIN_SECONDS)
 
     # 2. /auth/callback on the fleet host ---------------------------------------------------------
@@ -337,15 +368,17 @@ class WebLogin:
             raise InvalidInput("this sign-in was not started by this fleet", again) from None
         if not isinstance(flow, dict) or not hmac.compare_digest(str(flow.get("state", "")), state):
             raise InvalidInput("this sign-in does not match the one started in this browser", again)
-        host, nxt = str(flow["host"]), str(flow["next"])
+        host, nxt, bind = str(flow["host"]), str(flow["next"]), str(flow.get("bind", ""))
         back = f"to try again, open {self.url(host, '/backups/')}"
         if "error" in query:
             raise Forbidden(f"Discord did not sign you in ({query.get('error', '')[:100]})", back)
         code = query.get("code", "")
         if not code or len(code) > 512:
             raise InvalidInput("Discord sent no sign-in code", back)
+        if not _BIND.match(bind):
+            raise InvalidInput("this sign-in was not started from your game's backups page", back)
         user = self._discord_user(code, str(flow["verifier"]))
-        ticket = self.tokens().make_ticket(user, host, nxt)
+        ticket = self.tokens().make_ticket(user, host, nxt, bind)
         return LoginDone(self.url(host, "/auth/ticket?" + urlencode({"t": ticket})), LOGIN_COOKIE_PREFIX + state)
 
     def _discord_user(self, code: str, verifier: str) -> str:
@@ -390,7 +423,8 @@ class WebLogin:
 
     # 3. /auth/ticket on the tenant host ----------------------------------------------------------
 
-    def redeem(self, ticket: str, host: str) -> SignedIn:
+    def redeem(self, ticket: str, host: str, nonce: str | None) -> SignedIn:
+        """Sign in the browser that holds `nonce` (its NONCE_COOKIE), if the ticket was made for it."""
         if not self.enabled:
             raise self._not_configured()
         host = normalise_host(host)
@@ -401,10 +435,15 @@ class WebLogin:
             raise Forbidden(f"this sign-in link has expired (they work for {TICKET_SECONDS} seconds)", again) from None
         except BadSignature:
             raise Forbidden("this sign-in link is not valid", again) from None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("id", "user", "host", "next")):
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str)
+                                                 for k in ("id", "user", "host", "next", "bind")):
             raise Forbidden("this sign-in link is not valid", again)
         if data["host"] != host:
             raise Forbidden("this sign-in link is for another game", again)
+        # Login CSRF: someone's own ticket, sent to a victim, would sign the victim in as them.
+        if not nonce or not hmac.compare_digest(nonce_hash(nonce), data["bind"]):
+            raise Forbidden("this sign-in link was opened in another browser than the one that asked to sign in",
+                            f"sign in from your own browser: {again}")
         now = self.clock()
         sid = secrets.token_urlsafe(32)
         try:
@@ -447,6 +486,13 @@ class WebLogin:
             return None
         return data["sid"]
 
+    def logout_token(self, cookie: str | None) -> str:
+        return self.tokens().logout_token(cookie)
+
+    def logout_allowed(self, cookie: str | None, token: str) -> bool:
+        """Was this sign-out sent from a page the fleet showed this session (not from another site)?"""
+        return self.enabled and hmac.compare_digest(self.logout_token(cookie).encode(), token.encode(errors="replace"))
+
     def logout(self, cookie: str | None, host: str) -> None:
         sid = self._session_id(cookie, normalise_host(host))
         if sid is None:
@@ -456,15 +502,16 @@ class WebLogin:
 
     # the forward_auth check ----------------------------------------------------------------------
 
-    def login_url(self, host: str, next_path: str) -> str:
-        query = urlencode({"host": host, "next": safe_next(next_path) or "/backups/"})
+    def login_url(self, host: str, next_path: str, bind: str) -> str:
+        query = urlencode({"host": host, "next": safe_next(next_path) or "/backups/", "bind": bind})
         return self.url(self.fleet_host, f"/auth/login?{query}")
 
     def may_read(self, user: str, instance: str) -> bool:
         return user in self.settings.admin_users or user == self.owner_of(instance)
 
-    def decide(self, cookie: str | None, host: str, method: str, uri: str) -> Decision:
-        """May this request for https://<host><uri> reach the backups?"""
+    def decide(self, cookie: str | None, host: str, method: str, uri: str, nonce: str | None = None) -> Decision:
+        """May this request for https://<host><uri> reach the backups? `nonce`: the browser's
+        NONCE_COOKIE, reused when a sign-in is needed."""
         if not self.enabled:
             return Deny(403, "Sign-in for backups is not available on this fleet.")
         host = normalise_host(host)
@@ -477,7 +524,8 @@ class WebLogin:
             return Deny(403, "Backups can only be read here.")
         user = self.session_user(cookie, host)
         if user is None:
-            return SignIn(self.login_url(host, uri))
+            nonce = usable_nonce(nonce)
+            return SignIn(self.login_url(host, uri, nonce_hash(nonce)), nonce)
         if not self.may_read(user, instance):
             return Deny(403, "You are signed in with a Discord account that does not own this game.", user)
         return Allow(user)

@@ -8,6 +8,7 @@ from foundry_fleet.domain.backup_plan import TimeFormat
 from foundry_fleet.edge.caddy_config import EdgeSettings
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
+from foundry_fleet.services import tls_permission
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.disk_limits import limit_bytes
@@ -30,6 +31,7 @@ def edge_settings(config: FleetConfig) -> EdgeSettings:
         acme_staging=e.acme_staging,
         stream_close_delay_s=e.stream_close_delay_hours * 3600,
         backups_dial=f"unix/{config.paths.run / 'backups.sock'}",
+        tls_secret_file=str(tls_permission.secret_path(config)),
     )
 
 

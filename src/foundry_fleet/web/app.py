@@ -1,7 +1,8 @@
 """Health, the on-demand TLS permission check, and Discord sign-in for tenants' /backups/ (with the
 forward_auth check Caddy asks before each request for them).
 
-Served on loopback only; Caddy publishes it at https://<fleet host>/ and calls it directly.
+Served on loopback only; Caddy publishes some of it at https://<fleet host>/ and calls the rest
+directly (the TLS permission check only with the secret in its path: see services/tls_permission).
 """
 
 from __future__ import annotations
@@ -15,18 +16,29 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from foundry_fleet.services.tls_permission import PATH_PREFIX, is_caddy
 from foundry_fleet.services.web_login import WebLogin
 from foundry_fleet.web.auth import auth_routes
 
 
-def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None = None) -> Starlette:
-    """`login` None (or not configured in fleet.toml): nobody gets past the backups check."""
+def not_found() -> Response:
+    """Exactly what Starlette answers for a path it has no route for."""
+    return PlainTextResponse("Not Found", status_code=404)
+
+
+def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None = None,
+                   tls_secret: str | None = None) -> Starlette:
+    """`login` None (or not configured in fleet.toml): nobody gets past the backups check.
+    `tls_secret` None: nobody is told which hosts get a certificate on demand."""
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
 
     async def tls_permission(request: Request) -> Response:
-        """Caddy asks before it gets a certificate on demand: only hosts the fleet serves get one."""
+        """Caddy asks before it gets a certificate on demand: only hosts the fleet serves get one.
+        Anyone without the secret gets what a path that does not exist gets, whatever the domain."""
+        if tls_secret is None or not is_caddy(tls_secret, request.path_params["secret"]):
+            return not_found()
         domain = request.query_params.get("domain", "").strip().lower().rstrip(".")
         hosts = await asyncio.to_thread(known_hosts)
         if domain and domain in hosts:
@@ -35,7 +47,7 @@ def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None =
 
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
-        Route("/tls/permission", tls_permission, methods=["GET"]),
+        Route(PATH_PREFIX + "{secret}", tls_permission, methods=["GET"]),
         *auth_routes(login),
     ])
 

@@ -2,23 +2,38 @@
 
 On the fleet host: /auth/login, /auth/callback. On tenant hosts: /auth/ticket, /auth/logout (Caddy
 passes the tenant host as X-Forwarded-Host). /auth/backups is Caddy's forward_auth check.
+
+Signing out is a POST from a form the fleet showed (same Origin, and a token only that page has):
+a GET, or a form on any other site (another tenant's host included), signs nobody out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
-from foundry_fleet.services.web_login import SESSION_COOKIE, Allow, SignIn, WebLogin, normalise_host
+from foundry_fleet.services.web_login import (
+    NONCE_COOKIE,
+    NONCE_SECONDS,
+    SESSION_COOKIE,
+    Allow,
+    SignIn,
+    WebLogin,
+    normalise_host,
+)
 
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 STATUS = {InvalidInput: 400, Forbidden: 403, Unsupported: 404, ExternalFailure: 502}
 DENY_ALL = "Sign-in for backups is not available yet."
+# Pages with a sign-out form: a same-origin POST must carry its Origin (with no-referrer it is "null").
+WITH_FORM = {"Referrer-Policy": "same-origin"}
+MAX_FORM_BYTES = 4096
 
 
 def request_host(request: Request) -> str:
@@ -28,13 +43,46 @@ def request_host(request: Request) -> str:
 
 
 def page(status: int, title: str, message: str, hint: str | None = None, link: tuple[str, str] | None = None,
-         headers: dict[str, str] | None = None) -> HTMLResponse:
+         headers: dict[str, str] | None = None, logout_token: str | None = None) -> HTMLResponse:
+    """A small page; with `logout_token`, it has a sign-out button."""
     body = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><p>{html.escape(message)}</p>"
     if hint:
         body += f"<p>{html.escape(hint)}</p>"
     if link:
         body += f"<p><a href='{html.escape(link[0], quote=True)}'>{html.escape(link[1])}</a></p>"
+    if logout_token is not None:
+        body += logout_form(logout_token)
+        headers = {**(headers or {}), **WITH_FORM}
     return HTMLResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+def logout_form(token: str) -> str:
+    return ("<form method=post action='/auth/logout'>"
+            f"<input type=hidden name=token value='{html.escape(token, quote=True)}'>"
+            "<button type=submit>Sign out</button></form>")
+
+
+def same_origin(request: Request, origin: str) -> bool:
+    """Did the browser send this from a page of `origin` (https://host[:port])? Browsers send Origin
+    with every POST; very old ones only a Referer. Neither (or `null`): no."""
+    sent = request.headers.get("origin")
+    if sent is not None:
+        return sent == origin
+    return request.headers.get("referer", "").startswith(origin + "/")
+
+
+async def form_field(request: Request, name: str) -> str:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        return ""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return ""
+    try:
+        return parse_qs(body.decode("latin-1"), max_num_fields=10).get(name, [""])[0]
+    except ValueError:  # more fields than any form of ours has
+        return ""
 
 
 def error_page(error: FleetError) -> HTMLResponse:
@@ -49,16 +97,22 @@ def auth_routes(login: WebLogin | None) -> list[Route]:
         if login is None or not login.enabled:
             # Nobody is allowed until tenants can sign in: the route is safe from the first day.
             return PlainTextResponse(DENY_ALL, status_code=403, headers=NO_STORE)
+        session = request.cookies.get(SESSION_COOKIE)
         decision = await asyncio.to_thread(
-            login.decide, request.cookies.get(SESSION_COOKIE), request_host(request),
-            request.headers.get("x-forwarded-method", ""), request.headers.get("x-forwarded-uri", ""))
+            login.decide, session, request_host(request),
+            request.headers.get("x-forwarded-method", ""), request.headers.get("x-forwarded-uri", ""),
+            request.cookies.get(NONCE_COOKIE))
         if isinstance(decision, Allow):
             return PlainTextResponse("ok", headers={**NO_STORE, "X-Fleet-User": decision.user})
         if isinstance(decision, SignIn):
-            return RedirectResponse(decision.location, status_code=302, headers=NO_STORE)
+            # Caddy hands this answer to the browser as it is: the nonce cookie lands on the tenant host.
+            response = RedirectResponse(decision.location, status_code=302, headers=NO_STORE)
+            response.set_cookie(NONCE_COOKIE, decision.nonce, max_age=NONCE_SECONDS, path="/",
+                                secure=True, httponly=True, samesite="lax")
+            return response
         if decision.user is not None:
             return page(decision.status, "Not yours", decision.message,
-                        f"Signed in as Discord user {decision.user}.", ("/auth/logout", "Sign out"))
+                        f"Signed in as Discord user {decision.user}.", logout_token=login.logout_token(session))
         return page(decision.status, "Backups", decision.message)
 
     async def login_start(request: Request) -> Response:
@@ -66,7 +120,7 @@ def auth_routes(login: WebLogin | None) -> list[Route]:
             return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
         try:
             start = await asyncio.to_thread(login.begin, request.query_params.get("host", ""),
-                                            request.query_params.get("next"))
+                                            request.query_params.get("next"), request.query_params.get("bind"))
         except FleetError as e:
             return error_page(e)
         response = RedirectResponse(start.authorize_url, status_code=302, headers=NO_STORE)
@@ -89,18 +143,32 @@ def auth_routes(login: WebLogin | None) -> list[Route]:
         if login is None:
             return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
         try:
-            signed_in = await asyncio.to_thread(login.redeem, request.query_params.get("t", ""), request_host(request))
+            signed_in = await asyncio.to_thread(login.redeem, request.query_params.get("t", ""), request_host(request),
+                                                request.cookies.get(NONCE_COOKIE))
         except FleetError as e:
             return error_page(e)
         response = RedirectResponse(signed_in.next, status_code=302, headers=NO_STORE)
         # No Domain: the cookie belongs to this tenant host alone.
         response.set_cookie(SESSION_COOKIE, signed_in.cookie_value, max_age=signed_in.max_age, path="/",
                             secure=True, httponly=True, samesite="lax")
+        response.delete_cookie(NONCE_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
         return response
 
+    async def logout_confirm(request: Request) -> Response:
+        """A GET signs nobody out (an <img> on any page would): it shows the button that does."""
+        token = login.logout_token(request.cookies.get(SESSION_COOKIE)) if login is not None and login.enabled else ""
+        return page(200, "Sign out", "Sign out of this game's backups?", logout_token=token)
+
     async def logout(request: Request) -> Response:
-        if login is not None:
-            await asyncio.to_thread(login.logout, request.cookies.get(SESSION_COOKIE), request_host(request))
+        session = request.cookies.get(SESSION_COOKIE)
+        if login is not None and login.enabled:
+            host = request_host(request)
+            token = await form_field(request, "token")
+            if not same_origin(request, login.url(host, "")) or not login.logout_allowed(session, token):
+                return page(403, "Sign out", "This sign-out did not come from this game's backups page, "
+                            "so you are still signed in.", "To sign out, press the button below.",
+                            logout_token=login.logout_token(session))
+            await asyncio.to_thread(login.logout, session, host)
         response = page(200, "Signed out", "You are signed out of this game's backups.",
                         link=("/backups/", "Sign in again"))
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
@@ -111,5 +179,6 @@ def auth_routes(login: WebLogin | None) -> list[Route]:
         Route("/auth/login", login_start, methods=["GET"]),
         Route("/auth/callback", callback, methods=["GET"]),
         Route("/auth/ticket", ticket, methods=["GET"]),
-        Route("/auth/logout", logout, methods=["GET", "POST"]),
+        Route("/auth/logout", logout_confirm, methods=["GET"]),
+        Route("/auth/logout", logout, methods=["POST"]),
     ]

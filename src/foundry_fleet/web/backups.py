@@ -31,8 +31,10 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.services.web_login import SESSION_COOKIE
 from foundry_fleet.storage.snapshots import META, DirectorySnapshots
 from foundry_fleet.storage.tenant_tree import DIR_FLAGS, FILE_FLAGS, Kind, walk
+from foundry_fleet.web.auth import WITH_FORM, logout_form
 
 IDENTITY = "x-fleet-user"
 CHUNK = 256 * 1024
@@ -151,7 +153,13 @@ def _file_chunks(f: io.BufferedReader | io.FileIO) -> Iterator[bytes]:
             yield block
 
 
-def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None]) -> Starlette:
+def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None],
+                       logout_token: Callable[[str | None], str] | None = None) -> Starlette:
+    """`logout_token`: the sign-out form's token for a session cookie (None: no sign-out button)."""
+
+    def sign_out(request: Request) -> str:
+        return logout_form(logout_token(request.cookies.get(SESSION_COOKIE))) if logout_token else ""
+
     def tenant(request: Request) -> str | Response:
         if not request.headers.get(IDENTITY):
             return PlainTextResponse("sign in first", status_code=403)
@@ -173,7 +181,8 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
             for s in reversed(snaps)
         )
         return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>Backups</title><h1>Backups</h1>"
-                            f"<table><tr><th>snapshot</th><th>taken</th><th>size</th><th></th></tr>{rows}</table>")
+                            f"<table><tr><th>snapshot</th><th>taken</th><th>size</th><th></th></tr>{rows}</table>"
+                            f"{sign_out(request)}", headers=WITH_FORM)
 
     async def browse(request: Request) -> Response:
         name = tenant(request)
@@ -214,7 +223,8 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         )
         title = html.escape(snap)
         return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{title}</title>"
-                            f"<h1>{title}/{html.escape('/'.join(_shown(p) for p in parts))}</h1><ul>{items}</ul>")
+                            f"<h1>{title}/{html.escape('/'.join(_shown(p) for p in parts))}</h1><ul>{items}</ul>"
+                            f"{sign_out(request)}", headers=WITH_FORM)
 
     async def download(request: Request) -> Response:
         name = tenant(request)

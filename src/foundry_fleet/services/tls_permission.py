@@ -1,0 +1,32 @@
+"""Who may ask the fleet whether a host is one of its tenants: Caddy alone.
+
+Caddy's on-demand TLS asks `<endpoint>?domain=NAME` before it gets a certificate, and a 200 allows
+it. Anyone else who could ask would learn which hosts the fleet serves, so the endpoint's path
+holds a secret: 64 random hex digits in a 0600 file the fleet makes. Caddy's config names only the
+file (a `{file.PATH}` placeholder, read when Caddy asks), so the secret is in no config, autosave,
+`edge show` output or log. The endpoint is on the fleet's loopback web port only, never routed
+through the edge; without the secret every question gets the same 404 as a path that does not exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from foundry_fleet.config import FleetConfig
+from foundry_fleet.services.web_login import load_or_create_key
+
+SECRET_FILE = "tls-permission.key"
+PATH_PREFIX = "/tls/permission/"
+
+
+def secret_path(config: FleetConfig) -> Path:
+    return config.paths.database.parent / SECRET_FILE
+
+
+def load_or_create_secret(path: Path) -> str:
+    return load_or_create_key(path, "the TLS permission secret", "when the daemon next starts").decode()
+
+
+def is_caddy(secret: str, given: str) -> bool:
+    return hmac.compare_digest(secret.encode(), given.encode(errors="replace"))
