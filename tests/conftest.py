@@ -30,6 +30,16 @@ def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 
+def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetHarness]:
+    """A fleet whose storage is `zfs_base`, each instance limited to `disk_mb`; stopped (and its processes
+    gone) before the datasets go. For fixtures: `yield from zfs_fleet_on(...)`."""
+    h = make_fleet(tmp_path, **{"disk_mb = 0": f"disk_mb = {disk_mb}"})
+    h.cli("storage", "init", "--zfs", zfs_base)
+    yield h
+    h.stop_daemons()
+    kill_processes_with(str(h.root))
+
+
 def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
     from foundry_fleet.services.init import init_fleet
 

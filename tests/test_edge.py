@@ -20,7 +20,7 @@ from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import IDENTITY_HEADERS, EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from tests.conftest import make_fleet
-from tests.edge_support import http, https, local_ca, served_certificate, wss
+from tests.edge_support import http, https, local_ca, served_certificate, serves_certificate, wss
 from tests.harness import FleetHarness, kill_processes_with, wait_until
 from tests.ports import port_block
 
@@ -237,7 +237,7 @@ def test_backups_need_the_auth_services_consent_and_forged_identity_never_passes
         ca = caddy.local_ca_root()
         wait_until(lambda: ca.exists(), 10, "the local CA")
         # The site's certificate is issued moments after the CA: until then the handshake fails.
-        wait_until(lambda: _handshakes(base + 1, "alice.localhost", ca), 20, "alice's certificate")
+        wait_until(lambda: serves_certificate(base + 1, "alice.localhost", ca), 20, "alice's certificate")
         forged = {h: "mallory" for h in IDENTITY_HEADERS}
 
         _Recorder.answer = (403, {})
@@ -257,14 +257,6 @@ def test_backups_need_the_auth_services_consent_and_forged_identity_never_passes
     finally:
         admin.close()
         caddy.stop()
-
-
-def _handshakes(port: int, host: str, ca: Path) -> bool:
-    try:
-        served_certificate(port, host, ca)
-    except (OSError, ssl.SSLError):
-        return False
-    return True
 
 
 @pytest.mark.parametrize("tls", ["internal", "acme", "on-demand"])

@@ -36,7 +36,7 @@ from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.status_updates import StatusUpdates
 from foundry_fleet.services.wiring import open_fleet
-from tests.edge_support import http, https, local_ca, served_certificate
+from tests.edge_support import http, https, local_ca, serves_certificate
 from tests.harness import FleetHarness, wait_until
 from tests.ports import port_block
 from tests.standin import free_port, spawn_standin, standin_source_dir, wait_for_status, write_options
@@ -510,21 +510,13 @@ def edge_with_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge
         wait_for_status(port, proc)
         caddy.wait_ready(admin.ping)
         ca = caddy.local_ca_root()
-        wait_until(lambda: ca.exists() and _handshakes(base + 1, "alice.localhost", ca), 20, "alice's certificate")
+        wait_until(lambda: ca.exists() and serves_certificate(base + 1, "alice.localhost", ca), 20, "alice's certificate")
         yield Edgeside(base, base + 1, ca)
     finally:
         admin.close()
         caddy.stop()
         proc.kill()
         proc.wait()
-
-
-def _handshakes(port: int, host: str, ca: Path) -> bool:
-    try:
-        served_certificate(port, host, ca)
-    except (OSError, ssl.SSLError):
-        return False
-    return True
 
 
 def test_the_http_redirect_never_follows_a_host_the_fleet_does_not_serve(edge_with_standin: Edgeside) -> None:

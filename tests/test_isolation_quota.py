@@ -20,7 +20,7 @@ from foundry_fleet.services.status_updates import StatusUpdates
 from foundry_fleet.services.wiring import make_backups, open_fleet
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
-from tests.conftest import make_fleet
+from tests.conftest import make_fleet, zfs_fleet_on
 from tests.harness import FleetHarness, file_digests, kill_processes_with, wait_until
 from tests.standin import run_in_instance
 from tests.test_storage_zfs import Recorder, write_until_refused
@@ -66,11 +66,7 @@ def dd(port: int, path: str, mib: int) -> dict[str, object]:
 
 @pytest.fixture
 def zfs_fleet(tmp_path: Path, zfs_base: str) -> Iterator[FleetHarness]:
-    h = make_fleet(tmp_path, **{"disk_mb = 0": "disk_mb = 100"})
-    h.cli("storage", "init", "--zfs", zfs_base)
-    yield h
-    h.stop_daemons()
-    kill_processes_with(str(h.root))
+    yield from zfs_fleet_on(tmp_path, zfs_base, disk_mb=100)
 
 
 @pytest.mark.e2e

@@ -18,7 +18,7 @@ import pytest
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import open_fleet
 from foundry_fleet.storage.trees import remove_tree
-from tests.conftest import make_fleet
+from tests.conftest import make_fleet, zfs_fleet_on
 from tests.harness import FleetHarness, kill_processes_with, wait_until
 from tests.standin import run_in_instance
 
@@ -117,11 +117,7 @@ def no_daemon_errors(h: FleetHarness) -> None:
 
 @pytest.fixture
 def zfs_fleet(tmp_path: Path, zfs_base: str) -> Iterator[FleetHarness]:
-    h = make_fleet(tmp_path, **{"disk_mb = 0": "disk_mb = 64"})
-    h.cli("storage", "init", "--zfs", zfs_base)
-    yield h
-    h.stop_daemons()
-    kill_processes_with(str(h.root))
+    yield from zfs_fleet_on(tmp_path, zfs_base, disk_mb=64)
 
 
 @pytest.fixture

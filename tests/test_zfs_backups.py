@@ -17,9 +17,9 @@ from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import make_backups, open_fleet
 from foundry_fleet.storage.zfs_snapshots import RESTORING
-from tests.conftest import make_fleet
+from tests.conftest import zfs_fleet_on
 from tests.ports import port_block
-from tests.harness import BIN, FleetHarness, file_digests, kill_processes_with, wait_until
+from tests.harness import BIN, FleetHarness, file_digests, wait_until
 from tests.test_e2e_upgrade import upgrade_then_roll_back
 from tests.zfs_support import FilePool, make_file_pool, zfs, zpool
 
@@ -31,11 +31,7 @@ HOUR = 3600.0
 @pytest.fixture
 def zfs_fleet(tmp_path: Path, zfs_base: str) -> Iterator[FleetHarness]:
     """A fleet whose storage is `zfs_base`; stopped (and its processes gone) before the datasets go."""
-    h = make_fleet(tmp_path, **{"disk_mb = 0": "disk_mb = 64"})
-    h.cli("storage", "init", "--zfs", zfs_base)
-    yield h
-    h.stop_daemons()
-    kill_processes_with(str(h.root))
+    yield from zfs_fleet_on(tmp_path, zfs_base, disk_mb=64)
 
 
 @pytest.fixture
