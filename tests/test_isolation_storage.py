@@ -18,6 +18,7 @@ import pytest
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import open_fleet
 from foundry_fleet.storage.trees import remove_tree
+from foundry_fleet.storage.tenant_tree import MAX_DEPTH
 from tests.conftest import make_fleet, zfs_fleet_on
 from tests.harness import FleetHarness, kill_processes_with, wait_until
 from tests.standin import run_in_instance
@@ -422,4 +423,35 @@ os.symlink({str(outside)!r}, "Data")
     h.wait_state("alice", "running")
     assert (data / "Data" / "world.db").read_text() == "campaign"
     assert not os.path.lexists(data / ".fleet-restore")
+    no_daemon_errors(h)
+
+
+def test_a_zfs_restore_that_fails_half_way_puts_the_previous_data_back(
+    zfs_fleet: FleetHarness, release_zips: dict[str, Path]
+) -> None:
+    """A restore on ZFS empties the data before it copies the snapshot back: when the copy fails (here, a
+    snapshot deeper than any walk follows), the data from before comes back from the safety snapshot
+    and the instance runs on it, not on what was half restored."""
+    h = zfs_fleet
+    h.cli("release", "add", str(release_zips["node"]))
+    h.up()
+    alice = h.cli("instance", "create", "alice", "--release", "13.345", "--json").json()["instance"]
+    data = Path(alice["data_dir"])
+    tenant_python(alice["port"], f"""
+import os
+os.chdir({str(data)!r} + "/Data")
+for _ in range({MAX_DEPTH + 10}):
+    os.mkdir("d")
+    os.chdir("d")
+""", timeout=120)
+    deep = h.cli("backup", "now", "alice", "--label", "deep", "--json").json()["name"]
+    assert run_in_instance(alice["port"], "rm -rf Data/d && echo kept > Data/world.txt")["code"] == 0
+
+    failed = h.cli("backup", "restore", "alice", deep, "--yes", check=False)
+    assert failed.code != 0 and "deep" in failed.err, failed.err
+    h.wait_state("alice", "running")
+    assert (data / "Data" / "world.txt").read_text() == "kept\n"
+    assert not (data / "Data" / "d").exists()
+    events = [e for e in h.cli("events", "--instance", "alice", "--json").json() if e["action"] == "backup.restore"]
+    assert any(e["outcome"] == "failed" and "put back from safety-" in e["message"] for e in events), events
     no_daemon_errors(h)

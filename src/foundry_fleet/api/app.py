@@ -221,7 +221,9 @@ def create_app(
         try:
             safety = await run(backups_for(acting).restore, name, body.snapshot)
         finally:
-            if was.desired == DesiredState.RUNNING.value:
+            # Never start on half-restored data (a failed restore whose data could not be put back).
+            whole = await run(backups.snapshots.restoring, name) is None
+            if was.desired == DesiredState.RUNNING.value and whole:
                 await run(acting.set_desired, name, DesiredState.RUNNING, "restored")
                 supervisor.poke(name)
         view = await settle(name, was.desired == DesiredState.RUNNING.value)

@@ -53,6 +53,15 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+# Caddy names the TLS permission URL, secret path and all, in its log when asking fails.
+_PERMISSION_SECRET = re.compile(r"(/tls/permission/)[0-9A-Za-z]+")
+
+
+def _masked(line: str) -> str:
+    """A line of Caddy's log as shown to people: the permission endpoint's secret left out."""
+    return _PERMISSION_SECRET.sub(r"\1...", line)
+
+
 class ManagedCaddy:
     """One Caddy for the fleet: its config file, data (certificates, ACME account) and pid under the root."""
 
@@ -161,7 +170,8 @@ class ManagedCaddy:
             if ping():
                 return
             if not self.alive():
-                tail = self.log_path.read_text(errors="replace").splitlines()[-5:] if self.log_path.exists() else []
+                tail = [_masked(line) for line in self.log_path.read_text(errors="replace").splitlines()[-5:]] \
+                    if self.log_path.exists() else []
                 raise ExternalFailure(f"Caddy exited during start-up: {' | '.join(tail)}", f"see {self.log_path}")
             time.sleep(0.05)
         raise ExternalFailure(f"Caddy did not answer on {self.admin_socket} within {timeout:.0f}s", f"see {self.log_path}")

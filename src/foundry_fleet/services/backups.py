@@ -17,6 +17,7 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -220,9 +221,35 @@ class Backups:
         # Even at the disk limit (see the module's docstring); an instance left over it is told to its
         # owner and ops by the quota check of the status updates.
         safety = self._take(name, label="safety")
-        self.snapshots.restore(name, snapshot, self.fleet.storage.paths(name).data, uid)
+        data = self.fleet.storage.paths(name).data
+        try:
+            self.snapshots.restore(name, snapshot, data, uid)
+        except Exception as e:
+            self._put_back(name, snapshot, safety.name, data, uid, e)
+            raise
         self.fleet.record_event("backup.restore", name, Outcome.OK, f"restored {snapshot}; previous data kept as {safety.name}")
         return safety.name
+
+    def _put_back(self, name: str, snapshot: str, safety: str, data: Path, uid: int | None, error: Exception) -> None:
+        """After a failed restore, make the data what it was before (from the safety snapshot) when the
+        failure left it half replaced (a restore in place, on ZFS). If even that fails, the instance is
+        kept stopped: the next start of the fleet finishes the restore before anything runs on it."""
+        why = error.message if isinstance(error, FleetError) else str(error)
+        if self.snapshots.restoring(name) is None:
+            self.fleet.record_event("backup.restore", name, Outcome.FAILED, f"restoring {snapshot} failed: {why}; "
+                                    "its data was not changed")
+            return
+        try:
+            self.snapshots.restore(name, safety, data, uid)
+        except Exception as again:  # noqa: BLE001 - told below; the original error is what the caller sees
+            again_why = again.message if isinstance(again, FleetError) else str(again)
+            self.fleet.set_desired(name, DesiredState.STOPPED, "a restore failed half way; the next start finishes it")
+            self.fleet.record_event("backup.restore", name, Outcome.FAILED,
+                                    f"restoring {snapshot} failed: {why}; putting back {safety} failed too: {again_why}; "
+                                    "the instance stays stopped until the next start of the fleet finishes it")
+            return
+        self.fleet.record_event("backup.restore", name, Outcome.FAILED,
+                                f"restoring {snapshot} failed: {why}; the previous data was put back from {safety}")
 
     def repair(self) -> list[str]:
         """Finish restores a crash interrupted (run before any instance starts)."""

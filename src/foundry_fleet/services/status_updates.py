@@ -178,7 +178,10 @@ class StatusUpdates:
         last_quota = 0.0
         while True:
             now = time.monotonic()
-            await self.run_once(check_quotas=now - last_quota >= quota_every)
+            try:
+                await self.run_once(check_quotas=now - last_quota >= quota_every)
+            except Exception:  # noqa: BLE001 - a failed round (a pool that does not answer) is tried again
+                log.exception("could not gather status updates")
             if now - last_quota >= quota_every:
                 last_quota = now
             await asyncio.sleep(every)

@@ -3,8 +3,9 @@
 Caddy's on-demand TLS asks `<endpoint>?domain=NAME` before it gets a certificate, and a 200 allows
 it. Anyone else who could ask would learn which hosts the fleet serves, so the endpoint's path
 holds a secret: 64 random hex digits in a 0600 file the fleet makes. Caddy's config names only the
-file (a `{file.PATH}` placeholder, read when Caddy asks), so the secret is in no config, autosave,
-`edge show` output or log. The endpoint is on the fleet's loopback web port only, never routed
+file (a `{file.PATH}` placeholder, read when Caddy asks), so the secret is in no config, autosave or
+`edge show` output. Caddy itself names the whole URL in its own log (`edge/caddy.log`, the fleet's)
+when asking fails; lines of that log quoted in the fleet's errors have it masked (edge/process.py). The endpoint is on the fleet's loopback web port only, never routed
 through the edge; without the secret every question gets the same 404 as a path that does not exist.
 """
 

@@ -48,6 +48,12 @@ class Snapshots(Protocol):
     def finish_restore(self, instance: str, data: Path) -> str | None:
         """Put right a restore a crash interrupted; says what was done (None: nothing to do)."""
 
+    def restoring(self, instance: str) -> str | None:
+        """The snapshot a restore left half done in the instance's data (None: the data is whole).
+
+        A restore that fails either leaves the data as it was, or leaves it half replaced and says so
+        here; then the instance must not start until the data is whole again."""
+
     def sweep_views(self, idle_seconds: float = ...) -> int:
         """Clean up read-only views of snapshots nobody used for `idle_seconds`."""
 

@@ -150,6 +150,12 @@ class DirectorySnapshots:
         del instance
         return finish_restore(data)
 
+    def restoring(self, instance: str) -> str | None:
+        """Never: a directory restore is a copy beside the data and two renames, and a failed copy leaves
+        the data as it was (a crash between the renames is put right by `finish_restore`)."""
+        del instance
+        return None
+
     def sweep_views(self, idle_seconds: float = 0.0) -> int:
         """Snapshots are directories already: there are no views to clean up."""
         del idle_seconds

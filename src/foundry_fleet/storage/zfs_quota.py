@@ -14,6 +14,8 @@ and `tighten` brings the quota down to the limit as thinning frees space.
 
 from __future__ import annotations
 
+import errno
+
 import logging
 import time
 from collections.abc import Callable
@@ -132,7 +134,9 @@ def retry_with_room(runner: ZfsRunner, dataset: str, attempt: Callable[[], T]) -
     the quota then holds the instance at what it uses until thinning frees space (see `tighten`)."""
     try:
         return attempt()
-    except Exception:
+    except Exception as e:
+        if not _out_of_room(e):
+            raise  # a tenant's bad tree, a missing snapshot: more room would not help
         found = runner.get(PROPS, dataset).get(dataset, {})
         quota = found["quota"].as_int() or 0 if found else 0
         if not quota:
@@ -144,6 +148,15 @@ def retry_with_room(runner: ZfsRunner, dataset: str, attempt: Callable[[], T]) -
         return attempt()
     finally:
         set_quota(runner, dataset, limit_of(found) or quota)
+
+
+def _out_of_room(error: BaseException | None) -> bool:
+    """Did `error`, or what caused it, come from a full quota or disk?"""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.EDQUOT, errno.ENOSPC):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _get(runner: ZfsRunner, dataset: str, prop: str) -> int | None:

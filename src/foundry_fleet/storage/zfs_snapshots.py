@@ -139,7 +139,7 @@ class ZfsSnapshots:
         dataset = self.layout.data(instance)
         self.zfs.zfs("set", f"{RESTORING}={name}", dataset)  # from here on, a restore is in progress
         with reported_as(f"restoring {name} into {instance} failed",
-                         "the next start of the fleet does it again; the previous data is in the safety snapshot"):
+                         "the previous data is put back from the safety snapshot"):
             # Near its quota the copy back may not fit beside the safety snapshot: see retry_with_room.
             retry_with_room(self.zfs, dataset, lambda: replace_contents(source, data, uid))
         self.zfs.zfs("inherit", RESTORING, dataset)

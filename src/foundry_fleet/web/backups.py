@@ -160,6 +160,10 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
     def sign_out(request: Request) -> str:
         return logout_form(logout_token(request.cookies.get(SESSION_COOKIE))) if logout_token else ""
 
+    # The handlers are plain functions, which Starlette runs in its thread pool: looking up the host's
+    # instance, listing snapshots (a `zfs` command, a view to mount) and reading a folder the tenant
+    # filled never hold up the daemon's event loop, which also supervises every instance.
+
     def tenant(request: Request) -> str | Response:
         if not request.headers.get(IDENTITY):
             return PlainTextResponse("sign in first", status_code=403)
@@ -167,7 +171,7 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         name = instance_for_host(host)
         return name if name else PlainTextResponse("no such game here", status_code=404)
 
-    async def listing(request: Request) -> Response:
+    def listing(request: Request) -> Response:
         name = tenant(request)
         if isinstance(name, Response):
             return name
@@ -184,7 +188,7 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
                             f"<table><tr><th>snapshot</th><th>taken</th><th>size</th><th></th></tr>{rows}</table>"
                             f"{sign_out(request)}", headers=WITH_FORM)
 
-    async def browse(request: Request) -> Response:
+    def browse(request: Request) -> Response:
         name = tenant(request)
         if isinstance(name, Response):
             return name
@@ -226,7 +230,7 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
                             f"<h1>{title}/{html.escape('/'.join(_shown(p) for p in parts))}</h1><ul>{items}</ul>"
                             f"{sign_out(request)}", headers=WITH_FORM)
 
-    async def download(request: Request) -> Response:
+    def download(request: Request) -> Response:
         name = tenant(request)
         if isinstance(name, Response):
             return name
