@@ -86,7 +86,7 @@ def report(fleet: Fleet) -> dict[str, Any]:
     configured = limit_bytes(fleet.config)
     rows: dict[str, dict[str, Any]] = {}
     for name, found in dict(status.get("instances") or {}).items():
-        row = {k: v for k, v in found.items() if k != "refquota"}  # plain directories have no quota of their own
+        row = dict(found)
         if not enforced_by_storage(fleet.storage):
             row["limit"] = configured
         use = DiskUse(name, row.get("used") or 0, row.get("limit"))

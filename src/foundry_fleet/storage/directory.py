@@ -107,9 +107,9 @@ class DirectoryStorage:
 
     def _instance_status(self, instance: str) -> dict[str, object]:
         try:
-            return {"used": self.usage_bytes(instance), "refquota": None}
+            return {"used": self.usage_bytes(instance)}
         except (OSError, TreeError) as e:  # one tenant's tree that cannot be measured: shown as such
-            return {"used": None, "refquota": None, "error": getattr(e, "message", None) or str(e)}
+            return {"used": None, "error": getattr(e, "message", None) or str(e)}
 
     def usage_bytes(self, instance: str) -> int:
         """Bytes on disk of the instance's data and of its snapshots, each file once (what a file shares
