@@ -83,6 +83,9 @@ class PrivateNetworks:
         self.run_dir = Path(run_dir)
         self.slirp = shutil.which("slirp4netns")
         self._probe: Capability | None = None
+        # The cgroup.procs file of the group forwarders run in, for the egress filter (firewall.py);
+        # None: they run where the fleet does, unfiltered.
+        self.cgroup_procs: Path | None = None
 
     # ------------------------------------------------------------------ places
 
@@ -137,12 +140,21 @@ class PrivateNetworks:
             "--enable-sandbox", "--enable-seccomp",
             f"--api-socket={sock}", f"--ready-fd={READY_FD}", str(sandbox_pid), "tap0",
         ]
+        executable = self.slirp
+        if self.cgroup_procs is not None:
+            # The forwarder joins its group before slirp4netns exists: the shell writes its own pid
+            # and only then execs it (same pid), and nothing runs if the write fails. A socket keeps
+            # the cgroup of the process that created it, and the shell creates none (its descriptors
+            # are /dev/null, the log file and the readiness pipe): so every socket slirp4netns opens,
+            # its API socket, the host port and each outbound connection, is the group's.
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup_procs), *argv]
+            executable = "/bin/sh"
         log = self._log_path(name)
         log_fd = _high_cloexec(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         ready_r, ready_w = (_high_cloexec(fd) for fd in os.pipe())
         try:
             pid = os.posix_spawn(
-                self.slirp, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                executable, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, log_fd, 1),
