@@ -171,8 +171,11 @@ class EgressFilter:
     def script(self, family: str, cgroup_path: str) -> str:
         who = f'-m cgroup --path "{cgroup_path}" -m conntrack --ctstate NEW'
         rules = [f"-A {self.chain} {who} -p {proto} -m {proto} --dport 53 -j RETURN" for proto in ("udp", "tcp")]
-        rules.append(f"-A {self.chain} {who} -m addrtype --dst-type LOCAL -j REJECT")
-        rules += [f"-A {self.chain} {who} -d {net} -j REJECT" for net in _EGRESS_DENIED[family]]
+        for where in ("-m addrtype --dst-type LOCAL", *(f"-d {net}" for net in _EGRESS_DENIED[family])):
+            # A reset, for TCP: slirp4netns passes a refused connect() on to the instance at once,
+            # but an ICMP error arriving after its non-blocking connect() left the instance waiting.
+            rules.append(f"-A {self.chain} {who} {where} -p tcp -j REJECT --reject-with tcp-reset")
+            rules.append(f"-A {self.chain} {who} {where} -j REJECT")
         return f"*filter\n:{self.chain} - [0:0]\n" + "\n".join(rules) + "\nCOMMIT\n"
 
     def install(self, cgroup_path: str) -> Capability:
