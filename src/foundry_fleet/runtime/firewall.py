@@ -11,6 +11,9 @@ Only connection attempts (SYN without ACK) are dropped: replies to the host's ow
 connections pass even when their local port happens to fall inside the range. The chain is
 rewritten atomically with `iptables-restore --noflush`, so re-running never duplicates rules and
 there is no moment without the rule.
+
+A second chain, jumped to from OUTPUT, keeps the instances' outbound NAT (their forwarders) off the
+host's own addresses and link-local ones: see `EgressFilter`.
 """
 
 from __future__ import annotations

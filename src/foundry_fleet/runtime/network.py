@@ -14,7 +14,10 @@ health checks keep dialling 127.0.0.1:<port>.
 The forwarder runs as root (it joins the namespace and opens a tap device there) and handles
 traffic a tenant controls, so it runs with slirp4netns' own sandbox (an empty mount namespace, all
 capabilities dropped but binding ports) and its seccomp filter, and with `--disable-host-loopback`
-so 10.0.2.2 does not lead to the host's 127.0.0.1. It is detached like the task (own session, no
+so 10.0.2.2 does not lead to the host's 127.0.0.1. What an instance dials, its forwarder dials from
+the host: so forwarders start in a cgroup of the fleet's (`cgroup_procs`), whose new connections
+to the host's own addresses and to link-local ones an iptables chain refuses (firewall.py,
+`EgressFilter`; cgroups.py, `ForwarderCgroup`). It is detached like the task (own session, no
 pipe back to the control plane), so it survives a control plane that dies; its API socket lives
 under the fleet's run directory (root-only), never in tenant data.
 
