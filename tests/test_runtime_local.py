@@ -379,7 +379,7 @@ CONTROL_PLANE = textwrap.dedent(
     spec = json.loads(sys.argv[1])
     for key in ("install_dir", "data_dir", "shared_dir", "log_dir"):
         spec[key] = Path(spec[key])
-    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]))
+    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]), firewall_chain=sys.argv[4])
     handle = asyncio.run(runtime.start_task(TaskSpec(**spec)))
     print(json.dumps(handle.to_dict()), flush=True)
     import time
@@ -396,7 +396,8 @@ def start_from_another_control_plane(world: World, spec: TaskSpec) -> tuple[subp
     }
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir)],
+        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir),
+         world.runtime.firewall.chain],
         stdout=subprocess.PIPE, env=env, text=True,
     )
     line = proc.stdout.readline()
@@ -835,7 +836,8 @@ def test_fingerprint_reports_every_capability(world: World) -> None:
 @needs_root
 @needs_bwrap
 def test_without_slirp4netns_instances_share_the_host_network_and_say_so(world: World) -> None:
-    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir)
+    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir,
+                           firewall_chain=world.runtime.firewall.chain)
     runtime.networks.slirp = None  # as on a host without the package
     caps = {c.name: c for c in runtime.fingerprint()}
     assert not caps["network"].available and "apt install slirp4netns" in caps["network"].detail

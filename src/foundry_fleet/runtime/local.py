@@ -143,9 +143,9 @@ class LocalRuntime:
             return Capability("network", False, "no sandbox, so no network namespace: instances share the "
                               "host's network, see its sockets and reach its loopback services")
         # The filter first: it decides the cgroup forwarders start in, the probe's included.
-        egress = self._egress_capability()
+        egress = self._egress_capability() if self.networks.slirp is not None else None
         cap = self.networks.capability(self._bwrap)
-        if not cap.available:
+        if not cap.available or egress is None:
             return cap
         if egress.available:
             return replace(cap, detail=f"{cap.detail}; its NAT reaches no address of the host's own and "
