@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import textwrap
 import threading
 import time
@@ -26,6 +27,7 @@ from foundry_fleet.runtime.base import TaskHandle
 from tests.edge_support import https, local_ca, wss
 from tests.harness import FleetHarness, pids_with_arg, wait_until
 from tests.standin import SOCKET_PATH, STATUS_PATH, run_in_instance
+from tests.test_runtime_local import veth_namespace
 
 IS_ROOT = os.geteuid() == 0
 pytestmark = [
@@ -101,9 +103,9 @@ def host_address() -> str | None:
 class Listener:
     """A TCP listener on the host that records what each connection sends."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, port: int = 0) -> None:
         self.sock = socket.socket()
-        self.sock.bind((address, 0))
+        self.sock.bind((address, port))
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
         self.received: list[bytes] = []
@@ -271,21 +273,150 @@ def test_an_instance_sees_no_host_socket_and_reaches_only_the_outside(
     assert b"from-inside" not in loopback_listener.received  # (the host's own check sent nothing)
 
 
-@pytest.mark.skipif(host_address() is None, reason="needs a non-loopback address on the host for outbound NAT")
-def test_outbound_nat_reaches_a_listener_on_the_hosts_address(
-    fleet: FleetHarness, release_zips: dict[str, Path]
-) -> None:
-    # Foundry needs the outside (foundryvtt.com for licences and packages); here the outside is a
-    # listener on the host's own non-loopback address, reached through the instance's NAT.
-    made = running_fleet(fleet, release_zips, "alice")
-    listener = Listener(host_address() or "")
+class RemoteHost:
+    """Another machine, as far as the host can tell: a network namespace behind a veth pair
+    (198.18.<n>.1 on the host's end, 198.18.<n>.2 on its own), also answering on a link-local
+    address the host routes to it (where a cloud's metadata service would be). A TCP server in it
+    records what each connection sends."""
+
+    PORT = 8080
+
+    def __init__(self, namespace: str, host_ip: str, peer_ip: str, link_local: str) -> None:
+        self.namespace, self.host_ip, self.peer_ip, self.link_local = namespace, host_ip, peer_ip, link_local
+        code = textwrap.dedent(f"""
+            import socket, sys
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", {self.PORT}))
+            s.listen(8)
+            print("ready", flush=True)
+            while True:
+                conn, _ = s.accept()
+                with conn:
+                    conn.settimeout(5)
+                    try:
+                        print(conn.getsockname()[0], conn.recv(100).decode(), flush=True)
+                    except OSError:
+                        pass
+        """)
+        self.server = subprocess.Popen(["ip", "netns", "exec", namespace, PYTHON, "-c", code],
+                                       stdout=subprocess.PIPE, text=True)
+        assert self.server.stdout is not None and self.server.stdout.readline().strip() == "ready"
+
+    def received(self) -> list[str]:
+        self.server.kill()
+        out, _ = self.server.communicate(timeout=10)
+        return out.splitlines()
+
+
+@pytest.fixture
+def remote_host() -> Iterator[RemoteHost]:
+    n = 1 + os.getpid() % 250
+    host_ip, peer_ip, link_local = f"198.18.{n}.1", f"198.18.{n}.2", f"169.254.{n}.254"
+    with veth_namespace("ffr", host_ip, peer_ip) as namespace:
+        subprocess.run(["ip", "-n", namespace, "addr", "add", f"{link_local}/32", "dev", "lo"],
+                       check=True, capture_output=True)
+        # Gone with the veth pair.
+        subprocess.run(["ip", "route", "add", f"{link_local}/32", "via", peer_ip], check=True, capture_output=True)
+        remote = RemoteHost(namespace, host_ip, peer_ip, link_local)
+        try:
+            yield remote
+        finally:
+            remote.server.kill()
+            remote.server.wait()
+
+
+class UdpEcho:
+    """A UDP server on the host that answers every datagram with its own bytes."""
+
+    def __init__(self, address: str, port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, port))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(512)
+                self.sock.sendto(data, peer)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+EGRESS = """
+import json, socket, time
+results = {{}}
+for label, host, port in {tcp!r}:
+    begun = time.monotonic()
     try:
-        reached = python_inside(made["alice"]["port"],
-                                CONNECT.format(targets=[("out", host_address(), listener.port)]))
-        assert reached == {"out": "connected"}
-        assert wait_until(lambda: listener.received == [b"from-inside"], 5, "the bytes sent from inside")
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(label.encode())
+        results[label] = ["connected", 0]
+    except OSError as e:
+        results[label] = [type(e).__name__, round(time.monotonic() - begun, 2)]
+for label, host, port in {udp!r}:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        try:
+            s.sendto(b"query", (host, port))
+            results[label] = [s.recv(512).decode(), 0]
+        except OSError as e:
+            results[label] = [type(e).__name__, 0]
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(host_address() is None, reason="needs a non-loopback address on the host")
+def test_outbound_nat_reaches_other_machines_but_no_host_address_and_no_link_local_one(
+    fleet: FleetHarness, release_zips: dict[str, Path], remote_host: RemoteHost
+) -> None:
+    # Foundry needs the outside (foundryvtt.com for licences and packages), so the NAT stays; but
+    # what the instance dials, its forwarder dials from the host: the host's own services on its
+    # other addresses (sshd, databases, exporters on 0.0.0.0) and the metadata service's link-local
+    # address must stay out of reach, and fail at once rather than hang.
+    made = running_fleet(fleet, release_zips, "alice")
+    alice = made["alice"]["port"]
+    address = host_address() or ""
+    on_address, on_wildcard, on_veth = Listener(address), Listener("0.0.0.0"), Listener(remote_host.host_ip)
+    tcp_dns = Listener(remote_host.host_ip, 53)
+    udp_dns, udp_other = UdpEcho(remote_host.host_ip, 53), UdpEcho(remote_host.host_ip)
+    remote = remote_host
+    try:
+        with socket.create_connection((address, on_wildcard.port), timeout=2):
+            pass  # the host itself reaches it
+        reached = python_inside(alice, EGRESS.format(
+            tcp=[
+                ("remote host", remote.peer_ip, remote.PORT),
+                ("link-local address", remote.link_local, remote.PORT),
+                ("cloud metadata", "169.254.169.254", 80),
+                ("host's address", address, on_address.port),
+                ("wildcard listener via the host's address", address, on_wildcard.port),
+                ("wildcard listener via the host's other address", remote.host_ip, on_wildcard.port),
+                ("host's other address", remote.host_ip, on_veth.port),
+                ("dns over tcp on a host address", remote.host_ip, 53),
+            ],
+            udp=[
+                ("dns on a host address", remote.host_ip, 53),
+                ("other udp on a host address", remote.host_ip, udp_other.port),
+            ],
+        ), timeout=90)
     finally:
-        listener.close()
+        for server in (on_address, on_wildcard, on_veth, tcp_dns, udp_dns, udp_other):
+            server.close()
+    assert reached.pop("remote host") == ["connected", 0]
+    assert reached.pop("dns over tcp on a host address") == ["connected", 0]
+    assert reached.pop("dns on a host address") == ["query", 0]
+    assert reached.pop("other udp on a host address")[0] in ("TimeoutError", "ConnectionRefusedError")
+    for label, (outcome, seconds) in reached.items():
+        # Refused by the forwarder's host at once (REJECT), not silently dropped into a timeout.
+        assert outcome == "ConnectionRefusedError" and seconds < 2, (label, outcome, seconds)
+    assert remote.received() == [f"{remote.peer_ip} remote host"]
+    for listener in (on_address, on_wildcard, on_veth):
+        assert not any(listener.received), listener.received  # (the host's own check sent nothing)
 
 
 # ----------------------------------------------------------------------------- item 8: user namespaces, seccomp
@@ -391,8 +522,20 @@ def test_reattach_after_kill_9_keeps_task_and_forwarder_and_a_stop_frees_the_por
     # Both outlive the control plane: players keep their way in.
     assert fleet.get(port, STATUS_PATH).status_code == 200
     assert procfs.is_alive(task.net_pid, task.net_start)
+    # ... and the egress filter outlives it too: the host's services stay out of the NAT's reach.
+    listener = Listener(host_address() or "127.0.0.1")
+    target = [("host", listener.sock.getsockname()[0], listener.port)]
+    try:
+        assert python_inside(port, CONNECT.format(targets=target)) == {"host": "ConnectionRefusedError"}
 
-    fleet.up()
+        fleet.up()
+        fleet.wait_state("alice", "running")
+        # Loaded again by the new daemon before it re-attached alice: still holding.
+        assert python_inside(port, CONNECT.format(targets=target)) == {"host": "ConnectionRefusedError"}
+    finally:
+        listener.close()
+    assert listener.received == []
+
     after = fleet.wait_state("alice", "running")
     assert after["pid"] == made["alice"]["pid"]
     again = recorded_task(fleet, "alice")

@@ -8,6 +8,7 @@ and iptables rule it made. Directories live under a 0755 temporary root (pytest'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -182,6 +183,7 @@ class World:
     def close(self) -> None:
         for handle in self.handles:
             self.runtime.destroy_task(handle)
+        self.runtime.unprotect_ports()  # also the egress filter and the forwarders' group
         self.runtime.cgroups.remove_parent()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -377,7 +379,7 @@ CONTROL_PLANE = textwrap.dedent(
     spec = json.loads(sys.argv[1])
     for key in ("install_dir", "data_dir", "shared_dir", "log_dir"):
         spec[key] = Path(spec[key])
-    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]))
+    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]), firewall_chain=sys.argv[4])
     handle = asyncio.run(runtime.start_task(TaskSpec(**spec)))
     print(json.dumps(handle.to_dict()), flush=True)
     import time
@@ -394,7 +396,8 @@ def start_from_another_control_plane(world: World, spec: TaskSpec) -> tuple[subp
     }
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir)],
+        [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir),
+         world.runtime.firewall.chain],
         stdout=subprocess.PIPE, env=env, text=True,
     )
     line = proc.stdout.readline()
@@ -722,28 +725,37 @@ def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- firewall
 
 
-@pytest.fixture
-def netns() -> Iterator[tuple[str, str]]:
-    """A network namespace joined to the host by a veth pair: (namespace, host address)."""
-    name = f"fft{os.getpid() % 100000}"
-    host_if, peer_if = f"fh{os.getpid() % 100000}", f"fp{os.getpid() % 100000}"
-    octet = 16 + os.getpid() % 200
-    host_ip, peer_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+@contextlib.contextmanager
+def veth_namespace(tag: str, host_ip: str, peer_ip: str, prefix: int = 30) -> Iterator[str]:
+    """A network namespace joined to the host by a veth pair, host_ip on the host's end and peer_ip
+    on the other (so it stands for another machine); removed again on leaving. Yields its name."""
+    name = f"{tag}{os.getpid() % 100000}"
+    host_if, peer_if = f"{tag}h{os.getpid() % 100000}", f"{tag}p{os.getpid() % 100000}"
     steps = [
         ["ip", "netns", "add", name],
         ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", name],
-        ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
+        ["ip", "addr", "add", f"{host_ip}/{prefix}", "dev", host_if],
         ["ip", "link", "set", host_if, "up"],
-        ["ip", "-n", name, "addr", "add", f"{peer_ip}/30", "dev", peer_if],
+        ["ip", "-n", name, "addr", "add", f"{peer_ip}/{prefix}", "dev", peer_if],
         ["ip", "-n", name, "link", "set", peer_if, "up"],
+        ["ip", "-n", name, "link", "set", "lo", "up"],
     ]
     try:
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
-        yield name, host_ip
+        yield name
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[tuple[str, str]]:
+    """A network namespace joined to the host by a veth pair: (namespace, host address)."""
+    octet = 16 + os.getpid() % 200
+    host_ip, peer_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+    with veth_namespace("fft", host_ip, peer_ip) as name:
+        yield name, host_ip
 
 
 def connects_from(namespace: str, host: str, port: int) -> bool:
@@ -824,7 +836,8 @@ def test_fingerprint_reports_every_capability(world: World) -> None:
 @needs_root
 @needs_bwrap
 def test_without_slirp4netns_instances_share_the_host_network_and_say_so(world: World) -> None:
-    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir)
+    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir,
+                           firewall_chain=world.runtime.firewall.chain)
     runtime.networks.slirp = None  # as on a host without the package
     caps = {c.name: c for c in runtime.fingerprint()}
     assert not caps["network"].available and "apt install slirp4netns" in caps["network"].detail
@@ -839,6 +852,58 @@ def test_without_slirp4netns_instances_share_the_host_network_and_say_so(world: 
     assert os.readlink(f"/proc/{handle.pid}/ns/net") == os.readlink("/proc/self/ns/net")
     run(runtime.stop_task(handle, 5))
     assert gone(handle) and port_is_free(spec.port)
+
+
+@needs_root
+@needs_bwrap
+def test_forwarders_run_in_the_fleets_cgroup_whose_egress_chain_goes_with_the_last_of_them(world: World) -> None:
+    runtime = world.runtime
+    spec = world.spec("filtered")
+    handle = world.start(spec)
+    net = runtime.network_capability()
+    assert net.available and "no address of the host's own" in net.detail, net.detail
+    group = runtime.forwarder_cgroup
+    assert handle.net_pid in group.pids()
+    # The slirp4netns process itself (its cgroup since before its exec), not just its pid.
+    assert procfs.cmdline(handle.net_pid)[0].endswith("slirp4netns")
+    unified = [line for line in Path(f"/proc/{handle.net_pid}/cgroup").read_text().splitlines()
+               if line.startswith("0::")]
+    assert unified == [f"0::/{group.match_path()}"]
+    rules = runtime.egress.rules()["IPv4"]
+    assert f"-A OUTPUT -j {runtime.egress.chain}" in rules
+    assert any(f'--path "{group.match_path()}"' in r or f"--path {group.match_path()}" in r for r in rules), rules
+    # Re-installed (as by the next daemon): rewritten in place, never duplicated.
+    runtime._egress_probe = None
+    assert runtime.network_capability().available
+    assert runtime.egress.rules()["IPv4"] == rules
+    # While a forwarder runs, a shutdown leaves its filter in place ...
+    runtime.unprotect_ports()
+    assert runtime.egress.rules()["IPv4"] == rules
+    run(runtime.stop_task(handle, 5))
+    # ... and takes it, and the group, away once none is left.
+    runtime.unprotect_ports()
+    assert runtime.egress.rules()["IPv4"] == []
+    assert group.directory is not None and not group.directory.exists()
+
+
+@needs_root
+@needs_bwrap
+def test_without_cgroup_v2_instances_get_their_namespace_and_the_status_says_what_stays_reachable(
+    world: World,
+) -> None:
+    runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, firewall_chain=f"FFN-{os.getpid()}",
+                           run_dir=world.run_dir)
+    runtime.forwarder_cgroup.mount = None  # as on a host without a cgroup2 mount
+    net = runtime.network_capability()
+    assert net.available
+    assert "still reaches host services" in net.detail and "cloud metadata" in net.detail, net.detail
+    spec = world.spec("unfiltered")
+    handle = run(runtime.start_task(spec))
+    world.handles.append(handle)
+    assert get(spec.port)["uid"] == TENANT_UID
+    assert runtime.egress.rules()["IPv4"] == []
+    run(runtime.stop_task(handle, 5))
+    assert gone(handle)
 
 
 @needs_root

@@ -265,3 +265,86 @@ class TaskCgroups:
                     if exc.errno != errno.EBUSY or attempt == 49:
                         raise
                     time.sleep(0.02)
+
+
+def unified_mount(mountinfo: Path = Path("/proc/self/mountinfo")) -> tuple[Path, str] | None:
+    """Where the cgroup v2 hierarchy is mounted and which of its directories is that mount's root.
+
+    /sys/fs/cgroup on v2-only hosts, /sys/fs/cgroup/unified on hybrid ones; None without one.
+    """
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if sep and tail.split()[:1] == ["cgroup2"] and len(fields) >= 5:
+            return Path(_unescape_mountinfo(fields[4])), _unescape_mountinfo(fields[3])
+    return None
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo writes spaces, tabs, newlines and backslashes as octal escapes (\040 ...)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+class ForwarderCgroup:
+    """The cgroup v2 group every network forwarder of one fleet runs in, so that the firewall can
+    tell their sockets apart (iptables `-m cgroup --path`) from everything else on the host.
+
+    A socket belongs to the cgroup of the process that created it, for its whole life: a forwarder
+    therefore joins the group before it execs slirp4netns (network.py), so that none of its sockets
+    predates the move. The group persists across daemon restarts (forwarders outlive the daemon),
+    and iptables resolves `--path` once, when a rule is loaded: the group must exist before the
+    rules and is never removed while they are loaded.
+    """
+
+    LEAF = "_forwarders"  # not a task name: those begin with a letter or a digit
+
+    def __init__(self, parent: str, mount: tuple[Path, str] | None = None) -> None:
+        if not parent or parent.startswith("/") or ".." in Path(parent).parts:
+            raise ValueError(f"cgroup parent {parent!r} must be a relative path without '..'")
+        self.parent = parent
+        self.mount = mount if mount is not None else unified_mount()
+
+    @property
+    def directory(self) -> Path | None:
+        return None if self.mount is None else self.mount[0] / self.parent / self.LEAF
+
+    @property
+    def procs_file(self) -> Path | None:
+        return None if self.directory is None else self.directory / "cgroup.procs"
+
+    def match_path(self) -> str:
+        """The group's path from the root of the cgroup v2 hierarchy, as `-m cgroup --path` wants it."""
+        if self.mount is None:
+            raise ValueError("no cgroup v2 hierarchy is mounted")
+        parts = [p for p in (*self.mount[1].split("/"), *Path(self.parent).parts, self.LEAF) if p]
+        return "/".join(parts)
+
+    def ensure(self) -> Path:
+        """Make the group (idempotent); OSError when it cannot be made or joined."""
+        if self.directory is None:
+            raise FileNotFoundError("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.directory / "cgroup.procs", os.W_OK):
+            raise PermissionError(f"{self.directory / 'cgroup.procs'} is not writable")
+        return self.directory
+
+    def pids(self) -> set[int]:
+        try:
+            return {int(p) for p in (self.procs_file or Path("/nonexistent")).read_text().split()}
+        except (OSError, ValueError):
+            return set()
+
+    def remove(self, keep_parent: bool) -> None:
+        """Remove the group if no forwarder is left in it, and its parent if empty and not also the
+        tasks' parent (on v2-only hosts the task groups live there, with controllers enabled)."""
+        if self.directory is None:
+            return
+        for d in (self.directory,) if keep_parent else (self.directory, self.directory.parent):
+            try:
+                d.rmdir()
+            except OSError:
+                return

@@ -49,8 +49,8 @@ from pathlib import Path
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
 from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
 from foundry_fleet.runtime.base import Capability, TaskExit, TaskHandle, TaskSpec, TaskStats
-from foundry_fleet.runtime.cgroups import CgroupHost, TaskCgroups
-from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, PortFirewall
+from foundry_fleet.runtime.cgroups import CgroupHost, ForwarderCgroup, TaskCgroups
+from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, EgressFilter, PortFirewall
 from foundry_fleet.runtime.network import Forwarder, PrivateNetworks
 
 # After the server dies, bwrap exits at once; if it does not within this time it is killed.
@@ -97,6 +97,9 @@ class LocalRuntime:
         self.cgroups = CgroupHost(cgroup_parent)
         self.firewall = PortFirewall(firewall_chain)
         self.networks = PrivateNetworks(run_dir or Path("/run/foundry-fleet") / cgroup_parent / "net")
+        self.forwarder_cgroup = ForwarderCgroup(cgroup_parent)
+        self.egress = EgressFilter(f"{firewall_chain[:24]}-OUT")
+        self._egress_probe: Capability | None = None
         self._network_wanted = network
         self._use_sandbox = use_sandbox
         self._firewall_wanted = firewall
@@ -139,7 +142,40 @@ class LocalRuntime:
         if not self.sandboxed:
             return Capability("network", False, "no sandbox, so no network namespace: instances share the "
                               "host's network, see its sockets and reach its loopback services")
-        return self.networks.capability(self._bwrap)
+        # The filter first: it decides the cgroup forwarders start in, the probe's included.
+        egress = self._egress_capability() if self.networks.slirp is not None else None
+        cap = self.networks.capability(self._bwrap)
+        if not cap.available or egress is None:
+            return cap
+        if egress.available:
+            return replace(cap, detail=f"{cap.detail}; its NAT reaches no address of the host's own and "
+                                       f"no link-local one (cloud metadata), DNS aside ({egress.detail})")
+        return replace(cap, detail=f"{cap.detail}; but through its NAT it still reaches host services bound "
+                                   f"to the host's other addresses (or to all of them) and link-local "
+                                   f"addresses such as cloud metadata: {egress.detail}")
+
+    def _egress_capability(self) -> Capability:
+        """Set up (once a process, and so at every daemon start, before any instance runs) the
+        forwarders' cgroup and the OUTPUT chain that keeps their connections off the host."""
+        if self._egress_probe is None:
+            self._egress_probe = self._install_egress()
+        return self._egress_probe
+
+    def _install_egress(self) -> Capability:
+        if os.geteuid() != 0:
+            return Capability("egress", False, "not root, so no egress filter")
+        try:
+            self.forwarder_cgroup.ensure()
+        except (OSError, ValueError) as exc:
+            self.networks.cgroup_procs = None
+            return Capability("egress", False, f"no cgroup v2 group for the forwarders ({exc})")
+        # In the group even when the rules do not load: a later daemon that can load them covers
+        # these forwarders too.
+        self.networks.cgroup_procs = self.forwarder_cgroup.procs_file
+        try:
+            return self.egress.install(self.forwarder_cgroup.match_path())
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return Capability("egress", False, f"iptables failed ({exc})")
 
     def seccomp_capability(self) -> Capability:
         return seccomp.capability(self.sandboxed)
@@ -197,6 +233,16 @@ class LocalRuntime:
 
     def unprotect_ports(self) -> None:
         self.firewall.remove()
+        # The egress filter goes only with the last forwarder: one still running stays filtered.
+        if not self.forwarder_cgroup.pids():
+            self.egress.remove()
+            self.forwarder_cgroup.remove(keep_parent=self._tasks_share_the_parent())
+            self.networks.cgroup_procs = None
+            self._egress_probe = None
+
+    def _tasks_share_the_parent(self) -> bool:
+        mount = self.forwarder_cgroup.mount
+        return mount is not None and self.cgroups.version == 2 and mount[0] == self.cgroups.root
 
     # ------------------------------------------------------------------ start
 

@@ -14,7 +14,10 @@ health checks keep dialling 127.0.0.1:<port>.
 The forwarder runs as root (it joins the namespace and opens a tap device there) and handles
 traffic a tenant controls, so it runs with slirp4netns' own sandbox (an empty mount namespace, all
 capabilities dropped but binding ports) and its seccomp filter, and with `--disable-host-loopback`
-so 10.0.2.2 does not lead to the host's 127.0.0.1. It is detached like the task (own session, no
+so 10.0.2.2 does not lead to the host's 127.0.0.1. What an instance dials, its forwarder dials from
+the host: so forwarders start in a cgroup of the fleet's (`cgroup_procs`), whose new connections
+to the host's own addresses and to link-local ones an iptables chain refuses (firewall.py,
+`EgressFilter`; cgroups.py, `ForwarderCgroup`). It is detached like the task (own session, no
 pipe back to the control plane), so it survives a control plane that dies; its API socket lives
 under the fleet's run directory (root-only), never in tenant data.
 
@@ -83,6 +86,9 @@ class PrivateNetworks:
         self.run_dir = Path(run_dir)
         self.slirp = shutil.which("slirp4netns")
         self._probe: Capability | None = None
+        # The cgroup.procs file of the group forwarders run in, for the egress filter (firewall.py);
+        # None: they run where the fleet does, unfiltered.
+        self.cgroup_procs: Path | None = None
 
     # ------------------------------------------------------------------ places
 
@@ -137,12 +143,21 @@ class PrivateNetworks:
             "--enable-sandbox", "--enable-seccomp",
             f"--api-socket={sock}", f"--ready-fd={READY_FD}", str(sandbox_pid), "tap0",
         ]
+        executable = self.slirp
+        if self.cgroup_procs is not None:
+            # The forwarder joins its group before slirp4netns exists: the shell writes its own pid
+            # and only then execs it (same pid), and nothing runs if the write fails. A socket keeps
+            # the cgroup of the process that created it, and the shell creates none (its descriptors
+            # are /dev/null, the log file and the readiness pipe): so every socket slirp4netns opens,
+            # its API socket, the host port and each outbound connection, is the group's.
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup_procs), *argv]
+            executable = "/bin/sh"
         log = self._log_path(name)
         log_fd = _high_cloexec(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         ready_r, ready_w = (_high_cloexec(fd) for fd in os.pipe())
         try:
             pid = os.posix_spawn(
-                self.slirp, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                executable, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, log_fd, 1),
