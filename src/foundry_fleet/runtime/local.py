@@ -355,8 +355,10 @@ class LocalRuntime:
                     net = await self.networks.start(spec.name, server, spec.port)
                 except ExternalFailure:
                     if not procfs.is_alive(handle.leader_pid, handle.leader_start):
-                        # It had no namespace left to join: the sandbox's own failure is the news.
-                        raise await self._start_failure(spec, "the sandbox exited during start-up") from None
+                        # The server ran and exited before its forwarder could join the namespace: that
+                        # exit is the news, told by wait_task like any crash (a start failure here would
+                        # bypass the crash policy's backoff and loop count).
+                        return replace(handle, pid=server)
                     raise
                 handle = replace(handle, net_pid=net.pid, net_start=net.start, net_socket=net.api_socket)
         except BaseException:
