@@ -32,7 +32,8 @@ TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout")
 FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", "/login/*")
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
 # Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
-# tenant code never sees them, and cannot set them either.
+# the tenant's server never sees them, and a Set-Cookie of its for them is emptied (its scripts share
+# the host's origin, so a browser would still let them overwrite one: the session is HttpOnly).
 FLEET_COOKIE_PREFIX = "__Host-fleet_"
 # One pass removes each of the fleet's pairs from a Cookie header, wherever it sits (RE2 syntax); a
 # second tidies the separator left at the front when the first pair was one of them.
