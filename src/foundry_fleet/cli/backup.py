@@ -11,8 +11,9 @@ from rich.table import Table
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, human_bytes, print_json, safe
+from foundry_fleet.cli.typer_compat import command_group
 
-app = typer.Typer(help="Snapshots of instance data: take, list, plan, restore, status.", no_args_is_help=True)
+app = command_group("Snapshots of instance data: take, list, plan, restore, status.")
 
 
 def _backups(c: CliContext):  # type: ignore[no-untyped-def]

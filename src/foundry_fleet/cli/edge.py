@@ -6,8 +6,9 @@ import typer
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import print_json
+from foundry_fleet.cli.typer_compat import command_group
 
-app = typer.Typer(help="The edge (Caddy): routes and certificates for every tenant host.", no_args_is_help=True)
+app = command_group("The edge (Caddy): routes and certificates for every tenant host.")
 
 
 @app.command()

@@ -13,8 +13,9 @@ from foundry_fleet.cli.render import console, err_console, instance_detail, inst
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.domain.text import escape_controls
 from foundry_fleet.runtime.logs import follow
+from foundry_fleet.cli.typer_compat import command_group
 
-app = typer.Typer(help="Foundry instances, one per tenant.", no_args_is_help=True)
+app = command_group("Foundry instances, one per tenant.")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 

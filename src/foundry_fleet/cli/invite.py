@@ -10,8 +10,9 @@ from rich.table import Table
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, print_json
+from foundry_fleet.cli.typer_compat import command_group
 
-app = typer.Typer(help="Invites for new tenants: create, list, revoke.", no_args_is_help=True)
+app = command_group("Invites for new tenants: create, list, revoke.")
 
 
 def _invites(c: CliContext):  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
+from foundry_fleet.cli.typer_compat import ClickException
 from foundry_fleet.cli.render import (
     console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, safe,
 )
@@ -29,6 +30,7 @@ app = typer.Typer(
     help="Host Foundry Virtual Tabletop for many game masters on one server.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain text (see typer_compat)
 )
 app.add_typer(release_cmds.app, name="release")
 app.add_typer(instance_cmds.app, name="instance")
@@ -182,10 +184,6 @@ def main() -> None:
         sys.exit(130)
     except (typer.Abort, typer.Exit) as e:
         sys.exit(getattr(e, "exit_code", 1))
-    except Exception as e:  # click usage errors and the like carry their own exit codes
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except ClickException as e:  # usage errors and the like: one message and their own exit code
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]

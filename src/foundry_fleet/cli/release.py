@@ -8,8 +8,9 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from foundry_fleet.cli.render import console, print_json, releases_table
+from foundry_fleet.cli.typer_compat import command_group
 
-app = typer.Typer(help="Add, list and remove Foundry releases.", no_args_is_help=True)
+app = command_group("Add, list and remove Foundry releases.")
 
 
 @app.command("add")

@@ -10,8 +10,9 @@ from rich.table import Table
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, human_bytes, print_json
 from foundry_fleet.domain.errors import Conflict, InvalidInput
+from foundry_fleet.cli.typer_compat import command_group
 
-app = typer.Typer(help="Instance storage: lay out ZFS datasets, show space and limits.", no_args_is_help=True)
+app = command_group("Instance storage: lay out ZFS datasets, show space and limits.")
 
 
 @app.command()
