@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from foundry_fleet.runtime.base import Capability
@@ -71,6 +72,25 @@ def _chain_rules(chain: str, builtin: str) -> dict[str, list[str]]:
     return out
 
 
+def _checked_chain(chain: str) -> str:
+    if not chain or len(chain) > 28 or not all(c.isalnum() or c in "-_" for c in chain):
+        raise ValueError(f"iptables chain name {chain!r} is not usable")
+    return chain
+
+
+def _load_chain(chain: str, builtin: str, script_for: Callable[[str], str]) -> tuple[list[str], list[str]]:
+    """Rewrite `chain` atomically in every family (`script_for(label)` gives its iptables-restore input)
+    and make sure `builtin` jumps to it; returns the families done and what failed in the others."""
+    done, failed = [], []
+    for fam, tool, restore in _families():
+        result = _run([restore, "-w", "--noflush"], stdin=script_for(fam.label))
+        if result.returncode == 0 and _ensure_jump(tool, builtin, chain):
+            done.append(fam.label)
+        else:
+            failed.append(f"{fam.label}: {result.stderr.strip() or f'could not add the {builtin} jump'}")
+    return done, failed
+
+
 def _remove_chain(chain: str, builtin: str) -> None:
     """Take the chain and every jump to it away (idempotent)."""
     if os.geteuid() != 0:
@@ -85,9 +105,7 @@ def _remove_chain(chain: str, builtin: str) -> None:
 
 class PortFirewall:
     def __init__(self, chain: str = DEFAULT_CHAIN) -> None:
-        if not chain or len(chain) > 28 or not all(c.isalnum() or c in "-_" for c in chain):
-            raise ValueError(f"iptables chain name {chain!r} is not usable")
-        self.chain = chain
+        self.chain = _checked_chain(chain)
 
     def usable(self) -> Capability:
         if os.geteuid() != 0:
@@ -123,13 +141,7 @@ class PortFirewall:
             )
         rule = f"-A {self.chain} ! -i lo -p tcp -m tcp --dport {low}:{high} --syn -j DROP"
         script = f"*filter\n:{self.chain} - [0:0]\n{rule}\nCOMMIT\n"
-        done, failed = [], []
-        for fam, tool, restore in _families():
-            result = _run([restore, "-w", "--noflush"], stdin=script)
-            if result.returncode == 0 and _ensure_jump(tool, "INPUT", self.chain):
-                done.append(fam.label)
-            else:
-                failed.append(f"{fam.label}: {result.stderr.strip() or 'could not add the INPUT jump'}")
+        done, failed = _load_chain(self.chain, "INPUT", lambda _family: script)
         if not done:
             return Capability("firewall", False, f"{where} are reachable from other machines: {'; '.join(failed)}")
         detail = f"{where} accept connections only from this host ({', '.join(done)}, chain {self.chain})"
@@ -167,9 +179,7 @@ class EgressFilter:
     """
 
     def __init__(self, chain: str) -> None:
-        if not chain or len(chain) > 28 or not all(c.isalnum() or c in "-_" for c in chain):
-            raise ValueError(f"iptables chain name {chain!r} is not usable")
-        self.chain = chain
+        self.chain = _checked_chain(chain)
 
     def script(self, family: str, cgroup_path: str) -> str:
         who = f'-m cgroup --path "{cgroup_path}" -m conntrack --ctstate NEW'
@@ -187,13 +197,7 @@ class EgressFilter:
             raise ValueError(f"cgroup path {cgroup_path!r} cannot go into a rule")
         if os.geteuid() != 0:
             return Capability("egress", False, "not root, so iptables cannot be changed")
-        done, failed = [], []
-        for fam, tool, restore in _families():
-            result = _run([restore, "-w", "--noflush"], stdin=self.script(fam.label, cgroup_path))
-            if result.returncode == 0 and _ensure_jump(tool, "OUTPUT", self.chain):
-                done.append(fam.label)
-            else:
-                failed.append(f"{fam.label}: {result.stderr.strip() or 'could not add the OUTPUT jump'}")
+        done, failed = _load_chain(self.chain, "OUTPUT", lambda family: self.script(family, cgroup_path))
         if "IPv4" not in done:
             # slirp4netns' NAT is IPv4: without that family the filter protects nothing.
             return Capability("egress", False, "; ".join(failed) or "iptables is not installed (apt install iptables)")
