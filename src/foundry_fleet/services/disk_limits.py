@@ -16,7 +16,6 @@ from typing import Any
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.storage.base import Storage
 
 MIB = 1024 * 1024
 
@@ -49,11 +48,6 @@ def limit_bytes(config: FleetConfig) -> int | None:
     return config.limits.disk_mb * MIB or None
 
 
-def enforced_by_storage(storage: Storage) -> bool:
-    """ZFS holds the limit with a quota; plain directories need the fleet to refuse snapshots."""
-    return storage.name == "zfs"
-
-
 def use_of(fleet: Fleet, name: str) -> DiskUse:
     """How much the instance keeps against its limit (on directories: a walk of its data and snapshots)."""
     return DiskUse(name, fleet.storage.usage_bytes(name), limit_bytes(fleet.config))
@@ -61,7 +55,7 @@ def use_of(fleet: Fleet, name: str) -> DiskUse:
 
 def check_room(fleet: Fleet, name: str) -> None:
     """Raise OverDiskLimit when a new snapshot must be refused (directory storage, at or over the limit)."""
-    if enforced_by_storage(fleet.storage) or limit_bytes(fleet.config) is None:
+    if fleet.storage.enforces_limits or limit_bytes(fleet.config) is None:
         return
     use = use_of(fleet, name)
     if use.over:
@@ -74,9 +68,7 @@ def check_room(fleet: Fleet, name: str) -> None:
 def tighten(fleet: Fleet, names: list[str]) -> list[str]:
     """Where the storage holds limits itself (ZFS), lower the instances' quotas held above them once
     their usage allows (after thinning)."""
-    if not enforced_by_storage(fleet.storage) or not names:
-        return []
-    return fleet.storage.tighten_quotas(names)  # type: ignore[attr-defined]
+    return fleet.storage.tighten_quotas(names) if names else []
 
 
 def report(fleet: Fleet) -> dict[str, Any]:
@@ -87,7 +79,7 @@ def report(fleet: Fleet) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for name, found in dict(status.get("instances") or {}).items():
         row = dict(found)
-        if not enforced_by_storage(fleet.storage):
+        if not fleet.storage.enforces_limits:
             row["limit"] = configured
         use = DiskUse(name, row.get("used") or 0, row.get("limit"))
         row["percent"] = None if use.fraction is None else round(100 * use.fraction, 1)

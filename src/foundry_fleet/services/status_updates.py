@@ -132,7 +132,7 @@ class StatusUpdates:
                     f"({disk_limits.mib(use.used)} of {disk_limits.mib(use.limit or 0)}, snapshots included)")
             if use.over:
                 text += (": its writes fail until old snapshots go or the limit is raised"
-                         if disk_limits.enforced_by_storage(self.fleet.storage)
+                         if self.fleet.storage.enforces_limits
                          else ": new backups are refused until it uses less")
             out.append(Update(f"quota:{use.instance}", use.instance, text))
         return out

@@ -61,6 +61,9 @@ class Snapshots(Protocol):
 class Storage(Protocol):
     name: str
     snapshots: Snapshots
+    # True when the storage itself stops an instance at its disk limit (a ZFS quota); else the fleet
+    # holds the limit by refusing new snapshots.
+    enforces_limits: bool
 
     def ensure_layout(self) -> None:
         """Create `shared/` and `instances/` if missing (idempotent)."""
@@ -83,6 +86,10 @@ class Storage(Protocol):
         """Remove the instance's data and install for good."""
 
     def usage_bytes(self, instance: str) -> int: ...
+
+    def tighten_quotas(self, instances: list[str]) -> list[str]:
+        """Lower limits held above their configured value (after a restore needed room) as far as usage
+        allows; returns the instances changed."""
 
     def status(self) -> dict[str, object]:
         """What `storage status` shows: the driver, space, and per instance what it uses."""

@@ -20,6 +20,7 @@ from foundry_fleet.storage.trees import remove_tree
 
 class DirectoryStorage:
     name = "directory"
+    enforces_limits = False  # a plain directory cannot stop a write: the fleet refuses snapshots instead
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -110,6 +111,10 @@ class DirectoryStorage:
             return {"used": self.usage_bytes(instance)}
         except (OSError, TreeError) as e:  # one tenant's tree that cannot be measured: shown as such
             return {"used": None, "error": getattr(e, "message", None) or str(e)}
+
+    def tighten_quotas(self, instances: list[str]) -> list[str]:
+        del instances  # no quotas to hold
+        return []
 
     def usage_bytes(self, instance: str) -> int:
         """Bytes on disk of the instance's data and of its snapshots, each file once (what a file shares

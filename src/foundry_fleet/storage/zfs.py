@@ -59,6 +59,7 @@ Props = dict[str, dict[str, Prop]]
 
 class ZfsStorage:
     name = "zfs"
+    enforces_limits = True  # a quota on each instance's data, snapshots counted
 
     def __init__(self, root: Path, base: str, runner: ZfsRunner | None = None, quota_bytes: int | None = None) -> None:
         """`quota_bytes`: the limit every instance's data and snapshots are held to (`[limits] disk_mb`),
