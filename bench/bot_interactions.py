@@ -1,7 +1,7 @@
 """Discord interaction -> the bot's first response, for /fleet status and /fleet url.
 
 A real fleet (daemon, control API over its socket) with one running stand-in instance owned by a Discord
-user. The bot is the real FleetBot; Discord is tests/discord_recorder.py: each round feeds a raw
+user. The bot is the real FleetBot; Discord is tests/support/discord_gateway_recorder.py: each round feeds a raw
 INTERACTION_CREATE payload to discord.py's own parser and times until the recorder receives the
 interaction's initial response (POST /interactions/<id>/<token>/callback), which is what Discord's 3 s
 deadline applies to. The two commands alternate round by round. The anchor is the control API call
@@ -32,7 +32,7 @@ from foundry_fleet.bot.client import FleetBot  # noqa: E402
 from foundry_fleet.bot.commands import Limits  # noqa: E402
 from foundry_fleet.config import load_config  # noqa: E402
 from foundry_fleet.services.wiring import open_fleet  # noqa: E402
-from tests.discord_recorder import DiscordRecorder, Person  # noqa: E402
+from tests.support.discord_gateway_recorder import DiscordGatewayRecorder, Person  # noqa: E402
 
 PORT_LOW = 52400  # above the blocks the test suite draws from, apart from other benches
 TENANT = Person(111111111111111111, "alice")
@@ -43,7 +43,7 @@ async def measure(socket: Path, config_path: Path, rounds: int) -> dict[str, lis
     config = load_config(config_path)
     bot = FleetBot(config, open_fleet(config, actor="bench"), httpx.AsyncHTTPTransport(uds=str(socket)),
                    limits=Limits.unlimited())
-    recorder = DiscordRecorder()
+    recorder = DiscordGatewayRecorder()
     await recorder.login(bot)
     anchor_client = AsyncControlClient(httpx.AsyncHTTPTransport(uds=str(socket)))
     times: dict[str, list[float]] = {"status": [], "url": [], "api": []}

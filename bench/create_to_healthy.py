@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from bench.fleet import bench_fleet  # noqa: E402
-from tests.standin import free_port, spawn_standin, wait_for_status, write_options  # noqa: E402
+from tests.support.foundry_standin import free_port, spawn_standin, wait_for_status, write_options  # noqa: E402
 
 
 def bare_start(entry: Path, work: Path) -> float:

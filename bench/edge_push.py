@@ -33,7 +33,7 @@ from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config  # noqa: E402
 from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy  # noqa: E402
-from tests.standin import free_port  # noqa: E402
+from tests.support.foundry_standin import free_port  # noqa: E402
 
 
 def sites(n: int) -> list[TenantSite]:

@@ -27,8 +27,8 @@ import httpx  # noqa: E402
 from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
-from tests.edge_support import local_ca  # noqa: E402
-from tests.standin import STATUS_PATH  # noqa: E402
+from tests.support.edge_client import local_ca  # noqa: E402
+from tests.support.foundry_standin import STATUS_PATH  # noqa: E402
 
 PORT_LOW = 52200
 HOST = "alice.localhost"

@@ -39,8 +39,8 @@ from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
 from foundry_fleet.edge.caddy_config import TenantSite, build_caddy_config  # noqa: E402
 from foundry_fleet.services.wiring import edge_settings  # noqa: E402
-from tests.edge_support import local_ca, wss  # noqa: E402
-from tests.harness import FleetHarness  # noqa: E402
+from tests.support.edge_client import local_ca, wss  # noqa: E402
+from tests.support.harness import FleetHarness  # noqa: E402
 
 PORT_LOW = 52000  # above the blocks the test suite draws from (31000-50999) and bench_fleet's 41000s
 

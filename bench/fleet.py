@@ -10,8 +10,8 @@ from pathlib import Path
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.storage.trees import remove_tree
-from tests.harness import FleetHarness, kill_processes_with
-from tests.standin import build_release_zip
+from tests.support.harness import FleetHarness, kill_processes_with
+from tests.support.foundry_standin import build_release_zip
 
 
 @contextmanager

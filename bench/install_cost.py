@@ -23,7 +23,7 @@ from foundry_fleet.releases.cache import ReleaseCache  # noqa: E402
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits  # noqa: E402
 from foundry_fleet.storage.directory import DirectoryStorage  # noqa: E402
 from foundry_fleet.storage.trees import remove_tree  # noqa: E402
-from tests.standin import build_release_zip  # noqa: E402
+from tests.support.foundry_standin import build_release_zip  # noqa: E402
 
 
 def new_bytes(tree: Path, shared_inodes: set[tuple[int, int]]) -> int:

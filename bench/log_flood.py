@@ -7,7 +7,7 @@ Each run is a real fleet with one instance; `yes ... | head -c <flood>` is writt
 stdout (its fd 1 reopened through /proc, with O_APPEND, as root: before the log writer, fd 1 was the
 root-owned log file, which the tenant's own shell could not reopen, only node itself write to), and the
 fleet's web endpoint (`GET /health` on web_port) is polled for the whole window, each poll on a new
-connection as a monitor's probe would. (tests/test_log_flood.py runs the flood from inside the instance.) The anchor ("old way") is the same fleet and
+connection as a monitor's probe would. (tests/e2e/test_log_flood.py runs the flood from inside the instance.) The anchor ("old way") is the same fleet and
 flood run by the source as it was before the log writer (taken from git: the parent of the commit that
 added runtime/log_writer.py), whose server wrote straight into foundry.log and whose daemon rotated it by
 copying, on its event loop, every 30 s. The window is longer than 30 s so one such rotation falls in it.

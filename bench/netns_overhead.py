@@ -39,8 +39,8 @@ from bench.edge_ttfb import ttfb  # noqa: E402
 from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
-from tests.edge_support import local_ca  # noqa: E402
-from tests.standin import STATUS_PATH  # noqa: E402
+from tests.support.edge_client import local_ca  # noqa: E402
+from tests.support.foundry_standin import STATUS_PATH  # noqa: E402
 
 # Below the ephemeral range (32768+ here), where outgoing connections could hold an instance port.
 PORT_LOW = {"netns": 26000, "host": 26200}

@@ -28,7 +28,7 @@ from bench.machine import describe  # noqa: E402
 from foundry_fleet.storage.trees import remove_tree  # noqa: E402
 from foundry_fleet.storage.zfs import ZfsStorage  # noqa: E402
 from foundry_fleet.storage.zfs_cmd import ZfsRunner  # noqa: E402
-from tests.zfs_support import make_file_pool, why_zfs_cannot_run  # noqa: E402
+from tests.support.zfs import make_file_pool, why_zfs_cannot_run  # noqa: E402
 
 TARGET_SECONDS = 2.0
 

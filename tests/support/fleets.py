@@ -1,0 +1,49 @@
+"""Real fleets for the tests: a fleet root made by `init_fleet`, its ports from the test's own block and
+quick supervision settings, driven through the real CLI and daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.harness import FleetHarness, kill_processes_with
+from tests.support.ports import port_block
+
+
+def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetHarness]:
+    """A fleet whose storage is `zfs_base`, each instance limited to `disk_mb`; stopped (and its processes
+    gone) before the datasets go. For fixtures: `yield from zfs_fleet_on(...)`."""
+    h = make_fleet(tmp_path, **{"disk_mb = 0": f"disk_mb = {disk_mb}"})
+    h.cli("storage", "init", "--zfs", zfs_base)
+    yield h
+    h.stop_daemons()
+    kill_processes_with(str(h.root))
+
+
+def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
+    from foundry_fleet.services.init import init_fleet
+
+    # Under pytest's own temp dir, whose parents are mode 0700 like /root: instances running as
+    # their own uids must work there too.
+    root = tmp_path / "fleet"
+    config = init_fleet(root)
+    h = FleetHarness(root=root, config=config)
+    low = port_block()
+    h.edit_config("port_range = [30000, 30999]", f"port_range = [{low}, {low + 49}]")
+    # The edge's ports come from the same block: every test fleet runs its own Caddy.
+    h.edit_config("http_port = 8080", f"http_port = {low + 80}")
+    h.edit_config("https_port = 8443", f"https_port = {low + 81}")
+    h.edit_config("web_port = 8099", f"web_port = {low + 82}")
+    # Quick supervision so crash handling is observable within a test.
+    for key, value in {
+        "backoff_initial = 1.0": "backoff_initial = 0.2",
+        "backoff_max = 60.0": "backoff_max = 1.0",
+        "crash_loop_count = 5": "crash_loop_count = 3",
+        "health_interval = 15.0": "health_interval = 0.5",
+        "stop_timeout = 10.0": "stop_timeout = 5.0",
+        "start_timeout = 120.0": "start_timeout = 20.0",
+        "memory_mb = 2048": "memory_mb = 512",
+        **overrides,
+    }.items():
+        h.edit_config(key, value)
+    return h

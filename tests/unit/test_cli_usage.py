@@ -1,0 +1,76 @@
+"""What a person meets first: `--help` of every command and usage errors, on the typer and click a fresh
+install gets. Each prints one clear message and its exit code, never a Python traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from foundry_fleet.cli.main import app, main
+from tests.support.harness import BIN
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command and group of the CLI, as the words that name it."""
+    paths: list[tuple[str, ...]] = [()]
+
+    def walk(command: object, prefix: tuple[str, ...]) -> None:
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            paths.append((*prefix, name))
+            walk(sub, (*prefix, name))
+
+    walk(typer.main.get_command(app), ())
+    return paths
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["foundry-fleet", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_the_cli_has_the_commands_people_look_for() -> None:
+    paths = {" ".join(p) for p in command_paths()}
+    assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init"} <= paths
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "(top)")
+def test_help_of_every_command_is_its_usage(path: tuple[str, ...], monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(monkeypatch, capsys, *path, "--help")
+    assert code == 0, err
+    assert out.startswith("Usage: foundry-fleet " + " ".join(path)), out[:200]
+    assert "Traceback" not in out + err and err == ""
+
+
+@pytest.mark.parametrize("args, says", [
+    (["instance", "lst"], "No such command 'lst'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["instance", "create"], "Missing argument"),
+    (["instance", "create", "alice", "--release"], "requires an argument"),
+    (["instance", "logs", "alice", "-n", "many"], "Invalid value for '--lines'"),
+    (["init", "--no-such-flag"], "No such option"),
+])
+def test_a_usage_error_is_one_message_and_exit_code_2(args: list[str], says: str, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2
+    assert says in err and err.count("Error:") == 1, err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("args, says, code", [
+    (["instance", "lst"], "No such command 'lst'", 2),
+    (["init", "--help"], "POOL[/PATH]", 0),  # help texts are plain text, never read as markup
+    (["instance", "create"], "Missing argument", 2),
+])
+def test_the_installed_command_answers_usage_errors_and_help_plainly(args: list[str], says: str, code: int) -> None:
+    p = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == code, p.stderr
+    assert says in p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
