@@ -109,6 +109,19 @@ class ReleasesSection(_Section):
     max_entries: int = Field(200_000, ge=1)
 
 
+class RuntimeSection(_Section):
+    driver: str = Field("local", description='what runs instances: "local" (bubblewrap on this host)')
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, v: str) -> str:
+        from foundry_fleet.wiring.runtimes import RUNTIMES  # the registry: one line per driver
+
+        if v not in RUNTIMES:
+            raise ValueError(f"unknown runtime driver {v!r}; known: {', '.join(sorted(RUNTIMES))}")
+        return v
+
+
 class NodeSection(_Section):
     default: str = Field("node", description="node binary used when no per-major binary is set")
     binaries: dict[str, str] = Field(default_factory=dict, description='per Foundry major, e.g. "14" = "/opt/node24/bin/node"')
@@ -260,6 +273,7 @@ class FleetConfig(_Section):
     storage: StorageSection = StorageSection()
     releases: ReleasesSection = ReleasesSection()
     node: NodeSection = NodeSection()
+    runtime: RuntimeSection = RuntimeSection()
     instances: InstancesSection = InstancesSection()
     supervisor: SupervisorSection = SupervisorSection()
     limits: LimitsSection = LimitsSection()

@@ -10,7 +10,9 @@ import pytest
 
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.domain.instance import InstanceState
+from foundry_fleet.runtime.base import TaskHandle
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.supervision_records import RunningTask, SupervisionRecords
 from foundry_fleet.services.wiring import open_fleet
 from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD, finish_restore, restore_into
 from tests.support.fleets import make_fleet
@@ -143,7 +145,10 @@ def test_restore_gives_back_exactly_the_snapshot_and_keeps_the_current_data(back
 
 def test_restore_refuses_a_running_instance(backups: Backups) -> None:
     snap = backups.take("alice")
-    backups.fleet.observe("alice", InstanceState.RUNNING, task={"pid": 1})  # as the supervisor records it
+    fleet = backups.fleet
+    task = RunningTask(TaskHandle(driver="fake", name="alice", started_at=0.0, state={"id": 1}), "127.0.0.1:1", None)
+    # As the supervisor records a running task:
+    SupervisionRecords(fleet.sessions, fleet.storage).record_task("alice", InstanceState.RUNNING, "healthy", task)
     with pytest.raises(Conflict, match="is running"):
         backups.restore("alice", snap.name)
 

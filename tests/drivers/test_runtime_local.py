@@ -25,15 +25,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
 from foundry_fleet.runtime import procfs
-from foundry_fleet.runtime.base import ResourceLimits, TaskExit, TaskHandle, TaskSpec
+from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, TaskExit, TaskHandle, TaskSpec
 from foundry_fleet.runtime.local import LocalRuntime
+from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.foundry_standin import free_port
 
 IS_ROOT = os.geteuid() == 0
@@ -61,7 +62,7 @@ SERVER_JS = textwrap.dedent(
     const cp = require('child_process');
     const arg = (name) => { const a = process.argv.find(x => x.startsWith('--' + name + '=')); return a && a.slice(name.length + 3); };
     const port = parseInt(arg('port'));
-    if (process.argv.includes('--ignore-term')) process.on('SIGTERM', () => console.log('ignoring SIGTERM'));
+    if (process.env.IGNORE_TERM) process.on('SIGTERM', () => console.log('ignoring SIGTERM'));
     fs.readFileSync('/proc/self/stat');
     fs.readFile('/proc/self/stat', () => {});  // start libuv's thread pool before any limit bites
     const kept = [];
@@ -151,10 +152,10 @@ class World:
         self.tag = f"{os.getpid()}-{id(self) % 10000}"
         self.run_dir = self.root / "run"  # the forwarders' API sockets, as under a fleet's run/
         self.runtime = LocalRuntime(cgroup_parent=f"ff-test-{self.tag}", firewall_chain=f"FFT-{os.getpid()}",
-                                    run_dir=self.run_dir)
+                                    run_dir=self.run_dir, node=node_for)
         self.handles: list[TaskHandle] = []
 
-    def spec(self, name: str, *extra: str, uid: int | None = TENANT_UID, **fields) -> TaskSpec:
+    def spec(self, name: str, uid: int | None = TENANT_UID, **fields) -> TaskSpec:
         data = self.root / "tenants" / name / "data"
         data.mkdir(parents=True, exist_ok=True)
         (data.parent).chmod(0o755)
@@ -164,8 +165,7 @@ class World:
         port = fields.pop("port", None) or free_port()
         return TaskSpec(
             name=name,
-            argv=[NODE or "node", str(self.install / "server.js"), f"--port={port}", *extra],
-            install_dir=self.install,
+            release=ReleaseToRun(version="test", generation=13, install_dir=self.install, entry="server.js"),
             data_dir=data,
             shared_dir=self.shared,
             log_dir=self.root / "tenants" / name / "logs",
@@ -182,7 +182,7 @@ class World:
 
     def close(self) -> None:
         for handle in self.handles:
-            self.runtime.destroy_task(handle)
+            run(self.runtime.destroy_task(handle))
         self.runtime.unprotect_ports()  # also the egress filter and the forwarders' group
         self.runtime.cgroups.remove_parent()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -201,8 +201,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def node_for(generation: int) -> str:
+    return NODE or "node"
+
+
+def lt(handle: TaskHandle) -> LocalTask:
+    """The local driver's own view of a handle: which processes make up the task."""
+    return LocalTask.of(handle)
+
+
+def running(runtime: LocalRuntime, handle: TaskHandle) -> bool:
+    return run(runtime.inspect_task(handle)).running
+
+
 def gone(handle: TaskHandle) -> bool:
-    return not procfs.is_alive(handle.pid) and not procfs.group_members(handle.pgid, handle.leader_start)
+    return not procfs.is_alive(lt(handle).pid) and not procfs.group_members(lt(handle).pgid, lt(handle).leader_start)
 
 
 # ----------------------------------------------------------------------------- start, identity
@@ -215,32 +228,32 @@ def test_start_runs_node_as_the_tenant_uid_in_the_sandbox(world: World) -> None:
     handle = world.start(spec)
     answer = get(spec.port)
     # The handle's pid is node itself, seen from the host; the leader is bwrap.
-    words = procfs.cmdline(handle.pid)
+    words = procfs.cmdline(lt(handle).pid)
     assert words[0] == NODE and words[1].endswith("server.js"), words
-    assert os.path.basename(procfs.cmdline(handle.leader_pid)[0]) == "bwrap"
-    assert handle.pid != handle.leader_pid and handle.pgid == handle.leader_pid
-    assert procfs.stat(handle.pid).pgid == handle.pgid
+    assert os.path.basename(procfs.cmdline(lt(handle).leader_pid)[0]) == "bwrap"
+    assert lt(handle).pid != lt(handle).leader_pid and lt(handle).pgid == lt(handle).leader_pid
+    assert procfs.stat(lt(handle).pid).pgid == lt(handle).pgid
     # In its own pid namespace node is not pid 1 (bwrap's init is), and it runs as the tenant.
     assert answer["pid"] == 2
     assert (answer["uid"], answer["gid"]) == (TENANT_UID, TENANT_UID)
-    assert procfs.status_ids(handle.pid) == (TENANT_UID, TENANT_UID)
+    assert procfs.status_ids(lt(handle).pid) == (TENANT_UID, TENANT_UID)
     assert answer["cwd"] == str(spec.data_dir) and answer["home"] == str(spec.data_dir)
     # Nothing of the control plane's environment leaks in.
     assert set(answer["env"]) <= {"PATH", "LANG", "HOME", "PWD"}
     # Detached: own session, no terminal, stdin is /dev/null, output goes to a pipe whose other end
     # only the log writer holds (not this process: the control plane holds neither end).
-    st = procfs.stat(handle.leader_pid)
-    assert st.session == handle.leader_pid
-    assert os.readlink(f"/proc/{handle.pid}/fd/0") == "/dev/null"
-    pipe = os.readlink(f"/proc/{handle.pid}/fd/1")
-    assert pipe.startswith("pipe:") and os.readlink(f"/proc/{handle.pid}/fd/2") == pipe
+    st = procfs.stat(lt(handle).leader_pid)
+    assert st.session == lt(handle).leader_pid
+    assert os.readlink(f"/proc/{lt(handle).pid}/fd/0") == "/dev/null"
+    pipe = os.readlink(f"/proc/{lt(handle).pid}/fd/1")
+    assert pipe.startswith("pipe:") and os.readlink(f"/proc/{lt(handle).pid}/fd/2") == pipe
     holders = {int(fd.parts[2]) for fd in Path("/proc").glob("[0-9]*/fd/*") if _link(fd) == pipe}
     writers = {pid for pid in holders if str(spec.log_dir / "foundry.log") in procfs.cmdline(pid)}
     assert len(writers) == 1 and os.getpid() not in holders
     assert procfs.stat(next(iter(writers))).session != st.session
     assert wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text())
-    assert world.runtime.inspect_task(handle)
-    stats = world.runtime.task_stats(handle)
+    assert running(world.runtime, handle)
+    stats = run(world.runtime.task_stats(handle))
     assert stats is not None and stats.rss_bytes > 10 * 1024 * 1024
 
 
@@ -269,7 +282,8 @@ def test_shared_assets_read_only_and_other_tenants_invisible(world: World) -> No
 @needs_root
 @needs_bwrap
 def test_start_failure_reports_the_log(world: World) -> None:
-    spec = replace(world.spec("broken"), argv=["/usr/bin/node-does-not-exist", "x.js"])
+    spec = world.spec("broken")
+    world.runtime.node = lambda generation: "/usr/bin/node-does-not-exist"
     with pytest.raises(ExternalFailure) as info:
         run(world.runtime.start_task(spec))
     assert "did not start" in info.value.message and "node-does-not-exist" in info.value.message
@@ -281,7 +295,7 @@ def test_start_failure_reports_the_log(world: World) -> None:
 
 @needs_root
 def test_stop_kills_a_server_that_ignores_sigterm_after_the_timeout(world: World) -> None:
-    spec = world.spec("stubborn", "--ignore-term")
+    spec = world.spec("stubborn", env={"IGNORE_TERM": "1"})
     handle = world.start(spec)
     get(spec.port)
 
@@ -297,7 +311,7 @@ def test_stop_kills_a_server_that_ignores_sigterm_after_the_timeout(world: World
     assert exit_.signal == signal.SIGKILL and exit_.exit_code is None
     assert "ignoring SIGTERM" in (spec.log_dir / "foundry.log").read_text()
     assert gone(handle) and port_is_free(spec.port)
-    assert not world.runtime.inspect_task(handle)
+    assert not running(world.runtime, handle)
 
 
 @needs_root
@@ -351,7 +365,7 @@ def test_kill_9_of_the_node_pid_ends_wait(world: World) -> None:
     handle = world.start(spec)
     get(spec.port)
 
-    exit_, took = run(kill_while_waiting(world, handle, handle.pid))
+    exit_, took = run(kill_while_waiting(world, handle, lt(handle).pid))
     assert exit_.signal == signal.SIGKILL and took < 1.0
     assert gone(handle) and port_is_free(spec.port)
 
@@ -363,7 +377,7 @@ def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) 
     handle = world.start(spec)
     get(spec.port)
 
-    exit_, _took = run(kill_while_waiting(world, handle, handle.leader_pid))
+    exit_, _took = run(kill_while_waiting(world, handle, lt(handle).leader_pid))
     assert exit_.signal == signal.SIGKILL
     assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
 
@@ -373,13 +387,15 @@ def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) 
 CONTROL_PLANE = textwrap.dedent(
     """
     import asyncio, json, sys
-    from foundry_fleet.runtime.base import TaskSpec
+    from foundry_fleet.runtime.base import ReleaseToRun, TaskSpec
     from foundry_fleet.runtime.local import LocalRuntime
     from pathlib import Path
     spec = json.loads(sys.argv[1])
-    for key in ("install_dir", "data_dir", "shared_dir", "log_dir"):
+    for key in ("data_dir", "shared_dir", "log_dir"):
         spec[key] = Path(spec[key])
-    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]), firewall_chain=sys.argv[4])
+    spec["release"] = ReleaseToRun(**{**spec["release"], "install_dir": Path(spec["release"]["install_dir"])})
+    runtime = LocalRuntime(cgroup_parent=sys.argv[2], run_dir=Path(sys.argv[3]), firewall_chain=sys.argv[4],
+                           node=lambda generation: sys.argv[5])
     handle = asyncio.run(runtime.start_task(TaskSpec(**spec)))
     print(json.dumps(handle.to_dict()), flush=True)
     import time
@@ -390,14 +406,14 @@ CONTROL_PLANE = textwrap.dedent(
 
 def start_from_another_control_plane(world: World, spec: TaskSpec) -> tuple[subprocess.Popen, TaskHandle]:
     fields = {
-        "name": spec.name, "argv": spec.argv, "install_dir": str(spec.install_dir),
+        "name": spec.name, "release": {**asdict(spec.release), "install_dir": str(spec.install_dir)},
         "data_dir": str(spec.data_dir), "shared_dir": str(spec.shared_dir), "log_dir": str(spec.log_dir),
         "port": spec.port, "uid": spec.uid, "gid": spec.gid,
     }
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
         [sys.executable, "-c", CONTROL_PLANE, json.dumps(fields), world.runtime.cgroups.parent, str(world.run_dir),
-         world.runtime.firewall.chain],
+         world.runtime.firewall.chain, node_for(13)],
         stdout=subprocess.PIPE, env=env, text=True,
     )
     line = proc.stdout.readline()
@@ -420,22 +436,22 @@ def test_recover_after_the_control_plane_is_sigkilled(world: World) -> None:
     assert get(spec.port) == first
     get(spec.port, "/log?n=1&text=orphaned")
     assert wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text())
-    recovered = world.runtime.recover_task(handle)
-    assert recovered == handle and handle.boot_id == procfs.boot_id()
-    assert world.runtime.inspect_task(recovered)
+    recovered = run(world.runtime.recover_task(handle))
+    assert recovered == handle and lt(handle).boot_id == procfs.boot_id()
+    assert running(world.runtime, recovered)
 
     async def scenario():
         waiter = asyncio.create_task(world.runtime.wait_task(recovered))
         await asyncio.sleep(0.1)
         assert not waiter.done()
-        os.kill(recovered.pid, signal.SIGKILL)
+        os.kill(lt(recovered).pid, signal.SIGKILL)
         return await asyncio.wait_for(waiter, 5)
 
     exit_ = run(scenario())
     # Not our child: the exit status belongs to whoever reaps it.
     assert exit_.exit_code is None
     assert gone(recovered) and port_is_free(spec.port)
-    assert world.runtime.recover_task(handle) is None
+    assert run(world.runtime.recover_task(handle)) is None
 
 
 @needs_root
@@ -447,10 +463,10 @@ def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None
     proc.kill()
     proc.wait()
     proc.stdout.close()
-    os.kill(handle.leader_pid, signal.SIGKILL)
-    assert wait_until(lambda: not procfs.is_alive(handle.leader_pid, handle.leader_start))
-    assert procfs.is_alive(handle.pid)  # node lives on without its bwrap
-    assert world.runtime.recover_task(handle) is None
+    os.kill(lt(handle).leader_pid, signal.SIGKILL)
+    assert wait_until(lambda: not procfs.is_alive(lt(handle).leader_pid, lt(handle).leader_start))
+    assert procfs.is_alive(lt(handle).pid)  # node lives on without its bwrap
+    assert run(world.runtime.recover_task(handle)) is None
     assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
 
 
@@ -470,14 +486,14 @@ def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> Non
     proc.kill()
     proc.wait()
     proc.stdout.close()
-    assert forwarder_pids(world, "unrecorded") == [handle.net_pid]
+    assert forwarder_pids(world, "unrecorded") == [lt(handle).net_pid]
     stale = world.run_dir / "unrecorded.0badf00d.sock"  # as a forwarder before a reboot left it
     stale.touch()
     assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
     assert not stale.exists()
-    assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(handle.pid)
+    assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(lt(handle).pid)
     assert wait_until(lambda: port_is_free(spec.port))
-    assert not Path(handle.net_socket or "").exists()
+    assert not Path(lt(handle).net_socket or "").exists()
 
 
 @needs_root
@@ -490,10 +506,10 @@ def test_a_task_whose_forwarder_died_while_the_control_plane_was_down_is_not_rea
     proc.kill()
     proc.wait()
     proc.stdout.close()
-    os.kill(handle.net_pid, signal.SIGKILL)
-    assert wait_until(lambda: not procfs.is_alive(handle.net_pid, handle.net_start))
-    assert not world.runtime.inspect_task(handle)
-    assert world.runtime.recover_task(handle) is None
+    os.kill(lt(handle).net_pid, signal.SIGKILL)
+    assert wait_until(lambda: not procfs.is_alive(lt(handle).net_pid, lt(handle).net_start))
+    assert not running(world.runtime, handle)
+    assert run(world.runtime.recover_task(handle)) is None
     assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
 
 
@@ -516,9 +532,9 @@ def test_a_handle_recorded_before_network_namespaces_loads(world: World) -> None
     old = {"name": "old", "pid": os.getpid(), "leader_pid": os.getpid(), "leader_start": me.start_time,
            "pgid": me.pgid, "started_at": 1.0, "driver": "local", "boot_id": procfs.boot_id()}
     handle = TaskHandle.from_dict(old)
-    assert (handle.net_pid, handle.net_start, handle.net_socket) == (None, None, None)
+    assert (lt(handle).net_pid, lt(handle).net_start, lt(handle).net_socket) == (None, None, None)
     # A task on the host network has no forwarder to lose: it is alive as long as its leader is.
-    assert world.runtime.inspect_task(handle)
+    assert running(world.runtime, handle)
     assert TaskHandle.from_dict({**handle.to_dict(), "from_a_newer_version": 1}) == handle
 
 
@@ -526,11 +542,11 @@ def test_recover_of_a_reused_pid_is_none(world: World) -> None:
     me = procfs.stat(os.getpid())
     dead = subprocess.Popen(["true"])
     dead.wait()
-    fake = TaskHandle(name="ghost", pid=os.getpid(), leader_pid=os.getpid(), leader_start=me.start_time + 1,
-                      pgid=dead.pid, started_at=0.0)
-    assert not world.runtime.inspect_task(fake)
+    fake = LocalTask(name="ghost", pid=os.getpid(), leader_pid=os.getpid(), leader_start=me.start_time + 1,
+                     pgid=dead.pid, started_at=0.0).handle()
+    assert not running(world.runtime, fake)
     # A dead leader: recover kills only what started after it, so this test process must survive.
-    assert world.runtime.recover_task(fake) is None
+    assert run(world.runtime.recover_task(fake)) is None
     assert procfs.is_alive(os.getpid())
 
 
@@ -538,15 +554,16 @@ def test_a_handle_from_before_a_reboot_matches_nothing(world: World) -> None:
     # After a reboot the same pid and start time can come back (boots are repetitive): the boot id
     # tells them apart, so this live process is neither recovered nor killed.
     me = procfs.stat(os.getpid())
-    old = TaskHandle(name="ghost", pid=os.getpid(), leader_pid=os.getpid(), leader_start=me.start_time,
-                     pgid=me.pgid, started_at=0.0, boot_id="00000000-0000-0000-0000-000000000000")
-    assert world.runtime.recover_task(old) is None
-    assert not world.runtime.inspect_task(old)
-    assert world.runtime.task_stats(old) is None
+    before = LocalTask(name="ghost", pid=os.getpid(), leader_pid=os.getpid(), leader_start=me.start_time,
+                       pgid=me.pgid, started_at=0.0, boot_id="00000000-0000-0000-0000-000000000000")
+    old = before.handle()
+    assert run(world.runtime.recover_task(old)) is None
+    assert not running(world.runtime, old)
+    assert run(world.runtime.task_stats(old)) is None
     assert run(world.runtime.wait_task(old)).exit_code is None
     assert procfs.is_alive(os.getpid())
-    same_boot = replace(old, boot_id=procfs.boot_id())
-    assert world.runtime.inspect_task(same_boot)
+    same_boot = replace(before, boot_id=procfs.boot_id()).handle()
+    assert running(world.runtime, same_boot)
 
 
 # ----------------------------------------------------------------------------- limits
@@ -559,7 +576,7 @@ def test_memory_limit_oom_kills_and_is_reported(world: World) -> None:
     handle = world.start(spec)
     group = world.runtime.cgroups.task("hungry").dirs["memory"]
     assert (group / "memory.limit_in_bytes").read_text().strip() == str(64 * 1024 * 1024)
-    assert handle.pid in world.runtime.cgroups.task("hungry").pids()
+    assert lt(handle).pid in world.runtime.cgroups.task("hungry").pids()
     get(spec.port)  # it runs fine under the limit until it allocates
 
     async def scenario():
@@ -591,9 +608,9 @@ def test_destroy_removes_the_cgroups(world: World) -> None:
     spec = world.spec("short", limits=ResourceLimits(memory_mb=256, pids=64, cpu_percent=100))
     handle = world.start(spec)
     cg = world.runtime.cgroups.task("short")
-    assert cg.exists() and handle.pid in cg.pids()
+    assert cg.exists() and lt(handle).pid in cg.pids()
     run(world.runtime.stop_task(handle, timeout=5))
-    world.runtime.destroy_task(handle)
+    run(world.runtime.destroy_task(handle))
     assert not cg.exists()
 
 
@@ -622,7 +639,7 @@ def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: Wo
     assert all(re.fullmatch(r"round[0-3] \d+", line) for line in text.splitlines())
     # The writer is no part of the task: stopping it leaves the writer to write the last lines, then go.
     writers = [pid for pid in procfs.all_pids() if str(log) in procfs.cmdline(pid)]
-    assert len(writers) == 1 and writers[0] not in world.runtime._task_pids(handle)
+    assert len(writers) == 1 and writers[0] not in world.runtime._task_pids(lt(handle))
     # Signals meant for a terminal or a session do not end it: only the end of the task's output does.
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         os.kill(writers[0], sig)
@@ -824,7 +841,7 @@ def test_firewall_disabled_says_ports_are_reachable() -> None:
 
 
 def test_fingerprint_reports_every_capability(world: World) -> None:
-    caps = {c.name: c for c in world.runtime.fingerprint()}
+    caps = {c.name: c for c in run(world.runtime.fingerprint())}
     assert set(caps) == {"sandbox", "users", "network", "seccomp", "cgroup-memory", "cgroup-cpu", "cgroup-pids", "firewall",
                          "pidfd"}
     assert all(c.detail for c in caps.values())
@@ -839,17 +856,17 @@ def test_without_slirp4netns_instances_share_the_host_network_and_say_so(world: 
     runtime = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, run_dir=world.run_dir,
                            firewall_chain=world.runtime.firewall.chain)
     runtime.networks.slirp = None  # as on a host without the package
-    caps = {c.name: c for c in runtime.fingerprint()}
+    caps = {c.name: c for c in run(runtime.fingerprint())}
     assert not caps["network"].available and "apt install slirp4netns" in caps["network"].detail
     assert "share the host's network" in caps["network"].detail
     assert caps["seccomp"].available and caps["sandbox"].available
     spec = world.spec("hostnet")
     handle = run(runtime.start_task(spec))
     world.handles.append(handle)
-    assert handle.net_pid is None
+    assert lt(handle).net_pid is None
     assert get(spec.port)["uid"] == TENANT_UID
     # node itself holds the host's port, as before network namespaces.
-    assert os.readlink(f"/proc/{handle.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{lt(handle).pid}/ns/net") == os.readlink("/proc/self/ns/net")
     run(runtime.stop_task(handle, 5))
     assert gone(handle) and port_is_free(spec.port)
 
@@ -863,10 +880,10 @@ def test_forwarders_run_in_the_fleets_cgroup_whose_egress_chain_goes_with_the_la
     net = runtime.network_capability()
     assert net.available and "no address of the host's own" in net.detail, net.detail
     group = runtime.forwarder_cgroup
-    assert handle.net_pid in group.pids()
+    assert lt(handle).net_pid in group.pids()
     # The slirp4netns process itself (its cgroup since before its exec), not just its pid.
-    assert procfs.cmdline(handle.net_pid)[0].endswith("slirp4netns")
-    unified = [line for line in Path(f"/proc/{handle.net_pid}/cgroup").read_text().splitlines()
+    assert procfs.cmdline(lt(handle).net_pid)[0].endswith("slirp4netns")
+    unified = [line for line in Path(f"/proc/{lt(handle).net_pid}/cgroup").read_text().splitlines()
                if line.startswith("0::")]
     assert unified == [f"0::/{group.match_path()}"]
     rules = runtime.egress.rules()["IPv4"]
@@ -912,32 +929,32 @@ def test_an_instance_gets_its_own_network_namespace_and_dns_through_the_forwarde
     spec = world.spec("private")
     handle = world.start(spec)
     assert get(spec.port)["uid"] == TENANT_UID
-    assert os.readlink(f"/proc/{handle.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    assert handle.net_pid is not None and forwarder_pids(world, "private") == [handle.net_pid]
+    assert os.readlink(f"/proc/{lt(handle).pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert lt(handle).net_pid is not None and forwarder_pids(world, "private") == [lt(handle).net_pid]
     # The forwarder, not tenant code, holds the host port; the server's socket is in its namespace.
     assert not port_is_free(spec.port)
     listening = subprocess.run(["ss", "-Htlnp", f"sport = :{spec.port}"], capture_output=True, text=True).stdout
     fields = listening.split()
-    assert f"pid={handle.net_pid}," in listening and fields[3] == f"127.0.0.1:{spec.port}", listening
+    assert f"pid={lt(handle).net_pid}," in listening and fields[3] == f"127.0.0.1:{spec.port}", listening
     # With a real backlog (libslirp's own is 1: a burst of connections would wait for SYN retries).
     assert int(fields[2]) >= 128, listening
     assert get(spec.port, "/read?path=/etc/resolv.conf") == {"ok": True, "text": "nameserver 10.0.2.3\n"}
-    assert world.runtime.inspect_task(handle)
+    assert running(world.runtime, handle)
     run(world.runtime.stop_task(handle, 5))
-    world.runtime.destroy_task(handle)
+    run(world.runtime.destroy_task(handle))
     assert forwarder_pids(world, "private") == [] and port_is_free(spec.port)
-    assert not world.runtime.inspect_task(handle)
+    assert not running(world.runtime, handle)
 
 
 def test_sandbox_off_is_reported_and_still_runs(world: World) -> None:
     plain = LocalRuntime(cgroup_parent=world.runtime.cgroups.parent, use_sandbox=False)
-    assert not {c.name: c for c in plain.fingerprint()}["sandbox"].available
+    assert not {c.name: c for c in run(plain.fingerprint())}["sandbox"].available
     spec = world.spec("plain")
     handle = run(plain.start_task(spec))
     world.handles.append(handle)
-    assert handle.pid == handle.leader_pid
+    assert lt(handle).pid == lt(handle).leader_pid
     answer = get(spec.port)
-    assert answer["pid"] == handle.pid
+    assert answer["pid"] == lt(handle).pid
     # Without the sandbox the shared assets are linked into Data/ (protected by permissions only).
     assert os.readlink(spec.data_dir / "Data" / "shared") == str(world.shared)
     if IS_ROOT:
@@ -996,10 +1013,13 @@ def test_sandbox_probe_and_command_line(world: World) -> None:
     assert not sandbox.probe(None).available and "apt install bubblewrap" in sandbox.probe(None).detail
     assert not sandbox.probe("/bin/false").available
     spec = world.spec("argv-check")
-    argv = sandbox.bwrap_argv(spec, "/usr/bin/bwrap", info_fd=3, privileged=False)
+    command = world.runtime.server_command(spec)
+    assert command == [NODE, str(world.install / "server.js"), f"--port={spec.port}", f"--dataPath={spec.data_dir}",
+                       "--noupdate", "--noupnp", "--noipdiscovery"]
+    argv = sandbox.bwrap_argv(spec, command, "/usr/bin/bwrap", info_fd=3, privileged=False)
     # The sandbox must survive the control plane and stay in the task's process group.
     assert "--die-with-parent" not in argv and "--new-session" not in argv
-    assert argv[argv.index("--") + 1 :] == spec.argv
+    assert argv[argv.index("--") + 1 :] == command
     options = argv[: argv.index("--")]
     triples = {tuple(options[i : i + 3]) for i in range(len(options) - 2)}
     assert ("--ro-bind", str(world.shared), str(spec.data_dir / "Data" / "shared")) in triples
@@ -1007,9 +1027,9 @@ def test_sandbox_probe_and_command_line(world: World) -> None:
     assert ("--ro-bind", str(world.install), str(world.install)) in triples
     assert ("--info-fd", "3") == tuple(options[-2:])
     assert "--clearenv" in options and "--cap-drop" not in options
-    assert "--cap-drop" in sandbox.bwrap_argv(spec, "/usr/bin/bwrap", privileged=True)
+    assert "--cap-drop" in sandbox.bwrap_argv(spec, command, "/usr/bin/bwrap", privileged=True)
     assert "--unshare-net" not in options and "--seccomp" not in options
-    private = sandbox.bwrap_argv(spec, "/usr/bin/bwrap", resolv_conf=Path("/run/x/resolv.conf"), seccomp_fd=4)
+    private = sandbox.bwrap_argv(spec, command, "/usr/bin/bwrap", resolv_conf=Path("/run/x/resolv.conf"), seccomp_fd=4)
     options = private[: private.index("--")]
     triples = {tuple(options[i : i + 3]) for i in range(len(options) - 2)}
     assert "--unshare-net" in options and ("--seccomp", "4") in set(zip(options, options[1:], strict=False))
@@ -1025,6 +1045,94 @@ def test_a_release_linked_into_place_runs(world: World) -> None:
     linked.parent.mkdir(parents=True, exist_ok=True)
     linked.symlink_to(world.install)
     spec = world.spec("linked")
-    spec = replace(spec, install_dir=linked, argv=[spec.argv[0], str(linked / "server.js"), *spec.argv[2:]])
+    spec = replace(spec, release=replace(spec.release, install_dir=linked))
     world.start(spec)
     assert get(spec.port)["uid"] == TENANT_UID
+
+
+# ----------------------------------------------------------------------------- the verbs behind the shared port
+
+
+@needs_root
+@needs_bwrap
+def test_address_status_and_logs_come_through_the_handle(world: World) -> None:
+    world.runtime.log_dir_of = lambda name: world.root / "tenants" / name / "logs"
+    spec = world.spec("verbs")
+    handle = world.start(spec)
+    address = run(world.runtime.address(handle))
+    # The forwarder holds the port on the host's loopback; the edge and health checks dial it.
+    assert (address.host, address.port, str(address)) == ("127.0.0.1", spec.port, f"127.0.0.1:{spec.port}")
+    assert get(address.port)["uid"] == TENANT_UID
+    status = run(world.runtime.inspect_task(handle))
+    assert status.running and status.pid == lt(handle).pid
+
+    async def read(task: TaskHandle | str, lines: int) -> list[str]:
+        return [line async for line in world.runtime.logs(task, lines)]
+
+    assert wait_until(lambda: run(read(handle, 5)) == [f"listening on {spec.port}"])
+    get(spec.port, "/log?n=3&text=hello")
+    # By name, as for a stopped instance; the log writer passes lines on in batches.
+    assert wait_until(lambda: run(read("verbs", 2)) == ["hello 1", "hello 2"])
+
+    async def follow_one() -> str:
+        follower = world.runtime.logs(handle, 0, follow=True)
+        reader = asyncio.ensure_future(anext(follower))
+        await asyncio.sleep(0.3)  # the follower has opened the file at its end
+        await asyncio.to_thread(get, spec.port, "/log?n=1&text=later")
+        try:
+            return await asyncio.wait_for(reader, 5)
+        finally:
+            await follower.aclose()
+
+    assert run(follow_one()) == "later 0"
+
+
+@needs_root
+@needs_bwrap
+def test_a_flat_handle_recorded_by_the_old_code_is_recovered_with_its_port(world: World) -> None:
+    spec = world.spec("upgraded")
+    handle = world.start(spec)
+    task = lt(handle)
+    # As the control plane before the opaque handle stored it: pids at top level, no port.
+    flat = {"name": task.name, "pid": task.pid, "leader_pid": task.leader_pid, "leader_start": task.leader_start,
+            "pgid": task.pgid, "started_at": task.started_at, "driver": "local", "boot_id": task.boot_id,
+            "net_pid": task.net_pid, "net_start": task.net_start, "net_socket": task.net_socket}
+    old = TaskHandle.from_dict(json.loads(json.dumps(flat)))
+    assert lt(old).port is None
+    recovered = run(world.runtime.recover_task(old))
+    assert recovered is not None and lt(recovered).pid == task.pid
+    assert run(world.runtime.address(recovered)).port == spec.port
+    assert TaskHandle.from_dict(json.loads(json.dumps(recovered.to_dict()))) == recovered
+    assert run(world.runtime.recover_task(TaskHandle("fake", "upgraded", 0.0, {"id": 1}))) is None
+
+
+@needs_root
+@needs_bwrap
+def test_start_clears_a_task_nobody_recorded_and_says_so(world: World) -> None:
+    spec = world.spec("twice")
+    first = world.start(spec)
+    get(spec.port)
+    assert world.runtime.take_events() == []
+    # The handle was never recorded (the control plane died): the next start clears the old task.
+    second = world.start(spec)
+    assert gone(first) and get(spec.port)["pid"] == 2
+    assert lt(second).pid != lt(first).pid
+    events = world.runtime.take_events()
+    assert [(e.name, e.action) for e in events] == [("twice", "strays")] and "stopped" in events[0].message
+    assert world.runtime.take_events() == []
+
+
+@needs_root
+def test_open_firewalls_the_port_range_and_close_keeps_it_for_instances_left_running(world: World) -> None:
+    low = random.randrange(20000, 29000, 10)
+    world.runtime.port_range = (low, low + 9)
+    caps = {c.name: c for c in run(world.runtime.open())}
+    assert caps["firewall"].available, caps["firewall"].detail
+    assert {"sandbox", "users", "network", "seccomp"} <= set(caps)
+    drops = [r for r in world.runtime.firewall.rules()["IPv4"] if r.endswith("-j DROP")]
+    assert len(drops) == 1 and f"--dport {low}:{low + 9}" in drops[0]
+    run(world.runtime.close(instances_left_running=True))
+    assert world.runtime.firewall.rules()["IPv4"] != []
+    run(world.runtime.close(instances_left_running=False))
+    assert world.runtime.firewall.rules() == {"IPv4": [], "IPv6": []}
+    assert world.runtime.capabilities.isolation == "bubblewrap" and not world.runtime.capabilities.multi_node

@@ -24,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import TaskHandle
+from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 from tests.support.foundry_standin import SOCKET_PATH, STATUS_PATH, run_in_instance
@@ -69,13 +70,14 @@ def forwarders_of(fleet: FleetHarness, name: str) -> list[int]:
             if any(a.startswith(flag) for a in procfs.cmdline(pid)) and procfs.is_alive(pid)]
 
 
-def recorded_task(fleet: FleetHarness, name: str) -> TaskHandle | None:
+def recorded_task(fleet: FleetHarness, name: str) -> LocalTask | None:
+    """The processes of the task the fleet recorded for `name`, as the local driver reads its handle."""
     db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
     try:
         (raw,) = db.execute("SELECT task FROM instances WHERE name = ?", (name,)).fetchone()
     finally:
         db.close()
-    return TaskHandle.from_dict(json.loads(raw)) if raw else None
+    return LocalTask.of(TaskHandle.from_dict(json.loads(raw))) if raw else None
 
 
 def host_port_is_free(port: int) -> bool:

@@ -44,3 +44,30 @@ def test_an_up_to_date_database_opens_without_alembic(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_task_recorded_before_0006_gets_its_address_and_pid(tmp_path: Path) -> None:
+    """A daemon upgraded in place: rows of running instances keep being routed until re-attached."""
+    from alembic import command
+
+    db = tmp_path / "fleet.sqlite"
+    engine = make_engine(db)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
+                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
+                     "'', 0, 0, '/r', 'file', 0)")
+        insert = ("INSERT INTO instances (name, release_version, port, desired, state, state_reason, task, "
+                  "extra_hosts, restarts, crash_times, created_at, updated_at) "
+                  "VALUES (?, '13.345', ?, 'running', ?, '', ?, '[]', 0, '[]', 0, 0)")
+        conn.execute(insert, ("alice", 30001, "running", '{"name": "alice", "pid": 4242, "leader_pid": 4240}'))
+        conn.execute(insert, ("bob", 30002, "stopped", None))
+    engine.dispose()
+    open_database(db)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT name, address, pid FROM instances ORDER BY name").fetchall()
+    assert rows == [("alice", "127.0.0.1:30001", 4242), ("bob", None, None)]

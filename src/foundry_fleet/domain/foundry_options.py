@@ -52,3 +52,19 @@ def normalise_license_key(key: str) -> str:
 
 def build_license(key: str) -> dict[str, str]:
     return {"license": normalise_license_key(key)}
+
+
+# Foundry's own command-line flags: whatever runs the server (a node binary here, an image's
+# entrypoint elsewhere) passes these. No self-update, no UPnP, no public-address lookup: the fleet
+# owns releases, ports and addresses.
+SERVER_FLAGS = ("--noupdate", "--noupnp", "--noipdiscovery")
+
+
+def data_path_flag(data_dir: str) -> str:
+    """The flag naming an instance's data: also how its server process is recognised on the host."""
+    return f"--dataPath={data_dir}"
+
+
+def server_args(entry: str, port: int, data_dir: str) -> list[str]:
+    """The arguments after the node binary that start one Foundry server."""
+    return [entry, f"--port={port}", data_path_flag(data_dir), *SERVER_FLAGS]

@@ -1,14 +1,24 @@
-"""The runtime port, modelled on Nomad's task-driver verbs.
+"""The runtime port, modelled on Nomad's task drivers (plugins/drivers/driver.go, task_handle.go).
 
-`recover_task` is the important one: after the control plane restarts it re-attaches to a process
-that is still running instead of starting the instance twice.
+A task spec says *what* to run (a release, its data, limits); each driver decides *how* (a node
+binary in bubblewrap on this host, an image, a cluster job). The handle it returns is opaque: the
+driver's name, the instance, the start time and a `state` dict only that driver reads. The control
+plane stores it and hands it back, e.g. to `recover_task`, the important verb: after the control
+plane restarts it re-attaches to a task that is still running instead of starting it twice.
+
+Every verb is async: a driver runs its blocking work in a thread, never on the event loop.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import signal as signals
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+# Fields of the handle the first local runtime stored flat; they now live in the driver's `state`.
+_LEGACY_STATE_KEYS = ("pid", "leader_pid", "leader_start", "pgid", "boot_id", "net_pid", "net_start", "net_socket")
 
 
 @dataclass(frozen=True)
@@ -19,16 +29,25 @@ class ResourceLimits:
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """Everything needed to start one instance's server."""
+class ReleaseToRun:
+    """The Foundry release an instance runs: which one, and where its unpacked files are."""
 
-    name: str  # instance name; unique on the host
-    argv: list[str]  # node binary first, then entry and flags; paths are host paths
-    install_dir: Path  # read-only inside the sandbox
-    data_dir: Path  # read-write
+    version: str
+    generation: int  # Foundry's major version: it decides the Node.js the server needs
+    install_dir: Path  # the instance's install tree, read-only for the server
+    entry: str  # the server's entry script, relative to install_dir (e.g. resources/app/main.js)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What to run for one instance. How (which binary, which sandbox) is the driver's business."""
+
+    name: str  # instance name; unique in the fleet
+    release: ReleaseToRun
+    data_dir: Path  # read-write: Foundry's --dataPath
     shared_dir: Path | None  # read-only at <data_dir>/Data/shared
     log_dir: Path
-    port: int
+    port: int  # where the server listens, as the driver's address() reaches it
     uid: int | None = None  # run as this user (root only); None = as the fleet
     gid: int | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -36,34 +55,50 @@ class TaskSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
 
+    @property
+    def install_dir(self) -> Path:
+        return self.release.install_dir
+
 
 @dataclass(frozen=True)
 class TaskHandle:
-    """What the control plane stores to find a task again after it restarts."""
+    """What the control plane stores to find a task again after it restarts.
 
+    `state` belongs to the driver named by `driver`: JSON-able, read by nobody else.
+    """
+
+    driver: str
     name: str
-    pid: int  # the server process (node) as seen from the host
-    leader_pid: int  # the process the runtime spawned (bwrap, or node itself)
-    leader_start: int  # leader's start time in clock ticks since boot (guards against pid reuse)
-    pgid: int  # process group holding the whole task
     started_at: float  # wall clock
-    driver: str = "local"
-    # The kernel's boot id at start: after a reboot pids and start times repeat, so they prove nothing.
-    boot_id: str | None = None
-    # The task's network forwarder (slirp4netns), when it has a network namespace of its own: part of
-    # the task, it lives and dies with it. None for a task on the host network (and for handles
-    # recorded before namespaces existed).
-    net_pid: int | None = None
-    net_start: int | None = None
-    net_socket: str | None = None
+    state: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {"driver": self.driver, "name": self.name, "started_at": self.started_at, "state": dict(self.state)}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> TaskHandle:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})  # type: ignore[arg-type]
+        """Read a stored handle, also one stored flat (pids at top level) by an older control plane,
+        so a daemon upgraded in place re-attaches to the instances the old one started."""
+        if "name" not in d or not isinstance(d["name"], str):
+            raise ValueError("a task handle names its instance")
+        if isinstance(d.get("state"), dict):
+            state = dict(d["state"])  # type: ignore[arg-type]
+        else:
+            state = {k: d[k] for k in _LEGACY_STATE_KEYS if k in d}
+        started = d.get("started_at", 0.0)
+        return cls(driver=str(d.get("driver") or "local"), name=d["name"],
+                   started_at=float(started) if isinstance(started, int | float) else 0.0, state=state)
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the edge and the health check reach a running instance."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -86,43 +121,84 @@ class TaskExit:
 
 
 @dataclass(frozen=True)
+class TaskStatus:
+    """What inspect_task tells about a task."""
+
+    running: bool
+    pid: int | None = None  # the server's process id as the host sees it, for display; None if none
+
+
+@dataclass(frozen=True)
 class TaskStats:
     rss_bytes: int
     cpu_seconds: float
 
 
 @dataclass(frozen=True)
+class TaskEvent:
+    """Something the driver did on a task's behalf that its operators should hear of (Nomad's TaskEvents)."""
+
+    name: str  # the instance
+    action: str  # a short word, e.g. "strays"
+    message: str
+
+
+@dataclass(frozen=True)
 class Capability:
+    """One line of the health report: what the driver found on this host, and whether it works."""
+
     name: str
     available: bool
     detail: str
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do, whatever its health on this host."""
+
+    isolation: str  # e.g. "bubblewrap", "container", "none"
+    limits: bool  # memory, cpu and pid limits are enforced
+    needs_image: bool  # a release must be built into an image before it runs
+    multi_node: bool  # tasks may run on other machines (address() is not this host)
+
+
 class Runtime(Protocol):
     name: str
+    capabilities: Capabilities
 
-    def fingerprint(self) -> list[Capability]:
-        """What this runtime can do on this host (sandbox, users, limits, firewall)."""
+    async def open(self) -> list[Capability]:
+        """Prepare the host (e.g. firewall the port range); health lines for the start-up report."""
+
+    async def close(self, instances_left_running: bool) -> None:
+        """Undo `open`; what running instances still need stays when they are left running."""
+
+    async def fingerprint(self) -> list[Capability]:
+        """What works on this host (sandbox, users, limits, network), one health line each."""
 
     async def start_task(self, spec: TaskSpec) -> TaskHandle: ...
 
     async def wait_task(self, handle: TaskHandle) -> TaskExit:
-        """Return when the task's process has exited."""
+        """Return when the task has exited (everything of it is gone then)."""
 
-    async def stop_task(self, handle: TaskHandle, timeout: float) -> None:
-        """SIGTERM the whole task, SIGKILL whatever is left after `timeout` seconds."""
+    async def stop_task(self, handle: TaskHandle, timeout: float, signal: int = signals.SIGTERM) -> None:
+        """Send `signal` to the task, SIGKILL whatever is left after `timeout` seconds."""
 
-    def destroy_task(self, handle: TaskHandle) -> None:
-        """Release what the task held (cgroups); the process must already be gone."""
+    async def destroy_task(self, handle: TaskHandle) -> None:
+        """Release what the task held (cgroups, forwarders); the task must be stopped."""
 
-    def inspect_task(self, handle: TaskHandle) -> bool:
-        """Is the task still running?"""
+    async def inspect_task(self, handle: TaskHandle) -> TaskStatus: ...
 
-    def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
-        """Re-attach to a task started by an earlier control plane; None if it is gone."""
+    async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
+        """Re-attach to a task started by an earlier control plane; None if it is gone (and then
+        whatever was left of it is gone too)."""
 
-    def task_stats(self, handle: TaskHandle) -> TaskStats | None: ...
+    async def task_stats(self, handle: TaskHandle) -> TaskStats | None: ...
 
-    def kill_strays(self, name: str, data_dir: Path) -> int:
-        """Kill processes of a task no handle knows about (the control plane died between spawning
-        it and recording it); returns how many there were."""
+    async def address(self, handle: TaskHandle) -> Address: ...
+
+    def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        """The last `lines` lines of the task's log (by handle, or by instance name when it is not
+        running), then, with `follow`, each new line as it comes."""
+
+    def take_events(self) -> list[TaskEvent]:
+        """The events noted since the last call (and forget them)."""

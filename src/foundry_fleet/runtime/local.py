@@ -44,11 +44,16 @@ import signal
 import subprocess
 import time
 from dataclasses import replace
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
+from foundry_fleet.domain.foundry_options import data_path_flag, server_args
 from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
-from foundry_fleet.runtime.base import Capability, TaskExit, TaskHandle, TaskSpec, TaskStats
+from foundry_fleet.runtime.base import (
+    Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+)
+from foundry_fleet.runtime.local_task import LocalTask
 from foundry_fleet.runtime.cgroups import CgroupHost, ForwarderCgroup, TaskCgroups
 from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, EgressFilter, PortFirewall
 from foundry_fleet.runtime.network import Forwarder, PrivateNetworks
@@ -79,6 +84,13 @@ def _decode_status(status: int, sandboxed: bool) -> TaskExit:
     return TaskExit(exit_code=code, signal=None)
 
 
+def _node_on_path(generation: int) -> str:
+    found = shutil.which("node")
+    if found is None:
+        raise Unsupported("no node binary on PATH", "install Node.js, or configure [node] in fleet.toml")
+    return found
+
+
 class LocalRuntime:
     name = "local"
 
@@ -91,9 +103,19 @@ class LocalRuntime:
         firewall_chain: str = DEFAULT_CHAIN,
         network: bool | None = None,
         run_dir: Path | None = None,
+        node: Callable[[int], str] = _node_on_path,
+        port_range: tuple[int, int] | None = None,
+        log_dir_of: Callable[[str], Path] | None = None,
     ) -> None:
         """`network`: give each sandbox a network namespace (None: when the host can). `run_dir`:
-        where the forwarders' API sockets live (the fleet's run directory; root-only)."""
+        where the forwarders' API sockets live (the fleet's run directory; root-only). `node`: the
+        node binary for a Foundry generation (raises Unsupported when there is none that fits).
+        `port_range`: the instances' ports, which `open` firewalls. `log_dir_of`: an instance's log
+        directory, for `logs` by name."""
+        self.node = node
+        self.port_range = port_range
+        self.log_dir_of = log_dir_of
+        self._events: list[TaskEvent] = []
         self.cgroups = CgroupHost(cgroup_parent)
         self.firewall = PortFirewall(firewall_chain)
         self.networks = PrivateNetworks(run_dir or Path("/run/foundry-fleet") / cgroup_parent / "net")
@@ -108,6 +130,110 @@ class LocalRuntime:
         self._setpriv = shutil.which("setpriv")
         self._setpriv_drops_caps: bool | None = None
         self._exits: dict[tuple[int, int], TaskExit] = {}
+
+    # ------------------------------------------------------------------ the driver's verbs
+    # Each takes and returns the opaque TaskHandle; the work is done on LocalTask, the driver's own
+    # view of it. What blocks (procfs walks, waiting for kills, probes) runs in a thread.
+
+    capabilities = Capabilities(isolation="bubblewrap", limits=True, needs_image=False, multi_node=False)
+
+    async def open(self) -> list[Capability]:
+        """Health lines, and (with a port range) the firewall that keeps other machines off it."""
+        caps = [c for c in await self.fingerprint() if c.name != "firewall"]
+        if self.port_range is None:
+            return [*caps, self._firewall_capability()]
+        low, high = self.port_range
+        return [*caps, await asyncio.to_thread(self.protect_ports, low, high)]
+
+    async def close(self, instances_left_running: bool) -> None:
+        if not instances_left_running:
+            await asyncio.to_thread(self.unprotect_ports)  # nothing listens in the range any more
+
+    async def fingerprint(self) -> list[Capability]:
+        return await asyncio.to_thread(self._fingerprint)
+
+    def server_command(self, spec: TaskSpec) -> list[str]:
+        """node (the one the release's generation needs), the entry script and Foundry's flags."""
+        release = spec.release
+        entry = str(release.install_dir / release.entry)
+        return [self.node(release.generation), *server_args(entry, spec.port, str(spec.data_dir))]
+
+    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        command = await asyncio.to_thread(self.server_command, spec)
+        # A control plane that died between spawning a task and recording it left one nobody knows
+        # about; it would hold the port, so it goes first.
+        strays = await asyncio.to_thread(self.kill_strays, spec.name, spec.data_dir)
+        if strays:
+            self._events.append(TaskEvent(spec.name, "strays", f"stopped {strays} unrecorded process(es)"))
+        return (await self._start(spec, command)).handle()
+
+    async def wait_task(self, handle: TaskHandle) -> TaskExit:
+        return await self._wait(LocalTask.of(handle))
+
+    async def stop_task(self, handle: TaskHandle, timeout: float, signal: int = signal.SIGTERM) -> None:
+        await self._stop(LocalTask.of(handle), timeout, signal)
+
+    async def destroy_task(self, handle: TaskHandle) -> None:
+        await asyncio.to_thread(self._destroy, LocalTask.of(handle))
+
+    async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
+        task = LocalTask.of(handle)
+        running = await asyncio.to_thread(self._inspect, task)
+        return TaskStatus(running=running, pid=task.pid if running else None)
+
+    async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
+        try:
+            task = LocalTask.of(handle)
+        except ValueError:
+            return None  # not a task this driver could have started
+        recovered = await asyncio.to_thread(self._recover, task)
+        if recovered is None:
+            return None
+        if recovered.port is None:
+            # Recorded before the handle kept the port: the server's own command line names it.
+            recovered = replace(recovered, port=_port_of(recovered.pid))
+        if recovered.log_dir is None and self.log_dir_of is not None:
+            recovered = replace(recovered, log_dir=str(self.log_dir_of(recovered.name)))
+        return recovered.handle()
+
+    async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
+        return await asyncio.to_thread(self._stats, LocalTask.of(handle))
+
+    async def address(self, handle: TaskHandle) -> Address:
+        """The host's loopback and the task's port: in a network namespace the forwarder holds it."""
+        port = LocalTask.of(handle).port
+        if port is None:
+            raise ExternalFailure(f"the task of {handle.name} does not say which port it listens on",
+                                  "restart the instance")
+        return Address("127.0.0.1", port)
+
+    async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        path = logs.log_path(self._log_dir(task))
+        for line in await asyncio.to_thread(logs.tail, path, lines):
+            yield line
+        if not follow:
+            return
+        done = False
+        lines_after = logs.follow(path, stop=lambda: done)
+        try:
+            while (line := await asyncio.to_thread(next, lines_after, None)) is not None:
+                yield line
+        finally:
+            done = True  # the follower's thread notices within its poll interval
+
+    def take_events(self) -> list[TaskEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _log_dir(self, task: TaskHandle | str) -> Path:
+        if isinstance(task, TaskHandle):
+            recorded = LocalTask.of(task).log_dir
+            if recorded is not None:
+                return Path(recorded)
+            task = task.name
+        if self.log_dir_of is None:
+            raise Unsupported(f"no log directory is known for {task}")
+        return self.log_dir_of(task)
 
     # ------------------------------------------------------------------ capabilities
 
@@ -128,7 +254,7 @@ class LocalRuntime:
     def sandboxed(self) -> bool:
         return self.sandbox_capability().available
 
-    def fingerprint(self) -> list[Capability]:
+    def _fingerprint(self) -> list[Capability]:
         caps = [self.sandbox_capability(), self._users_capability(), self.network_capability(),
                 self.seccomp_capability()]
         caps += self.cgroups.capabilities()
@@ -246,7 +372,7 @@ class LocalRuntime:
 
     # ------------------------------------------------------------------ start
 
-    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+    async def _start(self, spec: TaskSpec, command: list[str]) -> LocalTask:
         self._check_spec(spec)
         is_root = os.geteuid() == 0
         use_bwrap = self._sandbox_wanted()
@@ -258,7 +384,7 @@ class LocalRuntime:
                 "run the fleet as root, or leave the instance's uid unset",
             )
         cg = self.cgroups.task(spec.name)
-        argv = list(spec.argv)
+        argv = list(command)
         drop: list[str] = []
         if is_root and uid is not None:
             drop = [self._setpriv or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs"]
@@ -268,7 +394,7 @@ class LocalRuntime:
         use_seccomp = use_bwrap and self.seccomp_capability().available
         if use_bwrap:
             # Root builds the sandbox, then drops to the instance's uid inside it.
-            argv = sandbox.bwrap_argv(spec, self._bwrap or "bwrap", info_fd=INFO_FD,
+            argv = sandbox.bwrap_argv(spec, command, self._bwrap or "bwrap", info_fd=INFO_FD,
                                       privileged=is_root, drop_privileges=drop,
                                       resolv_conf=self.networks.resolv_conf() if use_net else None,
                                       seccomp_fd=SECCOMP_FD if use_seccomp else None)
@@ -335,9 +461,9 @@ class LocalRuntime:
             if filter_fd is not None:
                 os.close(filter_fd)
         leader_start = procfs.start_time(leader) or 0
-        handle = TaskHandle(
+        handle = LocalTask(
             name=spec.name, pid=leader, leader_pid=leader, leader_start=leader_start,
-            pgid=leader, started_at=begun, driver=self.name, boot_id=procfs.boot_id(),
+            pgid=leader, started_at=begun, boot_id=procfs.boot_id(), port=spec.port, log_dir=str(spec.log_dir),
         )
         if info_r is None:
             return handle
@@ -346,7 +472,7 @@ class LocalRuntime:
                 init = await self._sandbox_init(handle, spec, info_r)
             finally:
                 os.close(info_r)
-            server = await self._find_server(handle, spec, init)
+            server = await self._find_server(handle, spec, command[0], init)
             if use_net:
                 # Only now: until bwrap execs the server it is still setting up the namespace's
                 # loopback, and slirp4netns configuring it at the same time makes that fail. node
@@ -384,8 +510,6 @@ class LocalRuntime:
 
     @staticmethod
     def _check_spec(spec: TaskSpec) -> None:
-        if not spec.argv:
-            raise InvalidInput(f"instance {spec.name} has no command to run")
         for label, path in (("install", spec.install_dir), ("data", spec.data_dir)):
             if not Path(path).is_dir():
                 raise InvalidInput(f"{label} directory {path} of {spec.name} does not exist")
@@ -422,7 +546,7 @@ class LocalRuntime:
             if not mount.exists():
                 mount.symlink_to(spec.shared_dir)
 
-    async def _sandbox_init(self, handle: TaskHandle, spec: TaskSpec, info_r: int) -> int:
+    async def _sandbox_init(self, handle: LocalTask, spec: TaskSpec, info_r: int) -> int:
         """The sandbox init's pid (in the host's view), as bwrap reports it on its info pipe."""
         deadline = time.monotonic() + START_TIMEOUT
         leader_fd = os.pidfd_open(handle.leader_pid)
@@ -449,14 +573,14 @@ class LocalRuntime:
         finally:
             os.close(leader_fd)
 
-    async def _find_server(self, handle: TaskHandle, spec: TaskSpec, init: int) -> int:
+    async def _find_server(self, handle: LocalTask, spec: TaskSpec, binary: str, init: int) -> int:
         """Wait for the sandbox init's child to exec the server."""
         deadline = time.monotonic() + START_TIMEOUT
         delay = 0.001
         while True:
             for pid in procfs.children(init):
                 words = procfs.cmdline(pid)
-                if words and words[0] == spec.argv[0]:
+                if words and words[0] == binary:
                     return pid
             if not procfs.is_alive(handle.leader_pid, handle.leader_start):
                 raise await self._start_failure(spec, "the sandbox exited during start-up")
@@ -474,14 +598,14 @@ class LocalRuntime:
             f"see {logs.log_path(spec.log_dir)}",
         )
 
-    async def _abort_start(self, handle: TaskHandle, cg: TaskCgroups) -> None:
+    async def _abort_start(self, handle: LocalTask, cg: TaskCgroups) -> None:
         await self._kill_everything(handle)
         self._collect_exit(handle)
         cg.remove()
 
     # ------------------------------------------------------------------ wait / stop
 
-    async def wait_task(self, handle: TaskHandle) -> TaskExit:
+    async def _wait(self, handle: LocalTask) -> TaskExit:
         known = self._exits.get(_key(handle))
         if known is not None:
             return known
@@ -517,12 +641,12 @@ class LocalRuntime:
             self._exits[_key(handle)] = result
         return result
 
-    async def stop_task(self, handle: TaskHandle, timeout: float) -> None:
+    async def _stop(self, handle: LocalTask, timeout: float, sig: int) -> None:
         # SIGTERM only the server side: bwrap exits by itself once the server is gone. (Killing bwrap
         # first would look like a crash to wait_task, which would SIGKILL the server mid-shutdown.)
         sandbox_pids = self._sandbox_pids(handle)
         for pid in self._task_pids(handle) - sandbox_pids:
-            _signal(pid, signal.SIGTERM)
+            _signal(pid, sig)
         deadline = time.monotonic() + max(timeout, 0.0)
         leader_fd = _pidfd_of(handle.leader_pid, handle.leader_start) if _same_boot(handle) else None
         if leader_fd is not None:
@@ -536,7 +660,7 @@ class LocalRuntime:
         await self._kill_everything(handle)
         self._collect_exit(handle)
 
-    def _kill_round(self, handle: TaskHandle) -> bool:
+    def _kill_round(self, handle: LocalTask) -> bool:
         """SIGKILL every live process of the task once; False when none was left.
 
         The forwarder goes last, once the server and the sandbox are gone: it is the one way in
@@ -554,20 +678,20 @@ class LocalRuntime:
             self.networks.stop(forwarder)
         return False
 
-    async def _kill_everything(self, handle: TaskHandle) -> None:
+    async def _kill_everything(self, handle: LocalTask) -> None:
         for _ in range(500):
             if not self._kill_round(handle):
                 return
             await asyncio.sleep(0.01)
 
-    def _kill_everything_now(self, handle: TaskHandle) -> None:
+    def _kill_everything_now(self, handle: LocalTask) -> None:
         """The same, for callers outside the event loop (recover, destroy)."""
         for _ in range(500):
             if not self._kill_round(handle):
                 return
             time.sleep(0.01)
 
-    def _collect_exit(self, handle: TaskHandle) -> TaskExit:
+    def _collect_exit(self, handle: LocalTask) -> TaskExit:
         """Reap the leader if it is our child; remember the result for every later caller."""
         key = _key(handle)
         if key in self._exits:
@@ -590,12 +714,12 @@ class LocalRuntime:
 
     # ------------------------------------------------------------------ the other verbs
 
-    def inspect_task(self, handle: TaskHandle) -> bool:
+    def _inspect(self, handle: LocalTask) -> bool:
         if not _leader_alive(handle) or not _forwarder_alive(handle):
             return False
         return handle.pid == handle.leader_pid or self._is_server(handle, handle.pid)
 
-    def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
+    def _recover(self, handle: LocalTask) -> LocalTask | None:
         if _leader_alive(handle) and _forwarder_alive(handle):
             if handle.pid == handle.leader_pid or self._is_server(handle, handle.pid):
                 return handle
@@ -606,7 +730,7 @@ class LocalRuntime:
         self._kill_everything_now(handle)
         return None
 
-    def task_stats(self, handle: TaskHandle) -> TaskStats | None:
+    def _stats(self, handle: LocalTask) -> TaskStats | None:
         pids = self._task_pids(handle)
         if not pids:
             return None
@@ -618,7 +742,7 @@ class LocalRuntime:
     def kill_strays(self, name: str, data_dir: Path) -> int:
         """Kill what runs in the task's cgroups or serves its data directory, though no handle says so."""
         strays = set(self.cgroups.task(name).pids()) if self.cgroups.usable() else set()
-        flag = f"--dataPath={data_dir}"
+        flag = data_path_flag(str(data_dir))
         strays |= {pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid)}
         strays.discard(os.getpid())
         for pid in strays:
@@ -633,7 +757,7 @@ class LocalRuntime:
         self.networks.sweep(name)
         return len(strays) + len(forwarders)
 
-    def destroy_task(self, handle: TaskHandle) -> None:
+    def _destroy(self, handle: LocalTask) -> None:
         self._kill_everything_now(handle)
         forwarder = _forwarder(handle)
         if forwarder is not None and _same_boot(handle):
@@ -647,10 +771,10 @@ class LocalRuntime:
 
     # ------------------------------------------------------------------ finding the task's processes
 
-    def _cgroups_of(self, handle: TaskHandle) -> TaskCgroups:
+    def _cgroups_of(self, handle: LocalTask) -> TaskCgroups:
         return self.cgroups.task(handle.name)
 
-    def _task_pids(self, handle: TaskHandle) -> set[int]:
+    def _task_pids(self, handle: LocalTask) -> set[int]:
         """Live processes of the task (the leader included while it lives).
 
         While the leader lives, its process group, its descendants and its cgroups hold the task.
@@ -680,7 +804,7 @@ class LocalRuntime:
             members &= cgroup_members
         return members
 
-    def _sandbox_pids(self, handle: TaskHandle) -> set[int]:
+    def _sandbox_pids(self, handle: LocalTask) -> set[int]:
         """bwrap and the sandbox's init: they exit on their own once the server has."""
         if handle.pid == handle.leader_pid:
             return set()
@@ -692,7 +816,7 @@ class LocalRuntime:
         return found
 
     @staticmethod
-    def _is_server(handle: TaskHandle, pid: int) -> bool:
+    def _is_server(handle: LocalTask, pid: int) -> bool:
         st = procfs.stat(pid)
         return (
             st is not None
@@ -753,27 +877,34 @@ def _check_reachable(spec: TaskSpec, uid: int, gid: int) -> None:
                 )
 
 
-def _same_boot(handle: TaskHandle) -> bool:
+def _port_of(pid: int) -> int | None:
+    for word in procfs.cmdline(pid):
+        if word.startswith("--port=") and word[7:].isdigit():
+            return int(word[7:])
+    return None
+
+
+def _same_boot(handle: LocalTask) -> bool:
     return handle.boot_id is None or handle.boot_id == procfs.boot_id()
 
 
-def _leader_alive(handle: TaskHandle) -> bool:
+def _leader_alive(handle: LocalTask) -> bool:
     return _same_boot(handle) and procfs.is_alive(handle.leader_pid, handle.leader_start)
 
 
-def _forwarder(handle: TaskHandle) -> Forwarder | None:
+def _forwarder(handle: LocalTask) -> Forwarder | None:
     if handle.net_pid is None:
         return None
     return Forwarder(handle.net_pid, handle.net_start or 0, handle.net_socket or "")
 
 
-def _forwarder_alive(handle: TaskHandle) -> bool:
+def _forwarder_alive(handle: LocalTask) -> bool:
     """True for a task on the host network (nothing to lose) or one whose forwarder lives."""
     forwarder = _forwarder(handle)
     return forwarder is None or (_same_boot(handle) and forwarder.alive())
 
 
-def _key(handle: TaskHandle) -> tuple[int, int]:
+def _key(handle: LocalTask) -> tuple[int, int]:
     return handle.leader_pid, handle.leader_start
 
 

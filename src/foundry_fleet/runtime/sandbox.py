@@ -142,6 +142,7 @@ def sandbox_env(spec: TaskSpec) -> dict[str, str]:
 
 def bwrap_argv(
     spec: TaskSpec,
+    command: list[str],
     bwrap: str,
     info_fd: int | None = None,
     privileged: bool | None = None,
@@ -150,7 +151,7 @@ def bwrap_argv(
     resolv_conf: Path | None = None,
     seccomp_fd: int | None = None,
 ) -> list[str]:
-    """The full command line: bwrap, its options, `--`, then the server's argv.
+    """The full command line: bwrap, its options, `--`, then `command` (the server's argv).
 
     `resolv_conf`: give the sandbox a network namespace of its own, with this file as its
     /etc/resolv.conf (the forwarder's DNS; the host's may name a resolver the namespace cannot reach).
@@ -183,7 +184,7 @@ def bwrap_argv(
             mounts.add("--ro-bind", str(resolv_conf), path)
         else:
             mounts.mirror(path)
-    for node_dir in _node_dirs(spec.argv[0], env["PATH"]):
+    for node_dir in _node_dirs(command[0], env["PATH"]):
         mounts.add("--ro-bind", node_dir, node_dir)
 
     install = str(spec.install_dir)
@@ -210,4 +211,4 @@ def bwrap_argv(
         args += ["--seccomp", str(seccomp_fd)]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
-    return [*args, "--", *(drop_privileges or []), *spec.argv]
+    return [*args, "--", *(drop_privileges or []), *command]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import signal
@@ -23,13 +22,14 @@ from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.runtime.base import Capability
-from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
-from foundry_fleet.services.supervisor import Supervisor
+from foundry_fleet.services.supervision_records import SupervisionRecords
+from foundry_fleet.services.supervisor import Supervisor, SupervisionSettings
+from foundry_fleet.wiring.runtimes import make_runtime
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
 from foundry_fleet.services.fleet import Fleet
@@ -90,13 +90,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         uid_claims.check_fleet(fleet)
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
-    # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
-    fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
-    runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}",
-                           run_dir=config.paths.run / "net")
-    lo, hi = config.instances.port_range
-    # The firewall line reports what was actually set up for this fleet's port range.
-    caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
+    runtime = make_runtime(config)
+    caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
     caps.append(Capability("storage", True, _describe_storage(fleet.storage)))
     report_capabilities(caps)
 
@@ -134,7 +129,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         log.warning("finished an interrupted restore of %s", name)
     for user in SetupWizard(fleet).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
-    supervisor = Supervisor(fleet, runtime)
+    records = SupervisionRecords(fleet.sessions, fleet.storage,
+                                 changed=lambda: loop.call_soon_threadsafe(edge.request_update))
+    supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=fleet.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
     app = create_app(fleet, supervisor, info, edge=edge, backups=backups)
     sock = bind_private_socket(config.paths.socket)
@@ -172,8 +169,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         server.should_exit = True
         web.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)
-        if not leave_running:
-            runtime.unprotect_ports()  # nothing listens in the range any more
+        await runtime.close(instances_left_running=leave_running)
         # Left running, Caddy keeps players connected until the next daemon adopts it.
         await edge.close(stop_caddy=not leave_running)
         await api

@@ -26,7 +26,7 @@ from foundry_fleet.domain.hosts import HostConflict, InstanceHosts, assign_hosts
 from foundry_fleet.domain.names import validate_discord_id, validate_instance_name
 from foundry_fleet.domain.ports import choose_port
 from foundry_fleet.edge.caddy_config import TenantSite
-from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, node_range_for
+from foundry_fleet.domain.release import ReleaseInfo, node_range_for
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import ProgressCallback
 from foundry_fleet.services.events import record
@@ -97,7 +97,6 @@ class Fleet:
 
     def view(self, row: Instance) -> InstanceView:
         paths = self.storage.paths(row.name)
-        task = row.task or {}
         return InstanceView(
             name=row.name,
             state=row.state,
@@ -110,7 +109,7 @@ class Fleet:
             url=self.config.public_url(row.name),
             data_dir=str(paths.data),
             install_dir=str(paths.install),
-            pid=task.get("pid") if isinstance(task.get("pid"), int) else None,
+            pid=row.pid,
             restarts=row.restarts,
             owner=row.owner.discord_id if row.owner else None,
             uid=row.uid,
@@ -579,57 +578,6 @@ class Fleet:
 
     # used by the supervisor ---------------------------------------------------------------
 
-    def launch_plan(self, name: str) -> tuple[InstanceView, ReleaseInfo, str]:
-        """What the supervisor needs to start an instance: its view, release and node binary."""
-        with self._session() as s:
-            row = self._instance_row(s, name)
-            rel = row.release
-            info = ReleaseInfo(
-                version=rel.version, generation=rel.generation, build=rel.build,
-                layout=ReleaseLayout(rel.layout), entry=rel.entry, sha256=rel.sha256,
-                zip_bytes=rel.zip_bytes, unpacked_bytes=rel.unpacked_bytes, path=rel.path, source=rel.source,
-            )
-            view = self.view(row)
-        return view, info, resolve_node(self.config.node, info.generation)
-
-    def observe(
-        self,
-        name: str,
-        state: InstanceState,
-        reason: str = "",
-        *,
-        task: dict | None | bool = False,
-        restarts_delta: int = 0,
-        crash_times: list[float] | None = None,
-        event: tuple[str, Outcome] | None = None,
-        actor: str = "supervisor",
-    ) -> None:
-        """Record what the supervisor saw. `task=False` leaves the stored task handle untouched."""
-        with self._session() as s:
-            row = s.scalar(select(Instance).where(Instance.name == name))
-            if row is None:
-                return
-            row.state = state.value
-            row.state_reason = reason
-            if task is not False:
-                row.task = task  # type: ignore[assignment]
-            row.restarts += restarts_delta
-            if crash_times is not None:
-                row.crash_times = crash_times
-            if event:
-                record(s, actor, event[0], name, event[1], reason)
-        self._changed()
-
-    def supervision_rows(self) -> list[tuple[str, str, str, dict | None, list[float]]]:
-        """(name, desired, state, task, crash_times) of every instance past creation."""
-        with self._session() as s:
-            rows = s.scalars(
-                select(Instance).where(
-                    Instance.state != InstanceState.CREATING.value, Instance.desired != DesiredState.DELETED.value
-                )
-            ).all()
-            return [(r.name, r.desired, r.state, r.task, list(r.crash_times or [])) for r in rows]
-
     def switch_release(self, name: str, version: str) -> str:
         """Install another release for a stopped instance; returns the release it had."""
         with self._session() as s:
@@ -660,11 +608,6 @@ class Fleet:
             row = self._instance_row(s, name)
             row.backup_plan = plan
             record(s, self.actor, "backup.plan", name, Outcome.OK, plan or f"default ({self.config.backups.plan})")
-
-    def crash_times(self, name: str) -> list[float]:
-        """When the instance crashed recently (what the crash-loop rule counts)."""
-        with self._session() as s:
-            return list(self._instance_row(s, name).crash_times or [])
 
     def record_event(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:
         with self._session() as s:

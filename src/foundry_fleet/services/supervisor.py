@@ -1,9 +1,12 @@
-"""The reconcile loop: one supervisor per instance drives its process toward the desired state.
+"""The reconcile loop: one supervisor per instance drives its task toward the desired state.
 
 Like a Wings server object, an `InstanceSupervisor` owns its instance's power state: it starts the
-process, health-checks it, restarts it after a crash with backoff, marks it failed in a crash loop,
-and stops it gracefully. After the control plane restarts it re-attaches to a process that is still
+task, health-checks it, restarts it after a crash with backoff, marks it failed in a crash loop,
+and stops it gracefully. After the control plane restarts it re-attaches to a task that is still
 running instead of starting a second one.
+
+It reaches the instance only through the runtime (start, wait, stop, and `address()` for health
+checks) and the database only through its own records (supervision_records.py).
 """
 
 from __future__ import annotations
@@ -11,57 +14,88 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from foundry_fleet.config import FleetConfig
-from foundry_fleet.domain.crash_policy import decide_after_crash
+from foundry_fleet.domain.crash_policy import CrashPolicy, decide_after_crash
 from foundry_fleet.domain.errors import FleetError, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import ROUTE_PREFIX
-from foundry_fleet.domain.instance import DesiredState, InstanceState
-from foundry_fleet.runtime.base import ResourceLimits, Runtime, TaskExit, TaskHandle, TaskSpec
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.domain.instance import InstanceState
+from foundry_fleet.runtime.base import Address, ResourceLimits, Runtime, TaskExit, TaskHandle, TaskSpec
+from foundry_fleet.services.supervision_records import Event, RunningTask, SupervisionRecords
 
 log = logging.getLogger("foundry_fleet.supervisor")
 
 STATUS_PATH = f"/{ROUTE_PREFIX}/api/status"
-FOUNDRY_FLAGS = ("--noupdate", "--noupnp", "--noipdiscovery")
 
 
-def build_task_spec(config: FleetConfig, fleet: Fleet, name: str) -> TaskSpec:
-    view, release, node = fleet.launch_plan(name)
-    paths = fleet.storage.paths(name)
-    entry = paths.install / release.entry
-    uid = view.uid
-    lim = config.limits
+@dataclass(frozen=True)
+class SupervisionSettings:
+    """How the supervisor judges and treats instances (fleet.toml's [supervisor] and friends)."""
+
+    crash_policy: CrashPolicy = CrashPolicy()
+    health_interval: float = 15.0  # between checks of a healthy instance
+    health_timeout: float = 2.0
+    health_failures: int = 3  # failed checks in a row before a restart
+    start_timeout: float = 120.0  # to become healthy after a start
+    stop_timeout: float = 10.0  # after the stop signal, before SIGKILL
+    starting_poll: float = 0.02  # between checks while an instance starts
+    limits: ResourceLimits = ResourceLimits()
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 5
+    log_dir_of: Callable[[str], Path] = field(default=lambda name: Path("logs") / name)
+    env: dict[str, str] = field(default_factory=lambda: {"NODE_ENV": "production"})
+
+    @classmethod
+    def from_config(cls, config: FleetConfig) -> SupervisionSettings:
+        sup, lim = config.supervisor, config.limits
+        return cls(
+            crash_policy=sup.crash_policy(),
+            health_interval=sup.health_interval,
+            health_timeout=sup.health_timeout,
+            health_failures=sup.health_failures,
+            start_timeout=sup.start_timeout,
+            stop_timeout=config.instances.stop_timeout,
+            limits=ResourceLimits(memory_mb=lim.memory_mb, cpu_percent=lim.cpu_percent, pids=lim.pids),
+            log_max_bytes=config.logs.max_kb * 1024,
+            log_keep=config.logs.keep,
+            log_dir_of=config.paths.instance_logs,
+        )
+
+
+def build_task_spec(settings: SupervisionSettings, records: SupervisionRecords, name: str) -> TaskSpec:
+    plan = records.launch_plan(name)
     return TaskSpec(
         name=name,
-        argv=[node, str(entry), f"--port={view.port}", f"--dataPath={paths.data}", *FOUNDRY_FLAGS],
-        install_dir=paths.install,
-        data_dir=paths.data,
-        shared_dir=fleet.storage.shared_dir(),
-        log_dir=config.paths.instance_logs(name),
-        port=view.port,
-        uid=uid,
-        gid=uid,
-        env={"NODE_ENV": "production"},
-        limits=ResourceLimits(memory_mb=lim.memory_mb, cpu_percent=lim.cpu_percent, pids=lim.pids),
-        log_max_bytes=config.logs.max_kb * 1024,
-        log_keep=config.logs.keep,
+        release=plan.release,
+        data_dir=plan.data_dir,
+        shared_dir=plan.shared_dir,
+        log_dir=settings.log_dir_of(name),
+        port=plan.port,
+        uid=plan.uid,
+        gid=plan.uid,
+        env=dict(settings.env),
+        limits=settings.limits,
+        log_max_bytes=settings.log_max_bytes,
+        log_keep=settings.log_keep,
     )
 
 
 class InstanceSupervisor:
-    def __init__(self, name: str, fleet: Fleet, runtime: Runtime, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, records: SupervisionRecords, runtime: Runtime, settings: SupervisionSettings,
+                 http: httpx.AsyncClient) -> None:
         self.name = name
-        self.fleet = fleet
+        self.records = records
         self.runtime = runtime
+        self.settings = settings
         self.http = http
-        self.config = fleet.config
         self.handle: TaskHandle | None = None
-        self.spec: TaskSpec | None = None
+        self.address: Address | None = None  # where the running task answers health checks
         self.wake = asyncio.Event()
         self.settled = asyncio.Event()  # set whenever the instance reaches a resting state
         self.restart_requested = False
@@ -80,7 +114,7 @@ class InstanceSupervisor:
         self.wake.set()
 
     async def close(self, stop_instance: bool) -> None:
-        """Stop supervising; stop the process too when asked (otherwise it is left to be re-attached)."""
+        """Stop supervising; stop the task too when asked (otherwise it is left to be re-attached)."""
         if self._task:
             self._task.cancel()
             try:
@@ -91,7 +125,7 @@ class InstanceSupervisor:
             await self._stop("fleet shutting down")
 
     async def remove(self) -> None:
-        """Stop the process for good (before the instance is deleted)."""
+        """Stop the task for good (before the instance is deleted)."""
         self.removed = True
         await self.close(stop_instance=True)
 
@@ -100,21 +134,17 @@ class InstanceSupervisor:
     async def _run(self) -> None:
         if self.handle is not None:
             # Re-attached: find out whether it is healthy before calling it running.
-            try:
-                self.spec = build_task_spec(self.config, self.fleet, self.name)
-            except FleetError:
-                self.spec = None  # still supervised; log upkeep waits for the next start
-            self.fleet.observe(self.name, InstanceState.STARTING, f"re-attached to process {self.handle.pid}",
-                               task=self.handle.to_dict(), event=("instance.reattach", Outcome.OK))
+            running = await self._running_task(self.handle)
+            self.records.record_task(self.name, InstanceState.STARTING, f"re-attached to {_what(running)}",
+                                     running, Event("instance.reattach", Outcome.OK))
             await self._watch(started_at=time.monotonic(), healthy=False)
         while True:
             self.wake.clear()
             try:
-                row = self._row()
+                row = self.records.get(self.name)
             except NotFound:
                 return
-            desired, state = row
-            if desired == DesiredState.RUNNING.value and state != InstanceState.FAILED.value:
+            if row.wants_running and not row.failed:
                 self.restart_requested = False  # whatever ran is gone; this start is the restart
                 async with self.lock:
                     ok = await self._launch()
@@ -123,46 +153,61 @@ class InstanceSupervisor:
                     continue
             else:
                 self.restart_requested = False
-                if state in (InstanceState.STARTING.value, InstanceState.RUNNING.value, InstanceState.STOPPING.value):
+                if row.seems_active:
                     # e.g. stopped during a crash backoff: nothing runs, say so.
-                    self.fleet.observe(self.name, InstanceState.STOPPED, "stopped")
+                    self.records.set_state(self.name, InstanceState.STOPPED, "stopped")
                 self.settled.set()
             await self.wake.wait()
 
-    def _row(self) -> tuple[str, str]:
-        view = self.fleet.get_instance(self.name)
-        return view.desired, view.state
+    async def _running_task(self, handle: TaskHandle) -> RunningTask:
+        self.address = await self.runtime.address(handle)
+        status = await self.runtime.inspect_task(handle)
+        return RunningTask(handle=handle, address=str(self.address), pid=status.pid)
 
     async def _launch(self) -> bool:
-        """Start the process; False (with the instance failed) when it cannot even be spawned."""
+        """Start the task; False (with the instance failed) when it cannot even be started."""
         try:
-            self.spec = build_task_spec(self.config, self.fleet, self.name)
-            Path(self.spec.log_dir).mkdir(parents=True, exist_ok=True)
-            self.fleet.observe(self.name, InstanceState.STARTING, "starting")
-            self.handle = await self.runtime.start_task(self.spec)
+            spec = build_task_spec(self.settings, self.records, self.name)
+            self.records.set_state(self.name, InstanceState.STARTING, "starting")
+            self.handle = await self.runtime.start_task(spec)
         except FleetError as e:
-            self.fleet.observe(self.name, InstanceState.FAILED, e.message, task=None, event=("instance.start", Outcome.FAILED))
-            self.settled.set()
+            self._record_driver_events()
+            self._failed_to_start(e.message)
             return False
         except OSError as e:
-            self.fleet.observe(self.name, InstanceState.FAILED, f"could not start: {e}", task=None,
-                               event=("instance.start", Outcome.FAILED))
-            self.settled.set()
+            self._record_driver_events()
+            self._failed_to_start(f"could not start: {e}")
             return False
-        self.fleet.observe(self.name, InstanceState.STARTING, f"process {self.handle.pid} started",
-                           task=self.handle.to_dict(), event=("instance.spawn", Outcome.OK))
+        self._record_driver_events()
+        try:
+            running = await self._running_task(self.handle)
+        except FleetError as e:
+            await self._stop_handle(self.handle)
+            self.handle = None
+            self._failed_to_start(e.message)
+            return False
+        self.records.record_task(self.name, InstanceState.STARTING, f"{_what(running)} started", running,
+                                 Event("instance.spawn", Outcome.OK))
         return True
 
+    def _failed_to_start(self, why: str) -> None:
+        self.records.clear_task(self.name, InstanceState.FAILED, why, Event("instance.start", Outcome.FAILED))
+        self.settled.set()
+
+    def _record_driver_events(self) -> None:
+        for event in self.runtime.take_events():
+            self.records.record_event(f"instance.{event.action}", event.name, Outcome.INFO, event.message)
+
     async def _watch(self, started_at: float, healthy: bool) -> None:
-        """Follow a live process until it exits, is stopped, or must be restarted."""
+        """Follow a live task until it exits, is stopped, or must be restarted."""
         assert self.handle is not None
         handle = self.handle
         exit_waiter = asyncio.create_task(self.runtime.wait_task(handle))
-        sup = self.config.supervisor
+        settings = self.settings
         failures = 0
         try:
             while True:
-                interval = sup.health_interval if healthy else 0.02
+                interval = settings.health_interval if healthy else settings.starting_poll
                 wake_waiter = asyncio.create_task(self.wake.wait())
                 done, _ = await asyncio.wait({exit_waiter, wake_waiter}, timeout=interval,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -173,14 +218,14 @@ class InstanceSupervisor:
                     return
                 if wake_waiter in done:
                     self.wake.clear()
-                    desired, _state = self._row()
-                    if desired != DesiredState.RUNNING.value or self.restart_requested or self.removed:
+                    row = self.records.get(self.name)
+                    if not row.wants_running or self.restart_requested or self.removed:
                         exit_waiter.cancel()
                         restarting = self.restart_requested and not self.removed
                         async with self.lock:
                             await self._stop("restarting" if restarting else "stop requested", settle=not restarting)
                         if restarting:
-                            self.fleet.record_event("instance.restart", self.name, Outcome.OK, actor="supervisor")
+                            self.records.record_event("instance.restart", self.name, Outcome.OK)
                         return
                     if healthy:
                         self.settled.set()
@@ -190,16 +235,16 @@ class InstanceSupervisor:
                 if not healthy:
                     if ok:
                         healthy = True
-                        self.fleet.observe(self.name, InstanceState.RUNNING, "healthy",
-                                           event=("instance.healthy", Outcome.OK))
+                        self.records.set_state(self.name, InstanceState.RUNNING, "healthy",
+                                               Event("instance.healthy", Outcome.OK))
                         self.settled.set()
-                    elif now - started_at > sup.start_timeout:
+                    elif now - started_at > settings.start_timeout:
                         exit_waiter.cancel()
-                        await self._crashed(handle, f"not healthy within {sup.start_timeout:.0f}s", stop=True)
+                        await self._crashed(handle, f"not healthy within {settings.start_timeout:g}s", stop=True)
                         return
                     continue
                 failures = 0 if ok else failures + 1
-                if failures >= sup.health_failures:
+                if failures >= settings.health_failures:
                     exit_waiter.cancel()
                     await self._crashed(handle, f"{failures} health checks failed in a row", stop=True)
                     return
@@ -208,15 +253,17 @@ class InstanceSupervisor:
                 exit_waiter.cancel()
 
     async def _healthy(self) -> bool:
-        view_port = self.spec.port if self.spec else self.fleet.get_instance(self.name).port
+        if self.address is None:
+            return False
+        url = f"http://{self.address}{STATUS_PATH}"
         try:
-            r = await self.http.get(f"http://127.0.0.1:{view_port}{STATUS_PATH}", timeout=self.config.supervisor.health_timeout)
+            r = await self.http.get(url, timeout=self.settings.health_timeout)
             return r.status_code == 200 and isinstance(r.json(), dict)
         except (httpx.HTTPError, ValueError):
             return False
 
     async def _on_exit(self, result: TaskExit, handle: TaskHandle) -> None:
-        self.runtime.destroy_task(handle)
+        await self.runtime.destroy_task(handle)
         self.handle = None
         await self._crashed(handle, result.describe(), stop=False)
 
@@ -224,23 +271,23 @@ class InstanceSupervisor:
         if stop:
             await self._stop_handle(handle)
         self.handle = None
+        self.address = None
         try:
-            crash_times = self.fleet.crash_times(self.name)
+            crash_times = self.records.crash_times(self.name)
         except NotFound:
             return  # deleted meanwhile
         now = time.time()
-        decision = decide_after_crash(self.config.supervisor.crash_policy(), tuple(crash_times), now,
-                                      ran_for=now - handle.started_at)
+        policy = self.settings.crash_policy
+        decision = decide_after_crash(policy, tuple(crash_times), now, ran_for=now - handle.started_at)
         if decision.give_up:
-            window = self.config.supervisor.crash_loop_minutes
-            reason = f"crash loop: {len(decision.recent)} crashes in {window:g} min (last: {why})"
-            self.fleet.observe(self.name, InstanceState.FAILED, reason, task=None, crash_times=list(decision.recent),
-                               event=("instance.failed", Outcome.FAILED))
+            reason = f"crash loop: {len(decision.recent)} crashes in {policy.window / 60:g} min (last: {why})"
+            self.records.clear_task(self.name, InstanceState.FAILED, reason, Event("instance.failed", Outcome.FAILED),
+                                    crash_times=list(decision.recent))
             self.settled.set()
             return
         reason = f"crashed ({why}); restarting in {decision.delay:g}s"
-        self.fleet.observe(self.name, InstanceState.STARTING, reason, task=None, restarts_delta=1,
-                           crash_times=list(decision.recent), event=("instance.crashed", Outcome.FAILED))
+        self.records.clear_task(self.name, InstanceState.STARTING, reason, Event("instance.crashed", Outcome.FAILED),
+                                restarts_delta=1, crash_times=list(decision.recent))
         # Back off; a stop (or any other change) during the wait wakes us, and the main loop
         # re-reads the desired state before starting again.
         try:
@@ -252,30 +299,46 @@ class InstanceSupervisor:
         handle = self.handle
         if handle is None:
             return
-        self.fleet.observe(self.name, InstanceState.STOPPING, why)
+        self.records.set_state(self.name, InstanceState.STOPPING, why)
         await self._stop_handle(handle)
         self.handle = None
-        self.fleet.observe(self.name, InstanceState.STOPPED, why, task=None, event=("instance.stopped", Outcome.OK))
+        self.address = None
+        self.records.clear_task(self.name, InstanceState.STOPPED, why, Event("instance.stopped", Outcome.OK))
         if settle:
             self.settled.set()
 
     async def _stop_handle(self, handle: TaskHandle) -> None:
-        await self.runtime.stop_task(handle, self.config.instances.stop_timeout)
-        self.runtime.destroy_task(handle)
+        await self.runtime.stop_task(handle, self.settings.stop_timeout)
+        await self.runtime.destroy_task(handle)
+
+
+def _what(running: RunningTask) -> str:
+    return f"process {running.pid}" if running.pid is not None else f"the task at {running.address}"
 
 
 class Supervisor:
     """All instance supervisors of one daemon, kept in step with the database."""
 
-    def __init__(self, fleet: Fleet, runtime: Runtime) -> None:
-        self.fleet = fleet
+    def __init__(
+        self,
+        records: SupervisionRecords,
+        runtime: Runtime,
+        settings: SupervisionSettings,
+        *,
+        repair: Callable[[], list[str]] = list,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        """`repair` finishes what a crash interrupted (creations, deletions) before anything starts;
+        it returns the instances it repaired."""
+        self.records = records
         self.runtime = runtime
-        self.http = httpx.AsyncClient()
+        self.settings = settings
+        self.repair = repair
+        self.http = http or httpx.AsyncClient()
         self.instances: dict[str, InstanceSupervisor] = {}
 
     async def start(self) -> None:
-        repaired = self.fleet.repair_interrupted()
-        for name in repaired:
+        for name in self.repair():
             log.warning("rolled back the interrupted creation of %s", name)
         await self.reconcile()
 
@@ -287,32 +350,25 @@ class Supervisor:
 
         The periodic pass does not poke: that would cut a crash backoff short.
         """
-        rows = self.fleet.supervision_rows()
-        names = {r[0] for r in rows}
-        for name, _desired, state, task, _crashes in rows:
-            sup = self.instances.get(name)
+        rows = self.records.supervised()
+        names = {r.name for r in rows}
+        for row in rows:
+            sup = self.instances.get(row.name)
             if sup is not None:
                 if poke:
                     sup.poke()
                 continue
             recovered = None
-            if task:
-                recovered = self.runtime.recover_task(TaskHandle.from_dict(task))
+            if row.task is not None:
+                recovered = await self.runtime.recover_task(row.task)
                 if recovered is None:
-                    self.fleet.observe(name, InstanceState.STOPPED if state != InstanceState.FAILED.value else InstanceState.FAILED,
-                                       "process gone while the control plane was down", task=None,
-                                       event=("instance.lost", Outcome.INFO))
-            elif state in (InstanceState.RUNNING.value, InstanceState.STARTING.value, InstanceState.STOPPING.value):
-                self.fleet.observe(name, InstanceState.STOPPED, "no process recorded", task=None)
-            if recovered is None:
-                # A control plane that died between spawning a process and recording it leaves one
-                # nobody knows about; it would hold the port, so it goes before anything starts.
-                strays = self.runtime.kill_strays(name, self.fleet.storage.paths(name).data)
-                if strays:
-                    self.fleet.record_event("instance.strays", name, Outcome.INFO,
-                                            f"stopped {strays} unrecorded process(es)", actor="supervisor")
-            sup = InstanceSupervisor(name, self.fleet, self.runtime, self.http)
-            self.instances[name] = sup
+                    self.records.clear_task(row.name, InstanceState.FAILED if row.failed else InstanceState.STOPPED,
+                                            "process gone while the control plane was down",
+                                            Event("instance.lost", Outcome.INFO))
+            elif row.seems_active:
+                self.records.clear_task(row.name, InstanceState.STOPPED, "no process recorded")
+            sup = InstanceSupervisor(row.name, self.records, self.runtime, self.settings, self.http)
+            self.instances[row.name] = sup
             sup.start(recovered)
         for name in list(self.instances):
             if name not in names:
@@ -346,4 +402,3 @@ class Supervisor:
         await asyncio.gather(*(s.close(stop_instances) for s in self.instances.values()))
         self.instances.clear()
         await self.http.aclose()
-

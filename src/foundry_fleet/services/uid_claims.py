@@ -28,6 +28,7 @@ from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.uid_blocks import LEGACY_BLOCK, IdRange, first_free_block, overlaps
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import TaskHandle
+from foundry_fleet.runtime.local_task import LocalTask
 from foundry_fleet.store.models import Instance
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def _descendants(roots: set[int]) -> set[int]:
     return mine & set(parents)
 
 
-def own_processes(handles: Iterable[TaskHandle], instances_dir: Path) -> set[int]:
+def own_processes(handles: Iterable[LocalTask], instances_dir: Path) -> set[int]:
     """The processes of this fleet's instances: those below each live task's leader or in its process
     group, and any server started on this fleet's data (one whose handle was never recorded) with
     what runs below it."""
@@ -240,8 +241,9 @@ def check_fleet(fleet: Fleet) -> None:
     handles = []
     for task in tasks:
         try:
-            handles.append(TaskHandle.from_dict(task))
-        except TypeError:
-            continue  # a handle of another shape: the supervisor judges it
+            # Only the local driver's tasks are processes of this host.
+            handles.append(LocalTask.of(TaskHandle.from_dict(task)))
+        except (TypeError, ValueError):
+            continue  # a handle of another shape or driver: the supervisor judges it
     own = own_processes(handles, fleet.config.paths.instances)
     check_and_claim(fleet.config.root, fleet.config.instances.uid_range, own)

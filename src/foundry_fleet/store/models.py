@@ -55,6 +55,10 @@ class Instance(Base):
     state_reason: Mapped[str] = mapped_column(Text, default="")
     # The runtime's TaskHandle while a process exists; what re-attaching reads back.
     task: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Where the edge and the health check reach the running task ("host:port", as the runtime said),
+    # and its server's pid for display; None while nothing runs.
+    address: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Hostnames besides <name>.<domain> (a tenant's own domain); the edge routes and certifies them all.
     extra_hosts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     # znapzend-style plan for this instance's snapshots; None follows the fleet's [backups] plan.

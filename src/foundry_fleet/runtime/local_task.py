@@ -1,0 +1,50 @@
+"""The local driver's private state of one task: which processes on this host make it up.
+
+It travels inside the opaque `TaskHandle.state`; nothing outside the local driver reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from foundry_fleet.runtime.base import TaskHandle
+
+DRIVER = "local"
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    name: str
+    pid: int  # the server process (node) as seen from the host
+    leader_pid: int  # the process the runtime spawned (bwrap, or node itself)
+    leader_start: int  # leader's start time in clock ticks since boot (guards against pid reuse)
+    pgid: int  # process group holding the whole task
+    started_at: float  # wall clock
+    # The kernel's boot id at start: after a reboot pids and start times repeat, so they prove nothing.
+    boot_id: str | None = None
+    # The task's network forwarder (slirp4netns), when it has a network namespace of its own: part of
+    # the task, it lives and dies with it. None for a task on the host network (and for handles
+    # recorded before namespaces existed).
+    net_pid: int | None = None
+    net_start: int | None = None
+    net_socket: str | None = None
+    # Where the server listens (and, in a namespace, the port its forwarder holds on the host).
+    # None in handles recorded before the driver kept it: recover_task reads it off the server.
+    port: int | None = None
+    log_dir: str | None = None
+
+    def handle(self) -> TaskHandle:
+        state = {k: v for k, v in asdict(self).items() if k not in ("name", "started_at")}
+        return TaskHandle(driver=DRIVER, name=self.name, started_at=self.started_at, state=state)
+
+    @classmethod
+    def of(cls, handle: TaskHandle) -> LocalTask:
+        """The local state inside `handle`; ValueError for another driver's handle or a broken one."""
+        if handle.driver != DRIVER:
+            raise ValueError(f"a {handle.driver} task handle given to the {DRIVER} runtime")
+        known = {f.name for f in fields(cls)} - {"name", "started_at"}
+        try:
+            return cls(name=handle.name, started_at=handle.started_at,
+                       **{k: v for k, v in handle.state.items() if k in known})  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ValueError(f"a local task handle without its processes: {exc}") from exc

@@ -1,0 +1,50 @@
+"""Which runtime driver runs the instances: `[runtime] driver` in fleet.toml.
+
+Adding a driver is one file in runtime/ and one line in RUNTIMES. Builders import their driver
+when called, so reading the configuration never loads one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from foundry_fleet.domain.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from foundry_fleet.config import FleetConfig
+    from foundry_fleet.runtime.base import Runtime
+
+
+def fleet_id(config: FleetConfig) -> str:
+    """Per fleet, so two fleets on one host never share cgroups or a firewall chain."""
+    return hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
+
+
+def _local(config: FleetConfig) -> Runtime:
+    from foundry_fleet.runtime.local import LocalRuntime
+    from foundry_fleet.services.node_binaries import resolve_node
+
+    tag = fleet_id(config)
+    return LocalRuntime(
+        cgroup_parent=f"foundry-fleet-{tag}",
+        firewall_chain=f"FOUNDRY-FLEET-{tag}",
+        run_dir=config.paths.run / "net",
+        node=lambda generation: resolve_node(config.node, generation),
+        port_range=config.instances.port_range,
+        log_dir_of=config.paths.instance_logs,
+    )
+
+
+RUNTIMES: dict[str, Callable[[FleetConfig], Runtime]] = {
+    "local": _local,
+}
+
+
+def make_runtime(config: FleetConfig) -> Runtime:
+    build = RUNTIMES.get(config.runtime.driver)
+    if build is None:  # the configuration refuses it already; a hand-built one may not
+        raise InvalidInput(f"unknown runtime driver {config.runtime.driver!r}",
+                           f"set [runtime] driver to one of: {', '.join(sorted(RUNTIMES))}")
+    return build(config)
