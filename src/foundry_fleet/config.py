@@ -110,7 +110,8 @@ class ReleasesSection(_Section):
 
 
 class RuntimeSection(_Section):
-    driver: str = Field("local", description='what runs instances: "local" (bubblewrap on this host)')
+    driver: str = Field("local", description='what runs instances: "local" (bubblewrap on this host), '
+                                             '"fake" (in memory, for tests)')
 
     @field_validator("driver")
     @classmethod

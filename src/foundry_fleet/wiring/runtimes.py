@@ -37,8 +37,15 @@ def _local(config: FleetConfig) -> Runtime:
     )
 
 
+def _fake(config: FleetConfig) -> Runtime:
+    from foundry_fleet.runtime.fake import FakeRuntime
+
+    return FakeRuntime(log_dir_of=config.paths.instance_logs)
+
+
 RUNTIMES: dict[str, Callable[[FleetConfig], Runtime]] = {
     "local": _local,
+    "fake": _fake,
 }
 
 

@@ -1,0 +1,268 @@
+"""The supervisor on the fake runtime: health checks, start timeout, backoff, crash loops,
+re-attaching after a control-plane restart and stop escalation, each in well under a second.
+
+The database is a real SQLite store; the tasks are the fake runtime's, each with a real HTTP status
+endpoint, so health checks run as in production, through the runtime's address().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from foundry_fleet.domain.crash_policy import CrashPolicy
+from foundry_fleet.runtime.fake import FAKE_PIDS, FakeRuntime
+from foundry_fleet.services.supervision_records import SupervisionRecords
+from foundry_fleet.services.supervisor import SupervisionSettings, Supervisor
+from foundry_fleet.storage.directory import DirectoryStorage
+from foundry_fleet.store.database import open_database
+from foundry_fleet.store.models import EventRow, Instance, Release
+
+pytestmark = pytest.mark.timeout(20)
+
+# Quick settings: every wait below is for a condition, and these bound how long it takes.
+QUICK = SupervisionSettings(
+    crash_policy=CrashPolicy(backoff_initial=0.05, backoff_max=0.2, max_crashes=3, window=60.0, stable_after=60.0),
+    health_interval=0.02,
+    health_timeout=0.5,
+    health_failures=3,
+    start_timeout=0.3,
+    stop_timeout=0.15,
+    starting_poll=0.01,
+)
+
+
+@dataclass
+class World:
+    sessions: sessionmaker[Session]
+    records: SupervisionRecords
+    runtime: FakeRuntime
+    settings: SupervisionSettings
+
+    def add(self, name: str, desired: str = "running", state: str = "stopped") -> None:
+        """An instance as creation leaves it. Its port is a privileged one nothing listens on, so a
+        health check that did not go through the runtime's address() would fail."""
+        with self.sessions() as s, s.begin():
+            port = 1 + len(s.scalars(select(Instance.id)).all())
+            s.add(Instance(name=name, release_version="13.345", port=port, desired=desired, state=state,
+                           state_reason="", restarts=0, crash_times=[]))
+
+    def row(self, name: str) -> Instance:
+        with self.sessions() as s:
+            row = s.scalar(select(Instance).where(Instance.name == name))
+            assert row is not None
+            return row
+
+    def set_desired(self, name: str, desired: str) -> None:
+        with self.sessions() as s, s.begin():
+            s.scalar(select(Instance).where(Instance.name == name)).desired = desired  # type: ignore[union-attr]
+
+    def actions(self, name: str) -> list[str]:
+        with self.sessions() as s:
+            return list(s.scalars(select(EventRow.action).where(EventRow.target == name).order_by(EventRow.id)))
+
+    def messages(self, name: str, action: str) -> list[str]:
+        with self.sessions() as s:
+            return list(s.scalars(select(EventRow.message).where(EventRow.target == name, EventRow.action == action)))
+
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.records, self.runtime, self.settings)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    sessions = open_database(tmp_path / "state" / "fleet.sqlite")
+    with sessions() as s, s.begin():
+        s.add(Release(version="13.345", generation=13, build=345, layout="node", entry="main.js", sha256="",
+                      zip_bytes=0, unpacked_bytes=0, path=str(tmp_path / "releases"), source="test"))
+    settings = replace(QUICK, log_dir_of=lambda name: tmp_path / "logs" / name)
+    records = SupervisionRecords(sessions, DirectoryStorage(tmp_path))
+    return World(sessions, records, FakeRuntime(), settings)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def run(world: World, scenario: Callable[[Supervisor], Awaitable[None]]) -> None:
+    """Run `scenario` against a started supervisor; shut it down (stopping instances) afterwards."""
+
+    async def main() -> None:
+        supervisor = world.supervisor()
+        await supervisor.start()
+        try:
+            await scenario(supervisor)
+        finally:
+            await supervisor.shutdown(stop_instances=True)
+
+    asyncio.run(main())
+
+
+def state_is(world: World, name: str, state: str) -> Callable[[], bool]:
+    return lambda: world.row(name).state == state
+
+
+def test_a_started_instance_is_running_once_its_address_answers(world: World) -> None:
+    world.add("alice")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        (task,) = world.runtime.running("alice")
+        row = world.row("alice")
+        # What the runtime's address() said is recorded for the edge, with the pid for display.
+        assert (row.address, row.pid, row.state_reason) == (f"127.0.0.1:{task.port}", FAKE_PIDS + task.id, "healthy")
+        assert row.task == {"driver": "fake", "name": "alice", "started_at": task.started_at, "state": {"id": task.id}}
+        assert world.actions("alice") == ["instance.spawn", "instance.healthy"]
+
+    run(world, scenario)
+    row = world.row("alice")
+    assert (row.state, row.task, row.address, row.pid) == ("stopped", None, None, None)
+
+
+def test_repeated_failed_health_checks_restart_the_instance(world: World) -> None:
+    world.add("alice")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        world.runtime.behave("alice", healthy=False)  # hangs: its process lives, it answers 503
+        await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a second start")
+        first = next(t for t in world.runtime.tasks.values() if t.id == 1)
+        assert first.signals == [signal.SIGTERM] and first.exit is not None
+        assert world.messages("alice", "instance.crashed") == ["crashed (3 health checks failed in a row); restarting in 0.05s"]
+        world.runtime.behave("alice", healthy=True)
+        await until(state_is(world, "alice", "running"), "alice to run again")
+        row = world.row("alice")
+        assert row.restarts == 1 and len(row.crash_times) == 1
+        assert "instance.crashed" in world.actions("alice")
+
+    run(world, scenario)
+
+
+def test_an_instance_not_healthy_within_the_start_timeout_is_restarted(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", healthy=False)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        began = time.monotonic()
+        await until(lambda: "not healthy within 0.3s" in world.row("alice").state_reason, "the start timeout")
+        assert time.monotonic() - began >= QUICK.start_timeout
+        (first,) = world.runtime.tasks.values()
+        assert first.exit is not None and first.signals == [signal.SIGTERM]
+        world.runtime.behave("alice", healthy=True)
+        await until(state_is(world, "alice", "running"), "the restarted alice to run")
+        assert len(world.runtime.starts_of("alice")) == 2
+
+    run(world, scenario)
+
+
+def test_restarts_after_crashes_back_off_exponentially(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", exit_after=0.0, exit_code=3)  # dies at once, every time
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(lambda: len(world.runtime.starts_of("alice")) == 3, "three starts")
+        starts = world.runtime.starts_of("alice")
+        # backoff_initial, then twice that: restarts never come sooner.
+        assert starts[1] - starts[0] >= 0.05
+        assert starts[2] - starts[1] >= 0.1
+        assert world.messages("alice", "instance.crashed")[:2] == [
+            "crashed (exited with code 3); restarting in 0.05s", "crashed (exited with code 3); restarting in 0.1s"]
+
+    run(world, scenario)
+
+
+def test_a_crash_loop_leaves_the_instance_failed_and_stops_restarting_it(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", exit_after=0.0, exit_code=3)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "failed"), "alice to fail")
+        row = world.row("alice")
+        assert row.state_reason.startswith("crash loop: 4 crashes in 1 min (last: exited with code 3)")
+        assert (row.task, row.address, len(row.crash_times)) == (None, None, 4)
+        assert len(world.runtime.starts_of("alice")) == 4  # max_crashes restarts after the first start
+        # Settled, with no backoff pending: only a start request wakes it again.
+        assert supervisor.get("alice").settled.is_set() and not world.runtime.running("alice")
+        assert world.actions("alice")[-1] == "instance.failed"
+        world.set_desired("alice", "running")
+        supervisor.poke("alice")
+        await supervisor.wait_settled("alice", 1.0)
+        assert len(world.runtime.starts_of("alice")) == 4 and world.row("alice").state == "failed"
+
+    run(world, scenario)
+
+
+def test_a_control_plane_restart_reattaches_without_starting_twice(world: World) -> None:
+    world.add("alice")
+    world.add("bob")
+    world.runtime.behave("bob", survives_restart=False)
+
+    async def main() -> None:
+        first = world.supervisor()
+        await first.start()
+        await until(lambda: world.row("alice").state == world.row("bob").state == "running", "both to run")
+        address = world.row("alice").address
+        await first.shutdown(stop_instances=False)  # the daemon goes; its instances stay
+        assert world.row("alice").state == "running" and len(world.runtime.running("alice")) == 1
+
+        second = world.supervisor()
+        await second.start()
+        try:
+            await until(lambda: world.row("alice").state_reason == "healthy" and "instance.reattach" in
+                        world.actions("alice"), "alice to be re-attached and healthy")
+            assert len(world.runtime.starts_of("alice")) == 1 and world.row("alice").address == address
+            # bob's task did not survive: said so, then started afresh.
+            await until(lambda: len(world.runtime.starts_of("bob")) == 2, "bob to start again")
+            assert "instance.lost" in world.actions("bob")
+            await until(state_is(world, "bob", "running"), "bob to run")
+        finally:
+            await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())
+
+
+def test_a_stop_escalates_to_sigkill_when_sigterm_is_ignored(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", ignores_sigterm=True)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        (task,) = world.runtime.running("alice")
+        world.set_desired("alice", "stopped")
+        began = time.monotonic()
+        supervisor.poke("alice")
+        await until(state_is(world, "alice", "stopped"), "alice to stop")
+        assert time.monotonic() - began >= QUICK.stop_timeout  # SIGTERM had its chance first
+        assert task.signals == [signal.SIGTERM, signal.SIGKILL] and task.exit is not None
+        assert task.exit.signal == signal.SIGKILL and task.destroyed
+        row = world.row("alice")
+        assert (row.task, row.address, row.pid, row.restarts) == (None, None, None, 0)
+        assert world.actions("alice")[-1] == "instance.stopped"
+
+    run(world, scenario)
+
+
+def test_a_task_that_cannot_start_fails_the_instance_with_the_drivers_reason(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", start_error="no node binary fits")
+    world.runtime.note_event("alice", "strays", "stopped 1 unrecorded process(es)")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "failed"), "alice to fail")
+        assert "no node binary fits" in world.row("alice").state_reason
+        # What the driver did on the instance's behalf is told as an event of its own.
+        assert world.actions("alice") == ["instance.strays", "instance.start"]
+
+    run(world, scenario)
