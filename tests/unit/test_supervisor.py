@@ -125,6 +125,8 @@ def test_a_started_instance_is_running_once_its_address_answers(world: World) ->
         assert (row.address, row.pid, row.state_reason) == (f"127.0.0.1:{task.port}", FAKE_PIDS + task.id, "healthy")
         assert row.task == {"driver": "fake", "name": "alice", "started_at": task.started_at, "state": {"id": task.id}}
         assert world.actions("alice") == ["instance.spawn", "instance.healthy"]
+        # Its log comes through the runtime too.
+        assert [line async for line in supervisor.logs("alice", 10)] == [f"listening on {task.port}"]
 
     run(world, scenario)
     row = world.row("alice")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -397,6 +397,11 @@ class Supervisor:
         sup = self.instances.pop(name, None)
         if sup is not None:
             await sup.remove()
+
+    def logs(self, name: str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        """The instance's server log, as its runtime keeps it: the running task's, else by name."""
+        sup = self.instances.get(name)
+        return self.runtime.logs(sup.handle if sup is not None and sup.handle is not None else name, lines, follow)
 
     async def shutdown(self, stop_instances: bool) -> None:
         await asyncio.gather(*(s.close(stop_instances) for s in self.instances.values()))
