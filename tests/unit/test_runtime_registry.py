@@ -33,3 +33,29 @@ def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Pa
         load_config(path)
     assert "runtime.driver" in info.value.message and "unknown runtime driver 'podman'" in info.value.message
     assert "known: fake, local" in info.value.message
+
+
+def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> None:
+    """No type checker runs here: this keeps each driver's verbs async (or sync) as the port says."""
+    import inspect
+
+    from foundry_fleet.runtime.base import Runtime
+
+    verbs = {name: member for name, member in vars(Runtime).items()
+             if callable(member) and not name.startswith("_")}
+    assert {"open", "close", "fingerprint", "start_task", "wait_task", "stop_task", "destroy_task", "inspect_task",
+            "recover_task", "task_stats", "address", "logs", "take_events"} == set(verbs)
+
+    def kind(fn: object) -> str:
+        if inspect.isasyncgenfunction(fn):
+            return "async iterator"
+        return "async" if inspect.iscoroutinefunction(fn) else "sync"
+
+    port_kinds = {name: kind(fn) for name, fn in verbs.items()}
+    port_kinds["logs"] = "async iterator"  # declared as a plain def returning AsyncIterator in the port
+    for driver in (LocalRuntime, FakeRuntime):
+        got = {name: kind(getattr(driver, name)) for name in verbs}
+        assert got == port_kinds, driver
+        params = {name: list(inspect.signature(getattr(driver, name)).parameters) for name in verbs}
+        assert params == {name: list(inspect.signature(fn).parameters) for name, fn in verbs.items()}, driver
+        assert driver.capabilities.multi_node is False and isinstance(driver.name, str)
