@@ -30,6 +30,10 @@ killed with it, and swept by `kill_strays`. If it dies while the task runs, the 
 only way in: `wait_task` then ends the whole task and says why, and the supervisor restarts it as
 after a crash (with a new forwarder), within its crash-loop limits. A task that comes back from a
 control plane restart without its forwarder is ended the same way rather than re-attached.
+
+As Nomad's drivers are split: this file holds the driver and its verbs; local_task.py one task's
+processes (the state inside its opaque handle); pidfds.py waiting for processes; task_dirs.py the
+task's directories on the host.
 """
 
 from __future__ import annotations
@@ -53,10 +57,12 @@ from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
-from foundry_fleet.runtime.local_task import LocalTask
+from foundry_fleet.runtime.local_task import LocalTask, listening_port
+from foundry_fleet.runtime.pidfds import pidfd_of, send_signal, wait_readable
+from foundry_fleet.runtime.task_dirs import check_reachable, prepare_dirs
 from foundry_fleet.runtime.cgroups import CgroupHost, ForwarderCgroup, TaskCgroups
 from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, EgressFilter, PortFirewall
-from foundry_fleet.runtime.network import Forwarder, PrivateNetworks
+from foundry_fleet.runtime.network import PrivateNetworks
 
 # After the server dies, bwrap exits at once; if it does not within this time it is killed.
 SERVER_EXIT_GRACE = 2.0
@@ -191,7 +197,7 @@ class LocalRuntime:
             return None
         if recovered.port is None:
             # Recorded before the handle kept the port: the server's own command line names it.
-            recovered = replace(recovered, port=_port_of(recovered.pid))
+            recovered = replace(recovered, port=listening_port(recovered.pid))
         if recovered.log_dir is None and self.log_dir_of is not None:
             recovered = replace(recovered, log_dir=str(self.log_dir_of(recovered.name)))
         return recovered.handle()
@@ -413,8 +419,8 @@ class LocalRuntime:
 
         if is_root and uid is not None and not use_bwrap:
             # Without a sandbox the server walks the host's own directories as its uid.
-            _check_reachable(spec, uid, gid if gid is not None else uid)
-        self._prepare_dirs(spec, use_bwrap, uid, gid)
+            check_reachable(spec, uid, gid if gid is not None else uid)
+        prepare_dirs(spec, use_bwrap, uid, gid)
         try:
             cg.create(spec.limits)
         except RuntimeError as exc:
@@ -516,36 +522,6 @@ class LocalRuntime:
         if spec.shared_dir is not None and not Path(spec.shared_dir).is_dir():
             raise InvalidInput(f"shared directory {spec.shared_dir} does not exist")
 
-    @staticmethod
-    def _prepare_dirs(spec: TaskSpec, use_bwrap: bool, uid: int | None, gid: int | None) -> None:
-        spec.log_dir.mkdir(parents=True, exist_ok=True)
-        if spec.shared_dir is None:
-            return
-        data = spec.data_dir / "Data"
-        if data.is_symlink():
-            raise InvalidInput(f"{data} is a symbolic link", "make it a plain directory")
-        if not data.exists():
-            data.mkdir()
-            if uid is not None:
-                os.chown(data, uid, gid if gid is not None else uid)
-        mount = spec.data_dir / sandbox.SHARED_MOUNT
-        if use_bwrap:
-            # The sandbox mounts the shared assets here; the host side is only an empty mount point.
-            if mount.is_symlink():
-                mount.unlink()
-            mount.mkdir(exist_ok=True)
-        else:
-            # Without a sandbox, a link makes the assets appear under Data/; only file permissions
-            # keep the instance from writing them.
-            if mount.is_symlink() and os.readlink(mount) == str(spec.shared_dir):
-                return
-            if mount.is_symlink():
-                mount.unlink()
-            elif mount.is_dir() and not any(mount.iterdir()):
-                mount.rmdir()
-            if not mount.exists():
-                mount.symlink_to(spec.shared_dir)
-
     async def _sandbox_init(self, handle: LocalTask, spec: TaskSpec, info_r: int) -> int:
         """The sandbox init's pid (in the host's view), as bwrap reports it on its info pipe."""
         deadline = time.monotonic() + START_TIMEOUT
@@ -555,7 +531,7 @@ class LocalRuntime:
             raw = b""
             info: dict | None = None
             while info is None:
-                ready = await _wait_readable([info_r, leader_fd], deadline - time.monotonic())
+                ready = await wait_readable([info_r, leader_fd], deadline - time.monotonic())
                 if info_r in ready:
                     chunk = os.read(info_r, 65536)
                     raw += chunk
@@ -606,29 +582,29 @@ class LocalRuntime:
     # ------------------------------------------------------------------ wait / stop
 
     async def _wait(self, handle: LocalTask) -> TaskExit:
-        known = self._exits.get(_key(handle))
+        known = self._exits.get(handle.key)
         if known is not None:
             return known
-        if not _same_boot(handle):
+        if not handle.same_boot():
             return TaskExit(exit_code=None, signal=None)
-        leader_fd = _pidfd_of(handle.leader_pid, handle.leader_start)
+        leader_fd = pidfd_of(handle.leader_pid, handle.leader_start)
         server_fd = net_fd = None
         if handle.pid != handle.leader_pid and self._is_server(handle, handle.pid):
-            server_fd = _pidfd_of(handle.pid, None)
-        forwarder = _forwarder(handle)
+            server_fd = pidfd_of(handle.pid, None)
+        forwarder = handle.forwarder()
         net_lost = False
         if forwarder is not None:
-            net_fd = _pidfd_of(forwarder.pid, forwarder.start)
+            net_fd = pidfd_of(forwarder.pid, forwarder.start)
             net_lost = net_fd is None
         try:
             if leader_fd is not None and not net_lost:
                 watched = [fd for fd in (leader_fd, server_fd, net_fd) if fd is not None]
-                ready = await _wait_readable(watched, None)
+                ready = await wait_readable(watched, None)
                 if net_fd in ready and leader_fd not in ready and server_fd not in ready:
                     net_lost = True
                 elif leader_fd not in ready:
                     # The server died; bwrap normally follows within milliseconds.
-                    await _wait_readable([leader_fd], SERVER_EXIT_GRACE)
+                    await wait_readable([leader_fd], SERVER_EXIT_GRACE)
         finally:
             for fd in (leader_fd, server_fd, net_fd):
                 if fd is not None:
@@ -638,7 +614,7 @@ class LocalRuntime:
         result = self._collect_exit(handle)
         if net_lost and leader_fd is not None and result.reason is None:
             result = replace(result, reason=NET_LOST)
-            self._exits[_key(handle)] = result
+            self._exits[handle.key] = result
         return result
 
     async def _stop(self, handle: LocalTask, timeout: float, sig: int) -> None:
@@ -646,13 +622,13 @@ class LocalRuntime:
         # first would look like a crash to wait_task, which would SIGKILL the server mid-shutdown.)
         sandbox_pids = self._sandbox_pids(handle)
         for pid in self._task_pids(handle) - sandbox_pids:
-            _signal(pid, sig)
+            send_signal(pid, sig)
         deadline = time.monotonic() + max(timeout, 0.0)
-        leader_fd = _pidfd_of(handle.leader_pid, handle.leader_start) if _same_boot(handle) else None
+        leader_fd = pidfd_of(handle.leader_pid, handle.leader_start) if handle.same_boot() else None
         if leader_fd is not None:
             # The leader exits last (bwrap follows the server; without a sandbox it is the server).
             try:
-                await _wait_readable([leader_fd], timeout)
+                await wait_readable([leader_fd], timeout)
             finally:
                 os.close(leader_fd)
         while time.monotonic() < deadline and self._task_pids(handle):
@@ -667,14 +643,14 @@ class LocalRuntime:
         until then, and holding the port it keeps anyone else from taking it.
         """
         pids = self._task_pids(handle)
-        if _leader_alive(handle):
+        if handle.leader_alive():
             pids.add(handle.leader_pid)
         for pid in pids:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         if pids:
             return True
-        forwarder = _forwarder(handle)
-        if forwarder is not None and _same_boot(handle) and forwarder.alive():
+        forwarder = handle.forwarder()
+        if forwarder is not None and handle.same_boot() and forwarder.alive():
             self.networks.stop(forwarder)
         return False
 
@@ -693,7 +669,7 @@ class LocalRuntime:
 
     def _collect_exit(self, handle: LocalTask) -> TaskExit:
         """Reap the leader if it is our child; remember the result for every later caller."""
-        key = _key(handle)
+        key = handle.key
         if key in self._exits:
             return self._exits[key]
         sandboxed = handle.pid != handle.leader_pid
@@ -715,12 +691,12 @@ class LocalRuntime:
     # ------------------------------------------------------------------ the other verbs
 
     def _inspect(self, handle: LocalTask) -> bool:
-        if not _leader_alive(handle) or not _forwarder_alive(handle):
+        if not handle.leader_alive() or not handle.forwarder_alive():
             return False
         return handle.pid == handle.leader_pid or self._is_server(handle, handle.pid)
 
     def _recover(self, handle: LocalTask) -> LocalTask | None:
-        if _leader_alive(handle) and _forwarder_alive(handle):
+        if handle.leader_alive() and handle.forwarder_alive():
             if handle.pid == handle.leader_pid or self._is_server(handle, handle.pid):
                 return handle
             server = self._server_below(handle.leader_pid)
@@ -746,7 +722,7 @@ class LocalRuntime:
         strays |= {pid for pid in procfs.all_pids() if flag in procfs.cmdline(pid)}
         strays.discard(os.getpid())
         for pid in strays:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(procfs.is_alive(p) for p in strays):
             time.sleep(0.01)
@@ -759,11 +735,11 @@ class LocalRuntime:
 
     def _destroy(self, handle: LocalTask) -> None:
         self._kill_everything_now(handle)
-        forwarder = _forwarder(handle)
-        if forwarder is not None and _same_boot(handle):
+        forwarder = handle.forwarder()
+        if forwarder is not None and handle.same_boot():
             self.networks.stop(forwarder)  # its socket file too, also when it died by itself
         self._collect_exit(handle)
-        self._exits.pop(_key(handle), None)
+        self._exits.pop(handle.key, None)
         cg = self._cgroups_of(handle)
         # Members that are not this task's belong to a newer task of the same name: leave them be.
         if not cg.pids():
@@ -782,10 +758,10 @@ class LocalRuntime:
         count: the kernel does not hand out the group's number again while any member is left, so
         a live process *owning* that pid with another start time means the group is extinct.
         """
-        if not _same_boot(handle):
+        if not handle.same_boot():
             return set()
         cgroup_members = self._cgroups_of(handle).pids()
-        if _leader_alive(handle):
+        if handle.leader_alive():
             pids = set(procfs.group_members(handle.pgid, not_before=handle.leader_start))
             pids |= {p for p in cgroup_members if procfs.is_alive(p)}
             todo = [handle.leader_pid]
@@ -838,117 +814,3 @@ class LocalRuntime:
                 return pid
             todo.extend(procfs.children(pid))
         return None
-
-
-def _may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
-    """Do the permission bits (r=4, w=2, x=1) let `uid`/`gid` (no other groups) do `bits`?"""
-    if st.st_uid == uid:
-        mode = (st.st_mode >> 6) & 7
-    elif st.st_gid == gid:
-        mode = (st.st_mode >> 3) & 7
-    else:
-        mode = st.st_mode & 7
-    return mode & bits == bits
-
-
-def _check_reachable(spec: TaskSpec, uid: int, gid: int) -> None:
-    """Fail early, naming the directory, when the instance's uid could not reach its own files.
-
-    The server (and bwrap, which binds the directories as that uid) needs to pass through every
-    parent directory; a 0700 parent such as /root or a private temp dir blocks it.
-    """
-    targets = [spec.install_dir, Path(os.path.realpath(spec.install_dir)), spec.data_dir]
-    if spec.shared_dir is not None:
-        targets.append(spec.shared_dir)
-    for target in targets:
-        target = Path(os.path.abspath(target))
-        for directory in [*reversed(target.parents), target]:
-            try:
-                st = os.stat(directory)
-            except OSError:
-                break
-            needed = 5 if directory == target else 1
-            if not _may(st, uid, gid, needed):
-                what = "read" if needed == 5 else "pass through"
-                raise InvalidInput(
-                    f"instance {spec.name} runs as uid {uid}, which cannot {what} {directory} "
-                    f"(owner {st.st_uid}, mode {st.st_mode & 0o7777:04o}), on the way to {target}",
-                    f"make it reachable (chmod o+x {directory}) or keep the fleet's directories elsewhere",
-                )
-
-
-def _port_of(pid: int) -> int | None:
-    for word in procfs.cmdline(pid):
-        if word.startswith("--port=") and word[7:].isdigit():
-            return int(word[7:])
-    return None
-
-
-def _same_boot(handle: LocalTask) -> bool:
-    return handle.boot_id is None or handle.boot_id == procfs.boot_id()
-
-
-def _leader_alive(handle: LocalTask) -> bool:
-    return _same_boot(handle) and procfs.is_alive(handle.leader_pid, handle.leader_start)
-
-
-def _forwarder(handle: LocalTask) -> Forwarder | None:
-    if handle.net_pid is None:
-        return None
-    return Forwarder(handle.net_pid, handle.net_start or 0, handle.net_socket or "")
-
-
-def _forwarder_alive(handle: LocalTask) -> bool:
-    """True for a task on the host network (nothing to lose) or one whose forwarder lives."""
-    forwarder = _forwarder(handle)
-    return forwarder is None or (_same_boot(handle) and forwarder.alive())
-
-
-def _key(handle: LocalTask) -> tuple[int, int]:
-    return handle.leader_pid, handle.leader_start
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _pidfd_of(pid: int, start: int | None) -> int | None:
-    """A pidfd for the process, or None when it is gone (or the pid now belongs to another one)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    # Checked after opening: the pidfd now pins this exact process.
-    if not procfs.is_alive(pid, start):
-        os.close(fd)
-        return None
-    return fd
-
-
-async def _wait_readable(fds: list[int], timeout: float | None) -> set[int]:
-    """Wait until any of `fds` is readable (pidfds: the process exited); empty on timeout."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    ready: set[int] = set()
-
-    def mark(fd: int) -> None:
-        ready.add(fd)
-        if not done.done():
-            done.set_result(None)
-
-    for fd in fds:
-        loop.add_reader(fd, mark, fd)
-    try:
-        if timeout is None:
-            await done
-        elif timeout > 0:
-            await asyncio.wait_for(asyncio.shield(done), timeout)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-    return ready
