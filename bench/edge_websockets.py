@@ -38,7 +38,7 @@ from bench.machine import describe  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
 from foundry_fleet.edge.caddy_config import TenantSite, build_caddy_config  # noqa: E402
-from foundry_fleet.services.wiring import edge_settings  # noqa: E402
+from foundry_fleet.wiring.drivers import edge_settings  # noqa: E402
 from tests.support.edge_client import local_ca, wss  # noqa: E402
 from tests.support.harness import FleetHarness  # noqa: E402
 

@@ -26,7 +26,7 @@ from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.config import load_config  # noqa: E402
 from foundry_fleet.services.invites import Invites  # noqa: E402
-from foundry_fleet.services.wiring import open_fleet  # noqa: E402
+from foundry_fleet.wiring.services import open_fleet  # noqa: E402
 from foundry_fleet.services.wizard import SetupWizard  # noqa: E402
 from tests.support.edge_client import local_ca, tls_context  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.domain.instance import InstanceState
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD, finish_restore, restore_into
 from tests.support.fleets import make_fleet
 

@@ -30,7 +30,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.status_updates import StatusUpdates, Undeliverable, Update
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from tests.support.discord_gateway_recorder import (
     GUILD_ID, OPS_CHANNEL_ID, TOKEN, DiscordGatewayRecorder, Interaction, Message, Person,
 )

@@ -14,7 +14,7 @@ from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, RateLi
 from foundry_fleet.services import invites as invites_module
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.invites import Invites
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE, SetupWizard
 from foundry_fleet.store.models import WizardRow
 from tests.support.harness import Clock, FleetHarness

@@ -35,7 +35,7 @@ from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.status_updates import StatusUpdates
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from tests.support.edge_client import http, https, local_ca, serves_certificate
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.ports import port_block

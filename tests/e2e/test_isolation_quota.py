@@ -17,7 +17,7 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.services.status_updates import StatusUpdates
-from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
 from tests.support.fleets import make_fleet, zfs_fleet_on

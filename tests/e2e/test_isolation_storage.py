@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from foundry_fleet.storage.trees import remove_tree
 from foundry_fleet.storage.tenant_tree import MAX_DEPTH
 from tests.support.fleets import make_fleet, zfs_fleet_on

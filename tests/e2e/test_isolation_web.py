@@ -24,7 +24,7 @@ from foundry_fleet.services import uid_claims
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.invites import parse_expiry
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from tests.support.fleets import make_fleet
 from tests.support.edge_client import https, local_ca, served_certificate
 from tests.support.harness import kill_processes_with, wait_until

@@ -21,7 +21,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.backup_plan import thin
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.snapshots import META
 from foundry_fleet.store.models import ReplicationRow
 from tests.support.harness import FleetHarness

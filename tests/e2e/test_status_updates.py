@@ -12,7 +12,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.status_updates import StatusUpdates, Undeliverable, update_for
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 from tests.support.harness import Clock, FleetHarness
 
 ALICE, BOB = "111111111111111111", "222222222222222222"

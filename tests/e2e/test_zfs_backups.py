@@ -15,7 +15,7 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.support.fleets import zfs_fleet_on
 from tests.support.ports import port_block

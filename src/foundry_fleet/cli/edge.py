@@ -15,7 +15,7 @@ app = command_group("The edge (Caddy): routes and certificates for every tenant 
 def show(ctx: typer.Context) -> None:
     """Print the Caddy JSON configuration generated from the fleet's desired state."""
     from foundry_fleet.edge.caddy_config import build_caddy_config
-    from foundry_fleet.services.wiring import edge_settings
+    from foundry_fleet.wiring.drivers import edge_settings
 
     c: CliContext = ctx.obj
     client = c.daemon()

@@ -80,7 +80,7 @@ def up(
     """Run the fleet daemon in the foreground: supervise instances, serve the control API."""
     from rich.logging import RichHandler
 
-    from foundry_fleet.services.daemon import serve
+    from foundry_fleet.wiring.daemon import serve
 
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
     handler.addFilter(_escape_log_record)

@@ -1,4 +1,6 @@
-"""`foundry-fleet up`: the daemon that supervises instances and serves the control API."""
+"""`foundry-fleet up`: the daemon. Builds the fleet from its configuration, then starts the adapters (the
+control API, the web and backups apps, the Discord bot) and the schedules (reconcile, backups, status
+updates, certificates)."""
 
 from __future__ import annotations
 
@@ -19,27 +21,22 @@ from foundry_fleet.api.app import DaemonInfo, create_app
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.edge.admin import CaddyAdmin
-from foundry_fleet.edge.driver import Edge
-from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.runtime.local import LocalRuntime
+from foundry_fleet.services import uid_claims
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
-from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
+from foundry_fleet.services.status_updates import Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
-from foundry_fleet.services import uid_claims
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
-from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.web_login import web_login_for
 from foundry_fleet.services.wizard import SetupWizard
-from foundry_fleet.services.wiring import edge_settings, make_backups, open_fleet
-from foundry_fleet.storage.base import Storage
-from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
+from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
+from foundry_fleet.wiring.services import make_backups, open_fleet
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -90,18 +87,15 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         uid_claims.check_fleet(fleet)
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
-    # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
-    fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
-    runtime = LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}",
-                           run_dir=config.paths.run / "net")
+    runtime = _make_runtime(config)
     lo, hi = config.instances.port_range
     # The firewall line reports what was actually set up for this fleet's port range.
     caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
-    caps.append(Capability("storage", True, _describe_storage(fleet.storage)))
+    caps.append(Capability("storage", True, describe_storage(fleet.storage)))
     report_capabilities(caps)
 
     loop = asyncio.get_running_loop()
-    edge = make_edge(config, fleet)
+    edge = make_edge(config, fleet.edge_sites, on_problem=edge_problem_reporter(fleet))
     # Every change to instances reaches the edge; service calls may come from worker threads.
     fleet.on_change(lambda: loop.call_soon_threadsafe(edge.request_update))
     web_sock = bind_loopback(config.edge.web_port)
@@ -120,7 +114,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
-    updates = StatusUpdates(fleet, LogNotifier())
+    updates = StatusUpdates(fleet, make_notifier(config))
     updates.start_from_now()
     if conflicts := report_host_conflicts(fleet):
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
@@ -186,11 +180,13 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
-def _describe_storage(storage: Storage) -> str:
-    if isinstance(storage, ZfsStorage):
-        pool = storage.pool_status()
-        return f"ZFS datasets under {storage.base} (pool {pool['name']} {pool['health']}, {pool['free']} free)"
-    return f"directories under {storage.shared_dir().parent}"
+def _make_runtime(config: FleetConfig) -> LocalRuntime:
+    """The runtime, built here until `foundry_fleet.wiring.runtimes.make_runtime(config)` picks it from
+    `[runtime] driver`: the one spot to swap for that call."""
+    # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
+    fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
+    return LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}",
+                        run_dir=config.paths.run / "net")
 
 
 async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
@@ -221,16 +217,6 @@ async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVER
         except Exception:  # noqa: BLE001 - the schedule must outlive any one bad round
             log.exception("backup round failed")
         await asyncio.sleep(every)
-
-
-def make_edge(config: FleetConfig, fleet: Fleet) -> Edge:
-    paths = config.paths
-    settings = edge_settings(config)
-    caddy = ManagedCaddy(find_caddy(config.edge.caddy_binary), paths.root / "edge", paths.run / "caddy-admin.sock",
-                         paths.logs / "caddy.log")
-    caddy_version(caddy.binary)
-    return Edge(settings, caddy, CaddyAdmin(caddy.admin_socket), fleet.edge_sites,
-                on_problem=edge_problem_reporter(fleet))
 
 
 def bind_loopback(port: int) -> socket.socket:

@@ -1,0 +1,1 @@
+"""Reads the configuration, picks the drivers, builds the services and starts the adapters."""
