@@ -131,8 +131,8 @@ def main() -> None:
         admin = CaddyAdmin(config.paths.run / "caddy-admin.sock")
 
         def sites(i: int) -> list[TenantSite]:
-            return [TenantSite("alice", (alice["host"],), alice["port"], "running"),
-                    TenantSite("bob", (bob["host"], *bob_hosts(i)), bob["port"], "running")]
+            return [TenantSite("alice", (alice["host"],), f"127.0.0.1:{alice['port']}", "running"),
+                    TenantSite("bob", (bob["host"], *bob_hosts(i)), f"127.0.0.1:{bob['port']}", "running")]
 
         def through_api(i: int) -> None:
             client.set_hosts("bob", bob_hosts(i))

@@ -114,7 +114,7 @@ def test_collisions_in_an_old_database_are_settled_deterministically() -> None:
         assert {(c.host, c.instance, c.holder) for c in conflicts} == {
             ("carol.localhost", "alice", "carol"), ("shared.example.org", "bob", "alice"),
             ("127.0.0.1", "alice", None), ("fleet.localhost", "carol", None)}
-    config = build_caddy_config(SETTINGS, [TenantSite(n, h, 30000 + i, "running")
+    config = build_caddy_config(SETTINGS, [TenantSite(n, h, f"127.0.0.1:{30000 + i}", "running")
                                            for i, (n, h) in enumerate(sorted(served.items()))])
     assert config_problems(config) == []
 
@@ -126,10 +126,10 @@ SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_h
 
 
 def test_the_check_finds_what_caddy_refuses_or_would_serve_wrongly() -> None:
-    good = [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running"),
-            TenantSite("bob", ("bob.localhost",), 30002, "stopped")]
+    good = [TenantSite("alice", ("alice.localhost", "games.example.org"), "127.0.0.1:30001", "running"),
+            TenantSite("bob", ("bob.localhost",), "127.0.0.1:30002", "stopped")]
     assert config_problems(build_caddy_config(SETTINGS, good)) == []
-    repeated = [*good, TenantSite("carol", ("Games.Example.org",), 30003, "running")]
+    repeated = [*good, TenantSite("carol", ("Games.Example.org",), "127.0.0.1:30003", "running")]
     problems = config_problems(build_caddy_config(SETTINGS, repeated))
     assert any("repeated in one matcher" in p for p in problems)
     assert any("games.example.org is in route" in p.lower() and "match alike" in p for p in problems)
@@ -138,7 +138,7 @@ def test_the_check_finds_what_caddy_refuses_or_would_serve_wrongly() -> None:
     placeholder = config_problems(build_caddy_config(replace(SETTINGS, fleet_host="{http.request.host}"), good))
     assert any("placeholder" in p for p in placeholder)
     # A site left without hosts must not become a host matcher without hosts (which matches every host).
-    assert config_problems(build_caddy_config(SETTINGS, [*good, TenantSite("dave", (), 30004, "running")])) == []
+    assert config_problems(build_caddy_config(SETTINGS, [*good, TenantSite("dave", (), "127.0.0.1:30004", "running")])) == []
     assert config_problems({"apps": {"http": {"servers": {"edge": {"routes": [{"match": [{"host": []}]}]}}}}})
 
 
@@ -184,9 +184,9 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
-    sites = [TenantSite("t0", ("t0.localhost",), 30000, "stopped")]
+    sites = [TenantSite("t0", ("t0.localhost",), "127.0.0.1:30000", "stopped")]
     told: list[str | None] = []
-    report = edge_problem_reporter(fleet)
+    report = edge_problem_reporter(fleet.event_log)
     edge = RefusingEdge(settings, caddy, CaddyAdmin(socket_path), lambda: list(sites),
                         on_problem=lambda why: (told.append(why), report(why)))
     attempts: list[int] = []
@@ -207,7 +207,7 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
 
             # Caddy refuses: reported once, not retried while nothing changes, old config still served.
             edge.refuse = True
-            sites.append(TenantSite("t1", ("t1.localhost",), 30001, "stopped"))
+            sites.append(TenantSite("t1", ("t1.localhost",), "127.0.0.1:30001", "stopped"))
             edge.request_update()
             await settle()
             assert len(told) == 1 and "no_such_handler" in (told[0] or "")
@@ -223,14 +223,14 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
             assert _state_page(base + 1, "t1.localhost", ca) is None  # never loaded: no route, no certificate
 
             # A change is tried at once (still refused: the same problem is not told twice).
-            sites.append(TenantSite("t2", ("t2.localhost",), 30002, "stopped"))
+            sites.append(TenantSite("t2", ("t2.localhost",), "127.0.0.1:30002", "stopped"))
             edge.request_update()
             await settle()
             assert len(attempts) == loads + 2 and len(told) == 1
 
             # The fleet's own check stops a config with a host twice before Caddy sees it.
             edge.refuse = False
-            sites.append(TenantSite("t3", ("t0.localhost",), 30003, "stopped"))
+            sites.append(TenantSite("t3", ("t0.localhost",), "127.0.0.1:30003", "stopped"))
             edge.request_update()
             await settle()
             assert len(attempts) == loads + 2 and len(told) == 1  # still the same episode: told once
@@ -263,7 +263,7 @@ def test_caddy_comes_back_even_when_its_last_config_no_longer_starts(tmp_path: P
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
-    edge = Edge(settings, caddy, CaddyAdmin(socket_path), lambda: [TenantSite("t0", ("t0.localhost",), 30000, "stopped")])
+    edge = Edge(settings, caddy, CaddyAdmin(socket_path), lambda: [TenantSite("t0", ("t0.localhost",), "127.0.0.1:30000", "stopped")])
 
     async def scenario() -> None:
         await edge.start()
@@ -503,7 +503,7 @@ def edge_with_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp / "edge", socket_path, tmp / "caddy.log")
-    caddy.write_config(build_caddy_config(settings, [TenantSite("alice", ("alice.localhost",), port, "running")]))
+    caddy.write_config(build_caddy_config(settings, [TenantSite("alice", ("alice.localhost",), f"127.0.0.1:{port}", "running")]))
     caddy.start()
     admin = CaddyAdmin(socket_path)
     try:

@@ -96,7 +96,7 @@ def checksums(root: Path) -> dict[str, str]:
 
 
 def replication_row(backups: Backups) -> ReplicationRow:
-    with backups.fleet.sessions() as s:
+    with backups.records.sessions() as s:
         return s.scalars(select(ReplicationRow).where(ReplicationRow.instance == "dana")).one()
 
 

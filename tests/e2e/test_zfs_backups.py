@@ -178,7 +178,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
 
     from foundry_fleet.store.models import ReplicationRow
 
-    with backups.fleet.sessions() as s:
+    with backups.records.sessions() as s:
         sent = s.scalars(select(ReplicationRow)).one().bytes_sent
     assert 256 * 1024 <= sent <= 1.2 * 256 * 1024 + 64 * 1024, sent  # the change, not the 4 MiB again
 
@@ -189,7 +189,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
         assert offline.failed == [] and len(offline.taken) == 1  # offline is not a failure of the round
     local = backups.snapshots.names("dana")
     # The plan here keeps two hours; everything the destination still wants stayed.
-    wanted = [Backups(backups.fleet).fmt.name(t0 + h * HOUR) for h in range(1, 6)]
+    wanted = [backups.fmt.name(t0 + h * HOUR) for h in range(1, 6)]
     assert set(wanted) <= set(local), local
     behind = backups.replication.status(["dana"])[0]
     assert behind["snapshots_behind"] == 4 and "not available" in behind["last_error"]

@@ -50,7 +50,7 @@ class FleetBot(discord.Client):
         self.config = config
         self.settings = config.discord
         self.fleet = fleet
-        self.access = Access(fleet)
+        self.access = Access(fleet.instances, frozenset(fleet.config.discord.admin_users))
         self.control_transport = control_transport
         self.control = AsyncControlClient(control_transport)
         self.invites = Invites(fleet)

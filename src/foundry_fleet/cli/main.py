@@ -110,7 +110,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
             "daemon": {"running": False, "root": str(c.config.root)},
             "capabilities": [],
             "instances": [i.to_dict() for i in fleet.list_instances()],
-            "edge": edge_report(fleet, None),
+            "edge": edge_report(fleet.hostnames, None),
         }
     if json_out:
         print_json(data)

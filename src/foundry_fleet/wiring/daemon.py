@@ -95,7 +95,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     report_capabilities(caps)
 
     loop = asyncio.get_running_loop()
-    edge = make_edge(config, fleet.edge_sites, on_problem=edge_problem_reporter(fleet))
+    edge = make_edge(config, fleet.sites, on_problem=edge_problem_reporter(fleet.event_log))
     # Every change to instances reaches the edge; service calls may come from worker threads.
     fleet.on_change(lambda: loop.call_soon_threadsafe(edge.request_update))
     web_sock = bind_loopback(config.edge.web_port)
@@ -108,15 +108,15 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
     tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
-                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host,
+                        create_backups_app(fleet.storage.snapshots, fleet.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
-                        create_web_app(fleet.known_hosts, web_login, tls_secret))
+                        create_web_app(fleet.hostnames.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
     updates = StatusUpdates(fleet, make_notifier(config))
     updates.start_from_now()
-    if conflicts := report_host_conflicts(fleet):
+    if conflicts := report_host_conflicts(fleet.hostnames, fleet.event_log):
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
                   conflicts)
     await edge.start()
@@ -140,12 +140,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
 
     await supervisor.start()
     edge.request_update()
-    fleet.record_event("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
+    fleet.event_log.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
     scheduler = asyncio.create_task(run_backup_schedule(backups))
     status_task = asyncio.create_task(updates.run())
-    certificates_task = asyncio.create_task(CertificateWatch(fleet, edge.certificate).run())
+    certificates_task = asyncio.create_task(CertificateWatch(fleet.sites, fleet.event_log, edge.certificate, config.edge.tls).run())
     bot_task = None
     if config.discord.token_file is not None:
         bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
@@ -177,7 +177,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_sock.close()
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
-        fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+        fleet.event_log.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
 def _make_runtime(config: FleetConfig) -> LocalRuntime:

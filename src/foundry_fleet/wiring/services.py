@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.backup_plan import TimeFormat
+from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.replication import Replication
@@ -21,6 +22,11 @@ def make_backups(fleet: Fleet) -> Backups:
     destinations = make_destinations(fleet.config, fleet.storage)
     replication = None
     if destinations:
-        replication = Replication(fleet, fleet.storage.snapshots, destinations,
+        replication = Replication(fleet.sessions, fleet.event_log, fleet.storage.snapshots, destinations,
                                   TimeFormat(fleet.config.backups.tsformat))
-    return Backups(fleet, replication)
+
+    def keep_stopped(name: str, why: str) -> None:
+        fleet.set_desired(name, DesiredState.STOPPED, why)
+
+    return Backups(fleet.instances, fleet.backup_records, fleet.event_log, fleet.storage, fleet.disk_limits,
+                   keep_stopped, fleet.config.backups.tsformat, replication)
