@@ -34,8 +34,7 @@ from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
-from foundry_fleet.services.status_updates import StatusUpdates
-from foundry_fleet.wiring.services import open_fleet
+from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_fleet
 from tests.support.edge_client import http, https, local_ca, serves_certificate
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.ports import port_block
@@ -177,7 +176,7 @@ def _state_page(port: int, host: str, ca: Path) -> int | None:
 
 def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config_keeps_serving(tmp_path: Path) -> None:
     fleet = open_fleet(load_config(init_fleet(tmp_path / "fleet")), actor="daemon")
-    updates = StatusUpdates(fleet, out := Recorder())
+    updates = make_status_updates(fleet, out := Recorder())
     updates.start_from_now()
     base = port_block()
     socket_path = tmp_path / "admin.sock"
@@ -400,15 +399,14 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
 
 
 def test_the_setup_wizard_refuses_a_name_whose_host_is_taken(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    from foundry_fleet.services.invites import Invites
-    from foundry_fleet.services.wizard import RELEASE, SetupWizard
+    from foundry_fleet.services.wizard import RELEASE
 
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start", "--extra-host", "carol.localhost")
     svc = open_fleet(load_config(fleet.config), actor="test")
     tenant = "333333333333333333"
-    Invites(svc).create(tenant, "7d")
-    wizard = SetupWizard(svc)
+    make_invites(svc).create(tenant, "7d")
+    wizard = make_wizard(svc)
     wizard.start(tenant)
     with pytest.raises(Conflict, match="the name carol is taken") as taken:
         wizard.submit_details(tenant, "Carol", "ABCD-EFGH-IJKL-MNOP-QRST-UVWX")

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import load_config
-from foundry_fleet.services.status_updates import StatusUpdates
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, make_status_updates, open_fleet
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
 from tests.support.fleets import make_fleet, zfs_fleet_on
@@ -117,7 +116,7 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
     table = h.cli("storage", "status").out
     assert "100.0 MiB" in table and "alice" in table
 
-    updates = StatusUpdates(open_fleet(load_config(h.config)), RecordingNotifier())
+    updates = make_status_updates(open_fleet(load_config(h.config)), RecordingNotifier())
     warned = {u.instance: u.text for u in updates.quota_updates()}
     assert list(warned) == ["alice"], warned
     assert "of its storage quota" in warned["alice"] and "snapshots included" in warned["alice"]
@@ -243,7 +242,7 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     fleet = open_fleet(load_config(h.config), actor="daemon")
     notifier = RecordingNotifier()
     clock = [2_000_000_000.0]
-    updates = StatusUpdates(fleet, notifier, clock=lambda: clock[0])
+    updates = make_status_updates(fleet, notifier, clock=lambda: clock[0])
     updates.start_from_now()
 
     # The tenant writes past its limit from inside; nothing on plain directories can stop that write.

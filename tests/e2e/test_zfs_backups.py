@@ -15,7 +15,7 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, make_status_updates, open_fleet
 from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.support.fleets import zfs_fleet_on
 from tests.support.ports import port_block
@@ -322,11 +322,11 @@ def test_replication_over_ssh_and_a_host_that_stops_answering(
 
 
 def test_a_quota_filling_up_becomes_a_status_update(zfs_fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    from foundry_fleet.services.status_updates import LogNotifier, StatusUpdates
+    from foundry_fleet.services.status_updates import LogNotifier
 
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
     inst = zfs_fleet.cli("instance", "create", "ivy", "--release", "13.345", "--no-start", "--json").json()["instance"]
-    updates = StatusUpdates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
+    updates = make_status_updates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
     assert updates.quota_updates() == []
     Path(inst["data_dir"], "Data", "big.bin").write_bytes(os.urandom(60 * 1024 * 1024))  # of 64 MiB
     wait_until(lambda: [u.instance for u in updates.quota_updates()] == ["ivy"], 60, "ZFS to count the bytes")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.events import Outcome
@@ -35,6 +36,15 @@ def record(
     log.log(level, "%s %s: %s%s [%s]", action, target, outcome.value, f" ({message})" if message else "", actor)
 
 
+@dataclass(frozen=True)
+class RecordedEvent:
+    id: int  # increasing: what a reader has seen up to
+    action: str
+    outcome: str
+    target: str
+    message: str
+
+
 class EventLog:
     """The event log, read and written on its own: who did what, when, with what outcome."""
 
@@ -59,3 +69,14 @@ class EventLog:
                 q = q.where(EventRow.target == target)
             rows = s.scalars(q).all()
             return [EventView(r.at, r.actor, r.action, r.target, r.outcome, r.message) for r in reversed(rows)]
+
+    def last_id(self) -> int:
+        """The id of the newest event (0 when there is none): read from here on with `since`."""
+        with self.sessions() as s:
+            return s.scalar(select(func.max(EventRow.id))) or 0
+
+    def since(self, event_id: int) -> list[RecordedEvent]:
+        """Every event after `event_id`, oldest first."""
+        with self.sessions() as s:
+            rows = s.scalars(select(EventRow).where(EventRow.id > event_id).order_by(EventRow.id)).all()
+            return [RecordedEvent(r.id, r.action, r.outcome, r.target, r.message) for r in rows]

@@ -31,12 +31,10 @@ from foundry_fleet.services.edge_status import edge_problem_reporter, report_hos
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
-from foundry_fleet.services.web_login import web_login_for
-from foundry_fleet.services.wizard import SetupWizard
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
 from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, make_status_updates, make_web_login, make_wizard, open_fleet
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -84,7 +82,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     if os.geteuid() == 0:
         # Before anything starts: as root each instance runs as a uid of uid_range, which no other
         # fleet's tenants and no other process may hold.
-        uid_claims.check_fleet(fleet)
+        uid_claims.check_fleet(config, fleet.sessions)
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     runtime = _make_runtime(config)
@@ -102,7 +100,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Tenants' backups: only the edge (the fleet's own user) may open this socket.
     backups_path = config.paths.run / "backups.sock"
     backups_sock = bind_private_socket(backups_path)
-    web_login = web_login_for(fleet)
+    web_login = make_web_login(fleet)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
@@ -114,7 +112,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
-    updates = StatusUpdates(fleet, make_notifier(config))
+    updates = make_status_updates(fleet, make_notifier(config))
     updates.start_from_now()
     if conflicts := report_host_conflicts(fleet.hostnames, fleet.event_log):
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
@@ -126,7 +124,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     backups = make_backups(fleet)
     for name in backups.repair():  # before any instance starts on half-restored data
         log.warning("finished an interrupted restore of %s", name)
-    for user in SetupWizard(fleet).repair():
+    for user in make_wizard(fleet).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
     supervisor = Supervisor(fleet, runtime)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
