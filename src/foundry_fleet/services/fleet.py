@@ -173,12 +173,6 @@ class Fleet:
         self._changed()
         return view
 
-    def host_holder(self, host: str) -> str | None:
-        return self.hostnames.holder(host)
-
-    def fleet_host(self) -> str:
-        return self.hostnames.fleet_host()
-
     def known_hosts(self) -> set[str]:
         return self.hostnames.known_hosts()
 

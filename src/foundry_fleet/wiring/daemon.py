@@ -86,9 +86,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     runtime = _make_runtime(config)
-    lo, hi = config.instances.port_range
-    # The firewall line reports what was actually set up for this fleet's port range.
-    caps = [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
+    caps = _open_runtime(runtime, config)
     caps.append(Capability("storage", True, describe_storage(fleet.storage)))
     report_capabilities(caps)
 
@@ -164,8 +162,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         server.should_exit = True
         web.should_exit = True
         await supervisor.shutdown(stop_instances=not leave_running)
-        if not leave_running:
-            runtime.unprotect_ports()  # nothing listens in the range any more
+        _close_runtime(runtime, instances_left_running=leave_running)
         # Left running, Caddy keeps players connected until the next daemon adopts it.
         await edge.close(stop_caddy=not leave_running)
         await api
@@ -178,13 +175,27 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         fleet.event_log.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
+# The runtime: built, opened and closed by these three until `foundry_fleet.wiring.runtimes.make_runtime`
+# picks it from `[runtime] driver` and the runtime's own `open()` / `close(instances_left_running)` prepare
+# and release the host. The one spot to swap for those calls.
+
 def _make_runtime(config: FleetConfig) -> LocalRuntime:
-    """The runtime, built here until `foundry_fleet.wiring.runtimes.make_runtime(config)` picks it from
-    `[runtime] driver`: the one spot to swap for that call."""
     # Per fleet, so two fleets on one host never share cgroups or a firewall chain.
     fleet_id = hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
     return LocalRuntime(cgroup_parent=f"foundry-fleet-{fleet_id}", firewall_chain=f"FOUNDRY-FLEET-{fleet_id}",
                         run_dir=config.paths.run / "net")
+
+
+def _open_runtime(runtime: LocalRuntime, config: FleetConfig) -> list[Capability]:
+    """Prepare the host (the firewall for the port range); the capability lines for the start-up report."""
+    lo, hi = config.instances.port_range
+    # The firewall line reports what was actually set up for this fleet's port range.
+    return [c for c in runtime.fingerprint() if c.name != "firewall"] + [runtime.protect_ports(lo, hi)]
+
+
+def _close_runtime(runtime: LocalRuntime, instances_left_running: bool) -> None:
+    if not instances_left_running:
+        runtime.unprotect_ports()  # nothing listens in the range any more
 
 
 async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
