@@ -32,8 +32,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("foundry_fleet.api.app", "foundry_fleet.runtime.base"): "DaemonInfo carries Capability lines",
     # `instance logs --follow` reads the log file itself; it goes once the runtime has a `logs` verb.
     ("foundry_fleet.cli.instance", "foundry_fleet.runtime.logs"): "log follow reads the file directly",
-    # `edge config` prints the config the daemon would push, built in the CLI.
-    ("foundry_fleet.cli.edge", "foundry_fleet.edge.caddy_config"): "edge config is built in the CLI",
 }
 
 

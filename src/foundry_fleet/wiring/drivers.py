@@ -4,10 +4,11 @@ each chosen from fleet.toml."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from foundry_fleet.config import DestinationSection, FleetConfig
 from foundry_fleet.edge.admin import CaddyAdmin
-from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite
+from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.releases.cache import ReleaseCache
@@ -35,6 +36,11 @@ def edge_settings(config: FleetConfig) -> EdgeSettings:
         backups_dial=f"unix/{config.paths.run / 'backups.sock'}",
         tls_secret_file=str(tls_permission.secret_path(config)),
     )
+
+
+def edge_config(config: FleetConfig, sites: list[TenantSite]) -> dict[str, Any]:
+    """The Caddy configuration the edge would load for these sites (what `edge show` prints)."""
+    return build_caddy_config(edge_settings(config), sites)
 
 
 def make_storage(config: FleetConfig) -> Storage:
