@@ -169,7 +169,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
     first = backups.run_schedule(now=t0)
     assert first.failed == [] and len(first.taken) == 1
     full = backups.replication.status(["dana"])[0]
-    assert full["last_snapshot"] == first.taken[0][1] and full["snapshots_behind"] == 0
+    assert full["last_snapshot"] == first.taken[0].snapshot and full["snapshots_behind"] == 0
 
     (data / "Data" / "small.bin").write_bytes(os.urandom(256 * 1024))
     second = backups.run_schedule(now=t0 + HOUR)

@@ -36,10 +36,22 @@ _LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
 @dataclass(frozen=True)
+class InstanceSnapshot:
+    instance: str
+    snapshot: str
+
+
+@dataclass(frozen=True)
+class BackupFailure:
+    instance: str
+    why: str
+
+
+@dataclass(frozen=True)
 class ScheduleRound:
-    taken: list[tuple[str, str]]  # (instance, snapshot)
-    destroyed: list[tuple[str, str]]
-    failed: list[tuple[str, str]]  # (instance, why)
+    taken: list[InstanceSnapshot]
+    destroyed: list[InstanceSnapshot]
+    failed: list[BackupFailure]
 
 
 class Backups:
@@ -143,9 +155,9 @@ class Backups:
         at the same slot together, atomically where the storage can), replicate, then thin."""
         now = time.time() if now is None else now
         rows = [(i.name, i.own_plan) for i in self.records.scheduled()]
-        taken: list[tuple[str, str]] = []
-        destroyed: list[tuple[str, str]] = []
-        failed: list[tuple[str, str]] = []
+        taken: list[InstanceSnapshot] = []
+        destroyed: list[InstanceSnapshot] = []
+        failed: list[BackupFailure] = []
         plans, due = {}, defaultdict(list)
         for name, own_plan in rows:
             try:
@@ -155,28 +167,28 @@ class Backups:
                 if (latest is None or latest < slot) and not self._refused_at(name, slot, failed):
                     due[self.fmt.name(slot)].append(name)
             except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
-                failed.append((name, str(e)))
+                failed.append(BackupFailure(name, str(e)))
         for snap, names in due.items():
             taken += self._take_scheduled(names, snap, failed)
         if self.replication is not None:
             for r in self.replication.run_round([name for name in plans], now):
                 if r.error and not r.offline:
-                    failed.append((r.instance, f"replication to {r.destination}: {r.error}"))
+                    failed.append(BackupFailure(r.instance, f"replication to {r.destination}: {r.error}"))
         for name, plan in plans.items():
             try:
                 destroyed += self._thin(name, plan, now)
             except Exception as e:  # noqa: BLE001
-                failed.append((name, str(e)))
+                failed.append(BackupFailure(name, str(e)))
                 self.events.record("backup.thin", name, Outcome.FAILED, str(e), actor="scheduler")
-        thinned = sorted({name for name, _snap in destroyed})
+        thinned = sorted({d.instance for d in destroyed})
         try:
             self.limits.tighten(thinned)  # thinning may have freed what a quota held above its limit
         except Exception as e:  # noqa: BLE001 - the next thinning tries again
-            failed += [(name, f"could not lower its quota to its limit: {e}") for name in thinned]
+            failed += [BackupFailure(name, f"could not lower its quota to its limit: {e}") for name in thinned]
         self.snapshots.sweep_views()
         return ScheduleRound(taken, destroyed, failed)
 
-    def _refused_at(self, name: str, slot: float, failed: list[tuple[str, str]]) -> bool:
+    def _refused_at(self, name: str, slot: float, failed: list[BackupFailure]) -> bool:
         """True when the disk limit refuses this slot's snapshot. Checked once per slot (the round runs
         every 30 s, and measuring walks the instance's files): a refused instance is tried again at its
         next slot, or at once by `backup now`."""
@@ -186,28 +198,28 @@ class Backups:
             self.limits.check_room(name)
         except OverDiskLimit as e:
             self._refused[name] = slot
-            failed.append((name, e.message))
+            failed.append(BackupFailure(name, e.message))
             self.events.record("backup.snapshot", name, Outcome.REFUSED, e.message, actor="scheduler")
             return True
         self._refused.pop(name, None)
         return False
 
-    def _take_scheduled(self, names: list[str], snap: str, failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _take_scheduled(self, names: list[str], snap: str, failed: list[BackupFailure]) -> list[InstanceSnapshot]:
         targets = [(name, self.storage.paths(name).data) for name in names]
         try:
             infos = self.snapshots.take_many(targets, snap)
         except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
             if len(names) > 1:  # the set failed as one: each alone, so one bad instance stays alone
                 return [t for name in names for t in self._take_scheduled([name], snap, failed)]
-            failed.append((names[0], str(e)))
+            failed.append(BackupFailure(names[0], str(e)))
             self.events.record("backup.snapshot", names[0], Outcome.FAILED, str(e), actor="scheduler")
             return []
         for name, info in zip(names, infos, strict=True):
             self.events.record("backup.snapshot", name, Outcome.OK, f"{snap} ({info.bytes_new} bytes new)",
                                actor="scheduler")
-        return [(name, snap) for name in names]
+        return [InstanceSnapshot(name, snap) for name in names]
 
-    def _thin(self, name: str, plan: Plan, now: float) -> list[tuple[str, str]]:
+    def _thin(self, name: str, plan: Plan, now: float) -> list[InstanceSnapshot]:
         """Destroy what the plan no longer keeps, except what a backup destination still needs."""
         existing = self.snapshots.names(name)
         doomed = thin(existing, now, plan, self.fmt).destroy
@@ -220,7 +232,7 @@ class Backups:
         if doomed:
             self.events.record("backup.thin", name, Outcome.OK, f"{len(doomed)} snapshot(s) past the plan",
                                actor="scheduler")
-        return [(name, snap) for snap in doomed]
+        return [InstanceSnapshot(name, snap) for snap in doomed]
 
     # restoring ----------------------------------------------------------------------------
 

@@ -221,8 +221,8 @@ async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVER
     while True:
         try:
             result = await asyncio.to_thread(backups.run_schedule)
-            for name, why in result.failed:
-                log.error("backup of %s failed: %s", name, why)
+            for failure in result.failed:
+                log.error("backup of %s failed: %s", failure.instance, failure.why)
         except Exception:  # noqa: BLE001 - the schedule must outlive any one bad round
             log.exception("backup round failed")
         await asyncio.sleep(every)
