@@ -141,7 +141,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     api = asyncio.create_task(server.serve(sockets=[sock]))
     scheduler = asyncio.create_task(run_backup_schedule(backups))
     status_task = asyncio.create_task(updates.run())
-    certificates_task = asyncio.create_task(CertificateWatch(fleet.sites, fleet.event_log, edge.certificate, config.edge.tls).run())
+    certificates = CertificateWatch(fleet.sites, fleet.event_log, edge.certificate, config.edge.tls)
+    certificates_task = asyncio.create_task(certificates.run())
     bot_task = None
     if config.discord.token_file is not None:
         bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
