@@ -31,7 +31,7 @@ from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.bot.client import FleetBot  # noqa: E402
 from foundry_fleet.bot.commands import Limits  # noqa: E402
 from foundry_fleet.config import load_config  # noqa: E402
-from foundry_fleet.services.wiring import open_fleet  # noqa: E402
+from foundry_fleet.wiring.services import open_fleet  # noqa: E402
 from tests.support.discord_gateway_recorder import DiscordGatewayRecorder, Person  # noqa: E402
 
 PORT_LOW = 52400  # above the blocks the test suite draws from, apart from other benches

@@ -38,7 +38,7 @@ from tests.support.foundry_standin import free_port  # noqa: E402
 
 def sites(n: int) -> list[TenantSite]:
     # Upstream ports need not listen: a push only changes routes, nothing dials them.
-    return [TenantSite(name=f"t{i:04d}", hosts=(f"t{i:04d}.localhost",), port=52000 + i, state="running")
+    return [TenantSite(name=f"t{i:04d}", hosts=(f"t{i:04d}.localhost",), address=f"127.0.0.1:{52000 + i}", state="running")
             for i in range(n)]
 
 

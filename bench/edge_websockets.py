@@ -38,7 +38,7 @@ from bench.machine import describe  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
 from foundry_fleet.edge.caddy_config import TenantSite, build_caddy_config  # noqa: E402
-from foundry_fleet.services.wiring import edge_settings  # noqa: E402
+from foundry_fleet.wiring.drivers import edge_settings  # noqa: E402
 from tests.support.edge_client import local_ca, wss  # noqa: E402
 from tests.support.harness import FleetHarness  # noqa: E402
 
@@ -131,8 +131,8 @@ def main() -> None:
         admin = CaddyAdmin(config.paths.run / "caddy-admin.sock")
 
         def sites(i: int) -> list[TenantSite]:
-            return [TenantSite("alice", (alice["host"],), alice["port"], "running"),
-                    TenantSite("bob", (bob["host"], *bob_hosts(i)), bob["port"], "running")]
+            return [TenantSite("alice", (alice["host"],), f"127.0.0.1:{alice['port']}", "running"),
+                    TenantSite("bob", (bob["host"], *bob_hosts(i)), f"127.0.0.1:{bob['port']}", "running")]
 
         def through_api(i: int) -> None:
             client.set_hosts("bob", bob_hosts(i))

@@ -25,9 +25,7 @@ from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.config import load_config  # noqa: E402
-from foundry_fleet.services.invites import Invites  # noqa: E402
-from foundry_fleet.services.wiring import open_fleet  # noqa: E402
-from foundry_fleet.services.wizard import SetupWizard  # noqa: E402
+from foundry_fleet.wiring.services import make_invites, make_wizard, open_fleet  # noqa: E402
 from tests.support.edge_client import local_ca, tls_context  # noqa: E402
 
 LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
@@ -60,8 +58,8 @@ def main() -> None:
             return client.create_instance(name=name, release=release, license_key=license_key, owner=owner, start=True)
 
         service = open_fleet(config, actor="bench")
-        invites = Invites(service)
-        wizard = SetupWizard(service, invites, create=create)  # type: ignore[arg-type]
+        invites = make_invites(service)
+        wizard = make_wizard(service, invites, create=create)  # type: ignore[arg-type]
         entry = next((fleet.root / "releases").glob("versions/13.345/**/main.js"))
         ca = local_ca(fleet.root)
         totals, anchors, steps = [], [], []

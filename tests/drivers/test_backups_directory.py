@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.domain.instance import InstanceState
-from foundry_fleet.runtime.base import TaskHandle
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.supervision_records import RunningTask, SupervisionRecords
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD, finish_restore, restore_into
+from foundry_fleet.store.models import Instance
 from tests.support.fleets import make_fleet
 
 H = 3600
@@ -26,11 +26,11 @@ def backups(tmp_path: Path, release_zips: dict[str, Path]) -> Backups:
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
     fleet.cli("instance", "create", "bob", "--release", "13.345", "--no-start")
-    return Backups(open_fleet(fleet.settings()))
+    return make_backups(open_fleet(fleet.settings()))
 
 
 def data_of(b: Backups, name: str = "alice") -> Path:
-    return b.fleet.storage.paths(name).data
+    return b.storage.paths(name).data
 
 
 def checksums(root: Path) -> dict[str, str]:
@@ -82,7 +82,7 @@ def test_two_snapshots_with_one_label_in_the_same_second_are_both_kept(backups: 
 
 
 def test_shared_assets_are_not_part_of_a_backup(backups: Backups) -> None:
-    (backups.fleet.storage.shared_dir() / "big-map.webp").write_bytes(b"x" * 1000)
+    (backups.storage.shared_dir() / "big-map.webp").write_bytes(b"x" * 1000)
     snap = backups.take("alice")
     tree = backups.snapshots.path("alice", snap.name)
     assert not (tree / "Data" / "shared").exists()
@@ -135,7 +135,7 @@ def test_restore_gives_back_exactly_the_snapshot_and_keeps_the_current_data(back
     assert (data / "Data" / "world.db").read_text() == "good state"
     kept = backups.snapshots.path("alice", safety)
     assert (kept / "Data" / "world.db").read_text() == "broken state" and (kept / "Data" / "junk.txt").exists()
-    uid = backups.fleet.get_instance("alice").uid
+    uid = backups.instances.get("alice").uid
     if uid is not None:
         assert (data / "Data" / "world.db").stat().st_uid == uid
     assert (data / "Data" / "world.db").stat().st_mode & 0o200, "restored files are writable again"
@@ -145,10 +145,9 @@ def test_restore_gives_back_exactly_the_snapshot_and_keeps_the_current_data(back
 
 def test_restore_refuses_a_running_instance(backups: Backups) -> None:
     snap = backups.take("alice")
-    fleet = backups.fleet
-    task = RunningTask(TaskHandle(driver="fake", name="alice", started_at=0.0, state={"id": 1}), "127.0.0.1:1", None)
-    # As the supervisor records a running task:
-    SupervisionRecords(fleet.sessions, fleet.storage).record_task("alice", InstanceState.RUNNING, "healthy", task)
+    with backups.records.sessions.begin() as s:  # a process recorded for it, as the supervisor records one
+        row = s.scalar(select(Instance).where(Instance.name == "alice"))
+        row.state, row.task = InstanceState.RUNNING.value, {"pid": 1}
     with pytest.raises(Conflict, match="is running"):
         backups.restore("alice", snap.name)
 

@@ -22,7 +22,7 @@ def _edge(tmp_path: Path, sites: list[TenantSite]) -> Edge:
 
 
 def _site(i: int) -> TenantSite:
-    return TenantSite(f"t{i}", (f"t{i}.localhost",), 30000 + i, "running")
+    return TenantSite(f"t{i}", (f"t{i}.localhost",), f"127.0.0.1:{30000 + i}", "running")
 
 
 def test_changes_together_are_one_load_and_unchanged_config_sends_nothing(tmp_path: Path) -> None:

@@ -28,9 +28,8 @@ from foundry_fleet.bot.confirm import CONFIRM_SECONDS
 from foundry_fleet.bot.runner import run_bot
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import InvalidInput
-from foundry_fleet.services.invites import Invites
-from foundry_fleet.services.status_updates import StatusUpdates, Undeliverable, Update
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.services.status_updates import Undeliverable, Update
+from foundry_fleet.wiring.services import make_invites, make_status_updates, open_fleet
 from tests.support.discord_gateway_recorder import (
     GUILD_ID, OPS_CHANNEL_ID, TOKEN, DiscordGatewayRecorder, Interaction, Message, Person,
 )
@@ -252,7 +251,7 @@ def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, relea
         assert "no instance" in private(missing) and missing.labels() == []
 
     play(fleet, scenario)
-    pending = Invites(open_fleet(load_config(fleet.config))).list()
+    pending = make_invites(open_fleet(load_config(fleet.config))).list()
     assert sorted(str(i.discord_user_id) for i in pending) == sorted([str(CAROL.id), str(DAVE.id), "None"])
     assert fleet.cli("instance", "list", "--json").json() == []
 
@@ -342,7 +341,7 @@ def test_the_wizard_resumes_cancels_joins_by_code_and_says_what_to_fix(
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.up()
-    code = Invites(open_fleet(load_config(fleet.config))).create(None, "1d", shareable=True).code
+    code = make_invites(open_fleet(load_config(fleet.config))).create(None, "1d", shareable=True).code
 
     async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:
         rec.secrets.add(code)
@@ -457,7 +456,7 @@ def test_status_updates_reach_the_ops_channel_and_owners_and_closed_dms_are_unde
         def dm_attempts() -> int:
             return len([r for r in rec.requests if r.path == f"/channels/{rec.dm_channel_for(DAVE)}/messages"])
 
-        updates = StatusUpdates(bot.fleet, bot.notifier)
+        updates = make_status_updates(bot.fleet, bot.notifier)
         tried = dm_attempts()
         assert await updates.deliver(Update("instance.failed:failed:dave", "dave", "**dave** has stopped"))
         assert [m.content for m in rec.channel_messages[OPS_CHANNEL_ID]][-1] == "**dave** has stopped"

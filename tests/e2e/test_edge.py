@@ -227,7 +227,7 @@ def test_backups_need_the_auth_services_consent_and_forged_identity_never_passes
     admin_socket = tmp_path / "admin.sock"
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial=dial, admin_listen=f"unix/{admin_socket}", backups_dial=dial)
-    sites = [TenantSite("alice", ("alice.localhost",), base + 2, "running")]
+    sites = [TenantSite("alice", ("alice.localhost",), f"127.0.0.1:{base + 2}", "running")]
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", admin_socket, tmp_path / "caddy.log")
     caddy.write_config(build_caddy_config(settings, sites))
     caddy.start()
@@ -264,8 +264,8 @@ def test_caddy_accepts_every_generated_config(tmp_path: Path, tls: str) -> None:
     settings = EdgeSettings(http_port=80, https_port=443, tls=tls, fleet_host="fleet.games.example.org",
                             web_dial="127.0.0.1:8099", admin_listen=f"unix/{tmp_path}/admin.sock",
                             acme_email="gm@example.org", acme_staging=True)
-    sites = [TenantSite("alice", ("alice.games.example.org", "alice.example.net"), 30000, "running"),
-             TenantSite("bob", ("bob.games.example.org",), 30001, "failed")]
+    sites = [TenantSite("alice", ("alice.games.example.org", "alice.example.net"), "127.0.0.1:30000", "running"),
+             TenantSite("bob", ("bob.games.example.org",), "127.0.0.1:30001", "failed")]
     path = tmp_path / "caddy.json"
     path.write_text(json.dumps(build_caddy_config(settings, sites)))
     result = subprocess.run([find_caddy(None), "validate", "--config", str(path)], capture_output=True, text=True,

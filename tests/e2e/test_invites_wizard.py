@@ -13,9 +13,8 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, RateLimited
 from foundry_fleet.services import invites as invites_module
 from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.invites import Invites
-from foundry_fleet.services.wiring import open_fleet
-from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE, SetupWizard
+from foundry_fleet.wiring.services import make_invites, make_wizard, open_fleet
+from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE
 from foundry_fleet.store.models import WizardRow
 from tests.support.harness import Clock, FleetHarness
 from tests.support.releases import LocalHTTPS, Route
@@ -32,7 +31,7 @@ def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> Fleet:
 
 def test_an_invite_is_for_one_user_once_and_expires(svc: Fleet) -> None:
     clock = Clock()
-    inv = Invites(svc, clock)
+    inv = make_invites(svc, clock)
     created = inv.create(ALICE, "1h")
     assert created.code is None and created.invite.status == "pending"
     with pytest.raises(Conflict, match="already has a pending invite"):
@@ -65,7 +64,7 @@ def test_an_invite_is_for_one_user_once_and_expires(svc: Fleet) -> None:
 
 def test_shareable_codes_are_strong_hashed_single_use_and_guessing_locks_out(svc: Fleet) -> None:
     clock = Clock()
-    inv = Invites(svc, clock)
+    inv = make_invites(svc, clock)
     created = inv.create(None, "1d", shareable=True)
     assert created.code is not None and len(created.code) >= 22  # 128 bits in url-safe base64
     stored = [v for v in inv.list() if v.shareable]
@@ -89,10 +88,10 @@ def test_shareable_codes_are_strong_hashed_single_use_and_guessing_locks_out(svc
 
 
 def test_the_wizard_walks_from_invite_to_a_running_instance(svc: Fleet) -> None:
-    wizard = SetupWizard(svc)
+    wizard = make_wizard(svc)
     with pytest.raises(NotFound, match="no pending invite"):
         wizard.start(ALICE)
-    invite = Invites(svc).create(ALICE, "7d").invite
+    invite = make_invites(svc).create(ALICE, "7d").invite
     view = wizard.start(ALICE)
     assert view.step == DETAILS and view.invite_id == invite.id
 
@@ -124,15 +123,15 @@ def test_the_wizard_walks_from_invite_to_a_running_instance(svc: Fleet) -> None:
     license_json = Path(created.instance.data_dir, "Config", "license.json").read_text()
     assert LICENSE.replace("-", "") in license_json
     assert wizard.get(ALICE).step == DONE and not secrets_file.exists()
-    assert Invites(svc).get(invite.id).status == "used"
+    assert make_invites(svc).get(invite.id).status == "used"
     assert any("creating alice" in line for line in said)
     with pytest.raises(NotFound):
         wizard.start(ALICE)  # the invite is used: a new instance needs a new invite
 
 
 def test_a_wizard_left_half_way_resumes_or_is_cancelled_and_names_are_not_taken_twice(svc: Fleet) -> None:
-    wizard = SetupWizard(svc)
-    invites = Invites(svc)
+    wizard = make_wizard(svc)
+    invites = make_invites(svc)
     invites.create(ALICE, "7d")
     invites.create(BOB, "7d")
     wizard.start(ALICE)
@@ -153,8 +152,8 @@ def test_a_wizard_left_half_way_resumes_or_is_cancelled_and_names_are_not_taken_
 
 
 def test_a_failed_provisioning_leaves_nothing_and_says_what_to_fix(svc: Fleet) -> None:
-    wizard = SetupWizard(svc)
-    Invites(svc).create(ALICE, "7d")
+    wizard = make_wizard(svc)
+    make_invites(svc).create(ALICE, "7d")
     wizard.start(ALICE)
     wizard.submit_details(ALICE, "late", LICENSE)
     wizard.submit_release(ALICE, version="13.345")
@@ -165,16 +164,16 @@ def test_a_failed_provisioning_leaves_nothing_and_says_what_to_fix(svc: Fleet) -
     view = wizard.get(ALICE)
     assert view.step == DETAILS and "late" in view.message
     assert [i.name for i in svc.list_instances()] == ["late"]
-    assert Invites(svc).pending_for(ALICE) is not None
+    assert make_invites(svc).pending_for(ALICE) is not None
     wizard.submit_details(ALICE, "early", LICENSE)
     wizard.submit_release(ALICE, version="13.345")
     assert wizard.provision(ALICE).instance.name == "early"
 
 
 def test_a_crash_while_provisioning_is_settled_at_the_next_start(svc: Fleet) -> None:
-    wizard = SetupWizard(svc)
-    Invites(svc).create(ALICE, "7d")
-    Invites(svc).create(BOB, "7d")
+    wizard = make_wizard(svc)
+    make_invites(svc).create(ALICE, "7d")
+    make_invites(svc).create(BOB, "7d")
     for user, name in ((ALICE, "made"), (BOB, "notmade")):
         wizard.start(user)
         wizard.submit_details(user, name, LICENSE)
@@ -201,8 +200,8 @@ def test_the_wizard_downloads_a_release_from_a_timed_link_without_showing_its_to
     fleet.config.write_text(text)
     https_server.routes["/releases/FoundryVTT-Node-13.347.zip"] = Route(body=release_zips["wrapped"].read_bytes())
     svc = open_fleet(load_config(fleet.config), actor="test")
-    wizard = SetupWizard(svc)
-    Invites(svc).create(ALICE, "7d")
+    wizard = make_wizard(svc)
+    make_invites(svc).create(ALICE, "7d")
     wizard.start(ALICE)
     wizard.submit_details(ALICE, "linked", LICENSE)
     link = https_server.url("/releases/FoundryVTT-Node-13.347.zip?verify=SECRET-TOKEN")

@@ -34,8 +34,7 @@ from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
-from foundry_fleet.services.status_updates import StatusUpdates
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_fleet
 from tests.support.edge_client import http, https, local_ca, serves_certificate
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.ports import port_block
@@ -114,7 +113,7 @@ def test_collisions_in_an_old_database_are_settled_deterministically() -> None:
         assert {(c.host, c.instance, c.holder) for c in conflicts} == {
             ("carol.localhost", "alice", "carol"), ("shared.example.org", "bob", "alice"),
             ("127.0.0.1", "alice", None), ("fleet.localhost", "carol", None)}
-    config = build_caddy_config(SETTINGS, [TenantSite(n, h, 30000 + i, "running")
+    config = build_caddy_config(SETTINGS, [TenantSite(n, h, f"127.0.0.1:{30000 + i}", "running")
                                            for i, (n, h) in enumerate(sorted(served.items()))])
     assert config_problems(config) == []
 
@@ -126,10 +125,10 @@ SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_h
 
 
 def test_the_check_finds_what_caddy_refuses_or_would_serve_wrongly() -> None:
-    good = [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running"),
-            TenantSite("bob", ("bob.localhost",), 30002, "stopped")]
+    good = [TenantSite("alice", ("alice.localhost", "games.example.org"), "127.0.0.1:30001", "running"),
+            TenantSite("bob", ("bob.localhost",), "127.0.0.1:30002", "stopped")]
     assert config_problems(build_caddy_config(SETTINGS, good)) == []
-    repeated = [*good, TenantSite("carol", ("Games.Example.org",), 30003, "running")]
+    repeated = [*good, TenantSite("carol", ("Games.Example.org",), "127.0.0.1:30003", "running")]
     problems = config_problems(build_caddy_config(SETTINGS, repeated))
     assert any("repeated in one matcher" in p for p in problems)
     assert any("games.example.org is in route" in p.lower() and "match alike" in p for p in problems)
@@ -138,7 +137,7 @@ def test_the_check_finds_what_caddy_refuses_or_would_serve_wrongly() -> None:
     placeholder = config_problems(build_caddy_config(replace(SETTINGS, fleet_host="{http.request.host}"), good))
     assert any("placeholder" in p for p in placeholder)
     # A site left without hosts must not become a host matcher without hosts (which matches every host).
-    assert config_problems(build_caddy_config(SETTINGS, [*good, TenantSite("dave", (), 30004, "running")])) == []
+    assert config_problems(build_caddy_config(SETTINGS, [*good, TenantSite("dave", (), "127.0.0.1:30004", "running")])) == []
     assert config_problems({"apps": {"http": {"servers": {"edge": {"routes": [{"match": [{"host": []}]}]}}}}})
 
 
@@ -177,16 +176,16 @@ def _state_page(port: int, host: str, ca: Path) -> int | None:
 
 def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config_keeps_serving(tmp_path: Path) -> None:
     fleet = open_fleet(load_config(init_fleet(tmp_path / "fleet")), actor="daemon")
-    updates = StatusUpdates(fleet, out := Recorder())
+    updates = make_status_updates(fleet, out := Recorder())
     updates.start_from_now()
     base = port_block()
     socket_path = tmp_path / "admin.sock"
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
-    sites = [TenantSite("t0", ("t0.localhost",), 30000, "stopped")]
+    sites = [TenantSite("t0", ("t0.localhost",), "127.0.0.1:30000", "stopped")]
     told: list[str | None] = []
-    report = edge_problem_reporter(fleet)
+    report = edge_problem_reporter(fleet.event_log)
     edge = RefusingEdge(settings, caddy, CaddyAdmin(socket_path), lambda: list(sites),
                         on_problem=lambda why: (told.append(why), report(why)))
     attempts: list[int] = []
@@ -207,7 +206,7 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
 
             # Caddy refuses: reported once, not retried while nothing changes, old config still served.
             edge.refuse = True
-            sites.append(TenantSite("t1", ("t1.localhost",), 30001, "stopped"))
+            sites.append(TenantSite("t1", ("t1.localhost",), "127.0.0.1:30001", "stopped"))
             edge.request_update()
             await settle()
             assert len(told) == 1 and "no_such_handler" in (told[0] or "")
@@ -223,14 +222,14 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
             assert _state_page(base + 1, "t1.localhost", ca) is None  # never loaded: no route, no certificate
 
             # A change is tried at once (still refused: the same problem is not told twice).
-            sites.append(TenantSite("t2", ("t2.localhost",), 30002, "stopped"))
+            sites.append(TenantSite("t2", ("t2.localhost",), "127.0.0.1:30002", "stopped"))
             edge.request_update()
             await settle()
             assert len(attempts) == loads + 2 and len(told) == 1
 
             # The fleet's own check stops a config with a host twice before Caddy sees it.
             edge.refuse = False
-            sites.append(TenantSite("t3", ("t0.localhost",), 30003, "stopped"))
+            sites.append(TenantSite("t3", ("t0.localhost",), "127.0.0.1:30003", "stopped"))
             edge.request_update()
             await settle()
             assert len(attempts) == loads + 2 and len(told) == 1  # still the same episode: told once
@@ -263,7 +262,7 @@ def test_caddy_comes_back_even_when_its_last_config_no_longer_starts(tmp_path: P
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
-    edge = Edge(settings, caddy, CaddyAdmin(socket_path), lambda: [TenantSite("t0", ("t0.localhost",), 30000, "stopped")])
+    edge = Edge(settings, caddy, CaddyAdmin(socket_path), lambda: [TenantSite("t0", ("t0.localhost",), "127.0.0.1:30000", "stopped")])
 
     async def scenario() -> None:
         await edge.start()
@@ -400,15 +399,14 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
 
 
 def test_the_setup_wizard_refuses_a_name_whose_host_is_taken(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    from foundry_fleet.services.invites import Invites
-    from foundry_fleet.services.wizard import RELEASE, SetupWizard
+    from foundry_fleet.services.wizard import RELEASE
 
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start", "--extra-host", "carol.localhost")
     svc = open_fleet(load_config(fleet.config), actor="test")
     tenant = "333333333333333333"
-    Invites(svc).create(tenant, "7d")
-    wizard = SetupWizard(svc)
+    make_invites(svc).create(tenant, "7d")
+    wizard = make_wizard(svc)
     wizard.start(tenant)
     with pytest.raises(Conflict, match="the name carol is taken") as taken:
         wizard.submit_details(tenant, "Carol", "ABCD-EFGH-IJKL-MNOP-QRST-UVWX")
@@ -503,7 +501,7 @@ def edge_with_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp / "edge", socket_path, tmp / "caddy.log")
-    caddy.write_config(build_caddy_config(settings, [TenantSite("alice", ("alice.localhost",), port, "running")]))
+    caddy.write_config(build_caddy_config(settings, [TenantSite("alice", ("alice.localhost",), f"127.0.0.1:{port}", "running")]))
     caddy.start()
     admin = CaddyAdmin(socket_path)
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import load_config
-from foundry_fleet.services.status_updates import StatusUpdates
-from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.services.backups import InstanceSnapshot
+from foundry_fleet.wiring.services import make_backups, make_status_updates, open_fleet
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
 from tests.support.fleets import make_fleet, zfs_fleet_on
@@ -117,7 +117,7 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
     table = h.cli("storage", "status").out
     assert "100.0 MiB" in table and "alice" in table
 
-    updates = StatusUpdates(open_fleet(load_config(h.config)), RecordingNotifier())
+    updates = make_status_updates(open_fleet(load_config(h.config)), RecordingNotifier())
     warned = {u.instance: u.text for u in updates.quota_updates()}
     assert list(warned) == ["alice"], warned
     assert "of its storage quota" in warned["alice"] and "snapshots included" in warned["alice"]
@@ -142,7 +142,7 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
             fleet.storage.snapshots.destroy("alice", name)  # as an operator would
     assert zfs_int("quota", data) > 100 * MIB
     round_ = backups.run_schedule(now=2_000_000_000.0)
-    assert set(scheduled) <= {snap for n, snap in round_.destroyed if n == "alice"}
+    assert set(scheduled) <= {d.snapshot for d in round_.destroyed if d.instance == "alice"}
     assert round_.failed == [] and zfs_int("quota", data) == 100 * MIB
 
 
@@ -243,7 +243,7 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     fleet = open_fleet(load_config(h.config), actor="daemon")
     notifier = RecordingNotifier()
     clock = [2_000_000_000.0]
-    updates = StatusUpdates(fleet, notifier, clock=lambda: clock[0])
+    updates = make_status_updates(fleet, notifier, clock=lambda: clock[0])
     updates.start_from_now()
 
     # The tenant writes past its limit from inside; nothing on plain directories can stop that write.
@@ -261,10 +261,10 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     backups = make_backups(fleet)
     t0 = 2_000_000_000.0 - 2_000_000_000.0 % HOUR
     round1 = backups.run_schedule(now=t0)
-    assert "alice" not in [n for n, _ in round1.taken]
-    assert [why for n, why in round1.failed if n == "alice"][0].endswith("so no new snapshot was taken")
+    assert "alice" not in [t.instance for t in round1.taken]
+    assert [f.why for f in round1.failed if f.instance == "alice"][0].endswith("so no new snapshot was taken")
     again = backups.run_schedule(now=t0 + 60)  # the same slot: neither measured nor recorded again
-    assert [n for n, _ in again.failed] == [] and again.taken == []
+    assert again.failed == [] and again.taken == []
     events = h.cli("events", "--instance", "alice", "--json").json()
     refusals = [e for e in events if e["action"] == "backup.snapshot" and e["outcome"] == "refused"]
     assert {e["actor"] for e in refusals} >= {"scheduler"} and len(refusals) >= 2  # `backup now`, the round
@@ -298,7 +298,7 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     fleet = open_fleet(load_config(h.config), actor="daemon")
     assert dd(port, "Data/world.db", 1)["code"] == 0
     assert h.cli("backup", "now", "alice", "--json").json()["name"].startswith("manual-")
-    assert "alice" in [n for n, _ in make_backups(fleet).run_schedule(now=t0 + 2 * HOUR).taken]
+    assert "alice" in [t.instance for t in make_backups(fleet).run_schedule(now=t0 + 2 * HOUR).taken]
 
 
 @pytest.mark.e2e
@@ -319,4 +319,4 @@ def test_directory_storage_takes_snapshots_again_once_the_tenant_deletes(
 
     assert run_in_instance(port, "rm Data/big.bin")["code"] == 0
     assert h.cli("backup", "now", "alice", "--json").json()["name"].startswith("manual-")
-    assert ("alice", backups.fmt.name(t0 + HOUR)) in backups.run_schedule(now=t0 + HOUR).taken
+    assert InstanceSnapshot("alice", backups.fmt.name(t0 + HOUR)) in backups.run_schedule(now=t0 + HOUR).taken

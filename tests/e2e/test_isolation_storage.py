@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.trees import remove_tree
 from foundry_fleet.storage.tenant_tree import MAX_DEPTH
 from tests.support.fleets import make_fleet, zfs_fleet_on
@@ -298,8 +297,8 @@ def test_a_touched_file_is_not_copied_again_and_a_changed_one_is(tmp_path: Path,
     h = make_fleet(tmp_path)
     h.cli("release", "add", str(release_zips["node"]))
     h.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
-    backups = Backups(open_fleet(h.settings()))
-    data = backups.fleet.storage.paths("alice").data
+    backups = make_backups(open_fleet(h.settings()))
+    data = backups.storage.paths("alice").data
     big = data / "Data" / "scene.webp"
     big.write_bytes(os.urandom(32 << 20))
     first = backups.take("alice", "one")
@@ -309,7 +308,7 @@ def test_a_touched_file_is_not_copied_again_and_a_changed_one_is(tmp_path: Path,
     assert second.bytes_new < 64 * 1024, second
     one, two = (backups.snapshots.path("alice", s.name) / "Data" / "scene.webp" for s in (first, second))
     assert one.stat().st_ino == two.stat().st_ino != big.stat().st_ino  # shared, and never the live file
-    used = backups.fleet.storage.usage_bytes("alice")
+    used = backups.storage.usage_bytes("alice")
     assert 64 << 20 <= used < 66 << 20, used  # the live file and one copy, not three
 
     with big.open("r+b") as f:  # same size, other content: copied
@@ -326,8 +325,8 @@ def test_a_sparse_file_costs_a_snapshot_what_it_stores_not_what_it_claims(tmp_pa
     h = make_fleet(tmp_path)
     h.cli("release", "add", str(release_zips["node"]))
     h.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
-    backups = Backups(open_fleet(h.settings()))
-    sparse = backups.fleet.storage.paths("alice").data / "Data" / "huge.bin"
+    backups = make_backups(open_fleet(h.settings()))
+    sparse = backups.storage.paths("alice").data / "Data" / "huge.bin"
     with sparse.open("wb") as f:
         f.seek(64 << 30)  # claims 64 GiB
         f.write(b"tail")

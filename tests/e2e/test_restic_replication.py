@@ -21,7 +21,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.backup_plan import thin
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.snapshots import META
 from foundry_fleet.store.models import ReplicationRow
 from tests.support.harness import FleetHarness
@@ -96,7 +96,7 @@ def checksums(root: Path) -> dict[str, str]:
 
 
 def replication_row(backups: Backups) -> ReplicationRow:
-    with backups.fleet.sessions() as s:
+    with backups.records.sessions() as s:
         return s.scalars(select(ReplicationRow).where(ReplicationRow.instance == "dana")).one()
 
 
@@ -120,7 +120,7 @@ def test_replication_to_restic_is_full_then_deduplicated_and_restores_the_same_f
     (data / "Data" / "big.bin").write_bytes(os.urandom(4 * MIB))
     first = backups.run_schedule(now=T0)
     assert first.failed == [] and len(first.taken) == 1
-    name1 = first.taken[0][1]
+    name1 = first.taken[0].snapshot
     assert (repo / "config").is_file()
     [snap] = repo_snapshots(repo, pw)
     assert set(snap["tags"]) == {"instance:dana", f"snapshot:{name1}"}
@@ -135,7 +135,7 @@ def test_replication_to_restic_is_full_then_deduplicated_and_restores_the_same_f
     (data / "Data" / "small.bin").write_bytes(os.urandom(256 * 1024))
     second = backups.run_schedule(now=T0 + HOUR)
     assert second.failed == [] and len(second.taken) == 1
-    name2 = second.taken[0][1]
+    name2 = second.taken[0].snapshot
     sent = replication_row(backups).bytes_sent
     assert 256 * 1024 <= sent < MIB, sent  # the change, not the 4 MiB again
     there = repo_snapshots(repo, pw)
@@ -185,7 +185,7 @@ def test_an_unreachable_restic_destination_is_caught_up_and_the_source_thinned_a
     (data / "Data" / "hour4.txt").write_text("4")
     back = backups.run_schedule(now=T0 + 4 * HOUR)
     assert back.failed == [] and len(back.taken) == 1
-    wanted.append(back.taken[0][1])
+    wanted.append(back.taken[0].snapshot)
     there = repo_snapshots(repo, pw)
     assert [snapshot_name(s) for s in there] == wanted
     assert all("instance:dana" in s["tags"] for s in there)
@@ -219,7 +219,7 @@ def test_a_password_file_readable_by_others_or_missing_is_refused(
     loose = backups.run_schedule(now=T0)
     assert len(loose.taken) == 1  # the snapshot here is taken all the same
     assert len(loose.failed) == 1, loose.failed
-    instance, why = loose.failed[0]
+    instance, why = loose.failed[0].instance, loose.failed[0].why
     assert instance == "dana" and "replication to usb" in why and f"chmod 600 {pw}" in why, why
     assert not repo.exists()  # restic never ran: nothing sent, no repository made
     row = replication_row(backups)

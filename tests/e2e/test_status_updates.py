@@ -11,8 +11,8 @@ import pytest
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.status_updates import StatusUpdates, Undeliverable, update_for
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.services.status_updates import Undeliverable, update_for
+from foundry_fleet.wiring.services import make_status_updates, open_fleet
 from tests.support.harness import Clock, FleetHarness
 
 ALICE, BOB = "111111111111111111", "222222222222222222"
@@ -53,7 +53,7 @@ def test_only_events_worth_a_message_become_updates() -> None:
 
 def test_updates_are_deduplicated_counted_and_sent_to_the_owner(svc: Fleet) -> None:
     clock, out = Clock(), Recorder()
-    updates = StatusUpdates(svc, out, clock, repeat_after=1800)
+    updates = make_status_updates(svc, out, clock=clock, repeat_after=1800)
     updates.start_from_now()
     svc.record_event("instance.start", "alice", Outcome.OK)  # routine: no message
     for _ in range(3):
@@ -73,7 +73,7 @@ def test_updates_are_deduplicated_counted_and_sent_to_the_owner(svc: Fleet) -> N
 
 def test_a_closed_inbox_is_not_retried_and_the_ops_channel_is_rate_limited(svc: Fleet) -> None:
     clock, out = Clock(), Recorder()
-    updates = StatusUpdates(svc, out, clock, repeat_after=0, ops_burst=5, ops_window=600, dm_block=86400)
+    updates = make_status_updates(svc, out, clock=clock, repeat_after=0, ops_burst=5, ops_window=600, dm_block=86400)
     updates.start_from_now()
     for i in range(12):
         svc.record_event("instance.crashed", "bob", Outcome.FAILED, f"exit {i}")
@@ -94,6 +94,6 @@ def test_a_closed_inbox_is_not_retried_and_the_ops_channel_is_rate_limited(svc: 
 def test_a_restart_does_not_repeat_old_news(svc: Fleet) -> None:
     svc.record_event("instance.failed", "alice", Outcome.FAILED, "before the restart")
     out = Recorder()
-    updates = StatusUpdates(svc, out)
+    updates = make_status_updates(svc, out)
     updates.start_from_now()
     assert asyncio.run(updates.run_once()) == 0 and out.ops == []

@@ -15,7 +15,7 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.wiring import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, make_status_updates, open_fleet
 from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.support.fleets import zfs_fleet_on
 from tests.support.ports import port_block
@@ -169,7 +169,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
     first = backups.run_schedule(now=t0)
     assert first.failed == [] and len(first.taken) == 1
     full = backups.replication.status(["dana"])[0]
-    assert full["last_snapshot"] == first.taken[0][1] and full["snapshots_behind"] == 0
+    assert full["last_snapshot"] == first.taken[0].snapshot and full["snapshots_behind"] == 0
 
     (data / "Data" / "small.bin").write_bytes(os.urandom(256 * 1024))
     second = backups.run_schedule(now=t0 + HOUR)
@@ -178,7 +178,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
 
     from foundry_fleet.store.models import ReplicationRow
 
-    with backups.fleet.sessions() as s:
+    with backups.records.sessions() as s:
         sent = s.scalars(select(ReplicationRow)).one().bytes_sent
     assert 256 * 1024 <= sent <= 1.2 * 256 * 1024 + 64 * 1024, sent  # the change, not the 4 MiB again
 
@@ -189,7 +189,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
         assert offline.failed == [] and len(offline.taken) == 1  # offline is not a failure of the round
     local = backups.snapshots.names("dana")
     # The plan here keeps two hours; everything the destination still wants stayed.
-    wanted = [Backups(backups.fleet).fmt.name(t0 + h * HOUR) for h in range(1, 6)]
+    wanted = [backups.fmt.name(t0 + h * HOUR) for h in range(1, 6)]
     assert set(wanted) <= set(local), local
     behind = backups.replication.status(["dana"])[0]
     assert behind["snapshots_behind"] == 4 and "not available" in behind["last_error"]
@@ -322,11 +322,11 @@ def test_replication_over_ssh_and_a_host_that_stops_answering(
 
 
 def test_a_quota_filling_up_becomes_a_status_update(zfs_fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    from foundry_fleet.services.status_updates import LogNotifier, StatusUpdates
+    from foundry_fleet.services.status_updates import LogNotifier
 
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
     inst = zfs_fleet.cli("instance", "create", "ivy", "--release", "13.345", "--no-start", "--json").json()["instance"]
-    updates = StatusUpdates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
+    updates = make_status_updates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
     assert updates.quota_updates() == []
     Path(inst["data_dir"], "Data", "big.bin").write_bytes(os.urandom(60 * 1024 * 1024))  # of 64 MiB
     wait_until(lambda: [u.instance for u in updates.quota_updates()] == ["ivy"], 60, "ZFS to count the bytes")

@@ -29,7 +29,7 @@ def route_for(config: dict, host: str, path: str) -> dict:
 
 
 def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> None:
-    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running")])
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), "127.0.0.1:30001", "running")])
     assert route_for(config, "games.example.org", "/")["handle"] == [
         {"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}]
     body, proxy = route_for(config, "games.example.org", "/-/socket.io/")["handle"]
@@ -46,14 +46,27 @@ def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> No
 
 
 def test_a_stopped_tenant_gets_a_page_not_a_proxy() -> None:
-    config = build_caddy_config(SETTINGS, [TenantSite("bob", ("bob.localhost",), 30002, "failed")])
+    config = build_caddy_config(SETTINGS, [TenantSite("bob", ("bob.localhost",), "127.0.0.1:30002", "failed")])
     (page,) = route_for(config, "bob.localhost", "/-/game")["handle"]
     assert page["status_code"] == 503 and page["headers"]["Retry-After"] == ["10"]
     assert "has failed" in page["body"] and "30002" not in json.dumps(config)
 
 
+def test_a_running_tenant_is_dialed_where_its_runtime_said() -> None:
+    """The edge dials the address the runtime gave (a container's or another node's), not a local port."""
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), "10.88.0.7:30000", "running")])
+    _body, proxy = route_for(config, "alice.localhost", "/-/game")["handle"]
+    assert proxy["upstreams"] == [{"dial": "10.88.0.7:30000"}]
+
+
+def test_a_running_tenant_without_an_address_gets_a_page() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("carol", ("carol.localhost",), None, "running")])
+    (page,) = route_for(config, "carol.localhost", "/-/game")["handle"]
+    assert page["status_code"] == 503 and "is not running" in page["body"]
+
+
 def test_backups_strip_identity_then_ask_the_auth_service() -> None:
-    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), 30001, "running")])
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), "127.0.0.1:30001", "running")])
     strip, auth, rest = route_for(config, "alice.localhost", "/backups/2026/x.tar.zst")["handle"]
     assert strip == {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
     assert auth["rewrite"] == {"method": "GET", "uri": "/auth/backups"}
@@ -64,7 +77,7 @@ def test_backups_strip_identity_then_ask_the_auth_service() -> None:
 
 
 def test_sign_in_on_tenant_hosts_reaches_the_web_app_with_the_real_host() -> None:
-    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), 30001, "running")])
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), "127.0.0.1:30001", "running")])
     for host in ("alice.localhost", "games.example.org"):
         for path in ("/auth/ticket", "/auth/logout"):
             strip, proxy = route_for(config, host, path)["handle"]
@@ -78,7 +91,7 @@ def test_sign_in_on_tenant_hosts_reaches_the_web_app_with_the_real_host() -> Non
 
 
 def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_off() -> None:
-    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), 30001, "running")])
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), "127.0.0.1:30001", "running")])
     routes = config["apps"]["http"]["servers"]["edge"]["routes"]
     fleet = route_for(config, "fleet.localhost", "/v1/status")
     web, rest = fleet["handle"][0]["routes"]
@@ -117,7 +130,7 @@ names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), unique=T
 
 @given(names, st.randoms())
 def test_same_state_same_config_whatever_the_order(tenant_names: list[str], rnd) -> None:
-    sites = [TenantSite(n, (f"{n}.localhost",), 30000 + i, "running") for i, n in enumerate(tenant_names)]
+    sites = [TenantSite(n, (f"{n}.localhost",), f"127.0.0.1:{30000 + i}", "running") for i, n in enumerate(tenant_names)]
     shuffled = list(sites)
     rnd.shuffle(shuffled)
     a = json.dumps(build_caddy_config(SETTINGS, sites), sort_keys=True)

@@ -98,10 +98,12 @@ def create_app(
     backups: Backups | None = None,
     settle_timeout: float = 60.0,
 ) -> Starlette:
-    backups = backups or Backups(fleet)
+    if backups is None:
+        raise ValueError("create_app needs the backup service (built by the wiring)")
 
     def backups_for(acting: Fleet) -> Backups:
-        return Backups(acting, backups.replication)
+        assert backups is not None
+        return backups.acting_as(acting.actor)
     # One operation at a time per instance: an upgrade or restore takes several steps that a
     # start, stop or delete arriving in between must not interleave with.
     operation_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -133,7 +135,7 @@ def create_app(
             "capabilities": [c.__dict__ for c in info.capabilities],
             "instances": [i.to_dict() for i in instances],
             "hosts": hosts,
-            "edge": await run(edge_report, fleet, edge_state),
+            "edge": await run(edge_report, fleet.hostnames, edge_state),
         }
 
     async def list_instances() -> list[dict[str, Any]]:
@@ -363,4 +365,4 @@ def create_app(
     async def openapi_json(_request: Request) -> JSONResponse:
         return JSONResponse(schema)
 
-    return Starlette(routes=[*routes(table, Access(fleet)), Route("/openapi.json", openapi_json, methods=["GET"])])
+    return Starlette(routes=[*routes(table, Access(fleet.instances, frozenset(fleet.config.discord.admin_users))), Route("/openapi.json", openapi_json, methods=["GET"])])

@@ -36,7 +36,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
 
         async def work() -> Reply:
             bot.access.require_admin(principal, "/fleet invite")
-            invites = Invites(bot.fleet.acting_as(principal.actor))
+            invites = Invites(bot.fleet.sessions, bot.fleet.event_log.acting_as(principal.actor))
             if user is None:
                 created = await asyncio.to_thread(invites.create, None, expires.strip(), True)
                 return Reply(f"Shareable invite code, shown this once: `{created.code}`\nWhoever first runs "

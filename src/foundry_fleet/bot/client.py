@@ -50,15 +50,16 @@ class FleetBot(discord.Client):
         self.config = config
         self.settings = config.discord
         self.fleet = fleet
-        self.access = Access(fleet)
+        self.access = Access(fleet.instances, frozenset(fleet.config.discord.admin_users))
         self.control_transport = control_transport
         self.control = AsyncControlClient(control_transport)
-        self.invites = Invites(fleet)
+        self.invites = Invites(fleet.sessions, fleet.event_log)
         # The daemon may pass its own create (one that also wakes its supervisor); by default the
         # instance is made through the control API, once the event loop is known (setup_hook).
         self._create = create
         self._api_create: CreateThroughApi | None = None
-        self.wizard = SetupWizard(fleet, self.invites, create=self._create_instance)
+        self.wizard = SetupWizard(fleet.config, fleet.sessions, fleet.event_log, fleet.registry, fleet.hostnames,
+                                  self.invites, create=self._create_instance)
         self.wizard_flow = WizardFlow(self)
         self.operations = InstanceOperations()
         self.confirmations = Confirmations()

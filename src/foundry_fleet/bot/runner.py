@@ -3,7 +3,7 @@
     bot = asyncio.create_task(run_bot(
         config, open_fleet(config, actor="bot"),
         httpx.AsyncHTTPTransport(uds=str(config.paths.socket)),   # or httpx.ASGITransport(app=app)
-        on_notifier=lambda notifier: ...,  # e.g. start StatusUpdates(fleet, notifier).run()
+        on_notifier=lambda notifier: ...,  # e.g. start make_status_updates(fleet, notifier).run()
     ))
     ...
     bot.cancel()   # stops it: the client closes its gateway connection and HTTP sessions

@@ -17,7 +17,7 @@ app = command_group("Snapshots of instance data: take, list, plan, restore, stat
 
 
 def _backups(c: CliContext):  # type: ignore[no-untyped-def]
-    from foundry_fleet.services.wiring import make_backups
+    from foundry_fleet.wiring.services import make_backups
 
     return make_backups(c.fleet())
 

@@ -9,7 +9,7 @@ from foundry_fleet.api.client import ControlClient
 from foundry_fleet.config import FleetConfig, find_config, load_config
 from foundry_fleet.domain.errors import DaemonNotRunning
 from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.wiring import open_fleet
+from foundry_fleet.wiring.services import open_fleet
 
 
 @dataclass

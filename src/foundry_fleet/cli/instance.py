@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from foundry_fleet.services.wiring import make_backups
+from foundry_fleet.wiring.services import make_backups
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json, safe
 from foundry_fleet.domain.errors import InvalidInput

@@ -18,7 +18,8 @@ app = command_group("Invites for new tenants: create, list, revoke.")
 def _invites(c: CliContext):  # type: ignore[no-untyped-def]
     from foundry_fleet.services.invites import Invites
 
-    return Invites(c.fleet())
+    fleet = c.fleet()
+    return Invites(fleet.sessions, fleet.event_log)
 
 
 @app.command()

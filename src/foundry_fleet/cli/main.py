@@ -80,7 +80,7 @@ def up(
     """Run the fleet daemon in the foreground: supervise instances, serve the control API."""
     from rich.logging import RichHandler
 
-    from foundry_fleet.services.daemon import serve
+    from foundry_fleet.wiring.daemon import serve
 
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
     handler.addFilter(_escape_log_record)
@@ -110,7 +110,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
             "daemon": {"running": False, "root": str(c.config.root)},
             "capabilities": [],
             "instances": [i.to_dict() for i in fleet.list_instances()],
-            "edge": edge_report(fleet, None),
+            "edge": edge_report(fleet.hostnames, None),
         }
     if json_out:
         print_json(data)

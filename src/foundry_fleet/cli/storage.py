@@ -42,10 +42,8 @@ def init(
 @app.command()
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Pool health, space, and per instance the space used (data and snapshots) against its limit."""
-    from foundry_fleet.services.disk_limits import report
-
     c: CliContext = ctx.obj
-    result = report(c.fleet())
+    result = c.fleet().disk_limits.report()
     if json_out:
         print_json(result)
         return

@@ -45,8 +45,8 @@ _LEADING_SEPARATOR = r"^[;\s]+"
 class TenantSite:
     name: str
     hosts: tuple[str, ...]
-    port: int
-    state: str  # the instance's state: only "running" is proxied
+    address: str | None  # "host:port" where the instance is reached, as its runtime said; None: nowhere
+    state: str  # the instance's state: only "running" (with an address) is proxied
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ def _to_web(settings: EdgeSettings) -> dict[str, Any]:
 
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
     """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
-    if site.state == "running":
-        foundry = _proxy(f"127.0.0.1:{site.port}", settings)
+    if site.state == "running" and site.address:
+        foundry = _proxy(site.address, settings)
     else:
         foundry = [_state_page(site, settings.retry_after_s)]
     return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": foundry, "terminal": True}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from foundry_fleet.domain.errors import Forbidden, NotFound
 from foundry_fleet.domain.names import validate_discord_id
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.views import InstanceView
 
 TENANT_ACTIONS = frozenset({
@@ -36,9 +36,10 @@ class Principal:
 
 
 class Access:
-    def __init__(self, fleet: Fleet, admin_users: frozenset[str] = frozenset()) -> None:
-        self.fleet = fleet
-        self.admin_users = admin_users or frozenset(fleet.config.discord.admin_users)
+    def __init__(self, instances: InstanceViews, admin_users: frozenset[str]) -> None:
+        """`admin_users`: the Discord ids that are fleet admins without the role ([discord] admin_users)."""
+        self.instances = instances
+        self.admin_users = admin_users
 
     def principal(self, discord_id: str, has_admin_role: bool = False) -> Principal:
         """The principal for a Discord user: an admin by role or by the config's admin_users."""
@@ -51,7 +52,7 @@ class Access:
 
     def instance(self, principal: Principal, name: str, action: str = "view") -> InstanceView:
         """The instance, if `principal` may do `action` to it; NotFound for someone else's instance."""
-        view = self.fleet.get_instance(name)
+        view = self.instances.get(name)
         if principal.admin:
             return view
         if view.owner != principal.discord_id:
@@ -61,5 +62,5 @@ class Access:
         return view
 
     def visible(self, principal: Principal) -> list[InstanceView]:
-        views = self.fleet.list_instances()
+        views = self.instances.list()
         return views if principal.admin else [v for v in views if v.owner == principal.discord_id]

@@ -14,58 +14,85 @@ and what makes the delete undoable).
 from __future__ import annotations
 
 import re
+import copy
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import select
 
 from foundry_fleet.domain.backup_plan import Plan, TimeFormat, current_slot, parse_plan, thin
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.domain.instance import DesiredState
-from foundry_fleet.services import disk_limits
-from foundry_fleet.services.disk_limits import OverDiskLimit
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.backup_records import BackupRecords
+from foundry_fleet.services.disk_limits import DiskLimits, OverDiskLimit
+from foundry_fleet.services.events import EventLog
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.replication import Replication
+from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.snapshots import SnapshotInfo
-from foundry_fleet.store.models import Instance
 
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
 @dataclass(frozen=True)
+class InstanceSnapshot:
+    instance: str
+    snapshot: str
+
+
+@dataclass(frozen=True)
+class BackupFailure:
+    instance: str
+    why: str
+
+
+@dataclass(frozen=True)
 class ScheduleRound:
-    taken: list[tuple[str, str]]  # (instance, snapshot)
-    destroyed: list[tuple[str, str]]
-    failed: list[tuple[str, str]]  # (instance, why)
+    taken: list[InstanceSnapshot]
+    destroyed: list[InstanceSnapshot]
+    failed: list[BackupFailure]
 
 
 class Backups:
-    def __init__(self, fleet: Fleet, replication: Replication | None = None) -> None:
-        self.fleet = fleet
-        self.snapshots = fleet.storage.snapshots
-        self.fmt = TimeFormat(fleet.config.backups.tsformat)
+    def __init__(self, instances: InstanceViews, records: BackupRecords, events: EventLog, storage: Storage,
+                 limits: DiskLimits, keep_stopped: Callable[[str, str], object], tsformat: str,
+                 replication: Replication | None = None) -> None:
+        """`keep_stopped(name, why)`: set the instance's desired state to stopped (a restore that could
+        not be finished or undone must not be started on); `tsformat`: [backups] tsformat."""
+        self.instances = instances
+        self.records = records
+        self.events = events
+        self.storage = storage
+        self.snapshots = storage.snapshots
+        self.limits = limits
+        self.keep_stopped = keep_stopped
+        self.fmt = TimeFormat(tsformat)
         self.replication = replication  # None: no backup destinations
         self._refused: dict[str, float] = {}  # instance -> the slot whose snapshot the disk limit refused
+
+    def acting_as(self, actor: str) -> Backups:
+        """The same service, recording its events and plan changes under another actor."""
+        other = copy.copy(self)
+        other.records = BackupRecords(self.records.sessions, self.records.default_plan, actor)
+        other.events = self.events.acting_as(actor)
+        return other
 
     # plans --------------------------------------------------------------------------------
 
     def plan_for(self, name: str) -> Plan:
-        own, _running, _uid = self.fleet.backup_facts(name)
-        return parse_plan(own or self.fleet.config.backups.plan)
+        return parse_plan(self.records.facts(name).own_plan or self.records.default_plan)
 
     def set_plan(self, name: str, text: str | None) -> str:
         """Give an instance its own plan (validated), or None to follow the fleet's default."""
         plan = parse_plan(text) if text is not None else None
-        self.fleet.set_backup_plan(name, str(plan) if plan else None)
-        return str(plan) if plan else f"default ({self.fleet.config.backups.plan})"
+        self.records.set_plan(name, str(plan) if plan else None)
+        return str(plan) if plan else f"default ({self.records.default_plan})"
 
     # taking and listing -------------------------------------------------------------------
 
     def list(self, name: str) -> list[SnapshotInfo]:
-        self.fleet.get_instance(name)
+        self.instances.get(name)
         return self.snapshots.list(name)
 
     def take(self, name: str, label: str = "manual", now: float | None = None) -> SnapshotInfo:
@@ -77,28 +104,28 @@ class Backups:
 
     def check_room(self, name: str) -> None:
         """Raise OverDiskLimit (and record the refusal) when the instance may not get a new snapshot."""
-        view = self.fleet.get_instance(name)
+        view = self.instances.get(name)
         try:
-            disk_limits.check_room(self.fleet, view.name)
+            self.limits.check_room(view.name)
         except OverDiskLimit as e:
-            self.fleet.record_event("backup.snapshot", view.name, Outcome.REFUSED, e.message)
+            self.events.record("backup.snapshot", view.name, Outcome.REFUSED, e.message)
             raise
 
     def _take(self, name: str, label: str, now: float | None = None) -> SnapshotInfo:
-        view = self.fleet.get_instance(name)
+        view = self.instances.get(name)
         stamp = f"{label}-{self.fmt.name(now or time.time())}"
         taken = set(self.snapshots.names(name))
         # Two snapshots with the same label in one second (an upgrade, then a second one at once) must
         # both be kept: the later one gets a counter.
         snap_name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if n not in taken)
-        info = self.snapshots.take(name, self.fleet.storage.paths(name).data, snap_name)
-        self.fleet.record_event("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
+        info = self.snapshots.take(name, self.storage.paths(name).data, snap_name)
+        self.events.record("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
         return info
 
     def final_backup(self, name: str, purge: bool) -> str | None:
         """Before a delete: a last snapshot of the data (kept with the archive); before a purge, also sent
         to every backup destination, and the purge is refused if one cannot take it (nothing is lost)."""
-        if not self.fleet.storage.paths(name).data.exists():
+        if not self.storage.paths(name).data.exists():
             return None
         info = self._take(name, label="final")  # even at the disk limit: see the module's docstring
         if purge and self.replication is not None:
@@ -111,7 +138,7 @@ class Backups:
 
     def status(self, name: str | None = None) -> dict[str, object]:
         """Per instance: its plan, snapshot count and newest; per destination: where each copy stands."""
-        names = [name] if name else [v.name for v in self.fleet.list_instances()]
+        names = [name] if name else [v.name for v in self.instances.list()]
         instances = []
         for n in names:
             snaps = self.list(n)
@@ -127,74 +154,72 @@ class Backups:
         """Take every due snapshot (one per instance per slot of its smallest interval; all instances due
         at the same slot together, atomically where the storage can), replicate, then thin."""
         now = time.time() if now is None else now
-        with self.fleet.sessions() as s:
-            rows = [(r.name, r.backup_plan) for r in s.scalars(select(Instance)).all()
-                    if r.state != "creating" and r.desired != "deleted"]
-        taken: list[tuple[str, str]] = []
-        destroyed: list[tuple[str, str]] = []
-        failed: list[tuple[str, str]] = []
+        rows = [(i.name, i.own_plan) for i in self.records.scheduled()]
+        taken: list[InstanceSnapshot] = []
+        destroyed: list[InstanceSnapshot] = []
+        failed: list[BackupFailure] = []
         plans, due = {}, defaultdict(list)
         for name, own_plan in rows:
             try:
-                plans[name] = plan = parse_plan(own_plan or self.fleet.config.backups.plan)
+                plans[name] = plan = parse_plan(own_plan or self.records.default_plan)
                 slot = current_slot(now, plan)
                 latest = max((t for t in map(self.fmt.parse, self.snapshots.names(name)) if t is not None), default=None)
                 if (latest is None or latest < slot) and not self._refused_at(name, slot, failed):
                     due[self.fmt.name(slot)].append(name)
             except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
-                failed.append((name, str(e)))
+                failed.append(BackupFailure(name, str(e)))
         for snap, names in due.items():
             taken += self._take_scheduled(names, snap, failed)
         if self.replication is not None:
             for r in self.replication.run_round([name for name in plans], now):
                 if r.error and not r.offline:
-                    failed.append((r.instance, f"replication to {r.destination}: {r.error}"))
+                    failed.append(BackupFailure(r.instance, f"replication to {r.destination}: {r.error}"))
         for name, plan in plans.items():
             try:
                 destroyed += self._thin(name, plan, now)
             except Exception as e:  # noqa: BLE001
-                failed.append((name, str(e)))
-                self.fleet.record_event("backup.thin", name, Outcome.FAILED, str(e), actor="scheduler")
-        thinned = sorted({name for name, _snap in destroyed})
+                failed.append(BackupFailure(name, str(e)))
+                self.events.record("backup.thin", name, Outcome.FAILED, str(e), actor="scheduler")
+        thinned = sorted({d.instance for d in destroyed})
         try:
-            disk_limits.tighten(self.fleet, thinned)  # thinning may have freed what a quota held above its limit
+            self.limits.tighten(thinned)  # thinning may have freed what a quota held above its limit
         except Exception as e:  # noqa: BLE001 - the next thinning tries again
-            failed += [(name, f"could not lower its quota to its limit: {e}") for name in thinned]
+            failed += [BackupFailure(name, f"could not lower its quota to its limit: {e}") for name in thinned]
         self.snapshots.sweep_views()
         return ScheduleRound(taken, destroyed, failed)
 
-    def _refused_at(self, name: str, slot: float, failed: list[tuple[str, str]]) -> bool:
+    def _refused_at(self, name: str, slot: float, failed: list[BackupFailure]) -> bool:
         """True when the disk limit refuses this slot's snapshot. Checked once per slot (the round runs
         every 30 s, and measuring walks the instance's files): a refused instance is tried again at its
         next slot, or at once by `backup now`."""
         if self._refused.get(name) == slot:
             return True
         try:
-            disk_limits.check_room(self.fleet, name)
+            self.limits.check_room(name)
         except OverDiskLimit as e:
             self._refused[name] = slot
-            failed.append((name, e.message))
-            self.fleet.record_event("backup.snapshot", name, Outcome.REFUSED, e.message, actor="scheduler")
+            failed.append(BackupFailure(name, e.message))
+            self.events.record("backup.snapshot", name, Outcome.REFUSED, e.message, actor="scheduler")
             return True
         self._refused.pop(name, None)
         return False
 
-    def _take_scheduled(self, names: list[str], snap: str, failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        targets = [(name, self.fleet.storage.paths(name).data) for name in names]
+    def _take_scheduled(self, names: list[str], snap: str, failed: list[BackupFailure]) -> list[InstanceSnapshot]:
+        targets = [(name, self.storage.paths(name).data) for name in names]
         try:
             infos = self.snapshots.take_many(targets, snap)
         except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
             if len(names) > 1:  # the set failed as one: each alone, so one bad instance stays alone
                 return [t for name in names for t in self._take_scheduled([name], snap, failed)]
-            failed.append((names[0], str(e)))
-            self.fleet.record_event("backup.snapshot", names[0], Outcome.FAILED, str(e), actor="scheduler")
+            failed.append(BackupFailure(names[0], str(e)))
+            self.events.record("backup.snapshot", names[0], Outcome.FAILED, str(e), actor="scheduler")
             return []
         for name, info in zip(names, infos, strict=True):
-            self.fleet.record_event("backup.snapshot", name, Outcome.OK, f"{snap} ({info.bytes_new} bytes new)",
-                                    actor="scheduler")
-        return [(name, snap) for name in names]
+            self.events.record("backup.snapshot", name, Outcome.OK, f"{snap} ({info.bytes_new} bytes new)",
+                               actor="scheduler")
+        return [InstanceSnapshot(name, snap) for name in names]
 
-    def _thin(self, name: str, plan: Plan, now: float) -> list[tuple[str, str]]:
+    def _thin(self, name: str, plan: Plan, now: float) -> list[InstanceSnapshot]:
         """Destroy what the plan no longer keeps, except what a backup destination still needs."""
         existing = self.snapshots.names(name)
         doomed = thin(existing, now, plan, self.fmt).destroy
@@ -205,29 +230,30 @@ class Backups:
         for snap in doomed:
             self.snapshots.destroy(name, snap)
         if doomed:
-            self.fleet.record_event("backup.thin", name, Outcome.OK, f"{len(doomed)} snapshot(s) past the plan",
-                                    actor="scheduler")
-        return [(name, snap) for snap in doomed]
+            self.events.record("backup.thin", name, Outcome.OK, f"{len(doomed)} snapshot(s) past the plan",
+                               actor="scheduler")
+        return [InstanceSnapshot(name, snap) for snap in doomed]
 
     # restoring ----------------------------------------------------------------------------
 
     def restore(self, name: str, snapshot: str) -> str:
         """Replace the instance's data with a snapshot; the current data is kept as a safety snapshot
         first, whose name is returned. The instance must not be running."""
-        _own, running, uid = self.fleet.backup_facts(name)
-        if running:
+        facts = self.records.facts(name)
+        uid = facts.uid
+        if facts.has_process:
             raise Conflict(f"instance {name} is running", "stop it first (`backup restore` through the daemon does)")
         self.snapshots.path(name, snapshot)  # NotFound before anything changes
         # Even at the disk limit (see the module's docstring); an instance left over it is told to its
         # owner and ops by the quota check of the status updates.
         safety = self._take(name, label="safety")
-        data = self.fleet.storage.paths(name).data
+        data = self.storage.paths(name).data
         try:
             self.snapshots.restore(name, snapshot, data, uid)
         except Exception as e:
             self._put_back(name, snapshot, safety.name, data, uid, e)
             raise
-        self.fleet.record_event("backup.restore", name, Outcome.OK, f"restored {snapshot}; previous data kept as {safety.name}")
+        self.events.record("backup.restore", name, Outcome.OK, f"restored {snapshot}; previous data kept as {safety.name}")
         return safety.name
 
     def _put_back(self, name: str, snapshot: str, safety: str, data: Path, uid: int | None, error: Exception) -> None:
@@ -236,35 +262,35 @@ class Backups:
         kept stopped: the next start of the fleet finishes the restore before anything runs on it."""
         why = error.message if isinstance(error, FleetError) else str(error)
         if self.snapshots.restoring(name) is None:
-            self.fleet.record_event("backup.restore", name, Outcome.FAILED, f"restoring {snapshot} failed: {why}; "
-                                    "its data was not changed")
+            self.events.record("backup.restore", name, Outcome.FAILED, f"restoring {snapshot} failed: {why}; "
+                               "its data was not changed")
             return
         try:
             self.snapshots.restore(name, safety, data, uid)
         except Exception as again:  # noqa: BLE001 - told below; the original error is what the caller sees
             again_why = again.message if isinstance(again, FleetError) else str(again)
-            self.fleet.set_desired(name, DesiredState.STOPPED, "a restore failed half way; the next start finishes it")
-            self.fleet.record_event("backup.restore", name, Outcome.FAILED,
-                                    f"restoring {snapshot} failed: {why}; putting back {safety} failed too: {again_why}; "
-                                    "the instance stays stopped until the next start of the fleet finishes it")
+            self.keep_stopped(name, "a restore failed half way; the next start finishes it")
+            self.events.record("backup.restore", name, Outcome.FAILED,
+                               f"restoring {snapshot} failed: {why}; putting back {safety} failed too: {again_why}; "
+                               "the instance stays stopped until the next start of the fleet finishes it")
             return
-        self.fleet.record_event("backup.restore", name, Outcome.FAILED,
-                                f"restoring {snapshot} failed: {why}; the previous data was put back from {safety}")
+        self.events.record("backup.restore", name, Outcome.FAILED,
+                           f"restoring {snapshot} failed: {why}; the previous data was put back from {safety}")
 
     def repair(self) -> list[str]:
         """Finish restores a crash interrupted (run before any instance starts)."""
         done = []
-        for view in self.fleet.list_instances():
+        for view in self.instances.list():
             try:
-                what = self.snapshots.finish_restore(view.name, self.fleet.storage.paths(view.name).data)
+                what = self.snapshots.finish_restore(view.name, self.storage.paths(view.name).data)
             except Exception as e:  # noqa: BLE001 - one instance's bad data must not keep the others (or the daemon) down
                 why = e.message if isinstance(e, FleetError) else str(e)
-                self.fleet.record_event("backup.restore", view.name, Outcome.FAILED,
-                                        f"could not finish an interrupted restore: {why}", actor="repair")
+                self.events.record("backup.restore", view.name, Outcome.FAILED,
+                                   f"could not finish an interrupted restore: {why}", actor="repair")
                 if view.desired == "running":  # never start on half-restored data; the next start tries again
-                    self.fleet.set_desired(view.name, DesiredState.STOPPED, "an interrupted restore could not be finished")
+                    self.keep_stopped(view.name, "an interrupted restore could not be finished")
                 continue
             if what:
-                self.fleet.record_event("backup.restore", view.name, Outcome.INFO, what, actor="repair")
+                self.events.record("backup.restore", view.name, Outcome.INFO, what, actor="repair")
                 done.append(view.name)
         return done

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.edge.caddy_config import TenantSite
 from foundry_fleet.edge.driver import CertificateState
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,16 @@ def certificate_problem(state: CertificateState, now: float, expiry_warning: flo
 
 
 class CertificateWatch:
-    def __init__(self, fleet: Fleet, certificate: Callable[[str], CertificateState],
+    def __init__(self, sites: Callable[[], list[TenantSite]], events: EventLog,
+                 certificate: Callable[[str], CertificateState], tls: str,
                  clock: Callable[[], float] = time.time, expiry_warning: float | None = None) -> None:
-        self.fleet = fleet
+        """`sites`: what the edge serves; `tls`: the edge's TLS mode ([edge] tls)."""
+        self.sites = sites
+        self.events = events
         self.certificate = certificate
         self.clock = clock
         if expiry_warning is None:
-            expiry_warning = 0.0 if fleet.config.edge.tls == "internal" else EXPIRY_WARNING_S
+            expiry_warning = 0.0 if tls == "internal" else EXPIRY_WARNING_S
         self.expiry_warning = expiry_warning
         self._problems: dict[str, str] = {}  # host -> the problem last recorded
 
@@ -49,7 +53,7 @@ class CertificateWatch:
         now = self.clock()
         current: dict[str, str] = {}
         # The hosts the edge serves each instance (one it does not is reported as edge.hosts, not here).
-        for site in self.fleet.edge_sites():
+        for site in self.sites():
             if site.state != "running":
                 continue  # a stopped instance's host is served a 503 page; its certificate is not the point
             for host in site.hosts:
@@ -57,10 +61,10 @@ class CertificateWatch:
                 if problem is not None:
                     current[host] = problem
                     if self._problems.get(host) != problem:
-                        self.fleet.record_event("edge.certificate", site.name, Outcome.FAILED, problem, actor="edge")
+                        self.events.record("edge.certificate", site.name, Outcome.FAILED, problem, actor="edge")
                 elif host in self._problems:
-                    self.fleet.record_event("edge.certificate", site.name, Outcome.OK, f"{host}: valid again",
-                                            actor="edge")
+                    self.events.record("edge.certificate", site.name, Outcome.OK, f"{host}: valid again",
+                                       actor="edge")
         self._problems = current
         return current
 

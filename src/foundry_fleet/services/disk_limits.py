@@ -15,7 +15,7 @@ from typing import Any
 
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.storage.base import Storage
 
 MIB = 1024 * 1024
 
@@ -48,50 +48,52 @@ def limit_bytes(config: FleetConfig) -> int | None:
     return config.limits.disk_mb * MIB or None
 
 
-def use_of(fleet: Fleet, name: str) -> DiskUse:
-    """How much the instance keeps against its limit (on directories: a walk of its data and snapshots)."""
-    return DiskUse(name, fleet.storage.usage_bytes(name), limit_bytes(fleet.config))
+class DiskLimits:
+    """The per-instance disk limit, held against what the storage keeps for each instance."""
 
+    def __init__(self, storage: Storage, limit: int | None) -> None:
+        self.storage = storage
+        self.limit = limit  # bytes per instance; None: no limit
 
-def check_room(fleet: Fleet, name: str) -> None:
-    """Raise OverDiskLimit when a new snapshot must be refused (directory storage, at or over the limit)."""
-    if fleet.storage.enforces_limits or limit_bytes(fleet.config) is None:
-        return
-    use = use_of(fleet, name)
-    if use.over:
-        raise OverDiskLimit(
-            f"{use.describe()}, so no new snapshot was taken",
-            "delete files in the instance (or restore a smaller snapshot), or raise [limits] disk_mb in fleet.toml",
-        )
+    def use_of(self, name: str) -> DiskUse:
+        """How much the instance keeps against its limit (on directories: a walk of its data and snapshots)."""
+        return DiskUse(name, self.storage.usage_bytes(name), self.limit)
 
+    def check_room(self, name: str) -> None:
+        """Raise OverDiskLimit when a new snapshot must be refused (directory storage, at or over the limit)."""
+        if self.storage.enforces_limits or self.limit is None:
+            return
+        use = self.use_of(name)
+        if use.over:
+            raise OverDiskLimit(
+                f"{use.describe()}, so no new snapshot was taken",
+                "delete files in the instance (or restore a smaller snapshot), or raise [limits] disk_mb in fleet.toml",
+            )
 
-def tighten(fleet: Fleet, names: list[str]) -> list[str]:
-    """Where the storage holds limits itself (ZFS), lower the instances' quotas held above them once
-    their usage allows (after thinning)."""
-    return fleet.storage.tighten_quotas(names) if names else []
+    def tighten(self, names: list[str]) -> list[str]:
+        """Where the storage holds limits itself (ZFS), lower the instances' quotas held above them once
+        their usage allows (after thinning)."""
+        return self.storage.tighten_quotas(names) if names else []
 
+    def report(self) -> dict[str, Any]:
+        """What `storage status` shows: the driver's status, with per instance `used` (data and snapshots),
+        `limit` and `percent` of it, on every driver."""
+        status: dict[str, Any] = dict(self.storage.status())
+        rows: dict[str, dict[str, Any]] = {}
+        for name, found in dict(status.get("instances") or {}).items():
+            row = dict(found)
+            if not self.storage.enforces_limits:
+                row["limit"] = self.limit
+            use = DiskUse(name, row.get("used") or 0, row.get("limit"))
+            row["percent"] = None if use.fraction is None else round(100 * use.fraction, 1)
+            row["over_limit"] = use.over
+            rows[name] = row
+        status["instances"] = rows
+        return status
 
-def report(fleet: Fleet) -> dict[str, Any]:
-    """What `storage status` shows: the driver's status, with per instance `used` (data and snapshots),
-    `limit` and `percent` of it, on every driver."""
-    status: dict[str, Any] = dict(fleet.storage.status())
-    configured = limit_bytes(fleet.config)
-    rows: dict[str, dict[str, Any]] = {}
-    for name, found in dict(status.get("instances") or {}).items():
-        row = dict(found)
-        if not fleet.storage.enforces_limits:
-            row["limit"] = configured
-        use = DiskUse(name, row.get("used") or 0, row.get("limit"))
-        row["percent"] = None if use.fraction is None else round(100 * use.fraction, 1)
-        row["over_limit"] = use.over
-        rows[name] = row
-    status["instances"] = rows
-    return status
-
-
-def uses(fleet: Fleet) -> list[DiskUse]:
-    """Every instance's use against its limit, from `report`."""
-    return [DiskUse(name, row.get("used") or 0, row.get("limit")) for name, row in report(fleet)["instances"].items()]
+    def uses(self) -> list[DiskUse]:
+        """Every instance's use against its limit, from `report`."""
+        return [DiskUse(name, row.get("used") or 0, row.get("limit")) for name, row in self.report()["instances"].items()]
 
 
 def mib(n: int) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.services.views import EventView
 from foundry_fleet.store.models import EventRow
 
 log = logging.getLogger("foundry_fleet.events")
@@ -31,3 +34,49 @@ def record(
     )
     level = logging.WARNING if outcome in (Outcome.FAILED, Outcome.REFUSED) else logging.INFO
     log.log(level, "%s %s: %s%s [%s]", action, target, outcome.value, f" ({message})" if message else "", actor)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    id: int  # increasing: what a reader has seen up to
+    action: str
+    outcome: str
+    target: str
+    message: str
+
+
+class EventLog:
+    """The event log, read and written on its own: who did what, when, with what outcome."""
+
+    def __init__(self, sessions: sessionmaker[Session], actor: str = "cli") -> None:
+        self.sessions = sessions
+        self.actor = actor
+
+    def acting_as(self, actor: str) -> EventLog:
+        """The same log, recording under another actor (e.g. the CLI user behind an API call)."""
+        return EventLog(self.sessions, actor)
+
+    def record(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:
+        """Record an event on its own (one that describes no change made in the same transaction)."""
+        with self.sessions.begin() as s:
+            record(s, actor or self.actor, action, target, outcome, message)
+
+    def recent(self, target: str | None = None, limit: int = 50) -> list[EventView]:
+        """The last `limit` events, oldest first; only those about `target` when given."""
+        with self.sessions() as s:
+            q = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+            if target:
+                q = q.where(EventRow.target == target)
+            rows = s.scalars(q).all()
+            return [EventView(r.at, r.actor, r.action, r.target, r.outcome, r.message) for r in reversed(rows)]
+
+    def last_id(self) -> int:
+        """The id of the newest event (0 when there is none): read from here on with `since`."""
+        with self.sessions() as s:
+            return s.scalar(select(func.max(EventRow.id))) or 0
+
+    def since(self, event_id: int) -> list[RecordedEvent]:
+        """Every event after `event_id`, oldest first."""
+        with self.sessions() as s:
+            rows = s.scalars(select(EventRow).where(EventRow.id > event_id).order_by(EventRow.id)).all()
+            return [RecordedEvent(r.id, r.action, r.outcome, r.target, r.message) for r in rows]

@@ -1,4 +1,9 @@
-"""The fleet's operations. Adapters (CLI, control API) call these; nothing else changes state."""
+"""The fleet's instance lifecycle, and a façade over the small services it composes.
+
+Reading and registry work lives in its own services (instance_views, release_registry, hostnames,
+edge_sites, events, backup_records); the methods here that only pass a call on keep today's callers
+working while the lifecycle (create, provision, desired state, delete, switch release) moves into the
+operations service and the supervisor's records into their own."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -21,19 +26,24 @@ from foundry_fleet.domain import admin_key
 from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import build_license, build_options, normalise_license_key
+from foundry_fleet.domain.hosts import HostConflict
 from foundry_fleet.domain.instance import DesiredState, InstanceState
-from foundry_fleet.domain.hosts import HostConflict, InstanceHosts, assign_hosts, comparable_host, normalise_hostname
 from foundry_fleet.domain.names import validate_discord_id, validate_instance_name
 from foundry_fleet.domain.ports import choose_port
 from foundry_fleet.edge.caddy_config import TenantSite
-from foundry_fleet.domain.release import ReleaseInfo, node_range_for
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import ProgressCallback
-from foundry_fleet.services.events import record
+from foundry_fleet.services.backup_records import BackupRecords
+from foundry_fleet.services.disk_limits import DiskLimits, limit_bytes
+from foundry_fleet.services.edge_sites import EdgeSites
+from foundry_fleet.services.events import EventLog, record
+from foundry_fleet.services.hostnames import Hostnames
+from foundry_fleet.services.instance_views import InstanceViews, instance_row
 from foundry_fleet.services.node_binaries import resolve_node
+from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.views import CreatedInstance, EventView, InstanceView, ReleaseView
 from foundry_fleet.storage.base import Storage
-from foundry_fleet.store.models import EventRow, Instance, Release, Tenant
+from foundry_fleet.store.models import Instance, Release, Tenant
 
 MIN_ADMIN_PASSWORD = 8
 
@@ -89,116 +99,101 @@ class Fleet:
         with self.sessions() as session, session.begin():
             yield session
 
-    def _instance_row(self, session: Session, name: str) -> Instance:
-        row = session.scalar(select(Instance).where(Instance.name == name))
-        if row is None:
-            raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
-        return row
+    # the small services, built with this fleet's actor ----------------------------------------
+
+    @property
+    def instances(self) -> InstanceViews:
+        return InstanceViews(self.config, self.sessions, self.storage)
+
+    @property
+    def event_log(self) -> EventLog:
+        return EventLog(self.sessions, self.actor)
+
+    @property
+    def registry(self) -> ReleaseRegistry:
+        return ReleaseRegistry(self.config.node, self.sessions, self.releases, self.actor)
+
+    @property
+    def hostnames(self) -> Hostnames:
+        return Hostnames(self.config, self.sessions, self.instances, self.actor)
+
+    @property
+    def sites(self) -> EdgeSites:
+        return EdgeSites(self.sessions, self.hostnames)
+
+    @property
+    def backup_records(self) -> BackupRecords:
+        return BackupRecords(self.sessions, self.config.backups.plan, self.actor)
+
+    @property
+    def disk_limits(self) -> DiskLimits:
+        return DiskLimits(self.storage, limit_bytes(self.config))
+
+    @staticmethod
+    def _instance_row(session: Session, name: str) -> Instance:
+        return instance_row(session, name)
 
     def view(self, row: Instance) -> InstanceView:
-        paths = self.storage.paths(row.name)
-        return InstanceView(
-            name=row.name,
-            state=row.state,
-            desired=row.desired,
-            state_reason=row.state_reason,
-            release=row.release_version,
-            port=row.port,
-            host=self.config.host_for(row.name),
-            hosts=[self.config.host_for(row.name), *(row.extra_hosts or [])],
-            url=self.config.public_url(row.name),
-            data_dir=str(paths.data),
-            install_dir=str(paths.install),
-            pid=row.pid,
-            restarts=row.restarts,
-            owner=row.owner.discord_id if row.owner else None,
-            uid=row.uid,
-            created_at=row.created_at,
-            suspended=row.suspended_reason,
-        )
+        return self.instances.view(row)
 
     def _creation_lock(self, name: str) -> FileLock:
         lock_dir = self.config.paths.run / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(lock_dir / f"create-{name}.lock"))
 
-    # releases -----------------------------------------------------------------------------
+    # passed on to the small services ---------------------------------------------------------
 
     def add_release(self, source: str, progress: ProgressCallback | None = None) -> ReleaseView:
-        info = self.releases.add(source, progress)
-        try:
-            # A release that no node binary here can run is refused now, not when a tenant starts it.
-            resolve_node(self.config.node, info.generation)
-        except FleetError as e:
-            with self._session() as s:
-                record(s, self.actor, "release.add", info.version, Outcome.REFUSED, e.message)
-            raise
-        with self._session() as s:
-            row = s.get(Release, info.version)
-            if row is None:
-                s.add(_release_row(info))
-                record(s, self.actor, "release.add", info.version, Outcome.OK, f"from {info.source}", sha256=info.sha256)
-            elif row.sha256 != info.sha256:
-                raise Conflict(
-                    f"release {info.version} is already registered with another zip (sha256 {row.sha256[:12]}...)",
-                    f"remove it first with `foundry-fleet release remove {info.version}`",
-                )
-        return self.get_release(info.version)
-
-    def _release_view(self, s: Session, row: Release) -> ReleaseView:
-        users = s.scalars(select(Instance.name).where(Instance.release_version == row.version)).all()
-        return ReleaseView(
-            version=row.version, generation=row.generation, build=row.build, layout=row.layout,
-            entry=row.entry, node=str(node_range_for(row.generation)), sha256=row.sha256,
-            zip_bytes=row.zip_bytes, unpacked_bytes=row.unpacked_bytes, source=row.source,
-            instances=sorted(users),
-        )
+        return self.registry.add(source, progress)
 
     def get_release(self, version: str) -> ReleaseView:
-        with self._session() as s:
-            row = s.get(Release, version)
-            if row is None:
-                raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`, or add it with `release add`")
-            return self._release_view(s, row)
+        return self.registry.get(version)
 
     def list_releases(self) -> list[ReleaseView]:
-        with self._session() as s:
-            rows = s.scalars(select(Release).order_by(Release.generation, Release.build)).all()
-            return [self._release_view(s, r) for r in rows]
+        return self.registry.list()
 
     def remove_release(self, version: str) -> None:
-        with self._session() as s:
-            row = s.get(Release, version)
-            if row is None:
-                raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`")
-            users = s.scalars(select(Instance.name).where(Instance.release_version == version)).all()
-            if users:
-                record(s, self.actor, "release.remove", version, Outcome.REFUSED, "in use")
-                raise Conflict(
-                    f"release {version} is in use by {', '.join(sorted(users))}",
-                    "upgrade or delete those instances first",
-                )
-            s.delete(row)
-            record(s, self.actor, "release.remove", version, Outcome.OK)
-        self.releases.remove(version)
-
-    # instances: reading -------------------------------------------------------------------
+        self.registry.remove(version)
 
     def list_instances(self) -> list[InstanceView]:
-        with self._session() as s:
-            return [self.view(r) for r in s.scalars(select(Instance).order_by(Instance.name)).all()]
+        return self.instances.list()
 
     def get_instance(self, name: str) -> InstanceView:
-        with self._session() as s:
-            return self.view(self._instance_row(s, name))
+        return self.instances.get(name)
 
     def events(self, target: str | None = None, limit: int = 50) -> list[EventView]:
-        with self._session() as s:
-            q = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
-            if target:
-                q = q.where(EventRow.target == target)
-            rows = s.scalars(q).all()
-            return [EventView(r.at, r.actor, r.action, r.target, r.outcome, r.message) for r in reversed(rows)]
+        return self.event_log.recent(target, limit)
+
+    def record_event(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:
+        self.event_log.record(action, target, outcome, message, actor)
+
+    def set_extra_hosts(self, name: str, hosts: list[str]) -> InstanceView:
+        view = self.hostnames.set_extra_hosts(name, hosts)
+        self._changed()
+        return view
+
+    def known_hosts(self) -> set[str]:
+        return self.hostnames.known_hosts()
+
+    def instance_for_host(self, host: str) -> str | None:
+        return self.hostnames.instance_for_host(host)
+
+    def host_conflicts(self) -> list[HostConflict]:
+        return self.hostnames.conflicts()
+
+    def edge_sites(self) -> list[TenantSite]:
+        return self.sites()
+
+    # used by the lifecycle code below, until it moves ------------------------------------------
+
+    def _clean_extra_hosts(self, name: str, hosts: list[str]) -> list[str]:
+        return self.hostnames.clean_extra_hosts(name, hosts)
+
+    def _hosts_lock(self) -> AbstractContextManager[None]:
+        return self.hostnames.lock()
+
+    def _refuse_taken_hosts(self, s: Session, name: str, hosts: list[str], own: str | None = None) -> None:
+        self.hostnames.refuse_taken(s, name, hosts, own)
 
     # instances: creating ------------------------------------------------------------------
 
@@ -241,129 +236,6 @@ class Fleet:
             view = self.view(row)
         self._changed()
         return CreatedInstance(view, password if generated else None)
-
-    def _clean_extra_hosts(self, name: str, hosts: list[str]) -> list[str]:
-        """Extra hostnames in their one spelling, each a real hostname (never an IP address)."""
-        own = self.config.host_for(name)
-        clean: list[str] = []
-        for h in hosts:
-            host = normalise_hostname(h, "extra hostname", min_labels=2)
-            if host == own:
-                raise InvalidInput(f"{host} is already {name}'s own host", "list only the hostnames it has besides that")
-            if host not in clean:
-                clean.append(host)
-        return clean
-
-    def set_extra_hosts(self, name: str, hosts: list[str]) -> InstanceView:
-        clean = self._clean_extra_hosts(name, hosts)
-        with self._hosts_lock(), self._session() as s:
-            row = self._instance_row(s, name)
-            self._refuse_taken_hosts(s, name, clean)
-            row.extra_hosts = clean
-            record(s, self.actor, "instance.hosts", name, Outcome.OK, ", ".join(clean) or "none")
-            view = self.view(row)
-        self._changed()
-        return view
-
-    # hostnames: each served for one instance ----------------------------------------------
-
-    @contextmanager
-    def _hosts_lock(self) -> Iterator[None]:
-        """Held while a host is checked and claimed, by every process (CLI or daemon): two requests
-        for the same host cannot both find it free."""
-        lock_dir = self.config.paths.run / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with FileLock(str(lock_dir / "hosts.lock"), timeout=60):
-                yield
-        except Timeout:
-            raise Conflict("another change of hostnames has been under way for a minute", "try again") from None
-
-    def _refuse_taken_hosts(self, s: Session, name: str, hosts: list[str], own: str | None = None) -> None:
-        """Conflict if one of `hosts` (or `own`, the host a new instance's name gives it) is the fleet's
-        or another instance's. Call with the hosts lock held, in the session that writes the claim."""
-        fleet_host = self.fleet_host()
-        taken = self._claims(s, exclude=name)
-        if own is not None:
-            if own == fleet_host:
-                raise Conflict(f"{name}'s host {own} is the fleet's own host", "choose another name")
-            if own in taken:
-                holder, kind = taken[own]
-                raise Conflict(
-                    f"the name {name!r} would be served at {own}, which is already {kind} of instance {holder}",
-                    f"choose another name, or first remove {own} from {holder} "
-                    f"(`foundry-fleet instance hosts {holder} HOST...` with the hosts it keeps, or --clear)",
-                )
-        for host in hosts:
-            if host == fleet_host:
-                raise Conflict(f"host {host} is the fleet's own host", "choose another hostname")
-            if host in taken:
-                holder, kind = taken[host]
-                hint = ("each hostname can point at one instance only: choose another hostname"
-                        if kind == "the own host" else
-                        f"each hostname can point at one instance only: remove it from {holder} first "
-                        f"(`foundry-fleet instance hosts {holder} HOST...` with the hosts it keeps, or --clear)")
-                raise Conflict(f"host {host} is already {kind} of instance {holder}", hint)
-
-    def _claims(self, s: Session, exclude: str | None = None) -> dict[str, tuple[str, str]]:
-        """host -> (the instance that asks for it, "the own host" or "an extra hostname"), as stored."""
-        claims: dict[str, tuple[str, str]] = {}
-        for row in s.scalars(select(Instance).where(Instance.name != exclude) if exclude else select(Instance)).all():
-            claims.setdefault(comparable_host(self.config.host_for(row.name)), (row.name, "the own host"))
-            for extra in row.extra_hosts or []:
-                claims.setdefault(comparable_host(str(extra)), (row.name, "an extra hostname"))
-        return claims
-
-    def host_holder(self, host: str) -> str | None:
-        """Who claims `host` in the state database (an instance, or "the fleet"), served or not."""
-        host = comparable_host(host)
-        if host == self.fleet_host():
-            return "the fleet"
-        with self._session() as s:
-            holder = self._claims(s).get(host)
-        return holder[0] if holder else None
-
-    # the edge -----------------------------------------------------------------------------
-
-    def fleet_host(self) -> str:
-        return self.config.host_for(self.config.fleet.fleet_host)
-
-    def _served_hosts(self, s: Session) -> tuple[list[Instance], dict[str, tuple[str, ...]], list[HostConflict]]:
-        """The instances the edge routes, the hosts it serves for each, and the claims it does not serve.
-
-        The one answer the edge, the backups app and the TLS permission all use, so a host never leads
-        to one instance's server and another's backups."""
-        rows = list(s.scalars(select(Instance).where(Instance.desired != DesiredState.DELETED.value)).all())
-        wanted = [InstanceHosts(r.name, self.config.host_for(r.name), tuple(r.extra_hosts or []), (r.created_at, r.id))
-                  for r in rows]
-        served, conflicts = assign_hosts(self.fleet_host(), wanted)
-        return rows, served, conflicts
-
-    def known_hosts(self) -> set[str]:
-        """Every hostname the fleet serves: its own host and all of its instances' hosts."""
-        with self._session() as s:
-            _rows, served, _conflicts = self._served_hosts(s)
-        return {self.fleet_host(), *(h for hosts in served.values() for h in hosts)}
-
-    def instance_for_host(self, host: str) -> str | None:
-        """The instance the edge serves at a hostname (its own or an extra one), or None."""
-        host = comparable_host(host)
-        with self._session() as s:
-            _rows, served, _conflicts = self._served_hosts(s)
-        return next((name for name, hosts in served.items() if host in hosts), None)
-
-    def host_conflicts(self) -> list[HostConflict]:
-        """Hosts instances ask for that the edge does not serve them (collisions from before they were
-        refused, or an invalid hostname in an old database)."""
-        with self._session() as s:
-            return self._served_hosts(s)[2]
-
-    def edge_sites(self) -> list[TenantSite]:
-        """What the edge routes: every instance that exists, with the state its page should show."""
-        with self._session() as s:
-            rows, served, _conflicts = self._served_hosts(s)
-            return [TenantSite(name=r.name, hosts=served[r.name], port=r.port, state=r.state)
-                    for r in rows if served[r.name]]
 
     def _refuse_unowned_files(self, name: str) -> None:
         """Files under instances/<name> that no instance owns are someone's data: never adopt them."""
@@ -597,29 +469,6 @@ class Fleet:
         self._changed()
         return old
 
-    def backup_facts(self, name: str) -> tuple[str | None, bool, int | None]:
-        """(its own backup plan or None, whether a process is recorded, its uid)."""
-        with self._session() as s:
-            row = self._instance_row(s, name)
-            return row.backup_plan, row.task is not None, row.uid
-
-    def set_backup_plan(self, name: str, plan: str | None) -> None:
-        with self._session() as s:
-            row = self._instance_row(s, name)
-            row.backup_plan = plan
-            record(s, self.actor, "backup.plan", name, Outcome.OK, plan or f"default ({self.config.backups.plan})")
-
-    def record_event(self, action: str, target: str, outcome: Outcome, message: str = "", actor: str | None = None) -> None:
-        with self._session() as s:
-            record(s, actor or self.actor, action, target, outcome, message)
-
-
-def _release_row(info: ReleaseInfo) -> Release:
-    return Release(
-        version=info.version, generation=info.generation, build=info.build, layout=info.layout.value,
-        entry=info.entry, sha256=info.sha256, zip_bytes=info.zip_bytes, unpacked_bytes=info.unpacked_bytes,
-        path=info.path, source=info.source, added_at=time.time(),
-    )
 
 
 def _write_json(path: Path, data: object, mode: int) -> None:

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.backup_plan import parse_duration
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, RateLimited
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.names import validate_discord_id
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.events import EventLog
 from foundry_fleet.store.models import CodeFailureRow, InviteRow
 
 DEFAULT_EXPIRY = "7d"
@@ -84,8 +85,10 @@ class CreatedInvite:
 
 
 class Invites:
-    def __init__(self, fleet: Fleet, clock: Callable[[], float] = time.time) -> None:
-        self.fleet = fleet
+    def __init__(self, sessions: sessionmaker[Session], events: EventLog, clock: Callable[[], float] = time.time) -> None:
+        """`sessions`: where invites and failed code attempts are kept; `events`: the log, with the actor."""
+        self.sessions = sessions
+        self.events = events
         self.clock = clock
 
     def create(self, discord_user_id: str | None, expires: str = DEFAULT_EXPIRY, shareable: bool = False
@@ -98,28 +101,28 @@ class Invites:
         now = self.clock()
         ttl = parse_expiry(expires)
         code = secrets.token_urlsafe(CODE_BYTES) if shareable else None
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             if user is not None and s.scalar(select(InviteRow.id).where(
                     InviteRow.discord_user_id == user, InviteRow.used_at.is_(None), InviteRow.revoked_at.is_(None),
                     InviteRow.expires_at > now)) is not None:
                 raise Conflict(f"Discord user {user} already has a pending invite", "revoke it first, or let them use it")
             row = InviteRow(discord_user_id=user, code_hash=hash_code(code) if code else None,
-                            created_by=self.fleet.actor, created_at=now, expires_at=now + ttl)
+                            created_by=self.events.actor, created_at=now, expires_at=now + ttl)
             s.add(row)
             s.flush()
             view = _view(row, now)
         whom = f"Discord user {user}" if user else "a shareable code"
-        self.fleet.record_event("invite.create", f"invite-{view.id}", Outcome.OK, f"{whom}, expires in {expires}")
+        self.events.record("invite.create", f"invite-{view.id}", Outcome.OK, f"{whom}, expires in {expires}")
         return CreatedInvite(view, code)
 
     def list(self, include_done: bool = False) -> list[InviteView]:
         now = self.clock()
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             views = [_view(r, now) for r in s.scalars(select(InviteRow).order_by(InviteRow.id))]
         return views if include_done else [v for v in views if v.status == "pending"]
 
     def get(self, invite_id: int) -> InviteView:
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             row = s.get(InviteRow, invite_id)
             if row is None:
                 raise NotFound(f"there is no invite {invite_id}", "see `foundry-fleet invite list`")
@@ -127,7 +130,7 @@ class Invites:
 
     def revoke(self, invite_id: int) -> InviteView:
         now = self.clock()
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(InviteRow, invite_id)
             if row is None:
                 raise NotFound(f"there is no invite {invite_id}", "see `foundry-fleet invite list`")
@@ -136,7 +139,7 @@ class Invites:
                 raise Conflict(f"invite {invite_id} is {status} already")
             row.revoked_at = now
             view = _view(row, now)
-        self.fleet.record_event("invite.revoke", f"invite-{invite_id}", Outcome.OK, "")
+        self.events.record("invite.revoke", f"invite-{invite_id}", Outcome.OK, "")
         return view
 
     # redeeming ----------------------------------------------------------------------------
@@ -145,7 +148,7 @@ class Invites:
         """The user's usable invite (bound to them, not used, revoked or expired), if any."""
         user = validate_discord_id(discord_user_id)
         now = self.clock()
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             row = s.scalars(select(InviteRow).where(InviteRow.discord_user_id == user).order_by(InviteRow.id.desc())
                             ).first()
             return _view(row, now) if row is not None and invite_status(row, now) == "pending" else None
@@ -155,7 +158,7 @@ class Invites:
         user = validate_discord_id(discord_user_id)
         now = self.clock()
         self._check_lockout(user, now)
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.scalars(select(InviteRow).where(InviteRow.code_hash == hash_code(code or ""))).first()
             usable = row is not None and invite_status(row, now) == "pending" and row.discord_user_id in (None, user)
             if usable:
@@ -167,15 +170,15 @@ class Invites:
             raise InvalidInput("that invite code is not valid (wrong, used, revoked or expired)",
                                "check the code with whoever invited you")
         self._clear_failures(user)
-        self.fleet.record_event("invite.redeem", f"invite-{view.id}", Outcome.OK, f"code bound to {user}",
-                                actor=f"discord:{user}")
+        self.events.record("invite.redeem", f"invite-{view.id}", Outcome.OK, f"code bound to {user}",
+                           actor=f"discord:{user}")
         return view
 
     def consume(self, invite_id: int, discord_user_id: str) -> None:
         """Mark the invite used, once its tenant's instance exists (in the caller's transaction terms:
         refuses one that is no longer pending or belongs to someone else)."""
         now = self.clock()
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(InviteRow, invite_id)
             if row is None or row.discord_user_id != discord_user_id or invite_status(row, now) != "pending":
                 raise Conflict("this invite cannot be used any more", "ask an admin for a new invite")
@@ -191,7 +194,7 @@ class Invites:
     # lockout ------------------------------------------------------------------------------
 
     def _check_lockout(self, user: str, now: float) -> None:
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             row = s.get(CodeFailureRow, user)
             if row is not None and row.locked_until > now:
                 wait = row.locked_until - now
@@ -199,7 +202,7 @@ class Invites:
                                   "ask whoever invited you for the exact code", retry_after=wait)
 
     def _count_failure(self, user: str, now: float) -> None:
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(CodeFailureRow, user)
             if row is None or now - row.first_at > LOCKOUT_WINDOW_S:
                 if row is None:
@@ -213,12 +216,12 @@ class Invites:
             else:
                 locked = False
         if locked:
-            self.fleet.record_event("invite.lockout", f"discord:{user}", Outcome.FAILED,
-                                    f"{LOCKOUT_FAILURES} wrong invite codes; locked for {LOCKOUT_S / 60:.0f} min",
-                                    actor=f"discord:{user}")
+            self.events.record("invite.lockout", f"discord:{user}", Outcome.FAILED,
+                               f"{LOCKOUT_FAILURES} wrong invite codes; locked for {LOCKOUT_S / 60:.0f} min",
+                               actor=f"discord:{user}")
 
     def _clear_failures(self, user: str) -> None:
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(CodeFailureRow, user)
             if row is not None:
                 s.delete(row)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import DestinationSection
 from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan, thin
 from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.events import EventLog
 from foundry_fleet.storage.base import Snapshots
 from foundry_fleet.storage.base import DestinationOffline
 from foundry_fleet.store.models import ReplicationRow
@@ -54,9 +55,10 @@ class SyncResult:
 
 
 class Replication:
-    def __init__(self, fleet: Fleet, snapshots: Snapshots, destinations: list[tuple[DestinationSection, Destination]],
-                 fmt: TimeFormat) -> None:
-        self.fleet = fleet
+    def __init__(self, sessions: sessionmaker[Session], events: EventLog, snapshots: Snapshots,
+                 destinations: list[tuple[DestinationSection, Destination]], fmt: TimeFormat) -> None:
+        self.sessions = sessions  # where each copy stands: the replication table
+        self.events = events
         self.snapshots = snapshots
         self.destinations = destinations
         self.fmt = fmt
@@ -122,8 +124,8 @@ class Replication:
         if common != latest:
             sent = dest.send(instance, source, common, latest)
             there = dest.snapshots(instance)
-            self.fleet.record_event("backup.replicate", instance, Outcome.OK,
-                                    f"{section.name}: {common or '(full)'} -> {latest}, {sent} bytes", actor="scheduler")
+            self.events.record("backup.replicate", instance, Outcome.OK,
+                               f"{section.name}: {common or '(full)'} -> {latest}, {sent} bytes", actor="scheduler")
         plan = parse_plan(section.plan)
         doomed = [n for n in thin(there, now, plan, self.fmt).destroy if n != latest]
         if doomed:
@@ -134,14 +136,14 @@ class Replication:
     # state --------------------------------------------------------------------------------
 
     def _rows(self, instance: str) -> dict[str, str | None]:
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             return {r.destination: r.last_snapshot
                     for r in s.scalars(select(ReplicationRow).where(ReplicationRow.instance == instance))}
 
     def _record(self, instance: str, destination: str, now: float, *, last: str | None = None,
                 created: float | None = None, sent_to: str | None = None, bytes_sent: int = 0, thinned: int = 0,
                 error: str = "", offline: bool = False) -> SyncResult:
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.scalars(select(ReplicationRow).where(ReplicationRow.instance == instance,
                                                          ReplicationRow.destination == destination)).first()
             if row is None:
@@ -156,14 +158,14 @@ class Replication:
         if error:
             log.warning("replication of %s to %s: %s", instance, destination, error)
         if newly_failing:  # once when it starts failing, not every round while it stays so
-            self.fleet.record_event("backup.replicate", instance, Outcome.FAILED, f"{destination}: {error}",
-                                    actor="scheduler")
+            self.events.record("backup.replicate", instance, Outcome.FAILED, f"{destination}: {error}",
+                               actor="scheduler")
         return SyncResult(instance, destination, sent_to, bytes_sent, thinned, error, offline)
 
     def status(self, instances: list[str], now: float | None = None) -> list[dict[str, object]]:
         """Per instance and destination: the newest snapshot there, how far behind it is, the last error."""
         now = time.time() if now is None else now
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             rows = {(r.instance, r.destination): r for r in s.scalars(select(ReplicationRow))}
         out: list[dict[str, object]] = []
         for section, _dest in self.destinations:

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.errors import ExternalFailure
-from foundry_fleet.services import disk_limits
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.store.models import EventRow, NotificationRow
+from foundry_fleet.services.disk_limits import DiskLimits, mib
+from foundry_fleet.services.events import EventLog
+from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.store.models import NotificationRow
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,15 @@ def update_for(action: str, outcome: str, target: str, message: str) -> Update |
 
 
 class StatusUpdates:
-    def __init__(self, fleet: Fleet, notifier: Notifier, clock: Callable[[], float] = time.time,
+    def __init__(self, events: EventLog, instances: InstanceViews, limits: DiskLimits,
+                 sessions: sessionmaker[Session], notifier: Notifier, clock: Callable[[], float] = time.time,
                  repeat_after: float = 1800.0, ops_burst: int = 20, ops_window: float = 600.0,
                  dm_block: float = 86400.0, quota_warn: float = 0.9) -> None:
-        self.fleet = fleet
+        """`sessions`: where what was sent, and to whom delivery is blocked, is kept."""
+        self.events = events
+        self.instances = instances
+        self.limits = limits
+        self.sessions = sessions
         self.notifier = notifier
         self.clock = clock
         self.repeat_after = repeat_after
@@ -102,19 +108,15 @@ class StatusUpdates:
 
     def start_from_now(self) -> None:
         """Only events from here on: a restart does not repeat yesterday's news."""
-        with self.fleet.sessions() as s:
-            self._last_event = s.scalar(select(func.max(EventRow.id))) or 0
+        self._last_event = self.events.last_id()
 
     def new_updates(self) -> list[Update]:
         if self._last_event is None:
             self.start_from_now()
-        with self.fleet.sessions() as s:
-            rows = s.scalars(select(EventRow).where(EventRow.id > self._last_event).order_by(EventRow.id)).all()
-            events = [(r.id, r.action, r.outcome, r.target, r.message) for r in rows]
         updates = []
-        for event_id, action, outcome, target, message in events:
-            self._last_event = event_id
-            update = update_for(action, outcome, target, message)
+        for event in self.events.since(self._last_event or 0):
+            self._last_event = event.id
+            update = update_for(event.action, event.outcome, event.target, event.message)
             if update is not None:
                 updates.append(update)
         return updates
@@ -122,17 +124,17 @@ class StatusUpdates:
     def quota_updates(self) -> list[Update]:
         """Instances whose data and snapshots use more than `quota_warn` of their disk limit (held by a ZFS
         quota; on plain directories by refusing new snapshots at the limit)."""
-        if disk_limits.limit_bytes(self.fleet.config) is None:
+        if self.limits.limit is None:
             return []  # no limits to fill: spare the walk over every instance's data
         out = []
-        for use in disk_limits.uses(self.fleet):
+        for use in self.limits.uses():
             if use.fraction is None or use.fraction <= self.quota_warn:
                 continue
             text = (f"**{use.instance}** uses {100 * use.fraction:.0f}% of its storage quota "
-                    f"({disk_limits.mib(use.used)} of {disk_limits.mib(use.limit or 0)}, snapshots included)")
+                    f"({mib(use.used)} of {mib(use.limit or 0)}, snapshots included)")
             if use.over:
                 text += (": its writes fail until old snapshots go or the limit is raised"
-                         if self.fleet.storage.enforces_limits
+                         if self.limits.storage.enforces_limits
                          else ": new backups are refused until it uses less")
             out.append(Update(f"quota:{use.instance}", use.instance, text))
         return out
@@ -190,7 +192,7 @@ class StatusUpdates:
 
     def _claim(self, key: str, now: float) -> int | None:
         """None if `key` was sent within repeat_after (counted); else how many were held back since."""
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(NotificationRow, key)
             if row is not None and now - row.last_sent_at < self.repeat_after:
                 row.suppressed += 1
@@ -214,17 +216,17 @@ class StatusUpdates:
         if instance is None:
             return None
         try:
-            return self.fleet.get_instance(instance).owner
+            return self.instances.get(instance).owner
         except Exception:  # noqa: BLE001 - a deleted instance has no owner to tell
             return None
 
     def _dm_allowed(self, user: str, now: float) -> bool:
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             row = s.get(NotificationRow, f"dm-blocked:{user}")
             return row is None or now - row.last_sent_at >= self.dm_block
 
     def _block_dm(self, user: str, now: float) -> None:
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(NotificationRow, f"dm-blocked:{user}")
             if row is None:
                 s.add(NotificationRow(key=f"dm-blocked:{user}", last_sent_at=now, suppressed=0))

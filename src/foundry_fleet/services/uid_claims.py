@@ -32,7 +32,9 @@ from foundry_fleet.runtime.local_task import LocalTask
 from foundry_fleet.store.models import Instance
 
 if TYPE_CHECKING:
-    from foundry_fleet.services.fleet import Fleet
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from foundry_fleet.config import FleetConfig
 
 REGISTRY = Path("/var/lib/foundry-fleet/uid-claims")
 SUBORDINATE_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
@@ -234,9 +236,9 @@ def _hint(claimed: list[IdRange]) -> str:
     return f"set {SETTING} to a block no other fleet or process uses{suggestion}"
 
 
-def check_fleet(fleet: Fleet) -> None:
+def check_fleet(config: FleetConfig, sessions: sessionmaker[Session]) -> None:
     """The daemon's check before it starts anything (as root, where instances get uids of uid_range)."""
-    with fleet.sessions() as s:
+    with sessions() as s:
         tasks = [t for t in s.scalars(select(Instance.task).where(Instance.task.is_not(None))).all() if t]
     handles = []
     for task in tasks:
@@ -245,5 +247,5 @@ def check_fleet(fleet: Fleet) -> None:
             handles.append(LocalTask.of(TaskHandle.from_dict(task)))
         except (TypeError, ValueError):
             continue  # a handle of another shape or driver: the supervisor judges it
-    own = own_processes(handles, fleet.config.paths.instances)
-    check_and_claim(fleet.config.root, fleet.config.instances.uid_range, own)
+    own = own_processes(handles, config.paths.instances)
+    check_and_claim(config.root, config.instances.uid_range, own)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
@@ -48,9 +48,6 @@ from foundry_fleet.config import DiscordSection, FleetConfig
 from foundry_fleet.private_files import read_private_file
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
 from foundry_fleet.store.models import UsedTicketRow, WebSessionRow
-
-if TYPE_CHECKING:
-    from foundry_fleet.services.fleet import Fleet
 
 log = logging.getLogger("foundry_fleet.web_login")
 
@@ -543,17 +540,3 @@ def _oauth_error(response: httpx.Response) -> str:
     data = _json(response)
     error = data.get("error")
     return f"HTTP {response.status_code}: {str(error)[:100]}" if error else f"HTTP {response.status_code}"
-
-
-def web_login_for(fleet: Fleet, transport: httpx.BaseTransport | None = None) -> WebLogin:
-    """The sign-in service of a fleet: its [discord] settings, database, key file and hosts."""
-    config = fleet.config
-
-    def owner_of(instance: str) -> str | None:
-        try:
-            return fleet.get_instance(instance).owner
-        except FleetError:
-            return None  # deleted since its host was looked up
-
-    return WebLogin(config.discord, fleet.sessions, key_path(config), config.host_for(config.fleet.fleet_host),
-                    config.edge.https_port, fleet.instance_for_host, owner_of, transport=transport)

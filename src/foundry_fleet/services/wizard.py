@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import normalise_license_key
@@ -28,8 +31,10 @@ from foundry_fleet.domain.release import parse_version
 from foundry_fleet.domain.urls import redact_url
 from foundry_fleet.releases.fetch import check_download_url
 from foundry_fleet.releases.policy import ProgressCallback
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.events import EventLog
+from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.invites import Invites
+from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.store.models import Instance, WizardRow
 
@@ -52,25 +57,31 @@ class WizardView:
 
 
 class SetupWizard:
-    def __init__(self, fleet: Fleet, invites: Invites | None = None,
-                 create: Callable[..., CreatedInstance] | None = None) -> None:
-        self.fleet = fleet
-        self.invites = invites or Invites(fleet)
-        # The daemon passes a create that also wakes the supervisor; by default the service's own.
-        self.create = create or fleet.create_instance
-        self.secrets_dir = fleet.config.paths.database.parent / "wizards"
+    def __init__(self, config: FleetConfig, sessions: sessionmaker[Session], events: EventLog,
+                 releases: ReleaseRegistry, hostnames: Hostnames, invites: Invites,
+                 create: Callable[..., CreatedInstance]) -> None:
+        """`sessions`: where each user's setup is kept; `create(name, release, license_key=, owner=)` makes
+        and starts the instance (the daemon's also wakes its supervisor)."""
+        self.config = config
+        self.sessions = sessions
+        self.events = events
+        self.releases = releases
+        self.hostnames = hostnames
+        self.invites = invites
+        self.create = create
+        self.secrets_dir = config.paths.database.parent / "wizards"
 
     # reading ------------------------------------------------------------------------------
 
     def get(self, discord_user_id: str) -> WizardView | None:
         user = validate_discord_id(discord_user_id)
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             row = s.get(WizardRow, user)
             return self._view(row) if row is not None else None
 
     def release_choices(self) -> list[str]:
         """Cached releases, newest first: what the wizard offers before a download URL."""
-        versions = [r.version for r in self.fleet.list_releases()]
+        versions = [r.version for r in self.releases.list()]
         return sorted(versions, key=lambda v: parse_version(v), reverse=True)
 
     # the steps ----------------------------------------------------------------------------
@@ -84,20 +95,20 @@ class SetupWizard:
         invite = self.invites.pending_for(user)
         if invite is None:
             raise NotFound("you have no pending invite", "ask a fleet admin to invite you")
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(WizardRow, user)
             if row is not None:
                 s.delete(row)
                 s.flush()
             s.add(WizardRow(discord_user_id=user, invite_id=invite.id, step=DETAILS, message=""))
-        self.fleet.record_event("wizard.start", f"discord:{user}", Outcome.OK, f"invite {invite.id}", actor=f"discord:{user}")
+        self.events.record("wizard.start", f"discord:{user}", Outcome.OK, f"invite {invite.id}", actor=f"discord:{user}")
         return self._require(user)
 
     def submit_details(self, discord_user_id: str, instance_name: str, license_key: str) -> WizardView:
         """Step 1: the instance's name (its subdomain) and the Foundry license key."""
         user = validate_discord_id(discord_user_id)
         wizard = self._require(user, DETAILS, RELEASE, READY)
-        name = validate_instance_name(instance_name.strip().lower(), frozenset({self.fleet.config.fleet.fleet_host}))
+        name = validate_instance_name(instance_name.strip().lower(), frozenset({self.config.fleet.fleet_host}))
         key = normalise_license_key(license_key)
         self._check_name_free(name, user)
         self.invites.require_pending(wizard.invite_id, user)
@@ -120,7 +131,7 @@ class SetupWizard:
                                    f"choose one of: {', '.join(self.release_choices()) or '(none yet)'}, or paste a link")
         else:
             assert url is not None
-            check_download_url(url, self.fleet.releases.policy)
+            check_download_url(url, self.releases.cache.policy)
             secrets_now["url"] = url
         self._write_secrets(user, secrets_now)
         self._update(user, step=READY, release_version=version, message="")
@@ -140,7 +151,7 @@ class SetupWizard:
             version = wizard.release_version
             if version is None:
                 say("downloading the release ...")
-                version = self.fleet.add_release(secrets_now["url"], progress).version
+                version = self.releases.add(secrets_now["url"], progress).version
             say(f"creating {wizard.instance_name} with Foundry {version} ...")
             created = self.create(wizard.instance_name, version, license_key=secrets_now.get("license"), owner=user)
         except FleetError as e:
@@ -155,8 +166,8 @@ class SetupWizard:
         self.invites.consume(wizard.invite_id, user)
         self._update(user, step=DONE, release_version=version, message="")
         self._remove_secrets(user)
-        self.fleet.record_event("wizard.done", f"discord:{user}", Outcome.OK, f"instance {wizard.instance_name}",
-                                actor=f"discord:{user}")
+        self.events.record("wizard.done", f"discord:{user}", Outcome.OK, f"instance {wizard.instance_name}",
+                           actor=f"discord:{user}")
         return created
 
     def cancel(self, discord_user_id: str) -> None:
@@ -164,18 +175,18 @@ class SetupWizard:
         wizard = self._require(user)
         if wizard.step == PROVISIONING:
             raise Conflict("the instance is being made right now", "wait for it to finish")
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(WizardRow, user)
             if row is not None:
                 s.delete(row)
         self._remove_secrets(user)
-        self.fleet.record_event("wizard.cancel", f"discord:{user}", Outcome.OK, "the invite stays valid",
-                                actor=f"discord:{user}")
+        self.events.record("wizard.cancel", f"discord:{user}", Outcome.OK, "the invite stays valid",
+                           actor=f"discord:{user}")
 
     def repair(self) -> list[str]:
         """Settle wizards a crash left provisioning: done if their instance exists, else back a step."""
         settled = []
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             stuck = [(r.discord_user_id, r.instance_name, r.invite_id)
                      for r in s.query(WizardRow).filter(WizardRow.step == PROVISIONING)]
             owners = {r.name: r.owner.discord_id if r.owner else None for r in s.query(Instance)}
@@ -195,12 +206,12 @@ class SetupWizard:
     # internals ----------------------------------------------------------------------------
 
     def _check_name_free(self, name: str, user: str) -> None:
-        with self.fleet.sessions() as s:
+        with self.sessions() as s:
             taken = s.query(Instance.id).filter(Instance.name == name).first() is not None
             held = s.query(WizardRow).filter(WizardRow.instance_name == name, WizardRow.discord_user_id != user,
                                              WizardRow.step != DONE).first() is not None
         # Its host may be another instance's extra hostname: the tenant is not told whose.
-        host_taken = self.fleet.host_holder(self.fleet.config.host_for(name)) is not None
+        host_taken = self.hostnames.holder(self.config.host_for(name)) is not None
         if taken or held or host_taken:
             raise Conflict(f"the name {name} is taken", "choose another name")
 
@@ -214,7 +225,7 @@ class SetupWizard:
         return view
 
     def _update(self, user: str, **values: object) -> None:
-        with self.fleet.sessions.begin() as s:
+        with self.sessions.begin() as s:
             row = s.get(WizardRow, user)
             if row is None:
                 return

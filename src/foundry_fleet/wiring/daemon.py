@@ -1,4 +1,6 @@
-"""`foundry-fleet up`: the daemon that supervises instances and serves the control API."""
+"""`foundry-fleet up`: the daemon. Builds the fleet from its configuration, then starts the adapters (the
+control API, the web and backups apps, the Discord bot) and the schedules (reconcile, backups, status
+updates, certificates)."""
 
 from __future__ import annotations
 
@@ -18,28 +20,21 @@ from foundry_fleet.api.app import DaemonInfo, create_app
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.edge.admin import CaddyAdmin
-from foundry_fleet.edge.driver import Edge
-from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.runtime.base import Capability
+from foundry_fleet.services import uid_claims
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
-from foundry_fleet.services.status_updates import LogNotifier, Notifier, StatusUpdates
+from foundry_fleet.services.status_updates import Notifier, StatusUpdates
 from foundry_fleet.services.supervision_records import SupervisionRecords
 from foundry_fleet.services.supervisor import Supervisor, SupervisionSettings
 from foundry_fleet.wiring.runtimes import make_runtime
-from foundry_fleet.services import uid_claims
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.web_login import web_login_for
-from foundry_fleet.services.wizard import SetupWizard
-from foundry_fleet.services.wiring import edge_settings, make_backups, open_fleet
-from foundry_fleet.storage.base import Storage
-from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
+from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
+from foundry_fleet.wiring.services import make_backups, make_status_updates, make_web_login, make_wizard, open_fleet
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -87,37 +82,37 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     if os.geteuid() == 0:
         # Before anything starts: as root each instance runs as a uid of uid_range, which no other
         # fleet's tenants and no other process may hold.
-        uid_claims.check_fleet(fleet)
+        uid_claims.check_fleet(config, fleet.sessions)
     fleet.storage.ensure_layout()
     fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     runtime = make_runtime(config)
     caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
-    caps.append(Capability("storage", True, _describe_storage(fleet.storage)))
+    caps.append(Capability("storage", True, describe_storage(fleet.storage)))
     report_capabilities(caps)
 
     loop = asyncio.get_running_loop()
-    edge = make_edge(config, fleet)
+    edge = make_edge(config, fleet.sites, on_problem=edge_problem_reporter(fleet.event_log))
     # Every change to instances reaches the edge; service calls may come from worker threads.
     fleet.on_change(lambda: loop.call_soon_threadsafe(edge.request_update))
     web_sock = bind_loopback(config.edge.web_port)
     # Tenants' backups: only the edge (the fleet's own user) may open this socket.
     backups_path = config.paths.run / "backups.sock"
     backups_sock = bind_private_socket(backups_path)
-    web_login = web_login_for(fleet)
+    web_login = make_web_login(fleet)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
     tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
-                        create_backups_app(fleet.storage.snapshots, fleet.instance_for_host,
+                        create_backups_app(fleet.storage.snapshots, fleet.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
-                        create_web_app(fleet.known_hosts, web_login, tls_secret))
+                        create_web_app(fleet.hostnames.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
-    updates = StatusUpdates(fleet, LogNotifier())
+    updates = make_status_updates(fleet, make_notifier(config))
     updates.start_from_now()
-    if conflicts := report_host_conflicts(fleet):
+    if conflicts := report_host_conflicts(fleet.hostnames, fleet.event_log):
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
                   conflicts)
     await edge.start()
@@ -127,7 +122,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     backups = make_backups(fleet)
     for name in backups.repair():  # before any instance starts on half-restored data
         log.warning("finished an interrupted restore of %s", name)
-    for user in SetupWizard(fleet).repair():
+    for user in make_wizard(fleet).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
     records = SupervisionRecords(fleet.sessions, fleet.storage,
                                  changed=lambda: loop.call_soon_threadsafe(edge.request_update))
@@ -143,12 +138,13 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
 
     await supervisor.start()
     edge.request_update()
-    fleet.record_event("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
+    fleet.event_log.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
     scheduler = asyncio.create_task(run_backup_schedule(backups))
     status_task = asyncio.create_task(updates.run())
-    certificates_task = asyncio.create_task(CertificateWatch(fleet, edge.certificate).run())
+    certificates = CertificateWatch(fleet.sites, fleet.event_log, edge.certificate, config.edge.tls)
+    certificates_task = asyncio.create_task(certificates.run())
     bot_task = None
     if config.discord.token_file is not None:
         bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
@@ -179,15 +175,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_sock.close()
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
-        fleet.record_event("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+        fleet.event_log.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
-def _describe_storage(storage: Storage) -> str:
-    if isinstance(storage, ZfsStorage):
-        pool = storage.pool_status()
-        return f"ZFS datasets under {storage.base} (pool {pool['name']} {pool['health']}, {pool['free']} free)"
-    return f"directories under {storage.shared_dir().parent}"
-
+# The runtime: built, opened and closed by these three until `foundry_fleet.wiring.runtimes.make_runtime`
+# picks it from `[runtime] driver` and the runtime's own `open()` / `close(instances_left_running)` prepare
+# and release the host. The one spot to swap for those calls.
 
 async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
     """The bot, on the control API in this process; status updates go through it once it runs. A bot
@@ -212,21 +205,11 @@ async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVER
     while True:
         try:
             result = await asyncio.to_thread(backups.run_schedule)
-            for name, why in result.failed:
-                log.error("backup of %s failed: %s", name, why)
+            for failure in result.failed:
+                log.error("backup of %s failed: %s", failure.instance, failure.why)
         except Exception:  # noqa: BLE001 - the schedule must outlive any one bad round
             log.exception("backup round failed")
         await asyncio.sleep(every)
-
-
-def make_edge(config: FleetConfig, fleet: Fleet) -> Edge:
-    paths = config.paths
-    settings = edge_settings(config)
-    caddy = ManagedCaddy(find_caddy(config.edge.caddy_binary), paths.root / "edge", paths.run / "caddy-admin.sock",
-                         paths.logs / "caddy.log")
-    caddy_version(caddy.binary)
-    return Edge(settings, caddy, CaddyAdmin(caddy.admin_socket), fleet.edge_sites,
-                on_problem=edge_problem_reporter(fleet))
 
 
 def bind_loopback(port: int) -> socket.socket:

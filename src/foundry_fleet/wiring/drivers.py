@@ -1,21 +1,24 @@
-"""Build a Fleet from its configuration: the one place that picks drivers."""
+"""The one place that picks drivers: storage, edge, release cache, backup destinations and notifier,
+each chosen from fleet.toml."""
 
 from __future__ import annotations
 
-from foundry_fleet.config import FleetConfig
-from foundry_fleet.config import DestinationSection
-from foundry_fleet.domain.backup_plan import TimeFormat
-from foundry_fleet.edge.caddy_config import EdgeSettings
+from collections.abc import Callable
+from typing import Any
+
+from foundry_fleet.config import DestinationSection, FleetConfig
+from foundry_fleet.edge.admin import CaddyAdmin
+from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
+from foundry_fleet.edge.driver import Edge
+from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
 from foundry_fleet.services import tls_permission
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.disk_limits import limit_bytes
-from foundry_fleet.services.replication import Destination, Replication
+from foundry_fleet.services.replication import Destination
+from foundry_fleet.services.status_updates import LogNotifier, Notifier
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.directory import DirectoryStorage
-from foundry_fleet.store.database import open_database
 
 
 def edge_settings(config: FleetConfig) -> EdgeSettings:
@@ -35,6 +38,11 @@ def edge_settings(config: FleetConfig) -> EdgeSettings:
     )
 
 
+def edge_config(config: FleetConfig, sites: list[TenantSite]) -> dict[str, Any]:
+    """The Caddy configuration the edge would load for these sites (what `edge show` prints)."""
+    return build_caddy_config(edge_settings(config), sites)
+
+
 def make_storage(config: FleetConfig) -> Storage:
     if config.storage.driver == "zfs":
         from foundry_fleet.storage.zfs import ZfsStorage
@@ -42,6 +50,17 @@ def make_storage(config: FleetConfig) -> Storage:
         assert config.storage.zfs_base is not None  # the config refuses zfs without a base
         return ZfsStorage(config.root, config.storage.zfs_base, quota_bytes=limit_bytes(config))
     return DirectoryStorage(config.root)
+
+
+def describe_storage(storage: Storage) -> str:
+    """One line for the start-up report: which storage driver, and how it is doing."""
+    if not isinstance(storage, DirectoryStorage):
+        from foundry_fleet.storage.zfs import ZfsStorage
+
+        if isinstance(storage, ZfsStorage):
+            pool = storage.pool_status()
+            return f"ZFS datasets under {storage.base} (pool {pool['name']} {pool['health']}, {pool['free']} free)"
+    return f"directories under {storage.shared_dir().parent}"
 
 
 def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[DestinationSection, Destination]]:
@@ -74,16 +93,16 @@ def make_release_cache(config: FleetConfig) -> ReleaseCache:
     )
 
 
-def open_fleet(config: FleetConfig, actor: str = "cli") -> Fleet:
-    sessions = open_database(config.paths.database)
-    return Fleet(config, sessions, make_storage(config), make_release_cache(config), actor=actor)
+def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_problem: Callable[[str | None], None]) -> Edge:
+    """Caddy, run and configured by the fleet; `sites` is asked for what to route on every update."""
+    paths = config.paths
+    caddy = ManagedCaddy(find_caddy(config.edge.caddy_binary), paths.root / "edge", paths.run / "caddy-admin.sock",
+                         paths.logs / "caddy.log")
+    caddy_version(caddy.binary)
+    return Edge(edge_settings(config), caddy, CaddyAdmin(caddy.admin_socket), sites, on_problem=on_problem)
 
 
-def make_backups(fleet: Fleet) -> Backups:
-    """The backup service with the fleet's destinations (replication runs in the daemon's rounds)."""
-    destinations = make_destinations(fleet.config, fleet.storage)
-    replication = None
-    if destinations:
-        replication = Replication(fleet, fleet.storage.snapshots, destinations,
-                                  TimeFormat(fleet.config.backups.tsformat))
-    return Backups(fleet, replication)
+def make_notifier(config: FleetConfig) -> Notifier:
+    """Where status updates go until the Discord bot is connected (it then takes over)."""
+    del config  # one choice today; a webhook or mail notifier would be picked here from fleet.toml
+    return LogNotifier()

@@ -1,0 +1,58 @@
+"""Reading instances: what `instance list`, `instance show`, `status` and the bot show of each."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from foundry_fleet.config import FleetConfig
+from foundry_fleet.domain.errors import NotFound
+from foundry_fleet.services.views import InstanceView
+from foundry_fleet.storage.base import Storage
+from foundry_fleet.store.models import Instance
+
+
+def instance_row(session: Session, name: str) -> Instance:
+    """The instance's row, or NotFound saying where to look."""
+    row = session.scalar(select(Instance).where(Instance.name == name))
+    if row is None:
+        raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
+    return row
+
+
+class InstanceViews:
+    def __init__(self, config: FleetConfig, sessions: sessionmaker[Session], storage: Storage) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.storage = storage
+
+    def view(self, row: Instance) -> InstanceView:
+        paths = self.storage.paths(row.name)
+        host = self.config.host_for(row.name)
+        return InstanceView(
+            name=row.name,
+            state=row.state,
+            desired=row.desired,
+            state_reason=row.state_reason,
+            release=row.release_version,
+            port=row.port,
+            host=host,
+            hosts=[host, *(row.extra_hosts or [])],
+            url=self.config.public_url(row.name),
+            data_dir=str(paths.data),
+            install_dir=str(paths.install),
+            pid=row.pid,
+            restarts=row.restarts,
+            owner=row.owner.discord_id if row.owner else None,
+            uid=row.uid,
+            created_at=row.created_at,
+            suspended=row.suspended_reason,
+        )
+
+    def list(self) -> list[InstanceView]:
+        with self.sessions() as s:
+            return [self.view(r) for r in s.scalars(select(Instance).order_by(Instance.name)).all()]
+
+    def get(self, name: str) -> InstanceView:
+        with self.sessions() as s:
+            return self.view(instance_row(s, name))
