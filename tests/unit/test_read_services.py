@@ -38,10 +38,11 @@ def sessions(config: FleetConfig) -> sessionmaker[Session]:
 
 
 def add_instance(sessions: sessionmaker[Session], name: str, port: int, state: str = "stopped",
-                 extra: list[str] | None = None, desired: str = "stopped", created_at: float = 1.0) -> None:
+                 extra: list[str] | None = None, desired: str = "stopped", created_at: float = 1.0,
+                 address: str | None = None) -> None:
     with sessions.begin() as s:
         s.add(Instance(name=name, release_version="13.345", port=port, desired=desired, state=state,
-                       extra_hosts=extra or [], crash_times=[], restarts=0, created_at=created_at))
+                       extra_hosts=extra or [], crash_times=[], restarts=0, created_at=created_at, address=address))
 
 
 def hostnames(config: FleetConfig, sessions: sessionmaker[Session]) -> Hostnames:
@@ -51,14 +52,16 @@ def hostnames(config: FleetConfig, sessions: sessionmaker[Session]) -> Hostnames
 def test_the_edge_dials_a_running_instance_and_shows_a_page_for_a_stopped_one(
     config: FleetConfig, sessions: sessionmaker[Session]
 ) -> None:
-    add_instance(sessions, "alice", 30001, state="running", desired="running", extra=["games.example.org"])
+    # Where the supervisor recorded that the runtime reaches alice: not necessarily her port on loopback.
+    add_instance(sessions, "alice", 30001, state="running", desired="running", extra=["games.example.org"],
+                 address="10.1.2.3:40001")
     add_instance(sessions, "bob", 30002, state="stopped", created_at=2.0)
     add_instance(sessions, "gone", 30003, state="stopped", desired="deleted", created_at=3.0)
     sites = {s.name: s for s in EdgeSites(sessions, hostnames(config, sessions))()}
     assert set(sites) == {"alice", "bob"}  # an instance being deleted is not routed
     assert sites["alice"].hosts == ("alice.localhost", "games.example.org")
-    assert (sites["alice"].address, sites["alice"].state) == ("127.0.0.1:30001", "running")
-    assert sites["bob"].state == "stopped"
+    assert (sites["alice"].address, sites["alice"].state) == ("10.1.2.3:40001", "running")
+    assert (sites["bob"].address, sites["bob"].state) == (None, "stopped")
 
 
 def test_a_host_is_claimed_once_and_the_older_instance_keeps_a_shared_one(
