@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from foundry_fleet.domain import instance_layout
+
 BIN = Path(sys.executable).parent / "foundry-fleet"
 
 
@@ -185,7 +187,7 @@ def file_digests(tree: Path) -> dict[str, str]:
     out = {}
     for dirpath, dirnames, files in os.walk(tree):
         dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)) and d != ".zfs"
-                       and os.path.relpath(os.path.join(dirpath, d), tree) != os.path.join("Data", "shared")]
+                       and os.path.relpath(os.path.join(dirpath, d), tree) != str(instance_layout.SHARED_MOUNT)]
         for f in files:
             full = Path(dirpath, f)
             if f != ".snapshot.json" and not full.is_symlink():

@@ -46,6 +46,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
 from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
 from foundry_fleet.runtime.base import Capability, TaskExit, TaskHandle, TaskSpec, TaskStats
@@ -397,14 +398,14 @@ class LocalRuntime:
         spec.log_dir.mkdir(parents=True, exist_ok=True)
         if spec.shared_dir is None:
             return
-        data = spec.data_dir / "Data"
+        data = spec.data_dir / instance_layout.DATA
         if data.is_symlink():
             raise InvalidInput(f"{data} is a symbolic link", "make it a plain directory")
         if not data.exists():
             data.mkdir()
-            if uid is not None:
-                os.chown(data, uid, gid if gid is not None else uid)
-        mount = spec.data_dir / sandbox.SHARED_MOUNT
+            if uid is not None:  # the folder itself even if the tenant swapped it for a link meanwhile
+                os.chown(data, uid, gid if gid is not None else uid, follow_symlinks=False)
+        mount = spec.data_dir / instance_layout.SHARED_MOUNT
         if use_bwrap:
             # The sandbox mounts the shared assets here; the host side is only an empty mount point.
             if mount.is_symlink():
