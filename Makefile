@@ -39,6 +39,7 @@ run: system-deps $(VENV)/.run-deps
 	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT)
 	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up
 
+# FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.
 test: system-deps test-system-deps $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench
 	FOUNDRY_FLEET_REQUIRE_ZFS=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest

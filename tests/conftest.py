@@ -13,8 +13,10 @@ from tests.support.harness import FleetHarness, kill_processes_with
 from tests.support.releases import https_server, https_server_session  # noqa: F401 (fixtures)
 from tests.support.foundry_standin import build_release_zip
 
-pytest_plugins = ["tests.support.zfs"]  # real ZFS: zfs_daemon, zfs_pool, zfs_base
-
+pytest_plugins = [
+    "tests.support.zfs",  # real ZFS: zfs_daemon, zfs_pool, zfs_base
+    "tests.support.forbid_skips",  # FOUNDRY_FLEET_FORBID_SKIPS=1 (CI): a skip fails the run
+]
 
 @pytest.fixture(scope="session")
 def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
