@@ -21,7 +21,7 @@ from foundry_fleet.edge.caddy_config import IDENTITY_HEADERS, EdgeSettings, Tena
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from tests.support.fleets import make_fleet
 from tests.support.edge_client import http, https, local_ca, served_certificate, serves_certificate, wss
-from tests.support.harness import FleetHarness, kill_processes_with, wait_until
+from tests.support.harness import FleetHarness, wait_until
 from tests.support.ports import port_block
 
 pytestmark = pytest.mark.e2e
@@ -157,8 +157,7 @@ def test_on_demand_certificates_only_for_instance_hosts(tmp_path: Path, release_
         assert by_host["alice.localhost"]["state"] == "valid"
         client.close()
     finally:
-        fleet.stop_daemons()
-        kill_processes_with(str(fleet.root))
+        fleet.tear_down()
 
 
 def _try_cert(port: int, host: str, ca: Path) -> dict | None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.fleets import make_fleet
-from tests.support.harness import kill_processes_with, wait_until
+from tests.support.harness import wait_until
 from tests.support.foundry_standin import run_in_instance
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -115,5 +115,4 @@ def test_a_flood_from_inside_is_capped_and_the_daemon_keeps_answering(tmp_path: 
         assert log_bytes(logs) <= CAP
         assert fleet.instance("alice")["state"] == "running"
     finally:
-        fleet.stop_daemons()
-        kill_processes_with(str(fleet.root))
+        fleet.tear_down()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cgroups import groups_under
 from tests.support.harness import BIN, FleetHarness, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -65,6 +66,17 @@ def test_limits_and_firewall_are_applied(fleet: FleetHarness, release_zips: dict
     fleet.stop_daemons()
     assert subprocess.run(["iptables", "-S", f"FOUNDRY-FLEET-{fid}"], capture_output=True).returncode != 0
     assert pids_with_arg(f"--port={inst['port']}") == []
+
+
+@needs_root
+def test_a_torn_down_test_fleet_leaves_no_control_group(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
+    fleet.cli("instance", "create", "gina", "--release", "13.345")
+    made = groups_under(fleet.cgroup_parent)
+    assert Path(f"/sys/fs/cgroup/memory/foundry-fleet-{_fleet_id(fleet)}/gina") in made  # where the daemon put it
+    fleet.tear_down()
+    assert groups_under(fleet.cgroup_parent) == []
 
 
 def test_an_instance_lost_while_the_daemon_was_down_is_started_again(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from foundry_fleet.domain import instance_layout
+from tests.support.cgroups import describe, fleet_cgroup_parent, remove_groups
 
 BIN = Path(sys.executable).parent / "foundry-fleet"
 
@@ -120,6 +121,22 @@ class FleetHarness:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+    def running(self) -> bool:
+        return any(proc.poll() is None for proc in self.daemons)
+
+    @property
+    def cgroup_parent(self) -> str:
+        return fleet_cgroup_parent(self.root.resolve())
+
+    def tear_down(self) -> None:
+        """Stop the daemons, end every process of the fleet (instances and Caddy, also those a test left
+        running on purpose) and remove the fleet's control groups. Fails when a group cannot be
+        removed: a process of the fleet survived its test."""
+        self.stop_daemons()
+        kill_processes_with(str(self.root))  # instances (--dataPath=...), Caddy (--config .../edge/...)
+        left = remove_groups(self.cgroup_parent)
+        assert not left, f"the fleet at {self.root} left control groups behind: {describe(left)}"
 
     # instances ----------------------------------------------------------------------------
 
