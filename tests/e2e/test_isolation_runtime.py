@@ -411,9 +411,10 @@ def test_outbound_nat_reaches_other_machines_but_no_host_address_and_no_link_loc
     assert reached.pop("dns over tcp on a host address") == ["connected", 0]
     assert reached.pop("dns on a host address") == ["query", 0]
     assert reached.pop("other udp on a host address")[0] in ("TimeoutError", "ConnectionRefusedError")
-    for label, (outcome, seconds) in reached.items():
-        # Refused by the forwarder's host at once (REJECT), not silently dropped into a timeout.
-        assert outcome == "ConnectionRefusedError" and seconds < 2, (label, outcome, seconds)
+    for label, (outcome, _seconds) in reached.items():
+        # Refused by the forwarder's host (REJECT), not silently dropped: a drop would end in a
+        # TimeoutError after the probe's 10 s, a refusal is a ConnectionRefusedError.
+        assert outcome == "ConnectionRefusedError", (label, outcome)
     assert remote.received() == [f"{remote.peer_ip} remote host"]
     for listener in (on_address, on_wildcard, on_veth):
         assert not any(listener.received), listener.received  # (the host's own check sent nothing)
