@@ -734,7 +734,7 @@ def test_sigterm_with_open_websocket_and_hanging_request(runner: Runner, unpacke
         assert ws.recv(timeout=5) == "hi"
         t = threading.Thread(target=hang, daemon=True)
         t.start()
-        time.sleep(0.3)
+        wait_until(lambda: "/-/__hang open, never answered" in run.log())
         assert t.is_alive(), "__hang answered"
 
         run.proc.send_signal(signal.SIGTERM)

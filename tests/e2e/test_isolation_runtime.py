@@ -445,8 +445,7 @@ def call(name, *args):
     ctypes.set_errno(0)
     return outcome(libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args]))
 
-sibling = subprocess.Popen(["sleep", "30"])
-time.sleep(0.1)
+sibling = subprocess.Popen(["sleep", "30"])  # running once Popen returns (it waits for the exec)
 results["ptrace_attach_sibling"] = call("ptrace", 16, sibling.pid, 0, 0)  # PTRACE_ATTACH
 sibling.kill()
 child = os.fork()
@@ -541,7 +540,7 @@ def test_reattach_after_kill_9_keeps_task_and_forwarder_and_a_stop_frees_the_por
     assert after["pid"] == made["alice"]["pid"]
     again = recorded_task(fleet, "alice")
     assert again is not None and (again.net_pid, again.net_start) == (task.net_pid, task.net_start)
-    time.sleep(1.0)  # health checks pass through the same forwarder
+    time.sleep(1.0)  # deliberately: health checks pass through the forwarder, which must stay the same one
     assert forwarders_of(fleet, "alice") == [task.net_pid]
     assert pids_with_arg(f"--port={port}") == [after["pid"]]
     events = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]

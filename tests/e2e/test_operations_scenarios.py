@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroups import groups_under
-from tests.support.harness import BIN, FleetHarness, pids_with_arg, wait_until
+from tests.support.harness import BIN, FleetHarness, OutputReader, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, iptables)")
@@ -31,18 +31,11 @@ def test_logs_follow_shows_new_lines(fleet: FleetHarness, release_zips: dict[str
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
+        out = OutputReader(follower)
+        wait_until(lambda: out.lines, 10, "the tail of the log")  # printed: it follows from here on
         marker = f"marker-{time.monotonic_ns()}"
-        time.sleep(1.0)  # let it print the tail and start following
         fleet.get(inst["port"], f"/-/api/status?{marker}")
-        seen = []
-        deadline = time.monotonic() + 10
-        assert follower.stdout is not None
-        while time.monotonic() < deadline:
-            line = follower.stdout.readline()
-            seen.append(line)
-            if marker in line:
-                break
-        assert any(marker in line for line in seen), seen
+        wait_until(lambda: marker in out.text(), 10, "the new line to be followed")
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(10)

@@ -32,6 +32,41 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+async def wait_until_async(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """`wait_until` for a test running on an event loop: the loop keeps running while it waits."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class OutputReader:
+    """Collects what a process writes to its stdout (a pipe), line by line, in a thread: a test waits
+    for what it expects with `wait_until` instead of blocking on a read."""
+
+    def __init__(self, proc: subprocess.Popen[Any]) -> None:
+        import threading
+
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stdout:
+            self.lines.append(line if isinstance(line, str) else line.decode(errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
 @dataclass
 class CliResult:
     code: int
