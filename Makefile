@@ -10,11 +10,12 @@ BIN = $(VENV)/bin
 # instance ports off the network; util-linux: setpriv; restic: backup destinations of fleets on
 # directory storage.
 SYSTEM_PACKAGES = bubblewrap slirp4netns libseccomp2 iptables util-linux procps restic
-# Only for `make test`: headless Chromium (and its driver) for the browser test through the edge,
+# Only for `make test`: headless Chromium (driven over its DevTools protocol: no WebDriver) for the
+# browser tests through the edge (found as chromium, chromium-browser, google-chrome, ... or $CHROMIUM),
 # certutil (libnss3-tools) so that browser trusts the fleet's local CA, and zfs-fuse for the ZFS
 # storage tests (their fixture starts its daemon and makes pools on files), and an ssh server and
 # client for replication to a ZFS destination over ssh. `make run` needs none.
-TEST_SYSTEM_PACKAGES = chromium chromium-driver libnss3-tools zfs-fuse openssh-server openssh-client
+TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client
 
 .PHONY: run test bench system-deps test-system-deps clean
 
@@ -39,6 +40,7 @@ run: system-deps $(VENV)/.run-deps
 	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT)
 	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up
 
+# FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.
 test: system-deps test-system-deps $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench
 	FOUNDRY_FLEET_REQUIRE_ZFS=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest

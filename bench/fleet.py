@@ -10,7 +10,7 @@ from pathlib import Path
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.storage.trees import remove_tree
-from tests.support.harness import FleetHarness, kill_processes_with
+from tests.support.harness import FleetHarness
 from tests.support.foundry_standin import build_release_zip
 
 
@@ -35,6 +35,5 @@ def bench_fleet(prefix: str, port_low: int) -> Iterator[FleetHarness]:
         yield fleet
     finally:
         if fleet is not None:
-            fleet.stop_daemons()
-            kill_processes_with(str(fleet.root))  # instances (--dataPath=...) and Caddy (--config .../edge/...)
+            fleet.tear_down()
         remove_tree(work)  # installs and the release cache are read-only

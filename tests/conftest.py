@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.domain.release import ReleaseLayout
-from tests.support.fleets import make_fleet
-from tests.support.harness import FleetHarness, kill_processes_with
+from tests.support.fleets import leftovers_of_made_fleets, make_fleet
+from tests.support.harness import FleetHarness
 from tests.support.releases import https_server, https_server_session  # noqa: F401 (fixtures)
 from tests.support.foundry_standin import build_release_zip
 
-pytest_plugins = ["tests.support.zfs"]  # real ZFS: zfs_daemon, zfs_pool, zfs_base
-
+pytest_plugins = [
+    "tests.support.zfs",  # real ZFS: zfs_daemon, zfs_pool, zfs_base
+    "tests.support.forbid_skips",  # FOUNDRY_FLEET_FORBID_SKIPS=1 (CI): a skip fails the run
+]
 
 @pytest.fixture(scope="session")
 def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -32,6 +34,12 @@ def release_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def fleet(tmp_path: Path) -> Iterator[FleetHarness]:
     h = make_fleet(tmp_path)
     yield h
-    h.stop_daemons()
-    # Instances left running on purpose by a test (re-attach) must not outlive it.
-    kill_processes_with(str(h.root))  # instances (--dataPath=...) and Caddy (--config .../edge/caddy.json)
+    h.tear_down()  # instances left running on purpose by a test (re-attach) must not outlive it either
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_fleet_outlives_the_run() -> Iterator[None]:
+    """Every fleet a test made is gone at the end: no daemon, no process, no control group."""
+    yield
+    left = leftovers_of_made_fleets()
+    assert not left, "fleets not torn down by their tests: " + "; ".join(left)

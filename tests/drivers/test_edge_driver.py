@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tests.support.harness import wait_until_async
 from tests.support.ports import port_block
 from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite
@@ -19,6 +20,11 @@ def _edge(tmp_path: Path, sites: list[TenantSite]) -> Edge:
                             web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
     return Edge(settings, caddy, CaddyAdmin(socket_path), lambda: list(sites))
+
+
+def _hosts(config: dict | None) -> set[str]:
+    routes = (config or {})["apps"]["http"]["servers"]["edge"]["routes"]
+    return {h for r in routes for m in r.get("match", []) for h in m.get("host", [])}
 
 
 def _site(i: int) -> TenantSite:
@@ -36,14 +42,13 @@ def test_changes_together_are_one_load_and_unchanged_config_sends_nothing(tmp_pa
             for i in range(1, 11):
                 sites.append(_site(i))
                 edge.request_update()
-            await asyncio.sleep(0.5)
+            await wait_until_async(lambda: edge.loads > first, 10, "the batch to be loaded")
+            # A push now (under the push lock) would load whatever the batch left out: nothing.
+            assert await edge.push()
             assert edge.loads == first + 1, "ten changes in one batch window make one load"
-            config = edge.admin.config()
-            hosts = {h for r in config["apps"]["http"]["servers"]["edge"]["routes"] for m in r.get("match", [])
-                     for h in m.get("host", [])}
-            assert {f"t{i}.localhost" for i in range(11)} <= hosts
+            assert {f"t{i}.localhost" for i in range(11)} <= _hosts(edge.admin.config())
             edge.request_update()
-            await asyncio.sleep(0.3)
+            await wait_until_async(lambda: not edge._dirty.is_set(), 10, "the pusher to take the request")
             assert await edge.push()
             assert edge.loads == first + 1, "an unchanged config is not sent again"
         finally:
@@ -62,16 +67,10 @@ def test_a_change_while_caddy_is_down_is_applied_when_it_is_back(tmp_path: Path)
             edge.caddy.stop()
             sites.append(_site(1))
             edge.request_update()  # Caddy is gone: kept, retried
-            await asyncio.sleep(0.3)
             # The driver notices Caddy is gone, starts it again, and the change arrives.
-            for _ in range(100):
-                if edge.caddy.alive() and edge.admin.ping():
-                    config = edge.admin.config()
-                    routes = config["apps"]["http"]["servers"]["edge"]["routes"]
-                    if any("t1.localhost" in m.get("host", []) for r in routes for m in r.get("match", [])):
-                        return
-                await asyncio.sleep(0.1)
-            raise AssertionError("the change made while Caddy was down never reached it")
+            await wait_until_async(lambda: edge.caddy.alive() and edge.admin.ping()
+                                   and "t1.localhost" in _hosts(edge.admin.config()), 10,
+                                   "the change made while Caddy was down to reach it")
         finally:
             await edge.close(stop_caddy=True)
 

@@ -16,6 +16,7 @@ from foundry_fleet.config import ReleasesSection
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.releases.fetch import address_kind, download, redact_url
 from foundry_fleet.releases.policy import MIB, DownloadPolicy, UnpackLimits, host_matches
+from tests.support.ports import single_port
 from tests.support.releases import LocalHTTPS, Route, local_policy
 
 SECRET = "verify=S3CR3T-T0K3N&expires=1700000000"
@@ -228,11 +229,7 @@ def test_http_errors_name_the_status_and_suggest_a_fresh_link(https_server: Loca
 
 
 def test_connection_refused_is_an_external_failure(https_server: LocalHTTPS, tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = single_port()  # free, and nobody listens on it
     with pytest.raises(ExternalFailure) as caught:
         download(f"https://127.0.0.1:{port}/r.zip?{SECRET}", tmp_path / "r.zip", local_policy(https_server))
     assert_no_secret(caught.value)

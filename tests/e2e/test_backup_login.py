@@ -41,7 +41,7 @@ from tests.support.cdp_browser import Chromium
 from tests.support.fleets import make_fleet
 from tests.support.edge_client import served_certificate, tls_context
 from tests.support.discord_oauth_standin import DiscordOAuthStandin
-from tests.support.harness import FleetHarness, kill_processes_with, file_digests, wait_until
+from tests.support.harness import FleetHarness, file_digests, wait_until
 from tests.e2e.test_edge_browser import CHROMIUM, browser_home, needs_browser
 
 CLIENT_ID = "1100000000000000001"
@@ -480,8 +480,7 @@ def signed_fleet(tmp_path_factory: pytest.TempPathFactory,
             wait_until(lambda h=host: _handshakes(https_port, h, ca), 30, f"a certificate for {host}")
         yield fleet, fake, snaps
     finally:
-        fleet.stop_daemons()
-        kill_processes_with(str(fleet.root))
+        fleet.tear_down()
         fake.stop()
 
 

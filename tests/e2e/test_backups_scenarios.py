@@ -2,50 +2,83 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness, pids_with_arg
 
 pytestmark = pytest.mark.e2e
 
 
-def test_backup_now_list_plan_and_restore_a_running_instance(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.up()
-    inst = fleet.cli("instance", "create", "alice", "--release", "13.345", "--json").json()["instance"]
+@pytest.fixture(scope="module")
+def backups(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[FleetHarness]:
+    """One fleet for the module, up; each test makes its own instance."""
+    fleet = make_fleet(tmp_path_factory.mktemp("backups"))
+    try:
+        fleet.cli("release", "add", str(release_zips["node"]))
+        fleet.up()
+        yield fleet
+    finally:
+        fleet.tear_down()
+
+
+def _instance_with_a_world(fleet: FleetHarness, name: str, *extra: str) -> tuple[dict, Path]:
+    inst = fleet.cli("instance", "create", name, "--release", "13.345", "--json", *extra).json()["instance"]
     world = Path(inst["data_dir"], "Data", "world.db")
     world.write_text("session 1")
+    return inst, world
 
-    snap = fleet.cli("backup", "now", "alice", "--label", "before-session-2", "--json").json()
+
+def test_backup_now_takes_a_labelled_snapshot_that_is_listed(backups: FleetHarness) -> None:
+    _instance_with_a_world(backups, "alice", "--no-start")  # a snapshot needs no running server
+    snap = backups.cli("backup", "now", "alice", "--label", "before-session-2", "--json").json()
     assert snap["name"].startswith("before-session-2-")
-    world.write_text("session 2 went badly")
-
-    listed = fleet.cli("backup", "list", "alice", "--json").json()
+    listed = backups.cli("backup", "list", "alice", "--json").json()
     assert snap["name"] in [s["name"] for s in listed]
+    assert (backups.root / "snapshots" / "alice" / snap["name"] / "Data" / "world.db").read_text() == "session 1"
+    actions = [e["action"] for e in backups.cli("events", "--instance", "alice", "--json").json()]
+    assert "backup.snapshot" in actions
 
-    assert "30d=>1d" in fleet.cli("backup", "plan", "alice").out
-    fleet.cli("backup", "plan", "alice", "2d=>1h")
-    assert fleet.cli("backup", "plan", "alice").out.strip() == "2d=>1h"
-    bad = fleet.cli("backup", "plan", "alice", "1h=>2d", check=False)
+
+def test_a_backup_plan_is_shown_changed_and_checked(backups: FleetHarness) -> None:
+    _instance_with_a_world(backups, "bob", "--no-start")
+    assert "30d=>1d" in backups.cli("backup", "plan", "bob").out
+    backups.cli("backup", "plan", "bob", "2d=>1h")
+    assert backups.cli("backup", "plan", "bob").out.strip() == "2d=>1h"
+    bad = backups.cli("backup", "plan", "bob", "1h=>2d", check=False)
     assert bad.code == 2 and "shorter than the interval" in bad.err
+    assert backups.cli("backup", "plan", "bob").out.strip() == "2d=>1h"  # the bad one changed nothing
 
-    out = fleet.cli("backup", "restore", "alice", snap["name"], "--yes").out
+
+def test_a_running_instance_restored_runs_again_on_the_snapshot_and_its_data_is_kept_as_safety(
+        backups: FleetHarness) -> None:
+    inst, world = _instance_with_a_world(backups, "carol")
+    snap = backups.cli("backup", "now", "carol", "--label", "before-session-2", "--json").json()
+    world.write_text("session 2 went badly")
+    out = backups.cli("backup", "restore", "carol", snap["name"], "--yes").out
     assert "kept as snapshot safety-" in out
     assert world.read_text() == "session 1"
-    after = fleet.instance("alice")
+    after = backups.instance("carol")
     assert after["state"] == "running" and after["pid"] != inst["pid"]
     assert pids_with_arg(f"--port={inst['port']}") == [after["pid"]]
-    safety = [s["name"] for s in fleet.cli("backup", "list", "alice", "--json").json() if s["name"].startswith("safety-")]
+    safety = [s["name"] for s in backups.cli("backup", "list", "carol", "--json").json()
+              if s["name"].startswith("safety-")]
     assert len(safety) == 1
-    kept = fleet.root / "snapshots" / "alice" / safety[0] / "Data" / "world.db"
+    kept = backups.root / "snapshots" / "carol" / safety[0] / "Data" / "world.db"
     assert kept.read_text() == "session 2 went badly"
-    actions = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]
-    assert "backup.restore" in actions and "backup.snapshot" in actions
+    actions = [e["action"] for e in backups.cli("events", "--instance", "carol", "--json").json()]
+    assert "backup.restore" in actions
 
-    missing = fleet.cli("backup", "restore", "alice", "no-such", "--yes", check=False)
-    assert missing.code == 3 and fleet.instance("alice")["state"] == "running"
+
+def test_restoring_an_unknown_snapshot_is_refused_and_the_instance_keeps_running(backups: FleetHarness) -> None:
+    inst, world = _instance_with_a_world(backups, "dave")
+    missing = backups.cli("backup", "restore", "dave", "no-such", "--yes", check=False)
+    assert missing.code == 3
+    after = backups.instance("dave")
+    assert after["state"] == "running" and after["pid"] == inst["pid"] and world.read_text() == "session 1"
 
 
 def test_the_daemon_takes_scheduled_snapshots(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:

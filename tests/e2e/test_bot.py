@@ -556,7 +556,7 @@ def test_the_recorder_refuses_what_discord_refuses() -> None:
 
         @group.command(name="backup", description="too slow")
         async def backup(interaction: discord.Interaction) -> None:
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # deliberately slower than the recorder's 0.3 s deadline
             await interaction.response.send_message("late")
 
         tree.add_command(group)
@@ -575,7 +575,7 @@ def test_the_recorder_refuses_what_discord_refuses() -> None:
         rec.feed(client, rec.submit(user, opened, {"x": "hello"}))
         rec.feed(client, rec.slash(user, "logs", big=True))
         rec.feed(client, rec.slash(user, "logs", big=False))
-        await asyncio.sleep(0.5)
+        await rec.until(lambda: "initial response after 0.4" in "\n".join(rec.violations), 10, "the late answer")
         await rec.drain()
         await client.close()
         return rec

@@ -20,7 +20,7 @@ from foundry_fleet.bot.client import FleetBot
 from foundry_fleet.bot.text import instance_line, scrub
 from foundry_fleet.domain.text import escape_controls
 from tests.support.discord_gateway_recorder import DiscordGatewayRecorder
-from tests.support.harness import BIN, FleetHarness, wait_until
+from tests.support.harness import BIN, FleetHarness, OutputReader, wait_until
 from tests.support.foundry_standin import run_in_instance
 from tests.e2e.test_bot import ALICE, ask, play, private
 
@@ -99,18 +99,19 @@ def test_cli_and_bot_show_a_hostile_log_line_escaped(fleet: FleetHarness, releas
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
-        time.sleep(1.0)  # let it start following
-        _write_from_inside(port)
-        wait_until(lambda: _log_has_it(fleet), 10, "the hostile line in the log")
-        assert follower.stdout is not None
-        followed = b""
-        deadline = time.monotonic() + 10
-        while b"pwned" not in followed and time.monotonic() < deadline:
-            followed += follower.stdout.readline()
+        out = OutputReader(follower)
+
+        def followed_it() -> bool:
+            # `-n 0` prints nothing until it follows: the line is written again until it shows.
+            _write_from_inside(port)
+            return "pwned" in out.text()
+
+        wait_until(followed_it, 20, "the hostile line in the followed log", interval=0.5)
+        assert _log_has_it(fleet)
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(10)
-    assert_escaped(followed.decode())
+    assert_escaped(out.text())
     assert_escaped(fleet.cli("instance", "logs", "alice", "-n", "1000").out)
 
     async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:

@@ -21,7 +21,7 @@ from foundry_fleet.edge.caddy_config import IDENTITY_HEADERS, EdgeSettings, Tena
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from tests.support.fleets import make_fleet
 from tests.support.edge_client import http, https, local_ca, served_certificate, serves_certificate, wss
-from tests.support.harness import FleetHarness, kill_processes_with, wait_until
+from tests.support.harness import FleetHarness, wait_until
 from tests.support.ports import port_block
 
 pytestmark = pytest.mark.e2e
@@ -90,22 +90,34 @@ def test_websocket_survives_other_tenants_changing(fleet: FleetHarness, release_
     client = _running_fleet(fleet, release_zips, "alice")
     _http_port, https_port = _ports(fleet)
     ca = local_ca(fleet.root)
+    caddy = CaddyAdmin(fleet.root / "run" / "caddy-admin.sock")  # what Caddy itself has loaded
+
+    def loaded() -> str:
+        return json.dumps(caddy.config(), sort_keys=True)
+
+    def caddy_serves(config: str) -> bool:
+        return loaded() == config
+
     before = json.dumps(client.edge_config(), sort_keys=True)
+    wait_until(lambda: caddy_serves(before), 10, "Caddy to serve the fleet's config")
+    assert "alice.localhost" in before and "bob.localhost" not in before
     with wss(https_port, "alice.localhost", "/-/socket.io/", ca) as ws:
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
-        configs = set()
         for i in range(20):
             client.create_instance(name="bob", release="13.345")
-            configs.add(json.dumps(client.edge_config(), sort_keys=True))
+            with_bob = json.dumps(client.edge_config(), sort_keys=True)
+            # Each step is a real load of a different config: Caddy routes bob, then no longer does.
+            wait_until(lambda config=with_bob: caddy_serves(config), 10, "Caddy to load bob's route")
+            assert with_bob != before and "bob.localhost" in with_bob
             client.action("bob", "stop")
             client.action("bob", "start")
             client.delete_instance("bob", purge=True)
+            wait_until(lambda: caddy_serves(before), 10, "Caddy to drop bob's route")
             ws.send(f"still here {i}")
             assert ws.recv(timeout=5) == f"still here {i}"
-        # Each step was a real, different config load.
-        assert before not in configs and len(configs) >= 1
     assert json.dumps(client.edge_config(), sort_keys=True) == before
+    caddy.close()
     client.close()
 
 
@@ -157,8 +169,7 @@ def test_on_demand_certificates_only_for_instance_hosts(tmp_path: Path, release_
         assert by_host["alice.localhost"]["state"] == "valid"
         client.close()
     finally:
-        fleet.stop_daemons()
-        kill_processes_with(str(fleet.root))
+        fleet.tear_down()
 
 
 def _try_cert(port: int, host: str, ca: Path) -> dict | None:

@@ -2,8 +2,8 @@
 trusting the fleet's local CA the way a player's machine would (the CA's root in an NSS database),
 and the page's websocket to the instance connects through the same proxy.
 
-Needs the Debian packages `chromium` and `libnss3-tools` (certutil); `make test` installs them when
-run as root.
+Needs Chromium under any of its names (`chromium`, `chromium-browser`, `google-chrome`, ...) and
+certutil (Debian: `chromium`, `libnss3-tools`; `make test` installs them when run as root).
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cdp_browser import CHROMIUM_NAMES, find_chromium
 from tests.support.edge_client import local_ca
 from tests.support.harness import FleetHarness, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium")
+CHROMIUM = find_chromium()
 CERTUTIL = shutil.which("certutil")
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None or CERTUTIL is None,
-    reason="chromium and certutil not installed: apt-get install chromium chromium-driver libnss3-tools "
-           "(`make test` does this as root)",
+    reason=f"needs Chromium (one of {', '.join(CHROMIUM_NAMES)} on PATH, or $CHROMIUM) and certutil: "
+           "apt-get install chromium libnss3-tools (`make test` does this as root)",
 )
 
 WINDOW = (800, 600)

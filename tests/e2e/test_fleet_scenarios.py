@@ -1,6 +1,8 @@
 """The whole path through the CLI: init, up, release add, instance create, supervision, re-attach.
 
-Real daemon, real node processes (the stand-in Foundry), real bubblewrap, cgroups and uids.
+Real daemon, real node processes (the stand-in Foundry), real bubblewrap, cgroups and uids. Most tests
+share one running fleet per module (`running`): each makes the instances it needs under its own names,
+or uses the two tenants made once (alice and bob) and leaves them running as it found them.
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.admin_key import verify_admin_password
+from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
 LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
+ADMIN_PASSWORD = "correct horse battery"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (instances as their own uids)")
 
 
 def create(fleet: FleetHarness, name: str, version: str, *extra: str) -> dict:
@@ -28,145 +36,238 @@ def create(fleet: FleetHarness, name: str, version: str, *extra: str) -> dict:
     return result.json()
 
 
-def test_create_run_isolate_crash_and_reattach(fleet: FleetHarness, release_zips: dict[str, Path], tmp_path: Path) -> None:
-    added = fleet.cli("release", "add", str(release_zips["node"]))
-    assert "13.345" in added.out
-    fleet.up()
+@dataclass
+class Running:
+    """One fleet for the module, up, with alice (licence, owner, chosen password) and bob."""
 
-    password_file = tmp_path / "pw"
-    password_file.write_text("correct horse battery\n")
-    license_file = tmp_path / "license"
-    license_file.write_text(LICENSE + "\n")
-    created = create(fleet, "alice", "13.345", "--license-file", str(license_file), "--owner", "123456789012345678",
-                     "--admin-password-file", str(password_file))
-    inst = created["instance"]
-    assert created["admin_password"] is None  # chosen by the admin, so never echoed back
+    fleet: FleetHarness
+    created: dict  # what `instance create alice --json` answered
+    bob: dict
+
+    @property
+    def alice(self) -> dict:
+        return self.created["instance"]
+
+    def alice_running(self) -> dict:
+        return self.fleet.wait_state("alice", "running")
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("fleet-scenarios")
+    fleet = make_fleet(tmp)
+    try:
+        added = fleet.cli("release", "add", str(release_zips["node"]))
+        assert "13.345" in added.out
+        fleet.up()
+        password_file = tmp / "pw"
+        password_file.write_text(ADMIN_PASSWORD + "\n")
+        license_file = tmp / "license"
+        license_file.write_text(LICENSE + "\n")
+        created = create(fleet, "alice", "13.345", "--license-file", str(license_file),
+                         "--owner", "123456789012345678", "--admin-password-file", str(password_file))
+        (fleet.root / "shared" / "map.webp").write_bytes(b"shared asset")
+        bob = create(fleet, "bob", "13.345")["instance"]
+        yield Running(fleet, created, bob)
+    finally:
+        fleet.tear_down()
+
+
+# --- create -----------------------------------------------------------------------------------------
+
+
+def test_create_answers_with_a_running_instance_behind_the_edge(running: Running) -> None:
+    inst = running.alice
+    assert running.created["admin_password"] is None  # chosen by the admin, so never echoed back
     assert inst["state"] == "running", inst
-    port = inst["port"]
-    https_port = int(fleet.config.read_text().split("https_port = ")[1].split()[0])
+    https_port = running.fleet.settings().edge.https_port
     assert inst["url"] == f"https://alice.localhost:{https_port}/-/"
-    status = fleet.get(port, "/-/api/status").json()
-    assert status["version"] == "13.345"
+    assert running.fleet.get(inst["port"], "/-/api/status").json()["version"] == "13.345"
+    assert running.bob["port"] != inst["port"]
 
-    # Foundry's files, written for the edge.
-    config = Path(inst["data_dir"]) / "Config"
-    options = json.loads((config / "options.json").read_text())
-    assert options["routePrefix"] == "-" and options["port"] == port and options["hostname"] == "alice.localhost"
+
+def test_foundrys_files_are_written_for_the_edge_and_secrets_are_private(running: Running) -> None:
+    inst = running.alice
+    data = Path(inst["data_dir"])
+    https_port = running.fleet.settings().edge.https_port
+    options = json.loads((data / instance_layout.OPTIONS).read_text())
+    assert options["routePrefix"] == "-" and options["port"] == inst["port"]
+    assert options["hostname"] == "alice.localhost"
     assert options["proxySSL"] is True and options["proxyPort"] == https_port and options["upnp"] is False
     assert options["dataPath"] == inst["data_dir"]
-    assert json.loads((config / "license.json").read_text()) == {"license": "ABCDEFGHIJKLMNOPQRSTUVWX"}
-    assert verify_admin_password("correct horse battery", (config / "admin.txt").read_text())
-    for secret in ("license.json", "admin.txt"):
-        assert stat.S_IMODE((config / secret).stat().st_mode) == 0o600
+    assert json.loads((data / instance_layout.LICENSE).read_text()) == {"license": "ABCDEFGHIJKLMNOPQRSTUVWX"}
+    assert verify_admin_password(ADMIN_PASSWORD, (data / instance_layout.ADMIN_PASSWORD).read_text())
+    for secret in (instance_layout.LICENSE, instance_layout.ADMIN_PASSWORD):
+        assert stat.S_IMODE((data / secret).stat().st_mode) == 0o600
 
-    # Isolation, as the instance itself sees it.
-    (fleet.root / "shared" / "map.webp").write_bytes(b"shared asset")
-    bob = create(fleet, "bob", "13.345")["instance"]
-    assert bob["port"] != port
-    probe = fleet.probe(port, read="Data/shared/map.webp", write="Data/shared/evil.txt", list=bob["data_dir"])
+
+def test_a_generated_admin_password_is_shown_once_and_only_its_hash_kept(running: Running) -> None:
+    created = create(running.fleet, "carol", "13.345")
+    password = created["admin_password"]
+    assert password and len(password) >= 20
+    admin_txt = Path(created["instance"]["data_dir"], instance_layout.ADMIN_PASSWORD).read_text()
+    assert verify_admin_password(password, admin_txt) and password not in admin_txt
+    assert password not in running.fleet.cli("instance", "show", "carol").out
+    running.fleet.cli("instance", "delete", "carol", "--purge", "--yes")
+
+
+@pytest.mark.parametrize("layout", ["linux", "legacy", "wrapped"])
+def test_every_layout_runs(running: Running, release_zips: dict[str, Path], layout: str) -> None:
+    fleet = running.fleet
+    version = fleet.cli("release", "add", str(release_zips[layout])).out.split("release ")[1].split()[0]
+    inst = create(fleet, f"gm-{layout}", version)["instance"]
+    assert inst["state"] == "running", inst
+    assert fleet.get(inst["port"], "/-/api/status").json()["version"] == version
+    fleet.cli("instance", "delete", f"gm-{layout}", "--purge", "--yes")
+
+
+# --- isolation, as the instance itself sees it --------------------------------------------------------
+
+
+def test_an_instance_reads_shared_assets_but_cannot_write_them(running: Running) -> None:
+    probe = running.fleet.probe(running.alice_running()["port"], read="Data/shared/map.webp",
+                                write="Data/shared/evil.txt")
     assert probe["read"]["Data/shared/map.webp"]["ok"], probe
     assert probe["write"]["Data/shared/evil.txt"]["code"] == "EROFS", probe
-    assert not probe["list"][bob["data_dir"]]["ok"], "another tenant's data must be invisible"
-    assert not (fleet.root / "shared" / "evil.txt").exists()
-    if os.geteuid() == 0:
-        assert probe["uid"] == inst["uid"] and probe["uid"] != bob["uid"] and probe["uid"] >= 200000
-    assert probe["pid"] != inst["pid"]  # inside its own pid namespace
+    assert not (running.fleet.root / "shared" / "evil.txt").exists()
 
-    # Kill the server: it is back within seconds, with a new pid.
-    old_pid = inst["pid"]
-    assert pids_with_arg(f"--port={port}") == [old_pid]
-    os.kill(old_pid, signal.SIGKILL)
-    back = wait_until(lambda: (r := fleet.instance("alice"))["state"] == "running" and r["pid"] != old_pid and r,
-                      15, "alice to come back")
-    assert back["restarts"] == 1
+
+def test_an_instance_cannot_see_another_tenants_data(running: Running) -> None:
+    probe = running.fleet.probe(running.alice_running()["port"], list=running.bob["data_dir"])
+    assert not probe["list"][running.bob["data_dir"]]["ok"], "another tenant's data must be invisible"
+
+
+def test_an_instance_runs_in_its_own_pid_namespace(running: Running) -> None:
+    alice = running.alice_running()
+    assert running.fleet.probe(alice["port"])["pid"] != alice["pid"]
+
+
+@needs_root
+def test_each_instance_runs_as_its_own_uid(running: Running) -> None:
+    alice = running.alice_running()
+    probe = running.fleet.probe(alice["port"])
+    assert probe["uid"] == alice["uid"] and probe["uid"] != running.bob["uid"] and probe["uid"] >= 200000
+
+
+# --- supervision ------------------------------------------------------------------------------------------
+
+
+def test_a_killed_server_is_back_within_seconds_with_a_new_pid(running: Running) -> None:
+    fleet = running.fleet
+    before = running.alice_running()
+    port = before["port"]
+    assert pids_with_arg(f"--port={port}") == [before["pid"]]
+    os.kill(before["pid"], signal.SIGKILL)
+    back = wait_until(lambda: (r := fleet.instance("alice"))["state"] == "running" and r["pid"] != before["pid"]
+                      and r, 15, "alice to come back")
+    assert back["restarts"] == before["restarts"] + 1
     assert fleet.get(port, "/-/api/status").status_code == 200
 
-    # The control plane dies hard: the instance keeps running, and the next `up` re-attaches.
-    before = fleet.instance("alice")
+
+def test_after_the_daemon_is_killed_the_next_up_reattaches_instead_of_starting_twice(running: Running) -> None:
+    fleet = running.fleet
+    before = running.alice_running()
+    port = before["port"]
     fleet.daemons[-1].send_signal(signal.SIGKILL)
     fleet.daemons[-1].wait()
-    assert fleet.get(port, "/-/api/status").status_code == 200
+    assert fleet.get(port, "/-/api/status").status_code == 200  # the instance outlives the control plane
     fleet.up()
     after = fleet.wait_state("alice", "running")
     assert after["pid"] == before["pid"]
     assert after["restarts"] == before["restarts"]
-    time.sleep(1.0)
+    time.sleep(1.0)  # deliberately: a few supervision rounds, in which a second start would show
     assert pids_with_arg(f"--port={port}") == [before["pid"]], "re-attached, not started twice"
     events = fleet.cli("events", "--instance", "alice", "--json").json()
     assert any(e["action"] == "instance.reattach" for e in events)
+
+
+def test_events_name_the_cli_user_who_asked_not_the_daemon_that_did_it(running: Running) -> None:
+    events = running.fleet.cli("events", "--instance", "alice", "--json").json()
     created_by = [e["actor"] for e in events if e["action"] == "instance.create"]
-    assert created_by == [f"cli:{getpass.getuser()}"]  # the CLI's user, not the daemon that did the work
+    assert created_by == [f"cli:{getpass.getuser()}"]
 
-    # A crash loop ends in `failed`, with an event saying so.
-    Path(inst["data_dir"], "crash-on-start").touch()
-    fleet.get(port, "/-/__crash?code=9")
-    failed = fleet.wait_state("alice", "failed", timeout=30)
-    assert "crash loop" in failed["state_reason"]
-    assert pids_with_arg(f"--port={port}") == []
-    events = fleet.cli("events", "--instance", "alice", "--json").json()
-    assert any(e["action"] == "instance.failed" and e["outcome"] == "failed" for e in events)
-    # Bob never noticed.
-    assert fleet.get(bob["port"], "/-/api/status").status_code == 200
 
-    # Fixed and started again by hand.
-    Path(inst["data_dir"], "crash-on-start").unlink()
+def test_a_crash_loop_ends_in_failed_leaving_the_neighbour_alone_until_started_by_hand(running: Running) -> None:
+    fleet = running.fleet
+    alice = running.alice_running()
+    port = alice["port"]
+    crash_marker = Path(alice["data_dir"], "crash-on-start")
+    crash_marker.touch()
+    try:
+        fleet.get(port, "/-/__crash?code=9")
+        failed = fleet.wait_state("alice", "failed", timeout=30)
+        assert "crash loop" in failed["state_reason"]
+        assert pids_with_arg(f"--port={port}") == []
+        events = fleet.cli("events", "--instance", "alice", "--json").json()
+        assert any(e["action"] == "instance.failed" and e["outcome"] == "failed" for e in events)
+        assert fleet.get(running.bob["port"], "/-/api/status").status_code == 200  # bob never noticed
+    finally:
+        crash_marker.unlink()
+    # Fixed, and started again by hand.
     started = fleet.cli("instance", "start", "alice", "--json").json()
     assert started["state"] == "running"
 
 
-def test_second_daemon_is_refused_naming_the_first(fleet: FleetHarness) -> None:
-    first = fleet.up()
-    r = fleet.cli("up", check=False, timeout=30)
-    assert r.code != 0
-    assert "already running" in r.err and f"pid {first.pid}" in r.err
+# --- power, logs, delete ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["linux", "legacy", "wrapped"])
-def test_every_layout_runs(fleet: FleetHarness, release_zips: dict[str, Path], layout: str) -> None:
-    version = fleet.cli("release", "add", str(release_zips[layout])).out.split("release ")[1].split()[0]
-    fleet.up()
-    inst = create(fleet, "gm", version)["instance"]
-    assert inst["state"] == "running", inst
-    assert fleet.get(inst["port"], "/-/api/status").json()["version"] == version
-
-
-def test_stop_start_restart_delete(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.up()
-    created = create(fleet, "carol", "13.345")
-    inst = created["instance"]
-    password = created["admin_password"]
-    assert password and len(password) >= 20
-    admin_txt = Path(inst["data_dir"], "Config", "admin.txt").read_text()
-    assert verify_admin_password(password, admin_txt)
-    assert password not in fleet.cli("instance", "show", "carol").out
-
-    stopped = fleet.cli("instance", "stop", "carol", "--json").json()
+def test_stop_start_and_restart(running: Running) -> None:
+    fleet = running.fleet
+    inst = create(fleet, "erin", "13.345")["instance"]
+    stopped = fleet.cli("instance", "stop", "erin", "--json").json()
     assert stopped["state"] == "stopped" and stopped["pid"] is None
     assert pids_with_arg(f"--port={inst['port']}") == []
     with pytest.raises(httpx.ConnectError):
         fleet.get(inst["port"], "/-/api/status")
-
-    started = fleet.cli("instance", "start", "carol", "--json").json()
+    started = fleet.cli("instance", "start", "erin", "--json").json()
     assert started["state"] == "running"
-    restarted = fleet.cli("instance", "restart", "carol", "--json").json()
+    restarted = fleet.cli("instance", "restart", "erin", "--json").json()
     assert restarted["state"] == "running" and restarted["pid"] != started["pid"]
+    fleet.cli("instance", "delete", "erin", "--purge", "--yes")
 
-    log = fleet.cli("instance", "logs", "carol").out
-    assert "listening on port" in log
 
+def test_logs_show_the_servers_output(running: Running) -> None:
+    fleet = running.fleet
+    marker = f"marker-{time.monotonic_ns()}"
+    fleet.get(running.bob["port"], f"/-/api/status?{marker}")  # the server logs each request it answers
+    wait_until(lambda: marker in fleet.cli("instance", "logs", "bob", "-n", "50").out, 10, "the request in the log")
+
+
+def test_delete_keeps_the_data_aside_and_a_new_instance_of_that_name_starts_empty(running: Running) -> None:
+    fleet = running.fleet
+    inst = create(fleet, "frank", "13.345")["instance"]
     Path(inst["data_dir"], "Data", "world.db").write_text("precious")
-    deleted = fleet.cli("instance", "delete", "carol")
+    deleted = fleet.cli("instance", "delete", "frank")
     assert "data kept at" in deleted.out
     kept = Path(deleted.out.split("data kept at ")[1].strip())
     assert (kept / "data" / "Data" / "world.db").read_text() == "precious"
     assert pids_with_arg(f"--port={inst['port']}") == []
-    assert fleet.cli("instance", "show", "carol", check=False).code == 3
-
-    again = create(fleet, "carol", "13.345")["instance"]
+    assert fleet.cli("instance", "show", "frank", check=False).code == 3
+    again = create(fleet, "frank", "13.345")["instance"]
     assert not Path(again["data_dir"], "Data", "world.db").exists()
-    fleet.cli("instance", "delete", "carol", "--purge", "--yes")
+    fleet.cli("instance", "delete", "frank", "--purge", "--yes")
     assert not Path(again["data_dir"]).exists()
+
+
+# --- the daemon ---------------------------------------------------------------------------------------------
+
+
+def test_second_daemon_is_refused_naming_the_first(running: Running) -> None:
+    first = running.fleet.daemons[-1]
+    r = running.fleet.cli("up", check=False, timeout=30)
+    assert r.code != 0
+    assert "already running" in r.err and f"pid {first.pid}" in r.err
+
+
+def test_control_api_socket_and_schema(running: Running) -> None:
+    fleet = running.fleet
+    assert stat.S_IMODE(fleet.socket.stat().st_mode) == 0o600
+    schema = fleet.cli("api-schema").json()
+    assert "/v1/instances/{name}/start" in schema["paths"]
+    status = fleet.cli("status", "--json").json()
+    assert status["daemon"]["running"] is True
+    names = {c["name"] for c in status["capabilities"]}
+    assert {"sandbox", "firewall"} <= names
 
 
 def test_commands_that_need_the_daemon_say_so(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
@@ -179,14 +280,3 @@ def test_commands_that_need_the_daemon_say_so(fleet: FleetHarness, release_zips:
     assert status["daemon"]["running"] is False
     fleet.up()
     fleet.wait_state("dave", "running")
-
-
-def test_control_api_socket_and_schema(fleet: FleetHarness) -> None:
-    fleet.up()
-    assert stat.S_IMODE(fleet.socket.stat().st_mode) == 0o600
-    schema = fleet.cli("api-schema").json()
-    assert "/v1/instances/{name}/start" in schema["paths"]
-    status = fleet.cli("status", "--json").json()
-    assert status["daemon"]["running"] is True
-    names = {c["name"] for c in status["capabilities"]}
-    assert {"sandbox", "firewall"} <= names

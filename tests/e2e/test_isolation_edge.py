@@ -36,7 +36,7 @@ from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_fleet
 from tests.support.edge_client import http, https, local_ca, serves_certificate
-from tests.support.harness import FleetHarness, wait_until
+from tests.support.harness import FleetHarness, wait_until, wait_until_async
 from tests.support.ports import port_block
 from tests.support.foundry_standin import free_port, spawn_standin, standin_source_dir, wait_for_status, write_options
 
@@ -192,9 +192,6 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
     load = edge.admin.load
     edge.admin.load = lambda config: (attempts.append(1), load(config))[1]  # type: ignore[method-assign]
 
-    async def settle(seconds: float = 0.6) -> None:
-        await asyncio.sleep(seconds)
-
     async def scenario() -> None:
         await edge.start()
         try:
@@ -208,7 +205,7 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
             edge.refuse = True
             sites.append(TenantSite("t1", ("t1.localhost",), "127.0.0.1:30001", "stopped"))
             edge.request_update()
-            await settle()
+            await wait_until_async(lambda: told, 10, "the refusal to be told")
             assert len(told) == 1 and "no_such_handler" in (told[0] or "")
             assert len(attempts) == loads + 1 and edge.loads == loads
             status = await asyncio.to_thread(edge.status)
@@ -216,7 +213,7 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
             for _ in range(5):
                 edge.request_update()
                 await edge.sync()
-            await settle(1.5)
+            await asyncio.sleep(1.5)  # deliberately: time for a wrong retry to happen (the backoff is longer)
             assert len(attempts) == loads + 1, "a refused config is not sent again until something changes"
             assert _state_page(base + 1, "t0.localhost", ca) == 503
             assert _state_page(base + 1, "t1.localhost", ca) is None  # never loaded: no route, no certificate
@@ -224,23 +221,26 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
             # A change is tried at once (still refused: the same problem is not told twice).
             sites.append(TenantSite("t2", ("t2.localhost",), "127.0.0.1:30002", "stopped"))
             edge.request_update()
-            await settle()
-            assert len(attempts) == loads + 2 and len(told) == 1
+            await wait_until_async(lambda: len(attempts) == loads + 2, 10, "the changed config to be tried")
+            assert len(told) == 1
 
             # The fleet's own check stops a config with a host twice before Caddy sees it.
             edge.refuse = False
             sites.append(TenantSite("t3", ("t0.localhost",), "127.0.0.1:30003", "stopped"))
             edge.request_update()
-            await settle()
+
+            def problem() -> str:
+                return edge.status().problem or ""
+
+            await wait_until_async(lambda: "was not sent" in problem(), 10, "the fleet's own check to stop it")
+            assert "t0.localhost" in problem()
             assert len(attempts) == loads + 2 and len(told) == 1  # still the same episode: told once
-            problem = (await asyncio.to_thread(edge.status)).problem or ""
-            assert "was not sent" in problem and "t0.localhost" in problem
 
             # Fixed: loaded, and the recovery is told.
             sites.pop()
             edge.request_update()
-            await settle()
-            assert told[-1] is None and edge.loads == loads + 1
+            await wait_until_async(lambda: edge.loads == loads + 1, 10, "the fixed config to load")
+            await wait_until_async(lambda: told[-1] is None, 10, "the recovery to be told")
             assert (await asyncio.to_thread(edge.status)).in_sync
             await asyncio.to_thread(wait_until, lambda: _state_page(base + 1, "t2.localhost", ca) == 503, 20,
                                     "t2 once a good config loads")
@@ -381,7 +381,7 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
         threads = [threading.Thread(target=claim, args=c) for c in claims]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        time.sleep(0.5)  # deliberately: time for a claim that ignored the lock to go ahead
         assert results == [], "a claim went ahead without the hosts lock"
         held.release()
         for t in threads:

@@ -21,7 +21,7 @@ from foundry_fleet.wiring.services import make_backups, make_status_updates, ope
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
 from tests.support.fleets import make_fleet, zfs_fleet_on
-from tests.support.harness import FleetHarness, file_digests, kill_processes_with, wait_until
+from tests.support.harness import FleetHarness, file_digests, wait_until
 from tests.support.foundry_standin import run_in_instance
 from tests.drivers.test_storage_zfs import Recorder, write_until_refused
 from tests.support.zfs import zfs
@@ -225,8 +225,7 @@ def test_a_restore_near_the_limit_gets_room_and_the_limit_comes_back(
 def dir_fleet(tmp_path: Path) -> Iterator[FleetHarness]:
     h = make_fleet(tmp_path, **{"disk_mb = 0": "disk_mb = 20"})
     yield h
-    h.stop_daemons()
-    kill_processes_with(str(h.root))
+    h.tear_down()
 
 
 @pytest.mark.e2e

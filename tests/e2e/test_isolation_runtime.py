@@ -413,9 +413,10 @@ def test_outbound_nat_reaches_other_machines_but_no_host_address_and_no_link_loc
     assert reached.pop("dns over tcp on a host address") == ["connected", 0]
     assert reached.pop("dns on a host address") == ["query", 0]
     assert reached.pop("other udp on a host address")[0] in ("TimeoutError", "ConnectionRefusedError")
-    for label, (outcome, seconds) in reached.items():
-        # Refused by the forwarder's host at once (REJECT), not silently dropped into a timeout.
-        assert outcome == "ConnectionRefusedError" and seconds < 2, (label, outcome, seconds)
+    for label, (outcome, _seconds) in reached.items():
+        # Refused by the forwarder's host (REJECT), not silently dropped: a drop would end in a
+        # TimeoutError after the probe's 10 s, a refusal is a ConnectionRefusedError.
+        assert outcome == "ConnectionRefusedError", (label, outcome)
     assert remote.received() == [f"{remote.peer_ip} remote host"]
     for listener in (on_address, on_wildcard, on_veth):
         assert not any(listener.received), listener.received  # (the host's own check sent nothing)
@@ -446,8 +447,7 @@ def call(name, *args):
     ctypes.set_errno(0)
     return outcome(libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args]))
 
-sibling = subprocess.Popen(["sleep", "30"])
-time.sleep(0.1)
+sibling = subprocess.Popen(["sleep", "30"])  # running once Popen returns (it waits for the exec)
 results["ptrace_attach_sibling"] = call("ptrace", 16, sibling.pid, 0, 0)  # PTRACE_ATTACH
 sibling.kill()
 child = os.fork()
@@ -542,7 +542,7 @@ def test_reattach_after_kill_9_keeps_task_and_forwarder_and_a_stop_frees_the_por
     assert after["pid"] == made["alice"]["pid"]
     again = recorded_task(fleet, "alice")
     assert again is not None and (again.net_pid, again.net_start) == (task.net_pid, task.net_start)
-    time.sleep(1.0)  # health checks pass through the same forwarder
+    time.sleep(1.0)  # deliberately: health checks pass through the forwarder, which must stay the same one
     assert forwarders_of(fleet, "alice") == [task.net_pid]
     assert pids_with_arg(f"--port={port}") == [after["pid"]]
     events = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]

@@ -19,7 +19,7 @@ from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.trees import remove_tree
 from foundry_fleet.storage.tenant_tree import MAX_DEPTH
 from tests.support.fleets import make_fleet, zfs_fleet_on
-from tests.support.harness import FleetHarness, kill_processes_with, wait_until
+from tests.support.harness import FleetHarness, wait_until
 from tests.support.foundry_standin import run_in_instance
 
 pytestmark = pytest.mark.e2e
@@ -124,8 +124,7 @@ def zfs_fleet(tmp_path: Path, zfs_base: str) -> Iterator[FleetHarness]:
 def dir_fleet(tmp_path: Path) -> Iterator[FleetHarness]:
     h = make_fleet(tmp_path)
     yield h
-    h.stop_daemons()
-    kill_processes_with(str(h.root))
+    h.tear_down()
     remove_tree(h.root)  # pytest's own clean-up of old temp dirs recurses, and a deep tree would break it
 
 

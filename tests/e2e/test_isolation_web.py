@@ -26,7 +26,7 @@ from foundry_fleet.services.invites import parse_expiry
 from foundry_fleet.wiring.services import make_backups, open_fleet
 from tests.support.fleets import make_fleet
 from tests.support.edge_client import https, local_ca, served_certificate
-from tests.support.harness import kill_processes_with, wait_until
+from tests.support.harness import wait_until
 from tests.support.foundry_standin import run_in_instance
 
 
@@ -123,8 +123,7 @@ def test_tenant_hosts_cannot_be_enumerated_through_the_tls_permission_check(
                 assert secret.encode() not in path.read_bytes(), path
         client.close()
     finally:
-        fleet.stop_daemons()
-        kill_processes_with(str(fleet.root))
+        fleet.tear_down()
 
 
 # --- every fleet on a host has uids of its own ---------------------------------------------------------
@@ -245,8 +244,7 @@ def test_the_daemon_refuses_uids_another_fleet_or_process_holds(tmp_path: Path, 
         if sleeper is not None and sleeper.poll() is None:
             sleeper.kill()
         for fleet in (a, b):
-            fleet.stop_daemons()
-            kill_processes_with(str(fleet.root))
+            fleet.tear_down()
 
 
 def test_a_server_the_fleet_started_but_never_recorded_counts_as_its_own(tmp_path: Path) -> None:

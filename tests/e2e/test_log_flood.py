@@ -2,8 +2,8 @@
 
 The flood runs inside the instance as the tenant (the stand-in's shell hook), written onto the
 server's own stdout. Before the log writer, 3 GiB in 4 s filled 7.3 GB of logs and the daemon's
-`/health` took 15 s (copy rotation on its event loop). The bound on `/health` here is generous on
-purpose (a shared, loaded machine); bench/log_flood.py measures the 100 ms target.
+`/health` took 15 s (copy rotation on its event loop). Here every `/health` and every request to the
+instance must be answered during the flood; how fast is bench/log_flood.py's to measure (target 100 ms).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.fleets import make_fleet
-from tests.support.harness import kill_processes_with, wait_until
+from tests.support.harness import wait_until
 from tests.support.foundry_standin import run_in_instance
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 MAX_KB, KEEP = 1024, 2
 CAP = MAX_KB * 1024 * (KEEP + 1)
 FLOOD_SECONDS = 8.0
-HEALTH_BOUND = 1.0
+ANSWER_TIMEOUT = 10.0  # a request not answered within this counts as not answered
 FLOOD = ("exec > /proc/$PPID/fd/1 2>&1; "
          "yes 'flood flood flood flood flood flood flood flood flood flood flood' | head -c 3221225472")
 
@@ -51,39 +51,38 @@ def test_a_flood_from_inside_is_capped_and_the_daemon_keeps_answering(tmp_path: 
         logs = fleet.root / "logs" / "instances" / "alice"
 
         flooder = run_in_instance(port, FLOOD, background=True)["pid"]
-        health: list[float] = []
+        health: list[bool] = []
         failures: list[str] = []
         sizes: list[int] = []
-        served: list[float] = []
+        served: list[bool] = []
         done = threading.Event()
 
         def serve_check() -> None:
             # The instance itself keeps serving its players while it floods (its own stdout blocks at most
             # one pause of the writer).
             while not done.is_set():
-                t0 = time.monotonic()
                 try:
-                    ok = httpx.get(f"http://127.0.0.1:{port}/-/api/status", timeout=10).status_code == 200
+                    ok = httpx.get(f"http://127.0.0.1:{port}/-/api/status", timeout=ANSWER_TIMEOUT).status_code == 200
                 except httpx.HTTPError as e:
                     ok, _ = False, failures.append(f"instance: {e!r}")
-                served.append(time.monotonic() - t0 if ok else float("inf"))
-                time.sleep(0.25)
+                served.append(ok)
+                time.sleep(0.25)  # a player's pace, not a wait for something
 
         players = threading.Thread(target=serve_check, daemon=True)
         players.start()
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=ANSWER_TIMEOUT) as client:
             deadline = time.monotonic() + FLOOD_SECONDS
             while time.monotonic() < deadline:
                 sizes.append(log_bytes(logs))
-                t0 = time.monotonic()
                 try:
                     r = client.get(web)
-                    if r.status_code != 200 or r.json() != {"ok": True}:
+                    health.append(r.status_code == 200 and r.json() == {"ok": True})
+                    if not health[-1]:
                         failures.append(f"/health answered {r.status_code}")
                 except httpx.HTTPError as e:
+                    health.append(False)
                     failures.append(f"/health: {e!r}")
-                health.append(time.monotonic() - t0)
-                time.sleep(0.05)
+                time.sleep(0.05)  # polling through the flood's window, not waiting for a condition
         done.set()
         players.join(15)
         sizes.append(log_bytes(logs))
@@ -91,9 +90,9 @@ def test_a_flood_from_inside_is_capped_and_the_daemon_keeps_answering(tmp_path: 
         # The flood really ran: the log filled and rotated, with the flood's lines in it.
         assert (logs / "foundry.log.1").exists() and "flood flood" in (logs / "foundry.log").read_text()
         assert not failures, failures[:5]
-        assert max(health) < HEALTH_BOUND, f"slowest /health {max(health):.3f} s of {len(health)}"
+        assert health and all(health), f"{health.count(False)} of {len(health)} /health requests not answered"
         assert max(sizes) <= CAP, f"log directory reached {max(sizes)} bytes (cap {CAP})"
-        assert served and max(served) < 5, served
+        assert served and all(served), f"{served.count(False)} of {len(served)} requests to the instance failed"
         assert sorted(p.name for p in logs.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2"]
 
         # The flood ends; the next line the server writes comes after a note of what was dropped.
@@ -115,5 +114,4 @@ def test_a_flood_from_inside_is_capped_and_the_daemon_keeps_answering(tmp_path: 
         assert log_bytes(logs) <= CAP
         assert fleet.instance("alice")["state"] == "running"
     finally:
-        fleet.stop_daemons()
-        kill_processes_with(str(fleet.root))
+        fleet.tear_down()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import BIN, FleetHarness, pids_with_arg, wait_until
+from tests.support.cgroups import groups_under
+from tests.support.harness import BIN, FleetHarness, OutputReader, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, iptables)")
@@ -30,18 +31,11 @@ def test_logs_follow_shows_new_lines(fleet: FleetHarness, release_zips: dict[str
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
+        out = OutputReader(follower)
+        wait_until(lambda: out.lines, 10, "the tail of the log")  # printed: it follows from here on
         marker = f"marker-{time.monotonic_ns()}"
-        time.sleep(1.0)  # let it print the tail and start following
         fleet.get(inst["port"], f"/-/api/status?{marker}")
-        seen = []
-        deadline = time.monotonic() + 10
-        assert follower.stdout is not None
-        while time.monotonic() < deadline:
-            line = follower.stdout.readline()
-            seen.append(line)
-            if marker in line:
-                break
-        assert any(marker in line for line in seen), seen
+        wait_until(lambda: marker in out.text(), 10, "the new line to be followed")
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(10)
@@ -65,6 +59,17 @@ def test_limits_and_firewall_are_applied(fleet: FleetHarness, release_zips: dict
     fleet.stop_daemons()
     assert subprocess.run(["iptables", "-S", f"FOUNDRY-FLEET-{fid}"], capture_output=True).returncode != 0
     assert pids_with_arg(f"--port={inst['port']}") == []
+
+
+@needs_root
+def test_a_torn_down_test_fleet_leaves_no_control_group(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
+    fleet.cli("instance", "create", "gina", "--release", "13.345")
+    made = groups_under(fleet.cgroup_parent)
+    assert Path(f"/sys/fs/cgroup/memory/foundry-fleet-{_fleet_id(fleet)}/gina") in made  # where the daemon put it
+    fleet.tear_down()
+    assert groups_under(fleet.cgroup_parent) == []
 
 
 def test_an_instance_lost_while_the_daemon_was_down_is_started_again(

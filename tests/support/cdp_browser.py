@@ -17,6 +17,21 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.support.harness import wait_until
 
+# What Chromium is called where: Debian's package, Ubuntu's and Fedora's, Google's builds, others.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome",
+                  "chromium-freeworld")
+
+
+def find_chromium() -> str | None:
+    """The browser the tests drive: $CHROMIUM if set, else the first of CHROMIUM_NAMES on PATH. No
+    WebDriver is needed: the tests speak the DevTools protocol to the browser itself."""
+    import shutil
+
+    explicit = os.environ.get("CHROMIUM")
+    if explicit:
+        return shutil.which(explicit)
+    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+
 
 class Chromium(contextlib.AbstractContextManager["Chromium"]):
     """`with Chromium(binary, scratch dir, HOME whose NSS database trusts the fleet's CA) as browser:`"""

@@ -6,8 +6,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.harness import FleetHarness, kill_processes_with
+from tests.support.cgroups import groups_under
+from tests.support.harness import FleetHarness
 from tests.support.ports import port_block
+
+MADE: list[FleetHarness] = []  # every fleet of this run, for the check that none outlives the run
+
+
+def leftovers_of_made_fleets() -> list[str]:
+    """Tear down every fleet of this run that is still running or left control groups behind, and say
+    which: each is a test that did not clean up after itself."""
+    found = []
+    for h in MADE:
+        if h.running() or groups_under(h.cgroup_parent):
+            was_running = h.running()
+            try:
+                h.tear_down()
+                found.append(f"{h.root}: {'daemon still running' if was_running else 'control groups left'}")
+            except AssertionError as e:
+                found.append(str(e))
+    MADE.clear()
+    return found
 
 
 def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetHarness]:
@@ -16,8 +35,7 @@ def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetH
     h = make_fleet(tmp_path, **{"disk_mb = 0": f"disk_mb = {disk_mb}"})
     h.cli("storage", "init", "--zfs", zfs_base)
     yield h
-    h.stop_daemons()
-    kill_processes_with(str(h.root))
+    h.tear_down()
 
 
 def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
@@ -28,6 +46,7 @@ def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
     root = tmp_path / "fleet"
     config = init_fleet(root)
     h = FleetHarness(root=root, config=config)
+    MADE.append(h)
     low = port_block()
     h.edit_config("port_range = [30000, 30999]", f"port_range = [{low}, {low + 49}]")
     # The edge's ports come from the same block: every test fleet runs its own Caddy.

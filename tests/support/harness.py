@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 
+from foundry_fleet.domain import instance_layout
+from tests.support.cgroups import describe, fleet_cgroup_parent, remove_groups
+
 BIN = Path(sys.executable).parent / "foundry-fleet"
 
 
@@ -27,6 +30,41 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def wait_until_async(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """`wait_until` for a test running on an event loop: the loop keeps running while it waits."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class OutputReader:
+    """Collects what a process writes to its stdout (a pipe), line by line, in a thread: a test waits
+    for what it expects with `wait_until` instead of blocking on a read."""
+
+    def __init__(self, proc: subprocess.Popen[Any]) -> None:
+        import threading
+
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stdout:
+            self.lines.append(line if isinstance(line, str) else line.decode(errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self.lines)
 
 
 @dataclass
@@ -119,6 +157,22 @@ class FleetHarness:
                     proc.kill()
                     proc.wait()
 
+    def running(self) -> bool:
+        return any(proc.poll() is None for proc in self.daemons)
+
+    @property
+    def cgroup_parent(self) -> str:
+        return fleet_cgroup_parent(self.root.resolve())
+
+    def tear_down(self) -> None:
+        """Stop the daemons, end every process of the fleet (instances and Caddy, also those a test left
+        running on purpose) and remove the fleet's control groups. Fails when a group cannot be
+        removed: a process of the fleet survived its test."""
+        self.stop_daemons()
+        kill_processes_with(str(self.root))  # instances (--dataPath=...), Caddy (--config .../edge/...)
+        left = remove_groups(self.cgroup_parent)
+        assert not left, f"the fleet at {self.root} left control groups behind: {describe(left)}"
+
     # instances ----------------------------------------------------------------------------
 
     def instance(self, name: str) -> dict[str, Any]:
@@ -185,7 +239,7 @@ def file_digests(tree: Path) -> dict[str, str]:
     out = {}
     for dirpath, dirnames, files in os.walk(tree):
         dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)) and d != ".zfs"
-                       and os.path.relpath(os.path.join(dirpath, d), tree) != os.path.join("Data", "shared")]
+                       and os.path.relpath(os.path.join(dirpath, d), tree) != str(instance_layout.SHARED_MOUNT)]
         for f in files:
             full = Path(dirpath, f)
             if f != ".snapshot.json" and not full.is_symlink():

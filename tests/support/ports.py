@@ -1,4 +1,4 @@
-"""Port blocks for tests that run servers on fixed ports (fleets, Caddy)."""
+"""Ports for tests' servers: blocks for fleets (instances, Caddy, web), single ports for lone servers."""
 
 from __future__ import annotations
 
@@ -52,3 +52,29 @@ _PORT_BLOCKS = _port_blocks()
 def port_block() -> int:
     """The lowest port of a free block of 100 that no other test in this run has been given."""
     return next(_PORT_BLOCKS)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _single_ports() -> Iterator[int]:
+    while True:
+        low = port_block()
+        yield from (port for port in range(low, low + _BLOCK) if _is_free(port))
+
+
+_SINGLE_PORTS = _single_ports()
+
+
+def single_port() -> int:
+    """A free port for a lone server (a stand-in, a fake destination), never handed out before in this
+    run: from a block of this run's own, below the kernel's ephemeral range, so an outgoing connection
+    can never be holding it by chance."""
+    return next(_SINGLE_PORTS)

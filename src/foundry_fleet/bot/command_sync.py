@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import discord
 from discord import app_commands
+
+from foundry_fleet.files.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ def _read_state(path: Path) -> dict[str, str]:
 
 def _write_state(path: Path, state: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state), 0o644)
 
 
 async def sync_if_changed(tree: app_commands.CommandTree[Any], guild: discord.abc.Snowflake | None,

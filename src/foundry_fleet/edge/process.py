@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure, Unsupported
+from foundry_fleet.files.atomic import write_atomic
 
 MIN_VERSION = (2, 11, 2)  # stream_close_delay, on-demand permission module, forward_auth header fix
 
@@ -92,11 +93,7 @@ class ManagedCaddy:
     def write_config(self, config: dict) -> None:
         """Keep the last pushed config on disk: a restarted Caddy starts with it at once."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f)
-        os.replace(tmp, self.config_path)
+        write_atomic(self.config_path, json.dumps(config), 0o600)
 
     def adopt(self) -> bool:
         """Take over a Caddy an earlier daemon started, if it still runs."""
@@ -142,7 +139,7 @@ class ManagedCaddy:
             os.close(log)
         self.pid = proc.pid
         ticks = _start_ticks(proc.pid)
-        self.pid_path.write_text(f"{proc.pid} {ticks}\n")
+        write_atomic(self.pid_path, f"{proc.pid} {ticks}\n", 0o600)
         return proc.pid
 
     def alive(self) -> bool:

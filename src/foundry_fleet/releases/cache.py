@@ -36,6 +36,7 @@ from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, format_version, parse_version
 from foundry_fleet.domain.urls import redact_url
+from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.releases.fetch import download
 from foundry_fleet.releases.layout import detect_layout, read_version
 from foundry_fleet.releases.policy import DownloadPolicy, ProgressCallback, UnpackLimits
@@ -440,19 +441,4 @@ def _info_from_json(data: dict[str, Any]) -> ReleaseInfo:
 
 def _write_json_atomically(path: Path, data: object) -> None:
     """Write to a hidden temporary file, fsync, then rename over `path`: readers see old or new, never half."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(partial, "x", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)  # make the rename itself durable
-    finally:
-        os.close(folder)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o644)

@@ -25,6 +25,11 @@ CFS_PERIOD_US = 100_000
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# The three ways this module changes a cgroup file system. Kept apart so that a test can stand in
+# for the kernel (which fills a new group with its control files) on a plain directory tree laid out
+# like cgroup v2, the hierarchy of current hosts but not of the cgroup v1 machines the suite runs on.
+
+
 def _write(path: Path, value: str) -> None:
     # cgroup files want exactly one write() of the value.
     fd = os.open(path, os.O_WRONLY)
@@ -32,6 +37,14 @@ def _write(path: Path, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def _make_group(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_group(path: Path) -> None:
+    path.rmdir()
 
 
 def _read_kv(path: Path) -> dict[str, str]:
@@ -94,7 +107,7 @@ class CgroupHost:
                 return ControllerState(controller, False, f"{version}: controller not enabled at {self.root}")
         target = self.parent_dir(controller)
         try:
-            target.mkdir(parents=True, exist_ok=True)
+            _make_group(target)
             if self.version == 2:
                 self._enable_subtree(controller)
         except OSError as exc:
@@ -119,7 +132,7 @@ class CgroupHost:
         """Remove the (empty) parent groups, e.g. when the fleet is uninstalled."""
         for controller in CONTROLLERS:
             try:
-                self.parent_dir(controller).rmdir()
+                _remove_group(self.parent_dir(controller))
             except (FileNotFoundError, OSError):
                 pass
         self._states = None
@@ -165,7 +178,7 @@ class TaskCgroups:
             )
         self.remove()
         for d in self.distinct_dirs():
-            d.mkdir(parents=True, exist_ok=True)
+            _make_group(d)
         if self.version == 2:
             self._limits_v2(limits)
         else:
@@ -256,7 +269,7 @@ class TaskCgroups:
         for d in self.distinct_dirs():
             for attempt in range(50):
                 try:
-                    d.rmdir()
+                    _remove_group(d)
                     break
                 except FileNotFoundError:
                     break
@@ -327,7 +340,7 @@ class ForwarderCgroup:
         """Make the group (idempotent); OSError when it cannot be made or joined."""
         if self.directory is None:
             raise FileNotFoundError("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _make_group(self.directory)
         if not os.access(self.directory / "cgroup.procs", os.W_OK):
             raise PermissionError(f"{self.directory / 'cgroup.procs'} is not writable")
         return self.directory
@@ -345,6 +358,6 @@ class ForwarderCgroup:
             return
         for d in (self.directory,) if keep_parent else (self.directory, self.directory.parent):
             try:
-                d.rmdir()
+                _remove_group(d)
             except OSError:
                 return

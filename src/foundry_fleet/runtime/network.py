@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import Capability
 
@@ -124,10 +125,7 @@ class PrivateNetworks:
         text = f"nameserver {DNS_ADDRESS}\n"
         if not path.is_file() or path.read_text() != text:
             self._ensure_dir()
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
+            write_atomic(path, text, 0o644)
         return path
 
     # ------------------------------------------------------------------ start

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from foundry_fleet.domain.instance_layout import SHARED_MOUNT
 from foundry_fleet.runtime.base import Capability, TaskSpec
 
 # What node needs from the host, and why:
@@ -47,7 +48,6 @@ SYSTEM_PATHS = (
     "/etc/localtime",
 )
 
-SHARED_MOUNT = Path("Data") / "shared"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import InvalidInput
-from foundry_fleet.runtime import sandbox
 from foundry_fleet.runtime.base import TaskSpec
 
 
@@ -52,14 +52,14 @@ def prepare_dirs(spec: TaskSpec, use_bwrap: bool, uid: int | None, gid: int | No
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     if spec.shared_dir is None:
         return
-    data = spec.data_dir / "Data"
+    data = spec.data_dir / instance_layout.DATA
     if data.is_symlink():
         raise InvalidInput(f"{data} is a symbolic link", "make it a plain directory")
     if not data.exists():
         data.mkdir()
-        if uid is not None:
-            os.chown(data, uid, gid if gid is not None else uid)
-    mount = spec.data_dir / sandbox.SHARED_MOUNT
+        if uid is not None:  # the folder itself even if the tenant swapped it for a link meanwhile
+            os.chown(data, uid, gid if gid is not None else uid, follow_symlinks=False)
+    mount = spec.data_dir / instance_layout.SHARED_MOUNT
     if use_bwrap:
         # The sandbox mounts the shared assets here; the host side is only an empty mount point.
         if mount.is_symlink():

@@ -8,6 +8,7 @@ from pathlib import Path
 from foundry_fleet.config import CONFIG_NAME, load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput
 from foundry_fleet.domain.names import validate_domain
+from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.services.uid_claims import choose_block
 
 TEMPLATE = """\
@@ -171,10 +172,8 @@ def init_fleet(
         uid_low=uid_low,
         uid_high=uid_high,
     )
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    config = load_config(path)  # what we wrote must load: fail here, not at `up`
+    write_atomic(path, text, 0o644, check=load_config)  # what we write must load: fail here, not at `up`
+    config = load_config(path)
     for d in (config.paths.run, config.paths.logs, config.paths.database.parent):
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o700)

@@ -8,12 +8,14 @@ instances on other storage: their data would stay behind, invisible to the new d
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 from sqlalchemy import select
 
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_layout import parse_base
 from foundry_fleet.store.database import open_database
@@ -71,7 +73,5 @@ def write_storage_section(config_path: Path, base: str) -> None:
         if section != "storage":
             out += ["", "[storage]"]
         out += wanted
-    tmp = config_path.with_suffix(".toml.tmp")
-    tmp.write_text("\n".join(out) + "\n")
-    load_config(tmp)  # what is written must load
-    tmp.replace(config_path)
+    mode = stat.S_IMODE(config_path.stat().st_mode)
+    write_atomic(config_path, "\n".join(out) + "\n", mode, check=load_config)  # what is written must load

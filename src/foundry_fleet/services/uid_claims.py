@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.uid_blocks import LEGACY_BLOCK, IdRange, first_free_block, overlaps
+from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import TaskHandle
 from foundry_fleet.runtime.local_task import LocalTask
@@ -99,15 +100,8 @@ def read_claims(registry: Path = REGISTRY, prune: bool = False) -> list[Claim]:
 
 def _write_claim(registry: Path, root: Path, uid_range: IdRange) -> None:
     path = _claim_file(registry, root)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    data = json.dumps({"root": str(root), "low": uid_range[0], "high": uid_range[1]}).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    data = json.dumps({"root": str(root), "low": uid_range[0], "high": uid_range[1]})
+    write_atomic(path, data, 0o644)
 
 
 def host_ids() -> list[IdRange]:

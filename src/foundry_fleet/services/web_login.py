@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import time
@@ -45,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import DiscordSection, FleetConfig
+from foundry_fleet.files.atomic import create_atomic
 from foundry_fleet.private_files import read_private_file
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
 from foundry_fleet.store.models import UsedTicketRow, WebSessionRow
@@ -175,19 +175,7 @@ def load_or_create_key(path: Path, what: str = "the sign-in signing key",
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process made it first: use theirs
-        finally:
-            tmp.unlink(missing_ok=True)
+        create_atomic(path, secrets.token_hex(32) + "\n", 0o600)  # made by another process first: theirs
     text = read_private_file(path, what, f"{path} (delete it: a new one is made)")
     if len(text) < 64:
         raise InvalidInput(f"{what} {path} is too short",

@@ -14,7 +14,6 @@ never stored in the database or shown again. A provisioning interrupted by a cra
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from foundry_fleet.domain.foundry_options import normalise_license_key
 from foundry_fleet.domain.names import validate_discord_id, validate_instance_name
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.domain.urls import redact_url
+from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.releases.fetch import check_download_url
 from foundry_fleet.releases.policy import ProgressCallback
 from foundry_fleet.services.events import EventLog
@@ -251,11 +251,7 @@ class SetupWizard:
     def _write_secrets(self, user: str, data: dict[str, str]) -> None:
         self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self._secrets_path(user)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data), 0o600)
 
     def _remove_secrets(self, user: str) -> None:
         self._secrets_path(user).unlink(missing_ok=True)

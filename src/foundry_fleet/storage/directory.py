@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, ExternalFailure
 from foundry_fleet.storage import tenant_tree
 from foundry_fleet.storage.base import InstancePaths
@@ -47,7 +48,7 @@ class DirectoryStorage:
         p.root.mkdir(parents=True, exist_ok=True)
         p.root.chmod(0o711)
         p.data.mkdir(exist_ok=True)
-        make_dirs(p.data, "Config", "Data", "Logs", "Backups", "Data/shared")
+        make_dirs(p.data, *instance_layout.FOLDERS)
         p.data.chmod(0o700)
         return p
 

@@ -17,7 +17,6 @@ snapshot that looks whole; leftovers are swept the next time.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -25,9 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
+from foundry_fleet.storage.ownership import ensure_shared_mount_point
 from foundry_fleet.storage.tenant_tree import (
-    DIR_FLAGS,
     FILE_FLAGS,
     NEW_FILE_FLAGS,
     CopyStats,
@@ -40,7 +40,7 @@ from foundry_fleet.storage.trees import remove_tree
 
 PARTIAL = ".partial"
 META = ".snapshot.json"
-SHARED_MOUNT = ("Data", "shared")  # the mount point of the fleet's shared assets (not the tenant's data)
+SHARED_MOUNT = instance_layout.SHARED_MOUNT.parts  # the shared assets' mount point, not the tenant's data
 # Markers an older fleet wrote into a ZFS instance's data while restoring: never data, never restored.
 LEGACY_MARKERS = (".fleet-restore", ".fleet-restore.new")
 
@@ -245,32 +245,8 @@ def copy_restored(snapshot_fd: int, data_fd: int, uid: int | None) -> CopyStats:
     os.fchmod(data_fd, 0o700)
     if uid is not None:
         os.fchown(data_fd, uid, uid)
-    _make_shared_mount_point(data_fd, uid)
+    ensure_shared_mount_point(data_fd, uid)
     return stats
-
-
-def _make_shared_mount_point(data_fd: int, uid: int | None) -> None:
-    try:
-        os.mkdir("Data", 0o755, dir_fd=data_fd)
-        if uid is not None:
-            os.chown("Data", uid, uid, dir_fd=data_fd, follow_symlinks=False)
-    except FileExistsError:
-        pass
-    try:
-        folder = os.open("Data", DIR_FLAGS, dir_fd=data_fd)
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            return
-        raise
-    try:
-        try:
-            os.mkdir("shared", 0o755, dir_fd=folder)
-        except FileExistsError:
-            return
-        if uid is not None:
-            os.chown("shared", 0, 0, dir_fd=folder, follow_symlinks=False)
-    finally:
-        os.close(folder)
 
 
 def finish_restore(data: Path) -> str | None:

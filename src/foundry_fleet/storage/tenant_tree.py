@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from foundry_fleet.domain.errors import ExternalFailure
 
@@ -494,7 +494,7 @@ def usage(root_fd: int, seen: set[tuple[int, int]], skip: Callable[[Parts], bool
     return total
 
 
-def make_dirs(root: Path, *paths: str, mode: int = 0o755) -> None:
+def make_dirs(root: Path, *paths: str | PurePosixPath, mode: int = 0o755) -> None:
     """`mkdir -p` of each relative path under `root`, never through a link: a component that is a link or
     a file stops that path (made where it can be, nothing outside)."""
     top = open_root(root)
@@ -502,7 +502,7 @@ def make_dirs(root: Path, *paths: str, mode: int = 0o755) -> None:
         for path in paths:
             fd = os.dup(top)
             try:
-                for name in path.split("/"):
+                for name in str(path).split("/"):
                     try:
                         os.mkdir(name, mode, dir_fd=fd)
                     except FileExistsError:

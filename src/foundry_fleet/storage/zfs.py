@@ -28,6 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 _PROPS = ("mountpoint", "mounted", "readonly", "canmount", "origin", *zfs_quota.PROPS)
 _SOURCE_PROPERTY = "foundry-fleet:source"  # user property: the tree a release dataset was filled from
-_DATA_SUBDIRS = ("Config", "Data", "Logs", "Backups", "Data/shared")
 _USABLE_HEALTH = ("ONLINE", "DEGRADED")
 
 Props = dict[str, dict[str, Prop]]
@@ -127,7 +127,7 @@ class ZfsStorage:
         p = self.paths(instance)
         _ensure_mode(p.root, 0o711, create=True)
         p.data.mkdir(parents=True, exist_ok=True)
-        make_dirs(p.data, *_DATA_SUBDIRS)  # adopting a tenant's data: never through a link it made
+        make_dirs(p.data, *instance_layout.FOLDERS)  # adopting a tenant's data: never through a link it made
         _ensure_mode(p.data, 0o700)
         return p
 

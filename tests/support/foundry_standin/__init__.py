@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import time
 import urllib.error
@@ -45,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from foundry_fleet.domain.release import ReleaseLayout
+from tests.support.ports import single_port
 
 __all__ = [
     "NODE",
@@ -224,10 +224,9 @@ def build_release_zip(
 
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago (on all interfaces, where the stand-in listens)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
+    """A TCP port free a moment ago (on all interfaces, where the stand-in listens), from this run's
+    own non-ephemeral blocks like every other test server's (tests/support/ports.py)."""
+    return single_port()
 
 
 def write_options(data_dir: Path, route_prefix: str | None = ROUTE_PREFIX, **extra: object) -> Path:

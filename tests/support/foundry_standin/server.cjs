@@ -447,6 +447,7 @@ function handle(req, res) {
     }
     case '__hang':
       pendingRequests.add(res);
+      log(`holding ${req.method} ${req.url} open, never answered`); // tests wait for this line
       res.on('close', () => pendingRequests.delete(res));
       return; // never answered
     case '__crash': {
