@@ -21,11 +21,6 @@ WIRING = frozenset({"wiring"})
 # (importing module, imported module) pairs that break a rule today, each with why it is still there.
 # Keep this list short and honest: an entry whose import has gone fails the test, so it is removed.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # The tenants' backups pages stream a snapshot's files themselves: they read the snapshot
-    # directory's metadata and walk its tree with the no-follow walker. A snapshot-reading service
-    # (list, open a file, stream a zip) would take these over.
-    ("foundry_fleet.web.backups", "foundry_fleet.storage.snapshots"): "backups pages read snapshots directly",
-    ("foundry_fleet.web.backups", "foundry_fleet.storage.tenant_tree"): "backups pages walk snapshot trees",
     # The control API holds the edge to sync it and reports the runtime's capability lines; both
     # leave with the operations service, which tells the edge itself.
     ("foundry_fleet.api.app", "foundry_fleet.edge.driver"): "the API syncs the edge itself",

@@ -17,11 +17,8 @@ import html
 import io
 import mimetypes
 import os
-import stat
 import time
-import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
 from starlette.applications import Starlette
@@ -32,12 +29,10 @@ from starlette.routing import Route
 
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.services.web_login import SESSION_COOKIE
-from foundry_fleet.storage.snapshots import META, DirectorySnapshots
-from foundry_fleet.storage.tenant_tree import DIR_FLAGS, FILE_FLAGS, Kind, walk
+from foundry_fleet.services.snapshot_files import CHUNK, SnapshotFile, SnapshotFiles, shown_name
 from foundry_fleet.web.auth import WITH_FORM, logout_form
 
 IDENTITY = "x-fleet-user"
-CHUNK = 256 * 1024
 
 
 class _AnyPath(PathConvertor):
@@ -71,80 +66,6 @@ def _request_parts(request: Request) -> list[str] | None:
     return _safe_parts(segments[3:])  # "", "backups", "<snapshot>", ...
 
 
-def _shown(name: str) -> str:
-    """A name as text a page or a zip can hold (bytes that are not UTF-8 shown as U+FFFD)."""
-    return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _open(root: Path, parts: list[str]) -> int | None:
-    """The entry under `root`, opened step by step from directory descriptors, refusing every symbolic
-    link on the way and at the end (nothing is followed), and never blocking on a FIFO."""
-    try:
-        fd = os.open(root, DIR_FLAGS)
-    except OSError:
-        return None
-    for i, part in enumerate(parts):
-        try:
-            child = os.open(part, DIR_FLAGS if i < len(parts) - 1 else FILE_FLAGS, dir_fd=fd)
-        except OSError:
-            os.close(fd)
-            return None
-        os.close(fd)
-        fd = child
-    return fd
-
-
-class _Sink:
-    """A write-only stream for zipfile that hands out what was written so far (no seeking: zipfile
-    then writes data descriptors, which is what makes streaming possible)."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        out, self.chunks, self.size = b"".join(self.chunks), [], 0
-        return out
-
-
-def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    t = time.localtime(min(max(mtime, 315532800 + 86400), 4102444800))  # what a zip can say: 1980 to 2099
-    return t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec
-
-
-def zip_stream(root: Path) -> Iterator[bytes]:
-    """A zip of every regular file under `root` (links skipped, never followed), produced piece by piece."""
-    sink = _Sink()
-    fd = os.open(root, DIR_FLAGS)
-    try:
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
-            for entry in walk(fd, skip=lambda parts: parts in ((META,), (".zfs",)), open_files=True):
-                if entry.kind is not Kind.FILE or entry.st is None:
-                    continue
-                info = zipfile.ZipInfo("/".join(_shown(p) for p in entry.parts), _zip_time(entry.st.st_mtime))
-                info.external_attr = (stat.S_IMODE(entry.st.st_mode) | stat.S_IFREG) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.file_size = entry.st.st_size
-                with zf.open(info, "w", force_zip64=entry.st.st_size > 1 << 30) as dst:
-                    while block := os.read(entry.fd, CHUNK):
-                        dst.write(block)
-                        if sink.size >= CHUNK:
-                            yield sink.take()
-                if sink.size:
-                    yield sink.take()
-        yield sink.take()
-    finally:
-        os.close(fd)
-
-
 def _file_chunks(f: io.BufferedReader | io.FileIO) -> Iterator[bytes]:
     """The file's bytes; a file object, not a bare descriptor, so that a response never sent (HEAD, a
     client gone) still closes it when the generator is dropped unstarted."""
@@ -153,7 +74,7 @@ def _file_chunks(f: io.BufferedReader | io.FileIO) -> Iterator[bytes]:
             yield block
 
 
-def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callable[[str], str | None],
+def create_backups_app(files: SnapshotFiles, instance_for_host: Callable[[str], str | None],
                        logout_token: Callable[[str | None], str] | None = None) -> Starlette:
     """`logout_token`: the sign-out form's token for a session cookie (None: no sign-out button)."""
 
@@ -175,7 +96,7 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         name = tenant(request)
         if isinstance(name, Response):
             return name
-        snaps = snapshots.list(name)
+        snaps = files.list(name)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse([s.to_dict() for s in snaps])
         rows = "".join(
@@ -197,37 +118,24 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         if parts is None:
             return PlainTextResponse("not a path inside the backup", status_code=400)
         try:
-            root = snapshots.path(name, snap)
+            found = files.open(name, snap, parts)
         except FleetError:
             return PlainTextResponse("no such backup", status_code=404)
-        if parts[:1] in ([META], [".zfs"]):
+        if found is None:
             return PlainTextResponse("not found", status_code=404)
-        fd = _open(root, parts)
-        if fd is None:
-            return PlainTextResponse("not found", status_code=404)
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
-            shown = _shown(parts[-1])
-            kind = mimetypes.guess_type(shown)[0] or "application/octet-stream"
-            return StreamingResponse(_file_chunks(os.fdopen(fd, "rb", buffering=0)), media_type=kind, headers={
-                "Content-Length": str(st.st_size),
+        if isinstance(found, SnapshotFile):
+            kind = mimetypes.guess_type(shown_name(parts[-1]))[0] or "application/octet-stream"
+            return StreamingResponse(_file_chunks(found.file), media_type=kind, headers={
+                "Content-Length": str(found.size),
                 "Content-Disposition": f"attachment; filename*=utf-8''{quote(os.fsencode(parts[-1]))}"})
-        try:
-            if not stat.S_ISDIR(st.st_mode):
-                return PlainTextResponse("not found", status_code=404)
-            with os.scandir(fd) as it:
-                entries = sorted(((e.name, e.is_dir(follow_symlinks=False)) for e in it
-                                  if not e.is_symlink() and not (not parts and e.name in (META, ".zfs"))))
-        finally:
-            os.close(fd)
         base = "/backups/" + quote(snap) + "/" + "".join(quote(os.fsencode(p)) + "/" for p in parts)
         items = "".join(
-            f"<li><a href='{base}{quote(os.fsencode(n))}{'/' if is_dir else ''}'>{html.escape(_shown(n))}"
-            f"{'/' if is_dir else ''}</a></li>" for n, is_dir in entries
+            f"<li><a href='{base}{quote(os.fsencode(e.name))}{'/' if e.is_dir else ''}'>{html.escape(shown_name(e.name))}"
+            f"{'/' if e.is_dir else ''}</a></li>" for e in found.entries
         )
         title = html.escape(snap)
         return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{title}</title>"
-                            f"<h1>{title}/{html.escape('/'.join(_shown(p) for p in parts))}</h1><ul>{items}</ul>"
+                            f"<h1>{title}/{html.escape('/'.join(shown_name(p) for p in parts))}</h1><ul>{items}</ul>"
                             f"{sign_out(request)}", headers=WITH_FORM)
 
     def download(request: Request) -> Response:
@@ -235,15 +143,9 @@ def create_backups_app(snapshots: DirectorySnapshots, instance_for_host: Callabl
         if isinstance(name, Response):
             return name
         snap = request.path_params["snapshot"]
-        try:
-            root = snapshots.path(name, snap)
-        except FleetError:
+        if not files.exists(name, snap):
             return PlainTextResponse("no such backup", status_code=404)
-        try:
-            os.close(os.open(root, DIR_FLAGS))
-        except OSError:
-            return PlainTextResponse("no such backup", status_code=404)
-        return StreamingResponse(zip_stream(root), media_type="application/zip",
+        return StreamingResponse(files.zip_stream(name, snap), media_type="application/zip",
                                  headers={"Content-Disposition": f'attachment; filename="{name}-{snap}.zip"'})
 
     return Starlette(routes=[

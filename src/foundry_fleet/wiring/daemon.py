@@ -27,6 +27,7 @@ from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
+from foundry_fleet.services.snapshot_files import SnapshotFiles
 from foundry_fleet.services.supervision_records import SupervisionRecords
 from foundry_fleet.services.supervisor import Supervisor, SupervisionSettings
 from foundry_fleet.wiring.runtimes import make_runtime
@@ -104,7 +105,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
     tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
-                        create_backups_app(fleet.storage.snapshots, fleet.hostnames.instance_for_host,
+                        create_backups_app(SnapshotFiles(fleet.storage.snapshots), fleet.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
                         create_web_app(fleet.hostnames.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
