@@ -35,6 +35,7 @@ from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, TaskExit, TaskHandle, TaskSpec
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.runtime.local_task import LocalTask
+from tests.support.cgroups import describe, remove_groups
 from tests.support.foundry_standin import free_port
 
 IS_ROOT = os.geteuid() == 0
@@ -181,11 +182,16 @@ class World:
         return handle
 
     def close(self) -> None:
-        for handle in self.handles:
-            run(self.runtime.destroy_task(handle))
-        self.runtime.unprotect_ports()  # also the egress filter and the forwarders' group
-        self.runtime.cgroups.remove_parent()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            for handle in self.handles:
+                run(self.runtime.destroy_task(handle))
+            self.runtime.unprotect_ports()  # also the egress filter and the forwarders' group
+            # Every group under the parent, in every hierarchy: a test that ended a task by other
+            # means than destroy_task (kill_strays, a failed start) leaves the task's groups behind.
+            left = remove_groups(self.runtime.cgroups.parent)
+            assert not left, f"cgroups still hold processes after the test: {describe(left)}"
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture
