@@ -37,6 +37,7 @@ from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.cgroups import describe, remove_groups
 from tests.support.foundry_standin import free_port
+from tests.support.harness import wait_until, wait_until_async
 
 IS_ROOT = os.geteuid() == 0
 NODE = shutil.which("node")
@@ -110,16 +111,16 @@ def port_is_free(port: int) -> bool:
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> dict:
-    """GET a JSON answer from the server, retrying until it listens (or `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """GET a JSON answer from the server, waiting until it listens (or `timeout`)."""
+
+    def answer() -> tuple[dict] | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return json.loads(r.read())
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+                return (json.loads(r.read()),)
         except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            return None  # not listening yet
+
+    return wait_until(answer, timeout, f"an answer to GET {path} on port {port}", interval=0.02)[0]
 
 
 def _link(path: Path) -> str | None:
@@ -129,13 +130,38 @@ def _link(path: Path) -> str | None:
         return None
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+def follower_at_end(log: Path) -> bool:
+    """Does this process hold `log` open with its offset at the file's end (a follower waiting)?"""
+    size = log.stat().st_size
+    for fd in Path("/proc/self/fd").iterdir():
+        if _link(fd) == str(log):
+            try:
+                info = Path(f"/proc/self/fdinfo/{fd.name}").read_text()
+            except OSError:
+                continue  # closed meanwhile
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            if int(fields["pos"]) == size:
+                return True
+    return False
+
+
+def pidfds() -> int:
+    """How many pidfds this process holds: wait_task holds one per process it watches."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        if _link(fd) == "anon_inode:[pidfd]":
+            count += 1
+    return count
+
+
+async def watching(waiter: asyncio.Task, handle: TaskHandle, before: int) -> None:
+    """Return once `waiter` (a wait_task) has taken a pidfd on each process of the task, so it sees
+    whatever happens next; it must still be waiting then."""
+    task = LocalTask.of(handle)
+    expected = 1 + (task.pid != task.leader_pid) + (task.net_pid is not None)
+    await wait_until_async(lambda: waiter.done() or pidfds() >= before + expected, 5,
+                           f"wait_task to watch the {expected} processes of {handle.name}", interval=0.01)
+    assert not waiter.done(), waiter.result()
 
 
 class World:
@@ -257,7 +283,7 @@ def test_start_runs_node_as_the_tenant_uid_in_the_sandbox(world: World) -> None:
     writers = {pid for pid in holders if str(spec.log_dir / "foundry.log") in procfs.cmdline(pid)}
     assert len(writers) == 1 and os.getpid() not in holders
     assert procfs.stat(next(iter(writers))).session != st.session
-    assert wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text())
+    wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text(), 5, "the server's first line in its log")
     assert running(world.runtime, handle)
     stats = run(world.runtime.task_stats(handle))
     assert stats is not None and stats.rss_bytes > 10 * 1024 * 1024
@@ -344,9 +370,9 @@ def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World
     get(spec.port)
 
     async def scenario():
+        before = pidfds()
         waiter = asyncio.create_task(world.runtime.wait_task(handle))
-        await asyncio.sleep(0.1)
-        assert not waiter.done()
+        await watching(waiter, handle, before)
         await asyncio.to_thread(get, spec.port, "/exit?code=7")
         return await asyncio.wait_for(waiter, 5)
 
@@ -357,8 +383,9 @@ def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World
 
 async def kill_while_waiting(world: World, handle: TaskHandle, pid: int) -> tuple[TaskExit, float]:
     """SIGKILL `pid` while wait_task watches the task; what wait_task said, and how long it took."""
+    before = pidfds()
     waiter = asyncio.create_task(world.runtime.wait_task(handle))
-    await asyncio.sleep(0.05)
+    await watching(waiter, handle, before)
     os.kill(pid, signal.SIGKILL)
     began = time.monotonic()
     result = await asyncio.wait_for(waiter, 5)
@@ -385,7 +412,8 @@ def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) 
 
     exit_, _took = run(kill_while_waiting(world, handle, lt(handle).leader_pid))
     assert exit_.signal == signal.SIGKILL
-    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+    assert gone(handle)
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
 
 
 # ----------------------------------------------------------------------------- control plane restart
@@ -437,19 +465,21 @@ def test_recover_after_the_control_plane_is_sigkilled(world: World) -> None:
     proc.kill()
     proc.wait()
     proc.stdout.close()
+    # Deliberately let time pass: a task tied to its control plane (a parent-death signal, a hang-up
+    # of its session) would be dying now; give it that moment, so the next checks see the outcome.
     time.sleep(0.2)
     # The task outlived its control plane and still serves, and its output still reaches its log.
     assert get(spec.port) == first
     get(spec.port, "/log?n=1&text=orphaned")
-    assert wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text())
+    wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text(), 5, "the orphan's line in its log")
     recovered = run(world.runtime.recover_task(handle))
     assert recovered == handle and lt(handle).boot_id == procfs.boot_id()
     assert running(world.runtime, recovered)
 
     async def scenario():
+        before = pidfds()
         waiter = asyncio.create_task(world.runtime.wait_task(recovered))
-        await asyncio.sleep(0.1)
-        assert not waiter.done()
+        await watching(waiter, recovered, before)
         os.kill(lt(recovered).pid, signal.SIGKILL)
         return await asyncio.wait_for(waiter, 5)
 
@@ -470,10 +500,11 @@ def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None
     proc.wait()
     proc.stdout.close()
     os.kill(lt(handle).leader_pid, signal.SIGKILL)
-    assert wait_until(lambda: not procfs.is_alive(lt(handle).leader_pid, lt(handle).leader_start))
+    wait_until(lambda: not procfs.is_alive(lt(handle).leader_pid, lt(handle).leader_start), 5, "bwrap to die")
     assert procfs.is_alive(lt(handle).pid)  # node lives on without its bwrap
     assert run(world.runtime.recover_task(handle)) is None
-    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+    assert gone(handle)
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
 
 
 def forwarder_pids(world: World, name: str) -> list[int]:
@@ -498,7 +529,7 @@ def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> Non
     assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
     assert not stale.exists()
     assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(lt(handle).pid)
-    assert wait_until(lambda: port_is_free(spec.port))
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
     assert not Path(lt(handle).net_socket or "").exists()
 
 
@@ -513,10 +544,11 @@ def test_a_task_whose_forwarder_died_while_the_control_plane_was_down_is_not_rea
     proc.wait()
     proc.stdout.close()
     os.kill(lt(handle).net_pid, signal.SIGKILL)
-    assert wait_until(lambda: not procfs.is_alive(lt(handle).net_pid, lt(handle).net_start))
+    wait_until(lambda: not procfs.is_alive(lt(handle).net_pid, lt(handle).net_start), 5, "the forwarder to die")
     assert not running(world.runtime, handle)
     assert run(world.runtime.recover_task(handle)) is None
-    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+    assert gone(handle)
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
 
 
 @needs_root
@@ -634,7 +666,7 @@ def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: Wo
     for round_ in range(4):
         before = log.stat().st_ino
         get(spec.port, f"/log?n=100&text=round{round_}")
-        assert wait_until(lambda r=round_: logs.tail(log, 1) == [f"round{r} 99"])
+        wait_until(lambda r=round_: logs.tail(log, 1) == [f"round{r} 99"], 5, f"round {round_}'s last line")
         # Renamed, not copied: the file the writer filled is now .1 (or older).
         assert before in {p.stat().st_ino for p in spec.log_dir.glob("foundry.log.*")}
     assert sorted(p.name for p in spec.log_dir.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2"]
@@ -650,9 +682,9 @@ def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: Wo
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         os.kill(writers[0], sig)
     get(spec.port, "/log?n=1&text=still")
-    assert wait_until(lambda: logs.tail(log, 1) == ["still 0"])
+    wait_until(lambda: logs.tail(log, 1) == ["still 0"], 5, "the line after the signals")
     run(world.runtime.stop_task(handle, timeout=5))
-    assert wait_until(lambda: not procfs.is_alive(writers[0]), 5)
+    wait_until(lambda: not procfs.is_alive(writers[0]), 5, "the log writer to end")
 
 
 def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: Path) -> None:
@@ -676,16 +708,18 @@ def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: P
         os.write(fd, (line + "\n").encode())
         expected.append(line)
         if n % 10 == 9:
-            assert wait_until(lambda: len(seen) == len(expected), 5), (len(seen), len(expected))
+            wait_until(lambda: len(seen) == len(expected), 5, f"the follower to read {len(expected)} lines")
     assert seen == expected
     assert logs.tail(log, 20) == expected[-20:]  # across the newest rotation
     # A flood: far beyond the rate, dropped, and said so once the rate allows again.
     os.write(fd, b"flood\n" * 20000)
+    # Deliberately let time pass: the writer says what it dropped only once the bucket has refilled
+    # to a second's worth (2000 bytes at 2000 bytes/s), and the next line arrives.
     time.sleep(1.6)
     os.write(fd, b"after the flood\n")
     os.close(fd)
     assert logs.wait_drained(tmp_path, 5)
-    assert wait_until(lambda: seen[-1:] == ["after the flood"], 5), seen[-3:]
+    wait_until(lambda: seen[-1:] == ["after the flood"], 5, "the line after the flood")
     stop.set()
     thread.join(5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2", "foundry.log.3"]
@@ -702,7 +736,7 @@ def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path:
 
     fd = logs.open_for_task(tmp_path, max_bytes=10**6, keep=1)
     os.write(fd, b"start\n")
-    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1) == ["start"])
+    wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1) == ["start"], 5, "the first line")
     writer = logs._writers[tmp_path]
 
     def reads() -> int:
@@ -714,7 +748,7 @@ def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path:
         os.write(fd, b"x")  # a few hundred thousand one-byte writes
         sent += 1
     os.write(fd, b"\n")
-    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1)[0].startswith("x"))
+    wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1)[0].startswith("x"), 5, "the line of single bytes")
     woke = reads() - before
     os.close(fd)
     assert logs.wait_drained(tmp_path, 5)
@@ -1075,15 +1109,16 @@ def test_address_status_and_logs_come_through_the_handle(world: World) -> None:
     async def read(task: TaskHandle | str, lines: int) -> list[str]:
         return [line async for line in world.runtime.logs(task, lines)]
 
-    assert wait_until(lambda: run(read(handle, 5)) == [f"listening on {spec.port}"])
+    wait_until(lambda: run(read(handle, 5)) == [f"listening on {spec.port}"], 5, "the first line through logs()")
     get(spec.port, "/log?n=3&text=hello")
     # By name, as for a stopped instance; the log writer passes lines on in batches.
-    assert wait_until(lambda: run(read("verbs", 2)) == ["hello 1", "hello 2"])
+    wait_until(lambda: run(read("verbs", 2)) == ["hello 1", "hello 2"], 5, "the new lines through logs() by name")
 
     async def follow_one() -> str:
         follower = world.runtime.logs(handle, 0, follow=True)
         reader = asyncio.ensure_future(anext(follower))
-        await asyncio.sleep(0.3)  # the follower has opened the file at its end
+        await wait_until_async(lambda: follower_at_end(spec.log_dir / "foundry.log"), 5,
+                               "the follower to open the log at its end", interval=0.01)
         await asyncio.to_thread(get, spec.port, "/log?n=1&text=later")
         try:
             return await asyncio.wait_for(reader, 5)
