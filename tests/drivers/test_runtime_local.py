@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -38,6 +37,7 @@ from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.cgroups import describe, remove_groups
 from tests.support.foundry_standin import free_port
 from tests.support.harness import wait_until, wait_until_async
+from tests.support.ports import port_block
 
 IS_ROOT = os.geteuid() == 0
 NODE = shutil.which("node")
@@ -828,21 +828,14 @@ def test_firewall_keeps_other_machines_off_instance_ports(world: World, netns: t
     fw = world.runtime.firewall
     listeners: list[socket.socket] = []
     try:
-        # Below the ephemeral range, so no outgoing connection holds the ports we listen on.
-        for low in random.sample(range(20000, 30000, 30), 50):
-            inside, outside = low + 3, low + 20
-            try:
-                for port in (inside, outside):
-                    s = socket.socket()
-                    listeners.append(s)
-                    s.bind(("0.0.0.0", port))
-                    s.listen(8)
-                break
-            except OSError:
-                for s in listeners:
-                    s.close()
-                listeners.clear()
-        assert listeners, "no free pair of ports"
+        # A block of this run's own: no outgoing connection holds it, nor another fleet's firewall.
+        low = port_block()
+        inside, outside = low + 3, low + 20
+        for port in (inside, outside):
+            s = socket.socket()
+            listeners.append(s)
+            s.bind(("0.0.0.0", port))
+            s.listen(8)
         assert connects_from(namespace, host_ip, inside)  # open before
         cap = world.runtime.protect_ports(low, low + 9)
         assert cap.available, cap.detail
@@ -1165,7 +1158,7 @@ def test_start_clears_a_task_nobody_recorded_and_says_so(world: World) -> None:
 
 @needs_root
 def test_open_firewalls_the_port_range_and_close_keeps_it_for_instances_left_running(world: World) -> None:
-    low = random.randrange(20000, 29000, 10)
+    low = port_block()
     world.runtime.port_range = (low, low + 9)
     caps = {c.name: c for c in run(world.runtime.open())}
     assert caps["firewall"].available, caps["firewall"].detail
