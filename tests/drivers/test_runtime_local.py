@@ -782,28 +782,49 @@ def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- firewall
 
 
+# The process holding each namespace veth_namespace made, by the namespace's name.
+_HOLDERS: dict[str, subprocess.Popen] = {}
+
+
+def enter(namespace: str) -> list[str]:
+    """The command prefix that runs a program in `namespace`, through the process holding it rather
+    than its name under /run/netns: on a shared machine another program's mount changes can take that
+    name's mount away, and `ip netns exec` then fails (and a check that it cannot connect would pass)."""
+    return ["nsenter", f"--net=/proc/{_HOLDERS[namespace].pid}/ns/net", "--"]
+
+
 @contextlib.contextmanager
 def veth_namespace(tag: str, host_ip: str, peer_ip: str, prefix: int = 30) -> Iterator[str]:
     """A network namespace joined to the host by a veth pair, host_ip on the host's end and peer_ip
-    on the other (so it stands for another machine); removed again on leaving. Yields its name."""
+    on the other (so it stands for another machine); removed again on leaving. Yields its name (also
+    under /run/netns, for `ip -n`); `enter(name)` runs a program in it."""
     name = f"{tag}{os.getpid() % 100000}"
     host_if, peer_if = f"{tag}h{os.getpid() % 100000}", f"{tag}p{os.getpid() % 100000}"
-    steps = [
-        ["ip", "netns", "add", name],
-        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", name],
-        ["ip", "addr", "add", f"{host_ip}/{prefix}", "dev", host_if],
-        ["ip", "link", "set", host_if, "up"],
-        ["ip", "-n", name, "addr", "add", f"{peer_ip}/{prefix}", "dev", peer_if],
-        ["ip", "-n", name, "link", "set", peer_if, "up"],
-        ["ip", "-n", name, "link", "set", "lo", "up"],
-    ]
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"])
+    _HOLDERS[name] = holder
     try:
+        ours = os.readlink("/proc/self/ns/net")
+        wait_until(lambda: _link(Path(f"/proc/{holder.pid}/ns/net")) not in (ours, None), 5,
+                   "the namespace's holder to leave the host's network namespace", interval=0.01)
+        inside = enter(name)
+        steps = [
+            ["ip", "netns", "attach", name, str(holder.pid)],
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", str(holder.pid)],
+            ["ip", "addr", "add", f"{host_ip}/{prefix}", "dev", host_if],
+            ["ip", "link", "set", host_if, "up"],
+            [*inside, "ip", "addr", "add", f"{peer_ip}/{prefix}", "dev", peer_if],
+            [*inside, "ip", "link", "set", peer_if, "up"],
+            [*inside, "ip", "link", "set", "lo", "up"],
+        ]
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
         yield name
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        holder.kill()
+        holder.wait()
+        del _HOLDERS[name]
 
 
 @pytest.fixture
@@ -817,7 +838,7 @@ def netns() -> Iterator[tuple[str, str]]:
 
 def connects_from(namespace: str, host: str, port: int) -> bool:
     code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1.5)"
-    return subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+    return subprocess.run([*enter(namespace), sys.executable, "-c", code],
                           capture_output=True).returncode == 0
 
 
