@@ -339,7 +339,9 @@ def test_stop_kills_a_server_that_ignores_sigterm_after_the_timeout(world: World
         return took, await asyncio.wait_for(waiter, 5)
 
     took, exit_ = run(scenario())
-    assert 1.0 <= took < 4.0
+    # SIGTERM had its full timeout before SIGKILL (a lower bound, which no load can break; how soon
+    # after the timeout the stop returns is measured in bench/runtime_local_timings.py).
+    assert took >= 1.0
     assert exit_.signal == signal.SIGKILL and exit_.exit_code is None
     assert "ignoring SIGTERM" in (spec.log_dir / "foundry.log").read_text()
     assert gone(handle) and port_is_free(spec.port)
@@ -353,12 +355,12 @@ def test_stop_lets_a_cooperative_server_exit_on_sigterm(world: World) -> None:
     get(spec.port)
 
     async def scenario():
-        began = time.monotonic()
         await world.runtime.stop_task(handle, timeout=10.0)
-        return time.monotonic() - began, await world.runtime.wait_task(handle)
+        return await world.runtime.wait_task(handle)
 
-    took, exit_ = run(scenario())
-    assert took < 2.0
+    # SIGTERM alone ended it (had the 10 s timeout run out, SIGKILL would have); how long the stop
+    # takes is measured in bench/runtime_local_timings.py.
+    exit_ = run(scenario())
     assert exit_.signal == signal.SIGTERM
     assert gone(handle) and port_is_free(spec.port)
 
@@ -381,15 +383,13 @@ def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World
     assert gone(handle)
 
 
-async def kill_while_waiting(world: World, handle: TaskHandle, pid: int) -> tuple[TaskExit, float]:
-    """SIGKILL `pid` while wait_task watches the task; what wait_task said, and how long it took."""
+async def kill_while_waiting(world: World, handle: TaskHandle, pid: int) -> TaskExit:
+    """SIGKILL `pid` while wait_task watches the task; what wait_task said."""
     before = pidfds()
     waiter = asyncio.create_task(world.runtime.wait_task(handle))
     await watching(waiter, handle, before)
     os.kill(pid, signal.SIGKILL)
-    began = time.monotonic()
-    result = await asyncio.wait_for(waiter, 5)
-    return result, time.monotonic() - began
+    return await asyncio.wait_for(waiter, 5)
 
 
 @needs_root
@@ -398,8 +398,9 @@ def test_kill_9_of_the_node_pid_ends_wait(world: World) -> None:
     handle = world.start(spec)
     get(spec.port)
 
-    exit_, took = run(kill_while_waiting(world, handle, lt(handle).pid))
-    assert exit_.signal == signal.SIGKILL and took < 1.0
+    # How soon wait_task returns after the kill is measured in bench/runtime_local_timings.py.
+    exit_ = run(kill_while_waiting(world, handle, lt(handle).pid))
+    assert exit_.signal == signal.SIGKILL
     assert gone(handle) and port_is_free(spec.port)
 
 
@@ -410,7 +411,7 @@ def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) 
     handle = world.start(spec)
     get(spec.port)
 
-    exit_, _took = run(kill_while_waiting(world, handle, lt(handle).leader_pid))
+    exit_ = run(kill_while_waiting(world, handle, lt(handle).leader_pid))
     assert exit_.signal == signal.SIGKILL
     assert gone(handle)
     wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
@@ -691,7 +692,6 @@ def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: P
     from foundry_fleet.runtime import logs
 
     log = tmp_path / "foundry.log"
-    began = time.monotonic()
     fd = logs.open_for_task(tmp_path, max_bytes=1000, keep=3, rate=2000, burst=5000)
     stop = threading.Event()
     seen: list[str] = []
@@ -726,9 +726,10 @@ def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: P
     assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
     notes = [line for line in seen if line.startswith("[foundry-fleet]")]
     assert len(notes) == 1 and "of output dropped" in notes[0], notes
-    # What got through is what the bucket allows (burst + rate * time), of the 120000 bytes sent.
-    passed = sum(len(line) + 1 for line in seen if not line.startswith("[foundry-fleet]"))
-    assert passed <= 5000 + 2000 * (time.monotonic() - began), passed
+    # Most of the flood was dropped (how many bytes a second get through, against the bucket's rate,
+    # is measured in bench/runtime_local_timings.py).
+    flood = seen.count("flood")
+    assert 0 < flood < 20000 // 2, flood
 
 
 def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path: Path) -> None:
@@ -752,8 +753,9 @@ def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path:
     woke = reads() - before
     os.close(fd)
     assert logs.wait_drained(tmp_path, 5)
-    # About 100 reads a second, not one per write (the bound leaves room for a loaded machine).
-    assert woke <= 100 * (time.monotonic() - began) + 50 and sent > 10 * woke, (woke, sent)
+    # Many writes a read, not one read a write (the reads a second are measured in
+    # bench/runtime_local_timings.py).
+    assert sent > 10 * woke, (woke, sent)
 
 
 def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> None:

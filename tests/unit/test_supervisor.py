@@ -157,7 +157,7 @@ def test_an_instance_not_healthy_within_the_start_timeout_is_restarted(world: Wo
     async def scenario(supervisor: Supervisor) -> None:
         began = time.monotonic()
         await until(lambda: "not healthy within 0.3s" in world.row("alice").state_reason, "the start timeout")
-        assert time.monotonic() - began >= QUICK.start_timeout
+        assert time.monotonic() - began >= QUICK.start_timeout  # a lower bound: no load can break it
         (first,) = world.runtime.tasks.values()
         assert first.exit is not None and first.signals == [signal.SIGTERM]
         world.runtime.behave("alice", healthy=True)
