@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -35,7 +34,10 @@ from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, TaskExit, TaskHandle, TaskSpec
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.runtime.local_task import LocalTask
+from tests.support.cgroups import describe, remove_groups
 from tests.support.foundry_standin import free_port
+from tests.support.harness import wait_until, wait_until_async
+from tests.support.ports import port_block
 
 IS_ROOT = os.geteuid() == 0
 NODE = shutil.which("node")
@@ -109,16 +111,16 @@ def port_is_free(port: int) -> bool:
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> dict:
-    """GET a JSON answer from the server, retrying until it listens (or `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """GET a JSON answer from the server, waiting until it listens (or `timeout`)."""
+
+    def answer() -> tuple[dict] | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return json.loads(r.read())
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+                return (json.loads(r.read()),)
         except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            return None  # not listening yet
+
+    return wait_until(answer, timeout, f"an answer to GET {path} on port {port}", interval=0.02)[0]
 
 
 def _link(path: Path) -> str | None:
@@ -128,13 +130,38 @@ def _link(path: Path) -> str | None:
         return None
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+def follower_at_end(log: Path) -> bool:
+    """Does this process hold `log` open with its offset at the file's end (a follower waiting)?"""
+    size = log.stat().st_size
+    for fd in Path("/proc/self/fd").iterdir():
+        if _link(fd) == str(log):
+            try:
+                info = Path(f"/proc/self/fdinfo/{fd.name}").read_text()
+            except OSError:
+                continue  # closed meanwhile
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            if int(fields["pos"]) == size:
+                return True
+    return False
+
+
+def pidfds() -> int:
+    """How many pidfds this process holds: wait_task holds one per process it watches."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        if _link(fd) == "anon_inode:[pidfd]":
+            count += 1
+    return count
+
+
+async def watching(waiter: asyncio.Task, handle: TaskHandle, before: int) -> None:
+    """Return once `waiter` (a wait_task) has taken a pidfd on each process of the task, so it sees
+    whatever happens next; it must still be waiting then."""
+    task = LocalTask.of(handle)
+    expected = 1 + (task.pid != task.leader_pid) + (task.net_pid is not None)
+    await wait_until_async(lambda: waiter.done() or pidfds() >= before + expected, 5,
+                           f"wait_task to watch the {expected} processes of {handle.name}", interval=0.01)
+    assert not waiter.done(), waiter.result()
 
 
 class World:
@@ -181,11 +208,16 @@ class World:
         return handle
 
     def close(self) -> None:
-        for handle in self.handles:
-            run(self.runtime.destroy_task(handle))
-        self.runtime.unprotect_ports()  # also the egress filter and the forwarders' group
-        self.runtime.cgroups.remove_parent()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            for handle in self.handles:
+                run(self.runtime.destroy_task(handle))
+            self.runtime.unprotect_ports()  # also the egress filter and the forwarders' group
+            # Every group under the parent, in every hierarchy: a test that ended a task by other
+            # means than destroy_task (kill_strays, a failed start) leaves the task's groups behind.
+            left = remove_groups(self.runtime.cgroups.parent)
+            assert not left, f"cgroups still hold processes after the test: {describe(left)}"
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -251,7 +283,7 @@ def test_start_runs_node_as_the_tenant_uid_in_the_sandbox(world: World) -> None:
     writers = {pid for pid in holders if str(spec.log_dir / "foundry.log") in procfs.cmdline(pid)}
     assert len(writers) == 1 and os.getpid() not in holders
     assert procfs.stat(next(iter(writers))).session != st.session
-    assert wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text())
+    wait_until(lambda: "listening on" in (spec.log_dir / "foundry.log").read_text(), 5, "the server's first line in its log")
     assert running(world.runtime, handle)
     stats = run(world.runtime.task_stats(handle))
     assert stats is not None and stats.rss_bytes > 10 * 1024 * 1024
@@ -307,7 +339,9 @@ def test_stop_kills_a_server_that_ignores_sigterm_after_the_timeout(world: World
         return took, await asyncio.wait_for(waiter, 5)
 
     took, exit_ = run(scenario())
-    assert 1.0 <= took < 4.0
+    # SIGTERM had its full timeout before SIGKILL (a lower bound, which no load can break; how soon
+    # after the timeout the stop returns is measured in bench/runtime_local_timings.py).
+    assert took >= 1.0
     assert exit_.signal == signal.SIGKILL and exit_.exit_code is None
     assert "ignoring SIGTERM" in (spec.log_dir / "foundry.log").read_text()
     assert gone(handle) and port_is_free(spec.port)
@@ -321,12 +355,12 @@ def test_stop_lets_a_cooperative_server_exit_on_sigterm(world: World) -> None:
     get(spec.port)
 
     async def scenario():
-        began = time.monotonic()
         await world.runtime.stop_task(handle, timeout=10.0)
-        return time.monotonic() - began, await world.runtime.wait_task(handle)
+        return await world.runtime.wait_task(handle)
 
-    took, exit_ = run(scenario())
-    assert took < 2.0
+    # SIGTERM alone ended it (had the 10 s timeout run out, SIGKILL would have); how long the stop
+    # takes is measured in bench/runtime_local_timings.py.
+    exit_ = run(scenario())
     assert exit_.signal == signal.SIGTERM
     assert gone(handle) and port_is_free(spec.port)
 
@@ -338,9 +372,9 @@ def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World
     get(spec.port)
 
     async def scenario():
+        before = pidfds()
         waiter = asyncio.create_task(world.runtime.wait_task(handle))
-        await asyncio.sleep(0.1)
-        assert not waiter.done()
+        await watching(waiter, handle, before)
         await asyncio.to_thread(get, spec.port, "/exit?code=7")
         return await asyncio.wait_for(waiter, 5)
 
@@ -349,14 +383,13 @@ def test_wait_returns_the_exit_code_when_the_server_exits_by_itself(world: World
     assert gone(handle)
 
 
-async def kill_while_waiting(world: World, handle: TaskHandle, pid: int) -> tuple[TaskExit, float]:
-    """SIGKILL `pid` while wait_task watches the task; what wait_task said, and how long it took."""
+async def kill_while_waiting(world: World, handle: TaskHandle, pid: int) -> TaskExit:
+    """SIGKILL `pid` while wait_task watches the task; what wait_task said."""
+    before = pidfds()
     waiter = asyncio.create_task(world.runtime.wait_task(handle))
-    await asyncio.sleep(0.05)
+    await watching(waiter, handle, before)
     os.kill(pid, signal.SIGKILL)
-    began = time.monotonic()
-    result = await asyncio.wait_for(waiter, 5)
-    return result, time.monotonic() - began
+    return await asyncio.wait_for(waiter, 5)
 
 
 @needs_root
@@ -365,8 +398,9 @@ def test_kill_9_of_the_node_pid_ends_wait(world: World) -> None:
     handle = world.start(spec)
     get(spec.port)
 
-    exit_, took = run(kill_while_waiting(world, handle, lt(handle).pid))
-    assert exit_.signal == signal.SIGKILL and took < 1.0
+    # How soon wait_task returns after the kill is measured in bench/runtime_local_timings.py.
+    exit_ = run(kill_while_waiting(world, handle, lt(handle).pid))
+    assert exit_.signal == signal.SIGKILL
     assert gone(handle) and port_is_free(spec.port)
 
 
@@ -377,9 +411,10 @@ def test_killing_bwrap_alone_does_not_leave_node_holding_the_port(world: World) 
     handle = world.start(spec)
     get(spec.port)
 
-    exit_, _took = run(kill_while_waiting(world, handle, lt(handle).leader_pid))
+    exit_ = run(kill_while_waiting(world, handle, lt(handle).leader_pid))
     assert exit_.signal == signal.SIGKILL
-    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+    assert gone(handle)
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
 
 
 # ----------------------------------------------------------------------------- control plane restart
@@ -431,19 +466,21 @@ def test_recover_after_the_control_plane_is_sigkilled(world: World) -> None:
     proc.kill()
     proc.wait()
     proc.stdout.close()
+    # Deliberately let time pass: a task tied to its control plane (a parent-death signal, a hang-up
+    # of its session) would be dying now; give it that moment, so the next checks see the outcome.
     time.sleep(0.2)
     # The task outlived its control plane and still serves, and its output still reaches its log.
     assert get(spec.port) == first
     get(spec.port, "/log?n=1&text=orphaned")
-    assert wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text())
+    wait_until(lambda: "orphaned 0" in (spec.log_dir / "foundry.log").read_text(), 5, "the orphan's line in its log")
     recovered = run(world.runtime.recover_task(handle))
     assert recovered == handle and lt(handle).boot_id == procfs.boot_id()
     assert running(world.runtime, recovered)
 
     async def scenario():
+        before = pidfds()
         waiter = asyncio.create_task(world.runtime.wait_task(recovered))
-        await asyncio.sleep(0.1)
-        assert not waiter.done()
+        await watching(waiter, recovered, before)
         os.kill(lt(recovered).pid, signal.SIGKILL)
         return await asyncio.wait_for(waiter, 5)
 
@@ -464,10 +501,11 @@ def test_recover_kills_a_node_left_behind_by_a_dead_leader(world: World) -> None
     proc.wait()
     proc.stdout.close()
     os.kill(lt(handle).leader_pid, signal.SIGKILL)
-    assert wait_until(lambda: not procfs.is_alive(lt(handle).leader_pid, lt(handle).leader_start))
+    wait_until(lambda: not procfs.is_alive(lt(handle).leader_pid, lt(handle).leader_start), 5, "bwrap to die")
     assert procfs.is_alive(lt(handle).pid)  # node lives on without its bwrap
     assert run(world.runtime.recover_task(handle)) is None
-    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+    assert gone(handle)
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
 
 
 def forwarder_pids(world: World, name: str) -> list[int]:
@@ -492,7 +530,7 @@ def test_kill_strays_also_stops_a_forwarder_no_handle_knows(world: World) -> Non
     assert world.runtime.kill_strays("unrecorded", spec.data_dir) >= 2
     assert not stale.exists()
     assert forwarder_pids(world, "unrecorded") == [] and not procfs.is_alive(lt(handle).pid)
-    assert wait_until(lambda: port_is_free(spec.port))
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
     assert not Path(lt(handle).net_socket or "").exists()
 
 
@@ -507,10 +545,11 @@ def test_a_task_whose_forwarder_died_while_the_control_plane_was_down_is_not_rea
     proc.wait()
     proc.stdout.close()
     os.kill(lt(handle).net_pid, signal.SIGKILL)
-    assert wait_until(lambda: not procfs.is_alive(lt(handle).net_pid, lt(handle).net_start))
+    wait_until(lambda: not procfs.is_alive(lt(handle).net_pid, lt(handle).net_start), 5, "the forwarder to die")
     assert not running(world.runtime, handle)
     assert run(world.runtime.recover_task(handle)) is None
-    assert gone(handle) and wait_until(lambda: port_is_free(spec.port))
+    assert gone(handle)
+    wait_until(lambda: port_is_free(spec.port), 5, "the port to be free")
 
 
 @needs_root
@@ -628,7 +667,7 @@ def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: Wo
     for round_ in range(4):
         before = log.stat().st_ino
         get(spec.port, f"/log?n=100&text=round{round_}")
-        assert wait_until(lambda r=round_: logs.tail(log, 1) == [f"round{r} 99"])
+        wait_until(lambda r=round_: logs.tail(log, 1) == [f"round{r} 99"], 5, f"round {round_}'s last line")
         # Renamed, not copied: the file the writer filled is now .1 (or older).
         assert before in {p.stat().st_ino for p in spec.log_dir.glob("foundry.log.*")}
     assert sorted(p.name for p in spec.log_dir.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2"]
@@ -644,16 +683,15 @@ def test_the_log_writer_rotates_by_rename_and_the_server_keeps_writing(world: Wo
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         os.kill(writers[0], sig)
     get(spec.port, "/log?n=1&text=still")
-    assert wait_until(lambda: logs.tail(log, 1) == ["still 0"])
+    wait_until(lambda: logs.tail(log, 1) == ["still 0"], 5, "the line after the signals")
     run(world.runtime.stop_task(handle, timeout=5))
-    assert wait_until(lambda: not procfs.is_alive(writers[0]), 5)
+    wait_until(lambda: not procfs.is_alive(writers[0]), 5, "the log writer to end")
 
 
 def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: Path) -> None:
     from foundry_fleet.runtime import logs
 
     log = tmp_path / "foundry.log"
-    began = time.monotonic()
     fd = logs.open_for_task(tmp_path, max_bytes=1000, keep=3, rate=2000, burst=5000)
     stop = threading.Event()
     seen: list[str] = []
@@ -670,25 +708,28 @@ def test_the_writer_caps_a_flood_and_follow_keeps_up_across_rotation(tmp_path: P
         os.write(fd, (line + "\n").encode())
         expected.append(line)
         if n % 10 == 9:
-            assert wait_until(lambda: len(seen) == len(expected), 5), (len(seen), len(expected))
+            wait_until(lambda: len(seen) == len(expected), 5, f"the follower to read {len(expected)} lines")
     assert seen == expected
     assert logs.tail(log, 20) == expected[-20:]  # across the newest rotation
     # A flood: far beyond the rate, dropped, and said so once the rate allows again.
     os.write(fd, b"flood\n" * 20000)
+    # Deliberately let time pass: the writer says what it dropped only once the bucket has refilled
+    # to a second's worth (2000 bytes at 2000 bytes/s), and the next line arrives.
     time.sleep(1.6)
     os.write(fd, b"after the flood\n")
     os.close(fd)
     assert logs.wait_drained(tmp_path, 5)
-    assert wait_until(lambda: seen[-1:] == ["after the flood"], 5), seen[-3:]
+    wait_until(lambda: seen[-1:] == ["after the flood"], 5, "the line after the flood")
     stop.set()
     thread.join(5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foundry.log", "foundry.log.1", "foundry.log.2", "foundry.log.3"]
     assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
     notes = [line for line in seen if line.startswith("[foundry-fleet]")]
     assert len(notes) == 1 and "of output dropped" in notes[0], notes
-    # What got through is what the bucket allows (burst + rate * time), of the 120000 bytes sent.
-    passed = sum(len(line) + 1 for line in seen if not line.startswith("[foundry-fleet]"))
-    assert passed <= 5000 + 2000 * (time.monotonic() - began), passed
+    # Most of the flood was dropped (how many bytes a second get through, against the bucket's rate,
+    # is measured in bench/runtime_local_timings.py).
+    flood = seen.count("flood")
+    assert 0 < flood < 20000 // 2, flood
 
 
 def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path: Path) -> None:
@@ -696,7 +737,7 @@ def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path:
 
     fd = logs.open_for_task(tmp_path, max_bytes=10**6, keep=1)
     os.write(fd, b"start\n")
-    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1) == ["start"])
+    wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1) == ["start"], 5, "the first line")
     writer = logs._writers[tmp_path]
 
     def reads() -> int:
@@ -708,12 +749,13 @@ def test_a_server_writing_a_byte_at_a_time_wakes_the_writer_in_batches(tmp_path:
         os.write(fd, b"x")  # a few hundred thousand one-byte writes
         sent += 1
     os.write(fd, b"\n")
-    assert wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1)[0].startswith("x"))
+    wait_until(lambda: logs.tail(tmp_path / "foundry.log", 1)[0].startswith("x"), 5, "the line of single bytes")
     woke = reads() - before
     os.close(fd)
     assert logs.wait_drained(tmp_path, 5)
-    # About 100 reads a second, not one per write (the bound leaves room for a loaded machine).
-    assert woke <= 100 * (time.monotonic() - began) + 50 and sent > 10 * woke, (woke, sent)
+    # Many writes a read, not one read a write (the reads a second are measured in
+    # bench/runtime_local_timings.py).
+    assert sent > 10 * woke, (woke, sent)
 
 
 def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> None:
@@ -742,28 +784,49 @@ def test_follow_catches_lines_written_just_before_a_rotation(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- firewall
 
 
+# The process holding each namespace veth_namespace made, by the namespace's name.
+_HOLDERS: dict[str, subprocess.Popen] = {}
+
+
+def enter(namespace: str) -> list[str]:
+    """The command prefix that runs a program in `namespace`, through the process holding it rather
+    than its name under /run/netns: on a shared machine another program's mount changes can take that
+    name's mount away, and `ip netns exec` then fails (and a check that it cannot connect would pass)."""
+    return ["nsenter", f"--net=/proc/{_HOLDERS[namespace].pid}/ns/net", "--"]
+
+
 @contextlib.contextmanager
 def veth_namespace(tag: str, host_ip: str, peer_ip: str, prefix: int = 30) -> Iterator[str]:
     """A network namespace joined to the host by a veth pair, host_ip on the host's end and peer_ip
-    on the other (so it stands for another machine); removed again on leaving. Yields its name."""
+    on the other (so it stands for another machine); removed again on leaving. Yields its name (also
+    under /run/netns, for `ip -n`); `enter(name)` runs a program in it."""
     name = f"{tag}{os.getpid() % 100000}"
     host_if, peer_if = f"{tag}h{os.getpid() % 100000}", f"{tag}p{os.getpid() % 100000}"
-    steps = [
-        ["ip", "netns", "add", name],
-        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", name],
-        ["ip", "addr", "add", f"{host_ip}/{prefix}", "dev", host_if],
-        ["ip", "link", "set", host_if, "up"],
-        ["ip", "-n", name, "addr", "add", f"{peer_ip}/{prefix}", "dev", peer_if],
-        ["ip", "-n", name, "link", "set", peer_if, "up"],
-        ["ip", "-n", name, "link", "set", "lo", "up"],
-    ]
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"])
+    _HOLDERS[name] = holder
     try:
+        ours = os.readlink("/proc/self/ns/net")
+        wait_until(lambda: _link(Path(f"/proc/{holder.pid}/ns/net")) not in (ours, None), 5,
+                   "the namespace's holder to leave the host's network namespace", interval=0.01)
+        inside = enter(name)
+        steps = [
+            ["ip", "netns", "attach", name, str(holder.pid)],
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", str(holder.pid)],
+            ["ip", "addr", "add", f"{host_ip}/{prefix}", "dev", host_if],
+            ["ip", "link", "set", host_if, "up"],
+            [*inside, "ip", "addr", "add", f"{peer_ip}/{prefix}", "dev", peer_if],
+            [*inside, "ip", "link", "set", peer_if, "up"],
+            [*inside, "ip", "link", "set", "lo", "up"],
+        ]
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
         yield name
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        holder.kill()
+        holder.wait()
+        del _HOLDERS[name]
 
 
 @pytest.fixture
@@ -777,7 +840,7 @@ def netns() -> Iterator[tuple[str, str]]:
 
 def connects_from(namespace: str, host: str, port: int) -> bool:
     code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1.5)"
-    return subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+    return subprocess.run([*enter(namespace), sys.executable, "-c", code],
                           capture_output=True).returncode == 0
 
 
@@ -788,21 +851,14 @@ def test_firewall_keeps_other_machines_off_instance_ports(world: World, netns: t
     fw = world.runtime.firewall
     listeners: list[socket.socket] = []
     try:
-        # Below the ephemeral range, so no outgoing connection holds the ports we listen on.
-        for low in random.sample(range(20000, 30000, 30), 50):
-            inside, outside = low + 3, low + 20
-            try:
-                for port in (inside, outside):
-                    s = socket.socket()
-                    listeners.append(s)
-                    s.bind(("0.0.0.0", port))
-                    s.listen(8)
-                break
-            except OSError:
-                for s in listeners:
-                    s.close()
-                listeners.clear()
-        assert listeners, "no free pair of ports"
+        # A block of this run's own: no outgoing connection holds it, nor another fleet's firewall.
+        low = port_block()
+        inside, outside = low + 3, low + 20
+        for port in (inside, outside):
+            s = socket.socket()
+            listeners.append(s)
+            s.bind(("0.0.0.0", port))
+            s.listen(8)
         assert connects_from(namespace, host_ip, inside)  # open before
         cap = world.runtime.protect_ports(low, low + 9)
         assert cap.available, cap.detail
@@ -1069,15 +1125,16 @@ def test_address_status_and_logs_come_through_the_handle(world: World) -> None:
     async def read(task: TaskHandle | str, lines: int) -> list[str]:
         return [line async for line in world.runtime.logs(task, lines)]
 
-    assert wait_until(lambda: run(read(handle, 5)) == [f"listening on {spec.port}"])
+    wait_until(lambda: run(read(handle, 5)) == [f"listening on {spec.port}"], 5, "the first line through logs()")
     get(spec.port, "/log?n=3&text=hello")
     # By name, as for a stopped instance; the log writer passes lines on in batches.
-    assert wait_until(lambda: run(read("verbs", 2)) == ["hello 1", "hello 2"])
+    wait_until(lambda: run(read("verbs", 2)) == ["hello 1", "hello 2"], 5, "the new lines through logs() by name")
 
     async def follow_one() -> str:
         follower = world.runtime.logs(handle, 0, follow=True)
         reader = asyncio.ensure_future(anext(follower))
-        await asyncio.sleep(0.3)  # the follower has opened the file at its end
+        await wait_until_async(lambda: follower_at_end(spec.log_dir / "foundry.log"), 5,
+                               "the follower to open the log at its end", interval=0.01)
         await asyncio.to_thread(get, spec.port, "/log?n=1&text=later")
         try:
             return await asyncio.wait_for(reader, 5)
@@ -1124,7 +1181,7 @@ def test_start_clears_a_task_nobody_recorded_and_says_so(world: World) -> None:
 
 @needs_root
 def test_open_firewalls_the_port_range_and_close_keeps_it_for_instances_left_running(world: World) -> None:
-    low = random.randrange(20000, 29000, 10)
+    low = port_block()
     world.runtime.port_range = (low, low + 9)
     caps = {c.name: c for c in run(world.runtime.open())}
     assert caps["firewall"].available, caps["firewall"].detail
