@@ -14,6 +14,7 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.wiring import open_fleet
 from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD, finish_restore, restore_into
 from tests.support.fleets import make_fleet
+from tests.support.offline import create_offline
 
 H = 3600
 
@@ -22,8 +23,8 @@ H = 3600
 def backups(tmp_path: Path, release_zips: dict[str, Path]) -> Backups:
     fleet = make_fleet(tmp_path)
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
-    fleet.cli("instance", "create", "bob", "--release", "13.345", "--no-start")
+    create_offline(fleet, "alice")
+    create_offline(fleet, "bob")
     return Backups(open_fleet(fleet.settings()))
 
 

@@ -14,12 +14,5 @@ app = command_group("The edge (Caddy): routes and certificates for every tenant 
 @app.command()
 def show(ctx: typer.Context) -> None:
     """Print the Caddy JSON configuration generated from the fleet's desired state."""
-    from foundry_fleet.edge.caddy_config import build_caddy_config
-    from foundry_fleet.services.wiring import edge_settings
-
     c: CliContext = ctx.obj
-    client = c.daemon()
-    if client is not None:
-        print_json(client.edge_config())
-    else:
-        print_json(build_caddy_config(edge_settings(c.config), c.fleet().edge_sites()))
+    print_json(c.read(lambda fleet: fleet.edge_config()))

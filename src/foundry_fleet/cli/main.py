@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +22,6 @@ from foundry_fleet.cli.render import (
 )
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.text import escape_controls
-from foundry_fleet.services.edge_status import edge_report
 
 app = typer.Typer(
     name="foundry-fleet",
@@ -78,6 +76,8 @@ def up(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the fleet daemon in the foreground: supervise instances, serve the control API."""
+    import asyncio
+
     from rich.logging import RichHandler
 
     from foundry_fleet.services.daemon import serve
@@ -101,17 +101,7 @@ def _escape_log_record(record: logging.LogRecord) -> bool:
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The daemon and every instance, at a glance."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    if client is not None:
-        data = client.status()
-    else:
-        fleet = c.fleet()
-        data = {
-            "daemon": {"running": False, "root": str(c.config.root)},
-            "capabilities": [],
-            "instances": [i.to_dict() for i in fleet.list_instances()],
-            "edge": edge_report(fleet, None),
-        }
+    data = c.read(lambda fleet: fleet.status())
     if json_out:
         print_json(data)
         return

@@ -1,0 +1,18 @@
+"""Test set-up on a fleet whose daemon is not running: an instance made through the service layer in
+this process, as a fleet that was stopped holds it (the CLI itself creates only through the daemon)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.harness import FleetHarness
+
+
+def create_offline(h: FleetHarness, name: str, release: str = "13.345", owner: str | None = None,
+                   start: bool = False, extra_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Like `instance create --json` (with --no-start unless `start`): {"instance": ..., "admin_password": ...}."""
+    from foundry_fleet.config import load_config
+    from foundry_fleet.services.wiring import open_fleet
+
+    fleet = open_fleet(load_config(h.config), actor="cli:test")
+    return fleet.create_instance(name, release, owner=owner, start=start, extra_hosts=list(extra_hosts)).to_dict()
