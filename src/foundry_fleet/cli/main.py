@@ -16,7 +16,7 @@ from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.typer_compat import ClickException
+from foundry_fleet.cli.typer_compat import ClickException, with_usage
 from foundry_fleet.cli.render import (
     console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, safe,
 )
@@ -175,5 +175,6 @@ def main() -> None:
     except (typer.Abort, typer.Exit) as e:
         sys.exit(getattr(e, "exit_code", 1))
     except ClickException as e:  # usage errors and the like: one message and their own exit code
+        with_usage(e, app, sys.argv[1:])
         e.show()  # type: ignore[attr-defined]
         sys.exit(e.exit_code)  # type: ignore[attr-defined]

@@ -25,6 +25,24 @@ def _click_exception() -> type[Exception]:
 ClickException = _click_exception()
 
 
+def with_usage(error: Exception, root: typer.Typer, argv: list[str]) -> None:
+    """Give a usage error the context of the command it is about, so it is shown with that command's
+    usage line. Click raises some (an option missing its value) before any context exists."""
+    if getattr(error, "ctx", "absent") is not None:
+        return
+    command = typer.main.get_command(root)
+    ctx = command.make_context("foundry-fleet", [], resilient_parsing=True)
+    for word in argv:
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            if not word.startswith("-") and getattr(command, "commands", None):
+                break  # an unknown word where a command was expected
+            continue
+        command = sub
+        ctx = command.make_context(word, [], parent=ctx, resilient_parsing=True)
+    error.ctx = ctx  # type: ignore[attr-defined]
+
+
 def _coerce_text_without_pydantic() -> None:
     """Since typer 0.29 every parameter's value goes through a pydantic TypeAdapter, built on first use:
     importing pydantic and building adapters costs about 0.1 s, half of what a command that only asks
