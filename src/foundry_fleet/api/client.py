@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
+if "httpx" not in sys.modules:
+    # httpx imports its own command-line tool when click and rich are installed (they are: the CLI uses
+    # them), and with it pygments: a third of a CLI command's start. Nothing here runs that tool, so its
+    # module is marked missing, which httpx expects (it then defines a stub `httpx.main`).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+import httpx  # noqa: E402
 
 from foundry_fleet.domain.errors import ERROR_KINDS, DaemonNotRunning, FleetError
 

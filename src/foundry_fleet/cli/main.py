@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -77,6 +76,7 @@ def up(
 ) -> None:
     """Run the fleet daemon in the foreground: supervise instances, serve the control API."""
     import asyncio
+    import logging
 
     from rich.logging import RichHandler
 
@@ -90,7 +90,7 @@ def up(
     asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
 
 
-def _escape_log_record(record: logging.LogRecord) -> bool:
+def _escape_log_record(record: Any) -> bool:  # a logging.LogRecord
     """The daemon's log shows tenants' text too (state reasons, their servers' last lines): no controls."""
     record.msg = escape_controls(record.getMessage(), multiline=True)
     record.args = None
