@@ -34,6 +34,7 @@ from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.status_updates import StatusUpdates
 from foundry_fleet.services.wiring import open_fleet
 from tests.support.edge_client import http, https, local_ca, serves_certificate
@@ -375,7 +376,7 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
                 if kind == "hosts":
                     svc.set_extra_hosts(args[0], list(args[1:]))
                 else:
-                    svc.create_instance(args[0], "13.345", start=False)
+                    Provisioning(svc).create("cli:test", args[0], "13.345", start=False)
                 results.append("ok")
             except Conflict:
                 results.append("conflict")

@@ -12,7 +12,9 @@ def create_offline(h: FleetHarness, name: str, release: str = "13.345", owner: s
                    start: bool = False, extra_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Like `instance create --json` (with --no-start unless `start`): {"instance": ..., "admin_password": ...}."""
     from foundry_fleet.config import load_config
+    from foundry_fleet.services.provisioning import Provisioning
     from foundry_fleet.services.wiring import open_fleet
 
-    fleet = open_fleet(load_config(h.config), actor="cli:test")
-    return fleet.create_instance(name, release, owner=owner, start=start, extra_hosts=list(extra_hosts)).to_dict()
+    provisioning = Provisioning(open_fleet(load_config(h.config)))
+    return provisioning.create("cli:test", name, release, owner=owner, start=start,
+                               extra_hosts=list(extra_hosts)).to_dict()

@@ -17,6 +17,7 @@ from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operation_lock import InstanceBusy, OperationLock
 from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.wiring import open_fleet
 from tests.support.foundry_standin import build_release_zip
 
@@ -49,8 +50,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     work = tmp_path_factory.mktemp("ops")
     service = open_fleet(load_config(init_fleet(work / "fleet")), actor="test")
     service.add_release(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
-    service.create_instance("alice", "13.345", start=False)
-    service.create_instance("bob", "13.345", start=False)
+    for name in ("alice", "bob"):
+        Provisioning(service).create("cli:admin", name, "13.345", start=False)
     return service
 
 

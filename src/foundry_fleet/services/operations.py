@@ -20,8 +20,10 @@ from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.desired_state import DesiredStates
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.operation_lock import OperationLock
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.views import CreatedInstance, InstanceView
 from foundry_fleet.storage.snapshots import SnapshotInfo
@@ -89,14 +91,12 @@ class Operations:
         self.edge = edge
         self.settle_timeout = settle_timeout
         self.lock = lock or OperationLock()
-
-    # the actor's view of the services -------------------------------------------------------
-
-    def _fleet(self, actor: str) -> Fleet:
-        return self.fleet.acting_as(actor)
+        self.provisioning = Provisioning(fleet)
+        self.desired = DesiredStates(fleet)
 
     def _backups(self, actor: str) -> Backups:
-        return Backups(self._fleet(actor), self.backups.replication)
+        """The backup service, recording its events under `actor`."""
+        return Backups(self.fleet.acting_as(actor), self.backups.replication)
 
     def busy(self, name: str) -> str | None:
         """What `name` is busy with right now, or None."""
@@ -116,7 +116,7 @@ class Operations:
         extra_hosts: list[str] | None = None,
     ) -> CreatedInstance:
         with self.lock.hold(name, "being created"):
-            created = await _blocking(self._fleet(actor).create_instance, name, release, license_key, owner,
+            created = await _blocking(self.provisioning.create, actor, name, release, license_key, owner,
                                       admin_password, start, extra_hosts)
             await self.supervisor.reconcile()
             if start:
@@ -127,50 +127,49 @@ class Operations:
 
     async def start(self, actor: str, name: str, wait: bool = True) -> InstanceView:
         with self.lock.hold(name, "starting"):
-            await _blocking(self._fleet(actor).set_desired, name, DesiredState.RUNNING)
+            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING)
             self.supervisor.poke(name)
             return await self._settled(name, wait)
 
     async def stop(self, actor: str, name: str, wait: bool = True) -> InstanceView:
         with self.lock.hold(name, "stopping"):
-            await _blocking(self._fleet(actor).set_desired, name, DesiredState.STOPPED)
+            await _blocking(self.desired.set, actor, name, DesiredState.STOPPED)
             self.supervisor.poke(name)
             return await self._settled(name, wait)
 
     async def restart(self, actor: str, name: str, wait: bool = True) -> InstanceView:
         with self.lock.hold(name, "restarting"):
-            await _blocking(self._fleet(actor).set_desired, name, DesiredState.RUNNING, "restart")
+            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restart")
             await self.supervisor.restart(name)
             return await self._settled(name, wait)
 
     async def suspend(self, actor: str, name: str, reason: str) -> InstanceView:
         """Stop the instance and keep it stopped: its tenant cannot start it until it is resumed."""
         with self.lock.hold(name, "being suspended"):
-            await _blocking(self._fleet(actor).suspend, name, reason)
+            await _blocking(self.desired.suspend, actor, name, reason)
             self.supervisor.poke(name)
             return await self._settled(name, True)
 
     async def resume(self, actor: str, name: str) -> InstanceView:
         with self.lock.hold(name, "resuming"):
-            await _blocking(self._fleet(actor).resume, name)
+            await _blocking(self.desired.resume, actor, name)
             self.supervisor.poke(name)
             return await self._settled(name, True)
 
     async def delete(self, actor: str, name: str, purge: bool = False) -> Deleted:
         """Stop, take a final snapshot, then archive (or purge) the data and forget the instance."""
         with self.lock.hold(name, "being deleted"):
-            acting = self._fleet(actor)
             # Stopped first, so no reconcile can start it again while it is being removed.
-            await _blocking(acting.set_desired, name, DesiredState.STOPPED, "deleting")
+            await _blocking(self.desired.set, actor, name, DesiredState.STOPPED, "deleting")
             await self.supervisor.remove(name)
             final = await _blocking(self._backups(actor).final_backup, name, purge)
-            kept = await _blocking(acting.delete_instance, name, purge)
+            kept = await _blocking(self.provisioning.delete, actor, name, purge)
             await self._sync_edge()
             return Deleted(name, kept, final)
 
     async def set_hosts(self, actor: str, name: str, extra_hosts: list[str]) -> InstanceView:
         with self.lock.hold(name, "changing its hostnames"):
-            view = await _blocking(self._fleet(actor).set_extra_hosts, name, extra_hosts)
+            view = await _blocking(self.fleet.acting_as(actor).set_extra_hosts, name, extra_hosts)
             await self._sync_edge()
             return view
 
@@ -187,24 +186,22 @@ class Operations:
     async def restore(self, actor: str, name: str, snapshot: str) -> Restored:
         """Stop, keep the current data as a safety snapshot, restore, and start again if it ran."""
         with self.lock.hold(name, "restoring"):
-            acting = self._fleet(actor)
             was = await self._view(name)
             await _blocking(self.backups.snapshots.path, name, snapshot)  # NotFound before anything stops
-            await self._stop_and_wait(acting, name, f"restoring {snapshot}")
+            await self._stop_and_wait(actor, name, f"restoring {snapshot}")
             try:
                 safety = await _blocking(self._backups(actor).restore, name, snapshot)
             finally:
                 # Never start on half-restored data (a failed restore whose data could not be put back).
                 whole = await _blocking(self.backups.snapshots.restoring, name) is None
                 if was.desired == DesiredState.RUNNING.value and whole:
-                    await _blocking(acting.set_desired, name, DesiredState.RUNNING, "restored")
+                    await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restored")
                     self.supervisor.poke(name)
             return Restored(safety, await self._settled(name, was.desired == DesiredState.RUNNING.value))
 
     async def upgrade(self, actor: str, name: str, release: str) -> Upgraded:
         """Snapshot, switch the release, start; back to the old release and data if it is not healthy."""
         with self.lock.hold(name, "being upgraded"):
-            acting = self._fleet(actor)
             backups = self._backups(actor)
             was = await self._view(name)
             if was.release == release:
@@ -212,28 +209,30 @@ class Operations:
             await _blocking(self.fleet.get_release, release)  # NotFound before anything stops
             await _blocking(backups.check_room, name)  # a refused pre-upgrade snapshot, before anything stops
             was_running = was.desired == DesiredState.RUNNING.value
-            await self._stop_and_wait(acting, name, f"upgrading to {release}")
+            await self._stop_and_wait(actor, name, f"upgrading to {release}")
             snap = await _blocking(backups.take, name, "pre-upgrade")
             try:
-                old = await _blocking(acting.switch_release, name, release)
+                old = (await _blocking(self.desired.switch_release, actor, name, release)).previous
             except Exception:
                 if was_running:
-                    await self._start_and_judge(acting, name, "upgrade refused")
+                    await self._start_and_judge(actor, name, "upgrade refused")
                 raise
-            verdict = await self._start_and_judge(acting, name, f"upgraded to {release}")
+            verdict = await self._start_and_judge(actor, name, f"upgraded to {release}")
             if verdict.healthy:
-                await _blocking(acting.record_event, "instance.upgrade", name, Outcome.OK, f"{old} -> {release}")
+                await _blocking(self.fleet.record_event, "instance.upgrade", name, Outcome.OK, f"{old} -> {release}",
+                                actor)
                 if not was_running:
-                    await self._stop_and_wait(acting, name, "was stopped before the upgrade")
+                    await self._stop_and_wait(actor, name, "was stopped before the upgrade")
                 return Upgraded(True, snap.name, verdict.reason, await self._settled(name, True))
             # Not healthy: the old release, and the data as it was before the new one touched it.
-            await self._stop_and_wait(acting, name, f"rolling back from {release}")
-            await _blocking(acting.switch_release, name, old)
+            await self._stop_and_wait(actor, name, f"rolling back from {release}")
+            await _blocking(self.desired.switch_release, actor, name, old)
             await _blocking(backups.restore, name, snap.name)
-            await _blocking(acting.record_event, "instance.upgrade", name, Outcome.FAILED,
-                            f"{release} was not healthy ({verdict.reason}); rolled back to {old} and snapshot {snap.name}")
+            await _blocking(self.fleet.record_event, "instance.upgrade", name, Outcome.FAILED,
+                            f"{release} was not healthy ({verdict.reason}); rolled back to {old} and snapshot {snap.name}",
+                            actor)
             if was_running:
-                await self._start_and_judge(acting, name, "rolled back")
+                await self._start_and_judge(actor, name, "rolled back")
             return Upgraded(False, snap.name, verdict.reason, await self._settled(name, True))
 
     # steps --------------------------------------------------------------------------------
@@ -252,16 +251,16 @@ class Operations:
             await self._sync_edge()
         return await self._view(name)
 
-    async def _stop_and_wait(self, acting: Fleet, name: str, why: str) -> None:
-        await _blocking(acting.set_desired, name, DesiredState.STOPPED, why)
+    async def _stop_and_wait(self, actor: str, name: str, why: str) -> None:
+        await _blocking(self.desired.set, actor, name, DesiredState.STOPPED, why)
         self.supervisor.poke(name)
         await self.supervisor.wait_settled(name, self.settle_timeout)
 
-    async def _start_and_judge(self, acting: Fleet, name: str, why: str) -> StartVerdict:
+    async def _start_and_judge(self, actor: str, name: str, why: str) -> StartVerdict:
         """Start and watch: healthy is success; failing, crashing once or not becoming healthy in time
         is failure, with the reason."""
         before = await self._view(name)
-        await _blocking(acting.set_desired, name, DesiredState.RUNNING, why)
+        await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, why)
         self.supervisor.poke(name)
         timeout = self.fleet.config.supervisor.start_timeout
         deadline = time.monotonic() + timeout

@@ -13,6 +13,7 @@ never stored in the database or shown again. A provisioning interrupted by a cra
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -29,6 +30,7 @@ from foundry_fleet.domain.urls import redact_url
 from foundry_fleet.releases.fetch import check_download_url
 from foundry_fleet.releases.policy import ProgressCallback
 from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.store.models import Instance, WizardRow
@@ -57,7 +59,7 @@ class SetupWizard:
         self.fleet = fleet
         self.invites = invites or Invites(fleet)
         # The daemon passes a create that also wakes the supervisor; by default the service's own.
-        self.create = create or fleet.create_instance
+        self.create = create or functools.partial(Provisioning(fleet).create, fleet.actor)
         self.secrets_dir = fleet.config.paths.database.parent / "wizards"
 
     # reading ------------------------------------------------------------------------------
