@@ -101,7 +101,8 @@ def test_a_command_that_asks_the_daemon_imports_nothing_heavy(fleet_toml: Path, 
     heavy = [m for m in modules if m.startswith(HEAVY)]
     assert heavy == [], heavy
     # Nor pydantic (0.1 s): the daemon validated fleet.toml; typer's own parsing of text and flags skips it.
-    assert "pydantic" not in modules
+    # Nor httpx: one question over a unix socket needs only the standard library's HTTP.
+    assert "pydantic" not in modules and "httpx" not in modules
 
 
 def test_an_operation_without_the_daemon_says_so_and_imports_nothing_heavy(tmp_path: Path) -> None:
