@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foundry_fleet.config_file import (  # noqa: F401 - re-exported: where fleet.toml and the layout are
+    CONFIG_ENV, CONFIG_NAME, DEFAULT_ROOT, FleetPaths, find_config, read_toml, resolve_root,
+)
 from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan
 from foundry_fleet.domain.crash_policy import CrashPolicy
-from foundry_fleet.domain.errors import InvalidInput, NotFound
+from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.domain.hosts import validate_host_label
 from foundry_fleet.domain.names import validate_domain
 
-CONFIG_ENV = "FOUNDRY_FLEET_CONFIG"
-CONFIG_NAME = "fleet.toml"
-DEFAULT_ROOT = "fleet-data"
 
 # Where foundryvtt.com serves release zips from (timed URLs point at these).
 DEFAULT_DOWNLOAD_HOSTS = ["foundryvtt.com", "*.foundryvtt.com"]
@@ -298,65 +295,6 @@ class FleetConfig(_Section):
         return f"https://{self.host_for(instance)}{port}/-/"
 
 
-@dataclass(frozen=True)
-class FleetPaths:
-    """Where things live under the fleet root (the seed's layout)."""
-
-    root: Path
-    releases: Path
-
-    @property
-    def shared(self) -> Path:
-        return self.root / "shared"
-
-    @property
-    def instances(self) -> Path:
-        return self.root / "instances"
-
-    @property
-    def archive(self) -> Path:
-        return self.root / "archive"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def database(self) -> Path:
-        return self.root / "state" / "fleet.sqlite"
-
-    @property
-    def socket(self) -> Path:
-        return self.run / "control.sock"
-
-    @property
-    def daemon_lock(self) -> Path:
-        return self.run / "daemon.lock"
-
-    def instance_logs(self, name: str) -> Path:
-        return self.logs / "instances" / name
-
-
-def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """--config, else $FOUNDRY_FLEET_CONFIG, else ./fleet.toml, else ./fleet-data/fleet.toml."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    for candidate in (Path(CONFIG_NAME), Path(DEFAULT_ROOT) / CONFIG_NAME):
-        if candidate.exists():
-            return candidate
-    raise NotFound(
-        "no fleet.toml found (looked for --config, $FOUNDRY_FLEET_CONFIG, ./fleet.toml, ./fleet-data/fleet.toml)",
-        "create a fleet with: foundry-fleet init --root fleet-data",
-    )
-
-
 def _describe(err: ValidationError, path: Path) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
@@ -366,17 +304,9 @@ def _describe(err: ValidationError, path: Path) -> str:
 
 
 def load_config(path: Path) -> FleetConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFound(f"config file {path} does not exist", "run foundry-fleet init, or pass --config") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInput(f"{path} is not valid TOML: {e}", "fix the file, or re-create it with foundry-fleet init") from None
+    raw = read_toml(path)
     base = path.resolve().parent
-    fleet = raw.get("fleet") if isinstance(raw.get("fleet"), dict) else None
-    if fleet is not None:
-        fleet.setdefault("root", ".")
-        fleet["root"] = str((base / str(fleet["root"])).resolve())
+    resolve_root(raw, path)
     releases = raw.get("releases")
     if isinstance(releases, dict) and isinstance(releases.get("cache_dir"), str):
         releases["cache_dir"] = str((base / releases["cache_dir"]).resolve())

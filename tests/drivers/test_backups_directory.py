@@ -16,6 +16,7 @@ from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD, finish_restore, restore_into
 from foundry_fleet.store.models import Instance
 from tests.support.fleets import make_fleet
+from tests.support.offline import create_offline
 
 H = 3600
 
@@ -24,8 +25,8 @@ H = 3600
 def backups(tmp_path: Path, release_zips: dict[str, Path]) -> Backups:
     fleet = make_fleet(tmp_path)
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
-    fleet.cli("instance", "create", "bob", "--release", "13.345", "--no-start")
+    create_offline(fleet, "alice")
+    create_offline(fleet, "bob")
     return make_backups(open_fleet(fleet.settings()))
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from foundry_fleet.api.endpoints import PRINCIPAL_HEADER
 from tests.support.harness import FleetHarness
+from tests.support.offline import create_offline
 
 pytestmark = pytest.mark.e2e
 ALICE, BOB, BOSS, ROOT_ADMIN = "111111111111111111", "222222222222222222", "333333333333333333", "444444444444444444"
@@ -27,7 +28,7 @@ def test_tenants_reach_only_their_own_instances_and_admins_reach_all(
     fleet.edit_config("admin_users = []", f'admin_users = ["{ROOT_ADMIN}"]')
     fleet.cli("release", "add", str(release_zips["node"]))
     for name, owner in (("alice", ALICE), ("bob", BOB)):
-        fleet.cli("instance", "create", name, "--release", "13.345", "--owner", owner, "--no-start")
+        create_offline(fleet, name, owner=owner)
     fleet.up()
     alice, boss, root_admin = as_user(fleet, ALICE), as_user(fleet, BOSS, "admin"), as_user(fleet, ROOT_ADMIN)
 

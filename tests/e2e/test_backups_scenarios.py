@@ -83,8 +83,11 @@ def test_restoring_an_unknown_snapshot_is_refused_and_the_instance_keeps_running
 
 def test_the_daemon_takes_scheduled_snapshots(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "bob", "--release", "13.345")
     fleet.up()
+    fleet.cli("instance", "create", "bob", "--release", "13.345", "--no-start")
+    fleet.stop_daemons()
+    fleet.up()  # its first round finds bob without a snapshot in the current slot
+    fleet.cli("instance", "start", "bob")
     fleet.wait_state("bob", "running")
     snaps = fleet.cli("backup", "list", "bob", "--json").json()
     assert len(snaps) == 1 and snaps[0]["name"].endswith("0000Z"), snaps  # the current hour's slot
@@ -94,7 +97,9 @@ def test_an_interrupted_restore_is_finished_before_the_instance_starts(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
     inst = fleet.cli("instance", "create", "carol", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    fleet.stop_daemons()
     data = Path(inst["data_dir"])
     (data / "Data" / "world.db").write_text("restored copy")
     # The restore had moved the live data aside and the complete copy was about to take its place.

@@ -78,6 +78,7 @@ def test_evil_release_zips_are_refused(tmp_path: Path, kind: str, says: str) -> 
 
 
 def test_unknown_release_invalid_and_duplicate_names(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    fleet.up()
     r = fleet.cli("instance", "create", "gm", "--release", "13.999", check=False)
     assert r.code == 3 and "release 13.999 is not in this fleet" in r.err
     fleet.cli("release", "add", str(release_zips["node"]))
@@ -91,7 +92,7 @@ def test_unknown_release_invalid_and_duplicate_names(fleet: FleetHarness, releas
     assert fleet.cli("instance", "list", "--json").json() == []
     assert not (fleet.root / "instances" / "gm").exists()
 
-    fleet.cli("instance", "create", "gm", "--release", "13.345")
+    fleet.cli("instance", "create", "gm", "--release", "13.345", "--no-start")
     r = fleet.cli("instance", "create", "gm", "--release", "13.345", check=False)
     assert r.code == 4 and "already exists" in r.err
     assert len(fleet.cli("instance", "list", "--json").json()) == 1
@@ -103,12 +104,16 @@ def test_port_exhaustion(tmp_path: Path, release_zips: dict[str, Path]) -> None:
     low = int(text.split("port_range = [")[1].split(",")[0])
     fleet.edit_config(f"port_range = [{low}, {low + 49}]", f"port_range = [{low}, {low + 1}]")
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "one", "--release", "13.345")
-    fleet.cli("instance", "create", "two", "--release", "13.345")
-    r = fleet.cli("instance", "create", "three", "--release", "13.345", check=False)
-    assert r.code == 4 and "no free port" in r.err and "port_range" in r.err
-    assert [i["name"] for i in fleet.cli("instance", "list", "--json").json()] == ["one", "two"]
-    assert not (fleet.root / "instances" / "three").exists()
+    fleet.up()
+    try:
+        fleet.cli("instance", "create", "one", "--release", "13.345", "--no-start")
+        fleet.cli("instance", "create", "two", "--release", "13.345", "--no-start")
+        r = fleet.cli("instance", "create", "three", "--release", "13.345", check=False)
+        assert r.code == 4 and "no free port" in r.err and "port_range" in r.err
+        assert [i["name"] for i in fleet.cli("instance", "list", "--json").json()] == ["one", "two"]
+        assert not (fleet.root / "instances" / "three").exists()
+    finally:
+        fleet.stop_daemons()
 
 
 def test_missing_node_binary(tmp_path: Path, release_zips: dict[str, Path]) -> None:
@@ -143,6 +148,7 @@ def test_download_from_a_private_address_is_refused(fleet: FleetHarness) -> None
 
 def test_release_in_use_cannot_be_removed(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
     fleet.cli("instance", "create", "gm", "--release", "13.345", "--no-start")
     r = fleet.cli("release", "remove", "13.345", check=False)
     assert r.code == 4 and "in use by gm" in r.err

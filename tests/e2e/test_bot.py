@@ -34,6 +34,7 @@ from tests.support.discord_gateway_recorder import (
     GUILD_ID, OPS_CHANNEL_ID, TOKEN, DiscordGatewayRecorder, Interaction, Message, Person,
 )
 from tests.support.harness import FleetHarness, wait_until
+from tests.support.offline import create_offline
 
 pytestmark = pytest.mark.e2e
 
@@ -94,12 +95,24 @@ def admin_users(fleet: FleetHarness, *people: Person) -> None:
 # tenants ---------------------------------------------------------------------------------------
 
 
+def _event_says(fleet: FleetHarness, target: str, text: str) -> bool:
+    """Whether the fleet's event log has an event about `target` whose message holds `text`."""
+    import sqlite3
+
+    db = sqlite3.connect(fleet.root / "state" / "fleet.sqlite")
+    try:
+        rows = db.execute("SELECT message FROM events WHERE target = ?", (target,)).fetchall()
+    finally:
+        db.close()
+    return any(text in message for (message,) in rows)
+
+
 def test_tenants_run_their_own_instance_from_discord(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.cli("release", "add", str(release_zips["wrapped"]))  # 13.347
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--owner", str(ALICE.id), "--no-start")
-    fleet.cli("instance", "create", "bob", "--release", "13.345", "--owner", str(BOB.id), "--no-start")
-    fleet.cli("instance", "create", "bob-two", "--release", "13.345", "--owner", str(BOB.id), "--no-start")
+    create_offline(fleet, "alice", owner=str(ALICE.id))
+    create_offline(fleet, "bob", owner=str(BOB.id))
+    create_offline(fleet, "bob-two", owner=str(BOB.id))
     fleet.up()
     domain = fleet.settings().fleet.domain
 
@@ -155,11 +168,11 @@ def test_tenants_run_their_own_instance_from_discord(fleet: FleetHarness, releas
         in_dm = await ask(rec, bot, ALICE, "status", dm=True)  # commands work in a DM with the bot too
         assert "**alice**: running" in private(in_dm)
 
-        # One operation at a time per instance: a second one hears "busy" at once.
+        # One operation at a time per instance: the fleet refuses a second one at once, saying why.
         upgrade = rec.feed(bot, rec.slash(ALICE, "upgrade", release="13.347"))
-        await rec.until(lambda: bot.operations.busy("alice"), 10, "the upgrade to begin")
+        await rec.until(lambda: _event_says(fleet, "alice", "upgrading to 13.347"), 10, "the upgrade to begin")
         busy = await ask(rec, bot, ALICE, "restart")
-        assert "alice is busy: an upgrade is in progress" in private(busy)
+        assert "alice is being upgraded" in private(busy) and "try again once it has finished" in busy.content
         upgraded = await rec.reply(upgrade)
         assert "now runs Foundry 13.347" in private(upgraded) and "Backup from just before" in upgraded.content
 
@@ -186,7 +199,7 @@ def test_tenants_run_their_own_instance_from_discord(fleet: FleetHarness, releas
 def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     admin_users(fleet, ROOT)
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--owner", str(ALICE.id))
+    create_offline(fleet, "alice", owner=str(ALICE.id), start=True)
     fleet.up()
     fleet.wait_state("alice", "running")
 
@@ -440,7 +453,7 @@ def test_status_updates_reach_the_ops_channel_and_owners_and_closed_dms_are_unde
 ) -> None:
     fleet.edit_config('# ops_channel_id = "123456789012345678"', f'ops_channel_id = "{OPS_CHANNEL_ID}"')
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "dave", "--release", "13.345", "--owner", str(DAVE.id), "--no-start")
+    create_offline(fleet, "dave", owner=str(DAVE.id))
 
     async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:
         rec.closed_dms.add(DAVE.id)

@@ -21,6 +21,7 @@ from foundry_fleet.bot.text import instance_line, scrub
 from foundry_fleet.domain.text import escape_controls
 from tests.support.discord_gateway_recorder import DiscordGatewayRecorder
 from tests.support.harness import BIN, FleetHarness, OutputReader, wait_until
+from tests.support.offline import create_offline
 from tests.support.foundry_standin import run_in_instance
 from tests.e2e.test_bot import ALICE, ask, play, private
 
@@ -126,7 +127,7 @@ def test_events_and_state_reasons_are_shown_escaped_and_without_markup(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
+    create_offline(fleet, "alice")
     # What a tenant's text in an error or reason looks like once recorded (file names, log lines).
     evil = "\x1b]0;pwned\x07[bold red]x[/]\r"
     fleet.sql("INSERT INTO events (at, actor, action, target, outcome, message, detail) "

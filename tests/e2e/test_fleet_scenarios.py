@@ -271,12 +271,22 @@ def test_control_api_socket_and_schema(running: Running) -> None:
 
 
 def test_commands_that_need_the_daemon_say_so(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
-    fleet.cli("release", "add", str(release_zips["node"]))
-    created = create(fleet, "dave", "13.345")
-    assert created["instance"]["state"] == "stopped"  # created offline; starts with the daemon
-    r = fleet.cli("instance", "start", "dave", check=False)
-    assert r.code == 6 and "daemon is not running" in r.err and "foundry-fleet up" in r.err
+    fleet.cli("release", "add", str(release_zips["node"]))  # releases are the host's: no daemon needed
+    # Every operation on an instance goes through the daemon: without it, one message and nothing done.
+    for args in (["instance", "create", "dave", "--release", "13.345"], ["instance", "start", "dave"],
+                 ["instance", "stop", "dave"], ["instance", "restart", "dave"],
+                 ["instance", "upgrade", "dave", "--release", "13.345"], ["instance", "suspend", "dave"],
+                 ["instance", "resume", "dave"], ["instance", "delete", "dave", "--purge"],
+                 ["instance", "hosts", "dave", "games.example.org"], ["backup", "now", "dave"],
+                 ["backup", "plan", "dave", "2d=>1h"], ["backup", "restore", "dave", "manual-x"]):
+        r = fleet.cli(*args, check=False)
+        assert r.code == 6, (args, r.code, r.err)
+        assert "daemon is not running" in r.err and "foundry-fleet up" in r.err, (args, r.err)
+        assert "Traceback" not in r.err and len(r.err.strip().splitlines()) <= 4, (args, r.err)
+    assert fleet.cli("instance", "list", "--json").json() == []  # reads say what was last recorded
     status = fleet.cli("status", "--json").json()
     assert status["daemon"]["running"] is False
     fleet.up()
+    assert create(fleet, "dave", "13.345", "--no-start")["instance"]["state"] == "stopped"
+    fleet.cli("instance", "start", "dave")
     fleet.wait_state("dave", "running")

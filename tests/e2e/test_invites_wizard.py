@@ -13,6 +13,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, RateLimited
 from foundry_fleet.services import invites as invites_module
 from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.wiring.services import make_invites, make_wizard, open_fleet
 from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE
 from foundry_fleet.store.models import WizardRow
@@ -158,7 +159,7 @@ def test_a_failed_provisioning_leaves_nothing_and_says_what_to_fix(svc: Fleet) -
     wizard.submit_details(ALICE, "late", LICENSE)
     wizard.submit_release(ALICE, version="13.345")
     # Someone takes the name by another way between the steps.
-    svc.create_instance("late", "13.345", start=False)
+    Provisioning(svc).create("cli:test", "late", "13.345", start=False)
     with pytest.raises(Conflict):
         wizard.provision(ALICE)
     view = wizard.get(ALICE)
@@ -179,7 +180,7 @@ def test_a_crash_while_provisioning_is_settled_at_the_next_start(svc: Fleet) -> 
         wizard.submit_details(user, name, LICENSE)
         wizard.submit_release(user, version="13.345")
     # Alice's instance was made and the process died before the wizard noted it; Bob's never was.
-    svc.create_instance("made", "13.345", owner=ALICE, start=False)
+    Provisioning(svc).create("cli:test", "made", "13.345", owner=ALICE, start=False)
     with svc.sessions.begin() as s:
         for row in s.query(WizardRow):
             row.step = PROVISIONING

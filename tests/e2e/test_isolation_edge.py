@@ -34,9 +34,11 @@ from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_fleet
 from tests.support.edge_client import http, https, local_ca, serves_certificate
 from tests.support.harness import FleetHarness, wait_until, wait_until_async
+from tests.support.offline import create_offline
 from tests.support.ports import port_block
 from tests.support.foundry_standin import free_port, spawn_standin, standin_source_dir, wait_for_status, write_options
 
@@ -358,7 +360,7 @@ def test_create_then_hosts_is_refused_whatever_the_spelling(fleet: FleetHarness,
 def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
     for name in ("alice", "bob"):
-        fleet.cli("instance", "create", name, "--release", "13.345", "--no-start")
+        create_offline(fleet, name)
     config = load_config(fleet.config)
 
     def race(*claims: tuple[str, ...]) -> list[str]:
@@ -373,7 +375,7 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
                 if kind == "hosts":
                     svc.set_extra_hosts(args[0], list(args[1:]))
                 else:
-                    svc.create_instance(args[0], "13.345", start=False)
+                    Provisioning(svc).create("cli:test", args[0], "13.345", start=False)
                 results.append("ok")
             except Conflict:
                 results.append("conflict")
@@ -402,7 +404,7 @@ def test_the_setup_wizard_refuses_a_name_whose_host_is_taken(fleet: FleetHarness
     from foundry_fleet.services.wizard import RELEASE
 
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start", "--extra-host", "carol.localhost")
+    create_offline(fleet, "alice", extra_hosts=("carol.localhost",))
     svc = open_fleet(load_config(fleet.config), actor="test")
     tenant = "333333333333333333"
     make_invites(svc).create(tenant, "7d")

@@ -22,6 +22,7 @@ from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
 from tests.support.fleets import make_fleet, zfs_fleet_on
 from tests.support.harness import FleetHarness, file_digests, wait_until
+from tests.support.offline import create_offline
 from tests.support.foundry_standin import run_in_instance
 from tests.drivers.test_storage_zfs import Recorder, write_until_refused
 from tests.support.zfs import zfs
@@ -76,7 +77,7 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
     h = zfs_fleet
     h.cli("release", "add", str(release_zips["node"]))
     for name in ("alice", "bob"):
-        h.cli("instance", "create", name, "--release", "13.345", "--owner", OWNER, "--no-start")
+        create_offline(h, name, owner=OWNER)
     data = f"{zfs_base}/instances/alice/data"
     assert zfs("get", "-H", "-o", "value", "refquota", data).stdout.strip() == "none"
     assert zfs_int("quota", data) == 100 * MIB and zfs_int("foundry-fleet:limit", data) == 100 * MIB

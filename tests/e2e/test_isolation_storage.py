@@ -20,6 +20,7 @@ from foundry_fleet.storage.trees import remove_tree
 from foundry_fleet.storage.tenant_tree import MAX_DEPTH
 from tests.support.fleets import make_fleet, zfs_fleet_on
 from tests.support.harness import FleetHarness, wait_until
+from tests.support.offline import create_offline
 from tests.support.foundry_standin import run_in_instance
 
 pytestmark = pytest.mark.e2e
@@ -295,7 +296,7 @@ def test_a_deep_tree_fifo_and_strange_names_break_nothing(
 def test_a_touched_file_is_not_copied_again_and_a_changed_one_is(tmp_path: Path, release_zips: dict[str, Path]) -> None:
     h = make_fleet(tmp_path)
     h.cli("release", "add", str(release_zips["node"]))
-    h.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
+    create_offline(h, "alice")
     backups = make_backups(open_fleet(h.settings()))
     data = backups.storage.paths("alice").data
     big = data / "Data" / "scene.webp"
@@ -323,7 +324,7 @@ def test_a_sparse_file_costs_a_snapshot_what_it_stores_not_what_it_claims(tmp_pa
                                                                           release_zips: dict[str, Path]) -> None:
     h = make_fleet(tmp_path)
     h.cli("release", "add", str(release_zips["node"]))
-    h.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
+    create_offline(h, "alice")
     backups = make_backups(open_fleet(h.settings()))
     sparse = backups.storage.paths("alice").data / "Data" / "huge.bin"
     with sparse.open("wb") as f:

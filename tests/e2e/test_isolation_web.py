@@ -40,6 +40,7 @@ def test_a_plan_keeping_billions_of_snapshots_is_refused_and_the_old_plan_kept(
         tmp_path: Path, release_zips: dict[str, Path]) -> None:
     fleet = make_fleet(tmp_path)
     fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
     fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
     fleet.cli("backup", "plan", "alice", "2d=>1h")
     bad = fleet.cli("backup", "plan", "alice", "100y=>1s", check=False)

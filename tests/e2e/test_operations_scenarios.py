@@ -109,11 +109,13 @@ def test_an_unrecorded_process_is_cleared_before_the_instance_starts(
     from tests.support.foundry_standin import spawn_standin
 
     fleet.cli("release", "add", str(release_zips["node"]))
-    inst = fleet.cli("instance", "create", "ivan", "--release", "13.345", "--json").json()["instance"]
+    fleet.up()
+    inst = fleet.cli("instance", "create", "ivan", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    fleet.stop_daemons()
     entry = Path(inst["install_dir"]) / "main.js"
     stray = spawn_standin(entry, inst["port"], Path(inst["data_dir"]), stdout_path=fleet.root / "stray.log")
     wait_until(lambda: pids_with_arg(f"--port={inst['port']}"), 10, "the stray to run")
-    fleet.sql("update instances set state = 'starting' where name = 'ivan'")
+    fleet.sql("update instances set state = 'starting', desired = 'running' where name = 'ivan'")
     fleet.up()
     back = fleet.wait_state("ivan", "running")
     assert stray.wait(10) is not None
@@ -126,7 +128,9 @@ def test_an_interrupted_delete_is_finished_without_losing_data(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
     inst = fleet.cli("instance", "create", "jane", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    fleet.stop_daemons()
     Path(inst["data_dir"], "Data", "world.db").write_text("keep me")
     fleet.sql("update instances set desired = 'deleted' where name = 'jane'")  # then the deleter died
     fleet.up()
@@ -137,6 +141,7 @@ def test_an_interrupted_delete_is_finished_without_losing_data(
 
 def test_files_without_an_instance_are_never_adopted(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
+    fleet.up()
     orphan = fleet.root / "instances" / "kim" / "data"
     orphan.mkdir(parents=True)
     (orphan / "secret.txt").write_text("someone else's")

@@ -24,6 +24,7 @@ from foundry_fleet.wiring.services import make_backups, open_fleet
 from foundry_fleet.storage.snapshots import META
 from foundry_fleet.store.models import ReplicationRow
 from tests.support.harness import FleetHarness
+from tests.support.offline import create_offline
 
 pytestmark = pytest.mark.e2e
 HOUR = 3600.0
@@ -33,7 +34,7 @@ T0 = 1_800_000_000.0 - 1_800_000_000.0 % HOUR
 
 def _create_dana(h: FleetHarness, release_zips: dict[str, Path]) -> Path:
     h.cli("release", "add", str(release_zips["node"]))
-    inst = h.cli("instance", "create", "dana", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    inst = create_offline(h, "dana")["instance"]
     return Path(inst["data_dir"])
 
 

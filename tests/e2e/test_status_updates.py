@@ -14,6 +14,7 @@ from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.status_updates import Undeliverable, update_for
 from foundry_fleet.wiring.services import make_status_updates, open_fleet
 from tests.support.harness import Clock, FleetHarness
+from tests.support.offline import create_offline
 
 ALICE, BOB = "111111111111111111", "222222222222222222"
 
@@ -40,7 +41,7 @@ class Recorder:
 def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> Fleet:
     fleet.cli("release", "add", str(release_zips["node"]))
     for name, owner in (("alice", ALICE), ("bob", BOB), ("nobody", None)):
-        fleet.cli("instance", "create", name, "--release", "13.345", "--no-start", *(["--owner", owner] if owner else []))
+        create_offline(fleet, name, owner=owner)
     return open_fleet(load_config(fleet.config), actor="supervisor")
 
 

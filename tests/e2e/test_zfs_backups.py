@@ -20,6 +20,7 @@ from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.support.fleets import zfs_fleet_on
 from tests.support.ports import port_block
 from tests.support.harness import BIN, FleetHarness, file_digests, wait_until
+from tests.support.offline import create_offline
 from tests.e2e.test_upgrade_scenarios import upgrade_then_roll_back
 from tests.support.zfs import FilePool, make_file_pool, zfs, zpool
 
@@ -113,6 +114,7 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
     zfs_fleet: FleetHarness, zfs_base: str, release_zips: dict[str, Path]
 ) -> None:
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
+    daemon = zfs_fleet.up()
     inst = zfs_fleet.cli("instance", "create", "carol", "--release", "13.345", "--no-start", "--json").json()["instance"]
     data = Path(inst["data_dir"])
     for i in range(40):  # enough that the copy back takes a while
@@ -129,7 +131,8 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
         return zfs("get", "-H", "-o", "value", RESTORING, f"{zfs_base}/instances/carol/data").stdout.strip() == snap
 
     wait_until(lambda: restoring() or restore.poll() is not None, 60, "the restore to begin")
-    restore.kill()
+    daemon.kill()  # the daemon restores: it dies half way
+    daemon.wait()
     restore.wait()
     assert restoring(), "the restore finished before it could be interrupted: make the data bigger"
     assert not any(n.startswith(".fleet-restore") for n in os.listdir(data))
@@ -158,7 +161,7 @@ def test_replication_is_full_then_incremental_and_catches_up_after_being_offline
     zfs_fleet: FleetHarness, second_pool: FilePool, release_zips: dict[str, Path]
 ) -> None:
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
-    inst = zfs_fleet.cli("instance", "create", "dana", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    inst = create_offline(zfs_fleet, "dana")["instance"]
     data = Path(inst["data_dir"])
     # Here: two hours of hourly snapshots. There: a day of them.
     backups = _fleet_with_destination(zfs_fleet, f"{second_pool.name}/fleet", "2h=>1h", "1d=>1h")
@@ -226,9 +229,10 @@ def test_delete_takes_a_final_snapshot_kept_with_the_archive_and_purge_reaches_t
 ) -> None:
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
     for name in ("erin", "finn"):
-        inst = zfs_fleet.cli("instance", "create", name, "--release", "13.345", "--no-start", "--json").json()
+        inst = create_offline(zfs_fleet, name)
         Path(inst["instance"]["data_dir"], "Data", "world.db").write_text(f"{name}'s last session")
     _fleet_with_destination(zfs_fleet, f"{second_pool.name}/fleet", "1d=>1h", "1d=>1h")
+    zfs_fleet.up()  # deleting goes through the daemon, which reads the destination at its start
 
     kept = zfs_fleet.cli("instance", "delete", "erin").out
     assert "data kept at" in kept
@@ -296,7 +300,7 @@ def test_replication_over_ssh_and_a_host_that_stops_answering(
     zfs_fleet: FleetHarness, second_pool: FilePool, sshd: Sshd, release_zips: dict[str, Path]
 ) -> None:
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
-    inst = zfs_fleet.cli("instance", "create", "hana", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    inst = create_offline(zfs_fleet, "hana")["instance"]
     data = Path(inst["data_dir"])
     ssh_command = json.dumps(["ssh", *sshd.options()])
     backups = _fleet_with_destination(zfs_fleet, f"root@127.0.0.1:{second_pool.name}/remote", "1d=>1h", "1d=>1h",
@@ -325,7 +329,7 @@ def test_a_quota_filling_up_becomes_a_status_update(zfs_fleet: FleetHarness, rel
     from foundry_fleet.services.status_updates import LogNotifier
 
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
-    inst = zfs_fleet.cli("instance", "create", "ivy", "--release", "13.345", "--no-start", "--json").json()["instance"]
+    inst = create_offline(zfs_fleet, "ivy")["instance"]
     updates = make_status_updates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
     assert updates.quota_updates() == []
     Path(inst["data_dir"], "Data", "big.bin").write_bytes(os.urandom(60 * 1024 * 1024))  # of 64 MiB

@@ -54,20 +54,26 @@ def test_help_of_every_command_is_its_usage(path: tuple[str, ...], monkeypatch: 
     (["instance", "create"], "Missing argument"),
     (["instance", "create", "alice", "--release"], "requires an argument"),
     (["instance", "logs", "alice", "-n", "many"], "Invalid value for '--lines'"),
+    (["instance", "logs", "alice", "--lines", "notanumber"], "Invalid value for '--lines'"),
+    (["events", "--limit", "0"], "Invalid value for '--limit'"),
     (["init", "--no-such-flag"], "No such option"),
+    (["init", "--bogus"], "No such option: --bogus"),
 ])
 def test_a_usage_error_is_one_message_and_exit_code_2(args: list[str], says: str, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(monkeypatch, capsys, *args)
     assert code == 2
     assert says in err and err.count("Error:") == 1, err
-    assert "Traceback" not in out + err
+    assert err.startswith("Usage: foundry-fleet"), err  # the usage line, then the one message
+    assert "Traceback" not in out + err and len(err.splitlines()) <= 6, err
 
 
 @pytest.mark.parametrize("args, says, code", [
     (["instance", "lst"], "No such command 'lst'", 2),
     (["init", "--help"], "POOL[/PATH]", 0),  # help texts are plain text, never read as markup
     (["instance", "create"], "Missing argument", 2),
+    (["init", "--bogus"], "No such option", 2),
+    (["instance", "logs", "alice", "--lines", "notanumber"], "Invalid value", 2),
 ])
 def test_the_installed_command_answers_usage_errors_and_help_plainly(args: list[str], says: str, code: int) -> None:
     p = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)

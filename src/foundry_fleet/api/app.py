@@ -1,12 +1,9 @@
-"""The control API: a thin adapter that calls the service layer and the supervisor."""
+"""The control API: a thin adapter that parses a request, calls the operations (or a read of the
+service layer) and renders the answer as JSON."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,17 +15,15 @@ from starlette.routing import Route
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
-from foundry_fleet.domain.errors import Conflict
-from foundry_fleet.domain.events import Outcome
-from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.edge.driver import Edge
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.supervisor import Supervisor
-from foundry_fleet.services.views import CreatedInstance, EventView, InstanceView
+from foundry_fleet.services.views import EventView, InstanceView
 
 
 @dataclass
@@ -97,25 +92,12 @@ def create_app(
     edge: Edge | None = None,
     backups: Backups | None = None,
     settle_timeout: float = 60.0,
+    operations: Operations | None = None,
 ) -> Starlette:
     if backups is None:
         raise ValueError("create_app needs the backup service (built by the wiring)")
-
-    def backups_for(acting: Fleet) -> Backups:
-        assert backups is not None
-        return backups.acting_as(acting.actor)
-    # One operation at a time per instance: an upgrade or restore takes several steps that a
-    # start, stop or delete arriving in between must not interleave with.
-    operation_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-    def one_at_a_time(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(handler)
-        async def locked(name: str, **kwargs: Any) -> Any:
-            async with operation_locks[name]:
-                return await handler(name, **kwargs)
-
-        return locked
-    # Service calls touch SQLite; keep them off the event loop.
+    ops = operations or Operations(fleet, supervisor, backups, edge, settle_timeout)
+    # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
 
     async def health() -> dict[str, Any]:
@@ -145,62 +127,27 @@ def create_app(
         return (await run(fleet.get_instance, name)).to_dict()
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
-        created = await run(fleet.acting_as(actor).create_instance, body.name, body.release, body.license_key, body.owner,
-                            body.admin_password, body.start, body.extra_hosts)
-        await supervisor.reconcile()
-        if body.start:
-            await supervisor.wait_settled(body.name, settle_timeout)
-            created = CreatedInstance(await run(fleet.get_instance, body.name), created.admin_password)
-        await edge_sync()
+        created = await ops.create(actor, body.name, body.release, body.license_key, body.owner, body.admin_password,
+                                   body.start, body.extra_hosts)
         return created.to_dict()
 
-    async def edge_sync() -> None:
-        # Answer once players can see the change: the edge serves the new state.
-        if edge is not None:
-            await edge.sync()
-
-    async def settle(name: str, wait: bool) -> dict[str, Any]:
-        if wait:
-            await supervisor.wait_settled(name, settle_timeout)
-            await edge_sync()
-        return (await run(fleet.get_instance, name)).to_dict()
-
-    @one_at_a_time
     async def start_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
-        await run(fleet.acting_as(actor).set_desired, name, DesiredState.RUNNING)
-        supervisor.poke(name)
-        return await settle(name, wait)
+        return (await ops.start(actor, name, wait)).to_dict()
 
-    @one_at_a_time
     async def stop_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
-        await run(fleet.acting_as(actor).set_desired, name, DesiredState.STOPPED)
-        supervisor.poke(name)
-        return await settle(name, wait)
+        return (await ops.stop(actor, name, wait)).to_dict()
 
-    @one_at_a_time
     async def restart_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:
-        await run(fleet.acting_as(actor).set_desired, name, DesiredState.RUNNING, "restart")
-        await supervisor.restart(name)
-        return await settle(name, wait)
+        return (await ops.restart(actor, name, wait)).to_dict()
 
-    @one_at_a_time
     async def delete_instance(name: str, purge: bool, actor: str) -> dict[str, Any]:
-        acting = fleet.acting_as(actor)
-        # Stopped first, so no reconcile can start it again while it is being removed.
-        await run(acting.set_desired, name, DesiredState.STOPPED, "deleting")
-        await supervisor.remove(name)
-        final = await run(backups_for(acting).final_backup, name, purge)
-        kept = await run(acting.delete_instance, name, purge)
-        await edge_sync()
-        return {"deleted": name, "kept_at": kept, "final_snapshot": final}
+        return (await ops.delete(actor, name, purge)).to_dict()
 
     async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
-        view = await run(fleet.acting_as(actor).set_extra_hosts, name, body.extra_hosts)
-        await edge_sync()
-        return view.to_dict()
+        return (await ops.set_hosts(actor, name, body.extra_hosts)).to_dict()
 
     async def take_snapshot(name: str, body: TakeSnapshot, actor: str) -> dict[str, Any]:
-        return (await run(backups_for(fleet.acting_as(actor)).take, name, body.label)).to_dict()
+        return (await ops.take_backup(actor, name, body.label)).to_dict()
 
     async def list_snapshots(name: str) -> list[dict[str, Any]]:
         return [s.to_dict() for s in await run(backups.list, name)]
@@ -209,81 +156,13 @@ def create_app(
         return await run(backups.status, name)
 
     async def set_plan(name: str, body: SetPlan, actor: str) -> dict[str, Any]:
-        return {"plan": await run(backups_for(fleet.acting_as(actor)).set_plan, name, body.plan)}
+        return {"plan": await ops.set_backup_plan(actor, name, body.plan)}
 
-    @one_at_a_time
     async def restore(name: str, body: Restore, actor: str) -> dict[str, Any]:
-        """Stop, keep the current data as a safety snapshot, restore, and start again if it ran."""
-        acting = fleet.acting_as(actor)
-        was = await run(fleet.get_instance, name)
-        await run(backups.snapshots.path, name, body.snapshot)  # 404 before anything stops
-        await run(acting.set_desired, name, DesiredState.STOPPED, f"restoring {body.snapshot}")
-        supervisor.poke(name)
-        await supervisor.wait_settled(name, settle_timeout)
-        try:
-            safety = await run(backups_for(acting).restore, name, body.snapshot)
-        finally:
-            # Never start on half-restored data (a failed restore whose data could not be put back).
-            whole = await run(backups.snapshots.restoring, name) is None
-            if was.desired == DesiredState.RUNNING.value and whole:
-                await run(acting.set_desired, name, DesiredState.RUNNING, "restored")
-                supervisor.poke(name)
-        view = await settle(name, was.desired == DesiredState.RUNNING.value)
-        return {"safety_snapshot": safety, "instance": view}
+        return (await ops.restore(actor, name, body.snapshot)).to_dict()
 
-    async def stop_and_wait(acting: Fleet, name: str, why: str) -> None:
-        await run(acting.set_desired, name, DesiredState.STOPPED, why)
-        supervisor.poke(name)
-        await supervisor.wait_settled(name, settle_timeout)
-
-    async def start_and_judge(acting: Fleet, name: str, why: str) -> tuple[bool, str]:
-        """Start and watch: healthy is success; failing, crashing once or not becoming healthy in
-        time is failure (with the reason)."""
-        before = await run(fleet.get_instance, name)
-        await run(acting.set_desired, name, DesiredState.RUNNING, why)
-        supervisor.poke(name)
-        deadline = time.monotonic() + fleet.config.supervisor.start_timeout
-        while time.monotonic() < deadline:
-            view = await run(fleet.get_instance, name)
-            if view.state == "running":
-                return True, "healthy"
-            if view.state == "failed" or view.restarts > before.restarts:
-                return False, view.state_reason
-            await asyncio.sleep(0.2)
-        return False, f"not healthy within {fleet.config.supervisor.start_timeout:g}s"
-
-    @one_at_a_time
     async def upgrade(name: str, body: Upgrade, actor: str) -> dict[str, Any]:
-        """Snapshot, switch the release, start; back to the old release and data if it is not healthy."""
-        acting = fleet.acting_as(actor)
-        was = await run(fleet.get_instance, name)
-        if was.release == body.release:
-            raise Conflict(f"instance {name} already runs release {body.release}")
-        await run(fleet.get_release, body.release)  # 404 before anything stops
-        await run(backups_for(acting).check_room, name)  # a refused pre-upgrade snapshot, before anything stops
-        await stop_and_wait(acting, name, f"upgrading to {body.release}")
-        snap = await run(backups_for(acting).take, name, "pre-upgrade")
-        try:
-            old = await run(acting.switch_release, name, body.release)
-        except Exception:
-            if was.desired == DesiredState.RUNNING.value:
-                await start_and_judge(acting, name, "upgrade refused")
-            raise
-        ok, why = await start_and_judge(acting, name, f"upgraded to {body.release}")
-        if ok:
-            await run(acting.record_event, "instance.upgrade", name, Outcome.OK, f"{old} -> {body.release}")
-            if was.desired != DesiredState.RUNNING.value:
-                await stop_and_wait(acting, name, "was stopped before the upgrade")
-            return {"upgraded": True, "snapshot": snap.name, "reason": why, "instance": await settle(name, True)}
-        # Not healthy: the old release, and the data as it was before the new one touched it.
-        await stop_and_wait(acting, name, f"rolling back from {body.release}")
-        await run(acting.switch_release, name, old)
-        await run(backups_for(acting).restore, name, snap.name)
-        await run(acting.record_event, "instance.upgrade", name, Outcome.FAILED,
-                  f"{body.release} was not healthy ({why}); rolled back to {old} and snapshot {snap.name}")
-        if was.desired == DesiredState.RUNNING.value:
-            await start_and_judge(acting, name, "rolled back")
-        return {"upgraded": False, "snapshot": snap.name, "reason": why, "instance": await settle(name, True)}
+        return (await ops.upgrade(actor, name, body.release)).to_dict()
 
     async def edge_config() -> dict[str, Any]:
         return await run(edge.config) if edge is not None else {}
@@ -297,17 +176,11 @@ def create_app(
     async def list_releases() -> list[dict[str, Any]]:
         return [r.to_dict() for r in await run(fleet.list_releases)]
 
-    @one_at_a_time
     async def suspend(name: str, body: Suspend, actor: str) -> dict[str, Any]:
-        await run(fleet.acting_as(actor).suspend, name, body.reason)
-        supervisor.poke(name)
-        return await settle(name, True)
+        return (await ops.suspend(actor, name, body.reason)).to_dict()
 
-    @one_at_a_time
     async def resume(name: str, actor: str) -> dict[str, Any]:
-        await run(fleet.acting_as(actor).resume, name)
-        supervisor.poke(name)
-        return await settle(name, True)
+        return (await ops.resume(actor, name)).to_dict()
 
     async def reconcile() -> dict[str, bool]:
         await supervisor.reconcile(poke=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from foundry_fleet.api.client import answer
+from foundry_fleet.api.answer import answer
 from foundry_fleet.api.endpoints import PRINCIPAL_HEADER
 
 

@@ -1,43 +1,94 @@
-"""Client for the control API over its unix socket (httpx with a UDS transport)."""
+"""Client for the control API over its unix socket, for the CLI.
+
+Plain HTTP/1.1 from the standard library rather than httpx: a CLI command that asks the daemon one
+question would otherwise spend more time importing its HTTP client (httpx, httpcore, h11, anyio, idna)
+than everything else it does. The bot, in the daemon's event loop, uses api/async_client.py (httpx).
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
-import httpx
+from foundry_fleet.api.answer import answer
+from foundry_fleet.domain.errors import DaemonNotRunning, ExternalFailure
 
-from foundry_fleet.domain.errors import ERROR_KINDS, DaemonNotRunning, FleetError
+__all__ = ["ControlClient", "answer"]
+
+
+@dataclass(frozen=True)
+class _Response:
+    status_code: int
+    text: str
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        super().__init__("fleet.invalid", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _query_value(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 class ControlClient:
-    def __init__(
-        self,
-        socket_path: Path,
-        timeout: float = 120.0,
-        transport: httpx.BaseTransport | None = None,
-        actor: str = "api",
-    ) -> None:
+    def __init__(self, socket_path: Path, timeout: float = 120.0, actor: str = "api") -> None:
         self.socket_path = socket_path
-        self._client = httpx.Client(
-            transport=transport or httpx.HTTPTransport(uds=str(socket_path)),
-            base_url="http://fleet.invalid",
-            timeout=timeout,
-            headers={"X-Fleet-Actor": actor},  # who asked, for the daemon's event log
-        )
+        self.timeout = timeout
+        self.actor = actor  # who asked, for the daemon's event log
 
     def close(self) -> None:
-        self._client.close()
+        pass  # one connection per call: nothing is kept open
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, params: dict[str, Any] | None = None, json_body: Any = None) -> Any:
+        url = quote(path, safe="/{}")
+        if params:
+            url += "?" + urlencode({k: _query_value(v) for k, v in params.items()})
+        headers = {"X-Fleet-Actor": self.actor, "Host": "fleet.invalid"}
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        conn = _UnixConnection(self.socket_path, self.timeout)
         try:
-            r = self._client.request(method, path, **kwargs)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
-            raise DaemonNotRunning(
-                f"the fleet daemon is not running (no answer on {self.socket_path})",
-                "start it with `foundry-fleet up`",
-            ) from e
-        return answer(r)
+            try:
+                conn.request(method, url, body=body, headers=headers)
+            except PermissionError as e:
+                raise ExternalFailure(f"cannot open the control socket {self.socket_path}: {e.strerror}",
+                                      "run the command as the user the fleet daemon runs as") from None
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise DaemonNotRunning(
+                    f"the fleet daemon is not running (no answer on {self.socket_path})",
+                    "this needs the daemon: start it with `foundry-fleet up` (or `make run`), then try again",
+                ) from e
+            try:
+                r = conn.getresponse()
+                text = r.read().decode("utf-8", errors="replace")
+            except TimeoutError:
+                raise ExternalFailure(f"the fleet daemon did not answer within {self.timeout:g} s",
+                                      "it may still be at work: see `foundry-fleet events`") from None
+            except (http.client.HTTPException, ConnectionError) as e:
+                raise ExternalFailure(f"the fleet daemon closed the connection before answering ({e!r})",
+                                      "see the daemon's log; `foundry-fleet events` shows what was done") from None
+            return answer(_Response(r.status, text))
+        finally:
+            conn.close()
 
     def reachable(self) -> bool:
         if not self.socket_path.exists():
@@ -61,13 +112,13 @@ class ControlClient:
         return self._call("GET", f"/v1/instances/{name}")
 
     def create_instance(self, **body: Any) -> dict[str, Any]:
-        return self._call("POST", "/v1/instances", json=body)
+        return self._call("POST", "/v1/instances", json_body=body)
 
     def action(self, name: str, verb: str, wait: bool = True) -> dict[str, Any]:
         return self._call("POST", f"/v1/instances/{name}/{verb}", params={"wait": wait})
 
     def suspend(self, name: str, reason: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/instances/{name}/suspend", json={"reason": reason})
+        return self._call("POST", f"/v1/instances/{name}/suspend", json_body={"reason": reason})
 
     def resume(self, name: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/instances/{name}/resume")
@@ -76,28 +127,28 @@ class ControlClient:
         return self._call("DELETE", f"/v1/instances/{name}", params={"purge": purge})
 
     def set_hosts(self, name: str, extra_hosts: list[str]) -> dict[str, Any]:
-        return self._call("PUT", f"/v1/instances/{name}/hosts", json={"extra_hosts": extra_hosts})
+        return self._call("PUT", f"/v1/instances/{name}/hosts", json_body={"extra_hosts": extra_hosts})
 
     def edge_config(self) -> dict[str, Any]:
         return self._call("GET", "/v1/edge/config")
 
     def take_snapshot(self, name: str, label: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/instances/{name}/backups", json={"label": label})
+        return self._call("POST", f"/v1/instances/{name}/backups", json_body={"label": label})
 
     def list_snapshots(self, name: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/instances/{name}/backups")
 
     def backup_status(self, name: str | None) -> dict[str, Any]:
-        return self._call("GET", "/v1/backups/status", params={"name": name} if name else {})
+        return self._call("GET", "/v1/backups/status", params={"name": name} if name else None)
 
     def set_backup_plan(self, name: str, plan: str | None) -> dict[str, Any]:
-        return self._call("PUT", f"/v1/instances/{name}/backup-plan", json={"plan": plan})
+        return self._call("PUT", f"/v1/instances/{name}/backup-plan", json_body={"plan": plan})
 
     def upgrade(self, name: str, release: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/instances/{name}/upgrade", json={"release": release})
+        return self._call("POST", f"/v1/instances/{name}/upgrade", json_body={"release": release})
 
     def restore(self, name: str, snapshot: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/instances/{name}/restore", json={"snapshot": snapshot})
+        return self._call("POST", f"/v1/instances/{name}/restore", json_body={"snapshot": snapshot})
 
     def events(self, target: str | None, limit: int) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -107,15 +158,3 @@ class ControlClient:
 
     def openapi(self) -> dict[str, Any]:
         return self._call("GET", "/openapi.json")
-
-
-def answer(r: httpx.Response) -> Any:
-    """The JSON of a control API response, or the FleetError it carries, as the kind it was raised as."""
-    if r.status_code >= 400:
-        try:
-            body = r.json()
-        except ValueError:
-            raise FleetError(f"control API answered {r.status_code}: {r.text[:200]}") from None
-        cls = ERROR_KINDS.get(body.get("error", ""), FleetError)
-        raise cls(body.get("message", r.text), body.get("hint"))
-    return r.json()

@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 
+from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond, respond_by_update
 from foundry_fleet.bot.text import instance_line
 from foundry_fleet.bot.wizard_ui import invite_view
 from foundry_fleet.domain.errors import InvalidInput
-from foundry_fleet.services.invites import InviteView, Invites
+from foundry_fleet.services.invites import InviteView
 
-if TYPE_CHECKING:
-    from foundry_fleet.bot.client import FleetBot
-    from foundry_fleet.bot.commands import Limits
 
 log = logging.getLogger(__name__)
 DM_CLOSED = 50007  # Discord: "Cannot send messages to this user"
 
 
-def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
+def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> None:
     admin = limits.admin
 
     @group.command(name="invite", description="Admins: invite someone to set up an instance (or make a shareable code)")
@@ -36,7 +33,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
 
         async def work() -> Reply:
             bot.access.require_admin(principal, "/fleet invite")
-            invites = Invites(bot.fleet.sessions, bot.fleet.event_log.acting_as(principal.actor))
+            invites = bot.invites_by(principal.actor)
             if user is None:
                 created = await asyncio.to_thread(invites.create, None, expires.strip(), True)
                 return Reply(f"Shareable invite code, shown this once: `{created.code}`\nWhoever first runs "
@@ -44,7 +41,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
             if user.bot:
                 raise InvalidInput(f"{user} is a bot", "invite a person")
             created = await asyncio.to_thread(invites.create, str(user.id), expires.strip())
-            if await send_invite(bot, user, created.invite):
+            if await send_invite(bot.domain, user, created.invite):
                 return Reply(f"Invited <@{user.id}>: they have a DM with a button to set up their instance. "
                              f"The invite expires {when(created.invite)}.")
             return Reply(f"Invited <@{user.id}>, **but their DMs are closed to me**, so they have not been told. "
@@ -81,8 +78,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
         async def work() -> Reply:
             bot.access.require_admin(principal, "/fleet suspend")
             name = await api.resolve(instance)
-            with bot.operations.hold(name, "a suspension"):
-                view = await api.suspend(name, reason)
+            view = await api.suspend(name, reason)
             return Reply(f"Suspended. {instance_line(view)}\nIts owner cannot start it until `/fleet resume {name}`.")
 
         await respond(interaction, work, slow=True)
@@ -97,8 +93,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
         async def work() -> Reply:
             bot.access.require_admin(principal, "/fleet resume")
             name = await api.resolve(instance)
-            with bot.operations.hold(name, "a resume"):
-                view = await api.resume(name)
+            view = await api.resume(name)
             return Reply(f"Resumed. {instance_line(view)}")
 
         await respond(interaction, work, slow=True)
@@ -121,8 +116,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
 
                 async def run() -> Reply:
                     bot.access.require_admin(presser.principal, "/fleet delete")
-                    with bot.operations.hold(name, "a deletion"):
-                        result = await presser.delete(name)
+                    result = await presser.delete(name)
                     final = f" Final backup: `{result['final_snapshot']}`." if result.get("final_snapshot") else ""
                     return Reply(f"Deleted **{name}**. Its data is kept at `{result['kept_at']}`.{final}")
 
@@ -145,9 +139,9 @@ def when(invite: InviteView) -> str:
     return f"<t:{int(invite.expires_at)}:R>"
 
 
-async def send_invite(bot: FleetBot, user: discord.abc.User, invite: InviteView) -> bool:
+async def send_invite(domain: str, user: discord.abc.User, invite: InviteView) -> bool:
     """DM the invitee a button that starts the setup wizard; False when their DMs are closed."""
-    text = (f"**You are invited to run a Foundry VTT game on {bot.config.fleet.domain}.**\n"
+    text = (f"**You are invited to run a Foundry VTT game on {domain}.**\n"
             "Press the button to choose your instance's name, give your Foundry license key and pick a "
             f"release; it takes a minute. The invite expires {when(invite)}. `/fleet setup` does the same.")
     try:

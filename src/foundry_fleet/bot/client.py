@@ -16,11 +16,11 @@ from discord import app_commands
 
 from foundry_fleet.api.async_client import AsyncControlClient
 from foundry_fleet.bot.command_sync import sync_if_changed
-from foundry_fleet.bot.commands import Limits, fleet_group
+from foundry_fleet.bot.command_context import CommandContext, Limits
+from foundry_fleet.bot.commands import fleet_group
 from foundry_fleet.bot.confirm import ConfirmButton, Confirmations
 from foundry_fleet.bot.control import CreateThroughApi, FleetApi
 from foundry_fleet.bot.notifier import DiscordNotifier
-from foundry_fleet.bot.operations import InstanceOperations
 from foundry_fleet.bot.principals import principal_for
 from foundry_fleet.bot.replies import UNEXPECTED, Reply, claimed, say_privately
 from foundry_fleet.bot.wizard_flow import WizardFlow
@@ -60,15 +60,22 @@ class FleetBot(discord.Client):
         self._api_create: CreateThroughApi | None = None
         self.wizard = SetupWizard(fleet.config, fleet.sessions, fleet.event_log, fleet.registry, fleet.hostnames,
                                   self.invites, create=self._create_instance)
-        self.wizard_flow = WizardFlow(self)
-        self.operations = InstanceOperations()
+        self.wizard_flow = WizardFlow(self.wizard, config.fleet.domain)
         self.confirmations = Confirmations()
         self.notifier = DiscordNotifier(self, self.settings.ops_channel_id)
         self.guild = discord.Object(int(self.settings.guild_id)) if self.settings.guild_id else None
         self.command_state = config.paths.database.parent / STATE_FILE
         self.tree: app_commands.CommandTree[FleetBot] = app_commands.CommandTree(self)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
-        self.tree.add_command(fleet_group(self, limits or Limits()), guild=self.guild)
+        self.tree.add_command(fleet_group(self.command_context(), limits or Limits()), guild=self.guild)
+
+    def command_context(self) -> CommandContext:
+        """What the slash commands use (they never get the bot itself)."""
+        return CommandContext(
+            api=self.api, principal=self.principal, access=self.access, invites=self.invites,
+            invites_by=lambda actor: Invites(self.fleet.sessions, self.fleet.event_log.acting_as(actor)), confirmations=self.confirmations,
+            wizard_flow=self.wizard_flow, domain=self.config.fleet.domain,
+        )
 
     # who is asking ------------------------------------------------------------------------
 

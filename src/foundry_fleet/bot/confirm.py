@@ -10,17 +10,21 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 from discord import ui
 
 from foundry_fleet.bot.replies import claim, failure, say_privately
 
-if TYPE_CHECKING:
-    from foundry_fleet.bot.client import FleetBot
 
 CONFIRM_SECONDS = 300.0
+
+
+class KeepsConfirmations(Protocol):
+    """The bot a button was pressed in: it keeps the pending confirmations."""
+
+    confirmations: Confirmations
 Action = Callable[[discord.Interaction], Awaitable[None]]
 
 
@@ -75,7 +79,7 @@ class ConfirmButton(ui.DynamicItem[ui.Button[Any]], template=r"fleet:confirm:(?P
 
     async def callback(self, interaction: discord.Interaction) -> None:
         claim(interaction)
-        bot: FleetBot = interaction.client  # type: ignore[assignment]
+        bot: KeepsConfirmations = interaction.client  # type: ignore[assignment]
         pending = bot.confirmations.get(self.token)
         try:
             if pending is None:
@@ -86,10 +90,6 @@ class ConfirmButton(ui.DynamicItem[ui.Button[Any]], template=r"fleet:confirm:(?P
             elif self.answer == "no":
                 bot.confirmations.drop(self.token)
                 await interaction.response.edit_message(content="Cancelled: nothing was changed.", view=None)
-            elif (what := bot.operations.busy(pending.instance)) is not None:
-                await interaction.response.send_message(
-                    f"**{pending.instance} is busy: {what} is in progress.**\nPress the button again once it has "
-                    "finished.", ephemeral=True)
             else:
                 bot.confirmations.drop(self.token)
                 await pending.run(interaction)

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from foundry_fleet.api.async_client import AsyncControlClient
-from foundry_fleet.api.client import answer
+from foundry_fleet.api.answer import answer
 from foundry_fleet.api.endpoints import ACTOR_HEADER
 from foundry_fleet.domain.errors import DaemonNotRunning, NotFound
 from foundry_fleet.domain.names import validate_instance_name

@@ -4,19 +4,16 @@ shareable invite code and starts it."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 
+from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond
 
-if TYPE_CHECKING:
-    from foundry_fleet.bot.client import FleetBot
-    from foundry_fleet.bot.commands import Limits
 
 
-def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
+def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> None:
     onboarding = limits.onboarding
 
     @group.command(name="setup", description="Set up your instance after an invite (or continue where you left off)")

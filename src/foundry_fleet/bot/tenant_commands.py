@@ -4,24 +4,22 @@ url, which is for sharing with players."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from discord import app_commands
 
+from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond, respond_by_update
 from foundry_fleet.bot.text import backup_link, clip_tail, code_block, instance_line, public_url, scrub, size
 from foundry_fleet.domain.errors import NotFound
 
-if TYPE_CHECKING:
-    from foundry_fleet.bot.client import FleetBot
-    from foundry_fleet.bot.commands import Limits
 
 INSTANCE = "which instance (not needed when you have just one)"
 SHOWN_BACKUPS = 10
 
 
-def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
+def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> None:
     read, act = limits.read, limits.act
 
     @group.command(name="status", description="How your instance is doing")
@@ -41,7 +39,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
 
         await respond(interaction, work)
 
-    def power(verb: str, doing: str, description: str) -> None:
+    def power(verb: str, description: str) -> None:
         @group.command(name=verb, description=description)
         @app_commands.describe(instance=INSTANCE)
         @app_commands.checks.cooldown(*act)
@@ -50,15 +48,14 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
 
             async def work() -> Reply:
                 name = await api.resolve(instance)
-                with bot.operations.hold(name, doing):
-                    view = await api.power(name, verb)
+                view = await api.power(name, verb)
                 return Reply(status_text(view))
 
             await respond(interaction, work, slow=True)
 
-    power("start", "a start", "Start your instance")
-    power("stop", "a stop", "Stop your instance (players are disconnected)")
-    power("restart", "a restart", "Restart your instance (players are disconnected briefly)")
+    power("start", "Start your instance")
+    power("stop", "Stop your instance (players are disconnected)")
+    power("restart", "Restart your instance (players are disconnected briefly)")
 
     @group.command(name="url", description="Where players connect (posted for everyone in this channel)")
     @app_commands.describe(instance=INSTANCE)
@@ -95,8 +92,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
         async def work() -> Reply:
             view = await api.pick(instance)
             name = view["name"]
-            with bot.operations.hold(name, "a backup"):
-                snap = await api.take_backup(name, label.strip())
+            snap = await api.take_backup(name, label.strip())
             return Reply(f"Backup `{snap['name']}` of **{name}** taken ({size(snap.get('bytes_total'))}).\n"
                          f"Download: {backup_link(view, snap['name'])}")
 
@@ -139,8 +135,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
                 presser = bot.api(press)
 
                 async def run() -> Reply:
-                    with bot.operations.hold(name, "a restore"):
-                        result = await presser.restore(name, wanted)
+                    result = await presser.restore(name, wanted)
                     return Reply(f"**{name}** is restored to `{wanted}`. What was there before is kept as backup "
                                  f"`{result['safety_snapshot']}`.\n{status_text(result['instance'])}")
 
@@ -161,8 +156,7 @@ def register(group: app_commands.Group, bot: FleetBot, limits: Limits) -> None:
 
         async def work() -> Reply:
             name = await api.resolve(instance)
-            with bot.operations.hold(name, "an upgrade"):
-                result = await api.upgrade(name, release.strip())
+            result = await api.upgrade(name, release.strip())
             if result["upgraded"]:
                 head = f"**{name}** now runs Foundry {release.strip()}."
             else:

@@ -16,7 +16,6 @@ import asyncio
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import discord
 
@@ -27,9 +26,6 @@ from foundry_fleet.bot.wizard_ui import DetailsModal, ReleaseModal, buttons, pan
 from foundry_fleet.domain.errors import FleetError, NotFound
 from foundry_fleet.services.wizard import DETAILS, READY, RELEASE, SetupWizard, WizardView
 
-if TYPE_CHECKING:
-    from foundry_fleet.bot.client import FleetBot
-
 log = logging.getLogger(__name__)
 
 CANCELLED = ("Setup cancelled; nothing was made. Your invite stays valid until it expires: "
@@ -37,22 +33,15 @@ CANCELLED = ("Setup cancelled; nothing was made. Your invite stays valid until i
 
 
 class WizardFlow:
-    def __init__(self, bot: FleetBot, provisioners: int = 4) -> None:
-        self.bot = bot
+    def __init__(self, wizard: SetupWizard, domain: str, provisioners: int = 4) -> None:
+        self.wizard = wizard
+        self.domain = domain
         # Provisioning blocks a thread on the control API; in the daemon that API runs on the same
         # event loop and uses the default executor, so provisioning must not take threads from it.
         self.pool = ThreadPoolExecutor(max_workers=provisioners, thread_name_prefix="fleet-provision")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-    @property
-    def wizard(self) -> SetupWizard:
-        return self.bot.wizard
-
-    @property
-    def domain(self) -> str:
-        return self.bot.config.fleet.domain
 
     async def panel_for(self, view: WizardView) -> Reply:
         choices = await asyncio.to_thread(self.wizard.release_choices) if view.step == RELEASE else []

@@ -6,7 +6,7 @@ user), so a button works from the invite DM, from any panel, and after the bot r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 from discord import ui
@@ -14,8 +14,17 @@ from discord import ui
 from foundry_fleet.bot.text import clip, scrub
 from foundry_fleet.services.wizard import DETAILS, PROVISIONING, READY, RELEASE, WizardView
 
-if TYPE_CHECKING:
-    from foundry_fleet.bot.wizard_flow import WizardFlow
+
+
+class WizardFlow(Protocol):
+    """What the forms hand their answers to (bot/wizard_flow.py)."""
+
+    async def details_submitted(self, interaction: discord.Interaction, name: str, license_key: str) -> None: ...
+
+    async def release_submitted(self, interaction: discord.Interaction, version: str, url: str) -> None: ...
+
+    async def failed(self, interaction: discord.Interaction, error: Exception) -> None: ...
+
 
 MODAL_SECONDS = 900.0  # Discord keeps an open form for 15 minutes at most
 LABELS = {

@@ -16,12 +16,6 @@ from foundry_fleet.cli.typer_compat import command_group
 app = command_group("Snapshots of instance data: take, list, plan, restore, status.")
 
 
-def _backups(c: CliContext):  # type: ignore[no-untyped-def]
-    from foundry_fleet.wiring.services import make_backups
-
-    return make_backups(c.fleet())
-
-
 @app.command()
 def now(
     ctx: typer.Context,
@@ -29,10 +23,9 @@ def now(
     label: Annotated[str, typer.Option(help="names the snapshot <label>-<time>; never thinned")] = "manual",
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Take a snapshot now."""
+    """Take a snapshot now (needs the daemon)."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    snap = client.take_snapshot(name, label) if client else _backups(c).take(name, label).to_dict()
+    snap = c.require_daemon().take_snapshot(name, label)
     if json_out:
         print_json(snap)
     else:
@@ -43,8 +36,7 @@ def now(
 def list_(ctx: typer.Context, name: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """An instance's snapshots, oldest first."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    snaps = client.list_snapshots(name) if client else [s.to_dict() for s in _backups(c).list(name)]
+    snaps = c.read(lambda fleet: fleet.list_snapshots(name))
     if json_out:
         print_json(snaps)
         return
@@ -64,14 +56,12 @@ def plan(
     new_plan: Annotated[Optional[str], typer.Argument(help="e.g. '7d=>1h,30d=>1d,1y=>1w'")] = None,
     default: Annotated[bool, typer.Option("--default", help="follow the fleet's default plan again")] = False,
 ) -> None:
-    """Show or set an instance's snapshot plan (znapzend syntax; m = month, min = minute)."""
+    """Show or set (needs the daemon) an instance's snapshot plan (znapzend syntax; m = month, min = minute)."""
     c: CliContext = ctx.obj
     if new_plan is None and not default:
-        console.print(str(_backups(c).plan_for(name)))
+        console.print(c.read(lambda fleet: fleet.backup_status(name))["instances"][0]["plan"])
         return
-    client = c.daemon()
-    wanted = None if default else new_plan
-    shown = client.set_backup_plan(name, wanted)["plan"] if client else _backups(c).set_plan(name, wanted)
+    shown = c.require_daemon().set_backup_plan(name, None if default else new_plan)["plan"]
     console.print(f"{name}: {shown}")
 
 
@@ -82,16 +72,14 @@ def restore(
     snapshot: str,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
-    """Restore a snapshot. The current data is kept as a safety snapshot first."""
+    """Restore a snapshot: stop, keep the current data as a safety snapshot, restore, start again (needs the daemon)."""
     c: CliContext = ctx.obj
+    client = c.require_daemon()
+    client.health()  # before asking: the restore cannot happen without the daemon
     if not yes:
         typer.confirm(f"Replace the data of {name} with snapshot {snapshot}? (the current data is kept)", abort=True)
-    client = c.daemon()
-    if client:
-        result = client.restore(name, snapshot)
-        safety, state = result["safety_snapshot"], result["instance"]["state"]
-    else:
-        safety, state = _backups(c).restore(name, snapshot), c.fleet().get_instance(name).state
+    result = client.restore(name, snapshot)
+    safety, state = result["safety_snapshot"], result["instance"]["state"]
     console.print(f"restored {snapshot} into {name} ({state}); the data before is kept as snapshot {safety}")
 
 
@@ -103,8 +91,7 @@ def status(
 ) -> None:
     """Snapshots per instance, and per backup destination the last synced snapshot and how far behind it is."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    result = client.backup_status(name) if client else _backups(c).status(name)
+    result = c.read(lambda fleet: fleet.backup_status(name))
     if json_out:
         print_json(result)
         return

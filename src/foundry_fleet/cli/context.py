@@ -1,15 +1,28 @@
-"""What every command needs: the configuration, and a way to reach the fleet (daemon or in-process)."""
+"""What every command needs: where the fleet is, and a way to reach it.
+
+Commands that operate on an instance talk to the daemon and nothing else; they import no service, no
+database and no driver, so they start at once. Commands that work on the host itself (releases,
+invites, storage, the event log) open the service layer in this process, imported only when used.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, Union
 
-from foundry_fleet.api.client import ControlClient
-from foundry_fleet.config import FleetConfig, find_config, load_config
-from foundry_fleet.domain.errors import DaemonNotRunning
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.wiring.services import open_fleet
+from foundry_fleet.config_file import control_socket, find_config
+
+if TYPE_CHECKING:
+    from foundry_fleet.api.client import ControlClient
+    from foundry_fleet.cli.local_reads import LocalReads
+    from foundry_fleet.config import FleetConfig
+    from foundry_fleet.services.fleet import Fleet
+
+    Reads = Union[ControlClient, LocalReads]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -20,7 +33,10 @@ class CliContext:
 
     @property
     def config(self) -> FleetConfig:
+        """The whole configuration, validated."""
         if self._config is None:
+            from foundry_fleet.config import load_config
+
             self._config = load_config(find_config(self.config_path))
         return self._config
 
@@ -28,30 +44,47 @@ class CliContext:
         return find_config(self.config_path)
 
     def fleet(self) -> Fleet:
-        """The service layer in this process (for work that does not need the daemon)."""
+        """The service layer in this process, for work on the host that needs no daemon."""
         if self._fleet is None:
+            from foundry_fleet.wiring.services import open_fleet
+
             self._fleet = open_fleet(self.config, actor=f"cli:{_user()}")
         return self._fleet
 
+    def socket_path(self) -> Path:
+        return self._config.paths.socket if self._config is not None else control_socket(self.config_file())
+
+    def require_daemon(self) -> ControlClient:
+        """A client for the daemon. Its first call raises DaemonNotRunning (the one message every such
+        command gives) when the daemon does not answer."""
+        from foundry_fleet.api.client import ControlClient
+
+        return ControlClient(self.socket_path(), actor=f"cli:{_user()}")
+
     def daemon(self) -> ControlClient | None:
         """A client for the running daemon, or None when it is not running."""
-        client = ControlClient(self.config.paths.socket, actor=f"cli:{_user()}")
+        client = self.require_daemon()
         if client.reachable():
             return client
         client.close()
         return None
 
-    def require_daemon(self) -> ControlClient:
-        client = self.daemon()
-        if client is None:
-            raise DaemonNotRunning(
-                f"the fleet daemon is not running for {self.config.root}",
-                "start it with `foundry-fleet up` (or `make run`), then try again",
-            )
-        return client
+    def read(self, question: Callable[[Reads], T]) -> T:
+        """Ask a read (status, instances, snapshots, the edge's config) of the daemon, or while it is not
+        running of the state database it left: the same service calls and answers, the last recorded
+        states. One question, either source; reads change nothing."""
+        from foundry_fleet.domain.errors import DaemonNotRunning
 
-    def socket_path(self) -> Path:
-        return self.config.paths.socket
+        client = self.require_daemon()
+        try:
+            return question(client)
+        except DaemonNotRunning:
+            pass
+        finally:
+            client.close()
+        from foundry_fleet.cli.local_reads import LocalReads
+
+        return question(LocalReads(self.fleet()))
 
 
 def _user() -> str:
@@ -61,3 +94,5 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no passwd entry is fine for an actor name
         return "unknown"
+
+

@@ -14,11 +14,5 @@ app = command_group("The edge (Caddy): routes and certificates for every tenant 
 @app.command()
 def show(ctx: typer.Context) -> None:
     """Print the Caddy JSON configuration generated from the fleet's desired state."""
-    from foundry_fleet.wiring.drivers import edge_config
-
     c: CliContext = ctx.obj
-    client = c.daemon()
-    if client is not None:
-        print_json(client.edge_config())
-    else:
-        print_json(edge_config(c.config, c.fleet().sites()))
+    print_json(c.read(lambda fleet: fleet.edge_config()))

@@ -7,13 +7,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from foundry_fleet.wiring.services import make_backups
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json, safe
+from foundry_fleet.cli.typer_compat import command_group
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.domain.text import escape_controls
-from foundry_fleet.runtime.logs import follow
-from foundry_fleet.cli.typer_compat import command_group
 
 app = command_group("Foundry instances, one per tenant.")
 
@@ -50,28 +48,21 @@ def create(
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Create an instance: storage, install, options.json, license.json, admin.txt, a port."""
+    """Create an instance: storage, install, options.json, license.json, admin.txt, a port (needs the daemon)."""
     c: CliContext = ctx.obj
     if license_key and license_file:
         raise InvalidInput("give the license with --license or --license-file, not both")
     if license_file:
         license_key = _read_secret_file(license_file, "license key")
     password = _read_secret_file(admin_password_file) if admin_password_file else None
-    client = c.daemon()
-    if client is not None:
-        result: dict[str, Any] = client.create_instance(
-            name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
-            extra_hosts=extra_host or [],
-        )
-    else:
-        result = c.fleet().create_instance(name, release, license_key, owner, password, start, extra_host).to_dict()
-    inst = result["instance"]
+    result: dict[str, Any] = c.require_daemon().create_instance(
+        name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
+        extra_hosts=extra_host or [],
+    )
     if json_out:
         print_json(result)
     else:
-        console.print(instance_detail(inst))
-        if client is None and start:
-            err_console.print("[yellow]the fleet daemon is not running:[/] the instance starts when `foundry-fleet up` runs")
+        console.print(instance_detail(result["instance"]))
     if result.get("admin_password"):
         # Shown once: only its hash is kept (Config/admin.txt).
         err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
@@ -86,15 +77,12 @@ def hosts(
     clear: Annotated[bool, typer.Option(help="remove every extra hostname")] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Show, or set, the hostnames an instance answers on besides <name>.<domain>."""
+    """Show, or set (needs the daemon), the hostnames an instance answers on besides <name>.<domain>."""
     c: CliContext = ctx.obj
     if extra_hosts or clear:
-        client = c.daemon()
-        wanted = [] if clear else list(extra_hosts or [])
-        row = client.set_hosts(name, wanted) if client else c.fleet().set_extra_hosts(name, wanted).to_dict()
+        row = c.require_daemon().set_hosts(name, [] if clear else list(extra_hosts or []))
     else:
-        client = c.daemon()
-        row = client.get_instance(name) if client else c.fleet().get_instance(name).to_dict()
+        row = c.read(lambda fleet: fleet.get_instance(name))
     if json_out:
         print_json(row["hosts"])
     else:
@@ -106,8 +94,7 @@ def hosts(
 def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Every instance with its state, port and URL."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    rows = client.list_instances() if client else [i.to_dict() for i in c.fleet().list_instances()]
+    rows = c.read(lambda fleet: fleet.list_instances())
     if json_out:
         print_json(rows)
     else:
@@ -118,8 +105,7 @@ def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """One instance in detail."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    row = client.get_instance(name) if client else c.fleet().get_instance(name).to_dict()
+    row = c.read(lambda fleet: fleet.get_instance(name))
     if json_out:
         print_json(row)
     else:
@@ -165,10 +151,9 @@ def suspend(
     reason: Annotated[str, typer.Option(help="why (the tenant sees it when they try to start it)")] = "",
     json_out: JsonFlag = False,
 ) -> None:
-    """Stop an instance and keep it stopped: its tenant cannot start it until it is resumed."""
+    """Stop an instance and keep it stopped: its tenant cannot start it until it is resumed (needs the daemon)."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    row = client.suspend(name, reason) if client else c.fleet().suspend(name, reason).to_dict()
+    row = c.require_daemon().suspend(name, reason)
     if json_out:
         print_json(row)
     else:
@@ -177,10 +162,9 @@ def suspend(
 
 @app.command()
 def resume(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Lift a suspension and start the instance again."""
+    """Lift a suspension and start the instance again (needs the daemon)."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    row = client.resume(name) if client else c.fleet().resume(name).to_dict()
+    row = c.require_daemon().resume(name)
     if json_out:
         print_json(row)
     else:
@@ -215,17 +199,13 @@ def delete(
     purge: Annotated[bool, typer.Option(help="also destroy its data (otherwise kept under archive/)")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
-    """Delete an instance. Its data is kept under archive/ unless --purge."""
+    """Delete an instance after a final snapshot; its data is kept under archive/ unless --purge (needs the daemon)."""
     c: CliContext = ctx.obj
+    client = c.require_daemon()
     if purge and not yes:
+        client.health()  # before asking: the delete cannot happen without the daemon
         typer.confirm(f"Destroy all data of {name}? This cannot be undone.", abort=True)
-    client = c.daemon()
-    if client:
-        kept = client.delete_instance(name, purge)["kept_at"]
-    else:
-        fleet = c.fleet()
-        make_backups(fleet).final_backup(name, purge)
-        kept = fleet.delete_instance(name, purge)
+    kept = client.delete_instance(name, purge)["kept_at"]
     console.print(f"deleted {name}" + (f"; data kept at {kept}" if kept else "; data destroyed"))
 
 
@@ -237,6 +217,8 @@ def logs(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
 ) -> None:
     """An instance's server log (stdout and stderr), with terminal controls shown escaped."""
+    from foundry_fleet.runtime.logs import follow
+
     c: CliContext = ctx.obj
     fleet = c.fleet()
     # The tenant's server wrote these lines: raw, an escape sequence would command the admin's terminal.

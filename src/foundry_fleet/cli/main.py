@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -17,13 +15,12 @@ from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.typer_compat import ClickException
+from foundry_fleet.cli.typer_compat import ClickException, with_usage
 from foundry_fleet.cli.render import (
     console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, safe,
 )
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.text import escape_controls
-from foundry_fleet.services.edge_status import edge_report
 
 app = typer.Typer(
     name="foundry-fleet",
@@ -78,6 +75,9 @@ def up(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the fleet daemon in the foreground: supervise instances, serve the control API."""
+    import asyncio
+    import logging
+
     from rich.logging import RichHandler
 
     from foundry_fleet.wiring.daemon import serve
@@ -90,7 +90,7 @@ def up(
     asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
 
 
-def _escape_log_record(record: logging.LogRecord) -> bool:
+def _escape_log_record(record: Any) -> bool:  # a logging.LogRecord
     """The daemon's log shows tenants' text too (state reasons, their servers' last lines): no controls."""
     record.msg = escape_controls(record.getMessage(), multiline=True)
     record.args = None
@@ -101,17 +101,7 @@ def _escape_log_record(record: logging.LogRecord) -> bool:
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The daemon and every instance, at a glance."""
     c: CliContext = ctx.obj
-    client = c.daemon()
-    if client is not None:
-        data = client.status()
-    else:
-        fleet = c.fleet()
-        data = {
-            "daemon": {"running": False, "root": str(c.config.root)},
-            "capabilities": [],
-            "instances": [i.to_dict() for i in fleet.list_instances()],
-            "edge": edge_report(fleet.hostnames, None),
-        }
+    data = c.read(lambda fleet: fleet.status())
     if json_out:
         print_json(data)
         return
@@ -185,5 +175,6 @@ def main() -> None:
     except (typer.Abort, typer.Exit) as e:
         sys.exit(getattr(e, "exit_code", 1))
     except ClickException as e:  # usage errors and the like: one message and their own exit code
+        with_usage(e, app, sys.argv[1:])
         e.show()  # type: ignore[attr-defined]
         sys.exit(e.exit_code)  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from foundry_fleet.cli.render import console, print_json, releases_table
 from foundry_fleet.cli.typer_compat import command_group
@@ -16,6 +15,10 @@ app = command_group("Add, list and remove Foundry releases.")
 @app.command("add")
 def add(ctx: typer.Context, source: Annotated[str, typer.Argument(help="a release zip path, or an https URL (e.g. a timed download URL)")]) -> None:
     """Add a release to the cache (downloads once; cached versions never hit the network again)."""
+    from rich.progress import (
+        BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         console=console, transient=True,

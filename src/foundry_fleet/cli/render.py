@@ -14,8 +14,10 @@ from rich.text import Text
 
 from foundry_fleet.domain.text import escape_controls
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: tenants' text may hold ":x:" and must be shown as written (and the table of codes
+# is the slowest part of rich to load).
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 STATE_STYLE = {
     "running": "green", "starting": "yellow", "creating": "yellow", "stopping": "yellow",

@@ -89,6 +89,7 @@ class Edge:
         self._problem_since: float | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._verify: tuple[tuple[int, int] | None, ssl.SSLContext] | None = None
         self.loads = 0  # real loads sent (skipped identical ones do not count)
 
     def config(self) -> dict[str, Any]:
@@ -278,13 +279,7 @@ class Edge:
     def certificate(self, host: str, timeout: float = 3.0) -> CertificateState:
         """What Caddy serves for `host` right now, checked over TLS the way a browser would
         (trusting the public CAs and, in internal mode, the fleet's own local CA)."""
-        ctx = ssl.create_default_context()
-        local_root = self.caddy.local_ca_root()
-        if local_root.exists():
-            try:
-                ctx.load_verify_locations(cafile=str(local_root))
-            except (ssl.SSLError, OSError):
-                pass  # a damaged local CA: its certificates then fail to verify, which is what status shows
+        ctx = self._verify_context()
         try:
             with socket.create_connection(("127.0.0.1", self.settings.https_port), timeout=timeout) as raw:
                 with ctx.wrap_socket(raw, server_hostname=host) as tls:
@@ -301,6 +296,28 @@ class Edge:
         if isinstance(not_after, str):
             not_after = time.strftime("%Y-%m-%d", time.gmtime(ssl.cert_time_to_seconds(not_after)))
         return CertificateState(host, "valid", not_after, issuer)
+
+
+    def _verify_context(self) -> ssl.SSLContext:
+        """The public CAs and the fleet's local CA as it is on disk now. Loading the public CAs takes
+        tens of milliseconds, so the context is kept until the local CA file changes."""
+        local_root = self.caddy.local_ca_root()
+        try:
+            st = local_root.stat()
+            key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        cached = self._verify
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ctx = ssl.create_default_context()
+        if key is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(local_root))
+            except (ssl.SSLError, OSError):
+                pass  # a damaged local CA: its certificates then fail to verify, which is what status shows
+        self._verify = (key, ctx)
+        return ctx
 
 
 def _digest(config: dict[str, Any]) -> str:

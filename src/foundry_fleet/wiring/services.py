@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,7 @@ from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.replication import Replication
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
@@ -57,7 +60,8 @@ def make_wizard(fleet: Fleet, invites: Invites | None = None,
                 create: Callable[..., CreatedInstance] | None = None) -> SetupWizard:
     """The Discord setup wizard; `create` defaults to the fleet's own (the daemon's also wakes its supervisor)."""
     return SetupWizard(fleet.config, fleet.sessions, fleet.event_log, fleet.registry, fleet.hostnames,
-                       invites or make_invites(fleet), create or fleet.create_instance)
+                       invites or make_invites(fleet),
+                       create or functools.partial(Provisioning(fleet).create, fleet.actor))
 
 
 def make_web_login(fleet: Fleet, transport: httpx.BaseTransport | None = None) -> WebLogin:

@@ -1,0 +1,42 @@
+"""The reads the control API answers, answered from the state database while the daemon is not
+running: the same service calls and the same JSON, so a read says the same thing either way (the
+states are the last ones recorded). Nothing here changes the fleet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.wiring.services import make_backups
+
+
+class LocalReads:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def status(self) -> dict[str, Any]:
+        from foundry_fleet.services.edge_status import edge_report
+
+        return {
+            "daemon": {"running": False, "root": str(self.fleet.config.root)},
+            "capabilities": [],
+            "instances": self.list_instances(),
+            "edge": edge_report(self.fleet.hostnames, None),
+        }
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        return [i.to_dict() for i in self.fleet.list_instances()]
+
+    def get_instance(self, name: str) -> dict[str, Any]:
+        return self.fleet.get_instance(name).to_dict()
+
+    def list_snapshots(self, name: str) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in make_backups(self.fleet).list(name)]
+
+    def backup_status(self, name: str | None) -> dict[str, Any]:
+        return make_backups(self.fleet).status(name)
+
+    def edge_config(self) -> dict[str, Any]:
+        from foundry_fleet.wiring.drivers import edge_config
+
+        return edge_config(self.fleet.config, self.fleet.sites())

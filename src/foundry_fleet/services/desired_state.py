@@ -1,0 +1,117 @@
+"""What each instance should be doing: running or stopped, suspended or not, on which release.
+
+Writing the wish is all this does; the supervisor makes it so (services/operations.py tells it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from foundry_fleet.domain.errors import Conflict, NotFound
+from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.instance import DesiredState, InstanceState
+from foundry_fleet.services.events import record
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.node_binaries import resolve_node
+from foundry_fleet.services.views import InstanceView
+from foundry_fleet.store.models import Instance, Release
+
+
+@dataclass(frozen=True)
+class ReleaseSwitch:
+    name: str
+    previous: str
+    current: str
+
+
+class DesiredStates:
+    def __init__(self, fleet: Fleet) -> None:
+        # The fleet gives the configuration, the state database, storage, instance views and the change
+        # listeners (the edge); the desired state of each instance is read and written here.
+        self.fleet = fleet
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self.fleet.sessions() as session, session.begin():
+            yield session
+
+    def set(self, actor: str, name: str, desired: DesiredState, reason: str = "") -> InstanceView:
+        """Running or stopped. Refused (with the reason) while it is being created or deleted, and a
+        start while it is suspended."""
+        with self._session() as s:
+            row = _row(s, name)
+            if row.state == InstanceState.CREATING.value:
+                raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
+            if row.desired == DesiredState.DELETED.value:
+                raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
+            if desired is DesiredState.RUNNING and row.suspended_reason is not None:
+                raise Conflict(f"{name} is suspended: {row.suspended_reason}",
+                               "a fleet admin can resume it (`instance resume`)")
+            row.desired = desired.value
+            if desired is DesiredState.RUNNING and row.state == InstanceState.FAILED.value:
+                # An explicit start after a crash loop: forget the loop and try again.
+                row.crash_times = []
+                row.state = InstanceState.STOPPED.value
+                row.state_reason = "start requested after failure"
+            action = "instance.start" if desired is DesiredState.RUNNING else "instance.stop"
+            record(s, actor, action, name, Outcome.OK, reason)
+            view = self.fleet.view(row)
+        self.fleet.changed()
+        return view
+
+    def suspend(self, actor: str, name: str, reason: str) -> InstanceView:
+        """Stop the instance and keep it stopped: its tenant cannot start it until an admin resumes it."""
+        reason = " ".join(reason.split())[:200] or "suspended by a fleet admin"
+        with self._session() as s:
+            row = _row(s, name)
+            row.suspended_reason = reason
+            row.desired = DesiredState.STOPPED.value
+            record(s, actor, "instance.suspend", name, Outcome.OK, reason)
+            view = self.fleet.view(row)
+        self.fleet.changed()
+        return view
+
+    def resume(self, actor: str, name: str) -> InstanceView:
+        """Lift a suspension and start the instance again."""
+        with self._session() as s:
+            row = _row(s, name)
+            if row.suspended_reason is None:
+                raise Conflict(f"instance {name} is not suspended")
+            row.suspended_reason = None
+            row.desired = DesiredState.RUNNING.value
+            record(s, actor, "instance.resume", name, Outcome.OK, "")
+            view = self.fleet.view(row)
+        self.fleet.changed()
+        return view
+
+    def switch_release(self, actor: str, name: str, version: str) -> ReleaseSwitch:
+        """Install another release for a stopped instance."""
+        with self._session() as s:
+            row = _row(s, name)
+            if row.task is not None:
+                raise Conflict(f"instance {name} is running", "stop it first")
+            rel = s.get(Release, version)
+            if rel is None:
+                raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`")
+            resolve_node(self.fleet.config.node, rel.generation)
+            old, path = row.release_version, rel.path
+        self.fleet.storage.install_release(name, Path(path))
+        with self._session() as s:
+            row = _row(s, name)
+            row.release_version = version
+            record(s, actor, "instance.release", name, Outcome.OK, f"{old} -> {version}")
+        self.fleet.changed()
+        return ReleaseSwitch(name, old, version)
+
+
+def _row(s: Session, name: str) -> Instance:
+    row = s.scalar(select(Instance).where(Instance.name == name))
+    if row is None:
+        raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
+    return row

@@ -1,0 +1,274 @@
+"""Every operation on an instance, in one place: the control API, and through it the CLI, the bot and
+any web panel, call these and hold no operation logic of their own.
+
+Each operation holds the instance's one lock (services/operation_lock.py): a second operation on a
+busy instance is refused at once, naming what is under way ("alice is being upgraded"). The service
+tells the supervisor what changed and waits for the instance to settle where the answer depends on it,
+then brings the edge up to date, so a caller's answer reflects what players see.
+
+Who asked (`actor`) is a parameter of each call: it is recorded with every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.instance import DesiredState
+from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.desired_state import DesiredStates
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.operation_lock import OperationLock
+from foundry_fleet.services.provisioning import Provisioning
+from foundry_fleet.services.supervisor import Supervisor
+from foundry_fleet.services.views import CreatedInstance, InstanceView
+from foundry_fleet.storage.snapshots import SnapshotInfo
+
+# Blocking store and storage work runs in a worker thread, never on the daemon's event loop.
+_blocking = asyncio.to_thread
+
+
+class EdgeSync(Protocol):
+    """The edge as the operations see it: bring it up to date and wait until it serves the new state."""
+
+    async def sync(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deleted:
+    name: str
+    kept_at: str | None  # where the data was archived; None when purged
+    final_snapshot: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"deleted": self.name, "kept_at": self.kept_at, "final_snapshot": self.final_snapshot}
+
+
+@dataclass(frozen=True)
+class Restored:
+    safety_snapshot: str  # the data from before the restore
+    instance: InstanceView
+
+    def to_dict(self) -> dict[str, object]:
+        return {"safety_snapshot": self.safety_snapshot, "instance": self.instance.to_dict()}
+
+
+@dataclass(frozen=True)
+class Upgraded:
+    upgraded: bool  # False: it was rolled back
+    snapshot: str  # taken before the switch; the data a rollback went back to
+    reason: str
+    instance: InstanceView
+
+    def to_dict(self) -> dict[str, object]:
+        return {"upgraded": self.upgraded, "snapshot": self.snapshot, "reason": self.reason,
+                "instance": self.instance.to_dict()}
+
+
+@dataclass(frozen=True)
+class StartVerdict:
+    healthy: bool
+    reason: str
+
+
+class Operations:
+    def __init__(
+        self,
+        fleet: Fleet,
+        supervisor: Supervisor,
+        backups: Backups,
+        edge: EdgeSync | None = None,
+        settle_timeout: float = 60.0,
+        lock: OperationLock | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.supervisor = supervisor
+        self.backups = backups
+        self.edge = edge
+        self.settle_timeout = settle_timeout
+        self.lock = lock or OperationLock()
+        self.provisioning = Provisioning(fleet)
+        self.desired = DesiredStates(fleet)
+
+    def _backups(self, actor: str) -> Backups:
+        """The backup service, recording its events under `actor`."""
+        return self.backups.acting_as(actor)
+
+    def busy(self, name: str) -> str | None:
+        """What `name` is busy with right now, or None."""
+        return self.lock.busy(name)
+
+    # power --------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        actor: str,
+        name: str,
+        release: str,
+        license_key: str | None = None,
+        owner: str | None = None,
+        admin_password: str | None = None,
+        start: bool = True,
+        extra_hosts: list[str] | None = None,
+    ) -> CreatedInstance:
+        with self.lock.hold(name, "being created"):
+            created = await _blocking(self.provisioning.create, actor, name, release, license_key, owner,
+                                      admin_password, start, extra_hosts)
+            await self.supervisor.reconcile()
+            if start:
+                await self.supervisor.wait_settled(created.instance.name, self.settle_timeout)
+                created = CreatedInstance(await self._view(created.instance.name), created.admin_password)
+            await self._sync_edge()
+            return created
+
+    async def start(self, actor: str, name: str, wait: bool = True) -> InstanceView:
+        with self.lock.hold(name, "starting"):
+            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING)
+            self.supervisor.poke(name)
+            return await self._settled(name, wait)
+
+    async def stop(self, actor: str, name: str, wait: bool = True) -> InstanceView:
+        with self.lock.hold(name, "stopping"):
+            await _blocking(self.desired.set, actor, name, DesiredState.STOPPED)
+            self.supervisor.poke(name)
+            return await self._settled(name, wait)
+
+    async def restart(self, actor: str, name: str, wait: bool = True) -> InstanceView:
+        with self.lock.hold(name, "restarting"):
+            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restart")
+            await self.supervisor.restart(name)
+            return await self._settled(name, wait)
+
+    async def suspend(self, actor: str, name: str, reason: str) -> InstanceView:
+        """Stop the instance and keep it stopped: its tenant cannot start it until it is resumed."""
+        with self.lock.hold(name, "being suspended"):
+            await _blocking(self.desired.suspend, actor, name, reason)
+            self.supervisor.poke(name)
+            return await self._settled(name, True)
+
+    async def resume(self, actor: str, name: str) -> InstanceView:
+        with self.lock.hold(name, "resuming"):
+            await _blocking(self.desired.resume, actor, name)
+            self.supervisor.poke(name)
+            return await self._settled(name, True)
+
+    async def delete(self, actor: str, name: str, purge: bool = False) -> Deleted:
+        """Stop, take a final snapshot, then archive (or purge) the data and forget the instance."""
+        with self.lock.hold(name, "being deleted"):
+            # Stopped first, so no reconcile can start it again while it is being removed.
+            await _blocking(self.desired.set, actor, name, DesiredState.STOPPED, "deleting")
+            await self.supervisor.remove(name)
+            final = await _blocking(self._backups(actor).final_backup, name, purge)
+            kept = await _blocking(self.provisioning.delete, actor, name, purge)
+            await self._sync_edge()
+            return Deleted(name, kept, final)
+
+    async def set_hosts(self, actor: str, name: str, extra_hosts: list[str]) -> InstanceView:
+        with self.lock.hold(name, "changing its hostnames"):
+            view = await _blocking(self.fleet.acting_as(actor).set_extra_hosts, name, extra_hosts)
+            await self._sync_edge()
+            return view
+
+    # backups ------------------------------------------------------------------------------
+
+    async def take_backup(self, actor: str, name: str, label: str = "manual") -> SnapshotInfo:
+        with self.lock.hold(name, "being backed up"):
+            return await _blocking(self._backups(actor).take, name, label)
+
+    async def set_backup_plan(self, actor: str, name: str, plan: str | None) -> str:
+        """Give the instance its own plan, or None to follow the fleet's; returns the plan it now follows."""
+        return await _blocking(self._backups(actor).set_plan, name, plan)
+
+    async def restore(self, actor: str, name: str, snapshot: str) -> Restored:
+        """Stop, keep the current data as a safety snapshot, restore, and start again if it ran."""
+        with self.lock.hold(name, "restoring"):
+            was = await self._view(name)
+            await _blocking(self.backups.snapshots.path, name, snapshot)  # NotFound before anything stops
+            await self._stop_and_wait(actor, name, f"restoring {snapshot}")
+            try:
+                safety = await _blocking(self._backups(actor).restore, name, snapshot)
+            finally:
+                # Never start on half-restored data (a failed restore whose data could not be put back).
+                whole = await _blocking(self.backups.snapshots.restoring, name) is None
+                if was.desired == DesiredState.RUNNING.value and whole:
+                    await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restored")
+                    self.supervisor.poke(name)
+            return Restored(safety, await self._settled(name, was.desired == DesiredState.RUNNING.value))
+
+    async def upgrade(self, actor: str, name: str, release: str) -> Upgraded:
+        """Snapshot, switch the release, start; back to the old release and data if it is not healthy."""
+        with self.lock.hold(name, "being upgraded"):
+            backups = self._backups(actor)
+            was = await self._view(name)
+            if was.release == release:
+                raise Conflict(f"instance {name} already runs release {release}")
+            await _blocking(self.fleet.get_release, release)  # NotFound before anything stops
+            await _blocking(backups.check_room, name)  # a refused pre-upgrade snapshot, before anything stops
+            was_running = was.desired == DesiredState.RUNNING.value
+            await self._stop_and_wait(actor, name, f"upgrading to {release}")
+            snap = await _blocking(backups.take, name, "pre-upgrade")
+            try:
+                old = (await _blocking(self.desired.switch_release, actor, name, release)).previous
+            except Exception:
+                if was_running:
+                    await self._start_and_judge(actor, name, "upgrade refused")
+                raise
+            verdict = await self._start_and_judge(actor, name, f"upgraded to {release}")
+            if verdict.healthy:
+                await _blocking(self.fleet.record_event, "instance.upgrade", name, Outcome.OK, f"{old} -> {release}",
+                                actor)
+                if not was_running:
+                    await self._stop_and_wait(actor, name, "was stopped before the upgrade")
+                return Upgraded(True, snap.name, verdict.reason, await self._settled(name, True))
+            # Not healthy: the old release, and the data as it was before the new one touched it.
+            await self._stop_and_wait(actor, name, f"rolling back from {release}")
+            await _blocking(self.desired.switch_release, actor, name, old)
+            await _blocking(backups.restore, name, snap.name)
+            await _blocking(self.fleet.record_event, "instance.upgrade", name, Outcome.FAILED,
+                            f"{release} was not healthy ({verdict.reason}); rolled back to {old} and snapshot {snap.name}",
+                            actor)
+            if was_running:
+                await self._start_and_judge(actor, name, "rolled back")
+            return Upgraded(False, snap.name, verdict.reason, await self._settled(name, True))
+
+    # steps --------------------------------------------------------------------------------
+
+    async def _view(self, name: str) -> InstanceView:
+        return await _blocking(self.fleet.get_instance, name)
+
+    async def _sync_edge(self) -> None:
+        # Answer once players can see the change: the edge serves the new state.
+        if self.edge is not None:
+            await self.edge.sync()
+
+    async def _settled(self, name: str, wait: bool) -> InstanceView:
+        if wait:
+            await self.supervisor.wait_settled(name, self.settle_timeout)
+            await self._sync_edge()
+        return await self._view(name)
+
+    async def _stop_and_wait(self, actor: str, name: str, why: str) -> None:
+        await _blocking(self.desired.set, actor, name, DesiredState.STOPPED, why)
+        self.supervisor.poke(name)
+        await self.supervisor.wait_settled(name, self.settle_timeout)
+
+    async def _start_and_judge(self, actor: str, name: str, why: str) -> StartVerdict:
+        """Start and watch: healthy is success; failing, crashing once or not becoming healthy in time
+        is failure, with the reason."""
+        before = await self._view(name)
+        await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, why)
+        self.supervisor.poke(name)
+        timeout = self.fleet.config.supervisor.start_timeout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            view = await self._view(name)
+            if view.state == "running":
+                return StartVerdict(True, "healthy")
+            if view.state == "failed" or view.restarts > before.restarts:
+                return StartVerdict(False, view.state_reason)
+            await asyncio.sleep(0.2)
+        return StartVerdict(False, f"not healthy within {timeout:g}s")

@@ -1,0 +1,122 @@
+"""One operation at a time per instance: a second one is refused at once, naming what is under way.
+
+A real fleet (SQLite, directory storage, a release in its cache) and the operations service; the
+supervisor is a stand-in that holds an operation in its wait for the instance to settle until the test
+lets it go, which is where a real stop or upgrade spends its time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from foundry_fleet.config import load_config
+from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.domain.release import ReleaseLayout
+from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.init import init_fleet
+from foundry_fleet.services.operation_lock import InstanceBusy, OperationLock
+from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.provisioning import Provisioning
+from foundry_fleet.wiring.services import make_backups, open_fleet
+from tests.support.foundry_standin import build_release_zip
+
+
+class HeldSupervisor:
+    """The supervisor as the operations tell it things; settling waits for `settle`."""
+
+    def __init__(self) -> None:
+        self.settle = asyncio.Event()
+        self.poked: list[str] = []
+
+    def poke(self, name: str) -> None:
+        self.poked.append(name)
+
+    async def wait_settled(self, name: str, timeout: float) -> None:
+        await self.settle.wait()
+
+    async def reconcile(self, poke: bool = False) -> None:
+        pass
+
+    async def restart(self, name: str) -> None:
+        self.poked.append(name)
+
+    async def remove(self, name: str) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    work = tmp_path_factory.mktemp("ops")
+    service = open_fleet(load_config(init_fleet(work / "fleet")), actor="test")
+    service.add_release(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
+    for name in ("alice", "bob"):
+        Provisioning(service).create("cli:admin", name, "13.345", start=False)
+    return service
+
+
+def test_the_lock_names_what_holds_it_and_lets_go() -> None:
+    lock = OperationLock()
+    with lock.hold("alice", "restoring"):
+        assert lock.busy("alice") == "restoring" and lock.busy("bob") is None
+        with pytest.raises(InstanceBusy) as refused:
+            with lock.hold("alice", "starting"):
+                pass
+        assert refused.value.message == "alice is restoring" and "try again once it has finished" in refused.value.hint
+        assert isinstance(refused.value, Conflict)  # a 409 from the control API, exit 4 from the CLI
+    assert lock.busy("alice") is None
+    with lock.hold("alice", "starting"):
+        pass
+
+
+def test_a_second_operation_on_a_busy_instance_is_refused_at_once(fleet: Fleet) -> None:
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        ops = Operations(fleet, supervisor, make_backups(fleet))  # type: ignore[arg-type]
+        stopping = asyncio.create_task(ops.stop("cli:admin", "alice"))
+        await asyncio.sleep(0.2)  # the stop waits for alice to settle, holding her lock
+        assert ops.busy("alice") == "stopping"
+        for second in (ops.restore("cli:admin", "alice", "manual-x"), ops.take_backup("cli:admin", "alice"),
+                       ops.upgrade("cli:admin", "alice", "13.345"), ops.delete("cli:admin", "alice")):
+            with pytest.raises(InstanceBusy, match="^alice is stopping$"):
+                await asyncio.wait_for(second, 1)
+        # Another instance is not held up.
+        snap = await asyncio.wait_for(ops.take_backup("cli:admin", "bob", "other"), 30)
+        assert snap.name.startswith("other-")
+        supervisor.settle.set()
+        assert (await stopping).desired == "stopped"
+        assert ops.busy("alice") is None
+        # Free again: the next operation goes through.
+        taken = await asyncio.wait_for(ops.take_backup("cli:admin", "alice", "after"), 30)
+        assert taken.name.startswith("after-")
+
+    asyncio.run(scenario())
+
+
+def test_a_suspended_instance_is_refused_a_start_with_the_reason(fleet: Fleet) -> None:
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.settle.set()
+        ops = Operations(fleet, supervisor, make_backups(fleet))  # type: ignore[arg-type]
+        await ops.suspend("cli:admin", "bob", "unpaid")
+        with pytest.raises(Conflict, match="bob is suspended: unpaid"):
+            await ops.start("discord:1", "bob")
+        resumed = await ops.resume("cli:admin", "bob")
+        assert resumed.suspended is None and resumed.desired == "running"
+        actors = [e.actor for e in fleet.events("bob") if e.action in ("instance.suspend", "instance.resume")]
+        assert actors == ["cli:admin", "cli:admin"]  # who asked is recorded with each
+
+    asyncio.run(scenario())
+
+
+def test_a_restore_of_a_missing_snapshot_stops_nothing(fleet: Fleet) -> None:
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        ops = Operations(fleet, supervisor, make_backups(fleet))  # type: ignore[arg-type]
+        before = fleet.get_instance("alice").desired
+        with pytest.raises(Exception, match="no-such"):
+            await asyncio.wait_for(ops.restore("cli:admin", "alice", "no-such"), 5)
+        assert fleet.get_instance("alice").desired == before and supervisor.poked == []
+        assert ops.busy("alice") is None
+
+    asyncio.run(scenario())
