@@ -20,14 +20,7 @@ WIRING = frozenset({"wiring"})
 
 # (importing module, imported module) pairs that break a rule today, each with why it is still there.
 # Keep this list short and honest: an entry whose import has gone fails the test, so it is removed.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # The control API holds the edge to sync it and reports the runtime's capability lines; both
-    # leave with the operations service, which tells the edge itself.
-    ("foundry_fleet.api.app", "foundry_fleet.edge.driver"): "the API syncs the edge itself",
-    ("foundry_fleet.api.app", "foundry_fleet.runtime.base"): "DaemonInfo carries Capability lines",
-    # `instance logs --follow` reads the log file itself; it goes once the runtime has a `logs` verb.
-    ("foundry_fleet.cli.instance", "foundry_fleet.runtime.logs"): "log follow reads the file directly",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

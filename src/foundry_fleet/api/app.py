@@ -4,7 +4,6 @@ service layer) and renders the answer as JSON."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,23 +14,15 @@ from starlette.routing import Route
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
-from foundry_fleet.edge.driver import Edge
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
-from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.daemon_info import DaemonInfo
+from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.views import EventView, InstanceView
-
-
-@dataclass
-class DaemonInfo:
-    pid: int
-    started_at: float
-    root: str
-    capabilities: list[Capability] = field(default_factory=list)
 
 
 class CreateInstance(BaseModel):
@@ -89,7 +80,7 @@ def create_app(
     fleet: Fleet,
     supervisor: Supervisor,
     info: DaemonInfo,
-    edge: Edge | None = None,
+    edge: FleetEdge | None = None,
     backups: Backups | None = None,
     settle_timeout: float = 60.0,
     operations: Operations | None = None,
@@ -171,7 +162,8 @@ def create_app(
         return [e.to_dict() for e in await run(fleet.events, target, limit)]
 
     async def instance_logs(name: str, lines: int) -> dict[str, Any]:
-        return {"name": name, "lines": await run(fleet.log_tail, name, min(lines, 1000))}
+        await run(fleet.get_instance, name)  # NotFound for an instance that does not exist
+        return {"name": name, "lines": [line async for line in supervisor.logs(name, max(0, min(lines, 1000)))]}
 
     async def list_releases() -> list[dict[str, Any]]:
         return [r.to_dict() for r in await run(fleet.list_releases)]

@@ -217,16 +217,20 @@ def logs(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
 ) -> None:
     """An instance's server log (stdout and stderr), with terminal controls shown escaped."""
-    from foundry_fleet.runtime.logs import follow
+    import asyncio
+
+    from foundry_fleet.wiring.runtimes import make_runtime
 
     c: CliContext = ctx.obj
-    fleet = c.fleet()
-    # The tenant's server wrote these lines: raw, an escape sequence would command the admin's terminal.
-    for line in fleet.log_tail(name, lines):
-        typer.echo(escape_controls(line))
-    if follow_:
-        try:
-            for line in follow(fleet.log_path(name)):
-                typer.echo(escape_controls(line))
-        except KeyboardInterrupt:
-            pass
+    c.read(lambda fleet: fleet.get_instance(name))  # NotFound for an instance that does not exist
+
+    async def show() -> None:
+        # As the fleet's runtime keeps the log (the local driver: its log files, by instance name).
+        async for line in make_runtime(c.config).logs(name, lines, follow_):
+            # The tenant's server wrote these lines: raw, an escape sequence would command the admin's terminal.
+            typer.echo(escape_controls(line))
+
+    try:
+        asyncio.run(show())
+    except KeyboardInterrupt:
+        pass

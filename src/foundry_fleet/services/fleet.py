@@ -11,7 +11,6 @@ import copy
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -183,14 +182,3 @@ class Fleet:
         from foundry_fleet.services.desired_state import DesiredStates
 
         return DesiredStates(self).set(self.actor, name, desired, reason)
-
-    def log_path(self, name: str) -> Path:
-        """The instance's server log (stdout and stderr); NotFound for an unknown instance."""
-        self.get_instance(name)
-        return self.config.paths.instance_logs(name) / "foundry.log"
-
-    def log_tail(self, name: str, lines: int = 100) -> list[str]:
-        """The last `lines` lines of the instance's server log."""
-        from foundry_fleet.runtime.logs import tail
-
-        return tail(self.log_path(name), max(0, lines))

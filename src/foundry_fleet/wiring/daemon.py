@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from foundry_fleet.api.app import DaemonInfo, create_app
+from foundry_fleet.api.app import create_app
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
@@ -24,7 +24,9 @@ from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
+from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
+from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
 from foundry_fleet.services.snapshot_files import SnapshotFiles
@@ -129,7 +131,10 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                                  changed=lambda: loop.call_soon_threadsafe(edge.request_update))
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=fleet.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
-    app = create_app(fleet, supervisor, info, edge=edge, backups=backups)
+    # One operations service: the control API, and through it the bot and the CLI, all use this one,
+    # so one lock per instance holds for every caller.
+    operations = Operations(fleet, supervisor, backups, edge)
+    app = create_app(fleet, supervisor, info, edge=edge, backups=backups, operations=operations)
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
