@@ -12,9 +12,8 @@ def create_offline(h: FleetHarness, name: str, release: str = "13.345", owner: s
                    start: bool = False, extra_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Like `instance create --json` (with --no-start unless `start`): {"instance": ..., "admin_password": ...}."""
     from foundry_fleet.config import load_config
-    from foundry_fleet.services.provisioning import Provisioning
-    from foundry_fleet.wiring.services import open_fleet
+    from foundry_fleet.wiring.services import open_services
 
-    provisioning = Provisioning(open_fleet(load_config(h.config)))
+    provisioning = open_services(load_config(h.config)).provisioning
     return provisioning.create("cli:test", name, release, owner=owner, start=start,
                                extra_hosts=list(extra_hosts)).to_dict()

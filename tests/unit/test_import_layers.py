@@ -107,7 +107,7 @@ def test_the_walker_sees_a_forbidden_import(tmp_path: Path) -> None:
     fake = Import("foundry_fleet.services.x", "foundry_fleet.web.app", 1)
     assert _forbidden(fake)
     assert _forbidden(Import("foundry_fleet.cli.x", "foundry_fleet.storage.zfs", 1))
-    assert _forbidden(Import("foundry_fleet.edge.x", "foundry_fleet.services.fleet", 1))
+    assert _forbidden(Import("foundry_fleet.edge.x", "foundry_fleet.services.hostnames", 1))
     assert _forbidden(Import("foundry_fleet.domain.x", "foundry_fleet.config", 1))
     assert _forbidden(Import("foundry_fleet.wiring.daemon", "foundry_fleet.web.app", 1)) is None
     assert _forbidden(Import("foundry_fleet.services.x", "foundry_fleet.storage.base", 1)) is None

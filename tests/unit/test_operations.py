@@ -13,12 +13,10 @@ import pytest
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.release import ReleaseLayout
-from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operation_lock import InstanceBusy, OperationLock
 from foundry_fleet.services.operations import Operations
-from foundry_fleet.services.provisioning import Provisioning
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
 from tests.support.foundry_standin import build_release_zip
 
 
@@ -46,13 +44,18 @@ class HeldSupervisor:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetServices:
     work = tmp_path_factory.mktemp("ops")
-    service = open_fleet(load_config(init_fleet(work / "fleet")), actor="test")
-    service.add_release(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
+    services = open_services(load_config(init_fleet(work / "fleet")), actor="test")
+    services.releases.add(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
     for name in ("alice", "bob"):
-        Provisioning(service).create("cli:admin", name, "13.345", start=False)
-    return service
+        services.provisioning.create("cli:admin", name, "13.345", start=False)
+    return services
+
+
+def _operations(fleet: FleetServices, supervisor: HeldSupervisor) -> Operations:
+    return Operations(fleet.lifecycle(), supervisor, make_backups(fleet),  # type: ignore[arg-type]
+                      fleet.config.supervisor.start_timeout)
 
 
 def test_the_lock_names_what_holds_it_and_lets_go() -> None:
@@ -69,10 +72,10 @@ def test_the_lock_names_what_holds_it_and_lets_go() -> None:
         pass
 
 
-def test_a_second_operation_on_a_busy_instance_is_refused_at_once(fleet: Fleet) -> None:
+def test_a_second_operation_on_a_busy_instance_is_refused_at_once(fleet: FleetServices) -> None:
     async def scenario() -> None:
         supervisor = HeldSupervisor()
-        ops = Operations(fleet, supervisor, make_backups(fleet))  # type: ignore[arg-type]
+        ops = _operations(fleet, supervisor)
         stopping = asyncio.create_task(ops.stop("cli:admin", "alice"))
         await asyncio.sleep(0.2)  # the stop waits for alice to settle, holding her lock
         assert ops.busy("alice") == "stopping"
@@ -93,30 +96,30 @@ def test_a_second_operation_on_a_busy_instance_is_refused_at_once(fleet: Fleet) 
     asyncio.run(scenario())
 
 
-def test_a_suspended_instance_is_refused_a_start_with_the_reason(fleet: Fleet) -> None:
+def test_a_suspended_instance_is_refused_a_start_with_the_reason(fleet: FleetServices) -> None:
     async def scenario() -> None:
         supervisor = HeldSupervisor()
         supervisor.settle.set()
-        ops = Operations(fleet, supervisor, make_backups(fleet))  # type: ignore[arg-type]
+        ops = _operations(fleet, supervisor)
         await ops.suspend("cli:admin", "bob", "unpaid")
         with pytest.raises(Conflict, match="bob is suspended: unpaid"):
             await ops.start("discord:1", "bob")
         resumed = await ops.resume("cli:admin", "bob")
         assert resumed.suspended is None and resumed.desired == "running"
-        actors = [e.actor for e in fleet.events("bob") if e.action in ("instance.suspend", "instance.resume")]
+        actors = [e.actor for e in fleet.events.recent("bob") if e.action in ("instance.suspend", "instance.resume")]
         assert actors == ["cli:admin", "cli:admin"]  # who asked is recorded with each
 
     asyncio.run(scenario())
 
 
-def test_a_restore_of_a_missing_snapshot_stops_nothing(fleet: Fleet) -> None:
+def test_a_restore_of_a_missing_snapshot_stops_nothing(fleet: FleetServices) -> None:
     async def scenario() -> None:
         supervisor = HeldSupervisor()
-        ops = Operations(fleet, supervisor, make_backups(fleet))  # type: ignore[arg-type]
-        before = fleet.get_instance("alice").desired
+        ops = _operations(fleet, supervisor)
+        before = fleet.instances.get("alice").desired
         with pytest.raises(Exception, match="no-such"):
             await asyncio.wait_for(ops.restore("cli:admin", "alice", "no-such"), 5)
-        assert fleet.get_instance("alice").desired == before and supervisor.poked == []
+        assert fleet.instances.get("alice").desired == before and supervisor.poked == []
         assert ops.busy("alice") is None
 
     asyncio.run(scenario())

@@ -4,6 +4,7 @@ service layer) and renders the answer as JSON."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,8 +18,11 @@ from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.events import EventLog
+from foundry_fleet.services.hostnames import Hostnames
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
@@ -73,21 +77,29 @@ class SetHosts(BaseModel):
     extra_hosts: list[str]
 
 
+@dataclass(frozen=True)
+class Reads:
+    """The services the control API reads from (every change goes through the operations)."""
+
+    instances: InstanceViews
+    hostnames: Hostnames
+    events: EventLog
+    releases: ReleaseRegistry
+    access: Access  # who may call which endpoint
+
+
 WAIT = Param("wait", bool, True, "answer once the instance has settled (running, stopped or failed)")
 
 
 def create_app(
-    fleet: Fleet,
+    reads: Reads,
+    operations: Operations,
     supervisor: Supervisor,
+    backups: Backups,
     info: DaemonInfo,
     edge: FleetEdge | None = None,
-    backups: Backups | None = None,
-    settle_timeout: float = 60.0,
-    operations: Operations | None = None,
 ) -> Starlette:
-    if backups is None:
-        raise ValueError("create_app needs the backup service (built by the wiring)")
-    ops = operations or Operations(fleet, supervisor, backups, edge, settle_timeout)
+    ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
 
@@ -95,11 +107,11 @@ def create_app(
         return {"ok": True, "pid": info.pid, "version": __version__, "started_at": info.started_at, "root": info.root}
 
     async def status() -> dict[str, Any]:
-        instances = await run(fleet.list_instances)
+        instances = await run(reads.instances.list)
         hosts: list[dict[str, Any]] = []
         if edge is not None:
             # Asked over TLS, like a browser: what each host really serves right now.
-            names = sorted(await run(fleet.known_hosts))
+            names = sorted(await run(reads.hostnames.known_hosts))
             certs = await asyncio.gather(*(run(edge.certificate, h) for h in names))
             hosts = [c.__dict__ for c in certs]
         edge_state = await run(edge.status) if edge is not None else None
@@ -108,14 +120,14 @@ def create_app(
             "capabilities": [c.__dict__ for c in info.capabilities],
             "instances": [i.to_dict() for i in instances],
             "hosts": hosts,
-            "edge": await run(edge_report, fleet.hostnames, edge_state),
+            "edge": await run(edge_report, reads.hostnames, edge_state),
         }
 
     async def list_instances() -> list[dict[str, Any]]:
-        return [i.to_dict() for i in await run(fleet.list_instances)]
+        return [i.to_dict() for i in await run(reads.instances.list)]
 
     async def get_instance(name: str) -> dict[str, Any]:
-        return (await run(fleet.get_instance, name)).to_dict()
+        return (await run(reads.instances.get, name)).to_dict()
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
         created = await ops.create(actor, body.name, body.release, body.license_key, body.owner, body.admin_password,
@@ -159,14 +171,14 @@ def create_app(
         return await run(edge.config) if edge is not None else {}
 
     async def list_events(target: str | None, limit: int) -> list[dict[str, Any]]:
-        return [e.to_dict() for e in await run(fleet.events, target, limit)]
+        return [e.to_dict() for e in await run(reads.events.recent, target, limit)]
 
     async def instance_logs(name: str, lines: int) -> dict[str, Any]:
-        await run(fleet.get_instance, name)  # NotFound for an instance that does not exist
+        await run(reads.instances.get, name)  # NotFound for an instance that does not exist
         return {"name": name, "lines": [line async for line in supervisor.logs(name, max(0, min(lines, 1000)))]}
 
     async def list_releases() -> list[dict[str, Any]]:
-        return [r.to_dict() for r in await run(fleet.list_releases)]
+        return [r.to_dict() for r in await run(reads.releases.list)]
 
     async def suspend(name: str, body: Suspend, actor: str) -> dict[str, Any]:
         return (await ops.suspend(actor, name, body.reason)).to_dict()
@@ -230,4 +242,4 @@ def create_app(
     async def openapi_json(_request: Request) -> JSONResponse:
         return JSONResponse(schema)
 
-    return Starlette(routes=[*routes(table, Access(fleet.instances, frozenset(fleet.config.discord.admin_users))), Route("/openapi.json", openapi_json, methods=["GET"])])
+    return Starlette(routes=[*routes(table, reads.access), Route("/openapi.json", openapi_json, methods=["GET"])])

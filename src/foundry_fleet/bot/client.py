@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from foundry_fleet.bot.wizard_flow import WizardFlow
 from foundry_fleet.bot.wizard_ui import WizardButton
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.services.access import Access, Principal
-from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.services.wizard import SetupWizard
@@ -40,8 +40,18 @@ FORGOTTEN = ("That button or form is no longer active (the bot may have restarte
 STATE_FILE = "discord-commands.json"
 
 
+@dataclass(frozen=True)
+class BotServices:
+    """The services the bot's commands and setup wizard use, built by the wiring."""
+
+    access: Access
+    invites: Invites  # recording events under the bot's own actor
+    invites_for: Callable[[str], Invites]  # the invites, recording events under that actor
+    wizard_for: Callable[[Invites, Callable[..., CreatedInstance]], SetupWizard]  # with these invites and create
+
+
 class FleetBot(discord.Client):
-    def __init__(self, config: FleetConfig, fleet: Fleet, control_transport: httpx.AsyncBaseTransport, *,
+    def __init__(self, config: FleetConfig, services: BotServices, control_transport: httpx.AsyncBaseTransport, *,
                  create: Callable[..., CreatedInstance] | None = None, limits: Limits | None = None) -> None:
         # The bot never joins voice: discord.py's warnings about missing voice libraries are noise here.
         discord.VoiceClient.warn_nacl = False
@@ -49,17 +59,16 @@ class FleetBot(discord.Client):
         super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none())
         self.config = config
         self.settings = config.discord
-        self.fleet = fleet
-        self.access = Access(fleet.instances, frozenset(fleet.config.discord.admin_users))
+        self.services = services
+        self.access = services.access
         self.control_transport = control_transport
         self.control = AsyncControlClient(control_transport)
-        self.invites = Invites(fleet.sessions, fleet.event_log)
+        self.invites = services.invites
         # The daemon may pass its own create (one that also wakes its supervisor); by default the
         # instance is made through the control API, once the event loop is known (setup_hook).
         self._create = create
         self._api_create: CreateThroughApi | None = None
-        self.wizard = SetupWizard(fleet.config, fleet.sessions, fleet.event_log, fleet.registry, fleet.hostnames,
-                                  self.invites, create=self._create_instance)
+        self.wizard = services.wizard_for(self.invites, self._create_instance)
         self.wizard_flow = WizardFlow(self.wizard, config.fleet.domain)
         self.confirmations = Confirmations()
         self.notifier = DiscordNotifier(self, self.settings.ops_channel_id)
@@ -73,7 +82,7 @@ class FleetBot(discord.Client):
         """What the slash commands use (they never get the bot itself)."""
         return CommandContext(
             api=self.api, principal=self.principal, access=self.access, invites=self.invites,
-            invites_by=lambda actor: Invites(self.fleet.sessions, self.fleet.event_log.acting_as(actor)), confirmations=self.confirmations,
+            invites_by=self.services.invites_for, confirmations=self.confirmations,
             wizard_flow=self.wizard_flow, domain=self.config.fleet.domain,
         )
 

@@ -1,9 +1,9 @@
 """Starting the bot: what the daemon runs when [discord] token_file is set.
 
     bot = asyncio.create_task(run_bot(
-        config, open_fleet(config, actor="bot"),
+        config, make_bot_services(open_services(config, actor="bot")),
         httpx.AsyncHTTPTransport(uds=str(config.paths.socket)),   # or httpx.ASGITransport(app=app)
-        on_notifier=lambda notifier: ...,  # e.g. start make_status_updates(fleet, notifier).run()
+        on_notifier=lambda notifier: ...,  # e.g. start make_status_updates(services, notifier).run()
     ))
     ...
     bot.cancel()   # stops it: the client closes its gateway connection and HTTP sessions
@@ -22,11 +22,10 @@ import discord
 import httpx
 
 from foundry_fleet.bot.bot_token import read_token
-from foundry_fleet.bot.client import FleetBot
+from foundry_fleet.bot.client import BotServices, FleetBot
 from foundry_fleet.bot.commands import Limits
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import InvalidInput
-from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.status_updates import Notifier
 from foundry_fleet.services.views import CreatedInstance
 
@@ -44,7 +43,7 @@ def quiet_discord_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
-async def run_bot(config: FleetConfig, fleet: Fleet, control_transport: httpx.AsyncBaseTransport, *,
+async def run_bot(config: FleetConfig, services: BotServices, control_transport: httpx.AsyncBaseTransport, *,
                   create: Callable[..., CreatedInstance] | None = None,
                   on_notifier: Callable[[Notifier], None] | None = None,
                   limits: Limits | None = None) -> None:
@@ -52,7 +51,7 @@ async def run_bot(config: FleetConfig, fleet: Fleet, control_transport: httpx.As
     others, or holds a token Discord refuses."""
     token = read_token(config.discord.token_file)
     quiet_discord_logs()
-    bot = FleetBot(config, fleet, control_transport, create=create, limits=limits)
+    bot = FleetBot(config, services, control_transport, create=create, limits=limits)
     if on_notifier is not None:
         on_notifier(bot.notifier)
     try:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from foundry_fleet.api.client import ControlClient
     from foundry_fleet.cli.local_reads import LocalReads
     from foundry_fleet.config import FleetConfig
-    from foundry_fleet.services.fleet import Fleet
+    from foundry_fleet.wiring.services import FleetServices
 
     Reads = Union[ControlClient, LocalReads]
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 class CliContext:
     config_path: str | None = None
     _config: FleetConfig | None = field(default=None, repr=False)
-    _fleet: Fleet | None = field(default=None, repr=False)
+    _services: FleetServices | None = field(default=None, repr=False)
 
     @property
     def config(self) -> FleetConfig:
@@ -43,13 +43,13 @@ class CliContext:
     def config_file(self) -> Path:
         return find_config(self.config_path)
 
-    def fleet(self) -> Fleet:
+    def services(self) -> FleetServices:
         """The service layer in this process, for work on the host that needs no daemon."""
-        if self._fleet is None:
-            from foundry_fleet.wiring.services import open_fleet
+        if self._services is None:
+            from foundry_fleet.wiring.services import open_services
 
-            self._fleet = open_fleet(self.config, actor=f"cli:{_user()}")
-        return self._fleet
+            self._services = open_services(self.config, actor=f"cli:{_user()}")
+        return self._services
 
     def socket_path(self) -> Path:
         return self._config.paths.socket if self._config is not None else control_socket(self.config_file())
@@ -84,7 +84,7 @@ class CliContext:
             client.close()
         from foundry_fleet.cli.local_reads import LocalReads
 
-        return question(LocalReads(self.fleet()))
+        return question(LocalReads(self.services()))
 
 
 def _user() -> str:

@@ -16,10 +16,9 @@ app = command_group("Invites for new tenants: create, list, revoke.")
 
 
 def _invites(c: CliContext):  # type: ignore[no-untyped-def]
-    from foundry_fleet.services.invites import Invites
+    from foundry_fleet.wiring.services import make_invites
 
-    fleet = c.fleet()
-    return Invites(fleet.sessions, fleet.event_log)
+    return make_invites(c.services())
 
 
 @app.command()

@@ -6,37 +6,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.wiring.services import make_backups
+from foundry_fleet.wiring.services import FleetServices, make_backups
 
 
 class LocalReads:
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
+    def __init__(self, services: FleetServices) -> None:
+        self.services = services
 
     def status(self) -> dict[str, Any]:
         from foundry_fleet.services.edge_status import edge_report
 
         return {
-            "daemon": {"running": False, "root": str(self.fleet.config.root)},
+            "daemon": {"running": False, "root": str(self.services.config.root)},
             "capabilities": [],
             "instances": self.list_instances(),
-            "edge": edge_report(self.fleet.hostnames, None),
+            "edge": edge_report(self.services.hostnames, None),
         }
 
     def list_instances(self) -> list[dict[str, Any]]:
-        return [i.to_dict() for i in self.fleet.list_instances()]
+        return [i.to_dict() for i in self.services.instances.list()]
 
     def get_instance(self, name: str) -> dict[str, Any]:
-        return self.fleet.get_instance(name).to_dict()
+        return self.services.instances.get(name).to_dict()
 
     def list_snapshots(self, name: str) -> list[dict[str, Any]]:
-        return [s.to_dict() for s in make_backups(self.fleet).list(name)]
+        return [s.to_dict() for s in make_backups(self.services).list(name)]
 
     def backup_status(self, name: str | None) -> dict[str, Any]:
-        return make_backups(self.fleet).status(name)
+        return make_backups(self.services).status(name)
 
     def edge_config(self) -> dict[str, Any]:
         from foundry_fleet.wiring.drivers import edge_config
 
-        return edge_config(self.fleet.config, self.fleet.sites())
+        return edge_config(self.services.config, self.services.sites())

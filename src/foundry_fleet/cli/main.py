@@ -127,7 +127,7 @@ def events(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """What happened, who did it, and how it went."""
-    rows = [e.to_dict() for e in ctx.obj.fleet().events(instance, limit)]
+    rows = [e.to_dict() for e in ctx.obj.services().events.recent(instance, limit)]
     if json_out:
         print_json(rows)
     else:

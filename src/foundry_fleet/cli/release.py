@@ -30,14 +30,14 @@ def add(ctx: typer.Context, source: Annotated[str, typer.Argument(help="a releas
                 tasks[phase] = progress.add_task(phase, total=total)
             progress.update(tasks[phase], completed=done, total=total)
 
-        release = ctx.obj.fleet().add_release(source, on_progress)
+        release = ctx.obj.services().releases.add(source, on_progress)
     console.print(f"release [bold]{release.version}[/] ready ({release.layout} build, Node.js {release.node})")
 
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Releases in this fleet, and which instances use them."""
-    rows = [r.to_dict() for r in ctx.obj.fleet().list_releases()]
+    rows = [r.to_dict() for r in ctx.obj.services().releases.list()]
     if json_out:
         print_json(rows)
     else:
@@ -47,5 +47,5 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
 @app.command("remove")
 def remove(ctx: typer.Context, version: str) -> None:
     """Remove a release (refused while an instance uses it)."""
-    ctx.obj.fleet().remove_release(version)
+    ctx.obj.services().releases.remove(version)
     console.print(f"removed release {version}")

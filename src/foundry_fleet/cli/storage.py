@@ -43,7 +43,7 @@ def init(
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Pool health, space, and per instance the space used (data and snapshots) against its limit."""
     c: CliContext = ctx.obj
-    result = c.fleet().disk_limits.report()
+    result = c.services().disk_limits.report()
     if json_out:
         print_json(result)
         return

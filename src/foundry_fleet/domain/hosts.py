@@ -116,7 +116,7 @@ class HostConflict:
 def assign_hosts(fleet_host: str, instances: Iterable[InstanceHosts]) -> tuple[dict[str, tuple[str, ...]], list[HostConflict]]:
     """Which hosts the edge serves for each instance, and the claims it does not serve.
 
-    New claims are refused when they collide (see `Fleet`); this settles a state database that holds
+    New claims are refused when they collide (see services/hostnames.py); this settles a state database that holds
     collisions from before that check, so the edge never gets a config with a host twice. The rules,
     the same whatever order the instances come in: the fleet keeps its own host; an instance's own
     `<name>.<domain>` (the address its tenant was given) wins over another's extra hostname; between

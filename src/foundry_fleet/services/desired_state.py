@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.errors import Conflict, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
+from foundry_fleet.config import NodeSection
+from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.events import record
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import InstanceView
+from foundry_fleet.storage.base import Storage
 from foundry_fleet.store.models import Instance, Release
 
 
@@ -31,14 +34,19 @@ class ReleaseSwitch:
 
 
 class DesiredStates:
-    def __init__(self, fleet: Fleet) -> None:
-        # The fleet gives the configuration, the state database, storage, instance views and the change
-        # listeners (the edge); the desired state of each instance is read and written here.
-        self.fleet = fleet
+    def __init__(self, node: NodeSection, sessions: sessionmaker[Session], storage: Storage,
+                 instances: InstanceViews, changes: Changes) -> None:
+        # The desired state of each instance is read and written here; `changes` hears of every change
+        # (the edge follows them), `node` says which node binary each release generation needs.
+        self.node = node
+        self.sessions = sessions
+        self.storage = storage
+        self.instances = instances
+        self.changes = changes
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        with self.fleet.sessions() as session, session.begin():
+        with self.sessions() as session, session.begin():
             yield session
 
     def set(self, actor: str, name: str, desired: DesiredState, reason: str = "") -> InstanceView:
@@ -61,8 +69,8 @@ class DesiredStates:
                 row.state_reason = "start requested after failure"
             action = "instance.start" if desired is DesiredState.RUNNING else "instance.stop"
             record(s, actor, action, name, Outcome.OK, reason)
-            view = self.fleet.view(row)
-        self.fleet.changed()
+            view = self.instances.view(row)
+        self.changes.notify()
         return view
 
     def suspend(self, actor: str, name: str, reason: str) -> InstanceView:
@@ -73,8 +81,8 @@ class DesiredStates:
             row.suspended_reason = reason
             row.desired = DesiredState.STOPPED.value
             record(s, actor, "instance.suspend", name, Outcome.OK, reason)
-            view = self.fleet.view(row)
-        self.fleet.changed()
+            view = self.instances.view(row)
+        self.changes.notify()
         return view
 
     def resume(self, actor: str, name: str) -> InstanceView:
@@ -86,8 +94,8 @@ class DesiredStates:
             row.suspended_reason = None
             row.desired = DesiredState.RUNNING.value
             record(s, actor, "instance.resume", name, Outcome.OK, "")
-            view = self.fleet.view(row)
-        self.fleet.changed()
+            view = self.instances.view(row)
+        self.changes.notify()
         return view
 
     def switch_release(self, actor: str, name: str, version: str) -> ReleaseSwitch:
@@ -99,14 +107,14 @@ class DesiredStates:
             rel = s.get(Release, version)
             if rel is None:
                 raise NotFound(f"release {version} is not in this fleet", "see `foundry-fleet release list`")
-            resolve_node(self.fleet.config.node, rel.generation)
+            resolve_node(self.node, rel.generation)
             old, path = row.release_version, rel.path
-        self.fleet.storage.install_release(name, Path(path))
+        self.storage.install_release(name, Path(path))
         with self._session() as s:
             row = _row(s, name)
             row.release_version = version
             record(s, actor, "instance.release", name, Outcome.OK, f"{old} -> {version}")
-        self.fleet.changed()
+        self.changes.notify()
         return ReleaseSwitch(name, old, version)
 
 

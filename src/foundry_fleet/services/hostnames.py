@@ -51,6 +51,10 @@ class Hostnames:
         self.instances = instances
         self.actor = actor
 
+    def acting_as(self, actor: str) -> Hostnames:
+        """The same hostnames, recording changes under another actor (e.g. the CLI user behind an API call)."""
+        return Hostnames(self.config, self.sessions, self.instances, actor)
+
     def fleet_host(self) -> str:
         return self.config.host_for(self.config.fleet.fleet_host)
 

@@ -20,10 +20,14 @@ from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.desired_state import DesiredStates
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.events import EventLog
+from foundry_fleet.services.hostnames import Hostnames
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.operation_lock import OperationLock
 from foundry_fleet.services.provisioning import Provisioning
+from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.views import CreatedInstance, InstanceView
 from foundry_fleet.storage.snapshots import SnapshotInfo
@@ -70,6 +74,20 @@ class Upgraded:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """What the operations build on: the services that write an instance's rows and files, those that
+    read them, and `changes`, told of each change the operations make themselves (the edge follows)."""
+
+    provisioning: Provisioning
+    desired: DesiredStates
+    instances: InstanceViews
+    hostnames: Hostnames
+    releases: ReleaseRegistry
+    events: EventLog
+    changes: Changes
+
+
+@dataclass(frozen=True)
 class StartVerdict:
     healthy: bool
     reason: str
@@ -78,21 +96,23 @@ class StartVerdict:
 class Operations:
     def __init__(
         self,
-        fleet: Fleet,
+        lifecycle: Lifecycle,
         supervisor: Supervisor,
         backups: Backups,
+        start_timeout: float,
         edge: EdgeSync | None = None,
         settle_timeout: float = 60.0,
         lock: OperationLock | None = None,
     ) -> None:
-        self.fleet = fleet
+        self.lifecycle = lifecycle
+        self.provisioning = lifecycle.provisioning
+        self.desired = lifecycle.desired
         self.supervisor = supervisor
         self.backups = backups
+        self.start_timeout = start_timeout  # how long an upgraded instance has to become healthy
         self.edge = edge
         self.settle_timeout = settle_timeout
         self.lock = lock or OperationLock()
-        self.provisioning = Provisioning(fleet)
-        self.desired = DesiredStates(fleet)
 
     def _backups(self, actor: str) -> Backups:
         """The backup service, recording its events under `actor`."""
@@ -169,7 +189,8 @@ class Operations:
 
     async def set_hosts(self, actor: str, name: str, extra_hosts: list[str]) -> InstanceView:
         with self.lock.hold(name, "changing its hostnames"):
-            view = await _blocking(self.fleet.acting_as(actor).set_extra_hosts, name, extra_hosts)
+            view = await _blocking(self.lifecycle.hostnames.acting_as(actor).set_extra_hosts, name, extra_hosts)
+            self.lifecycle.changes.notify()
             await self._sync_edge()
             return view
 
@@ -206,7 +227,7 @@ class Operations:
             was = await self._view(name)
             if was.release == release:
                 raise Conflict(f"instance {name} already runs release {release}")
-            await _blocking(self.fleet.get_release, release)  # NotFound before anything stops
+            await _blocking(self.lifecycle.releases.get, release)  # NotFound before anything stops
             await _blocking(backups.check_room, name)  # a refused pre-upgrade snapshot, before anything stops
             was_running = was.desired == DesiredState.RUNNING.value
             await self._stop_and_wait(actor, name, f"upgrading to {release}")
@@ -219,7 +240,7 @@ class Operations:
                 raise
             verdict = await self._start_and_judge(actor, name, f"upgraded to {release}")
             if verdict.healthy:
-                await _blocking(self.fleet.record_event, "instance.upgrade", name, Outcome.OK, f"{old} -> {release}",
+                await _blocking(self.lifecycle.events.record, "instance.upgrade", name, Outcome.OK, f"{old} -> {release}",
                                 actor)
                 if not was_running:
                     await self._stop_and_wait(actor, name, "was stopped before the upgrade")
@@ -228,7 +249,7 @@ class Operations:
             await self._stop_and_wait(actor, name, f"rolling back from {release}")
             await _blocking(self.desired.switch_release, actor, name, old)
             await _blocking(backups.restore, name, snap.name)
-            await _blocking(self.fleet.record_event, "instance.upgrade", name, Outcome.FAILED,
+            await _blocking(self.lifecycle.events.record, "instance.upgrade", name, Outcome.FAILED,
                             f"{release} was not healthy ({verdict.reason}); rolled back to {old} and snapshot {snap.name}",
                             actor)
             if was_running:
@@ -238,7 +259,7 @@ class Operations:
     # steps --------------------------------------------------------------------------------
 
     async def _view(self, name: str) -> InstanceView:
-        return await _blocking(self.fleet.get_instance, name)
+        return await _blocking(self.lifecycle.instances.get, name)
 
     async def _sync_edge(self) -> None:
         # Answer once players can see the change: the edge serves the new state.
@@ -262,7 +283,7 @@ class Operations:
         before = await self._view(name)
         await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, why)
         self.supervisor.poke(name)
-        timeout = self.fleet.config.supervisor.start_timeout
+        timeout = self.start_timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             view = await self._view(name)

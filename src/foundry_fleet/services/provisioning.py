@@ -20,8 +20,9 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain import admin_key, instance_layout
 from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
 from foundry_fleet.domain.events import Outcome
@@ -30,10 +31,13 @@ from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.domain.names import validate_discord_id, validate_instance_name
 from foundry_fleet.domain.ports import choose_port
 from foundry_fleet.files.atomic import write_atomic
+from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.events import record
-from foundry_fleet.services.fleet import Fleet
+from foundry_fleet.services.hostnames import Hostnames
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import CreatedInstance
+from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.ownership import chown_tree
 from foundry_fleet.store.models import Instance, Release, Tenant
 
@@ -49,17 +53,21 @@ class Repaired:
 
 
 class Provisioning:
-    def __init__(self, fleet: Fleet) -> None:
-        # The fleet gives the configuration, the state database, storage, instance views, hostname
-        # claims and the change listeners (the edge); the rows of creating and deleting are read here.
-        self.fleet = fleet
-        self.config = fleet.config
-        self.storage = fleet.storage
+    def __init__(self, config: FleetConfig, sessions: sessionmaker[Session], storage: Storage,
+                 instances: InstanceViews, hostnames: Hostnames, changes: Changes) -> None:
+        # The rows of creating and deleting are read and written here; `hostnames` checks and claims
+        # the hosts a new instance brings, `changes` hears of every change (the edge follows them).
+        self.config = config
+        self.sessions = sessions
+        self.storage = storage
+        self.instances = instances
+        self.hostnames = hostnames
+        self.changes = changes
         self.running_as_root = os.geteuid() == 0
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        with self.fleet.sessions() as session, session.begin():
+        with self.sessions() as session, session.begin():
             yield session
 
     # creating -----------------------------------------------------------------------------
@@ -76,7 +84,7 @@ class Provisioning:
         extra_hosts: list[str] | None = None,
     ) -> CreatedInstance:
         name = validate_instance_name(name, frozenset({self.config.fleet.fleet_host}))
-        hosts = self.fleet.clean_extra_hosts(name, extra_hosts or [])
+        hosts = self.hostnames.clean_extra_hosts(name, extra_hosts or [])
         license_json = build_license(license_key) if license_key else None
         owner_id = validate_discord_id(owner) if owner else None
         if admin_password is not None and len(admin_password) < MIN_ADMIN_PASSWORD:
@@ -100,8 +108,8 @@ class Provisioning:
             row.state = InstanceState.STOPPED.value
             row.state_reason = "created"
             record(s, actor, "instance.create", name, Outcome.OK, f"release {release}, port {row.port}")
-            view = self.fleet.view(row)
-        self.fleet.changed()
+            view = self.instances.view(row)
+        self.changes.notify()
         return CreatedInstance(view, password if generated else None)
 
     def _creation_lock(self, name: str) -> FileLock:
@@ -125,10 +133,10 @@ class Provisioning:
         lo, hi = self.config.instances.port_range
         for attempt in range(3):
             try:
-                with self.fleet.hosts_lock(), self._session() as s:
+                with self.hostnames.lock(), self._session() as s:
                     if s.scalar(select(Instance.id).where(Instance.name == name)) is not None:
                         raise Conflict(f"an instance named {name!r} already exists", "choose another name, or delete it first")
-                    self.fleet.refuse_taken_hosts(s, name, hosts, own=self.config.host_for(name))
+                    self.hostnames.refuse_taken(s, name, hosts, own=self.config.host_for(name))
                     rel = s.get(Release, release)
                     if rel is None:
                         raise NotFound(
@@ -231,7 +239,7 @@ class Provisioning:
         with self._session() as s:
             s.delete(_row(s, name))
             record(s, actor, "instance.delete", name, Outcome.OK, "purged" if purge else f"data kept at {kept}")
-        self.fleet.changed()
+        self.changes.notify()
         return kept
 
     # after a crash ------------------------------------------------------------------------

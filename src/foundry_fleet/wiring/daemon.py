@@ -16,12 +16,13 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from foundry_fleet.api.app import create_app
+from foundry_fleet.api.app import Reads, create_app
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services import uid_claims
+from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
@@ -37,7 +38,9 @@ from foundry_fleet.services.tls_permission import load_or_create_secret, secret_
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
 from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
-from foundry_fleet.wiring.services import make_backups, make_status_updates, make_web_login, make_wizard, open_fleet
+from foundry_fleet.wiring.services import (
+    make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
+)
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -81,60 +84,62 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 
 
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
-    fleet = open_fleet(config, actor="daemon")
+    services = open_services(config, actor="daemon")
     if os.geteuid() == 0:
         # Before anything starts: as root each instance runs as a uid of uid_range, which no other
         # fleet's tenants and no other process may hold.
-        uid_claims.check_fleet(config, fleet.sessions)
-    fleet.storage.ensure_layout()
-    fleet.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
+        uid_claims.check_fleet(config, services.sessions)
+    services.storage.ensure_layout()
+    services.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     runtime = make_runtime(config)
     caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
-    caps.append(Capability("storage", True, describe_storage(fleet.storage)))
+    caps.append(Capability("storage", True, describe_storage(services.storage)))
     report_capabilities(caps)
 
     loop = asyncio.get_running_loop()
-    edge = make_edge(config, fleet.sites, on_problem=edge_problem_reporter(fleet.event_log))
+    edge = make_edge(config, services.sites, on_problem=edge_problem_reporter(services.events))
     # Every change to instances reaches the edge; service calls may come from worker threads.
-    fleet.on_change(lambda: loop.call_soon_threadsafe(edge.request_update))
+    services.changes.subscribe(lambda: loop.call_soon_threadsafe(edge.request_update))
     web_sock = bind_loopback(config.edge.web_port)
     # Tenants' backups: only the edge (the fleet's own user) may open this socket.
     backups_path = config.paths.run / "backups.sock"
     backups_sock = bind_private_socket(backups_path)
-    web_login = make_web_login(fleet)
+    web_login = make_web_login(services)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
     tls_secret = load_or_create_secret(secret_path(config))
     web_app = by_socket(str(backups_path),
-                        create_backups_app(SnapshotFiles(fleet.storage.snapshots), fleet.hostnames.instance_for_host,
+                        create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
-                        create_web_app(fleet.hostnames.known_hosts, web_login, tls_secret))
+                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
-    updates = make_status_updates(fleet, make_notifier(config))
+    updates = make_status_updates(services, make_notifier(config))
     updates.start_from_now()
-    if conflicts := report_host_conflicts(fleet.hostnames, fleet.event_log):
+    if conflicts := report_host_conflicts(services.hostnames, services.events):
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
                   conflicts)
     await edge.start()
     caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
                                          f":{config.edge.https_port}, TLS {config.edge.tls}"))
 
-    backups = make_backups(fleet)
+    backups = make_backups(services)
     for name in backups.repair():  # before any instance starts on half-restored data
         log.warning("finished an interrupted restore of %s", name)
-    for user in make_wizard(fleet).repair():
+    for user in make_wizard(services).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
-    records = SupervisionRecords(fleet.sessions, fleet.storage,
+    records = SupervisionRecords(services.sessions, services.storage,
                                  changed=lambda: loop.call_soon_threadsafe(edge.request_update))
-    supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=fleet.repair_interrupted)
+    supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
-    operations = Operations(fleet, supervisor, backups, edge)
-    app = create_app(fleet, supervisor, info, edge=edge, backups=backups, operations=operations)
+    operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge)
+    reads = Reads(services.instances, services.hostnames, services.events, services.releases,
+                  Access(services.instances, frozenset(config.discord.admin_users)))
+    app = create_app(reads, operations, supervisor, backups, info, edge=edge)
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
@@ -144,12 +149,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
 
     await supervisor.start()
     edge.request_update()
-    fleet.event_log.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
+    services.events.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
     scheduler = asyncio.create_task(run_backup_schedule(backups))
     status_task = asyncio.create_task(updates.run())
-    certificates = CertificateWatch(fleet.sites, fleet.event_log, edge.certificate, config.edge.tls)
+    certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
     bot_task = None
     if config.discord.token_file is not None:
@@ -181,7 +186,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_sock.close()
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
-        fleet.event_log.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+        services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
 # The runtime: built, opened and closed by these three until `foundry_fleet.wiring.runtimes.make_runtime`
@@ -197,7 +202,7 @@ async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: 
         updates.notifier = notifier
 
     try:
-        await run_bot(config, open_fleet(config, actor="bot"), httpx.ASGITransport(app=control_app), on_notifier=use)
+        await run_bot(config, make_bot_services(open_services(config, actor="bot")), httpx.ASGITransport(app=control_app), on_notifier=use)
     except FleetError as e:
         log.error("the Discord bot is not running: %s%s", e.message, f" ({e.hint})" if e.hint else "")
     except asyncio.CancelledError:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -14,60 +14,141 @@ from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.backup_plan import TimeFormat
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.instance import DesiredState
+from foundry_fleet.services.access import Access
+from foundry_fleet.services.backup_records import BackupRecords
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.provisioning import Provisioning
+from foundry_fleet.services.changes import Changes
+from foundry_fleet.services.desired_state import DesiredStates
+from foundry_fleet.services.disk_limits import DiskLimits, limit_bytes
+from foundry_fleet.services.edge_sites import EdgeSites
+from foundry_fleet.services.events import EventLog
+from foundry_fleet.services.hostnames import Hostnames
+from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.invites import Invites
+from foundry_fleet.services.operations import Lifecycle
+from foundry_fleet.services.provisioning import Provisioning
+from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.replication import Replication
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.services.web_login import WebLogin, key_path
 from foundry_fleet.services.wizard import SetupWizard
+from foundry_fleet.storage.base import Storage
 from foundry_fleet.store.database import open_database
 from foundry_fleet.wiring.drivers import make_destinations, make_release_cache, make_storage
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
-def open_fleet(config: FleetConfig, actor: str = "cli") -> Fleet:
+    from foundry_fleet.bot.client import BotServices
+    from foundry_fleet.releases.cache import ReleaseCache
+
+
+@dataclass(frozen=True)
+class FleetServices:
+    """One fleet's drivers and small services, built once by `open_services`. The wiring and the
+    adapters take from it what each service needs; no service takes the whole of it."""
+
+    config: FleetConfig
+    actor: str  # who the events recorded by default are from (the daemon, the bot, a CLI user)
+    sessions: sessionmaker[Session]
+    storage: Storage
+    release_cache: ReleaseCache
+    changes: Changes  # told of every change to instances; the daemon subscribes the edge
+    instances: InstanceViews
+    events: EventLog
+    releases: ReleaseRegistry
+    hostnames: Hostnames
+    sites: EdgeSites
+    backup_records: BackupRecords
+    disk_limits: DiskLimits
+    provisioning: Provisioning
+    desired: DesiredStates
+
+    def lifecycle(self) -> Lifecycle:
+        """What the operations service builds on."""
+        return Lifecycle(self.provisioning, self.desired, self.instances, self.hostnames, self.releases,
+                         self.events, self.changes)
+
+    def repair_interrupted(self) -> list[str]:
+        """For the supervisor's start: finish the creations and deletions a crash interrupted."""
+        repaired = self.provisioning.repair_interrupted()
+        return [*repaired.deleted, *repaired.rolled_back]
+
+
+def open_services(config: FleetConfig, actor: str = "cli") -> FleetServices:
     sessions = open_database(config.paths.database)
-    return Fleet(config, sessions, make_storage(config), make_release_cache(config), actor=actor)
+    storage = make_storage(config)
+    cache = make_release_cache(config)
+    changes = Changes()
+    instances = InstanceViews(config, sessions, storage)
+    hostnames = Hostnames(config, sessions, instances, actor)
+    return FleetServices(
+        config=config, actor=actor, sessions=sessions, storage=storage, release_cache=cache, changes=changes,
+        instances=instances,
+        events=EventLog(sessions, actor),
+        releases=ReleaseRegistry(config.node, sessions, cache, actor),
+        hostnames=hostnames,
+        sites=EdgeSites(sessions, hostnames),
+        backup_records=BackupRecords(sessions, config.backups.plan, actor),
+        disk_limits=DiskLimits(storage, limit_bytes(config)),
+        provisioning=Provisioning(config, sessions, storage, instances, hostnames, changes),
+        desired=DesiredStates(config.node, sessions, storage, instances, changes),
+    )
 
 
-def make_backups(fleet: Fleet) -> Backups:
+def make_backups(services: FleetServices) -> Backups:
     """The backup service with the fleet's destinations (replication runs in the daemon's rounds)."""
-    destinations = make_destinations(fleet.config, fleet.storage)
+    config, storage = services.config, services.storage
+    destinations = make_destinations(config, storage)
     replication = None
     if destinations:
-        replication = Replication(fleet.sessions, fleet.event_log, fleet.storage.snapshots, destinations,
-                                  TimeFormat(fleet.config.backups.tsformat))
+        replication = Replication(services.sessions, services.events, storage.snapshots, destinations,
+                                  TimeFormat(config.backups.tsformat))
+    desired, actor = services.desired, services.actor
 
     def keep_stopped(name: str, why: str) -> None:
-        fleet.set_desired(name, DesiredState.STOPPED, why)
+        desired.set(actor, name, DesiredState.STOPPED, why)
 
-    return Backups(fleet.instances, fleet.backup_records, fleet.event_log, fleet.storage, fleet.disk_limits,
-                   keep_stopped, fleet.config.backups.tsformat, replication)
+    return Backups(services.instances, services.backup_records, services.events, storage, services.disk_limits,
+                   keep_stopped, config.backups.tsformat, replication)
 
 
-def make_status_updates(fleet: Fleet, notifier: Notifier, **options: Any) -> StatusUpdates:
+def make_status_updates(services: FleetServices, notifier: Notifier, **options: Any) -> StatusUpdates:
     """Status updates from the fleet's events and disk use; `options` tune StatusUpdates (clock, limits)."""
-    return StatusUpdates(fleet.event_log, fleet.instances, fleet.disk_limits, fleet.sessions, notifier, **options)
+    return StatusUpdates(services.events, services.instances, services.disk_limits, services.sessions, notifier,
+                         **options)
 
 
-def make_invites(fleet: Fleet, clock: Callable[[], float] = time.time) -> Invites:
-    return Invites(fleet.sessions, fleet.event_log, clock)
+def make_invites(services: FleetServices, clock: Callable[[], float] = time.time) -> Invites:
+    return Invites(services.sessions, services.events, clock)
 
 
-def make_wizard(fleet: Fleet, invites: Invites | None = None,
+def make_wizard(services: FleetServices, invites: Invites | None = None,
                 create: Callable[..., CreatedInstance] | None = None) -> SetupWizard:
-    """The Discord setup wizard; `create` defaults to the fleet's own (the daemon's also wakes its supervisor)."""
-    return SetupWizard(fleet.config, fleet.sessions, fleet.event_log, fleet.registry, fleet.hostnames,
-                       invites or make_invites(fleet),
-                       create or functools.partial(Provisioning(fleet).create, fleet.actor))
+    """The Discord setup wizard; `create` defaults to provisioning's own (the daemon's also wakes its supervisor)."""
+    return SetupWizard(services.config, services.sessions, services.events, services.releases, services.hostnames,
+                       invites or make_invites(services),
+                       create or functools.partial(services.provisioning.create, services.actor))
 
 
-def make_web_login(fleet: Fleet, transport: httpx.BaseTransport | None = None) -> WebLogin:
+def make_bot_services(services: FleetServices) -> BotServices:
+    """What the Discord bot's commands and wizard use."""
+    from foundry_fleet.bot.client import BotServices
+
+    sessions, events = services.sessions, services.events
+    return BotServices(
+        access=Access(services.instances, frozenset(services.config.discord.admin_users)),
+        invites=make_invites(services),
+        invites_for=lambda actor: Invites(sessions, events.acting_as(actor)),
+        wizard_for=lambda invites, create: make_wizard(services, invites, create),
+    )
+
+
+def make_web_login(services: FleetServices, transport: httpx.BaseTransport | None = None) -> WebLogin:
     """The sign-in service of a fleet: its [discord] settings, database, key file and hosts."""
-    config = fleet.config
-    instances = fleet.instances
+    config = services.config
+    instances = services.instances
 
     def owner_of(instance: str) -> str | None:
         try:
@@ -75,5 +156,5 @@ def make_web_login(fleet: Fleet, transport: httpx.BaseTransport | None = None) -
         except FleetError:
             return None  # deleted since its host was looked up
 
-    return WebLogin(config.discord, fleet.sessions, key_path(config), config.host_for(config.fleet.fleet_host),
-                    config.edge.https_port, fleet.hostnames.instance_for_host, owner_of, transport=transport)
+    return WebLogin(config.discord, services.sessions, key_path(config), config.host_for(config.fleet.fleet_host),
+                    config.edge.https_port, services.hostnames.instance_for_host, owner_of, transport=transport)
