@@ -31,7 +31,7 @@ from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.bot.client import FleetBot  # noqa: E402
 from foundry_fleet.bot.commands import Limits  # noqa: E402
 from foundry_fleet.config import load_config  # noqa: E402
-from foundry_fleet.wiring.services import open_fleet  # noqa: E402
+from foundry_fleet.wiring.services import make_bot_services, open_services  # noqa: E402
 from tests.support.discord_gateway_recorder import DiscordGatewayRecorder, Person  # noqa: E402
 
 PORT_LOW = 52400  # above the blocks the test suite draws from, apart from other benches
@@ -41,7 +41,7 @@ TARGET_MS = 50.0
 
 async def measure(socket: Path, config_path: Path, rounds: int) -> dict[str, list[float]]:
     config = load_config(config_path)
-    bot = FleetBot(config, open_fleet(config, actor="bench"), httpx.AsyncHTTPTransport(uds=str(socket)),
+    bot = FleetBot(config, make_bot_services(open_services(config, actor="bench")), httpx.AsyncHTTPTransport(uds=str(socket)),
                    limits=Limits.unlimited())
     recorder = DiscordGatewayRecorder()
     await recorder.login(bot)

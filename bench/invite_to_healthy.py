@@ -25,7 +25,7 @@ from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.config import load_config  # noqa: E402
-from foundry_fleet.wiring.services import make_invites, make_wizard, open_fleet  # noqa: E402
+from foundry_fleet.wiring.services import make_invites, make_wizard, open_services  # noqa: E402
 from tests.support.edge_client import local_ca, tls_context  # noqa: E402
 
 LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
@@ -57,7 +57,7 @@ def main() -> None:
         def create(name: str, release: str, license_key: str | None = None, owner: str | None = None) -> dict:
             return client.create_instance(name=name, release=release, license_key=license_key, owner=owner, start=True)
 
-        service = open_fleet(config, actor="bench")
+        service = open_services(config, actor="bench")
         invites = make_invites(service)
         wizard = make_wizard(service, invites, create=create)  # type: ignore[arg-type]
         entry = next((fleet.root / "releases").glob("versions/13.345/**/main.js"))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.domain.instance import InstanceState
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_services
 from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD, finish_restore, restore_into
 from foundry_fleet.store.models import Instance
 from tests.support.fleets import make_fleet
@@ -27,7 +27,7 @@ def backups(tmp_path: Path, release_zips: dict[str, Path]) -> Backups:
     fleet.cli("release", "add", str(release_zips["node"]))
     create_offline(fleet, "alice")
     create_offline(fleet, "bob")
-    return make_backups(open_fleet(fleet.settings()))
+    return make_backups(open_services(fleet.settings()))
 
 
 def data_of(b: Backups, name: str = "alice") -> Path:

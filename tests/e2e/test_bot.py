@@ -29,7 +29,7 @@ from foundry_fleet.bot.runner import run_bot
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.services.status_updates import Undeliverable, Update
-from foundry_fleet.wiring.services import make_invites, make_status_updates, open_fleet
+from foundry_fleet.wiring.services import make_bot_services, make_invites, make_status_updates, open_services
 from tests.support.discord_gateway_recorder import (
     GUILD_ID, OPS_CHANNEL_ID, TOKEN, DiscordGatewayRecorder, Interaction, Message, Person,
 )
@@ -57,7 +57,7 @@ def play(fleet: FleetHarness, scenario: Scenario, limits: Limits | None = None) 
     async def main() -> None:
         config = load_config(fleet.config)
         transport = httpx.AsyncHTTPTransport(uds=str(fleet.root / "run" / "control.sock"))
-        bot = FleetBot(config, open_fleet(config, actor="bot"), transport, limits=limits)
+        bot = FleetBot(config, make_bot_services(open_services(config, actor="bot")), transport, limits=limits)
         await recorder.login(bot)
         recorder.guild_create(bot, {ADMIN_ROLE: "fleet-admin", OTHER_ROLE: "players"})
         try:
@@ -264,7 +264,7 @@ def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, relea
         assert "no instance" in private(missing) and missing.labels() == []
 
     play(fleet, scenario)
-    pending = make_invites(open_fleet(load_config(fleet.config))).list()
+    pending = make_invites(open_services(load_config(fleet.config))).list()
     assert sorted(str(i.discord_user_id) for i in pending) == sorted([str(CAROL.id), str(DAVE.id), "None"])
     assert fleet.cli("instance", "list", "--json").json() == []
 
@@ -354,7 +354,7 @@ def test_the_wizard_resumes_cancels_joins_by_code_and_says_what_to_fix(
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.up()
-    code = make_invites(open_fleet(load_config(fleet.config))).create(None, "1d", shareable=True).code
+    code = make_invites(open_services(load_config(fleet.config))).create(None, "1d", shareable=True).code
 
     async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:
         rec.secrets.add(code)
@@ -425,7 +425,7 @@ def test_commands_are_synced_only_when_they_changed(fleet: FleetHarness) -> None
             if i == 2:
                 fleet.edit_config('# guild_id = "123456789012345678"', f'guild_id = "{GUILD_ID}"')
             config = load_config(fleet.config)
-            bot = FleetBot(config, open_fleet(config), httpx.AsyncHTTPTransport(uds="/nonexistent"))
+            bot = FleetBot(config, make_bot_services(open_services(config)), httpx.AsyncHTTPTransport(uds="/nonexistent"))
             if extra == "more":
                 @bot.tree.command(name="ping", description="an extra command", guild=bot.guild)
                 async def ping(interaction: discord.Interaction) -> None:
@@ -486,7 +486,7 @@ def test_run_bot_reads_a_private_token_file_and_stops_when_cancelled(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     config = load_config(fleet.config)
-    service = open_fleet(config)
+    service = make_bot_services(open_services(config))
     transport = httpx.AsyncHTTPTransport(uds="/nonexistent")
     with pytest.raises(InvalidInput, match="no token file configured"):
         asyncio.run(run_bot(config, service, transport))

@@ -14,7 +14,7 @@ from foundry_fleet.edge.driver import CertificateState
 from foundry_fleet.services.certificates import CertificateWatch, certificate_problem
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.wiring.drivers import make_edge
-from foundry_fleet.wiring.services import open_fleet
+from foundry_fleet.wiring.services import open_services
 from tests.support.harness import FleetHarness
 
 pytestmark = pytest.mark.e2e
@@ -27,8 +27,8 @@ def test_a_missing_or_expiring_certificate_is_an_event_once_and_so_is_its_recove
     fleet.up()
     fleet.cli("instance", "create", "alice", "--release", "13.345")
     config = load_config(fleet.config)
-    service = open_fleet(config, actor="test")
-    edge = make_edge(config, service.sites, on_problem=edge_problem_reporter(service.event_log))
+    service = open_services(config, actor="test")
+    edge = make_edge(config, service.sites, on_problem=edge_problem_reporter(service.events))
     real = edge.certificate("alice.localhost")
     assert real.state == "valid" and real.not_after, real  # what Caddy really serves, checked like a browser
 
@@ -38,7 +38,7 @@ def test_a_missing_or_expiring_certificate_is_an_event_once_and_so_is_its_recove
         state = edge.certificate(host)
         return dataclasses.replace(state, state="none") if broken["on"] else state
 
-    watch = CertificateWatch(service.sites, service.event_log, certificate, config.edge.tls)
+    watch = CertificateWatch(service.sites, service.events, certificate, config.edge.tls)
     assert watch.check_once() == {}
     broken["on"] = True
     assert watch.check_once() == {"alice.localhost": "alice.localhost: none"}

@@ -12,9 +12,7 @@ import pytest
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, RateLimited
 from foundry_fleet.services import invites as invites_module
-from foundry_fleet.services.fleet import Fleet
-from foundry_fleet.services.provisioning import Provisioning
-from foundry_fleet.wiring.services import make_invites, make_wizard, open_fleet
+from foundry_fleet.wiring.services import FleetServices, make_invites, make_wizard, open_services
 from foundry_fleet.services.wizard import DETAILS, DONE, PROVISIONING, READY, RELEASE
 from foundry_fleet.store.models import WizardRow
 from tests.support.harness import Clock, FleetHarness
@@ -25,12 +23,12 @@ LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
 
 
 @pytest.fixture
-def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> Fleet:
+def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> FleetServices:
     fleet.cli("release", "add", str(release_zips["node"]))
-    return open_fleet(load_config(fleet.config), actor="test")
+    return open_services(load_config(fleet.config), actor="test")
 
 
-def test_an_invite_is_for_one_user_once_and_expires(svc: Fleet) -> None:
+def test_an_invite_is_for_one_user_once_and_expires(svc: FleetServices) -> None:
     clock = Clock()
     inv = make_invites(svc, clock)
     created = inv.create(ALICE, "1h")
@@ -63,7 +61,7 @@ def test_an_invite_is_for_one_user_once_and_expires(svc: Fleet) -> None:
         inv.create("alice", "1h")
 
 
-def test_shareable_codes_are_strong_hashed_single_use_and_guessing_locks_out(svc: Fleet) -> None:
+def test_shareable_codes_are_strong_hashed_single_use_and_guessing_locks_out(svc: FleetServices) -> None:
     clock = Clock()
     inv = make_invites(svc, clock)
     created = inv.create(None, "1d", shareable=True)
@@ -88,7 +86,7 @@ def test_shareable_codes_are_strong_hashed_single_use_and_guessing_locks_out(svc
     assert inv.redeem_code(fresh.code or "", BOB).discord_user_id == BOB
 
 
-def test_the_wizard_walks_from_invite_to_a_running_instance(svc: Fleet) -> None:
+def test_the_wizard_walks_from_invite_to_a_running_instance(svc: FleetServices) -> None:
     wizard = make_wizard(svc)
     with pytest.raises(NotFound, match="no pending invite"):
         wizard.start(ALICE)
@@ -130,7 +128,7 @@ def test_the_wizard_walks_from_invite_to_a_running_instance(svc: Fleet) -> None:
         wizard.start(ALICE)  # the invite is used: a new instance needs a new invite
 
 
-def test_a_wizard_left_half_way_resumes_or_is_cancelled_and_names_are_not_taken_twice(svc: Fleet) -> None:
+def test_a_wizard_left_half_way_resumes_or_is_cancelled_and_names_are_not_taken_twice(svc: FleetServices) -> None:
     wizard = make_wizard(svc)
     invites = make_invites(svc)
     invites.create(ALICE, "7d")
@@ -152,26 +150,26 @@ def test_a_wizard_left_half_way_resumes_or_is_cancelled_and_names_are_not_taken_
     assert wizard.submit_details(BOB, "table", LICENSE).instance_name == "table"  # free again
 
 
-def test_a_failed_provisioning_leaves_nothing_and_says_what_to_fix(svc: Fleet) -> None:
+def test_a_failed_provisioning_leaves_nothing_and_says_what_to_fix(svc: FleetServices) -> None:
     wizard = make_wizard(svc)
     make_invites(svc).create(ALICE, "7d")
     wizard.start(ALICE)
     wizard.submit_details(ALICE, "late", LICENSE)
     wizard.submit_release(ALICE, version="13.345")
     # Someone takes the name by another way between the steps.
-    Provisioning(svc).create("cli:test", "late", "13.345", start=False)
+    svc.provisioning.create("cli:test", "late", "13.345", start=False)
     with pytest.raises(Conflict):
         wizard.provision(ALICE)
     view = wizard.get(ALICE)
     assert view.step == DETAILS and "late" in view.message
-    assert [i.name for i in svc.list_instances()] == ["late"]
+    assert [i.name for i in svc.instances.list()] == ["late"]
     assert make_invites(svc).pending_for(ALICE) is not None
     wizard.submit_details(ALICE, "early", LICENSE)
     wizard.submit_release(ALICE, version="13.345")
     assert wizard.provision(ALICE).instance.name == "early"
 
 
-def test_a_crash_while_provisioning_is_settled_at_the_next_start(svc: Fleet) -> None:
+def test_a_crash_while_provisioning_is_settled_at_the_next_start(svc: FleetServices) -> None:
     wizard = make_wizard(svc)
     make_invites(svc).create(ALICE, "7d")
     make_invites(svc).create(BOB, "7d")
@@ -180,7 +178,7 @@ def test_a_crash_while_provisioning_is_settled_at_the_next_start(svc: Fleet) -> 
         wizard.submit_details(user, name, LICENSE)
         wizard.submit_release(user, version="13.345")
     # Alice's instance was made and the process died before the wizard noted it; Bob's never was.
-    Provisioning(svc).create("cli:test", "made", "13.345", owner=ALICE, start=False)
+    svc.provisioning.create("cli:test", "made", "13.345", owner=ALICE, start=False)
     with svc.sessions.begin() as s:
         for row in s.query(WizardRow):
             row.step = PROVISIONING
@@ -200,7 +198,7 @@ def test_the_wizard_downloads_a_release_from_a_timed_link_without_showing_its_to
                                                           f'extra_ca_file = "{https_server.cert}"\n', 1)
     fleet.config.write_text(text)
     https_server.routes["/releases/FoundryVTT-Node-13.347.zip"] = Route(body=release_zips["wrapped"].read_bytes())
-    svc = open_fleet(load_config(fleet.config), actor="test")
+    svc = open_services(load_config(fleet.config), actor="test")
     wizard = make_wizard(svc)
     make_invites(svc).create(ALICE, "7d")
     wizard.start(ALICE)

@@ -34,8 +34,7 @@ from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
-from foundry_fleet.services.provisioning import Provisioning
-from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_fleet
+from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_services
 from tests.support.edge_client import http, https, local_ca, serves_certificate
 from tests.support.harness import FleetHarness, wait_until, wait_until_async
 from tests.support.offline import create_offline
@@ -177,7 +176,7 @@ def _state_page(port: int, host: str, ca: Path) -> int | None:
 
 
 def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config_keeps_serving(tmp_path: Path) -> None:
-    fleet = open_fleet(load_config(init_fleet(tmp_path / "fleet")), actor="daemon")
+    fleet = open_services(load_config(init_fleet(tmp_path / "fleet")), actor="daemon")
     updates = make_status_updates(fleet, out := Recorder())
     updates.start_from_now()
     base = port_block()
@@ -187,7 +186,7 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
     caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log")
     sites = [TenantSite("t0", ("t0.localhost",), "127.0.0.1:30000", "stopped")]
     told: list[str | None] = []
-    report = edge_problem_reporter(fleet.event_log)
+    report = edge_problem_reporter(fleet.events)
     edge = RefusingEdge(settings, caddy, CaddyAdmin(socket_path), lambda: list(sites),
                         on_problem=lambda why: (told.append(why), report(why)))
     attempts: list[int] = []
@@ -250,7 +249,7 @@ def test_a_refused_load_is_an_event_and_a_status_update_and_the_last_good_config
             await edge.close(stop_caddy=True)
 
     asyncio.run(scenario())
-    events = [(e.action, e.outcome) for e in fleet.events("edge")]
+    events = [(e.action, e.outcome) for e in fleet.events.recent("edge")]
     assert events == [("edge.config", "failed"), ("edge.config", "ok")]
     asyncio.run(updates.run_once())
     assert out.ops[0].startswith("**edge** is out of date (Caddy keeps serving the last good configuration): ")
@@ -370,12 +369,12 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
         held.acquire()
 
         def claim(kind: str, *args: str) -> None:
-            svc = open_fleet(config)
+            svc = open_services(config)
             try:
                 if kind == "hosts":
-                    svc.set_extra_hosts(args[0], list(args[1:]))
+                    svc.hostnames.set_extra_hosts(args[0], list(args[1:]))
                 else:
-                    Provisioning(svc).create("cli:test", args[0], "13.345", start=False)
+                    svc.provisioning.create("cli:test", args[0], "13.345", start=False)
                 results.append("ok")
             except Conflict:
                 results.append("conflict")
@@ -391,13 +390,13 @@ def test_two_claims_at_once_cannot_both_win(fleet: FleetHarness, release_zips: d
         return sorted(results)
 
     def claimants(host: str) -> list[str]:
-        return [v.name for v in open_fleet(config).list_instances() if host in v.hosts]
+        return [v.name for v in open_services(config).instances.list() if host in v.hosts]
 
     assert race(("hosts", "alice", "shared.example.org"), ("hosts", "bob", "Shared.Example.org")) == ["conflict", "ok"]
     assert len(claimants("shared.example.org")) == 1
     assert race(("create", "carol"), ("hosts", "bob", "carol.localhost")) == ["conflict", "ok"]
     assert len(claimants("carol.localhost")) == 1
-    assert open_fleet(config).host_conflicts() == []
+    assert open_services(config).hostnames.conflicts() == []
 
 
 def test_the_setup_wizard_refuses_a_name_whose_host_is_taken(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
@@ -405,7 +404,7 @@ def test_the_setup_wizard_refuses_a_name_whose_host_is_taken(fleet: FleetHarness
 
     fleet.cli("release", "add", str(release_zips["node"]))
     create_offline(fleet, "alice", extra_hosts=("carol.localhost",))
-    svc = open_fleet(load_config(fleet.config), actor="test")
+    svc = open_services(load_config(fleet.config), actor="test")
     tenant = "333333333333333333"
     make_invites(svc).create(tenant, "7d")
     wizard = make_wizard(svc)
@@ -431,9 +430,9 @@ def test_an_old_database_with_collisions_still_starts_and_serves_one_instance_pe
     assert _served_instance(fleet, "shared.example.org") == "alice"  # the older instance
     assert _served_instance(fleet, "alice.localhost") == "alice" and _served_instance(fleet, "bob.localhost") == "bob"
     # The backups app and the TLS permission answer alike.
-    svc = open_fleet(load_config(fleet.config))
-    assert svc.instance_for_host("carol.localhost") == "carol" and svc.instance_for_host("Shared.Example.org") == "alice"
-    assert "127.0.0.1" not in svc.known_hosts()
+    svc = open_services(load_config(fleet.config))
+    assert svc.hostnames.instance_for_host("carol.localhost") == "carol" and svc.hostnames.instance_for_host("Shared.Example.org") == "alice"
+    assert "127.0.0.1" not in svc.hostnames.known_hosts()
     status = fleet.cli("status", "--json").json()["edge"]
     assert status["in_sync"] is True
     assert {(c["host"], c["instance"], c["holder"]) for c in status["host_conflicts"]} == {

@@ -17,7 +17,7 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import InstanceSnapshot
-from foundry_fleet.wiring.services import make_backups, make_status_updates, open_fleet
+from foundry_fleet.wiring.services import make_backups, make_status_updates, open_services
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsRunner
 from tests.support.fleets import make_fleet, zfs_fleet_on
@@ -118,7 +118,7 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
     table = h.cli("storage", "status").out
     assert "100.0 MiB" in table and "alice" in table
 
-    updates = make_status_updates(open_fleet(load_config(h.config)), RecordingNotifier())
+    updates = make_status_updates(open_services(load_config(h.config)), RecordingNotifier())
     warned = {u.instance: u.text for u in updates.quota_updates()}
     assert list(warned) == ["alice"], warned
     assert "of its storage quota" in warned["alice"] and "snapshots included" in warned["alice"]
@@ -133,7 +133,7 @@ def test_zfs_snapshots_count_against_the_limit_and_block_only_their_tenant(
     assert dd(ports["alice"], "Data/more.bin", 2)["code"] != 0
 
     # Once thinning frees space, the backup round brings the quota back down to the limit.
-    fleet = open_fleet(load_config(h.config), actor="daemon")
+    fleet = open_services(load_config(h.config), actor="daemon")
     backups = make_backups(fleet)
     names = fleet.storage.snapshots.names("alice")
     scheduled = [n for n in names if backups.fmt.parse(n) is not None]
@@ -240,7 +240,7 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     port = h.wait_state("alice", "running")["port"]
     first_scheduled_snapshot(h, "alice")
     h.cli("backup", "now", "alice", "--label", "small")
-    fleet = open_fleet(load_config(h.config), actor="daemon")
+    fleet = open_services(load_config(h.config), actor="daemon")
     notifier = RecordingNotifier()
     clock = [2_000_000_000.0]
     updates = make_status_updates(fleet, notifier, clock=lambda: clock[0])
@@ -295,7 +295,7 @@ def test_directory_storage_refuses_snapshots_past_the_limit_and_says_so(
     h.stop_daemons()
     h.up()
     port = h.wait_state("alice", "running")["port"]
-    fleet = open_fleet(load_config(h.config), actor="daemon")
+    fleet = open_services(load_config(h.config), actor="daemon")
     assert dd(port, "Data/world.db", 1)["code"] == 0
     assert h.cli("backup", "now", "alice", "--json").json()["name"].startswith("manual-")
     assert "alice" in [t.instance for t in make_backups(fleet).run_schedule(now=t0 + 2 * HOUR).taken]
@@ -313,7 +313,7 @@ def test_directory_storage_takes_snapshots_again_once_the_tenant_deletes(
     first_scheduled_snapshot(h, "alice")
     assert dd(port, "Data/big.bin", 25)["code"] == 0
     assert h.cli("backup", "now", "alice", check=False).code == 4
-    backups = make_backups(open_fleet(load_config(h.config), actor="daemon"))
+    backups = make_backups(open_services(load_config(h.config), actor="daemon"))
     t0 = 2_000_000_000.0 - 2_000_000_000.0 % HOUR
     assert backups.run_schedule(now=t0).taken == []
 

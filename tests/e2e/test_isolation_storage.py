@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_services
 from foundry_fleet.storage.trees import remove_tree
 from foundry_fleet.storage.tenant_tree import MAX_DEPTH
 from tests.support.fleets import make_fleet, zfs_fleet_on
@@ -297,7 +297,7 @@ def test_a_touched_file_is_not_copied_again_and_a_changed_one_is(tmp_path: Path,
     h = make_fleet(tmp_path)
     h.cli("release", "add", str(release_zips["node"]))
     create_offline(h, "alice")
-    backups = make_backups(open_fleet(h.settings()))
+    backups = make_backups(open_services(h.settings()))
     data = backups.storage.paths("alice").data
     big = data / "Data" / "scene.webp"
     big.write_bytes(os.urandom(32 << 20))
@@ -325,7 +325,7 @@ def test_a_sparse_file_costs_a_snapshot_what_it_stores_not_what_it_claims(tmp_pa
     h = make_fleet(tmp_path)
     h.cli("release", "add", str(release_zips["node"]))
     create_offline(h, "alice")
-    backups = make_backups(open_fleet(h.settings()))
+    backups = make_backups(open_services(h.settings()))
     sparse = backups.storage.paths("alice").data / "Data" / "huge.bin"
     with sparse.open("wb") as f:
         f.seek(64 << 30)  # claims 64 GiB

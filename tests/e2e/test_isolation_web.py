@@ -23,7 +23,7 @@ from foundry_fleet.runtime import procfs
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.invites import parse_expiry
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_services
 from tests.support.fleets import make_fleet
 from tests.support.edge_client import https, local_ca, served_certificate
 from tests.support.harness import wait_until
@@ -46,7 +46,7 @@ def test_a_plan_keeping_billions_of_snapshots_is_refused_and_the_old_plan_kept(
     bad = fleet.cli("backup", "plan", "alice", "100y=>1s", check=False)
     assert bad.code == 2 and "3,155,760,000 snapshots" in bad.err and "10,000" in bad.err
     assert fleet.cli("backup", "plan", "alice").out.strip() == "2d=>1h"
-    backups = make_backups(open_fleet(fleet.settings()))
+    backups = make_backups(open_services(fleet.settings()))
     with pytest.raises(InvalidInput, match="more than the limit"):
         backups.set_plan("alice", "1y=>1min")
     assert str(backups.plan_for("alice")) == "2d=>1h"

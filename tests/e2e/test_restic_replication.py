@@ -20,7 +20,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.domain.backup_plan import thin
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.wiring.services import make_backups, open_fleet
+from foundry_fleet.wiring.services import make_backups, open_services
 from foundry_fleet.storage.snapshots import META
 from foundry_fleet.store.models import ReplicationRow
 from tests.support.harness import FleetHarness
@@ -55,14 +55,14 @@ def _configure(h: FleetHarness, target: str, password_file: Path | None, source_
     if password_file is not None:
         text += f'password_file = "{password_file}"\n'
     h.config.write_text(text)
-    return make_backups(open_fleet(load_config(h.config), actor="test"))
+    return make_backups(open_services(load_config(h.config), actor="test"))
 
 
 def _retarget(h: FleetHarness, old: str, new: str) -> Backups:
     text = h.config.read_text()
     assert f'target = "{old}"' in text
     h.config.write_text(text.replace(f'target = "{old}"', f'target = "{new}"'))
-    return make_backups(open_fleet(load_config(h.config), actor="test"))
+    return make_backups(open_services(load_config(h.config), actor="test"))
 
 
 def restic(repo: Path, pw: Path, *args: str, cwd: Path | None = None) -> str:

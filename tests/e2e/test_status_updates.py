@@ -10,9 +10,8 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.services.fleet import Fleet
 from foundry_fleet.services.status_updates import Undeliverable, update_for
-from foundry_fleet.wiring.services import make_status_updates, open_fleet
+from foundry_fleet.wiring.services import FleetServices, make_status_updates, open_services
 from tests.support.harness import Clock, FleetHarness
 from tests.support.offline import create_offline
 
@@ -38,11 +37,11 @@ class Recorder:
 
 
 @pytest.fixture
-def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> Fleet:
+def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> FleetServices:
     fleet.cli("release", "add", str(release_zips["node"]))
     for name, owner in (("alice", ALICE), ("bob", BOB), ("nobody", None)):
         create_offline(fleet, name, owner=owner)
-    return open_fleet(load_config(fleet.config), actor="supervisor")
+    return open_services(load_config(fleet.config), actor="supervisor")
 
 
 def test_only_events_worth_a_message_become_updates() -> None:
@@ -52,48 +51,48 @@ def test_only_events_worth_a_message_become_updates() -> None:
     assert update_for("backup.snapshot", "ok", "alice", "") is None
 
 
-def test_updates_are_deduplicated_counted_and_sent_to_the_owner(svc: Fleet) -> None:
+def test_updates_are_deduplicated_counted_and_sent_to_the_owner(svc: FleetServices) -> None:
     clock, out = Clock(), Recorder()
     updates = make_status_updates(svc, out, clock=clock, repeat_after=1800)
     updates.start_from_now()
-    svc.record_event("instance.start", "alice", Outcome.OK)  # routine: no message
+    svc.events.record("instance.start", "alice", Outcome.OK)  # routine: no message
     for _ in range(3):
-        svc.record_event("instance.crashed", "alice", Outcome.FAILED, "exit 1")
+        svc.events.record("instance.crashed", "alice", Outcome.FAILED, "exit 1")
     assert asyncio.run(updates.run_once()) == 1
     assert out.ops == ["**alice** crashed and is being restarted: exit 1"]
     assert out.dms == [(ALICE, out.ops[0])]
 
     clock.now += 1801
-    svc.record_event("instance.crashed", "alice", Outcome.FAILED, "exit 1")
+    svc.events.record("instance.crashed", "alice", Outcome.FAILED, "exit 1")
     asyncio.run(updates.run_once())
     assert out.ops[-1].endswith("(and 2 more time(s) since the last message)")
-    svc.record_event("instance.failed", "nobody", Outcome.FAILED, "crash loop")
+    svc.events.record("instance.failed", "nobody", Outcome.FAILED, "crash loop")
     asyncio.run(updates.run_once())
     assert "nobody" in out.ops[-1] and len(out.dms) == 2  # no owner, no DM
 
 
-def test_a_closed_inbox_is_not_retried_and_the_ops_channel_is_rate_limited(svc: Fleet) -> None:
+def test_a_closed_inbox_is_not_retried_and_the_ops_channel_is_rate_limited(svc: FleetServices) -> None:
     clock, out = Clock(), Recorder()
     updates = make_status_updates(svc, out, clock=clock, repeat_after=0, ops_burst=5, ops_window=600, dm_block=86400)
     updates.start_from_now()
     for i in range(12):
-        svc.record_event("instance.crashed", "bob", Outcome.FAILED, f"exit {i}")
+        svc.events.record("instance.crashed", "bob", Outcome.FAILED, f"exit {i}")
         clock.now += 1
         asyncio.run(updates.run_once())
     assert out.dm_attempts == [BOB]  # tried once; closed inbox remembered for a day
     assert len(out.ops) == 5  # the burst; the rest held back
     clock.now += 601
-    svc.record_event("instance.crashed", "bob", Outcome.FAILED, "exit 12")
+    svc.events.record("instance.crashed", "bob", Outcome.FAILED, "exit 12")
     asyncio.run(updates.run_once())
     assert len(out.ops) == 6 and out.dm_attempts == [BOB]
     clock.now += 86400
-    svc.record_event("instance.crashed", "bob", Outcome.FAILED, "exit 13")
+    svc.events.record("instance.crashed", "bob", Outcome.FAILED, "exit 13")
     asyncio.run(updates.run_once())
     assert out.dm_attempts == [BOB, BOB]  # a day later it is tried again, once
 
 
-def test_a_restart_does_not_repeat_old_news(svc: Fleet) -> None:
-    svc.record_event("instance.failed", "alice", Outcome.FAILED, "before the restart")
+def test_a_restart_does_not_repeat_old_news(svc: FleetServices) -> None:
+    svc.events.record("instance.failed", "alice", Outcome.FAILED, "before the restart")
     out = Recorder()
     updates = make_status_updates(svc, out)
     updates.start_from_now()

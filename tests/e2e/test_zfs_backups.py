@@ -15,7 +15,7 @@ import pytest
 
 from foundry_fleet.config import load_config
 from foundry_fleet.services.backups import Backups
-from foundry_fleet.wiring.services import make_backups, make_status_updates, open_fleet
+from foundry_fleet.wiring.services import make_backups, make_status_updates, open_services
 from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.support.fleets import zfs_fleet_on
 from tests.support.ports import port_block
@@ -105,7 +105,7 @@ def test_a_running_instance_on_zfs_is_backed_up_browsed_and_restored(
     names = [s["name"] for s in zfs_fleet.cli("backup", "list", "alice", "--json").json()]
     safety = next(n for n in names if n.startswith("safety-"))
     assert snap in names  # restoring never destroys a snapshot, older or newer
-    fleet = open_fleet(load_config(zfs_fleet.config))
+    fleet = open_services(load_config(zfs_fleet.config))
     with_bad_session = fleet.storage.snapshots.path("alice", safety) / "Data" / "worlds" / "w" / "world.db"
     assert with_bad_session.read_text() == "session 2 went badly"
 
@@ -145,7 +145,7 @@ def test_a_restore_killed_half_way_is_redone_at_the_next_start(
     safety = [s["name"] for s in zfs_fleet.cli("backup", "list", "carol", "--json").json()
               if s["name"].startswith("safety-")]
     assert len(safety) == 1
-    fleet = open_fleet(load_config(zfs_fleet.config))
+    fleet = open_services(load_config(zfs_fleet.config))
     assert file_digests(fleet.storage.snapshots.path("carol", safety[0])) == changed  # nothing was lost
 
 
@@ -154,7 +154,7 @@ def _fleet_with_destination(h: FleetHarness, dest: str, source_plan: str, dest_p
     text = h.config.read_text().replace('plan = "7d=>1h,30d=>1d,1y=>1w"', f'plan = "{source_plan}"')
     text += f'\n[[backups.destinations]]\nname = "usb"\ntarget = "{dest}"\nplan = "{dest_plan}"\n{extra}'
     h.config.write_text(text)
-    return make_backups(open_fleet(load_config(h.config), actor="test"))
+    return make_backups(open_services(load_config(h.config), actor="test"))
 
 
 def test_replication_is_full_then_incremental_and_catches_up_after_being_offline(
@@ -330,7 +330,7 @@ def test_a_quota_filling_up_becomes_a_status_update(zfs_fleet: FleetHarness, rel
 
     zfs_fleet.cli("release", "add", str(release_zips["node"]))
     inst = create_offline(zfs_fleet, "ivy")["instance"]
-    updates = make_status_updates(open_fleet(load_config(zfs_fleet.config)), LogNotifier())
+    updates = make_status_updates(open_services(load_config(zfs_fleet.config)), LogNotifier())
     assert updates.quota_updates() == []
     Path(inst["data_dir"], "Data", "big.bin").write_bytes(os.urandom(60 * 1024 * 1024))  # of 64 MiB
     wait_until(lambda: [u.instance for u in updates.quota_updates()] == ["ivy"], 60, "ZFS to count the bytes")
