@@ -469,7 +469,7 @@ def test_status_updates_reach_the_ops_channel_and_owners_and_closed_dms_are_unde
         def dm_attempts() -> int:
             return len([r for r in rec.requests if r.path == f"/channels/{rec.dm_channel_for(DAVE)}/messages"])
 
-        updates = make_status_updates(bot.fleet, bot.notifier)
+        updates = make_status_updates(open_services(load_config(fleet.config), actor="bot"), bot.notifier)
         tried = dm_attempts()
         assert await updates.deliver(Update("instance.failed:failed:dave", "dave", "**dave** has stopped"))
         assert [m.content for m in rec.channel_messages[OPS_CHANNEL_ID]][-1] == "**dave** has stopped"
