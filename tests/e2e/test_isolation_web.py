@@ -39,17 +39,20 @@ def test_an_invite_that_never_expires_is_refused(text: str) -> None:
 def test_a_plan_keeping_billions_of_snapshots_is_refused_and_the_old_plan_kept(
         tmp_path: Path, release_zips: dict[str, Path]) -> None:
     fleet = make_fleet(tmp_path)
-    fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.up()
-    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
-    fleet.cli("backup", "plan", "alice", "2d=>1h")
-    bad = fleet.cli("backup", "plan", "alice", "100y=>1s", check=False)
-    assert bad.code == 2 and "3,155,760,000 snapshots" in bad.err and "10,000" in bad.err
-    assert fleet.cli("backup", "plan", "alice").out.strip() == "2d=>1h"
-    backups = make_backups(open_services(fleet.settings()))
-    with pytest.raises(InvalidInput, match="more than the limit"):
-        backups.set_plan("alice", "1y=>1min")
-    assert str(backups.plan_for("alice")) == "2d=>1h"
+    try:
+        fleet.cli("release", "add", str(release_zips["node"]))
+        fleet.up()
+        fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
+        fleet.cli("backup", "plan", "alice", "2d=>1h")
+        bad = fleet.cli("backup", "plan", "alice", "100y=>1s", check=False)
+        assert bad.code == 2 and "3,155,760,000 snapshots" in bad.err and "10,000" in bad.err
+        assert fleet.cli("backup", "plan", "alice").out.strip() == "2d=>1h"
+        backups = make_backups(open_services(fleet.settings()))
+        with pytest.raises(InvalidInput, match="more than the limit"):
+            backups.set_plan("alice", "1y=>1min")
+        assert str(backups.plan_for("alice")) == "2d=>1h"
+    finally:
+        fleet.tear_down()
 
 
 # --- /tls/permission answers Caddy alone ------------------------------------------------------------
