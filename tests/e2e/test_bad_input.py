@@ -113,7 +113,7 @@ def test_port_exhaustion(tmp_path: Path, release_zips: dict[str, Path]) -> None:
         assert [i["name"] for i in fleet.cli("instance", "list", "--json").json()] == ["one", "two"]
         assert not (fleet.root / "instances" / "three").exists()
     finally:
-        fleet.stop_daemons()
+        fleet.tear_down()
 
 
 def test_missing_node_binary(tmp_path: Path, release_zips: dict[str, Path]) -> None:

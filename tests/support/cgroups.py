@@ -65,3 +65,14 @@ def remove_groups(parent: str, timeout: float = 10.0, cgroup_root: Path = CGROUP
 
 def describe(groups: list[Path]) -> str:
     return "; ".join(f"{g} (processes {members(g)})" for g in groups)
+
+
+def remove_fleet_firewall(parent: str) -> None:
+    """Remove the firewall chains of the fleet whose cgroup parent is `parent` (the daemon names both
+    after the fleet: `foundry-fleet-<id>`, `FOUNDRY-FLEET-<id>` and its `-OUT` chain); nothing when
+    there are none."""
+    from foundry_fleet.runtime.firewall import EgressFilter, PortFirewall
+
+    chain = "FOUNDRY-FLEET-" + parent.removeprefix("foundry-fleet-")
+    PortFirewall(chain).remove()
+    EgressFilter(f"{chain[:24]}-OUT").remove()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from foundry_fleet.domain import instance_layout
-from tests.support.cgroups import describe, fleet_cgroup_parent, remove_groups
+from tests.support.cgroups import describe, fleet_cgroup_parent, remove_fleet_firewall, remove_groups
 
 BIN = Path(sys.executable).parent / "foundry-fleet"
 
@@ -172,6 +172,9 @@ class FleetHarness:
         kill_processes_with(str(self.root))  # instances (--dataPath=...), Caddy (--config .../edge/...)
         left = remove_groups(self.cgroup_parent)
         assert not left, f"the fleet at {self.root} left control groups behind: {describe(left)}"
+        # A daemon killed (or stopped leaving instances running) keeps its firewall chains, which keep
+        # dropping outside connections to its port range: a later test drawing that block would fail.
+        remove_fleet_firewall(self.cgroup_parent)
 
     # instances ----------------------------------------------------------------------------
 
