@@ -20,7 +20,7 @@ from foundry_fleet.bot.client import FleetBot
 from foundry_fleet.bot.text import instance_line, scrub
 from foundry_fleet.domain.text import escape_controls
 from tests.support.discord_gateway_recorder import DiscordGatewayRecorder
-from tests.support.harness import BIN, FleetHarness, OutputReader, wait_until
+from tests.support.harness import BIN, FleetHarness, OutputReader, sigint_as_in_a_terminal, wait_until
 from tests.support.offline import create_offline
 from tests.support.foundry_standin import run_in_instance
 from tests.e2e.test_bot import ALICE, ask, play, private
@@ -98,6 +98,7 @@ def test_cli_and_bot_show_a_hostile_log_line_escaped(fleet: FleetHarness, releas
     follower = subprocess.Popen(
         [str(BIN), "--config", str(fleet.config), "instance", "logs", "alice", "--follow", "-n", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        preexec_fn=sigint_as_in_a_terminal,
     )
     try:
         out = OutputReader(follower)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroups import groups_under
-from tests.support.harness import BIN, FleetHarness, OutputReader, pids_with_arg, wait_until
+from tests.support.harness import BIN, FleetHarness, OutputReader, pids_with_arg, sigint_as_in_a_terminal, wait_until
 
 pytestmark = pytest.mark.e2e
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, iptables)")
@@ -28,7 +28,7 @@ def test_logs_follow_shows_new_lines(fleet: FleetHarness, release_zips: dict[str
     inst = fleet.cli("instance", "create", "erin", "--release", "13.345", "--json").json()["instance"]
     follower = subprocess.Popen(
         [str(BIN), "--config", str(fleet.config), "instance", "logs", "erin", "--follow", "-n", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal,
     )
     try:
         out = OutputReader(follower)

@@ -197,6 +197,13 @@ class FleetHarness:
         return r.json()
 
 
+def sigint_as_in_a_terminal() -> None:
+    """For Popen's preexec_fn: the child gets SIGINT's default handling, so Ctrl-C (SIGINT) reaches it as
+    from a terminal, even when this test run was started as a background job, which ignores SIGINT and
+    passes that on to every child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pids_with_arg(arg: str) -> list[int]:
     """Host pids of live node processes with `arg` as one of their arguments (e.g. --port=30001)."""
     found = []
