@@ -44,7 +44,7 @@ def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> Non
     verbs = {name: member for name, member in vars(Runtime).items()
              if callable(member) and not name.startswith("_")}
     assert {"open", "close", "fingerprint", "start_task", "wait_task", "stop_task", "destroy_task", "inspect_task",
-            "recover_task", "task_stats", "address", "logs", "take_events"} == set(verbs)
+            "recover_task", "task_stats", "address", "port_is_free", "logs", "take_events"} == set(verbs)
 
     def kind(fn: object) -> str:
         if inspect.isasyncgenfunction(fn):
@@ -59,3 +59,23 @@ def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> Non
         params = {name: list(inspect.signature(getattr(driver, name)).parameters) for name in verbs}
         assert params == {name: list(inspect.signature(fn).parameters) for name, fn in verbs.items()}, driver
         assert driver.capabilities.multi_node is False and isinstance(driver.name, str)
+
+
+def test_the_runtime_decides_which_ports_new_instances_get(tmp_path: Path) -> None:
+    """Provisioning asks the runtime, not the host: a port the runtime calls taken is skipped."""
+    from foundry_fleet.config import load_config
+    from foundry_fleet.services.init import init_fleet
+    from foundry_fleet.wiring.services import open_services
+
+    config = load_config(init_fleet(tmp_path / "fleet"))
+    low = config.instances.port_range[0]
+
+    class Busy:
+        """A runtime that holds the range's first two ports elsewhere (another node, another task)."""
+
+        def port_is_free(self, port: int) -> bool:
+            return port not in (low, low + 1)
+
+    services = open_services(config, actor="test", runtime=Busy())  # type: ignore[arg-type]
+    assert services.provisioning.port_is_free(low) is False
+    assert services.provisioning.port_is_free(low + 2) is True

@@ -196,6 +196,10 @@ class Runtime(Protocol):
 
     async def address(self, handle: TaskHandle) -> Address: ...
 
+    def port_is_free(self, port: int) -> bool:
+        """May a new instance be given `port`? The local runtime: nothing on this host listens there;
+        a cluster's driver answers for where it would place the task."""
+
     def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         """The last `lines` lines of the task's log (by handle, or by instance name when it is not
         running), then, with `follow`, each new line as it comes."""

@@ -45,6 +45,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -204,6 +205,16 @@ class LocalRuntime:
 
     async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
         return await asyncio.to_thread(self._stats, LocalTask.of(handle))
+
+    def port_is_free(self, port: int) -> bool:
+        """Nothing on this host listens on `port` (an instance given it would fail to start)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+        return True
 
     async def address(self, handle: TaskHandle) -> Address:
         """The host's loopback and the task's port: in a network namespace the forwarder holds it."""

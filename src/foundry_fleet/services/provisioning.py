@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +53,18 @@ class Repaired:
 
 class Provisioning:
     def __init__(self, config: FleetConfig, sessions: sessionmaker[Session], storage: Storage,
-                 instances: InstanceViews, hostnames: Hostnames, changes: Changes) -> None:
+                 instances: InstanceViews, hostnames: Hostnames, changes: Changes,
+                 port_is_free: Callable[[int], bool]) -> None:
         # The rows of creating and deleting are read and written here; `hostnames` checks and claims
         # the hosts a new instance brings, `changes` hears of every change (the edge follows them).
+        # `port_is_free`: the runtime's say on a port (only it knows where its tasks listen).
         self.config = config
         self.sessions = sessions
         self.storage = storage
         self.instances = instances
         self.hostnames = hostnames
         self.changes = changes
+        self.port_is_free = port_is_free
         self.running_as_root = os.geteuid() == 0
 
     @contextmanager
@@ -145,7 +147,7 @@ class Provisioning:
                         )
                     resolve_node(self.config.node, rel.generation)
                     taken = s.scalars(select(Instance.port)).all()
-                    port = choose_port(lo, hi, taken, _port_is_free)
+                    port = choose_port(lo, hi, taken, self.port_is_free)
                     uid = self._allocate_uid(s) if self.running_as_root else None
                     tenant = None
                     if owner_id:
@@ -277,17 +279,6 @@ def _row(s: Session, name: str) -> Instance:
     if row is None:
         raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
     return row
-
-
-def _port_is_free(port: int) -> bool:
-    """Nothing on the host listens on `port` (an instance bound there would fail to start)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _json(data: object) -> str:

@@ -84,14 +84,14 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 
 
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
-    services = open_services(config, actor="daemon")
+    runtime = make_runtime(config)
+    services = open_services(config, actor="daemon", runtime=runtime)
     if os.geteuid() == 0:
         # Before anything starts: as root each instance runs as a uid of uid_range, which no other
         # fleet's tenants and no other process may hold.
         uid_claims.check_fleet(config, services.sessions)
     services.storage.ensure_layout()
     services.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
-    runtime = make_runtime(config)
     caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
     caps.append(Capability("storage", True, describe_storage(services.storage)))
     report_capabilities(caps)
@@ -188,10 +188,6 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         config.paths.socket.unlink(missing_ok=True)
         services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
-
-# The runtime: built, opened and closed by these three until `foundry_fleet.wiring.runtimes.make_runtime`
-# picks it from `[runtime] driver` and the runtime's own `open()` / `close(instances_left_running)` prepare
-# and release the host. The one spot to swap for those calls.
 
 async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
     """The bot, on the control API in this process; status updates go through it once it runs. A bot

@@ -36,12 +36,14 @@ from foundry_fleet.services.wizard import SetupWizard
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.store.database import open_database
 from foundry_fleet.wiring.drivers import make_destinations, make_release_cache, make_storage
+from foundry_fleet.wiring.runtimes import make_runtime
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from foundry_fleet.bot.client import BotServices
     from foundry_fleet.releases.cache import ReleaseCache
+    from foundry_fleet.runtime.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,17 @@ class FleetServices:
         return [*repaired.deleted, *repaired.rolled_back]
 
 
-def open_services(config: FleetConfig, actor: str = "cli") -> FleetServices:
+def open_services(config: FleetConfig, actor: str = "cli", runtime: Runtime | None = None) -> FleetServices:
+    """The fleet's services; `runtime` (the daemon's) decides which ports new instances may have, else
+    one is built from [runtime] when a port is first asked about."""
     sessions = open_database(config.paths.database)
+    built: list[Runtime] = [runtime] if runtime is not None else []
+
+    def port_is_free(port: int) -> bool:
+        if not built:
+            built.append(make_runtime(config))
+        return built[0].port_is_free(port)
+
     storage = make_storage(config)
     cache = make_release_cache(config)
     changes = Changes()
@@ -92,7 +103,7 @@ def open_services(config: FleetConfig, actor: str = "cli") -> FleetServices:
         sites=EdgeSites(sessions, hostnames),
         backup_records=BackupRecords(sessions, config.backups.plan, actor),
         disk_limits=DiskLimits(storage, limit_bytes(config)),
-        provisioning=Provisioning(config, sessions, storage, instances, hostnames, changes),
+        provisioning=Provisioning(config, sessions, storage, instances, hostnames, changes, port_is_free),
         desired=DesiredStates(config.node, sessions, storage, instances, changes),
     )
 
