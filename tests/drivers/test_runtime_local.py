@@ -37,7 +37,7 @@ from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.cgroups import describe, remove_groups
 from tests.support.foundry_standin import free_port
 from tests.support.harness import wait_until, wait_until_async
-from tests.support.ports import port_block
+from tests.support.ports import port_block, port_is_free
 
 IS_ROOT = os.geteuid() == 0
 NODE = shutil.which("node")
@@ -97,17 +97,6 @@ SERVER_JS = textwrap.dedent(
     }).listen(port, '0.0.0.0', () => console.log('listening on ' + port));
     """
 )
-
-
-def port_is_free(port: int) -> bool:
-    """Could a new server listen here? (node sets SO_REUSEADDR, so TIME_WAIT does not count)"""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-        return True
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fleets import make_fleet
+from tests.support.offline import create_offline
 from tests.support.harness import FleetHarness, pids_with_arg
 
 pytestmark = pytest.mark.e2e
@@ -97,9 +98,7 @@ def test_an_interrupted_restore_is_finished_before_the_instance_starts(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.up()
-    inst = fleet.cli("instance", "create", "carol", "--release", "13.345", "--no-start", "--json").json()["instance"]
-    fleet.stop_daemons()
+    inst = create_offline(fleet, "carol")["instance"]
     data = Path(inst["data_dir"])
     (data / "Data" / "world.db").write_text("restored copy")
     # The restore had moved the live data aside and the complete copy was about to take its place.

@@ -20,7 +20,7 @@ from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import IDENTITY_HEADERS, EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from tests.support.fleets import make_fleet
-from tests.support.edge_client import http, https, local_ca, served_certificate, serves_certificate, wss
+from tests.support.edge_client import certificate_or_none, http, https, local_ca, served_certificate, serves_certificate, wss
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.ports import port_block
 
@@ -159,7 +159,7 @@ def test_on_demand_certificates_only_for_instance_hosts(tmp_path: Path, release_
         client = _running_fleet(fleet, release_zips, "alice")
         _http_port, https_port = _ports(fleet)
         ca = local_ca(fleet.root)
-        cert = wait_until(lambda: _try_cert(https_port, "alice.localhost", ca), 20, "an on-demand certificate")
+        cert = wait_until(lambda: certificate_or_none(https_port, "alice.localhost", ca), 20, "an on-demand certificate")
         assert ("DNS", "alice.localhost") in cert["subjectAltName"]
         with pytest.raises(ssl.SSLError):
             served_certificate(https_port, "stranger.localhost", ca)
@@ -170,13 +170,6 @@ def test_on_demand_certificates_only_for_instance_hosts(tmp_path: Path, release_
         client.close()
     finally:
         fleet.tear_down()
-
-
-def _try_cert(port: int, host: str, ca: Path) -> dict | None:
-    try:
-        return served_certificate(port, host, ca)
-    except (ssl.SSLError, OSError):
-        return None
 
 
 def test_status_and_edge_show(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:

@@ -28,6 +28,7 @@ from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 from tests.support.foundry_standin import SOCKET_PATH, STATUS_PATH, run_in_instance
+from tests.support.ports import port_is_free
 from tests.drivers.test_runtime_local import veth_namespace
 
 IS_ROOT = os.geteuid() == 0
@@ -78,17 +79,6 @@ def recorded_task(fleet: FleetHarness, name: str) -> LocalTask | None:
     finally:
         db.close()
     return LocalTask.of(TaskHandle.from_dict(json.loads(raw))) if raw else None
-
-
-def host_port_is_free(port: int) -> bool:
-    """Could a new server listen on 127.0.0.1:port? (connections in TIME_WAIT do not count)"""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def host_address() -> str | None:
@@ -161,7 +151,7 @@ def test_a_tenant_listening_on_a_stopped_neighbours_port_never_answers_for_it(
     made = running_fleet(fleet, release_zips, "alice", "bob")
     alice, bob = made["alice"]["port"], made["bob"]["port"]
     fleet.cli("instance", "stop", "bob")
-    assert host_port_is_free(bob)
+    assert port_is_free(bob, "127.0.0.1")
 
     # Alice's code listens on bob's port with a fake status page, as the attack did.
     squatter = textwrap.dedent(f"""
@@ -191,7 +181,7 @@ def test_a_tenant_listening_on_a_stopped_neighbours_port_never_answers_for_it(
     """)
     assert fake["version"] == "squatter"  # it listens, in alice's own namespace
     # On the host the port stays free: nothing answers there while bob is stopped.
-    assert host_port_is_free(bob)
+    assert port_is_free(bob, "127.0.0.1")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", bob), timeout=2).close()
 
@@ -551,7 +541,7 @@ def test_reattach_after_kill_9_keeps_task_and_forwarder_and_a_stop_frees_the_por
     fleet.cli("instance", "stop", "alice")
     assert forwarders_of(fleet, "alice") == []
     assert not procfs.is_alive(task.net_pid, task.net_start)
-    assert host_port_is_free(port) and not sock.exists()
+    assert port_is_free(port, "127.0.0.1") and not sock.exists()
 
 
 def test_a_dead_forwarder_ends_the_task_and_the_instance_comes_back_reachable(

@@ -25,7 +25,7 @@ from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.invites import parse_expiry
 from foundry_fleet.wiring.services import make_backups, open_services
 from tests.support.fleets import make_fleet
-from tests.support.edge_client import https, local_ca, served_certificate
+from tests.support.edge_client import certificate_or_none, https, local_ca, served_certificate
 from tests.support.harness import wait_until
 from tests.support.foundry_standin import run_in_instance
 
@@ -58,13 +58,6 @@ def test_a_plan_keeping_billions_of_snapshots_is_refused_and_the_old_plan_kept(
 # --- /tls/permission answers Caddy alone ------------------------------------------------------------
 
 
-def _try_cert(port: int, host: str, ca: Path) -> dict | None:
-    try:
-        return served_certificate(port, host, ca)
-    except (ssl.SSLError, OSError):
-        return None
-
-
 def _answer(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
     return response.status_code, response.content, sorted((k, v) for k, v in response.headers.items() if k != "date")
 
@@ -83,7 +76,7 @@ def test_tenant_hosts_cannot_be_enumerated_through_the_tls_permission_check(
         ca = local_ca(fleet.root)
 
         # Caddy still asks, and tenant hosts still get their certificates on demand; others none.
-        cert = wait_until(lambda: _try_cert(https_port, "alice.localhost", ca), 20, "an on-demand certificate")
+        cert = wait_until(lambda: certificate_or_none(https_port, "alice.localhost", ca), 20, "an on-demand certificate")
         assert ("DNS", "alice.localhost") in cert["subjectAltName"]
         with pytest.raises(ssl.SSLError):
             served_certificate(https_port, "stranger.localhost", ca)

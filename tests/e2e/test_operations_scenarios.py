@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroups import groups_under
+from tests.support.offline import create_offline
 from tests.support.harness import BIN, FleetHarness, OutputReader, pids_with_arg, sigint_as_in_a_terminal, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -109,9 +110,7 @@ def test_an_unrecorded_process_is_cleared_before_the_instance_starts(
     from tests.support.foundry_standin import spawn_standin
 
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.up()
-    inst = fleet.cli("instance", "create", "ivan", "--release", "13.345", "--no-start", "--json").json()["instance"]
-    fleet.stop_daemons()
+    inst = create_offline(fleet, "ivan")["instance"]
     entry = Path(inst["install_dir"]) / "main.js"
     stray = spawn_standin(entry, inst["port"], Path(inst["data_dir"]), stdout_path=fleet.root / "stray.log")
     wait_until(lambda: pids_with_arg(f"--port={inst['port']}"), 10, "the stray to run")
@@ -128,9 +127,7 @@ def test_an_interrupted_delete_is_finished_without_losing_data(
     fleet: FleetHarness, release_zips: dict[str, Path]
 ) -> None:
     fleet.cli("release", "add", str(release_zips["node"]))
-    fleet.up()
-    inst = fleet.cli("instance", "create", "jane", "--release", "13.345", "--no-start", "--json").json()["instance"]
-    fleet.stop_daemons()
+    inst = create_offline(fleet, "jane")["instance"]
     Path(inst["data_dir"], "Data", "world.db").write_text("keep me")
     fleet.sql("update instances set desired = 'deleted' where name = 'jane'")  # then the deleter died
     fleet.up()

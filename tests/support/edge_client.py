@@ -43,6 +43,14 @@ def served_certificate(port: int, host: str, ca: Path) -> dict:
             return tls.getpeercert()
 
 
+def certificate_or_none(port: int, host: str, ca: Path) -> dict | None:
+    """`served_certificate`, or None when Caddy presents none for `host` (the handshake fails)."""
+    try:
+        return served_certificate(port, host, ca)
+    except (ssl.SSLError, OSError):
+        return None
+
+
 def serves_certificate(port: int, host: str, ca: Path) -> bool:
     """Does the edge complete a TLS handshake for `host` with a certificate `ca` vouches for?"""
     try:

@@ -54,11 +54,12 @@ def port_block() -> int:
     return next(_PORT_BLOCKS)
 
 
-def _is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+    """Could a new server listen on host:port? (servers set SO_REUSEADDR, so TIME_WAIT does not count)"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("0.0.0.0", port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True
@@ -67,7 +68,7 @@ def _is_free(port: int) -> bool:
 def _single_ports() -> Iterator[int]:
     while True:
         low = port_block()
-        yield from (port for port in range(low, low + _BLOCK) if _is_free(port))
+        yield from (port for port in range(low, low + _BLOCK) if port_is_free(port))
 
 
 _SINGLE_PORTS = _single_ports()
