@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.errors import Conflict, NotFound
@@ -19,11 +18,11 @@ from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.config import NodeSection
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.events import record
-from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.instance_views import InstanceViews, instance_row
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import InstanceView
 from foundry_fleet.storage.base import Storage
-from foundry_fleet.store.models import Instance, Release
+from foundry_fleet.store.models import Release
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class DesiredStates:
         """Running or stopped. Refused (with the reason) while it is being created or deleted, and a
         start while it is suspended."""
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             if row.state == InstanceState.CREATING.value:
                 raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
             if row.desired == DesiredState.DELETED.value:
@@ -77,7 +76,7 @@ class DesiredStates:
         """Stop the instance and keep it stopped: its tenant cannot start it until an admin resumes it."""
         reason = " ".join(reason.split())[:200] or "suspended by a fleet admin"
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             row.suspended_reason = reason
             row.desired = DesiredState.STOPPED.value
             record(s, actor, "instance.suspend", name, Outcome.OK, reason)
@@ -88,7 +87,7 @@ class DesiredStates:
     def resume(self, actor: str, name: str) -> InstanceView:
         """Lift a suspension and start the instance again."""
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             if row.suspended_reason is None:
                 raise Conflict(f"instance {name} is not suspended")
             row.suspended_reason = None
@@ -101,7 +100,7 @@ class DesiredStates:
     def switch_release(self, actor: str, name: str, version: str) -> ReleaseSwitch:
         """Install another release for a stopped instance."""
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             if row.task is not None:
                 raise Conflict(f"instance {name} is running", "stop it first")
             rel = s.get(Release, version)
@@ -111,15 +110,9 @@ class DesiredStates:
             old, path = row.release_version, rel.path
         self.storage.install_release(name, Path(path))
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             row.release_version = version
             record(s, actor, "instance.release", name, Outcome.OK, f"{old} -> {version}")
         self.changes.notify()
         return ReleaseSwitch(name, old, version)
 
-
-def _row(s: Session, name: str) -> Instance:
-    row = s.scalar(select(Instance).where(Instance.name == name))
-    if row is None:
-        raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
-    return row

@@ -7,9 +7,14 @@ from typing import Any, Protocol
 from foundry_fleet.edge.driver import CertificateState, EdgeStatus
 
 
-class FleetEdge(Protocol):
-    async def sync(self) -> None:
-        """Bring the edge up to date and return once it serves the new state."""
+class EdgeSync(Protocol):
+    """The edge as the operations see it: bring it up to date and wait until it serves the new state."""
+
+    async def sync(self) -> None: ...
+
+
+class FleetEdge(EdgeSync, Protocol):
+    """The edge as the control API sees it: also what it serves and how it is doing."""
 
     def status(self) -> EdgeStatus: ...
 

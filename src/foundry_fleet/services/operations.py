@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.events import Outcome
@@ -22,6 +21,7 @@ from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.desired_state import DesiredStates
+from foundry_fleet.services.edge_port import EdgeSync
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_views import InstanceViews
@@ -34,12 +34,6 @@ from foundry_fleet.storage.snapshots import SnapshotInfo
 
 # Blocking store and storage work runs in a worker thread, never on the daemon's event loop.
 _blocking = asyncio.to_thread
-
-
-class EdgeSync(Protocol):
-    """The edge as the operations see it: bring it up to date and wait until it serves the new state."""
-
-    async def sync(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.events import record
 from foundry_fleet.services.hostnames import Hostnames
-from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.instance_views import InstanceViews, instance_row
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.storage.base import Storage
@@ -105,7 +105,7 @@ class Provisioning:
                 self._roll_back(actor, name, f"{type(e).__name__}: {e}")
                 raise
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             assert row.id == row_id
             row.state = InstanceState.STOPPED.value
             row.state_reason = "created"
@@ -181,7 +181,7 @@ class Provisioning:
     def _lay_out(self, name: str, license_json: dict[str, str] | None, password: str) -> None:
         """Storage, the installed release, and Foundry's own files (options, license, admin key)."""
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             rel = row.release
             port, uid = row.port, row.uid
         self.storage.ensure_layout()
@@ -223,7 +223,7 @@ class Provisioning:
         interrupted in between is finished by `repair_interrupted`.
         """
         with self._session() as s:
-            row = _row(s, name)
+            row = instance_row(s, name)
             if row.task is not None:
                 raise Conflict(
                     f"instance {name} still has a process (state {row.state})",
@@ -239,7 +239,7 @@ class Provisioning:
         elif self.storage.paths(name).root.exists():
             kept = str(self.storage.archive_instance(name, time.strftime("%Y%m%d-%H%M%S")))
         with self._session() as s:
-            s.delete(_row(s, name))
+            s.delete(instance_row(s, name))
             record(s, actor, "instance.delete", name, Outcome.OK, "purged" if purge else f"data kept at {kept}")
         self.changes.notify()
         return kept
@@ -273,12 +273,6 @@ class Provisioning:
                 lock.release()
         return Repaired(rolled_back=rolled_back, deleted=deleting)
 
-
-def _row(s: Session, name: str) -> Instance:
-    row = s.scalar(select(Instance).where(Instance.name == name))
-    if row is None:
-        raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
-    return row
 
 
 def _json(data: object) -> str:

@@ -16,11 +16,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from foundry_fleet.domain.errors import NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.runtime.base import ReleaseToRun, TaskHandle
 from foundry_fleet.services.events import record
+from foundry_fleet.services.instance_views import instance_row
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.store.models import Instance
 
@@ -91,13 +91,6 @@ class SupervisionRecords:
         with self.sessions() as session, session.begin():
             yield session
 
-    @staticmethod
-    def _row(session: Session, name: str) -> Instance:
-        row = session.scalar(select(Instance).where(Instance.name == name))
-        if row is None:
-            raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
-        return row
-
     # reads ----------------------------------------------------------------------------------
 
     def supervised(self) -> list[SupervisedInstance]:
@@ -110,11 +103,11 @@ class SupervisionRecords:
 
     def get(self, name: str) -> SupervisedInstance:
         with self._session() as s:
-            return _supervised(self._row(s, name))
+            return _supervised(instance_row(s, name))
 
     def launch_plan(self, name: str) -> LaunchPlan:
         with self._session() as s:
-            row = self._row(s, name)
+            row = instance_row(s, name)
             rel = row.release
             paths = self.storage.paths(name)
             return LaunchPlan(
@@ -127,7 +120,7 @@ class SupervisionRecords:
     def crash_times(self, name: str) -> list[float]:
         """When the instance crashed recently (what the crash-loop rule counts)."""
         with self._session() as s:
-            return list(self._row(s, name).crash_times or [])
+            return list(instance_row(s, name).crash_times or [])
 
     # writes (a row deleted meanwhile is no error: there is nothing left to record) ------------
 

@@ -82,12 +82,13 @@ def open_services(config: FleetConfig, actor: str = "cli", runtime: Runtime | No
     """The fleet's services; `runtime` (the daemon's) decides which ports new instances may have, else
     one is built from [runtime] when a port is first asked about."""
     sessions = open_database(config.paths.database)
-    built: list[Runtime] = [runtime] if runtime is not None else []
+
+    @functools.cache
+    def ports_runtime() -> Runtime:
+        return runtime or make_runtime(config)
 
     def port_is_free(port: int) -> bool:
-        if not built:
-            built.append(make_runtime(config))
-        return built[0].port_is_free(port)
+        return ports_runtime().port_is_free(port)
 
     storage = make_storage(config)
     cache = make_release_cache(config)
