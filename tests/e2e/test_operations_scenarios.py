@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -11,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cgroups import groups_under
+from tests.support.cgroups import fleet_firewall_chain, groups_under
 from tests.support.offline import create_offline
 from tests.support.harness import BIN, FleetHarness, OutputReader, pids_with_arg, sigint_as_in_a_terminal, wait_until
 
 pytestmark = pytest.mark.e2e
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, iptables)")
-
-
-def _fleet_id(fleet: FleetHarness) -> str:
-    return hashlib.sha256(str(fleet.root.resolve()).encode()).hexdigest()[:8]
 
 
 def test_logs_follow_shows_new_lines(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
@@ -47,18 +42,18 @@ def test_limits_and_firewall_are_applied(fleet: FleetHarness, release_zips: dict
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.up()
     fleet.cli("instance", "create", "frank", "--release", "13.345")
-    fid = _fleet_id(fleet)
-    group = Path(f"/sys/fs/cgroup/memory/foundry-fleet-{fid}/frank")
+    parent, chain = fleet.cgroup_parent, fleet_firewall_chain(fleet.cgroup_parent)
+    group = Path(f"/sys/fs/cgroup/memory/{parent}/frank")
     assert int((group / "memory.limit_in_bytes").read_text()) == 512 * 2**20  # [limits] memory_mb in the test config
     inst = fleet.instance("frank")
     assert str(inst["pid"]) in (group / "cgroup.procs").read_text().split()
-    assert int(Path(f"/sys/fs/cgroup/pids/foundry-fleet-{fid}/frank/pids.max").read_text()) == 512
-    rules = subprocess.run(["iptables", "-S", f"FOUNDRY-FLEET-{fid}"], capture_output=True, text=True).stdout
+    assert int(Path(f"/sys/fs/cgroup/pids/{parent}/frank/pids.max").read_text()) == 512
+    rules = subprocess.run(["iptables", "-S", chain], capture_output=True, text=True).stdout
     low = int(fleet.config.read_text().split("port_range = [")[1].split(",")[0])
     assert f"--dport {low}:{low + 49}" in rules and "-j DROP" in rules and "! -i lo" in rules
     # A clean shutdown stops the instances and takes the chain away with them.
     fleet.stop_daemons()
-    assert subprocess.run(["iptables", "-S", f"FOUNDRY-FLEET-{fid}"], capture_output=True).returncode != 0
+    assert subprocess.run(["iptables", "-S", chain], capture_output=True).returncode != 0
     assert pids_with_arg(f"--port={inst['port']}") == []
 
 
@@ -68,7 +63,7 @@ def test_a_torn_down_test_fleet_leaves_no_control_group(fleet: FleetHarness, rel
     fleet.up()
     fleet.cli("instance", "create", "gina", "--release", "13.345")
     made = groups_under(fleet.cgroup_parent)
-    assert Path(f"/sys/fs/cgroup/memory/foundry-fleet-{_fleet_id(fleet)}/gina") in made  # where the daemon put it
+    assert Path(f"/sys/fs/cgroup/memory/{fleet.cgroup_parent}/gina") in made  # where the daemon put it
     fleet.tear_down()
     assert groups_under(fleet.cgroup_parent) == []
 

@@ -67,12 +67,17 @@ def describe(groups: list[Path]) -> str:
     return "; ".join(f"{g} (processes {members(g)})" for g in groups)
 
 
+def fleet_firewall_chain(parent: str) -> str:
+    """The INPUT chain of the fleet whose cgroup parent is `parent`, as the daemon names it."""
+    return "FOUNDRY-FLEET-" + parent.removeprefix("foundry-fleet-")
+
+
 def remove_fleet_firewall(parent: str) -> None:
     """Remove the firewall chains of the fleet whose cgroup parent is `parent` (the daemon names both
     after the fleet: `foundry-fleet-<id>`, `FOUNDRY-FLEET-<id>` and its `-OUT` chain); nothing when
     there are none."""
     from foundry_fleet.runtime.firewall import EgressFilter, PortFirewall
 
-    chain = "FOUNDRY-FLEET-" + parent.removeprefix("foundry-fleet-")
+    chain = fleet_firewall_chain(parent)
     PortFirewall(chain).remove()
     EgressFilter(f"{chain[:24]}-OUT").remove()

@@ -100,7 +100,7 @@ class InstanceSupervisor:
         self.settled = asyncio.Event()  # set whenever the instance reaches a resting state
         self.restart_requested = False
         self.removed = False
-        self.lock = asyncio.Lock()  # one operation at a time on this instance
+        self.lock = asyncio.Lock()  # the supervisor's own power actions (start, stop, restart) one at a time
         self._task: asyncio.Task[None] | None = None
 
     # control ------------------------------------------------------------------------------
