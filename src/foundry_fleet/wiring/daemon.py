@@ -100,6 +100,10 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     edge = make_edge(config, services.sites, on_problem=edge_problem_reporter(services.events))
     # Every change to instances reaches the edge; service calls may come from worker threads.
     services.changes.subscribe(lambda: loop.call_soon_threadsafe(edge.request_update))
+    # A new instance's first snapshot is due at once: the schedule looks when instances change, not
+    # only every BACKUP_CHECK_EVERY seconds.
+    backups_may_be_due = asyncio.Event()
+    services.changes.subscribe(lambda: loop.call_soon_threadsafe(backups_may_be_due.set))
     web_sock = bind_loopback(config.edge.web_port)
     # Tenants' backups: only the edge (the fleet's own user) may open this socket.
     backups_path = config.paths.run / "backups.sock"
@@ -152,7 +156,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     services.events.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
     api = asyncio.create_task(server.serve(sockets=[sock]))
-    scheduler = asyncio.create_task(run_backup_schedule(backups))
+    scheduler = asyncio.create_task(run_backup_schedule(backups, backups_may_be_due))
     status_task = asyncio.create_task(updates.run())
     certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
@@ -207,16 +211,22 @@ async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: 
         log.exception("the Discord bot stopped")
 
 
-async def run_backup_schedule(backups: Backups, every: float = BACKUP_CHECK_EVERY) -> None:
-    """Take due snapshots and thin old ones; a round is cheap when nothing is due."""
+async def run_backup_schedule(backups: Backups, may_be_due: asyncio.Event,
+                              every: float = BACKUP_CHECK_EVERY) -> None:
+    """Take due snapshots and thin old ones, every `every` seconds and whenever `may_be_due` is set; a
+    round is cheap when nothing is due."""
     while True:
+        may_be_due.clear()
         try:
             result = await asyncio.to_thread(backups.run_schedule)
             for failure in result.failed:
                 log.error("backup of %s failed: %s", failure.instance, failure.why)
         except Exception:  # noqa: BLE001 - the schedule must outlive any one bad round
             log.exception("backup round failed")
-        await asyncio.sleep(every)
+        try:
+            await asyncio.wait_for(may_be_due.wait(), every)
+        except TimeoutError:
+            pass
 
 
 def bind_loopback(port: int) -> socket.socket:
