@@ -292,6 +292,11 @@ class NodeImages:
                 f"podman could not import the node image {ref}: {_error_text(r)}",
                 "check the podman service's log; the build is retried on the next start",
             )
+        if (await inspect_node(binary.path)).sha256 != binary.sha256:
+            # Replaced while packed (an upgrade mid-build): the layer may not match its label.
+            await self._http.delete(f"/images/{quote(ref, safe='')}", params={"force": "true"})
+            raise ExternalFailure(f"{binary.path} changed while its image was being built",
+                                  "start the instance again: the next start builds from the new binary")
         if await self._cached(binary, "") is None:
             raise ExternalFailure(f"podman imported {ref} but it is not there with its label afterwards")
         report(f"tagged {ref}", 1.0)
