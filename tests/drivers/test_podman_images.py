@@ -183,6 +183,12 @@ def test_the_image_runs_read_only_as_nobody_with_certificates_and_no_shell(podma
     assert seen["uid"] == 65534 and seen["user"] == "nobody"
     assert seen["ca"] == Path("/etc/ssl/certs/ca-certificates.crt").stat().st_size
     assert seen["tls"] > 0
+    libc_dir = next(Path(line.split("=>")[1].split("(")[0].strip()).parent for line in subprocess.run(
+        ["ldd", NODE or ""], capture_output=True, text=True, check=True).stdout.splitlines() if "libc.so" in line)
+    extras = [str(libc_dir / name) for name in ("libresolv.so.2", "librt.so.1") if (libc_dir / name).exists()]
+    check = f"for (const p of {json.dumps(extras)}) require('fs').accessSync(p)"  # what native addons link
+    out = podman.run("run", "--rm", built.image.ref, "node", "-e", check)
+    assert out.returncode == 0, out.stderr
     shell = podman.run("run", "--rm", built.image.ref, "sh", "-c", "true")
     assert shell.returncode != 0  # tenant code gets node, not a shell
 

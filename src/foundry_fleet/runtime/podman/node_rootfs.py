@@ -2,7 +2,8 @@
 
 The image holds the node binary at /usr/local/bin/node (and /usr/bin/node pointing at it), every
 library `ldd` names and the dynamic loader at the paths the binary looks them up by (symlinks, also
-directory symlinks such as a merged-usr /lib, kept as symlinks), and a small /etc: passwd and group
+directory symlinks such as a merged-usr /lib, kept as symlinks), the rest of the C and C++ runtime
+native addons link (found beside libc), and a small /etc: passwd and group
 with root and nobody, nsswitch.conf, the host's CA bundle (Node's https to foundryvtt.com), no shell.
 The stream is the same for the same inputs: sorted entries, mtime 0, owner 0:0, no user names, so an
 unchanged node gives the same layer.
@@ -36,8 +37,13 @@ _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\n"
 # Mount points the runtime binds over (podman adds /etc/hosts, resolv.conf and hostname itself).
 _EMPTY_DIRS = ("dev", "proc", "sys", "etc", "usr/local/bin", "usr/bin", "foundry", "data", "root")
-# glibc may dlopen these for name lookups; they are not in ldd's list.
-_NSS_LIBRARIES = ("libnss_files.so.2", "libnss_dns.so.2")
+# Beside libc, not in node's own ldd list: glibc dlopens the nss modules for name lookups, and the
+# native addons of a Node application (Foundry's sharp, classic-level) link the rest of the C and C++
+# runtime. Taken from libc's directory when there; each is small.
+_EXTRA_LIBRARIES = (
+    "libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2", "librt.so.1", "libm.so.6",
+    "libpthread.so.0", "libdl.so.2", "libutil.so.1", "libgcc_s.so.1", "libstdc++.so.6",
+)
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,8 @@ async def collect(binary: NodeBinary) -> list[Entry]:
         tree.add_host_path(lib)
     for lib in libraries:
         if os.path.basename(lib).startswith("libc.so"):
-            for nss in _NSS_LIBRARIES:
-                candidate = os.path.join(os.path.dirname(lib), nss)
+            for extra in _EXTRA_LIBRARIES:
+                candidate = os.path.join(os.path.dirname(lib), extra)
                 if os.path.exists(candidate):
                     tree.add_host_path(candidate)
     for name, text in (("etc/passwd", _PASSWD), ("etc/group", _GROUP), ("etc/nsswitch.conf", _NSSWITCH)):
