@@ -23,7 +23,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from foundry_fleet.domain.errors import Unsupported
+from foundry_fleet.domain.errors import ExternalFailure, Unsupported
 from foundry_fleet.runtime.podman.images import NODE_DIGEST_LABEL, NodeImage, NodeImages, describe
 from tests.support.harness import wait_until
 
@@ -319,3 +319,15 @@ def _sha256(path: str) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_silent_podman_api_is_a_clear_error(podman: Podman, tmp_path: Path) -> None:
+    async def go() -> None:
+        transport = httpx.AsyncHTTPTransport(uds=str(tmp_path / "absent.sock"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://d/v4.0.0/libpod") as http:
+            await podman.images(http).ensure(13)
+
+    with pytest.raises(ExternalFailure) as raised:
+        asyncio.run(go())
+    assert "Podman's API did not answer" in raised.value.message
+    assert "podman system service" in (raised.value.hint or "")

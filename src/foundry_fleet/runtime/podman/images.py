@@ -25,10 +25,12 @@ API (what the driver, the CLI and status use):
   configured image is pulled), then for a build "collecting libraries", "packing <n>/<total> MB" (the
   tar is streamed to podman as it is packed), "importing" (podman storing the layer), "tagged <ref>";
   fraction is 0..1 where known, else None.
+- Errors: the node resolver's own FleetError (no node for that generation: set [node] binaries) passes
+  through, also from `lookup` and `present`; a build that cannot be done says what was missing
+  (Unsupported: ldd, a library) or what failed (ExternalFailure: the podman API), with a hint.
 - Two callers ensuring the same Node major at once build once: an asyncio lock per major inside a
   process, a file lock under `work_dir` across processes; after the locks the image is looked up again.
 """
-
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -176,10 +178,17 @@ class NodeImages:
             ) from None
         return await inspect_node(path)
 
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise ExternalFailure(f"Podman's API did not answer {method} {path.split('?')[0]}: {e}",
+                                  "is `podman system service` running? the fleet starts it when it is not") from e
+
     # -- what is there ---------------------------------------------------------------------------------
 
     async def _exists(self, ref: str) -> bool:
-        r = await self._http.get(f"/images/{quote(ref, safe='')}/exists")
+        r = await self._request("GET", f"/images/{quote(ref, safe='')}/exists")
         if r.status_code == 204:
             return True
         if r.status_code == 404:
@@ -189,7 +198,7 @@ class NodeImages:
     async def _cached(self, binary: NodeBinary, note: str) -> NodeImage | None:
         """The image built earlier from this very binary, if it is still there and still labelled so."""
         ref = built_reference(self._repository, binary)
-        r = await self._http.get(f"/images/{quote(ref, safe='')}/json")
+        r = await self._request("GET", f"/images/{quote(ref, safe='')}/json")
         if r.status_code == 404:
             return None
         if r.status_code != 200:
@@ -282,8 +291,8 @@ class NodeImages:
                 yield chunk
             report("importing", None)
 
-        r = await self._http.post(
-            "/images/import", params=params, content=body(),
+        r = await self._request(
+            "POST", "/images/import", params=params, content=body(),
             headers={"Content-Type": "application/x-tar", "Content-Length": str(total)},
             timeout=httpx.Timeout(IMPORT_TIMEOUT),
         )
@@ -294,7 +303,7 @@ class NodeImages:
             )
         if (await inspect_node(binary.path)).sha256 != binary.sha256:
             # Replaced while packed (an upgrade mid-build): the layer may not match its label.
-            await self._http.delete(f"/images/{quote(ref, safe='')}", params={"force": "true"})
+            await self._request("DELETE", f"/images/{quote(ref, safe='')}", params={"force": "true"})
             raise ExternalFailure(f"{binary.path} changed while its image was being built",
                                   "start the instance again: the next start builds from the new binary")
         if await self._cached(binary, "") is None:
