@@ -4,7 +4,9 @@ stream that is the same for the same inputs."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -13,7 +15,15 @@ import pytest
 
 from foundry_fleet.domain.errors import ExternalFailure, Unsupported
 from foundry_fleet.runtime.podman.images import NodeImage, describe
-from foundry_fleet.runtime.podman.node_rootfs import Entry, _Tree, pack, parse_ldd, total_bytes
+from foundry_fleet.runtime.podman.node_rootfs import (
+    Entry,
+    _identity_cache,
+    _Tree,
+    inspect_node,
+    pack,
+    parse_ldd,
+    total_bytes,
+)
 
 LDD = """\
 \tlinux-vdso.so.1 (0x00007ffd5a1f2000)
@@ -116,3 +126,32 @@ def test_describe_says_where_the_image_came_from() -> None:
     )
     configured = NodeImage("docker.io/library/node:20-slim", "configured", "20.20.2", "/usr/bin/node")
     assert describe(configured) == "docker.io/library/node:20-slim (configured, present)"
+
+
+def test_a_node_binary_is_hashed_once_until_it_changes(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    node.write_text("#!/bin/sh\necho v20.1.2\n")
+    node.chmod(0o755)
+    cache = tmp_path / "work" / "node-binaries.json"
+    first = asyncio.run(inspect_node(str(node), cache))
+    assert (first.version, first.major) == ("20.1.2", 20)
+    assert first.sha256 == hashlib.sha256(node.read_bytes()).hexdigest()
+    assert cache.stat().st_mode & 0o777 == 0o600
+    # Another process: nothing in memory, the file answers (a planted digest shows it was not rehashed).
+    stored = json.loads(cache.read_text())
+    stored[str(node)]["sha256"] = "planted"
+    cache.write_text(json.dumps(stored))
+    _identity_cache.clear()
+    assert asyncio.run(inspect_node(str(node), cache)).sha256 == "planted"
+    node.write_text("#!/bin/sh\necho v20.1.3\n")  # replaced: size, mtime and ctime move
+    changed = asyncio.run(inspect_node(str(node), cache))
+    assert changed.version == "20.1.3"
+    assert changed.sha256 == hashlib.sha256(node.read_bytes()).hexdigest()
+
+
+def test_a_binary_that_is_not_node_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "node"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    with pytest.raises(Unsupported, match="did not print a Node.js version"):
+        asyncio.run(inspect_node(str(fake)))

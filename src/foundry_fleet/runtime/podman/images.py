@@ -116,6 +116,7 @@ class NodeImages:
         self._node = node
         self._configured = configured
         self._work_dir = Path(work_dir)
+        self._digests = self._work_dir / "node-binaries.json"  # version and digest per binary identity
         self._pull_timeout = pull_timeout
         self._repository = repository
         self._pull_retry_after = pull_retry_after
@@ -176,7 +177,7 @@ class NodeImages:
                 f"no node binary for Foundry {generation}: {e}",
                 f'install Node.js and set [node] binaries."{generation}" = "/path/to/node" in fleet.toml',
             ) from None
-        return await inspect_node(path)
+        return await inspect_node(path, self._digests)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -301,7 +302,7 @@ class NodeImages:
                 f"podman could not import the node image {ref}: {_error_text(r)}",
                 "check the podman service's log; the build is retried on the next start",
             )
-        if (await inspect_node(binary.path)).sha256 != binary.sha256:
+        if (await inspect_node(binary.path, self._digests)).sha256 != binary.sha256:
             # Replaced while packed (an upgrade mid-build): the layer may not match its label.
             await self._request("DELETE", f"/images/{quote(ref, safe='')}", params={"force": "true"})
             raise ExternalFailure(f"{binary.path} changed while its image was being built",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import stat
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from foundry_fleet.domain.errors import ExternalFailure, Unsupported
+from foundry_fleet.files.atomic import write_atomic
 
 NODE_IN_IMAGE = "/usr/local/bin/node"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -73,8 +75,10 @@ _VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 _identity_cache: dict[tuple[str, int, int, int, int, int], NodeBinary] = {}
 
 
-async def inspect_node(path: str) -> NodeBinary:
-    """Version and digest of the node binary at `path`; cached on the file's identity (inode, size, times)."""
+async def inspect_node(path: str, cache_file: Path | None = None) -> NodeBinary:
+    """Version and digest of the node binary at `path`, cached on the file's identity (device, inode,
+    size, mtime and ctime: any replacement or write changes one) in memory and, when given, in
+    `cache_file`, so a daemon's first start after a restart does not hash ~100 MB again."""
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
@@ -84,11 +88,39 @@ async def inspect_node(path: str) -> NodeBinary:
     key = (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if (hit := _identity_cache.get(key)) is not None:
         return hit
+    stored = _read_cache(cache_file)
+    record = stored.get(real)
+    if isinstance(record, dict) and record.get("identity") == list(key[1:]):
+        try:
+            found = NodeBinary(real, str(record["version"]), int(record["major"]), str(record["sha256"]))
+        except (KeyError, TypeError, ValueError):
+            found = None
+        if found is not None:
+            _identity_cache[key] = found
+            return found
     version = await _node_version(real)
     digest = await asyncio.to_thread(_sha256, real)
     found = NodeBinary(path=real, version=version, major=int(version.split(".")[0]), sha256=digest)
     _identity_cache[key] = found
+    if cache_file is not None:
+        stored[real] = {"identity": list(key[1:]), "version": found.version, "major": found.major,
+                        "sha256": found.sha256}
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache_file, json.dumps(stored, indent=1, sort_keys=True) + "\n", mode=0o600)
+        except OSError:
+            pass  # only a cache: the next process hashes again
     return found
+
+
+def _read_cache(cache_file: Path | None) -> dict[str, object]:
+    if cache_file is None:
+        return {}
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 async def _node_version(path: str) -> str:
