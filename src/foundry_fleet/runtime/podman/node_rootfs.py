@@ -189,7 +189,12 @@ async def libraries_of(binary: str) -> list[str]:
     except FileNotFoundError:
         raise Unsupported("ldd was not found: it is needed to build the node image from the host's node",
                           "install it (apt libc-bin) or configure a node image in [podman]") from None
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ExternalFailure(f"ldd {binary} did not answer in 30 s") from None
     text = out.decode(errors="replace")
     if proc.returncode != 0 and "not a dynamic executable" not in text + err.decode(errors="replace"):
         raise ExternalFailure(f"ldd {binary} failed: {err.decode(errors='replace').strip()[:200]}")
