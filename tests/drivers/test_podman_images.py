@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import pytest
 
 from foundry_fleet.domain.errors import ExternalFailure, Unsupported
 from foundry_fleet.runtime.podman.images import NODE_DIGEST_LABEL, NodeImage, NodeImages, describe
+from tests.support.foundry_standin import free_port, standin_source_dir, wait_for_status, write_options
 from tests.support.harness import wait_until
 
 NODE = shutil.which("node")
@@ -46,6 +48,7 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 """
+TENANT_UID = 200124  # an instance uid as the fleet gives one, owning the data
 UNPULLABLE = "registry.invalid/foundry-fleet-test/node:20"  # .invalid never resolves: the pull fails at once
 
 T = TypeVar("T")
@@ -191,6 +194,32 @@ def test_the_image_runs_read_only_as_nobody_with_certificates_and_no_shell(podma
     assert out.returncode == 0, out.stderr
     shell = podman.run("run", "--rm", built.image.ref, "sh", "-c", "true")
     assert shell.returncode != 0  # tenant code gets node, not a shell
+
+
+def test_the_standin_server_runs_from_the_image_as_an_instance_would(podman: Podman, built: Built) -> None:
+    """Read-only root, the release read-only at /foundry, the data read-write at /data, an unprivileged uid."""
+    data = Path(tempfile.mkdtemp(prefix="podman-images-data-"))
+    name = f"{podman.prefix.split('/')[-1]}-standin"
+    try:
+        write_options(data)
+        data.chmod(0o755)
+        for path in [data, *data.rglob("*")]:
+            os.chown(path, TENANT_UID, TENANT_UID)
+        port = free_port()
+        out = podman.run(
+            "run", "-d", "--name", name, "--read-only", "--user", f"{TENANT_UID}:{TENANT_UID}", "--cap-drop", "all",
+            "--init", "--security-opt", "no-new-privileges", "-p", f"127.0.0.1:{port}:{port}",
+            "-v", f"{standin_source_dir()}:/foundry:ro", "-v", f"{data}:/data", built.image.ref,
+            "node", "/foundry/main.js", f"--port={port}", "--dataPath=/data",
+        )
+        assert out.returncode == 0, out.stderr
+        status = wait_for_status(port, timeout=20)
+        assert status["version"] == "dev"
+        logs = podman.run("logs", name).stdout
+        assert f"node {node_version(NODE or '')}" in logs
+    finally:
+        podman.run("rm", "--force", "--time", "2", name)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_progress_is_reported_in_order(built: Built) -> None:
