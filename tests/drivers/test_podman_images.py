@@ -294,6 +294,7 @@ def test_a_changed_node_binary_is_built_once_even_when_asked_concurrently(
     with changed.open("ab") as f:
         f.write(b"\n")  # same version, other content: an upgrade that kept the version number
     assert node_version(str(changed)) == node_version(NODE or "")
+    changed_digest = _sha256(str(changed))
     phases: list[str] = []
 
     async def go(http: httpx.AsyncClient) -> list[NodeImage]:
@@ -301,17 +302,20 @@ def test_a_changed_node_binary_is_built_once_even_when_asked_concurrently(
         report = lambda phase, fraction: phases.append(phase)  # noqa: E731
         return list(await asyncio.gather(one.resolve(13, report), one.resolve(13, report), other.resolve(13, report)))
 
-    results = podman.api(go)
+    try:
+        results = podman.api(go)
+    finally:
+        changed.unlink()  # ~100 MB: not kept among pytest's retained temporary directories
     assert sorted(r.source for r in results) == ["built", "cached", "cached"]
     assert len({r.ref for r in results}) == 1
     ref = results[0].ref
     assert ref != built.image.ref
     assert phases.count("collecting libraries") == 1
-    assert podman.inspect(ref)["Labels"][NODE_DIGEST_LABEL] == _sha256(str(changed))
+    assert podman.inspect(ref)["Labels"][NODE_DIGEST_LABEL] == changed_digest
     assert podman.image_id(ref) != podman.image_id(built.image.ref)
     out = podman.run("run", "--rm", ref, "node", "--version")
-    assert out.returncode == 0 and out.stdout.strip() == node_version(NODE or "")
     podman.run("rmi", ref)
+    assert out.returncode == 0 and out.stdout.strip() == node_version(NODE or "")
 
 
 def test_a_removed_image_is_rebuilt_with_the_same_layer(podman: Podman, built: Built) -> None:
