@@ -29,7 +29,7 @@ from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
 from foundry_fleet.runtime.podman import container_spec
-from foundry_fleet.runtime.podman.api import NoSuchObject, PodmanApi, PodmanUnreachable
+from foundry_fleet.runtime.podman.api import NoSuchObject, PodmanApi, PodmanRefused, PodmanUnreachable
 from foundry_fleet.runtime.podman.container_logs import server_lines
 from foundry_fleet.runtime.podman.containers_conf import find_init
 from foundry_fleet.runtime.podman.service import PodmanService
@@ -89,7 +89,11 @@ class PodmanRuntime:
     # ------------------------------------------------------------------ open / close / health
 
     async def open(self) -> list[Capability]:
-        await self.service.ensure()
+        """Start (or find) the API service, set up the fleet's network; health lines."""
+        try:
+            await self.service.ensure()
+        except (ExternalFailure, Unsupported) as e:
+            return [Capability("podman", False, f"{e.message} ({e.hint})" if e.hint else e.message)]
         caps = await self.fingerprint()
         if self.network is not None:
             caps.append(await self.network.open(self.api))
@@ -104,11 +108,19 @@ class PodmanRuntime:
         await self.service.stop()
 
     async def fingerprint(self) -> list[Capability]:
+        """What Podman offers here. Asks the API only when it answers: a status check must not start
+        the fleet's service (the daemon's `open` does)."""
+        api = self.api
+        if not await api.ping():
+            if self.service.own:
+                return [Capability("podman", False, f"the fleet's Podman API service is not running "
+                                                    f"({self.service.socket_path}); the daemon starts it")]
+            return [Capability("podman", False, f"the configured Podman API socket {self.service.socket_path} "
+                                                f"does not answer")]
         try:
-            api = await self.service.ensure()
             info = await api.info()
             version = (await api.version()).get("Version", "?")
-        except (ExternalFailure, Unsupported) as e:
+        except ExternalFailure as e:
             return [Capability("podman", False, e.message)]
         host = info.get("host") or {}
         where = "the fleet's own service" if self.service.own else "a configured socket"
@@ -186,11 +198,11 @@ class PodmanRuntime:
             try:
                 await self.api.wait(cid)
                 break
-            except NoSuchObject:
-                break
             except PodmanUnreachable:
                 # The service died under the wait; conmon still holds the container.
                 await self.service.ensure()
+            except PodmanRefused:
+                break  # removed meanwhile (404, or 500 while being removed): inspect says what is left
         info = await self._call(lambda api: api.inspect(cid))
         if info is None:
             return TaskExit(exit_code=None, signal=None)

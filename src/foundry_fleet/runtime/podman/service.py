@@ -135,9 +135,8 @@ class PodmanService:
             self._process = None
 
     async def stop(self) -> None:
-        """End the service if it is ours (the containers keep running under conmon)."""
-        await self.api.aclose()
-        self.api = PodmanApi(self.socket_path)
+        """End the service if it is ours (the containers keep running under conmon). The client stays
+        usable: the next call finds the socket silent and `ensure` starts the service again."""
         if not self.own:
             return
         pid = await asyncio.to_thread(self._recorded)
