@@ -131,7 +131,7 @@ def place() -> Iterator[Place]:
         yield p
     finally:
         asyncio.run(PodmanService(p.run).stop())
-        shutil.rmtree(p.root, ignore_errors=True)
+        shutil.rmtree(p.root, ignore_errors=True) if not os.environ.get("PMD_KEEP") else None
 
 
 class World:
@@ -323,6 +323,28 @@ def test_stop_is_graceful_the_signal_reaches_node_through_the_init(world: World,
         assert result.exit_code == 0, result
         lines = [line async for line in runtime.logs(handle, 20)]
         assert any(f"{signal.Signals(sig).name} received, shutting down" in line for line in lines), lines
+        await runtime.destroy_task(handle)
+
+    run(scenario)
+
+
+def test_a_wait_outlives_the_api_service_which_comes_back(world: World) -> None:
+    spec = world.spec("patient")
+
+    async def scenario() -> None:
+        runtime = world.fresh()
+        handle = await runtime.start_task(spec)
+        await asyncio.to_thread(wait_for_status, spec.port, None, 20.0)
+        waiter = asyncio.create_task(runtime.wait_task(handle))
+        await asyncio.sleep(0.3)
+        pid = int((world.place.run / "podman.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await asyncio.to_thread(get, spec.port, "/-/__crash?code=5")
+        result = await asyncio.wait_for(waiter, 20)
+        assert result.exit_code == 5, result
+        assert int((world.place.run / "podman.pid").read_text()) != pid  # started again by the wait
         await runtime.destroy_task(handle)
 
     run(scenario)

@@ -37,6 +37,10 @@ from foundry_fleet.runtime.task_dirs import prepare_dirs
 
 DRIVER = "podman"
 T = TypeVar("T")
+# How long wait_task waits for a stopped container's conmon to finish (drain the log, free the port).
+CONMON_GRACE = 5.0
+# Starts tried when runc itself fails (not the server, nor a port in use).
+START_ATTEMPTS = 2
 # Lost namespace mounts one call may repair (Podman reports them one at a time).
 MAX_REPAIRS = 50
 
@@ -195,26 +199,39 @@ class PodmanRuntime:
             await self._call(lambda api: api.remove(plan.name))
             self._events.append(TaskEvent(spec.name, "strays",
                                           f"removed container {plan.name} ({_state(stale)}), which no record knew"))
-        cid = await self._call(lambda api: api.create(plan.body))
-        try:
-            await self._call(lambda api: api.start(cid))
-        except ExternalFailure as e:
-            last = await asyncio.to_thread(self._log_tail, plan.log_path, 5)
-            await self._call(lambda api: api.remove(cid))
-            raise ExternalFailure(f"instance {spec.name} did not start: {e.message}; last log lines: "
-                                  f"{' | '.join(last) if last else 'nothing in the log'}",
-                                  f"see {plan.log_path}") from None
+        cid = await self._create_and_start(spec, plan)
         state: dict[str, object] = {"container": cid, "container_name": plan.name, "port": spec.port,
                                     "log": str(plan.log_path)}
         # Where Podman keeps its network: to tidy up after it, should its namespace mount be lost.
         info = await self._call(lambda api: api.inspect(cid)) or {}
         settings = info.get("NetworkSettings") or {}
+        conmon = int((info.get("State") or {}).get("ConmonPid") or 0)
+        if conmon:
+            state["conmon"] = conmon
         if settings.get("SandboxKey"):
             state["netns"] = settings["SandboxKey"]
         addresses = [n.get("IPAddress") for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")]
         if addresses:
             state["address"] = addresses[0]
         return TaskHandle(DRIVER, spec.name, time.time(), state)
+
+    async def _create_and_start(self, spec: TaskSpec, plan: container_spec.ContainerPlan) -> str:
+        """The started container's id. runc fails a start now and then on a busy host ("can't get final
+        child's PID from pipe", seen here); such a start is tried once more with a new container."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cid = await self._call(lambda api: api.create(plan.body))
+            try:
+                await self._call(lambda api, cid=cid: api.start(cid))
+                return cid
+            except ExternalFailure as e:
+                await self._call(lambda api, cid=cid: api.remove(cid))
+                if attempt < START_ATTEMPTS and _runtime_hiccup(e.message):
+                    continue
+                last = await asyncio.to_thread(self._log_tail, plan.log_path, 5)
+                raise ExternalFailure(f"instance {spec.name} did not start: {e.message}; last log lines: "
+                                      f"{' | '.join(last) if last else 'nothing in the log'}",
+                                      f"see {plan.log_path}") from None
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _check_spec(spec: TaskSpec) -> None:
@@ -245,6 +262,10 @@ class PodmanRuntime:
         info = await self._call(lambda api: api.inspect(cid))
         if info is None:
             return TaskExit(exit_code=None, signal=None)
+        # Podman calls a container stopped as soon as its process has; its conmon still drains the
+        # last output into the log and holds the published port until it exits.
+        conmon = handle.state.get("conmon")
+        await _gone(conmon if isinstance(conmon, int) else 0, "conmon", CONMON_GRACE)
         result = _exit_of(info)
         self._exits[cid] = result
         return result
@@ -299,6 +320,9 @@ class PodmanRuntime:
         if labels.get(container_spec.FLEET_LABEL) != self.fleet_id:
             return None  # another fleet's: not ours to touch
         if (info.get("State") or {}).get("Running"):
+            conmon = int(info["State"].get("ConmonPid") or 0)
+            if conmon and handle.state.get("conmon") != conmon:
+                return TaskHandle(handle.driver, handle.name, handle.started_at, {**handle.state, "conmon": conmon})
             return handle
         await self.destroy_task(handle)  # exited while the control plane was down
         return None
@@ -412,6 +436,22 @@ def _container(handle: TaskHandle) -> str:
     if not isinstance(cid, str) or not cid:
         raise InvalidInput(f"the task handle of {handle.name} names no container", "restart the instance")
     return cid
+
+
+def _runtime_hiccup(message: str) -> bool:
+    return "runc create failed" in message and "address already in use" not in message
+
+
+async def _gone(pid: int, comm: str, timeout: float) -> None:
+    """Wait (at most `timeout`) until process `pid`, if it is a `comm`, has exited."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while pid > 0 and time.monotonic() < deadline:
+        st = procfs.stat(pid)
+        if st is None or st.comm != comm or st.state in ("Z", "X", "x"):
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _instance(info: dict[str, Any]) -> str:
