@@ -131,7 +131,7 @@ def place() -> Iterator[Place]:
         yield p
     finally:
         asyncio.run(PodmanService(p.run).stop())
-        shutil.rmtree(p.root, ignore_errors=True) if not os.environ.get("PMD_KEEP") else None
+        shutil.rmtree(p.root, ignore_errors=True)
 
 
 class World:
