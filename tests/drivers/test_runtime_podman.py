@@ -371,6 +371,39 @@ def test_stop_kills_a_server_ignoring_sigterm_after_the_timeout(world: World) ->
     run(scenario)
 
 
+def test_the_log_is_capped_and_followed_across_conmons_fresh_starts(world: World) -> None:
+    spec = world.spec("chatty", log_max_bytes=4096)
+
+    async def scenario() -> None:
+        runtime = world.fresh()
+        handle = await runtime.start_task(spec)
+        await asyncio.to_thread(wait_for_status, spec.port, None, 20.0)
+        seen: list[str] = []
+
+        async def follow() -> None:
+            async for line in runtime.logs(handle, 0, follow=True):
+                seen.append(line)
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(0.3)
+        log = Path(handle.state["log"])
+        biggest = 0
+        for i in range(60):
+            await asyncio.to_thread(get, spec.port, f"/-/api/status?n={i:04d}-{'x' * 40}")
+            biggest = max(biggest, log.stat().st_size)
+        await asyncio.to_thread(wait_until, lambda: any("n=0059-" in line for line in seen), 10,
+                                "the last request's line through the follower", 0.05)
+        follower.cancel()
+        assert biggest <= 4096, biggest  # conmon starts the file afresh instead of growing it
+        # In order, none twice, the last one too. (conmon keeps no older file: what a server writes
+        # beyond the cap within one poll of the follower is gone, as it is from the disk.)
+        numbers = [int(line.split("n=")[1][:4]) for line in seen if "n=" in line]
+        assert numbers[-1] == 59 and numbers == sorted(set(numbers)), numbers
+        await runtime.destroy_task(handle)
+
+    run(scenario)
+
+
 # ----------------------------------------------------------------------------- control plane restarts
 
 
