@@ -210,6 +210,12 @@ def host_addresses() -> list[str]:
             if line.split()[1] != "lo" and line.split()[1] not in bridges]
 
 
+def bridge_link_local(interface: str) -> str:
+    out = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", interface, "scope", "link"],
+                         capture_output=True, text=True).stdout
+    return out.split()[3].split("/")[0]
+
+
 def cgroup_file(controller: str, info: dict, name: str) -> str:
     return (Path("/sys/fs/cgroup") / controller / info["State"]["CgroupPath"].lstrip("/") / name).read_text().strip()
 
@@ -470,6 +476,7 @@ PROBE_JS = textwrap.dedent(r"""
     const net = require('net');
     const targets = JSON.parse(process.env.PROBE_TARGETS);
     const results = {};
+    try { results.if_inet6 = require('fs').readFileSync('/proc/net/if_inet6', 'utf8'); } catch (e) { results.if_inet6 = e.code; }
     let left = targets.length;
     for (const [host, port] of targets) {
       const key = host + ':' + port;
@@ -487,7 +494,8 @@ class Listener:
     """A TCP server accepting connections, in this process (the host) or in a network namespace."""
 
     def __init__(self, command_prefix: list[str], host: str, port: int) -> None:
-        code = (f"import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        family = "socket.AF_INET6" if ":" in host else "socket.AF_INET"
+        code = (f"import socket; s = socket.socket({family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
                 f"s.bind(({host!r}, {port})); s.listen(64); print('ready', flush=True)\n"
                 f"while True: s.accept()[0].close()")
         self.proc = subprocess.Popen([*command_prefix, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -550,7 +558,7 @@ def remote() -> Iterator[RemoteHost]:
 
 def test_containers_reach_the_outside_but_not_the_host_metadata_or_each_other(world: World, remote: RemoteHost) -> None:
     port = free_port()
-    listeners = [Listener([], "0.0.0.0", port),  # a host service on every address
+    listeners = [Listener([], "::", port),  # a host service on every address, IPv4 and IPv6
                  Listener(remote.enter, "0.0.0.0", port)]  # the outside world, and "cloud metadata"
     target_spec = world.spec("neighbour")
 
@@ -565,7 +573,8 @@ def test_containers_reach_the_outside_but_not_the_host_metadata_or_each_other(wo
         neighbour_ip = nets[runtime.network.name]["IPAddress"]
         gateway = nets[runtime.network.name]["Gateway"]
         targets = [[remote.ip, port], [remote.METADATA, port], [gateway, port], [neighbour_ip, target_spec.port],
-                   *([h, port] for h in host_addresses() if h != gateway)]
+                   *([h, port] for h in host_addresses() if h != gateway),
+                   [f"{bridge_link_local(runtime.network.interface)}%eth0", port]]
         spec = world.spec("prober", install=world.place.probe, entry="probe.js",
                           env={"PROBE_TARGETS": json.dumps(targets)})
         handle = await runtime.start_task(spec)
@@ -589,6 +598,9 @@ def test_containers_reach_the_outside_but_not_the_host_metadata_or_each_other(wo
         for listener in listeners:
             listener.close()
     results = seen["results"]
+    assert "eth0" not in results.pop("if_inet6")  # no IPv6 inside
+    link_local = next(key for key in results if "%eth0" in key)
+    assert results.pop(link_local) not in ("connected", "timeout"), link_local  # no way to dial it at all
     assert results.pop(f"{seen['remote']}:{port}") == "connected"  # the outside
     assert results.pop(f"{RemoteHost.METADATA}:{port}") in ("ECONNREFUSED", "timeout")
     assert results.pop(seen["neighbour"]) in ("ECONNREFUSED", "timeout", "EHOSTUNREACH")

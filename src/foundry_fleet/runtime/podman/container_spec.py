@@ -128,6 +128,8 @@ def build(spec: TaskSpec, image: str, fleet_id: str, *, network: str | None = No
         "log_configuration": {"driver": "k8s-file", "path": str(log), "size": spec.log_max_bytes},
         "restart_policy": "no",
         "netns": {"nsmode": "bridge"},
+        # The fleet's network is IPv4 (firewalled); IPv6 would still give a link-local way to the host.
+        "sysctl": {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
     }
     if network is not None:
         body["Networks"] = {network: {}}
