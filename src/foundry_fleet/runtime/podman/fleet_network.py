@@ -156,6 +156,10 @@ def _script(chain: str, rules: list[str]) -> str:
 
 
 def _bridge_filtered() -> bool:
+    if not BRIDGE_NF.exists():
+        # The module that shows bridged traffic to iptables is not loaded; loaded, it defaults to on.
+        # (Set to 0 by the host's admin, it stays 0: that is theirs to decide, and is reported.)
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
     try:
         return BRIDGE_NF.read_text().strip() == "1"
     except OSError:
