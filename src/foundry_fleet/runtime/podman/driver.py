@@ -8,7 +8,8 @@ record claims any more. What a container gets is container_spec.py's business; t
 service.py's (started and restarted on demand); the images are images.py's; the network that keeps
 containers off the host and off each other is fleet_network.py's.
 
-Every call that finds the API silent asks the service to come back, and tries once more.
+Every call that finds the API silent asks the service to come back and tries again; one that fails on a
+container's lost network namespace mount (see host_state.py) mounts it again and tries again.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
 from foundry_fleet.runtime.podman import container_spec, fleet_network, host_state
-from foundry_fleet.runtime.podman.api import NoSuchObject, PodmanApi, PodmanRefused, PodmanUnreachable
+from foundry_fleet.runtime.podman.api import PodmanApi, PodmanRefused, PodmanUnreachable
 from foundry_fleet.runtime.podman.container_logs import server_lines
 from foundry_fleet.runtime.podman.containers_conf import find_init
+from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
 from foundry_fleet.runtime.podman.service import PodmanService
 from foundry_fleet.runtime.task_dirs import prepare_dirs
 
@@ -60,7 +62,7 @@ class PodmanRuntime:
         images: Callable[[PodmanApi], ImageSource],
         *,
         log_dir_of: Callable[[str], Path] | None = None,
-        network: Any = None,
+        network: FleetNetwork | None = None,
     ) -> None:
         """`images(api)` makes the image source (NodeImages) on the service's API client;
         `network`: the fleet's isolated network (fleet_network.FleetNetwork), None for Podman's own bridge."""
@@ -250,22 +252,33 @@ class PodmanRuntime:
         known = self._exits.get(cid)
         if known is not None:
             return known
+        conmon = handle.state.get("conmon")
+        conmon = conmon if isinstance(conmon, int) else 0
+        delay = 0.1
         while True:
             try:
                 await self.api.wait(cid)
                 break
             except PodmanUnreachable:
-                # The service died under the wait; conmon still holds the container.
-                await self.service.ensure()
+                pass  # the service died under the wait; conmon still holds the container
             except PodmanRefused:
                 break  # removed meanwhile (404, or 500 while being removed): inspect says what is left
+            try:
+                await self.service.ensure()
+                continue
+            except (ExternalFailure, Unsupported):
+                # No service for now: the container is watched from the host until there is one.
+                if conmon and not _alive(conmon, "conmon"):
+                    return TaskExit(exit_code=None, signal=None,
+                                    reason="its container ended while Podman's API service could not be started")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         info = await self._call(lambda api: api.inspect(cid))
         if info is None:
             return TaskExit(exit_code=None, signal=None)
         # Podman calls a container stopped as soon as its process has; its conmon still drains the
         # last output into the log and holds the published port until it exits.
-        conmon = handle.state.get("conmon")
-        await _gone(conmon if isinstance(conmon, int) else 0, "conmon", CONMON_GRACE)
+        await _gone(conmon, "conmon", CONMON_GRACE)
         result = _exit_of(info)
         self._exits[cid] = result
         return result
@@ -278,8 +291,8 @@ class PodmanRuntime:
             await self._call(lambda api: api.kill(cid, signal))
             try:
                 await asyncio.wait_for(self.api.wait(cid), timeout)
-            except (TimeoutError, NoSuchObject, PodmanUnreachable):
-                pass
+            except (TimeoutError, ExternalFailure):
+                pass  # still running (killed below), gone, or the API silent (the stop brings it back)
             seconds = 0
         await self._call(lambda api: api.stop(cid, seconds))
 
@@ -442,14 +455,17 @@ def _runtime_hiccup(message: str) -> bool:
     return "runc create failed" in message and "address already in use" not in message
 
 
+def _alive(pid: int, comm: str) -> bool:
+    """Is process `pid` alive, and a `comm` (not another process given its number since)?"""
+    st = procfs.stat(pid)
+    return st is not None and st.comm == comm and st.state not in ("Z", "X", "x")
+
+
 async def _gone(pid: int, comm: str, timeout: float) -> None:
     """Wait (at most `timeout`) until process `pid`, if it is a `comm`, has exited."""
     deadline = time.monotonic() + timeout
     delay = 0.002
-    while pid > 0 and time.monotonic() < deadline:
-        st = procfs.stat(pid)
-        if st is None or st.comm != comm or st.state in ("Z", "X", "x"):
-            return
+    while pid > 0 and time.monotonic() < deadline and _alive(pid, comm):
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
 
