@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.domain.release import ReleaseLayout
+from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, TaskHandle, TaskSpec
 from foundry_fleet.runtime.podman import container_spec
 from foundry_fleet.runtime.podman.driver import PodmanRuntime
@@ -623,8 +624,16 @@ def test_a_lost_namespace_mount_is_restored_and_a_dead_containers_forwarding_swe
         dead = await runtime.start_task(dying)
         await asyncio.to_thread(wait_for_status, alive.port, None, 20.0)
         await asyncio.to_thread(wait_for_status, dying.port, None, 20.0)
-        assert runtime.host_processes() and all(
-            "conmon" in open(f"/proc/{p}/comm").read() for p in runtime.host_processes())
+        # The fleet's containers' processes are found from the host without the API (the daemon's uid
+        # check runs before the service): each server runs below one of the fleet's conmons.
+        monitors = runtime.host_processes()
+        assert len(monitors) == 2 and all("conmon" in open(f"/proc/{p}/comm").read() for p in monitors)
+        for h in (handle, dead):
+            pid = (await runtime.inspect_task(h)).pid
+            chain = [pid]
+            while chain[-1] > 1 and chain[-1] not in monitors:
+                chain.append(procfs.stat(chain[-1]).ppid)
+            assert chain[-1] in monitors, chain
         keys = {}
         for h in (handle, dead):
             info = await runtime.api.inspect(h.state["container"])
