@@ -118,6 +118,7 @@ def create_app(
         return {
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
+            "runtime": info.runtime.to_dict() if info.runtime is not None else None,
             "instances": [i.to_dict() for i in instances],
             "hosts": hosts,
             "edge": await run(edge_report, reads.hostnames, edge_state),

@@ -27,6 +27,7 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
+from foundry_fleet.services.runtime_report import RuntimeReport
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
@@ -93,6 +94,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     services.storage.ensure_layout()
     services.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
+    runtime_report = RuntimeReport(runtime.name, runtime.capabilities, list(caps))
     caps.append(Capability("storage", True, describe_storage(services.storage)))
     report_capabilities(caps)
 
@@ -133,7 +135,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     records = SupervisionRecords(services.sessions, services.storage,
                                  changed=lambda: loop.call_soon_threadsafe(edge.request_update))
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
-    info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
+    info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
+                      runtime=runtime_report)
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge)
