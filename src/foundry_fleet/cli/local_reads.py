@@ -35,7 +35,16 @@ class LocalReads:
             offers = make_runtime(config).capabilities
         except FleetError:
             offers = None
-        return RuntimeReport(config.runtime.driver, offers, health=None).to_dict()
+        block = RuntimeReport(config.runtime.driver, offers, health=None).to_dict()
+        block["images"] = None
+        if config.runtime.driver == "podman":
+            import asyncio
+
+            from foundry_fleet.wiring.podman_images import release_image_states
+
+            states = asyncio.run(release_image_states(config, self.services.releases.list()))
+            block["images"] = [s.to_dict() for s in states]
+        return block
 
     def list_instances(self) -> list[dict[str, Any]]:
         return [i.to_dict() for i in self.services.instances.list()]

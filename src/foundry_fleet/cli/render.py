@@ -101,12 +101,15 @@ def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> N
     health = runtime.get("health")
     if health is None:
         console.print("  health on this host: unknown (the daemon finds it when it starts)")
-        return
-    for line in health:
+    for line in health or []:
         if not line["available"]:
             console.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}")
         elif every_line:
             console.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}")
+    for image in runtime.get("images") or []:
+        state = {True: "[green]image present[/]", False: "[yellow]no image yet[/]", None: "image unknown"}[image["present"]]
+        console.print(f"  {state} for Foundry v{image['generation']} ({safe(', '.join(image['releases']))}): "
+                      f"{safe(image['detail'])}")
 
 
 def releases_table(releases: list[dict[str, Any]]) -> Table:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, print_json, print_runtime
+from foundry_fleet.cli.render import console, print_json, print_runtime, safe
 from foundry_fleet.cli.typer_compat import command_group
 
 app = command_group("The runtime that runs the instances: show it, switch it, prepare its images.")
@@ -58,3 +58,54 @@ def set_(
         console.print(f"dropped the old runtime's task handles of {', '.join(result.cleared)}")
     if driver == "podman":
         console.print("images: `foundry-fleet runtime image` prepares them now (else the first start does)")
+
+
+@app.command()
+def image(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Make the Node.js image every cached release needs (podman: pulled, or built offline from this host's
+    node); optional, as an instance's start makes a missing one. Re-running makes nothing new."""
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from foundry_fleet.services.runtime_images import prepare_images
+    from foundry_fleet.wiring.podman_images import node_images
+
+    c: CliContext = ctx.obj
+    driver = c.config.runtime.driver
+    if driver != "podman":
+        note = f"the {driver} runtime runs no image (instances use this host's node): nothing to prepare"
+        print_json({"driver": driver, "images": []}) if json_out else console.print(note)
+        return
+    releases = c.services().releases.list()
+    if not releases:
+        print_json({"driver": driver, "images": []}) if json_out else console.print(
+            "no releases in the cache yet: `foundry-fleet release add ZIP_OR_URL` first")
+        return
+
+    async def make(on_progress: Any) -> list[Any]:
+        async with node_images(c.config) as images:
+            return await prepare_images(images, releases, on_progress)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=json_out) as progress:
+        bars: dict[int, Any] = {}
+
+        def on_progress(generation: int, phase: str, fraction: float | None) -> None:
+            if generation not in bars:
+                bars[generation] = progress.add_task("", total=None)
+            progress.update(bars[generation], description=f"Foundry v{generation}: {phase}",
+                            total=None if fraction is None else 1.0, completed=fraction or 0.0)
+
+        made = asyncio.run(make(on_progress))
+    if json_out:
+        print_json({"driver": driver, "images": [m.to_dict() for m in made]})
+    else:
+        for m in made:
+            versions = ", ".join(m.releases)
+            if m.present:
+                console.print(f"[green]ready[/] Foundry v{m.generation} ({safe(versions)}): {safe(m.detail)}")
+            else:
+                console.print(f"[red]failed[/] Foundry v{m.generation} ({safe(versions)}): {safe(m.detail)}")
+    if any(not m.present for m in made):
+        raise typer.Exit(1)
