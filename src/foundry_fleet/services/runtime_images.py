@@ -34,6 +34,7 @@ class ReleaseImage:
     image: str | None  # the reference an instance of these releases runs
     present: bool | None  # None: unknown (the image service did not answer)
     detail: str
+    source: str | None = None  # configured, pulled, built (just now) or cached (built earlier)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -59,7 +60,7 @@ async def prepare_images(images: NodeImageSource, releases: list[ReleaseView], p
             why = f"{e.message} ({e.hint})" if e.hint else e.message
             made.append(ReleaseImage(generation, versions, None, False, why))
             continue
-        made.append(ReleaseImage(generation, versions, image.ref, True, describe(image)))
+        made.append(ReleaseImage(generation, versions, image.ref, True, describe(image), image.source))
     return made
 
 
@@ -76,7 +77,7 @@ async def image_states(images: NodeImageSource, releases: list[ReleaseView]) -> 
             states.append(ReleaseImage(generation, versions, None, False,
                                        "not made yet: `foundry-fleet runtime image` makes it (else the first start)"))
         else:
-            states.append(ReleaseImage(generation, versions, image.ref, True, describe(image)))
+            states.append(ReleaseImage(generation, versions, image.ref, True, describe(image), image.source))
     return states
 
 
