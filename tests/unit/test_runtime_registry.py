@@ -23,16 +23,16 @@ def test_the_local_runtime_is_the_default_and_fake_is_one_line_away(tmp_path: Pa
     assert local.log_dir_of is not None and local.log_dir_of("alice") == config.paths.instance_logs("alice")
     path.write_text(path.read_text().replace('driver = "local"', 'driver = "fake"'))  # init writes [runtime]
     assert isinstance(make_runtime(load_config(path)), FakeRuntime)
-    assert set(RUNTIMES) == {"local", "fake"}
+    assert set(RUNTIMES) == {"local", "podman", "fake"}
 
 
 def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
     path = init_fleet(tmp_path / "f")
-    path.write_text(path.read_text().replace('driver = "local"', 'driver = "podman"'))
+    path.write_text(path.read_text().replace('driver = "local"', 'driver = "docker"'))
     with pytest.raises(InvalidInput) as info:
         load_config(path)
-    assert "runtime.driver" in info.value.message and "unknown runtime driver 'podman'" in info.value.message
-    assert "known: fake, local" in info.value.message
+    assert "runtime.driver" in info.value.message and "unknown runtime driver 'docker'" in info.value.message
+    assert "known: fake, local, podman" in info.value.message
 
 
 def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> None:
