@@ -97,19 +97,20 @@ def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> N
         offers.append(f"isolation {safe(runtime['isolation'])}")
         offers.append("limits enforced" if runtime.get("limits") else "no limits")
         offers.append("runs an image" if runtime.get("needs_image") else "no image")
-    console.print(f"runtime: [bold]{safe(runtime['driver'])}[/]" + (f" ({', '.join(offers)})" if offers else ""))
+    console.print(f"runtime: [bold]{safe(runtime['driver'])}[/]" + (f" ({', '.join(offers)})" if offers else ""),
+                  highlight=False)
     health = runtime.get("health")
     if health is None:
         console.print("  health on this host: unknown (the daemon finds it when it starts)")
     for line in health or []:
         if not line["available"]:
-            console.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}")
+            console.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
         elif every_line:
-            console.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}")
+            console.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
     for image in runtime.get("images") or []:
         state = {True: "[green]image present[/]", False: "[yellow]no image yet[/]", None: "image unknown"}[image["present"]]
         console.print(f"  {state} for Foundry v{image['generation']} ({safe(', '.join(image['releases']))}): "
-                      f"{safe(image['detail'])}")
+                      f"{safe(image['detail'])}", highlight=False)
 
 
 def releases_table(releases: list[dict[str, Any]]) -> Table:

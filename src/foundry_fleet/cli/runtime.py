@@ -41,7 +41,12 @@ def set_(
     from foundry_fleet.domain.errors import InvalidInput
     from foundry_fleet.services.runtime_switch import switch_runtime
 
+    import logging
+
     c: CliContext = ctx.obj
+    # A refusal is said once, as the error below; the event log keeps it (without this, Python's
+    # last-resort handler would print the event's log line as well).
+    logging.getLogger("foundry_fleet.events").addHandler(logging.NullHandler())
     offered = offered_runtimes()
     if driver not in offered:
         raise InvalidInput(f"unknown runtime driver {driver!r}", f"use {' or '.join(offered)}")
@@ -104,8 +109,10 @@ def image(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
         for m in made:
             versions = ", ".join(m.releases)
             if m.present:
-                console.print(f"[green]ready[/] Foundry v{m.generation} ({safe(versions)}): {safe(m.detail)}")
+                console.print(f"[green]ready[/] Foundry v{m.generation} ({safe(versions)}): {safe(m.detail)}",
+                              highlight=False)
             else:
-                console.print(f"[red]failed[/] Foundry v{m.generation} ({safe(versions)}): {safe(m.detail)}")
+                console.print(f"[red]failed[/] Foundry v{m.generation} ({safe(versions)}): {safe(m.detail)}",
+                              highlight=False)
     if any(not m.present for m in made):
         raise typer.Exit(1)

@@ -67,7 +67,7 @@ async def release_image_states(config: FleetConfig, releases: list[ReleaseView])
     api = PodmanApi(socket, timeout=STATUS_TIMEOUT)
     try:
         if not await api.ping():
-            return unknown_states(releases, f"unknown: podman's API at {socket} does not answer")
+            return unknown_states(releases, f"podman's API at {socket} does not answer (the daemon starts it)")
         return await image_states(make_node_images(config, api.http), releases)
     finally:
         await api.aclose()
