@@ -24,7 +24,9 @@ def offered_runtimes() -> list[str]:
 def show(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The driver, what it offers (isolation, limits, images) and, with the daemon, its health here."""
     c: CliContext = ctx.obj
-    report: dict[str, Any] = c.read(lambda fleet: fleet.status())["runtime"]
+    report: dict[str, Any] | None = c.read(lambda fleet: fleet.status()).get("runtime")
+    if report is None:  # a daemon from before runtimes were reported, still running
+        report = {"driver": c.config.runtime.driver, "health": None, "images": None}
     if json_out:
         print_json(report)
         return

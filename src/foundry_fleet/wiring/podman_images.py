@@ -68,6 +68,9 @@ async def release_image_states(config: FleetConfig, releases: list[ReleaseView])
     try:
         if not await api.ping():
             return unknown_states(releases, f"podman's API at {socket} does not answer (the daemon starts it)")
-        return await image_states(make_node_images(config, api.http), releases)
+        try:
+            return await image_states(make_node_images(config, api.http), releases)
+        except httpx.HTTPError as e:  # the service went away half-way: a read says so, never fails
+            return unknown_states(releases, f"podman's API at {socket} stopped answering ({e.__class__.__name__})")
     finally:
         await api.aclose()
