@@ -40,10 +40,10 @@ def set_(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Switch the fleet to DRIVER (with the daemon and every instance stopped; running ones are refused)."""
+    import logging
+
     from foundry_fleet.domain.errors import InvalidInput
     from foundry_fleet.services.runtime_switch import switch_runtime
-
-    import logging
 
     c: CliContext = ctx.obj
     # A refusal is said once, as the error below; the event log keeps it (without this, Python's
