@@ -3,6 +3,9 @@
 
 VENV ?= .venv
 ROOT ?= fleet-data
+# The runtime a fleet made by `make run` gets: local (bubblewrap) or podman (`make run RUNTIME=podman`,
+# which also installs Podman). An existing fleet keeps its own: `foundry-fleet runtime set` switches it.
+RUNTIME ?= local
 PYTHON ?= python3
 BIN = $(VENV)/bin
 # bubblewrap: instance sandbox; slirp4netns: each instance's own network namespace (outbound NAT and
@@ -14,16 +17,21 @@ SYSTEM_PACKAGES = bubblewrap slirp4netns libseccomp2 iptables util-linux procps 
 # browser tests through the edge (found as chromium, chromium-browser, google-chrome, ... or $CHROMIUM),
 # certutil (libnss3-tools) so that browser trusts the fleet's local CA, and zfs-fuse for the ZFS
 # storage tests (their fixture starts its daemon and makes pools on files), and an ssh server and
-# client for replication to a ZFS destination over ssh. `make run` needs none.
-TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client
+# client for replication to a ZFS destination over ssh, and rootful Podman for the podman runtime's tests:
+# podman with runc (crun refuses this host's cgroup layout), conmon (keeps a container when the daemon
+# dies), catatonit (the container's init: Node as PID 1 ignores SIGTERM), netavark and aardvark-dns (its
+# network stack); the fleet writes its own containers.conf for them. `make run` needs none of these:
+# on the embedded defaults instances run under bubblewrap (`make run RUNTIME=podman` installs them).
+PODMAN_PACKAGES = podman runc conmon catatonit netavark aardvark-dns
+TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client $(PODMAN_PACKAGES)
 
 .PHONY: run test bench system-deps test-system-deps clean
 
 system-deps:
-	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic
+	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman,$(RUNTIME)),podman runc)
 
 test-system-deps:
-	@tools/ensure-debian-packages "for the browser and ZFS tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh
+	@tools/ensure-debian-packages "for the browser, ZFS and podman tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +45,7 @@ $(VENV)/.test-deps: pyproject.toml $(VENV)/.run-deps
 	@touch $@
 
 run: system-deps $(VENV)/.run-deps
-	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT)
+	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT) --runtime $(RUNTIME)
 	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up
 
 # FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.

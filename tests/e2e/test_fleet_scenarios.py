@@ -268,6 +268,19 @@ def test_control_api_socket_and_schema(running: Running) -> None:
     assert status["daemon"]["running"] is True
     names = {c["name"] for c in status["capabilities"]}
     assert {"sandbox", "firewall"} <= names
+    # The runtime block: the driver, what it offers, and its own health lines as the daemon found them.
+    runtime = status["runtime"]
+    assert (runtime["driver"], runtime["isolation"], runtime["limits"], runtime["needs_image"]) == \
+        ("local", "bubblewrap", True, False)
+    assert {"sandbox", "firewall"} <= {line["name"] for line in runtime["health"]} <= names
+    assert "storage" not in {line["name"] for line in runtime["health"]} and runtime["images"] is None
+    assert fleet.cli("runtime", "show", "--json").json() == runtime
+    # With the daemon running the runtime is not switched: it holds the old driver's tasks.
+    refused = fleet.cli("runtime", "set", "podman", check=False)
+    said = " ".join(refused.err.split())  # as one line, however the terminal wrapped it
+    assert refused.code == 4 and "daemon is running" in said and "stop the instances" in said, said
+    assert "foundry-fleet instance stop alice" in said, said
+    assert 'driver = "local"' in fleet.config.read_text()
 
 
 def test_commands_that_need_the_daemon_say_so(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
@@ -286,6 +299,8 @@ def test_commands_that_need_the_daemon_say_so(fleet: FleetHarness, release_zips:
     assert fleet.cli("instance", "list", "--json").json() == []  # reads say what was last recorded
     status = fleet.cli("status", "--json").json()
     assert status["daemon"]["running"] is False
+    assert status["runtime"]["driver"] == "local" and status["runtime"]["health"] is None  # unknown without it
+    assert "health on this host: unknown" in fleet.cli("status").out
     fleet.up()
     assert create(fleet, "dave", "13.345", "--no-start")["instance"]["state"] == "stopped"
     fleet.cli("instance", "start", "dave")

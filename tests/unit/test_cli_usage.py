@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -36,7 +37,8 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 
 def test_the_cli_has_the_commands_people_look_for() -> None:
     paths = {" ".join(p) for p in command_paths()}
-    assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init"} <= paths
+    assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init",
+            "runtime show", "runtime set", "runtime image"} <= paths
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "(top)")
@@ -58,6 +60,9 @@ def test_help_of_every_command_is_its_usage(path: tuple[str, ...], monkeypatch: 
     (["events", "--limit", "0"], "Invalid value for '--limit'"),
     (["init", "--no-such-flag"], "No such option"),
     (["init", "--bogus"], "No such option: --bogus"),
+    (["runtime", "set"], "Missing argument 'DRIVER'"),
+    (["runtime", "sett", "podman"], "No such command 'sett'"),
+    (["init", "--runtime"], "requires an argument"),
 ])
 def test_a_usage_error_is_one_message_and_exit_code_2(args: list[str], says: str, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,3 +85,22 @@ def test_the_installed_command_answers_usage_errors_and_help_plainly(args: list[
     assert p.returncode == code, p.stderr
     assert says in p.stdout + p.stderr
     assert "Traceback" not in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("args", [["init", "--runtime", "docker"], ["init", "--runtime", "fake"],
+                                  ["runtime", "set", "docker"], ["runtime", "set", "fake"]])
+def test_a_runtime_driver_that_is_not_offered_is_refused_naming_the_ones_that_are(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fake` runs nothing (it is for the tests): a person is never offered it, nor anything unknown."""
+    from foundry_fleet.services.init import init_fleet
+
+    config = init_fleet(tmp_path / "fleet")
+    before = config.read_text()
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(config), *args, "--root", str(tmp_path / "new")) \
+        if args[0] == "init" else run_main(monkeypatch, capsys, "--config", str(config), *args)
+    assert code == 2, err
+    assert f"error: unknown runtime driver '{args[-1]}'" in err and "hint: use local or podman" in err, err
+    assert "Traceback" not in out + err and config.read_text() == before and not (tmp_path / "new").exists()
+    assert "fake" not in run_main(monkeypatch, capsys, "init", "--help")[1]
+    assert "fake" not in run_main(monkeypatch, capsys, "runtime", "set", "--help")[1]

@@ -21,7 +21,7 @@ def test_the_local_runtime_is_the_default_and_fake_is_one_line_away(tmp_path: Pa
     local = make_runtime(config)
     assert isinstance(local, LocalRuntime) and local.port_range == config.instances.port_range
     assert local.log_dir_of is not None and local.log_dir_of("alice") == config.paths.instance_logs("alice")
-    path.write_text(path.read_text() + '\n[runtime]\ndriver = "fake"\n')
+    path.write_text(path.read_text().replace('driver = "local"', 'driver = "fake"'))  # init writes [runtime]
     assert isinstance(make_runtime(load_config(path)), FakeRuntime)
     assert set(RUNTIMES) == {"local", "podman", "fake"}
 
@@ -31,7 +31,7 @@ def test_the_podman_runtime_is_built_for_the_fleet_from_its_section(tmp_path: Pa
     from foundry_fleet.wiring.runtimes import fleet_id
 
     path = init_fleet(tmp_path / "f")
-    path.write_text(path.read_text() + '\n[runtime]\ndriver = "podman"\n')
+    path.write_text(path.read_text().replace('driver = "local"', 'driver = "podman"'))
     config = load_config(path)
     runtime = make_runtime(config)
     assert isinstance(runtime, PodmanRuntime) and runtime.fleet_id == fleet_id(config)
@@ -46,10 +46,10 @@ def test_the_podman_runtime_is_built_for_the_fleet_from_its_section(tmp_path: Pa
 
 def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
     path = init_fleet(tmp_path / "f")
-    path.write_text(path.read_text() + '\n[runtime]\ndriver = "nomad"\n')
+    path.write_text(path.read_text().replace('driver = "local"', 'driver = "docker"'))
     with pytest.raises(InvalidInput) as info:
         load_config(path)
-    assert "runtime.driver" in info.value.message and "unknown runtime driver 'nomad'" in info.value.message
+    assert "runtime.driver" in info.value.message and "unknown runtime driver 'docker'" in info.value.message
     assert "known: fake, local, podman" in info.value.message
 
 

@@ -4,8 +4,9 @@ service layer) and renders the answer as JSON."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
@@ -27,6 +28,9 @@ from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.views import EventView, InstanceView
+
+if TYPE_CHECKING:
+    from foundry_fleet.services.runtime_images import ReleaseImage
 
 
 class CreateInstance(BaseModel):
@@ -98,7 +102,9 @@ def create_app(
     backups: Backups,
     info: DaemonInfo,
     edge: FleetEdge | None = None,
+    runtime_images: Callable[[], Awaitable[list[ReleaseImage]]] | None = None,
 ) -> Starlette:
+    """`runtime_images`: for a runtime that runs images, whether each cached release's image is there."""
     ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
@@ -118,10 +124,18 @@ def create_app(
         return {
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
+            "runtime": await runtime_block(),
             "instances": [i.to_dict() for i in instances],
             "hosts": hosts,
             "edge": await run(edge_report, reads.hostnames, edge_state),
         }
+
+    async def runtime_block() -> dict[str, Any] | None:
+        if info.runtime is None:
+            return None
+        block = info.runtime.to_dict()
+        block["images"] = [i.to_dict() for i in await runtime_images()] if runtime_images is not None else None
+        return block
 
     async def list_instances() -> list[dict[str, Any]]:
         return [i.to_dict() for i in await run(reads.instances.list)]

@@ -48,8 +48,12 @@ class CliContext:
         if self._services is None:
             from foundry_fleet.wiring.services import open_services
 
-            self._services = open_services(self.config, actor=f"cli:{_user()}")
+            self._services = open_services(self.config, actor=self.actor())
         return self._services
+
+    def actor(self) -> str:
+        """Who the events this command causes are from."""
+        return f"cli:{_user()}"
 
     def socket_path(self) -> Path:
         return self._config.paths.socket if self._config is not None else control_socket(self.config_file())
@@ -59,7 +63,7 @@ class CliContext:
         command gives) when the daemon does not answer."""
         from foundry_fleet.api.client import ControlClient
 
-        return ControlClient(self.socket_path(), actor=f"cli:{_user()}")
+        return ControlClient(self.socket_path(), actor=self.actor())
 
     def daemon(self) -> ControlClient | None:
         """A client for the running daemon, or None when it is not running."""

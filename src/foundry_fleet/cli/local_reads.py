@@ -19,9 +19,32 @@ class LocalReads:
         return {
             "daemon": {"running": False, "root": str(self.services.config.root)},
             "capabilities": [],
+            "runtime": self.runtime(),
             "instances": self.list_instances(),
             "edge": edge_report(self.services.hostnames, None),
         }
+
+    def runtime(self) -> dict[str, Any]:
+        """The configured driver and what it offers; its health on this host is the daemon's to find."""
+        from foundry_fleet.domain.errors import FleetError
+        from foundry_fleet.services.runtime_report import RuntimeReport
+        from foundry_fleet.wiring.runtimes import make_runtime
+
+        config = self.services.config
+        try:
+            offers = make_runtime(config).capabilities
+        except FleetError:
+            offers = None
+        block = RuntimeReport(config.runtime.driver, offers, health=None).to_dict()
+        block["images"] = None
+        if config.runtime.driver == "podman":
+            import asyncio
+
+            from foundry_fleet.wiring.podman_images import release_image_states
+
+            states = asyncio.run(release_image_states(config, self.services.releases.list()))
+            block["images"] = [s.to_dict() for s in states]
+        return block
 
     def list_instances(self) -> list[dict[str, Any]]:
         return [i.to_dict() for i in self.services.instances.list()]

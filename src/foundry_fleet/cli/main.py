@@ -13,11 +13,13 @@ from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import release as release_cmds
+from foundry_fleet.cli import runtime as runtime_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.typer_compat import ClickException, with_usage
 from foundry_fleet.cli.render import (
-    console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, safe,
+    console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, print_runtime,
+    safe,
 )
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.text import escape_controls
@@ -35,6 +37,7 @@ app.add_typer(edge_cmds.app, name="edge")
 app.add_typer(backup_cmds.app, name="backup")
 app.add_typer(storage_cmds.app, name="storage")
 app.add_typer(invite_cmds.app, name="invite")
+app.add_typer(runtime_cmds.app, name="runtime")
 
 ConfigOption = Annotated[
     Optional[str],
@@ -56,12 +59,14 @@ def init(
     tls: Annotated[Optional[str], typer.Option(help="internal | acme | on-demand")] = None,
     storage: Annotated[str, typer.Option(help="directory | zfs")] = "directory",
     zfs_base: Annotated[Optional[str], typer.Option(help="with --storage zfs: POOL[/PATH] for the datasets")] = None,
+    runtime: Annotated[str, typer.Option(help="what runs the instances: local (bubblewrap) | podman (containers)")] = "local",
     force: Annotated[bool, typer.Option(help="overwrite an existing fleet.toml")] = False,
 ) -> None:
     """Create a fleet: write a documented fleet.toml under ROOT."""
     from foundry_fleet.services.init import init_fleet
 
-    path = init_fleet(root, domain, http_port, https_port, tls, storage, force, zfs_base=zfs_base)
+    path = init_fleet(root, domain, http_port, https_port, tls, storage, force, zfs_base=zfs_base, runtime=runtime,
+                      runtimes=runtime_cmds.offered_runtimes())
     console.print(f"wrote {path}")
     console.print(f"next: foundry-fleet --config {path} up")
 
@@ -110,8 +115,11 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
         console.print(f"daemon: [green]running[/] (pid {d['pid']}) for {d['root']}")
     else:
         console.print(f"daemon: [red]not running[/] for {d['root']} (states below are the last recorded)")
+    runtime = data.get("runtime")
+    print_runtime(runtime)
+    shown_with_runtime = {line["name"] for line in (runtime or {}).get("health") or []}
     for cap in data["capabilities"]:
-        if not cap["available"]:
+        if not cap["available"] and cap["name"] not in shown_with_runtime:
             console.print(f"[yellow]not available:[/] {cap['name']}: {safe(cap['detail'])}")
     console.print(instances_table(data["instances"]))
     if data.get("hosts"):

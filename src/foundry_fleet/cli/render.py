@@ -87,6 +87,32 @@ def print_edge(edge: dict[str, Any] | None) -> None:
         console.print(f"[yellow]host {safe(c['host'])} is not served for {safe(c['instance'])}:[/] {safe(c['why'])}")
 
 
+def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> None:
+    """The runtime line of `status`: the driver and what it offers; its health lines that are not
+    available (all of them with `every_line`), or that its health is unknown without the daemon."""
+    if not runtime:
+        return
+    offers = []
+    if runtime.get("isolation") is not None:
+        offers.append(f"isolation {safe(runtime['isolation'])}")
+        offers.append("limits enforced" if runtime.get("limits") else "no limits")
+        offers.append("runs an image" if runtime.get("needs_image") else "no image")
+    console.print(f"runtime: [bold]{safe(runtime['driver'])}[/]" + (f" ({', '.join(offers)})" if offers else ""),
+                  highlight=False)
+    health = runtime.get("health")
+    if health is None:
+        console.print("  health on this host: unknown (the daemon finds it when it starts)")
+    for line in health or []:
+        if not line["available"]:
+            console.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
+        elif every_line:
+            console.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
+    for image in runtime.get("images") or []:
+        state = {True: "[green]image present[/]", False: "[yellow]no image yet[/]", None: "image unknown"}[image["present"]]
+        console.print(f"  {state} for Foundry v{image['generation']} ({safe(', '.join(image['releases']))}): "
+                      f"{safe(image['detail'])}", highlight=False)
+
+
 def releases_table(releases: list[dict[str, Any]]) -> Table:
     t = Table()
     for col in ("version", "layout", "node", "size", "sha256", "instances", "source"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from foundry_fleet.config import CONFIG_NAME, load_config
@@ -45,6 +46,22 @@ stream_close_delay_hours = 8.0
 # `foundry-fleet storage init --zfs POOL[/PATH]` (which also sets these two keys).
 driver = "directory"
 # zfs_base = "tank/foundry"
+
+[runtime]
+# What runs each instance. local: a bubblewrap sandbox on this host (own network namespace, cgroup
+# limits, seccomp). podman: a rootful Podman container per instance (see [podman]). Switch a fleet with
+# `foundry-fleet runtime set DRIVER` while its instances are stopped.
+driver = {runtime}
+
+# [podman]
+# The image per Node.js major (any major: image_node<N>), pulled where a registry is reachable; without
+# one, or when it cannot be pulled, the fleet builds localhost/foundry-fleet/node:<version> offline from
+# this host's node binary (`foundry-fleet runtime image` builds it ahead of time).
+# image_node20 = "docker.io/library/node:20-slim"
+# A podman API service that already runs; default: the fleet starts its own on run/podman/podman.sock,
+# with its own containers.conf beside it.
+# socket = "/run/podman/podman.sock"
+# pull_timeout = 60.0
 
 [releases]
 # The host-wide release cache (zips and unpacked releases); default <root>/releases.
@@ -144,8 +161,15 @@ def init_fleet(
     storage: str = "directory",
     force: bool = False,
     zfs_base: str | None = None,
+    runtime: str = "local",
+    runtimes: Collection[str] | None = None,
 ) -> Path:
-    """Write <root>/fleet.toml and create the layout; refuses to overwrite without `force`."""
+    """Write <root>/fleet.toml and create the layout; refuses to overwrite without `force`.
+
+    `runtimes`: the runtime drivers offered (the CLI's choice); None leaves the check to the configuration,
+    which knows every registered driver."""
+    if runtimes is not None and runtime not in runtimes:
+        raise InvalidInput(f"unknown runtime driver {runtime!r}", f"use {' or '.join(sorted(runtimes))}")
     if storage not in ("directory", "zfs"):
         raise InvalidInput(f"unknown storage driver {storage!r}", "use directory or zfs")
     if storage == "zfs" and not zfs_base:
@@ -169,6 +193,7 @@ def init_fleet(
         http_port=http_port or (80 if domain else 8080),
         https_port=https_port or (443 if domain else 8443),
         tls=_toml_str(tls or ("acme" if domain else "internal")),
+        runtime=_toml_str(runtime),
         uid_low=uid_low,
         uid_high=uid_high,
     )

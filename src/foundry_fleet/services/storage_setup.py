@@ -7,22 +7,18 @@ instances on other storage: their data would stay behind, invisible to the new d
 
 from __future__ import annotations
 
-import re
-import stat
+import json
 from pathlib import Path
 
 from sqlalchemy import select
 
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict
-from foundry_fleet.files.atomic import write_atomic
+from foundry_fleet.services.config_keys import set_section_keys
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_layout import parse_base
 from foundry_fleet.store.database import open_database
 from foundry_fleet.store.models import Instance
-
-_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*(#.*)?$")
-_KEY = re.compile(r"^\s*(driver|zfs_base)\s*=")
 
 
 def init_zfs_storage(config_path: Path, base: str) -> dict[str, object]:
@@ -49,29 +45,4 @@ def init_zfs_storage(config_path: Path, base: str) -> dict[str, object]:
 
 def write_storage_section(config_path: Path, base: str) -> None:
     """Set `driver = "zfs"` and `zfs_base` in fleet.toml's [storage], keeping every other line and comment."""
-    lines = config_path.read_text().splitlines()
-    wanted = ['driver = "zfs"', f'zfs_base = "{base}"']
-    out: list[str] = []
-    section: str | None = None
-    placed = False
-    for line in lines:
-        header = _SECTION.match(line)
-        if header:
-            if section == "storage" and not placed:
-                out += wanted
-                placed = True
-            section = header.group(1).strip()
-            out.append(line)
-            continue
-        if section == "storage" and _KEY.match(line):
-            if not placed:
-                out += wanted
-                placed = True
-            continue
-        out.append(line)
-    if not placed:
-        if section != "storage":
-            out += ["", "[storage]"]
-        out += wanted
-    mode = stat.S_IMODE(config_path.stat().st_mode)
-    write_atomic(config_path, "\n".join(out) + "\n", mode, check=load_config)  # what is written must load
+    set_section_keys(config_path, "storage", {"driver": '"zfs"', "zfs_base": json.dumps(base)})

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,9 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
+from foundry_fleet.services.release_registry import ReleaseRegistry
+from foundry_fleet.services.runtime_images import ReleaseImage
+from foundry_fleet.services.runtime_report import RuntimeReport
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
@@ -94,6 +98,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     services.storage.ensure_layout()
     services.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
+    runtime_report = RuntimeReport(runtime.name, runtime.capabilities, list(caps))
     caps.append(Capability("storage", True, describe_storage(services.storage)))
     report_capabilities(caps)
 
@@ -138,13 +143,15 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     records = SupervisionRecords(services.sessions, services.storage,
                                  changed=lambda: loop.call_soon_threadsafe(edge.request_update))
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
-    info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps)
+    info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
+                      runtime=runtime_report)
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
-    app = create_app(reads, operations, supervisor, backups, info, edge=edge)
+    app = create_app(reads, operations, supervisor, backups, info, edge=edge,
+                     runtime_images=runtime_image_check(config, services.releases))
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
@@ -192,6 +199,18 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
         services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+
+
+def runtime_image_check(config: FleetConfig, releases: ReleaseRegistry) -> Callable[[], Awaitable[list[ReleaseImage]]] | None:
+    """For `status`: whether the images the cached releases need are there, when the runtime runs images."""
+    if config.runtime.driver != "podman":
+        return None
+    from foundry_fleet.wiring.podman_images import release_image_states
+
+    async def check() -> list[ReleaseImage]:
+        return await release_image_states(config, await asyncio.to_thread(releases.list))
+
+    return check
 
 
 async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
