@@ -1,5 +1,6 @@
 """The podman side of a test fleet: the containers the fleet labelled as its own, found and removed by
-that label when its test ends (a daemon killed on purpose leaves them running, as conmon keeps them).
+that label when its test ends (a daemon killed on purpose leaves them running, as conmon keeps them),
+then the fleet's network and its firewall chains (a daemon that stops cleanly removes them itself).
 
 The `podman` command runs with the fleet's own containers.conf (`<root>/run/podman/containers.conf`)
 when the fleet wrote one, else with one holding what this host needs (runc, explicit ulimits, cgroupfs,
@@ -103,6 +104,24 @@ def remove_containers_of(fleet_id: str, root: Path) -> list[Container]:
     found = containers_of(fleet_id, root)
     if found:
         podman("rm", "-f", "-t", "0", *[c.id for c in found], conf=fleet_containers_conf(root))
+    return found
+
+
+def networks_of(fleet_id: str, root: Path) -> list[str]:
+    out = podman("network", "ls", "--format", "{{.Name}}", "--filter", f"label={FLEET_LABEL}={fleet_id}",
+                 conf=fleet_containers_conf(root)).stdout
+    return out.split()
+
+
+def remove_fleet_podman(fleet_id: str, root: Path) -> list[Container]:
+    """Remove the fleet's containers, then its networks and their firewall chains; returns the
+    containers there were."""
+    from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
+
+    found = remove_containers_of(fleet_id, root)
+    for network in networks_of(fleet_id, root):
+        podman("network", "rm", "-f", network, conf=fleet_containers_conf(root))
+    FleetNetwork(fleet_id).remove_firewall()
     return found
 
 
