@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +86,21 @@ def containers_of(fleet_id: str, root: Path, instance: str | None = None) -> lis
     filters = ["--filter", f"label={FLEET_LABEL}={fleet_id}"]
     if instance is not None:
         filters += ["--filter", f"label={INSTANCE_LABEL}={instance}"]
-    out = podman("ps", "-a", "--format", "json", *filters, conf=fleet_containers_conf(root)).stdout
-    return [_container(row) for row in json.loads(out or "[]")]
+    # `podman ps` fails now and then while a container it lists is being torn down (its network
+    # namespace just went): asked again, it answers.
+    for _ in range(20):
+        p = podman("ps", "-a", "--format", "json", *filters, conf=fleet_containers_conf(root), check=False)
+        if p.returncode == 0:
+            return [_container(row) for row in json.loads(p.stdout or "[]")]
+        time.sleep(0.05)
+    raise ListingFailed(f"podman ps failed ({p.returncode}): {p.stderr.strip()}")
+
+
+class ListingFailed(AssertionError):
+    """`podman ps` kept failing; its message names the containers it failed on."""
+
+    def containers(self) -> list[str]:
+        return sorted(set(re.findall(r"container ([0-9a-f]{64})", str(self))))
 
 
 def _container(row: dict[str, Any]) -> Container:
@@ -100,11 +115,22 @@ def inspect(container: str, root: Path) -> dict[str, Any]:
 
 
 def remove_containers_of(fleet_id: str, root: Path) -> list[Container]:
-    """Remove (by force) every container labelled for the fleet; returns those there were."""
-    found = containers_of(fleet_id, root)
-    if found:
-        podman("rm", "-f", "-t", "0", *[c.id for c in found], conf=fleet_containers_conf(root))
-    return found
+    """Remove (by force) every container labelled for the fleet; returns those there were.
+
+    A container podman cannot list (its network namespace mount was lost: "unknown FS magic") is
+    removed by the id the failed listing names, and the fleet's are listed again."""
+    for _ in range(5):
+        try:
+            found = containers_of(fleet_id, root)
+        except ListingFailed as e:
+            if not e.containers():
+                raise
+            podman("rm", "-f", "-t", "0", *e.containers(), conf=fleet_containers_conf(root), check=False)
+            continue
+        if found:
+            podman("rm", "-f", "-t", "0", *[c.id for c in found], conf=fleet_containers_conf(root))
+        return found
+    return containers_of(fleet_id, root)
 
 
 def networks_of(fleet_id: str, root: Path) -> list[str]:
