@@ -159,13 +159,16 @@ def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_
     assert podman("container", "exists", stray, conf=fleet_containers_conf(fleet.root), check=False).returncode == 1
     actions = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]
     assert "instance.reattach" in actions
+    reported = [e for e in fleet.cli("events", "--instance", "ghost", "--json").json()
+                if e["action"] == "instance.strays"]
+    assert len(reported) == 1 and f"foundry-fleet-{fleet.fleet_id}-ghost" in reported[0]["message"], reported
 
 
 def _start_a_container_the_fleet_does_not_know(fleet: FleetHarness, like: str, name: str) -> str:
     """A container labelled as the fleet's instance `name`, which the fleet has no record of (as a crash
     between starting a container and recording it leaves one), running the image `like` runs."""
     image = inspect(like, fleet.root)["ImageName"]  # node only: its command is node's
-    out = podman("run", "-d", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
+    out = podman("run", "-d", "--init", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
                  "--label", f"{FLEET_LABEL}={fleet.fleet_id}", "--label", f"{INSTANCE_LABEL}={name}",
                  image, "node", "-e", "setInterval(() => {}, 1000)", conf=fleet_containers_conf(fleet.root)).stdout
     return out.strip()
