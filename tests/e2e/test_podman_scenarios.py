@@ -135,11 +135,12 @@ def test_a_crashed_server_is_back_in_one_container_through_the_edge(running: Run
 
 
 def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_them(running: Running) -> None:
-    """Players stay connected through it all; a container with the fleet's labels that no instance owns
-    is removed by the next `up`."""
+    """Players stay connected through it all. Meanwhile one container died (started again by the next
+    `up`), and one with the fleet's labels appeared that no instance owns (removed by the next `up`)."""
     fleet = running.fleet
     before = running.alice_running()
     container = _the_container_of(fleet, "alice")
+    bobs = _the_container_of(fleet, "bob")
     https_port, ca = _edge(fleet)
     with wss(https_port, "alice.localhost", "/-/socket.io/", ca) as ws:
         fleet.daemons[-1].send_signal(signal.SIGKILL)
@@ -147,6 +148,8 @@ def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_
         assert inspect(container, fleet.root)["State"]["Running"] is True  # conmon keeps it
         ws.send("players stay connected")
         assert ws.recv(timeout=5) == "players stay connected"
+        podman("kill", bobs, conf=fleet_containers_conf(fleet.root))
+        wait_until(lambda: not inspect(bobs, fleet.root)["State"]["Running"], 10, "bob's container to die")
         stray = _start_a_container_the_fleet_does_not_know(fleet, container, "ghost")
 
         fleet.up()
@@ -155,13 +158,19 @@ def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_
         assert _the_container_of(fleet, "alice") == container, "adopted, not started twice"
         ws.send("and after the daemon is back")
         assert ws.recv(timeout=5) == "and after the daemon is back"
+    fleet.wait_state("bob", "running")
+    assert _the_container_of(fleet, "bob") != bobs and _status_through_the_edge(fleet, "bob") == 200
     wait_until(lambda: fleet.containers("ghost") == [], 10, "the unknown container to be removed")
     assert podman("container", "exists", stray, conf=fleet_containers_conf(fleet.root), check=False).returncode == 1
-    actions = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]
-    assert "instance.reattach" in actions
+    assert "instance.reattach" in _actions(fleet, "alice")
+    assert "instance.lost" in _actions(fleet, "bob")
     reported = [e for e in fleet.cli("events", "--instance", "ghost", "--json").json()
                 if e["action"] == "instance.strays"]
     assert len(reported) == 1 and f"foundry-fleet-{fleet.fleet_id}-ghost" in reported[0]["message"], reported
+
+
+def _actions(fleet: FleetHarness, name: str) -> list[str]:
+    return [e["action"] for e in fleet.cli("events", "--instance", name, "--json").json()]
 
 
 def _start_a_container_the_fleet_does_not_know(fleet: FleetHarness, like: str, name: str) -> str:

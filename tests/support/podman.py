@@ -43,6 +43,10 @@ def podman_missing() -> str | None:
     for tool in ("podman", "runc"):
         if shutil.which(tool) is None:
             return f"needs {tool} (`make test` installs it)"
+    from foundry_fleet.runtime.podman.containers_conf import find_init
+
+    if find_init() is None:
+        return "needs catatonit, the containers' init (`make test` installs it)"
     return None
 
 
