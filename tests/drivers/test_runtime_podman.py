@@ -306,7 +306,8 @@ def test_wait_returns_the_exit_code_of_a_crash(world: World) -> None:
     run(scenario)
 
 
-def test_stop_is_graceful_sigterm_reaches_node_through_the_init(world: World) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_is_graceful_the_signal_reaches_node_through_the_init(world: World, sig: int) -> None:
     spec = world.spec("polite")
 
     async def scenario() -> None:
@@ -315,13 +316,13 @@ def test_stop_is_graceful_sigterm_reaches_node_through_the_init(world: World) ->
         await asyncio.to_thread(wait_for_status, spec.port, None, 20.0)
         waiter = asyncio.create_task(runtime.wait_task(handle))
         started = time.monotonic()
-        await runtime.stop_task(handle, STOP_TIMEOUT)
+        await runtime.stop_task(handle, STOP_TIMEOUT, sig)
         took = time.monotonic() - started
         result = await asyncio.wait_for(waiter, 5)
-        assert took < 3, f"stop took {took:.1f} s: SIGTERM did not reach node"
+        assert took < 3, f"stop took {took:.1f} s: the signal did not reach node"
         assert result.exit_code == 0, result
         lines = [line async for line in runtime.logs(handle, 20)]
-        assert any("SIGTERM received, shutting down" in line for line in lines), lines
+        assert any(f"{signal.Signals(sig).name} received, shutting down" in line for line in lines), lines
         await runtime.destroy_task(handle)
 
     run(scenario)

@@ -168,10 +168,7 @@ class PodmanRuntime:
         caps.append(Capability("rootful", not rootless,
                                "containers run rootful: one unprivileged uid per instance inside"
                                if not rootless else "Podman runs rootless: instance uids cannot be mapped"))
-        cgroups = host.get("cgroupVersion", "?")
-        caps.append(Capability("cgroup limits", True,
-                               f"memory, CPU and pids limits per container (cgroups {cgroups}, "
-                               f"{host.get('cgroupManager', '?')})"))
+        caps.append(_cgroup_capability(host))
         init = find_init()
         caps.append(Capability("init", init is not None,
                                f"{init} forwards SIGTERM to the server" if init
@@ -391,6 +388,23 @@ class PodmanRuntime:
     def _log_tail(path: Path, lines: int) -> list[str]:
         # Partial lines join up, so read a few more raw lines than asked for.
         return list(server_lines(logs.tail(path, lines * 2)))[-lines:] if lines > 0 else []
+
+
+def _cgroup_capability(host: dict[str, Any]) -> Capability:
+    version = host.get("cgroupVersion", "?")
+    if version == "v2":
+        try:
+            present = set(Path("/sys/fs/cgroup/cgroup.controllers").read_text().split())
+        except OSError:
+            present = set()
+    else:
+        present = {c for c in ("memory", "cpu", "pids") if Path("/sys/fs/cgroup", c).is_dir()}
+    missing = [c for c in ("memory", "cpu", "pids") if c not in present]
+    where = f"cgroups {version}, {host.get('cgroupManager', '?')}"
+    if missing:
+        return Capability("cgroup limits", False, f"no {', '.join(missing)} controller ({where}): those limits "
+                                                  "are not enforced")
+    return Capability("cgroup limits", True, f"memory, CPU and pids limits per container ({where})")
 
 
 def _container(handle: TaskHandle) -> str:
