@@ -46,7 +46,8 @@ from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.podman import FLEET_LABEL, INSTANCE_LABEL, podman_missing
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(podman_missing() is not None, reason=str(podman_missing()))]
+MISSING = podman_missing()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,8 @@ def test_each_instance_is_a_container_named_and_labelled_for_the_fleet_published
         c = by_instance[name]
         assert c.name == f"foundry-fleet-{fleet.fleet_id}-{name}" and c.state == "running", c
         assert c.labels[FLEET_LABEL] == fleet.fleet_id and c.labels[INSTANCE_LABEL] == name
+        # No image is configured (and no registry reachable): the one built from the host's node, shared.
+        assert c.image.startswith("localhost/foundry-fleet/node:") and c.image == by_instance["alice"].image
         port = fleet.instance(name)["port"]
         bindings = fleet.podman.inspect(c.id)["HostConfig"]["PortBindings"]
         assert bindings == {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}, bindings
