@@ -2,7 +2,7 @@
 
 All of the fleet's containers sit on one Podman bridge network of the fleet's own
 (`foundry-fleet-<fleet id>`, interface `ff<fleet id>`), NATed out like Podman's default. Two iptables
-chains of the fleet's, jumped to first from INPUT and FORWARD (IPv4; the network has no IPv6), close
+chains of the fleet's, jumped to first from INPUT and FORWARD (IPv4, and IPv6 shut entirely), close
 what a hostile tenant would try next:
 
 - INPUT: every new connection from the bridge to the host itself is refused, whichever host address
@@ -80,21 +80,22 @@ class FleetNetwork:
     # ---------------------------------------------------------------- iptables
 
     def input_script(self, family: str) -> str:
-        rules = []
-        if family == "IPv4":
-            new = f"-i {self.interface} -m conntrack --ctstate NEW"
-            rules = [f"-A {self.input_chain} {new} -p tcp -j REJECT --reject-with tcp-reset",
-                     f"-A {self.input_chain} {new} -j REJECT"]
+        # Both families: the containers have no IPv6 (container_spec turns it off), but a link-local
+        # IPv6 address on the bridge would otherwise reach host services listening on [::].
+        new = f"-i {self.interface} -m conntrack --ctstate NEW"
+        rules = [f"-A {self.input_chain} {new} -p tcp -j REJECT --reject-with tcp-reset",
+                 f"-A {self.input_chain} {new} -j REJECT"]
         return _script(self.input_chain, rules)
 
     def forward_script(self, family: str) -> str:
-        rules = []
+        i = f"-i {self.interface}"
+        rules = [f"-A {self.forward_chain} {i} -o {self.interface} -j DROP"]
         if family == "IPv4":
-            i = f"-i {self.interface}"
-            rules = [f"-A {self.forward_chain} {i} -o {self.interface} -j DROP",
-                     f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -p tcp -j REJECT --reject-with tcp-reset",
-                     f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -j REJECT",
-                     f"-A {self.forward_chain} {i} -m addrtype --dst-type LOCAL -j REJECT"]
+            rules += [f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -p tcp -j REJECT --reject-with tcp-reset",
+                      f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -j REJECT",
+                      f"-A {self.forward_chain} {i} -m addrtype --dst-type LOCAL -j REJECT"]
+        else:
+            rules.append(f"-A {self.forward_chain} {i} -j DROP")  # the network routes no IPv6
         return _script(self.forward_chain, rules)
 
     def firewall(self) -> Capability:
@@ -155,6 +156,10 @@ def _script(chain: str, rules: list[str]) -> str:
 
 
 def _bridge_filtered() -> bool:
+    if not BRIDGE_NF.exists():
+        # The module that shows bridged traffic to iptables is not loaded; loaded, it defaults to on.
+        # (Set to 0 by the host's admin, it stays 0: that is theirs to decide, and is reported.)
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
     try:
         return BRIDGE_NF.read_text().strip() == "1"
     except OSError:
