@@ -661,3 +661,35 @@ def test_a_lost_namespace_mount_is_restored_and_a_dead_containers_forwarding_swe
         await fresh.destroy_task(again)
 
     run(scenario)
+
+
+@pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="needs slirp4netns (make test installs it)")
+def test_a_local_runtimes_forwarder_on_the_same_host_leaves_the_containers_namespace_mounts(world: World) -> None:
+    """slirp4netns' sandbox detaches a root whose submounts are still shared with the host: started as
+    it was, each local instance's forwarder unmounted every container's namespace under /run/netns."""
+    from foundry_fleet.runtime.network import PrivateNetworks
+
+    spec = world.spec("neighbourly")
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "30"])
+
+    async def scenario() -> None:
+        runtime = world.fresh()
+        handle = await runtime.start_task(spec)
+        key = handle.state["netns"]
+        assert os.path.ismount(key)
+        networks = PrivateNetworks(world.place.root / "net")
+        ours = os.readlink("/proc/self/ns/net")
+        await asyncio.to_thread(wait_until, lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != ours, 5,
+                                "the namespace", 0.01)
+        forwarder = await networks.start("local-one", holder.pid, free_port())
+        try:
+            assert os.path.ismount(key), "the forwarder took the container's namespace mount"
+        finally:
+            networks.stop(forwarder)
+        await runtime.destroy_task(handle)
+
+    try:
+        run(scenario)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -212,9 +212,6 @@ class PodmanRuntime:
             state["conmon"] = conmon
         if settings.get("SandboxKey"):
             state["netns"] = settings["SandboxKey"]
-        addresses = [n.get("IPAddress") for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")]
-        if addresses:
-            state["address"] = addresses[0]
         return TaskHandle(DRIVER, spec.name, time.time(), state)
 
     async def _create_and_start(self, spec: TaskSpec, plan: container_spec.ContainerPlan) -> str:
@@ -227,6 +224,8 @@ class PodmanRuntime:
                 return cid
             except ExternalFailure as e:
                 await self._call(lambda api, cid=cid: api.remove(cid))
+                # Podman set the network up before runc failed and does not always take it down.
+                await self._sweep_forwarding(cid, spec.port)
                 if attempt < START_ATTEMPTS and _runtime_hiccup(e.message):
                     continue
                 last = await asyncio.to_thread(self._log_tail, plan.log_path, 5)
@@ -234,6 +233,14 @@ class PodmanRuntime:
                                       f"{' | '.join(last) if last else 'nothing in the log'}",
                                       f"see {plan.log_path}") from None
         raise AssertionError("unreachable")
+
+    async def _sweep_forwarding(self, cid: str, port: int | None) -> int:
+        """Take away the port forwarding of a container that is gone (see destroy_task); how many rules."""
+        if self.network is None:
+            return 0
+        if self.network.subnet is None:
+            await self._call(self.network.ensure)
+        return await asyncio.to_thread(fleet_network.sweep_forwarding, cid, self.network.subnet, port)
 
     @staticmethod
     def _check_spec(spec: TaskSpec) -> None:
@@ -301,16 +308,15 @@ class PodmanRuntime:
         await self._heal(cid)
         await self._call(lambda api: api.remove(cid))
         self._exits.pop(cid, None)
+        # Podman does not tear a container's network down when its namespace mount was lost before it
+        # ended: what netavark left would catch the next container published on the same port.
+        port = handle.state.get("port")
+        if await self._sweep_forwarding(cid, port if isinstance(port, int) else None):
+            self._events.append(TaskEvent(handle.name, "repaired", "removed the port forwarding Podman left "
+                                                                   "behind for its container"))
         netns = handle.state.get("netns")
-        if isinstance(netns, str) and await asyncio.to_thread(host_state.namespace_lost, netns):
-            # Podman could not tear its network down (the namespace mount was lost before it ended):
-            # what netavark left would catch the next container published on the same port.
-            address, port = handle.state.get("address"), handle.state.get("port")
-            await asyncio.to_thread(fleet_network.sweep_forwarding, cid, address if isinstance(address, str) else None,
-                                    port if isinstance(port, int) else None)
+        if isinstance(netns, str):
             await asyncio.to_thread(host_state.forget_namespace_file, Path(netns))
-            self._events.append(TaskEvent(handle.name, "repaired", "removed the port forwarding Podman left for "
-                                                                   "its container (its network namespace was lost)"))
 
     # ------------------------------------------------------------------ the other verbs
 
@@ -352,6 +358,8 @@ class PodmanRuntime:
                 continue
             names = entry.get("Names") or [entry.get("Id", "?")[:12]]
             await self._call(lambda api, ident=entry["Id"]: api.remove(ident))
+            ports = [p.get("host_port") for p in entry.get("Ports") or [] if isinstance(p.get("host_port"), int)]
+            await self._sweep_forwarding(entry["Id"], ports[0] if ports else None)
             self._events.append(TaskEvent(instance or names[0], "strays",
                                           f"removed container {names[0]} ({entry.get('State', '?')}), "
                                           f"which the fleet no longer knows"))

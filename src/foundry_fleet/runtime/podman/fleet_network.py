@@ -43,23 +43,28 @@ class FleetNetwork:
         self.input_chain = _checked_chain(f"FF-{fleet_id}-IN")
         self.forward_chain = _checked_chain(f"FF-{fleet_id}-FWD")
         self._ready = False
+        self.subnet: str | None = None  # once ensured
 
     # ---------------------------------------------------------------- the Podman network
 
     async def ensure(self, api: PodmanApi) -> str:
         """The network's name, created (and firewalled) if it is not there yet."""
-        if self._ready and await api.network(self.name) is not None:
+        found = await api.network(self.name)
+        if self._ready and found is not None:
             return self.name
-        if await api.network(self.name) is None:
+        if found is None:
             try:
-                await api.create_network({
+                found = await api.create_network({
                     "name": self.name, "driver": "bridge", "network_interface": self.interface,
                     "dns_enabled": False, "internal": False, "ipv6_enabled": False,
                     "labels": {FLEET_LABEL: self.fleet_id},
                 })
             except PodmanRefused:
-                if await api.network(self.name) is None:  # not made meanwhile by another start
+                found = await api.network(self.name)
+                if found is None:  # not made meanwhile by another start
                     raise
+        subnets = found.get("subnets") or []
+        self.subnet = subnets[0].get("subnet") if subnets else None
         cap = await asyncio.to_thread(self.firewall)
         self._ready = cap.available
         return self.name
@@ -126,22 +131,19 @@ class FleetNetwork:
         _remove_chain(self.forward_chain, "FORWARD")
 
 
-def sweep_forwarding(container_id: str, address: str | None, port: int | None) -> int:
-    """Delete the port forwarding rules netavark left for a container it could not tear down (its
-    namespace mount was lost): the jump naming the container and the DNAT to its address. Without
-    this, a later container published on the same port would never be reached (the stale rule
-    comes first). How many rules went."""
+def sweep_forwarding(container_id: str, subnet: str | None, port: int | None) -> int:
+    """Delete the port forwarding netavark left for a container it did not tear down (its namespace
+    mount was lost, or its start failed half-way): the jump naming the container, and the rules for its
+    port in the forwarding chain of the network with `subnet`. Left there, they would catch the next
+    container published on that port (the stale rule comes first). How many rules went."""
     if not re.fullmatch(r"[0-9a-f]{64}", container_id):
         return 0
     listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
-    stale = []
-    for line in listed.stdout.splitlines():
-        if not line.startswith("-A NETAVARK"):
-            continue
-        if f"id: {container_id}" in line:
-            stale.append(line)
-        elif address and port and f"--to-destination {address}:{port}" in line and f"--dport {port} " in line:
-            stale.append(line)
+    rules = [line for line in listed.stdout.splitlines() if line.startswith("-A NETAVARK")]
+    ours = {line.split()[1] for line in rules
+            if subnet and line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+    stale = [line for line in rules
+             if f"id: {container_id}" in line or (port and line.split()[1] in ours and f"--dport {port} " in line)]
     removed = 0
     for line in stale:
         args = shlex.split(line)
