@@ -14,15 +14,18 @@ MADE: list[FleetHarness] = []  # every fleet of this run, for the check that non
 
 
 def leftovers_of_made_fleets() -> list[str]:
-    """Tear down every fleet of this run that is still running or left control groups behind, and say
-    which: each is a test that did not clean up after itself."""
+    """Tear down every fleet of this run that is still running or left control groups or containers
+    behind, and say which: each is a test that did not clean up after itself."""
     found = []
     for h in MADE:
-        if h.running() or groups_under(h.cgroup_parent):
-            was_running = h.running()
+        containers = h.containers() if h.uses_podman() else []
+        if h.running() or groups_under(h.cgroup_parent) or containers:
+            what = ("daemon still running" if h.running() else
+                    f"containers left: {', '.join(c.name for c in containers)}" if containers else
+                    "control groups left")
             try:
                 h.tear_down()
-                found.append(f"{h.root}: {'daemon still running' if was_running else 'control groups left'}")
+                found.append(f"{h.root}: {what}")
             except AssertionError as e:
                 found.append(str(e))
     MADE.clear()
@@ -38,7 +41,9 @@ def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetH
     h.tear_down()
 
 
-def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
+def make_fleet(tmp_path: Path, runtime: str = "local", **overrides: str) -> FleetHarness:
+    """A fleet at `tmp_path`/fleet whose instances run on `runtime` ("local" or "podman"); `overrides`
+    replace text of the generated fleet.toml (old=new)."""
     from foundry_fleet.services.init import init_fleet
 
     # Under pytest's own temp dir, whose parents are mode 0700 like /root: instances running as
@@ -65,4 +70,22 @@ def make_fleet(tmp_path: Path, **overrides: str) -> FleetHarness:
         **overrides,
     }.items():
         h.edit_config(key, value)
+    if runtime != "local":
+        set_runtime(h, runtime)
     return h
+
+
+def set_runtime(h: FleetHarness, driver: str) -> None:
+    """`[runtime] driver = ...` in the fleet's configuration, whether or not it names a runtime yet."""
+    import re
+
+    text = h.config.read_text()
+    section = re.search(r"^\[runtime\]\n(?:(?!\[).*\n)*", text, re.MULTILINE)
+    if section is None:
+        h.config.write_text(text.rstrip("\n") + f'\n\n[runtime]\ndriver = "{driver}"\n')
+        return
+    body = section.group(0)
+    line = re.compile(r"^driver\s*=.*$", re.MULTILINE)
+    new_body = line.sub(f'driver = "{driver}"', body, count=1) if line.search(body) else \
+        body.replace("[runtime]\n", f'[runtime]\ndriver = "{driver}"\n', 1)
+    h.config.write_text(text[:section.start()] + new_body + text[section.end():])
