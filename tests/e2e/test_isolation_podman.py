@@ -219,8 +219,11 @@ def test_it_writes_its_data_and_its_own_tmpfs_only(podman_fleet: PodmanFleet) ->
     writable = seen.pop("writable")
     assert seen.pop("ownData") == "ok"
     assert (alice.data_dir / "Data" / "alice.txt").read_text() == "mine"  # the host's copy of its data
-    for target, outcome in seen.items():
-        assert outcome in ("EROFS", "EACCES", "EPERM", "EBUSY"), (target, outcome)
+    # Refused by the mounts themselves (read-only), not only by file modes a root-owned tree happens
+    # to have: the release and the shared assets are hard links and directories the host writes.
+    assert seen.pop("/sys/fs/cgroup") in ("EROFS", "EACCES")  # (a root-owned tmpfs holding ro mounts)
+    assert seen.pop("moveShared") == seen.pop("removeShared") == "EBUSY"  # a mount point stays put
+    assert seen == dict.fromkeys(seen, "EROFS"), seen
     # Its data, and the container's own memory-backed mounts (private, in its memory limit, gone with
     # it): no host directory. (What else takes a write is a device such as /dev/null, bound over the
     # /proc files podman masks.)
@@ -268,10 +271,11 @@ def test_it_reaches_neither_its_neighbour_nor_the_fleets_files_and_sockets(podma
           out(result);
         }})();
     """)
+    # Not there at all (not merely unreadable by its uid: file modes alone would say EACCES).
     for path, outcomes in seen["files"].items():
-        assert all(o in ("ENOENT", "EACCES") for o in outcomes), (path, outcomes)
+        assert outcomes == ["ENOENT"] * 4, (path, outcomes)
     for path, outcome in seen["sockets"].items():
-        assert outcome in ("ENOENT", "EACCES", "ECONNREFUSED"), (path, outcome)
+        assert outcome == "ENOENT", (path, outcome)
     # Bob's data directory is nowhere in alice's mounts, and the path next to its own leads nowhere.
     assert str(bob.data_dir) not in seen["mountinfo"] and "/bob/" not in seen["mountinfo"]
     if seen["ownHostPath"]:
