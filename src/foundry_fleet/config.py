@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -108,6 +109,7 @@ class ReleasesSection(_Section):
 
 class RuntimeSection(_Section):
     driver: str = Field("local", description='what runs instances: "local" (bubblewrap on this host), '
+                                             '"podman" (a rootful Podman container each; see [podman]), '
                                              '"fake" (in memory, for tests)')
 
     @field_validator("driver")
@@ -118,6 +120,36 @@ class RuntimeSection(_Section):
         if v not in RUNTIMES:
             raise ValueError(f"unknown runtime driver {v!r}; known: {', '.join(sorted(RUNTIMES))}")
         return v
+
+
+class PodmanSection(_Section):
+    """The podman runtime: which API socket, which Node.js image per Node major.
+
+    `image_node<major>` keys (any major), e.g. `image_node20 = "docker.io/library/node:20-slim"`: the
+    image to run for that Node major, pulled when not present; without one (or when it cannot be had)
+    the fleet builds an image offline from the host's node binary.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    socket: Path | None = Field(None, description="an already running Podman API socket; default: the fleet "
+                                                  "runs its own at <root>/run/podman/podman.sock")
+    pull_timeout: float = Field(60.0, gt=0, le=HOUR, description="seconds a configured image may take to pull")
+
+    @model_validator(mode="after")
+    def _image_keys(self) -> PodmanSection:
+        for key, value in (self.model_extra or {}).items():
+            if not re.fullmatch(r"image_node[0-9]{1,3}", key):
+                raise ValueError(f"unknown key {key!r}: [podman] takes socket, pull_timeout and "
+                                 "image_node<major> (e.g. image_node20)")
+            if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+                raise ValueError(f"{key} must be an image reference such as \"docker.io/library/node:20-slim\"")
+        return self
+
+    def image_for(self, major: int) -> str | None:
+        """The configured image for Node.js `major`, or None."""
+        value = (self.model_extra or {}).get(f"image_node{major}")
+        return value if isinstance(value, str) else None
 
 
 class NodeSection(_Section):
@@ -272,6 +304,7 @@ class FleetConfig(_Section):
     releases: ReleasesSection = ReleasesSection()
     node: NodeSection = NodeSection()
     runtime: RuntimeSection = RuntimeSection()
+    podman: PodmanSection = PodmanSection()
     instances: InstancesSection = InstancesSection()
     supervisor: SupervisorSection = SupervisorSection()
     limits: LimitsSection = LimitsSection()
@@ -310,6 +343,9 @@ def load_config(path: Path) -> FleetConfig:
     releases = raw.get("releases")
     if isinstance(releases, dict) and isinstance(releases.get("cache_dir"), str):
         releases["cache_dir"] = str((base / releases["cache_dir"]).resolve())
+    podman = raw.get("podman")
+    if isinstance(podman, dict) and isinstance(podman.get("socket"), str) and podman["socket"]:
+        podman["socket"] = str((base / podman["socket"]).resolve())
     discord = raw.get("discord")
     if isinstance(discord, dict):
         for key in ("token_file", "client_secret_file"):

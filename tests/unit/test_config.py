@@ -168,7 +168,42 @@ def test_every_float_setting_is_bounded() -> None:
             if field.annotation is float:
                 seen.append(f"{section_name}.{name}")
                 assert any(getattr(m, "le", None) is not None for m in field.metadata), f"{section_name}.{name}"
-    assert sorted(seen) == sorted(key for _line, key in FLOAT_KEYS)
+    # [podman] is commented out in the template; its float is checked in test_podman_section_*.
+    assert sorted(seen) == sorted([*(key for _line, key in FLOAT_KEYS), "podman.pull_timeout"])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e30"])
+def test_podman_section_refuses_an_unbounded_pull_timeout(tmp_path: Path, value: str) -> None:
+    path = init_fleet(tmp_path)
+    path.write_text(path.read_text() + f"\n[podman]\npull_timeout = {value}\n")
+    with pytest.raises(InvalidInput) as e:
+        load_config(path)
+    assert "[podman.pull_timeout]" in e.value.message
+
+
+def test_podman_section_images_per_node_major_and_socket_relative_to_the_file(tmp_path: Path) -> None:
+    path = init_fleet(tmp_path)
+    path.write_text(path.read_text() + '\n[podman]\nimage_node20 = "docker.io/library/node:20-slim"\n'
+                                       'socket = "sock/podman.sock"\n')
+    config = load_config(path)
+    assert config.podman.image_for(20) == "docker.io/library/node:20-slim"
+    assert config.podman.image_for(22) is None
+    assert config.podman.socket == (tmp_path / "sock" / "podman.sock").resolve()
+    assert config.podman.pull_timeout == 60.0
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ('image_nodeX = "node:20"', "image_node<major>"),
+    ('imagenode20 = "node:20"', "image_node<major>"),
+    ('image_node20 = "node 20"', "image reference"),
+    ("image_node20 = 20", "image reference"),
+])
+def test_podman_section_refuses_unknown_keys_and_bad_images(tmp_path: Path, line: str, says: str) -> None:
+    path = init_fleet(tmp_path)
+    path.write_text(path.read_text() + f"\n[podman]\n{line}\n")
+    with pytest.raises(InvalidInput) as e:
+        load_config(path)
+    assert "[podman" in e.value.message and says in e.value.message
 
 
 @pytest.mark.parametrize("where", ["plan", "destination"])

@@ -23,16 +23,34 @@ def test_the_local_runtime_is_the_default_and_fake_is_one_line_away(tmp_path: Pa
     assert local.log_dir_of is not None and local.log_dir_of("alice") == config.paths.instance_logs("alice")
     path.write_text(path.read_text() + '\n[runtime]\ndriver = "fake"\n')
     assert isinstance(make_runtime(load_config(path)), FakeRuntime)
-    assert set(RUNTIMES) == {"local", "fake"}
+    assert set(RUNTIMES) == {"local", "podman", "fake"}
+
+
+def test_the_podman_runtime_is_built_for_the_fleet_from_its_section(tmp_path: Path) -> None:
+    from foundry_fleet.runtime.podman.driver import PodmanRuntime
+    from foundry_fleet.wiring.runtimes import fleet_id
+
+    path = init_fleet(tmp_path / "f")
+    path.write_text(path.read_text() + '\n[runtime]\ndriver = "podman"\n')
+    config = load_config(path)
+    runtime = make_runtime(config)
+    assert isinstance(runtime, PodmanRuntime) and runtime.fleet_id == fleet_id(config)
+    assert runtime.service.own and runtime.service.socket_path == config.paths.run / "podman" / "podman.sock"
+    assert runtime.network is not None and runtime.network.name == f"foundry-fleet-{fleet_id(config)}"
+    assert runtime.log_dir_of is not None and runtime.log_dir_of("alice") == config.paths.instance_logs("alice")
+    path.write_text(path.read_text() + '\n[podman]\nsocket = "/run/elsewhere.sock"\n')
+    other = make_runtime(load_config(path))
+    assert isinstance(other, PodmanRuntime) and not other.service.own
+    assert other.service.socket_path == Path("/run/elsewhere.sock")
 
 
 def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
     path = init_fleet(tmp_path / "f")
-    path.write_text(path.read_text() + '\n[runtime]\ndriver = "podman"\n')
+    path.write_text(path.read_text() + '\n[runtime]\ndriver = "nomad"\n')
     with pytest.raises(InvalidInput) as info:
         load_config(path)
-    assert "runtime.driver" in info.value.message and "unknown runtime driver 'podman'" in info.value.message
-    assert "known: fake, local" in info.value.message
+    assert "runtime.driver" in info.value.message and "unknown runtime driver 'nomad'" in info.value.message
+    assert "known: fake, local, podman" in info.value.message
 
 
 def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> None:
@@ -53,7 +71,9 @@ def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> Non
 
     port_kinds = {name: kind(fn) for name, fn in verbs.items()}
     port_kinds["logs"] = "async iterator"  # declared as a plain def returning AsyncIterator in the port
-    for driver in (LocalRuntime, FakeRuntime):
+    from foundry_fleet.runtime.podman.driver import PodmanRuntime
+
+    for driver in (LocalRuntime, FakeRuntime, PodmanRuntime):
         got = {name: kind(getattr(driver, name)) for name in verbs}
         assert got == port_kinds, driver
         params = {name: list(inspect.signature(getattr(driver, name)).parameters) for name in verbs}

@@ -266,3 +266,43 @@ def test_a_task_that_cannot_start_fails_the_instance_with_the_drivers_reason(wor
         assert world.actions("alice") == ["instance.strays", "instance.start"]
 
     run(world, scenario)
+
+
+class ForgetfulRuntime(FakeRuntime):
+    """A runtime whose tasks can outlive the daemon unrecorded (as containers do): it offers forget_unknown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[set[str], set[str]]] = []  # (known, what was running then)
+
+    async def forget_unknown(self, known: set[str]) -> list[str]:
+        from foundry_fleet.runtime.base import TaskEvent
+
+        running = {name for name in ("alice", "bob", "gone") if self.running(name)}
+        self.asked.append((set(known), running))
+        self._events.append(TaskEvent("gone", "strays", "removed container of an instance nobody knows"))
+        return ["gone"]
+
+
+def test_a_runtime_that_can_list_its_tasks_is_asked_to_forget_unknown_ones_before_anything_starts(
+        world: World) -> None:
+    world.add("alice")
+    world.add("bob", desired="stopped")
+    runtime = ForgetfulRuntime()
+    world.runtime = runtime
+
+    async def main() -> None:
+        first = world.supervisor()
+        await first.start()
+        await until(state_is(world, "alice", "running"), "alice to run")
+        await first.shutdown(stop_instances=False)
+        second = world.supervisor()
+        await second.start()
+        try:
+            # Asked once per start, before any instance starts; alice's recorded task is known.
+            assert runtime.asked == [(set(), set()), ({"alice"}, {"alice"})]
+            assert world.messages("gone", "instance.strays") == ["removed container of an instance nobody knows"] * 2
+        finally:
+            await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())

@@ -37,6 +37,31 @@ def _local(config: FleetConfig) -> Runtime:
     )
 
 
+def _podman(config: FleetConfig) -> Runtime:
+    from foundry_fleet.runtime.podman.driver import PodmanRuntime
+    from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
+    from foundry_fleet.runtime.podman.images import NodeImages
+    from foundry_fleet.runtime.podman.service import PodmanService
+    from foundry_fleet.services.node_binaries import resolve_node
+
+    tag = fleet_id(config)
+    run = config.paths.run / "podman"
+    podman = config.podman
+    return PodmanRuntime(
+        fleet_id=tag,
+        service=PodmanService(run, podman.socket),
+        images=lambda api: NodeImages(
+            api.http,
+            node=lambda generation: resolve_node(config.node, generation),
+            configured=podman.image_for,
+            work_dir=run / "images",
+            pull_timeout=podman.pull_timeout,
+        ),
+        log_dir_of=config.paths.instance_logs,
+        network=FleetNetwork(tag),
+    )
+
+
 def _fake(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.fake import FakeRuntime
 
@@ -45,6 +70,7 @@ def _fake(config: FleetConfig) -> Runtime:
 
 RUNTIMES: dict[str, Callable[[FleetConfig], Runtime]] = {
     "local": _local,
+    "podman": _podman,
     "fake": _fake,
 }
 

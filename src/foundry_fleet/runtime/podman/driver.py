@@ -1,0 +1,360 @@
+"""The podman runtime: each instance in a rootful Podman container, driven through the libpod REST API.
+
+The container is the task. Its name (`foundry-fleet-<fleet id>-<instance>`) and labels say whose it
+is; the handle's state holds its id, name, port and log file. conmon, not the daemon, is the
+container's parent, so the containers outlive a `kill -9` of the daemon (and of Podman's API service):
+`recover_task` finds them again by id, and `forget_unknown` removes the fleet's containers that no
+record claims any more. What a container gets is container_spec.py's business; the API service is
+service.py's (started and restarted on demand); the images are images.py's; the network that keeps
+containers off the host and off each other is fleet_network.py's.
+
+Every call that finds the API silent asks the service to come back, and tries once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal as signals
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupported
+from foundry_fleet.runtime import logs, procfs
+from foundry_fleet.runtime.base import (
+    Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+)
+from foundry_fleet.runtime.podman import container_spec
+from foundry_fleet.runtime.podman.api import NoSuchObject, PodmanApi, PodmanRefused, PodmanUnreachable
+from foundry_fleet.runtime.podman.container_logs import server_lines
+from foundry_fleet.runtime.podman.containers_conf import find_init
+from foundry_fleet.runtime.podman.service import PodmanService
+from foundry_fleet.runtime.task_dirs import prepare_dirs
+
+DRIVER = "podman"
+T = TypeVar("T")
+# A container that has not stopped this long after SIGKILL is reported, not waited for forever.
+KILL_GRACE = 10.0
+
+
+class ImageSource(Protocol):
+    async def ensure(self, generation: int, progress: Any = None) -> str: ...
+
+
+class PodmanRuntime:
+    name = DRIVER
+    capabilities = Capabilities(isolation="container", limits=True, needs_image=True, multi_node=False)
+
+    def __init__(
+        self,
+        fleet_id: str,
+        service: PodmanService,
+        images: Callable[[PodmanApi], ImageSource],
+        *,
+        log_dir_of: Callable[[str], Path] | None = None,
+        network: Any = None,
+    ) -> None:
+        """`images(api)` makes the image source (NodeImages) on the service's API client;
+        `network`: the fleet's isolated network (fleet_network.FleetNetwork), None for Podman's own bridge."""
+        self.fleet_id = fleet_id
+        self.service = service
+        self.log_dir_of = log_dir_of
+        self.network = network
+        self._images_factory = images
+        self._images: ImageSource | None = None
+        self._events: list[TaskEvent] = []
+        self._exits: dict[str, TaskExit] = {}
+
+    @property
+    def api(self) -> PodmanApi:
+        return self.service.api
+
+    @property
+    def images(self) -> ImageSource:
+        if self._images is None:
+            self._images = self._images_factory(self.api)
+        return self._images
+
+    async def _call(self, call: Callable[[PodmanApi], Awaitable[T]]) -> T:
+        """`call(api)`; when the API is silent, the service is brought back and it is tried once more."""
+        try:
+            return await call(self.api)
+        except PodmanUnreachable:
+            return await call(await self.service.ensure())
+
+    # ------------------------------------------------------------------ open / close / health
+
+    async def open(self) -> list[Capability]:
+        """Start (or find) the API service, set up the fleet's network; health lines."""
+        try:
+            await self.service.ensure()
+        except (ExternalFailure, Unsupported) as e:
+            return [Capability("podman", False, f"{e.message} ({e.hint})" if e.hint else e.message)]
+        caps = await self.fingerprint()
+        if self.network is not None:
+            caps.append(await self.network.open(self.api))
+        return caps
+
+    async def close(self, instances_left_running: bool) -> None:
+        if self.network is not None and not instances_left_running:
+            try:
+                await self.network.close(self.api)
+            except ExternalFailure:
+                pass  # a silent service: the chain goes at the next close
+        await self.service.stop()
+
+    async def fingerprint(self) -> list[Capability]:
+        """What Podman offers here. Asks the API only when it answers: a status check must not start
+        the fleet's service (the daemon's `open` does)."""
+        api = self.api
+        if not await api.ping():
+            if self.service.own:
+                return [Capability("podman", False, f"the fleet's Podman API service is not running "
+                                                    f"({self.service.socket_path}); the daemon starts it")]
+            return [Capability("podman", False, f"the configured Podman API socket {self.service.socket_path} "
+                                                f"does not answer")]
+        try:
+            info = await api.info()
+            version = (await api.version()).get("Version", "?")
+        except ExternalFailure as e:
+            return [Capability("podman", False, e.message)]
+        host = info.get("host") or {}
+        where = "the fleet's own service" if self.service.own else "a configured socket"
+        caps = [Capability("podman", True, f"Podman {version} API at {self.service.socket_path} ({where})")]
+        oci = host.get("ociRuntime") or {}
+        runtime_name = oci.get("name", "?")
+        caps.append(Capability("oci runtime", runtime_name == "runc",
+                               f"{runtime_name} {(oci.get('version') or '').splitlines()[0] if oci.get('version') else ''}"
+                               .strip() + ("" if runtime_name == "runc" else " (runc is the one known to work here)")))
+        rootless = bool((host.get("security") or {}).get("rootless"))
+        caps.append(Capability("rootful", not rootless,
+                               "containers run rootful: one unprivileged uid per instance inside"
+                               if not rootless else "Podman runs rootless: instance uids cannot be mapped"))
+        cgroups = host.get("cgroupVersion", "?")
+        caps.append(Capability("cgroup limits", True,
+                               f"memory, CPU and pids limits per container (cgroups {cgroups}, "
+                               f"{host.get('cgroupManager', '?')})"))
+        init = find_init()
+        caps.append(Capability("init", init is not None,
+                               f"{init} forwards SIGTERM to the server" if init
+                               else "no catatonit: SIGTERM would not reach Node (apt install catatonit)"))
+        return caps
+
+    # ------------------------------------------------------------------ start
+
+    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        await asyncio.to_thread(self._check_spec, spec)
+        image = await self.images.ensure(spec.release.generation)
+        network = None
+        if self.network is not None:
+            network = await self._call(self.network.ensure)
+        owner = await asyncio.to_thread(_owner, spec.data_dir)
+        try:
+            plan = container_spec.build(spec, image, self.fleet_id, network=network, data_owner=owner)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        # A daemon that died between creating a container and recording it left one nobody knows; it
+        # would hold the name and the port, so it goes first.
+        stale = await self._call(lambda api: api.inspect(plan.name))
+        if stale is not None:
+            await self._call(lambda api: api.remove(plan.name))
+            self._events.append(TaskEvent(spec.name, "strays",
+                                          f"removed container {plan.name} ({_state(stale)}), which no record knew"))
+        cid = await self._call(lambda api: api.create(plan.body))
+        try:
+            await self._call(lambda api: api.start(cid))
+        except ExternalFailure as e:
+            last = await asyncio.to_thread(self._log_tail, plan.log_path, 5)
+            await self._call(lambda api: api.remove(cid))
+            raise ExternalFailure(f"instance {spec.name} did not start: {e.message}; last log lines: "
+                                  f"{' | '.join(last) if last else 'nothing in the log'}",
+                                  f"see {plan.log_path}") from None
+        return TaskHandle(DRIVER, spec.name, time.time(),
+                          {"container": cid, "container_name": plan.name, "port": spec.port,
+                           "log": str(plan.log_path)})
+
+    @staticmethod
+    def _check_spec(spec: TaskSpec) -> None:
+        for label, path in (("install", spec.install_dir), ("data", spec.data_dir)):
+            if not Path(path).is_dir():
+                raise InvalidInput(f"{label} directory {path} of {spec.name} does not exist")
+        if spec.shared_dir is not None and not Path(spec.shared_dir).is_dir():
+            raise InvalidInput(f"shared directory {spec.shared_dir} does not exist")
+        # The log directory, and Data/shared as the mount point of the shared assets.
+        prepare_dirs(spec, True, spec.uid, spec.gid)
+
+    # ------------------------------------------------------------------ wait / stop / destroy
+
+    async def wait_task(self, handle: TaskHandle) -> TaskExit:
+        cid = _container(handle)
+        known = self._exits.get(cid)
+        if known is not None:
+            return known
+        while True:
+            try:
+                await self.api.wait(cid)
+                break
+            except PodmanUnreachable:
+                # The service died under the wait; conmon still holds the container.
+                await self.service.ensure()
+            except PodmanRefused:
+                break  # removed meanwhile (404, or 500 while being removed): inspect says what is left
+        info = await self._call(lambda api: api.inspect(cid))
+        if info is None:
+            return TaskExit(exit_code=None, signal=None)
+        result = _exit_of(info)
+        self._exits[cid] = result
+        return result
+
+    async def stop_task(self, handle: TaskHandle, timeout: float, signal: int = signals.SIGTERM) -> None:
+        cid = _container(handle)
+        seconds = max(0, math.ceil(timeout))
+        if signal != signals.SIGTERM:
+            await self._call(lambda api: api.kill(cid, signal))
+            try:
+                await asyncio.wait_for(self.api.wait(cid), timeout)
+            except (TimeoutError, NoSuchObject, PodmanUnreachable):
+                pass
+            seconds = 0
+        await self._call(lambda api: api.stop(cid, seconds))
+
+    async def destroy_task(self, handle: TaskHandle) -> None:
+        cid = _container(handle)
+        await self._call(lambda api: api.remove(cid))
+        self._exits.pop(cid, None)
+
+    # ------------------------------------------------------------------ the other verbs
+
+    async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
+        info = await self._call(lambda api: api.inspect(_container(handle)))
+        if info is None or not (info.get("State") or {}).get("Running"):
+            return TaskStatus(running=False)
+        init_pid = int(info["State"].get("Pid") or 0) or None
+        server = procfs.children(init_pid)[:1] if init_pid else []
+        return TaskStatus(running=True, pid=server[0] if server else init_pid)
+
+    async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
+        if handle.driver != DRIVER or not isinstance(handle.state.get("container"), str):
+            return None  # not a task this driver could have started
+        cid = _container(handle)
+        info = await self._call(lambda api: api.inspect(cid))
+        if info is None:
+            return None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(container_spec.FLEET_LABEL) != self.fleet_id:
+            return None  # another fleet's: not ours to touch
+        if (info.get("State") or {}).get("Running"):
+            return handle
+        await self._call(lambda api: api.remove(cid))  # exited while the control plane was down
+        return None
+
+    async def forget_unknown(self, known: set[str]) -> list[str]:
+        """Remove the fleet's containers of instances not in `known` (those whose recorded task the
+        control plane will recover); each is reported as an event. Their instance names."""
+        found = await self._call(lambda api: api.list(container_spec.fleet_labels(self.fleet_id)))
+        removed = []
+        for entry in found:
+            labels = entry.get("Labels") or {}
+            instance = labels.get(container_spec.INSTANCE_LABEL, "")
+            if instance in known:
+                continue
+            names = entry.get("Names") or [entry.get("Id", "?")[:12]]
+            await self._call(lambda api, ident=entry["Id"]: api.remove(ident))
+            self._events.append(TaskEvent(instance or names[0], "strays",
+                                          f"removed container {names[0]} ({entry.get('State', '?')}), "
+                                          f"which the fleet no longer knows"))
+            removed.append(instance)
+        return removed
+
+    async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
+        try:
+            stats = await self._call(lambda api: api.stats(_container(handle)))
+        except ExternalFailure:
+            return None  # not running (409) or gone
+        if not stats:
+            return None
+        return TaskStats(rss_bytes=int(stats.get("MemUsage") or 0),
+                         cpu_seconds=int(stats.get("CPUNano") or 0) / 1e9)
+
+    async def address(self, handle: TaskHandle) -> Address:
+        port = handle.state.get("port")
+        if not isinstance(port, int):
+            raise ExternalFailure(f"the task of {handle.name} does not say which port it listens on",
+                                  "restart the instance")
+        return Address("127.0.0.1", port)
+
+    def port_is_free(self, port: int) -> bool:
+        """Nothing on this host holds `port` (Podman holds a published port while its container runs)."""
+        for host in ("127.0.0.1", "0.0.0.0"):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    return False
+        return True
+
+    async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        path = self._log_path(task)
+        for line in await asyncio.to_thread(self._log_tail, path, lines):
+            yield line
+        if not follow:
+            return
+        done = False
+        lines_after = server_lines(logs.follow(path, stop=lambda: done))
+        try:
+            while (line := await asyncio.to_thread(next, lines_after, None)) is not None:
+                yield line
+        finally:
+            done = True
+
+    def take_events(self) -> list[TaskEvent]:
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ helpers
+
+    def _log_path(self, task: TaskHandle | str) -> Path:
+        if isinstance(task, TaskHandle):
+            recorded = task.state.get("log")
+            if isinstance(recorded, str):
+                return Path(recorded)
+            task = task.name
+        if self.log_dir_of is None:
+            raise Unsupported(f"no log directory is known for {task}")
+        return self.log_dir_of(task) / container_spec.LOG_NAME
+
+    @staticmethod
+    def _log_tail(path: Path, lines: int) -> list[str]:
+        # Partial lines join up, so read a few more raw lines than asked for.
+        return list(server_lines(logs.tail(path, lines * 2)))[-lines:] if lines > 0 else []
+
+
+def _container(handle: TaskHandle) -> str:
+    cid = handle.state.get("container")
+    if not isinstance(cid, str) or not cid:
+        raise InvalidInput(f"the task handle of {handle.name} names no container", "restart the instance")
+    return cid
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_uid, st.st_gid
+
+
+def _state(info: dict[str, Any]) -> str:
+    return str((info.get("State") or {}).get("Status", "?"))
+
+
+def _exit_of(info: dict[str, Any]) -> TaskExit:
+    state = info.get("State") or {}
+    code = int(state.get("ExitCode") or 0)
+    oom = bool(state.get("OOMKilled"))
+    # The init reports a server killed by signal N as 128 + N, as a shell does.
+    if 128 < code <= 128 + 64:
+        return TaskExit(exit_code=None, signal=code - 128, oom_killed=oom)
+    return TaskExit(exit_code=code, signal=None, oom_killed=oom)

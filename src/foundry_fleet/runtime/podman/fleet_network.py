@@ -1,0 +1,133 @@
+"""The fleet's container network: out to the world, but not to the host nor from one container to another.
+
+All of the fleet's containers sit on one Podman bridge network of the fleet's own
+(`foundry-fleet-<fleet id>`, interface `ff<fleet id>`), NATed out like Podman's default. Two iptables
+chains of the fleet's, jumped to first from INPUT and FORWARD (IPv4; the network has no IPv6), close
+what a hostile tenant would try next:
+
+- INPUT: every new connection from the bridge to the host itself is refused, whichever host address
+  it dials (the bridge's gateway, the host's public address, 127.0.0.1 through the gateway): the
+  host's own services (sshd, databases, the fleet's API) are not the tenants' business. The edge's
+  connections to the published ports go the other way (OUTPUT, then DNAT into the bridge) and their
+  answers are not new, so they pass.
+- FORWARD: frames from the bridge to the bridge (container to container; iptables sees bridged traffic
+  when the kernel's br_netfilter passes it on, `net.bridge.bridge-nf-call-iptables = 1`), and
+  connections to link-local addresses (cloud metadata at 169.254.169.254) are dropped.
+
+DNS: the containers use the host's resolvers as listed in its resolv.conf (Podman copies them), which
+are forwarded like any other outside address; a resolver on the host's loopback would not be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from foundry_fleet.runtime.base import Capability
+from foundry_fleet.runtime.firewall import _checked_chain, _load_chain, _remove_chain, _chain_rules
+from foundry_fleet.runtime.podman.api import PodmanApi, PodmanRefused
+from foundry_fleet.runtime.podman.container_spec import FLEET_LABEL
+
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+LINK_LOCAL = "169.254.0.0/16"
+
+
+class FleetNetwork:
+    def __init__(self, fleet_id: str) -> None:
+        self.fleet_id = fleet_id
+        self.name = f"foundry-fleet-{fleet_id}"
+        self.interface = f"ff{fleet_id}"[:15]
+        self.input_chain = _checked_chain(f"FF-{fleet_id}-IN")
+        self.forward_chain = _checked_chain(f"FF-{fleet_id}-FWD")
+        self._ready = False
+
+    # ---------------------------------------------------------------- the Podman network
+
+    async def ensure(self, api: PodmanApi) -> str:
+        """The network's name, created (and firewalled) if it is not there yet."""
+        if self._ready and await api.network(self.name) is not None:
+            return self.name
+        if await api.network(self.name) is None:
+            try:
+                await api.create_network({
+                    "name": self.name, "driver": "bridge", "network_interface": self.interface,
+                    "dns_enabled": False, "internal": False, "ipv6_enabled": False,
+                    "labels": {FLEET_LABEL: self.fleet_id},
+                })
+            except PodmanRefused:
+                if await api.network(self.name) is None:  # not made meanwhile by another start
+                    raise
+        cap = await asyncio.to_thread(self.firewall)
+        self._ready = cap.available
+        return self.name
+
+    async def open(self, api: PodmanApi) -> Capability:
+        await self.ensure(api)
+        return await asyncio.to_thread(self.firewall)
+
+    async def close(self, api: PodmanApi) -> None:
+        """Remove the chains, and the network once no container uses it."""
+        await asyncio.to_thread(self.remove_firewall)
+        self._ready = False
+        try:
+            await api.remove_network(self.name)
+        except PodmanRefused:
+            pass  # still used by a container: it goes with the last one's next close
+
+    # ---------------------------------------------------------------- iptables
+
+    def input_script(self, family: str) -> str:
+        rules = []
+        if family == "IPv4":
+            new = f"-i {self.interface} -m conntrack --ctstate NEW"
+            rules = [f"-A {self.input_chain} {new} -p tcp -j REJECT --reject-with tcp-reset",
+                     f"-A {self.input_chain} {new} -j REJECT"]
+        return _script(self.input_chain, rules)
+
+    def forward_script(self, family: str) -> str:
+        rules = []
+        if family == "IPv4":
+            i = f"-i {self.interface}"
+            rules = [f"-A {self.forward_chain} {i} -o {self.interface} -j DROP",
+                     f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -p tcp -j REJECT --reject-with tcp-reset",
+                     f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -j REJECT",
+                     f"-A {self.forward_chain} {i} -m addrtype --dst-type LOCAL -j REJECT"]
+        return _script(self.forward_chain, rules)
+
+    def firewall(self) -> Capability:
+        """Load both chains (atomically, idempotent) and put their jumps first."""
+        done_in, failed_in = _load_chain(self.input_chain, "INPUT", self.input_script)
+        done_fwd, failed_fwd = _load_chain(self.forward_chain, "FORWARD", self.forward_script)
+        if "IPv4" not in done_in or "IPv4" not in done_fwd:
+            why = "; ".join(failed_in + failed_fwd) or "iptables is not installed (apt install iptables)"
+            return Capability("network isolation", False,
+                              f"containers on {self.name} can reach the host's services: {why}")
+        detail = (f"containers on {self.name} reach the outside, not the host (chain {self.input_chain}) "
+                  f"nor link-local addresses (chain {self.forward_chain})")
+        if not _bridge_filtered():
+            return Capability("network isolation", False,
+                              f"{detail}; but they can reach each other directly: bridged traffic bypasses "
+                              f"iptables (modprobe br_netfilter; sysctl net.bridge.bridge-nf-call-iptables=1)")
+        return Capability("network isolation", True, f"{detail} nor each other")
+
+    def rules(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for chain, builtin in ((self.input_chain, "INPUT"), (self.forward_chain, "FORWARD")):
+            for family, lines in _chain_rules(chain, builtin).items():
+                out.setdefault(family, []).extend(lines)
+        return out
+
+    def remove_firewall(self) -> None:
+        _remove_chain(self.input_chain, "INPUT")
+        _remove_chain(self.forward_chain, "FORWARD")
+
+
+def _script(chain: str, rules: list[str]) -> str:
+    return f"*filter\n:{chain} - [0:0]\n" + "".join(f"{r}\n" for r in rules) + "COMMIT\n"
+
+
+def _bridge_filtered() -> bool:
+    try:
+        return BRIDGE_NF.read_text().strip() == "1"
+    except OSError:
+        return False
