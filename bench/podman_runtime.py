@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -486,6 +487,9 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: both runtimes run instances as their own uids, podman rootful")
+    missing = [tool for tool in ("node", "podman", "runc", "bwrap", "slirp4netns") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"needs {', '.join(missing)} (make test installs them)")
     asyncio.run(run(args.rounds, args.idle))
 
 
