@@ -538,3 +538,49 @@ def test_containers_reach_the_outside_but_not_the_host_metadata_or_each_other(wo
     assert results.pop(seen["neighbour"]) in ("ECONNREFUSED", "timeout", "EHOSTUNREACH")
     assert results, "the host's own addresses were probed"
     assert all(v in ("ECONNREFUSED", "timeout") for v in results.values()), json.dumps(results)  # the host
+
+
+# ----------------------------------------------------------------------------- the host's side
+
+
+def test_a_lost_namespace_mount_is_restored_and_a_dead_containers_forwarding_swept(world: World) -> None:
+    """Podman keeps each container's network namespace as a mount under /run/netns; on a shared host
+    that mount can go (seen here), after which Podman fails every listing and leaves the container's
+    port forwarding behind when it stops. The runtime mounts it again from the container's init."""
+    alive, dying = world.spec("lost"), world.spec("lostdead")
+
+    async def scenario() -> None:
+        runtime = world.fresh()
+        handle = await runtime.start_task(alive)
+        dead = await runtime.start_task(dying)
+        await asyncio.to_thread(wait_for_status, alive.port, None, 20.0)
+        await asyncio.to_thread(wait_for_status, dying.port, None, 20.0)
+        assert runtime.host_processes() and all(
+            "conmon" in open(f"/proc/{p}/comm").read() for p in runtime.host_processes())
+        keys = {}
+        for h in (handle, dead):
+            info = await runtime.api.inspect(h.state["container"])
+            keys[h.name] = info["NetworkSettings"]["SandboxKey"]
+            done = subprocess.run(["umount", "-l", keys[h.name]], capture_output=True, text=True)
+            assert done.returncode == 0, (done.stderr, open("/proc/self/mountinfo").read())
+            assert not os.path.ismount(keys[h.name])
+        # Listing (every container, as forget_unknown does) works again once the runtime remounts them.
+        fresh = world.fresh()
+        assert await fresh.forget_unknown({"lost", "lostdead"}) == []
+        assert os.path.ismount(keys["lost"]) and os.path.ismount(keys["lostdead"])
+        # A container that dies without its namespace mount: what netavark leaves is swept.
+        subprocess.run(["umount", "-l", keys["lostdead"]], check=True)
+        await asyncio.to_thread(get, dying.port, "/-/__crash?code=3")
+        assert (await fresh.wait_task(dead)).exit_code == 3
+        await fresh.destroy_task(dead)
+        nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout.splitlines()
+        left = [line for line in nat if dead.state["container"] in line
+                or (f"--dport {dying.port} " in line and "DNAT" in line)]
+        assert not left, left
+        again = await fresh.start_task(dying)  # the same port serves again
+        await asyncio.to_thread(wait_for_status, dying.port, None, 20.0)
+        await fresh.stop_task(handle, STOP_TIMEOUT)
+        await fresh.destroy_task(handle)
+        await fresh.destroy_task(again)
+
+    run(scenario)

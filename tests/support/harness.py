@@ -17,7 +17,7 @@ import httpx
 
 from foundry_fleet.domain import instance_layout
 from tests.support.cgroups import describe, fleet_cgroup_parent, remove_fleet_firewall, remove_groups
-from tests.support.podman import Container, containers_of, remove_containers_of, uses_podman
+from tests.support.podman import Container, containers_of, remove_fleet_podman, uses_podman
 
 BIN = Path(sys.executable).parent / "foundry-fleet"
 
@@ -179,12 +179,12 @@ class FleetHarness:
 
     def tear_down(self) -> None:
         """Stop the daemons, end every process of the fleet (instances and Caddy, also those a test left
-        running on purpose, and the podman service it started) and remove the fleet's containers and
-        control groups. Fails when a group cannot be removed: a process of the fleet survived its test."""
+        running on purpose, and the podman service it started) and remove the fleet's containers, network
+        and control groups. Fails when a group cannot be removed: a process of the fleet survived its test."""
         self.stop_daemons()
         if self.uses_podman():
             # Before the processes: a container's conmon and the fleet's podman service are among them.
-            remove_containers_of(self.fleet_id, self.root)
+            remove_fleet_podman(self.fleet_id, self.root)
         kill_processes_with(str(self.root))  # instances (--dataPath=...), Caddy (--config .../edge/...)
         left = remove_groups(self.cgroup_parent)
         assert not left, f"the fleet at {self.root} left control groups behind: {describe(left)}"

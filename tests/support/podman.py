@@ -1,5 +1,6 @@
 """The podman side of a test fleet: the containers the fleet labelled as its own, found and removed by
-that label when its test ends (a daemon killed on purpose leaves them running, as conmon keeps them).
+that label when its test ends (a daemon killed on purpose leaves them running, as conmon keeps them),
+then the fleet's network and its firewall chains (a daemon that stops cleanly removes them itself).
 
 The `podman` command runs with the fleet's own containers.conf (`<root>/run/podman/containers.conf`)
 when the fleet wrote one, else with one holding what this host needs (runc, explicit ulimits, cgroupfs,
@@ -11,9 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +86,21 @@ def containers_of(fleet_id: str, root: Path, instance: str | None = None) -> lis
     filters = ["--filter", f"label={FLEET_LABEL}={fleet_id}"]
     if instance is not None:
         filters += ["--filter", f"label={INSTANCE_LABEL}={instance}"]
-    out = podman("ps", "-a", "--format", "json", *filters, conf=fleet_containers_conf(root)).stdout
-    return [_container(row) for row in json.loads(out or "[]")]
+    # `podman ps` fails now and then while a container it lists is being torn down (its network
+    # namespace just went): asked again, it answers.
+    for _ in range(20):
+        p = podman("ps", "-a", "--format", "json", *filters, conf=fleet_containers_conf(root), check=False)
+        if p.returncode == 0:
+            return [_container(row) for row in json.loads(p.stdout or "[]")]
+        time.sleep(0.05)
+    raise ListingFailed(f"podman ps failed ({p.returncode}): {p.stderr.strip()}")
+
+
+class ListingFailed(AssertionError):
+    """`podman ps` kept failing; its message names the containers it failed on."""
+
+    def containers(self) -> list[str]:
+        return sorted(set(re.findall(r"container ([0-9a-f]{64})", str(self))))
 
 
 def _container(row: dict[str, Any]) -> Container:
@@ -99,10 +115,39 @@ def inspect(container: str, root: Path) -> dict[str, Any]:
 
 
 def remove_containers_of(fleet_id: str, root: Path) -> list[Container]:
-    """Remove (by force) every container labelled for the fleet; returns those there were."""
-    found = containers_of(fleet_id, root)
-    if found:
-        podman("rm", "-f", "-t", "0", *[c.id for c in found], conf=fleet_containers_conf(root))
+    """Remove (by force) every container labelled for the fleet; returns those there were.
+
+    A container podman cannot list (its network namespace mount was lost: "unknown FS magic") is
+    removed by the id the failed listing names, and the fleet's are listed again."""
+    for _ in range(5):
+        try:
+            found = containers_of(fleet_id, root)
+        except ListingFailed as e:
+            if not e.containers():
+                raise
+            podman("rm", "-f", "-t", "0", *e.containers(), conf=fleet_containers_conf(root), check=False)
+            continue
+        if found:
+            podman("rm", "-f", "-t", "0", *[c.id for c in found], conf=fleet_containers_conf(root))
+        return found
+    return containers_of(fleet_id, root)
+
+
+def networks_of(fleet_id: str, root: Path) -> list[str]:
+    out = podman("network", "ls", "--format", "{{.Name}}", "--filter", f"label={FLEET_LABEL}={fleet_id}",
+                 conf=fleet_containers_conf(root)).stdout
+    return out.split()
+
+
+def remove_fleet_podman(fleet_id: str, root: Path) -> list[Container]:
+    """Remove the fleet's containers, then its networks and their firewall chains; returns the
+    containers there were."""
+    from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
+
+    found = remove_containers_of(fleet_id, root)
+    for network in networks_of(fleet_id, root):
+        podman("network", "rm", "-f", network, conf=fleet_containers_conf(root))
+    FleetNetwork(fleet_id).remove_firewall()
     return found
 
 

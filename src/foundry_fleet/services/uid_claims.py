@@ -230,8 +230,11 @@ def _hint(claimed: list[IdRange]) -> str:
     return f"set {SETTING} to a block no other fleet or process uses{suggestion}"
 
 
-def check_fleet(config: FleetConfig, sessions: sessionmaker[Session]) -> None:
-    """The daemon's check before it starts anything (as root, where instances get uids of uid_range)."""
+def check_fleet(config: FleetConfig, sessions: sessionmaker[Session], runtime_processes: Iterable[int] = ()) -> None:
+    """The daemon's check before it starts anything (as root, where instances get uids of uid_range).
+
+    `runtime_processes`: processes the runtime says hold the fleet's tasks (a container's monitor, for
+    drivers whose tasks are not this host's process trees); they and what runs below them are own."""
     with sessions() as s:
         tasks = [t for t in s.scalars(select(Instance.task).where(Instance.task.is_not(None))).all() if t]
     handles = []
@@ -241,5 +244,5 @@ def check_fleet(config: FleetConfig, sessions: sessionmaker[Session]) -> None:
             handles.append(LocalTask.of(TaskHandle.from_dict(task)))
         except (TypeError, ValueError):
             continue  # a handle of another shape or driver: the supervisor judges it
-    own = own_processes(handles, config.paths.instances)
+    own = own_processes(handles, config.paths.instances) | _descendants(set(runtime_processes))
     check_and_claim(config.root, config.instances.uid_range, own)

@@ -28,7 +28,7 @@ from foundry_fleet.runtime import logs, procfs
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
-from foundry_fleet.runtime.podman import container_spec
+from foundry_fleet.runtime.podman import container_spec, fleet_network, host_state
 from foundry_fleet.runtime.podman.api import NoSuchObject, PodmanApi, PodmanRefused, PodmanUnreachable
 from foundry_fleet.runtime.podman.container_logs import server_lines
 from foundry_fleet.runtime.podman.containers_conf import find_init
@@ -37,8 +37,8 @@ from foundry_fleet.runtime.task_dirs import prepare_dirs
 
 DRIVER = "podman"
 T = TypeVar("T")
-# A container that has not stopped this long after SIGKILL is reported, not waited for forever.
-KILL_GRACE = 10.0
+# Lost namespace mounts one call may repair (Podman reports them one at a time).
+MAX_REPAIRS = 50
 
 
 class ImageSource(Protocol):
@@ -80,11 +80,45 @@ class PodmanRuntime:
         return self._images
 
     async def _call(self, call: Callable[[PodmanApi], Awaitable[T]]) -> T:
-        """`call(api)`; when the API is silent, the service is brought back and it is tried once more."""
+        """`call(api)`; when the API is silent, the service is brought back, and when Podman failed on a
+        container's lost namespace mount (it names one at a time), that is mounted again; then it is
+        tried again."""
         try:
             return await call(self.api)
         except PodmanUnreachable:
-            return await call(await self.service.ensure())
+            await self.service.ensure()
+        except PodmanRefused as e:
+            if not await self._remount(host_state.lost_namespaces(e.message)):
+                raise
+        for _ in range(MAX_REPAIRS):
+            try:
+                return await call(self.api)
+            except PodmanRefused as e:
+                if not await self._remount(host_state.lost_namespaces(e.message)):
+                    raise
+        return await call(self.api)
+
+    async def _remount(self, lost: list[tuple[str, Path]]) -> bool:
+        repaired = False
+        for cid, path in lost:
+            info = await self.api.inspect(cid)
+            pid = int(((info or {}).get("State") or {}).get("Pid") or 0)
+            if pid and await asyncio.to_thread(host_state.remount_namespace, path, pid):
+                repaired = True
+        return repaired
+
+    async def _heal(self, cid: str) -> dict[str, Any] | None:
+        """The container's inspect document, its namespace mount restored first if it was lost."""
+        info = await self._call(lambda api: api.inspect(cid))
+        if info is None:
+            return None
+        key = (info.get("NetworkSettings") or {}).get("SandboxKey")
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        if await asyncio.to_thread(host_state.namespace_lost, key):
+            if pid and await asyncio.to_thread(host_state.remount_namespace, Path(key), pid):
+                self._events.append(TaskEvent(_instance(info), "repaired",
+                                              f"mounted the lost network namespace of its container at {key} again"))
+        return info
 
     # ------------------------------------------------------------------ open / close / health
 
@@ -173,9 +207,17 @@ class PodmanRuntime:
             raise ExternalFailure(f"instance {spec.name} did not start: {e.message}; last log lines: "
                                   f"{' | '.join(last) if last else 'nothing in the log'}",
                                   f"see {plan.log_path}") from None
-        return TaskHandle(DRIVER, spec.name, time.time(),
-                          {"container": cid, "container_name": plan.name, "port": spec.port,
-                           "log": str(plan.log_path)})
+        state: dict[str, object] = {"container": cid, "container_name": plan.name, "port": spec.port,
+                                    "log": str(plan.log_path)}
+        # Where Podman keeps its network: to tidy up after it, should its namespace mount be lost.
+        info = await self._call(lambda api: api.inspect(cid)) or {}
+        settings = info.get("NetworkSettings") or {}
+        if settings.get("SandboxKey"):
+            state["netns"] = settings["SandboxKey"]
+        addresses = [n.get("IPAddress") for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")]
+        if addresses:
+            state["address"] = addresses[0]
+        return TaskHandle(DRIVER, spec.name, time.time(), state)
 
     @staticmethod
     def _check_spec(spec: TaskSpec) -> None:
@@ -212,6 +254,7 @@ class PodmanRuntime:
 
     async def stop_task(self, handle: TaskHandle, timeout: float, signal: int = signals.SIGTERM) -> None:
         cid = _container(handle)
+        await self._heal(cid)  # Podman tears the network down as the container stops
         seconds = max(0, math.ceil(timeout))
         if signal != signals.SIGTERM:
             await self._call(lambda api: api.kill(cid, signal))
@@ -224,8 +267,19 @@ class PodmanRuntime:
 
     async def destroy_task(self, handle: TaskHandle) -> None:
         cid = _container(handle)
+        await self._heal(cid)
         await self._call(lambda api: api.remove(cid))
         self._exits.pop(cid, None)
+        netns = handle.state.get("netns")
+        if isinstance(netns, str) and await asyncio.to_thread(host_state.namespace_lost, netns):
+            # Podman could not tear its network down (the namespace mount was lost before it ended):
+            # what netavark left would catch the next container published on the same port.
+            address, port = handle.state.get("address"), handle.state.get("port")
+            await asyncio.to_thread(fleet_network.sweep_forwarding, cid, address if isinstance(address, str) else None,
+                                    port if isinstance(port, int) else None)
+            await asyncio.to_thread(host_state.forget_namespace_file, Path(netns))
+            self._events.append(TaskEvent(handle.name, "repaired", "removed the port forwarding Podman left for "
+                                                                   "its container (its network namespace was lost)"))
 
     # ------------------------------------------------------------------ the other verbs
 
@@ -241,7 +295,7 @@ class PodmanRuntime:
         if handle.driver != DRIVER or not isinstance(handle.state.get("container"), str):
             return None  # not a task this driver could have started
         cid = _container(handle)
-        info = await self._call(lambda api: api.inspect(cid))
+        info = await self._heal(cid)
         if info is None:
             return None
         labels = (info.get("Config") or {}).get("Labels") or {}
@@ -249,7 +303,7 @@ class PodmanRuntime:
             return None  # another fleet's: not ours to touch
         if (info.get("State") or {}).get("Running"):
             return handle
-        await self._call(lambda api: api.remove(cid))  # exited while the control plane was down
+        await self.destroy_task(handle)  # exited while the control plane was down
         return None
 
     async def forget_unknown(self, known: set[str]) -> list[str]:
@@ -269,6 +323,11 @@ class PodmanRuntime:
                                           f"which the fleet no longer knows"))
             removed.append(instance)
         return removed
+
+    def host_processes(self) -> set[int]:
+        """The monitors (conmon) of the fleet's containers on this host: with what runs below them, the
+        processes that are the fleet's own (its tenants' uids in use), found without the API."""
+        return host_state.fleet_monitors(self.fleet_id)
 
     async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
         try:
@@ -339,6 +398,11 @@ def _container(handle: TaskHandle) -> str:
     if not isinstance(cid, str) or not cid:
         raise InvalidInput(f"the task handle of {handle.name} names no container", "restart the instance")
     return cid
+
+
+def _instance(info: dict[str, Any]) -> str:
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return str(labels.get(container_spec.INSTANCE_LABEL) or info.get("Name") or "?")
 
 
 def _owner(path: Path) -> tuple[int, int]:

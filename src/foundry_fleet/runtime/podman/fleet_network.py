@@ -21,6 +21,9 @@ are forwarded like any other outside address; a resolver on the host's loopback 
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 from foundry_fleet.runtime.base import Capability
@@ -120,6 +123,31 @@ class FleetNetwork:
     def remove_firewall(self) -> None:
         _remove_chain(self.input_chain, "INPUT")
         _remove_chain(self.forward_chain, "FORWARD")
+
+
+def sweep_forwarding(container_id: str, address: str | None, port: int | None) -> int:
+    """Delete the port forwarding rules netavark left for a container it could not tear down (its
+    namespace mount was lost): the jump naming the container and the DNAT to its address. Without
+    this, a later container published on the same port would never be reached (the stale rule
+    comes first). How many rules went."""
+    if not re.fullmatch(r"[0-9a-f]{64}", container_id):
+        return 0
+    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
+    stale = []
+    for line in listed.stdout.splitlines():
+        if not line.startswith("-A NETAVARK"):
+            continue
+        if f"id: {container_id}" in line:
+            stale.append(line)
+        elif address and port and f"--to-destination {address}:{port}" in line and f"--dport {port} " in line:
+            stale.append(line)
+    removed = 0
+    for line in stale:
+        args = shlex.split(line)
+        args[0] = "-D"
+        if subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30).returncode == 0:
+            removed += 1
+    return removed
 
 
 def _script(chain: str, rules: list[str]) -> str:

@@ -1,0 +1,182 @@
+"""The local runtime's end-to-end scenarios, on the podman runtime: one fleet for the module, every
+instance in its own container, players through real Caddy.
+
+The scenarios that do not depend on how an instance is run are the local runtime's own test functions,
+imported: pytest collects them here too, where `running`, `upgrades` and `backups` are this module's
+podman fleet. What only a container shows (its name and labels, the port published on loopback only,
+the same container adopted after the daemon was killed, one the fleet does not know removed, none
+left after a crash or a delete) is tested below them.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_backups_scenarios import (  # noqa: F401 (collected here, on podman)
+    test_a_running_instance_restored_runs_again_on_the_snapshot_and_its_data_is_kept_as_safety,
+)
+from tests.e2e.test_fleet_scenarios import (  # noqa: F401 (collected here, on podman)
+    ADMIN_PASSWORD,
+    LICENSE,
+    Running,
+    create,
+    test_a_crash_loop_ends_in_failed_leaving_the_neighbour_alone_until_started_by_hand,
+    test_a_killed_server_is_back_within_seconds_with_a_new_pid,
+    test_an_instance_cannot_see_another_tenants_data,
+    test_an_instance_reads_shared_assets_but_cannot_write_them,
+    test_an_instance_runs_in_its_own_pid_namespace,
+    test_create_answers_with_a_running_instance_behind_the_edge,
+    test_delete_keeps_the_data_aside_and_a_new_instance_of_that_name_starts_empty,
+    test_each_instance_runs_as_its_own_uid,
+    test_foundrys_files_are_written_for_the_edge_and_secrets_are_private,
+    test_logs_show_the_servers_output,
+    test_stop_start_and_restart,
+)
+from tests.e2e.test_upgrade_scenarios import (  # noqa: F401 (collected here, on podman)
+    broken_release,
+    test_an_upgrade_to_a_healthy_release_is_kept_after_a_snapshot,
+    test_an_upgrade_to_a_release_that_does_not_start_is_rolled_back_data_and_all,
+)
+from tests.support.edge_client import https, local_ca, wss
+from tests.support.fleets import make_fleet
+from tests.support.harness import FleetHarness, wait_until
+from tests.support.podman import FLEET_LABEL, INSTANCE_LABEL, fleet_containers_conf, inspect, podman, podman_missing
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(podman_missing() is not None, reason=str(podman_missing()))]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[Running]:
+    """One podman fleet for the module, up, holding 13.345, 13.347 and the broken 13.400, with alice
+    (licence, owner, chosen password) and bob running; each other test makes its own instances."""
+    tmp = tmp_path_factory.mktemp("podman-scenarios")
+    fleet = make_fleet(tmp, runtime="podman")
+    try:
+        fleet.cli("release", "add", str(release_zips["node"]))
+        fleet.cli("release", "add", str(release_zips["wrapped"]))  # 13.347
+        fleet.cli("release", "add", str(broken_release(tmp)))  # 13.400
+        fleet.up()
+        password_file = tmp / "pw"
+        password_file.write_text(ADMIN_PASSWORD + "\n")
+        license_file = tmp / "license"
+        license_file.write_text(LICENSE + "\n")
+        created = create(fleet, "alice", "13.345", "--license-file", str(license_file),
+                         "--owner", "123456789012345678", "--admin-password-file", str(password_file))
+        (fleet.root / "shared" / "map.webp").write_bytes(b"shared asset")
+        bob = create(fleet, "bob", "13.345")["instance"]
+        yield Running(fleet, created, bob)
+    finally:
+        fleet.tear_down()
+    assert fleet.containers() == [], "the fleet's containers outlived its tear-down"
+
+
+@pytest.fixture(scope="module")
+def upgrades(running: Running) -> FleetHarness:
+    return running.fleet
+
+
+@pytest.fixture(scope="module")
+def backups(running: Running) -> FleetHarness:
+    return running.fleet
+
+
+def _edge(fleet: FleetHarness) -> tuple[int, Path]:
+    return fleet.settings().edge.https_port, local_ca(fleet.root)
+
+
+def _status_through_the_edge(fleet: FleetHarness, name: str) -> int:
+    port, ca = _edge(fleet)
+    return https(port, f"{name}.localhost", "/-/api/status", ca).status_code
+
+
+def _the_container_of(fleet: FleetHarness, name: str) -> str:
+    """The id of the one container the fleet keeps for `name` (fails if there are more, or none)."""
+    found = fleet.containers(name)
+    assert len(found) == 1, f"{name} has {len(found)} containers: {found}"
+    return found[0].id
+
+
+# --- what only a container shows ------------------------------------------------------------------------
+
+
+def test_each_instance_is_a_container_named_and_labelled_for_the_fleet_published_on_loopback_only(
+        running: Running) -> None:
+    fleet = running.fleet
+    running.alice_running()
+    by_instance = {c.instance: c for c in fleet.containers()}
+    assert {"alice", "bob"} <= set(by_instance)
+    for name in ("alice", "bob"):
+        c = by_instance[name]
+        assert c.name == f"foundry-fleet-{fleet.fleet_id}-{name}" and c.state == "running", c
+        assert c.labels[FLEET_LABEL] == fleet.fleet_id and c.labels[INSTANCE_LABEL] == name
+        port = fleet.instance(name)["port"]
+        bindings = inspect(c.id, fleet.root)["HostConfig"]["PortBindings"]
+        assert bindings == {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}, bindings
+        assert _status_through_the_edge(fleet, name) == 200
+    https_port, ca = _edge(fleet)
+    with wss(https_port, "alice.localhost", "/-/socket.io/", ca) as ws:
+        ws.send("hello from a player")
+        assert ws.recv(timeout=5) == "hello from a player"
+
+
+def test_a_crashed_server_is_back_in_one_container_through_the_edge(running: Running) -> None:
+    fleet = running.fleet
+    before = running.alice_running()
+    fleet.get(before["port"], "/-/__crash?code=9")
+    back = wait_until(lambda: (r := fleet.instance("alice"))["state"] == "running"
+                      and r["restarts"] > before["restarts"] and r, 20, "alice to come back")
+    assert back["restarts"] == before["restarts"] + 1
+    assert _status_through_the_edge(fleet, "alice") == 200
+    _the_container_of(fleet, "alice")  # the crashed one is not left beside it
+
+
+def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_them(running: Running) -> None:
+    """Players stay connected through it all; a container with the fleet's labels that no instance owns
+    is removed by the next `up`."""
+    fleet = running.fleet
+    before = running.alice_running()
+    container = _the_container_of(fleet, "alice")
+    https_port, ca = _edge(fleet)
+    with wss(https_port, "alice.localhost", "/-/socket.io/", ca) as ws:
+        fleet.daemons[-1].send_signal(signal.SIGKILL)
+        fleet.daemons[-1].wait()
+        assert inspect(container, fleet.root)["State"]["Running"] is True  # conmon keeps it
+        ws.send("players stay connected")
+        assert ws.recv(timeout=5) == "players stay connected"
+        stray = _start_a_container_the_fleet_does_not_know(fleet, container, "ghost")
+
+        fleet.up()
+        after = fleet.wait_state("alice", "running")
+        assert after["restarts"] == before["restarts"]
+        assert _the_container_of(fleet, "alice") == container, "adopted, not started twice"
+        ws.send("and after the daemon is back")
+        assert ws.recv(timeout=5) == "and after the daemon is back"
+    wait_until(lambda: fleet.containers("ghost") == [], 10, "the unknown container to be removed")
+    assert podman("container", "exists", stray, conf=fleet_containers_conf(fleet.root), check=False).returncode == 1
+    actions = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]
+    assert "instance.reattach" in actions
+
+
+def _start_a_container_the_fleet_does_not_know(fleet: FleetHarness, like: str, name: str) -> str:
+    """A container labelled as the fleet's instance `name`, which the fleet has no record of (as a crash
+    between starting a container and recording it leaves one), running the image `like` runs."""
+    image = inspect(like, fleet.root)["ImageName"]  # node only: its command is node's
+    out = podman("run", "-d", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
+                 "--label", f"{FLEET_LABEL}={fleet.fleet_id}", "--label", f"{INSTANCE_LABEL}={name}",
+                 image, "node", "-e", "setInterval(() => {}, 1000)", conf=fleet_containers_conf(fleet.root)).stdout
+    return out.strip()
+
+
+def test_a_deleted_instance_leaves_no_container_and_its_data_is_archived(running: Running) -> None:
+    fleet = running.fleet
+    inst = create(fleet, "gus", "13.345")["instance"]
+    _the_container_of(fleet, "gus")
+    Path(inst["data_dir"], "Data", "world.db").write_text("precious")
+    deleted = fleet.cli("instance", "delete", "gus")
+    kept = Path(deleted.out.split("data kept at ")[1].strip())
+    assert (kept / "data" / "Data" / "world.db").read_text() == "precious"
+    assert fleet.containers("gus") == []
