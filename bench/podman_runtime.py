@@ -50,6 +50,7 @@ from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.config import FleetConfig, load_config  # noqa: E402
 from foundry_fleet.domain.release import ReleaseLayout  # noqa: E402
 from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, Runtime, TaskHandle, TaskSpec  # noqa: E402
+from foundry_fleet.runtime.local_task import LocalTask  # noqa: E402
 from foundry_fleet.services.init import init_fleet  # noqa: E402
 from foundry_fleet.storage.trees import remove_tree  # noqa: E402
 from foundry_fleet.wiring.runtimes import fleet_id, make_runtime  # noqa: E402
@@ -345,10 +346,9 @@ def footprint(pids: list[int], server: int) -> Footprint:
 
 def local_extra(spec: TaskSpec, handle: TaskHandle, server: int) -> Footprint:
     """Bubblewrap's processes (the task's process group), its forwarder, its log writer."""
-    state = handle.state
-    tree = _children()
-    group = [p for p in _descendants(int(state["leader_pid"]), tree)]  # type: ignore[arg-type]
-    forwarder = [int(state["net_pid"])] if state.get("net_pid") else []  # type: ignore[arg-type]
+    task = LocalTask.of(handle)  # the local driver's own view of its processes
+    group = _descendants(task.leader_pid, _children())
+    forwarder = [task.net_pid] if task.net_pid else []
     log_dir = str(spec.log_dir).encode()
     writers = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _cmdline_has(e, log_dir)]
     return footprint(group + forwarder + writers, server)
@@ -406,8 +406,8 @@ async def run(rounds: int, idle: float) -> None:
         await bench.bare()
         await bench.runtime_start(local, local_config, "warm")
         _, warm_spec, warm = await bench.runtime_start(podman, podman_config, "warm", keep=True)
-        info = (await api.get(f"/containers/{warm.state.get('container_name') or warm.state.get('container')}/json"))
-        bench.image = info.json()["ImageName"]
+        container = f"foundry-fleet-{fleet_id(podman_config)}-{warm_spec.name}"  # the contract's name
+        bench.image = (await api.get(f"/containers/{container}/json")).json()["ImageName"]
         await bench.stop(podman, warm)
         bench.handles.clear()
         await bench.podman_own()
