@@ -207,6 +207,7 @@ def test_it_writes_its_data_and_its_own_tmpfs_only(podman_fleet: PodmanFleet) ->
         result.ownData = write('/data/Data/alice.txt');
         fs.writeFileSync('/data/Data/alice.txt', 'mine');
         fs.writeFileSync('/tmp/{marker}', 'in my tmpfs');
+        fs.writeFileSync('/dev/shm/{marker}', 'in my shared memory');
         // Every mount it can write to, found by trying each one.
         const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').trim().split('\\n').map((l) => {{
           const [pre, post] = l.split(' - ');
@@ -231,9 +232,9 @@ def test_it_writes_its_data_and_its_own_tmpfs_only(podman_fleet: PodmanFleet) ->
     assert directories.pop("/data", None) is not None, writable
     assert set(directories) <= {"/tmp", "/var/tmp", "/run", "/dev/shm", "/dev/mqueue"}, writable
     assert set(directories.values()) <= {"tmpfs", "mqueue"}, writable
-    # What it wrote in /tmp is its own: neither the host nor bob sees it.
-    assert not (Path("/tmp") / marker).exists()
-    assert bob.js(f"out(read('/tmp/{marker}'))") == "ENOENT"
+    # What it wrote in /tmp and /dev/shm is its own: neither the host nor bob sees it.
+    assert not (Path("/tmp") / marker).exists() and not (Path("/dev/shm") / marker).exists()
+    assert bob.js(f"out([read('/tmp/{marker}'), read('/dev/shm/{marker}')])") == ["ENOENT", "ENOENT"]
     assert not (podman_fleet.fleet.root / "shared" / "new.txt").exists()
     assert (podman_fleet.fleet.root / "shared").is_dir()
 
