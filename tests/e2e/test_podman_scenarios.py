@@ -44,9 +44,10 @@ from tests.e2e.test_upgrade_scenarios import (  # noqa: F401 (collected here, on
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness, wait_until
-from tests.support.podman import FLEET_LABEL, INSTANCE_LABEL, fleet_containers_conf, inspect, podman, podman_missing
+from tests.support.podman import FLEET_LABEL, INSTANCE_LABEL, podman_missing
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(podman_missing() is not None, reason=str(podman_missing()))]
+MISSING = podman_missing()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +114,10 @@ def test_each_instance_is_a_container_named_and_labelled_for_the_fleet_published
         c = by_instance[name]
         assert c.name == f"foundry-fleet-{fleet.fleet_id}-{name}" and c.state == "running", c
         assert c.labels[FLEET_LABEL] == fleet.fleet_id and c.labels[INSTANCE_LABEL] == name
+        # No image is configured (and no registry reachable): the one built from the host's node, shared.
+        assert c.image.startswith("localhost/foundry-fleet/node:") and c.image == by_instance["alice"].image
         port = fleet.instance(name)["port"]
-        bindings = inspect(c.id, fleet.root)["HostConfig"]["PortBindings"]
+        bindings = fleet.podman.inspect(c.id)["HostConfig"]["PortBindings"]
         assert bindings == {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}, bindings
         assert _status_through_the_edge(fleet, name) == 200
     https_port, ca = _edge(fleet)
@@ -135,18 +138,21 @@ def test_a_crashed_server_is_back_in_one_container_through_the_edge(running: Run
 
 
 def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_them(running: Running) -> None:
-    """Players stay connected through it all; a container with the fleet's labels that no instance owns
-    is removed by the next `up`."""
+    """Players stay connected through it all. Meanwhile one container died (started again by the next
+    `up`), and one with the fleet's labels appeared that no instance owns (removed by the next `up`)."""
     fleet = running.fleet
     before = running.alice_running()
     container = _the_container_of(fleet, "alice")
+    bobs = _the_container_of(fleet, "bob")
     https_port, ca = _edge(fleet)
     with wss(https_port, "alice.localhost", "/-/socket.io/", ca) as ws:
         fleet.daemons[-1].send_signal(signal.SIGKILL)
         fleet.daemons[-1].wait()
-        assert inspect(container, fleet.root)["State"]["Running"] is True  # conmon keeps it
+        assert fleet.podman.inspect(container)["State"]["Running"] is True  # conmon keeps it
         ws.send("players stay connected")
         assert ws.recv(timeout=5) == "players stay connected"
+        fleet.podman.run("kill", bobs)
+        wait_until(lambda: not fleet.podman.inspect(bobs)["State"]["Running"], 10, "bob's container to die")
         stray = _start_a_container_the_fleet_does_not_know(fleet, container, "ghost")
 
         fleet.up()
@@ -155,19 +161,28 @@ def test_the_daemon_killed_leaves_the_containers_running_and_the_next_up_adopts_
         assert _the_container_of(fleet, "alice") == container, "adopted, not started twice"
         ws.send("and after the daemon is back")
         assert ws.recv(timeout=5) == "and after the daemon is back"
+    fleet.wait_state("bob", "running")
+    assert _the_container_of(fleet, "bob") != bobs and _status_through_the_edge(fleet, "bob") == 200
     wait_until(lambda: fleet.containers("ghost") == [], 10, "the unknown container to be removed")
-    assert podman("container", "exists", stray, conf=fleet_containers_conf(fleet.root), check=False).returncode == 1
-    actions = [e["action"] for e in fleet.cli("events", "--instance", "alice", "--json").json()]
-    assert "instance.reattach" in actions
+    assert not fleet.podman.exists(stray)
+    assert "instance.reattach" in _actions(fleet, "alice")
+    assert "instance.lost" in _actions(fleet, "bob")
+    reported = [e for e in fleet.cli("events", "--instance", "ghost", "--json").json()
+                if e["action"] == "instance.strays"]
+    assert len(reported) == 1 and f"foundry-fleet-{fleet.fleet_id}-ghost" in reported[0]["message"], reported
+
+
+def _actions(fleet: FleetHarness, name: str) -> list[str]:
+    return [e["action"] for e in fleet.cli("events", "--instance", name, "--json").json()]
 
 
 def _start_a_container_the_fleet_does_not_know(fleet: FleetHarness, like: str, name: str) -> str:
     """A container labelled as the fleet's instance `name`, which the fleet has no record of (as a crash
     between starting a container and recording it leaves one), running the image `like` runs."""
-    image = inspect(like, fleet.root)["ImageName"]  # node only: its command is node's
-    out = podman("run", "-d", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
+    image = fleet.podman.inspect(like)["ImageName"]  # node only: its command is node's
+    out = fleet.podman.run("run", "-d", "--init", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
                  "--label", f"{FLEET_LABEL}={fleet.fleet_id}", "--label", f"{INSTANCE_LABEL}={name}",
-                 image, "node", "-e", "setInterval(() => {}, 1000)", conf=fleet_containers_conf(fleet.root)).stdout
+                 image, "node", "-e", "setInterval(() => {}, 1000)").stdout
     return out.strip()
 
 

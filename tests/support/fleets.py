@@ -18,10 +18,10 @@ def leftovers_of_made_fleets() -> list[str]:
     behind, and say which: each is a test that did not clean up after itself."""
     found = []
     for h in MADE:
-        containers = h.containers() if h.uses_podman() else []
+        containers = _containers_left(h)
         if h.running() or groups_under(h.cgroup_parent) or containers:
             what = ("daemon still running" if h.running() else
-                    f"containers left: {', '.join(c.name for c in containers)}" if containers else
+                    f"containers left: {', '.join(containers)}" if containers else
                     "control groups left")
             try:
                 h.tear_down()
@@ -30,6 +30,15 @@ def leftovers_of_made_fleets() -> list[str]:
                 found.append(str(e))
     MADE.clear()
     return found
+
+
+def _containers_left(h: FleetHarness) -> list[str]:
+    if not h.uses_podman():
+        return []
+    try:
+        return [c.name for c in h.containers()]
+    except AssertionError as e:  # podman could not list them: say why, and let the tear-down try
+        return [str(e)]
 
 
 def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetHarness]:

@@ -17,7 +17,7 @@ import httpx
 
 from foundry_fleet.domain import instance_layout
 from tests.support.cgroups import describe, fleet_cgroup_parent, remove_fleet_firewall, remove_groups
-from tests.support.podman import Container, containers_of, remove_fleet_podman, uses_podman
+from tests.support.podman import Container, FleetPodman, uses_podman
 
 BIN = Path(sys.executable).parent / "foundry-fleet"
 
@@ -173,9 +173,13 @@ class FleetHarness:
     def uses_podman(self) -> bool:
         return uses_podman(self.root, self.config)
 
+    @property
+    def podman(self) -> FleetPodman:
+        return FleetPodman(self.fleet_id, self.root)
+
     def containers(self, instance: str | None = None) -> list[Container]:
         """The fleet's podman containers (running or not), or one instance's."""
-        return containers_of(self.fleet_id, self.root, instance)
+        return self.podman.containers(instance)
 
     def tear_down(self) -> None:
         """Stop the daemons, end every process of the fleet (instances and Caddy, also those a test left
@@ -184,7 +188,7 @@ class FleetHarness:
         self.stop_daemons()
         if self.uses_podman():
             # Before the processes: a container's conmon and the fleet's podman service are among them.
-            remove_fleet_podman(self.fleet_id, self.root)
+            self.podman.remove_all()
         kill_processes_with(str(self.root))  # instances (--dataPath=...), Caddy (--config .../edge/...)
         left = remove_groups(self.cgroup_parent)
         assert not left, f"the fleet at {self.root} left control groups behind: {describe(left)}"

@@ -3,8 +3,14 @@ that label when its test ends (a daemon killed on purpose leaves them running, a
 then the fleet's network and its firewall chains (a daemon that stops cleanly removes them itself).
 
 The `podman` command runs with the fleet's own containers.conf (`<root>/run/podman/containers.conf`)
-when the fleet wrote one, else with one holding what this host needs (runc, explicit ulimits, cgroupfs,
-file events; see FIELD-NOTES "Podman"), so a clean-up never depends on the host's defaults.
+when the fleet wrote one, else with one the fleet would write (runc, explicit ulimits, cgroupfs, file
+events; see FIELD-NOTES "Podman"), so a clean-up never depends on the host's defaults.
+
+`podman ps` loads every container of the host, whatever the filter, and fails on any whose network
+namespace mount is gone ("unknown FS magic"): for a moment while a container is torn down, or until it
+is mounted again when another program's mount change lost it (runtime/podman/host_state.py). The
+fleet's own are mounted again here as its runtime would; another's is its owner's business, so the
+question is asked again until then.
 """
 
 from __future__ import annotations
@@ -22,18 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FLEET_LABEL = "foundry-fleet.fleet"
-INSTANCE_LABEL = "foundry-fleet.instance"
+from foundry_fleet.runtime import procfs
+from foundry_fleet.runtime.podman import containers_conf
+from foundry_fleet.runtime.podman.container_spec import FLEET_LABEL, INSTANCE_LABEL, container_name
+from foundry_fleet.runtime.podman.host_state import lost_namespaces, remount_namespace
 
-HOST_CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]
+__all__ = ["FLEET_LABEL", "INSTANCE_LABEL", "Container", "FleetPodman", "podman_missing", "uses_podman"]
 
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
+PATIENCE = 10.0  # seconds a listing is asked again while another's lost namespace mount makes it fail
 
 
 def podman_missing() -> str | None:
@@ -43,19 +45,28 @@ def podman_missing() -> str | None:
     for tool in ("podman", "runc"):
         if shutil.which(tool) is None:
             return f"needs {tool} (`make test` installs it)"
+    if containers_conf.find_init() is None:
+        return "needs catatonit, the containers' init (`make test` installs it)"
     return None
 
 
+def uses_podman(root: Path, config: Path) -> bool:
+    """Does (or did) the fleet run its instances in podman? Its configuration says so, or its run
+    directory holds podman's files (a fleet switched back to local may have left containers)."""
+    if (root / "run" / "podman").exists():
+        return True
+    try:
+        driver = tomllib.loads(config.read_text()).get("runtime", {}).get("driver")
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return driver == "podman"
+
+
 @functools.cache
-def _host_conf() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="foundry-fleet-tests-podman-")) / "containers.conf"
-    path.write_text(HOST_CONTAINERS_CONF)
+def _default_conf() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="foundry-fleet-tests-podman-")) / containers_conf.CONF_NAME
+    path.write_text(containers_conf.render(containers_conf.find_init()))
     return path
-
-
-def fleet_containers_conf(root: Path) -> Path:
-    own = root / "run" / "podman" / "containers.conf"
-    return own if own.is_file() else _host_conf()
 
 
 @dataclass(frozen=True)
@@ -71,93 +82,105 @@ class Container:
         return self.labels.get(INSTANCE_LABEL)
 
 
-def podman(*args: str, conf: Path | None = None, check: bool = True,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CONTAINERS_CONF": str(conf or _host_conf())}
-    p = subprocess.run(["podman", *args], capture_output=True, text=True, env=env, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
-    if check and p.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p
-
-
-def containers_of(fleet_id: str, root: Path, instance: str | None = None) -> list[Container]:
-    """Every container (running or not) labelled for the fleet, or for one of its instances."""
-    filters = ["--filter", f"label={FLEET_LABEL}={fleet_id}"]
-    if instance is not None:
-        filters += ["--filter", f"label={INSTANCE_LABEL}={instance}"]
-    # `podman ps` fails now and then while a container it lists is being torn down (its network
-    # namespace just went): asked again, it answers.
-    for _ in range(20):
-        p = podman("ps", "-a", "--format", "json", *filters, conf=fleet_containers_conf(root), check=False)
-        if p.returncode == 0:
-            return [_container(row) for row in json.loads(p.stdout or "[]")]
-        time.sleep(0.05)
-    raise ListingFailed(f"podman ps failed ({p.returncode}): {p.stderr.strip()}")
-
-
 class ListingFailed(AssertionError):
-    """`podman ps` kept failing; its message names the containers it failed on."""
+    """podman kept failing on a container's lost network namespace; the message names the containers."""
 
     def containers(self) -> list[str]:
         return sorted(set(re.findall(r"container ([0-9a-f]{64})", str(self))))
 
 
-def _container(row: dict[str, Any]) -> Container:
-    names = row.get("Names") or [""]
-    return Container(id=row["Id"], name=names[0], state=row.get("State", ""), image=row.get("Image", ""),
-                     labels=row.get("Labels") or {})
+@dataclass(frozen=True)
+class FleetPodman:
+    """podman as the fleet at `root` (id `fleet_id`) uses it."""
 
+    fleet_id: str
+    root: Path
 
-def inspect(container: str, root: Path) -> dict[str, Any]:
-    out = podman("container", "inspect", container, conf=fleet_containers_conf(root)).stdout
-    return json.loads(out)[0]
+    @property
+    def conf(self) -> Path:
+        own = self.root / "run" / "podman" / containers_conf.CONF_NAME
+        return own if own.is_file() else _default_conf()
 
+    def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
+                           env=containers_conf.environment(self.conf), stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p
 
-def remove_containers_of(fleet_id: str, root: Path) -> list[Container]:
-    """Remove (by force) every container labelled for the fleet; returns those there were.
+    def _patiently(self, *args: str) -> str:
+        """`podman args` answered, its own lost namespace mounts mounted again, another's waited for."""
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            p = self.run(*args, check=False)
+            if p.returncode == 0:
+                return p.stdout
+            lost = lost_namespaces(p.stderr)
+            if not lost or time.monotonic() > deadline:
+                cls = ListingFailed if lost else AssertionError
+                raise cls(f"podman {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+            for cid, path in lost:
+                monitor = self.monitor_of(cid)
+                init = procfs.children(monitor)[:1] if monitor is not None else []
+                if init:
+                    remount_namespace(path, init[0])
+            time.sleep(0.05)
 
-    A container podman cannot list (its network namespace mount was lost: "unknown FS magic") is
-    removed by the id the failed listing names, and the fleet's are listed again."""
-    for _ in range(5):
-        try:
-            found = containers_of(fleet_id, root)
-        except ListingFailed as e:
-            if not e.containers():
-                raise
-            podman("rm", "-f", "-t", "0", *e.containers(), conf=fleet_containers_conf(root), check=False)
-            continue
-        if found:
-            podman("rm", "-f", "-t", "0", *[c.id for c in found], conf=fleet_containers_conf(root))
+    def containers(self, instance: str | None = None) -> list[Container]:
+        """Every container (running or not) labelled for the fleet, or for one of its instances."""
+        filters = ["--filter", f"label={FLEET_LABEL}={self.fleet_id}"]
+        if instance is not None:
+            filters += ["--filter", f"label={INSTANCE_LABEL}={instance}"]
+        rows = json.loads(self._patiently("ps", "-a", "--format", "json", *filters) or "[]")
+        return [Container(id=row["Id"], name=(row.get("Names") or [""])[0], state=row.get("State", ""),
+                          image=row.get("Image", ""), labels=row.get("Labels") or {}) for row in rows]
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        return json.loads(self._patiently("container", "inspect", container))[0]
+
+    def exists(self, container: str) -> bool:
+        return self.run("container", "exists", container, check=False).returncode == 0
+
+    def monitor_of(self, cid: str) -> int | None:
+        """The conmon of container `cid` when it names the container as one of the fleet's."""
+        prefix = container_name(self.fleet_id, "")
+        for pid in procfs.all_pids():
+            words = procfs.cmdline(pid)
+            if not words or not words[0].endswith("conmon") or cid not in words:
+                continue
+            flags = dict(zip(words, words[1:], strict=False))
+            if flags.get("-c") == cid and flags.get("-n", "").startswith(prefix):
+                return pid
+        return None
+
+    def networks(self) -> list[str]:
+        return self.run("network", "ls", "--format", "{{.Name}}", "--filter",
+                        f"label={FLEET_LABEL}={self.fleet_id}").stdout.split()
+
+    def remove_containers(self) -> list[Container]:
+        """Remove (by force) every container labelled for the fleet; returns those there were. One of
+        ours that podman still cannot list is removed by the id the failed listing names."""
+        for _ in range(5):
+            try:
+                found = self.containers()
+            except ListingFailed as e:
+                # The listing names whichever container of the host it failed on: only ours go.
+                own = [cid for cid in e.containers() if self.monitor_of(cid) is not None]
+                if not own:
+                    raise
+                self.run("rm", "-f", "-t", "0", *own, check=False)
+                continue
+            if found:
+                self.run("rm", "-f", "-t", "0", *[c.id for c in found])
+            return found
+        return self.containers()
+
+    def remove_all(self) -> list[Container]:
+        """The fleet's containers, then its networks and their firewall chains; the containers there were."""
+        from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
+
+        found = self.remove_containers()
+        for network in self.networks():
+            self.run("network", "rm", "-f", network)
+        FleetNetwork(self.fleet_id).remove_firewall()
         return found
-    return containers_of(fleet_id, root)
-
-
-def networks_of(fleet_id: str, root: Path) -> list[str]:
-    out = podman("network", "ls", "--format", "{{.Name}}", "--filter", f"label={FLEET_LABEL}={fleet_id}",
-                 conf=fleet_containers_conf(root)).stdout
-    return out.split()
-
-
-def remove_fleet_podman(fleet_id: str, root: Path) -> list[Container]:
-    """Remove the fleet's containers, then its networks and their firewall chains; returns the
-    containers there were."""
-    from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
-
-    found = remove_containers_of(fleet_id, root)
-    for network in networks_of(fleet_id, root):
-        podman("network", "rm", "-f", network, conf=fleet_containers_conf(root))
-    FleetNetwork(fleet_id).remove_firewall()
-    return found
-
-
-def uses_podman(root: Path, config: Path) -> bool:
-    """Does (or did) the fleet run its instances in podman? Its configuration says so, or its run
-    directory holds podman's files (a fleet switched back to local may have left containers)."""
-    if (root / "run" / "podman").exists():
-        return True
-    try:
-        driver = tomllib.loads(config.read_text()).get("runtime", {}).get("driver")
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return driver == "podman"

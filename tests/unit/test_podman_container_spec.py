@@ -64,6 +64,7 @@ def test_locked_down_root_fs_capabilities_privileges_and_init() -> None:
     assert b["no_new_privileges"] is True
     assert b["init"] is True and b["stop_signal"] == 15
     assert b["restart_policy"] == "no"  # the fleet's supervisor restarts, with its backoff
+    assert b["sysctl"]["net.ipv6.conf.all.disable_ipv6"] == "1"  # no link-local way around the firewall
 
 
 def test_the_user_is_the_specs_else_the_datas_owner_else_nobody_never_root() -> None:

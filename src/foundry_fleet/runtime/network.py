@@ -86,6 +86,7 @@ class PrivateNetworks:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.slirp = shutil.which("slirp4netns")
+        self.unshare = shutil.which("unshare")
         self._probe: Capability | None = None
         # The cgroup.procs file of the group forwarders run in, for the egress filter (firewall.py);
         # None: they run where the fleet does, unfiltered.
@@ -142,6 +143,13 @@ class PrivateNetworks:
             f"--api-socket={sock}", f"--ready-fd={READY_FD}", str(sandbox_pid), "tap0",
         ]
         executable = self.slirp
+        if self.unshare is not None:
+            # slirp4netns' sandbox makes a mount namespace whose "/" is private but not its submounts,
+            # then detaches the old root: on a shared mount such as /run/netns that unmount reaches the
+            # host, and Podman's network namespace mounts there were lost (seen here). Started from a
+            # namespace of its own whose mounts are all slaves of the host's, nothing goes back.
+            argv = [self.unshare, "--mount", "--propagation", "slave", "--", *argv]
+            executable = self.unshare
         if self.cgroup_procs is not None:
             # The forwarder joins its group before slirp4netns exists: the shell writes its own pid
             # and only then execs it (same pid), and nothing runs if the write fails. A socket keeps

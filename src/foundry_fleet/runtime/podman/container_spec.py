@@ -2,9 +2,10 @@
 
 What the container gets, and why:
 - the release at /foundry read-only, the instance's data at /data read-write and the shared assets at
-  /data/Data/shared read-only (bind mounts, nosuid and nodev; the release also noexec is not possible:
-  node reads it as scripts, which noexec does not stop anyway);
-- a read-only root filesystem (the image is Node only) with a small private /tmp;
+  /data/Data/shared read-only (bind mounts, nosuid and nodev; not noexec: node only reads scripts, so
+  it would stop nothing, and Foundry's native addons are loaded from the release);
+- a read-only root filesystem (the image is Node only) with a small private /tmp (noexec);
+- no IPv6: the fleet's network is IPv4 and firewalled (fleet_network.py);
 - no capabilities, no-new-privileges, the data's owner as the (unprivileged) user;
 - `init` (catatonit as PID 1): it forwards SIGTERM to node, which as PID 1 would ignore it;
 - memory, CPU and pids limits; the port published on 127.0.0.1 only (the edge's side);
@@ -128,6 +129,8 @@ def build(spec: TaskSpec, image: str, fleet_id: str, *, network: str | None = No
         "log_configuration": {"driver": "k8s-file", "path": str(log), "size": spec.log_max_bytes},
         "restart_policy": "no",
         "netns": {"nsmode": "bridge"},
+        # The fleet's network is IPv4 (firewalled); IPv6 would still give a link-local way to the host.
+        "sysctl": {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
     }
     if network is not None:
         body["Networks"] = {network: {}}

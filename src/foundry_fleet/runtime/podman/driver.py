@@ -8,7 +8,8 @@ record claims any more. What a container gets is container_spec.py's business; t
 service.py's (started and restarted on demand); the images are images.py's; the network that keeps
 containers off the host and off each other is fleet_network.py's.
 
-Every call that finds the API silent asks the service to come back, and tries once more.
+Every call that finds the API silent asks the service to come back and tries again; one that fails on a
+container's lost network namespace mount (see host_state.py) mounts it again and tries again.
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
 from foundry_fleet.runtime.podman import container_spec, fleet_network, host_state
-from foundry_fleet.runtime.podman.api import NoSuchObject, PodmanApi, PodmanRefused, PodmanUnreachable
+from foundry_fleet.runtime.podman.api import PodmanApi, PodmanRefused, PodmanUnreachable
 from foundry_fleet.runtime.podman.container_logs import server_lines
 from foundry_fleet.runtime.podman.containers_conf import find_init
+from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
 from foundry_fleet.runtime.podman.service import PodmanService
 from foundry_fleet.runtime.task_dirs import prepare_dirs
 
 DRIVER = "podman"
 T = TypeVar("T")
+# How long wait_task waits for a stopped container's conmon to finish (drain the log, free the port).
+CONMON_GRACE = 5.0
+# Starts tried when runc itself fails (not the server, nor a port in use).
+START_ATTEMPTS = 2
 # Lost namespace mounts one call may repair (Podman reports them one at a time).
 MAX_REPAIRS = 50
 
@@ -56,7 +62,7 @@ class PodmanRuntime:
         images: Callable[[PodmanApi], ImageSource],
         *,
         log_dir_of: Callable[[str], Path] | None = None,
-        network: Any = None,
+        network: FleetNetwork | None = None,
     ) -> None:
         """`images(api)` makes the image source (NodeImages) on the service's API client;
         `network`: the fleet's isolated network (fleet_network.FleetNetwork), None for Podman's own bridge."""
@@ -168,10 +174,7 @@ class PodmanRuntime:
         caps.append(Capability("rootful", not rootless,
                                "containers run rootful: one unprivileged uid per instance inside"
                                if not rootless else "Podman runs rootless: instance uids cannot be mapped"))
-        cgroups = host.get("cgroupVersion", "?")
-        caps.append(Capability("cgroup limits", True,
-                               f"memory, CPU and pids limits per container (cgroups {cgroups}, "
-                               f"{host.get('cgroupManager', '?')})"))
+        caps.append(_cgroup_capability(host))
         init = find_init()
         caps.append(Capability("init", init is not None,
                                f"{init} forwards SIGTERM to the server" if init
@@ -198,26 +201,46 @@ class PodmanRuntime:
             await self._call(lambda api: api.remove(plan.name))
             self._events.append(TaskEvent(spec.name, "strays",
                                           f"removed container {plan.name} ({_state(stale)}), which no record knew"))
-        cid = await self._call(lambda api: api.create(plan.body))
-        try:
-            await self._call(lambda api: api.start(cid))
-        except ExternalFailure as e:
-            last = await asyncio.to_thread(self._log_tail, plan.log_path, 5)
-            await self._call(lambda api: api.remove(cid))
-            raise ExternalFailure(f"instance {spec.name} did not start: {e.message}; last log lines: "
-                                  f"{' | '.join(last) if last else 'nothing in the log'}",
-                                  f"see {plan.log_path}") from None
+        cid = await self._create_and_start(spec, plan)
         state: dict[str, object] = {"container": cid, "container_name": plan.name, "port": spec.port,
                                     "log": str(plan.log_path)}
         # Where Podman keeps its network: to tidy up after it, should its namespace mount be lost.
         info = await self._call(lambda api: api.inspect(cid)) or {}
         settings = info.get("NetworkSettings") or {}
+        conmon = int((info.get("State") or {}).get("ConmonPid") or 0)
+        if conmon:
+            state["conmon"] = conmon
         if settings.get("SandboxKey"):
             state["netns"] = settings["SandboxKey"]
-        addresses = [n.get("IPAddress") for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")]
-        if addresses:
-            state["address"] = addresses[0]
         return TaskHandle(DRIVER, spec.name, time.time(), state)
+
+    async def _create_and_start(self, spec: TaskSpec, plan: container_spec.ContainerPlan) -> str:
+        """The started container's id. runc fails a start now and then on a busy host ("can't get final
+        child's PID from pipe", seen here); such a start is tried once more with a new container."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cid = await self._call(lambda api: api.create(plan.body))
+            try:
+                await self._call(lambda api, cid=cid: api.start(cid))
+                return cid
+            except ExternalFailure as e:
+                await self._call(lambda api, cid=cid: api.remove(cid))
+                # Podman set the network up before runc failed and does not always take it down.
+                await self._sweep_forwarding(cid, spec.port)
+                if attempt < START_ATTEMPTS and _runtime_hiccup(e.message):
+                    continue
+                last = await asyncio.to_thread(self._log_tail, plan.log_path, 5)
+                raise ExternalFailure(f"instance {spec.name} did not start: {e.message}; last log lines: "
+                                      f"{' | '.join(last) if last else 'nothing in the log'}",
+                                      f"see {plan.log_path}") from None
+        raise AssertionError("unreachable")
+
+    async def _sweep_forwarding(self, cid: str, port: int | None) -> int:
+        """Take away the port forwarding of a container that is gone (see destroy_task); how many rules."""
+        if self.network is None:
+            return 0
+        if self.network.subnet is None:
+            await self._call(self.network.ensure)
+        return await asyncio.to_thread(fleet_network.sweep_forwarding, cid, self.network.subnet, port)
 
     @staticmethod
     def _check_spec(spec: TaskSpec) -> None:
@@ -236,18 +259,33 @@ class PodmanRuntime:
         known = self._exits.get(cid)
         if known is not None:
             return known
+        conmon = handle.state.get("conmon")
+        conmon = conmon if isinstance(conmon, int) else 0
+        delay = 0.1
         while True:
             try:
                 await self.api.wait(cid)
                 break
             except PodmanUnreachable:
-                # The service died under the wait; conmon still holds the container.
-                await self.service.ensure()
+                pass  # the service died under the wait; conmon still holds the container
             except PodmanRefused:
                 break  # removed meanwhile (404, or 500 while being removed): inspect says what is left
+            try:
+                await self.service.ensure()
+                continue
+            except (ExternalFailure, Unsupported):
+                # No service for now: the container is watched from the host until there is one.
+                if conmon and not _alive(conmon, "conmon"):
+                    return TaskExit(exit_code=None, signal=None,
+                                    reason="its container ended while Podman's API service could not be started")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         info = await self._call(lambda api: api.inspect(cid))
         if info is None:
             return TaskExit(exit_code=None, signal=None)
+        # Podman calls a container stopped as soon as its process has; its conmon still drains the
+        # last output into the log and holds the published port until it exits.
+        await _gone(conmon, "conmon", CONMON_GRACE)
         result = _exit_of(info)
         self._exits[cid] = result
         return result
@@ -260,8 +298,8 @@ class PodmanRuntime:
             await self._call(lambda api: api.kill(cid, signal))
             try:
                 await asyncio.wait_for(self.api.wait(cid), timeout)
-            except (TimeoutError, NoSuchObject, PodmanUnreachable):
-                pass
+            except (TimeoutError, ExternalFailure):
+                pass  # still running (killed below), gone, or the API silent (the stop brings it back)
             seconds = 0
         await self._call(lambda api: api.stop(cid, seconds))
 
@@ -270,16 +308,15 @@ class PodmanRuntime:
         await self._heal(cid)
         await self._call(lambda api: api.remove(cid))
         self._exits.pop(cid, None)
+        # Podman does not tear a container's network down when its namespace mount was lost before it
+        # ended: what netavark left would catch the next container published on the same port.
+        port = handle.state.get("port")
+        if await self._sweep_forwarding(cid, port if isinstance(port, int) else None):
+            self._events.append(TaskEvent(handle.name, "repaired", "removed the port forwarding Podman left "
+                                                                   "behind for its container"))
         netns = handle.state.get("netns")
-        if isinstance(netns, str) and await asyncio.to_thread(host_state.namespace_lost, netns):
-            # Podman could not tear its network down (the namespace mount was lost before it ended):
-            # what netavark left would catch the next container published on the same port.
-            address, port = handle.state.get("address"), handle.state.get("port")
-            await asyncio.to_thread(fleet_network.sweep_forwarding, cid, address if isinstance(address, str) else None,
-                                    port if isinstance(port, int) else None)
+        if isinstance(netns, str):
             await asyncio.to_thread(host_state.forget_namespace_file, Path(netns))
-            self._events.append(TaskEvent(handle.name, "repaired", "removed the port forwarding Podman left for "
-                                                                   "its container (its network namespace was lost)"))
 
     # ------------------------------------------------------------------ the other verbs
 
@@ -302,6 +339,9 @@ class PodmanRuntime:
         if labels.get(container_spec.FLEET_LABEL) != self.fleet_id:
             return None  # another fleet's: not ours to touch
         if (info.get("State") or {}).get("Running"):
+            conmon = int(info["State"].get("ConmonPid") or 0)
+            if conmon and handle.state.get("conmon") != conmon:
+                return TaskHandle(handle.driver, handle.name, handle.started_at, {**handle.state, "conmon": conmon})
             return handle
         await self.destroy_task(handle)  # exited while the control plane was down
         return None
@@ -318,6 +358,8 @@ class PodmanRuntime:
                 continue
             names = entry.get("Names") or [entry.get("Id", "?")[:12]]
             await self._call(lambda api, ident=entry["Id"]: api.remove(ident))
+            ports = [p.get("host_port") for p in entry.get("Ports") or [] if isinstance(p.get("host_port"), int)]
+            await self._sweep_forwarding(entry["Id"], ports[0] if ports else None)
             self._events.append(TaskEvent(instance or names[0], "strays",
                                           f"removed container {names[0]} ({entry.get('State', '?')}), "
                                           f"which the fleet no longer knows"))
@@ -393,11 +435,47 @@ class PodmanRuntime:
         return list(server_lines(logs.tail(path, lines * 2)))[-lines:] if lines > 0 else []
 
 
+def _cgroup_capability(host: dict[str, Any]) -> Capability:
+    version = host.get("cgroupVersion", "?")
+    if version == "v2":
+        try:
+            present = set(Path("/sys/fs/cgroup/cgroup.controllers").read_text().split())
+        except OSError:
+            present = set()
+    else:
+        present = {c for c in ("memory", "cpu", "pids") if Path("/sys/fs/cgroup", c).is_dir()}
+    missing = [c for c in ("memory", "cpu", "pids") if c not in present]
+    where = f"cgroups {version}, {host.get('cgroupManager', '?')}"
+    if missing:
+        return Capability("cgroup limits", False, f"no {', '.join(missing)} controller ({where}): those limits "
+                                                  "are not enforced")
+    return Capability("cgroup limits", True, f"memory, CPU and pids limits per container ({where})")
+
+
 def _container(handle: TaskHandle) -> str:
     cid = handle.state.get("container")
     if not isinstance(cid, str) or not cid:
         raise InvalidInput(f"the task handle of {handle.name} names no container", "restart the instance")
     return cid
+
+
+def _runtime_hiccup(message: str) -> bool:
+    return "runc create failed" in message and "address already in use" not in message
+
+
+def _alive(pid: int, comm: str) -> bool:
+    """Is process `pid` alive, and a `comm` (not another process given its number since)?"""
+    st = procfs.stat(pid)
+    return st is not None and st.comm == comm and st.state not in ("Z", "X", "x")
+
+
+async def _gone(pid: int, comm: str, timeout: float) -> None:
+    """Wait (at most `timeout`) until process `pid`, if it is a `comm`, has exited."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while pid > 0 and time.monotonic() < deadline and _alive(pid, comm):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _instance(info: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 All of the fleet's containers sit on one Podman bridge network of the fleet's own
 (`foundry-fleet-<fleet id>`, interface `ff<fleet id>`), NATed out like Podman's default. Two iptables
-chains of the fleet's, jumped to first from INPUT and FORWARD (IPv4; the network has no IPv6), close
+chains of the fleet's, jumped to first from INPUT and FORWARD (IPv4, and IPv6 shut entirely), close
 what a hostile tenant would try next:
 
 - INPUT: every new connection from the bridge to the host itself is refused, whichever host address
@@ -43,23 +43,28 @@ class FleetNetwork:
         self.input_chain = _checked_chain(f"FF-{fleet_id}-IN")
         self.forward_chain = _checked_chain(f"FF-{fleet_id}-FWD")
         self._ready = False
+        self.subnet: str | None = None  # once ensured
 
     # ---------------------------------------------------------------- the Podman network
 
     async def ensure(self, api: PodmanApi) -> str:
         """The network's name, created (and firewalled) if it is not there yet."""
-        if self._ready and await api.network(self.name) is not None:
+        found = await api.network(self.name)
+        if self._ready and found is not None:
             return self.name
-        if await api.network(self.name) is None:
+        if found is None:
             try:
-                await api.create_network({
+                found = await api.create_network({
                     "name": self.name, "driver": "bridge", "network_interface": self.interface,
                     "dns_enabled": False, "internal": False, "ipv6_enabled": False,
                     "labels": {FLEET_LABEL: self.fleet_id},
                 })
             except PodmanRefused:
-                if await api.network(self.name) is None:  # not made meanwhile by another start
+                found = await api.network(self.name)
+                if found is None:  # not made meanwhile by another start
                     raise
+        subnets = found.get("subnets") or []
+        self.subnet = subnets[0].get("subnet") if subnets else None
         cap = await asyncio.to_thread(self.firewall)
         self._ready = cap.available
         return self.name
@@ -80,21 +85,22 @@ class FleetNetwork:
     # ---------------------------------------------------------------- iptables
 
     def input_script(self, family: str) -> str:
-        rules = []
-        if family == "IPv4":
-            new = f"-i {self.interface} -m conntrack --ctstate NEW"
-            rules = [f"-A {self.input_chain} {new} -p tcp -j REJECT --reject-with tcp-reset",
-                     f"-A {self.input_chain} {new} -j REJECT"]
+        # Both families: the containers have no IPv6 (container_spec turns it off), but a link-local
+        # IPv6 address on the bridge would otherwise reach host services listening on [::].
+        new = f"-i {self.interface} -m conntrack --ctstate NEW"
+        rules = [f"-A {self.input_chain} {new} -p tcp -j REJECT --reject-with tcp-reset",
+                 f"-A {self.input_chain} {new} -j REJECT"]
         return _script(self.input_chain, rules)
 
     def forward_script(self, family: str) -> str:
-        rules = []
+        i = f"-i {self.interface}"
+        rules = [f"-A {self.forward_chain} {i} -o {self.interface} -j DROP"]
         if family == "IPv4":
-            i = f"-i {self.interface}"
-            rules = [f"-A {self.forward_chain} {i} -o {self.interface} -j DROP",
-                     f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -p tcp -j REJECT --reject-with tcp-reset",
-                     f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -j REJECT",
-                     f"-A {self.forward_chain} {i} -m addrtype --dst-type LOCAL -j REJECT"]
+            rules += [f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -p tcp -j REJECT --reject-with tcp-reset",
+                      f"-A {self.forward_chain} {i} -d {LINK_LOCAL} -j REJECT",
+                      f"-A {self.forward_chain} {i} -m addrtype --dst-type LOCAL -j REJECT"]
+        else:
+            rules.append(f"-A {self.forward_chain} {i} -j DROP")  # the network routes no IPv6
         return _script(self.forward_chain, rules)
 
     def firewall(self) -> Capability:
@@ -125,22 +131,19 @@ class FleetNetwork:
         _remove_chain(self.forward_chain, "FORWARD")
 
 
-def sweep_forwarding(container_id: str, address: str | None, port: int | None) -> int:
-    """Delete the port forwarding rules netavark left for a container it could not tear down (its
-    namespace mount was lost): the jump naming the container and the DNAT to its address. Without
-    this, a later container published on the same port would never be reached (the stale rule
-    comes first). How many rules went."""
+def sweep_forwarding(container_id: str, subnet: str | None, port: int | None) -> int:
+    """Delete the port forwarding netavark left for a container it did not tear down (its namespace
+    mount was lost, or its start failed half-way): the jump naming the container, and the rules for its
+    port in the forwarding chain of the network with `subnet`. Left there, they would catch the next
+    container published on that port (the stale rule comes first). How many rules went."""
     if not re.fullmatch(r"[0-9a-f]{64}", container_id):
         return 0
     listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
-    stale = []
-    for line in listed.stdout.splitlines():
-        if not line.startswith("-A NETAVARK"):
-            continue
-        if f"id: {container_id}" in line:
-            stale.append(line)
-        elif address and port and f"--to-destination {address}:{port}" in line and f"--dport {port} " in line:
-            stale.append(line)
+    rules = [line for line in listed.stdout.splitlines() if line.startswith("-A NETAVARK")]
+    ours = {line.split()[1] for line in rules
+            if subnet and line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+    stale = [line for line in rules
+             if f"id: {container_id}" in line or (port and line.split()[1] in ours and f"--dport {port} " in line)]
     removed = 0
     for line in stale:
         args = shlex.split(line)
@@ -155,6 +158,10 @@ def _script(chain: str, rules: list[str]) -> str:
 
 
 def _bridge_filtered() -> bool:
+    if not BRIDGE_NF.exists():
+        # The module that shows bridged traffic to iptables is not loaded; loaded, it defaults to on.
+        # (Set to 0 by the host's admin, it stays 0: that is theirs to decide, and is reported.)
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=30)
     try:
         return BRIDGE_NF.read_text().strip() == "1"
     except OSError:

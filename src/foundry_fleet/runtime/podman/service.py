@@ -13,6 +13,7 @@ service an earlier one started; a process is only ever ended when its command li
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -20,14 +21,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
+
 from foundry_fleet.domain.errors import ExternalFailure, Unsupported
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.podman import containers_conf
-from foundry_fleet.runtime.podman.api import PodmanApi
+from foundry_fleet.runtime.podman.api import API_BASE, PodmanApi
 
 SOCKET_NAME = "podman.sock"
 PID_NAME = "podman.pid"
 LOG_NAME = "service.log"
+LOCK_NAME = "podman.lock"
+LOG_KEEP_BYTES = 1 << 20  # the service's log is started afresh (the old one kept as .1) beyond this
 START_TIMEOUT = 20.0
 
 
@@ -81,12 +86,32 @@ class PodmanService:
         binary = self.podman_binary()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)  # the socket is root's way into every container
+        lock = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process of the fleet's (a CLI) may be starting it too
+            if self._answers_now():
+                return
+            self._start_locked(binary)
+        finally:
+            os.close(lock)
+
+    def _answers_now(self) -> bool:
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), timeout=2.0) as c:
+                return c.get(f"{API_BASE}/_ping").status_code == 200
+        except (httpx.HTTPError, OSError):
+            return False
+
+    def _start_locked(self, binary: str) -> None:
+        if self._process is not None:
+            self._process.poll()  # reap the one that died
         self._end_recorded()
         try:
             self.socket_path.unlink()
         except FileNotFoundError:
             pass
         conf = containers_conf.write(self.run_dir)
+        _keep_small(self.run_dir / LOG_NAME)
         log = os.open(self.run_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             self._process = subprocess.Popen(
@@ -152,3 +177,11 @@ class PodmanService:
             return " | ".join((self.run_dir / LOG_NAME).read_text(errors="replace").splitlines()[-3:])
         except OSError:
             return "no log"
+
+
+def _keep_small(log: Path) -> None:
+    try:
+        if log.stat().st_size > LOG_KEEP_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
