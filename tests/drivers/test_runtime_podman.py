@@ -588,8 +588,12 @@ def test_containers_reach_the_outside_but_not_the_host_metadata_or_each_other(wo
         # From the host, the neighbour is still served (through its published port).
         await asyncio.to_thread(wait_for_status, target_spec.port, None, 5.0)
         await runtime.destroy_task(neighbour)
+        subnet = runtime.network.subnet
         await runtime.close(False)
         assert not any(runtime.network.rules().values())
+        assert subprocess.run([PODMAN, "network", "exists", runtime.network.name]).returncode == 1
+        nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+        assert subnet and f"-s {subnet} " not in nat  # nothing of the network's NAT is left
         return {"results": json.loads(found[0][len("RESULTS "):]), "remote": remote.ip, "gateway": gateway,
                 "neighbour": f"{neighbour_ip}:{target_spec.port}"}
 

@@ -74,13 +74,18 @@ class FleetNetwork:
         return await asyncio.to_thread(self.firewall)
 
     async def close(self, api: PodmanApi) -> None:
-        """Remove the chains, and the network once no container uses it."""
+        """Remove the chains, and the network once no container uses it (with the NAT rules netavark
+        left for it, if a container's teardown failed)."""
         await asyncio.to_thread(self.remove_firewall)
         self._ready = False
+        found = await api.network(self.name)
         try:
             await api.remove_network(self.name)
         except PodmanRefused:
-            pass  # still used by a container: it goes with the last one's next close
+            return  # still used by a container: it goes with the last one's next close
+        subnets = [s.get("subnet") for s in (found or {}).get("subnets") or [] if s.get("subnet")]
+        for subnet in subnets:
+            await asyncio.to_thread(sweep_network, subnet)
 
     # ---------------------------------------------------------------- iptables
 
@@ -151,6 +156,26 @@ def sweep_forwarding(container_id: str, subnet: str | None, port: int | None) ->
         if subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30).returncode == 0:
             removed += 1
     return removed
+
+
+def sweep_network(subnet: str) -> None:
+    """Delete the NAT chains netavark keeps for a removed network's `subnet` (its masquerade chain and
+    its port forwarding chain) when a failed teardown left them."""
+    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
+    rules = listed.stdout.splitlines()
+    chains = {line.split()[-1] for line in rules
+              if line.startswith("-A POSTROUTING ") and f" -s {subnet} " in f"{line} " and "-j NETAVARK-" in line}
+    chains |= {line.split()[1] for line in rules
+               if line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+    for line in rules:
+        target = line.split()[-1] if line.startswith("-A ") else ""
+        if target in chains:
+            args = shlex.split(line)
+            args[0] = "-D"
+            subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30)
+    for chain in chains:
+        subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True, timeout=30)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True, timeout=30)
 
 
 def _script(chain: str, rules: list[str]) -> str:
