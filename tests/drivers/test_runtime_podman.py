@@ -1,15 +1,14 @@
 """The podman runtime against real Podman (rootful, runc, catatonit, netavark) and the stand-in Foundry.
 
-One Node.js image for the module (node and the libraries it needs, `podman import`ed like the fleet's
-offline image; built once, reused by later runs), one Podman API service (the driver's own, in a
-0755 temporary root), one stand-in release. Each test's containers carry a fleet id of this run's
+The Node.js image is the fleet's own (images.py builds it offline from the host's node once, and
+reuses it), one Podman API service (the driver's own, in a 0755 temporary root) serves the module,
+with one stand-in release. Each test's containers carry a fleet id of this run's
 own and are removed in teardown; nothing of another fleet's (or engineer's) is touched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, TaskHandle,
 from foundry_fleet.runtime.podman import container_spec
 from foundry_fleet.runtime.podman.driver import PodmanRuntime
 from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
+from foundry_fleet.runtime.podman.images import NodeImages
 from foundry_fleet.runtime.podman.service import PodmanService
 from tests.support.foundry_standin import build_release_zip, free_port, wait_for_status, write_options
 from tests.support.harness import wait_until
@@ -53,43 +53,18 @@ pytestmark = [
 # ----------------------------------------------------------------------------- module fixtures
 
 
-def _node_image() -> str:
-    """node and its libraries as an image (what images.py builds for the fleet), made once per binary."""
-    node = os.path.realpath(NODE or "node")
-    digest = hashlib.sha256(Path(node).read_bytes()).hexdigest()[:12]
-    ref = f"localhost/ff-test-pmdriver/node:{digest}"
-    if subprocess.run([PODMAN, "image", "exists", ref]).returncode == 0:
-        return ref
-    with tempfile.TemporaryDirectory(prefix="ff-pmd-image-") as tmp:
-        root = Path(tmp) / "root"
-        libs = subprocess.run(["ldd", node], capture_output=True, text=True, check=True).stdout
-        files = [node] + [w for line in libs.splitlines() for w in line.split() if w.startswith("/")]
-        for f in files:
-            dest = root / f.lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(os.path.realpath(f), dest)
-        (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-        if not (root / "usr/bin/node").exists():
-            shutil.copy2(node, root / "usr/bin/node")
-        for d in ("etc", "tmp", "data", "foundry"):
-            (root / d).mkdir(exist_ok=True)
-        tar = Path(tmp) / "root.tar"
-        subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
-        subprocess.run([PODMAN, "import", "--change", "ENV PATH=/usr/bin", str(tar), ref], check=True,
-                       capture_output=True)
-    return ref
+class CountingImages:
+    """The fleet's own image source (images.py: built offline from the host's node, reused), counting
+    the generations it is asked for."""
 
-
-class FixedImage:
-    """The image source: always the module's image (images.py decides for the fleet)."""
-
-    def __init__(self, ref: str) -> None:
-        self.ref = ref
+    def __init__(self, api, work_dir: Path) -> None:
+        self.images = NodeImages(api.http, node=lambda generation: os.path.realpath(NODE or "node"),
+                                 configured=lambda major: None, work_dir=work_dir, pull_timeout=5.0)
         self.asked: list[int] = []
 
     async def ensure(self, generation: int, progress=None) -> str:
         self.asked.append(generation)
-        return self.ref
+        return await self.images.ensure(generation, progress)
 
 
 class Place:
@@ -121,11 +96,6 @@ class Place:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    return _node_image()
-
-
-@pytest.fixture(scope="module")
 def place() -> Iterator[Place]:
     p = Place()
     try:
@@ -138,15 +108,15 @@ def place() -> Iterator[Place]:
 class World:
     """One test's fleet: its own fleet id, a runtime per control plane (`fresh()`), its tenants."""
 
-    def __init__(self, place: Place, image: str) -> None:
+    def __init__(self, place: Place) -> None:
         self.place = place
-        self.image = image
         self.fleet_id = f"t{os.getpid() % 100000}{int(time.time() * 1000) % 1000}"
         self.network = FleetNetwork(self.fleet_id)
 
     def fresh(self) -> PodmanRuntime:
         """A runtime as a new control plane builds it (after a restart): nothing remembered."""
-        return PodmanRuntime(self.fleet_id, PodmanService(self.place.run), lambda api: FixedImage(self.image),
+        return PodmanRuntime(self.fleet_id, PodmanService(self.place.run),
+                             lambda api: CountingImages(api, self.place.root / "images"),
                              log_dir_of=lambda name: self.place.root / "logs" / self.fleet_id / name,
                              network=FleetNetwork(self.fleet_id))
 
@@ -177,8 +147,8 @@ class World:
 
 
 @pytest.fixture
-def world(place: Place, image: str) -> Iterator[World]:
-    w = World(place, image)
+def world(place: Place) -> Iterator[World]:
+    w = World(place)
     try:
         yield w
     finally:
@@ -567,6 +537,8 @@ def test_containers_reach_the_outside_but_not_the_host_metadata_or_each_other(wo
         runtime = world.fresh()
         caps = {c.name: c for c in await runtime.open()}
         assert caps["network isolation"].available, caps["network isolation"]
+        # A flush of the host's INPUT chain by someone else is noticed at the next start.
+        subprocess.run(["iptables", "-w", "-D", "INPUT", "-j", runtime.network.input_chain], check=True)
         neighbour = await runtime.start_task(target_spec)
         await asyncio.to_thread(wait_for_status, target_spec.port, None, 20.0)
         info = await runtime.api.inspect(neighbour.state["container"])

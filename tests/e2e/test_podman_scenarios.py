@@ -3,9 +3,11 @@ instance in its own container, players through real Caddy.
 
 The scenarios that do not depend on how an instance is run are the local runtime's own test functions,
 imported: pytest collects them here too, where `running`, `upgrades` and `backups` are this module's
-podman fleet. What only a container shows (its name and labels, the port published on loopback only,
-the same container adopted after the daemon was killed, one the fleet does not know removed, none
-left after a crash or a delete) is tested below them.
+podman fleet. Below them, what only a container shows: its name, labels and image, the port published
+on loopback only, the same container adopted after the daemon was killed, one that died meanwhile
+started again and one the fleet does not know removed, and one container per instance (none left
+beside it) after a crash, a rolled back upgrade or a restore, and none after a delete; the last two
+run the local runtime's scenario first, then look at the containers.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_backups_scenarios import (  # noqa: F401 (collected here, on podman)
-    test_a_running_instance_restored_runs_again_on_the_snapshot_and_its_data_is_kept_as_safety,
-)
+from tests.e2e import test_backups_scenarios as backups_scenarios
+from tests.e2e import test_upgrade_scenarios as upgrade_scenarios
 from tests.e2e.test_fleet_scenarios import (  # noqa: F401 (collected here, on podman)
     ADMIN_PASSWORD,
     LICENSE,
@@ -39,7 +40,6 @@ from tests.e2e.test_fleet_scenarios import (  # noqa: F401 (collected here, on p
 from tests.e2e.test_upgrade_scenarios import (  # noqa: F401 (collected here, on podman)
     broken_release,
     test_an_upgrade_to_a_healthy_release_is_kept_after_a_snapshot,
-    test_an_upgrade_to_a_release_that_does_not_start_is_rolled_back_data_and_all,
 )
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.fleets import make_fleet
@@ -95,9 +95,10 @@ def _status_through_the_edge(fleet: FleetHarness, name: str) -> int:
 
 
 def _the_container_of(fleet: FleetHarness, name: str) -> str:
-    """The id of the one container the fleet keeps for `name` (fails if there are more, or none)."""
+    """The id of the one container the fleet keeps for `name`, running (fails if there are more, or
+    none, or it does not run)."""
     found = fleet.containers(name)
-    assert len(found) == 1, f"{name} has {len(found)} containers: {found}"
+    assert [c.state for c in found] == ["running"], f"{name} has {len(found)} containers: {found}"
     return found[0].id
 
 
@@ -181,9 +182,25 @@ def _start_a_container_the_fleet_does_not_know(fleet: FleetHarness, like: str, n
     between starting a container and recording it leaves one), running the image `like` runs."""
     image = fleet.podman.inspect(like)["ImageName"]  # node only: its command is node's
     out = fleet.podman.run("run", "-d", "--init", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
-                 "--label", f"{FLEET_LABEL}={fleet.fleet_id}", "--label", f"{INSTANCE_LABEL}={name}",
-                 image, "node", "-e", "setInterval(() => {}, 1000)").stdout
+                           "--label", f"{FLEET_LABEL}={fleet.fleet_id}", "--label", f"{INSTANCE_LABEL}={name}",
+                           image, "node", "-e", "setInterval(() => {}, 1000)").stdout
     return out.strip()
+
+
+def test_an_upgrade_that_does_not_start_is_rolled_back_to_one_container_behind_the_edge(running: Running) -> None:
+    fleet = running.fleet
+    upgrade_scenarios.test_an_upgrade_to_a_release_that_does_not_start_is_rolled_back_data_and_all(fleet)
+    _the_container_of(fleet, "bert")  # the broken release's is gone
+    port, ca = _edge(fleet)
+    assert https(port, "bert.localhost", "/-/api/status", ca).json()["version"] == "13.345"
+
+
+def test_a_restored_instance_runs_in_one_new_container_behind_the_edge(running: Running) -> None:
+    fleet = running.fleet
+    backups_scenarios.test_a_running_instance_restored_runs_again_on_the_snapshot_and_its_data_is_kept_as_safety(
+        fleet)
+    _the_container_of(fleet, "carol")  # the one stopped for the restore is gone
+    assert _status_through_the_edge(fleet, "carol") == 200
 
 
 def test_a_deleted_instance_leaves_no_container_and_its_data_is_archived(running: Running) -> None:

@@ -167,9 +167,11 @@ class PodmanRuntime:
         caps = [Capability("podman", True, f"Podman {version} API at {self.service.socket_path} ({where})")]
         oci = host.get("ociRuntime") or {}
         runtime_name = oci.get("name", "?")
-        caps.append(Capability("oci runtime", runtime_name == "runc",
-                               f"{runtime_name} {(oci.get('version') or '').splitlines()[0] if oci.get('version') else ''}"
-                               .strip() + ("" if runtime_name == "runc" else " (runc is the one known to work here)")))
+        version_line = (oci.get("version") or "").strip().splitlines()[:1]
+        detail = " ".join([runtime_name, *version_line])
+        if runtime_name != "runc":
+            detail += " (runc is the one known to work on cgroup v1/hybrid hosts; see containers.conf)"
+        caps.append(Capability("oci runtime", runtime_name == "runc", detail))
         rootless = bool((host.get("security") or {}).get("rootless"))
         caps.append(Capability("rootful", not rootless,
                                "containers run rootful: one unprivileged uid per instance inside"

@@ -50,7 +50,7 @@ class FleetNetwork:
     async def ensure(self, api: PodmanApi) -> str:
         """The network's name, created (and firewalled) if it is not there yet."""
         found = await api.network(self.name)
-        if self._ready and found is not None:
+        if self._ready and found is not None and await asyncio.to_thread(self._jumps_in_place):
             return self.name
         if found is None:
             try:
@@ -123,6 +123,12 @@ class FleetNetwork:
                               f"{detail}; but they can reach each other directly: bridged traffic bypasses "
                               f"iptables (modprobe br_netfilter; sysctl net.bridge.bridge-nf-call-iptables=1)")
         return Capability("network isolation", True, f"{detail} nor each other")
+
+    def _jumps_in_place(self) -> bool:
+        """Do INPUT and FORWARD still jump to the chains (IPv4)? Someone may have flushed them."""
+        return all(subprocess.run(["iptables", "-w", "-C", builtin, "-j", chain], capture_output=True,
+                                  timeout=30).returncode == 0
+                   for chain, builtin in ((self.input_chain, "INPUT"), (self.forward_chain, "FORWARD")))
 
     def rules(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
