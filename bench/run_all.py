@@ -13,7 +13,7 @@ SCRIPTS = [
     "thinning.py", "snapshot_cost.py", "zfs_snapshot_many.py", "replication_bytes.py",
     "invite_to_healthy.py", "bot_interactions.py",
     "netns_overhead.py", "log_flood.py", "snapshot_safe_walk.py", "cli_latency.py",
-    "standin_shutdown.py", "restic_offline.py", "runtime_local_timings.py",
+    "standin_shutdown.py", "restic_offline.py", "runtime_local_timings.py", "podman_runtime.py",
 ]
 
 for script in SCRIPTS:

@@ -33,6 +33,8 @@ from tests.support.foundry_standin import (
     build_release_zip,
     entry_in_zip,
     free_port,
+    run_in_instance,
+    run_node_in_instance,
     spawn_standin,
     standin_source_dir,
     wait_for_status,
@@ -814,3 +816,38 @@ def test_probe_under_a_read_only_bind(runner: Runner, unpacked, tmp_path: Path) 
     assert probe["read"]["Data"]["code"] == "EISDIR"
     assert probe["env"] == {"HOME": os.environ.get("HOME"), "NO_SUCH_VARIABLE_X": None}
     assert not (shared / "new.txt").exists()
+
+
+def test_node_hook_runs_a_program_as_the_server_in_its_data_path(runner: Runner, unpacked) -> None:
+    run = runner.start(unpacked(ReleaseLayout.NODE))
+    program = (
+        "const fs = require('fs');"
+        "console.log(JSON.stringify({cwd: process.cwd(), uid: process.getuid(), ppid: process.ppid,"
+        " node: process.execPath}));"
+        "fs.writeFileSync('from-node.txt', 'written');"
+        "console.error('to stderr'); process.exitCode = 7;"
+    )
+    done = run_node_in_instance(run.port, program)
+    assert done["code"] == 7 and done["signal"] is None, done
+    seen = json.loads(done["stdout"])
+    assert seen == {"cwd": str(run.data_dir), "uid": os.getuid(), "ppid": run.proc.pid,
+                    "node": os.path.realpath(NODE)}
+    assert done["stderr"] == "to stderr\n"
+    assert (run.data_dir / "from-node.txt").read_text() == "written"
+
+    # A program past its time is killed; a background one answers its pid at once and lives on.
+    slow = run_node_in_instance(run.port, "setInterval(() => {}, 1e9)", timeout=0.3)
+    assert slow["code"] is None and slow["signal"] == "SIGKILL", slow
+    pid = run_node_in_instance(run.port, "setInterval(() => {}, 1e9)", background=True)["pid"]
+    assert isinstance(pid, int) and Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == b"-e"
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
+
+    # The same answers as __shell; a body without a program is refused and the server lives on.
+    assert run_in_instance(run.port, "echo hi")["stdout"] == "hi\n"
+    conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=5)
+    conn.request("POST", "/-/__node", body=json.dumps({"script": "echo hi"}))
+    refused = conn.getresponse()
+    assert refused.status == 400 and json.loads(refused.read()) == {"error": "program must be a string"}
+    conn.close()
+    assert run.status()["version"] == "13.345"

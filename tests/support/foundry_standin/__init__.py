@@ -24,6 +24,11 @@ that behaves like Foundry where the fleet cares:
   A write probe of a directory creates and removes a scratch file in it; of anything else, writes
   that file. `POST __shell` with JSON `{"script", "timeoutMs", "background"}` runs `/bin/sh -c script`
   inside the instance as the server's user (`run_in_instance`): what a hostile tenant's code can do.
+  `POST __node` with JSON `{"program", "timeoutMs", "background"}` runs `<the server's node> -e
+  program` the same way (`run_node_in_instance`), for sandboxes with node and nothing else (a
+  container image holds no /bin/sh). Both answer `{"code", "signal", "stdout", "stderr"}` (each
+  stream cut to 1 MiB; the child is SIGKILLed after `timeoutMs`), or `{"pid"}` at once when
+  `background` (a detached child whose output is discarded); cwd is the data path.
 - `<dataPath>/crash-on-start` present: prints a line and exits 3 at once.
   `STANDIN_START_DELAY_MS=N` in the environment: waits N ms before listening.
 - One stdout line on start (`... listening on port N (prefix /-/) ...`) and one per request.
@@ -55,6 +60,7 @@ __all__ = [
     "entry_in_zip",
     "free_port",
     "run_in_instance",
+    "run_node_in_instance",
     "spawn_standin",
     "standin_source_dir",
     "wait_for_status",
@@ -310,8 +316,23 @@ def run_in_instance(port: int, script: str, *, timeout: float = 30.0, background
 
     Returns `{"code", "signal", "stdout", "stderr"}`, or `{"pid"}` at once when `background`.
     """
-    body = json.dumps({"script": script, "timeoutMs": int(timeout * 1000), "background": background}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/{prefix}/__shell", data=body, method="POST",
+    return _run_hook(port, "__shell", {"script": script}, timeout, background, prefix)
+
+
+def run_node_in_instance(port: int, program: str, timeout: float = 30.0, background: bool = False,
+                         *, prefix: str = ROUTE_PREFIX) -> dict[str, object]:
+    """Run the JavaScript `program` in a child of the stand-in's own node (`node -e program`) inside
+    the instance listening on `port`, as its tenant's code would: same uid, same sandbox.
+
+    Returns `{"code", "signal", "stdout", "stderr"}`, or `{"pid"}` at once when `background`.
+    """
+    return _run_hook(port, "__node", {"program": program}, timeout, background, prefix)
+
+
+def _run_hook(port: int, hook: str, job: dict[str, object], timeout: float, background: bool,
+              prefix: str) -> dict[str, object]:
+    body = json.dumps({**job, "timeoutMs": int(timeout * 1000), "background": background}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/{prefix}/{hook}", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(req, timeout=timeout + 5) as resp:

@@ -4,8 +4,9 @@
 // It behaves like Foundry where the fleet cares: the command line, Config/options.json
 // (port, routePrefix), GET /<prefix>/api/status, a websocket under /<prefix>/socket.io/,
 // 404 outside the route prefix, a Logs directory, and a clean exit on SIGTERM/SIGINT.
-// It also has test hooks under the prefix (__crash, __probe, __headers, __alloc, __hang, __shell).
-// __shell runs a shell script inside the instance, as a hostile tenant's server code could.
+// It also has test hooks under the prefix (__crash, __probe, __headers, __alloc, __hang, __shell,
+// __node). __shell runs a shell script, __node a JS program in a child node, inside the instance,
+// as a hostile tenant's server code could.
 //
 // Node.js built-ins only. This file is the single source of the server; the release zips
 // carry it next to a thin main.js (CommonJS) or main.mjs (ES module) loader.
@@ -324,9 +325,11 @@ function alloc(mb) {
 }
 
 // POST __shell with JSON {"script", "timeoutMs", "background"}: `/bin/sh -c script` as this
-// server's own user, inside whatever sandbox it runs in. Answers {code, signal, stdout, stderr}
-// (each stream cut to 1 MiB), or {pid} at once for a background script (its output is discarded).
-function shell(req, res) {
+// server's own user, inside whatever sandbox it runs in. POST __node with JSON {"program", ...}
+// the same with `<this node> -e program`, for sandboxes that hold node and nothing else (a
+// container image has no /bin/sh). Each answers {code, signal, stdout, stderr} (each stream cut to
+// 1 MiB), or {pid} at once when `background` (its output is then discarded).
+function runChild(req, res, field, command) {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
@@ -337,19 +340,20 @@ function shell(req, res) {
       sendJson(res, 400, { error: 'body must be JSON' });
       return;
     }
-    if (typeof job.script !== 'string') {
-      sendJson(res, 400, { error: 'script must be a string' });
+    if (job === null || typeof job[field] !== 'string') {
+      sendJson(res, 400, { error: `${field} must be a string` });
       return;
     }
+    const [file, args] = command(job[field]);
     const { spawn } = require('node:child_process');
     if (job.background) {
-      const child = spawn('/bin/sh', ['-c', job.script], { cwd: dataPath, stdio: 'ignore', detached: true });
+      const child = spawn(file, args, { cwd: dataPath, stdio: 'ignore', detached: true });
       child.on('error', () => {});
       child.unref();
       sendJson(res, 200, { pid: child.pid });
       return;
     }
-    const child = spawn('/bin/sh', ['-c', job.script], { cwd: dataPath, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { cwd: dataPath, stdio: ['ignore', 'pipe', 'pipe'] });
     const out = { stdout: [], stderr: [] };
     const sizes = { stdout: 0, stderr: 0 };
     for (const name of ['stdout', 'stderr']) {
@@ -359,12 +363,17 @@ function shell(req, res) {
       });
     }
     const timer = setTimeout(() => child.kill('SIGKILL'), Number(job.timeoutMs) || 30000);
+    let answered = false;
     child.on('error', (err) => {
       clearTimeout(timer);
+      if (answered) return;
+      answered = true;
       sendJson(res, 500, { error: String(err) });
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      if (answered) return;
+      answered = true;
       sendJson(res, 200, {
         code,
         signal,
@@ -408,7 +417,11 @@ function handle(req, res) {
   const route = pathname.slice(base.length); // '' for the index
 
   if (route === '__shell' && req.method === 'POST') {
-    shell(req, res);
+    runChild(req, res, 'script', (script) => ['/bin/sh', ['-c', script]]);
+    return;
+  }
+  if (route === '__node' && req.method === 'POST') {
+    runChild(req, res, 'program', (program) => [process.execPath, ['-e', program]]);
     return;
   }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
