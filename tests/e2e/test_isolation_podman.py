@@ -74,6 +74,12 @@ class PodmanFleet:
         https_port = self.fleet.settings().edge.https_port
         return https(https_port, f"{tenant.name}.localhost", STATUS_PATH, local_ca(self.fleet.root)).status_code
 
+    def edge_answers(self, tenant: Tenant) -> bool:
+        try:
+            return self.through_edge(tenant) == 200
+        except httpx.HTTPError:
+            return False
+
 
 @pytest.fixture(scope="module")
 def podman_fleet(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[PodmanFleet]:
@@ -87,8 +93,11 @@ def podman_fleet(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[st
         tenants = {}
         for name in ("alice", "bob"):
             made = fleet.cli("instance", "create", name, "--release", "13.345", "--json").json()["instance"]
-            assert made["state"] == "running", made
+            assert made["state"] in ("running", "starting"), made
             tenants[name] = Tenant(name, made["port"], made["uid"], Path(made["data_dir"]))
+        for name in tenants:
+            # (Seen once on a loaded machine: create answered while the first health check was still due.)
+            fleet.wait_state(name, "running")
         yield PodmanFleet(fleet, tenants["alice"], tenants["bob"])
     finally:
         fleet.tear_down()  # the fleet's containers too
@@ -419,7 +428,7 @@ one();
 
 def test_a_fork_bomb_stops_at_the_pids_limit_and_its_neighbour_keeps_answering(podman_fleet: PodmanFleet) -> None:
     alice, bob = podman_fleet.alice, podman_fleet.bob
-    bob_pid = server_pid(bob)
+    bob_pid, bob_restarts = server_pid(bob), podman_fleet.fleet.instance("bob")["restarts"]
     group = cgroup_dir(server_pid(alice), "pids")
     assert int((group / "pids.max").read_text()) == PIDS
     refused_before = int((group / "pids.events").read_text().split()[1])
@@ -438,7 +447,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_its_neighbour_keeps_answering(p
     assert int((group / "pids.events").read_text().split()[1]) > refused_before, tally  # forks refused
     assert tally["errors"].get("EAGAIN", 0) + tally["exits"].get("SIGABRT", 0) > 0, tally
     assert answered >= 3
-    assert server_pid(bob) == bob_pid and podman_fleet.fleet.instance("bob")["restarts"] == 0
+    assert server_pid(bob) == bob_pid and podman_fleet.fleet.instance("bob")["restarts"] == bob_restarts
     # Alice herself is still up (or back up) once the bomb is over.
     wait_until(lambda: podman_fleet.fleet.get(alice.port, STATUS_PATH).status_code == 200, 30, "alice to answer")
 
@@ -453,7 +462,7 @@ def test_a_memory_hog_is_killed_at_the_memory_limit_and_its_neighbour_is_untouch
     podman_fleet: PodmanFleet,
 ) -> None:
     alice, bob, fleet = podman_fleet.alice, podman_fleet.bob, podman_fleet.fleet
-    bob_pid = server_pid(bob)
+    bob_pid, bob_restarts = server_pid(bob), podman_fleet.fleet.instance("bob")["restarts"]
     alice_pid = server_pid(alice)
     memory = cgroup_dir(alice_pid, "memory")
     assert int((memory / "memory.limit_in_bytes").read_text()) == MEMORY_MB << 20
@@ -482,6 +491,7 @@ def test_a_memory_hog_is_killed_at_the_memory_limit_and_its_neighbour_is_untouch
     assert crashed, "the OOM kill is recorded as a crash"
     assert fleet.get(alice.port, STATUS_PATH).status_code == 200
     assert server_pid(alice) != alice_pid
-    assert server_pid(bob) == bob_pid and fleet.instance("bob")["restarts"] == 0
-    assert podman_fleet.through_edge(bob) == 200
+    assert server_pid(bob) == bob_pid and fleet.instance("bob")["restarts"] == bob_restarts
     assert not oom_kills_of(bob_pid)
+    # Through the edge too, once Caddy has taken in alice's restart (a reload may hang up on a request).
+    wait_until(lambda: podman_fleet.edge_answers(bob), 10, "bob to answer through the edge")
