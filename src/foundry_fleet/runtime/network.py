@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -369,6 +370,8 @@ def _widen_backlog(pid: int, port: int) -> None:
             fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(entry), 0)
             if fd < 0:
                 err = ctypes.get_errno()
+                if err == errno.EBADF:
+                    continue  # closed since the listing (slirp4netns closes its set-up sockets): not the one
                 raise ExternalFailure(f"cannot reach the forwarder's socket (pidfd_getfd: {os.strerror(err)})")
             with socket.socket(fileno=fd) as copy:
                 listening = copy.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)

@@ -117,7 +117,9 @@ class PodmanService:
             self._process = subprocess.Popen(
                 [binary, "system", "service", "--time=0", f"unix://{self.socket_path}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=containers_conf.environment(conf),
-                start_new_session=True, close_fds=True,
+                # Its conmons inherit this directory and write files there (an `oom` marker after an
+                # out-of-memory kill): the fleet's own run directory, not wherever `up` was started.
+                start_new_session=True, close_fds=True, cwd=self.run_dir,
             )
         finally:
             os.close(log)
