@@ -191,9 +191,10 @@ def _actions(fleet: FleetHarness, name: str) -> list[str]:
 
 def _start_a_container_the_fleet_does_not_know(fleet: FleetHarness, like: str, name: str) -> str:
     """A container labelled as the fleet's instance `name`, which the fleet has no record of (as a crash
-    between starting a container and recording it leaves one), running the image `like` runs."""
+    between starting a container and recording it leaves one), running the image `like` runs. Without an
+    init, node as PID 1 ignores SIGTERM: the fleet removes it without waiting out a stop timeout."""
     image = fleet.podman.inspect(like)["ImageName"]  # node only: its command is node's
-    out = fleet.podman.run("run", "-d", "--init", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
+    out = fleet.podman.run("run", "-d", "--name", f"foundry-fleet-{fleet.fleet_id}-{name}",
                            "--label", f"{FLEET_LABEL}={fleet.fleet_id}", "--label", f"{INSTANCE_LABEL}={name}",
                            image, "node", "-e", "setInterval(() => {}, 1000)").stdout
     return out.strip()

@@ -114,9 +114,13 @@ class PodmanApi:
             if e.status not in (404, 409):  # gone, or not running any more
                 raise
 
-    async def remove(self, ident: str) -> None:
-        """Remove (force: stop first) the container; nothing when there is none."""
-        await self.request("DELETE", f"/containers/{ident}", params={"force": "true", "v": "false"}, ok404=True)
+    async def remove(self, ident: str, stop_timeout: int | None = None) -> None:
+        """Remove (force: stop first, SIGKILL after `stop_timeout` seconds, default the container's
+        own) the container; nothing when there is none."""
+        params = {"force": "true", "v": "false"}
+        if stop_timeout is not None:
+            params["timeout"] = str(stop_timeout)
+        await self.request("DELETE", f"/containers/{ident}", params=params, ok404=True)
 
     async def list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Every container (running or not) carrying all of `labels`."""

@@ -359,7 +359,8 @@ class PodmanRuntime:
             if instance in known:
                 continue
             names = entry.get("Names") or [entry.get("Id", "?")[:12]]
-            await self._call(lambda api, ident=entry["Id"]: api.remove(ident))
+            # Nobody's task: no graceful stop to wait for before the daemon can start the known ones.
+            await self._call(lambda api, ident=entry["Id"]: api.remove(ident, stop_timeout=0))
             ports = [p.get("host_port") for p in entry.get("Ports") or [] if isinstance(p.get("host_port"), int)]
             await self._sweep_forwarding(entry["Id"], ports[0] if ports else None)
             self._events.append(TaskEvent(instance or names[0], "strays",
