@@ -1,5 +1,6 @@
-"""The podman runtime's Node.js images for the commands and `status`, outside the driver: the same
-NodeImages the driver builds on, over the fleet's podman API socket."""
+"""The podman runtime's Node.js images, built one way for the driver (wiring/runtimes.py), the `runtime
+image` command and `status`: NodeImages over the fleet's podman API socket, its builds under the fleet's
+run directory (so a daemon and a command share one build lock)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 STATUS_TIMEOUT = 3.0  # `status` waits this long for podman's answer at most
 
 
-def _run_dir(config: FleetConfig) -> Path:
+def podman_run_dir(config: FleetConfig) -> Path:
+    """The podman runtime's own directory: its API socket, containers.conf and image builds."""
     return config.paths.run / "podman"
 
 
@@ -32,7 +34,7 @@ def make_node_images(config: FleetConfig, http: httpx.AsyncClient) -> NodeImages
         http,
         node=lambda generation: resolve_node(config.node, generation),
         configured=config.podman.image_for,
-        work_dir=_run_dir(config) / "images",
+        work_dir=podman_run_dir(config) / "images",
         pull_timeout=config.podman.pull_timeout,
     )
 
@@ -43,7 +45,7 @@ async def node_images(config: FleetConfig) -> AsyncIterator[NodeImages]:
     (a running daemon's, or a configured one, is used and left alone)."""
     from foundry_fleet.runtime.podman.service import PodmanService
 
-    service = PodmanService(_run_dir(config), config.podman.socket)
+    service = PodmanService(podman_run_dir(config), config.podman.socket)
     api = await service.ensure()
     started_here = service.restarts > 0
     try:
@@ -63,7 +65,7 @@ async def release_image_states(config: FleetConfig, releases: list[ReleaseView])
 
     if not releases:
         return []
-    socket = config.podman.socket or _run_dir(config) / SOCKET_NAME
+    socket = config.podman.socket or podman_run_dir(config) / SOCKET_NAME
     api = PodmanApi(socket, timeout=STATUS_TIMEOUT)
     try:
         if not await api.ping():

@@ -40,23 +40,14 @@ def _local(config: FleetConfig) -> Runtime:
 def _podman(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.podman.driver import PodmanRuntime
     from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
-    from foundry_fleet.runtime.podman.images import NodeImages
     from foundry_fleet.runtime.podman.service import PodmanService
-    from foundry_fleet.services.node_binaries import resolve_node
+    from foundry_fleet.wiring.podman_images import make_node_images, podman_run_dir
 
     tag = fleet_id(config)
-    run = config.paths.run / "podman"
-    podman = config.podman
     return PodmanRuntime(
         fleet_id=tag,
-        service=PodmanService(run, podman.socket),
-        images=lambda api: NodeImages(
-            api.http,
-            node=lambda generation: resolve_node(config.node, generation),
-            configured=podman.image_for,
-            work_dir=run / "images",
-            pull_timeout=podman.pull_timeout,
-        ),
+        service=PodmanService(podman_run_dir(config), config.podman.socket),
+        images=lambda api: make_node_images(config, api.http),  # the same images `runtime image` makes
         log_dir_of=config.paths.instance_logs,
         network=FleetNetwork(tag),
     )
