@@ -31,6 +31,7 @@ import pytest
 from tests.support.edge_client import https, local_ca
 from tests.support.fleets import make_fleet
 from tests.support.foundry_standin import STATUS_PATH, run_node_in_instance
+from tests.support.ports import host_address
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.podman import podman_missing
 
@@ -326,17 +327,6 @@ def listening(address: str) -> socket.socket:
     sock.bind((address, 0))
     sock.listen(16)  # the kernel completes connections without an accept: "connected" means reached
     return sock
-
-
-def host_address() -> str | None:
-    """A non-loopback IPv4 address of this host."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
-            address = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if address.startswith("127.") else address
 
 
 ADDRESSES = r"""

@@ -28,7 +28,7 @@ from foundry_fleet.runtime.local_task import LocalTask
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 from tests.support.foundry_standin import SOCKET_PATH, STATUS_PATH, run_in_instance
-from tests.support.ports import port_is_free
+from tests.support.ports import host_address, port_is_free
 from tests.drivers.test_runtime_local import veth_namespace
 
 IS_ROOT = os.geteuid() == 0
@@ -79,17 +79,6 @@ def recorded_task(fleet: FleetHarness, name: str) -> LocalTask | None:
     finally:
         db.close()
     return LocalTask.of(TaskHandle.from_dict(json.loads(raw))) if raw else None
-
-
-def host_address() -> str | None:
-    """A non-loopback IPv4 address of this host (where an instance's outbound NAT can reach it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
-            address = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if address.startswith("127.") else address
 
 
 class Listener:

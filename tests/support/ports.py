@@ -79,3 +79,14 @@ def single_port() -> int:
     run: from a block of this run's own, below the kernel's ephemeral range, so an outgoing connection
     can never be holding it by chance."""
     return next(_SINGLE_PORTS)
+
+
+def host_address() -> str | None:
+    """A non-loopback IPv4 address of this host (where an instance's outbound NAT can reach it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address

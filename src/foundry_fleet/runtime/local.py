@@ -45,7 +45,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -60,7 +59,8 @@ from foundry_fleet.runtime.base import (
 )
 from foundry_fleet.runtime.local_task import LocalTask, listening_port
 from foundry_fleet.runtime.pidfds import pidfd_of, send_signal, wait_readable
-from foundry_fleet.runtime.task_dirs import check_reachable, prepare_dirs
+from foundry_fleet.runtime.host_ports import host_port_is_free
+from foundry_fleet.runtime.task_dirs import check_dirs, check_reachable, prepare_dirs
 from foundry_fleet.runtime.cgroups import CgroupHost, ForwarderCgroup, TaskCgroups
 from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, EgressFilter, PortFirewall
 from foundry_fleet.runtime.network import PrivateNetworks
@@ -207,14 +207,7 @@ class LocalRuntime:
         return await asyncio.to_thread(self._stats, LocalTask.of(handle))
 
     def port_is_free(self, port: int) -> bool:
-        """Nothing on this host listens on `port` (an instance given it would fail to start)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                return False
-        return True
+        return host_port_is_free(port)  # the forwarder will listen on the host's loopback
 
     async def address(self, handle: TaskHandle) -> Address:
         """The host's loopback and the task's port: in a network namespace the forwarder holds it."""
@@ -390,7 +383,7 @@ class LocalRuntime:
     # ------------------------------------------------------------------ start
 
     async def _start(self, spec: TaskSpec, command: list[str]) -> LocalTask:
-        self._check_spec(spec)
+        check_dirs(spec)
         is_root = os.geteuid() == 0
         use_bwrap = self._sandbox_wanted()
         uid = spec.uid
@@ -524,14 +517,6 @@ class LocalRuntime:
             raise Unsupported(f"the sandbox is required but not usable: {cap.detail}",
                               "install bubblewrap, or set use_sandbox = false")
         return cap.available
-
-    @staticmethod
-    def _check_spec(spec: TaskSpec) -> None:
-        for label, path in (("install", spec.install_dir), ("data", spec.data_dir)):
-            if not Path(path).is_dir():
-                raise InvalidInput(f"{label} directory {path} of {spec.name} does not exist")
-        if spec.shared_dir is not None and not Path(spec.shared_dir).is_dir():
-            raise InvalidInput(f"shared directory {spec.shared_dir} does not exist")
 
     async def _sandbox_init(self, handle: LocalTask, spec: TaskSpec, info_r: int) -> int:
         """The sandbox init's pid (in the host's view), as bwrap reports it on its info pipe."""

@@ -76,3 +76,12 @@ def prepare_dirs(spec: TaskSpec, use_bwrap: bool, uid: int | None, gid: int | No
             mount.rmdir()
         if not mount.exists():
             mount.symlink_to(spec.shared_dir)
+
+
+def check_dirs(spec: TaskSpec) -> None:
+    """Refuse, naming it, a spec whose release, data or shared directory is not there."""
+    for label, path in (("install", spec.install_dir), ("data", spec.data_dir)):
+        if not Path(path).is_dir():
+            raise InvalidInput(f"{label} directory {path} of {spec.name} does not exist")
+    if spec.shared_dir is not None and not Path(spec.shared_dir).is_dir():
+        raise InvalidInput(f"shared directory {spec.shared_dir} does not exist")

@@ -18,7 +18,6 @@ import asyncio
 import math
 import os
 import signal as signals
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -35,7 +34,8 @@ from foundry_fleet.runtime.podman.container_logs import server_lines
 from foundry_fleet.runtime.podman.containers_conf import find_init
 from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
 from foundry_fleet.runtime.podman.service import PodmanService
-from foundry_fleet.runtime.task_dirs import prepare_dirs
+from foundry_fleet.runtime.host_ports import host_port_is_free
+from foundry_fleet.runtime.task_dirs import check_dirs, prepare_dirs
 
 DRIVER = "podman"
 T = TypeVar("T")
@@ -246,11 +246,7 @@ class PodmanRuntime:
 
     @staticmethod
     def _check_spec(spec: TaskSpec) -> None:
-        for label, path in (("install", spec.install_dir), ("data", spec.data_dir)):
-            if not Path(path).is_dir():
-                raise InvalidInput(f"{label} directory {path} of {spec.name} does not exist")
-        if spec.shared_dir is not None and not Path(spec.shared_dir).is_dir():
-            raise InvalidInput(f"shared directory {spec.shared_dir} does not exist")
+        check_dirs(spec)
         # The log directory, and Data/shared as the mount point of the shared assets.
         prepare_dirs(spec, True, spec.uid, spec.gid)
 
@@ -392,15 +388,7 @@ class PodmanRuntime:
         return Address("127.0.0.1", port)
 
     def port_is_free(self, port: int) -> bool:
-        """Nothing on this host holds `port` (Podman holds a published port while its container runs)."""
-        for host in ("127.0.0.1", "0.0.0.0"):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    return False
-        return True
+        return host_port_is_free(port)  # Podman holds a published port while its container runs
 
     async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         path = self._log_path(task)
