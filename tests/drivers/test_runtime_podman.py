@@ -669,3 +669,54 @@ def test_a_local_runtimes_forwarder_on_the_same_host_leaves_the_containers_names
     finally:
         holder.kill()
         holder.wait()
+
+
+def nat_rules() -> list[str]:
+    return subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_forwarding_left_by_containers_that_are_gone_is_swept_at_open_and_a_live_one_kept(world: World) -> None:
+    """A teardown cut short (a killed daemon or test, a host reset) leaves netavark's forwarding of a
+    container that no longer exists: a jump naming it, and a DNAT rule to its old address placed before
+    the live container's. Left there, 127.0.0.1:<port> leads nowhere for whatever listens there next."""
+    spec = world.spec("alice")
+    dead_id = "d" * 64
+
+    async def scenario() -> None:
+        first = world.fresh()
+        await first.open()
+        handle = await first.start_task(spec)
+        await asyncio.to_thread(wait_for_status, spec.port, None, 20.0)
+        chain = next(line.split()[-1] for line in nat_rules()
+                     if f"id: {handle.state['container']}" in line)
+        subnet = first.network.subnet
+        dead_ip = subnet.rsplit(".", 1)[0] + ".250"
+        # What a cut-short teardown leaves, put first so it wins, as a stale rule does.
+        stale = [[chain, "-d", "127.0.0.1/32", "-p", "tcp", "--dport", str(spec.port), "-j", "DNAT",
+                  "--to-destination", f"{dead_ip}:{spec.port}"],
+                 ["NETAVARK-HOSTPORT-DNAT", "-p", "tcp", "--dport", str(spec.port), "-m", "comment", "--comment",
+                  f"dnat name: {first.network.name} id: {dead_id}", "-j", chain]]
+        for rule in stale:
+            subprocess.run(["iptables", "-w", "-t", "nat", "-I", rule[0], "1", *rule[1:]], check=True)
+        try:
+            await check_swept(first, handle)
+        finally:  # a failure here must not leave them for the next test on this host
+            for rule in stale:
+                subprocess.run(["iptables", "-w", "-t", "nat", "-D", *rule], capture_output=True)
+
+    async def check_swept(first: PodmanRuntime, handle: TaskHandle) -> None:
+        dead_ip = first.network.subnet.rsplit(".", 1)[0] + ".250"
+        with pytest.raises(OSError):  # led to nothing: refused, reset or timed out
+            urllib.request.urlopen(f"http://127.0.0.1:{spec.port}/-/api/status", timeout=1.0)
+        second = world.fresh()  # the next daemon
+        await second.open()
+        left = nat_rules()
+        assert not [line for line in left if dead_id in line or f"{dead_ip}:" in line], left
+        assert [line for line in left if f"id: {handle.state['container']}" in line]  # the live one's stays
+        await asyncio.to_thread(wait_for_status, spec.port, None, 5.0)
+        assert [e.action for e in second.take_events()] == ["strays"]
+        await second.stop_task(handle, timeout=5)
+        await second.destroy_task(handle)
+
+    run(scenario)

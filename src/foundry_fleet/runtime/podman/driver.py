@@ -137,7 +137,25 @@ class PodmanRuntime:
         caps = await self.fingerprint()
         if self.network is not None:
             caps.append(await self.network.open(self.api))
+            await self._sweep_dead_forwarding()
         return caps
+
+    async def _sweep_dead_forwarding(self) -> None:
+        """Forwarding left by containers that are gone (a teardown cut short) goes before anything
+        starts: it would redirect their ports to nothing."""
+        live_ids, live_ips = set(), set()
+        for entry in await self._call(lambda api: api.list(container_spec.fleet_labels(self.fleet_id))):
+            found = await self._call(lambda api, ident=entry["Id"]: api.inspect(ident))
+            if found is None:
+                continue
+            live_ids.add(found["Id"])
+            networks = (found.get("NetworkSettings") or {}).get("Networks") or {}
+            live_ips |= {n.get("IPAddress") for n in networks.values() if n.get("IPAddress")}
+        removed = await asyncio.to_thread(fleet_network.sweep_dead_forwarding, self.network.name,
+                                          self.network.subnet, live_ids, live_ips)
+        if removed:
+            self._events.append(TaskEvent(self.network.name, "strays",
+                                          f"removed {removed} port forwarding rule(s) of containers that are gone"))
 
     async def close(self, instances_left_running: bool) -> None:
         if self.network is not None and not instances_left_running:

@@ -164,6 +164,34 @@ def sweep_forwarding(container_id: str, subnet: str | None, port: int | None) ->
     return removed
 
 
+def sweep_dead_forwarding(network: str, subnet: str | None, live_ids: set[str], live_ips: set[str]) -> int:
+    """Delete the port forwarding of the fleet's network that no live container owns: the jumps naming
+    a container of `network` not in `live_ids`, and the DNAT rules of the network's forwarding chain to
+    an address not in `live_ips`. What a daemon, a test or the host dying half-way through a teardown
+    leaves behind would otherwise redirect 127.0.0.1:<port> to nothing, whatever later listens on that
+    port (a container, or an instance of the local runtime). How many rules went."""
+    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
+    rules = [line for line in listed.stdout.splitlines() if line.startswith("-A NETAVARK")]
+    ours = {line.split()[1] for line in rules
+            if subnet and line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+    stale = []
+    for line in rules:
+        jump = re.search(rf"dnat name: {re.escape(network)} id: ([0-9a-f]{{64}})", line)
+        if jump and jump.group(1) not in live_ids:
+            stale.append(line)
+            continue
+        target = re.search(r"--to-destination ([0-9.]+):\d+", line)
+        if line.split()[1] in ours and target and target.group(1) not in live_ips:
+            stale.append(line)
+    removed = 0
+    for line in stale:
+        args = shlex.split(line)
+        args[0] = "-D"
+        if subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30).returncode == 0:
+            removed += 1
+    return removed
+
+
 def sweep_network(subnet: str) -> None:
     """Delete the NAT chains netavark keeps for a removed network's `subnet` (its masquerade chain and
     its port forwarding chain) when a failed teardown left them."""
