@@ -177,10 +177,14 @@ class FleetPodman:
 
     def remove_all(self) -> list[Container]:
         """The fleet's containers, then its networks and their firewall chains; the containers there were."""
-        from foundry_fleet.runtime.podman.fleet_network import FleetNetwork
+        from foundry_fleet.runtime.podman.fleet_network import FleetNetwork, sweep_dead_forwarding
 
         found = self.remove_containers()
         for network in self.networks():
             self.run("network", "rm", "-f", network)
-        FleetNetwork(self.fleet_id).remove_firewall()
+        fleet_network = FleetNetwork(self.fleet_id)
+        fleet_network.remove_firewall()
+        # A teardown netavark did not finish (a daemon killed on purpose) must not leave forwarding that
+        # catches a later test's port, whichever runtime that test's fleet uses.
+        sweep_dead_forwarding(fleet_network.name, None, set(), set())
         return found
