@@ -269,7 +269,7 @@ def test_a_task_that_cannot_start_fails_the_instance_with_the_drivers_reason(wor
 
 
 class ForgetfulRuntime(FakeRuntime):
-    """A runtime whose tasks can outlive the daemon unrecorded (as containers do): it offers forget_unknown."""
+    """A runtime whose tasks can outlive the daemon unrecorded (as containers do): its forget_unknown finds one."""
 
     def __init__(self) -> None:
         super().__init__()

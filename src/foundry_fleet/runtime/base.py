@@ -204,5 +204,15 @@ class Runtime(Protocol):
         """The last `lines` lines of the task's log (by handle, or by instance name when it is not
         running), then, with `follow`, each new line as it comes."""
 
+    async def forget_unknown(self, known: set[str]) -> list[str]:
+        """Remove the fleet's tasks that no record claims (the instances in `known` have one: an instance
+        deleted, or a task started but not recorded, while the control plane was down); each is noted
+        as an event. Their instance names. A driver whose tasks die with the control plane's host
+        process tree, or that finds strays when it starts a task, has nothing to do here."""
+
+    def host_processes(self) -> set[int]:
+        """Processes on this host that hold the fleet's tasks but are no recorded handle's (a container's
+        monitor): with what runs below them, the control plane counts them as its own."""
+
     def take_events(self) -> list[TaskEvent]:
         """The events noted since the last call (and forget them)."""

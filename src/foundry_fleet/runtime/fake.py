@@ -208,6 +208,12 @@ class FakeRuntime:
                 position += 1
             await asyncio.sleep(0.01)
 
+    async def forget_unknown(self, known: set[str]) -> list[str]:
+        return []  # its tasks live in this process: none outlives it
+
+    def host_processes(self) -> set[int]:
+        return set()  # every task's processes are in its recorded handle
+
     def take_events(self) -> list[TaskEvent]:
         events, self._events = self._events, []
         return events

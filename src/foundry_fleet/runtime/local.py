@@ -231,6 +231,12 @@ class LocalRuntime:
         finally:
             done = True  # the follower's thread notices within its poll interval
 
+    async def forget_unknown(self, known: set[str]) -> list[str]:
+        return []  # start_task finds a stray of the instance it starts (kill_strays)
+
+    def host_processes(self) -> set[int]:
+        return set()  # every task's processes are in its recorded handle
+
     def take_events(self) -> list[TaskEvent]:
         events, self._events = self._events, []
         return events

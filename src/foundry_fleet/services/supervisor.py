@@ -345,14 +345,10 @@ class Supervisor:
 
     async def _forget_unknown_tasks(self) -> None:
         """Let a runtime whose tasks outlive the daemon (containers) remove those no record claims, before
-        anything starts: an instance deleted, or a task started but not recorded, while it was down.
-        Optional: a driver offers `forget_unknown(known_names)` when it can list its tasks."""
-        forget = getattr(self.runtime, "forget_unknown", None)
-        if forget is None:
-            return
+        anything starts: an instance deleted, or a task started but not recorded, while it was down."""
         known = {row.name for row in self.records.supervised() if row.task is not None}
         try:
-            await forget(known)
+            await self.runtime.forget_unknown(known)
         except FleetError as e:
             log.warning("could not look for tasks no instance claims: %s", e.message)
         for event in self.runtime.take_events():
