@@ -818,6 +818,14 @@ def test_probe_under_a_read_only_bind(runner: Runner, unpacked, tmp_path: Path) 
     assert not (shared / "new.txt").exists()
 
 
+def gone_or_zombie(pid: int) -> bool:
+    """The process has exited (reaped, or not yet: a zombie). Read in one go: it may be reaped meanwhile."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def test_node_hook_runs_a_program_as_the_server_in_its_data_path(runner: Runner, unpacked) -> None:
     run = runner.start(unpacked(ReleaseLayout.NODE))
     program = (
@@ -841,7 +849,7 @@ def test_node_hook_runs_a_program_as_the_server_in_its_data_path(runner: Runner,
     pid = run_node_in_instance(run.port, "setInterval(() => {}, 1e9)", background=True)["pid"]
     assert isinstance(pid, int) and Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == b"-e"
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
+    wait_until(lambda: gone_or_zombie(pid))
 
     # The same answers as __shell; a body without a program is refused and the server lives on.
     assert run_in_instance(run.port, "echo hi")["stdout"] == "hi\n"
