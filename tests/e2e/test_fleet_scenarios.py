@@ -60,17 +60,23 @@ def running(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Pa
         added = fleet.cli("release", "add", str(release_zips["node"]))
         assert "13.345" in added.out
         fleet.up()
-        password_file = tmp / "pw"
-        password_file.write_text(ADMIN_PASSWORD + "\n")
-        license_file = tmp / "license"
-        license_file.write_text(LICENSE + "\n")
-        created = create(fleet, "alice", "13.345", "--license-file", str(license_file),
-                         "--owner", "123456789012345678", "--admin-password-file", str(password_file))
-        (fleet.root / "shared" / "map.webp").write_bytes(b"shared asset")
-        bob = create(fleet, "bob", "13.345")["instance"]
-        yield Running(fleet, created, bob)
+        yield create_alice_and_bob(fleet, tmp)
     finally:
         fleet.tear_down()
+
+
+def create_alice_and_bob(fleet: FleetHarness, tmp: Path) -> Running:
+    """On a running fleet with 13.345 cached: alice with a licence, an owner and a chosen admin password
+    (from files in `tmp`), a shared asset, and bob with nothing of his own."""
+    password_file = tmp / "pw"
+    password_file.write_text(ADMIN_PASSWORD + "\n")
+    license_file = tmp / "license"
+    license_file.write_text(LICENSE + "\n")
+    created = create(fleet, "alice", "13.345", "--license-file", str(license_file),
+                     "--owner", "123456789012345678", "--admin-password-file", str(password_file))
+    (fleet.root / "shared" / "map.webp").write_bytes(b"shared asset")
+    bob = create(fleet, "bob", "13.345")["instance"]
+    return Running(fleet, created, bob)
 
 
 # --- create -----------------------------------------------------------------------------------------

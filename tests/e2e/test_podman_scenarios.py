@@ -22,10 +22,9 @@ import pytest
 from tests.e2e import test_backups_scenarios as backups_scenarios
 from tests.e2e import test_upgrade_scenarios as upgrade_scenarios
 from tests.e2e.test_fleet_scenarios import (  # noqa: F401 (collected here, on podman)
-    ADMIN_PASSWORD,
-    LICENSE,
     Running,
     create,
+    create_alice_and_bob,
     test_a_crash_loop_ends_in_failed_leaving_the_neighbour_alone_until_started_by_hand,
     test_a_killed_server_is_back_within_seconds_with_a_new_pid,
     test_an_instance_cannot_see_another_tenants_data,
@@ -62,15 +61,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Pa
         fleet.cli("release", "add", str(release_zips["wrapped"]))  # 13.347
         fleet.cli("release", "add", str(broken_release(tmp)))  # 13.400
         fleet.up()
-        password_file = tmp / "pw"
-        password_file.write_text(ADMIN_PASSWORD + "\n")
-        license_file = tmp / "license"
-        license_file.write_text(LICENSE + "\n")
-        created = create(fleet, "alice", "13.345", "--license-file", str(license_file),
-                         "--owner", "123456789012345678", "--admin-password-file", str(password_file))
-        (fleet.root / "shared" / "map.webp").write_bytes(b"shared asset")
-        bob = create(fleet, "bob", "13.345")["instance"]
-        yield Running(fleet, created, bob)
+        yield create_alice_and_bob(fleet, tmp)
     finally:
         fleet.tear_down()
     assert fleet.containers() == [], "the fleet's containers outlived its tear-down"

@@ -149,19 +149,11 @@ def sweep_forwarding(container_id: str, subnet: str | None, port: int | None) ->
     container published on that port (the stale rule comes first). How many rules went."""
     if not re.fullmatch(r"[0-9a-f]{64}", container_id):
         return 0
-    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
-    rules = [line for line in listed.stdout.splitlines() if line.startswith("-A NETAVARK")]
-    ours = {line.split()[1] for line in rules
-            if subnet and line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+    rules = [line for line in _nat_rules() if line.startswith("-A NETAVARK")]
+    ours = _forwarding_chains(rules, subnet)
     stale = [line for line in rules
              if f"id: {container_id}" in line or (port and line.split()[1] in ours and f"--dport {port} " in line)]
-    removed = 0
-    for line in stale:
-        args = shlex.split(line)
-        args[0] = "-D"
-        if subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30).returncode == 0:
-            removed += 1
-    return removed
+    return _delete(stale)
 
 
 def sweep_dead_forwarding(network: str, subnet: str | None, live_ids: set[str], live_ips: set[str]) -> int:
@@ -170,10 +162,8 @@ def sweep_dead_forwarding(network: str, subnet: str | None, live_ids: set[str], 
     an address not in `live_ips`. What a daemon, a test or the host dying half-way through a teardown
     leaves behind would otherwise redirect 127.0.0.1:<port> to nothing, whatever later listens on that
     port (a container, or an instance of the local runtime). How many rules went."""
-    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
-    rules = [line for line in listed.stdout.splitlines() if line.startswith("-A NETAVARK")]
-    ours = {line.split()[1] for line in rules
-            if subnet and line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+    rules = [line for line in _nat_rules() if line.startswith("-A NETAVARK")]
+    ours = _forwarding_chains(rules, subnet)
     stale = []
     for line in rules:
         jump = re.search(rf"dnat name: {re.escape(network)} id: ([0-9a-f]{{64}})", line)
@@ -183,33 +173,44 @@ def sweep_dead_forwarding(network: str, subnet: str | None, live_ids: set[str], 
         target = re.search(r"--to-destination ([0-9.]+):\d+", line)
         if line.split()[1] in ours and target and target.group(1) not in live_ips:
             stale.append(line)
-    removed = 0
-    for line in stale:
-        args = shlex.split(line)
-        args[0] = "-D"
-        if subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30).returncode == 0:
-            removed += 1
-    return removed
+    return _delete(stale)
 
 
 def sweep_network(subnet: str) -> None:
     """Delete the NAT chains netavark keeps for a removed network's `subnet` (its masquerade chain and
     its port forwarding chain) when a failed teardown left them."""
-    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
-    rules = listed.stdout.splitlines()
+    rules = _nat_rules()
     chains = {line.split()[-1] for line in rules
               if line.startswith("-A POSTROUTING ") and f" -s {subnet} " in f"{line} " and "-j NETAVARK-" in line}
-    chains |= {line.split()[1] for line in rules
-               if line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
-    for line in rules:
-        target = line.split()[-1] if line.startswith("-A ") else ""
-        if target in chains:
-            args = shlex.split(line)
-            args[0] = "-D"
-            subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30)
+    chains |= _forwarding_chains(rules, subnet)
+    _delete([line for line in rules if line.startswith("-A ") and line.split()[-1] in chains])
     for chain in chains:
         subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True, timeout=30)
         subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True, timeout=30)
+
+
+def _nat_rules() -> list[str]:
+    listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
+    return listed.stdout.splitlines()
+
+
+def _forwarding_chains(rules: list[str], subnet: str | None) -> set[str]:
+    """netavark's port forwarding chains of the network with `subnet` (their rules name it as source)."""
+    if not subnet:
+        return set()
+    return {line.split()[1] for line in rules
+            if line.startswith("-A NETAVARK-DN-") and f" -s {subnet} " in f"{line} "}
+
+
+def _delete(rules: list[str]) -> int:
+    """Delete these `-A` lines of the nat table; how many went."""
+    removed = 0
+    for line in rules:
+        args = shlex.split(line)
+        args[0] = "-D"
+        if subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, timeout=30).returncode == 0:
+            removed += 1
+    return removed
 
 
 def _script(chain: str, rules: list[str]) -> str:
