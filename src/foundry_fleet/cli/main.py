@@ -59,14 +59,22 @@ def init(
     tls: Annotated[Optional[str], typer.Option(help="internal | acme | on-demand")] = None,
     storage: Annotated[str, typer.Option(help="directory | zfs")] = "directory",
     zfs_base: Annotated[Optional[str], typer.Option(help="with --storage zfs: POOL[/PATH] for the datasets")] = None,
-    runtime: Annotated[str, typer.Option(help="what runs the instances: local (bubblewrap) | podman (containers)")] = "local",
+    runtime: Annotated[str, typer.Option(
+        help="what runs the instances: local (bubblewrap) | podman (containers) | nomad (Nomad jobs)")] = "local",
+    nomad_addr: Annotated[Optional[str], typer.Option(
+        help="with --runtime nomad: Nomad's HTTP API (default http://127.0.0.1:4646)")] = None,
+    nomad_token_file: Annotated[Optional[Path], typer.Option(
+        help="with --runtime nomad: a 0600 file holding the ACL token")] = None,
+    nomad_ca_file: Annotated[Optional[Path], typer.Option(
+        help="with --runtime nomad: the CA of Nomad's TLS certificate (https)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing fleet.toml")] = False,
 ) -> None:
     """Create a fleet: write a documented fleet.toml under ROOT."""
     from foundry_fleet.services.init import init_fleet
 
     path = init_fleet(root, domain, http_port, https_port, tls, storage, force, zfs_base=zfs_base, runtime=runtime,
-                      runtimes=runtime_cmds.offered_runtimes())
+                      runtimes=runtime_cmds.offered_runtimes(), nomad_address=nomad_addr,
+                      nomad_token_file=nomad_token_file, nomad_ca_file=nomad_ca_file)
     console.print(f"wrote {path}")
     console.print(f"next: foundry-fleet --config {path} up")
 
