@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
 
 if TYPE_CHECKING:
     from foundry_fleet.config import NomadSection
@@ -121,7 +121,11 @@ def blocking_timeout(wait: float, timeout: float) -> float:
 def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
     if ca_file is None:
         return True
-    return ssl.create_default_context(cafile=str(ca_file))
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as e:
+        raise InvalidInput(f"the Nomad CA file {ca_file} cannot be used: {getattr(e, 'strerror', None) or e}",
+                           "set [nomad] ca_file to the PEM file of the CA that signed Nomad's certificate") from None
 
 
 def _nomad_text(response: httpx.Response) -> str:
