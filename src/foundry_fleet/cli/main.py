@@ -12,6 +12,7 @@ from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
+from foundry_fleet.cli import nomad as nomad_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import runtime as runtime_cmds
 from foundry_fleet.cli import storage as storage_cmds
@@ -38,6 +39,7 @@ app.add_typer(backup_cmds.app, name="backup")
 app.add_typer(storage_cmds.app, name="storage")
 app.add_typer(invite_cmds.app, name="invite")
 app.add_typer(runtime_cmds.app, name="runtime")
+app.add_typer(nomad_cmds.app, name="nomad")
 
 ConfigOption = Annotated[
     Optional[str],

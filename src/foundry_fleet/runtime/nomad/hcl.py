@@ -237,6 +237,8 @@ def render_job(job: dict[str, Any], header: str | None = None) -> str:
     w = _Writer()
     for line in (header or "").splitlines():
         w.line(0, f"# {line}".rstrip())
+    if header:
+        w.line(0, "")
     _block(w, 0, "Job", job, f"job {string(job['ID'])}")
     return w.text()
 
