@@ -70,6 +70,8 @@ def test_paths_are_relative_to_fleet_toml_and_wait_takes_a_duration(tmp_path: Pa
     ('timeout = 0\n', "nomad.timeout"),
     ('ca_file = "ca.pem"\n', "address is not https://"),
     ('tokenfile = "x"\n', "tokenfile"),
+    ("timeout = inf\n", "nomad.timeout"),
+    ("wait = nan\n", "nomad.wait"),
 ])
 def test_a_bad_value_is_refused_naming_its_key(tmp_path: Path, section: str, says: str) -> None:
     path = nomad_fleet(tmp_path, section)

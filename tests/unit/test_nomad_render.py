@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import load_config
-from foundry_fleet.services import nomad_jobs
+from foundry_fleet.wiring import nomad_jobs
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.wiring import runtimes
 from tests.support.releases import make_release_zip

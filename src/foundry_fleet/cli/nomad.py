@@ -24,7 +24,7 @@ def render(
 ) -> None:
     """Print the exact jobs the fleet submits: provisioning (and Caddy with [edge] on_nomad), or NAME's."""
     from foundry_fleet.domain.errors import InvalidInput
-    from foundry_fleet.services import nomad_jobs
+    from foundry_fleet.wiring import nomad_jobs
 
     if fmt not in nomad_jobs.FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(nomad_jobs.FORMATS)}", param_hint="'--format'")

@@ -1,4 +1,5 @@
-"""The Nomad jobs of this fleet, as `foundry-fleet nomad render` shows them and deploy/nomad/ keeps them.
+"""The Nomad jobs of this fleet, built from its configuration: what the nomad runtime submits,
+`foundry-fleet nomad render` shows and deploy/nomad/ keeps.
 
 The settings come from fleet.toml exactly as the nomad runtime builds them, so what is printed is what
 the fleet submits. An instance's job is built from the fleet's records (its release, data, uid, limits)
