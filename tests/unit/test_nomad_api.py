@@ -194,6 +194,9 @@ def test_dispatch_sends_meta_and_the_payload_in_base64() -> None:
     body = json.loads(seen[0].content)
     assert seen[0].method == "PUT" and seen[0].url.path == "/v1/job/fvtt-provision/dispatch"
     assert body["Meta"] == {"instance": "alice", "node": "n1"} and base64.b64decode(body["Payload"]) == payload
+    with pytest.raises(InvalidInput, match="over Nomad's 16384"):
+        run(make_api(handler).dispatch("fvtt-provision", {}, b"x" * (16 * 1024 + 1)))
+    assert len(seen) == 1
 
 
 def test_404_is_none_where_an_object_is_looked_up() -> None:

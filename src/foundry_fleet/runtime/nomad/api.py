@@ -42,6 +42,7 @@ KNOWN_LEADER_HEADER = "X-Nomad-KnownLeader"
 LAST_CONTACT_HEADER = "X-Nomad-LastContact"
 MAX_WAIT = 600.0  # Nomad caps a blocking query's wait at 10 minutes
 MAX_ERROR_TEXT = 500
+MAX_PAYLOAD = 16 * 1024  # a dispatch payload's largest size (Nomad's DispatchPayloadSizeLimit)
 # What a Nomad server answers (500) while the cluster has no leader: it will have one again soon.
 _NO_LEADER = ("no cluster leader", "no path to region")
 
@@ -253,6 +254,9 @@ class NomadApi:
         return await self._json("DELETE", f"/v1/job/{_segment(job_id)}", params={"purge": purge}, ok404=True)
 
     async def dispatch(self, job_id: str, meta: dict[str, str], payload: bytes) -> dict:
+        if len(payload) > MAX_PAYLOAD:  # Nomad's own limit: refuse before anything is sent
+            raise InvalidInput(f"a dispatch payload of {len(payload)} bytes is over Nomad's {MAX_PAYLOAD}",
+                               "send less in the payload (what the node can read itself stays out of it)")
         body = {"JobID": job_id, "Meta": dict(meta), "Payload": base64.b64encode(payload).decode("ascii")}
         return await self._json("PUT", f"/v1/job/{_segment(job_id)}/dispatch", json=body, repeatable=False)
 
