@@ -229,12 +229,11 @@ class NomadApi:
         """A (blocking, when `wait` is set) query: the answer and the three headers Nomad sends with it."""
         query = dict(params or {})
         timeout = None
+        # Without a wait, no index either: Nomad would block an index-only query for its default 5 minutes.
         if wait is not None:
             query["index"] = max(0, int(index))
             query["wait"] = wait_param(wait)
             timeout = blocking_timeout(wait, self.settings.timeout)
-        elif index:
-            query["index"] = int(index)
         response = await self._request("GET", path, params=query, timeout=timeout)
         assert response is not None
         return Indexed(value=_decode(response, f"GET {path}"), **_query_meta(response, path))
