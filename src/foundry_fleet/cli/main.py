@@ -12,11 +12,12 @@ from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
+from foundry_fleet.cli import nomad_provision
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import runtime as runtime_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.typer_compat import ClickException, with_usage
+from foundry_fleet.cli.typer_compat import ClickException, command_group, with_usage
 from foundry_fleet.cli.render import (
     console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, print_runtime,
     safe,
@@ -38,6 +39,9 @@ app.add_typer(backup_cmds.app, name="backup")
 app.add_typer(storage_cmds.app, name="storage")
 app.add_typer(invite_cmds.app, name="invite")
 app.add_typer(runtime_cmds.app, name="runtime")
+_nomad = command_group("Nomad: the node-side provisioning command.")
+_nomad.command("provision")(nomad_provision.provision)
+app.add_typer(_nomad, name="nomad")
 
 ConfigOption = Annotated[
     Optional[str],
