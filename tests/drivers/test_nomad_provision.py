@@ -18,6 +18,7 @@ import pytest
 from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.runtime.nomad.provision_payload import ProvisionPayload
+from foundry_fleet.services import uid_claims
 from foundry_fleet.services.exec_users import exec_user_name, remove_exec_user
 from foundry_fleet.services.node_provisioning import provision_on_node
 from foundry_fleet.storage.trees import remove_tree
@@ -217,6 +218,12 @@ def test_exec_driver_gets_a_system_user_of_the_instances_uid(node: Node, exec_co
     assert (user.pw_uid, user.pw_gid, user.pw_dir, user.pw_shell) == (uid, uid, "/nonexistent", "/usr/sbin/nologin")
     assert grp.getgrnam(name).gr_gid == uid and not os.path.exists("/nonexistent")
     assert provision_on_node(exec_config, NODE, node.payload(), storage=storage).summary() == "alice: unchanged"
+
+    # The daemon's uid check still passes for this fleet: the user is its own instance's, not the host's;
+    # for anyone else it is a host user like any other.
+    block = exec_config.instances.uid_range
+    uid_claims.check_and_claim(node.h.root, block, set(), registry=node.h.root.parent / "claims")
+    assert (uid, uid) in uid_claims.host_ids() and (uid, uid) not in uid_claims.host_ids(own=block)
 
     assert remove_exec_user(uid)
     with pytest.raises(KeyError):
