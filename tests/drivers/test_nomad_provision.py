@@ -250,3 +250,36 @@ def test_exec_user_refuses_a_name_or_id_held_by_another(node: Node, exec_config:
     finally:
         subprocess.run(["userdel", exec_user_name(uid + 1)], check=True)
         subprocess.run(["groupdel", exec_user_name(uid)], check=True)
+
+
+# ZFS storage -------------------------------------------------------------------------------------------
+
+def test_on_zfs_the_install_is_a_clone_made_again_and_switched(tmp_path: Path, zfs_base: str,
+                                                                release_zips: dict[str, Path]) -> None:
+    from tests.support.fleets import zfs_fleet_on
+    from tests.support.zfs import listing, zfs
+
+    fleet = zfs_fleet_on(tmp_path, zfs_base, disk_mb=100)
+    h = next(fleet)
+    try:
+        h.cli("release", "add", str(release_zips["node"]))
+        h.cli("release", "add", str(release_zips["legacy"]))
+        node = Node(h, create_offline(h, "alice")["instance"])
+        install = f"{zfs_base}/instances/alice/install"
+
+        def origin() -> str:
+            return zfs("get", "-H", "-o", "value", "origin", install).stdout.strip()
+
+        zfs("destroy", install)
+        assert node.ok(node.payload()) == "alice: installed release 13.345"
+        assert origin() == f"{zfs_base}/releases/13.345@pristine" and (node.install / "main.js").is_file()
+
+        datasets, files = listing(zfs_base), tree_state(node.data.parent)
+        assert node.ok(node.payload()) == "alice: unchanged"
+        assert listing(zfs_base) == datasets and tree_state(node.data.parent) == files
+
+        assert node.ok(node.payload(release="12.331")) == "alice: replaced its install with release 12.331"
+        assert origin() == f"{zfs_base}/releases/12.331@pristine"
+        assert (node.install / "resources/app/main.js").is_file() and not (node.install / "main.js").exists()
+    finally:
+        next(fleet, None)

@@ -123,10 +123,10 @@ def _lay_out(config: FleetConfig, storage: Storage, payload: ProvisionPayload, r
     paths = storage.create_instance(name, quota_bytes=quota)  # adopts what exists; makes what is missing
     if not existed:
         changes.append(f"made its storage at {paths.root}")
-    if not _holds_release(storage, name, paths, release):
-        had = paths.install.exists()
+    installed = _installed(storage, name, paths, release)
+    if installed != "this":
         storage.install_release(name, Path(release.path))
-        changes.append(f"{'replaced its install with' if had else 'installed'} release {release.version}")
+        changes.append(f"{'replaced its install with' if installed == 'other' else 'installed'} release {release.version}")
     if not (paths.install / release.entry).is_file():
         raise FleetError(f"release {release.version} installed at {paths.install} has no entry point {release.entry}",
                          "remove the release from this node's cache and add it again")
@@ -139,14 +139,20 @@ def _lay_out(config: FleetConfig, storage: Storage, payload: ProvisionPayload, r
     return changes
 
 
-def _holds_release(storage: Storage, name: str, paths: InstancePaths, release: ReleaseInfo) -> bool:
-    """Whether the instance's install is already the release: a ZFS install says which release it is a
-    clone of; a directory install is a tree of hard links into the release cache, so it is the release
-    exactly when it links the same files (same inodes) at the same places and nothing else."""
+def _installed(storage: Storage, name: str, paths: InstancePaths, release: ReleaseInfo) -> str:
+    """What the instance's install holds: "this" release, an "other" one, or "none".
+
+    A ZFS install says which release it is a clone of; a directory install is a tree of hard links into
+    the release cache, so it is the release exactly when it links the same files (same inodes) at the
+    same places and nothing else."""
     installed = getattr(storage, "installed_release", None)
     if callable(installed):
-        return bool(installed(name) == release.version)
-    return _tree_identity(paths.install) == _tree_identity(Path(release.path))
+        found = installed(name)
+        return "none" if found is None else "this" if found == release.version else "other"
+    tree = _tree_identity(paths.install)
+    if not tree:
+        return "none"
+    return "this" if tree == _tree_identity(Path(release.path)) else "other"
 
 
 def _tree_identity(root: Path) -> dict[str, tuple[object, ...]] | None:
