@@ -4,6 +4,7 @@ task: a subprocess, as root, with the node's fleet.toml, the node's ID and the p
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import subprocess
@@ -126,6 +127,25 @@ def test_lays_out_what_is_missing_then_a_rerun_changes_nothing(node: Node) -> No
     before = tree_state(node.data.parent)
     assert node.ok(node.payload()) == "alice: unchanged"
     assert tree_state(node.data.parent) == before  # same inodes, times, owners and modes
+
+
+def test_an_instance_this_node_has_nothing_of_is_laid_out_whole(node: Node) -> None:
+    """A node that holds nothing of the instance yet (another node's root, one day): storage, install,
+    options.json, ownership. Its secrets stay the fleet's to write; none travel in the payload."""
+    uid = node.alice["uid"] + 1
+    carol = node.h.root / "instances" / "carol"
+    said = node.ok(node.payload(instance="carol", uid=uid, port=node.alice["port"] + 1))
+    assert said.startswith(f"carol: made its storage at {carol}; installed release 13.345; "
+                           f"wrote Config/options.json; gave ")
+    assert said.endswith(f" of its data's entries to uid {uid}")
+    assert links_release(carol / "install", node.releases / "13.345")
+    options = json.loads((carol / "data" / "Config" / "options.json").read_text())
+    assert (options["dataPath"], options["port"]) == (str(carol / "data"), node.alice["port"] + 1)
+    assert (carol / "data").stat().st_uid == uid and (carol / "data").stat().st_mode & 0o777 == 0o700
+    assert sorted(os.listdir(carol / "data" / "Config")) == ["options.json"]
+    before = tree_state(carol)
+    assert node.ok(node.payload(instance="carol", uid=uid, port=node.alice["port"] + 1)) == "carol: unchanged"
+    assert tree_state(carol) == before
 
 
 def test_a_created_instance_is_already_provisioned(node: Node) -> None:
