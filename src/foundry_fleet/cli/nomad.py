@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from foundry_fleet.cli import nomad_provision
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console
 from foundry_fleet.cli.typer_compat import command_group
@@ -40,3 +41,7 @@ def render(
     else:
         jobs = [nomad_jobs.instance_job_for(c.services(), c.config_file(), name)]
     typer.echo(nomad_jobs.render(jobs, fmt), nl=False)  # plain: no markup, no wrapping
+
+
+# The node-side half: what the fvtt-provision job runs on each node (see cli/nomad_provision.py).
+app.command("provision")(nomad_provision.provision)

@@ -30,6 +30,7 @@ from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.runtime import procfs
 from foundry_fleet.runtime.base import TaskHandle
 from foundry_fleet.runtime.local_task import LocalTask
+from foundry_fleet.services.exec_users import exec_user_name
 from foundry_fleet.store.models import Instance
 
 if TYPE_CHECKING:
@@ -104,11 +105,19 @@ def _write_claim(registry: Path, root: Path, uid_range: IdRange) -> None:
     write_atomic(path, data, 0o644)
 
 
-def host_ids() -> list[IdRange]:
-    """The ids users, groups and subordinate id ranges (for user namespaces) hold on this host."""
-    ranges: list[IdRange] = [(p.pw_uid, p.pw_uid) for p in pwd.getpwall()]
-    ranges += [(p.pw_gid, p.pw_gid) for p in pwd.getpwall()]
-    ranges += [(g.gr_gid, g.gr_gid) for g in grp.getgrall()]
+def host_ids(own: IdRange | None = None) -> list[IdRange]:
+    """The ids users, groups and subordinate id ranges (for user namespaces) hold on this host.
+
+    `own`: the uid block of the fleet asking. The users and groups its provisioning made for Nomad's exec
+    driver (`fvtt-u<id>` with uid and gid `id`, inside that block, see exec_users) name its own
+    instances' uids: they are not the host's."""
+    def ours(name: str, uid: int, gid: int) -> bool:
+        return own is not None and own[0] <= uid <= own[1] and uid == gid and name == exec_user_name(uid)
+
+    users = [p for p in pwd.getpwall() if not ours(p.pw_name, p.pw_uid, p.pw_gid)]
+    ranges: list[IdRange] = [(p.pw_uid, p.pw_uid) for p in users]
+    ranges += [(p.pw_gid, p.pw_gid) for p in users]
+    ranges += [(g.gr_gid, g.gr_gid) for g in grp.getgrall() if not ours(g.gr_name, g.gr_gid, g.gr_gid)]
     for path in SUBORDINATE_FILES:
         ranges += subordinate_ranges(path)
     return ranges
@@ -204,7 +213,7 @@ def check_and_claim(root: Path, uid_range: IdRange, own: set[int], registry: Pat
             raise Conflict(f"uid_range [{lo}, {hi}] overlaps the uids of the fleet at {clash.root} "
                            f"([{clash.low}, {clash.high}]): their tenants could signal or read each other's",
                            _hint([c.range for c in others]))
-        account = next((r for r in host_ids() if overlaps(r, uid_range)), None)
+        account = next((r for r in host_ids(own=uid_range) if overlaps(r, uid_range)), None)
         if account is not None:
             what = f"id {account[0]}" if account[0] == account[1] else f"the range [{account[0]}, {account[1]}]"
             raise Conflict(f"uid_range [{lo}, {hi}] holds {what} of a user, group or /etc/subuid or /etc/subgid "
