@@ -364,3 +364,29 @@ def test_an_exec_task_whose_args_are_not_the_fleets_fails_with_a_driver_failure(
     events = failed["TaskStates"]["foundry"]["Events"]
     assert [e["Type"] for e in events][-2:] == ["Driver Failure", "Not Restarting"]
     assert "--port=${NOMAD_PORT_http}" in events[-2]["DisplayMessage"]
+
+
+def test_a_fleet_on_the_nomad_runtime_gets_a_standin_and_its_section(tmp_path: Path) -> None:
+    import stat
+    import tomllib
+
+    from tests.support.fleets import NOMAD_TOKEN, make_fleet
+
+    h = make_fleet(tmp_path, runtime="nomad")
+    try:
+        config = tomllib.loads(h.config.read_text())
+        assert config["runtime"]["driver"] == "nomad"
+        section = config["nomad"]
+        assert section["address"] == h.nomad.url and section["task_driver"] == "exec"
+        token_file = Path(section["token_file"])
+        assert token_file.read_text().strip() == NOMAD_TOKEN
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        with client(h.nomad, NOMAD_TOKEN) as c:
+            nodes = c.get("/v1/nodes", params={"resources": "true"}).json()
+        assert sorted((n["Name"], n["Address"], n["Status"]) for n in nodes) == \
+            [("node-a", "127.0.0.1", "ready"), ("node-b", "127.0.0.2", "ready")]
+        assert all(n["NodeResources"]["Memory"]["MemoryMB"] == 4096 for n in nodes)
+    finally:
+        h.tear_down()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{h.nomad.url}/v1/status/leader", timeout=2)
