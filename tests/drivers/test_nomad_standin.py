@@ -390,3 +390,57 @@ def test_a_fleet_on_the_nomad_runtime_gets_a_standin_and_its_section(tmp_path: P
         h.tear_down()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{h.nomad.url}/v1/status/leader", timeout=2)
+
+
+def node_image(work: Path) -> str:
+    """The fleet's node image for Foundry 13 (built by NodeImages when this host has none yet)."""
+    import asyncio
+
+    from foundry_fleet.runtime.podman.images import NodeImages
+    from foundry_fleet.runtime.podman.service import PodmanService
+
+    async def ensure() -> str:
+        service = PodmanService(work / "run")
+        api = await service.ensure()
+        try:
+            images = NodeImages(api.http, node=lambda generation: os.path.realpath(shutil.which("node") or "node"),
+                                configured=lambda major: None, work_dir=work / "images", pull_timeout=5.0)
+            return await images.ensure(13)
+        finally:
+            await service.stop()
+            await api.aclose()
+
+    return asyncio.run(ensure())
+
+
+def test_a_podman_job_runs_foundry_in_a_container_published_on_its_node(
+        nomad: NomadStandin, release_and_data: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+
+    image = node_image(tmp_path / "podman")
+    for path in [release_and_data["data"], *release_and_data["data"].rglob("*")]:
+        os.chown(path, 200777, 200777)
+    node_b = nomad.node_id("node-b")
+    job = foundry_job(node_b)
+    foundry = task(job)
+    del foundry["User"]
+    foundry["Driver"] = "podman"
+    foundry["Config"] = {"image": image, "command": "node", "ports": ["http"], "user": "200777:200777",
+                         "args": ["/foundry/main.js", "--port=${NOMAD_PORT_http}", "--dataPath=/data"],
+                         "init": True, "cap_drop": ["all"], "readonly_rootfs": True}
+    with client(nomad) as c:
+        for kind, source in (("data", "fvtt-alice-data"), ("install", "fvtt-alice-install"),
+                             ("shared", "fvtt-f-shared")):
+            c.put("/v1/volume/host/register", json={"Volume": {
+                "Name": source, "NodeID": node_b, "HostPath": str(release_and_data[kind])}})
+        assert c.put("/v1/jobs", json={"Job": job}).status_code == 200
+        wait_alloc(nomad, "fvtt-alice", "running", "node-b", timeout=60)
+        services = wait_until(lambda: c.get("/v1/service/fvtt-instance").json(), 60, "the service registration")
+        assert services[0]["Address"] == "127.0.0.2"
+        wait_until(lambda: status_at(services[0]), 30, "the stand-in Foundry to answer from its container")
+        containers = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+        assert "fvtt-alice" in containers
+        assert c.delete("/v1/job/fvtt-alice", params={"purge": "true"}).status_code == 200
+        wait_alloc(nomad, "fvtt-alice", "complete", "node-b", timeout=30)
+    containers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert "fvtt-alice" not in containers
