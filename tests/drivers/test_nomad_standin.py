@@ -444,3 +444,23 @@ def test_a_podman_job_runs_foundry_in_a_container_published_on_its_node(
         wait_alloc(nomad, "fvtt-alice", "complete", "node-b", timeout=30)
     containers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "fvtt-alice" not in containers
+
+
+def test_a_service_task_is_restarted_by_its_policy_then_fails(nomad: NomadStandin, tmp_path: Path) -> None:
+    count = tmp_path / "starts"
+    job = service_job()
+    job["TaskGroups"][0]["RestartPolicy"] = {"Attempts": 1, "Interval": 10_000_000_000, "Delay": 100_000_000,
+                                             "Mode": "fail"}
+    task(job)["Config"] = {"command": "/bin/sh", "args": ["-c", f"echo started >> {count}; exit 3"]}
+    with client(nomad) as c:
+        assert c.put("/v1/jobs", json={"Job": job}).status_code == 200
+    failed = wait_alloc(nomad, "web", "failed")
+    state = failed["TaskStates"]["web"]
+    assert [e["Type"] for e in state["Events"]] == ["Received", "Task Setup", "Started", "Terminated", "Restarting",
+                                                   "Started", "Terminated", "Not Restarting"]
+    assert state["Events"][3]["ExitCode"] == 3 and state["Events"][3]["DisplayMessage"] == "Exit Code: 3"
+    assert state["Events"][-1]["DisplayMessage"] == 'Exceeded allowed attempts 1 in interval 10s and mode is "fail"'
+    assert (state["State"], state["Failed"], state["Restarts"]) == ("dead", True, 1)
+    assert count.read_text() == "started\nstarted\n"
+    with client(nomad) as c:
+        assert c.get("/v1/service/web").json() == []
