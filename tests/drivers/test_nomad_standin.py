@@ -178,6 +178,10 @@ def test_a_blocking_query_waits_and_returns_early_on_a_change(nomad: NomadStandi
         assert time.monotonic() - began < 3.0
         assert int(changed.headers["X-Nomad-Index"]) > index
         assert [a["JobID"] for a in changed.json()] == ["web"]
+        # Stubs, as Nomad lists them: resources only when asked for.
+        assert changed.json()[0]["AllocatedResources"] is None
+        with_resources = c.get("/v1/allocations", params={"resources": "true"}).json()
+        assert [p["Label"] for p in with_resources[0]["AllocatedResources"]["Shared"]["Ports"]] == ["http"]
         assert c.get("/v1/allocations", params={"index": 1, "wait": "forever"}).status_code == 400
     assert ("GET", "/v1/allocations", {"index": str(index), "wait": "5m"}) in nomad.calls
 

@@ -122,7 +122,7 @@ class Api:
             namespace = self.namespace(query)
             prefix = query.get("prefix", "")
             return await self.blocking(query, ("allocs",), lambda: [
-                self.alloc_stub(a) for a in self.store.allocs.values()
+                self.alloc_stub(a, query) for a in self.store.allocs.values()
                 if self.in_namespace(a, namespace) and a["ID"].startswith(prefix)])
         if head == "allocation" and len(parts) == 2:
             return await self.blocking(query, ("allocs",), lambda: self.found(self.store.allocs.get(parts[1]),
@@ -198,7 +198,7 @@ class Api:
         if verb == "allocations" and method == "GET":
             self.cluster.job(namespace, job_id)
             return await self.blocking(query, ("allocs",), lambda: [
-                self.alloc_stub(a) for a in self.store.allocs.values()
+                self.alloc_stub(a, {}) for a in self.store.allocs.values()
                 if a["JobID"] == job_id and a["Namespace"] == namespace])
         if verb == "summary" and method == "GET":
             return await self.blocking(query, ("jobs", "allocs"),
@@ -239,8 +239,16 @@ class Api:
                     JobSummary=self.summary(job))
         return stub
 
-    def alloc_stub(self, alloc: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in alloc.items() if k not in STUB_DROP}
+    @staticmethod
+    def alloc_stub(alloc: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+        """An AllocListStub: AllocatedResources only with resources=true, TaskStates unless
+        task_states=false (as Nomad's list endpoints give them)."""
+        stub = {k: v for k, v in alloc.items() if k not in STUB_DROP}
+        if query.get("resources") != "true":
+            stub["AllocatedResources"] = None
+        if query.get("task_states") == "false":
+            stub["TaskStates"] = None
+        return stub
 
     def service_list(self, namespace: str) -> list[dict[str, Any]]:
         by_ns: dict[str, dict[str, set[str]]] = {}
