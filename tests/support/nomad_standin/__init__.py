@@ -14,6 +14,7 @@ import asyncio
 import copy
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from tests.support.cgroups import remove_groups
 from tests.support.nomad_standin.cluster import Cluster, Node
 from tests.support.nomad_standin.drivers import NodeRuntime
 from tests.support.nomad_standin.http import Api
@@ -88,8 +90,6 @@ class NomadStandin:
         self._thread = threading.Thread(target=serve, name="nomad-standin", daemon=True)
         self._thread.start()
         ready.wait(10)
-        import time
-
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
@@ -107,9 +107,7 @@ class NomadStandin:
         finally:
             for node in self._nodes:
                 if node.runtime is not None:
-                    node.runtime.unprotect_ports()
-                    from tests.support.cgroups import remove_groups
-
+                    node.runtime.unprotect_ports()  # the egress filter and the forwarders' group
                     remove_groups(node.runtime.cgroups.parent)
             self._server.should_exit = True
             if self._thread is not None:

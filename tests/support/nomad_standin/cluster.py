@@ -662,7 +662,6 @@ class Cluster:
         ports = {p["Label"]: p["Value"] for p in alloc["AllocatedResources"]["Shared"]["Ports"]}
         wanted = [("group", s) for s in group.get("Services") or []] if task is group["Tasks"][0] else []
         wanted += [("task", s) for s in task.get("Services") or []]
-        added = False
         for level, service in wanted:
             if service.get("Provider") != "nomad":
                 continue  # Consul's catalogue, not Nomad's
@@ -677,8 +676,6 @@ class Cluster:
                 "Tags": list(service.get("Tags") or []), "Address": node.address, "Port": port,
                 "CreateIndex": index, "ModifyIndex": index, "_task": task["Name"],
             }
-            added = True
-        return None if added else None
 
     def _deregister_services(self, alloc_id: str, task: str | None = None) -> None:
         gone = [k for k, s in self.store.services.items()
