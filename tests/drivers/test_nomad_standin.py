@@ -172,7 +172,11 @@ def test_a_blocking_query_waits_and_returns_early_on_a_change(nomad: NomadStandi
         assert 1.0 <= time.monotonic() - began < 2.0
         assert int(idle.headers["X-Nomad-Index"]) == index and idle.json() == []
 
-        threading.Timer(0.5, lambda: client(nomad).put("/v1/jobs", json={"Job": service_job()})).start()
+        def register() -> None:
+            with client(nomad) as other:
+                other.put("/v1/jobs", json={"Job": service_job()})
+
+        threading.Timer(0.5, register).start()
         began = time.monotonic()
         changed = c.get("/v1/allocations", params={"index": index, "wait": "5m"})
         assert time.monotonic() - began < 3.0
@@ -468,3 +472,24 @@ def test_a_service_task_is_restarted_by_its_policy_then_fails(nomad: NomadStandi
     assert count.read_text() == "started\nstarted\n"
     with client(nomad) as c:
         assert c.get("/v1/service/web").json() == []
+
+
+def test_stopping_answers_a_blocking_query_still_open_at_once(tmp_path: Path) -> None:
+    standin = NomadStandin(tmp_path / "nomad", [StandinNode("node-a", "127.0.0.1")]).start()
+    outcome: list[object] = []
+
+    def watch() -> None:
+        try:
+            with client(standin, None) as c:
+                outcome.append(c.get("/v1/allocations", params={"index": 1, "wait": "5m"}).status_code)
+        except httpx.HTTPError as e:
+            outcome.append(e)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_until(lambda: any(path == "/v1/allocations" for _, path, _ in standin.calls), 5, "the blocking query")
+    began = time.monotonic()
+    standin.stop()
+    assert time.monotonic() - began < 5
+    watcher.join(5)
+    assert outcome == [200] and not watcher.is_alive()
