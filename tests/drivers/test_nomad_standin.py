@@ -493,3 +493,20 @@ def test_stopping_answers_a_blocking_query_still_open_at_once(tmp_path: Path) ->
     assert time.monotonic() - began < 5
     watcher.join(5)
     assert outcome == [200] and not watcher.is_alive()
+
+
+def test_a_lost_allocation_not_pinned_is_replaced_on_another_node(nomad: NomadStandin) -> None:
+    job = service_job()
+    with client(nomad) as c:
+        assert c.put("/v1/jobs", json={"Job": job}).status_code == 200
+        first = wait_alloc(nomad, "web", "running", "node-b")  # the node with the most free memory
+        before = wait_until(lambda: c.get("/v1/service/web").json(), 10, "the service on node-b")
+        assert before[0]["Address"] == "127.0.0.2"
+        nomad.set_node_down("node-b")
+        replacement = wait_alloc(nomad, "web", "running", "node-a")
+        assert replacement["PreviousAllocation"] == first["ID"]
+        assert nomad.allocations[first["ID"]]["ClientStatus"] == "lost"
+        moved = wait_until(lambda: c.get("/v1/service/web").json(), 10, "the service on node-a")
+        assert [(s["Address"], s["AllocID"]) for s in moved] == [("127.0.0.1", replacement["ID"])]
+        nomad.set_node_up("node-b")
+        assert [a["ID"] for a in nomad.allocations.values() if a["ClientStatus"] == "running"] == [replacement["ID"]]
