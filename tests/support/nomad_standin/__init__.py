@@ -111,6 +111,7 @@ class NomadStandin:
                     from tests.support.cgroups import remove_groups
 
                     remove_groups(node.runtime.cgroups.parent)
+            self._call(self.store.release_all())
             self._server.should_exit = True
             if self._thread is not None:
                 self._thread.join(15)
