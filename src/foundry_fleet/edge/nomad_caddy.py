@@ -191,11 +191,7 @@ class CaddyOnNomad:
 
     async def stop(self) -> None:
         """Stop the job, wait for its allocation to finish (the edge ports are free then), purge it."""
-        try:
-            await self.api.deregister_job(CADDY_JOB_ID, purge=False)
-        except NomadRefused as e:
-            if e.status != 404:
-                raise
+        await self.api.deregister_job(CADDY_JOB_ID, purge=False)  # a job already gone is no error
         await self._ensure_watch()
         deadline = time.monotonic() + self.stop_timeout
         while any(a.get("ClientStatus") not in TERMINAL for a in self._allocs) and time.monotonic() < deadline:
@@ -243,8 +239,14 @@ class CaddyOnNomad:
     async def _ensure_watch(self) -> None:
         """Make sure the allocation watch runs, and that it has answered at least once."""
         if self._watcher is None or self._watcher.done():
-            first = await self.api.job_allocations(CADDY_JOB_ID)
-            self._seen(first.value, first.index)
+            try:
+                first = await self.api.job_allocations(CADDY_JOB_ID)
+            except NomadRefused as e:
+                if e.status != 404:
+                    raise
+                self._seen([], self._index)  # no such job (any more): nothing of it runs
+            else:
+                self._seen(first.value, first.index)
             self._watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
