@@ -245,3 +245,49 @@ def test_a_players_websocket_survives_other_tenants_config_pushes(config: FleetC
     finally:
         admin.close()
         backend.close()
+
+
+def test_a_saved_config_caddy_no_longer_starts_with_is_dropped_and_a_changed_job_replaces_caddy(
+        config: FleetConfig, nomad: NomadStandin) -> None:
+    sites = [site("alice")]
+    admin = CaddyAdmin(config.paths.run / "caddy-admin.sock")
+    autosave = config.root / "edge" / "config" / "caddy" / "autosave.json"
+    autosave.parent.mkdir(parents=True)
+    # What an older Caddy saved, which this one refuses at start: Nomad restarts it, in vain.
+    autosave.write_text(json.dumps({"admin": {"listen": f"unix/{admin.socket_path}"},
+                                    "apps": {"http": {"servers": {"x": {"listen": ["not an address"]}}}}}))
+
+    async def scenario() -> None:
+        edge = edge_of(config, sites)
+        await edge.start()
+        try:
+            # Seen dying during start-up: the job was stopped and purged, the saved config dropped, and
+            # Caddy started again with none, then given the fleet's.
+            assert edge.host.registrations == 2 and serves(edge, admin)
+            [first] = live_allocs(nomad)
+            assert "not an address" not in autosave.read_text()
+
+            # The same job built differently (here: another restart delay) is registered again and Nomad
+            # replaces the allocation: a new Caddy, which resumes the fleet's config.
+            build = edge.host.build_job
+
+            def changed(node_id: str) -> dict[str, Any]:
+                job = build(node_id)
+                job["TaskGroups"][0]["RestartPolicy"]["Delay"] = 2 * 10**9
+                return job
+
+            edge.host.build_job = changed
+            edge.host._job = None
+            await edge.host.start()
+            await edge.host.wait_ready(admin.ping)
+            [second] = live_allocs(nomad)
+            assert second["ID"] != first["ID"] and edge.host.registrations == 3
+            assert serves(edge, admin)
+        finally:
+            await edge.close(stop_caddy=True)
+        assert CADDY_JOB_ID not in nomad.jobs and live_allocs(nomad) == []
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        admin.close()
