@@ -145,11 +145,12 @@ class Edge:
     async def _note_served(self) -> None:
         """What a Caddy that just (re)started or was adopted serves: if it is what the fleet last pushed
         (it resumed it), the push that follows sends nothing; anything else is pushed."""
-        try:
-            served = await asyncio.to_thread(self.admin.config)
-        except ExternalFailure:
-            served = None
-        self._pushed_digest = _digest(served) if served else None
+        async with self._push_lock:  # a push meanwhile would otherwise be taken for this older config
+            try:
+                served = await asyncio.to_thread(self.admin.config)
+            except ExternalFailure:
+                served = None
+            self._pushed_digest = _digest(served) if served else None
 
     async def close(self, stop_caddy: bool) -> None:
         if self._retry is not None:
