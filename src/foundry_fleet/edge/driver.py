@@ -27,7 +27,8 @@ from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.edge.admin import CaddyAdmin, CaddyUnreachable
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.edge.config_check import config_problems
-from foundry_fleet.edge.process import ManagedCaddy
+from foundry_fleet.edge.host import CaddyHost
+from foundry_fleet.edge.process import ManagedCaddy, ProcessCaddy
 
 log = logging.getLogger("foundry_fleet.edge")
 
@@ -69,13 +70,16 @@ class Edge:
     def __init__(
         self,
         settings: EdgeSettings,
-        caddy: ManagedCaddy,
+        caddy: ManagedCaddy | CaddyHost,
         admin: CaddyAdmin,
         desired_sites: Callable[[], list[TenantSite]],
         on_problem: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.caddy = caddy
+        # Where Caddy runs (the fleet's own process, or a Nomad job): the edge only starts, adopts,
+        # watches and stops it through this; the config goes through the admin API either way.
+        self.host: CaddyHost = ProcessCaddy(caddy) if isinstance(caddy, ManagedCaddy) else caddy
         self.admin = admin
         self.desired_sites = desired_sites
         # Told (from a worker thread) when a config is refused, and with None once one loads again.
@@ -107,34 +111,46 @@ class Edge:
     # lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.caddy.adopt():
-            log.info("edge: re-attached to Caddy (pid %s)", self.caddy.pid)
-            await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
+        if await self.host.adopt():
+            log.info("edge: re-attached to %s", self.host.describe())
+            await self.host.wait_ready(self.admin.ping)
+            await self._note_served()
         else:
             await self._launch_ready()
         await self.push()
         self._tasks = [asyncio.create_task(self._pusher()), asyncio.create_task(self._watch())]
 
-    def _launch(self) -> None:
+    async def _launch(self) -> None:
         # Start with the last config Caddy accepted (on disk): the desired one follows by /load, so
         # one that Caddy refuses cannot keep it from starting.
-        pid = self.caddy.start()
+        pid = await self.host.start()
         self._pushed_digest = None
-        log.info("edge: started Caddy (pid %s)", pid)
+        log.info("edge: started Caddy%s", f" (pid {pid})" if pid else f": {self.host.describe()}")
 
     async def _launch_ready(self) -> None:
-        self._launch()
+        await self._launch()
         try:
-            await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
+            await self.host.wait_ready(self.admin.ping)
         except ExternalFailure as e:
             # Even the last accepted config does not start any more (another Caddy version, a port
             # taken meanwhile): start with none, and let the push bring the current one or say why not.
             log.warning("edge: Caddy does not start with its last config (%s); starting it with an empty one",
                         e.message)
-            await asyncio.to_thread(self.caddy.stop)
-            self.caddy.config_path.unlink(missing_ok=True)
-            self._launch()
-            await asyncio.to_thread(self.caddy.wait_ready, self.admin.ping)
+            await self.host.stop()
+            await self.host.forget_config()
+            await self._launch()
+            await self.host.wait_ready(self.admin.ping)
+        await self._note_served()
+
+    async def _note_served(self) -> None:
+        """What a Caddy that just (re)started or was adopted serves: if it is what the fleet last pushed
+        (it resumed it), the push that follows sends nothing; anything else is pushed."""
+        async with self._push_lock:  # a push meanwhile would otherwise be taken for this older config
+            try:
+                served = await asyncio.to_thread(self.admin.config)
+            except ExternalFailure:
+                served = None
+            self._pushed_digest = _digest(served) if served else None
 
     async def close(self, stop_caddy: bool) -> None:
         if self._retry is not None:
@@ -147,7 +163,8 @@ class Edge:
             except asyncio.CancelledError:
                 pass
         if stop_caddy:
-            await asyncio.to_thread(self.caddy.stop)
+            await self.host.stop()
+        await self.host.detach()
         self.admin.close()
 
     # pushing ------------------------------------------------------------------------------
@@ -188,7 +205,7 @@ class Edge:
             except ExternalFailure as e:
                 await self._refuse(digest, e.message)
                 return False
-            self.caddy.write_config(config)
+            self.host.write_config(config)
             self._pushed_digest = digest
             self.loads += 1
             await self._settled()
@@ -262,7 +279,7 @@ class Edge:
         delay = WATCH_EVERY
         while True:
             await asyncio.sleep(delay)
-            if self.caddy.alive():
+            if self.host.alive():
                 delay = WATCH_EVERY
                 continue
             log.warning("edge: Caddy is gone; starting it again")
@@ -301,7 +318,7 @@ class Edge:
     def _verify_context(self) -> ssl.SSLContext:
         """The public CAs and the fleet's local CA as it is on disk now. Loading the public CAs takes
         tens of milliseconds, so the context is kept until the local CA file changes."""
-        local_root = self.caddy.local_ca_root()
+        local_root = self.host.local_ca_root()
         try:
             st = local_root.stat()
             key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)

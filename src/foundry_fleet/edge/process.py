@@ -3,6 +3,7 @@ adopted again by the next daemon, and restarted with the full configuration if i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -184,3 +185,44 @@ class ManagedCaddy:
             os.kill(self.pid, signal.SIGKILL)
         self._reap()
         self.pid_path.unlink(missing_ok=True)
+
+
+class ProcessCaddy:
+    """A ManagedCaddy as the edge's CaddyHost: its blocking steps (waits, signals) off the event loop."""
+
+    def __init__(self, caddy: ManagedCaddy) -> None:
+        self.caddy = caddy
+
+    @property
+    def pid(self) -> int | None:
+        return self.caddy.pid
+
+    def describe(self) -> str:
+        return f"Caddy (pid {self.caddy.pid})"
+
+    async def adopt(self) -> bool:
+        return self.caddy.adopt()
+
+    async def start(self) -> int | None:
+        return self.caddy.start()
+
+    async def wait_ready(self, ping) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.to_thread(self.caddy.wait_ready, ping)
+
+    def alive(self) -> bool:
+        return self.caddy.alive()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.caddy.stop)
+
+    async def forget_config(self) -> None:
+        self.caddy.config_path.unlink(missing_ok=True)
+
+    def write_config(self, config: dict) -> None:
+        self.caddy.write_config(config)
+
+    def local_ca_root(self) -> Path:
+        return self.caddy.local_ca_root()
+
+    async def detach(self) -> None:
+        return None  # a detached process: nothing held

@@ -131,7 +131,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
                   conflicts)
     await edge.start()
-    caps.append(Capability("edge", True, f"Caddy (pid {edge.caddy.pid}) on :{config.edge.http_port} and "
+    caps.append(Capability("edge", True, f"{edge.host.describe()} on :{config.edge.http_port} and "
                                          f":{config.edge.https_port}, TLS {config.edge.tls}"))
 
     backups = make_backups(services)

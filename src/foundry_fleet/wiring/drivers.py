@@ -4,12 +4,14 @@ each chosen from fleet.toml."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from foundry_fleet.config import DestinationSection, FleetConfig
 from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.edge.driver import Edge
+from foundry_fleet.edge.host import CaddyHost
 from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
@@ -94,12 +96,29 @@ def make_release_cache(config: FleetConfig) -> ReleaseCache:
 
 
 def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_problem: Callable[[str | None], None]) -> Edge:
-    """Caddy, run and configured by the fleet; `sites` is asked for what to route on every update."""
+    """Caddy, configured by the fleet; run by the fleet itself, or by Nomad with [edge] on_nomad. `sites`
+    is asked for what to route on every update."""
     paths = config.paths
-    caddy = ManagedCaddy(find_caddy(config.edge.caddy_binary), paths.root / "edge", paths.run / "caddy-admin.sock",
-                         paths.logs / "caddy.log")
-    caddy_version(caddy.binary)
+    admin_socket = paths.run / "caddy-admin.sock"
+    binary = find_caddy(config.edge.caddy_binary)
+    caddy_version(binary)
+    if config.edge.on_nomad:
+        return Edge(edge_settings(config), _caddy_on_nomad(config, admin_socket), CaddyAdmin(admin_socket), sites,
+                    on_problem=on_problem)
+    caddy = ManagedCaddy(binary, paths.root / "edge", admin_socket, paths.logs / "caddy.log")
     return Edge(edge_settings(config), caddy, CaddyAdmin(caddy.admin_socket), sites, on_problem=on_problem)
+
+
+def _caddy_on_nomad(config: FleetConfig, admin_socket: Path) -> CaddyHost:
+    """The Nomad job `fvtt-caddy`, built by the same code `foundry-fleet nomad render` prints it with."""
+    from foundry_fleet.edge.nomad_caddy import CaddyOnNomad
+    from foundry_fleet.runtime.nomad.api import NomadApi, NomadSettings
+    from foundry_fleet.wiring.nomad_jobs import caddy_arguments, caddy_job_for
+
+    state_dir = caddy_arguments(config)["data_dir"]
+    return CaddyOnNomad(NomadApi(NomadSettings.from_config(config.nomad)),
+                        lambda node_id: caddy_job_for(config, node_id), state_dir, admin_socket,
+                        wait=config.nomad.wait, stop_timeout=config.instances.stop_timeout + 20)
 
 
 def make_notifier(config: FleetConfig) -> Notifier:

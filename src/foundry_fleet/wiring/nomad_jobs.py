@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("hcl", "json", "both")
 NODE_PLACEHOLDER = "<node id: chosen when the instance is first placed>"
+CADDY_NODE_PLACEHOLDER = "<node id: the Nomad node on the fleet's own host>"
 CADDY_ADMIN_SOCKET = "caddy-admin.sock"  # under the fleet's run/: the edge's admin socket either way
 DEPLOY_FILES = {PROVISION_JOB_ID: "fvtt-provision.nomad.hcl", CADDY_JOB_ID: "caddy.nomad.hcl"}
 
@@ -89,12 +90,23 @@ def caddy_arguments(config: FleetConfig) -> dict[str, Any]:
             "data_dir": config.root / "edge"}
 
 
+def caddy_job_for(config: FleetConfig, node_id: str, config_path: Path | None = None) -> dict[str, Any]:
+    """The Caddy job of this fleet pinned to `node_id` (the Nomad node on the fleet's own host, where its
+    admin socket is): what the edge submits with [edge] on_nomad, and what `nomad render` prints."""
+    from foundry_fleet.config_file import CONFIG_NAME
+
+    settings = job_settings(config, config_path or config.root / CONFIG_NAME)
+    return caddy_job(settings, node_id=node_id, **caddy_arguments(config))
+
+
 def fleet_jobs(config: FleetConfig, config_path: Path) -> list[RenderedJob]:
     """The jobs the fleet submits whatever its instances: provisioning, and Caddy with [edge] on_nomad."""
     settings = job_settings(config, config_path)
     found = [RenderedJob(provision_job(settings), "")]
     if config.edge.on_nomad:
-        found.append(RenderedJob(caddy_job(settings, **caddy_arguments(config)), ""))
+        found.append(RenderedJob(caddy_job_for(config, CADDY_NODE_PLACEHOLDER, config_path),
+                                 "The node constraint is a placeholder: the fleet pins Caddy to the Nomad node "
+                                 "on its own host when it submits the job."))
     return found
 
 
