@@ -36,6 +36,8 @@ def test_valid_names(name: str) -> None:
         ("xn--abc", "positions 3-4"),
         ("fleet", "reserved"),
         ("www", "reserved"),
+        ("provision", "reserved"),  # fvtt-provision is the fleet's own Nomad job
+        ("caddy", "reserved"),  # and fvtt-caddy
         ("../etc", "not a DNS label"),
         ("a b", "not a DNS label"),
     ],

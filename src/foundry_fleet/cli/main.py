@@ -17,7 +17,7 @@ from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import runtime as runtime_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.typer_compat import ClickException, command_group, with_usage
+from foundry_fleet.cli.typer_compat import ClickException, with_usage
 from foundry_fleet.cli.render import (
     console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, print_runtime,
     safe,

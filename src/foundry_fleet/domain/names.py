@@ -9,12 +9,13 @@ from foundry_fleet.domain.hosts import MAX_HOST, normalise_hostname
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
-# Names that would shadow the fleet's own hosts or common infrastructure names.
+# Names that would shadow the fleet's own hosts or common infrastructure names; "caddy" and "provision"
+# would also give an instance the Nomad job ID of the fleet's own jobs (fvtt-caddy, fvtt-provision).
 RESERVED_NAMES = frozenset(
     {
         "fleet", "admin", "api", "www", "mail", "smtp", "imap", "ftp", "ns", "ns1", "ns2",
         "localhost", "caddy", "backups", "backup", "auth", "login", "status", "static",
-        "shared", "root", "system", "default", "test", "wpad", "autoconfig", "autodiscover",
+        "shared", "root", "system", "provision", "default", "test", "wpad", "autoconfig", "autodiscover",
     }
 )
 
