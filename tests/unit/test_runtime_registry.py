@@ -62,8 +62,8 @@ def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> Non
     verbs = {name: member for name, member in vars(Runtime).items()
              if callable(member) and not name.startswith("_")}
     assert {"open", "close", "fingerprint", "start_task", "wait_task", "stop_task", "destroy_task", "inspect_task",
-            "recover_task", "task_stats", "address", "port_is_free", "logs", "forget_unknown", "host_processes",
-            "take_events"} == set(verbs)
+            "recover_task", "task_stats", "address", "watch_address", "nodes", "port_is_free", "logs",
+            "forget_unknown", "host_processes", "take_events"} == set(verbs)
 
     def kind(fn: object) -> str:
         if inspect.isasyncgenfunction(fn):
@@ -100,3 +100,19 @@ def test_the_runtime_decides_which_ports_new_instances_get(tmp_path: Path) -> No
     services = open_services(config, actor="test", runtime=Busy())  # type: ignore[arg-type]
     assert services.provisioning.port_is_free(low) is False
     assert services.provisioning.port_is_free(low + 2) is True
+
+
+def test_a_single_host_runtime_has_one_node_this_host_with_its_available_memory(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    from foundry_fleet.runtime.this_host import available_memory_mb
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16314824 kB\nMemFree:         1048576 kB\nMemAvailable:    8388608 kB\n")
+    assert available_memory_mb(meminfo) == 8192
+    assert available_memory_mb(tmp_path / "missing") is None
+    (node,) = asyncio.run(FakeRuntime().nodes())
+    assert (node.name, node.address, node.healthy, node.status, node.instances) == (
+        socket.gethostname(), "127.0.0.1", True, "ready", 0)
+    assert isinstance(node.free_memory_mb, int) and node.free_memory_mb > 0

@@ -306,3 +306,58 @@ def test_a_runtime_that_can_list_its_tasks_is_asked_to_forget_unknown_ones_befor
             await second.shutdown(stop_instances=True)
 
     asyncio.run(main())
+
+
+def test_a_task_the_runtime_moves_is_recorded_at_its_new_address_without_a_restart(world: World) -> None:
+    world.add("alice")
+    updates: list[str | None] = []
+    world.records.changed = lambda: updates.append(world.row("alice").address)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        old = world.row("alice").address
+        await world.runtime.move("alice")  # a cluster rescheduled it: same task, another place
+        (task,) = world.runtime.running("alice")
+        new = f"127.0.0.1:{task.port}"
+        await until(lambda: world.row("alice").address == new, "the new address to be recorded")
+        row = world.row("alice")
+        assert (row.state, len(world.runtime.starts_of("alice")), row.restarts) == ("running", 1, 0)
+        assert world.messages("alice", "instance.moved") == [f"moved from {old} to {new}"]
+        assert new in updates  # the edge was told (it re-reads the address on every change)
+        # It keeps answering health checks at the new place, and a second move is followed as well.
+        await world.runtime.move("alice")
+        (task,) = world.runtime.running("alice")
+        await until(lambda: world.row("alice").address == f"127.0.0.1:{task.port}", "the second move")
+        await asyncio.sleep(0.1)  # several health checks at the new address
+        assert world.row("alice").state == "running" and len(world.runtime.starts_of("alice")) == 1
+
+    run(world, scenario)
+
+
+def test_an_exit_after_the_runtimes_own_restarts_fails_the_instance_at_once(world: World) -> None:
+    world.add("alice")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        world.runtime.give_up("alice", "Nomad gave up after 2 restarts: exited with code 3")
+        await until(state_is(world, "alice", "failed"), "alice to fail")
+        row = world.row("alice")
+        assert row.state_reason == "Nomad gave up after 2 restarts: exited with code 3"
+        assert (row.task, row.address, row.restarts) == (None, None, 0)
+        await asyncio.sleep(0.2)  # several backoffs' worth: no restart comes
+        assert len(world.runtime.starts_of("alice")) == 1 and not world.runtime.running("alice")
+        assert world.actions("alice")[-1] == "instance.failed" and supervisor.get("alice").settled.is_set()
+
+    run(world, scenario)
+
+
+def test_the_launch_plan_names_the_instances_own_host_then_its_extra_ones(world: World, tmp_path: Path) -> None:
+    from foundry_fleet.services.supervisor import build_task_spec
+
+    world.add("alice")
+    with world.sessions() as s, s.begin():
+        s.scalar(select(Instance).where(Instance.name == "alice")).extra_hosts = [  # type: ignore[union-attr]
+            "vtt.example.org", "alice.fleet.test"]
+    records = SupervisionRecords(world.sessions, DirectoryStorage(tmp_path), own_host=lambda n: f"{n}.fleet.test")
+    assert build_task_spec(world.settings, records, "alice").hosts == ("alice.fleet.test", "vtt.example.org")
+    assert build_task_spec(world.settings, world.records, "alice").hosts == ("vtt.example.org", "alice.fleet.test")

@@ -83,6 +83,7 @@ def build_task_spec(settings: SupervisionSettings, records: SupervisionRecords, 
         limits=settings.limits,
         log_max_bytes=settings.log_max_bytes,
         log_keep=settings.log_keep,
+        hosts=plan.hosts,
     )
 
 
@@ -203,19 +204,24 @@ class InstanceSupervisor:
         assert self.handle is not None
         handle = self.handle
         exit_waiter = asyncio.create_task(self.runtime.wait_task(handle))
+        move_waiter = self._watch_address(handle)
         settings = self.settings
         failures = 0
         try:
             while True:
                 interval = settings.health_interval if healthy else settings.starting_poll
                 wake_waiter = asyncio.create_task(self.wake.wait())
-                done, _ = await asyncio.wait({exit_waiter, wake_waiter}, timeout=interval,
+                done, _ = await asyncio.wait({exit_waiter, wake_waiter, move_waiter}, timeout=interval,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if wake_waiter not in done:
                     wake_waiter.cancel()
                 if exit_waiter in done:
                     await self._on_exit(exit_waiter.result(), handle)
                     return
+                if move_waiter in done:
+                    await self._moved(handle, move_waiter, healthy)
+                    move_waiter = self._watch_address(handle)
+                    continue
                 if wake_waiter in done:
                     self.wake.clear()
                     row = self.records.get(self.name)
@@ -249,8 +255,31 @@ class InstanceSupervisor:
                     await self._crashed(handle, f"{failures} health checks failed in a row", stop=True)
                     return
         finally:
-            if not exit_waiter.done():
-                exit_waiter.cancel()
+            for waiter in (exit_waiter, move_waiter):
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _watch_address(self, handle: TaskHandle) -> asyncio.Task[Address]:
+        """Wait for the runtime to say the task answers elsewhere (a cluster moved it)."""
+        current = self.address
+        if current is None:  # not known yet: nothing to compare with, and never a move
+            return asyncio.create_task(asyncio.Event().wait(), name=f"no-address:{self.name}")  # type: ignore[arg-type]
+        return asyncio.create_task(self.runtime.watch_address(handle, current), name=f"address:{self.name}")
+
+    async def _moved(self, handle: TaskHandle, waiter: asyncio.Task[Address], healthy: bool) -> None:
+        """Record where the task answers now: the edge re-reads the address and routes there."""
+        try:
+            new = waiter.result()
+        except FleetError as e:
+            log.warning("could not follow where %s answers: %s", self.name, e.message)
+            await asyncio.sleep(self.settings.health_interval)  # not in a tight loop while the runtime is away
+            return
+        old, self.address = self.address, new
+        status = await self.runtime.inspect_task(handle)
+        running = RunningTask(handle=handle, address=str(new), pid=status.pid)
+        state = InstanceState.RUNNING if healthy else InstanceState.STARTING
+        self.records.record_task(self.name, state, f"moved from {old} to {new}", running,
+                                 Event("instance.moved", Outcome.INFO))
 
     async def _healthy(self) -> bool:
         if self.address is None:
@@ -265,6 +294,13 @@ class InstanceSupervisor:
     async def _on_exit(self, result: TaskExit, handle: TaskHandle) -> None:
         await self.runtime.destroy_task(handle)
         self.handle = None
+        if result.gave_up:
+            # The runtime restarted it as often as the crash policy allows already: failed now.
+            self.address = None
+            self.records.clear_task(self.name, InstanceState.FAILED, result.describe(),
+                                    Event("instance.failed", Outcome.FAILED))
+            self.settled.set()
+            return
         await self._crashed(handle, result.describe(), stop=False)
 
     async def _crashed(self, handle: TaskHandle, why: str, stop: bool) -> None:

@@ -140,7 +140,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     for user in make_wizard(services).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
     records = SupervisionRecords(services.sessions, services.storage,
-                                 changed=lambda: loop.call_soon_threadsafe(edge.request_update))
+                                 changed=lambda: loop.call_soon_threadsafe(edge.request_update),
+                                 own_host=config.host_for)
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
                       runtime=runtime_report)
