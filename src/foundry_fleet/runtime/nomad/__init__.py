@@ -1,0 +1,1 @@
+"""The nomad runtime: instances as Nomad service jobs, provisioning as a parameterized job."""
