@@ -23,7 +23,7 @@ def test_the_local_runtime_is_the_default_and_fake_is_one_line_away(tmp_path: Pa
     assert local.log_dir_of is not None and local.log_dir_of("alice") == config.paths.instance_logs("alice")
     path.write_text(path.read_text().replace('driver = "local"', 'driver = "fake"'))  # init writes [runtime]
     assert isinstance(make_runtime(load_config(path)), FakeRuntime)
-    assert set(RUNTIMES) == {"local", "podman", "fake"}
+    assert set(RUNTIMES) == {"local", "podman", "fake", "nomad"}
 
 
 def test_the_podman_runtime_is_built_for_the_fleet_from_its_section(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Pa
     with pytest.raises(InvalidInput) as info:
         load_config(path)
     assert "runtime.driver" in info.value.message and "unknown runtime driver 'docker'" in info.value.message
-    assert "known: fake, local, podman" in info.value.message
+    assert "known: fake, local, nomad, podman" in info.value.message
 
 
 def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> None:

@@ -151,7 +151,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
-                     runtime_images=runtime_image_check(config, services.releases))
+                     runtime_images=runtime_image_check(config, services.releases), runtime_nodes=runtime.nodes)
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 

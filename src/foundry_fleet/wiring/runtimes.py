@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from foundry_fleet.domain.errors import InvalidInput
 
 if TYPE_CHECKING:
     from foundry_fleet.config import FleetConfig
     from foundry_fleet.runtime.base import Runtime
+    from foundry_fleet.runtime.nomad.jobs import JobSettings
 
 
 def fleet_id(config: FleetConfig) -> str:
@@ -53,6 +54,60 @@ def _podman(config: FleetConfig) -> Runtime:
     )
 
 
+def nomad_section(config: FleetConfig) -> Any:
+    """fleet.toml's [nomad]; refused clearly by a configuration that has none."""
+    section = getattr(config, "nomad", None)
+    if section is None:
+        raise InvalidInput("the nomad runtime needs a [nomad] section in fleet.toml",
+                           'add [nomad] with address = "http://127.0.0.1:4646" (see `foundry-fleet init --runtime nomad`)')
+    return section
+
+
+def nomad_job_settings(config: FleetConfig) -> JobSettings:
+    """How the fleet's Nomad jobs are built: the same for the driver and for `nomad render`."""
+    from foundry_fleet.config_file import CONFIG_NAME
+    from foundry_fleet.runtime.nomad.jobs import JobSettings
+
+    section = nomad_section(config)
+    node_root = getattr(section, "node_root", None) or config.root
+    return JobSettings(
+        fleet_id=fleet_id(config),
+        namespace=section.namespace,
+        datacenters=tuple(section.datacenters),
+        task_driver=section.task_driver,
+        mhz_per_core=section.mhz_per_core,
+        crash_policy=config.supervisor.crash_policy(),
+        stop_timeout=config.instances.stop_timeout,
+        config_path=node_root / CONFIG_NAME,  # the provision job runs on the node: its view of fleet.toml
+        check_interval=config.supervisor.health_interval,
+        check_timeout=config.supervisor.health_timeout,
+    )
+
+
+def _nomad(config: FleetConfig) -> Runtime:
+    from foundry_fleet.runtime.nomad.api import NomadSettings
+    from foundry_fleet.runtime.nomad.driver import NomadRuntime
+    from foundry_fleet.services.node_binaries import resolve_node
+
+    section = nomad_section(config)
+
+    async def image_for(generation: int) -> str:
+        from foundry_fleet.wiring.podman_images import node_images
+
+        async with node_images(config) as images:  # the same images `runtime image` makes
+            return await images.ensure(generation)
+
+    return NomadRuntime(
+        NomadSettings.from_config(section),
+        nomad_job_settings(config),
+        image_for=image_for,
+        node_binary=lambda generation: resolve_node(config.node, generation),
+        log_dir_of=config.paths.instance_logs,
+        wait=getattr(section, "wait", 300.0),
+        address_timeout=config.supervisor.start_timeout,
+    )
+
+
 def _fake(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.fake import FakeRuntime
 
@@ -63,6 +118,7 @@ RUNTIMES: dict[str, Callable[[FleetConfig], Runtime]] = {
     "local": _local,
     "podman": _podman,
     "fake": _fake,
+    "nomad": _nomad,
 }
 
 

@@ -41,6 +41,7 @@ class NomadView:
         self._changed = asyncio.Condition()
         self._loaded: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -55,9 +56,11 @@ class NomadView:
 
     async def stop(self) -> None:
         tasks, self._tasks = list(self._tasks.values()), {}
+        self._stopping = True  # a cancellation that an answer arriving at the same moment swallows still ends it
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._stopping = False
 
     @property
     def running(self) -> bool:
@@ -97,7 +100,7 @@ class NomadView:
     async def _loop(self, kind: str, query: Callable[[int, float], Awaitable[Indexed[Any]]],
                     apply: Callable[[Any], None]) -> None:
         index, delay = 0, self.backoff
-        while True:
+        while not self._stopping:
             try:
                 answer = await query(index, self.wait)
             except FleetError as e:
