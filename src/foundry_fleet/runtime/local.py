@@ -114,13 +114,17 @@ class LocalRuntime:
         node: Callable[[int], str] = _node_on_path,
         port_range: tuple[int, int] | None = None,
         log_dir_of: Callable[[str], Path] | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         """`network`: give each sandbox a network namespace (None: when the host can). `run_dir`:
         where the forwarders' API sockets live (the fleet's run directory; root-only). `node`: the
         node binary for a Foundry generation (raises Unsupported when there is none that fits).
         `port_range`: the instances' ports, which `open` firewalls. `log_dir_of`: an instance's log
-        directory, for `logs` by name."""
+        directory, for `logs` by name. `listen_host`: the host address the instances are published on
+        (a loopback address of the host's; another one than 127.0.0.1 stands for a second machine in
+        multi-node tests)."""
         self.node = node
+        self.listen_host = listen_host
         self.port_range = port_range
         self.log_dir_of = log_dir_of
         self._events: list[TaskEvent] = []
@@ -208,15 +212,16 @@ class LocalRuntime:
         return await asyncio.to_thread(self._stats, LocalTask.of(handle))
 
     def port_is_free(self, port: int) -> bool:
-        return host_port_is_free(port)  # the forwarder will listen on the host's loopback
+        return host_port_is_free(port, self.listen_host)  # the forwarder will listen there
 
     async def address(self, handle: TaskHandle) -> Address:
-        """The host's loopback and the task's port: in a network namespace the forwarder holds it."""
+        """The host address tasks are published on and the task's port: in a network namespace the
+        forwarder holds it."""
         port = LocalTask.of(handle).port
         if port is None:
             raise ExternalFailure(f"the task of {handle.name} does not say which port it listens on",
                                   "restart the instance")
-        return Address("127.0.0.1", port)
+        return Address(self.listen_host, port)
 
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
         await asyncio.Event().wait()  # a task on this host never moves
@@ -515,7 +520,7 @@ class LocalRuntime:
                 # loopback, and slirp4netns configuring it at the same time makes that fail. node
                 # takes far longer to listen than the forwarder to come up, so nothing waits for it.
                 try:
-                    net = await self.networks.start(spec.name, server, spec.port)
+                    net = await self.networks.start(spec.name, server, spec.port, self.listen_host)
                 except ExternalFailure:
                     if not procfs.is_alive(handle.leader_pid, handle.leader_start):
                         # The server ran and exited before its forwarder could join the namespace: that

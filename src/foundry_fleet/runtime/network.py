@@ -132,8 +132,9 @@ class PrivateNetworks:
 
     # ------------------------------------------------------------------ start
 
-    async def start(self, name: str, sandbox_pid: int, port: int) -> Forwarder:
-        """Give the namespace of `sandbox_pid` outbound NAT and forward 127.0.0.1:port to it."""
+    async def start(self, name: str, sandbox_pid: int, port: int, host_addr: str = "127.0.0.1") -> Forwarder:
+        """Give the namespace of `sandbox_pid` outbound NAT and forward host_addr:port to it (another
+        loopback address than 127.0.0.1 stands for another machine's address in multi-node tests)."""
         if self.slirp is None:
             raise ExternalFailure("slirp4netns is not installed", "apt install slirp4netns")
         self._ensure_dir()
@@ -195,16 +196,16 @@ class PrivateNetworks:
                 os.close(ready_r)
             if not ready:
                 raise self._failure(name, "its network did not come up")
-            await self._add_port_forward(name, sock, port)
-            _widen_backlog(pid, port)
+            await self._add_port_forward(name, sock, port, host_addr)
+            _widen_backlog(pid, port, host_addr)
         except BaseException:
             self.stop(forwarder)
             raise
         return forwarder
 
-    async def _add_port_forward(self, name: str, sock: Path, port: int) -> None:
+    async def _add_port_forward(self, name: str, sock: Path, port: int, host_addr: str) -> None:
         request = {"execute": "add_hostfwd",
-                   "arguments": {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": port, "guest_port": port}}
+                   "arguments": {"proto": "tcp", "host_addr": host_addr, "host_port": port, "guest_port": port}}
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(sock)), START_TIMEOUT)
             try:
@@ -222,8 +223,8 @@ class PrivateNetworks:
         if "return" not in answer:
             desc = answer.get("error", {}).get("desc", answer)
             raise ExternalFailure(
-                f"instance {name} cannot take its port: forwarding 127.0.0.1:{port} failed ({desc})",
-                f"is another program listening on 127.0.0.1:{port}? (ss -tlnp 'sport = :{port}')",
+                f"instance {name} cannot take its port: forwarding {host_addr}:{port} failed ({desc})",
+                f"is another program listening on {host_addr}:{port}? (ss -tlnp 'sport = :{port}')",
             )
 
     def _failure(self, name: str, what: str) -> ExternalFailure:
@@ -351,8 +352,8 @@ class PrivateNetworks:
                 box.stderr.close()
 
 
-def _widen_backlog(pid: int, port: int) -> None:
-    """Give the forwarder's listening socket on 127.0.0.1:port a real backlog.
+def _widen_backlog(pid: int, port: int, host_addr: str = "127.0.0.1") -> None:
+    """Give the forwarder's listening socket on host_addr:port a real backlog.
 
     listen() on a socket that already listens only changes its backlog, and a socket is the same
     socket in every process holding it: so the fleet takes a copy of the forwarder's descriptor
@@ -375,12 +376,12 @@ def _widen_backlog(pid: int, port: int) -> None:
                 raise ExternalFailure(f"cannot reach the forwarder's socket (pidfd_getfd: {os.strerror(err)})")
             with socket.socket(fileno=fd) as copy:
                 listening = copy.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                if copy.family == socket.AF_INET and listening and copy.getsockname() == ("127.0.0.1", port):
+                if copy.family == socket.AF_INET and listening and copy.getsockname() == (host_addr, port):
                     copy.listen(LISTEN_BACKLOG)
                     return
     finally:
         os.close(pidfd)
-    raise ExternalFailure(f"the forwarder does not listen on 127.0.0.1:{port}")
+    raise ExternalFailure(f"the forwarder does not listen on {host_addr}:{port}")
 
 
 def _reap(forwarder: Forwarder) -> None:

@@ -101,8 +101,9 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 
 
 def build(spec: TaskSpec, image: str, fleet_id: str, *, network: str | None = None,
-          data_owner: tuple[int, int] | None = None) -> ContainerPlan:
-    """The create body for `spec` running `image`, on `network` (None: Podman's default bridge)."""
+          data_owner: tuple[int, int] | None = None, host_ip: str = "127.0.0.1") -> ContainerPlan:
+    """The create body for `spec` running `image`, on `network` (None: Podman's default bridge), its port
+    published on `host_ip` (a loopback address of the host's)."""
     if not _LABEL_VALUE.match(fleet_id) or not _LABEL_VALUE.match(spec.name):
         raise ValueError(f"{fleet_id!r}/{spec.name!r} cannot name a container")
     name = container_name(fleet_id, spec.name)
@@ -124,7 +125,7 @@ def build(spec: TaskSpec, image: str, fleet_id: str, *, network: str | None = No
         "init": True,
         "stop_signal": 15,
         "resource_limits": _limits(spec),
-        "portmappings": [{"host_ip": "127.0.0.1", "host_port": spec.port, "container_port": spec.port,
+        "portmappings": [{"host_ip": host_ip, "host_port": spec.port, "container_port": spec.port,
                           "protocol": "tcp"}],
         "log_configuration": {"driver": "k8s-file", "path": str(log), "size": spec.log_max_bytes},
         "restart_policy": "no",

@@ -64,9 +64,13 @@ class PodmanRuntime:
         *,
         log_dir_of: Callable[[str], Path] | None = None,
         network: FleetNetwork | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         """`images(api)` makes the image source (NodeImages) on the service's API client;
-        `network`: the fleet's isolated network (fleet_network.FleetNetwork), None for Podman's own bridge."""
+        `network`: the fleet's isolated network (fleet_network.FleetNetwork), None for Podman's own bridge;
+        `listen_host`: the host address containers' ports are published on (another loopback address than
+        127.0.0.1 stands for a second machine in multi-node tests)."""
+        self.listen_host = listen_host
         self.fleet_id = fleet_id
         self.service = service
         self.log_dir_of = log_dir_of
@@ -212,7 +216,8 @@ class PodmanRuntime:
             network = await self._call(self.network.ensure)
         owner = await asyncio.to_thread(_owner, spec.data_dir)
         try:
-            plan = container_spec.build(spec, image, self.fleet_id, network=network, data_owner=owner)
+            plan = container_spec.build(spec, image, self.fleet_id, network=network, data_owner=owner,
+                                         host_ip=self.listen_host)
         except ValueError as e:
             raise InvalidInput(str(e)) from None
         # A daemon that died between creating a container and recording it left one nobody knows; it
@@ -404,7 +409,7 @@ class PodmanRuntime:
         if not isinstance(port, int):
             raise ExternalFailure(f"the task of {handle.name} does not say which port it listens on",
                                   "restart the instance")
-        return Address("127.0.0.1", port)
+        return Address(self.listen_host, port)
 
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
         await asyncio.Event().wait()  # a container on this host never moves
@@ -416,7 +421,7 @@ class PodmanRuntime:
         return [this_host_node(running)]
 
     def port_is_free(self, port: int) -> bool:
-        return host_port_is_free(port)  # Podman holds a published port while its container runs
+        return host_port_is_free(port, self.listen_host)  # Podman holds a published port while its container runs
 
     async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         path = self._log_path(task)
