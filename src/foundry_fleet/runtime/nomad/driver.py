@@ -99,14 +99,21 @@ class NomadRuntime:
         return self._view
 
     async def _loaded(self) -> NomadView:
+        """The view, once it has heard from Nomad; a clear error when Nomad does not answer it (the
+        view keeps asking: a later call finds it loaded)."""
         view = self.view
-        try:
-            await view.loaded(timeout=self.settings.timeout * (self.settings.retries + 1))
-        except TimeoutError:
-            raise ExternalFailure(f"Nomad at {self.settings.address} did not answer the fleet's watch "
-                                  f"({view.problem or 'no answer yet'})",
-                                  "is Nomad running? The fleet keeps the desired state and retries") from None
-        return view
+        deadline = time.monotonic() + self.settings.timeout * (self.settings.retries + 1)
+        while True:
+            try:
+                await view.loaded(timeout=0.25)
+                return view
+            except TimeoutError:
+                pass
+            # Never loaded, and the client gave up its retries already: say so now, not after a wait.
+            if view.problem is not None or time.monotonic() > deadline:
+                raise ExternalFailure(f"{view.problem or f'Nomad at {self.settings.address} did not answer'}",
+                                      f"is Nomad running and reachable at {self.settings.address}? The fleet "
+                                      "keeps the desired state and applies it once Nomad answers")
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -202,8 +209,11 @@ class NomadRuntime:
         volumes = [v for v in await self.api.host_volumes(node_id) if self._ours(v)]
         by_name = {v.get("Name"): v for v in volumes}
         data_name, install_name = host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install")
-        current = all(name in by_name and (by_name[name].get("Parameters") or {}).get("release")
-                      == spec.release.version for name in (data_name, install_name))
+        current = True
+        for name in (data_name, install_name):
+            volume = await self._host_volume(by_name[name]) if name in by_name else None
+            current = current and volume is not None and \
+                (volume.get("Parameters") or {}).get("release") == spec.release.version
         if not current:
             await self._provision(spec, node_id, node_name)
             await self._register_volume(data_name, node_id, spec.data_dir, by_name.get(data_name),
@@ -213,6 +223,16 @@ class NomadRuntime:
         shared = shared_volume_name(self.jobs.fleet_id)
         if spec.shared_dir is not None and shared not in by_name:
             await self._register_volume(shared, node_id, spec.shared_dir, None, {}, "single-node-reader-only")
+
+    async def _host_volume(self, stub: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """A volume with its Parameters (the list's stubs carry none, as in Nomad)."""
+        if "Parameters" in stub:
+            return stub
+        read = getattr(self.api, "host_volume", None)
+        if read is not None:
+            return await read(str(stub["ID"]))
+        # GET /v1/volume/host/<id>, through the client's own request path (retries, errors, token).
+        return await self.api._json("GET", f"/v1/volume/host/{stub['ID']}", ok404=True)
 
     async def _register_volume(self, name: str, node_id: str, path: Path, existing: Mapping[str, Any] | None,
                                parameters: dict[str, str], access: str) -> None:
