@@ -65,6 +65,8 @@ class EdgeSection(_Section):
     stream_close_delay_hours: float = Field(8.0, gt=0, le=24 * 30,
                                             description="open websockets survive config reloads this long")
     caddy_binary: str | None = Field(None, description="default: the caddy that comes with foundry-fleet")
+    on_nomad: bool = Field(False, description="run Caddy as a Nomad service job (runtime nomad); the fleet "
+                                              "still configures it through its admin API")
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> EdgeSection:
@@ -150,6 +152,76 @@ class PodmanSection(_Section):
         """The configured image for Node.js `major`, or None."""
         value = (self.model_extra or {}).get(f"image_node{major}")
         return value if isinstance(value, str) else None
+
+
+_NOMAD_NAME = re.compile(r"^[a-zA-Z0-9-]{1,128}$")  # Nomad's namespace and region names
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+class NomadSection(_Section):
+    """The nomad runtime: which Nomad, and how the fleet's jobs run there (see README, Nomad)."""
+
+    address: str = Field("http://127.0.0.1:4646", description="Nomad's HTTP API, http:// or https://")
+    region: str | None = Field(None, description="default: the agent's own region")
+    namespace: str = Field("default", description="the namespace of the fleet's jobs")
+    token_file: Path | None = Field(None, description="the ACL token, a 0600 file of the fleet's user")
+    ca_file: Path | None = Field(None, description="the CA that signed Nomad's TLS certificate (https)")
+    datacenters: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
+                                   description="where the fleet's jobs may run (globs allowed)")
+    task_driver: Literal["podman", "exec"] = Field("podman", description="how an instance runs on its node")
+    mhz_per_core: int = Field(2000, ge=1, le=100_000, description="CPU MHz that [limits] cpu_percent = 100 means")
+    timeout: float = Field(10.0, gt=0, le=10 * 60, description="seconds each API call may take")
+    wait: float = Field(300.0, gt=0, le=600, description='a blocking query\'s wait: seconds, or "300s", "5m"')
+    node_root: Path | None = Field(None, description="the fleet root as the nodes see it; default: the fleet root")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:4646\"")
+        if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise ValueError(f"{v!r} must be only scheme, host and port, e.g. \"https://nomad.example.org:4646\" "
+                             "(the ACL token goes in token_file)")
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValueError(f"{v!r} has a port out of range") from None
+        return v.rstrip("/")
+
+    @field_validator("region", "namespace")
+    @classmethod
+    def _nomad_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NOMAD_NAME.match(v):
+            raise ValueError(f"{v!r} is not a Nomad name (letters, digits and dashes, at most 128)")
+        return v
+
+    @field_validator("datacenters")
+    @classmethod
+    def _datacenters(cls, v: list[str]) -> list[str]:
+        for dc in v:
+            if not dc or any(c.isspace() for c in dc):
+                raise ValueError(f"datacenter {dc!r} is empty or has a space")
+        return v
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _wait(cls, v: object) -> object:
+        if isinstance(v, str):
+            m = _DURATION.match(v.strip())
+            if not m:
+                raise ValueError(f"{v!r} is not a duration: use seconds (300) or \"300s\", \"5m\"")
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> NomadSection:
+        if self.ca_file is not None and not self.address.startswith("https://"):
+            raise ValueError("ca_file is set but address is not https://: the CA would not be used")
+        return self
 
 
 class NodeSection(_Section):
@@ -305,12 +377,19 @@ class FleetConfig(_Section):
     node: NodeSection = NodeSection()
     runtime: RuntimeSection = RuntimeSection()
     podman: PodmanSection = PodmanSection()
+    nomad: NomadSection = NomadSection()
     instances: InstancesSection = InstancesSection()
     supervisor: SupervisorSection = SupervisorSection()
     limits: LimitsSection = LimitsSection()
     backups: BackupsSection = BackupsSection()
     logs: LogsSection = LogsSection()
     discord: DiscordSection = DiscordSection()
+
+    @model_validator(mode="after")
+    def _edge_on_nomad(self) -> FleetConfig:
+        if self.edge.on_nomad and self.runtime.driver != "nomad":
+            raise ValueError('[edge] on_nomad = true needs [runtime] driver = "nomad"')
+        return self
 
     @property
     def root(self) -> Path:
@@ -346,6 +425,11 @@ def load_config(path: Path) -> FleetConfig:
     podman = raw.get("podman")
     if isinstance(podman, dict) and isinstance(podman.get("socket"), str) and podman["socket"]:
         podman["socket"] = str((base / podman["socket"]).resolve())
+    nomad = raw.get("nomad")
+    if isinstance(nomad, dict):
+        for key in ("token_file", "ca_file", "node_root"):
+            if isinstance(nomad.get(key), str) and nomad[key]:
+                nomad[key] = str((base / nomad[key]).resolve())
     discord = raw.get("discord")
     if isinstance(discord, dict):
         for key in ("token_file", "client_secret_file"):

@@ -51,8 +51,10 @@ def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetH
 
 
 def make_fleet(tmp_path: Path, runtime: str = "local", **overrides: str) -> FleetHarness:
-    """A fleet at `tmp_path`/fleet whose instances run on `runtime` ("local" or "podman"); `overrides`
-    replace text of the generated fleet.toml (old=new)."""
+    """A fleet at `tmp_path`/fleet whose instances run on `runtime` ("local", "podman" or "nomad");
+    `overrides` replace text of the generated fleet.toml (old=new). On "nomad", a stand-in Nomad
+    (`h.nomad`) with two nodes, node-a on 127.0.0.1 and node-b on 127.0.0.2, runs the instances with its
+    exec driver, its dynamic ports from the fleet's port block; tear_down stops it."""
     from foundry_fleet.services.init import init_fleet
 
     # Under pytest's own temp dir, whose parents are mode 0700 like /root: instances running as
@@ -81,7 +83,50 @@ def make_fleet(tmp_path: Path, runtime: str = "local", **overrides: str) -> Flee
         h.edit_config(key, value)
     if runtime != "local":
         set_runtime(h, runtime)
+    if runtime == "nomad":
+        start_nomad(h, tmp_path, (low, low + 49))
     return h
+
+
+NOMAD_TOKEN = "fleet-test-token"
+
+
+def start_nomad(h: FleetHarness, tmp_path: Path, port_range: tuple[int, int]) -> None:
+    """A stand-in Nomad for the fleet `h`, and its [nomad] section: address, token file (0600), exec tasks."""
+    import os
+
+    from tests.support.nomad_standin import NomadStandin, StandinNode
+
+    nodes = [StandinNode("node-a", "127.0.0.1", memory_mb=4096), StandinNode("node-b", "127.0.0.2", memory_mb=4096)]
+    h.nomad = NomadStandin(tmp_path / "nomad", nodes, token=NOMAD_TOKEN, port_range=port_range).start()
+    token_file = h.root / "nomad-token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(NOMAD_TOKEN + "\n")
+    set_section(h, "nomad", {"address": h.nomad.url, "token_file": str(token_file), "task_driver": "exec"})
+
+
+def set_section(h: FleetHarness, name: str, values: dict[str, str]) -> None:
+    """Set `values` (strings) in the `[name]` table of the fleet's configuration: in place where the
+    table (uncommented) is there already, else as a new table at the end (a commented-out example of it
+    stays a comment)."""
+    import json
+    import re
+
+    text = h.config.read_text()
+    section = re.search(rf"^\[{re.escape(name)}\]\n(?:(?!\[).*\n?)*", text, re.MULTILINE)
+    lines = {key: f"{key} = {json.dumps(value)}" for key, value in values.items()}
+    if section is None:
+        h.config.write_text(text.rstrip("\n") + f"\n\n[{name}]\n" + "\n".join(lines.values()) + "\n")
+        return
+    body = section.group(0)
+    for key, line in lines.items():
+        pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.MULTILINE)
+        if pattern.search(body):
+            body = pattern.sub(lambda _m, line=line: line, body, count=1)
+        else:
+            body = body.replace(f"[{name}]\n", f"[{name}]\n{line}\n", 1)
+    h.config.write_text(text[:section.start()] + body + text[section.end():])
 
 
 def set_runtime(h: FleetHarness, driver: str) -> None:

@@ -83,6 +83,7 @@ class FleetHarness:
     root: Path
     config: Path
     daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    nomad: Any = None  # the stand-in Nomad (tests.support.nomad_standin) of a fleet on the nomad runtime
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> CliResult:
         p = subprocess.run(
@@ -186,6 +187,9 @@ class FleetHarness:
         running on purpose, and the podman service it started) and remove the fleet's containers, network
         and control groups. Fails when a group cannot be removed: a process of the fleet survived its test."""
         self.stop_daemons()
+        if self.nomad is not None:
+            # Its tasks are the fleet's instances: they stop with it (and their cgroups and forwarders go).
+            self.nomad.stop()
         if self.uses_podman():
             # Before the processes: a container's conmon and the fleet's podman service are among them.
             self.podman.remove_all()

@@ -38,7 +38,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 def test_the_cli_has_the_commands_people_look_for() -> None:
     paths = {" ".join(p) for p in command_paths()}
     assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init",
-            "runtime show", "runtime set", "runtime image"} <= paths
+            "runtime show", "runtime set", "runtime image", "nomad render"} <= paths
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "(top)")
@@ -63,6 +63,10 @@ def test_help_of_every_command_is_its_usage(path: tuple[str, ...], monkeypatch: 
     (["runtime", "set"], "Missing argument 'DRIVER'"),
     (["runtime", "sett", "podman"], "No such command 'sett'"),
     (["init", "--runtime"], "requires an argument"),
+    (["init", "--nomad-addr"], "requires an argument"),
+    (["nomad", "rendr"], "No such command 'rendr'"),
+    (["nomad", "render", "--format", "xml"], "Invalid value for '--format'"),
+    (["nomad", "render", "alice", "bob"], "Got unexpected extra argument"),
 ])
 def test_a_usage_error_is_one_message_and_exit_code_2(args: list[str], says: str, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:

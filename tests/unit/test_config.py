@@ -168,8 +168,10 @@ def test_every_float_setting_is_bounded() -> None:
             if field.annotation is float:
                 seen.append(f"{section_name}.{name}")
                 assert any(getattr(m, "le", None) is not None for m in field.metadata), f"{section_name}.{name}"
-    # [podman] is commented out in the template; its float is checked in test_podman_section_*.
-    assert sorted(seen) == sorted([*(key for _line, key in FLOAT_KEYS), "podman.pull_timeout"])
+    # [podman] and [nomad] are commented out in the template; their floats are checked in
+    # test_podman_section_* and test_nomad_config.py.
+    assert sorted(seen) == sorted([*(key for _line, key in FLOAT_KEYS), "podman.pull_timeout", "nomad.timeout",
+                                   "nomad.wait"])
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e30"])

@@ -12,6 +12,7 @@ from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
+from foundry_fleet.cli import nomad as nomad_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import runtime as runtime_cmds
 from foundry_fleet.cli import storage as storage_cmds
@@ -38,6 +39,7 @@ app.add_typer(backup_cmds.app, name="backup")
 app.add_typer(storage_cmds.app, name="storage")
 app.add_typer(invite_cmds.app, name="invite")
 app.add_typer(runtime_cmds.app, name="runtime")
+app.add_typer(nomad_cmds.app, name="nomad")
 
 ConfigOption = Annotated[
     Optional[str],
@@ -59,14 +61,22 @@ def init(
     tls: Annotated[Optional[str], typer.Option(help="internal | acme | on-demand")] = None,
     storage: Annotated[str, typer.Option(help="directory | zfs")] = "directory",
     zfs_base: Annotated[Optional[str], typer.Option(help="with --storage zfs: POOL[/PATH] for the datasets")] = None,
-    runtime: Annotated[str, typer.Option(help="what runs the instances: local (bubblewrap) | podman (containers)")] = "local",
+    runtime: Annotated[str, typer.Option(
+        help="what runs the instances: local (bubblewrap) | podman (containers) | nomad (Nomad jobs)")] = "local",
+    nomad_addr: Annotated[Optional[str], typer.Option(
+        help="with --runtime nomad: Nomad's HTTP API (default http://127.0.0.1:4646)")] = None,
+    nomad_token_file: Annotated[Optional[Path], typer.Option(
+        help="with --runtime nomad: a 0600 file holding the ACL token")] = None,
+    nomad_ca_file: Annotated[Optional[Path], typer.Option(
+        help="with --runtime nomad: the CA of Nomad's TLS certificate (https)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing fleet.toml")] = False,
 ) -> None:
     """Create a fleet: write a documented fleet.toml under ROOT."""
     from foundry_fleet.services.init import init_fleet
 
     path = init_fleet(root, domain, http_port, https_port, tls, storage, force, zfs_base=zfs_base, runtime=runtime,
-                      runtimes=runtime_cmds.offered_runtimes())
+                      runtimes=runtime_cmds.offered_runtimes(), nomad_address=nomad_addr,
+                      nomad_token_file=nomad_token_file, nomad_ca_file=nomad_ca_file)
     console.print(f"wrote {path}")
     console.print(f"next: foundry-fleet --config {path} up")
 

@@ -40,6 +40,7 @@ web_port = 8099
 # disconnects another tenant's players.
 stream_close_delay_hours = 8.0
 # caddy_binary = "/usr/local/bin/caddy"   # default: the caddy that comes with foundry-fleet
+# on_nomad = false   # runtime nomad: run Caddy as a Nomad job (fvtt-caddy), still configured by the fleet
 
 [storage]
 # directory: plain directories (the embedded default). zfs: datasets under zfs_base, laid out by
@@ -49,7 +50,8 @@ driver = "directory"
 
 [runtime]
 # What runs each instance. local: a bubblewrap sandbox on this host (own network namespace, cgroup
-# limits, seccomp). podman: a rootful Podman container per instance (see [podman]). Switch a fleet with
+# limits, seccomp). podman: a rootful Podman container per instance (see [podman]). nomad: a Nomad job per
+# instance, on one node or many (see [nomad]). Switch a fleet with
 # `foundry-fleet runtime set DRIVER` while its instances are stopped.
 driver = {runtime}
 
@@ -63,6 +65,7 @@ driver = {runtime}
 # socket = "/run/podman/podman.sock"
 # pull_timeout = 60.0
 
+{nomad}
 [releases]
 # The host-wide release cache (zips and unpacked releases); default <root>/releases.
 # cache_dir = "/var/cache/foundry-fleet"
@@ -148,6 +151,60 @@ keep = 5                   # ... keeping this many old files
 """
 
 
+NOMAD_TEMPLATE = """\
+{comment}[nomad]
+# The nomad runtime: Nomad schedules each instance as a service job (fvtt-<name>) on the node holding its
+# data, and lays instances out with the parameterized job fvtt-provision (see deploy/nomad/).
+{comment}address = {address}          # Nomad's HTTP API; https:// with ca_file for TLS
+# region = "global"                     # default: the agent's region
+{comment}namespace = "default"
+{token_line}
+{ca_line}
+# datacenters = ["*"]
+# How an instance runs on its node: podman (the image from [podman]) or exec (the node binary of [node]).
+{comment}task_driver = "podman"
+# mhz_per_core = 2000                   # what [limits] cpu_percent = 100 asks of Nomad, in MHz
+# timeout = 10.0                        # seconds per API call; Nomad down is retried with backoff
+# wait = "300s"                         # blocking queries: Nomad answers at once on a change
+# node_root = "/srv/foundry-fleet"      # the fleet root as the nodes see it; default: this root
+"""
+
+
+def _nomad_section(runtime: str, address: str | None, token_file: Path | None, ca_file: Path | None) -> str:
+    """[nomad]: filled in for the nomad runtime, an example (commented out) for the others."""
+    if runtime != "nomad":
+        if address or token_file or ca_file:
+            raise InvalidInput("--nomad-addr, --nomad-token-file and --nomad-ca-file are for --runtime nomad",
+                               "add --runtime nomad, or leave them out")
+        return NOMAD_TEMPLATE.format(comment="# ", address=_toml_str("http://127.0.0.1:4646"),
+                                     token_line='# token_file = "nomad-token"     # the ACL token, chmod 600',
+                                     ca_line='# ca_file = "nomad-ca.pem"')
+    if address is not None:
+        from pydantic import ValidationError
+
+        from foundry_fleet.config import NomadSection
+
+        try:
+            address = NomadSection(address=address).address
+        except ValidationError as e:
+            raise InvalidInput(f"--nomad-addr: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                               "e.g. --nomad-addr http://127.0.0.1:4646") from None
+    if token_file is not None:
+        from foundry_fleet.private_files import check_private_file
+
+        token_file = token_file.resolve()
+        check_private_file(token_file, "the Nomad ACL token file", "--nomad-token-file")
+    if ca_file is not None:
+        ca_file = ca_file.resolve()
+        if not ca_file.is_file():
+            raise InvalidInput(f"the Nomad CA file {ca_file} does not exist", "fix --nomad-ca-file")
+    token_line = (f"token_file = {_toml_str(str(token_file))}   # the ACL token, chmod 600" if token_file
+                  else '# token_file = "nomad-token"     # the ACL token, chmod 600')
+    ca_line = f"ca_file = {_toml_str(str(ca_file))}" if ca_file else '# ca_file = "nomad-ca.pem"'
+    return NOMAD_TEMPLATE.format(comment="", address=_toml_str(address or "http://127.0.0.1:4646"),
+                                 token_line=token_line, ca_line=ca_line)
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -163,6 +220,9 @@ def init_fleet(
     zfs_base: str | None = None,
     runtime: str = "local",
     runtimes: Collection[str] | None = None,
+    nomad_address: str | None = None,
+    nomad_token_file: Path | None = None,
+    nomad_ca_file: Path | None = None,
 ) -> Path:
     """Write <root>/fleet.toml and create the layout; refuses to overwrite without `force`.
 
@@ -181,6 +241,7 @@ def init_fleet(
     for label, port in (("--http-port", http_port), ("--https-port", https_port)):
         if port is not None and not 1 <= port <= 65535:
             raise InvalidInput(f"{label} {port} is not a TCP port", "use 1-65535")
+    nomad = _nomad_section(runtime, nomad_address, nomad_token_file, nomad_ca_file)
     root.mkdir(parents=True, exist_ok=True)
     path = root / CONFIG_NAME
     if path.exists() and not force:
@@ -194,6 +255,7 @@ def init_fleet(
         https_port=https_port or (443 if domain else 8443),
         tls=_toml_str(tls or ("acme" if domain else "internal")),
         runtime=_toml_str(runtime),
+        nomad=nomad,
         uid_low=uid_low,
         uid_high=uid_high,
     )

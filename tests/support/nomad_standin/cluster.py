@@ -45,6 +45,8 @@ class Node:
     create_index: int = 1
     modify_index: int = 1
     runtime: Any = None  # the exec driver's LocalRuntime for this node
+    podman: Any = None  # the podman driver's PodmanRuntime for this node, made at its first podman task
+    images: Any = None
 
 
 class Refused(Exception):
@@ -102,6 +104,7 @@ class Cluster:
         self.alloc_tasks: dict[str, asyncio.Task] = {}
         self.blocked: list[tuple[tuple[str, str], str, str, str | None]] = []  # job key, group, name, prev
         self.contexts: dict[tuple[str, str], drivers.TaskContext] = {}
+        self.tag = secrets.token_hex(2)
 
     # ------------------------------------------------------------------------------ lookups
 
@@ -590,7 +593,22 @@ class Cluster:
         return not runner.stopping.is_set()
 
     async def _start_podman(self, ctx: drivers.TaskContext, node: Node) -> Any:
-        raise drivers.DriverFailure("the podman driver is not wired into this stand-in yet")
+        if node.podman is None:
+            # Made at the first podman task: a test of exec tasks starts no Podman service.
+            from foundry_fleet.runtime.podman.driver import PodmanRuntime
+            from foundry_fleet.runtime.podman.service import PodmanService
+
+            node.images = drivers.ImageOfTask()
+            service = PodmanService(self.root / "run" / "podman")
+            node.podman = PodmanRuntime(self.podman_fleet_id(node), service, lambda api: node.images,
+                                        listen_host=node.address)
+            await service.ensure()
+        return await drivers.start_podman(ctx, node.podman, node.images)
+
+    def podman_fleet_id(self, node: Node) -> str:
+        """The podman runtime's fleet id for `node`: its containers' names and labels."""
+        index = list(self.nodes).index(node.id)
+        return f"nomad{os.getpid() % 100000}{self.tag}n{index}"
 
     def _stop_alloc(self, alloc: dict[str, Any], why: str, lost: bool = False) -> asyncio.Task | None:
         """Desired stop: each task gets its kill signal, then SIGKILL after its KillTimeout (at once
@@ -690,6 +708,11 @@ class Cluster:
                     stops.append(self._stop_alloc(alloc, "the stand-in is shutting down"))
         await asyncio.gather(*(s for s in stops if s is not None), return_exceptions=True)
         await asyncio.gather(*self.alloc_tasks.values(), return_exceptions=True)
+        for node in self.nodes.values():
+            if node.podman is not None:
+                await node.podman.forget_unknown(set())  # a container a failed start left behind
+                await node.podman.service.stop()
+                await node.podman.api.aclose()
 
     def remove_alloc_dirs(self) -> None:
         shutil.rmtree(self.root / "allocs", ignore_errors=True)

@@ -183,9 +183,12 @@ def task_name(ctx: TaskContext) -> str:
     return f"{base}-{ctx.alloc_id[:8]}"
 
 
-def foundry_spec(ctx: TaskContext, args: list[str]) -> TaskSpec:
+def foundry_spec(ctx: TaskContext, args: list[str], user: str | None = None,
+                 fixed_mounts: tuple[str, str] | None = None) -> TaskSpec:
     """The TaskSpec of a Foundry task, from its mounts and the args the fleet sends:
-    `<install mount>/<entry>`, `--port=<the http port>`, `--dataPath=<data mount>`, then flags."""
+    `<install mount>/<entry>`, `--port=<the http port>`, `--dataPath=<data mount>`, then flags.
+    `user`: a name to look up (exec) or `uid:gid` (podman); `fixed_mounts`: the install and data
+    mount points the runtime itself uses (podman's container spec), which the job must use too."""
     meta = ctx.task.get("Meta") or {}
     entry = meta.get("fvtt_entry")
     generation = meta.get("fvtt_generation")
@@ -205,6 +208,9 @@ def foundry_spec(ctx: TaskContext, args: list[str]) -> TaskSpec:
     if not args[2].startswith("--dataPath="):
         raise DriverFailure(f"args[2] {args[2]!r} is not --dataPath=<the data mount>")
     data_mount = args[2].removeprefix("--dataPath=")
+    if fixed_mounts is not None and (install_mount, posixpath.normpath(data_mount)) != fixed_mounts:
+        raise DriverFailure(f"the install and data mounts are {install_mount} and {data_mount}; this driver's "
+                            f"containers have them at {fixed_mounts[0]} and {fixed_mounts[1]}")
     install_dir, data_dir = ctx.mount_source(install_mount), ctx.mount_source(data_mount)
     if install_dir is None or data_dir is None:
         raise DriverFailure(f"no volume is mounted at {install_mount if install_dir is None else data_mount}")
@@ -217,8 +223,13 @@ def foundry_spec(ctx: TaskContext, args: list[str]) -> TaskSpec:
                                     f"under the data mount")
             shared_dir = ctx.volumes.get(mount.get("Volume") or "")
     uid = gid = None
-    user = ctx.task.get("User") or ""
-    if user:
+    user = ctx.task.get("User") or "" if user is None else user
+    if ":" in user or user.isdigit():
+        uid_text, _, gid_text = user.partition(":")
+        if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+            raise DriverFailure(f"user {user!r} is not uid:gid")
+        uid, gid = int(uid_text), int(gid_text or uid_text)
+    elif user:
         try:
             entry_pw = pwd.getpwnam(user)
         except KeyError:
@@ -255,3 +266,37 @@ async def start_exec(ctx: TaskContext, runtime: NodeRuntime) -> Run:
 def exec_log(ctx: TaskContext) -> Path:
     """The exec task's log file (the runtime writes stdout and stderr to it, as one stream)."""
     return logs.log_path(ctx.log_dir / ctx.task["Name"])
+
+
+# ----------------------------------------------------------------------------------- podman
+
+
+class ImageOfTask:
+    """The podman runtime's image source: the image the task's config names (the fleet built it on
+    this host), per runtime task name, set just before the start."""
+
+    def __init__(self) -> None:
+        self.images: dict[int, str] = {}
+
+    async def ensure(self, generation: int, progress: Any = None) -> str:
+        return self.images[generation]
+
+
+async def start_podman(ctx: TaskContext, runtime: Any, images: ImageOfTask) -> Run:
+    from foundry_fleet.runtime.podman import container_spec
+
+    image = ctx.config.get("image")
+    if not isinstance(image, str) or not image:
+        raise ValidationFailure("failed to parse config: missing required field: image")
+    if ctx.config.get("command") not in (None, "node"):
+        raise DriverFailure(f"command {ctx.config.get('command')!r}: the image runs node")
+    if "http" not in ctx.ports or ctx.config.get("ports") != ["http"]:
+        raise DriverFailure("the task must publish exactly its http port (ports = [\"http\"])")
+    spec = foundry_spec(ctx, [str(a) for a in ctx.config.get("args") or []], user=str(ctx.config.get("user") or ""),
+                        fixed_mounts=(container_spec.INSTALL_MOUNT, container_spec.DATA_MOUNT))
+    images.images[spec.release.generation] = image
+    try:
+        handle = await runtime.start_task(spec)
+    except Exception as exc:
+        raise DriverFailure(getattr(exc, "message", None) or str(exc)) from exc
+    return RuntimeRun(runtime, handle)

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
 
 if TYPE_CHECKING:
     from foundry_fleet.config import NomadSection
@@ -42,6 +42,7 @@ KNOWN_LEADER_HEADER = "X-Nomad-KnownLeader"
 LAST_CONTACT_HEADER = "X-Nomad-LastContact"
 MAX_WAIT = 600.0  # Nomad caps a blocking query's wait at 10 minutes
 MAX_ERROR_TEXT = 500
+MAX_PAYLOAD = 16 * 1024  # a dispatch payload's largest size (Nomad's DispatchPayloadSizeLimit)
 # What a Nomad server answers (500) while the cluster has no leader: it will have one again soon.
 _NO_LEADER = ("no cluster leader", "no path to region")
 
@@ -121,7 +122,11 @@ def blocking_timeout(wait: float, timeout: float) -> float:
 def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
     if ca_file is None:
         return True
-    return ssl.create_default_context(cafile=str(ca_file))
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as e:
+        raise InvalidInput(f"the Nomad CA file {ca_file} cannot be used: {getattr(e, 'strerror', None) or e}",
+                           "set [nomad] ca_file to the PEM file of the CA that signed Nomad's certificate") from None
 
 
 def _nomad_text(response: httpx.Response) -> str:
@@ -224,12 +229,11 @@ class NomadApi:
         """A (blocking, when `wait` is set) query: the answer and the three headers Nomad sends with it."""
         query = dict(params or {})
         timeout = None
+        # Without a wait, no index either: Nomad would block an index-only query for its default 5 minutes.
         if wait is not None:
             query["index"] = max(0, int(index))
             query["wait"] = wait_param(wait)
             timeout = blocking_timeout(wait, self.settings.timeout)
-        elif index:
-            query["index"] = int(index)
         response = await self._request("GET", path, params=query, timeout=timeout)
         assert response is not None
         return Indexed(value=_decode(response, f"GET {path}"), **_query_meta(response, path))
@@ -249,6 +253,9 @@ class NomadApi:
         return await self._json("DELETE", f"/v1/job/{_segment(job_id)}", params={"purge": purge}, ok404=True)
 
     async def dispatch(self, job_id: str, meta: dict[str, str], payload: bytes) -> dict:
+        if len(payload) > MAX_PAYLOAD:  # Nomad's own limit: refuse before anything is sent
+            raise InvalidInput(f"a dispatch payload of {len(payload)} bytes is over Nomad's {MAX_PAYLOAD}",
+                               "send less in the payload (what the node can read itself stays out of it)")
         body = {"JobID": job_id, "Meta": dict(meta), "Payload": base64.b64encode(payload).decode("ascii")}
         return await self._json("PUT", f"/v1/job/{_segment(job_id)}/dispatch", json=body, repeatable=False)
 
