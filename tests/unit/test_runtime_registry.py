@@ -44,6 +44,23 @@ def test_the_podman_runtime_is_built_for_the_fleet_from_its_section(tmp_path: Pa
     assert other.service.socket_path == Path("/run/elsewhere.sock")
 
 
+def test_the_nomad_runtime_is_built_from_the_nomad_section(tmp_path: Path) -> None:
+    from foundry_fleet.runtime.nomad.driver import NomadRuntime
+    from foundry_fleet.wiring.runtimes import fleet_id
+
+    path = init_fleet(tmp_path / "f", runtime="nomad")
+    text = path.read_text().replace('task_driver = "podman"', 'task_driver = "exec"')
+    path.write_text(text)
+    config = load_config(path)
+    runtime = make_runtime(config)
+    assert isinstance(runtime, NomadRuntime)
+    assert (runtime.settings.address, runtime.settings.namespace, runtime.jobs.fleet_id) == (
+        "http://127.0.0.1:4646", "default", fleet_id(config))
+    assert (runtime.jobs.task_driver, runtime.jobs.config_path, runtime.wait) == ("exec", path.resolve(), 300.0)
+    assert runtime.capabilities.multi_node and not runtime.capabilities.needs_image
+    assert runtime.port_is_free(1) and runtime.host_processes() == set()
+
+
 def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
     path = init_fleet(tmp_path / "f")
     path.write_text(path.read_text().replace('driver = "local"', 'driver = "docker"'))
@@ -72,14 +89,15 @@ def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> Non
 
     port_kinds = {name: kind(fn) for name, fn in verbs.items()}
     port_kinds["logs"] = "async iterator"  # declared as a plain def returning AsyncIterator in the port
+    from foundry_fleet.runtime.nomad.driver import NomadRuntime
     from foundry_fleet.runtime.podman.driver import PodmanRuntime
 
-    for driver in (LocalRuntime, FakeRuntime, PodmanRuntime):
+    for driver in (LocalRuntime, FakeRuntime, PodmanRuntime, NomadRuntime):
         got = {name: kind(getattr(driver, name)) for name in verbs}
         assert got == port_kinds, driver
         params = {name: list(inspect.signature(getattr(driver, name)).parameters) for name in verbs}
         assert params == {name: list(inspect.signature(fn).parameters) for name, fn in verbs.items()}, driver
-        assert driver.capabilities.multi_node is False and isinstance(driver.name, str)
+        assert driver.capabilities.multi_node is (driver is NomadRuntime) and isinstance(driver.name, str)
 
 
 def test_the_runtime_decides_which_ports_new_instances_get(tmp_path: Path) -> None:

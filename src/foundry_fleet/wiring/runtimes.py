@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from foundry_fleet.domain.errors import InvalidInput
 
@@ -54,34 +54,13 @@ def _podman(config: FleetConfig) -> Runtime:
     )
 
 
-def nomad_section(config: FleetConfig) -> Any:
-    """fleet.toml's [nomad]; refused clearly by a configuration that has none."""
-    section = getattr(config, "nomad", None)
-    if section is None:
-        raise InvalidInput("the nomad runtime needs a [nomad] section in fleet.toml",
-                           'add [nomad] with address = "http://127.0.0.1:4646" (see `foundry-fleet init --runtime nomad`)')
-    return section
-
-
 def nomad_job_settings(config: FleetConfig) -> JobSettings:
-    """How the fleet's Nomad jobs are built: the same for the driver and for `nomad render`."""
+    """How the fleet's Nomad jobs are built, as `nomad render` builds them; the provision job reads the
+    fleet.toml that `init` writes in the fleet root (as the nodes see that root)."""
     from foundry_fleet.config_file import CONFIG_NAME
-    from foundry_fleet.runtime.nomad.jobs import JobSettings
+    from foundry_fleet.wiring.nomad_jobs import job_settings
 
-    section = nomad_section(config)
-    node_root = getattr(section, "node_root", None) or config.root
-    return JobSettings(
-        fleet_id=fleet_id(config),
-        namespace=section.namespace,
-        datacenters=tuple(section.datacenters),
-        task_driver=section.task_driver,
-        mhz_per_core=section.mhz_per_core,
-        crash_policy=config.supervisor.crash_policy(),
-        stop_timeout=config.instances.stop_timeout,
-        config_path=node_root / CONFIG_NAME,  # the provision job runs on the node: its view of fleet.toml
-        check_interval=config.supervisor.health_interval,
-        check_timeout=config.supervisor.health_timeout,
-    )
+    return job_settings(config, config.root / CONFIG_NAME)
 
 
 def _nomad(config: FleetConfig) -> Runtime:
@@ -89,7 +68,7 @@ def _nomad(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.nomad.driver import NomadRuntime
     from foundry_fleet.services.node_binaries import resolve_node
 
-    section = nomad_section(config)
+    section = config.nomad
 
     async def image_for(generation: int) -> str:
         from foundry_fleet.wiring.podman_images import node_images
@@ -103,7 +82,7 @@ def _nomad(config: FleetConfig) -> Runtime:
         image_for=image_for,
         node_binary=lambda generation: resolve_node(config.node, generation),
         log_dir_of=config.paths.instance_logs,
-        wait=getattr(section, "wait", 300.0),
+        wait=section.wait,
         address_timeout=config.supervisor.start_timeout,
     )
 
