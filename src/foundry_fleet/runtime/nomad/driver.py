@@ -246,9 +246,13 @@ class NomadRuntime:
         await self.api.register_host_volume(volume)
 
     async def _provision(self, spec: TaskSpec, node_id: str, node_name: str) -> None:
-        payload = {"instance": spec.name, "release": spec.release.version, "node": node_id, "uid": spec.uid}
+        # The node-side command's payload (runtime/nomad/provision_payload.py): no secrets, <= 16 KiB.
+        payload: dict[str, object] = {"instance": spec.name, "release": spec.release.version, "node": node_id,
+                                      "uid": spec.uid, "port": spec.port or None}
+        data = json.dumps({k: v for k, v in payload.items() if v is not None}, separators=(",", ":"),
+                          sort_keys=True).encode()
         meta = {"instance": spec.name, "release": spec.release.version, "node": node_id}
-        answer = await self.api.dispatch(PROVISION_JOB_ID, meta, json.dumps(payload).encode())
+        answer = await self.api.dispatch(PROVISION_JOB_ID, meta, data)
         child = str(answer["DispatchedJobID"])
         alloc = await self._finished_on(child, node_id, self.provision_timeout)
         if alloc.get("ClientStatus") != "complete":
