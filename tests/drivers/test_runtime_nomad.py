@@ -20,7 +20,9 @@ import pytest
 
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import ExternalFailure
-from foundry_fleet.runtime.base import Address, ReleaseToRun, ResourceLimits, TaskHandle, TaskSpec
+from foundry_fleet.runtime.base import (
+    Address, ReleaseToRun, ResourceLimits, RuntimeUnavailable, TaskHandle, TaskSpec,
+)
 from foundry_fleet.runtime.nomad.api import NomadSettings
 from foundry_fleet.runtime.nomad.driver import NomadRuntime
 from foundry_fleet.runtime.nomad.jobs import JobSettings
@@ -220,6 +222,10 @@ def test_a_lost_node_is_no_exit_and_its_replacement_is_told_as_a_new_address(nom
             assert not exit_.done() and not moved.done()  # lost: Nomad replaces it where its data is
             nodes = {n.name: n for n in await runtime.nodes()}
             assert (nodes["node-a"].healthy, nodes["node-a"].status) == (False, "down")
+            # alice's data is on node-a: she cannot start anywhere else, and says why (for now).
+            with pytest.raises(RuntimeUnavailable) as info:
+                await runtime.start_task(spec(root, "alice"))
+            assert info.value.message == "node node-a, which holds the data of alice, is down"
             # Meanwhile a new instance goes to the node that is up, and takes the lowest free port.
             bob = await runtime.start_task(spec(root, "bob"))
             assert bob.state["node_id"] == nomad.node_id("node-b")
@@ -277,7 +283,7 @@ def test_nomad_down_is_a_clear_error(nomad: NomadStandin, root: Path) -> None:
         lines = await runtime.open()
         try:
             assert not lines[0].available and f"Nomad at {nomad.url} did not answer" in lines[0].detail
-            with pytest.raises(ExternalFailure) as info:
+            with pytest.raises(RuntimeUnavailable) as info:  # the supervisor tries again later
                 await runtime.start_task(spec(root, "alice"))
             assert f"Nomad at {nomad.url} did not answer" in info.value.message
             assert info.value.hint and "is Nomad running" in info.value.hint

@@ -361,3 +361,43 @@ def test_the_launch_plan_names_the_instances_own_host_then_its_extra_ones(world:
     records = SupervisionRecords(world.sessions, DirectoryStorage(tmp_path), own_host=lambda n: f"{n}.fleet.test")
     assert build_task_spec(world.settings, records, "alice").hosts == ("alice.fleet.test", "vtt.example.org")
     assert build_task_spec(world.settings, world.records, "alice").hosts == ("vtt.example.org", "alice.fleet.test")
+
+
+def test_a_runtime_that_cannot_start_it_now_is_retried_with_backoff_and_failed_only_in_a_loop(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", start_unavailable="node-a, which holds the data of alice, is down")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a second try")
+        row = world.row("alice")
+        assert row.state == "starting" and row.state_reason.startswith(
+            "cannot start now (node-a, which holds the data of alice, is down); trying again in ")
+        world.runtime.behave("alice", start_unavailable=None)  # the node is back
+        await until(state_is(world, "alice", "running"), "alice to run")
+        # A runtime that stays away ends in failed, as a crash loop does.
+        world.add("bob")
+        world.runtime.behave("bob", start_unavailable="Nomad at http://nomad:4646 did not answer")
+        await supervisor.reconcile()
+        await until(state_is(world, "bob", "failed"), "bob to fail", timeout=5)
+        assert world.row("bob").state_reason.startswith("could not start 4 times in 1 min (last: Nomad at ")
+        assert len(world.runtime.starts_of("bob")) == 4
+
+    run(world, scenario)
+
+
+def test_failed_health_checks_of_a_task_its_runtime_is_putting_back_do_not_restart_it(world: World) -> None:
+    world.add("alice")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        world.runtime.behave("alice", healthy=False, replacing=True)  # its node went away
+        await asyncio.sleep(0.3)  # many failed checks' worth
+        assert len(world.runtime.starts_of("alice")) == 1 and world.row("alice").state == "running"
+        world.runtime.behave("alice", healthy=True, replacing=False)
+        await world.runtime.move("alice")  # placed back, elsewhere
+        (task,) = world.runtime.running("alice")
+        await until(lambda: world.row("alice").address == f"127.0.0.1:{task.port}", "the new address")
+        world.runtime.behave("alice", healthy=False)  # running, yet not answering: that is a hang
+        await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a restart")
+
+    run(world, scenario)

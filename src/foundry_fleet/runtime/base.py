@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from foundry_fleet.domain.errors import ExternalFailure
+
 # Fields of the handle the first local runtime stored flat; they now live in the driver's `state`.
 _LEGACY_STATE_KEYS = ("pid", "leader_pid", "leader_start", "pgid", "boot_id", "net_pid", "net_start", "net_socket")
+
+
+class RuntimeUnavailable(ExternalFailure):
+    """start_task could not start the task *for now*: the runtime (a cluster's servers) does not answer,
+    or the node holding the task's data is away. Trying again later may work, so the supervisor retries
+    under its crash policy instead of marking the instance failed at once."""
 
 
 @dataclass(frozen=True)

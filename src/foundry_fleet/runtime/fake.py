@@ -22,7 +22,8 @@ from pathlib import Path
 from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.runtime.this_host import this_host_node
 from foundry_fleet.runtime.base import (
-    Address, Capabilities, Capability, NodeInfo, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+    Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
+    TaskStats, TaskStatus,
 )
 
 DRIVER = "fake"
@@ -34,6 +35,8 @@ class Behaviour:
     """What the task of one instance does. Mutable: a test may change it while the task runs."""
 
     start_error: str | None = None  # start_task raises ExternalFailure with this message
+    start_unavailable: str | None = None  # start_task raises RuntimeUnavailable (try again later) with this
+    replacing: bool = False  # the runtime is putting it back elsewhere: not running, yet not exited
     exit_after: float | None = None  # the task exits by itself this many seconds after starting
     exit_code: int = 1
     healthy: bool = True  # its status endpoint answers 200 with JSON (else 503)
@@ -146,6 +149,8 @@ class FakeRuntime:
         behaviour = self.behaviours.setdefault(spec.name, Behaviour())
         if behaviour.start_error is not None:
             raise ExternalFailure(f"instance {spec.name} did not start: {behaviour.start_error}")
+        if behaviour.start_unavailable is not None:
+            raise RuntimeUnavailable(behaviour.start_unavailable)
         task = FakeTask(id=next(self._ids), name=spec.name, spec=spec, behaviour=behaviour, started_at=time.time())
         task.server = await asyncio.start_server(lambda r, w: self._answer(task, r, w), "127.0.0.1", 0)
         task.port = task.server.sockets[0].getsockname()[1]
@@ -188,7 +193,7 @@ class FakeRuntime:
 
     async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
         task = self._task(handle)
-        running = task is not None and task.exit is None
+        running = task is not None and task.exit is None and not task.behaviour.replacing
         return TaskStatus(running=running, pid=task.pid if running and task else None)
 
     async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:

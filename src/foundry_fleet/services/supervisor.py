@@ -26,7 +26,9 @@ from foundry_fleet.domain.errors import FleetError, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import ROUTE_PREFIX
 from foundry_fleet.domain.instance import InstanceState
-from foundry_fleet.runtime.base import Address, ResourceLimits, Runtime, TaskExit, TaskHandle, TaskSpec
+from foundry_fleet.runtime.base import (
+    Address, ResourceLimits, Runtime, RuntimeUnavailable, TaskExit, TaskHandle, TaskSpec,
+)
 from foundry_fleet.services.supervision_records import Event, RunningTask, SupervisionRecords
 
 log = logging.getLogger("foundry_fleet.supervisor")
@@ -171,6 +173,10 @@ class InstanceSupervisor:
             spec = build_task_spec(self.settings, self.records, self.name)
             self.records.set_state(self.name, InstanceState.STARTING, "starting")
             self.handle = await self.runtime.start_task(spec)
+        except RuntimeUnavailable as e:
+            self._record_driver_events()
+            await self._start_deferred(e.message)
+            return False
         except FleetError as e:
             self._record_driver_events()
             self._failed_to_start(e.message)
@@ -190,6 +196,31 @@ class InstanceSupervisor:
         self.records.record_task(self.name, InstanceState.STARTING, f"{_what(running)} started", running,
                                  Event("instance.spawn", Outcome.OK))
         return True
+
+    async def _start_deferred(self, why: str) -> None:
+        """The runtime cannot start it now: counted and backed off like a crash, so a short outage
+        passes unnoticed and a long one ends in failed."""
+        try:
+            crash_times = self.records.crash_times(self.name)
+        except NotFound:
+            return
+        now = time.time()
+        policy = self.settings.crash_policy
+        decision = decide_after_crash(policy, tuple(crash_times), now, ran_for=0.0)
+        if decision.give_up:
+            reason = f"could not start {len(decision.recent)} times in {policy.window / 60:g} min (last: {why})"
+            self.records.clear_task(self.name, InstanceState.FAILED, reason, Event("instance.failed", Outcome.FAILED),
+                                    crash_times=list(decision.recent))
+            self.settled.set()
+            return
+        reason = f"cannot start now ({why}); trying again in {decision.delay:g}s"
+        self.records.clear_task(self.name, InstanceState.STARTING, reason, Event("instance.start", Outcome.FAILED),
+                                crash_times=list(decision.recent))
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=decision.delay)
+        except TimeoutError:
+            pass
+        self.wake.set()  # the main loop re-reads the desired state and starts again
 
     def _failed_to_start(self, why: str) -> None:
         self.records.clear_task(self.name, InstanceState.FAILED, why, Event("instance.start", Outcome.FAILED))
@@ -250,6 +281,10 @@ class InstanceSupervisor:
                         return
                     continue
                 failures = 0 if ok else failures + 1
+                if failures and not (await self.runtime.inspect_task(handle)).running:
+                    # The runtime is putting it back (a cluster replacing it after its node went away):
+                    # its exit or its new address will tell; restarting it here would only get in the way.
+                    failures = 0
                 if failures >= settings.health_failures:
                     exit_waiter.cancel()
                     await self._crashed(handle, f"{failures} health checks failed in a row", stop=True)

@@ -24,10 +24,11 @@ import httpx
 
 from foundry_fleet.domain.errors import ExternalFailure, FleetError
 from foundry_fleet.runtime.base import (
-    Address, Capabilities, Capability, NodeInfo, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+    Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
+    TaskStats, TaskStatus,
 )
 from foundry_fleet.runtime.nomad import placement
-from foundry_fleet.runtime.nomad.api import NomadApi, NomadSettings
+from foundry_fleet.runtime.nomad.api import NomadApi, NomadSettings, NomadUnreachable
 from foundry_fleet.runtime.nomad.jobs import (
     DEFAULT_MEMORY_MB, META_FLEET, META_INSTANCE, PROVISION_JOB_ID, PROVISION_TASK, TASK, JobSettings,
     host_volume_name, instance_job, instance_job_id, provision_job, shared_volume_name,
@@ -111,7 +112,7 @@ class NomadRuntime:
                 pass
             # Never loaded, and the client gave up its retries already: say so now, not after a wait.
             if view.problem is not None or time.monotonic() > deadline:
-                raise ExternalFailure(f"{view.problem or f'Nomad at {self.settings.address} did not answer'}",
+                raise RuntimeUnavailable(f"{view.problem or f'Nomad at {self.settings.address} did not answer'}",
                                       f"is Nomad running and reachable at {self.settings.address}? The fleet "
                                       "keeps the desired state and applies it once Nomad answers")
 
@@ -162,16 +163,22 @@ class NomadRuntime:
     # starting ------------------------------------------------------------------------------
 
     async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        try:
+            return await self._start(spec)
+        except NomadUnreachable as e:  # Nomad away: the supervisor tries again later
+            raise RuntimeUnavailable(e.message, e.hint) from None
+
+    async def _start(self, spec: TaskSpec) -> TaskHandle:
         job_id = instance_job_id(spec.name)
         view = await self._loaded()
         await self._ensure_provision_job()
+        memory = spec.limits.memory_mb if spec.limits.memory_mb is not None else DEFAULT_MEMORY_MB
+        node = await self._node_for(spec, memory)  # first: nothing is touched when it cannot start now
         if await self.api.job(job_id) is not None:
             # Nothing of this instance runs as far as the fleet knows: a job left from an interrupted
             # start or stop is a stray, and two of them must never run.
             await self._purge_and_wait(job_id)
             self._events.append(TaskEvent(spec.name, "strays", f"purged the Nomad job {job_id} left from before"))
-        memory = spec.limits.memory_mb if spec.limits.memory_mb is not None else DEFAULT_MEMORY_MB
-        node = await self._node_for(spec, memory)
         node_id, node_name = str(node["ID"]), str(node.get("Name") or node["ID"])
         await self._prepare_node(spec, node_id, node_name)
         image = await self.image_for(spec.release.generation) if self.jobs.task_driver == "podman" and \
@@ -195,6 +202,11 @@ class NomadRuntime:
             node_id = held[0].get("NodeID")
             for node in stubs:
                 if node.get("ID") == node_id:
+                    if not placement.node_healthy(node):
+                        raise RuntimeUnavailable(
+                            f"node {node.get('Name')}, which holds the data of {spec.name}, is "
+                            f"{node.get('Status')}{'' if node.get('Status') != 'ready' else ' but not eligible'}",
+                            "it starts there again once the node is back")
                     return node
             raise ExternalFailure(f"the data of {spec.name} is on Nomad node {node_id}, which Nomad no longer knows",
                                   "bring that node back, or delete its host volumes to start afresh elsewhere")
