@@ -99,14 +99,14 @@ class NomadRuntime:
             self._view.start()
         return self._view
 
-    async def _loaded(self) -> NomadView:
+    async def _loaded(self, *kinds: str) -> NomadView:
         """The view, once it has heard from Nomad; a clear error when Nomad does not answer it (the
         view keeps asking: a later call finds it loaded)."""
         view = self.view
         deadline = time.monotonic() + self.settings.timeout * (self.settings.retries + 1)
         while True:
             try:
-                await view.loaded(timeout=0.25)
+                await view.loaded(*kinds, timeout=0.25)
                 return view
             except TimeoutError:
                 pass
@@ -404,6 +404,8 @@ class NomadRuntime:
             await self.api.deregister_job(job_id, purge=True)  # nothing of it runs: nothing left of it either
             return None
         current = (active or lost)[-1]
+        tasks = [t for g in job.get("TaskGroups") or [] for t in g.get("Tasks") or []]
+        self._job_memory[job_id] = sum(int((t.get("Resources") or {}).get("MemoryMB") or 0) for t in tasks)
         state = {**handle.state, "job_id": job_id, "alloc_id": current["ID"],
                  "node_id": str(current.get("NodeID") or ""), "job_modify_index": int(job.get("JobModifyIndex") or 0)}
         return TaskHandle(driver=DRIVER, name=handle.name, started_at=handle.started_at, state=state)
@@ -460,13 +462,8 @@ class NomadRuntime:
         return events
 
     async def nodes(self) -> list[NodeInfo]:
-        view = self.view
-        view.watch_nodes()
-        try:
-            await view.loaded("nodes", "allocations", timeout=self.settings.timeout)
-        except TimeoutError:
-            raise ExternalFailure(f"Nomad at {self.settings.address} did not list its nodes "
-                                  f"({view.problem or 'no answer yet'})") from None
+        self.view.watch_nodes()
+        view = await self._loaded("nodes", "allocations")
         allocs = list(view.allocs.values())
         result = []
         for node in sorted(view.node_stubs or [], key=lambda n: str(n.get("Name"))):
