@@ -59,6 +59,12 @@ def test_the_nomad_runtime_is_built_from_the_nomad_section(tmp_path: Path) -> No
     assert (runtime.jobs.task_driver, runtime.jobs.config_path, runtime.wait) == ("exec", path.resolve(), 300.0)
     assert runtime.capabilities.multi_node and not runtime.capabilities.needs_image
     assert runtime.port_is_free(1) and runtime.host_processes() == set()
+    assert runtime.node_path(config.root / "instances" / "a") == config.root / "instances" / "a"
+    path.write_text(path.read_text().replace("[nomad]\n", '[nomad]\nnode_root = "/srv/fleet"\n', 1))
+    moved = make_runtime(load_config(path))
+    assert isinstance(moved, NomadRuntime)
+    assert moved.node_path(config.root / "instances" / "a") == Path("/srv/fleet/instances/a")
+    assert moved.jobs.config_path == Path("/srv/fleet/fleet.toml")
 
 
 def test_an_unknown_runtime_driver_is_refused_naming_the_known_ones(tmp_path: Path) -> None:

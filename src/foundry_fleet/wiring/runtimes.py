@@ -67,6 +67,7 @@ def _nomad(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.nomad.api import NomadSettings
     from foundry_fleet.runtime.nomad.driver import NomadRuntime
     from foundry_fleet.services.node_binaries import resolve_node
+    from foundry_fleet.wiring.nomad_jobs import node_path
 
     section = config.nomad
 
@@ -82,6 +83,7 @@ def _nomad(config: FleetConfig) -> Runtime:
         image_for=image_for,
         node_binary=lambda generation: resolve_node(config.node, generation),
         log_dir_of=config.paths.instance_logs,
+        node_path=lambda path: node_path(config, path),
         wait=section.wait,
         address_timeout=config.supervisor.start_timeout,
     )

@@ -53,6 +53,7 @@ class NomadRuntime:
         image_for: Callable[[int], Awaitable[str]] | None = None,
         node_binary: Callable[[int], str] | None = None,
         log_dir_of: Callable[[str], Path] | None = None,
+        node_path: Callable[[Path], Path] = lambda path: path,
         transport: httpx.AsyncBaseTransport | None = None,
         wait: float = 300.0,
         place_timeout: float = 60.0,
@@ -61,12 +62,14 @@ class NomadRuntime:
         view_backoff: float = 0.5,
     ) -> None:
         """`image_for(generation)`: the podman task driver's image ref; `node_binary(generation)`: the
-        exec task driver's node path on the nodes."""
+        exec task driver's node path on the nodes; `node_path(path)`: a path under the fleet root as the
+        nodes see it ([nomad] node_root), for the host volumes' paths."""
         self.settings = settings
         self.jobs = jobs
         self.image_for = image_for
         self.node_binary = node_binary
         self.log_dir_of = log_dir_of
+        self.node_path = node_path
         self.transport = transport
         self.wait = wait
         self.place_timeout = place_timeout
@@ -173,7 +176,7 @@ class NomadRuntime:
         view = await self._loaded()
         await self._ensure_provision_job()
         memory = spec.limits.memory_mb if spec.limits.memory_mb is not None else DEFAULT_MEMORY_MB
-        node = await self._node_for(spec, memory)  # first: nothing is touched when it cannot start now
+        node = await self._node_for(spec)  # first: nothing is touched when it cannot start now
         if await self.api.job(job_id) is not None:
             # Nothing of this instance runs as far as the fleet knows: a job left from an interrupted
             # start or stop is a stray, and two of them must never run.
@@ -193,7 +196,7 @@ class NomadRuntime:
                  "job_modify_index": int(answer.get("JobModifyIndex") or 0)}
         return TaskHandle(driver=DRIVER, name=spec.name, started_at=time.time(), state=state)
 
-    async def _node_for(self, spec: TaskSpec, memory: int) -> Mapping[str, Any]:
+    async def _node_for(self, spec: TaskSpec) -> Mapping[str, Any]:
         """The node holding the instance's volumes (its data is there), else a new place for it."""
         stubs = (await self.api.nodes()).value
         data = host_volume_name(spec.name, "data")
@@ -249,7 +252,8 @@ class NomadRuntime:
     async def _register_volume(self, name: str, node_id: str, path: Path, existing: Mapping[str, Any] | None,
                                parameters: dict[str, str], access: str) -> None:
         volume: dict[str, Any] = {
-            "Name": name, "Namespace": self.settings.namespace, "NodeID": node_id, "HostPath": str(path),
+            "Name": name, "Namespace": self.settings.namespace, "NodeID": node_id,
+            "HostPath": str(self.node_path(path)),
             "Parameters": parameters,
             "RequestedCapabilities": [{"AttachmentMode": "file-system", "AccessMode": access}],
         }
@@ -319,7 +323,8 @@ class NomadRuntime:
             reason = _placement_failure(evaluation)
             if reason is not None or time.monotonic() > deadline:
                 await self.api.deregister_job(job_id, purge=True)  # no blocked evaluation places it later
-                raise ExternalFailure(f"Nomad could not place {job_id}: {reason or f'nothing placed within {self.place_timeout:g}s'}",
+                why = reason or f"nothing placed within {self.place_timeout:g}s"
+                raise ExternalFailure(f"Nomad could not place {job_id}: {why}",
                                       "see `foundry-fleet status` for the nodes and their free memory")
 
     # watching ------------------------------------------------------------------------------
