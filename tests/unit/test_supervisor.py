@@ -401,3 +401,29 @@ def test_failed_health_checks_of_a_task_its_runtime_is_putting_back_do_not_resta
         await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a restart")
 
     run(world, scenario)
+
+
+def test_a_runtime_that_cannot_answer_after_a_restart_never_gets_a_second_task_started(world: World) -> None:
+    world.add("alice")
+
+    async def main() -> None:
+        first = world.supervisor()
+        await first.start()
+        await until(state_is(world, "alice", "running"), "alice to run")
+        await first.shutdown(stop_instances=False)
+        # Its cluster is away when the control plane comes back: the recorded task is kept, and
+        # re-attaching to it fails like a crash (backed off), never with a second task beside it.
+        world.runtime.behave("alice", unreachable="Nomad at http://nomad:4646 did not answer")
+        second = world.supervisor()
+        await second.start()
+        try:
+            await until(lambda: "instance.crashed" in world.actions("alice"), "the failed re-attach")
+            assert world.messages("alice", "instance.crashed")[-1].startswith(
+                "crashed (could not re-attach: Nomad at http://nomad:4646 did not answer); restarting in ")
+            world.runtime.behave("alice", unreachable=None)
+            await until(state_is(world, "alice", "running"), "alice to run again")
+            assert len(world.runtime.running("alice")) == 1
+        finally:
+            await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())

@@ -37,6 +37,7 @@ class Behaviour:
     start_error: str | None = None  # start_task raises ExternalFailure with this message
     start_unavailable: str | None = None  # start_task raises RuntimeUnavailable (try again later) with this
     replacing: bool = False  # the runtime is putting it back elsewhere: not running, yet not exited
+    unreachable: str | None = None  # recover_task and address raise RuntimeUnavailable (its cluster is away)
     exit_after: float | None = None  # the task exits by itself this many seconds after starting
     exit_code: int = 1
     healthy: bool = True  # its status endpoint answers 200 with JSON (else 503)
@@ -198,6 +199,8 @@ class FakeRuntime:
 
     async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
         task = self._task(handle)
+        if task is not None and task.behaviour.unreachable is not None:
+            raise RuntimeUnavailable(task.behaviour.unreachable)
         if task is None or task.exit is not None:
             return None
         if not task.behaviour.survives_restart:
@@ -211,6 +214,8 @@ class FakeRuntime:
 
     async def address(self, handle: TaskHandle) -> Address:
         task = self._task(handle)
+        if task is not None and task.behaviour.unreachable is not None:
+            raise RuntimeUnavailable(task.behaviour.unreachable)
         if task is None:
             raise ExternalFailure(f"no fake task of {handle.name} is known")
         return Address("127.0.0.1", task.port)

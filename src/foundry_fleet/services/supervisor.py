@@ -137,10 +137,19 @@ class InstanceSupervisor:
     async def _run(self) -> None:
         if self.handle is not None:
             # Re-attached: find out whether it is healthy before calling it running.
-            running = await self._running_task(self.handle)
-            self.records.record_task(self.name, InstanceState.STARTING, f"re-attached to {_what(running)}",
-                                     running, Event("instance.reattach", Outcome.OK))
-            await self._watch(started_at=time.monotonic(), healthy=False)
+            try:
+                running = await self._running_task(self.handle)
+            except FleetError as e:  # e.g. the runtime's cluster does not answer: count it as a crash
+                handle, self.handle = self.handle, None
+                try:
+                    await self._stop_handle(handle)  # never two: the next start must not run beside it
+                except FleetError:
+                    pass  # unreachable too: a runtime removes its stray when it starts the next (Nomad does)
+                await self._crashed(handle, f"could not re-attach: {e.message}", stop=False)
+            else:
+                self.records.record_task(self.name, InstanceState.STARTING, f"re-attached to {_what(running)}",
+                                         running, Event("instance.reattach", Outcome.OK))
+                await self._watch(started_at=time.monotonic(), healthy=False)
         while True:
             self.wake.clear()
             try:
@@ -443,7 +452,13 @@ class Supervisor:
                 continue
             recovered = None
             if row.task is not None:
-                recovered = await self.runtime.recover_task(row.task)
+                try:
+                    recovered = await self.runtime.recover_task(row.task)
+                except FleetError as e:
+                    # The runtime cannot tell now (its cluster is away): keep the recorded task, so that
+                    # nothing starts a second one; re-attaching finds out.
+                    log.warning("could not ask the runtime about the task of %s: %s", row.name, e.message)
+                    recovered = row.task
                 if recovered is None:
                     self.records.clear_task(row.name, InstanceState.FAILED if row.failed else InstanceState.STOPPED,
                                             "process gone while the control plane was down",

@@ -330,11 +330,13 @@ class NomadRuntime:
     # watching ------------------------------------------------------------------------------
 
     async def wait_task(self, handle: TaskHandle) -> TaskExit:
-        view = await self._loaded()
+        view = self.view
+        await view.loaded()  # however long Nomad is away: the view keeps asking
         return await view.until(lambda: _exit_of(view.job_allocs(_job(handle)), _job(handle)))
 
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
-        view = await self._loaded()
+        view = self.view
+        await view.loaded()
 
         def moved() -> Address | None:
             found = self._address_now(view, _job(handle))
@@ -391,7 +393,9 @@ class NomadRuntime:
     # reading -------------------------------------------------------------------------------
 
     async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
-        view = await self._loaded()
+        view = self.view
+        if not view.is_loaded():
+            return TaskStatus(running=False)  # unknown while Nomad is away: not known to run
         allocs = view.job_allocs(_job(handle))
         return TaskStatus(running=bool(allocs) and allocs[-1].get("ClientStatus") == "running", pid=None)
 

@@ -66,6 +66,9 @@ class NomadView:
     def running(self) -> bool:
         return bool(self._tasks)
 
+    def is_loaded(self, *kinds: str) -> bool:
+        return all(self._loaded.get(kind, asyncio.Event()).is_set() for kind in kinds or ("allocations", "services"))
+
     async def loaded(self, *kinds: str, timeout: float | None = None) -> None:
         """Wait until each kind ("allocations", "services", "nodes") has had its first answer."""
         for kind in kinds or ("allocations", "services"):
