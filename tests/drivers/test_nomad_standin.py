@@ -172,12 +172,20 @@ def test_a_blocking_query_waits_and_returns_early_on_a_change(nomad: NomadStandi
         assert 1.0 <= time.monotonic() - began < 2.0
         assert int(idle.headers["X-Nomad-Index"]) == index and idle.json() == []
 
-        threading.Timer(0.5, lambda: client(nomad).put("/v1/jobs", json={"Job": service_job()})).start()
+        def register() -> None:
+            with client(nomad) as other:
+                other.put("/v1/jobs", json={"Job": service_job()})
+
+        threading.Timer(0.5, register).start()
         began = time.monotonic()
         changed = c.get("/v1/allocations", params={"index": index, "wait": "5m"})
         assert time.monotonic() - began < 3.0
         assert int(changed.headers["X-Nomad-Index"]) > index
         assert [a["JobID"] for a in changed.json()] == ["web"]
+        # Stubs, as Nomad lists them: resources only when asked for.
+        assert changed.json()[0]["AllocatedResources"] is None
+        with_resources = c.get("/v1/allocations", params={"resources": "true"}).json()
+        assert [p["Label"] for p in with_resources[0]["AllocatedResources"]["Shared"]["Ports"]] == ["http"]
         assert c.get("/v1/allocations", params={"index": 1, "wait": "forever"}).status_code == 400
     assert ("GET", "/v1/allocations", {"index": str(index), "wait": "5m"}) in nomad.calls
 
@@ -444,3 +452,61 @@ def test_a_podman_job_runs_foundry_in_a_container_published_on_its_node(
         wait_alloc(nomad, "fvtt-alice", "complete", "node-b", timeout=30)
     containers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "fvtt-alice" not in containers
+
+
+def test_a_service_task_is_restarted_by_its_policy_then_fails(nomad: NomadStandin, tmp_path: Path) -> None:
+    count = tmp_path / "starts"
+    job = service_job()
+    job["TaskGroups"][0]["RestartPolicy"] = {"Attempts": 1, "Interval": 10_000_000_000, "Delay": 100_000_000,
+                                             "Mode": "fail"}
+    task(job)["Config"] = {"command": "/bin/sh", "args": ["-c", f"echo started >> {count}; exit 3"]}
+    with client(nomad) as c:
+        assert c.put("/v1/jobs", json={"Job": job}).status_code == 200
+    failed = wait_alloc(nomad, "web", "failed")
+    state = failed["TaskStates"]["web"]
+    assert [e["Type"] for e in state["Events"]] == ["Received", "Task Setup", "Started", "Terminated", "Restarting",
+                                                   "Started", "Terminated", "Not Restarting"]
+    assert state["Events"][3]["ExitCode"] == 3 and state["Events"][3]["DisplayMessage"] == "Exit Code: 3"
+    assert state["Events"][-1]["DisplayMessage"] == 'Exceeded allowed attempts 1 in interval 10s and mode is "fail"'
+    assert (state["State"], state["Failed"], state["Restarts"]) == ("dead", True, 1)
+    assert count.read_text() == "started\nstarted\n"
+    with client(nomad) as c:
+        assert c.get("/v1/service/web").json() == []
+
+
+def test_stopping_answers_a_blocking_query_still_open_at_once(tmp_path: Path) -> None:
+    standin = NomadStandin(tmp_path / "nomad", [StandinNode("node-a", "127.0.0.1")]).start()
+    outcome: list[object] = []
+
+    def watch() -> None:
+        try:
+            with client(standin, None) as c:
+                outcome.append(c.get("/v1/allocations", params={"index": 1, "wait": "5m"}).status_code)
+        except httpx.HTTPError as e:
+            outcome.append(e)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_until(lambda: any(path == "/v1/allocations" for _, path, _ in standin.calls), 5, "the blocking query")
+    began = time.monotonic()
+    standin.stop()
+    assert time.monotonic() - began < 5
+    watcher.join(5)
+    assert outcome == [200] and not watcher.is_alive()
+
+
+def test_a_lost_allocation_not_pinned_is_replaced_on_another_node(nomad: NomadStandin) -> None:
+    job = service_job()
+    with client(nomad) as c:
+        assert c.put("/v1/jobs", json={"Job": job}).status_code == 200
+        first = wait_alloc(nomad, "web", "running", "node-b")  # the node with the most free memory
+        before = wait_until(lambda: c.get("/v1/service/web").json(), 10, "the service on node-b")
+        assert before[0]["Address"] == "127.0.0.2"
+        nomad.set_node_down("node-b")
+        replacement = wait_alloc(nomad, "web", "running", "node-a")
+        assert replacement["PreviousAllocation"] == first["ID"]
+        assert nomad.allocations[first["ID"]]["ClientStatus"] == "lost"
+        moved = wait_until(lambda: c.get("/v1/service/web").json(), 10, "the service on node-a")
+        assert [(s["Address"], s["AllocID"]) for s in moved] == [("127.0.0.1", replacement["ID"])]
+        nomad.set_node_up("node-b")
+        assert [a["ID"] for a in nomad.allocations.values() if a["ClientStatus"] == "running"] == [replacement["ID"]]

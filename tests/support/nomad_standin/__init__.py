@@ -5,7 +5,16 @@ addresses, and tasks that really run on this host (see cluster.py, drivers.py, h
     with NomadStandin(tmp_path / "nomad", nodes, token="secret", port_range=(a, b)) as nomad:
         nomad.url; nomad.node_id("node-a"); nomad.set_node_down("node-b"); nomad.calls
 
-Stopping it stops every task it runs and removes what their runtimes made (cgroups, chains).
+Stopping it stops every task it runs and removes what their runtimes made (cgroups, chains,
+containers, forwarders); a client's blocking query still open is answered at once.
+
+Where it is simpler than Nomad (on purpose; the fleet does not rely on these): no deployments, update
+strategies, canaries, affinities or spreads; a failed allocation is not rescheduled (the fleet's jobs
+set ReschedulePolicy Attempts 0), only a lost one is replaced; a re-registered job whose spec changed
+replaces its allocations at once; every node runs every driver; health checks are not run (a Nomad
+service is registered when its task starts); no event stream; raw_exec runs in the task dir as Nomad
+does (NOMAD_TASK_DIR is its `local/`); an exec task's stdout and stderr are one log (the local
+runtime's), which both log types read.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import asyncio
 import copy
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +31,7 @@ from typing import Any
 
 import uvicorn
 
+from tests.support.cgroups import remove_groups
 from tests.support.nomad_standin.cluster import Cluster, Node
 from tests.support.nomad_standin.drivers import NodeRuntime
 from tests.support.nomad_standin.http import Api
@@ -75,7 +86,9 @@ class NomadStandin:
                 listen_host=node.address)
         api = Api(self.cluster, self.token, self.calls)
         config = uvicorn.Config(api.app(), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False,
+                                # A client's blocking query (up to 10 minutes) must not hold up stop().
+                                timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         ready = threading.Event()
 
@@ -88,8 +101,6 @@ class NomadStandin:
         self._thread = threading.Thread(target=serve, name="nomad-standin", daemon=True)
         self._thread.start()
         ready.wait(10)
-        import time
-
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
@@ -107,10 +118,9 @@ class NomadStandin:
         finally:
             for node in self._nodes:
                 if node.runtime is not None:
-                    node.runtime.unprotect_ports()
-                    from tests.support.cgroups import remove_groups
-
+                    node.runtime.unprotect_ports()  # the egress filter and the forwarders' group
                     remove_groups(node.runtime.cgroups.parent)
+            self._call(self.store.close())
             self._server.should_exit = True
             if self._thread is not None:
                 self._thread.join(15)

@@ -516,6 +516,19 @@ class Cluster:
 
     async def _run_task(self, alloc: dict[str, Any], node: Node, group: dict[str, Any], task: dict[str, Any],
                         runner: TaskRunner) -> None:
+        try:
+            await self._run_task_steps(alloc, node, group, task, runner)
+        except Exception as exc:  # a fault of the stand-in itself: the task fails and says so
+            if runner.run is not None:
+                await runner.run.stop(0, signals.SIGKILL)
+                await runner.run.destroy()
+                runner.run = None
+            text = f"the stand-in's client failed: {exc!r}"
+            self._add_event(alloc, task["Name"], _event("Driver Failure", text, DriverError=text, FailsTask=True),
+                            State="dead", Failed=True, FinishedAt=now_ns())
+
+    async def _run_task_steps(self, alloc: dict[str, Any], node: Node, group: dict[str, Any],
+                              task: dict[str, Any], runner: TaskRunner) -> None:
         name = task["Name"]
         job = alloc["Job"]
         self._add_event(alloc, name, _event("Received"))
@@ -636,7 +649,7 @@ class Cluster:
         await asyncio.gather(*(kill(r) for r in runners))
         task = self.alloc_tasks.get(alloc["ID"])
         if task is not None:
-            await asyncio.shield(task)
+            await asyncio.wait([task])  # its tasks have stopped: their events are in
         if not lost and alloc["ClientStatus"] not in TERMINAL:
             alloc["ClientStatus"], alloc["ClientDescription"] = "complete", "All tasks have completed"
             self._touch(alloc)
@@ -649,7 +662,6 @@ class Cluster:
         ports = {p["Label"]: p["Value"] for p in alloc["AllocatedResources"]["Shared"]["Ports"]}
         wanted = [("group", s) for s in group.get("Services") or []] if task is group["Tasks"][0] else []
         wanted += [("task", s) for s in task.get("Services") or []]
-        added = False
         for level, service in wanted:
             if service.get("Provider") != "nomad":
                 continue  # Consul's catalogue, not Nomad's
@@ -664,8 +676,6 @@ class Cluster:
                 "Tags": list(service.get("Tags") or []), "Address": node.address, "Port": port,
                 "CreateIndex": index, "ModifyIndex": index, "_task": task["Name"],
             }
-            added = True
-        return None if added else None
 
     def _deregister_services(self, alloc_id: str, task: str | None = None) -> None:
         gone = [k for k, s in self.store.services.items()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +16,7 @@ from starlette.routing import Route
 
 from tests.support.nomad_standin import decode, validate
 from tests.support.nomad_standin.canonical import canonicalize
+from tests.support.nomad_standin.drivers import exec_log
 from tests.support.nomad_standin.cluster import TERMINAL, Cluster, Refused
 from tests.support.nomad_standin.store import parse_wait
 
@@ -122,7 +126,7 @@ class Api:
             namespace = self.namespace(query)
             prefix = query.get("prefix", "")
             return await self.blocking(query, ("allocs",), lambda: [
-                self.alloc_stub(a) for a in self.store.allocs.values()
+                self.alloc_stub(a, query) for a in self.store.allocs.values()
                 if self.in_namespace(a, namespace) and a["ID"].startswith(prefix)])
         if head == "allocation" and len(parts) == 2:
             return await self.blocking(query, ("allocs",), lambda: self.found(self.store.allocs.get(parts[1]),
@@ -168,11 +172,13 @@ class Api:
 
     # ---------------------------------------------------------------------------------- jobs
 
-    async def register(self, request: Request, query: dict[str, str]) -> Response:
+    async def register(self, request: Request, query: dict[str, str], path_id: str | None = None) -> Response:
         body = decode.check_body(await self.body(request), decode.REGISTER_REQUEST, "JobRegisterRequest")
         job = body.get("Job")
         if job is None:
             raise Refused(400, "Job must be specified")
+        if path_id is not None and job.get("ID") != path_id:
+            raise Refused(400, "Job ID does not match name")
         namespace = job.get("Namespace") or query.get("namespace") or "default"
         self.namespace({"namespace": namespace}, write=True)
         job = canonicalize(job, namespace, self.cluster.region)
@@ -198,7 +204,7 @@ class Api:
         if verb == "allocations" and method == "GET":
             self.cluster.job(namespace, job_id)
             return await self.blocking(query, ("allocs",), lambda: [
-                self.alloc_stub(a) for a in self.store.allocs.values()
+                self.alloc_stub(a, {}) for a in self.store.allocs.values()
                 if a["JobID"] == job_id and a["Namespace"] == namespace])
         if verb == "summary" and method == "GET":
             return await self.blocking(query, ("jobs", "allocs"),
@@ -207,7 +213,7 @@ class Api:
             return await self.blocking(query, ("jobs", "allocs"),
                                        lambda: self.job_full(self.cluster.job(namespace, job_id)))
         if verb is None and method in ("PUT", "POST"):
-            return await self.register(request, query)
+            return await self.register(request, query, job_id)
         if verb is None and method == "DELETE":
             return self.written(self.cluster.deregister(namespace, job_id, query.get("purge") == "true"))
         return _text(405, "Invalid method")
@@ -232,15 +238,23 @@ class Api:
 
     def job_stub(self, job: dict[str, Any]) -> dict[str, Any]:
         keys = ("ID", "ParentID", "Name", "Namespace", "Datacenters", "NodePool", "Multiregion", "Type", "Priority",
-                "Periodic", "Stop", "StatusDescription", "Meta", "CreateIndex", "ModifyIndex", "JobModifyIndex",
+                "Stop", "StatusDescription", "Meta", "CreateIndex", "ModifyIndex", "JobModifyIndex",
                 "SubmitTime", "Version")
         stub = {k: job.get(k) for k in keys}
         stub.update(Status=self.cluster.job_status(job), ParameterizedJob=job.get("ParameterizedJob") is not None,
-                    JobSummary=self.summary(job))
+                    Periodic=job.get("Periodic") is not None, JobSummary=self.summary(job))
         return stub
 
-    def alloc_stub(self, alloc: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in alloc.items() if k not in STUB_DROP}
+    @staticmethod
+    def alloc_stub(alloc: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+        """An AllocListStub: AllocatedResources only with resources=true, TaskStates unless
+        task_states=false (as Nomad's list endpoints give them)."""
+        stub = {k: v for k, v in alloc.items() if k not in STUB_DROP}
+        if query.get("resources") != "true":
+            stub["AllocatedResources"] = None
+        if query.get("task_states") == "false":
+            stub["TaskStates"] = None
+        return stub
 
     def service_list(self, namespace: str) -> list[dict[str, Any]]:
         by_ns: dict[str, dict[str, set[str]]] = {}
@@ -327,9 +341,6 @@ class Api:
         return _text(405, "Invalid method")
 
     def cluster_register_volume(self, volume: dict[str, Any], namespace: str) -> dict[str, Any]:
-        import time
-        import uuid
-
         errors = []
         if not volume.get("Name"):
             errors.append("missing name")
@@ -386,8 +397,6 @@ class Api:
         ctx = self.cluster.contexts.get((alloc_id, task))
         data = b""
         if ctx is not None:
-            from tests.support.nomad_standin.drivers import exec_log
-
             # An exec task's runtime keeps stdout and stderr in one log: both streams read it.
             path = ctx.log_file(stream) if ctx.task["Driver"] == "raw_exec" else exec_log(ctx)
             try:
@@ -401,7 +410,5 @@ class Api:
             data = data[offset:]
         if query.get("plain") == "true":
             return Response(data, media_type="text/plain")
-        import base64
-
         return Response(json.dumps({"Data": base64.b64encode(data).decode(), "File": f"alloc/logs/{task}.{stream}.0",
                                     "Offset": len(data)}), media_type="application/json")

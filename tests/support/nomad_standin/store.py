@@ -22,6 +22,7 @@ class Store:
         self.services: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self._changed: asyncio.Condition | None = None
+        self.closing = False  # the stand-in stops: blocked queries answer now
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -41,6 +42,10 @@ class Store:
         async with changed:
             changed.notify_all()
 
+    async def close(self) -> None:
+        self.closing = True
+        await self._notify()
+
     def index_of(self, tables: tuple[str, ...]) -> int:
         return max(self.table_index[t] for t in tables)
 
@@ -53,7 +58,7 @@ class Store:
         deadline = time.monotonic() + wait + random.uniform(0, wait / 16)
         changed = self._condition()
         async with changed:
-            while self.index_of(tables) <= index:
+            while self.index_of(tables) <= index and not self.closing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
