@@ -214,7 +214,9 @@ class Runtime(Protocol):
     async def destroy_task(self, handle: TaskHandle) -> None:
         """Release what the task held (cgroups, forwarders); the task must be stopped."""
 
-    async def inspect_task(self, handle: TaskHandle) -> TaskStatus: ...
+    async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
+        """Whether the task runs now. Not running and not exited: its runtime is putting it back (a
+        cluster replacing it after its node went away); the supervisor then restarts nothing."""
 
     async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
         """Re-attach to a task started by an earlier control plane; None if it is gone (and then
