@@ -147,6 +147,12 @@ def test_tasks_start_on_the_roomiest_node_answer_there_and_are_provisioned_once_
             assert (nodes["node-a"].address, nodes["node-a"].healthy, nodes["node-a"].instances,
                     nodes["node-a"].free_memory_mb) == ("127.0.0.1", True, 1, 8192 - 5000)
             assert (nodes["node-b"].instances, nodes["node-b"].free_memory_mb) == (1, 4096 - 300)
+            # Idle: nothing but the view's blocking queries, each asking from the index it last saw.
+            seen = len(nomad.calls)
+            await asyncio.sleep(1.5)
+            idle = nomad.calls[seen:]
+            assert len(idle) <= 3 and all(method == "GET" and "index" in query and "wait" in query
+                                          for method, _, query in idle), idle
             # Stopped and started again with the same release: no second provisioning, same node.
             await runtime.stop_task(alice, timeout=2.0)
             await runtime.destroy_task(alice)
