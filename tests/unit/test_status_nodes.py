@@ -32,3 +32,20 @@ def test_nodes_that_could_not_be_listed_say_why(capsys: pytest.CaptureFixture[st
 def test_the_runtime_block_without_a_daemon_has_no_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     print_runtime(block(**RuntimeReport("local", None, None).to_dict(), nodes=None, nodes_problem=None))
     assert "node " not in capsys.readouterr().out
+
+
+def test_the_node_report_says_why_nodes_are_unknown_instead_of_failing_status() -> None:
+    import asyncio
+
+    from foundry_fleet.domain.errors import ExternalFailure
+    from foundry_fleet.services.runtime_report import node_report
+
+    async def listed() -> list[NodeInfo]:
+        return [NodeInfo("node-a", "10.0.0.1", True, "ready", 0, 100)]
+
+    async def away() -> list[NodeInfo]:
+        raise ExternalFailure("Nomad at http://10.0.0.9:4646 did not answer")
+
+    assert asyncio.run(node_report(listed)) == ([{"name": "node-a", "address": "10.0.0.1", "healthy": True,
+                                                  "status": "ready", "instances": 0, "free_memory_mb": 100}], None)
+    assert asyncio.run(node_report(away)) == (None, "Nomad at http://10.0.0.9:4646 did not answer")

@@ -16,7 +16,6 @@ from starlette.routing import Route
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
-from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
@@ -31,7 +30,6 @@ from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.views import EventView, InstanceView
 
 if TYPE_CHECKING:
-    from foundry_fleet.runtime.base import NodeInfo
     from foundry_fleet.services.runtime_images import ReleaseImage
 
 
@@ -105,7 +103,7 @@ def create_app(
     info: DaemonInfo,
     edge: FleetEdge | None = None,
     runtime_images: Callable[[], Awaitable[list[ReleaseImage]]] | None = None,
-    runtime_nodes: Callable[[], Awaitable[list[NodeInfo]]] | None = None,
+    runtime_nodes: Callable[[], Awaitable[tuple[list[dict[str, Any]] | None, str | None]]] | None = None,
 ) -> Starlette:
     """`runtime_images`: for a runtime that runs images, whether each cached release's image is there;
     `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory)."""
@@ -139,12 +137,7 @@ def create_app(
             return None
         block = info.runtime.to_dict()
         block["images"] = [i.to_dict() for i in await runtime_images()] if runtime_images is not None else None
-        block["nodes"], block["nodes_problem"] = None, None
-        if runtime_nodes is not None:
-            try:
-                block["nodes"] = [n.to_dict() for n in await runtime_nodes()]
-            except FleetError as e:  # e.g. Nomad away: the rest of `status` still answers
-                block["nodes_problem"] = e.message
+        block["nodes"], block["nodes_problem"] = await runtime_nodes() if runtime_nodes is not None else (None, None)
         return block
 
     async def list_instances() -> list[dict[str, Any]]:
