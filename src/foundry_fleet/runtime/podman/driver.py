@@ -416,7 +416,8 @@ class PodmanRuntime:
         return current
 
     async def nodes(self) -> list[NodeInfo]:
-        found = await self._call(lambda api: api.list(container_spec.fleet_labels(self.fleet_id)))
+        # A read for `status`: asked once, never bringing the service back (that is the daemon's business).
+        found = await self.api.list(container_spec.fleet_labels(self.fleet_id))
         running = sum(1 for entry in found if entry.get("State") == "running")
         return [this_host_node(running)]
 
