@@ -104,7 +104,7 @@ def test_a_runtime_driver_that_is_not_offered_is_refused_naming_the_ones_that_ar
     code, out, err = run_main(monkeypatch, capsys, "--config", str(config), *args, "--root", str(tmp_path / "new")) \
         if args[0] == "init" else run_main(monkeypatch, capsys, "--config", str(config), *args)
     assert code == 2, err
-    assert f"error: unknown runtime driver '{args[-1]}'" in err and "hint: use local or podman" in err, err
+    assert f"error: unknown runtime driver '{args[-1]}'" in err and "hint: use local or nomad or podman" in err, err
     assert "Traceback" not in out + err and config.read_text() == before and not (tmp_path / "new").exists()
     assert "fake" not in run_main(monkeypatch, capsys, "init", "--help")[1]
     assert "fake" not in run_main(monkeypatch, capsys, "runtime", "set", "--help")[1]

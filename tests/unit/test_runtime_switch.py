@@ -151,4 +151,4 @@ def test_status_without_the_daemon_shows_the_configured_runtime_with_unknown_hea
     status = LocalReads(open_services(load_config(config_path), actor="test")).status()
     assert status["runtime"] == {"driver": "local", "isolation": "bubblewrap", "limits": True,
                                  "needs_image": False, "multi_node": False, "health": None,
-                                 "images": None}
+                                 "images": None, "nodes": None, "nodes_problem": None}  # the daemon asks

@@ -306,3 +306,124 @@ def test_a_runtime_that_can_list_its_tasks_is_asked_to_forget_unknown_ones_befor
             await second.shutdown(stop_instances=True)
 
     asyncio.run(main())
+
+
+def test_a_task_the_runtime_moves_is_recorded_at_its_new_address_without_a_restart(world: World) -> None:
+    world.add("alice")
+    updates: list[str | None] = []
+    world.records.changed = lambda: updates.append(world.row("alice").address)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        old = world.row("alice").address
+        await world.runtime.move("alice")  # a cluster rescheduled it: same task, another place
+        (task,) = world.runtime.running("alice")
+        new = f"127.0.0.1:{task.port}"
+        await until(lambda: world.row("alice").address == new, "the new address to be recorded")
+        row = world.row("alice")
+        assert (row.state, len(world.runtime.starts_of("alice")), row.restarts) == ("running", 1, 0)
+        assert world.messages("alice", "instance.moved") == [f"moved from {old} to {new}"]
+        assert new in updates  # the edge was told (it re-reads the address on every change)
+        # It keeps answering health checks at the new place, and a second move is followed as well.
+        await world.runtime.move("alice")
+        (task,) = world.runtime.running("alice")
+        await until(lambda: world.row("alice").address == f"127.0.0.1:{task.port}", "the second move")
+        await asyncio.sleep(0.1)  # several health checks at the new address
+        assert world.row("alice").state == "running" and len(world.runtime.starts_of("alice")) == 1
+
+    run(world, scenario)
+
+
+def test_an_exit_after_the_runtimes_own_restarts_fails_the_instance_at_once(world: World) -> None:
+    world.add("alice")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        world.runtime.give_up("alice", "Nomad gave up after 2 restarts: exited with code 3")
+        await until(state_is(world, "alice", "failed"), "alice to fail")
+        row = world.row("alice")
+        assert row.state_reason == "Nomad gave up after 2 restarts: exited with code 3"
+        assert (row.task, row.address, row.restarts) == (None, None, 0)
+        await asyncio.sleep(0.2)  # several backoffs' worth: no restart comes
+        assert len(world.runtime.starts_of("alice")) == 1 and not world.runtime.running("alice")
+        assert world.actions("alice")[-1] == "instance.failed" and supervisor.get("alice").settled.is_set()
+
+    run(world, scenario)
+
+
+def test_the_launch_plan_names_the_instances_own_host_then_its_extra_ones(world: World, tmp_path: Path) -> None:
+    from foundry_fleet.services.supervisor import build_task_spec
+
+    world.add("alice")
+    with world.sessions() as s, s.begin():
+        s.scalar(select(Instance).where(Instance.name == "alice")).extra_hosts = [  # type: ignore[union-attr]
+            "vtt.example.org", "alice.fleet.test"]
+    records = SupervisionRecords(world.sessions, DirectoryStorage(tmp_path), own_host=lambda n: f"{n}.fleet.test")
+    assert build_task_spec(world.settings, records, "alice").hosts == ("alice.fleet.test", "vtt.example.org")
+    assert build_task_spec(world.settings, world.records, "alice").hosts == ("vtt.example.org", "alice.fleet.test")
+
+
+def test_a_runtime_that_cannot_start_it_now_is_retried_with_backoff_and_failed_only_in_a_loop(world: World) -> None:
+    world.add("alice")
+    world.runtime.behave("alice", start_unavailable="node-a, which holds the data of alice, is down")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a second try")
+        row = world.row("alice")
+        assert row.state == "starting" and row.state_reason.startswith(
+            "cannot start now (node-a, which holds the data of alice, is down); trying again in ")
+        world.runtime.behave("alice", start_unavailable=None)  # the node is back
+        await until(state_is(world, "alice", "running"), "alice to run")
+        # A runtime that stays away ends in failed, as a crash loop does.
+        world.add("bob")
+        world.runtime.behave("bob", start_unavailable="Nomad at http://nomad:4646 did not answer")
+        await supervisor.reconcile()
+        await until(state_is(world, "bob", "failed"), "bob to fail", timeout=5)
+        assert world.row("bob").state_reason.startswith("could not start 4 times in 1 min (last: Nomad at ")
+        assert len(world.runtime.starts_of("bob")) == 4
+
+    run(world, scenario)
+
+
+def test_failed_health_checks_of_a_task_its_runtime_is_putting_back_do_not_restart_it(world: World) -> None:
+    world.add("alice")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        world.runtime.behave("alice", healthy=False, replacing=True)  # its node went away
+        await asyncio.sleep(0.3)  # many failed checks' worth
+        assert len(world.runtime.starts_of("alice")) == 1 and world.row("alice").state == "running"
+        world.runtime.behave("alice", healthy=True, replacing=False)
+        await world.runtime.move("alice")  # placed back, elsewhere
+        (task,) = world.runtime.running("alice")
+        await until(lambda: world.row("alice").address == f"127.0.0.1:{task.port}", "the new address")
+        world.runtime.behave("alice", healthy=False)  # running, yet not answering: that is a hang
+        await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a restart")
+
+    run(world, scenario)
+
+
+def test_a_runtime_that_cannot_answer_after_a_restart_never_gets_a_second_task_started(world: World) -> None:
+    world.add("alice")
+
+    async def main() -> None:
+        first = world.supervisor()
+        await first.start()
+        await until(state_is(world, "alice", "running"), "alice to run")
+        await first.shutdown(stop_instances=False)
+        # Its cluster is away when the control plane comes back: the recorded task is kept, and
+        # re-attaching to it fails like a crash (backed off), never with a second task beside it.
+        world.runtime.behave("alice", unreachable="Nomad at http://nomad:4646 did not answer")
+        second = world.supervisor()
+        await second.start()
+        try:
+            await until(lambda: "instance.crashed" in world.actions("alice"), "the failed re-attach")
+            assert world.messages("alice", "instance.crashed")[-1].startswith(
+                "crashed (could not re-attach: Nomad at http://nomad:4646 did not answer); restarting in ")
+            world.runtime.behave("alice", unreachable=None)
+            await until(state_is(world, "alice", "running"), "alice to run again")
+            assert len(world.runtime.running("alice")) == 1
+        finally:
+            await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())

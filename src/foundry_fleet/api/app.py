@@ -103,8 +103,10 @@ def create_app(
     info: DaemonInfo,
     edge: FleetEdge | None = None,
     runtime_images: Callable[[], Awaitable[list[ReleaseImage]]] | None = None,
+    runtime_nodes: Callable[[], Awaitable[tuple[list[dict[str, Any]] | None, str | None]]] | None = None,
 ) -> Starlette:
-    """`runtime_images`: for a runtime that runs images, whether each cached release's image is there."""
+    """`runtime_images`: for a runtime that runs images, whether each cached release's image is there;
+    `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory)."""
     ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
@@ -135,6 +137,7 @@ def create_app(
             return None
         block = info.runtime.to_dict()
         block["images"] = [i.to_dict() for i in await runtime_images()] if runtime_images is not None else None
+        block["nodes"], block["nodes_problem"] = await runtime_nodes() if runtime_nodes is not None else (None, None)
         return block
 
     async def list_instances() -> list[dict[str, Any]]:

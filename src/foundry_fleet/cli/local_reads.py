@@ -37,6 +37,7 @@ class LocalReads:
             offers = None
         block = RuntimeReport(config.runtime.driver, offers, health=None).to_dict()
         block["images"] = None
+        block["nodes"], block["nodes_problem"] = None, None  # the daemon asks the runtime
         if config.runtime.driver == "podman":
             import asyncio
 

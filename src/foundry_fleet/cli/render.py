@@ -107,6 +107,14 @@ def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> N
             console.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
         elif every_line:
             console.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
+    for node in runtime.get("nodes") or []:
+        health = "[green]healthy[/]" if node["healthy"] else f"[yellow]{safe(node['status'])}[/]"
+        free = "unknown" if node["free_memory_mb"] is None else f"{node['free_memory_mb']} MB"
+        console.print(f"  node {safe(node['name'])} ({safe(node['address'])}): {health}, "
+                      f"{node['instances']} instance{'s' if node['instances'] != 1 else ''}, free memory {free}",
+                      highlight=False)
+    if runtime.get("nodes_problem"):
+        console.print(f"  [yellow]nodes unknown:[/] {safe(runtime['nodes_problem'])}", highlight=False)
     for image in runtime.get("images") or []:
         state = {True: "[green]image present[/]", False: "[yellow]no image yet[/]", None: "image unknown"}[image["present"]]
         console.print(f"  {state} for Foundry v{image['generation']} ({safe(', '.join(image['releases']))}): "

@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from foundry_fleet.domain.errors import ExternalFailure
+
 # Fields of the handle the first local runtime stored flat; they now live in the driver's `state`.
 _LEGACY_STATE_KEYS = ("pid", "leader_pid", "leader_start", "pgid", "boot_id", "net_pid", "net_start", "net_socket")
+
+
+class RuntimeUnavailable(ExternalFailure):
+    """start_task could not start the task *for now*: the runtime (a cluster's servers) does not answer,
+    or the node holding the task's data is away. Trying again later may work, so the supervisor retries
+    under its crash policy instead of marking the instance failed at once."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class TaskSpec:
     limits: ResourceLimits = ResourceLimits()
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
+    hosts: tuple[str, ...] = ()  # the hostnames the edge serves it under (a cluster's service tags carry them)
 
     @property
     def install_dir(self) -> Path:
@@ -107,6 +116,9 @@ class TaskExit:
     signal: int | None
     oom_killed: bool = False
     reason: str | None = None  # why the runtime ended the task, when it was not the server's doing
+    # The runtime applied a crash policy of its own (Nomad's restart policy) and ran out of attempts:
+    # restarting it again would only repeat what the runtime already tried.
+    gave_up: bool = False
 
     def describe(self) -> str:
         if self.reason:
@@ -141,6 +153,22 @@ class TaskEvent:
     name: str  # the instance
     action: str  # a short word, e.g. "strays"
     message: str
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One machine the runtime places tasks on, as `status` shows it."""
+
+    name: str
+    address: str
+    healthy: bool  # new tasks may be placed there
+    status: str  # the runtime's own word (e.g. Nomad's "ready", "down")
+    instances: int  # the fleet's tasks running there
+    free_memory_mb: int | None  # None: unknown
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "address": self.address, "healthy": self.healthy, "status": self.status,
+                "instances": self.instances, "free_memory_mb": self.free_memory_mb}
 
 
 @dataclass(frozen=True)
@@ -186,7 +214,9 @@ class Runtime(Protocol):
     async def destroy_task(self, handle: TaskHandle) -> None:
         """Release what the task held (cgroups, forwarders); the task must be stopped."""
 
-    async def inspect_task(self, handle: TaskHandle) -> TaskStatus: ...
+    async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
+        """Whether the task runs now. Not running and not exited: its runtime is putting it back (a
+        cluster replacing it after its node went away); the supervisor then restarts nothing."""
 
     async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
         """Re-attach to a task started by an earlier control plane; None if it is gone (and then
@@ -195,6 +225,13 @@ class Runtime(Protocol):
     async def task_stats(self, handle: TaskHandle) -> TaskStats | None: ...
 
     async def address(self, handle: TaskHandle) -> Address: ...
+
+    async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
+        """Return when the task answers somewhere other than `current` (a cluster moved it to another
+        node); a runtime whose tasks never move waits forever."""
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The machines tasks run on: one, this host, for a single-host runtime."""
 
     def port_is_free(self, port: int) -> bool:
         """May a new instance be given `port`? The local runtime: nothing on this host listens there;

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.runtime.this_host import this_host_node
 from foundry_fleet.runtime.base import (
-    Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+    Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
+    TaskStats, TaskStatus,
 )
 
 DRIVER = "fake"
@@ -33,6 +35,9 @@ class Behaviour:
     """What the task of one instance does. Mutable: a test may change it while the task runs."""
 
     start_error: str | None = None  # start_task raises ExternalFailure with this message
+    start_unavailable: str | None = None  # start_task raises RuntimeUnavailable (try again later) with this
+    replacing: bool = False  # the runtime is putting it back elsewhere: not running, yet not exited
+    unreachable: str | None = None  # recover_task and address raise RuntimeUnavailable (its cluster is away)
     exit_after: float | None = None  # the task exits by itself this many seconds after starting
     exit_code: int = 1
     healthy: bool = True  # its status endpoint answers 200 with JSON (else 503)
@@ -53,6 +58,7 @@ class FakeTask:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     signals: list[int] = field(default_factory=list)
     destroyed: bool = False
+    moved: asyncio.Event = field(default_factory=asyncio.Event)  # set when a test moves it elsewhere
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -107,6 +113,23 @@ class FakeRuntime:
             self._log(task, f"exiting with code {exit_code}")
             task.end(TaskExit(exit_code=exit_code, signal=None))
 
+    def give_up(self, name: str, reason: str) -> None:
+        """End `name`'s running task as a runtime does whose own restart policy ran out of attempts."""
+        for task in self.running(name):
+            self._log(task, reason)
+            task.end(TaskExit(exit_code=1, signal=None, reason=reason, gave_up=True))
+
+    async def move(self, name: str) -> None:
+        """Serve `name`'s running task on a new port, as if a cluster rescheduled it to another node."""
+        for task in self.running(name):
+            old = task.server
+            task.server = await asyncio.start_server(lambda r, w, t=task: self._answer(t, r, w), "127.0.0.1", 0)
+            task.port = task.server.sockets[0].getsockname()[1]
+            if old is not None:
+                old.close()
+            self._log(task, f"moved: listening on {task.port}")
+            task.moved.set()
+
     def note_event(self, name: str, action: str, message: str) -> None:
         self._events.append(TaskEvent(name, action, message))
 
@@ -127,6 +150,8 @@ class FakeRuntime:
         behaviour = self.behaviours.setdefault(spec.name, Behaviour())
         if behaviour.start_error is not None:
             raise ExternalFailure(f"instance {spec.name} did not start: {behaviour.start_error}")
+        if behaviour.start_unavailable is not None:
+            raise RuntimeUnavailable(behaviour.start_unavailable)
         task = FakeTask(id=next(self._ids), name=spec.name, spec=spec, behaviour=behaviour, started_at=time.time())
         task.server = await asyncio.start_server(lambda r, w: self._answer(task, r, w), "127.0.0.1", 0)
         task.port = task.server.sockets[0].getsockname()[1]
@@ -169,11 +194,13 @@ class FakeRuntime:
 
     async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
         task = self._task(handle)
-        running = task is not None and task.exit is None
+        running = task is not None and task.exit is None and not task.behaviour.replacing
         return TaskStatus(running=running, pid=task.pid if running and task else None)
 
     async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
         task = self._task(handle)
+        if task is not None and task.behaviour.unreachable is not None:
+            raise RuntimeUnavailable(task.behaviour.unreachable)
         if task is None or task.exit is not None:
             return None
         if not task.behaviour.survives_restart:
@@ -187,9 +214,27 @@ class FakeRuntime:
 
     async def address(self, handle: TaskHandle) -> Address:
         task = self._task(handle)
+        if task is not None and task.behaviour.unreachable is not None:
+            raise RuntimeUnavailable(task.behaviour.unreachable)
         if task is None:
             raise ExternalFailure(f"no fake task of {handle.name} is known")
         return Address("127.0.0.1", task.port)
+
+    async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
+        """Returns when a test `move`s the task (as a cluster reschedules it to another node)."""
+        task = self._task(handle)
+        if task is None:
+            await asyncio.Event().wait()
+        assert task is not None
+        while True:
+            moved = Address("127.0.0.1", task.port)
+            if moved != current:
+                return moved
+            task.moved.clear()
+            await task.moved.wait()
+
+    async def nodes(self) -> list[NodeInfo]:
+        return [this_host_node(sum(1 for t in self.tasks.values() if t.exit is None))]
 
     def port_is_free(self, port: int) -> bool:
         """Every port but those its own running tasks hold: the fake's tasks listen on ports of their own."""

@@ -54,8 +54,9 @@ from pathlib import Path
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
 from foundry_fleet.domain.foundry_options import data_path_flag, server_args
 from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
+from foundry_fleet.runtime.this_host import this_host_node
 from foundry_fleet.runtime.base import (
-    Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+    Address, Capabilities, Capability, NodeInfo, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
 from foundry_fleet.runtime.local_task import LocalTask, listening_port
 from foundry_fleet.runtime.pidfds import pidfd_of, send_signal, wait_readable
@@ -221,6 +222,26 @@ class LocalRuntime:
             raise ExternalFailure(f"the task of {handle.name} does not say which port it listens on",
                                   "restart the instance")
         return Address(self.listen_host, port)
+
+    async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
+        await asyncio.Event().wait()  # a task on this host never moves
+        return current
+
+    async def nodes(self) -> list[NodeInfo]:
+        return [await asyncio.to_thread(self._this_host)]
+
+    def _this_host(self) -> NodeInfo:
+        """This host, counting the task groups under the fleet's cgroup parent that hold a process."""
+        usable = self.cgroups.usable()
+        running = 0
+        if usable:
+            parent = self.cgroups.parent_dir(usable[0])
+            try:
+                groups = [d for d in parent.iterdir() if d.is_dir() and not d.name.startswith("_")]
+            except OSError:
+                groups = []
+            running = sum(1 for d in groups if self.cgroups.task(d.name).pids())
+        return this_host_node(running)
 
     async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         path = logs.log_path(self._log_dir(task))

@@ -4,9 +4,12 @@ lines come from probing the host, which is the daemon's business, not a read's."
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from foundry_fleet.runtime.base import Capabilities, Capability
+from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.runtime.base import Capabilities, Capability, NodeInfo
 
 
 @dataclass(frozen=True)
@@ -26,3 +29,14 @@ class RuntimeReport:
             "health": [{"name": c.name, "available": c.available, "detail": c.detail} for c in self.health]
             if self.health is not None else None,
         }
+
+
+async def node_report(
+    nodes: Callable[[], Awaitable[list[NodeInfo]]],
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The runtime's nodes for `status` (name, address, health, instances, free memory), or why they are
+    unknown (e.g. Nomad away): the rest of `status` answers either way."""
+    try:
+        return [node.to_dict() for node in await nodes()], None
+    except FleetError as e:
+        return None, e.message

@@ -61,6 +61,7 @@ class LaunchPlan:
     release: ReleaseToRun
     data_dir: Path
     shared_dir: Path
+    hosts: tuple[str, ...] = ()  # its own host first, then its extra hostnames
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,13 @@ class Event:
 
 class SupervisionRecords:
     def __init__(self, sessions: sessionmaker[Session], storage: Storage,
-                 changed: Callable[[], None] = lambda: None) -> None:
-        """`changed` is called after every write (the edge follows instances' states); any thread."""
+                 changed: Callable[[], None] = lambda: None, own_host: Callable[[str], str] | None = None) -> None:
+        """`changed` is called after every write (the edge follows instances' states); any thread.
+        `own_host` names an instance's own hostname (<name>.<domain>), for the launch plan's hosts."""
         self.sessions = sessions
         self.storage = storage
         self.changed = changed
+        self.own_host = own_host
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -110,11 +113,13 @@ class SupervisionRecords:
             row = instance_row(s, name)
             rel = row.release
             paths = self.storage.paths(name)
+            own = (self.own_host(name),) if self.own_host is not None else ()
             return LaunchPlan(
                 name=name, port=row.port, uid=row.uid,
                 release=ReleaseToRun(version=rel.version, generation=rel.generation,
                                      install_dir=paths.install, entry=rel.entry),
                 data_dir=paths.data, shared_dir=self.storage.shared_dir(),
+                hosts=own + tuple(h for h in row.extra_hosts or [] if h not in own),
             )
 
     def crash_times(self, name: str) -> list[float]:

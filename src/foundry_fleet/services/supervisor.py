@@ -26,7 +26,9 @@ from foundry_fleet.domain.errors import FleetError, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import ROUTE_PREFIX
 from foundry_fleet.domain.instance import InstanceState
-from foundry_fleet.runtime.base import Address, ResourceLimits, Runtime, TaskExit, TaskHandle, TaskSpec
+from foundry_fleet.runtime.base import (
+    Address, ResourceLimits, Runtime, RuntimeUnavailable, TaskExit, TaskHandle, TaskSpec,
+)
 from foundry_fleet.services.supervision_records import Event, RunningTask, SupervisionRecords
 
 log = logging.getLogger("foundry_fleet.supervisor")
@@ -83,6 +85,7 @@ def build_task_spec(settings: SupervisionSettings, records: SupervisionRecords, 
         limits=settings.limits,
         log_max_bytes=settings.log_max_bytes,
         log_keep=settings.log_keep,
+        hosts=plan.hosts,
     )
 
 
@@ -134,10 +137,19 @@ class InstanceSupervisor:
     async def _run(self) -> None:
         if self.handle is not None:
             # Re-attached: find out whether it is healthy before calling it running.
-            running = await self._running_task(self.handle)
-            self.records.record_task(self.name, InstanceState.STARTING, f"re-attached to {_what(running)}",
-                                     running, Event("instance.reattach", Outcome.OK))
-            await self._watch(started_at=time.monotonic(), healthy=False)
+            try:
+                running = await self._running_task(self.handle)
+            except FleetError as e:  # e.g. the runtime's cluster does not answer: count it as a crash
+                handle, self.handle = self.handle, None
+                try:
+                    await self._stop_handle(handle)  # never two: the next start must not run beside it
+                except FleetError:
+                    pass  # unreachable too: a runtime removes its stray when it starts the next (Nomad does)
+                await self._crashed(handle, f"could not re-attach: {e.message}", stop=False)
+            else:
+                self.records.record_task(self.name, InstanceState.STARTING, f"re-attached to {_what(running)}",
+                                         running, Event("instance.reattach", Outcome.OK))
+                await self._watch(started_at=time.monotonic(), healthy=False)
         while True:
             self.wake.clear()
             try:
@@ -170,6 +182,10 @@ class InstanceSupervisor:
             spec = build_task_spec(self.settings, self.records, self.name)
             self.records.set_state(self.name, InstanceState.STARTING, "starting")
             self.handle = await self.runtime.start_task(spec)
+        except RuntimeUnavailable as e:
+            self._record_driver_events()
+            await self._start_deferred(e.message)
+            return False
         except FleetError as e:
             self._record_driver_events()
             self._failed_to_start(e.message)
@@ -190,6 +206,31 @@ class InstanceSupervisor:
                                  Event("instance.spawn", Outcome.OK))
         return True
 
+    async def _start_deferred(self, why: str) -> None:
+        """The runtime cannot start it now: counted and backed off like a crash, so a short outage
+        passes unnoticed and a long one ends in failed."""
+        try:
+            crash_times = self.records.crash_times(self.name)
+        except NotFound:
+            return
+        now = time.time()
+        policy = self.settings.crash_policy
+        decision = decide_after_crash(policy, tuple(crash_times), now, ran_for=0.0)
+        if decision.give_up:
+            reason = f"could not start {len(decision.recent)} times in {policy.window / 60:g} min (last: {why})"
+            self.records.clear_task(self.name, InstanceState.FAILED, reason, Event("instance.failed", Outcome.FAILED),
+                                    crash_times=list(decision.recent))
+            self.settled.set()
+            return
+        reason = f"cannot start now ({why}); trying again in {decision.delay:g}s"
+        self.records.clear_task(self.name, InstanceState.STARTING, reason, Event("instance.start", Outcome.FAILED),
+                                crash_times=list(decision.recent))
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=decision.delay)
+        except TimeoutError:
+            pass
+        self.wake.set()  # the main loop re-reads the desired state and starts again
+
     def _failed_to_start(self, why: str) -> None:
         self.records.clear_task(self.name, InstanceState.FAILED, why, Event("instance.start", Outcome.FAILED))
         self.settled.set()
@@ -203,19 +244,24 @@ class InstanceSupervisor:
         assert self.handle is not None
         handle = self.handle
         exit_waiter = asyncio.create_task(self.runtime.wait_task(handle))
+        move_waiter = self._watch_address(handle)
         settings = self.settings
         failures = 0
         try:
             while True:
                 interval = settings.health_interval if healthy else settings.starting_poll
                 wake_waiter = asyncio.create_task(self.wake.wait())
-                done, _ = await asyncio.wait({exit_waiter, wake_waiter}, timeout=interval,
+                done, _ = await asyncio.wait({exit_waiter, wake_waiter, move_waiter}, timeout=interval,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if wake_waiter not in done:
                     wake_waiter.cancel()
                 if exit_waiter in done:
                     await self._on_exit(exit_waiter.result(), handle)
                     return
+                if move_waiter in done:
+                    await self._moved(handle, move_waiter, healthy)
+                    move_waiter = self._watch_address(handle)
+                    continue
                 if wake_waiter in done:
                     self.wake.clear()
                     row = self.records.get(self.name)
@@ -244,13 +290,40 @@ class InstanceSupervisor:
                         return
                     continue
                 failures = 0 if ok else failures + 1
+                if failures and not (await self.runtime.inspect_task(handle)).running:
+                    # The runtime is putting it back (a cluster replacing it after its node went away):
+                    # its exit or its new address will tell; restarting it here would only get in the way.
+                    failures = 0
                 if failures >= settings.health_failures:
                     exit_waiter.cancel()
                     await self._crashed(handle, f"{failures} health checks failed in a row", stop=True)
                     return
         finally:
-            if not exit_waiter.done():
-                exit_waiter.cancel()
+            for waiter in (exit_waiter, move_waiter):
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _watch_address(self, handle: TaskHandle) -> asyncio.Task[Address]:
+        """Wait for the runtime to say the task answers elsewhere (a cluster moved it)."""
+        current = self.address
+        if current is None:  # not known yet: nothing to compare with, and never a move
+            return asyncio.create_task(asyncio.Event().wait(), name=f"no-address:{self.name}")  # type: ignore[arg-type]
+        return asyncio.create_task(self.runtime.watch_address(handle, current), name=f"address:{self.name}")
+
+    async def _moved(self, handle: TaskHandle, waiter: asyncio.Task[Address], healthy: bool) -> None:
+        """Record where the task answers now: the edge re-reads the address and routes there."""
+        try:
+            new = waiter.result()
+        except FleetError as e:
+            log.warning("could not follow where %s answers: %s", self.name, e.message)
+            await asyncio.sleep(self.settings.health_interval)  # not in a tight loop while the runtime is away
+            return
+        old, self.address = self.address, new
+        status = await self.runtime.inspect_task(handle)
+        running = RunningTask(handle=handle, address=str(new), pid=status.pid)
+        state = InstanceState.RUNNING if healthy else InstanceState.STARTING
+        self.records.record_task(self.name, state, f"moved from {old} to {new}", running,
+                                 Event("instance.moved", Outcome.INFO))
 
     async def _healthy(self) -> bool:
         if self.address is None:
@@ -265,6 +338,13 @@ class InstanceSupervisor:
     async def _on_exit(self, result: TaskExit, handle: TaskHandle) -> None:
         await self.runtime.destroy_task(handle)
         self.handle = None
+        if result.gave_up:
+            # The runtime restarted it as often as the crash policy allows already: failed now.
+            self.address = None
+            self.records.clear_task(self.name, InstanceState.FAILED, result.describe(),
+                                    Event("instance.failed", Outcome.FAILED))
+            self.settled.set()
+            return
         await self._crashed(handle, result.describe(), stop=False)
 
     async def _crashed(self, handle: TaskHandle, why: str, stop: bool) -> None:
@@ -372,7 +452,13 @@ class Supervisor:
                 continue
             recovered = None
             if row.task is not None:
-                recovered = await self.runtime.recover_task(row.task)
+                try:
+                    recovered = await self.runtime.recover_task(row.task)
+                except FleetError as e:
+                    # The runtime cannot tell now (its cluster is away): keep the recorded task, so that
+                    # nothing starts a second one; re-attaching finds out.
+                    log.warning("could not ask the runtime about the task of %s: %s", row.name, e.message)
+                    recovered = row.task
                 if recovered is None:
                     self.records.clear_task(row.name, InstanceState.FAILED if row.failed else InstanceState.STOPPED,
                                             "process gone while the control plane was down",

@@ -30,7 +30,7 @@ from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.runtime_images import ReleaseImage
-from foundry_fleet.services.runtime_report import RuntimeReport
+from foundry_fleet.services.runtime_report import RuntimeReport, node_report
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
@@ -140,7 +140,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     for user in make_wizard(services).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
     records = SupervisionRecords(services.sessions, services.storage,
-                                 changed=lambda: loop.call_soon_threadsafe(edge.request_update))
+                                 changed=lambda: loop.call_soon_threadsafe(edge.request_update),
+                                 own_host=config.host_for)
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
                       runtime=runtime_report)
@@ -150,7 +151,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
-                     runtime_images=runtime_image_check(config, services.releases))
+                     runtime_images=runtime_image_check(config, services.releases),
+                     runtime_nodes=lambda: node_report(runtime.nodes))
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 

@@ -15,6 +15,7 @@ from foundry_fleet.domain.errors import InvalidInput
 if TYPE_CHECKING:
     from foundry_fleet.config import FleetConfig
     from foundry_fleet.runtime.base import Runtime
+    from foundry_fleet.runtime.nomad.jobs import JobSettings
 
 
 def fleet_id(config: FleetConfig) -> str:
@@ -53,6 +54,41 @@ def _podman(config: FleetConfig) -> Runtime:
     )
 
 
+def nomad_job_settings(config: FleetConfig) -> JobSettings:
+    """How the fleet's Nomad jobs are built, as `nomad render` builds them; the provision job reads the
+    fleet.toml that `init` writes in the fleet root (as the nodes see that root)."""
+    from foundry_fleet.config_file import CONFIG_NAME
+    from foundry_fleet.wiring.nomad_jobs import job_settings
+
+    return job_settings(config, config.root / CONFIG_NAME)
+
+
+def _nomad(config: FleetConfig) -> Runtime:
+    from foundry_fleet.runtime.nomad.api import NomadSettings
+    from foundry_fleet.runtime.nomad.driver import NomadRuntime
+    from foundry_fleet.services.node_binaries import resolve_node
+    from foundry_fleet.wiring.nomad_jobs import node_path
+
+    section = config.nomad
+
+    async def image_for(generation: int) -> str:
+        from foundry_fleet.wiring.podman_images import node_images
+
+        async with node_images(config) as images:  # the same images `runtime image` makes
+            return await images.ensure(generation)
+
+    return NomadRuntime(
+        NomadSettings.from_config(section),
+        nomad_job_settings(config),
+        image_for=image_for,
+        node_binary=lambda generation: resolve_node(config.node, generation),
+        log_dir_of=config.paths.instance_logs,
+        node_path=lambda path: node_path(config, path),
+        wait=section.wait,
+        address_timeout=config.supervisor.start_timeout,
+    )
+
+
 def _fake(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.fake import FakeRuntime
 
@@ -63,6 +99,7 @@ RUNTIMES: dict[str, Callable[[FleetConfig], Runtime]] = {
     "local": _local,
     "podman": _podman,
     "fake": _fake,
+    "nomad": _nomad,
 }
 
 

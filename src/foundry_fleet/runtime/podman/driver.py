@@ -25,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupported
 from foundry_fleet.runtime import logs, procfs
+from foundry_fleet.runtime.this_host import this_host_node
 from foundry_fleet.runtime.base import (
-    Address, Capabilities, Capability, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
+    Address, Capabilities, Capability, NodeInfo, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
 from foundry_fleet.runtime.podman import container_spec, fleet_network, host_state
 from foundry_fleet.runtime.podman.api import PodmanApi, PodmanRefused, PodmanUnreachable
@@ -409,6 +410,16 @@ class PodmanRuntime:
             raise ExternalFailure(f"the task of {handle.name} does not say which port it listens on",
                                   "restart the instance")
         return Address(self.listen_host, port)
+
+    async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
+        await asyncio.Event().wait()  # a container on this host never moves
+        return current
+
+    async def nodes(self) -> list[NodeInfo]:
+        # A read for `status`: asked once, never bringing the service back (that is the daemon's business).
+        found = await self.api.list(container_spec.fleet_labels(self.fleet_id))
+        running = sum(1 for entry in found if entry.get("State") == "running")
+        return [this_host_node(running)]
 
     def port_is_free(self, port: int) -> bool:
         return host_port_is_free(port, self.listen_host)  # Podman holds a published port while its container runs

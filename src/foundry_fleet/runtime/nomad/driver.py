@@ -1,0 +1,563 @@
+"""The nomad runtime: each instance is a Nomad service job (`fvtt-<name>`) pinned to the node that
+holds its data, laid out there first by a dispatch of the `fvtt-provision` job.
+
+Nomad runs and restarts the tasks; the fleet stays the control plane. It learns what Nomad did from
+a view fed by blocking queries (view.py): an allocation that fails after Nomad's own restarts is the
+task's exit (`gave_up`: Nomad applied the crash policy already), a lost allocation that Nomad
+replaces is not an exit but a move, told by `watch_address` when the new registration appears.
+
+A handle's state: {"job_id", "alloc_id", "node_id", "job_modify_index"}; the job is the task, the
+allocation only where it runs now (Nomad may replace it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal as signals
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from foundry_fleet.domain.errors import ExternalFailure, FleetError
+from foundry_fleet.runtime.base import (
+    Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
+    TaskStats, TaskStatus,
+)
+from foundry_fleet.runtime.nomad import placement
+from foundry_fleet.runtime.nomad.api import NomadApi, NomadSettings, NomadUnreachable
+from foundry_fleet.runtime.nomad.jobs import (
+    DEFAULT_MEMORY_MB, META_FLEET, META_INSTANCE, PROVISION_JOB_ID, PROVISION_TASK, TASK, JobSettings,
+    host_volume_name, instance_job, instance_job_id, provision_job, shared_volume_name,
+)
+from foundry_fleet.runtime.nomad.view import TERMINAL_CLIENT_STATUSES, NomadView
+
+log = logging.getLogger("foundry_fleet.nomad")
+
+DRIVER = "nomad"
+STDERR_TAIL = 4096  # bytes of a failed task's stderr shown in its error
+
+
+class NomadRuntime:
+    name = DRIVER
+    capabilities = Capabilities(isolation="nomad task driver", limits=True, needs_image=False, multi_node=True)
+
+    def __init__(
+        self,
+        settings: NomadSettings,
+        jobs: JobSettings,
+        *,
+        image_for: Callable[[int], Awaitable[str]] | None = None,
+        node_binary: Callable[[int], str] | None = None,
+        log_dir_of: Callable[[str], Path] | None = None,
+        node_path: Callable[[Path], Path] = lambda path: path,
+        transport: httpx.AsyncBaseTransport | None = None,
+        wait: float = 300.0,
+        place_timeout: float = 60.0,
+        provision_timeout: float = 600.0,
+        address_timeout: float = 120.0,
+        view_backoff: float = 0.5,
+    ) -> None:
+        """`image_for(generation)`: the podman task driver's image ref; `node_binary(generation)`: the
+        exec task driver's node path on the nodes; `node_path(path)`: a path under the fleet root as the
+        nodes see it ([nomad] node_root), for the host volumes' paths."""
+        self.settings = settings
+        self.jobs = jobs
+        self.image_for = image_for
+        self.node_binary = node_binary
+        self.log_dir_of = log_dir_of
+        self.node_path = node_path
+        self.transport = transport
+        self.wait = wait
+        self.place_timeout = place_timeout
+        self.provision_timeout = provision_timeout
+        self.address_timeout = address_timeout
+        self.view_backoff = view_backoff
+        self.capabilities = Capabilities(
+            isolation="container" if jobs.task_driver == "podman" else "chroot (nomad exec)",
+            limits=True, needs_image=jobs.task_driver == "podman", multi_node=True)
+        self._api: NomadApi | None = None
+        self._view: NomadView | None = None
+        self._provision_registered = False
+        self._job_memory: dict[str, int] = {}  # MemoryMB of the jobs this fleet registered, for free memory
+        self._events: list[TaskEvent] = []
+
+    # plumbing ------------------------------------------------------------------------------
+
+    @property
+    def api(self) -> NomadApi:
+        if self._api is None:
+            self._api = NomadApi(self.settings, transport=self.transport)
+        return self._api
+
+    @property
+    def view(self) -> NomadView:
+        """Started on first use: every verb may be the first after a restart of the control plane."""
+        if self._view is None:
+            self._view = NomadView(self.api, wait=self.wait, backoff=self.view_backoff)
+        if not self._view.running:
+            self._view.start()
+        return self._view
+
+    async def _loaded(self, *kinds: str) -> NomadView:
+        """The view, once it has heard from Nomad; a clear error when Nomad does not answer it (the
+        view keeps asking: a later call finds it loaded)."""
+        view = self.view
+        deadline = time.monotonic() + self.settings.timeout * (self.settings.retries + 1)
+        while True:
+            try:
+                await view.loaded(*kinds, timeout=0.25)
+                return view
+            except TimeoutError:
+                pass
+            # Never loaded, and the client gave up its retries already: say so now, not after a wait.
+            if view.problem is not None or time.monotonic() > deadline:
+                raise RuntimeUnavailable(f"{view.problem or f'Nomad at {self.settings.address} did not answer'}",
+                                      f"is Nomad running and reachable at {self.settings.address}? The fleet "
+                                      "keeps the desired state and applies it once Nomad answers")
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> list[Capability]:
+        self.view  # noqa: B018 - starts watching; it keeps retrying while Nomad is away
+        lines = await self.fingerprint()
+        try:
+            await self._ensure_provision_job()
+        except FleetError as e:
+            lines.append(Capability("nomad-provision", False, f"could not register {PROVISION_JOB_ID}: {e.message}"))
+        else:
+            lines.append(Capability("nomad-provision", True, f"{PROVISION_JOB_ID} registered (parameterized sysbatch)"))
+        return lines
+
+    async def close(self, instances_left_running: bool) -> None:
+        """Stop watching; Nomad keeps running what it runs (stopped instances were stopped already)."""
+        if self._view is not None:
+            await self._view.stop()
+            self._view = None
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+
+    async def fingerprint(self) -> list[Capability]:
+        try:
+            leader = await self.api.leader()
+            stubs = (await self.api.nodes()).value
+        except FleetError as e:
+            return [Capability("nomad", False, e.message)]
+        ready = [n for n in stubs if placement.node_healthy(n)]
+        driver = self.jobs.task_driver
+        with_driver = [n for n in ready if ((n.get("Drivers") or {}).get(driver) or {}).get("Healthy", True)]
+        names = ", ".join(sorted(str(n.get("Name")) for n in ready)) or "none"
+        return [
+            Capability("nomad", True, f"{self.settings.address}, leader {leader or 'unknown'}"),
+            Capability("nomad-nodes", bool(ready), f"{len(ready)} of {len(stubs)} nodes ready and eligible: {names}"),
+            Capability("nomad-task-driver", bool(with_driver),
+                       f"task driver {driver}: healthy on {len(with_driver)} of {len(ready)} ready nodes"),
+        ]
+
+    async def _ensure_provision_job(self) -> None:
+        if not self._provision_registered:
+            await self.api.register_job(provision_job(self.jobs))
+            self._provision_registered = True
+
+    # starting ------------------------------------------------------------------------------
+
+    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        try:
+            return await self._start(spec)
+        except NomadUnreachable as e:  # Nomad away: the supervisor tries again later
+            raise RuntimeUnavailable(e.message, e.hint) from None
+
+    async def _start(self, spec: TaskSpec) -> TaskHandle:
+        job_id = instance_job_id(spec.name)
+        view = await self._loaded()
+        await self._ensure_provision_job()
+        memory = spec.limits.memory_mb if spec.limits.memory_mb is not None else DEFAULT_MEMORY_MB
+        node = await self._node_for(spec)  # first: nothing is touched when it cannot start now
+        if await self.api.job(job_id) is not None:
+            # Nothing of this instance runs as far as the fleet knows: a job left from an interrupted
+            # start or stop is a stray, and two of them must never run.
+            await self._purge_and_wait(job_id)
+            self._events.append(TaskEvent(spec.name, "strays", f"purged the Nomad job {job_id} left from before"))
+        node_id, node_name = str(node["ID"]), str(node.get("Name") or node["ID"])
+        await self._prepare_node(spec, node_id, node_name)
+        image = await self.image_for(spec.release.generation) if self.jobs.task_driver == "podman" and \
+            self.image_for is not None else None
+        binary = self.node_binary(spec.release.generation) if self.jobs.task_driver == "exec" and \
+            self.node_binary is not None else None
+        job = instance_job(spec, self.jobs, node_id=node_id, image=image, node_binary=binary)
+        answer = await self.api.register_job(job)
+        self._job_memory[job_id] = memory
+        alloc = await self._placed(job_id, answer, view)
+        state = {"job_id": job_id, "alloc_id": alloc["ID"], "node_id": str(alloc.get("NodeID") or node_id),
+                 "job_modify_index": int(answer.get("JobModifyIndex") or 0)}
+        return TaskHandle(driver=DRIVER, name=spec.name, started_at=time.time(), state=state)
+
+    async def _node_for(self, spec: TaskSpec) -> Mapping[str, Any]:
+        """The node holding the instance's volumes (its data is there), else a new place for it."""
+        stubs = (await self.api.nodes()).value
+        data = host_volume_name(spec.name, "data")
+        held = [v for v in await self.api.host_volumes() if v.get("Name") == data and self._ours(v)]
+        if held:
+            node_id = held[0].get("NodeID")
+            for node in stubs:
+                if node.get("ID") == node_id:
+                    if not placement.node_healthy(node):
+                        raise RuntimeUnavailable(
+                            f"node {node.get('Name')}, which holds the data of {spec.name}, is "
+                            f"{node.get('Status')}{'' if node.get('Status') != 'ready' else ' but not eligible'}",
+                            "it starts there again once the node is back")
+                    return node
+            raise ExternalFailure(f"the data of {spec.name} is on Nomad node {node_id}, which Nomad no longer knows",
+                                  "bring that node back, or delete its host volumes to start afresh elsewhere")
+        return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory)
+
+    def _ours(self, volume: Mapping[str, Any]) -> bool:
+        return volume.get("Namespace", self.settings.namespace) == self.settings.namespace
+
+    async def _prepare_node(self, spec: TaskSpec, node_id: str, node_name: str) -> None:
+        """Lay the instance out on the node when its volumes are missing or hold another release, then
+        register them (and the fleet's shared volume, once per node)."""
+        volumes = [v for v in await self.api.host_volumes(node_id) if self._ours(v)]
+        by_name = {v.get("Name"): v for v in volumes}
+        data_name, install_name = host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install")
+        current = True
+        for name in (data_name, install_name):
+            volume = await self._host_volume(by_name[name]) if name in by_name else None
+            current = current and volume is not None and \
+                (volume.get("Parameters") or {}).get("release") == spec.release.version
+        if not current:
+            await self._provision(spec, node_id, node_name)
+            await self._register_volume(data_name, node_id, spec.data_dir, by_name.get(data_name),
+                                        {"release": spec.release.version}, "single-node-writer")
+            await self._register_volume(install_name, node_id, spec.install_dir, by_name.get(install_name),
+                                        {"release": spec.release.version}, "single-node-reader-only")
+        shared = shared_volume_name(self.jobs.fleet_id)
+        if spec.shared_dir is not None and shared not in by_name:
+            await self._register_volume(shared, node_id, spec.shared_dir, None, {}, "single-node-reader-only")
+
+    async def _host_volume(self, stub: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """A volume with its Parameters (the list's stubs carry none, as in Nomad)."""
+        if "Parameters" in stub:
+            return stub
+        read = getattr(self.api, "host_volume", None)
+        if read is not None:
+            return await read(str(stub["ID"]))
+        # GET /v1/volume/host/<id>, through the client's own request path (retries, errors, token).
+        return await self.api._json("GET", f"/v1/volume/host/{stub['ID']}", ok404=True)
+
+    async def _register_volume(self, name: str, node_id: str, path: Path, existing: Mapping[str, Any] | None,
+                               parameters: dict[str, str], access: str) -> None:
+        volume: dict[str, Any] = {
+            "Name": name, "Namespace": self.settings.namespace, "NodeID": node_id,
+            "HostPath": str(self.node_path(path)),
+            "Parameters": parameters,
+            "RequestedCapabilities": [{"AttachmentMode": "file-system", "AccessMode": access}],
+        }
+        if existing is not None and existing.get("ID"):
+            volume["ID"] = existing["ID"]  # an update of the volume, not a second one of that name
+        await self.api.register_host_volume(volume)
+
+    async def _provision(self, spec: TaskSpec, node_id: str, node_name: str) -> None:
+        # The node-side command's payload (runtime/nomad/provision_payload.py): no secrets, <= 16 KiB.
+        payload: dict[str, object] = {"instance": spec.name, "release": spec.release.version, "node": node_id,
+                                      "uid": spec.uid, "port": spec.port or None}
+        data = json.dumps({k: v for k, v in payload.items() if v is not None}, separators=(",", ":"),
+                          sort_keys=True).encode()
+        meta = {"instance": spec.name, "release": spec.release.version, "node": node_id}
+        answer = await self.api.dispatch(PROVISION_JOB_ID, meta, data)
+        child = str(answer["DispatchedJobID"])
+        alloc = await self._finished_on(child, node_id, self.provision_timeout)
+        if alloc.get("ClientStatus") != "complete":
+            stderr = await self._stderr(alloc["ID"], PROVISION_TASK)
+            raise ExternalFailure(f"provisioning {spec.name} on node {node_name} failed: {stderr or _events(alloc)}",
+                                  f"see `nomad alloc logs -stderr {alloc['ID']} {PROVISION_TASK}`; "
+                                  "the next start dispatches it again")
+        self._events.append(TaskEvent(spec.name, "provisioned",
+                                      f"laid out release {spec.release.version} on node {node_name}"))
+
+    async def _finished_on(self, job_id: str, node_id: str, timeout: float) -> dict[str, Any]:
+        """The job's allocation on `node_id` once it is complete or failed (blocking queries)."""
+        deadline = time.monotonic() + timeout
+        index = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ExternalFailure(f"Nomad's {job_id} did not finish on node {node_id} within {timeout:g}s",
+                                      "see `nomad job status` for what holds it")
+            answer = await self.api.job_allocations(job_id, index, wait=min(left, self.wait))
+            index = answer.index
+            for alloc in answer.value:
+                if alloc.get("NodeID") == node_id and alloc.get("ClientStatus") in TERMINAL_CLIENT_STATUSES:
+                    return alloc
+
+    async def _stderr(self, alloc_id: str, task: str) -> str:
+        try:
+            text = await self.api.task_log(alloc_id, task, "stderr", STDERR_TAIL)
+        except FleetError as e:
+            return f"(its stderr could not be read: {e.message})"
+        return " | ".join(line for line in text.strip().splitlines()[-5:] if line.strip())
+
+    async def _placed(self, job_id: str, answer: Mapping[str, Any], view: NomadView) -> dict[str, Any]:
+        """The allocation Nomad placed for the job just registered; its evaluation's reason if none."""
+        since = int(answer.get("EvalCreateIndex") or answer.get("JobModifyIndex") or 0)
+        eval_id = str(answer.get("EvalID") or "")
+
+        def placed() -> dict[str, Any] | None:
+            for alloc in reversed(view.job_allocs(job_id)):
+                if int(alloc.get("CreateIndex") or 0) >= since and placement.alloc_active(alloc):
+                    return alloc
+            return None
+
+        deadline = time.monotonic() + self.place_timeout
+        while True:
+            try:
+                return await view.until(placed, timeout=0.5)
+            except TimeoutError:
+                pass
+            # Nothing placed yet: the evaluation says whether Nomad tried and could not.
+            evaluation = await self.api.evaluation(eval_id) if eval_id else None
+            reason = _placement_failure(evaluation)
+            if reason is not None or time.monotonic() > deadline:
+                await self.api.deregister_job(job_id, purge=True)  # no blocked evaluation places it later
+                why = reason or f"nothing placed within {self.place_timeout:g}s"
+                raise ExternalFailure(f"Nomad could not place {job_id}: {why}",
+                                      "see `foundry-fleet status` for the nodes and their free memory")
+
+    # watching ------------------------------------------------------------------------------
+
+    async def wait_task(self, handle: TaskHandle) -> TaskExit:
+        view = self.view
+        await view.loaded()  # however long Nomad is away: the view keeps asking
+        return await view.until(lambda: _exit_of(view.job_allocs(_job(handle)), _job(handle)))
+
+    async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
+        view = self.view
+        await view.loaded()
+
+        def moved() -> Address | None:
+            found = self._address_now(view, _job(handle))
+            return found if found is not None and found != current else None
+
+        return await view.until(moved)
+
+    async def address(self, handle: TaskHandle) -> Address:
+        view = await self._loaded()
+        try:
+            return await view.until(lambda: self._address_now(view, _job(handle)), timeout=self.address_timeout)
+        except TimeoutError:
+            raise ExternalFailure(f"Nomad registered no service for {_job(handle)} within {self.address_timeout:g}s",
+                                  f"see `nomad job status {_job(handle)}` (its task may not have started)") from None
+
+    @staticmethod
+    def _address_now(view: NomadView, job_id: str) -> Address | None:
+        registrations = view.job_services(job_id)
+        if not registrations:
+            return None
+        live = {a["ID"] for a in view.job_allocs(job_id) if placement.alloc_active(a)}
+        chosen = [r for r in registrations if r.get("AllocID") in live] or registrations
+        last = chosen[-1]
+        if not last.get("Address") or not isinstance(last.get("Port"), int):
+            return None
+        return Address(str(last["Address"]), int(last["Port"]))
+
+    # stopping ------------------------------------------------------------------------------
+
+    async def stop_task(self, handle: TaskHandle, timeout: float, signal: int = signals.SIGTERM) -> None:
+        """Nomad stops the task (its kill signal, then SIGKILL after the job's KillTimeout)."""
+        job_id = _job(handle)
+        view = await self._loaded()
+        await self.api.deregister_job(job_id, purge=False)
+        await self._until_terminal(view, job_id, timeout)
+
+    async def destroy_task(self, handle: TaskHandle) -> None:
+        await self.api.deregister_job(_job(handle), purge=True)
+
+    async def _purge_and_wait(self, job_id: str) -> None:
+        view = await self._loaded()
+        await self.api.deregister_job(job_id, purge=True)
+        await self._until_terminal(view, job_id, self.jobs.stop_timeout)
+
+    async def _until_terminal(self, view: NomadView, job_id: str, timeout: float) -> None:
+        def stopped() -> bool | None:
+            return all(a.get("ClientStatus") in TERMINAL_CLIENT_STATUSES for a in view.job_allocs(job_id)) or None
+
+        try:
+            await view.until(stopped, timeout=timeout + 15.0)  # Nomad's own kill timeout, and its report
+        except TimeoutError:
+            log.warning("Nomad did not report %s stopped within %.0fs", job_id, timeout + 15.0)
+
+    # reading -------------------------------------------------------------------------------
+
+    async def inspect_task(self, handle: TaskHandle) -> TaskStatus:
+        view = self.view
+        if not view.is_loaded():
+            return TaskStatus(running=False)  # unknown while Nomad is away: not known to run
+        allocs = view.job_allocs(_job(handle))
+        return TaskStatus(running=bool(allocs) and allocs[-1].get("ClientStatus") == "running", pid=None)
+
+    async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
+        if handle.driver != DRIVER:
+            return None
+        job_id = _job(handle)
+        view = await self._loaded()
+        job = await self.api.job(job_id)
+        if job is None:
+            return None
+        active = [a for a in view.job_allocs(job_id) if placement.alloc_active(a)]
+        lost = [a for a in view.job_allocs(job_id) if a.get("ClientStatus") == "lost"]
+        if job.get("Stop") or (not active and not lost):
+            await self.api.deregister_job(job_id, purge=True)  # nothing of it runs: nothing left of it either
+            return None
+        current = (active or lost)[-1]
+        tasks = [t for g in job.get("TaskGroups") or [] for t in g.get("Tasks") or []]
+        self._job_memory[job_id] = sum(int((t.get("Resources") or {}).get("MemoryMB") or 0) for t in tasks)
+        state = {**handle.state, "job_id": job_id, "alloc_id": current["ID"],
+                 "node_id": str(current.get("NodeID") or ""), "job_modify_index": int(job.get("JobModifyIndex") or 0)}
+        return TaskHandle(driver=DRIVER, name=handle.name, started_at=handle.started_at, state=state)
+
+    async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
+        return None  # Nomad's client stats endpoint is per node: not asked for here
+
+    def port_is_free(self, port: int) -> bool:
+        return True  # Nomad chooses each task's port on its node (a dynamic port)
+
+    async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        """The last `lines` lines of the task's stdout then stderr, as Nomad keeps them. `follow` is not
+        offered: the lines so far are given and the iteration ends."""
+        name = task if isinstance(task, str) else task.name
+        job_id = instance_job_id(name)
+        view = await self._loaded()
+        allocs = view.job_allocs(job_id)
+        if not allocs:
+            return
+        alloc_id = allocs[-1]["ID"]
+        text = ""
+        for stream in ("stdout", "stderr"):
+            try:
+                text += await self.api.task_log(alloc_id, TASK, stream, 64 * 1024)
+            except FleetError as e:
+                text += f"({stream} could not be read: {e.message})\n"
+        for line in text.splitlines()[-lines:]:
+            yield line
+
+    async def forget_unknown(self, known: set[str]) -> list[str]:
+        removed = []
+        for stub in await self.api.jobs(prefix="fvtt-"):
+            job_id = str(stub.get("ID", ""))
+            if job_id == PROVISION_JOB_ID or job_id.startswith(PROVISION_JOB_ID + "/") or stub.get("Type") != "service":
+                continue
+            meta = stub.get("Meta")
+            if meta is None:  # older list stubs carry no meta: the job itself does
+                job = await self.api.job(job_id)
+                meta = (job or {}).get("Meta") or {}
+            instance = str(meta.get(META_INSTANCE) or "")
+            if meta.get(META_FLEET) != self.jobs.fleet_id or not instance or instance in known:
+                continue
+            await self.api.deregister_job(job_id, purge=True)
+            self._events.append(TaskEvent(instance, "strays",
+                                          f"purged the Nomad job {job_id}, which the fleet no longer knows"))
+            removed.append(instance)
+        return removed
+
+    def host_processes(self) -> set[int]:
+        return set()  # the tasks are Nomad's children, not the fleet's
+
+    def take_events(self) -> list[TaskEvent]:
+        events, self._events = self._events, []
+        return events
+
+    async def nodes(self) -> list[NodeInfo]:
+        self.view.watch_nodes()
+        view = await self._loaded("nodes", "allocations")
+        allocs = list(view.allocs.values())
+        result = []
+        for node in sorted(view.node_stubs or [], key=lambda n: str(n.get("Name"))):
+            instances = sum(1 for a in allocs if a.get("NodeID") == node.get("ID") and placement.alloc_active(a)
+                            and _is_instance_job(str(a.get("JobID", ""))))
+            status = str(node.get("Status") or "unknown")
+            if status == "ready" and not placement.node_healthy(node):
+                status = "ready, draining" if node.get("Drain") else "ready, ineligible"
+            result.append(NodeInfo(name=str(node.get("Name")), address=str(node.get("Address") or ""),
+                                   healthy=placement.node_healthy(node), status=status, instances=instances,
+                                   free_memory_mb=placement.free_memory_mb(node, allocs, self._job_memory)))
+        return result
+
+
+def _job(handle: TaskHandle) -> str:
+    job_id = handle.state.get("job_id")
+    return job_id if isinstance(job_id, str) and job_id else instance_job_id(handle.name)
+
+
+def _is_instance_job(job_id: str) -> bool:
+    return job_id.startswith("fvtt-") and not job_id.startswith(PROVISION_JOB_ID) and "/" not in job_id
+
+
+def _exit_of(allocs: list[dict[str, Any]], job_id: str) -> TaskExit | None:
+    """The task's exit when its newest allocation is over and Nomad will not replace it."""
+    if not allocs:
+        return TaskExit(exit_code=None, signal=None, reason=f"the Nomad job {job_id} has no allocation any more")
+    current = allocs[-1]
+    status = current.get("ClientStatus")
+    if status not in ("complete", "failed") or current.get("NextAllocation"):
+        return None  # running, pending, or lost (Nomad places a replacement: a move, not an exit)
+    state = (current.get("TaskStates") or {}).get(TASK) or {}
+    last = _last_termination(state)
+    code = last.get("ExitCode") if isinstance(last.get("ExitCode"), int) else None
+    signal = last.get("Signal") or None
+    oom = bool(last.get("OOMKilled"))
+    if status == "complete":
+        return TaskExit(exit_code=code, signal=signal, oom_killed=oom)
+    restarts = int(state.get("Restarts") or 0)
+    what = _events(current) or (f"exited with code {code}" if code is not None else "failed")
+    return TaskExit(exit_code=code, signal=signal, oom_killed=oom, gave_up=True,
+                    reason=f"Nomad gave up after {restarts} restart{'s' if restarts != 1 else ''}: {what}")
+
+
+def _last_termination(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    for event in reversed(state.get("Events") or []):
+        if event.get("Type") == "Terminated":
+            return event
+    return {}
+
+
+def _events(alloc: Mapping[str, Any]) -> str:
+    """The last task events Nomad recorded with a message (why it ended, in Nomad's words)."""
+    messages = []
+    for state in (alloc.get("TaskStates") or {}).values():
+        for event in (state or {}).get("Events") or []:
+            text = event.get("DisplayMessage") or event.get("Message") or event.get("DriverError") or ""
+            if text:
+                messages.append(f"{event.get('Type', 'event')}: {text}")
+    return "; ".join(messages[-3:])
+
+
+def _placement_failure(evaluation: Mapping[str, Any] | None) -> str | None:
+    """Why Nomad placed nothing, from an evaluation's FailedTGAllocs (AllocMetric per group)."""
+    if not evaluation or evaluation.get("Status") in ("pending", None):
+        return None
+    failed = evaluation.get("FailedTGAllocs") or {}
+    if not failed:
+        if evaluation.get("Status") in ("failed", "canceled"):
+            return f"its evaluation {evaluation.get('Status')}: {evaluation.get('StatusDescription') or 'no reason'}"
+        return None
+    reasons = []
+    for group, metric in failed.items():
+        metric = metric or {}
+        parts = [f"{metric.get('NodesEvaluated', 0)} nodes evaluated"]
+        for dimension, count in (metric.get("ConstraintFiltered") or {}).items():
+            parts.append(f"{count} filtered by {dimension}")
+        for dimension, count in (metric.get("DimensionExhausted") or {}).items():
+            parts.append(f"{count} exhausted {dimension}")
+        if len(parts) == 1:  # no detail: the counts at least
+            parts += [f"{metric.get(key)} {what}" for key, what in (("NodesFiltered", "filtered"),
+                                                                    ("NodesExhausted", "without room"))
+                      if metric.get(key)]
+        available = metric.get("NodesAvailable")
+        if isinstance(available, dict) and not any(available.values()):
+            parts.append("no node in its datacenters")
+        reasons.append(f"group {group}: {', '.join(parts)}")
+    return "; ".join(reasons)

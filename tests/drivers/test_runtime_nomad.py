@@ -1,0 +1,300 @@
+"""The nomad runtime against the stand-in Nomad: two nodes on two loopback addresses, exec tasks that
+really run the stand-in Foundry server through the local runtime, and a provisioning job whose
+dispatches really run (a small program here that lays an instance out as the node-side command does,
+and fails on request with its own stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from foundry_fleet.domain.crash_policy import CrashPolicy
+from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.runtime.base import (
+    Address, ReleaseToRun, ResourceLimits, RuntimeUnavailable, TaskHandle, TaskSpec,
+)
+from foundry_fleet.runtime.nomad.api import NomadSettings
+from foundry_fleet.runtime.nomad.driver import NomadRuntime
+from foundry_fleet.runtime.nomad.jobs import JobSettings
+from tests.support.foundry_standin import standin_source_dir
+from tests.support.nomad_standin import NomadStandin, StandinNode
+from tests.support.releases import package_json
+
+NODE = shutil.which("node")  # the suite needs node, bubblewrap and root (as the local runtime's tests)
+pytestmark = pytest.mark.timeout(180)
+
+STATUS = "/-/api/status"
+FLEET = "t3stflt"
+
+# What the node-side `foundry-fleet nomad provision` does, in small: on the node named in the payload
+# only, lay out the instance's install tree and data under the fleet root next to the config file.
+PROVISION = textwrap.dedent('''\
+    #!{python}
+    import json, os, shutil, sys
+    args = sys.argv[1:]
+    config, node, payload = (args[args.index(flag) + 1] for flag in ("--config", "--node-id", "--payload"))
+    job = json.load(open(payload))
+    if job["node"] != node:
+        sys.exit(0)  # a sysbatch dispatch runs on every node: only the named one acts
+    root = os.path.dirname(config)
+    with open(os.path.join(root, "provisions.log"), "a") as log:
+        log.write(f"{{job['instance']}} {{job['release']}} {{node}}\\n")
+    if job["instance"].startswith("broken"):
+        print("laying out", job["instance"])
+        print(f"cannot lay out {{job['instance']}}: no space left on the node's pool", file=sys.stderr)
+        sys.exit(3)
+    home = os.path.join(root, "instances", job["instance"])
+    install, data = os.path.join(home, "install"), os.path.join(home, "data")
+    os.makedirs(install, exist_ok=True)
+    for name in ("main.js", "server.cjs"):
+        shutil.copy(os.path.join({sources!r}, name), install)
+    open(os.path.join(install, "package.json"), "wb").write({package!r})
+    os.makedirs(os.path.join(data, "Config"), exist_ok=True)
+    json.dump({{"routePrefix": "-"}}, open(os.path.join(data, "Config", "options.json"), "w"))
+''')
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    # Under /tmp with 0755: the tasks walk into it (pytest's tmp_path is 0700).
+    path = Path(tempfile.mkdtemp(prefix="ff-nomad-driver-"))
+    path.chmod(0o755)
+    (path / "shared").mkdir()
+    provision = path / "provision"
+    provision.write_text(PROVISION.format(python=sys.executable, sources=str(standin_source_dir()),
+                                          package=package_json()))
+    provision.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nomad(root: Path) -> Iterator[NomadStandin]:
+    nodes = [StandinNode("node-a", "127.0.0.1", memory_mb=8192), StandinNode("node-b", "127.0.0.2", memory_mb=4096)]
+    with NomadStandin(root / "nomad", nodes) as standin:
+        yield standin
+
+
+def runtime_for(nomad: NomadStandin, root: Path, **crash: float) -> NomadRuntime:
+    jobs = JobSettings(fleet_id=FLEET, task_driver="exec", python=str(root / "provision"),
+                       config_path=root / "fleet.toml", stop_timeout=2.0,
+                       crash_policy=CrashPolicy(**crash) if crash else CrashPolicy())
+    return NomadRuntime(NomadSettings(nomad.url, retries=1, backoff=0.05, timeout=5.0), jobs,
+                        node_binary=lambda generation: str(NODE), wait=30.0, place_timeout=15.0,
+                        provision_timeout=60.0, address_timeout=60.0, view_backoff=0.1)
+
+
+def spec(root: Path, name: str, memory: int | None = None) -> TaskSpec:
+    home = root / "instances" / name
+    return TaskSpec(name=name, release=ReleaseToRun("13.345", 13, home / "install", "main.js"),
+                    data_dir=home / "data", shared_dir=root / "shared", log_dir=root / "logs" / name, port=0,
+                    limits=ResourceLimits(memory_mb=memory), hosts=(f"{name}.fleet.test",))
+
+
+def provisions(root: Path) -> list[str]:
+    log = root / "provisions.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+async def status_at(address: Address) -> dict:
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            try:
+                answer = await http.get(f"http://{address}{STATUS}", timeout=2)
+                if answer.status_code == 200:
+                    return answer.json()
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing answered at {address}")
+
+
+def test_tasks_start_on_the_roomiest_node_answer_there_and_are_provisioned_once_per_release(
+        nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        lines = await runtime.open()
+        assert [line.name for line in lines if line.available] == \
+            ["nomad", "nomad-nodes", "nomad-task-driver", "nomad-provision"], lines
+        try:
+            node_a, node_b = nomad.node_id("node-a"), nomad.node_id("node-b")
+            alice = await runtime.start_task(spec(root, "alice", memory=5000))
+            assert alice.state["node_id"] == node_a and alice.state["job_id"] == "fvtt-alice"
+            address = await runtime.address(alice)
+            assert address.host == "127.0.0.1"
+            assert (await status_at(address))["version"] == "13.345"
+            assert provisions(root) == [f"alice 13.345 {node_a}"]
+            job = nomad.jobs["fvtt-alice"]
+            assert job["Constraints"][0]["RTarget"] == node_a
+            assert job["TaskGroups"][0]["Services"][0]["Tags"] == [f"fleet={FLEET}", "instance=alice",
+                                                                    "host=alice.fleet.test"]
+            # node-a has 8192 - 5000 MB left, node-b 4096: bob goes to node-b, on its own address.
+            bob = await runtime.start_task(spec(root, "bob"))
+            assert bob.state["node_id"] == node_b
+            bob_address = await runtime.address(bob)
+            assert bob_address.host == "127.0.0.2" and (await status_at(bob_address))["version"] == "13.345"
+            nodes = {n.name: n for n in await runtime.nodes()}
+            assert (nodes["node-a"].address, nodes["node-a"].healthy, nodes["node-a"].instances,
+                    nodes["node-a"].free_memory_mb) == ("127.0.0.1", True, 1, 8192 - 5000)
+            assert (nodes["node-b"].instances, nodes["node-b"].free_memory_mb) == (1, 4096 - 300)
+            # Idle: nothing but the view's blocking queries, each asking from the index it last saw.
+            seen = len(nomad.calls)
+            await asyncio.sleep(1.5)
+            idle = nomad.calls[seen:]
+            assert len(idle) <= 3 and all(method == "GET" and "index" in query and "wait" in query
+                                          for method, _, query in idle), idle
+            # Stopped and started again with the same release: no second provisioning, same node.
+            await runtime.stop_task(alice, timeout=2.0)
+            await runtime.destroy_task(alice)
+            assert "fvtt-alice" not in nomad.jobs
+            again = await runtime.start_task(spec(root, "alice", memory=5000))
+            assert again.state["node_id"] == node_a and provisions(root) == [f"alice 13.345 {node_a}",
+                                                                              f"bob 13.345 {node_b}"]
+            assert (await status_at(await runtime.address(again)))["version"] == "13.345"
+            assert {e.action for e in runtime.take_events()} == {"provisioned"}
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_a_failed_provisioning_is_reported_with_the_tasks_own_stderr(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            with pytest.raises(ExternalFailure) as info:
+                await runtime.start_task(spec(root, "broken"))
+            assert info.value.message.startswith("provisioning broken on node node-a failed: ")
+            assert "cannot lay out broken: no space left on the node's pool" in info.value.message
+            assert "fvtt-broken" not in nomad.jobs  # never registered: nothing to place
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_a_new_control_plane_recovers_its_tasks_and_purges_strays(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        first = runtime_for(nomad, root)
+        await first.open()
+        alice = await first.start_task(spec(root, "alice"))
+        await first.start_task(spec(root, "stray"))
+        address = await first.address(alice)
+        await first.close(instances_left_running=True)
+
+        second = runtime_for(nomad, root)
+        await second.open()
+        try:
+            recovered = await second.recover_task(TaskHandle.from_dict(alice.to_dict()))
+            assert recovered is not None and recovered.state["alloc_id"] == alice.state["alloc_id"]
+            assert await second.address(recovered) == address and (await status_at(address))["version"]
+            assert await second.forget_unknown({"alice"}) == ["stray"]
+            assert "fvtt-stray" not in nomad.jobs and "fvtt-alice" in nomad.jobs
+            (event,) = second.take_events()
+            assert (event.name, event.action) == ("stray", "strays") and "fvtt-stray" in event.message
+            # A job gone while the control plane was down: nothing to recover.
+            await second.destroy_task(recovered)
+            assert await second.recover_task(recovered) is None
+        finally:
+            await second.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_a_lost_node_is_no_exit_and_its_replacement_is_told_as_a_new_address(nomad: NomadStandin,
+                                                                              root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            alice = await runtime.start_task(spec(root, "alice"))
+            old = await runtime.address(alice)
+            await status_at(old)
+            exit_ = asyncio.create_task(runtime.wait_task(alice))
+            moved = asyncio.create_task(runtime.watch_address(alice, old))
+            await asyncio.to_thread(nomad.set_node_down, "node-a")
+            await asyncio.sleep(1.0)
+            assert not exit_.done() and not moved.done()  # lost: Nomad replaces it where its data is
+            nodes = {n.name: n for n in await runtime.nodes()}
+            assert (nodes["node-a"].healthy, nodes["node-a"].status) == (False, "down")
+            # alice's data is on node-a: she cannot start anywhere else, and says why (for now).
+            with pytest.raises(RuntimeUnavailable) as info:
+                await runtime.start_task(spec(root, "alice"))
+            assert info.value.message == "node node-a, which holds the data of alice, is down"
+            # Meanwhile a new instance goes to the node that is up, and takes the lowest free port.
+            bob = await runtime.start_task(spec(root, "bob"))
+            assert bob.state["node_id"] == nomad.node_id("node-b")
+            await asyncio.to_thread(nomad.set_node_up, "node-a")
+            new = await asyncio.wait_for(moved, 60)
+            assert new.host == "127.0.0.1" and new != old
+            assert (await status_at(new))["version"] == "13.345"
+            assert not exit_.done()
+            exit_.cancel()
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_a_task_nomad_gave_up_on_exits_with_gave_up_and_nomads_reason(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root, max_crashes=1, backoff_initial=0.1, window=60.0)
+        await runtime.open()
+        try:
+            (root / "instances" / "alice" / "data").mkdir(parents=True)
+            (root / "instances" / "alice" / "data" / "crash-on-start").write_text("")
+            alice = await runtime.start_task(spec(root, "alice"))
+            result = await asyncio.wait_for(runtime.wait_task(alice), 60)
+            assert result.gave_up and result.exit_code == 3
+            assert result.describe().startswith("Nomad gave up after 1 restart: ")
+            assert "Exceeded allowed attempts 1" in result.describe()
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_a_placement_failure_names_nomads_reason(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            with pytest.raises(ExternalFailure) as info:
+                await runtime.start_task(spec(root, "huge", memory=100_000))
+            assert info.value.message.startswith("Nomad could not place fvtt-huge: group foundry: 2 nodes evaluated")
+            assert "exhausted memory" in info.value.message
+            assert "fvtt-huge" not in nomad.jobs  # purged: no blocked evaluation places it later
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_nomad_down_is_a_clear_error(nomad: NomadStandin, root: Path) -> None:
+    nomad.stop()
+
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        lines = await runtime.open()
+        try:
+            assert not lines[0].available and f"Nomad at {nomad.url} did not answer" in lines[0].detail
+            with pytest.raises(RuntimeUnavailable) as info:  # the supervisor tries again later
+                await runtime.start_task(spec(root, "alice"))
+            assert f"Nomad at {nomad.url} did not answer" in info.value.message
+            assert info.value.hint and "is Nomad running" in info.value.hint
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+    assert json.dumps(provisions(root)) == "[]"
