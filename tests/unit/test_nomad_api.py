@@ -84,6 +84,7 @@ def test_a_blocking_query_sends_index_and_wait_and_waits_longer_than_nomad_may_h
                              last_contact_ms=3)
     params = seen[0].url.params
     assert seen[0].url.path == "/v1/allocations" and params["index"] == "41" and params["wait"] == "300s"
+    assert params["resources"] == "true"  # the stubs then carry what each allocation holds
     read_timeout = seen[0].extensions["timeout"]["read"]
     assert read_timeout > 300 + 300 / 16  # Nomad adds up to wait/16 of jitter
     assert read_timeout == blocking_timeout(300, 10.0)
@@ -267,17 +268,24 @@ def test_host_volumes_are_registered_listed_and_deleted() -> None:
             return httpx.Response(200, json={"Volume": {"ID": "v1"}, "Warnings": ""})
         if request.method == "DELETE":
             return httpx.Response(200, json={})
+        if request.url.path == "/v1/volume/host/v1":
+            return httpx.Response(200, json={"ID": "v1", "Parameters": {"release": "13.345"}})
+        if request.url.path.startswith("/v1/volume/host/"):
+            return httpx.Response(404, text="volume not found")
         return httpx.Response(200, json=[{"ID": "v1", "Name": "fvtt-alice-data"}])
 
     async def scenario() -> None:
         api = make_api(handler)
         assert (await api.register_host_volume({"Name": "fvtt-alice-data"}))["Volume"]["ID"] == "v1"
         assert await api.host_volumes(node_id="n1") == [{"ID": "v1", "Name": "fvtt-alice-data"}]
+        assert (await api.host_volume("v1")) == {"ID": "v1", "Parameters": {"release": "13.345"}}
+        assert await api.host_volume("gone") is None
         await api.delete_host_volume("v1")
 
     run(scenario())
     assert [(r.method, r.url.path) for r in seen] == [
-        ("PUT", "/v1/volume/host/register"), ("GET", "/v1/volumes"), ("DELETE", "/v1/volume/host/v1")]
+        ("PUT", "/v1/volume/host/register"), ("GET", "/v1/volumes"), ("GET", "/v1/volume/host/v1"),
+        ("GET", "/v1/volume/host/gone"), ("DELETE", "/v1/volume/host/v1")]
     assert json.loads(seen[0].content) == {"Volume": {"Name": "fvtt-alice-data"}}
     assert seen[1].url.params["type"] == "host" and seen[1].url.params["node_id"] == "n1"
 

@@ -262,7 +262,9 @@ class NomadApi:
     # ---------------------------------------------------------------- allocations and evaluations
 
     async def allocations(self, index: int = 0, wait: float | None = None) -> Indexed[list[dict]]:
-        return await self._query("/v1/allocations", index, wait)
+        """Every allocation of the namespace, as stubs with their AllocatedResources (`resources=true`:
+        without it Nomad leaves them out, and a node's free memory could not be told exactly)."""
+        return await self._query("/v1/allocations", index, wait, {"resources": True})
 
     async def job_allocations(self, job_id: str, index: int = 0, wait: float | None = None) -> Indexed[list[dict]]:
         return await self._query(f"/v1/job/{_segment(job_id)}/allocations", index, wait)
@@ -303,7 +305,12 @@ class NomadApi:
         return await self._json("PUT", "/v1/volume/host/register", json={"Volume": volume})
 
     async def host_volumes(self, node_id: str | None = None) -> list[dict]:
+        """Stubs (no Parameters, no HostPath): `host_volume` reads one whole."""
         return await self._json("GET", "/v1/volumes", params={"type": "host", "node_id": node_id})
+
+    async def host_volume(self, volume_id: str) -> dict | None:
+        """GET /v1/volume/host/<id>: the whole volume; None when Nomad has no such volume."""
+        return await self._json("GET", f"/v1/volume/host/{_segment(volume_id)}", ok404=True)
 
     async def delete_host_volume(self, volume_id: str) -> None:
         await self._request("DELETE", f"/v1/volume/host/{_segment(volume_id)}")

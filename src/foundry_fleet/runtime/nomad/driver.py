@@ -12,7 +12,6 @@ allocation only where it runs now (Nomad may replace it).
 
 from __future__ import annotations
 
-import json
 import logging
 import signal as signals
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from foundry_fleet.domain.errors import ExternalFailure, FleetError
+from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
     TaskStats, TaskStatus,
@@ -33,6 +32,7 @@ from foundry_fleet.runtime.nomad.jobs import (
     DEFAULT_MEMORY_MB, META_FLEET, META_INSTANCE, PROVISION_JOB_ID, PROVISION_TASK, TASK, JobSettings,
     host_volume_name, instance_job, instance_job_id, provision_job, shared_volume_name,
 )
+from foundry_fleet.runtime.nomad.provision_payload import ProvisionPayload
 from foundry_fleet.runtime.nomad.view import TERMINAL_CLIENT_STATUSES, NomadView
 
 log = logging.getLogger("foundry_fleet.nomad")
@@ -197,7 +197,8 @@ class NomadRuntime:
         return TaskHandle(driver=DRIVER, name=spec.name, started_at=time.time(), state=state)
 
     async def _node_for(self, spec: TaskSpec) -> Mapping[str, Any]:
-        """The node holding the instance's volumes (its data is there), else a new place for it."""
+        """The node holding the instance's volumes (its data is there, whatever node was asked for at
+        create), else a new place for it: the node asked for, or the roomiest."""
         stubs = (await self.api.nodes()).value
         data = host_volume_name(spec.name, "data")
         held = [v for v in await self.api.host_volumes() if v.get("Name") == data and self._ours(v)]
@@ -213,7 +214,7 @@ class NomadRuntime:
                     return node
             raise ExternalFailure(f"the data of {spec.name} is on Nomad node {node_id}, which Nomad no longer knows",
                                   "bring that node back, or delete its host volumes to start afresh elsewhere")
-        return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory)
+        return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory, wanted=spec.node)
 
     def _ours(self, volume: Mapping[str, Any]) -> bool:
         return volume.get("Namespace", self.settings.namespace) == self.settings.namespace
@@ -241,13 +242,7 @@ class NomadRuntime:
 
     async def _host_volume(self, stub: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """A volume with its Parameters (the list's stubs carry none, as in Nomad)."""
-        if "Parameters" in stub:
-            return stub
-        read = getattr(self.api, "host_volume", None)
-        if read is not None:
-            return await read(str(stub["ID"]))
-        # GET /v1/volume/host/<id>, through the client's own request path (retries, errors, token).
-        return await self.api._json("GET", f"/v1/volume/host/{stub['ID']}", ok404=True)
+        return stub if "Parameters" in stub else await self.api.host_volume(str(stub["ID"]))
 
     async def _register_volume(self, name: str, node_id: str, path: Path, existing: Mapping[str, Any] | None,
                                parameters: dict[str, str], access: str) -> None:
@@ -262,13 +257,13 @@ class NomadRuntime:
         await self.api.register_host_volume(volume)
 
     async def _provision(self, spec: TaskSpec, node_id: str, node_name: str) -> None:
-        # The node-side command's payload (runtime/nomad/provision_payload.py): no secrets, <= 16 KiB.
-        payload: dict[str, object] = {"instance": spec.name, "release": spec.release.version, "node": node_id,
-                                      "uid": spec.uid, "port": spec.port or None}
-        data = json.dumps({k: v for k, v in payload.items() if v is not None}, separators=(",", ":"),
-                          sort_keys=True).encode()
-        meta = {"instance": spec.name, "release": spec.release.version, "node": node_id}
-        answer = await self.api.dispatch(PROVISION_JOB_ID, meta, data)
+        # What the node-side command reads (no secrets; checked and sized as Nomad would take it).
+        if spec.uid is None:
+            raise InvalidInput(f"{spec.name} has no uid of its own, which the node needs to lay it out and run it",
+                               "run the fleet as root: it then gives each instance a uid of [instances] uid_range")
+        payload = ProvisionPayload(instance=spec.name, release=spec.release.version, node=node_id, uid=spec.uid,
+                                   port=spec.port or None)
+        answer = await self.api.dispatch(PROVISION_JOB_ID, payload.meta(), payload.to_bytes())
         child = str(answer["DispatchedJobID"])
         alloc = await self._finished_on(child, node_id, self.provision_timeout)
         if alloc.get("ClientStatus") != "complete":
