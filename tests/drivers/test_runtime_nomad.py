@@ -7,11 +7,13 @@ and fails on request with its own stderr).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import sys
 import tempfile
 import textwrap
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from foundry_fleet.runtime.base import (
 from foundry_fleet.runtime.nomad.api import NomadSettings
 from foundry_fleet.runtime.nomad.driver import NomadRuntime
 from foundry_fleet.runtime.nomad.jobs import JobSettings
+from foundry_fleet.runtime.nomad.provision_payload import ProvisionPayload
+from foundry_fleet.services import uid_claims
+from foundry_fleet.services.exec_users import ensure_exec_user, remove_exec_user
 from tests.support.foundry_standin import standin_source_dir
 from tests.support.nomad_standin import NomadStandin, StandinNode
 from tests.support.releases import package_json
@@ -61,7 +66,16 @@ PROVISION = textwrap.dedent('''\
     open(os.path.join(install, "package.json"), "wb").write({package!r})
     os.makedirs(os.path.join(data, "Config"), exist_ok=True)
     json.dump({{"routePrefix": "-"}}, open(os.path.join(data, "Config", "options.json"), "w"))
+    for top, dirs, files in os.walk(data):  # the data is the instance's uid's, as on a real node
+        for entry in [top, *(os.path.join(top, f) for f in files)]:
+            os.chown(entry, job["uid"], job["uid"])
 ''')
+
+
+# The exec task driver runs each instance as the system user fvtt-u<uid>, which the node-side command
+# makes; here the tests make them (in a block of uids claimed for the test's root) and remove them.
+_EXEC_UIDS: dict[Path, int] = {}
+_MADE_USERS: set[int] = set()
 
 
 @pytest.fixture
@@ -69,12 +83,17 @@ def root() -> Iterator[Path]:
     # Under /tmp with 0755: the tasks walk into it (pytest's tmp_path is 0700).
     path = Path(tempfile.mkdtemp(prefix="ff-nomad-driver-"))
     path.chmod(0o755)
+    _EXEC_UIDS[path] = uid_claims.choose_block(path)[0]
     (path / "shared").mkdir()
     provision = path / "provision"
     provision.write_text(PROVISION.format(python=sys.executable, sources=str(standin_source_dir()),
                                           package=package_json()))
     provision.chmod(0o755)
     yield path
+    for uid in sorted(_MADE_USERS):
+        remove_exec_user(uid)
+    _MADE_USERS.clear()
+    del _EXEC_UIDS[path]
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -94,11 +113,15 @@ def runtime_for(nomad: NomadStandin, root: Path, **crash: float) -> NomadRuntime
                         provision_timeout=60.0, address_timeout=60.0, view_backoff=0.1)
 
 
-def spec(root: Path, name: str, memory: int | None = None) -> TaskSpec:
+def spec(root: Path, name: str, memory: int | None = None, node: str | None = None) -> TaskSpec:
     home = root / "instances" / name
+    uid = _EXEC_UIDS[root] + zlib.crc32(name.encode()) % 1000
+    if ensure_exec_user(uid) is not None:
+        _MADE_USERS.add(uid)
     return TaskSpec(name=name, release=ReleaseToRun("13.345", 13, home / "install", "main.js"),
                     data_dir=home / "data", shared_dir=root / "shared", log_dir=root / "logs" / name, port=0,
-                    limits=ResourceLimits(memory_mb=memory), hosts=(f"{name}.fleet.test",))
+                    uid=uid, gid=uid, limits=ResourceLimits(memory_mb=memory), hosts=(f"{name}.fleet.test",),
+                    node=node)
 
 
 def provisions(root: Path) -> list[str]:
@@ -134,6 +157,10 @@ def test_tasks_start_on_the_roomiest_node_answer_there_and_are_provisioned_once_
             assert address.host == "127.0.0.1"
             assert (await status_at(address))["version"] == "13.345"
             assert provisions(root) == [f"alice 13.345 {node_a}"]
+            (child,) = [j for i, j in nomad.jobs.items() if i.startswith("fvtt-provision/")]
+            assert {"instance": "alice", "release": "13.345", "node": node_a}.items() <= child["Meta"].items()
+            assert ProvisionPayload.from_bytes(base64.b64decode(child["Payload"])) == \
+                ProvisionPayload("alice", "13.345", node_a, uid=spec(root, "alice").uid)
             job = nomad.jobs["fvtt-alice"]
             assert job["Constraints"][0]["RTarget"] == node_a
             assert job["TaskGroups"][0]["Services"][0]["Tags"] == [f"fleet={FLEET}", "instance=alice",
@@ -196,6 +223,10 @@ def test_a_new_control_plane_recovers_its_tasks_and_purges_strays(nomad: NomadSt
         second = runtime_for(nomad, root)
         await second.open()
         try:
+            # Nothing recovered yet, so nothing of the jobs' own sizes is known here: the allocations
+            # Nomad lists tell what each holds.
+            nodes = {n.name: n for n in await second.nodes()}
+            assert (nodes["node-a"].instances, nodes["node-a"].free_memory_mb) == (2, 8192 - 2 * 300)
             recovered = await second.recover_task(TaskHandle.from_dict(alice.to_dict()))
             assert recovered is not None and recovered.state["alloc_id"] == alice.state["alloc_id"]
             assert await second.address(recovered) == address and (await status_at(address))["version"]

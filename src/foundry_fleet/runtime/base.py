@@ -63,6 +63,9 @@ class TaskSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
     hosts: tuple[str, ...] = ()  # the hostnames the edge serves it under (a cluster's service tags carry them)
+    # The node an operator chose for it (`instance create --node`): where a cluster places it while its
+    # data is nowhere yet; once the data is on a node, that node holds it. None: the runtime chooses.
+    node: str | None = None
 
     @property
     def install_dir(self) -> Path:
