@@ -329,3 +329,37 @@ def test_nomad_down_is_a_clear_error(nomad: NomadStandin, root: Path) -> None:
 
     asyncio.run(main())
     assert json.dumps(provisions(root)) == "[]"
+
+
+def test_forgetting_an_instance_purges_its_job_and_deregisters_its_volumes_only(nomad: NomadStandin,
+                                                                               root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            await runtime.start_task(spec(root, "alice"))
+            await runtime.start_task(spec(root, "bob"))
+            runtime.take_events()
+            before = {(v["Name"], v["NodeID"]) for v in await runtime.api.host_volumes()}
+            node_a = nomad.node_id("node-a")
+            assert {("fvtt-alice-data", node_a), ("fvtt-alice-install", node_a)} <= before
+            # Still running (a removal interrupted before its stop): the job goes first, then its volumes.
+            await runtime.forget_instance("alice")
+            assert "fvtt-alice" not in nomad.jobs and "fvtt-bob" in nomad.jobs
+            after = {(v["Name"], v["NodeID"]) for v in await runtime.api.host_volumes()}
+            assert after == before - {("fvtt-alice-data", node_a), ("fvtt-alice-install", node_a)}
+            assert (f"fvtt-{FLEET}-shared", node_a) in after  # the fleet's, for every instance on the node
+            (event,) = runtime.take_events()
+            assert (event.name, event.action, event.message) == (
+                "alice", "released", "deregistered the Nomad host volumes fvtt-alice-data, fvtt-alice-install "
+                                     "on node node-a")
+            await runtime.forget_instance("alice")  # nothing left: nothing done, nothing said
+            assert runtime.take_events() == []
+            # A new alice is laid out afresh (its data was deleted with it) and may go anywhere.
+            again = await runtime.start_task(spec(root, "alice"))
+            assert again.state["node_id"] == node_a
+            assert provisions(root)[-1] == f"alice 13.345 {node_a}" and len(provisions(root)) == 3
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.crash_policy import CrashPolicy
+from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.runtime.fake import FAKE_PIDS, FakeRuntime
 from foundry_fleet.services.supervision_records import SupervisionRecords
 from foundry_fleet.services.supervisor import SupervisionSettings, Supervisor
@@ -425,5 +426,63 @@ def test_a_runtime_that_cannot_answer_after_a_restart_never_gets_a_second_task_s
             assert len(world.runtime.running("alice")) == 1
         finally:
             await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())
+
+
+class KeepingRuntime(FakeRuntime):
+    """A runtime that keeps something of each instance besides its task (a cluster's volume
+    registrations): it tells what it released, and fails while its cluster is away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = False
+        self.running_when_forgotten: list[tuple[str, bool]] = []
+
+    async def forget_instance(self, name: str) -> None:
+        from foundry_fleet.domain.errors import ExternalFailure
+        from foundry_fleet.runtime.base import TaskEvent
+
+        if self.away:
+            raise ExternalFailure("Nomad at http://127.0.0.1:4646 did not answer", "is Nomad running?")
+        self.running_when_forgotten.append((name, bool(self.running(name))))
+        self._events.append(TaskEvent(name, "released", "deregistered its host volumes"))
+
+
+def test_removing_an_instance_releases_what_the_runtime_keeps_once_its_task_is_gone(world: World) -> None:
+    world.add("alice")
+    runtime = KeepingRuntime()
+    world.runtime = runtime
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        await supervisor.remove("alice")
+        assert runtime.running_when_forgotten == [("alice", False)]  # after the task, never before
+        assert world.messages("alice", "instance.released") == ["deregistered its host volumes"]
+        # The cluster away: the removal fails, saying so (deleting again finishes it).
+        world.add("bob", desired="stopped")
+        await supervisor.reconcile()
+        runtime.away = True
+        with pytest.raises(FleetError) as info:
+            await supervisor.remove("bob")
+        assert "did not answer" in info.value.message
+
+    run(world, scenario)
+
+
+def test_instances_a_crash_left_half_deleted_are_released_when_the_supervisor_starts(world: World) -> None:
+    runtime = KeepingRuntime()
+    world.runtime = runtime
+
+    async def main() -> None:
+        supervisor = Supervisor(world.records, runtime, world.settings, repair=lambda: ["gone", "halfmade"])
+        await supervisor.start()
+        await supervisor.shutdown(stop_instances=True)
+        assert [name for name, _ in runtime.running_when_forgotten] == ["gone", "halfmade"]
+        runtime.away = True  # then, a failure is an event; the supervisor still starts
+        supervisor = Supervisor(world.records, runtime, world.settings, repair=lambda: ["later"])
+        await supervisor.start()
+        await supervisor.shutdown(stop_instances=True)
+        assert world.actions("later") == ["instance.leftovers"]
 
     asyncio.run(main())

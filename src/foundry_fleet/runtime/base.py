@@ -250,6 +250,10 @@ class Runtime(Protocol):
         as an event. Their instance names. A driver whose tasks die with the control plane's host
         process tree, or that finds strays when it starts a task, has nothing to do here."""
 
+    async def forget_instance(self, name: str) -> None:
+        """Release what the runtime keeps for an instance besides its task (a cluster's registrations
+        of its volumes), once the instance is deleted and its task destroyed. Nothing kept: nothing to do."""
+
     def host_processes(self) -> set[int]:
         """Processes on this host that hold the fleet's tasks but are no recorded handle's (a container's
         monitor): with what runs below them, the control plane counts them as its own."""

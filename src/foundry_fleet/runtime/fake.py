@@ -86,6 +86,7 @@ class FakeRuntime:
         self.tasks: dict[int, FakeTask] = {}
         self.starts: list[tuple[str, float]] = []  # (instance, monotonic time) of every start_task
         self.lines: dict[str, list[str]] = {}
+        self.forgotten: list[str] = []  # instances forget_instance was called for
         self.opened = False
         self._ids = itertools.count(1)
         self._events: list[TaskEvent] = []
@@ -255,6 +256,9 @@ class FakeRuntime:
 
     async def forget_unknown(self, known: set[str]) -> list[str]:
         return []  # its tasks live in this process: none outlives it
+
+    async def forget_instance(self, name: str) -> None:
+        self.forgotten.append(name)  # nothing else is kept; tests see that it was asked
 
     def host_processes(self) -> set[int]:
         return set()  # every task's processes are in its recorded handle

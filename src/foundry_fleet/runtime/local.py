@@ -260,6 +260,9 @@ class LocalRuntime:
     async def forget_unknown(self, known: set[str]) -> list[str]:
         return []  # start_task finds a stray of the instance it starts (kill_strays)
 
+    async def forget_instance(self, name: str) -> None:
+        return None  # it keeps nothing of an instance once its task is destroyed
+
     def host_processes(self) -> set[int]:
         return set()  # every task's processes are in its recorded handle
 

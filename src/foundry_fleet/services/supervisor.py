@@ -420,6 +420,8 @@ class Supervisor:
     async def start(self) -> None:
         for name in self.repair():
             log.warning("rolled back the interrupted creation of %s", name)
+            # Gone now, whatever the crash interrupted: nothing the runtime keeps for it may stay.
+            await self._forget_instance(name)
         await self._forget_unknown_tasks()
         await self.reconcile()
 
@@ -431,6 +433,9 @@ class Supervisor:
             await self.runtime.forget_unknown(known)
         except FleetError as e:
             log.warning("could not look for tasks no instance claims: %s", e.message)
+        self._record_runtime_events()
+
+    def _record_runtime_events(self) -> None:
         for event in self.runtime.take_events():
             self.records.record_event(f"instance.{event.action}", event.name, Outcome.INFO, event.message)
 
@@ -472,6 +477,7 @@ class Supervisor:
             if name not in names:
                 sup = self.instances.pop(name)
                 await sup.remove()
+                await self._forget_instance(name)
 
     def get(self, name: str) -> InstanceSupervisor:
         sup = self.instances.get(name)
@@ -492,9 +498,25 @@ class Supervisor:
         sup.poke()
 
     async def remove(self, name: str) -> None:
+        """Stop the instance's task for good and release what the runtime keeps for it (before it is
+        deleted). A runtime that cannot release it now fails the removal: the instance stays, stopped,
+        and deleting it again finishes the job."""
         sup = self.instances.pop(name, None)
         if sup is not None:
             await sup.remove()
+        try:
+            await self.runtime.forget_instance(name)
+        finally:
+            self._record_runtime_events()
+
+    async def _forget_instance(self, name: str) -> None:
+        try:
+            await self.runtime.forget_instance(name)
+        except FleetError as e:
+            log.warning("could not release what the runtime keeps for %s: %s", name, e.message)
+            self.records.record_event("instance.leftovers", name, Outcome.FAILED,
+                                      f"the runtime still keeps something of it: {e.message}")
+        self._record_runtime_events()
 
     def logs(self, name: str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         """The instance's server log, as its runtime keeps it: the running task's, else by name."""

@@ -458,6 +458,25 @@ class NomadRuntime:
             removed.append(instance)
         return removed
 
+    async def forget_instance(self, name: str) -> None:
+        """Purge the instance's job if any is left, then deregister its data and install volumes on
+        whichever node holds them (Nomad refuses to delete a volume an allocation still uses). Its
+        files on the node stay where the fleet's deletion put them (archived or purged)."""
+        job_id = instance_job_id(name)
+        if await self.api.job(job_id) is not None:
+            await self._purge_and_wait(job_id)
+        wanted = {host_volume_name(name, "data"), host_volume_name(name, "install")}
+        nodes = {str(n.get("ID")): str(n.get("Name") or n.get("ID")) for n in (await self.api.nodes()).value}
+        released: dict[str, list[str]] = {}
+        for volume in await self.api.host_volumes():
+            if volume.get("Name") in wanted and self._ours(volume):
+                await self.api.delete_host_volume(str(volume["ID"]))
+                node = str(volume.get("NodeID") or "")
+                released.setdefault(nodes.get(node, node), []).append(str(volume["Name"]))
+        for node, names in sorted(released.items()):
+            self._events.append(TaskEvent(name, "released",
+                                          f"deregistered the Nomad host volumes {', '.join(sorted(names))} on node {node}"))
+
     def host_processes(self) -> set[int]:
         return set()  # the tasks are Nomad's children, not the fleet's
 

@@ -368,6 +368,9 @@ class PodmanRuntime:
         await self.destroy_task(handle)  # exited while the control plane was down
         return None
 
+    async def forget_instance(self, name: str) -> None:
+        return None  # destroy_task removed its container; its image is the release's, shared
+
     async def forget_unknown(self, known: set[str]) -> list[str]:
         """Remove the fleet's containers of instances not in `known` (those whose recorded task the
         control plane will recover); each is reported as an event. Their instance names."""
