@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -243,6 +244,36 @@ def test_a_raw_exec_dispatch_runs_once_per_node_and_its_log_is_readable(nomad: N
         assert logs["node-a", "stderr"] == "on node-a for node-a\n"
         assert logs["node-b", "stderr"] == "on node-b for node-a\n"
         wait_until(lambda: c.get(f"/v1/job/{child}").json()["Status"] == "dead", 10, "the child job to be dead")
+
+
+def test_a_followed_log_streams_what_the_task_appends_until_it_is_dead(nomad: NomadStandin) -> None:
+    # A task that writes a line, waits for a file, writes another and ends.
+    gate = nomad.root / "gate"
+    job = service_job(ID="talk", Name="talk", Type="batch")
+    job["TaskGroups"][0].pop("Services")
+    job["TaskGroups"][0]["RestartPolicy"] = {"Attempts": 0, "Mode": "fail"}
+    task(job)["Config"] = {"command": "/bin/sh", "args": [
+        "-c", f"echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second; echo oops >&2"]}
+    with client(nomad) as c:
+        assert c.put("/v1/jobs", json={"Job": job}).status_code == 200
+        alloc = wait_alloc(nomad, "talk", "running", None)
+        params = {"task": "web", "type": "stdout", "plain": "true", "origin": "end", "offset": "0", "follow": "true"}
+        wait_until(lambda: c.get(f"/v1/client/fs/logs/{alloc['ID']}", params={**params, "follow": "false",
+                                                                                "offset": "100"}).text == "first\n",
+                   10, "the first line")
+        # A caller that hangs up mid-stream ends its stream only.
+        with c.stream("GET", f"/v1/client/fs/logs/{alloc['ID']}", params={**params, "offset": "100"}) as r:
+            assert next(r.iter_bytes()) == b"first\n"
+        with c.stream("GET", f"/v1/client/fs/logs/{alloc['ID']}", params=params) as r:
+            assert r.status_code == 200
+            gate.touch()
+            received = b"".join(r.iter_bytes())  # ends once the task is dead and all of it is sent
+        assert received == b"second\n"
+        r = c.get(f"/v1/client/fs/logs/{alloc['ID']}", params={**params, "type": "stderr", "offset": "100"})
+        assert r.text == "oops\n"  # a dead task's stream ends at once, after what it wrote
+        framed = c.get(f"/v1/client/fs/logs/{alloc['ID']}", params={**params, "plain": "false", "offset": "7"})
+        assert json.loads(framed.text) == {"Data": base64.b64encode(b"second\n").decode(),
+                                           "File": "alloc/logs/web.stdout.0", "Offset": 13}
 
 
 @pytest.fixture

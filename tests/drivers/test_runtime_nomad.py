@@ -14,14 +14,14 @@ import sys
 import tempfile
 import textwrap
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from foundry_fleet.domain.crash_policy import CrashPolicy
-from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.errors import ExternalFailure, NotFound
 from foundry_fleet.runtime.base import (
     Address, ReleaseToRun, ResourceLimits, RuntimeUnavailable, TaskHandle, TaskSpec,
 )
@@ -363,3 +363,57 @@ def test_forgetting_an_instance_purges_its_job_and_deregisters_its_volumes_only(
             await runtime.close(instances_left_running=False)
 
     asyncio.run(main())
+
+
+def test_a_log_is_followed_while_the_task_runs_and_read_by_name_after(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            with pytest.raises(NotFound) as info:  # never started: Nomad has nothing of it
+                [line async for line in runtime.logs("alice")]
+            assert info.value.message == "Nomad keeps no log of alice: it has no allocation of fvtt-alice (any more)"
+            alice = await runtime.start_task(spec(root, "alice"))
+            address = await runtime.address(alice)
+            await status_at(address)
+            for _ in range(100):  # the server logs a request once it has answered it
+                last = [line async for line in runtime.logs(alice, lines=1)]
+                if "GET /-/api/status 200" in last[0]:
+                    break
+                await asyncio.sleep(0.05)
+            seen: list[str] = []
+            followed = asyncio.create_task(_collect(runtime.logs(alice, lines=1, follow=True), seen))
+            await _until(lambda: len(seen) >= 1)
+            async with httpx.AsyncClient() as http:
+                await http.get(f"http://{address}{STATUS}?while-followed=1")
+            await _until(lambda: len(seen) >= 2)
+            await asyncio.sleep(0.3)
+            # The last line so far, then what comes: each once.
+            assert seen[0] == last[0] and len(seen) == 2 and "GET /-/api/status?while-followed=1 200" in seen[1]
+            assert not followed.done()
+            # Stopped: the stream ends with the task's last words, and so does the iteration.
+            await runtime.stop_task(alice, timeout=2.0)
+            await asyncio.wait_for(followed, 30)
+            assert "SIGTERM received, shutting down" in seen[-1]
+            # Its job purged, its allocation still known to Nomad: the log is still read by name.
+            await runtime.destroy_task(alice)
+            tail = [line async for line in runtime.logs("alice", lines=3)]
+            assert tail == seen[-3:]
+            assert [line async for line in runtime.logs("alice", lines=0, follow=True)] == []  # over: nothing comes
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+async def _collect(lines: AsyncIterator[str], into: list[str]) -> None:
+    async for line in lines:
+        into.append(line)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the condition was not met in time")

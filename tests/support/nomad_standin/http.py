@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.support.nomad_standin import decode, validate
@@ -22,6 +23,7 @@ from tests.support.nomad_standin.store import parse_wait
 
 Handler = Callable[[Request, list[str]], Awaitable[Response]]
 STUB_DROP = ("Job",)
+FOLLOW_POLL = 0.05  # how often a followed log is looked at for new bytes
 
 
 def _text(status: int, message: str) -> Response:
@@ -385,6 +387,9 @@ class Api:
     # ---------------------------------------------------------------------------------- logs
 
     def logs(self, alloc_id: str, query: dict[str, str]) -> Response:
+        """A task's stdout or stderr: the bytes asked for (`origin`/`offset`), and with `follow=true`
+        every byte appended after them, streamed until the task is dead and all is sent (as Nomad's
+        client does) or the caller hangs up. Plain bytes with `plain=true`, else Nomad's JSON frames."""
         alloc = self.store.allocs.get(alloc_id)
         if alloc is None:
             raise Refused(404, "Unknown allocation")
@@ -394,21 +399,55 @@ class Api:
             raise Refused(400, f'unknown task name "{task}"')
         if stream not in ("stdout", "stderr"):
             raise Refused(400, "must provide a valid log type (stdout or stderr)")
+        origin = query.get("origin") or "start"
+        if origin not in ("start", "end"):
+            raise Refused(400, 'origin must be "start" or "end"')
+        try:
+            offset = int(query.get("offset") or 0)
+        except ValueError:
+            raise Refused(400, f"failed to parse offset: {query.get('offset')!r}") from None
+        plain = query.get("plain") == "true"
+        data = self.log_bytes(alloc_id, task, stream)
+        position = max(0, len(data) - offset) if origin == "end" else min(offset, len(data))
+        file = f"alloc/logs/{task}.{stream}.0"
+
+        def frame(chunk: bytes, at: int) -> bytes:
+            return chunk if plain else json.dumps({"Data": base64.b64encode(chunk).decode(), "File": file,
+                                                   "Offset": at}).encode()
+
+        if query.get("follow") != "true":
+            return Response(frame(data[position:], len(data)), media_type="text/plain" if plain else "application/json")
+
+        async def follow() -> AsyncIterator[bytes]:
+            at = position
+            while True:
+                data = self.log_bytes(alloc_id, task, stream)
+                if len(data) < at:  # rotated or truncated: it starts again
+                    at = 0
+                if len(data) > at:
+                    yield frame(data[at:], len(data))
+                    at = len(data)
+                    continue
+                state = alloc["TaskStates"].get(task) or {}
+                if state.get("State") == "dead" or alloc["ClientStatus"] in TERMINAL:
+                    return  # the task wrote all it ever will
+                await asyncio.sleep(FOLLOW_POLL)
+
+        return StreamingResponse(follow(), media_type="text/plain" if plain else "application/json")
+
+    def log_bytes(self, alloc_id: str, task: str, stream: str) -> bytes:
         ctx = self.cluster.contexts.get((alloc_id, task))
-        data = b""
-        if ctx is not None:
-            # An exec task's runtime keeps stdout and stderr in one log: both streams read it.
-            path = ctx.log_file(stream) if ctx.task["Driver"] == "raw_exec" else exec_log(ctx)
-            try:
-                data = path.read_bytes()
-            except OSError:
-                data = b""
-        offset = int(query.get("offset") or 0)
-        if query.get("origin") == "end":
-            data = data[-offset:] if offset else b""
+        if ctx is None:
+            return b""
+        if ctx.task["Driver"] == "raw_exec":
+            path = ctx.log_file(stream)
+        elif stream == "stdout":
+            # The exec and podman tasks' runtimes keep stdout and stderr in one log: it is their stdout
+            # here (Nomad would keep two), so a reader of both streams sees each line once.
+            path = exec_log(ctx)
         else:
-            data = data[offset:]
-        if query.get("plain") == "true":
-            return Response(data, media_type="text/plain")
-        return Response(json.dumps({"Data": base64.b64encode(data).decode(), "File": f"alloc/logs/{task}.{stream}.0",
-                                    "Offset": len(data)}), media_type="application/json")
+            return b""
+        try:
+            return path.read_bytes()
+        except OSError:
+            return b""

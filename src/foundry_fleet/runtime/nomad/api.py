@@ -21,6 +21,7 @@ import base64
 import logging
 import ssl
 from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
@@ -284,6 +285,34 @@ class NomadApi:
             params={"task": task, "type": stream, "plain": True, "origin": "end", "offset": max(0, int(tail_bytes))})
         assert response is not None
         return response.content.decode("utf-8", errors="replace")
+
+    async def follow_task_log(self, alloc_id: str, task: str, stream: str, *, origin: str = "end",
+                              offset: int = 0) -> AsyncIterator[bytes]:
+        """A task's stdout or stderr as Nomad streams it (`follow=true`, plain bytes): from `offset`
+        bytes before its end (`origin="end"`) or after its start, then every byte the task appends. It
+        ends when the task is dead and all was sent, or when the caller stops iterating (the request
+        is closed then). Nothing is retried: a stream cut short is the caller's to open again."""
+        if stream not in ("stdout", "stderr") or origin not in ("start", "end"):
+            raise ValueError(f"a task's log stream is stdout or stderr from its start or end, not {stream!r} "
+                             f"from {origin!r}")
+        path = f"/v1/client/fs/logs/{_segment(alloc_id)}"
+        params = self._params({"task": task, "type": stream, "follow": True, "plain": True, "origin": origin,
+                               "offset": max(0, int(offset))})
+        self.calls += 1
+        # Only connecting is timed: a quiet task sends nothing for as long as it likes.
+        timeout = httpx.Timeout(self.settings.timeout, read=None)
+        try:
+            async with self.http.stream("GET", path, params=params, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise NomadRefused(f"Nomad refused GET {path} ({response.status_code}): {_nomad_text(response)}",
+                                       _hint(response.status_code), response.status_code)
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except (httpx.TransportError, OSError) as e:
+            raise NomadUnreachable(f"Nomad at {self.settings.address} did not answer GET {path}: "
+                                   f"{_describe_transport_error(e)}",
+                                   f"is Nomad running and reachable at {self.settings.address}?") from None
 
     # ---------------------------------------------------------------- services and nodes
 

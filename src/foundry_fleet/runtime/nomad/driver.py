@@ -12,6 +12,7 @@ allocation only where it runs now (Nomad may replace it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal as signals
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput
+from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput, NotFound
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
     TaskStats, TaskStatus,
@@ -39,6 +40,9 @@ log = logging.getLogger("foundry_fleet.nomad")
 
 DRIVER = "nomad"
 STDERR_TAIL = 4096  # bytes of a failed task's stderr shown in its error
+LOG_TAIL = 64 * 1024  # bytes of each stream read for a log's last lines
+LOG_STREAMS = ("stdout", "stderr")
+LOG_SLACK = 64 * 1024  # a followed stream opens this much before its tail: what was written meanwhile
 
 
 class NomadRuntime:
@@ -421,23 +425,101 @@ class NomadRuntime:
         return True  # Nomad chooses each task's port on its node (a dynamic port)
 
     async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
-        """The last `lines` lines of the task's stdout then stderr, as Nomad keeps them. `follow` is not
-        offered: the lines so far are given and the iteration ends."""
+        """The last `lines` lines of the task's stdout then stderr, as Nomad keeps them, of its newest
+        allocation (by name: the last one, while Nomad still has it). With `follow`, then each line
+        either stream gets, one log as the fleet shows it, until the allocation is over; a replacement
+        Nomad placed for it (a lost node's) is followed on from its start."""
         name = task if isinstance(task, str) else task.name
         job_id = instance_job_id(name)
-        view = await self._loaded()
-        allocs = view.job_allocs(job_id)
+        allocs = await self._allocations_of(job_id)
         if not allocs:
-            return
-        alloc_id = allocs[-1]["ID"]
+            raise NotFound(f"Nomad keeps no log of {name}: it has no allocation of {job_id} (any more)",
+                           "Nomad forgets a stopped job's allocations, and their logs, when it collects "
+                           "garbage; the next start of the instance begins a new log")
+        alloc = allocs[-1]
         text = ""
-        for stream in ("stdout", "stderr"):
+        tails: dict[str, bytes | None] = {}
+        for stream in LOG_STREAMS:
             try:
-                text += await self.api.task_log(alloc_id, TASK, stream, 64 * 1024)
+                tail = await self.api.task_log(alloc["ID"], TASK, stream, LOG_TAIL)
             except FleetError as e:
-                text += f"({stream} could not be read: {e.message})\n"
-        for line in text.splitlines()[-lines:]:
+                tail, tails[stream] = f"({stream} could not be read: {e.message})\n", None
+            else:
+                tails[stream] = tail.encode()
+            text += tail
+        for line in text.splitlines()[-lines:] if lines > 0 else []:
             yield line
+        while follow:
+            async for line in self._follow(str(alloc["ID"]), tails):
+                yield line
+            # The allocation is over: Nomad may have placed another for the task meanwhile.
+            since = int(alloc.get("CreateIndex") or 0)
+            newer = [a for a in await self._allocations_of(job_id) if int(a.get("CreateIndex") or 0) > since]
+            if not newer:
+                return
+            alloc, tails = newer[0], {}  # a new allocation's log: all of it is new
+
+    async def _allocations_of(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's allocations, oldest first: from the view while it runs (the daemon), else asked
+        once (a command reading a log starts no watch)."""
+        if self._view is not None and self._view.is_loaded():
+            return self._view.job_allocs(job_id)
+        stubs = (await self.api.allocations()).value
+        return sorted((a for a in stubs if a.get("JobID") == job_id), key=lambda a: int(a.get("CreateIndex") or 0))
+
+    async def _follow(self, alloc_id: str, tails: Mapping[str, bytes | None]) -> AsyncIterator[str]:
+        """The allocation's stdout and stderr, line by line as either stream gets them, until both end.
+
+        A stream whose tail was shown (`tails`) is opened a little before that tail, and what it
+        sends up to the tail's end is dropped: a line written between reading the tail and opening
+        the stream is then neither lost nor shown twice. Without a tail, it is followed from its start."""
+        received: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def pump(stream: str) -> None:
+            tail = tails.get(stream)
+            before = b""  # what came while the tail's end is not found yet
+            rest = b""
+
+            def lines_of(data: bytes) -> None:
+                nonlocal rest
+                *complete, rest = (rest + data).split(b"\n")
+                for line in complete:
+                    received.put_nowait(line.decode("utf-8", errors="replace"))
+
+            try:
+                opened = self.api.follow_task_log(alloc_id, TASK, stream, origin="end", offset=len(tail) + LOG_SLACK) \
+                    if tail is not None else self.api.follow_task_log(alloc_id, TASK, stream, origin="start")
+                async for chunk in opened:
+                    if tail is not None:
+                        before += chunk
+                        at = before.find(tail)
+                        if at < 0 and len(before) <= len(tail) + LOG_SLACK:
+                            continue
+                        # Not found (rotated meanwhile): rather a line twice than one lost.
+                        chunk, tail = (before[at + len(tail):] if at >= 0 else before), None
+                    lines_of(chunk)
+                if tail is not None:  # it ended before the tail's end came: likewise
+                    lines_of(before)
+                if rest:
+                    received.put_nowait(rest.decode("utf-8", errors="replace"))
+            except FleetError as e:
+                received.put_nowait(f"({stream} could not be followed: {e.message})")
+            finally:
+                received.put_nowait(None)
+
+        pumps = [asyncio.create_task(pump(stream), name=f"nomad-log:{alloc_id}:{stream}") for stream in LOG_STREAMS]
+        try:
+            ended = 0
+            while ended < len(pumps):
+                line = await received.get()
+                if line is None:
+                    ended += 1
+                else:
+                    yield line
+        finally:  # the reader stopped (or all ended): close the streams still open
+            for running in pumps:
+                running.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
 
     async def forget_unknown(self, known: set[str]) -> list[str]:
         removed = []
