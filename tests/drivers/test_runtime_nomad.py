@@ -417,3 +417,28 @@ async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the condition was not met in time")
+
+
+def test_a_node_asked_for_places_a_new_instance_until_its_data_is_somewhere(nomad: NomadStandin,
+                                                                            root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            node_b = nomad.node_id("node-b")
+            bob = await runtime.start_task(spec(root, "bob", node="node-b"))  # node-a has more room
+            assert bob.state["node_id"] == node_b and (await runtime.address(bob)).host == "127.0.0.2"
+            await runtime.stop_task(bob, timeout=2.0)
+            await runtime.destroy_task(bob)
+            # Its data is on node-b now: that is where it runs, whatever is asked.
+            again = await runtime.start_task(spec(root, "bob", node="node-a"))
+            assert again.state["node_id"] == node_b and provisions(root) == [f"bob 13.345 {node_b}"]
+            await asyncio.to_thread(nomad.set_node_down, "node-b")
+            with pytest.raises(RuntimeUnavailable) as info:  # for now: it starts there once node-b is back
+                await runtime.start_task(spec(root, "carol", node="node-b"))
+            assert info.value.message == "node node-b, which carol was placed on at create, is down"
+            assert "fvtt-carol" not in nomad.jobs and len(provisions(root)) == 1
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())

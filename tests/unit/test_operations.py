@@ -7,15 +7,19 @@ lets it go, which is where a real stop or upgrade spends its time."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
 from foundry_fleet.config import load_config
-from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.domain.errors import Conflict, NotFound, Unsupported
 from foundry_fleet.domain.release import ReleaseLayout
+from foundry_fleet.runtime.base import Capabilities, NodeInfo
+from foundry_fleet.runtime.fake import FakeRuntime
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operation_lock import InstanceBusy, OperationLock
 from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.supervision_records import SupervisionRecords
 from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
 from tests.support.foundry_standin import build_release_zip
 
@@ -121,5 +125,64 @@ def test_a_restore_of_a_missing_snapshot_stops_nothing(fleet: FleetServices) -> 
             await asyncio.wait_for(ops.restore("cli:admin", "alice", "no-such"), 5)
         assert fleet.instances.get("alice").desired == before and supervisor.poked == []
         assert ops.busy("alice") is None
+
+    asyncio.run(scenario())
+
+
+class Nodes:
+    """A runtime as placement by hand asks it: what its nodes are now."""
+
+    def __init__(self, name: str, multi_node: bool, nodes: list[NodeInfo]) -> None:
+        self.name = name
+        self.capabilities = Capabilities(isolation="none", limits=False, needs_image=False, multi_node=multi_node)
+        self._nodes = nodes
+
+    async def nodes(self) -> list[NodeInfo]:
+        return self._nodes
+
+
+def _node(name: str, status: str = "ready") -> NodeInfo:
+    return NodeInfo(name=name, address="10.0.0.1", healthy=status == "ready", status=status, instances=0,
+                    free_memory_mb=1000)
+
+
+def test_a_node_asked_for_at_create_is_checked_against_the_runtime_and_kept(fleet: FleetServices) -> None:
+    cluster = Nodes("nomad", True, [_node("node-a"), _node("node-b", "down"), _node("node-c")])
+
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.runtime = cluster  # type: ignore[attr-defined]
+        ops = _operations(fleet, supervisor)
+        with pytest.raises(NotFound) as unknown:
+            await ops.create("cli:admin", "carol", "13.345", start=False, node="node-x")
+        assert unknown.value.message == "the nomad runtime has no node named 'node-x'"
+        assert unknown.value.hint == "the ready nodes are: node-a, node-c"
+        with pytest.raises(Conflict) as down:
+            await ops.create("cli:admin", "carol", "13.345", start=False, node="node-b")
+        assert down.value.message == "node node-b is down: no new instance can be placed there now"
+        assert down.value.hint == "the ready nodes are: node-a, node-c"
+        created = await ops.create("cli:admin", "carol", "13.345", start=False, node="node-c")
+        assert created.instance.node == "node-c"
+
+    asyncio.run(scenario())
+    assert fleet.instances.get("carol").node == "node-c"
+    records = SupervisionRecords(fleet.sessions, fleet.storage)
+    assert records.launch_plan("carol").node == "node-c" and records.launch_plan("alice").node is None
+
+
+def test_a_single_host_runtime_takes_no_node_but_its_own(fleet: FleetServices) -> None:
+    here = FakeRuntime()
+
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.runtime = here  # type: ignore[attr-defined]
+        ops = _operations(fleet, supervisor)
+        with pytest.raises(Unsupported) as elsewhere:
+            await ops.create("cli:admin", "dave", "13.345", start=False, node="node-b")
+        assert elsewhere.value.message == (f"the fake runtime runs every instance on this host ({socket.gethostname()}): "
+                                           "it cannot place one on 'node-b'")
+        assert "nomad runtime" in (elsewhere.value.hint or "")
+        assert (await ops.create("cli:admin", "dave", "13.345", start=False, node=socket.gethostname())).instance.node \
+            == socket.gethostname()
 
     asyncio.run(scenario())

@@ -71,3 +71,33 @@ def test_a_task_recorded_before_0006_gets_its_address_and_pid(tmp_path: Path) ->
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT name, address, pid FROM instances ORDER BY name").fetchall()
     assert rows == [("alice", "127.0.0.1:30001", 4242), ("bob", None, None)]
+
+
+def test_instances_from_before_0007_have_no_node_asked_for(tmp_path: Path) -> None:
+    """A daemon upgraded in place: its instances stay where their runtime placed them."""
+    from alembic import command
+
+    db = tmp_path / "fleet.sqlite"
+    engine = make_engine(db)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
+                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
+                     "'', 0, 0, '/r', 'file', 0)")
+        conn.execute("INSERT INTO instances (name, release_version, port, desired, state, state_reason, "
+                     "extra_hosts, restarts, crash_times, created_at, updated_at) "
+                     "VALUES ('alice', '13.345', 30001, 'running', 'stopped', '', '[]', 0, '[]', 0, 0)")
+    engine.dispose()
+    open_database(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name, node FROM instances").fetchall() == [("alice", None)]
+        conn.execute("UPDATE instances SET node = 'node-b'")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    with sqlite3.connect(db) as conn:
+        assert [c[1] for c in conn.execute("PRAGMA table_info(instances)")].count("node") == 0

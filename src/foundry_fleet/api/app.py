@@ -43,6 +43,8 @@ class CreateInstance(BaseModel):
     admin_password: str | None = Field(None, description="sent over the 0600 unix socket only; never stored in clear")
     start: bool = True
     extra_hosts: list[str] = Field(default_factory=list, description="hostnames besides <name>.<domain>")
+    node: str | None = Field(None, description="the node to place it on (as `status` lists the runtime's nodes); "
+                                               "null lets the runtime choose")
 
 
 class TakeSnapshot(BaseModel):
@@ -148,7 +150,7 @@ def create_app(
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
         created = await ops.create(actor, body.name, body.release, body.license_key, body.owner, body.admin_password,
-                                   body.start, body.extra_hosts)
+                                   body.start, body.extra_hosts, body.node)
         return created.to_dict()
 
     async def start_instance(name: str, wait: bool, actor: str) -> dict[str, Any]:

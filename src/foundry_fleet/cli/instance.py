@@ -46,6 +46,9 @@ def create(
     extra_host: Annotated[
         Optional[list[str]], typer.Option(help="another hostname for it (repeatable), e.g. the tenant's own domain")
     ] = None,
+    node: Annotated[
+        Optional[str], typer.Option(help="the node to run it on, as `status` lists them (else the runtime chooses)")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create an instance: storage, install, options.json, license.json, admin.txt, a port (needs the daemon)."""
@@ -57,7 +60,7 @@ def create(
     password = _read_secret_file(admin_password_file) if admin_password_file else None
     result: dict[str, Any] = c.require_daemon().create_instance(
         name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
-        extra_hosts=extra_host or [],
+        extra_hosts=extra_host or [], node=node,
     )
     if json_out:
         print_json(result)

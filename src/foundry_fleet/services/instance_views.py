@@ -47,6 +47,7 @@ class InstanceViews:
             uid=row.uid,
             created_at=row.created_at,
             suspended=row.suspended_reason,
+            node=row.node,
         )
 
     def list(self) -> list[InstanceView]:

@@ -25,6 +25,7 @@ from foundry_fleet.services.edge_port import EdgeSync
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.node_choice import checked_node
 from foundry_fleet.services.operation_lock import OperationLock
 from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.release_registry import ReleaseRegistry
@@ -128,10 +129,15 @@ class Operations:
         admin_password: str | None = None,
         start: bool = True,
         extra_hosts: list[str] | None = None,
+        node: str | None = None,
     ) -> CreatedInstance:
+        """`node`: where the runtime is to place it (a node its nodes() lists, ready now); None, its choice."""
         with self.lock.hold(name, "being created"):
+            if node is not None:
+                runtime = self.supervisor.runtime
+                node = checked_node(node, await runtime.nodes(), runtime.name, runtime.capabilities.multi_node)
             created = await _blocking(self.provisioning.create, actor, name, release, license_key, owner,
-                                      admin_password, start, extra_hosts)
+                                      admin_password, start, extra_hosts, node)
             await self.supervisor.reconcile()
             if start:
                 await self.supervisor.wait_settled(created.instance.name, self.settle_timeout)

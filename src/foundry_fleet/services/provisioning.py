@@ -84,7 +84,9 @@ class Provisioning:
         admin_password: str | None = None,
         start: bool = True,
         extra_hosts: list[str] | None = None,
+        node: str | None = None,
     ) -> CreatedInstance:
+        """`node`: the node the runtime is to place it on (checked against the runtime by the caller)."""
         name = validate_instance_name(name, frozenset({self.config.fleet.fleet_host}))
         hosts = self.hostnames.clean_extra_hosts(name, extra_hosts or [])
         license_json = build_license(license_key) if license_key else None
@@ -98,7 +100,7 @@ class Provisioning:
         self.repair_interrupted(actor)
         with self._creation_lock(name):
             self._refuse_unowned_files(name)
-            row_id = self._reserve(name, release, owner_id, start, hosts)
+            row_id = self._reserve(name, release, owner_id, start, hosts, node)
             try:
                 self._lay_out(name, license_json, password)
             except BaseException as e:
@@ -109,7 +111,8 @@ class Provisioning:
             assert row.id == row_id
             row.state = InstanceState.STOPPED.value
             row.state_reason = "created"
-            record(s, actor, "instance.create", name, Outcome.OK, f"release {release}, port {row.port}")
+            record(s, actor, "instance.create", name, Outcome.OK,
+                   f"release {release}, port {row.port}" + (f", node {row.node}" if row.node else ""))
             view = self.instances.view(row)
         self.changes.notify()
         return CreatedInstance(view, password if generated else None)
@@ -130,7 +133,8 @@ class Provisioning:
                 f"move it away (for example into {self.config.paths.archive}) before creating {name!r}",
             )
 
-    def _reserve(self, name: str, release: str, owner_id: str | None, start: bool, hosts: list[str]) -> int:
+    def _reserve(self, name: str, release: str, owner_id: str | None, start: bool, hosts: list[str],
+                 node: str | None = None) -> int:
         """Insert the row in state `creating`: it holds the name, port and uid while files are laid out."""
         lo, hi = self.config.instances.port_range
         for attempt in range(3):
@@ -159,7 +163,7 @@ class Provisioning:
                         name=name, release_version=release, port=port, uid=uid, owner=tenant,
                         desired=(DesiredState.RUNNING if start else DesiredState.STOPPED).value,
                         state=InstanceState.CREATING.value, state_reason="laying out storage",
-                        restarts=0, crash_times=[], extra_hosts=hosts,
+                        restarts=0, crash_times=[], extra_hosts=hosts, node=node,
                     )
                     s.add(row)
                     s.flush()

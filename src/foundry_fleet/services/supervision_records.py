@@ -62,6 +62,7 @@ class LaunchPlan:
     data_dir: Path
     shared_dir: Path
     hosts: tuple[str, ...] = ()  # its own host first, then its extra hostnames
+    node: str | None = None  # the node asked for at create; None: the runtime chooses
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class SupervisionRecords:
                                      install_dir=paths.install, entry=rel.entry),
                 data_dir=paths.data, shared_dir=self.storage.shared_dir(),
                 hosts=own + tuple(h for h in row.extra_hosts or [] if h not in own),
+                node=row.node,
             )
 
     def crash_times(self, name: str) -> list[float]:

@@ -86,6 +86,7 @@ def build_task_spec(settings: SupervisionSettings, records: SupervisionRecords, 
         log_max_bytes=settings.log_max_bytes,
         log_keep=settings.log_keep,
         hosts=plan.hosts,
+        node=plan.node,
     )
 
 

@@ -24,6 +24,7 @@ class InstanceView:
     uid: int | None
     created_at: float
     suspended: str | None = None  # why an admin suspended it; None: not suspended
+    node: str | None = None  # the node asked for at create; None: its runtime chose
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -63,6 +63,9 @@ class Instance(Base):
     extra_hosts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     # znapzend-style plan for this instance's snapshots; None follows the fleet's [backups] plan.
     backup_plan: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The node an operator asked for at create (`--node`): where a cluster runtime places it while its
+    # data is nowhere yet. None: the runtime chooses.
+    node: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Set by an admin: the instance stays stopped, and its tenant cannot start it, until resumed.
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)

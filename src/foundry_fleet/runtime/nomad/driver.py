@@ -218,6 +218,12 @@ class NomadRuntime:
                     return node
             raise ExternalFailure(f"the data of {spec.name} is on Nomad node {node_id}, which Nomad no longer knows",
                                   "bring that node back, or delete its host volumes to start afresh elsewhere")
+        if spec.node is not None:
+            asked = next((n for n in stubs if spec.node in (n.get("Name"), n.get("ID"))), None)
+            if asked is not None and not placement.node_healthy(asked):
+                # Checked at create; away for now: it starts there once the node is back.
+                raise RuntimeUnavailable(f"node {spec.node}, which {spec.name} was placed on at create, is "
+                                         f"{placement.node_condition(asked)}", "it starts there once the node is back")
         return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory, wanted=spec.node)
 
     def _ours(self, volume: Mapping[str, Any]) -> bool:

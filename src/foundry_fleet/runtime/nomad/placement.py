@@ -63,18 +63,19 @@ def choose_node(nodes: Iterable[Mapping[str, Any]], allocs: Iterable[Mapping[str
             known = ", ".join(sorted(str(n.get("Name")) for n in nodes)) or "none"
             raise NotFound(f"Nomad has no node named {wanted!r}", f"the nodes are: {known}")
         if not node_healthy(match[0]):
-            raise Conflict(f"node {wanted} is {_condition(match[0])}: no instance can be placed there",
+            raise Conflict(f"node {wanted} is {node_condition(match[0])}: no instance can be placed there",
                            "choose another node, or make this one ready and eligible again")
         return match[0]
     healthy = [n for n in nodes if node_healthy(n)]
     if not healthy:
-        seen = "; ".join(f"{n.get('Name')} is {_condition(n)}" for n in nodes) or "Nomad has no client nodes"
+        seen = "; ".join(f"{n.get('Name')} is {node_condition(n)}" for n in nodes) or "Nomad has no client nodes"
         raise Conflict(f"no Nomad node can take a new instance ({seen})",
                        "start a Nomad client, or mark a node eligible (nomad node eligibility -enable)")
     return min(healthy, key=lambda n: (-(free_memory_mb(n, allocs, job_memory) or 0), str(n.get("Name"))))
 
 
-def _condition(node: Mapping[str, Any]) -> str:
+def node_condition(node: Mapping[str, Any]) -> str:
+    """Why a node takes no new allocation, in a word or two (its status, draining, ineligible)."""
     if node.get("Status") != "ready":
         return str(node.get("Status") or "unknown")
     if node.get("Drain"):

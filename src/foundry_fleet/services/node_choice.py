@@ -1,0 +1,32 @@
+"""Placement by hand (`instance create --node NODE`): the node asked for is checked against what the
+runtime says of its nodes at the moment of asking, so a typo or a node that is down is refused at
+create, naming the nodes that would do, instead of failing at the instance's first start."""
+
+from __future__ import annotations
+
+from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, Unsupported
+from foundry_fleet.runtime.base import NodeInfo
+
+
+def checked_node(wanted: str, nodes: list[NodeInfo], runtime: str, multi_node: bool) -> str:
+    """`wanted` when the runtime can place an instance there now; else a clear refusal."""
+    wanted = wanted.strip()
+    if not wanted:
+        raise InvalidInput("the node asked for is empty", "name a node as `foundry-fleet status` lists it, "
+                                                          "or leave --node out to let the runtime choose")
+    names = [n.name for n in nodes]
+    if not multi_node:
+        if wanted in names:
+            return wanted
+        here = names[0] if names else "this host"
+        raise Unsupported(f"the {runtime} runtime runs every instance on this host ({here}): it cannot place "
+                          f"one on {wanted!r}", "leave --node out; placing instances on other nodes needs the "
+                                                "nomad runtime ([runtime] driver = \"nomad\")")
+    ready = ", ".join(sorted(n.name for n in nodes if n.healthy)) or "none"
+    match = next((n for n in nodes if n.name == wanted), None)
+    if match is None:
+        raise NotFound(f"the {runtime} runtime has no node named {wanted!r}", f"the ready nodes are: {ready}")
+    if not match.healthy:
+        raise Conflict(f"node {wanted} is {match.status}: no new instance can be placed there now",
+                       f"the ready nodes are: {ready}")
+    return wanted
