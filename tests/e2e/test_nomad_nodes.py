@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,12 +134,14 @@ def test_a_node_going_away_leaves_its_instance_waiting_for_it_and_the_edge_follo
 
 
 class _taken:
-    """`host:port` bound for the block, as another program on that node would hold it."""
+    """`host:port` held for the block, as another program on that node would hold it: listening (so no
+    task is given it), and closing each connection at once (so the edge's requests fail fast)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past its old connections' TIME_WAIT
         self.address = (host, port)
+        self.closing = threading.Thread(target=self._close_each, daemon=True)
 
     def __enter__(self) -> None:
         def bind() -> bool:
@@ -150,7 +153,19 @@ class _taken:
                 return False  # the lost task's listener is on its way out
             return True
 
-        wait_until(bind, 10, f"{self.address} to be free")  # bound, not listening: a connection is refused
+        wait_until(bind, 10, f"{self.address} to be free")
+        self.sock.listen(16)
+        self.closing.start()
+
+    def _close_each(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return  # closed: the block is over
+            connection.close()
 
     def __exit__(self, *exc: object) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept
         self.sock.close()
+        self.closing.join(5)
