@@ -541,3 +541,33 @@ def test_a_lost_allocation_not_pinned_is_replaced_on_another_node(nomad: NomadSt
         assert [(s["Address"], s["AllocID"]) for s in moved] == [("127.0.0.1", replacement["ID"])]
         nomad.set_node_up("node-b")
         assert [a["ID"] for a in nomad.allocations.values() if a["ClientStatus"] == "running"] == [replacement["ID"]]
+
+
+def test_paused_nomad_refuses_connections_and_cuts_a_blocking_query_then_resumes_with_all_it_held(
+        nomad: NomadStandin) -> None:
+    with client(nomad) as c:
+        assert c.put("/v1/jobs", json={"Job": service_job()}).status_code == 200
+        wait_alloc(nomad, "web", "running")
+        index = int(c.get("/v1/allocations").headers["X-Nomad-Index"])  # nothing changes after it
+    outcome: list[object] = []
+
+    def watch() -> None:
+        try:
+            with client(nomad) as c:
+                outcome.append(c.get("/v1/allocations", params={"index": index, "wait": "5m"}).status_code)
+        except httpx.HTTPError as e:
+            outcome.append(e)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_until(lambda: ("GET", "/v1/allocations", {"index": str(index), "wait": "5m"}) in nomad.calls, 5,
+               "the blocking query")
+    nomad.pause()
+    watcher.join(5)
+    assert not watcher.is_alive() and len(outcome) == 1 and isinstance(outcome[0], httpx.HTTPError), outcome
+    with pytest.raises(httpx.ConnectError), client(nomad) as c:
+        c.get("/v1/jobs")
+    nomad.resume()
+    with client(nomad) as c:
+        assert [j["ID"] for j in c.get("/v1/jobs").json()] == ["web"]
+        assert [a["ClientStatus"] for a in c.get("/v1/allocations").json()] == ["running"]  # ran on meanwhile

@@ -88,7 +88,7 @@ def test_create_answers_with_a_running_instance_behind_the_edge(running: Running
     assert inst["state"] == "running", inst
     https_port = running.fleet.settings().edge.https_port
     assert inst["url"] == f"https://alice.localhost:{https_port}/-/"
-    assert running.fleet.get(inst["port"], "/-/api/status").json()["version"] == "13.345"
+    assert running.fleet.get_from("alice", "/-/api/status").json()["version"] == "13.345"
     assert running.bob["port"] != inst["port"]
 
 
@@ -123,7 +123,7 @@ def test_every_layout_runs(running: Running, release_zips: dict[str, Path], layo
     version = fleet.cli("release", "add", str(release_zips[layout])).out.split("release ")[1].split()[0]
     inst = create(fleet, f"gm-{layout}", version)["instance"]
     assert inst["state"] == "running", inst
-    assert fleet.get(inst["port"], "/-/api/status").json()["version"] == version
+    assert fleet.get_from(f"gm-{layout}", "/-/api/status").json()["version"] == version
     fleet.cli("instance", "delete", f"gm-{layout}", "--purge", "--yes")
 
 
@@ -131,27 +131,28 @@ def test_every_layout_runs(running: Running, release_zips: dict[str, Path], layo
 
 
 def test_an_instance_reads_shared_assets_but_cannot_write_them(running: Running) -> None:
-    probe = running.fleet.probe(running.alice_running()["port"], read="Data/shared/map.webp",
-                                write="Data/shared/evil.txt")
+    running.alice_running()
+    probe = running.fleet.probe_instance("alice", read="Data/shared/map.webp", write="Data/shared/evil.txt")
     assert probe["read"]["Data/shared/map.webp"]["ok"], probe
     assert probe["write"]["Data/shared/evil.txt"]["code"] == "EROFS", probe
     assert not (running.fleet.root / "shared" / "evil.txt").exists()
 
 
 def test_an_instance_cannot_see_another_tenants_data(running: Running) -> None:
-    probe = running.fleet.probe(running.alice_running()["port"], list=running.bob["data_dir"])
+    running.alice_running()
+    probe = running.fleet.probe_instance("alice", list=running.bob["data_dir"])
     assert not probe["list"][running.bob["data_dir"]]["ok"], "another tenant's data must be invisible"
 
 
 def test_an_instance_runs_in_its_own_pid_namespace(running: Running) -> None:
     alice = running.alice_running()
-    assert running.fleet.probe(alice["port"])["pid"] != alice["pid"]
+    assert running.fleet.probe_instance("alice")["pid"] != alice["pid"]
 
 
 @needs_root
 def test_each_instance_runs_as_its_own_uid(running: Running) -> None:
     alice = running.alice_running()
-    probe = running.fleet.probe(alice["port"])
+    probe = running.fleet.probe_instance("alice")
     assert probe["uid"] == alice["uid"] and probe["uid"] != running.bob["uid"] and probe["uid"] >= 200000
 
 
@@ -196,17 +197,17 @@ def test_events_name_the_cli_user_who_asked_not_the_daemon_that_did_it(running: 
 def test_a_crash_loop_ends_in_failed_leaving_the_neighbour_alone_until_started_by_hand(running: Running) -> None:
     fleet = running.fleet
     alice = running.alice_running()
-    port = alice["port"]
+    port = fleet.served_port("alice")
     crash_marker = Path(alice["data_dir"], "crash-on-start")
     crash_marker.touch()
     try:
-        fleet.get(port, "/-/__crash?code=9")
+        fleet.get_from("alice", "/-/__crash?code=9")
         failed = fleet.wait_state("alice", "failed", timeout=30)
         assert "crash loop" in failed["state_reason"]
         assert pids_with_arg(f"--port={port}") == []
         events = fleet.cli("events", "--instance", "alice", "--json").json()
         assert any(e["action"] == "instance.failed" and e["outcome"] == "failed" for e in events)
-        assert fleet.get(running.bob["port"], "/-/api/status").status_code == 200  # bob never noticed
+        assert fleet.get_from("bob", "/-/api/status").status_code == 200  # bob never noticed
     finally:
         crash_marker.unlink()
     # Fixed, and started again by hand.
@@ -235,19 +236,20 @@ def test_stop_start_and_restart(running: Running) -> None:
 def test_logs_show_the_servers_output(running: Running) -> None:
     fleet = running.fleet
     marker = f"marker-{time.monotonic_ns()}"
-    fleet.get(running.bob["port"], f"/-/api/status?{marker}")  # the server logs each request it answers
+    fleet.get_from("bob", f"/-/api/status?{marker}")  # the server logs each request it answers
     wait_until(lambda: marker in fleet.cli("instance", "logs", "bob", "-n", "50").out, 10, "the request in the log")
 
 
 def test_delete_keeps_the_data_aside_and_a_new_instance_of_that_name_starts_empty(running: Running) -> None:
     fleet = running.fleet
     inst = create(fleet, "frank", "13.345")["instance"]
+    served_port = fleet.served_port("frank")
     Path(inst["data_dir"], "Data", "world.db").write_text("precious")
     deleted = fleet.cli("instance", "delete", "frank")
     assert "data kept at" in deleted.out
     kept = Path(deleted.out.split("data kept at ")[1].strip())
     assert (kept / "data" / "Data" / "world.db").read_text() == "precious"
-    assert pids_with_arg(f"--port={inst['port']}") == []
+    assert pids_with_arg(f"--port={served_port}") == []
     assert fleet.cli("instance", "show", "frank", check=False).code == 3
     again = create(fleet, "frank", "13.345")["instance"]
     assert not Path(again["data_dir"], "Data", "world.db").exists()

@@ -61,7 +61,7 @@ def test_an_upgrade_to_a_healthy_release_is_kept_after_a_snapshot(upgrades: Flee
     up = upgrades.cli("instance", "upgrade", "ann", "--release", "13.347", "--json").json()
     assert up["upgraded"] is True and up["instance"]["release"] == "13.347"
     assert up["snapshot"].startswith("pre-upgrade-")
-    assert upgrades.get(inst["port"], "/-/api/status").json()["version"] == "13.347"
+    assert upgrades.get_from("ann", "/-/api/status").json()["version"] == "13.347"
     assert world.read_text() == "campaign state"
     assert _upgrade_outcomes(upgrades, "ann") == ["ok"]
 
@@ -72,7 +72,7 @@ def test_an_upgrade_to_a_release_that_does_not_start_is_rolled_back_data_and_all
     assert bad.code == 1 and "rolled back to 13.345" in bad.err
     after = upgrades.instance("bert")
     assert after["release"] == "13.345" and after["state"] == "running"
-    assert upgrades.get(inst["port"], "/-/api/status").json()["version"] == "13.345"
+    assert upgrades.get_from("bert", "/-/api/status").json()["version"] == "13.345"
     assert world.read_text() == "campaign state", "the data the broken release touched is rolled back too"
     assert _upgrade_outcomes(upgrades, "bert") == ["failed"]
 

@@ -215,6 +215,37 @@ class FleetHarness:
     def get(self, port: int, path: str, timeout: float = 5) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
 
+    def address(self, name: str) -> str:
+        """Where the instance's server answers ("host:port"), as the fleet recorded it for the edge and
+        its health checks. On local and podman that is the fleet's own port on loopback (checked here, so
+        a scenario reading it is no weaker there); on nomad it is the node and the port Nomad chose."""
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{self.root / 'state' / 'fleet.sqlite'}?mode=ro", uri=True)
+        try:
+            found = db.execute("SELECT address, port FROM instances WHERE name = ?", (name,)).fetchone()
+        finally:
+            db.close()
+        assert found is not None and found[0], f"{name} has no recorded address: {found}"
+        address, port = found
+        if self.nomad is None:
+            assert address == f"127.0.0.1:{port}", f"{name} answers at {address}, not at its port {port}"
+        return str(address)
+
+    def served_port(self, name: str) -> int:
+        """The port of `address(name)`: what the instance's server was started with (--port=)."""
+        return int(self.address(name).rsplit(":", 1)[1])
+
+    def get_from(self, name: str, path: str, timeout: float = 5) -> httpx.Response:
+        """GET `path` from the instance's server itself, at its recorded address (not through the edge)."""
+        return httpx.get(f"http://{self.address(name)}{path}", timeout=timeout)
+
+    def probe_instance(self, name: str, **params: str) -> dict[str, Any]:
+        """`probe` of the instance `name` at its recorded address."""
+        r = self.get_from(name, "/-/__probe?" + "&".join(f"{k}={v}" for k, v in params.items()))
+        r.raise_for_status()
+        return r.json()
+
     def probe(self, port: int, **params: str) -> dict[str, Any]:
         r = self.get(port, "/-/__probe?" + "&".join(f"{k}={v}" for k, v in params.items()))
         r.raise_for_status()

@@ -404,7 +404,7 @@ def test_failed_health_checks_of_a_task_its_runtime_is_putting_back_do_not_resta
     run(world, scenario)
 
 
-def test_a_runtime_that_cannot_answer_after_a_restart_never_gets_a_second_task_started(world: World) -> None:
+def test_a_runtime_that_cannot_answer_after_a_restart_keeps_the_task_and_reattaches_once_it_answers(world: World) -> None:
     world.add("alice")
 
     async def main() -> None:
@@ -412,18 +412,25 @@ def test_a_runtime_that_cannot_answer_after_a_restart_never_gets_a_second_task_s
         await first.start()
         await until(state_is(world, "alice", "running"), "alice to run")
         await first.shutdown(stop_instances=False)
-        # Its cluster is away when the control plane comes back: the recorded task is kept, and
-        # re-attaching to it fails like a crash (backed off), never with a second task beside it.
+        # Its cluster is away when the control plane comes back: the recorded task is kept as it is
+        # (still running there, still routed to), asked again until the cluster answers, and then
+        # re-attached: no crash counted, never a second task beside it.
+        recorded = world.row("alice")
         world.runtime.behave("alice", unreachable="Nomad at http://nomad:4646 did not answer")
         second = world.supervisor()
         await second.start()
         try:
-            await until(lambda: "instance.crashed" in world.actions("alice"), "the failed re-attach")
-            assert world.messages("alice", "instance.crashed")[-1].startswith(
-                "crashed (could not re-attach: Nomad at http://nomad:4646 did not answer); restarting in ")
+            await asyncio.sleep(0.3)  # many backoffs' worth
+            row = world.row("alice")
+            assert (row.state, row.address, row.task, row.restarts) == \
+                ("running", recorded.address, recorded.task, recorded.restarts)
+            assert "instance.crashed" not in world.actions("alice")
+            assert len(world.runtime.starts_of("alice")) == 1
             world.runtime.behave("alice", unreachable=None)
-            await until(state_is(world, "alice", "running"), "alice to run again")
-            assert len(world.runtime.running("alice")) == 1
+            await until(lambda: world.actions("alice")[-1:] == ["instance.healthy"]
+                        and "instance.reattach" in world.actions("alice"), "alice re-attached")
+            assert world.row("alice").state == "running" and world.row("alice").restarts == recorded.restarts
+            assert len(world.runtime.running("alice")) == 1 and len(world.runtime.starts_of("alice")) == 1
         finally:
             await second.shutdown(stop_instances=True)
 

@@ -139,8 +139,8 @@ class InstanceSupervisor:
         if self.handle is not None:
             # Re-attached: find out whether it is healthy before calling it running.
             try:
-                running = await self._running_task(self.handle)
-            except FleetError as e:  # e.g. the runtime's cluster does not answer: count it as a crash
+                running = await self._running_task_once_the_runtime_answers(self.handle)
+            except FleetError as e:  # the runtime answered, and the task is not there: count it as a crash
                 handle, self.handle = self.handle, None
                 try:
                     await self._stop_handle(handle)  # never two: the next start must not run beside it
@@ -171,6 +171,23 @@ class InstanceSupervisor:
                     self.records.set_state(self.name, InstanceState.STOPPED, "stopped")
                 self.settled.set()
             await self.wake.wait()
+
+    async def _running_task_once_the_runtime_answers(self, handle: TaskHandle) -> RunningTask:
+        """The recovered task, asked until its runtime answers. While the runtime's cluster is away the
+        task most likely still runs there (Nomad keeps running what it runs): its record, address
+        included, is kept as it is, so the edge keeps routing players to it; counting the outage as
+        crashes would mark a running instance failed and unrouted after a few backoffs."""
+        delay = self.settings.crash_policy.backoff_initial
+        told = False
+        while True:
+            try:
+                return await self._running_task(handle)
+            except RuntimeUnavailable as e:
+                if not told:
+                    log.warning("%s: re-attaching waits for the runtime (%s)", self.name, e.message)
+                    told = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.crash_policy.backoff_max)
 
     async def _running_task(self, handle: TaskHandle) -> RunningTask:
         self.address = await self.runtime.address(handle)

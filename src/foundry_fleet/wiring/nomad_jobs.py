@@ -117,7 +117,8 @@ def instance_job_for(services: FleetServices, config_path: Path, name: str) -> R
 
     config = services.config
     settings = job_settings(config, config_path)
-    records = SupervisionRecords(services.sessions, services.storage)
+    # Its own hostname too, as the daemon's records give it: the service's host= tags carry it.
+    records = SupervisionRecords(services.sessions, services.storage, own_host=config.host_for)
     spec = build_task_spec(SupervisionSettings.from_config(config), records, name)
     spec = _as_on_node(config, spec)
     image = node_binary = None

@@ -4,6 +4,7 @@ addresses, and tasks that really run on this host (see cluster.py, drivers.py, h
     nodes = [StandinNode("node-a", "127.0.0.1", memory_mb=4096), StandinNode("node-b", "127.0.0.2")]
     with NomadStandin(tmp_path / "nomad", nodes, token="secret", port_range=(a, b)) as nomad:
         nomad.url; nomad.node_id("node-a"); nomad.set_node_down("node-b"); nomad.calls
+        nomad.pause(); nomad.resume()  # Nomad unreachable for a while, then back
 
 Stopping it stops every task it runs and removes what their runtimes made (cgroups, chains,
 containers, forwarders); a client's blocking query still open is answered at once.
@@ -125,6 +126,26 @@ class NomadStandin:
             if self._thread is not None:
                 self._thread.join(15)
             self._loop = None
+
+    def pause(self) -> None:
+        """Nomad away: its address refuses connections and those open (blocking queries) are cut, while
+        the cluster carries on (its nodes keep running their tasks, as Nomad clients do without servers)."""
+        async def close() -> None:
+            assert self._server is not None
+            for server in self._server.servers:
+                server.close()
+            for connection in list(self._server.server_state.connections):
+                connection.transport.abort()
+
+        self._call(close())
+
+    def resume(self) -> None:
+        """Nomad back on the same address, with everything it held (see pause)."""
+        async def reopen() -> None:
+            assert self._server is not None
+            await self._server.startup()  # listens on the configured host and port again
+
+        self._call(reopen())
 
     def __enter__(self) -> NomadStandin:
         return self.start()
