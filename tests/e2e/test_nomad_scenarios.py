@@ -175,6 +175,26 @@ def test_nomad_away_for_a_while_keeps_desired_state_and_the_instance_comes_back(
     fleet.cli("instance", "delete", "nadia", "--purge", "--yes")
 
 
+def test_a_start_while_nomad_is_away_waits_without_failing_and_happens_when_it_is_back(running: Running) -> None:
+    fleet = running.fleet
+    create(fleet, "olga", "13.345", "--no-start")
+    fleet.nomad.pause()
+    try:
+        started = fleet.cli("instance", "start", "olga", "--json", check=False)
+        shown = started.json()
+        assert shown["desired"] == "running" and shown["state"] == "starting", shown
+        assert shown["state_reason"].startswith("waiting for the runtime ("), shown
+        time.sleep(1.5)  # deliberately: more tries than the test fleet's crash loop allows
+        shown = fleet.instance("olga")
+        assert shown["state"] == "starting" and shown["restarts"] == 0, shown
+    finally:
+        fleet.nomad.resume()
+    fleet.wait_state("olga", "running", timeout=30)
+    live_allocation(fleet, "olga")
+    served_through_the_edge(fleet, "olga")
+    fleet.cli("instance", "delete", "olga", "--purge", "--yes")
+
+
 def test_the_daemon_started_while_nomad_is_away_keeps_the_instances_and_reattaches_when_it_is_back(
         running: Running) -> None:
     """The daemon killed while Nomad is away, and started again before Nomad is back: nothing is

@@ -364,7 +364,7 @@ def test_the_launch_plan_names_the_instances_own_host_then_its_extra_ones(world:
     assert build_task_spec(world.settings, world.records, "alice").hosts == ("vtt.example.org", "alice.fleet.test")
 
 
-def test_a_runtime_that_cannot_start_it_now_is_retried_with_backoff_and_failed_only_in_a_loop(world: World) -> None:
+def test_a_runtime_that_cannot_start_it_now_is_retried_with_backoff_for_as_long_as_it_takes(world: World) -> None:
     world.add("alice")
     world.runtime.behave("alice", start_unavailable="node-a, which holds the data of alice, is down")
 
@@ -372,16 +372,23 @@ def test_a_runtime_that_cannot_start_it_now_is_retried_with_backoff_and_failed_o
         await until(lambda: len(world.runtime.starts_of("alice")) == 2, "a second try")
         row = world.row("alice")
         assert row.state == "starting" and row.state_reason.startswith(
-            "cannot start now (node-a, which holds the data of alice, is down); trying again in ")
+            "waiting for the runtime (node-a, which holds the data of alice, is down); trying again in ")
         world.runtime.behave("alice", start_unavailable=None)  # the node is back
         await until(state_is(world, "alice", "running"), "alice to run")
-        # A runtime that stays away ends in failed, as a crash loop does.
+        # A runtime that stays away is no crash loop: the instance waits, never failed, and nothing of
+        # it counts as a crash; it starts as soon as the runtime answers.
         world.add("bob")
         world.runtime.behave("bob", start_unavailable="Nomad at http://nomad:4646 did not answer")
         await supervisor.reconcile()
-        await until(state_is(world, "bob", "failed"), "bob to fail", timeout=5)
-        assert world.row("bob").state_reason.startswith("could not start 4 times in 1 min (last: Nomad at ")
-        assert len(world.runtime.starts_of("bob")) == 4
+        policy = world.settings.crash_policy
+        await until(lambda: len(world.runtime.starts_of("bob")) > policy.max_crashes + 1, "more tries than a loop allows",
+                    timeout=10)
+        row = world.row("bob")
+        assert row.state == "starting" and row.state_reason.startswith("waiting for the runtime (Nomad at ")
+        assert row.crash_times == [] and row.restarts == 0
+        assert world.actions("bob").count("instance.start") == 1, "one event per outage, not one per try"
+        world.runtime.behave("bob", start_unavailable=None)
+        await until(state_is(world, "bob", "running"), "bob to run once the runtime answers", timeout=10)
 
     run(world, scenario)
 

@@ -106,6 +106,7 @@ class InstanceSupervisor:
         self.removed = False
         self.lock = asyncio.Lock()  # the supervisor's own power actions (start, stop, restart) one at a time
         self._task: asyncio.Task[None] | None = None
+        self._unavailable_tries = 0  # starts in a row the runtime could not make (see _start_deferred)
 
     # control ------------------------------------------------------------------------------
 
@@ -200,6 +201,7 @@ class InstanceSupervisor:
             spec = build_task_spec(self.settings, self.records, self.name)
             self.records.set_state(self.name, InstanceState.STARTING, "starting")
             self.handle = await self.runtime.start_task(spec)
+            self._unavailable_tries = 0
         except RuntimeUnavailable as e:
             self._record_driver_events()
             await self._start_deferred(e.message)
@@ -225,26 +227,22 @@ class InstanceSupervisor:
         return True
 
     async def _start_deferred(self, why: str) -> None:
-        """The runtime cannot start it now: counted and backed off like a crash, so a short outage
-        passes unnoticed and a long one ends in failed."""
-        try:
-            crash_times = self.records.crash_times(self.name)
-        except NotFound:
-            return
-        now = time.time()
+        """The runtime cannot start it now (its cluster, or the node holding its data, is away). That is
+        not the instance's fault: nothing counts toward a crash loop and the desired state stands; it is
+        tried again, with a backoff growing to the crash policy's ceiling, for as long as it takes. The
+        first deferral settles the instance, so whoever asked for the start hears why it waits."""
         policy = self.settings.crash_policy
-        decision = decide_after_crash(policy, tuple(crash_times), now, ran_for=0.0)
-        if decision.give_up:
-            reason = f"could not start {len(decision.recent)} times in {policy.window / 60:g} min (last: {why})"
-            self.records.clear_task(self.name, InstanceState.FAILED, reason, Event("instance.failed", Outcome.FAILED),
-                                    crash_times=list(decision.recent))
+        delay = min(policy.backoff_max, policy.backoff_initial * 2 ** min(self._unavailable_tries, 30))
+        first = self._unavailable_tries == 0
+        self._unavailable_tries += 1
+        reason = f"waiting for the runtime ({why}); trying again in {delay:g}s"
+        # One event per outage, not one per try: a day-long outage would otherwise flood the log.
+        self.records.clear_task(self.name, InstanceState.STARTING, reason,
+                                Event("instance.start", Outcome.FAILED) if first else None)
+        if first:
             self.settled.set()
-            return
-        reason = f"cannot start now ({why}); trying again in {decision.delay:g}s"
-        self.records.clear_task(self.name, InstanceState.STARTING, reason, Event("instance.start", Outcome.FAILED),
-                                crash_times=list(decision.recent))
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout=decision.delay)
+            await asyncio.wait_for(self.wake.wait(), timeout=delay)
         except TimeoutError:
             pass
         self.wake.set()  # the main loop re-reads the desired state and starts again
