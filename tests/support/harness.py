@@ -219,15 +219,9 @@ class FleetHarness:
         """Where the instance's server answers ("host:port"), as the fleet recorded it for the edge and
         its health checks. On local and podman that is the fleet's own port on loopback (checked here, so
         a scenario reading it is no weaker there); on nomad it is the node and the port Nomad chose."""
-        import sqlite3
-
-        db = sqlite3.connect(f"file:{self.root / 'state' / 'fleet.sqlite'}?mode=ro", uri=True)
-        try:
-            found = db.execute("SELECT address, port FROM instances WHERE name = ?", (name,)).fetchone()
-        finally:
-            db.close()
-        assert found is not None and found[0], f"{name} has no recorded address: {found}"
-        address, port = found
+        shown = self.instance(name)
+        address, port = shown["address"], shown["port"]
+        assert address, f"{name} has no recorded address: {shown}"
         if self.nomad is None:
             assert address == f"127.0.0.1:{port}", f"{name} answers at {address}, not at its port {port}"
         return str(address)

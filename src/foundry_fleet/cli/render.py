@@ -54,8 +54,8 @@ def instance_detail(i: dict[str, Any]) -> Table:
     t = Table(show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()
-    for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "node", "port", "pid",
-                "restarts", "owner", "uid", "data_dir", "install_dir"):
+    for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "node", "port", "address",
+                "pid", "restarts", "owner", "uid", "data_dir", "install_dir"):
         value = i.get(key)
         t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))
     t.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"])))

@@ -48,6 +48,7 @@ class InstanceViews:
             created_at=row.created_at,
             suspended=row.suspended_reason,
             node=row.node,
+            address=row.address,
         )
 
     def list(self) -> list[InstanceView]:
