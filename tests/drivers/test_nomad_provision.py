@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -223,7 +222,7 @@ def test_missing_options_without_a_port_in_the_payload_fails(node: Node) -> None
 def exec_config(node: Node) -> Iterator[Any]:
     """The node's configuration with `[nomad] task_driver = "exec"`; the exec user removed afterwards."""
     config = load_config(node.h.config)
-    yield config.model_copy(update={"nomad": SimpleNamespace(task_driver="exec")})
+    yield config.model_copy(update={"nomad": config.nomad.model_copy(update={"task_driver": "exec"})})
     remove_exec_user(node.alice["uid"])
     remove_exec_user(node.alice["uid"] + 1)
 

@@ -82,18 +82,13 @@ def provision_on_node(config: FleetConfig, node_id: str, payload: ProvisionPaylo
         raise NotFound(f"release {payload.release} is not in this node's release cache {releases.versions_dir}",
                        "add it on this node (`foundry-fleet release add ZIP_OR_URL`), then dispatch again")
     changes: list[str] = []
-    if _task_driver(config) == "exec":
+    if config.nomad.task_driver == "exec":
         made = ensure_exec_user(payload.uid)
         if made:
             changes.append(made)
     with _lock(config, payload.instance):
         changes += _lay_out(config, storage, payload, release)
     return ProvisionResult(payload.instance, payload.node, acted=True, changes=tuple(changes))
-
-
-def _task_driver(config: FleetConfig) -> str:
-    # Read defensively: a fleet.toml without a [nomad] section runs podman tasks.
-    return str(getattr(getattr(config, "nomad", None), "task_driver", "podman") or "podman")
 
 
 @contextmanager

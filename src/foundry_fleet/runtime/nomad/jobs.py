@@ -220,7 +220,7 @@ def instance_job(spec: TaskSpec, settings: JobSettings, *, node_id: str | None, 
     args = _server_args(entry)
     config, user = _task_config(spec, settings, image, node_binary, args)
     volumes, mounts = _volumes(spec, settings)
-    hosts: tuple[str, ...] = tuple(getattr(spec, "hosts", ()))  # TaskSpec.hosts: the instance's hostnames
+    hosts = spec.hosts
     task: dict[str, Any] = {
         "Name": TASK,
         "Driver": settings.task_driver,
