@@ -14,7 +14,7 @@ import sys
 import tempfile
 import textwrap
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -430,14 +430,119 @@ def test_a_node_asked_for_places_a_new_instance_until_its_data_is_somewhere(noma
             assert bob.state["node_id"] == node_b and (await runtime.address(bob)).host == "127.0.0.2"
             await runtime.stop_task(bob, timeout=2.0)
             await runtime.destroy_task(bob)
-            # Its data is on node-b now: that is where it runs, whatever is asked.
-            again = await runtime.start_task(spec(root, "bob", node="node-a"))
+            # Its data is on node-b now: that is where it runs (a node asked for since is a move).
+            again = await runtime.start_task(spec(root, "bob"))
             assert again.state["node_id"] == node_b and provisions(root) == [f"bob 13.345 {node_b}"]
             await asyncio.to_thread(nomad.set_node_down, "node-b")
             with pytest.raises(RuntimeUnavailable) as info:  # for now: it starts there once node-b is back
                 await runtime.start_task(spec(root, "carol", node="node-b"))
             assert info.value.message == "node node-b, which carol was placed on at create, is down"
             assert "fvtt-carol" not in nomad.jobs and len(provisions(root)) == 1
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def _volumes_of(runtime: NomadRuntime, nomad: NomadStandin, name: str) -> Callable[[], Awaitable[set[tuple[str, str]]]]:
+    names = {n: nomad.node_id(n) for n in ("node-a", "node-b")}
+    by_id = {v: k for k, v in names.items()}
+
+    async def volumes() -> set[tuple[str, str]]:
+        return {(str(v["Name"]).removeprefix(f"fvtt-{name}-"), by_id[v["NodeID"]])
+                for v in await runtime.api.host_volumes() if str(v["Name"]).startswith(f"fvtt-{name}-")}
+
+    return volumes
+
+
+def _active_allocs(nomad: NomadStandin, job_id: str) -> list[dict]:
+    return [a for a in nomad.allocations.values()
+            if a["JobID"] == job_id and a["ClientStatus"] in ("pending", "running")]
+
+
+def test_a_start_asked_on_another_node_than_its_volumes_moves_them_there(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            node_a, node_b = nomad.node_id("node-a"), nomad.node_id("node-b")
+            volumes = _volumes_of(runtime, nomad, "alice")
+            alice = await runtime.start_task(spec(root, "alice", node="node-a"))
+            assert alice.state["node_id"] == node_a and await runtime.data_node("alice") == "node-a"
+            (root / "instances" / "alice" / "data" / "marker.txt").write_text("kept\n")
+            await runtime.stop_task(alice, timeout=2.0)
+            await runtime.destroy_task(alice)
+            runtime.take_events()
+
+            moved = await runtime.start_task(spec(root, "alice", node="node-b"))
+            assert moved.state["node_id"] == node_b and nomad.jobs["fvtt-alice"]["Constraints"][0]["RTarget"] == node_b
+            address = await runtime.address(moved)
+            assert address.host == "127.0.0.2" and (await status_at(address))["version"] == "13.345"
+            assert await volumes() == {("data", "node-b"), ("install", "node-b")}
+            assert await runtime.data_node("alice") == "node-b"
+            assert provisions(root) == [f"alice 13.345 {node_a}", f"alice 13.345 {node_b}"]
+            assert (root / "instances" / "alice" / "data" / "marker.txt").read_text() == "kept\n"
+            assert [(e.action, e.message) for e in runtime.take_events() if e.action == "moved"] == [
+                ("moved", "moved to node node-b: deregistered the Nomad host volumes fvtt-alice-data, "
+                          "fvtt-alice-install on node node-a")]
+            assert len(_active_allocs(nomad, "fvtt-alice")) == 1
+
+            # Asked back to node-a while its job still runs on node-b (a start the control plane lost
+            # track of): the job is purged first, never two running.
+            back = await runtime.start_task(spec(root, "alice", node="node-a"))
+            assert back.state["node_id"] == node_a and (await runtime.address(back)).host == "127.0.0.1"
+            assert await volumes() == {("data", "node-a"), ("install", "node-a")}
+            (active,) = _active_allocs(nomad, "fvtt-alice")
+            assert active["NodeID"] == node_a
+
+            # The node asked for is away: it starts where its data is rather than nowhere; the move waits.
+            await runtime.stop_task(back, timeout=2.0)
+            await runtime.destroy_task(back)
+            await asyncio.to_thread(nomad.set_node_down, "node-b")
+            runtime.take_events()
+            stayed = await runtime.start_task(spec(root, "alice", node="node-b"))
+            assert stayed.state["node_id"] == node_a and await volumes() == {("data", "node-a"), ("install", "node-a")}
+            assert ("move", "not moved to node node-b, which is down: started on node node-a, where its data is") in \
+                [(e.action, e.message) for e in runtime.take_events()]
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_a_move_interrupted_between_the_new_and_the_old_volumes_is_finished_by_the_next_start(
+        nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            node_b = nomad.node_id("node-b")
+            volumes = _volumes_of(runtime, nomad, "bob")
+            bob = await runtime.start_task(spec(root, "bob", node="node-a"))
+            assert await status_at(await runtime.address(bob))
+
+            # The control plane dies after the volumes are registered on node-b, before those on
+            # node-a are deregistered (here: deregistering fails).
+            delete = runtime.api.delete_host_volume
+
+            async def dies(volume_id: str) -> None:
+                raise ExternalFailure("the control plane died here")
+
+            runtime.api.delete_host_volume = dies  # type: ignore[method-assign]
+            with pytest.raises(ExternalFailure, match="died here"):
+                await runtime.start_task(spec(root, "bob", node="node-b"))
+            runtime.api.delete_host_volume = delete  # type: ignore[method-assign]
+            assert await volumes() == {("data", "node-a"), ("install", "node-a"), ("data", "node-b"),
+                                       ("install", "node-b")}
+            assert "fvtt-bob" not in nomad.jobs and _active_allocs(nomad, "fvtt-bob") == []
+
+            again = await runtime.start_task(spec(root, "bob", node="node-b"))
+            assert again.state["node_id"] == node_b and (await runtime.address(again)).host == "127.0.0.2"
+            assert await volumes() == {("data", "node-b"), ("install", "node-b")}
+            (active,) = _active_allocs(nomad, "fvtt-bob")
+            assert active["NodeID"] == node_b
+            assert sum(1 for a in nomad.allocations.values()
+                       if a["JobID"] == "fvtt-bob" and a["ClientStatus"] == "running") == 1
         finally:
             await runtime.close(instances_left_running=False)
 

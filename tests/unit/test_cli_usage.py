@@ -38,7 +38,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 def test_the_cli_has_the_commands_people_look_for() -> None:
     paths = {" ".join(p) for p in command_paths()}
     assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init",
-            "runtime show", "runtime set", "runtime image", "nomad render"} <= paths
+            "runtime show", "runtime set", "runtime image", "nomad render", "instance move"} <= paths
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "(top)")
@@ -65,6 +65,7 @@ def test_help_of_every_command_is_its_usage(path: tuple[str, ...], monkeypatch: 
     (["init", "--runtime"], "requires an argument"),
     (["init", "--nomad-addr"], "requires an argument"),
     (["nomad", "rendr"], "No such command 'rendr'"),
+    (["instance", "move", "alice"], "Missing option '--node'"),
     (["nomad", "render", "--format", "xml"], "Invalid value for '--format'"),
     (["nomad", "render", "alice", "bob"], "Got unexpected extra argument"),
 ])

@@ -186,3 +186,96 @@ def test_a_single_host_runtime_takes_no_node_but_its_own(fleet: FleetServices) -
             == socket.gethostname()
 
     asyncio.run(scenario())
+
+
+class Cluster(Nodes):
+    """A multi-node runtime as `instance move` asks it: its nodes, and where each instance's data is."""
+
+    def __init__(self, nodes: list[NodeInfo], data: dict[str, str]) -> None:
+        super().__init__("nomad", True, nodes)
+        self.data = data
+
+    async def data_node(self, name: str) -> str | None:
+        return self.data.get(name)
+
+
+def _stored(name: str, status: str = "ready", storage: str = "shared root") -> NodeInfo:
+    return NodeInfo(name=name, address="10.0.0.1", healthy=status == "ready", status=status, instances=0,
+                    free_memory_mb=1000, storage=storage)
+
+
+def test_a_move_is_checked_against_the_runtime_and_a_stopped_instance_is_only_re_pinned(
+        fleet: FleetServices) -> None:
+    fleet.provisioning.create("cli:admin", "erin", "13.345", start=False)
+    cluster = Cluster([_stored("node-a"), _stored("node-b", "down"), _stored("node-c"),
+                       _stored("node-d", storage="node-d's own pool")], {"erin": "node-a"})
+
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.runtime = cluster  # type: ignore[attr-defined]
+        ops = _operations(fleet, supervisor)
+        with pytest.raises(NotFound) as unknown:
+            await ops.move("cli:admin", "erin", "node-x")
+        assert unknown.value.message == "the nomad runtime has no node named 'node-x'"
+        assert unknown.value.hint == "the ready nodes are: node-a, node-c, node-d"
+        with pytest.raises(Conflict) as down:
+            await ops.move("cli:admin", "erin", "node-b")
+        assert down.value.message.startswith("node node-b is down")
+        with pytest.raises(Unsupported) as elsewhere:
+            await ops.move("cli:admin", "erin", "node-d")
+        assert elsewhere.value.message == (
+            "moving erin from node node-a to node node-d would need its data sent from one node's storage to the "
+            "other's (ZFS send -I of its snapshots, or restic for directory storage), which the fleet does not do "
+            "yet")
+        with pytest.raises(NotFound):
+            await ops.move("cli:admin", "nobody", "node-c")
+        assert fleet.instances.get("erin").node is None  # nothing refused changed anything
+
+        same = await ops.move("cli:admin", "erin", "node-a")
+        assert (same.outcome, same.previous, same.now_on) == ("already there", "node-a", "node-a")
+        assert [e for e in fleet.events.recent("erin") if e.action == "instance.move"] == []
+        pinned = await ops.move("cli:admin", "erin", "node-c")
+        assert (pinned.outcome, pinned.previous, pinned.node) == ("pinned", "node-a", "node-c")
+        assert pinned.instance.node == "node-c" and pinned.instance.desired == "stopped"
+        assert supervisor.poked == []  # stopped: nothing restarts, it moves at its next start
+        moves = [e for e in fleet.events.recent("erin") if e.action == "instance.move"]
+        assert [(e.actor, e.message) for e in moves] == [("cli:admin", "node-a -> node-c")]
+        assert SupervisionRecords(fleet.sessions, fleet.storage).get("erin").node == "node-c"
+        # Back where its data is, before it moved: the pending move is called off, nothing restarts.
+        back = await ops.move("cli:admin", "erin", "node-a")
+        assert back.outcome == "already there" and fleet.instances.get("erin").node == "node-a"
+
+    asyncio.run(scenario())
+
+
+def test_a_running_instance_is_restarted_by_its_move_and_says_where_it_ended_up(fleet: FleetServices) -> None:
+    fleet.provisioning.create("cli:admin", "frank", "13.345", start=True)
+    cluster = Cluster([_stored("node-a"), _stored("node-c")], {"frank": "node-a"})
+
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.runtime = cluster  # type: ignore[attr-defined]
+        supervisor.settle.set()
+        ops = _operations(fleet, supervisor)
+        moved = await ops.move("cli:admin", "frank", "node-c")
+        assert supervisor.poked == ["frank"]  # restarted: its start moves it
+        # This supervisor runs nothing: frank did not come up on node-c, and its data stayed put.
+        assert (moved.outcome, moved.now_on, moved.instance.node) == ("not moved", "node-a", "node-c")
+        events = [(e.action, e.message) for e in fleet.events.recent("frank")]
+        assert ("instance.start", "moving to node node-c") in events and ("instance.move", "node-a -> node-c") in events
+
+    asyncio.run(scenario())
+
+
+def test_a_single_host_runtime_has_nothing_to_move(fleet: FleetServices) -> None:
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.runtime = FakeRuntime()  # type: ignore[attr-defined]
+        ops = _operations(fleet, supervisor)
+        with pytest.raises(Unsupported) as refused:
+            await ops.move("cli:admin", "bob", socket.gethostname())
+        assert refused.value.message == "the fake runtime runs every instance on this host: there is no other node " \
+                                        "to move bob to"
+        assert "nomad runtime" in (refused.value.hint or "")
+
+    asyncio.run(scenario())

@@ -85,7 +85,7 @@ def test_every_registered_driver_has_every_verb_of_the_port_in_its_kind() -> Non
     verbs = {name: member for name, member in vars(Runtime).items()
              if callable(member) and not name.startswith("_")}
     assert {"open", "close", "fingerprint", "start_task", "wait_task", "stop_task", "destroy_task", "inspect_task",
-            "recover_task", "task_stats", "address", "watch_address", "nodes", "port_is_free", "logs",
+            "recover_task", "task_stats", "address", "watch_address", "nodes", "data_node", "port_is_free", "logs",
             "forget_unknown", "forget_instance", "host_processes", "take_events"} == set(verbs)
 
     def kind(fn: object) -> str:

@@ -500,3 +500,55 @@ def test_instances_a_crash_left_half_deleted_are_released_when_the_supervisor_st
         assert world.actions("later") == ["instance.leftovers"]
 
     asyncio.run(main())
+
+
+class ClusterRuntime(FakeRuntime):
+    """The fake runtime as a cluster: each instance's data is on a node, and a start takes it to the
+    node asked for (spec.node), as the nomad runtime moves its volumes."""
+
+    capabilities = replace(FakeRuntime.capabilities, multi_node=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[str, str] = {}
+
+    async def start_task(self, spec):  # type: ignore[no-untyped-def]
+        if spec.node is not None:
+            self.data[spec.name] = spec.node
+        return await super().start_task(spec)
+
+    async def data_node(self, name: str) -> str | None:
+        return self.data.get(name)
+
+
+def test_a_reattached_task_whose_data_is_not_on_its_desired_node_is_restarted_there(world: World) -> None:
+    """A move the control plane died in before restarting the instance: the next one restarts it."""
+    world.runtime = ClusterRuntime()
+    world.add("alice")
+    world.add("bob")
+
+    async def main() -> None:
+        first = world.supervisor()
+        await first.start()
+        await until(lambda: world.row("alice").state == world.row("bob").state == "running", "both to run")
+        world.runtime.data.update(alice="node-a", bob="node-a")
+        await first.shutdown(stop_instances=False)
+        with world.sessions() as s, s.begin():  # alice's move was stored; the daemon died then
+            s.scalar(select(Instance).where(Instance.name == "alice")).node = "node-b"  # type: ignore[union-attr]
+
+        second = world.supervisor()
+        await second.start()
+        try:
+            await until(lambda: len(world.runtime.starts_of("alice")) == 2 and
+                        world.row("alice").state == "running", "alice to start again")
+            assert world.runtime.data["alice"] == "node-b" and len(world.runtime.running("alice")) == 1
+            assert world.actions("alice") == ["instance.spawn", "instance.healthy", "instance.reattach",
+                                              "instance.stopped", "instance.restart", "instance.spawn",
+                                              "instance.healthy"]
+            # bob is where he is to be (nowhere asked): re-attached, not restarted.
+            await until(lambda: "instance.reattach" in world.actions("bob"), "bob to be re-attached")
+            assert len(world.runtime.starts_of("bob")) == 1
+        finally:
+            await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())

@@ -77,6 +77,12 @@ class Suspend(BaseModel):
     reason: str = Field("", max_length=200)
 
 
+class MoveInstance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str = Field(description="the node to run it on, as `status` lists the runtime's nodes")
+
+
 class SetHosts(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -165,6 +171,9 @@ def create_app(
     async def delete_instance(name: str, purge: bool, actor: str) -> dict[str, Any]:
         return (await ops.delete(actor, name, purge)).to_dict()
 
+    async def move_instance(name: str, body: MoveInstance, actor: str) -> dict[str, Any]:
+        return (await ops.move(actor, name, body.node)).to_dict()
+
     async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
         return (await ops.set_hosts(actor, name, body.extra_hosts)).to_dict()
 
@@ -234,6 +243,10 @@ def create_app(
                  tenant_action="restart"),
         Endpoint("DELETE", "/v1/instances/{name}", "Delete an instance; its data is archived unless purge",
                  delete_instance, query=(Param("purge", bool, False, "destroy the data too"),), changes_state=True),
+        # Fleet-level, like suspend: which machine a tenant runs on is the fleet admins' business.
+        Endpoint("POST", "/v1/instances/{name}/move",
+                 "Run an instance on another node: re-pinned, then restarted there (a stopped one moves at its "
+                 "next start)", move_instance, body=MoveInstance, changes_state=True),
         Endpoint("PUT", "/v1/instances/{name}/hosts", "Set the hostnames an instance answers on besides its own",
                  set_hosts, body=SetHosts, returns=InstanceView, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),

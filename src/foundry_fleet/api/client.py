@@ -126,6 +126,9 @@ class ControlClient:
     def delete_instance(self, name: str, purge: bool) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/instances/{name}", params={"purge": purge})
 
+    def move(self, name: str, node: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/move", json_body={"node": node})
+
     def set_hosts(self, name: str, extra_hosts: list[str]) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/hosts", json_body={"extra_hosts": extra_hosts})
 

@@ -148,6 +148,35 @@ def restart(ctx: typer.Context, name: str, wait: WaitFlag = True, json_out: Json
 
 
 @app.command()
+def move(
+    ctx: typer.Context,
+    name: str,
+    node: Annotated[str, typer.Option(help="the node to run it on, as `status` lists them")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Run an instance on another node (nomad runtime, nodes sharing the fleet root): restarted there; a
+    stopped one moves at its next start (needs the daemon)."""
+    c: CliContext = ctx.obj
+    result = c.require_daemon().move(name, node)
+    if json_out:
+        print_json(result)
+    elif result["outcome"] == "already there":
+        console.print(f"{name} is already on node {safe(result['node'])}: nothing to move")
+    elif result["outcome"] == "pinned":
+        console.print(f"{name} is {result['instance']['state']}: it moves to node {safe(result['node'])} at its "
+                      "next start")
+    elif result["outcome"] == "moved":
+        console.print(f"{name} moved from node {safe(result['previous'] or '-')} to node {safe(result['node'])}: "
+                      "running there")
+    else:
+        row = result["instance"]
+        err_console.print(f"[bold red]{name} is not running on node {safe(result['node'])}:[/] {row['state']} "
+                          f"({safe(row['state_reason'])}); its data is on node {safe(result['now_on'] or '-')}")
+    if result["outcome"] == "not moved":
+        raise typer.Exit(1)
+
+
+@app.command()
 def suspend(
     ctx: typer.Context,
     name: str,

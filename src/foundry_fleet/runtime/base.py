@@ -168,6 +168,9 @@ class NodeInfo:
     status: str  # the runtime's own word (e.g. Nomad's "ready", "down")
     instances: int  # the fleet's tasks running there
     free_memory_mb: int | None  # None: unknown
+    # Where the node keeps instances' data: nodes naming the same storage see the same files, so an
+    # instance moves between them by re-pinning alone. None: storage of its own (this host's disk).
+    storage: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "address": self.address, "healthy": self.healthy, "status": self.status,
@@ -235,6 +238,10 @@ class Runtime(Protocol):
 
     async def nodes(self) -> list[NodeInfo]:
         """The machines tasks run on: one, this host, for a single-host runtime."""
+
+    async def data_node(self, name: str) -> str | None:
+        """The node holding the instance's data, which is where it runs, by name as nodes() names it;
+        None while its data is on no node yet (never started). A single-host runtime: this host."""
 
     def port_is_free(self, port: int) -> bool:
         """May a new instance be given `port`? The local runtime: nothing on this host listens there;

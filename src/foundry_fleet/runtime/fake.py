@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import signal as signals
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -233,6 +234,9 @@ class FakeRuntime:
                 return moved
             task.moved.clear()
             await task.moved.wait()
+
+    async def data_node(self, name: str) -> str | None:
+        return socket.gethostname()  # one host: every instance's data is here
 
     async def nodes(self) -> list[NodeInfo]:
         return [this_host_node(sum(1 for t in self.tasks.values() if t.exit is None))]

@@ -45,6 +45,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -226,6 +227,9 @@ class LocalRuntime:
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
         await asyncio.Event().wait()  # a task on this host never moves
         return current
+
+    async def data_node(self, name: str) -> str | None:
+        return socket.gethostname()  # one host: every instance's data is here
 
     async def nodes(self) -> list[NodeInfo]:
         return [await asyncio.to_thread(self._this_host)]

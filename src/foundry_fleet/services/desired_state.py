@@ -97,6 +97,21 @@ class DesiredStates:
         self.changes.notify()
         return view
 
+    def set_node(self, actor: str, name: str, node: str, source: str | None) -> InstanceView:
+        """The node it is to run on (`instance move`), `source` the one holding its data now (None: none
+        yet): its runtime moves it there when it next starts."""
+        with self._session() as s:
+            row = instance_row(s, name)
+            if row.state == InstanceState.CREATING.value:
+                raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
+            if row.desired == DesiredState.DELETED.value:
+                raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
+            row.node = node
+            record(s, actor, "instance.move", name, Outcome.OK, f"{source or 'no node yet'} -> {node}")
+            view = self.instances.view(row)
+        self.changes.notify()
+        return view
+
     def switch_release(self, actor: str, name: str, version: str) -> ReleaseSwitch:
         """Install another release for a stopped instance."""
         with self._session() as s:

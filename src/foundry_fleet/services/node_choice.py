@@ -30,3 +30,32 @@ def checked_node(wanted: str, nodes: list[NodeInfo], runtime: str, multi_node: b
         raise Conflict(f"node {wanted} is {match.status}: no new instance can be placed there now",
                        f"the ready nodes are: {ready}")
     return wanted
+
+
+def checked_move(name: str, wanted: str, source: str | None, nodes: list[NodeInfo], runtime: str,
+                 multi_node: bool) -> str:
+    """The node to move `name` to, `source` the node holding its data now (None: none yet), when the
+    runtime can take it there now; else a clear refusal.
+
+    Its data follows by re-pinning alone between nodes that keep it on the same storage (today every
+    Nomad node shares the fleet root). Between nodes with storage of their own it would have to be
+    sent (ZFS `send -I` of its snapshots, or restic for directory storage): not done yet, refused
+    here, where sending it belongs once it is."""
+    if not multi_node:
+        raise Unsupported(f"the {runtime} runtime runs every instance on this host: there is no other node to "
+                          f"move {name} to", "moving instances between nodes needs the nomad runtime "
+                                             "([runtime] driver = \"nomad\")")
+    target = checked_node(wanted, nodes, runtime, multi_node)
+    if source is None or source == target:
+        return target
+    held = next((n for n in nodes if n.name == source), None)
+    if held is None:
+        raise Conflict(f"the data of {name} is on node {source}, which the {runtime} runtime no longer lists: "
+                       f"whether it can follow to {target} cannot be told", "bring that node back first")
+    storage = next(n.storage for n in nodes if n.name == target)
+    if held.storage is None or held.storage != storage:
+        raise Unsupported(f"moving {name} from node {source} to node {target} would need its data sent from one "
+                          "node's storage to the other's (ZFS send -I of its snapshots, or restic for directory "
+                          "storage), which the fleet does not do yet",
+                          "move it to a node that sees the same fleet root ([nomad] node_root)")
+    return target

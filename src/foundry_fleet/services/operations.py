@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.domain.instance import DesiredState
+from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.desired_state import DesiredStates
@@ -25,7 +25,7 @@ from foundry_fleet.services.edge_port import EdgeSync
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_views import InstanceViews
-from foundry_fleet.services.node_choice import checked_node
+from foundry_fleet.services.node_choice import checked_move, checked_node
 from foundry_fleet.services.operation_lock import OperationLock
 from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.release_registry import ReleaseRegistry
@@ -80,6 +80,23 @@ class Lifecycle:
     releases: ReleaseRegistry
     events: EventLog
     changes: Changes
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What `instance move` did: `outcome` is "moved" (it runs on `node` now), "already there" (nothing
+    to do), "pinned" (not running: it moves at its next start) or "not moved" (it did not come up
+    there: `instance.state_reason` says why)."""
+
+    outcome: str
+    previous: str | None  # the node its data was on; None: on none yet
+    node: str  # where it is to run
+    now_on: str | None  # the node holding its data now: where it runs when it runs
+    instance: InstanceView
+
+    def to_dict(self) -> dict[str, object]:
+        return {"outcome": self.outcome, "previous": self.previous, "node": self.node, "now_on": self.now_on,
+                "instance": self.instance.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,33 @@ class Operations:
             await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restart")
             await self.supervisor.restart(name)
             return await self._settled(name, wait)
+
+    async def move(self, actor: str, name: str, node: str) -> Moved:
+        """Run the instance on another node: re-pinned there (kept in its desired state), then restarted,
+        its runtime moving it as it starts (a start interrupted half-way is finished by the next one).
+        A stopped instance is only re-pinned: it moves at its next start."""
+        with self.lock.hold(name, "moving"):
+            was = await self._view(name)
+            runtime = self.supervisor.runtime
+            multi = runtime.capabilities.multi_node
+            source = await runtime.data_node(name) if multi else None
+            target = checked_move(name, node, source, await runtime.nodes() if multi else [], runtime.name, multi)
+            if source == target:
+                if was.node not in (None, target):  # a move elsewhere that had not happened yet is called off
+                    await _blocking(self.desired.set_node, actor, name, target, source)
+                return Moved("already there", source, target, source, await self._view(name))
+            await _blocking(self.desired.set_node, actor, name, target, source)
+            if was.desired != DesiredState.RUNNING.value:
+                return Moved("pinned", source, target, source, await self._view(name))
+            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, f"moving to node {target}")
+            await self.supervisor.restart(name)
+            view = await self._settled(name, True)
+            now_on = await runtime.data_node(name)
+            moved = view.state == InstanceState.RUNNING.value and now_on == target
+            if moved:
+                await _blocking(self.lifecycle.events.record, "instance.moved", name, Outcome.OK,
+                                f"{source or 'no node'} -> {target}", actor)
+            return Moved("moved" if moved else "not moved", source, target, now_on, view)
 
     async def suspend(self, actor: str, name: str, reason: str) -> InstanceView:
         """Stop the instance and keep it stopped: its tenant cannot start it until it is resumed."""

@@ -36,6 +36,7 @@ class SupervisedInstance:
     desired: str  # a DesiredState value
     state: str  # an InstanceState value
     task: TaskHandle | None  # the runtime's handle of its task, when one was recorded
+    node: str | None = None  # the node it is to run on (create --node, instance move); None: the runtime's choice
 
     @property
     def wants_running(self) -> bool:
@@ -182,4 +183,4 @@ def _supervised(row: Instance) -> SupervisedInstance:
             task = TaskHandle.from_dict(row.task)
         except (ValueError, TypeError) as exc:
             log.warning("the recorded task of %s cannot be read (%s): treated as gone", row.name, exc)
-    return SupervisedInstance(name=row.name, desired=row.desired, state=row.state, task=task)
+    return SupervisedInstance(name=row.name, desired=row.desired, state=row.state, task=task, node=row.node)

@@ -29,7 +29,7 @@ from foundry_fleet.domain.instance import InstanceState
 from foundry_fleet.runtime.base import (
     Address, ResourceLimits, Runtime, RuntimeUnavailable, TaskExit, TaskHandle, TaskSpec,
 )
-from foundry_fleet.services.supervision_records import Event, RunningTask, SupervisionRecords
+from foundry_fleet.services.supervision_records import Event, RunningTask, SupervisedInstance, SupervisionRecords
 
 log = logging.getLogger("foundry_fleet.supervisor")
 
@@ -488,12 +488,28 @@ class Supervisor:
                 self.records.clear_task(row.name, InstanceState.STOPPED, "no process recorded")
             sup = InstanceSupervisor(row.name, self.records, self.runtime, self.settings, self.http)
             self.instances[row.name] = sup
+            if recovered is not None and await self._move_pending(row):
+                # Moved (`instance move`) while its task ran, and the restart that carries the move out
+                # was lost with the control plane: restart it now; its start moves it.
+                sup.restart_requested = True
+                sup.poke()
             sup.start(recovered)
         for name in list(self.instances):
             if name not in names:
                 sup = self.instances.pop(name)
                 await sup.remove()
                 await self._forget_instance(name)
+
+    async def _move_pending(self, row: SupervisedInstance) -> bool:
+        """Is the instance to run on another node than the one holding its data?"""
+        if row.node is None or not self.runtime.capabilities.multi_node:
+            return False
+        try:
+            held = await self.runtime.data_node(row.name)
+        except FleetError as e:
+            log.warning("could not ask the runtime where the data of %s is: %s", row.name, e.message)
+            return False
+        return held is not None and held != row.node
 
     def get(self, name: str) -> InstanceSupervisor:
         sup = self.instances.get(name)

@@ -27,8 +27,8 @@ from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
     TaskStats, TaskStatus,
 )
-from foundry_fleet.runtime.nomad import placement
-from foundry_fleet.runtime.nomad.api import NomadApi, NomadSettings, NomadUnreachable
+from foundry_fleet.runtime.nomad import node_storage, placement
+from foundry_fleet.runtime.nomad.api import NomadApi, NomadRefused, NomadSettings, NomadUnreachable
 from foundry_fleet.runtime.nomad.jobs import (
     DEFAULT_MEMORY_MB, META_FLEET, META_INSTANCE, PROVISION_JOB_ID, PROVISION_TASK, TASK, JobSettings,
     host_volume_name, instance_job, instance_job_id, provision_job, shared_volume_name,
@@ -180,7 +180,7 @@ class NomadRuntime:
         view = await self._loaded()
         await self._ensure_provision_job()
         memory = spec.limits.memory_mb if spec.limits.memory_mb is not None else DEFAULT_MEMORY_MB
-        node = await self._node_for(spec)  # first: nothing is touched when it cannot start now
+        node, elsewhere = await self._node_for(spec)  # first: nothing is touched when it cannot start now
         if await self.api.job(job_id) is not None:
             # Nothing of this instance runs as far as the fleet knows: a job left from an interrupted
             # start or stop is a stray, and two of them must never run.
@@ -188,6 +188,8 @@ class NomadRuntime:
             self._events.append(TaskEvent(spec.name, "strays", f"purged the Nomad job {job_id} left from before"))
         node_id, node_name = str(node["ID"]), str(node.get("Name") or node["ID"])
         await self._prepare_node(spec, node_id, node_name)
+        if elsewhere:  # a move (or one interrupted): its volumes are on the new node now, not on the old
+            await self._release_volumes(spec.name, job_id, elsewhere, f"moved to node {node_name}")
         image = await self.image_for(spec.release.generation) if self.jobs.task_driver == "podman" and \
             self.image_for is not None else None
         binary = self.node_binary(spec.release.generation) if self.jobs.task_driver == "exec" and \
@@ -200,31 +202,80 @@ class NomadRuntime:
                  "job_modify_index": int(answer.get("JobModifyIndex") or 0)}
         return TaskHandle(driver=DRIVER, name=spec.name, started_at=time.time(), state=state)
 
-    async def _node_for(self, spec: TaskSpec) -> Mapping[str, Any]:
-        """The node holding the instance's volumes (its data is there, whatever node was asked for at
-        create), else a new place for it: the node asked for, or the roomiest."""
+    async def _node_for(self, spec: TaskSpec) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
+        """Where to start it, and the registrations of its data and install volumes on other nodes,
+        which a start there leaves behind (a move).
+
+        Its data is on the node holding its volumes, whatever node was asked for at create; a node
+        asked for since (`instance move`: spec.node) that holds no volume of it yet is a move, made
+        by this start (registered there, deregistered on the old node): a start interrupted half-way
+        leaves them on both, and the next start finishes. While that node is away, it starts where
+        its data is: the move waits for a later start rather than leave it running nowhere."""
         stubs = (await self.api.nodes()).value
-        data = host_volume_name(spec.name, "data")
-        held = [v for v in await self.api.host_volumes() if v.get("Name") == data and self._ours(v)]
+        names = (host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install"))
+        volumes = sorted((v for v in await self.api.host_volumes() if v.get("Name") in names and self._ours(v)),
+                         key=lambda v: int(v.get("CreateIndex") or 0))
+        held = list(dict.fromkeys(str(v.get("NodeID")) for v in volumes if v.get("Name") == names[0]))
+        asked = next((n for n in stubs if spec.node is not None and spec.node in (n.get("Name"), n.get("ID"))), None)
         if held:
-            node_id = held[0].get("NodeID")
-            for node in stubs:
-                if node.get("ID") == node_id:
-                    if not placement.node_healthy(node):
-                        raise RuntimeUnavailable(
-                            f"node {node.get('Name')}, which holds the data of {spec.name}, is "
-                            f"{node.get('Status')}{'' if node.get('Status') != 'ready' else ' but not eligible'}",
-                            "it starts there again once the node is back")
-                    return node
-            raise ExternalFailure(f"the data of {spec.name} is on Nomad node {node_id}, which Nomad no longer knows",
-                                  "bring that node back, or delete its host volumes to start afresh elsewhere")
-        if spec.node is not None:
-            asked = next((n for n in stubs if spec.node in (n.get("Name"), n.get("ID"))), None)
-            if asked is not None and not placement.node_healthy(asked):
-                # Checked at create; away for now: it starts there once the node is back.
-                raise RuntimeUnavailable(f"node {spec.node}, which {spec.name} was placed on at create, is "
-                                         f"{placement.node_condition(asked)}", "it starts there once the node is back")
-        return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory, wanted=spec.node)
+            if asked is not None and (placement.node_healthy(asked) or str(asked["ID"]) in held):
+                node = asked
+            else:
+                node = self._holding(spec.name, held[-1], stubs)
+                if spec.node is not None:
+                    why = "which Nomad does not know" if asked is None else \
+                        f"which is {placement.node_condition(asked)}"
+                    self._events.append(TaskEvent(spec.name, "move", f"not moved to node {spec.node}, {why}: "
+                                                  f"started on node {node.get('Name')}, where its data is"))
+            if not placement.node_healthy(node):
+                raise RuntimeUnavailable(
+                    f"node {node.get('Name')}, which holds the data of {spec.name}, is "
+                    f"{node.get('Status')}{'' if node.get('Status') != 'ready' else ' but not eligible'}",
+                    "it starts there again once the node is back")
+            return node, [v for v in volumes if v.get("NodeID") != node["ID"]]
+        if asked is not None and not placement.node_healthy(asked):
+            # Checked at create; away for now: it starts there once the node is back.
+            raise RuntimeUnavailable(f"node {spec.node}, which {spec.name} was placed on at create, is "
+                                     f"{placement.node_condition(asked)}", "it starts there once the node is back")
+        return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory, wanted=spec.node), []
+
+    @staticmethod
+    def _holding(name: str, node_id: str, stubs: list[dict[str, Any]]) -> Mapping[str, Any]:
+        for node in stubs:
+            if node.get("ID") == node_id:
+                return node
+        raise ExternalFailure(f"the data of {name} is on Nomad node {node_id}, which Nomad no longer knows",
+                              "bring that node back, or delete its host volumes to start afresh elsewhere")
+
+    async def _release_volumes(self, name: str, job_id: str, volumes: list[Mapping[str, Any]], why: str) -> None:
+        """Deregister the instance's volumes on the nodes it left (once no allocation of its job uses
+        them: Nomad refuses to delete a volume in use), each a no-op once done."""
+        await self._until_terminal(await self._loaded(), job_id, self.jobs.stop_timeout)
+        nodes = {str(n.get("ID")): str(n.get("Name") or n.get("ID")) for n in (await self.api.nodes()).value}
+        left: dict[str, list[str]] = {}
+        for volume in volumes:
+            try:
+                await self.api.delete_host_volume(str(volume["ID"]))
+            except NomadRefused as e:
+                if e.status != 404:
+                    raise  # else deregistered already, by the start this one finishes
+            node = str(volume.get("NodeID") or "")
+            left.setdefault(nodes.get(node, node), []).append(str(volume.get("Name")))
+        for node, released in sorted(left.items()):
+            self._events.append(TaskEvent(name, "moved", f"{why}: deregistered the Nomad host volumes "
+                                                          f"{', '.join(sorted(released))} on node {node}"))
+
+    async def data_node(self, name: str) -> str | None:
+        """The node its data volume is registered on (the newest registration, should a move have been
+        interrupted with it on two)."""
+        data = host_volume_name(name, "data")
+        volumes = sorted((v for v in await self.api.host_volumes() if v.get("Name") == data and self._ours(v)),
+                         key=lambda v: int(v.get("CreateIndex") or 0))
+        if not volumes:
+            return None
+        node_id = str(volumes[-1].get("NodeID"))
+        stub = await self.api.node(node_id)
+        return str((stub or {}).get("Name") or node_id)
 
     def _ours(self, volume: Mapping[str, Any]) -> bool:
         return volume.get("Namespace", self.settings.namespace) == self.settings.namespace
@@ -585,7 +636,8 @@ class NomadRuntime:
                 status = "ready, draining" if node.get("Drain") else "ready, ineligible"
             result.append(NodeInfo(name=str(node.get("Name")), address=str(node.get("Address") or ""),
                                    healthy=placement.node_healthy(node), status=status, instances=instances,
-                                   free_memory_mb=placement.free_memory_mb(node, allocs, self._job_memory)))
+                                   free_memory_mb=placement.free_memory_mb(node, allocs, self._job_memory),
+                                   storage=node_storage.storage_of(str(node.get("Name")))))
         return result
 
 

@@ -18,6 +18,7 @@ import asyncio
 import math
 import os
 import signal as signals
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -417,6 +418,9 @@ class PodmanRuntime:
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
         await asyncio.Event().wait()  # a container on this host never moves
         return current
+
+    async def data_node(self, name: str) -> str | None:
+        return socket.gethostname()  # one host: every instance's data is here
 
     async def nodes(self) -> list[NodeInfo]:
         # A read for `status`: asked once, never bringing the service back (that is the daemon's business).
