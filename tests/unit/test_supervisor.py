@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.runtime.base import NodeInfo
 from foundry_fleet.runtime.fake import FAKE_PIDS, FakeRuntime
 from foundry_fleet.services.supervision_records import SupervisionRecords
 from foundry_fleet.services.supervisor import SupervisionSettings, Supervisor
@@ -511,6 +512,11 @@ class ClusterRuntime(FakeRuntime):
     def __init__(self) -> None:
         super().__init__()
         self.data: dict[str, str] = {}
+        self.down: set[str] = set()
+
+    async def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(name=n, address="127.0.0.1", healthy=n not in self.down, status="down" if n in self.down
+                         else "ready", instances=0, free_memory_mb=None) for n in ("node-a", "node-b")]
 
     async def start_task(self, spec):  # type: ignore[no-untyped-def]
         if spec.node is not None:
@@ -536,6 +542,15 @@ def test_a_reattached_task_whose_data_is_not_on_its_desired_node_is_restarted_th
         with world.sessions() as s, s.begin():  # alice's move was stored; the daemon died then
             s.scalar(select(Instance).where(Instance.name == "alice")).node = "node-b"  # type: ignore[union-attr]
 
+        world.runtime.down = {"node-b"}  # while the node asked for is down, a restart would change nothing
+        waiting = world.supervisor()
+        await waiting.start()
+        await until(lambda: world.actions("alice").count("instance.healthy") == 2, "alice re-attached and healthy")
+        await asyncio.sleep(0.1)  # deliberately: supervision rounds in which a restart would show
+        assert len(world.runtime.starts_of("alice")) == 1
+        await waiting.shutdown(stop_instances=False)
+        world.runtime.down = set()
+
         second = world.supervisor()
         await second.start()
         try:
@@ -543,7 +558,7 @@ def test_a_reattached_task_whose_data_is_not_on_its_desired_node_is_restarted_th
                         world.row("alice").state == "running", "alice to start again")
             assert world.runtime.data["alice"] == "node-b" and len(world.runtime.running("alice")) == 1
             assert world.actions("alice") == ["instance.spawn", "instance.healthy", "instance.reattach",
-                                              "instance.stopped", "instance.restart", "instance.spawn",
+                                              "instance.healthy", "instance.reattach", "instance.stopped", "instance.restart", "instance.spawn",
                                               "instance.healthy"]
             # bob is where he is to be (nowhere asked): re-attached, not restarted.
             await until(lambda: "instance.reattach" in world.actions("bob"), "bob to be re-attached")

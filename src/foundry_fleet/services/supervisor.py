@@ -501,15 +501,18 @@ class Supervisor:
                 await self._forget_instance(name)
 
     async def _move_pending(self, row: SupervisedInstance) -> bool:
-        """Is the instance to run on another node than the one holding its data?"""
+        """Is the instance to run on another node than the one holding its data, and can it now?"""
         if row.node is None or not self.runtime.capabilities.multi_node:
             return False
         try:
             held = await self.runtime.data_node(row.name)
+            if held is None or held == row.node:
+                return False
+            # While the node asked for is down a restart would only bring it back where it is.
+            return any(n.name == row.node and n.healthy for n in await self.runtime.nodes())
         except FleetError as e:
-            log.warning("could not ask the runtime where the data of %s is: %s", row.name, e.message)
+            log.warning("could not ask the runtime where %s is to run: %s", row.name, e.message)
             return False
-        return held is not None and held != row.node
 
     def get(self, name: str) -> InstanceSupervisor:
         sup = self.instances.get(name)
