@@ -156,6 +156,10 @@ class Starts:
     live: list[tuple[Runtime, TaskHandle]] = field(default_factory=list)
     api_calls: dict[str, list[int]] = field(default_factory=lambda: {"first": [], "restart": []})
     standin_calls: dict[str, list[Counter[str]]] = field(default_factory=lambda: {"first": [], "restart": []})
+    registered: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # by record_registrations
+    # per start, by kind: start_task, then address, then the first 200 (+ nomad: registered, view)
+    stages: dict[str, list[dict[str, float]]] = field(
+        default_factory=lambda: {"local": [], "first": [], "restart": []})
 
     def spec(self, config: FleetConfig, kind: str) -> TaskSpec:
         self.count += 1
@@ -173,12 +177,21 @@ class Starts:
                                   pids=config.limits.pids),
             hosts=(config.host_for(name),))
 
-    async def timed(self, runtime: Runtime, spec: TaskSpec) -> tuple[float, TaskHandle]:
+    async def timed(self, runtime: Runtime, spec: TaskSpec, kind: str) -> tuple[float, TaskHandle]:
         began = time.perf_counter()
         handle = await runtime.start_task(spec)
+        started = time.perf_counter()
         self.live.append((runtime, handle))
         address = await runtime.address(handle)
+        addressed = time.perf_counter()
         done = await first_200(self.client, f"http://{address.host}:{address.port}{STATUS_PATH}")
+        registered = [t for t, s in self.registered if s["JobID"] == f"fvtt-{spec.name}" and t > began]
+        self.stages[kind].append({
+            "start_task": started - began, "address": addressed - started, "healthy": done - addressed,
+            # nomad only: when the stand-in registered the service (it has started the task), and how
+            # long the view took to hand that on
+            **({"registered": registered[-1] - began, "view": addressed - registered[-1]} if registered else {}),
+        })
         return done - began, handle
 
     async def stop(self, runtime: Runtime, handle: TaskHandle) -> None:
@@ -191,7 +204,7 @@ class Starts:
         storage = make_storage(self.local_config)  # laid out as `instance create` does, untimed
         provision_on_node(self.local_config, "local", ProvisionPayload(spec.name, VERSION, "local", spec.uid,
                                                                        spec.port), storage=storage)
-        took, handle = await self.timed(self.local, spec)
+        took, handle = await self.timed(self.local, spec, "local")
         await self.stop(self.local, handle)
         return took
 
@@ -201,7 +214,7 @@ class Starts:
         results = []
         for kind in ("first", "restart"):
             api_before, log_before = self.nomad.api.calls, len(self.standin.calls)
-            took, handle = await self.timed(self.nomad, spec)
+            took, handle = await self.timed(self.nomad, spec, kind)
             self.api_calls[kind].append(self.nomad.api.calls - api_before)
             self.standin_calls[kind].append(by_endpoint(self.standin.calls[log_before:]))
             await self.stop(self.nomad, handle)
@@ -218,7 +231,8 @@ async def measure_starts(work: Path, zip_path: Path, rounds: int) -> dict[str, A
         local, nomad = make_runtime(local_config), make_runtime(nomad_config)
         assert isinstance(nomad, NomadRuntime)
         client = httpx.AsyncClient(trust_env=False)
-        bench = Starts(local_config, nomad_config, local, nomad, standin, client)
+        bench = Starts(local_config, nomad_config, local, nomad, standin, client,
+                       registered=record_registrations(standin))
         opened: list[Runtime] = []
         try:
             for runtime in (local, nomad):
@@ -228,6 +242,8 @@ async def measure_starts(work: Path, zip_path: Path, rounds: int) -> dict[str, A
             # Warm-up, not counted: the first of each loads what every later one finds cached.
             await bench.local_start()
             await bench.nomad_starts()
+            for kind in bench.stages:
+                bench.stages[kind].clear()
             for kind in bench.api_calls:
                 bench.api_calls[kind].clear()
                 bench.standin_calls[kind].clear()
@@ -249,7 +265,8 @@ async def measure_starts(work: Path, zip_path: Path, rounds: int) -> dict[str, A
     kill_processes_with(str(work))
     remove_groups(f"foundry-fleet-{fleet_id(local_config)}")
     remove_new_exec_users(users_before, bench.uids)
-    return {"times": times, "api_calls": bench.api_calls, "standin_calls": bench.standin_calls}
+    return {"times": times, "api_calls": bench.api_calls, "standin_calls": bench.standin_calls,
+            "stages": bench.stages}
 
 
 # ----------------------------------------------------------------------------- 3. moves, 2. creates and idle
@@ -293,10 +310,10 @@ class FleetRun:
         return [(t, s) for t, s in self.registered if s["JobID"] == job_id]
 
 
-def record_registrations(h: FleetHarness) -> list[tuple[float, dict[str, Any]]]:
+def record_registrations(standin: NomadStandin) -> list[tuple[float, dict[str, Any]]]:
     """When the stand-in registers each service: wraps its cluster's registration (in its own thread),
     so the time is taken the moment the store's services index moves."""
-    cluster = h.nomad.cluster
+    cluster = standin.cluster
     original = cluster._register_services
     seen: list[tuple[float, dict[str, Any]]] = []
 
@@ -366,7 +383,7 @@ async def measure_fleet(work: Path, zip_path: Path, moves: int, instances: int, 
         low, _ = h.nomad.port_range
         h.edit_config(f"port_range = [{low}, {low + 49}]", f"port_range = [{low}, {low + 79}]")
         h.nomad.port_range = h.nomad.cluster.port_range = (low, low + 79)
-        run = FleetRun(h, record_registrations(h))
+        run = FleetRun(h, record_registrations(h.nomad))
         h.cli("release", "add", str(zip_path))
         h.up()
         config = h.settings()
@@ -442,6 +459,16 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  nomad overhead over local: first start {(med['first'] - med['local']) * 1000:.1f} ms "
           f"({med['first'] / med['local']:.2f}x), restart {(med['restart'] - med['local']) * 1000:.1f} ms "
           f"({med['restart'] / med['local']:.2f}x); provisioning (b) - (c) {(med['first'] - med['restart']) * 1000:.1f} ms")
+    print("  where the time goes, medians: start_task returns / then address returns / then the first 200;")
+    print("  nomad: [the stand-in registers the service (task started), from the start / then the view hands it on]")
+    for kind, label in (("local", "(a)"), ("first", "(b)"), ("restart", "(c)")):
+        rows = starts["stages"][kind]
+
+        def part(key: str, rows: list[dict[str, float]] = rows) -> float:
+            return statistics.median(r[key] for r in rows) * 1000
+
+        nomad_parts = f"  [{part('registered'):7.1f} / {part('view'):5.1f}]" if kind != "local" else ""
+        print(f"  {label} {part('start_task'):7.1f} / {part('address'):6.1f} / {part('healthy'):6.1f} ms{nomad_parts}")
     print("2. Nomad API calls")
     for kind, label in (("first", "first start"), ("restart", "restart")):
         counts = starts["api_calls"][kind]
