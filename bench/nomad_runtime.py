@@ -459,6 +459,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  nomad overhead over local: first start {(med['first'] - med['local']) * 1000:.1f} ms "
           f"({med['first'] / med['local']:.2f}x), restart {(med['restart'] - med['local']) * 1000:.1f} ms "
           f"({med['restart'] / med['local']:.2f}x); provisioning (b) - (c) {(med['first'] - med['restart']) * 1000:.1f} ms")
+    within = [c - a for c, a in zip(t["restart"], t["local"], strict=True)]
+    print(f"  restart - local within each round: median {statistics.median(within) * 1000:.1f} ms")
     print("  where the time goes, medians: start_task returns / then address returns / then the first 200;")
     print("  nomad: [the stand-in registers the service (task started), from the start / then the view hands it on]")
     for kind, label in (("local", "(a)"), ("first", "(b)"), ("restart", "(c)")):
