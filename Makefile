@@ -3,9 +3,12 @@
 
 VENV ?= .venv
 ROOT ?= fleet-data
-# The runtime a fleet made by `make run` gets: local (bubblewrap) or podman (`make run RUNTIME=podman`,
-# which also installs Podman). An existing fleet keeps its own: `foundry-fleet runtime set` switches it.
+# The runtime a fleet made by `make run` gets: local (bubblewrap), podman (`make run RUNTIME=podman`,
+# which also installs Podman) or nomad (`make run RUNTIME=nomad NOMAD_ADDR=http://host:4646`: a Nomad
+# cluster runs the instances, by default as Podman containers whose image this host builds, so it
+# installs Podman too). An existing fleet keeps its own: `foundry-fleet runtime set` switches it.
 RUNTIME ?= local
+NOMAD_ADDR ?= http://127.0.0.1:4646
 PYTHON ?= python3
 BIN = $(VENV)/bin
 # bubblewrap: instance sandbox; slirp4netns: each instance's own network namespace (outbound NAT and
@@ -28,7 +31,7 @@ TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-cl
 .PHONY: run test bench system-deps test-system-deps clean
 
 system-deps:
-	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman,$(RUNTIME)),podman runc)
+	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman nomad,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman nomad,$(RUNTIME)),podman runc)
 
 test-system-deps:
 	@tools/ensure-debian-packages "for the browser, ZFS and podman tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc
@@ -45,7 +48,8 @@ $(VENV)/.test-deps: pyproject.toml $(VENV)/.run-deps
 	@touch $@
 
 run: system-deps $(VENV)/.run-deps
-	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT) --runtime $(RUNTIME)
+	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT) --runtime $(RUNTIME) \
+		$(if $(filter nomad,$(RUNTIME)),--nomad-addr $(NOMAD_ADDR))
 	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up
 
 # FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.
