@@ -14,14 +14,13 @@ import asyncio
 import itertools
 import json
 import signal as signals
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure
-from foundry_fleet.runtime.this_host import this_host_node
+from foundry_fleet.runtime.this_host import this_host_name, this_host_node
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, NodeInfo, RuntimeUnavailable, TaskEvent, TaskExit, TaskHandle, TaskSpec,
     TaskStats, TaskStatus,
@@ -236,7 +235,7 @@ class FakeRuntime:
             await task.moved.wait()
 
     async def data_node(self, name: str) -> str | None:
-        return socket.gethostname()  # one host: every instance's data is here
+        return this_host_name()
 
     async def nodes(self) -> list[NodeInfo]:
         return [this_host_node(sum(1 for t in self.tasks.values() if t.exit is None))]

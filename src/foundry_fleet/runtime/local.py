@@ -45,7 +45,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -55,7 +54,7 @@ from pathlib import Path
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput, Unsupported
 from foundry_fleet.domain.foundry_options import data_path_flag, server_args
 from foundry_fleet.runtime import logs, procfs, sandbox, seccomp
-from foundry_fleet.runtime.this_host import this_host_node
+from foundry_fleet.runtime.this_host import never_moves, this_host_name, this_host_node
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, NodeInfo, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
@@ -225,11 +224,10 @@ class LocalRuntime:
         return Address(self.listen_host, port)
 
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
-        await asyncio.Event().wait()  # a task on this host never moves
-        return current
+        return await never_moves(current)
 
     async def data_node(self, name: str) -> str | None:
-        return socket.gethostname()  # one host: every instance's data is here
+        return this_host_name()
 
     async def nodes(self) -> list[NodeInfo]:
         return [await asyncio.to_thread(self._this_host)]

@@ -1,11 +1,25 @@
-"""The one node of a single-host runtime, as `status` shows it: this machine and its free memory."""
+"""The one node of a single-host runtime (local, podman, fake): this machine, as `status` shows it and
+as the cluster verbs (`data_node`, `watch_address`) answer for it."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
-from foundry_fleet.runtime.base import NodeInfo
+from foundry_fleet.runtime.base import Address, NodeInfo
+
+
+def this_host_name() -> str:
+    """Where every instance's data is on a single-host runtime."""
+    return socket.gethostname()
+
+
+async def never_moves(current: Address) -> Address:
+    """`watch_address` of a task on this host: it never answers anywhere else, so this waits for ever
+    (the supervisor cancels it with the task)."""
+    await asyncio.Event().wait()
+    return current
 
 
 def available_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int | None:
@@ -21,5 +35,5 @@ def available_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 
 def this_host_node(instances: int, address: str = "127.0.0.1") -> NodeInfo:
-    return NodeInfo(name=socket.gethostname(), address=address, healthy=True, status="ready",
+    return NodeInfo(name=this_host_name(), address=address, healthy=True, status="ready",
                     instances=instances, free_memory_mb=available_memory_mb())

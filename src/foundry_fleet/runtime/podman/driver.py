@@ -18,7 +18,6 @@ import asyncio
 import math
 import os
 import signal as signals
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupported
 from foundry_fleet.runtime import logs, procfs
-from foundry_fleet.runtime.this_host import this_host_node
+from foundry_fleet.runtime.this_host import never_moves, this_host_name, this_host_node
 from foundry_fleet.runtime.base import (
     Address, Capabilities, Capability, NodeInfo, TaskEvent, TaskExit, TaskHandle, TaskSpec, TaskStats, TaskStatus,
 )
@@ -416,11 +415,10 @@ class PodmanRuntime:
         return Address(self.listen_host, port)
 
     async def watch_address(self, handle: TaskHandle, current: Address) -> Address:
-        await asyncio.Event().wait()  # a container on this host never moves
-        return current
+        return await never_moves(current)
 
     async def data_node(self, name: str) -> str | None:
-        return socket.gethostname()  # one host: every instance's data is here
+        return this_host_name()
 
     async def nodes(self) -> list[NodeInfo]:
         # A read for `status`: asked once, never bringing the service back (that is the daemon's business).
