@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_fleet_scenarios import create
-from tests.support.fleets import make_fleet
+from tests.support.fleets import fleet_up_with
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.nomad_fleet import (
     actions, allocations, live_allocation, none_live, served_through_the_edge, version_through_the_edge,
@@ -30,13 +30,7 @@ MEMORY_MB = 512  # [limits] memory_mb of the test fleets
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[FleetHarness]:
-    fleet = make_fleet(tmp_path_factory.mktemp("nomad-nodes"), runtime="nomad")
-    try:
-        fleet.cli("release", "add", str(release_zips["node"]))
-        fleet.up()
-        yield fleet
-    finally:
-        fleet.tear_down()
+    yield from fleet_up_with(tmp_path_factory.mktemp("nomad-nodes"), "nomad", release_zips["node"])
 
 
 def nodes(fleet: FleetHarness) -> dict[str, dict[str, Any]]:

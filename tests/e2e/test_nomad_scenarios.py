@@ -58,7 +58,7 @@ from tests.e2e.test_upgrade_scenarios import (  # noqa: F401 (collected here, on
     test_an_upgrade_to_the_release_it_runs_is_refused,
 )
 from tests.support.edge_client import wss
-from tests.support.fleets import NOMAD_TOKEN, make_fleet, set_section
+from tests.support.fleets import NOMAD_TOKEN, fleet_up_with, make_fleet, set_section
 from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 from tests.support.nomad_fleet import (
     actions, allocations, edge, live_allocation, none_live, served_through_the_edge, version_through_the_edge,
@@ -91,13 +91,7 @@ def upgrades(running: Running) -> FleetHarness:
 @pytest.fixture(scope="module")
 def backups(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[FleetHarness]:
     """A second nomad fleet, for the backups scenarios: they make their own alice and bob."""
-    fleet = make_fleet(tmp_path_factory.mktemp("nomad-backups"), runtime="nomad")
-    try:
-        fleet.cli("release", "add", str(release_zips["node"]))
-        fleet.up()
-        yield fleet
-    finally:
-        fleet.tear_down()
+    yield from fleet_up_with(tmp_path_factory.mktemp("nomad-backups"), "nomad", release_zips["node"])
 
 
 def server_pids(fleet: FleetHarness, name: str) -> list[int]:

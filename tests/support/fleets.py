@@ -50,6 +50,19 @@ def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetH
     h.tear_down()
 
 
+def fleet_up_with(tmp_path: Path, runtime: str, *release_zips: Path) -> Iterator[FleetHarness]:
+    """A fleet on `runtime` holding `release_zips`, up; torn down afterwards. For module fixtures:
+    `yield from fleet_up_with(...)`."""
+    h = make_fleet(tmp_path, runtime=runtime)
+    try:
+        for release in release_zips:
+            h.cli("release", "add", str(release))
+        h.up()
+        yield h
+    finally:
+        h.tear_down()
+
+
 def make_fleet(tmp_path: Path, runtime: str = "local", **overrides: str) -> FleetHarness:
     """A fleet at `tmp_path`/fleet whose instances run on `runtime` ("local", "podman" or "nomad");
     `overrides` replace text of the generated fleet.toml (old=new). On "nomad", a stand-in Nomad
