@@ -4,6 +4,7 @@ task: a subprocess, as root, with the node's fleet.toml, the node's ID and the p
 from __future__ import annotations
 
 import grp
+import itertools
 import json
 import os
 import pwd
@@ -31,17 +32,20 @@ NODE = "5d3e61c4-0f1a-4b8e-9c27-6a4f1e2b9d80"
 
 
 class Node:
-    """One fleet with alice created (release 13.345; 12.331 cached too), and the command as Nomad runs it."""
+    """A fleet with an instance created (release 13.345; 12.331 cached too), and the command as Nomad runs it."""
 
     def __init__(self, h: FleetHarness, alice: dict[str, Any]) -> None:
         self.h = h
         self.alice = alice
+        self.name = alice["name"]
+        # A uid of the fleet's block no instance of this module is given (they are allocated in order).
+        self.spare_uid = alice["uid"] + 1000
         self.data = Path(alice["data_dir"])
         self.install = Path(alice["install_dir"])
         self.releases = h.root / "releases" / "versions"
 
     def payload(self, **changes: Any) -> ProvisionPayload:
-        fields = {"instance": "alice", "release": "13.345", "node": NODE, "uid": self.alice["uid"],
+        fields = {"instance": self.name, "release": "13.345", "node": NODE, "uid": self.alice["uid"],
                   "port": self.alice["port"], **changes}
         return ProvisionPayload(**fields)
 
@@ -69,15 +73,25 @@ class Node:
         return done.stderr.strip()
 
 
-@pytest.fixture
-def node(tmp_path: Path, release_zips: dict[str, Path]) -> Iterator[Node]:
-    h = make_fleet(tmp_path)
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[FleetHarness]:
+    """One fleet for the module (adding the releases is most of a fleet's making); each test has an
+    instance of its own in it."""
+    h = make_fleet(tmp_path_factory.mktemp("provision"))
     h.cli("release", "add", str(release_zips["node"]))
     h.cli("release", "add", str(release_zips["legacy"]))
-    alice = create_offline(h, "alice")["instance"]
-    assert isinstance(alice["uid"], int), alice  # the tests run as root: instances get their own uid
-    yield Node(h, alice)
+    yield h
     h.tear_down()
+
+
+_made = itertools.count(1)
+
+
+@pytest.fixture
+def node(fleet: FleetHarness) -> Node:
+    alice = create_offline(fleet, f"alice{next(_made)}")["instance"]
+    assert isinstance(alice["uid"], int), alice  # the tests run as root: instances get their own uid
+    return Node(fleet, alice)
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
@@ -113,7 +127,7 @@ def test_lays_out_what_is_missing_then_a_rerun_changes_nothing(node: Node) -> No
 
     said = node.ok(node.payload())
 
-    assert said == (f"alice: installed release 13.345; wrote Config/options.json; "
+    assert said == (f"{node.name}: installed release 13.345; wrote Config/options.json; "
                     f"gave 2 of its data's entries to uid {uid}")
     assert links_release(node.install, node.releases / "13.345")
     assert (node.install / "main.js").is_file()
@@ -124,14 +138,14 @@ def test_lays_out_what_is_missing_then_a_rerun_changes_nothing(node: Node) -> No
     assert (node.data / "Config" / "admin.txt").exists()  # the fleet's secrets are left as they were
 
     before = tree_state(node.data.parent)
-    assert node.ok(node.payload()) == "alice: unchanged"
+    assert node.ok(node.payload()) == f"{node.name}: unchanged"
     assert tree_state(node.data.parent) == before  # same inodes, times, owners and modes
 
 
 def test_an_instance_this_node_has_nothing_of_is_laid_out_whole(node: Node) -> None:
     """A node that holds nothing of the instance yet (another node's root, one day): storage, install,
     options.json, ownership. Its secrets stay the fleet's to write; none travel in the payload."""
-    uid = node.alice["uid"] + 1
+    uid = node.spare_uid
     carol = node.h.root / "instances" / "carol"
     said = node.ok(node.payload(instance="carol", uid=uid, port=node.alice["port"] + 1))
     assert said.startswith(f"carol: made its storage at {carol}; installed release 13.345; "
@@ -149,23 +163,23 @@ def test_an_instance_this_node_has_nothing_of_is_laid_out_whole(node: Node) -> N
 
 def test_a_created_instance_is_already_provisioned(node: Node) -> None:
     before = tree_state(node.data.parent)
-    assert node.ok(node.payload()) == "alice: unchanged"
+    assert node.ok(node.payload()) == f"{node.name}: unchanged"
     assert tree_state(node.data.parent) == before
 
 
 def test_another_release_replaces_the_install_as_a_release_switch_does(node: Node) -> None:
-    assert node.ok(node.payload(release="12.331")) == "alice: replaced its install with release 12.331"
+    assert node.ok(node.payload(release="12.331")) == f"{node.name}: replaced its install with release 12.331"
     assert links_release(node.install, node.releases / "12.331")
     assert not (node.install / "main.js").exists() and (node.install / "resources/app/main.js").is_file()
-    assert node.ok(node.payload(release="12.331")) == "alice: unchanged"
-    assert node.ok(node.payload()) == "alice: replaced its install with release 13.345"
+    assert node.ok(node.payload(release="12.331")) == f"{node.name}: unchanged"
+    assert node.ok(node.payload()) == f"{node.name}: replaced its install with release 13.345"
     assert links_release(node.install, node.releases / "13.345")
 
 
 def test_an_install_changed_by_hand_is_replaced(node: Node) -> None:
     os.chmod(node.install, 0o755)
     (node.install / "extra.js").write_text("// not the release's\n")
-    assert node.ok(node.payload()) == "alice: replaced its install with release 13.345"
+    assert node.ok(node.payload()) == f"{node.name}: replaced its install with release 13.345"
     assert links_release(node.install, node.releases / "13.345")
 
 
@@ -173,7 +187,7 @@ def test_a_payload_for_another_node_changes_nothing_here(node: Node) -> None:
     remove_tree(node.install)
     before = tree_state(node.data.parent)
     other = node.payload(node="c0ffee00-0000-4000-8000-000000000001")
-    assert node.ok(other) == "not this node: alice is provisioned on node c0ffee00-0000-4000-8000-000000000001"
+    assert node.ok(other) == f"not this node: {node.name} is provisioned on node c0ffee00-0000-4000-8000-000000000001"
     assert tree_state(node.data.parent) == before and not node.install.exists()
 
 
@@ -224,7 +238,7 @@ def exec_config(node: Node) -> Iterator[Any]:
     config = load_config(node.h.config)
     yield config.model_copy(update={"nomad": config.nomad.model_copy(update={"task_driver": "exec"})})
     remove_exec_user(node.alice["uid"])
-    remove_exec_user(node.alice["uid"] + 1)
+    remove_exec_user(node.spare_uid)
 
 
 def test_exec_driver_gets_a_system_user_of_the_instances_uid(node: Node, exec_config: Any) -> None:
@@ -232,11 +246,11 @@ def test_exec_driver_gets_a_system_user_of_the_instances_uid(node: Node, exec_co
     name = exec_user_name(uid)
     storage = make_storage(exec_config)
     result = provision_on_node(exec_config, NODE, node.payload(), storage=storage)
-    assert result.summary() == f"alice: made system group and user {name} (id {uid})"
+    assert result.summary() == f"{node.name}: made system group and user {name} (id {uid})"
     user = pwd.getpwnam(name)
     assert (user.pw_uid, user.pw_gid, user.pw_dir, user.pw_shell) == (uid, uid, "/nonexistent", "/usr/sbin/nologin")
     assert grp.getgrnam(name).gr_gid == uid and not os.path.exists("/nonexistent")
-    assert provision_on_node(exec_config, NODE, node.payload(), storage=storage).summary() == "alice: unchanged"
+    assert provision_on_node(exec_config, NODE, node.payload(), storage=storage).summary() == f"{node.name}: unchanged"
 
     # The daemon's uid check still passes for this fleet: the user is its own instance's, not the host's;
     # for anyone else it is a host user like any other.
@@ -290,14 +304,14 @@ def test_on_zfs_the_install_is_a_clone_made_again_and_switched(tmp_path: Path, z
             return zfs("get", "-H", "-o", "value", "origin", install).stdout.strip()
 
         zfs("destroy", install)
-        assert node.ok(node.payload()) == "alice: installed release 13.345"
+        assert node.ok(node.payload()) == f"{node.name}: installed release 13.345"
         assert origin() == f"{zfs_base}/releases/13.345@pristine" and (node.install / "main.js").is_file()
 
         datasets, files = listing(zfs_base), tree_state(node.data.parent)
-        assert node.ok(node.payload()) == "alice: unchanged"
+        assert node.ok(node.payload()) == f"{node.name}: unchanged"
         assert listing(zfs_base) == datasets and tree_state(node.data.parent) == files
 
-        assert node.ok(node.payload(release="12.331")) == "alice: replaced its install with release 12.331"
+        assert node.ok(node.payload(release="12.331")) == f"{node.name}: replaced its install with release 12.331"
         assert origin() == f"{zfs_base}/releases/12.331@pristine"
         assert (node.install / "resources/app/main.js").is_file() and not (node.install / "main.js").exists()
     finally:

@@ -19,9 +19,11 @@ def leftovers_of_made_fleets() -> list[str]:
     found = []
     for h in MADE:
         containers = _containers_left(h)
-        if h.running() or groups_under(h.cgroup_parent) or containers:
+        users = h.exec_users() if h.nomad is not None else []
+        if h.running() or groups_under(h.cgroup_parent) or containers or users:
             what = ("daemon still running" if h.running() else
                     f"containers left: {', '.join(containers)}" if containers else
+                    f"exec users left: uids {users}" if users else
                     "control groups left")
             try:
                 h.tear_down()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 
 from foundry_fleet.domain import instance_layout
+from foundry_fleet.services.exec_users import exec_user_name, remove_exec_user
 from tests.support.cgroups import describe, fleet_cgroup_parent, remove_fleet_firewall, remove_groups
 from tests.support.podman import Container, FleetPodman, uses_podman
 
@@ -190,6 +192,9 @@ class FleetHarness:
         if self.nomad is not None:
             # Its tasks are the fleet's instances: they stop with it (and their cgroups and forwarders go).
             self.nomad.stop()
+            # Provisioning for the exec task driver made a system user per instance uid, as on a real node.
+            for uid in self.exec_users():
+                remove_exec_user(uid)
         if self.uses_podman():
             # Before the processes: a container's conmon and the fleet's podman service are among them.
             self.podman.remove_all()
@@ -199,6 +204,13 @@ class FleetHarness:
         # A daemon killed (or stopped leaving instances running) keeps its firewall chains, which keep
         # dropping outside connections to its port range: a later test drawing that block would fail.
         remove_fleet_firewall(self.cgroup_parent)
+
+    def exec_users(self) -> list[int]:
+        """The uids of the fvtt-u<uid> users on this host inside the fleet's uid block (the exec task
+        driver's users that provisioning made for its instances)."""
+        low, high = self.settings().instances.uid_range
+        return sorted(u.pw_uid for u in pwd.getpwall()
+                      if low <= u.pw_uid <= high and u.pw_name == exec_user_name(u.pw_uid))
 
     # instances ----------------------------------------------------------------------------
 

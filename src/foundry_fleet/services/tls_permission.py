@@ -15,7 +15,6 @@ import hmac
 from pathlib import Path
 
 from foundry_fleet.config import FleetConfig
-from foundry_fleet.services.web_login import load_or_create_key
 
 SECRET_FILE = "tls-permission.key"
 PATH_PREFIX = "/tls/permission/"
@@ -26,6 +25,10 @@ def secret_path(config: FleetConfig) -> Path:
 
 
 def load_or_create_secret(path: Path) -> str:
+    # Imported here: the edge's settings need only secret_path, and web_login brings Authlib and
+    # SQLAlchemy with it (a node's `nomad provision` would pay for them at every dispatch).
+    from foundry_fleet.services.web_login import load_or_create_key
+
     return load_or_create_key(path, "the TLS permission secret", "when the daemon next starts").decode()
 
 
