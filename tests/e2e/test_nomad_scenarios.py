@@ -2,12 +2,13 @@
 instances are Nomad jobs (a stand-in Nomad with two nodes on 127.0.0.1 and 127.0.0.2, exec task
 driver), players through real Caddy.
 
-The scenarios that do not depend on how an instance is run are the local runtime's own test functions,
-imported: pytest collects them here too, where `running` and `upgrades` are this module's nomad fleet
-and `backups` a second one (its scenarios make their own alice and bob); they reach a server at the
-address the fleet recorded, the node and port Nomad chose. Not imported: those that read the fleet's
-own pids (on nomad the fleet records none) and the crash loop (Nomad applies the crash policy); their
-nomad versions are below, with what only Nomad shows: a killed server restarted by Nomad in its
+The scenarios in which how an instance is run plays a part are the local runtime's own test functions,
+imported: pytest collects them here too, where `running` and `upgrades` are this module's nomad fleet;
+they reach a server at the address the fleet recorded, the node and port Nomad chose. Not imported:
+those the runtime takes no part in (refusals before anything runs, the admin password, the backup
+plans and listings: they run on the local fleet already), those that read the fleet's own pids (on
+nomad the fleet records none) and the crash loop (Nomad applies the crash policy); their nomad
+versions are below, with what only Nomad shows: a killed server restarted by Nomad in its
 allocation, the daemon killed and re-attached without a second allocation (also while Nomad is
 away), Nomad away for a while, stop/start/restart and a restore as allocations, a provisioning
 failure in the task's own words, a stray job purged at `up`, a deleted instance's job purged,
@@ -28,16 +29,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_backups_scenarios import (  # noqa: F401 (collected here, on nomad)
-    test_a_backup_plan_is_shown_changed_and_checked,
-    test_backup_now_takes_a_labelled_snapshot_that_is_listed,
-    test_restoring_an_unknown_snapshot_is_refused_and_the_instance_keeps_running,
-)
 from tests.e2e.test_fleet_scenarios import (  # noqa: F401 (collected here, on nomad)
     Running,
     create,
     create_alice_and_bob,
-    test_a_generated_admin_password_is_shown_once_and_only_its_hash_kept,
     test_an_instance_cannot_see_another_tenants_data,
     test_an_instance_reads_shared_assets_but_cannot_write_them,
     test_an_instance_runs_in_its_own_pid_namespace,
@@ -48,17 +43,14 @@ from tests.e2e.test_fleet_scenarios import (  # noqa: F401 (collected here, on n
     test_every_layout_runs,
     test_foundrys_files_are_written_for_the_edge_and_secrets_are_private,
     test_logs_show_the_servers_output,
-    test_second_daemon_is_refused_naming_the_first,
 )
 from tests.e2e.test_upgrade_scenarios import (  # noqa: F401 (collected here, on nomad)
     broken_release,
     test_an_upgrade_to_a_healthy_release_is_kept_after_a_snapshot,
     test_an_upgrade_to_a_release_that_does_not_start_is_rolled_back_data_and_all,
-    test_an_upgrade_to_an_unknown_release_is_refused_and_the_instance_keeps_running,
-    test_an_upgrade_to_the_release_it_runs_is_refused,
 )
 from tests.support.edge_client import wss
-from tests.support.fleets import NOMAD_TOKEN, fleet_up_with, make_fleet, set_section
+from tests.support.fleets import NOMAD_TOKEN, make_fleet, set_section
 from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 from tests.support.nomad_fleet import (
     actions, allocations, edge, live_allocation, none_live, served_through_the_edge, version_through_the_edge,
@@ -86,12 +78,6 @@ def running(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Pa
 @pytest.fixture(scope="module")
 def upgrades(running: Running) -> FleetHarness:
     return running.fleet
-
-
-@pytest.fixture(scope="module")
-def backups(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]) -> Iterator[FleetHarness]:
-    """A second nomad fleet, for the backups scenarios: they make their own alice and bob."""
-    yield from fleet_up_with(tmp_path_factory.mktemp("nomad-backups"), "nomad", release_zips["node"])
 
 
 def server_pids(fleet: FleetHarness, name: str) -> list[int]:

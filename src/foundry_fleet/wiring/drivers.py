@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundry_fleet.config import DestinationSection, FleetConfig
 from foundry_fleet.edge.admin import CaddyAdmin
@@ -17,10 +17,12 @@ from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
 from foundry_fleet.services import tls_permission
 from foundry_fleet.services.disk_limits import limit_bytes
-from foundry_fleet.services.replication import Destination
 from foundry_fleet.services.status_updates import LogNotifier, Notifier
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.directory import DirectoryStorage
+
+if TYPE_CHECKING:  # replication brings SQLAlchemy; a node's `nomad provision` needs only make_storage
+    from foundry_fleet.services.replication import Destination
 
 
 def edge_settings(config: FleetConfig) -> EdgeSettings:
