@@ -180,14 +180,15 @@ class NomadRuntime:
         view = await self._loaded()
         await self._ensure_provision_job()
         memory = spec.limits.memory_mb if spec.limits.memory_mb is not None else DEFAULT_MEMORY_MB
-        node, elsewhere = await self._node_for(spec)  # first: nothing is touched when it cannot start now
+        volumes = await self._volumes()
+        node, elsewhere = await self._node_for(spec, volumes)  # first: nothing is touched when it cannot start now
         if await self.api.job(job_id) is not None:
             # Nothing of this instance runs as far as the fleet knows: a job left from an interrupted
             # start or stop is a stray, and two of them must never run.
             await self._purge_and_wait(job_id)
             self._events.append(TaskEvent(spec.name, "strays", f"purged the Nomad job {job_id} left from before"))
         node_id, node_name = str(node["ID"]), str(node.get("Name") or node["ID"])
-        await self._prepare_node(spec, node_id, node_name)
+        await self._prepare_node(spec, node_id, node_name, volumes)
         if elsewhere:  # a move (or one interrupted): its volumes are on the new node now, not on the old
             await self._release_volumes(spec.name, job_id, elsewhere, f"moved to node {node_name}")
         image = await self.image_for(spec.release.generation) if self.jobs.task_driver == "podman" and \
@@ -202,7 +203,8 @@ class NomadRuntime:
                  "job_modify_index": int(answer.get("JobModifyIndex") or 0)}
         return TaskHandle(driver=DRIVER, name=spec.name, started_at=time.time(), state=state)
 
-    async def _node_for(self, spec: TaskSpec) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
+    async def _node_for(self, spec: TaskSpec, all_volumes: list[Mapping[str, Any]],
+                        ) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
         """Where to start it, and the registrations of its data and install volumes on other nodes,
         which a start there leaves behind (a move).
 
@@ -213,8 +215,7 @@ class NomadRuntime:
         its data is: the move waits for a later start rather than leave it running nowhere."""
         stubs = (await self.api.nodes()).value
         names = (host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install"))
-        volumes = sorted((v for v in await self.api.host_volumes() if v.get("Name") in names and self._ours(v)),
-                         key=lambda v: int(v.get("CreateIndex") or 0))
+        volumes = [v for v in all_volumes if v.get("Name") in names]
         held = list(dict.fromkeys(str(v.get("NodeID")) for v in volumes if v.get("Name") == names[0]))
         asked = next((n for n in stubs if spec.node is not None and spec.node in (n.get("Name"), n.get("ID"))), None)
         if held:
@@ -269,22 +270,27 @@ class NomadRuntime:
         """The node its data volume is registered on (the newest registration, should a move have been
         interrupted with it on two)."""
         data = host_volume_name(name, "data")
-        volumes = sorted((v for v in await self.api.host_volumes() if v.get("Name") == data and self._ours(v)),
-                         key=lambda v: int(v.get("CreateIndex") or 0))
+        volumes = [v for v in await self._volumes() if v.get("Name") == data]
         if not volumes:
             return None
         node_id = str(volumes[-1].get("NodeID"))
         stub = await self.api.node(node_id)
         return str((stub or {}).get("Name") or node_id)
 
+    async def _volumes(self) -> list[Mapping[str, Any]]:
+        """The host volumes of the fleet's namespace on every node, oldest registration first."""
+        return sorted((v for v in await self.api.host_volumes() if self._ours(v)),
+                      key=lambda v: int(v.get("CreateIndex") or 0))
+
     def _ours(self, volume: Mapping[str, Any]) -> bool:
         return volume.get("Namespace", self.settings.namespace) == self.settings.namespace
 
-    async def _prepare_node(self, spec: TaskSpec, node_id: str, node_name: str) -> None:
+    async def _prepare_node(self, spec: TaskSpec, node_id: str, node_name: str,
+                            volumes: list[Mapping[str, Any]]) -> None:
         """Lay the instance out on the node when its volumes are missing or hold another release, then
-        register them (and the fleet's shared volume, once per node)."""
-        volumes = [v for v in await self.api.host_volumes(node_id) if self._ours(v)]
-        by_name = {v.get("Name"): v for v in volumes}
+        register them (and the fleet's shared volume, once per node). `volumes`: as _volumes() listed them
+        at the start (nothing of the instance registers any in between)."""
+        by_name = {v.get("Name"): v for v in volumes if v.get("NodeID") == node_id}
         data_name, install_name = host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install")
         current = True
         for name in (data_name, install_name):
