@@ -536,7 +536,8 @@ def _describe(err: ValidationError, path: Path) -> str:
     key = ".".join(str(p) for p in first["loc"])
     more = len(err.errors()) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{path}: [{key}] {first['msg']}{tail}"
+    where = f"[{key}] " if key else ""  # a rule across sections has no one key to name
+    return f"{path}: {where}{first['msg']}{tail}"
 
 
 def load_config(path: Path) -> FleetConfig:

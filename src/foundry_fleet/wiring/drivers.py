@@ -54,10 +54,10 @@ def make_storage(config: FleetConfig, home_of: Callable[[str], str] | None = Non
     always. `home_of` is required when there are homes."""
     if not config.nomad.homes:
         return make_home_storage(config, MAIN_HOME)
-    from foundry_fleet.storage.homes import HomedStorage
-
     if home_of is None:
         raise ValueError("a fleet with [[nomad.homes]] needs home_of to route each instance to its home")
+    from foundry_fleet.storage.homes import HomedStorage
+
     return HomedStorage({name: make_home_storage(config, name) for name in config.home_names}, home_of)
 
 
