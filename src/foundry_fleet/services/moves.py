@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -136,6 +137,13 @@ class Moves:
         from foundry_fleet.storage.home_transfer import copy_instance_data
 
         return copy_instance_data(move.instance, self._home(move.source_home), self._home(move.target_home), uid)
+
+    def install_at_target(self, move: MoveRecord) -> None:
+        """The instance's release installed in the target home (each home keeps installs of its own), so the
+        target holds a whole instance at the commit, whatever runtime starts it there."""
+        with self.sessions() as s:
+            release = Path(instance_row(s, move.instance).release.path)
+        self._home(move.target_home).install_release(move.instance, release)
 
     def commit(self, actor: str, move: MoveRecord, snapshots: int, sent: int) -> MoveRecord:
         """The commit point, one transaction: the instance's home and node are the target's, the row says

@@ -251,6 +251,7 @@ class Operations:
                 await _blocking(backups.take, name, "move")
                 final = await _blocking(moves.copy, move, was.uid)
                 snapshots, sent = snapshots + list(final.snapshots), sent + final.bytes
+            await _blocking(moves.install_at_target, move)
             move = await _blocking(moves.commit, actor, move, len(snapshots), sent)
         except Exception as e:
             why = e.message if isinstance(e, FleetError) else f"{type(e).__name__}: {e}"
