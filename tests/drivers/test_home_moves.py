@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import FleetConfig, load_config
-from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.errors import Conflict, ExternalFailure
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.runtime.base import Capabilities, NodeInfo, TaskHandle, TaskSpec
@@ -457,3 +457,21 @@ def test_on_zfs_the_moved_instance_keeps_its_snapshots_restores_and_replication_
 def zfs_snapshot_names(dataset: str) -> list[str]:
     out = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-r", dataset).stdout
     return [line.split("@", 1)[1] for line in out.splitlines() if line.startswith(dataset + "@")]
+
+
+def test_an_instance_created_on_a_node_of_another_home_is_laid_out_there(config: FleetConfig, home_b: Path) -> None:
+    fleet = open_fleet(config)
+    # Someone's files where bob would be laid out in pool-b: never adopted.
+    stray = home_b / "instances" / "bob"
+    stray.mkdir(parents=True)
+    with pytest.raises(Conflict, match=f"^{stray} exists but belongs to no instance of this fleet$"):
+        fleet.services.provisioning.create("cli:admin", "bob", "13.345", start=False, node="node-b")
+    stray.rmdir()
+    created = fleet.services.provisioning.create("cli:admin", "bob", "13.345", start=False, node="node-b")
+    assert (created.instance.home, created.instance.node) == ("pool-b", "node-b")
+    assert created.instance.data_dir == str(home_b / "instances" / "bob" / "data")
+    assert (home_b / "instances" / "bob" / "data" / "Config" / "options.json").is_file()
+    assert (home_b / "instances" / "bob" / "install").is_dir()
+    assert not fleet.storage.home("fleet").paths("bob").root.exists()
+    carol = fleet.services.provisioning.create("cli:admin", "carol", "13.345", start=False, node="node-a")
+    assert carol.instance.home == "fleet"
