@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import FleetConfig, load_config
-from foundry_fleet.domain.errors import Conflict, ExternalFailure
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.runtime.base import Capabilities, NodeInfo, TaskHandle, TaskSpec
@@ -475,3 +475,17 @@ def test_an_instance_created_on_a_node_of_another_home_is_laid_out_there(config:
     assert not fleet.storage.home("fleet").paths("bob").root.exists()
     carol = fleet.services.provisioning.create("cli:admin", "carol", "13.345", start=False, node="node-a")
     assert carol.instance.home == "fleet"
+
+
+def test_the_daemons_start_check_refuses_instances_in_a_home_fleet_toml_no_longer_lists(
+        config: FleetConfig, home_b: Path) -> None:
+    fleet = open_fleet(config)
+    fleet.services.provisioning.create("cli:admin", "bob", "13.345", start=False, node="node-b")
+    fleet.services.homes.check_configured(config.home_names)  # as it is: fine
+    without = config.model_copy(update={"nomad": config.nomad.model_copy(update={"homes": []})})
+    with pytest.raises(InvalidInput) as refused:
+        fleet.services.homes.check_configured(without.home_names)
+    assert refused.value.message == ("fleet.toml lists no home for instances bob (home 'pool-b'): their data is "
+                                     "there, and the fleet would look for it in the wrong place")
+    assert refused.value.hint == ("put those [[nomad.homes]] back in fleet.toml (nothing was changed); the homes "
+                                  "it lists now are: fleet")
