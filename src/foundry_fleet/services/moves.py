@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import MAIN_HOME, FleetConfig
-from foundry_fleet.domain.errors import Conflict, FleetError
+from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.events import record
@@ -116,6 +116,9 @@ class Moves:
               target_node: str, was_running: bool) -> MoveRecord:
         """The journal row ("copying") and the move's first event, in one transaction, before anything is
         copied. Refused while another move of the instance is unfinished."""
+        if source_home == target_home:
+            raise InvalidInput(f"{name} is in home {source_home} already: there is no data to send",
+                               "move it to a node of another home, or let its runtime re-pin it")
         with self._session() as s:
             row = instance_row(s, name)
             if s.get(MoveRow, name) is not None:
