@@ -149,7 +149,10 @@ def _installed(storage: Storage, name: str, paths: InstancePaths, release: Relea
     tree = _tree_identity(paths.install)
     if not tree:
         return "none"
-    return "this" if tree == _tree_identity(Path(release.path)) else "other"
+    # A home on another file system than the release cache links its installs to its own copy of it.
+    linked = getattr(storage, "linked_release", None)
+    release_tree = linked(Path(release.path)) if callable(linked) else Path(release.path)
+    return "this" if tree == _tree_identity(release_tree) else "other"
 
 
 def _tree_identity(root: Path) -> dict[str, tuple[object, ...]] | None:
