@@ -140,8 +140,8 @@ def _installed(storage: Storage, name: str, paths: InstancePaths, release: Relea
     """What the instance's install holds: "this" release, an "other" one, or "none".
 
     A ZFS install says which release it is a clone of; a directory install is a tree of hard links into
-    the release cache, so it is the release exactly when it links the same files (same inodes) at the
-    same places and nothing else."""
+    the release cache (or the home's own copy of it, across file systems), so it is the release exactly
+    when it links the same files (same inodes) at the same places and nothing else."""
     installed = getattr(storage, "installed_release", None)
     if callable(installed):
         found = installed(name)
