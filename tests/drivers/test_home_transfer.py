@@ -14,6 +14,7 @@ from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupport
 from foundry_fleet.storage.directory import DirectoryStorage
 from foundry_fleet.storage.home_transfer import Copied, copy_instance_data, discard_copy
 from foundry_fleet.storage.zfs import ZfsStorage
+from foundry_fleet.storage.zfs_destination import ZfsDestination
 from tests.support import homes as second_homes
 
 pytest.register_assert_rewrite("tests.support.zfs")
@@ -303,3 +304,45 @@ def test_zfs_copy_without_a_snapshot_is_refused(zfs_homes: tuple[ZfsStorage, Zfs
     with pytest.raises(InvalidInput, match="alice has no snapshot"):
         copy_instance_data("alice", source, target, UID)
     assert not target.zfs.exists(target.layout.instance("alice"))
+
+
+def test_zfs_copy_goes_on_after_a_stream_broken_half_way(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+    (data / "Data" / "worlds" / "w1" / "data.db").write_bytes(os.urandom(6 * MIB))
+    source.snapshots.take("alice", data, "s2")
+    src, dst = source.layout.data("alice"), target.layout.data("alice")
+    # What a copy killed half way leaves: a receive that got only part of its stream.
+    broken = subprocess.run(f"zfs send -I {src}@s1 {src}@s2 | head -c 1000000 | zfs recv -u -F {dst}", shell=True,
+                            capture_output=True, text=True)
+    assert broken.returncode != 0 and "invalid backup stream" in broken.stderr
+
+    copied = copy_instance_data("alice", source, target, UID)
+
+    assert copied.snapshots == ("s2",) and copied.bytes >= 6 * MIB
+    assert tree_of(target.paths("alice").data) == tree_of(data)
+
+
+def test_replication_goes_on_from_the_new_home_with_what_it_already_sent(
+        zfs_homes: tuple[ZfsStorage, ZfsStorage], zfs_base: str) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=2 * MIB)
+    source.snapshots.take("alice", data, "s1")
+    home = {"alice": source}  # what the fleet reads an instance's home from
+    offsite = ZfsDestination(f"{zfs_base}/offsite", lambda instance: home[instance].layout.data(instance))
+    assert offsite.send("alice", ["s1"], None, "s1") >= 2 * MIB
+
+    copy_instance_data("alice", source, target, UID)
+    home["alice"] = target  # the move commits
+    moved = target.paths("alice").data
+    (moved / "Data" / "after.txt").write_text("written on the new home")
+    target.snapshots.take("alice", moved, "s2")
+
+    sent = offsite.send("alice", ["s1", "s2"], "s1", "s2")  # incremental: the copy kept the snapshots' identity
+
+    assert sent < MIB
+    assert offsite.snapshots("alice") == ["s1", "s2"]

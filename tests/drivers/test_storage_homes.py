@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from foundry_fleet.domain.errors import InvalidInput, NotFound
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import MIB, DownloadPolicy
@@ -214,3 +214,13 @@ def test_zfs_homes_hold_their_instances_datasets_releases_and_snapshots(
     assert pool_b["base"] == second_zfs_base and pool_b["instances"]["bob"]["release"] == release.version
     assert pool_b["instances"]["bob"]["quota"] == QUOTA
     assert storage.snapshots.sweep_views(0) >= 1  # the view of bob's snapshot, in its home's pool
+
+
+def test_a_home_that_cannot_be_laid_out_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    storage = HomedStorage({MAIN_HOME: DirectoryStorage(tmp_path / "fleet"),
+                            "disk-b": DirectoryStorage(tmp_path / "a-file" / "fleet-b")}, Homes())
+    with pytest.raises(ExternalFailure, match="storage home 'disk-b' cannot be laid out: .*Not a directory") as e:
+        storage.ensure_layout()
+    assert "mounted here" in (e.value.hint or "")
+    assert (tmp_path / "fleet" / "instances").is_dir()  # the fleet's own home was laid out first

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from foundry_fleet.domain.errors import FleetError, InvalidInput, NotFound
+from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput, NotFound
 from foundry_fleet.storage.base import InstancePaths, Snapshots, Storage
 from foundry_fleet.storage.snapshots import SnapshotInfo
 
@@ -115,8 +115,15 @@ class HomedStorage:
     # the fleet as a whole ---------------------------------------------------------------------
 
     def ensure_layout(self) -> None:
+        """Every home's layout, the fleet's own first; a home that cannot be laid out is named."""
         for name in self.home_names:
-            self._homes[name].ensure_layout()
+            try:
+                self._homes[name].ensure_layout()
+            except ExternalFailure as e:
+                raise ExternalFailure(f"storage home {name!r}: {e.message}", e.hint) from e
+            except OSError as e:
+                raise ExternalFailure(f"storage home {name!r} cannot be laid out: {e}",
+                                      "check that its root is mounted here and writable (see [[nomad.homes]])") from e
 
     def shared_dir(self) -> Path:
         return self._homes[MAIN_HOME].shared_dir()
