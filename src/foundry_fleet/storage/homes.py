@@ -8,6 +8,10 @@ shared assets it serves, the driver's name) comes from the main home.
 
 `home_of` is asked at every call, never cached here: a move switches an instance's home in one
 transaction, and from that moment on its snapshots, backups and restores must work on the new home.
+
+Every home is driven from the fleet's own host: its root is a path the fleet host reads and writes (a
+pool imported here, or the node's fleet dataset mounted here, e.g. over NFS), and its `zfs` commands run
+here. Running a home's storage commands on its node instead is not done yet.
 """
 
 from __future__ import annotations
