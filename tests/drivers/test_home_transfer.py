@@ -346,3 +346,29 @@ def test_replication_goes_on_from_the_new_home_with_what_it_already_sent(
 
     assert sent < MIB
     assert offsite.snapshots("alice") == ["s1", "s2"]
+
+
+def test_zfs_copy_of_data_above_the_target_homes_limit_is_received_and_held_at_its_usage(
+        tmp_path: Path, zfs_base: str, second_zfs_base: str) -> None:
+    source = ZfsStorage(tmp_path / "fleet", zfs_base, quota_bytes=QUOTA)
+    target = ZfsStorage(tmp_path / "fleet-b", second_zfs_base, quota_bytes=4 * MIB)  # a smaller limit there
+    source.ensure_layout()
+    target.ensure_layout()
+    data = source.create_instance("alice", QUOTA).data
+    fill(data, big_bytes=6 * MIB)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "more.bin").write_bytes(os.urandom(MIB))
+    source.snapshots.take("alice", data, "s2")
+
+    first = copy_instance_data("alice", source, target, UID)
+    assert first.snapshots == ("s1", "s2")
+
+    copy = target.layout.data("alice")
+    quota = int(zfs("get", "-H", "-p", "-o", "value", "quota", copy).stdout)
+    used = int(zfs("get", "-H", "-p", "-o", "value", "used", copy).stdout)
+    assert quota >= used > 4 * MIB  # held at its usage: the tenant cannot write more
+    assert zfs("get", "-H", "-p", "-o", "value", "foundry-fleet:limit", copy).stdout.strip() == str(4 * MIB)
+    (data / "Data" / "more.bin").write_bytes(os.urandom(2 * MIB))
+    source.snapshots.take("alice", data, "s3")
+    assert copy_instance_data("alice", source, target, UID).snapshots == ("s3",)  # the quota is lifted meanwhile
+    assert tree_of(target.paths("alice").data) == tree_of(data)

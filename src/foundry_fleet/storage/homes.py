@@ -132,6 +132,10 @@ class HomedStorage:
     def shared_dir(self) -> Path:
         return self._homes[MAIN_HOME].shared_dir()
 
+    def sweep_views(self, idle_seconds: float | None = None) -> int:
+        """Every home's idle snapshot views (the same as `snapshots.sweep_views`)."""
+        return self.snapshots.sweep_views(idle_seconds)
+
     def status(self) -> dict[str, object]:
         """The main home's status (as with one home), plus "homes": each home's own status, or for a home
         that cannot be read now (an NFS mount gone, a pool not imported) what went wrong."""
