@@ -156,6 +156,9 @@ def test_a_release_is_copied_once_into_a_home_on_another_file_system(
         directory_homes: tuple[HomedStorage, Homes], release: ReleaseInfo, other_file_system: Path) -> None:
     storage, homes = directory_homes
     homes.of.update(bob="disk-b", carol="disk-b")
+    interrupted = other_file_system / "fleet-b" / RELEASE_COPIES / f"{release.version}.partial"
+    interrupted.mkdir(parents=True)
+    (interrupted / "main.js").write_text("half a copy")  # what a copy cut short leaves: never used
     for name in ("alice", "bob", "carol"):
         storage.create_instance(name)
         storage.install_release(name, Path(release.path))
