@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupported
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound, Unsupported
 from foundry_fleet.storage.directory import DirectoryStorage
 from foundry_fleet.storage.home_transfer import Copied, copy_instance_data, discard_copy
 from foundry_fleet.storage.zfs import ZfsStorage
@@ -174,6 +174,8 @@ def test_directory_discard_removes_data_install_and_snapshots(
 def test_a_copy_needs_a_snapshot_and_homes_of_one_driver(
         directory_homes: tuple[DirectoryStorage, DirectoryStorage], tmp_path: Path) -> None:
     source, target = directory_homes
+    with pytest.raises(NotFound, match="alice has no data under"):
+        copy_instance_data("alice", source, target, UID)
     source.create_instance("alice")
 
     with pytest.raises(InvalidInput, match="alice has no snapshot") as e:
@@ -300,6 +302,8 @@ def test_zfs_discard_destroys_the_copy(zfs_homes: tuple[ZfsStorage, ZfsStorage])
 
 def test_zfs_copy_without_a_snapshot_is_refused(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
     source, target = zfs_homes
+    with pytest.raises(NotFound, match="alice has no data in"):
+        copy_instance_data("alice", source, target, UID)
     source.create_instance("alice")
     with pytest.raises(InvalidInput, match="alice has no snapshot"):
         copy_instance_data("alice", source, target, UID)
