@@ -376,3 +376,32 @@ def test_zfs_copy_of_data_above_the_target_homes_limit_is_received_and_held_at_i
     source.snapshots.take("alice", data, "s3")
     assert copy_instance_data("alice", source, target, UID).snapshots == ("s3",)  # the quota is lifted meanwhile
     assert tree_of(target.paths("alice").data) == tree_of(data)
+
+
+def test_directory_copy_never_links_through_a_link_the_tenant_swapped_for_a_folder(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage], other_file_system: Path) -> None:
+    """A folder that was a link to somewhere else in the previous snapshot: the target's previous tree is
+    never entered through it, so a file there of the same size and time is not taken for the tenant's
+    (it is on the target's file system: a link to it would work, and must not be made)."""
+    source, target = directory_homes
+    outside = other_file_system / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("host secret")
+    data = source.create_instance("alice").data
+    (data / "Data" / "x").symlink_to(outside)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "x").unlink()
+    (data / "Data" / "x").mkdir()
+    (data / "Data" / "x" / "f").write_text("tenant data")  # same size as the host's file
+    times = os.stat(outside / "f")
+    os.utime(data / "Data" / "x" / "f", ns=(times.st_atime_ns, times.st_mtime_ns))  # and the same time
+    source.snapshots.take("alice", data, "s2")
+
+    copy_instance_data("alice", source, target, UID)
+
+    s1, s2 = target.snapshots.path("alice", "s1"), target.snapshots.path("alice", "s2")
+    assert os.readlink(s1 / "Data" / "x") == str(outside)
+    assert (s2 / "Data" / "x" / "f").read_text() == "tenant data"
+    assert (s2 / "Data" / "x" / "f").stat().st_ino != (outside / "f").stat().st_ino
+    assert (target.paths("alice").data / "Data" / "x" / "f").read_text() == "tenant data"
+    assert (outside / "f").read_text() == "host secret"
