@@ -2,6 +2,11 @@
 
 An install is a tree of hard links into the release cache, so it costs no copy of the release bytes.
 That is safe because the cache tree is read-only and instances see their install read-only.
+
+Hard links cannot cross file systems, and a home of a Nomad node's own (see storage/homes.py) is usually
+another one (its disk, or an NFS mount of it): there the release is copied once into the home's
+`releases-copy/<version>/`, and its installs link into that copy, so each home pays a release's bytes
+once, whatever number of instances it holds.
 """
 
 from __future__ import annotations
@@ -10,13 +15,19 @@ import os
 import shutil
 from pathlib import Path
 
+from filelock import FileLock
+
 from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, ExternalFailure
 from foundry_fleet.storage import tenant_tree
 from foundry_fleet.storage.base import InstancePaths
+from foundry_fleet.storage.release_version import release_version_of
 from foundry_fleet.storage.snapshots import DirectorySnapshots
 from foundry_fleet.storage.tenant_tree import TreeError, make_dirs, open_root
 from foundry_fleet.storage.trees import remove_tree
+
+
+RELEASE_COPIES = "releases-copy"
 
 
 class DirectoryStorage:
@@ -57,10 +68,12 @@ class DirectoryStorage:
     def install_release(self, instance: str, release_dir: Path) -> Path:
         """Point `install/` at a release: a fresh tree of hard links, swapped in atomically."""
         p = self.paths(instance)
+        p.root.mkdir(parents=True, exist_ok=True)
+        source = self._release_on_this_file_system(Path(release_dir), p.root)
         staging = p.root / ".install.new"
         remove_tree(staging)
         try:
-            link_tree(release_dir, staging)
+            link_tree(source, staging)
         except OSError as e:
             remove_tree(staging)
             raise ExternalFailure(f"could not install release into {p.install}: {e}") from e
@@ -71,6 +84,41 @@ class DirectoryStorage:
         staging.rename(p.install)
         remove_tree(old)
         return p.install
+
+    def linked_release(self, release_dir: Path) -> Path:
+        """The tree an install of `release_dir` links to here: the release itself where this home shares
+        its file system, else this home's copy of it (which may not be made yet)."""
+        release_dir = Path(release_dir)
+        if _same_file_system(release_dir, self.root):
+            return release_dir
+        return self.root / RELEASE_COPIES / release_version_of(release_dir)
+
+    def _release_on_this_file_system(self, release_dir: Path, beside: Path) -> Path:
+        """`release_dir` when `beside` is on its file system; else this home's copy of it, made once
+        (built as `<version>.partial` and renamed, so an interrupted copy is never used)."""
+        if _same_file_system(release_dir, beside):
+            return release_dir
+        version = release_version_of(release_dir)
+        copies = self.root / RELEASE_COPIES
+        copy = copies / version
+        copies.mkdir(parents=True, exist_ok=True)
+        copies.chmod(0o755)  # instances read their install through these links
+        # Two instances of this home installing the same new release at once must not both copy it.
+        with FileLock(str(copies / f".{version}.lock"), timeout=3600):
+            if copy.is_dir():
+                return copy
+            staging = copies / f"{version}.partial"
+            remove_tree(staging)
+            try:
+                shutil.copytree(release_dir, staging, symlinks=True)
+                for dirpath, _dirs, _files in os.walk(staging, topdown=False):
+                    os.chmod(dirpath, 0o555)  # as read-only as the cache it was copied from
+            except (OSError, shutil.Error) as e:
+                remove_tree(staging)
+                raise ExternalFailure(f"could not copy release {version} from {release_dir} into {copies}: {e}",
+                                      f"check the free space of {self.root} (df), then install again") from e
+            staging.rename(copy)
+        return copy
 
     # removal ------------------------------------------------------------------------------
 
@@ -134,6 +182,10 @@ class DirectoryStorage:
             finally:
                 os.close(fd)
         return total
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
 
 
 def link_tree(src: Path, dst: Path) -> int:

@@ -74,3 +74,28 @@ def ensure_shared_mount_point(data_fd: int, uid: int | None) -> None:
             os.chown(shared, 0, 0, dir_fd=folder, follow_symlinks=False)
     finally:
         os.close(folder)
+
+
+def hand_over(path: Path, uid: int) -> int:
+    """`chown_tree` that changes only the entries not already `uid`:`uid`'s (a copy of data that is mostly
+    the instance's already: every chown would cost a write). Returns the entries changed."""
+    root = open_root(path)
+    try:
+        changed = 0
+        for entry in walk(root, skip=_is_shared_mount):
+            if entry.kind not in (Kind.DIR, Kind.FILE, Kind.LINK, Kind.OTHER):
+                continue
+            assert entry.st is not None
+            if entry.st.st_uid == uid and entry.st.st_gid == uid:
+                continue
+            if entry.kind is Kind.DIR:
+                os.fchown(entry.fd, uid, uid)
+            else:
+                try:
+                    os.chown(entry.name, uid, uid, dir_fd=entry.dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone meanwhile
+            changed += 1
+        return changed
+    finally:
+        os.close(root)

@@ -134,6 +134,29 @@ class DirectorySnapshots:
         os.rename(staging, final)
         return SnapshotInfo(name, created, stats.bytes_new, stats.files, stats.bytes_total)
 
+    def receive(self, instance: str, name: str, tree: Path, previous: str | None) -> CopyStats:
+        """Make `tree` (the same instance's snapshot in another home) this home's snapshot `name`, its
+        metadata kept: a file unchanged since this home's snapshot `previous` is a hard link to it, as a
+        snapshot taken here would be. Built as `<name>.partial` too, so an interruption leaves nothing."""
+        _valid_name(name)
+        d = self._dir(instance)
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+        final = d / name
+        if final.exists():
+            raise Conflict(f"instance {instance} already has a snapshot named {name!r} here", "discard it first")
+        staging = d / (name + PARTIAL)
+        remove_tree(staging)
+        os.mkdir(staging, 0o700)
+        try:
+            with reported_as(f"copying snapshot {name} of {instance} failed", "nothing was kept of that copy"):
+                stats = _copy_sealed(tree, staging, self.path(instance, previous) if previous else None)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        os.rename(staging, final)
+        return stats
+
     def take_many(self, targets: list[tuple[str, Path]], name: str) -> list[SnapshotInfo]:
         """One snapshot per (instance, data): separate trees, so one after the other, not atomic."""
         return [self.take(instance, data, name) for instance, data in targets]
@@ -193,6 +216,26 @@ def _fill(data: Path, staging: Path, previous: Path | None) -> tuple[CopyStats, 
                 os.close(fd)
 
 
+def _copy_sealed(tree: Path, staging: Path, previous: Path | None) -> CopyStats:
+    """Copy a snapshot tree into `staging`, sealed, linking what `previous` already holds; its metadata as is."""
+    src = open_root(tree)
+    dst = open_root(staging)
+    prev = open_root(previous) if previous is not None else None
+    try:
+        stats = copy_tree(src, dst, skip=not_snapshotted, seal=True, previous_fd=prev)
+        fd = os.open(META, NEW_FILE_FLAGS, 0o444, dir_fd=dst)
+        try:
+            os.write(fd, json.dumps(_read_meta(tree)).encode())
+        finally:
+            os.close(fd)
+        os.fchmod(dst, 0o555)
+        return stats
+    finally:
+        for fd in (src, dst, prev):
+            if fd is not None:
+                os.close(fd)
+
+
 def _read_meta(path: Path) -> dict:
     try:
         fd = os.open(path / META, FILE_FLAGS)
@@ -212,7 +255,7 @@ RESTORE_NEW = "data.restore-new"
 RESTORE_OLD = "data.restore-old"
 
 
-def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
+def restore_into(snapshot: Path, data: Path, uid: int | None) -> CopyStats:
     """Make `data` exactly the snapshot's content, as fresh writable files (never links into it).
 
     Steps, each safe to crash in (see `finish_restore`): copy the snapshot beside the live data,
@@ -223,7 +266,7 @@ def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
     os.mkdir(new, 0o700)
     src, dst = open_root(snapshot), open_root(new)
     try:
-        copy_restored(src, dst, uid)
+        stats = copy_restored(src, dst, uid)
     except BaseException:
         remove_tree(new)  # the live data was not touched yet
         raise
@@ -234,6 +277,7 @@ def restore_into(snapshot: Path, data: Path, uid: int | None) -> None:
     os.rename(data, old)
     os.rename(new, data)
     remove_tree(old)
+    return stats
 
 
 def copy_restored(snapshot_fd: int, data_fd: int, uid: int | None) -> CopyStats:

@@ -19,7 +19,6 @@ and `install.old` destroyed. Whatever a crash leaves, the next call for the inst
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.mounts import mounts_under, zfs_mounts
+from foundry_fleet.storage.release_version import release_version_of
 from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage import zfs_quota
 from foundry_fleet.storage.tenant_tree import make_dirs
@@ -364,6 +364,16 @@ class ZfsStorage:
             self._ensure_mounted(dataset, read_only=bool(expected.readonly))
         return True
 
+    def ensure_instance_container(self, instance: str) -> None:
+        """The instance's container dataset (`<base>/instances/<id>`, not mounted), for a copy of its data
+        to be received into; the layout around it is made when missing."""
+        self._ensure_instance_container(check_instance(instance))
+
+    def has_instance(self, instance: str) -> bool:
+        """Whether anything of the instance is here: its datasets, or its folder."""
+        check_instance(instance)
+        return self.zfs.exists(self.layout.instance(instance)) or os.path.lexists(self.layout.instance_path(instance))
+
     def _ensure_instance_container(self, instance: str) -> Props:
         container = self.layout.instance(instance)
         props = self._props(container, recursive=True)
@@ -450,37 +460,6 @@ class ZfsStorage:
             self.zfs.zfs("destroy", "-r", dataset)  # -r: backups snapshot installs along with data
         except ExternalFailure as e:
             log.warning("could not destroy %s (removed on the next repair): %s", dataset, e.message)
-
-
-def release_version_of(release_dir: Path) -> str:
-    """The Foundry version of an unpacked release tree, as the release cache lays it out.
-
-    The cache keeps a release at `versions/<version>/` next to its manifest `versions/<version>.json`;
-    a wrapped zip's app root is one folder further down (`versions/13.347/FoundryVTT-13.347/`). So:
-    the release dir or one of its two parents that has a `<its name>.json` manifest beside it saying
-    `"version": "<its name>"` gives the version; failing that, a release dir named like a version
-    (`13.345`). Anything else is refused rather than guessed.
-    """
-    release_dir = Path(release_dir)
-    for candidate in [release_dir, *list(release_dir.parents)[:2]]:
-        manifest = candidate.parent / f"{candidate.name}.json"
-        if not manifest.is_file():
-            continue
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("version") == candidate.name:
-            parse_version(candidate.name)
-            return candidate.name
-    try:
-        parse_version(release_dir.name)
-    except InvalidInput:
-        raise InvalidInput(
-            f"cannot tell which Foundry version {release_dir} holds",
-            "install releases from the release cache (its manifest names the version)",
-        ) from None
-    return release_dir.name
 
 
 def _check_quota(quota_bytes: int | None) -> None:

@@ -87,7 +87,7 @@ class ZfsDestination:
             self._run("zfs", "create", "-p", "-o", "mountpoint=none", self.base)
         send = ["zfs", "send", *(["-I", f"{source}@{base}"] if base else []), f"{source}@{latest}"]
         receive = [*self._remote, "zfs", "recv", "-u", "-F", self.dataset(instance)]
-        sent = _pipe(send, receive)
+        sent = send_receive(send, receive)
         if base is None:  # a copy is never mounted by itself, not even when its pool is imported again
             self._run("zfs", "set", "canmount=noauto", self.dataset(instance))
         return sent
@@ -101,8 +101,10 @@ class ZfsDestination:
                     raise
 
 
-def _pipe(send: list[str], receive: list[str]) -> int:
-    """Run `send | receive`, counting the bytes in between; raises with both sides' messages."""
+def send_receive(send: list[str], receive: list[str],
+                 hint: str = "check both pools (zpool status); the next round retries from the last common snapshot",
+                 ) -> int:
+    """Run `send | receive`, counting the bytes in between; raises with both sides' messages (and `hint`)."""
     sender = subprocess.Popen(send, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     receiver = subprocess.Popen(receive, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert sender.stdout is not None and receiver.stdin is not None
@@ -130,6 +132,5 @@ def _pipe(send: list[str], receive: list[str]) -> int:
         said = " / ".join(errors.get(k, b"").decode(errors="replace").strip() for k in ("send", "recv") if errors.get(k))
         if receive[0] != "zfs" and received == 255:  # ssh's own failure
             raise DestinationOffline(f"the connection broke during `zfs recv`: {said}", "it is retried next round")
-        raise ExternalFailure(f"`{' '.join(send)} | {' '.join(receive)}` failed: {said or 'no message'}",
-                              "check both pools (zpool status); the next round retries from the last common snapshot")
+        raise ExternalFailure(f"`{' '.join(send)} | {' '.join(receive)}` failed: {said or 'no message'}", hint)
     return total

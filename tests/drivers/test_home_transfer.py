@@ -1,0 +1,305 @@
+"""Copying an instance's data to another storage home, and throwing the copy away: directory homes on
+two file systems (the second a tmpfs mount), ZFS homes on two real zfs-fuse pools."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupported
+from foundry_fleet.storage.directory import DirectoryStorage
+from foundry_fleet.storage.home_transfer import Copied, copy_instance_data, discard_copy
+from foundry_fleet.storage.zfs import ZfsStorage
+from tests.support import homes as second_homes
+
+pytest.register_assert_rewrite("tests.support.zfs")
+
+from tests.support.zfs import zfs  # noqa: E402 (after the rewrite registration)
+
+# The second home's fixtures, for the tests here.
+other_file_system = second_homes.other_file_system
+second_zfs_pool = second_homes.second_zfs_pool
+second_zfs_base = second_homes.second_zfs_base
+
+UID = 41234  # the instance's user: no such account is needed to own files
+MIB = 1 << 20
+QUOTA = 48 * MIB
+
+
+def tree_of(root: Path) -> dict[str, tuple[str, str]]:
+    """Every entry under `root` by relative path: files by content, links by target, folders; never
+    following a link (a link to a folder stays a link). The snapshots' metadata file is left out."""
+    found: dict[str, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(root))
+            if rel in (".snapshot.json", ".zfs"):
+                continue
+            if path.is_symlink():
+                found[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                found[rel] = ("dir", "")
+            else:
+                found[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def owners(root: Path) -> set[int]:
+    """The owners of everything under `root` but the shared assets' mount point (root's)."""
+    found = {root.lstat().st_uid}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            if path.relative_to(root) != Path("Data/shared"):
+                found.add(path.lstat().st_uid)
+    return found
+
+
+def fill(data: Path, big_bytes: int = 4 * MIB) -> None:
+    """A tenant's data: a world database, nested folders, a link to a folder outside, a link to a file."""
+    world = data / "Data" / "worlds" / "w1"
+    world.mkdir(parents=True)
+    (world / "data.db").write_bytes(os.urandom(big_bytes))
+    (world / "world.json").write_text('{"title": "One"}')
+    deep = data / "Data" / "modules" / "m" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "x.js").write_text("export {}")
+    (data / "Data" / "escape").symlink_to("/etc")
+    (data / "Data" / "passwd").symlink_to("/etc/passwd")
+    subprocess.run(["chown", "-R", "-h", f"{UID}:{UID}", str(data)], check=True)
+
+
+# directory homes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def directory_homes(tmp_path: Path, other_file_system: Path) -> tuple[DirectoryStorage, DirectoryStorage]:
+    source, target = DirectoryStorage(tmp_path / "fleet"), DirectoryStorage(other_file_system / "fleet-b")
+    source.ensure_layout()
+    target.ensure_layout()
+    assert os.stat(source.root).st_dev != os.stat(target.root).st_dev
+    return source, target
+
+
+def test_directory_copy_brings_every_snapshot_then_only_the_new_ones(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage]) -> None:
+    source, target = directory_homes
+    data = source.create_instance("alice").data
+    fill(data)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "worlds" / "w1" / "world.json").write_text('{"title": "Two"}')
+    source.snapshots.take("alice", data, "s2")
+
+    first = copy_instance_data("alice", source, target, UID)
+
+    assert first.snapshots == ("s1", "s2")
+    assert first.bytes >= 4 * MIB
+    assert target.snapshots.names("alice") == ["s1", "s2"]
+    assert [s.created_at for s in target.snapshots.list("alice")] == [s.created_at for s in source.snapshots.list("alice")]
+    for name in ("s1", "s2"):
+        assert tree_of(target.snapshots.path("alice", name)) == tree_of(source.snapshots.path("alice", name))
+    moved = target.paths("alice").data
+    assert tree_of(moved) == tree_of(source.snapshots.path("alice", "s2")) | {"Data/shared": ("dir", "")}
+    assert (moved / "Data" / "escape").is_symlink() and os.readlink(moved / "Data" / "escape") == "/etc"
+    assert owners(moved) == {UID}
+    # The unchanged database is one file in the target's two snapshots, as snapshots taken there would be.
+    db = "Data/worlds/w1/data.db"
+    assert (target.snapshots.path("alice", "s1") / db).stat().st_ino == (target.snapshots.path("alice", "s2") / db).stat().st_ino
+    assert (moved / db).stat().st_ino != (target.snapshots.path("alice", "s2") / db).stat().st_ino  # live: a copy
+
+    (data / "Data" / "worlds" / "w1" / "notes.txt").write_text("after the first copy")
+    source.snapshots.take("alice", data, "s3")
+    (moved / "Data" / "stray.txt").write_text("written at the target before the move committed")
+
+    second = copy_instance_data("alice", source, target, UID)
+
+    assert second.snapshots == ("s3",)
+    assert target.snapshots.names("alice") == ["s1", "s2", "s3"]
+    assert (moved / "Data" / "worlds" / "w1" / "notes.txt").read_text() == "after the first copy"
+    assert not (moved / "Data" / "stray.txt").exists()  # the data is exactly the newest snapshot
+    assert (target.snapshots.path("alice", "s2") / db).stat().st_ino == (target.snapshots.path("alice", "s3") / db).stat().st_ino
+
+    again = copy_instance_data("alice", source, target, UID)
+    assert again.snapshots == ()
+    assert tree_of(moved) == tree_of(source.snapshots.path("alice", "s3")) | {"Data/shared": ("dir", "")}
+    assert source.snapshots.names("alice") == ["s1", "s2", "s3"]
+
+
+def test_directory_copy_interrupted_by_a_full_disk_keeps_nothing_half_made_and_goes_on_later(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage], other_file_system: Path) -> None:
+    source, target = directory_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=2 * MIB)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "worlds" / "w1" / "data.db").write_bytes(os.urandom(62 * MIB))
+    source.snapshots.take("alice", data, "s2")
+
+    with pytest.raises(ExternalFailure, match="copying snapshot s2 of alice failed: No space left on device"):
+        copy_instance_data("alice", source, target, UID)
+
+    assert target.snapshots.names("alice") == ["s1"]  # s1 came whole; of s2 nothing is left
+    assert not [p for p in (target.root / "snapshots" / "alice").iterdir() if p.name.endswith(".partial")]
+
+    subprocess.run(["mount", "-o", "remount,size=200m", str(other_file_system)], check=True)
+    resumed = copy_instance_data("alice", source, target, UID)
+
+    assert resumed.snapshots == ("s2",)
+    assert tree_of(target.paths("alice").data) == tree_of(source.snapshots.path("alice", "s2")) | {
+        "Data/shared": ("dir", "")}
+
+
+def test_directory_discard_removes_data_install_and_snapshots(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage]) -> None:
+    source, target = directory_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+
+    assert discard_copy("alice", target) is True
+
+    assert not target.paths("alice").root.exists()
+    assert not (target.root / "snapshots" / "alice").exists()
+    assert target.snapshots.names("alice") == []
+    assert discard_copy("alice", target) is False
+    assert source.snapshots.names("alice") == ["s1"] and (data / "Data" / "worlds" / "w1" / "data.db").is_file()
+
+
+def test_a_copy_needs_a_snapshot_and_homes_of_one_driver(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage], tmp_path: Path) -> None:
+    source, target = directory_homes
+    source.create_instance("alice")
+
+    with pytest.raises(InvalidInput, match="alice has no snapshot") as e:
+        copy_instance_data("alice", source, target, UID)
+    assert "backup now" in (e.value.hint or "")
+    assert not target.paths("alice").root.exists()
+
+    zfs_home = ZfsStorage(tmp_path / "never-used", "nopool/fleet")  # nothing is asked of it
+    with pytest.raises(Unsupported, match="from directory storage to zfs storage"):
+        copy_instance_data("alice", source, zfs_home, UID)
+    with pytest.raises(InvalidInput, match="not an instance name"):
+        copy_instance_data("../alice", source, target, UID)
+
+
+# ZFS homes ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zfs_homes(tmp_path: Path, zfs_base: str, second_zfs_base: str) -> tuple[ZfsStorage, ZfsStorage]:
+    source = ZfsStorage(tmp_path / "fleet", zfs_base, quota_bytes=QUOTA)
+    target = ZfsStorage(tmp_path / "fleet-b", second_zfs_base, quota_bytes=QUOTA)
+    source.ensure_layout()
+    target.ensure_layout()
+    return source, target
+
+
+def zfs_snapshots(dataset: str) -> list[str]:
+    out = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-r", dataset).stdout
+    return [line.split("@", 1)[1] for line in out.splitlines() if line.startswith(dataset + "@")]
+
+
+def test_zfs_copy_sends_in_full_then_the_difference(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "worlds" / "w1" / "world.json").write_text('{"title": "Two"}')
+    source.snapshots.take("alice", data, "s2")
+    source.snapshots.take("alice", data, "s3")
+
+    first = copy_instance_data("alice", source, target, UID)
+
+    assert first == Copied(("s1", "s2", "s3"), first.bytes)
+    assert first.bytes >= 4 * MIB  # the stream carried the database
+    copy = target.layout.data("alice")
+    assert zfs_snapshots(copy) == ["s1", "s2", "s3"]
+    moved = target.paths("alice").data
+    assert os.path.ismount(moved)
+    assert tree_of(moved) == tree_of(data)
+    assert owners(moved) == {UID}
+    assert zfs("get", "-H", "-p", "-o", "value", "quota", copy).stdout.strip() == str(QUOTA)
+    assert zfs("get", "-H", "-o", "value", "mountpoint", copy).stdout.strip() == str(moved)
+    assert target.snapshots.names("alice") == ["s1", "s2", "s3"]
+    assert tree_of(target.snapshots.path("alice", "s1")) == tree_of(source.snapshots.path("alice", "s1"))
+
+    (data / "Data" / "worlds" / "w1" / "notes.txt").write_text("after the first copy")
+    source.snapshots.take("alice", data, "s4")
+    (moved / "Data" / "stray.txt").write_text("written at the target before the move committed")
+
+    second = copy_instance_data("alice", source, target, UID)
+
+    assert second.snapshots == ("s4",)
+    assert 0 < second.bytes < MIB  # only the difference: not the database again
+    assert zfs_snapshots(copy) == ["s1", "s2", "s3", "s4"]
+    assert (moved / "Data" / "worlds" / "w1" / "notes.txt").read_text() == "after the first copy"
+    assert not (moved / "Data" / "stray.txt").exists()
+    assert tree_of(moved) == tree_of(data)
+
+    (moved / "Data" / "stray.txt").write_text("again")
+    again = copy_instance_data("alice", source, target, UID)
+    assert again == Copied((), 0)
+    assert not (moved / "Data" / "stray.txt").exists()  # the data is exactly the newest snapshot
+    assert zfs_snapshots(source.layout.data("alice")) == ["s1", "s2", "s3", "s4"]  # the source was only read
+
+
+def test_zfs_copy_drops_what_the_target_has_beyond_the_common_snapshot(
+        zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+    zfs("snapshot", f"{target.layout.data('alice')}@only-here")  # a leftover: not in the source's line
+    (data / "Data" / "late.txt").write_text("late")
+    source.snapshots.take("alice", data, "s2")
+
+    copied = copy_instance_data("alice", source, target, UID)
+
+    assert copied.snapshots == ("s2",)
+    assert zfs_snapshots(target.layout.data("alice")) == ["s1", "s2"]
+    assert (target.paths("alice").data / "Data" / "late.txt").read_text() == "late"
+
+
+def test_zfs_copy_with_nothing_in_common_is_made_again_in_full(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    target.create_instance("alice")  # an earlier, unrelated copy: no snapshot shared with the source
+    (target.paths("alice").data / "old.txt").write_text("old")
+    zfs("snapshot", f"{target.layout.data('alice')}@old")
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+
+    copied = copy_instance_data("alice", source, target, UID)
+
+    assert copied.snapshots == ("s1",)
+    assert zfs_snapshots(target.layout.data("alice")) == ["s1"]
+    assert tree_of(target.paths("alice").data) == tree_of(data)
+
+
+def test_zfs_discard_destroys_the_copy(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+
+    assert discard_copy("alice", target) is True
+
+    assert not target.zfs.exists(target.layout.instance("alice"))
+    assert not target.paths("alice").root.exists()
+    assert discard_copy("alice", target) is False
+    assert zfs_snapshots(source.layout.data("alice")) == ["s1"] and os.path.ismount(data)
+
+
+def test_zfs_copy_without_a_snapshot_is_refused(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    source.create_instance("alice")
+    with pytest.raises(InvalidInput, match="alice has no snapshot"):
+        copy_instance_data("alice", source, target, UID)
+    assert not target.zfs.exists(target.layout.instance("alice"))
