@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,7 @@ from foundry_fleet.config_file import (  # noqa: F401 - re-exported: where fleet
 from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.homes import HOME_NAME, MAIN_HOME
 from foundry_fleet.domain.hosts import validate_host_label
 from foundry_fleet.domain.names import validate_domain
 
@@ -76,6 +78,17 @@ class EdgeSection(_Section):
         return self
 
 
+def _checked_zfs_base(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from foundry_fleet.storage.zfs_layout import parse_base
+
+    try:
+        return parse_base(value)[1]
+    except InvalidInput as e:
+        raise ValueError(e.message) from None
+
+
 class StorageSection(_Section):
     driver: Literal["directory", "zfs"] = "directory"
     zfs_base: str | None = Field(None, description="POOL or POOL/PATH holding the fleet's datasets (zfs driver)")
@@ -83,14 +96,7 @@ class StorageSection(_Section):
     @field_validator("zfs_base")
     @classmethod
     def _zfs_base(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from foundry_fleet.storage.zfs_layout import parse_base
-
-        try:
-            return parse_base(value)[1]
-        except InvalidInput as e:
-            raise ValueError(e.message) from None
+        return _checked_zfs_base(value)
 
     @model_validator(mode="after")
     def _base_for_zfs(self) -> StorageSection:
@@ -154,6 +160,57 @@ class PodmanSection(_Section):
         return value if isinstance(value, str) else None
 
 
+
+
+class HomeSection(_Section):
+    """Storage of their own for some Nomad nodes (`[[nomad.homes]]`): an instance whose home it is keeps its
+    data there, runs only on its nodes, and `instance move` sends the data when it changes home.
+
+    For now the fleet's host reaches every home itself: `root` is a path it can read and write (a pool
+    imported here, a node's fleet dataset mounted here) and the home's ZFS commands run here."""
+
+    name: str = Field(pattern=HOME_NAME.pattern, description=f'the home\'s name (not "{MAIN_HOME}", the fleet\'s own)')
+    nodes: list[str] = Field(min_length=1, description="the Nomad node names that see this home")
+    root: Path = Field(description="the home's fleet root as the fleet's host reaches it (absolute)")
+    node_root: Path | None = Field(None, description="the same as the home's nodes see it; default: root")
+    zfs_base: str | None = Field(None, description="POOL[/PATH] of the home's datasets ([storage] driver = \"zfs\")")
+
+    @field_validator("name")
+    @classmethod
+    def _not_main(cls, v: str) -> str:
+        if v == MAIN_HOME:
+            raise ValueError(f'"{MAIN_HOME}" is the fleet\'s own home (its root and the nodes in no other home): '
+                             "name this one differently")
+        return v
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v: list[str]) -> list[str]:
+        for node in v:
+            if not node or len(node) > 255 or any(c.isspace() for c in node) or not node.isprintable():
+                raise ValueError(f"{node[:80]!r} is not a Nomad node name (as `foundry-fleet status` lists nodes)")
+        if len(v) != len(set(v)):
+            raise ValueError("a node is listed twice")
+        return v
+
+    @field_validator("root", "node_root")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"{str(v)!r} is not an absolute path")
+        return v
+
+    @field_validator("zfs_base")
+    @classmethod
+    def _zfs_base(cls, value: str | None) -> str | None:
+        return _checked_zfs_base(value)
+
+    @property
+    def nodes_root(self) -> Path:
+        """The home's root as its nodes see it."""
+        return self.node_root or self.root
+
+
 _NOMAD_NAME = re.compile(r"^[a-zA-Z0-9-]{1,128}$")  # Nomad's namespace and region names
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
@@ -174,6 +231,8 @@ class NomadSection(_Section):
     timeout: float = Field(10.0, gt=0, le=10 * 60, description="seconds each API call may take")
     wait: float = Field(300.0, gt=0, le=600, description='a blocking query\'s wait: seconds, or "300s", "5m"')
     node_root: Path | None = Field(None, description="the fleet root as the nodes see it; default: the fleet root")
+    homes: list[HomeSection] = Field(default_factory=list, description="nodes keeping instances' data on "
+                                                                       "storage of their own ([[nomad.homes]])")
 
     @field_validator("address")
     @classmethod
@@ -222,6 +281,25 @@ class NomadSection(_Section):
         if self.ca_file is not None and not self.address.startswith("https://"):
             raise ValueError("ca_file is set but address is not https://: the CA would not be used")
         return self
+
+    @model_validator(mode="after")
+    def _homes_apart(self) -> NomadSection:
+        names: set[str] = set()
+        home_of_node: dict[str, str] = {}
+        for home in self.homes:
+            if home.name in names:
+                raise ValueError(f"two [[nomad.homes]] are named {home.name!r}")
+            names.add(home.name)
+            for node in home.nodes:
+                if node in home_of_node:
+                    raise ValueError(f"node {node!r} is in homes {home_of_node[node]!r} and {home.name!r}: a node "
+                                     "sees one home's storage")
+                home_of_node[node] = home.name
+        return self
+
+    def home_of_node(self, node: str) -> str:
+        """The home a node keeps instances' data in: the one listing it, else the fleet's own."""
+        return next((h.name for h in self.homes if node in h.nodes), MAIN_HOME)
 
 
 class NodeSection(_Section):
@@ -391,6 +469,43 @@ class FleetConfig(_Section):
             raise ValueError('[edge] on_nomad = true needs [runtime] driver = "nomad"')
         return self
 
+    @model_validator(mode="after")
+    def _homes_storage(self) -> FleetConfig:
+        """Each home is storage of its own: its root and datasets are nobody else's, and it uses the
+        fleet's storage driver."""
+        roots = [(MAIN_HOME, self.fleet.root)]
+        bases = [(MAIN_HOME, self.storage.zfs_base)] if self.storage.zfs_base else []
+        for home in self.nomad.homes:
+            where = f"[[nomad.homes]] {home.name!r}"
+            if self.storage.driver == "zfs" and not home.zfs_base:
+                raise ValueError(f'{where} needs zfs_base = "POOL[/PATH]": the fleet\'s [storage] driver is "zfs", '
+                                 "and every home uses it")
+            if self.storage.driver != "zfs" and home.zfs_base:
+                raise ValueError(f'{where} has zfs_base but the fleet\'s [storage] driver is "{self.storage.driver}": '
+                                 "remove zfs_base (the home keeps directories under its root)")
+            for other, root in roots:
+                if _overlaps(home.root, root):
+                    raise ValueError(f"{where} root {str(home.root)!r} overlaps the root of home {other!r} "
+                                     f"({str(root)!r}): "
+                                     "each home needs a root of its own, neither inside the other")
+            roots.append((home.name, home.root))
+            if home.zfs_base:
+                for other, base in bases:
+                    if _overlaps_dataset(home.zfs_base, base):
+                        raise ValueError(f"{where} zfs_base {home.zfs_base!r} overlaps the datasets of home "
+                                         f"{other!r} ({base!r}): "
+                                         "each home needs datasets of its own")
+                bases.append((home.name, home.zfs_base))
+        return self
+
+    def home(self, name: str) -> HomeSection | None:
+        """The `[[nomad.homes]]` named `name`; None for the fleet's own home (and unknown names)."""
+        return next((h for h in self.nomad.homes if h.name == name), None)
+
+    @property
+    def home_names(self) -> tuple[str, ...]:
+        return (MAIN_HOME, *(h.name for h in self.nomad.homes))
+
     @property
     def root(self) -> Path:
         return self.fleet.root
@@ -407,12 +522,22 @@ class FleetConfig(_Section):
         return f"https://{self.host_for(instance)}{port}/-/"
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = Path(os.path.normpath(a)), Path(os.path.normpath(b))
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _overlaps_dataset(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def _describe(err: ValidationError, path: Path) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     more = len(err.errors()) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{path}: [{key}] {first['msg']}{tail}"
+    where = f"[{key}] " if key else ""  # a rule across sections has no one key to name
+    return f"{path}: {where}{first['msg']}{tail}"
 
 
 def load_config(path: Path) -> FleetConfig:
@@ -430,6 +555,7 @@ def load_config(path: Path) -> FleetConfig:
         for key in ("token_file", "ca_file", "node_root"):
             if isinstance(nomad.get(key), str) and nomad[key]:
                 nomad[key] = str((base / nomad[key]).resolve())
+        # A home's roots stay as written: they must be absolute (a relative one is refused, not guessed).
     discord = raw.get("discord")
     if isinstance(discord, dict):
         for key in ("token_file", "client_secret_file"):

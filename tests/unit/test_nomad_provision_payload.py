@@ -34,6 +34,18 @@ def test_round_trip_is_compact_json_with_every_field() -> None:
         == ProvisionPayload("bob", "12.331", NODE, 200002, port=None)
 
 
+def test_the_home_travels_only_when_it_is_not_the_fleets_own() -> None:
+    """A node lays the instance out in the payload's home; without one, in the fleet's own, so a payload
+    for the fleet's own home is byte for byte what it was before homes (older nodes still take it)."""
+    own = ProvisionPayload("alice", "13.345", NODE, 200001, port=30001)
+    assert own.home == "fleet" and "home" not in json.loads(own.to_bytes())
+    assert ProvisionPayload.from_bytes(own.to_bytes()).home == "fleet"
+    away = ProvisionPayload("alice", "13.345", NODE, 200001, port=30001, home="pool-b")
+    assert json.loads(away.to_bytes()) == payload(home="pool-b")
+    assert ProvisionPayload.from_bytes(away.to_bytes()) == away
+    assert away.meta() == own.meta()
+
+
 def test_meta_is_the_three_required_strings() -> None:
     assert ProvisionPayload("alice", "13.345", NODE, 200001).meta() == {
         "instance": "alice", "release": "13.345", "node": NODE}
@@ -42,7 +54,7 @@ def test_meta_is_the_three_required_strings() -> None:
 def test_unknown_keys_are_refused_and_named() -> None:
     message = refused(json.dumps(payload(license="ABCD", admin_password="x")).encode())
     assert "'admin_password', 'license'" in message and "unknown keys" in message
-    assert "known: instance, release, node, uid, port" in message
+    assert "known: instance, release, node, uid, port, home" in message
 
 
 def test_missing_keys_are_named() -> None:
@@ -92,6 +104,9 @@ def test_a_uid_that_is_not_a_usable_whole_number_is_refused(uid: object, said: s
     ({"instance": ["alice"]}, "instance is list, not text"),
     ({"port": 70000}, "port 70000 is not a TCP port"),
     ({"port": "30001"}, 'port is "30001", not a whole number'),
+    ({"home": "Pool B"}, "home 'Pool B' is not a home's name"),
+    ({"home": ""}, "home '' is not a home's name"),
+    ({"home": 2}, "home is 2, not text"),
 ])
 def test_other_wrong_values_are_refused(changes: dict[str, object], said: str) -> None:
     assert said in refused(json.dumps(payload(**changes)).encode())

@@ -225,8 +225,8 @@ def test_a_move_is_checked_against_the_runtime_and_a_stopped_instance_is_only_re
             await ops.move("cli:admin", "erin", "node-d")
         assert elsewhere.value.message == (
             "moving erin from node node-a to node node-d would need its data sent from one node's storage to the "
-            "other's (ZFS send -I of its snapshots, or restic for directory storage), which the fleet does not do "
-            "yet")
+            "other's, and this fleet has no [[nomad.homes]] to send it between")
+        assert "[[nomad.homes]]" in (elsewhere.value.hint or "")
         with pytest.raises(NotFound):
             await ops.move("cli:admin", "nobody", "node-c")
         assert fleet.instances.get("erin").node is None  # nothing refused changed anything

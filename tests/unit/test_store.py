@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+import pytest
 
 from foundry_fleet.store.database import MIGRATIONS, SCHEMA_REVISION, make_engine, open_database
 from foundry_fleet.store.models import Base
@@ -101,3 +102,71 @@ def test_instances_from_before_0007_have_no_node_asked_for(tmp_path: Path) -> No
         command.downgrade(cfg, "0006")
     with sqlite3.connect(db) as conn:
         assert [c[1] for c in conn.execute("PRAGMA table_info(instances)")].count("node") == 0
+
+
+def test_instances_from_before_0008_are_in_the_fleets_own_home_and_a_move_under_way_blocks_a_downgrade(
+        tmp_path: Path) -> None:
+    """A daemon upgraded in place: its instances keep their data where it was (home NULL = "fleet"); going
+    back while a move is journalled, or an instance is in another home, would lose where its data is."""
+    from alembic import command
+
+    db = tmp_path / "fleet.sqlite"
+    engine = make_engine(db)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
+                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
+                     "'', 0, 0, '/r', 'file', 0)")
+        conn.execute("INSERT INTO instances (name, release_version, port, desired, state, state_reason, "
+                     "extra_hosts, restarts, crash_times, created_at, updated_at, node) "
+                     "VALUES ('alice', '13.345', 30001, 'running', 'stopped', '', '[]', 0, '[]', 0, 0, 'node-a')")
+    engine.dispose()
+    open_database(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name, node, home FROM instances").fetchall() == [("alice", "node-a", None)]
+        conn.execute("INSERT INTO moves (instance, source_home, target_home, source_node, target_node, phase, "
+                     "started_at) VALUES ('alice', 'fleet', 'pool-b', 'node-a', 'node-b', 'copying', 1.0)")
+
+    def downgrade() -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0007")
+
+    with pytest.raises(RuntimeError, match="a move between homes is under way: start the daemon once"):
+        downgrade()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM moves")
+        conn.execute("UPDATE instances SET home = 'pool-b'")
+    with pytest.raises(RuntimeError, match="instances alice keep their data in homes of their own"):
+        downgrade()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE instances SET home = NULL")
+    downgrade()
+    with sqlite3.connect(db) as conn:
+        assert [c[1] for c in conn.execute("PRAGMA table_info(instances)")].count("home") == 0
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'moves'").fetchone() == (0,)
+
+
+def test_a_journalled_move_goes_with_its_instance(tmp_path: Path) -> None:
+    """moves.instance refers to the instance: deleting the instance cannot leave a move of nothing."""
+    db = tmp_path / "fleet.sqlite"
+    open_database(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
+                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
+                     "'', 0, 0, '/r', 'file', 0)")
+        conn.execute("INSERT INTO instances (name, release_version, port, desired, state, state_reason, "
+                     "extra_hosts, restarts, crash_times, created_at, updated_at) "
+                     "VALUES ('alice', '13.345', 30001, 'running', 'stopped', '', '[]', 0, '[]', 0, 0)")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO moves (instance, source_home, target_home, target_node, phase, started_at) "
+                         "VALUES ('nobody', 'fleet', 'pool-b', 'node-b', 'copying', 1.0)")
+        conn.execute("INSERT INTO moves (instance, source_home, target_home, target_node, phase, started_at) "
+                     "VALUES ('alice', 'fleet', 'pool-b', 'node-b', 'copying', 1.0)")
+        conn.execute("DELETE FROM instances WHERE name = 'alice'")
+        assert conn.execute("SELECT count(*) FROM moves").fetchone() == (0,)

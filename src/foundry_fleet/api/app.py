@@ -245,8 +245,9 @@ def create_app(
                  delete_instance, query=(Param("purge", bool, False, "destroy the data too"),), changes_state=True),
         # Fleet-level, like suspend: which machine a tenant runs on is the fleet admins' business.
         Endpoint("POST", "/v1/instances/{name}/move",
-                 "Run an instance on another node: re-pinned, then restarted there (a stopped one moves at its "
-                 "next start)", move_instance, body=MoveInstance, changes_state=True),
+                 "Run an instance on another node: re-pinned, then restarted there; to a node of another home its "
+                 "data is sent there first, and the answer says what was copied and the downtime (a stopped one "
+                 "moves at its next start)", move_instance, body=MoveInstance, changes_state=True),
         Endpoint("PUT", "/v1/instances/{name}/hosts", "Set the hostnames an instance answers on besides its own",
                  set_hosts, body=SetHosts, returns=InstanceView, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),

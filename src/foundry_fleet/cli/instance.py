@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, err_console, instance_detail, instances_table, print_json, safe
+from foundry_fleet.cli.render import (
+    console, err_console, human_bytes, instance_detail, instances_table, print_json, safe,
+)
 from foundry_fleet.cli.typer_compat import command_group
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.domain.text import escape_controls
@@ -154,8 +156,9 @@ def move(
     node: Annotated[str, typer.Option(help="the node to run it on, as `status` lists them")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Run an instance on another node (nomad runtime, nodes sharing the fleet root): restarted there; a
-    stopped one moves at its next start (needs the daemon)."""
+    """Run an instance on another node (nomad runtime): restarted there; to a node of another home
+    ([[nomad.homes]]) its data is sent there first, with a short stop; a stopped one moves at its next
+    start (needs the daemon)."""
     c: CliContext = ctx.obj
     result = c.require_daemon().move(name, node)
     if json_out:
@@ -166,14 +169,29 @@ def move(
         console.print(f"{name} is {result['instance']['state']}: it moves to node {safe(result['node'])} at its "
                       "next start")
     elif result["outcome"] == "moved":
-        console.print(f"{name} moved from node {safe(result['previous'] or '-')} to node {safe(result['node'])}: "
-                      "running there")
+        where = f"{name} moved from node {safe(result['previous'] or '-')} to node {safe(result['node'])}"
+        if result.get("home") and result.get("home") != result.get("previous_home"):
+            where += f" (home {safe(result['previous_home'])} -> {safe(result['home'])})"
+        running = result["instance"]["state"] == "running"
+        console.print(f"{where}: {'running there' if running else 'it runs there at its next start'}")
+        if result.get("home") and result.get("home") != result.get("previous_home"):
+            console.print(_copied(result))
     else:
         row = result["instance"]
         err_console.print(f"[bold red]{name} is not running on node {safe(result['node'])}:[/] {row['state']} "
                           f"({safe(row['state_reason'])}); its data is on node {safe(result['now_on'] or '-')}")
     if result["outcome"] == "not moved":
         raise typer.Exit(1)
+
+
+def _copied(result: dict[str, Any]) -> str:
+    """What a move between homes sent, and how long the instance was down."""
+    snaps = result.get("copied_snapshots") or []
+    line = f"copied {len(snaps)} snapshot{'s' if len(snaps) != 1 else ''} ({human_bytes(int(result.get('copied_bytes') or 0))})"
+    if snaps:
+        line += f": {safe(snaps[0])}" + (f" .. {safe(snaps[-1])}" if len(snaps) > 1 else "")
+    down = result.get("downtime_seconds")
+    return line + (f"; down {down:.1f} s (stopped -> running again)" if down is not None else "")
 
 
 @app.command()

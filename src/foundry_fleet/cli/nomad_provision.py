@@ -25,13 +25,14 @@ def provision(
 ) -> None:
     """Lay out one instance on this node from a fvtt-provision dispatch (only the node it names acts)."""
     from foundry_fleet.services.node_provisioning import provision_on_node, read_payload
-    from foundry_fleet.wiring.drivers import make_storage
+    from foundry_fleet.wiring.drivers import make_home_storage
 
     c: CliContext = ctx.obj
     try:
         wanted = read_payload(Path(payload))
         config = c.config
-        result = provision_on_node(config, node_id, wanted, storage=make_storage(config))
+        result = provision_on_node(config, node_id, wanted,
+                                   storage=make_home_storage(config, wanted.home, on_node=True))
     except FleetError as e:
         _fail(e.message, e.hint)
     except OSError as e:  # the host refused something (a full disk, a read-only file system): say what

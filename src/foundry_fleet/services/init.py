@@ -167,6 +167,16 @@ NOMAD_TEMPLATE = """\
 # timeout = 10.0                        # seconds per API call; Nomad down is retried with backoff
 # wait = "300s"                         # blocking queries: Nomad answers at once on a change
 # node_root = "/srv/foundry-fleet"      # the fleet root as the nodes see it; default: this root
+# Nodes keeping instances' data on storage of their own, one [[nomad.homes]] each (a node in at most one;
+# nodes in none share the fleet root). `instance move` to a node of another home sends the data there.
+# For now this host reaches every home itself: its root is a path here (a pool imported here, or the
+# node's fleet dataset mounted here), and its ZFS commands run here.
+# [[nomad.homes]]
+# name = "pool-b"
+# nodes = ["node-b"]
+# root = "/srv/fleet-b"                 # the home's fleet root as this host reaches it (absolute)
+# node_root = "/srv/fleet-b"            # the same as its nodes see it; default: root
+# zfs_base = "tankb/fleet"              # with [storage] driver = "zfs" (the home's own datasets)
 """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from foundry_fleet.config import FleetConfig
+from foundry_fleet.config import MAIN_HOME, FleetConfig
 from foundry_fleet.domain.errors import NotFound
 from foundry_fleet.services.views import InstanceView
 from foundry_fleet.storage.base import Storage
@@ -49,6 +49,7 @@ class InstanceViews:
             suspended=row.suspended_reason,
             node=row.node,
             address=row.address,
+            home=row.home or MAIN_HOME,
         )
 
     def list(self) -> list[InstanceView]:

@@ -33,14 +33,14 @@ def checked_node(wanted: str, nodes: list[NodeInfo], runtime: str, multi_node: b
 
 
 def checked_move(name: str, wanted: str, source: str | None, nodes: list[NodeInfo], runtime: str,
-                 multi_node: bool) -> str:
+                 multi_node: bool, sends_data: bool = False) -> str:
     """The node to move `name` to, `source` the node holding its data now (None: none yet), when the
     runtime can take it there now; else a clear refusal.
 
-    Its data follows by re-pinning alone between nodes that keep it on the same storage (today every
-    Nomad node shares the fleet root). Between nodes with storage of their own it would have to be
-    sent (ZFS `send -I` of its snapshots, or restic for directory storage): not done yet, refused
-    here, where sending it belongs once it is."""
+    Between nodes that name the same storage its data follows by re-pinning alone; between nodes that
+    name different homes ([[nomad.homes]]) the move sends it (services/moves.py), when the fleet can
+    (`sends_data`: it has homes). A node whose storage the runtime cannot tell (None) is refused: whether
+    its data could follow is unknown."""
     if not multi_node:
         raise Unsupported(f"the {runtime} runtime runs every instance on this host: there is no other node to "
                           f"move {name} to", "moving instances between nodes needs the nomad runtime "
@@ -53,9 +53,15 @@ def checked_move(name: str, wanted: str, source: str | None, nodes: list[NodeInf
         raise Conflict(f"the data of {name} is on node {source}, which the {runtime} runtime no longer lists: "
                        f"whether it can follow to {target} cannot be told", "bring that node back first")
     storage = next(n.storage for n in nodes if n.name == target)
-    if held.storage is None or held.storage != storage:
+    if held.storage is None or storage is None:
+        unknown = source if held.storage is None else target
+        raise Unsupported(f"moving {name} from node {source} to node {target} cannot be done: where node {unknown} "
+                          "keeps instances' data is not known to the fleet",
+                          "list the node in a [[nomad.homes]] of fleet.toml (or leave it in none: it then shares "
+                          "the fleet root), then move again")
+    if held.storage != storage and not sends_data:
         raise Unsupported(f"moving {name} from node {source} to node {target} would need its data sent from one "
-                          "node's storage to the other's (ZFS send -I of its snapshots, or restic for directory "
-                          "storage), which the fleet does not do yet",
-                          "move it to a node that sees the same fleet root ([nomad] node_root)")
+                          "node's storage to the other's, and this fleet has no [[nomad.homes]] to send it between",
+                          "move it to a node that sees the same fleet root ([nomad] node_root), or describe each "
+                          "node's storage as a [[nomad.homes]] in fleet.toml")
     return target

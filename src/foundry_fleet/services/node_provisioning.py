@@ -8,9 +8,10 @@ another, as a release switch does), options.json when missing, its data owned by
 exec task driver the system user its task runs as. Everything is compared first and changed only where
 it differs, so running it again changes nothing, not even a file's time.
 
-A node's fleet root is, for now, the fleet's own (one node, or nodes sharing the file system): the
-release must already be in its release cache, and the instance's secrets (license.json, admin.txt) are
-the fleet's to write at create; this command never writes or prints them.
+The payload names the home ([[nomad.homes]]) that holds the instance's data, and the instance is laid
+out in that home's storage; the release must already be in the node's release cache, and the
+instance's secrets (license.json, admin.txt) are the fleet's to write at create (a move brings them
+with the data); this command never writes or prints them.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def provision_on_node(config: FleetConfig, node_id: str, payload: ProvisionPaylo
                       releases: ReleaseCache | None = None) -> ProvisionResult:
     """Make the payload's instance ready to run on this node (`node_id`), idempotently.
 
-    `storage` is the fleet's storage driver on this node (wiring.drivers.make_storage); `releases` its
-    release cache (by default the one fleet.toml names)."""
+    `storage` is the storage driver of the payload's home on this node (wiring.drivers.make_home_storage:
+    the fleet root's, or a [[nomad.homes]]'s root as its nodes see it); `releases` its release cache (by
+    default the one fleet.toml names)."""
     if payload.node != node_id:
         return ProvisionResult(payload.instance, payload.node, acted=False)
     releases = releases or ReleaseCache.from_config(config)

@@ -15,7 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from foundry_fleet.domain.errors import Conflict
+from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.backups import Backups
@@ -25,6 +25,7 @@ from foundry_fleet.services.edge_port import EdgeSync
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.moves import Moves
 from foundry_fleet.services.node_choice import checked_move, checked_node
 from foundry_fleet.services.operation_lock import OperationLock
 from foundry_fleet.services.provisioning import Provisioning
@@ -84,19 +85,30 @@ class Lifecycle:
 
 @dataclass(frozen=True)
 class Moved:
-    """What `instance move` did: `outcome` is "moved" (it runs on `node` now), "already there" (nothing
-    to do), "pinned" (not running: it moves at its next start) or "not moved" (it did not come up
-    there: `instance.state_reason` says why)."""
+    """What `instance move` did: `outcome` is "moved" (it runs on `node` now; a stopped instance moved to
+    another home: its data is there, it runs there at its next start), "already there" (nothing to do),
+    "pinned" (not running: it moves at its next start) or "not moved" (it did not come up there:
+    `instance.state_reason` says why)."""
 
     outcome: str
     previous: str | None  # the node its data was on; None: on none yet
     node: str  # where it is to run
     now_on: str | None  # the node holding its data now: where it runs when it runs
     instance: InstanceView
+    # Between homes: the home it left and the one holding it now, the snapshots its data was sent as
+    # (oldest first), their bytes, and how long it did not run (stopped -> running again; None when it
+    # was not running).
+    previous_home: str | None = None
+    home: str | None = None
+    copied_snapshots: tuple[str, ...] = ()
+    copied_bytes: int = 0
+    downtime_seconds: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"outcome": self.outcome, "previous": self.previous, "node": self.node, "now_on": self.now_on,
-                "instance": self.instance.to_dict()}
+                "instance": self.instance.to_dict(), "previous_home": self.previous_home, "home": self.home,
+                "copied_snapshots": list(self.copied_snapshots), "copied_bytes": self.copied_bytes,
+                "downtime_seconds": self.downtime_seconds}
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,9 @@ class Operations:
         edge: EdgeSync | None = None,
         settle_timeout: float = 60.0,
         lock: OperationLock | None = None,
+        moves: Moves | None = None,
     ) -> None:
+        """`moves`: moving data between homes (a fleet with [[nomad.homes]]); None, every node shares it."""
         self.lifecycle = lifecycle
         self.provisioning = lifecycle.provisioning
         self.desired = lifecycle.desired
@@ -125,6 +139,7 @@ class Operations:
         self.edge = edge
         self.settle_timeout = settle_timeout
         self.lock = lock or OperationLock()
+        self.moves = moves
 
     def _backups(self, actor: str) -> Backups:
         """The backup service, recording its events under `actor`."""
@@ -181,15 +196,19 @@ class Operations:
             return await self._settled(name, wait)
 
     async def move(self, actor: str, name: str, node: str) -> Moved:
-        """Run the instance on another node: re-pinned there (kept in its desired state), then restarted,
-        its runtime moving it as it starts (a start interrupted half-way is finished by the next one).
-        A stopped instance is only re-pinned: it moves at its next start."""
+        """Run the instance on another node. On a node of the same home: re-pinned there (kept in its desired
+        state), then restarted, its runtime moving it as it starts (a start interrupted half-way is finished
+        by the next one); a stopped instance is only re-pinned: it moves at its next start. On a node of
+        another home its data is sent there first (`_move_home`)."""
         with self.lock.hold(name, "moving"):
             was = await self._view(name)
             runtime = self.supervisor.runtime
             multi = runtime.capabilities.multi_node
             source = await runtime.data_node(name) if multi else None
-            target = checked_move(name, node, source, await runtime.nodes() if multi else [], runtime.name, multi)
+            target = checked_move(name, node, source, await runtime.nodes() if multi else [], runtime.name, multi,
+                                  sends_data=self.moves is not None)
+            if self.moves is not None and self.moves.home_of_node(target) != was.home:
+                return await self._move_home(actor, was, source, target)
             if source == target:
                 if was.node not in (None, target):  # a move elsewhere that had not happened yet is called off
                     await _blocking(self.desired.set_node, actor, name, target, source)
@@ -206,6 +225,56 @@ class Operations:
                 await _blocking(self.lifecycle.events.record, "instance.moved", name, Outcome.OK,
                                 f"{source or 'no node'} -> {target}", actor)
             return Moved("moved" if moved else "not moved", source, target, now_on, view)
+
+    async def _move_home(self, actor: str, was: InstanceView, source: str | None, target: str) -> Moved:
+        """Send the instance's data to the target node's home, with little downtime: a snapshot copied while
+        it runs, then stopped, a final snapshot and only the difference copied, the commit (services/moves.py)
+        and a start there. A failure before the commit discards the target's copy and leaves it running where
+        it was; the journal lets the next daemon start do the same after a crash."""
+        assert self.moves is not None
+        moves, name = self.moves, was.name
+        backups = self._backups(actor)
+        running = was.desired == DesiredState.RUNNING.value
+        await _blocking(backups.check_room, name)  # a refused snapshot, before anything is under way
+        move = await _blocking(moves.begin, actor, name, was.home, moves.home_of_node(target), source, target,
+                               running)
+        snapshots: list[str] = []
+        sent = 0
+        stopped_at: float | None = None
+        try:
+            await _blocking(backups.take, name, "move")
+            first = await _blocking(moves.copy, move, was.uid)
+            snapshots, sent = list(first.snapshots), first.bytes
+            if running:
+                stopped_at = time.monotonic()
+                await self._stop_and_wait(actor, name, f"moving to node {target}")
+                await _blocking(backups.take, name, "move")
+                final = await _blocking(moves.copy, move, was.uid)
+                snapshots, sent = snapshots + list(final.snapshots), sent + final.bytes
+            await _blocking(moves.install_at_target, move)
+            move = await _blocking(moves.commit, actor, move, len(snapshots), sent)
+        except Exception as e:
+            why = e.message if isinstance(e, FleetError) else f"{type(e).__name__}: {e}"
+            await _blocking(moves.roll_back, actor, move, why)
+            if running:
+                self.supervisor.poke(name)
+                await self._settled(name, True)
+            raise
+        view = await self._view(name)
+        if running:
+            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, f"moved to node {target}")
+            self.supervisor.poke(name)
+            view = await self._settled(name, True)
+        downtime = None if stopped_at is None else round(time.monotonic() - stopped_at, 3)
+        up = view.state == InstanceState.RUNNING.value
+        await _blocking(moves.finish, actor, move,
+                        f"{len(snapshots)} snapshot(s), {sent} bytes copied"
+                        + (f", {downtime:.1f} s down" if downtime is not None and up else ""))
+        self.lifecycle.changes.notify()
+        outcome = "moved" if up or not running else "not moved"
+        return Moved(outcome, source, target, target, view, previous_home=move.source_home, home=move.target_home,
+                     copied_snapshots=tuple(snapshots), copied_bytes=sent,
+                     downtime_seconds=downtime if up else None)
 
     async def suspend(self, actor: str, name: str, reason: str) -> InstanceView:
         """Stop the instance and keep it stopped: its tenant cannot start it until it is resumed."""

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from foundry_fleet.config import FleetConfig
+from foundry_fleet.config import MAIN_HOME, FleetConfig
 from foundry_fleet.domain import admin_key, instance_layout
 from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
 from foundry_fleet.domain.events import Outcome
@@ -163,7 +163,7 @@ class Provisioning:
                         name=name, release_version=release, port=port, uid=uid, owner=tenant,
                         desired=(DesiredState.RUNNING if start else DesiredState.STOPPED).value,
                         state=InstanceState.CREATING.value, state_reason="laying out storage",
-                        restarts=0, crash_times=[], extra_hosts=hosts, node=node,
+                        restarts=0, crash_times=[], extra_hosts=hosts, node=node, home=self._home_for(node),
                     )
                     s.add(row)
                     s.flush()
@@ -173,6 +173,12 @@ class Provisioning:
                 if attempt == 2:
                     raise Conflict("could not reserve a port for the instance (busy fleet)", "try again") from None
         raise AssertionError("unreachable")
+
+    def _home_for(self, node: str | None) -> str | None:
+        """The home a new instance's data is laid out in: that of the node asked for (its job can run only
+        where its data is); None, the fleet's own, when the runtime chooses."""
+        home = self.config.nomad.home_of_node(node) if node else MAIN_HOME
+        return None if home == MAIN_HOME else home
 
     def _allocate_uid(self, s: Session) -> int:
         lo, hi = self.config.instances.uid_range

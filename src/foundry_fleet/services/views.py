@@ -26,6 +26,7 @@ class InstanceView:
     suspended: str | None = None  # why an admin suspended it; None: not suspended
     node: str | None = None  # the node asked for at create; None: its runtime chose
     address: str | None = None  # where the edge reaches it now ("host:port"); None while no task runs
+    home: str = "fleet"  # the home holding its data ([[nomad.homes]]; "fleet": the fleet's own)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

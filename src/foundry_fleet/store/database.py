@@ -11,7 +11,7 @@ from sqlalchemy.orm import sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Checked against Alembic's own head by the tests; it lets an up-to-date
 # database open without importing Alembic at all (which costs the long-running daemon ~10 MB).
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Tables: tenants, releases, instances, events, replication state, invites, setup wizards, sign-in
+"""Tables: tenants, releases, instances, moves under way, events, replication state, invites, setup wizards, sign-in
 sessions and tickets, and what the notifier has sent."""
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class Instance(Base):
     # The node an operator asked for at create (`--node`): where a cluster runtime places it while its
     # data is nowhere yet. None: the runtime chooses.
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The home ([[nomad.homes]]) holding its data; None: the fleet's own ("fleet"). Read through
+    # services/instance_homes.py, changed only by a move's commit.
+    home: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # Set by an admin: the instance stays stopped, and its tenant cannot start it, until resumed.
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
@@ -75,6 +78,21 @@ class Instance(Base):
 
     owner: Mapped[Tenant | None] = relationship(back_populates="instances")
     release: Mapped[Release] = relationship()
+
+
+class MoveRow(Base):
+    """A move of an instance's data to another home, under way: what the next daemon start rolls back
+    ("copying": the source still holds the instance) or finishes ("committed": the target does)."""
+
+    __tablename__ = "moves"
+
+    instance: Mapped[str] = mapped_column(ForeignKey("instances.name", ondelete="CASCADE"), primary_key=True)
+    source_home: Mapped[str] = mapped_column(String(40))
+    target_home: Mapped[str] = mapped_column(String(40))
+    source_node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    target_node: Mapped[str] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(16))  # "copying" | "committed"
+    started_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class EventRow(Base):

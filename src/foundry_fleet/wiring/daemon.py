@@ -137,6 +137,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     backups = make_backups(services)
     for name in backups.repair():  # before any instance starts on half-restored data
         log.warning("finished an interrupted restore of %s", name)
+    if services.moves is not None:  # before any instance starts: each is in exactly one home again
+        for recovered in services.moves.recover("daemon"):
+            log.warning("%s", recovered.describe())
     for user in make_wizard(services).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
     records = SupervisionRecords(services.sessions, services.storage,
@@ -147,7 +150,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                       runtime=runtime_report)
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
-    operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge)
+    operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
+                            moves=services.moves)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry_fleet.config import DestinationSection, FleetConfig
+from foundry_fleet.config import MAIN_HOME, DestinationSection, FleetConfig
+from foundry_fleet.domain.errors import NotFound
 from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.edge.driver import Edge
@@ -47,17 +48,49 @@ def edge_config(config: FleetConfig, sites: list[TenantSite]) -> dict[str, Any]:
     return build_caddy_config(edge_settings(config), sites)
 
 
-def make_storage(config: FleetConfig) -> Storage:
+def make_storage(config: FleetConfig, home_of: Callable[[str], str] | None = None) -> Storage:
+    """The fleet's storage: with `[[nomad.homes]]`, every home's, each call about an instance routed to the
+    home `home_of(instance)` names (services/instance_homes.py); without, the fleet root's alone, as
+    always. `home_of` is required when there are homes."""
+    if not config.nomad.homes:
+        return make_home_storage(config, MAIN_HOME)
+    if home_of is None:
+        raise ValueError("a fleet with [[nomad.homes]] needs home_of to route each instance to its home")
+    from foundry_fleet.storage.homes import HomedStorage
+
+    return HomedStorage({name: make_home_storage(config, name) for name in config.home_names}, home_of)
+
+
+def make_home_storage(config: FleetConfig, home: str, on_node: bool = False) -> Storage:
+    """One home's storage on its own: the fleet root's for "fleet", else a `[[nomad.homes]]`'s root (as the
+    fleet's host reaches it; `on_node`: as its nodes see it, for a node's provisioning)."""
+    if home == MAIN_HOME:
+        return _storage_at(config, config.root, config.storage.zfs_base)
+    section = config.home(home)
+    if section is None:
+        raise NotFound(f"no home named {home!r} in fleet.toml", "the homes are: " + ", ".join(config.home_names))
+    return _storage_at(config, section.nodes_root if on_node else section.root, section.zfs_base)
+
+
+def _storage_at(config: FleetConfig, root: Path, zfs_base: str | None) -> Storage:
     if config.storage.driver == "zfs":
         from foundry_fleet.storage.zfs import ZfsStorage
 
-        assert config.storage.zfs_base is not None  # the config refuses zfs without a base
-        return ZfsStorage(config.root, config.storage.zfs_base, quota_bytes=limit_bytes(config))
-    return DirectoryStorage(config.root)
+        assert zfs_base is not None  # the config refuses zfs without a base, for the fleet and every home
+        return ZfsStorage(root, zfs_base, quota_bytes=limit_bytes(config))
+    return DirectoryStorage(root)
 
 
 def describe_storage(storage: Storage) -> str:
-    """One line for the start-up report: which storage driver, and how it is doing."""
+    """One line for the start-up report: which storage driver, and how it is doing (each home's)."""
+    homes = getattr(storage, "home_names", None)
+    if homes is not None:
+        return "; ".join(f"home {name}: {_describe_one(storage.home(name))}"  # type: ignore[attr-defined]
+                         for name in homes)
+    return _describe_one(storage)
+
+
+def _describe_one(storage: Storage) -> str:
     if not isinstance(storage, DirectoryStorage):
         from foundry_fleet.storage.zfs import ZfsStorage
 
@@ -68,14 +101,15 @@ def describe_storage(storage: Storage) -> str:
 
 
 def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[DestinationSection, Destination]]:
-    """The backup destinations of fleet.toml, each with the driver that fits the fleet's storage."""
+    """The backup destinations of fleet.toml, each with the driver that fits the fleet's storage; each
+    instance's snapshots are sent from the home holding it."""
     out: list[tuple[DestinationSection, Destination]] = []
     for section in config.backups.destinations:
         dest: Destination
-        if isinstance(storage, DirectoryStorage):
+        if config.storage.driver == "directory":
             from foundry_fleet.storage.restic_destination import ResticDestination
 
-            snapshots = storage.snapshots
+            snapshots = storage.snapshots  # with homes, it finds each instance's snapshots in its home
             dest = ResticDestination(
                 section.target, section.password_file, snapshots.path,
                 lambda instance, name, snapshots=snapshots: next(
@@ -84,9 +118,17 @@ def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[Desti
         else:
             from foundry_fleet.storage.zfs_destination import ZfsDestination
 
-            dest = ZfsDestination(section.target, storage.layout.data, ssh=section.ssh_command)  # type: ignore[attr-defined]
+            dest = ZfsDestination(section.target, _source_dataset(storage), ssh=section.ssh_command)
         out.append((section, dest))
     return out
+
+
+def _source_dataset(storage: Storage) -> Callable[[str], str]:
+    """instance -> the ZFS dataset its snapshots are of, in the home holding it now."""
+    home_for = getattr(storage, "home_for", None)
+    if home_for is None:
+        return storage.layout.data  # type: ignore[attr-defined]
+    return lambda instance: home_for(instance).layout.data(instance)
 
 
 def make_release_cache(config: FleetConfig) -> ReleaseCache:

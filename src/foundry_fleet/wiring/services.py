@@ -23,8 +23,10 @@ from foundry_fleet.services.disk_limits import DiskLimits, limit_bytes
 from foundry_fleet.services.edge_sites import EdgeSites
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
+from foundry_fleet.services.instance_homes import InstanceHomes
 from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.invites import Invites
+from foundry_fleet.services.moves import Moves
 from foundry_fleet.services.operations import Lifecycle
 from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.release_registry import ReleaseRegistry
@@ -66,6 +68,8 @@ class FleetServices:
     disk_limits: DiskLimits
     provisioning: Provisioning
     desired: DesiredStates
+    homes: InstanceHomes  # which home holds each instance's data
+    moves: Moves | None  # moving data between homes; None: the fleet has no [[nomad.homes]]
 
     def lifecycle(self) -> Lifecycle:
         """What the operations service builds on."""
@@ -90,7 +94,8 @@ def open_services(config: FleetConfig, actor: str = "cli", runtime: Runtime | No
     def port_is_free(port: int) -> bool:
         return ports_runtime().port_is_free(port)
 
-    storage = make_storage(config)
+    homes = InstanceHomes(sessions)
+    storage = make_storage(config, homes.home_of)
     cache = make_release_cache(config)
     changes = Changes()
     instances = InstanceViews(config, sessions, storage)
@@ -106,6 +111,8 @@ def open_services(config: FleetConfig, actor: str = "cli", runtime: Runtime | No
         disk_limits=DiskLimits(storage, limit_bytes(config)),
         provisioning=Provisioning(config, sessions, storage, instances, hostnames, changes, port_is_free),
         desired=DesiredStates(config.node, sessions, storage, instances, changes),
+        homes=homes,
+        moves=Moves(config, sessions, storage) if config.nomad.homes else None,
     )
 
 

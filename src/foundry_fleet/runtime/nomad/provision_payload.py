@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.homes import HOME_NAME, MAIN_HOME
 from foundry_fleet.domain.names import validate_instance_name
 from foundry_fleet.domain.release import format_version, parse_version
 
@@ -27,7 +28,8 @@ MAX_NODE_ID = 256
 MIN_UID = 1000
 MAX_UID = 2**32 - 2  # (uid_t)-1 means "no change" to chown
 _REQUIRED = ("instance", "release", "node", "uid")
-_OPTIONAL = ("port",)
+_OPTIONAL = ("port", "home")
+
 _HINT = "dispatch fvtt-provision again from the fleet (`foundry-fleet` builds the payload)"
 
 
@@ -40,6 +42,8 @@ class ProvisionPayload:
     # The port the fleet reserved for it: only needed to write options.json again when it is missing
     # (the task gets its real port from Nomad on the command line).
     port: int | None = None
+    # The home ([[nomad.homes]]) whose storage holds its data: where the node lays it out.
+    home: str = MAIN_HOME
 
     def __post_init__(self) -> None:
         _check_text("instance", self.instance)
@@ -62,6 +66,10 @@ class ProvisionPayload:
             _check_whole("port", self.port)
             if not 1 <= self.port <= 65535:
                 raise InvalidInput(f"port {self.port} is not a TCP port", "give a port in 1-65535")
+        _check_text("home", self.home)
+        if not HOME_NAME.match(self.home):
+            raise InvalidInput(f"home {self.home[:80]!r} is not a home's name",
+                               "name a [[nomad.homes]] of fleet.toml, or \"fleet\" for the fleet's own")
 
     def meta(self) -> dict[str, str]:
         """The dispatch meta (MetaRequired of fvtt-provision): shown by Nomad for every dispatched child."""
@@ -69,7 +77,8 @@ class ProvisionPayload:
 
     def to_bytes(self) -> bytes:
         """Compact JSON; refused when Nomad would refuse it (above 16 KiB)."""
-        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        # Without a home of its own the payload is what it was before homes, so older nodes still take it.
+        fields = {k: v for k, v in asdict(self).items() if v is not None and not (k == "home" and v == MAIN_HOME)}
         data = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
         if len(data) > MAX_PAYLOAD_BYTES:
             raise InvalidInput(f"the provision payload for {self.instance} is {len(data)} bytes; "
