@@ -362,7 +362,7 @@ class NomadRuntime:
             raise InvalidInput(f"{spec.name} has no uid of its own, which the node needs to lay it out and run it",
                                "run the fleet as root: it then gives each instance a uid of [instances] uid_range")
         payload = ProvisionPayload(instance=spec.name, release=spec.release.version, node=node_id, uid=spec.uid,
-                                   port=spec.port or None)
+                                   port=spec.port or None, home=spec.storage or node_storage.MAIN_HOME)
         answer = await self.api.dispatch(PROVISION_JOB_ID, payload.meta(), payload.to_bytes())
         child = str(answer["DispatchedJobID"])
         alloc = await self._finished_on(child, node_id, self.provision_timeout)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# The fleet's own home, as storage/homes.py names it (the runtime imports no storage driver).
-MAIN_HOME = "fleet"
+from foundry_fleet.domain.homes import MAIN_HOME
 
 
 def storage_of(node_name: str, node_homes: Mapping[str, str]) -> str:
