@@ -26,7 +26,7 @@ import pytest
 
 from foundry_fleet.storage.snapshots import DirectorySnapshots
 from tests.support.edge_client import https, local_ca
-from tests.support.fleets import Home, file_system_of_its_own, fleet_up_with
+from tests.support.fleets import Home, file_system_of_its_own, fleet_up_with, seen_at
 from tests.support.harness import BIN, FleetHarness, file_digests, wait_until
 from tests.support.zfs import dataset_under, zfs
 
@@ -41,6 +41,7 @@ class HomesFleet:
     driver: str  # "zfs" or "directory"
     roots: dict[str, Path]  # home name -> its root ("fleet": the fleet root)
     bases: dict[str, str]  # home name -> its ZFS base (ZFS fleets only)
+    node_roots: dict[str, Path]  # home name -> its root as its nodes see it
 
     def data_dir(self, home: str, name: str) -> Path:
         return self.roots[home] / "instances" / name / "data"
@@ -70,13 +71,15 @@ def homes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         with dataset_under(pool) as base, dataset_under(pool_b) as base_b:
             home = Home("pool-b", ("node-b",), root_b, zfs_base=base_b)
             for fleet in fleet_up_with(tmp, "nomad", release_zips["node"], homes=[home], zfs_base=base):
-                yield HomesFleet(fleet, "zfs", {"fleet": fleet.root, "pool-b": root_b},
-                                 {"fleet": base, "pool-b": base_b})
+                roots = {"fleet": fleet.root, "pool-b": root_b}
+                yield HomesFleet(fleet, "zfs", roots, {"fleet": base, "pool-b": base_b}, roots)
     else:
-        with file_system_of_its_own(root_b):
-            home = Home("pool-b", ("node-b",), root_b)
+        # Its nodes see it at another path than the fleet's host: the host volumes must name that one.
+        with file_system_of_its_own(root_b), seen_at(root_b, tmp / "home-b-on-its-nodes") as node_root:
+            home = Home("pool-b", ("node-b",), root_b, node_root=node_root)
             for fleet in fleet_up_with(tmp, "nomad", release_zips["node"], homes=[home]):
-                yield HomesFleet(fleet, "directory", {"fleet": fleet.root, "pool-b": root_b}, {})
+                yield HomesFleet(fleet, "directory", {"fleet": fleet.root, "pool-b": root_b}, {},
+                                 {"fleet": fleet.root, "pool-b": node_root})
 
 
 def _probe(h: FleetHarness, name: str, **params: str) -> dict[str, Any]:
@@ -104,13 +107,17 @@ def _answers_through_caddy_from(h: FleetHarness, name: str, address: str, world:
     return probe
 
 
-def _on_node(h: FleetHarness, name: str, node: str) -> None:
-    """Its job is pinned to `node` and its one live allocation runs there."""
+def _on_node(homes: HomesFleet, name: str, node: str, home: str) -> None:
+    """Its job is pinned to `node`, its one live allocation runs there, and its data volume is
+    registered there alone, at its data's path in `home` as that home's nodes see it."""
+    h = homes.fleet
     node_id = h.nomad.node_id(node)
     assert h.nomad.jobs[f"fvtt-{name}"]["Constraints"][0]["RTarget"] == node_id
     live = [a["NodeID"] for a in h.nomad.allocations.values()
             if a["JobID"] == f"fvtt-{name}" and a["ClientStatus"] in ("pending", "running")]
     assert live == [node_id], live
+    volumes = [(v["NodeID"], v["HostPath"]) for v in h.nomad.store.volumes.values() if v["Name"] == f"fvtt-{name}-data"]
+    assert volumes == [(node_id, str(homes.node_roots[home] / "instances" / name / "data"))], volumes
 
 
 def _home(h: FleetHarness, name: str) -> str:
@@ -163,7 +170,7 @@ def test_a_running_instance_moves_to_another_homes_node_with_its_data_and_snapsh
     data_b = homes.data_dir("pool-b", "alice")
     assert Path(shown["data_dir"]) == data_b
     assert file_digests(data_b) == before  # what was written after the last snapshot too
-    _on_node(h, "alice", "node-b")
+    _on_node(homes, "alice", "node-b", "pool-b")
     _answers_through_caddy_from(h, "alice", "127.0.0.2", b"session 3, since the last snapshot")
     # Every snapshot came along, oldest first, the move's own after them; the source's copy is archived.
     sent = homes.snapshots_in("pool-b", "alice")
@@ -184,7 +191,7 @@ def test_a_running_instance_moves_to_another_homes_node_with_its_data_and_snapsh
     assert "kept as snapshot safety-" in restored
     assert (data_b / WORLD).read_bytes() == b"session 1"
     h.wait_state("alice", "running", timeout=60)
-    _on_node(h, "alice", "node-b")
+    _on_node(homes, "alice", "node-b", "pool-b")
     _answers_through_caddy_from(h, "alice", "127.0.0.2", b"session 1")
     (data_b / WORLD).write_bytes(b"session 4 on node-b")
     before = file_digests(data_b)
@@ -197,7 +204,7 @@ def test_a_running_instance_moves_to_another_homes_node_with_its_data_and_snapsh
     assert file_digests(data) == before
     assert homes.snapshots_in("fleet", "alice")[:len(kept)] == kept
     assert not homes.holds("pool-b", "alice")
-    _on_node(h, "alice", "node-a")
+    _on_node(homes, "alice", "node-a", "fleet")
     _answers_through_caddy_from(h, "alice", "127.0.0.1", b"session 4 on node-b")
     assert {first, second} <= {s["name"] for s in h.cli("backup", "list", "alice", "--json").json()}
 
@@ -231,7 +238,7 @@ def test_a_move_cut_short_is_rolled_back_before_its_commit_and_finished_after_it
     h.wait_state("bob", "running", timeout=60)
     assert (h.instance("bob")["node"], _home(h, "bob")) == ("node-a", "fleet")
     assert not homes.holds("pool-b", "bob")
-    _on_node(h, "bob", "node-a")
+    _on_node(homes, "bob", "node-a", "fleet")
     assert file_digests(data) == before
     _answers_through_caddy_from(h, "bob", "127.0.0.1", b"bob's world")
 
@@ -243,5 +250,5 @@ def test_a_move_cut_short_is_rolled_back_before_its_commit_and_finished_after_it
     assert (h.instance("bob")["node"], _home(h, "bob")) == ("node-b", "pool-b")
     assert file_digests(homes.data_dir("pool-b", "bob")) == before
     assert not homes.holds("fleet", "bob")
-    _on_node(h, "bob", "node-b")
+    _on_node(homes, "bob", "node-b", "pool-b")
     _answers_through_caddy_from(h, "bob", "127.0.0.2", b"bob's world")

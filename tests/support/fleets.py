@@ -76,8 +76,24 @@ class Home:
 
     name: str
     nodes: tuple[str, ...]
-    root: Path  # as this host reaches it (the nodes too: the stand-in's nodes are this host)
+    root: Path  # as this host reaches it
     zfs_base: str | None = None  # POOL/PATH for a ZFS fleet's home
+    node_root: Path | None = None  # as its nodes see it (the stand-in's nodes are this host: another view of root)
+
+
+@contextmanager
+def seen_at(source: Path, view: Path) -> Iterator[Path]:
+    """`source` bind-mounted at `view` (made), unmounted afterwards: a home's root as its nodes see it,
+    at another path than the fleet's host uses."""
+    view.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(source), str(view)], check=True)
+    try:
+        yield view
+    finally:
+        done = subprocess.run(["umount", str(view)], capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(view)], check=False)
+            raise AssertionError(f"{view} was busy at its unmount: {done.stderr.strip()}")
 
 
 @contextmanager
@@ -146,6 +162,8 @@ def add_homes(h: FleetHarness, homes: Sequence[Home]) -> None:
                 f"root = {json.dumps(str(home.root))}\n"
         if home.zfs_base is not None:
             text += f"zfs_base = {json.dumps(home.zfs_base)}\n"
+        if home.node_root is not None:
+            text += f"node_root = {json.dumps(str(home.node_root))}\n"
     h.config.write_text(text)
 
 
