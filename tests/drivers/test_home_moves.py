@@ -11,6 +11,7 @@ recovery, then the supervisor's start, must leave the instance in one home, runn
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.config import FleetConfig, load_config
-from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.runtime.base import Capabilities, NodeInfo, TaskHandle, TaskSpec
@@ -33,8 +34,18 @@ from foundry_fleet.services.supervisor import SupervisionSettings, Supervisor
 from foundry_fleet.storage.homes import HomedStorage
 from foundry_fleet.storage.snapshots import PARTIAL
 from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
+from tests.support import homes as second_homes
 from tests.support.foundry_standin import build_release_zip
 from tests.support.homes import mount_tmpfs, unmount
+
+pytest.register_assert_rewrite("tests.support.zfs")
+
+from tests.support.zfs import FilePool, destroy_dataset, zfs  # noqa: E402 (after the rewrite registration)
+
+# The second pool's fixtures, for the ZFS test here.
+second_zfs_pool = second_homes.second_zfs_pool
+second_zfs_base = second_homes.second_zfs_base
+_DESTINATIONS = itertools.count(1)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -370,3 +381,111 @@ def test_a_move_interrupted_while_stopped_instance_was_copied_leaves_it_stopped(
     view = again.services.instances.get("alice")
     assert (view.home, view.desired) == ("fleet", "stopped")
     assert not (home_b / "instances" / "alice").exists()
+
+
+# ZFS homes --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def zfs_config(tmp_path: Path, zfs_base: str, second_zfs_base: str, zfs_pool: FilePool) -> Iterator[FleetConfig]:
+    """A ZFS fleet (its datasets in the session's pool) whose home pool-b is a second pool, and a backup
+    destination in the first pool that every instance's snapshots are replicated to."""
+    destination = f"{zfs_pool.name}/offsite{next(_DESTINATIONS)}"
+    path = init_fleet(tmp_path / "fleet", storage="zfs", zfs_base=zfs_base)
+    path.write_text(path.read_text() + f'''
+[[backups.destinations]]
+name = "offsite"
+target = "{destination}"
+plan = "1d=>1h"
+
+[[nomad.homes]]
+name = "pool-b"
+nodes = ["node-b"]
+root = "{tmp_path / 'fleet-b'}"
+zfs_base = "{second_zfs_base}"
+''')
+    config = load_config(path)
+    open_services(config).releases.add(str(build_release_zip(tmp_path, ReleaseLayout.NODE, 13, 345)))
+    try:
+        yield config
+    finally:
+        destroy_dataset(destination)
+
+
+def test_on_zfs_the_moved_instance_keeps_its_snapshots_restores_and_replication_in_its_new_home(
+        zfs_config: FleetConfig, zfs_base: str, second_zfs_base: str) -> None:
+    async def scenario() -> None:
+        fleet = open_fleet(zfs_config)
+        backups = make_backups(fleet.services)
+        assert backups.replication is not None
+        await fleet.supervisor.start()
+        try:
+            await running_alice(fleet)
+            before = await fleet.ops.take_backup("cli:admin", "alice", "before")
+            sent = backups.replication.run_round(["alice"])
+            assert [(r.sent_to, r.error) for r in sent] == [(before.name, "")]
+
+            moved = await fleet.ops.move("cli:admin", "alice", "node-b")
+
+            assert (moved.outcome, moved.home) == ("moved", "pool-b") and moved.copied_bytes > 0
+            b_data = f"{second_zfs_base}/instances/alice/data"
+            assert zfs_snapshot_names(b_data) == list(moved.copied_snapshots)
+            assert moved.copied_snapshots[0] == before.name
+            start = fleet.runtime.started[-1]
+            assert (start.node, start.marker) == ("node-b", "written while on node-a\n")
+            assert zfs("get", "-H", "-o", "value", "mountpoint", b_data).stdout.strip() == str(start.data_dir)
+            assert (start.data_dir / "saved-at-exit.txt").is_file()
+            # The fleet's own pool has nothing of alice's left but the archive.
+            assert zfs("list", "-H", f"{zfs_base}/instances/alice", check=False).returncode != 0
+            # Replication goes on from pool-b, incrementally from what the destination already had.
+            after = await fleet.ops.take_backup("cli:admin", "alice", "after")
+            sent = backups.replication.run_round(["alice"])
+            assert [(r.sent_to, r.error) for r in sent] == [(after.name, "")]
+            # Backup browsing and restore read and write pool-b.
+            view = fleet.storage.snapshots.path("alice", before.name)
+            assert (view / "marker.txt").read_text() == "written while on node-a\n"
+            restored = await fleet.ops.restore("cli:admin", "alice", before.name)
+            assert restored.instance.state == "running"
+            assert not (start.data_dir / "saved-at-exit.txt").exists()  # as it was before the move
+            assert fleet.runtime.started[-1].data_dir == start.data_dir
+        finally:
+            await fleet.supervisor.shutdown(stop_instances=True)
+            fleet.storage.snapshots.sweep_views(idle_seconds=0)
+
+    asyncio.run(scenario())
+
+
+def zfs_snapshot_names(dataset: str) -> list[str]:
+    out = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-r", dataset).stdout
+    return [line.split("@", 1)[1] for line in out.splitlines() if line.startswith(dataset + "@")]
+
+
+def test_an_instance_created_on_a_node_of_another_home_is_laid_out_there(config: FleetConfig, home_b: Path) -> None:
+    fleet = open_fleet(config)
+    # Someone's files where bob would be laid out in pool-b: never adopted.
+    stray = home_b / "instances" / "bob"
+    stray.mkdir(parents=True)
+    with pytest.raises(Conflict, match=f"^{stray} exists but belongs to no instance of this fleet$"):
+        fleet.services.provisioning.create("cli:admin", "bob", "13.345", start=False, node="node-b")
+    stray.rmdir()
+    created = fleet.services.provisioning.create("cli:admin", "bob", "13.345", start=False, node="node-b")
+    assert (created.instance.home, created.instance.node) == ("pool-b", "node-b")
+    assert created.instance.data_dir == str(home_b / "instances" / "bob" / "data")
+    assert (home_b / "instances" / "bob" / "data" / "Config" / "options.json").is_file()
+    assert (home_b / "instances" / "bob" / "install").is_dir()
+    assert not fleet.storage.home("fleet").paths("bob").root.exists()
+    carol = fleet.services.provisioning.create("cli:admin", "carol", "13.345", start=False, node="node-a")
+    assert carol.instance.home == "fleet"
+
+
+def test_the_daemons_start_check_refuses_instances_in_a_home_fleet_toml_no_longer_lists(
+        config: FleetConfig, home_b: Path) -> None:
+    fleet = open_fleet(config)
+    fleet.services.provisioning.create("cli:admin", "bob", "13.345", start=False, node="node-b")
+    fleet.services.homes.check_configured(config.home_names)  # as it is: fine
+    without = config.model_copy(update={"nomad": config.nomad.model_copy(update={"homes": []})})
+    with pytest.raises(InvalidInput) as refused:
+        fleet.services.homes.check_configured(without.home_names)
+    assert refused.value.message == ("fleet.toml lists no home for instances bob (home 'pool-b'): their data is "
+                                     "there, and the fleet would look for it in the wrong place")
+    assert refused.value.hint == ("put those [[nomad.homes]] back in fleet.toml (nothing was changed); the homes "
+                                  "it lists now are: fleet")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, Unsupported
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound, Unsupported
 from foundry_fleet.storage.directory import DirectoryStorage
 from foundry_fleet.storage.home_transfer import Copied, copy_instance_data, discard_copy
 from foundry_fleet.storage.zfs import ZfsStorage
+from foundry_fleet.storage.zfs_destination import ZfsDestination
 from tests.support import homes as second_homes
 
 pytest.register_assert_rewrite("tests.support.zfs")
@@ -173,6 +174,8 @@ def test_directory_discard_removes_data_install_and_snapshots(
 def test_a_copy_needs_a_snapshot_and_homes_of_one_driver(
         directory_homes: tuple[DirectoryStorage, DirectoryStorage], tmp_path: Path) -> None:
     source, target = directory_homes
+    with pytest.raises(NotFound, match="alice has no data under"):
+        copy_instance_data("alice", source, target, UID)
     source.create_instance("alice")
 
     with pytest.raises(InvalidInput, match="alice has no snapshot") as e:
@@ -299,7 +302,106 @@ def test_zfs_discard_destroys_the_copy(zfs_homes: tuple[ZfsStorage, ZfsStorage])
 
 def test_zfs_copy_without_a_snapshot_is_refused(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
     source, target = zfs_homes
+    with pytest.raises(NotFound, match="alice has no data in"):
+        copy_instance_data("alice", source, target, UID)
     source.create_instance("alice")
     with pytest.raises(InvalidInput, match="alice has no snapshot"):
         copy_instance_data("alice", source, target, UID)
     assert not target.zfs.exists(target.layout.instance("alice"))
+
+
+def test_zfs_copy_goes_on_after_a_stream_broken_half_way(zfs_homes: tuple[ZfsStorage, ZfsStorage]) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+    (data / "Data" / "worlds" / "w1" / "data.db").write_bytes(os.urandom(6 * MIB))
+    source.snapshots.take("alice", data, "s2")
+    src, dst = source.layout.data("alice"), target.layout.data("alice")
+    # What a copy killed half way leaves: a receive that got only part of its stream.
+    broken = subprocess.run(f"zfs send -I {src}@s1 {src}@s2 | head -c 1000000 | zfs recv -u -F {dst}", shell=True,
+                            capture_output=True, text=True)
+    assert broken.returncode != 0 and "invalid backup stream" in broken.stderr
+
+    copied = copy_instance_data("alice", source, target, UID)
+
+    assert copied.snapshots == ("s2",) and copied.bytes >= 6 * MIB
+    assert tree_of(target.paths("alice").data) == tree_of(data)
+
+
+def test_replication_goes_on_from_the_new_home_with_what_it_already_sent(
+        zfs_homes: tuple[ZfsStorage, ZfsStorage], zfs_base: str) -> None:
+    source, target = zfs_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=2 * MIB)
+    source.snapshots.take("alice", data, "s1")
+    home = {"alice": source}  # what the fleet reads an instance's home from
+    offsite = ZfsDestination(f"{zfs_base}/offsite", lambda instance: home[instance].layout.data(instance))
+    assert offsite.send("alice", ["s1"], None, "s1") >= 2 * MIB
+
+    copy_instance_data("alice", source, target, UID)
+    home["alice"] = target  # the move commits
+    moved = target.paths("alice").data
+    (moved / "Data" / "after.txt").write_text("written on the new home")
+    target.snapshots.take("alice", moved, "s2")
+
+    sent = offsite.send("alice", ["s1", "s2"], "s1", "s2")  # incremental: the copy kept the snapshots' identity
+
+    assert sent < MIB
+    assert offsite.snapshots("alice") == ["s1", "s2"]
+
+
+def test_zfs_copy_of_data_above_the_target_homes_limit_is_received_and_held_at_its_usage(
+        tmp_path: Path, zfs_base: str, second_zfs_base: str) -> None:
+    source = ZfsStorage(tmp_path / "fleet", zfs_base, quota_bytes=QUOTA)
+    target = ZfsStorage(tmp_path / "fleet-b", second_zfs_base, quota_bytes=4 * MIB)  # a smaller limit there
+    source.ensure_layout()
+    target.ensure_layout()
+    data = source.create_instance("alice", QUOTA).data
+    fill(data, big_bytes=6 * MIB)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "more.bin").write_bytes(os.urandom(MIB))
+    source.snapshots.take("alice", data, "s2")
+
+    first = copy_instance_data("alice", source, target, UID)
+    assert first.snapshots == ("s1", "s2")
+
+    copy = target.layout.data("alice")
+    quota = int(zfs("get", "-H", "-p", "-o", "value", "quota", copy).stdout)
+    used = int(zfs("get", "-H", "-p", "-o", "value", "used", copy).stdout)
+    assert quota >= used > 4 * MIB  # held at its usage: the tenant cannot write more
+    assert zfs("get", "-H", "-p", "-o", "value", "foundry-fleet:limit", copy).stdout.strip() == str(4 * MIB)
+    (data / "Data" / "more.bin").write_bytes(os.urandom(2 * MIB))
+    source.snapshots.take("alice", data, "s3")
+    assert copy_instance_data("alice", source, target, UID).snapshots == ("s3",)  # the quota is lifted meanwhile
+    assert tree_of(target.paths("alice").data) == tree_of(data)
+
+
+def test_directory_copy_never_links_through_a_link_the_tenant_swapped_for_a_folder(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage], other_file_system: Path) -> None:
+    """A folder that was a link to somewhere else in the previous snapshot: the target's previous tree is
+    never entered through it, so a file there of the same size and time is not taken for the tenant's
+    (it is on the target's file system: a link to it would work, and must not be made)."""
+    source, target = directory_homes
+    outside = other_file_system / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("host secret")
+    data = source.create_instance("alice").data
+    (data / "Data" / "x").symlink_to(outside)
+    source.snapshots.take("alice", data, "s1")
+    (data / "Data" / "x").unlink()
+    (data / "Data" / "x").mkdir()
+    (data / "Data" / "x" / "f").write_text("tenant data")  # same size as the host's file
+    times = os.stat(outside / "f")
+    os.utime(data / "Data" / "x" / "f", ns=(times.st_atime_ns, times.st_mtime_ns))  # and the same time
+    source.snapshots.take("alice", data, "s2")
+
+    copy_instance_data("alice", source, target, UID)
+
+    s1, s2 = target.snapshots.path("alice", "s1"), target.snapshots.path("alice", "s2")
+    assert os.readlink(s1 / "Data" / "x") == str(outside)
+    assert (s2 / "Data" / "x" / "f").read_text() == "tenant data"
+    assert (s2 / "Data" / "x" / "f").stat().st_ino != (outside / "f").stat().st_ino
+    assert (target.paths("alice").data / "Data" / "x" / "f").read_text() == "tenant data"
+    assert (outside / "f").read_text() == "host secret"

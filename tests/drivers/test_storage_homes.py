@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from foundry_fleet.domain.errors import InvalidInput, NotFound
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import MIB, DownloadPolicy
@@ -156,6 +156,9 @@ def test_a_release_is_copied_once_into_a_home_on_another_file_system(
         directory_homes: tuple[HomedStorage, Homes], release: ReleaseInfo, other_file_system: Path) -> None:
     storage, homes = directory_homes
     homes.of.update(bob="disk-b", carol="disk-b")
+    interrupted = other_file_system / "fleet-b" / RELEASE_COPIES / f"{release.version}.partial"
+    interrupted.mkdir(parents=True)
+    (interrupted / "main.js").write_text("half a copy")  # what a copy cut short leaves: never used
     for name in ("alice", "bob", "carol"):
         storage.create_instance(name)
         storage.install_release(name, Path(release.path))
@@ -214,3 +217,13 @@ def test_zfs_homes_hold_their_instances_datasets_releases_and_snapshots(
     assert pool_b["base"] == second_zfs_base and pool_b["instances"]["bob"]["release"] == release.version
     assert pool_b["instances"]["bob"]["quota"] == QUOTA
     assert storage.snapshots.sweep_views(0) >= 1  # the view of bob's snapshot, in its home's pool
+
+
+def test_a_home_that_cannot_be_laid_out_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    storage = HomedStorage({MAIN_HOME: DirectoryStorage(tmp_path / "fleet"),
+                            "disk-b": DirectoryStorage(tmp_path / "a-file" / "fleet-b")}, Homes())
+    with pytest.raises(ExternalFailure, match="storage home 'disk-b' cannot be laid out: .*Not a directory") as e:
+        storage.ensure_layout()
+    assert "mounted here" in (e.value.hint or "")
+    assert (tmp_path / "fleet" / "instances").is_dir()  # the fleet's own home was laid out first

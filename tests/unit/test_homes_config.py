@@ -141,3 +141,11 @@ def test_with_zfs_every_home_has_datasets_of_its_own(tmp_path: Path) -> None:
     good = load_config(fleet_with(tmp_path, '[[nomad.homes]]\nname = "b"\nnodes = ["n"]\nroot = "/srv/b"\n'
                                             'zfs_base = "tankb/fleet"\n', zfs))
     assert good.nomad.homes[0].zfs_base == "tankb/fleet"
+
+
+def test_the_fleets_own_home_has_one_name_in_every_layer() -> None:
+    from foundry_fleet.domain import homes
+    from foundry_fleet.runtime.nomad import provision_payload
+    from foundry_fleet.storage import homes as storage_homes
+
+    assert storage_homes.MAIN_HOME == homes.MAIN_HOME == provision_payload.MAIN_HOME == "fleet"

@@ -47,6 +47,9 @@ def _query_value(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
+MOVE_TIMEOUT = 6 * 3600.0
+
+
 class ControlClient:
     def __init__(self, socket_path: Path, timeout: float = 120.0, actor: str = "api") -> None:
         self.socket_path = socket_path
@@ -56,7 +59,8 @@ class ControlClient:
     def close(self) -> None:
         pass  # one connection per call: nothing is kept open
 
-    def _call(self, method: str, path: str, params: dict[str, Any] | None = None, json_body: Any = None) -> Any:
+    def _call(self, method: str, path: str, params: dict[str, Any] | None = None, json_body: Any = None,
+              timeout: float | None = None) -> Any:
         url = quote(path, safe="/{}")
         if params:
             url += "?" + urlencode({k: _query_value(v) for k, v in params.items()})
@@ -65,7 +69,8 @@ class ControlClient:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        timeout = timeout or self.timeout
+        conn = _UnixConnection(self.socket_path, timeout)
         try:
             try:
                 conn.request(method, url, body=body, headers=headers)
@@ -81,7 +86,7 @@ class ControlClient:
                 r = conn.getresponse()
                 text = r.read().decode("utf-8", errors="replace")
             except TimeoutError:
-                raise ExternalFailure(f"the fleet daemon did not answer within {self.timeout:g} s",
+                raise ExternalFailure(f"the fleet daemon did not answer within {timeout:g} s",
                                       "it may still be at work: see `foundry-fleet events`") from None
             except (http.client.HTTPException, ConnectionError) as e:
                 raise ExternalFailure(f"the fleet daemon closed the connection before answering ({e!r})",
@@ -127,7 +132,9 @@ class ControlClient:
         return self._call("DELETE", f"/v1/instances/{name}", params={"purge": purge})
 
     def move(self, name: str, node: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/instances/{name}/move", json_body={"node": node})
+        # A move to another home copies the instance's data: it takes as long as that data takes to send.
+        return self._call("POST", f"/v1/instances/{name}/move", json_body={"node": node},
+                          timeout=max(self.timeout, MOVE_TIMEOUT))
 
     def set_hosts(self, name: str, extra_hosts: list[str]) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/hosts", json_body={"extra_hosts": extra_hosts})

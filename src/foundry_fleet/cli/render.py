@@ -54,7 +54,7 @@ def instance_detail(i: dict[str, Any]) -> Table:
     t = Table(show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()
-    for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "node", "port", "address",
+    for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "node", "home", "port", "address",
                 "pid", "restarts", "owner", "uid", "data_dir", "install_dir"):
         value = i.get(key)
         t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))

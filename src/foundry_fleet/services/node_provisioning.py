@@ -140,8 +140,8 @@ def _installed(storage: Storage, name: str, paths: InstancePaths, release: Relea
     """What the instance's install holds: "this" release, an "other" one, or "none".
 
     A ZFS install says which release it is a clone of; a directory install is a tree of hard links into
-    the release cache, so it is the release exactly when it links the same files (same inodes) at the
-    same places and nothing else."""
+    the release cache (or the home's own copy of it, across file systems), so it is the release exactly
+    when it links the same files (same inodes) at the same places and nothing else."""
     installed = getattr(storage, "installed_release", None)
     if callable(installed):
         found = installed(name)
@@ -149,7 +149,10 @@ def _installed(storage: Storage, name: str, paths: InstancePaths, release: Relea
     tree = _tree_identity(paths.install)
     if not tree:
         return "none"
-    return "this" if tree == _tree_identity(Path(release.path)) else "other"
+    # A home on another file system than the release cache links its installs to its own copy of it.
+    linked = getattr(storage, "linked_release", None)
+    release_tree = linked(Path(release.path)) if callable(linked) else Path(release.path)
+    return "this" if tree == _tree_identity(release_tree) else "other"
 
 
 def _tree_identity(root: Path) -> dict[str, tuple[object, ...]] | None:

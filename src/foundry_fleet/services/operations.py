@@ -260,17 +260,22 @@ class Operations:
                 self.supervisor.poke(name)
                 await self._settled(name, True)
             raise
-        view = await self._view(name)
-        if running:
-            await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, f"moved to node {target}")
-            self.supervisor.poke(name)
-            view = await self._settled(name, True)
-        downtime = None if stopped_at is None else round(time.monotonic() - stopped_at, 3)
-        up = view.state == InstanceState.RUNNING.value
-        await _blocking(moves.finish, actor, move,
-                        f"{len(snapshots)} snapshot(s), {sent} bytes copied"
-                        + (f", {downtime:.1f} s down" if downtime is not None and up else ""))
-        self.lifecycle.changes.notify()
+        # Committed: whatever happens now, the move is finished (the source copy archived, the journal closed).
+        downtime: float | None = None
+        up = False
+        try:
+            view = await self._view(name)
+            if running:
+                await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, f"moved to node {target}")
+                self.supervisor.poke(name)
+                view = await self._settled(name, True)
+                downtime = None if stopped_at is None else round(time.monotonic() - stopped_at, 3)
+            up = view.state == InstanceState.RUNNING.value
+        finally:
+            await _blocking(moves.finish, actor, move,
+                            f"{len(snapshots)} snapshot(s), {sent} bytes copied"
+                            + (f", {downtime:.1f} s down" if downtime is not None and up else ""))
+            self.lifecycle.changes.notify()
         outcome = "moved" if up or not running else "not moved"
         return Moved(outcome, source, target, target, view, previous_home=move.source_home, home=move.target_home,
                      copied_snapshots=tuple(snapshots), copied_bytes=sent,

@@ -99,7 +99,7 @@ class Provisioning:
 
         self.repair_interrupted(actor)
         with self._creation_lock(name):
-            self._refuse_unowned_files(name)
+            self._refuse_unowned_files(name, node)
             row_id = self._reserve(name, release, owner_id, start, hosts, node)
             try:
                 self._lay_out(name, license_json, password)
@@ -122,9 +122,12 @@ class Provisioning:
         lock_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(lock_dir / f"create-{name}.lock"))
 
-    def _refuse_unowned_files(self, name: str) -> None:
-        """Files under instances/<name> that no instance owns are someone's data: never adopt them."""
-        root = self.storage.paths(name).root
+    def _refuse_unowned_files(self, name: str, node: str | None) -> None:
+        """Files under instances/<name> that no instance owns are someone's data: never adopt them (looked
+        for in the home the instance is to be laid out in)."""
+        home_named = getattr(self.storage, "home", None)  # HomedStorage: the fleet has [[nomad.homes]]
+        storage = home_named(self._home_for(node) or MAIN_HOME) if callable(home_named) else self.storage
+        root = storage.paths(name).root
         with self._session() as s:
             owned = s.scalar(select(Instance.id).where(Instance.name == name)) is not None
         if root.exists() and not owned:

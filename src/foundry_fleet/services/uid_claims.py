@@ -253,5 +253,8 @@ def check_fleet(config: FleetConfig, sessions: sessionmaker[Session], runtime_pr
             handles.append(LocalTask.of(TaskHandle.from_dict(task)))
         except (TypeError, ValueError):
             continue  # a handle of another shape or driver: the supervisor judges it
-    own = own_processes(handles, config.paths.instances) | _descendants(set(runtime_processes))
+    # Servers on the data of any of the fleet's homes are its own ([[nomad.homes]] roots, as this host reaches them).
+    own = _descendants(set(runtime_processes)).union(
+        *(own_processes(handles, instances) for instances in
+          (config.paths.instances, *(home.root / "instances" for home in config.nomad.homes))))
     check_and_claim(config.root, config.instances.uid_range, own)

@@ -69,7 +69,7 @@ class DirectoryStorage:
         """Point `install/` at a release: a fresh tree of hard links, swapped in atomically."""
         p = self.paths(instance)
         p.root.mkdir(parents=True, exist_ok=True)
-        source = self._release_on_this_file_system(Path(release_dir), p.root)
+        source = self._release_on_this_file_system(Path(release_dir))
         staging = p.root / ".install.new"
         remove_tree(staging)
         try:
@@ -93,14 +93,13 @@ class DirectoryStorage:
             return release_dir
         return self.root / RELEASE_COPIES / release_version_of(release_dir)
 
-    def _release_on_this_file_system(self, release_dir: Path, beside: Path) -> Path:
-        """`release_dir` when `beside` is on its file system; else this home's copy of it, made once
+    def _release_on_this_file_system(self, release_dir: Path) -> Path:
+        """`release_dir` when this home shares its file system; else this home's copy of it, made once
         (built as `<version>.partial` and renamed, so an interrupted copy is never used)."""
-        if _same_file_system(release_dir, beside):
+        copy = self.linked_release(release_dir)
+        if copy == release_dir:
             return release_dir
-        version = release_version_of(release_dir)
-        copies = self.root / RELEASE_COPIES
-        copy = copies / version
+        version, copies = copy.name, copy.parent
         copies.mkdir(parents=True, exist_ok=True)
         copies.chmod(0o755)  # instances read their install through these links
         # Two instances of this home installing the same new release at once must not both copy it.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.errors import InvalidInput, NotFound
 from foundry_fleet.storage.directory import DirectoryStorage
 from foundry_fleet.storage.snapshots import finish_restore, restore_into
 from foundry_fleet.storage.tenant_tree import reported_as
@@ -28,6 +28,9 @@ def copy_trees(instance: str, source: DirectoryStorage, target: DirectoryStorage
     """Bring the target's copy of the instance's data to the source's newest snapshot; returns the snapshot
     names newly at the target (oldest first) and the bytes written there."""
     wanted = source.snapshots.list(instance)
+    if not wanted and not source.paths(instance).data.is_dir():
+        raise NotFound(f"instance {instance} has no data under {source.root}, so there is nothing to copy",
+                       "check which home holds it (instance show); nothing was copied")
     if not wanted:
         raise InvalidInput(f"instance {instance} has no snapshot under {source.root}, so there is nothing to copy",
                            "take a snapshot of it (foundry-fleet backup now) and move it again")

@@ -8,6 +8,10 @@ shared assets it serves, the driver's name) comes from the main home.
 
 `home_of` is asked at every call, never cached here: a move switches an instance's home in one
 transaction, and from that moment on its snapshots, backups and restores must work on the new home.
+
+Every home is driven from the fleet's own host: its root is a path the fleet host reads and writes (a
+pool imported here, or the node's fleet dataset mounted here, e.g. over NFS), and its `zfs` commands run
+here. Running a home's storage commands on its node instead is not done yet.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from foundry_fleet.domain.errors import FleetError, InvalidInput, NotFound
+from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput, NotFound
 from foundry_fleet.storage.base import InstancePaths, Snapshots, Storage
 from foundry_fleet.storage.snapshots import SnapshotInfo
 
@@ -115,11 +119,22 @@ class HomedStorage:
     # the fleet as a whole ---------------------------------------------------------------------
 
     def ensure_layout(self) -> None:
+        """Every home's layout, the fleet's own first; a home that cannot be laid out is named."""
         for name in self.home_names:
-            self._homes[name].ensure_layout()
+            try:
+                self._homes[name].ensure_layout()
+            except ExternalFailure as e:
+                raise ExternalFailure(f"storage home {name!r}: {e.message}", e.hint) from e
+            except OSError as e:
+                raise ExternalFailure(f"storage home {name!r} cannot be laid out: {e}",
+                                      "check that its root is mounted here and writable (see [[nomad.homes]])") from e
 
     def shared_dir(self) -> Path:
         return self._homes[MAIN_HOME].shared_dir()
+
+    def sweep_views(self, idle_seconds: float | None = None) -> int:
+        """Every home's idle snapshot views (the same as `snapshots.sweep_views`)."""
+        return self.snapshots.sweep_views(idle_seconds)
 
     def status(self) -> dict[str, object]:
         """The main home's status (as with one home), plus "homes": each home's own status, or for a home

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
+from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.storage import zfs_quota
 from foundry_fleet.storage.mounts import zfs_mounts
 from foundry_fleet.storage.ownership import hand_over
@@ -44,6 +44,9 @@ def copy_dataset(instance: str, source: ZfsStorage, target: ZfsStorage, uid: int
     check_instance(instance)
     src, dst = source.layout.data(instance), target.layout.data(instance)
     wanted = snapshots_of(source.zfs, src)
+    if not wanted and not source.zfs.exists(src):
+        raise NotFound(f"instance {instance} has no data in {source.base}, so there is nothing to send",
+                       "check which home holds it (instance show); nothing was copied")
     if not wanted:
         raise InvalidInput(f"instance {instance} has no snapshot in {source.base}, so there is nothing to send",
                            "take a snapshot of it (foundry-fleet backup now) and move it again")

@@ -94,6 +94,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         # Before anything starts: as root each instance runs as a uid of uid_range, which no other
         # fleet's tenants and no other process may hold.
         uid_claims.check_fleet(config, services.sessions, runtime.host_processes())  # e.g. containers' monitors
+    services.homes.check_configured(config.home_names)  # before any instance's data is looked for
     services.storage.ensure_layout()
     services.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
     caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
