@@ -121,9 +121,12 @@ def _on_node(homes: HomesFleet, name: str, node: str, home: str) -> None:
 
 
 def _home(h: FleetHarness, name: str) -> str:
+    """The home holding its data, as the fleet records it and `instance show` says it."""
     with sqlite3.connect(h.root / "state" / "fleet.sqlite") as db:
         (home,) = db.execute("SELECT home FROM instances WHERE name = ?", (name,)).fetchone()
-    return home or "fleet"
+    shown = h.instance(name)["home"]
+    assert shown == (home or "fleet"), (shown, home)
+    return shown
 
 
 def _move_phase(h: FleetHarness, name: str) -> str | None:
