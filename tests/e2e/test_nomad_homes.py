@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ import pytest
 
 from foundry_fleet.storage.snapshots import DirectorySnapshots
 from tests.support.edge_client import https, local_ca
-from tests.support.fleets import Home, file_system_of_its_own, fleet_up_with, seen_at
+from tests.support.fleets import Home, fleet_up_with, seen_at
 from tests.support.harness import BIN, FleetHarness, file_digests, wait_until
+from tests.support.homes import mount_tmpfs, unmount
 from tests.support.zfs import dataset_under, zfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -74,8 +76,12 @@ def homes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 roots = {"fleet": fleet.root, "pool-b": root_b}
                 yield HomesFleet(fleet, "zfs", roots, {"fleet": base, "pool-b": base_b}, roots)
     else:
-        # Its nodes see it at another path than the fleet's host: the host volumes must name that one.
-        with file_system_of_its_own(root_b), seen_at(root_b, tmp / "home-b-on-its-nodes") as node_root:
+        # A file system of its own (hard links cannot cross it), which its nodes see at another path
+        # than the fleet's host: the host volumes must name that one.
+        mount_tmpfs(root_b, size="256m")
+        with ExitStack() as mounted:
+            mounted.callback(unmount, root_b)
+            node_root = mounted.enter_context(seen_at(root_b, tmp / "home-b-on-its-nodes"))
             home = Home("pool-b", ("node-b",), root_b, node_root=node_root)
             for fleet in fleet_up_with(tmp, "nomad", release_zips["node"], homes=[home]):
                 yield HomesFleet(fleet, "directory", {"fleet": fleet.root, "pool-b": root_b}, {},

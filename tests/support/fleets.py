@@ -96,21 +96,6 @@ def seen_at(source: Path, view: Path) -> Iterator[Path]:
             raise AssertionError(f"{view} was busy at its unmount: {done.stderr.strip()}")
 
 
-@contextmanager
-def file_system_of_its_own(path: Path, size: str = "256m") -> Iterator[Path]:
-    """A tmpfs at `path` (made), unmounted afterwards: a home's directory tree on another file system
-    than the fleet root, as a node's own disk would be (hard links cannot cross it)."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        done = subprocess.run(["umount", str(path)], capture_output=True, text=True)
-        if done.returncode != 0:  # something still has it open: lazily, so the run goes on, and say so
-            subprocess.run(["umount", "-l", str(path)], check=False)
-            raise AssertionError(f"{path} was busy at its unmount: {done.stderr.strip()}")
-
-
 def make_fleet(tmp_path: Path, runtime: str = "local", homes: Sequence[Home] = (), zfs_base: str | None = None,
                **overrides: str) -> FleetHarness:
     """A fleet at `tmp_path`/fleet whose instances run on `runtime` ("local", "podman" or "nomad");
