@@ -104,16 +104,18 @@ def nomad(root: Path) -> Iterator[NomadStandin]:
         yield standin
 
 
-def runtime_for(nomad: NomadStandin, root: Path, **crash: float) -> NomadRuntime:
+def runtime_for(nomad: NomadStandin, root: Path, node_homes: dict[str, str] | None = None,
+                **crash: float) -> NomadRuntime:
     jobs = JobSettings(fleet_id=FLEET, task_driver="exec", python=str(root / "provision"),
                        config_path=root / "fleet.toml", stop_timeout=2.0,
                        crash_policy=CrashPolicy(**crash) if crash else CrashPolicy())
     return NomadRuntime(NomadSettings(nomad.url, retries=1, backoff=0.05, timeout=5.0), jobs,
                         node_binary=lambda generation: str(NODE), wait=30.0, place_timeout=15.0,
-                        provision_timeout=60.0, address_timeout=60.0, view_backoff=0.1)
+                        provision_timeout=60.0, address_timeout=60.0, view_backoff=0.1, node_homes=node_homes)
 
 
-def spec(root: Path, name: str, memory: int | None = None, node: str | None = None) -> TaskSpec:
+def spec(root: Path, name: str, memory: int | None = None, node: str | None = None,
+         storage: str | None = None) -> TaskSpec:
     home = root / "instances" / name
     uid = _EXEC_UIDS[root] + zlib.crc32(name.encode()) % 1000
     if ensure_exec_user(uid) is not None:
@@ -121,7 +123,7 @@ def spec(root: Path, name: str, memory: int | None = None, node: str | None = No
     return TaskSpec(name=name, release=ReleaseToRun("13.345", 13, home / "install", "main.js"),
                     data_dir=home / "data", shared_dir=root / "shared", log_dir=root / "logs" / name, port=0,
                     uid=uid, gid=uid, limits=ResourceLimits(memory_mb=memory), hosts=(f"{name}.fleet.test",),
-                    node=node)
+                    node=node, storage=storage)
 
 
 def provisions(root: Path) -> list[str]:
@@ -543,6 +545,59 @@ def test_a_move_interrupted_between_the_new_and_the_old_volumes_is_finished_by_t
             assert active["NodeID"] == node_b
             assert sum(1 for a in nomad.allocations.values()
                        if a["JobID"] == "fvtt-bob" and a["ClientStatus"] == "running") == 1
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
+def test_an_instance_runs_only_on_a_node_of_the_home_holding_its_data(nomad: NomadStandin, root: Path) -> None:
+    """node-b keeps data in a home of its own (pool-b), node-a in the fleet's: an instance is placed,
+    started and moved only within the home its spec names, whatever has more room or was asked for."""
+    async def main() -> None:
+        runtime = runtime_for(nomad, root, node_homes={"node-b": "pool-b"})
+        await runtime.open()
+        try:
+            node_a, node_b = nomad.node_id("node-a"), nomad.node_id("node-b")
+            volumes = _volumes_of(runtime, nomad, "bob")
+            assert {n.name: n.storage for n in await runtime.nodes()} == {"node-a": "fleet", "node-b": "pool-b"}
+            # node-a has twice the room, but alice's data is in pool-b.
+            alice = await runtime.start_task(spec(root, "alice", storage="pool-b"))
+            assert alice.state["node_id"] == node_b and (await runtime.address(alice)).host == "127.0.0.2"
+
+            # Its data sent to pool-b (the operations' move), its record names node-b: the start there
+            # releases its registrations in the home it left.
+            bob = await runtime.start_task(spec(root, "bob", storage="fleet"))
+            assert bob.state["node_id"] == node_a
+            await runtime.stop_task(bob, timeout=2.0)
+            runtime.take_events()
+            moved = await runtime.start_task(spec(root, "bob", node="node-b", storage="pool-b"))
+            assert moved.state["node_id"] == node_b and (await runtime.address(moved)).host == "127.0.0.2"
+            assert await volumes() == {("data", "node-b"), ("install", "node-b")}
+            assert [e.message for e in runtime.take_events() if e.action == "moved"] == [
+                "moved to node node-b: deregistered the Nomad host volumes fvtt-bob-data, fvtt-bob-install "
+                "on node node-a"]
+
+            # A record naming a node of another home than its data's: it runs in its data's home.
+            await runtime.stop_task(moved, timeout=2.0)
+            stayed = await runtime.start_task(spec(root, "bob", node="node-a", storage="pool-b"))
+            assert stayed.state["node_id"] == node_b and await volumes() == {("data", "node-b"), ("install", "node-b")}
+            assert ("move", "not started on node node-a, which keeps data in home fleet: the data of bob is in "
+                            "home pool-b") in [(e.action, e.message) for e in runtime.take_events()]
+
+            # Sent back to the fleet's home while node-a is down: it waits for node-a, and never runs on
+            # node-b, whose copy is no longer its data.
+            await runtime.stop_task(stayed, timeout=2.0)
+            await asyncio.to_thread(nomad.set_node_down, "node-a")
+            with pytest.raises(RuntimeUnavailable) as info:
+                await runtime.start_task(spec(root, "bob", node="node-a", storage="fleet"))
+            assert info.value.message == "node node-a, which bob was placed on at create, is down"
+            assert _active_allocs(nomad, "fvtt-bob") == []
+            with pytest.raises(RuntimeUnavailable) as info:
+                await runtime.start_task(spec(root, "carol", storage="pool-c"))
+            assert info.value.message == ("no Nomad node keeps data in home pool-c, which holds the data of carol "
+                                          "(the nodes: node-a in fleet, node-b in pool-b)")
+            assert "fvtt-carol" not in nomad.jobs
         finally:
             await runtime.close(instances_left_running=False)
 

@@ -3,7 +3,11 @@ quick supervision settings, driven through the real CLI and daemon."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.cgroups import groups_under
@@ -52,10 +56,11 @@ def zfs_fleet_on(tmp_path: Path, zfs_base: str, disk_mb: int) -> Iterator[FleetH
     h.tear_down()
 
 
-def fleet_up_with(tmp_path: Path, runtime: str, *release_zips: Path) -> Iterator[FleetHarness]:
+def fleet_up_with(tmp_path: Path, runtime: str, *release_zips: Path, homes: Sequence[Home] = (),
+                  zfs_base: str | None = None) -> Iterator[FleetHarness]:
     """A fleet on `runtime` holding `release_zips`, up; torn down afterwards. For module fixtures:
-    `yield from fleet_up_with(...)`."""
-    h = make_fleet(tmp_path, runtime=runtime)
+    `yield from fleet_up_with(...)`. `homes` and `zfs_base`: as make_fleet takes them."""
+    h = make_fleet(tmp_path, runtime=runtime, homes=homes, zfs_base=zfs_base)
     try:
         for release in release_zips:
             h.cli("release", "add", str(release))
@@ -65,11 +70,39 @@ def fleet_up_with(tmp_path: Path, runtime: str, *release_zips: Path) -> Iterator
         h.tear_down()
 
 
-def make_fleet(tmp_path: Path, runtime: str = "local", **overrides: str) -> FleetHarness:
+@dataclass(frozen=True)
+class Home:
+    """Storage of its own that some Nomad nodes keep instances' data in: one [[nomad.homes]] table."""
+
+    name: str
+    nodes: tuple[str, ...]
+    root: Path  # as this host reaches it
+    zfs_base: str | None = None  # POOL/PATH for a ZFS fleet's home
+    node_root: Path | None = None  # as its nodes see it (the stand-in's nodes are this host: another view of root)
+
+
+@contextmanager
+def seen_at(source: Path, view: Path) -> Iterator[Path]:
+    """`source` bind-mounted at `view` (made), unmounted afterwards: a home's root as its nodes see it,
+    at another path than the fleet's host uses."""
+    view.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(source), str(view)], check=True)
+    try:
+        yield view
+    finally:
+        done = subprocess.run(["umount", str(view)], capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(view)], check=False)
+            raise AssertionError(f"{view} was busy at its unmount: {done.stderr.strip()}")
+
+
+def make_fleet(tmp_path: Path, runtime: str = "local", homes: Sequence[Home] = (), zfs_base: str | None = None,
+               **overrides: str) -> FleetHarness:
     """A fleet at `tmp_path`/fleet whose instances run on `runtime` ("local", "podman" or "nomad");
     `overrides` replace text of the generated fleet.toml (old=new). On "nomad", a stand-in Nomad
     (`h.nomad`) with two nodes, node-a on 127.0.0.1 and node-b on 127.0.0.2, runs the instances with its
-    exec driver, its dynamic ports from the fleet's port block; tear_down stops it."""
+    exec driver, its dynamic ports from the fleet's port block; tear_down stops it. `zfs_base`: its
+    storage is laid out there (`storage init --zfs`); `homes`: the nodes they name keep data there."""
     from foundry_fleet.services.init import init_fleet
 
     # Under pytest's own temp dir, whose parents are mode 0700 like /root: instances running as
@@ -100,7 +133,23 @@ def make_fleet(tmp_path: Path, runtime: str = "local", **overrides: str) -> Flee
         set_runtime(h, runtime)
     if runtime == "nomad":
         start_nomad(h, tmp_path, (low, low + 49))
+    if zfs_base is not None:
+        h.cli("storage", "init", "--zfs", zfs_base)
+    add_homes(h, homes)
     return h
+
+
+def add_homes(h: FleetHarness, homes: Sequence[Home]) -> None:
+    """`[[nomad.homes]]` tables at the end of the fleet's configuration, one per home."""
+    text = h.config.read_text().rstrip("\n") + "\n"
+    for home in homes:
+        text += f"\n[[nomad.homes]]\nname = {json.dumps(home.name)}\nnodes = {json.dumps(list(home.nodes))}\n" \
+                f"root = {json.dumps(str(home.root))}\n"
+        if home.zfs_base is not None:
+            text += f"zfs_base = {json.dumps(home.zfs_base)}\n"
+        if home.node_root is not None:
+            text += f"node_root = {json.dumps(str(home.node_root))}\n"
+    h.config.write_text(text)
 
 
 NOMAD_TOKEN = "fleet-test-token"
@@ -125,7 +174,6 @@ def set_section(h: FleetHarness, name: str, values: dict[str, str]) -> None:
     """Set `values` (strings) in the `[name]` table of the fleet's configuration: in place where the
     table (uncommented) is there already, else as a new table at the end (a commented-out example of it
     stays a comment)."""
-    import json
     import re
 
     text = h.config.read_text()

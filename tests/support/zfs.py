@@ -1,7 +1,9 @@
 """Real ZFS for the tests, through zfs-fuse: the daemon started when needed, throw-away pools on files.
 
 `zfs_pool` (session) is one pool on a sparse file with a unique name, destroyed at the end; `zfs_base`
-gives each test its own dataset in it, destroyed after the test. The zfs-fuse daemon is started when no
+gives each test its own dataset in it, destroyed after the test. `second_zfs_pool` (session) is another
+such pool, for a fleet whose nodes keep data in a pool of their own (a home); `dataset_under` gives a
+module-scoped fleet a dataset name in either pool, destroyed when it is done. The zfs-fuse daemon is started when no
 daemon answers, and left running afterwards: other test runs on the host may be using it.
 
 When zfs-fuse is missing or cannot start (not root, no /dev/fuse), the tests that need it are skipped
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,17 +184,35 @@ def zfs_pool(zfs_daemon: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
         pool.destroy()
 
 
+@pytest.fixture(scope="session")
+def second_zfs_pool(zfs_daemon: None, zfs_pool: FilePool, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[FilePool]:
+    """A second pool (after the first, so the sweep of stale pools never meets it half made)."""
+    pool = make_file_pool(tmp_path_factory.mktemp("zpools-b"))
+    try:
+        yield pool
+    finally:
+        pool.destroy()
+
+
 _BASES = itertools.count(1)
+
+
+@contextmanager
+def dataset_under(pool: FilePool) -> Iterator[str]:
+    """A fresh dataset name (not created) under `pool`, destroyed (with all under it) afterwards."""
+    base = f"{pool.name}/t{next(_BASES)}"
+    try:
+        yield base
+    finally:
+        destroy_dataset(base)
 
 
 @pytest.fixture
 def zfs_base(zfs_pool: FilePool) -> Iterator[str]:
     """A fresh dataset name (not created) under the session's pool, destroyed after the test."""
-    base = f"{zfs_pool.name}/t{next(_BASES)}"
-    try:
+    with dataset_under(zfs_pool) as base:
         yield base
-    finally:
-        destroy_dataset(base)
 
 
 def listing(base: str) -> list[str]:

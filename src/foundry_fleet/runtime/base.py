@@ -66,6 +66,9 @@ class TaskSpec:
     # The node an operator chose for it (`instance create --node`): where a cluster places it while its
     # data is nowhere yet; once the data is on a node, that node holds it. None: the runtime chooses.
     node: str | None = None
+    # The home holding its data (a storage of its own that some nodes see, or "fleet", the fleet's own):
+    # a cluster runs it only on a node of that home. None: the runtime does not care (one host).
+    storage: str | None = None
 
     @property
     def install_dir(self) -> Path:
@@ -168,8 +171,9 @@ class NodeInfo:
     status: str  # the runtime's own word (e.g. Nomad's "ready", "down")
     instances: int  # the fleet's tasks running there
     free_memory_mb: int | None  # None: unknown
-    # Where the node keeps instances' data: nodes naming the same storage see the same files, so an
-    # instance moves between them by re-pinning alone. None: storage of its own (this host's disk).
+    # The home the node keeps instances' data in: nodes naming the same one see the same files, so an
+    # instance moves between them by re-pinning alone; to another home its data is sent. None: this
+    # host's own storage (a runtime of one host).
     storage: str | None = None
 
     def to_dict(self) -> dict[str, object]:

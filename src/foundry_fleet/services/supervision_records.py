@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.homes import MAIN_HOME
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.runtime.base import ReleaseToRun, TaskHandle
 from foundry_fleet.services.events import record
@@ -37,6 +38,7 @@ class SupervisedInstance:
     state: str  # an InstanceState value
     task: TaskHandle | None  # the runtime's handle of its task, when one was recorded
     node: str | None = None  # the node it is to run on (create --node, instance move); None: the runtime's choice
+    storage: str = MAIN_HOME  # the home holding its data
 
     @property
     def wants_running(self) -> bool:
@@ -64,6 +66,7 @@ class LaunchPlan:
     shared_dir: Path
     hosts: tuple[str, ...] = ()  # its own host first, then its extra hostnames
     node: str | None = None  # the node asked for at create; None: the runtime chooses
+    storage: str = MAIN_HOME  # the home holding its data: a cluster runs it on a node of that home
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class SupervisionRecords:
                                      install_dir=paths.install, entry=rel.entry),
                 data_dir=paths.data, shared_dir=self.storage.shared_dir(),
                 hosts=own + tuple(h for h in row.extra_hosts or [] if h not in own),
-                node=row.node,
+                node=row.node, storage=row.home or MAIN_HOME,
             )
 
     def crash_times(self, name: str) -> list[float]:
@@ -183,4 +186,5 @@ def _supervised(row: Instance) -> SupervisedInstance:
             task = TaskHandle.from_dict(row.task)
         except (ValueError, TypeError) as exc:
             log.warning("the recorded task of %s cannot be read (%s): treated as gone", row.name, exc)
-    return SupervisedInstance(name=row.name, desired=row.desired, state=row.state, task=task, node=row.node)
+    return SupervisedInstance(name=row.name, desired=row.desired, state=row.state, task=task, node=row.node,
+                              storage=row.home or MAIN_HOME)

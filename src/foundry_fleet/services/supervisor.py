@@ -87,6 +87,7 @@ def build_task_spec(settings: SupervisionSettings, records: SupervisionRecords, 
         log_keep=settings.log_keep,
         hosts=plan.hosts,
         node=plan.node,
+        storage=plan.storage,
     )
 
 
@@ -508,8 +509,10 @@ class Supervisor:
             held = await self.runtime.data_node(row.name)
             if held is None or held == row.node:
                 return False
-            # While the node asked for is down a restart would only bring it back where it is.
-            return any(n.name == row.node and n.healthy for n in await self.runtime.nodes())
+            # While the node asked for is down a restart would only bring it back where it is; so would
+            # a node of another home than its data's (the runtime starts it only in that home).
+            return any(n.name == row.node and n.healthy and n.storage in (None, row.storage)
+                       for n in await self.runtime.nodes())
         except FleetError as e:
             log.warning("could not ask the runtime where %s is to run: %s", row.name, e.message)
             return False

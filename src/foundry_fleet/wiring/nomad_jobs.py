@@ -69,14 +69,23 @@ def job_settings(config: FleetConfig, config_path: Path) -> JobSettings:
 
 
 def node_path(config: FleetConfig, path: Path) -> Path:
-    """`path` under the fleet root as the nodes see it ([nomad] node_root; default the same root)."""
+    """`path` as the nodes that use it see it: under a home's root, as that home's nodes see the root
+    (its node_root); under the fleet root, as [nomad] node_root (default: the same root); elsewhere,
+    the same path on every node."""
     path = path.resolve()
-    if config.nomad.node_root is None:
+    for home in config.nomad.homes:
+        root = Path(home.root).resolve()
+        if path.is_relative_to(root):
+            return Path(home.node_root or home.root) / path.relative_to(root)
+    if config.nomad.node_root is None or not path.is_relative_to(config.root):
         return path
-    try:
-        return config.nomad.node_root / path.relative_to(config.root)
-    except ValueError:
-        return path  # outside the fleet root: the same path on every node
+    return config.nomad.node_root / path.relative_to(config.root)
+
+
+def node_homes(config: FleetConfig) -> dict[str, str]:
+    """Nomad node name -> the home it keeps instances' data in ([[nomad.homes]]); nodes in none share
+    the fleet's own home."""
+    return {node: home.name for home in config.nomad.homes for node in home.nodes}
 
 
 def caddy_arguments(config: FleetConfig) -> dict[str, Any]:
@@ -138,7 +147,7 @@ def _as_on_node(config: FleetConfig, spec: Any) -> Any:
     """The spec's paths as the nodes see them (they only name host volumes today, but stay truthful)."""
     from dataclasses import replace
 
-    if config.nomad.node_root is None:
+    if config.nomad.node_root is None and not config.nomad.homes:
         return spec
     return replace(spec, data_dir=node_path(config, spec.data_dir),
                    shared_dir=node_path(config, spec.shared_dir) if spec.shared_dir else None)

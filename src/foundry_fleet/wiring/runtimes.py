@@ -67,7 +67,7 @@ def _nomad(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.nomad.api import NomadSettings
     from foundry_fleet.runtime.nomad.driver import NomadRuntime
     from foundry_fleet.services.node_binaries import resolve_node
-    from foundry_fleet.wiring.nomad_jobs import node_path
+    from foundry_fleet.wiring.nomad_jobs import node_homes, node_path
 
     section = config.nomad
 
@@ -84,6 +84,7 @@ def _nomad(config: FleetConfig) -> Runtime:
         node_binary=lambda generation: resolve_node(config.node, generation),
         log_dir_of=config.paths.instance_logs,
         node_path=lambda path: node_path(config, path),
+        node_homes=node_homes(config),
         wait=section.wait,
         address_timeout=config.supervisor.start_timeout,
     )

@@ -58,6 +58,7 @@ class NomadRuntime:
         node_binary: Callable[[int], str] | None = None,
         log_dir_of: Callable[[str], Path] | None = None,
         node_path: Callable[[Path], Path] = lambda path: path,
+        node_homes: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         wait: float = 300.0,
         place_timeout: float = 60.0,
@@ -66,14 +67,16 @@ class NomadRuntime:
         view_backoff: float = 0.5,
     ) -> None:
         """`image_for(generation)`: the podman task driver's image ref; `node_binary(generation)`: the
-        exec task driver's node path on the nodes; `node_path(path)`: a path under the fleet root as the
-        nodes see it ([nomad] node_root), for the host volumes' paths."""
+        exec task driver's node path on the nodes; `node_path(path)`: a path under the fleet root or a
+        home's root as that home's nodes see it (its node_root), for the host volumes' paths;
+        `node_homes`: node name -> the home it keeps data in (nodes in none: the fleet's own home)."""
         self.settings = settings
         self.jobs = jobs
         self.image_for = image_for
         self.node_binary = node_binary
         self.log_dir_of = log_dir_of
         self.node_path = node_path
+        self.node_homes = dict(node_homes or {})
         self.transport = transport
         self.wait = wait
         self.place_timeout = place_timeout
@@ -208,25 +211,38 @@ class NomadRuntime:
         """Where to start it, and the registrations of its data and install volumes on other nodes,
         which a start there leaves behind (a move).
 
-        Its data is on the node holding its volumes, whatever node was asked for at create; a node
-        asked for since (`instance move`: spec.node) that holds no volume of it yet is a move, made
-        by this start (registered there, deregistered on the old node): a start interrupted half-way
-        leaves them on both, and the next start finishes. While that node is away, it starts where
-        its data is: the move waits for a later start rather than leave it running nowhere."""
+        It runs only on a node of the home holding its data (spec.storage): registrations on nodes of
+        another home are a home it left (a move that sent its data), never a place to run. Within its
+        home, its data is on the node holding its volumes, whatever node was asked for at create; a
+        node asked for since (`instance move`: spec.node) that holds no volume of it yet is a move,
+        made by this start (registered there, deregistered on the old node): a start interrupted
+        half-way leaves them on both, and the next start finishes. While that node is away, it starts
+        where its data is: the move waits for a later start rather than leave it running nowhere."""
         stubs = (await self.api.nodes()).value
+        homes = {str(n.get("ID")): self._home_of(n) for n in stubs}
         names = (host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install"))
         volumes = [v for v in all_volumes if v.get("Name") in names]
-        held = list(dict.fromkeys(str(v.get("NodeID")) for v in volumes if v.get("Name") == names[0]))
+        # A node Nomad no longer lists counts as in its home: _holding then says that node is gone.
+        held = list(dict.fromkeys(str(v.get("NodeID")) for v in volumes if v.get("Name") == names[0]
+                                  and self._in_home(homes.get(str(v.get("NodeID"))), spec)))
         asked = next((n for n in stubs if spec.node is not None and spec.node in (n.get("Name"), n.get("ID"))), None)
+        wanted = spec.node
+        if asked is not None and not self._in_home(self._home_of(asked), spec):
+            # Its record names a node of another home than its data's (the homes were configured anew
+            # since): it runs in the home holding its data, where the runtime chooses.
+            self._events.append(TaskEvent(spec.name, "move", f"not started on node {asked.get('Name')}, which "
+                                          f"keeps data in home {self._home_of(asked)}: the data of {spec.name} "
+                                          f"is in home {spec.storage}"))
+            asked = wanted = None
         if held:
             if asked is not None and (placement.node_healthy(asked) or str(asked["ID"]) in held):
                 node = asked
             else:
                 node = self._holding(spec.name, held[-1], stubs)
-                if spec.node is not None:
+                if wanted is not None:
                     why = "which Nomad does not know" if asked is None else \
                         f"which is {placement.node_condition(asked)}"
-                    self._events.append(TaskEvent(spec.name, "move", f"not moved to node {spec.node}, {why}: "
+                    self._events.append(TaskEvent(spec.name, "move", f"not moved to node {wanted}, {why}: "
                                                   f"started on node {node.get('Name')}, where its data is"))
             if not placement.node_healthy(node):
                 raise RuntimeUnavailable(
@@ -235,10 +251,27 @@ class NomadRuntime:
                     "it starts there again once the node is back")
             return node, [v for v in volumes if v.get("NodeID") != node["ID"]]
         if asked is not None and not placement.node_healthy(asked):
-            # Checked at create; away for now: it starts there once the node is back.
+            # Checked at create (or by the move that sent its data there); away for now: it starts
+            # there once the node is back, never on a node of another home.
             raise RuntimeUnavailable(f"node {spec.node}, which {spec.name} was placed on at create, is "
                                      f"{placement.node_condition(asked)}", "it starts there once the node is back")
-        return placement.choose_node(stubs, self.view.allocs.values(), self._job_memory, wanted=spec.node), []
+        candidates = [n for n in stubs if self._in_home(self._home_of(n), spec)]
+        if stubs and not candidates:
+            known = ", ".join(sorted(f"{n.get('Name')} in {self._home_of(n)}" for n in stubs))
+            raise RuntimeUnavailable(f"no Nomad node keeps data in home {spec.storage}, which holds the data of "
+                                     f"{spec.name} (the nodes: {known})",
+                                     "list a Nomad node in that home's nodes ([[nomad.homes]] in fleet.toml)")
+        node = placement.choose_node(candidates, self.view.allocs.values(), self._job_memory, wanted=wanted)
+        # Registrations left on nodes of a home it left: released once it starts in its new one.
+        return node, [v for v in volumes if v.get("NodeID") != node["ID"]]
+
+    def _home_of(self, node: Mapping[str, Any]) -> str:
+        return node_storage.storage_of(str(node.get("Name")), self.node_homes)
+
+    @staticmethod
+    def _in_home(home: str | None, spec: TaskSpec) -> bool:
+        """A node of that home may run it (a node not known: yes, so the error names what is missing)."""
+        return spec.storage is None or home is None or home == spec.storage
 
     @staticmethod
     def _holding(name: str, node_id: str, stubs: list[dict[str, Any]]) -> Mapping[str, Any]:
@@ -329,7 +362,7 @@ class NomadRuntime:
             raise InvalidInput(f"{spec.name} has no uid of its own, which the node needs to lay it out and run it",
                                "run the fleet as root: it then gives each instance a uid of [instances] uid_range")
         payload = ProvisionPayload(instance=spec.name, release=spec.release.version, node=node_id, uid=spec.uid,
-                                   port=spec.port or None)
+                                   port=spec.port or None, home=spec.storage or node_storage.MAIN_HOME)
         answer = await self.api.dispatch(PROVISION_JOB_ID, payload.meta(), payload.to_bytes())
         child = str(answer["DispatchedJobID"])
         alloc = await self._finished_on(child, node_id, self.provision_timeout)
@@ -643,7 +676,7 @@ class NomadRuntime:
             result.append(NodeInfo(name=str(node.get("Name")), address=str(node.get("Address") or ""),
                                    healthy=placement.node_healthy(node), status=status, instances=instances,
                                    free_memory_mb=placement.free_memory_mb(node, allocs, self._job_memory),
-                                   storage=node_storage.storage_of(str(node.get("Name")))))
+                                   storage=self._home_of(node)))
         return result
 
 

@@ -1,20 +1,20 @@
-"""Where each Nomad node keeps the fleet's data: what decides how `instance move` takes an instance's
-data from one node to another.
+"""Which home each Nomad node keeps instances' data in: what decides where an instance may run and
+whether `instance move` sends its data.
 
-Today every node sees the one fleet root ([nomad] node_root: a pool shared over NFS, or nodes on one
-host), so an instance moves between any two nodes by registering its host volumes on the new node and
-pinning its job there: its files stay where they are. Nodes with a pool of their own would need the
-data sent (ZFS `send -I` of its snapshots over the fleet's replication, or restic for directory
-storage), which the fleet does not do yet. A per-node storage setting, once there is one, is read
-here: nodes naming different storages are then refused by the move (services/node_choice.py,
-checked_move) until sending the data is added there.
+A home is a storage of its own ([[nomad.homes]] in fleet.toml: a ZFS pool, or a directory tree) that
+the nodes it names see; every node named by none shares the fleet's own home, "fleet" (the fleet root,
+as [nomad] node_root). Nodes of one home see the same files, so an instance moves between them by
+re-pinning its job alone; to a node of another home its data is sent first (the operations' move).
 """
 
 from __future__ import annotations
 
-SHARED_ROOT = "the fleet root every node shares ([nomad] node_root)"
+from collections.abc import Mapping
+
+from foundry_fleet.domain.homes import MAIN_HOME
 
 
-def storage_of(node_name: str) -> str:
-    """The storage a node keeps instances' data on; nodes with the same answer see the same files."""
-    return SHARED_ROOT  # no per-node storage setting yet: every node shares the fleet root
+def storage_of(node_name: str, node_homes: Mapping[str, str]) -> str:
+    """The home a node keeps instances' data in; `node_homes`: node name -> home name, as the
+    configuration's homes list their nodes (a node in none shares the fleet's own home)."""
+    return node_homes.get(node_name, MAIN_HOME)
