@@ -85,10 +85,6 @@ class TwoNodes(FakeRuntime):
     async def data_node(self, name: str) -> str | None:
         return self.placed.get(name)
 
-    def port_is_free(self, port: int) -> bool:
-        # FakeRuntime's own reads a `_tasks` it does not have.
-        return all(t.port != port or t.exit is not None for t in self.tasks.values())
-
     async def nodes(self) -> list[NodeInfo]:
         return [NodeInfo(name=n, address=f"127.0.0.{i}", healthy=True, status="ready", instances=0,
                          free_memory_mb=1000, storage=home) for i, (n, home) in enumerate(NODE_HOMES.items(), 1)]

@@ -205,7 +205,8 @@ def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, relea
 
     async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:
         for sub, options in (("invite", {"user": CAROL}), ("list", {}), ("suspend", {"instance": "alice"}),
-                             ("resume", {"instance": "alice"}), ("delete", {"instance": "alice"})):
+                             ("resume", {"instance": "alice"}), ("move", {"instance": "alice", "node": "node-b"}),
+                             ("delete", {"instance": "alice"})):
             refused = await ask(rec, bot, ALICE, sub, **options)
             assert f"only fleet admins may do /fleet {sub}" in private(refused), sub
         assert rec.dms_to(CAROL) == []
@@ -240,6 +241,9 @@ def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, relea
         assert "A fleet admin suspended it" in private(status)
         resumed = await ask(rec, bot, ROOT, "resume", instance="alice")
         assert "**alice**: running" in private(resumed, "Resumed.")
+
+        nowhere_else = await ask(rec, bot, BOSS, "move", instance="alice", node="node-b")
+        assert "the local runtime runs every instance on this host" in private(nowhere_else), nowhere_else.content
 
         changed_mind = await ask(rec, bot, BOSS, "delete", instance="alice")
         await press(rec, bot, BOSS, changed_mind, "Cancel")

@@ -181,6 +181,8 @@ def test_a_running_instance_moves_to_another_homes_node_with_its_data_and_snapsh
     assert file_digests(data_b) == before  # what was written after the last snapshot too
     _on_node(homes, "alice", "node-b", "pool-b")
     _answers_through_caddy_from(h, "alice", "127.0.0.2", b"session 3, since the last snapshot")
+    shown_nodes = {n["name"]: (n["home"], n["instances"]) for n in h.cli("status", "--json").json()["runtime"]["nodes"]}
+    assert shown_nodes == {"node-a": ("fleet", 0), "node-b": ("pool-b", 1)}, shown_nodes
     # Every snapshot came along, oldest first, the move's own after them; the source's copy is archived.
     sent = homes.snapshots_in("pool-b", "alice")
     assert sent[:len(had)] == had and len(sent) == int(copied[1]), sent

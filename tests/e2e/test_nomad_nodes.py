@@ -81,8 +81,8 @@ def test_status_shows_both_nodes(cluster: FleetHarness) -> None:
             (fleet.nomad.node_address(name), True, "ready"), node
         assert node["instances"] == 1 and node["free_memory_mb"] == 4096 - MEMORY_MB, node
     text = fleet.cli("status").out
-    assert "node node-a (127.0.0.1): healthy, 1 instance, free memory 3584 MB" in text, text
-    assert "node node-b (127.0.0.2): healthy, 1 instance, free memory 3584 MB" in text, text
+    assert "node node-a (127.0.0.1): healthy, 1 instance, free memory 3584 MB, home fleet" in text, text
+    assert "node node-b (127.0.0.2): healthy, 1 instance, free memory 3584 MB, home fleet" in text, text
 
 
 def test_a_node_going_away_leaves_its_instance_waiting_for_it_and_the_edge_follows_it_back(

@@ -171,8 +171,15 @@ def create_app(
     async def delete_instance(name: str, purge: bool, actor: str) -> dict[str, Any]:
         return (await ops.delete(actor, name, purge)).to_dict()
 
+    moves_under_way: set[asyncio.Task[Any]] = set()
+
     async def move_instance(name: str, body: MoveInstance, actor: str) -> dict[str, Any]:
-        return (await ops.move(actor, name, body.node)).to_dict()
+        # A move between homes stops the instance, sends its data and starts it elsewhere: a client that
+        # gives up waiting (a timeout, a closed connection) must not cut that short half way.
+        move = asyncio.ensure_future(ops.move(actor, name, body.node))
+        moves_under_way.add(move)
+        move.add_done_callback(moves_under_way.discard)
+        return (await asyncio.shield(move)).to_dict()
 
     async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
         return (await ops.set_hosts(actor, name, body.extra_hosts)).to_dict()

@@ -1,4 +1,4 @@
-"""Fleet admins' commands: invite, list, suspend, resume, delete (confirmed). Anyone else is refused
+"""Fleet admins' commands: invite, list, suspend, resume, move, delete (confirmed). Anyone else is refused
 by services/access.py (and again by the control API); every answer is private."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from discord import app_commands
 
 from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond, respond_by_update
-from foundry_fleet.bot.text import instance_line
+from foundry_fleet.bot.text import instance_line, moved_text
 from foundry_fleet.bot.wizard_ui import invite_view
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.services.invites import InviteView
@@ -95,6 +95,20 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
             name = await api.resolve(instance)
             view = await api.resume(name)
             return Reply(f"Resumed. {instance_line(view)}")
+
+        await respond(interaction, work, slow=True)
+
+    @group.command(name="move", description="Admins: run an instance on another node (its data follows)")
+    @app_commands.describe(instance="which instance", node="the node to run it on, as /fleet status lists them")
+    @app_commands.checks.cooldown(*admin)
+    async def move(interaction: discord.Interaction, instance: str, node: app_commands.Range[str, 1, 128]) -> None:
+        principal = bot.principal(interaction)
+        api = bot.api(interaction)
+
+        async def work() -> Reply:
+            bot.access.require_admin(principal, "/fleet move")
+            name = await api.resolve(instance)
+            return Reply(moved_text(name, await api.move(name, node)))
 
         await respond(interaction, work, slow=True)
 

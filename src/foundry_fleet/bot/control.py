@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from foundry_fleet.api.async_client import AsyncControlClient
+from foundry_fleet.api.client import MOVE_TIMEOUT
 from foundry_fleet.api.answer import answer
 from foundry_fleet.api.endpoints import ACTOR_HEADER
 from foundry_fleet.domain.errors import DaemonNotRunning, NotFound
@@ -101,6 +102,10 @@ class FleetApi:
 
     async def resume(self, name: str) -> dict[str, Any]:
         return await self.call("POST", "instances", name, "resume")
+
+    async def move(self, name: str, node: str) -> dict[str, Any]:
+        # As long as the CLI waits: a move to another home takes as long as its data takes to send.
+        return await self.call("POST", "instances", name, "move", json={"node": node}, timeout=MOVE_TIMEOUT)
 
     async def delete(self, name: str) -> dict[str, Any]:
         return await self.call("DELETE", "instances", name, params={"purge": "false"})

@@ -8,6 +8,7 @@ tenants' text (their servers' log lines, state reasons), so control characters a
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from foundry_fleet.domain.errors import FleetError
@@ -74,6 +75,25 @@ def instance_line(view: dict[str, object]) -> str:
     elif state == "failed" and view.get("state_reason"):
         state = f"failed: {view['state_reason']}"
     return f"**{view['name']}**: {state}, Foundry {view.get('release', '?')} <{public_url(view)}>"
+
+
+def moved_text(name: str, moved: dict[str, Any]) -> str:
+    """What `/fleet move` did, as the control API answered it (services/operations.py `Moved`)."""
+    node, outcome, view = moved["node"], moved["outcome"], moved["instance"]
+    if outcome == "already there":
+        return f"**{name}** is already on node `{node}`: nothing to move."
+    if outcome == "pinned":
+        return f"**{name}** is {view['state']}: it moves to node `{node}` at its next start."
+    if outcome != "moved":
+        return (f"**{name}** is not running on node `{node}`: {view['state']} ({scrub(str(view['state_reason']))}); "
+                f"its data is on node `{moved['now_on'] or '-'}`.")
+    text = f"Moved **{name}** from node `{moved['previous'] or '-'}` to node `{node}`"
+    if moved.get("home") and moved.get("home") != moved.get("previous_home"):
+        snapshots = moved.get("copied_snapshots") or []
+        text += (f" (home `{moved['previous_home']}` -> `{moved['home']}`: {len(snapshots)} snapshots, "
+                 f"{size(moved.get('copied_bytes') or 0)} sent")
+        text += f", down {moved['downtime_seconds']:.1f} s)" if moved.get("downtime_seconds") is not None else ")"
+    return text + ".\n" + instance_line(view)
 
 
 def public_url(view: dict[str, object]) -> str:

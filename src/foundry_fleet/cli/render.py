@@ -111,8 +111,8 @@ def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> N
         health = "[green]healthy[/]" if node["healthy"] else f"[yellow]{safe(node['status'])}[/]"
         free = "unknown" if node["free_memory_mb"] is None else f"{node['free_memory_mb']} MB"
         console.print(f"  node {safe(node['name'])} ({safe(node['address'])}): {health}, "
-                      f"{node['instances']} instance{'s' if node['instances'] != 1 else ''}, free memory {free}",
-                      highlight=False)
+                      f"{node['instances']} instance{'s' if node['instances'] != 1 else ''}, free memory {free}"
+                      + (f", home {safe(node['home'])}" if node.get("home") else ""), highlight=False)
     if runtime.get("nodes_problem"):
         console.print(f"  [yellow]nodes unknown:[/] {safe(runtime['nodes_problem'])}", highlight=False)
     for image in runtime.get("images") or []:

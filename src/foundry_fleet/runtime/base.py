@@ -178,7 +178,7 @@ class NodeInfo:
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "address": self.address, "healthy": self.healthy, "status": self.status,
-                "instances": self.instances, "free_memory_mb": self.free_memory_mb}
+                "instances": self.instances, "free_memory_mb": self.free_memory_mb, "home": self.storage}
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,7 @@ class FakeRuntime:
 
     def port_is_free(self, port: int) -> bool:
         """Every port but those its own running tasks hold: the fake's tasks listen on ports of their own."""
-        return all(t.port != port or t.exit is not None for t in self._tasks.values())
+        return all(t.port != port or t.exit is not None for t in self.tasks.values())
 
     async def logs(self, task: TaskHandle | str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         name = task if isinstance(task, str) else task.name

@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInput, NotFound
+from foundry_fleet.domain.homes import MAIN_HOME
 from foundry_fleet.storage.base import InstancePaths, Snapshots, Storage
 from foundry_fleet.storage.snapshots import SnapshotInfo
 
-MAIN_HOME = "fleet"
 
 
 class HomedSnapshots:

@@ -36,7 +36,7 @@ RESTORING = "org.foundry-fleet:restore"  # user property of a data dataset: the 
 # Inode numbers OpenZFS gives its `.zfs` and `.zfs/snapshot` control directories; a folder a tenant makes
 # under that name has ordinary ones, and is never taken for the real thing.
 _DOTZFS_INODES = ((".zfs", 0xFFFFFFFFFFFF), ("snapshot", 0xFFFFFFFFFFFD))
-_SNAP_PROPS = ("creation", "used", "referenced")
+_SNAP_PROPS = ("creation", "used", "referenced", "createtxg")
 
 
 def check_snapshot_name(name: str) -> str:
@@ -70,9 +70,12 @@ class ZfsSnapshots:
             dataset, _, name = full.partition("@")
             if dataset != data or not name:
                 continue
-            out.append(SnapshotInfo(name, float(props["creation"].as_int() or 0), props["used"].as_int() or 0,
-                                    0, props["referenced"].as_int() or 0))
-        return sorted(out, key=lambda s: (s.created_at, s.name))
+            info = SnapshotInfo(name, float(props["creation"].as_int() or 0), props["used"].as_int() or 0,
+                                0, props["referenced"].as_int() or 0)
+            out.append((props["createtxg"].as_int() or 0, info))
+        # The transaction group orders snapshots as they were taken: `creation` has whole seconds only, so
+        # two snapshots of one second (a scheduled one and a move's final one) would come out by name.
+        return [info for _txg, info in sorted(out, key=lambda t: (t[0], t[1].created_at, t[1].name))]
 
     def path(self, instance: str, name: str) -> Path:
         """A read-only directory with the snapshot's files (a view is made when the host has no .zfs)."""
