@@ -429,3 +429,16 @@ def test_names_that_are_not_datasets_are_refused(tmp_path: Path) -> None:
     install = layout.expected("pool/fleet/instances/a/install")
     assert install is not None and install.readonly is True and install.canmount == "noauto"
     assert layout.expected("pool/other") is None
+
+
+def test_snapshots_are_listed_in_the_order_they_were_taken_even_within_one_second(storage: ZfsStorage) -> None:
+    # ZFS creation times have whole seconds: names that sort the other way must still come out as taken
+    # (a move restores, and replication sends, the newest snapshot as the list says it).
+    data = storage.create_instance("alice").data
+    taken = ["zz-first", "mm-second", "aa-third"]
+    for i, name in enumerate(taken):
+        (data / "world.db").write_text(f"version {i}")
+        storage.snapshots.take("alice", data, name)
+    listed = storage.snapshots.list("alice")
+    assert [s.name for s in listed] == taken
+    assert len({int(s.created_at) for s in listed}) == 1, "the three were meant to fall within one second"
