@@ -14,7 +14,8 @@ from tests.support.releases import https_server, https_server_session  # noqa: F
 from tests.support.foundry_standin import build_release_zip
 
 pytest_plugins = [
-    "tests.support.zfs",  # real ZFS: zfs_daemon, zfs_pool, zfs_base
+    "tests.support.zfs",  # real ZFS: zfs_daemon, zfs_pool, zfs_base, second_zfs_pool, second_zfs_base
+    "tests.support.homes",  # other_file_system: a tmpfs, for a storage home hard links cannot reach
     "tests.support.forbid_skips",  # FOUNDRY_FLEET_FORBID_SKIPS=1 (CI): a skip fails the run
 ]
 

@@ -34,7 +34,6 @@ from foundry_fleet.services.supervisor import SupervisionSettings, Supervisor
 from foundry_fleet.storage.homes import HomedStorage
 from foundry_fleet.storage.snapshots import PARTIAL
 from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
-from tests.support import homes as second_homes
 from tests.support.foundry_standin import build_release_zip
 from tests.support.homes import mount_tmpfs, unmount
 
@@ -43,8 +42,6 @@ pytest.register_assert_rewrite("tests.support.zfs")
 from tests.support.zfs import FilePool, destroy_dataset, zfs  # noqa: E402 (after the rewrite registration)
 
 # The second pool's fixtures, for the ZFS test here.
-second_zfs_pool = second_homes.second_zfs_pool
-second_zfs_base = second_homes.second_zfs_base
 _DESTINATIONS = itertools.count(1)
 
 pytestmark = pytest.mark.timeout(120)

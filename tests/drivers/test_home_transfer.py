@@ -15,16 +15,12 @@ from foundry_fleet.storage.directory import DirectoryStorage
 from foundry_fleet.storage.home_transfer import Copied, copy_instance_data, discard_copy
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_destination import ZfsDestination
-from tests.support import homes as second_homes
 
 pytest.register_assert_rewrite("tests.support.zfs")
 
 from tests.support.zfs import zfs  # noqa: E402 (after the rewrite registration)
 
 # The second home's fixtures, for the tests here.
-other_file_system = second_homes.other_file_system
-second_zfs_pool = second_homes.second_zfs_pool
-second_zfs_base = second_homes.second_zfs_base
 
 UID = 41234  # the instance's user: no such account is needed to own files
 MIB = 1 << 20

@@ -18,13 +18,9 @@ from foundry_fleet.storage.home_transfer import copy_instance_data
 from foundry_fleet.storage.homes import MAIN_HOME, HomedStorage
 from foundry_fleet.storage.zfs import ZfsStorage
 from tests.support.foundry_standin import build_release_zip
-from tests.support import homes as second_homes
 from tests.support.releases import small_limits
 
 # The second home's fixtures, for the tests here.
-other_file_system = second_homes.other_file_system
-second_zfs_pool = second_homes.second_zfs_pool
-second_zfs_base = second_homes.second_zfs_base
 
 QUOTA = 32 * MIB
 

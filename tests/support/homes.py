@@ -1,16 +1,14 @@
-"""A second storage home for the driver tests: a tmpfs mount (another file system, so nothing can be
-hard-linked across from the first home), and a second zfs-fuse pool on its own file."""
+"""A second storage home for the tests: a tmpfs mount (another file system, so nothing can be hard-linked
+across from the first home). A ZFS home's pool is tests/support/zfs.py's `second_zfs_pool`."""
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.zfs import FilePool, destroy_dataset, make_file_pool, sweep_stale_pools
 
 TMPFS_SIZE = "64m"
 
@@ -36,26 +34,3 @@ def other_file_system(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         unmount(mount)
-
-
-@pytest.fixture(scope="session")
-def second_zfs_pool(zfs_daemon: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilePool]:
-    sweep_stale_pools()
-    pool = make_file_pool(tmp_path_factory.mktemp("zpools-b"))
-    try:
-        yield pool
-    finally:
-        pool.destroy()
-
-
-_BASES = itertools.count(1)
-
-
-@pytest.fixture
-def second_zfs_base(second_zfs_pool: FilePool) -> Iterator[str]:
-    """A fresh dataset name (not created) in the second pool, destroyed after the test."""
-    base = f"{second_zfs_pool.name}/h{next(_BASES)}"
-    try:
-        yield base
-    finally:
-        destroy_dataset(base)

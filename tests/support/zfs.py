@@ -215,6 +215,13 @@ def zfs_base(zfs_pool: FilePool) -> Iterator[str]:
         yield base
 
 
+@pytest.fixture
+def second_zfs_base(second_zfs_pool: FilePool) -> Iterator[str]:
+    """A fresh dataset name (not created) in the second pool, destroyed after the test: a home's."""
+    with dataset_under(second_zfs_pool) as base:
+        yield base
+
+
 def listing(base: str) -> list[str]:
     """Everything under `base` that the layout decides, one line per dataset or snapshot.
 
