@@ -7,9 +7,8 @@ one transaction: the instance's home and node change and the row says "committed
 target holds it, and finishing means starting it there and archiving the source's copy. So at every
 moment exactly one home holds the instance, and the row says which: never two copies running, or none.
 
-Whether the instance ran before the move (so a roll-back or a finish starts it again) is written with
-the row, in the same transaction, as the move's first event ("instance.move", detail `was_running`):
-the move itself stops the instance, so its desired state alone cannot tell afterwards.
+Whether the instance ran before the move (so a roll-back or a finish starts it again) is kept in the
+row: the move itself stops the instance, so its desired state alone cannot tell afterwards.
 
 The operation's steps (snapshot, copy while it runs, stop, final snapshot, copy, commit, start) are in
 services/operations.py `move`; this service holds every step that touches the journal or the homes.
@@ -34,7 +33,7 @@ from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.events import record
 from foundry_fleet.services.instance_views import instance_row
-from foundry_fleet.store.models import EventRow, MoveRow
+from foundry_fleet.store.models import MoveRow
 
 if TYPE_CHECKING:
     from foundry_fleet.storage.base import Storage
@@ -45,7 +44,6 @@ log = logging.getLogger("foundry_fleet.moves")
 
 COPYING = "copying"
 COMMITTED = "committed"
-_STARTED = "instance.move"  # the move's first event: carries was_running
 _ARCHIVE_LABEL = "moved"
 
 
@@ -106,11 +104,11 @@ class Moves:
     def get(self, name: str) -> MoveRecord | None:
         with self.sessions() as s:
             row = s.get(MoveRow, name)
-            return None if row is None else self._record(s, row)
+            return None if row is None else self._record(row)
 
     def unfinished(self) -> list[MoveRecord]:
         with self.sessions() as s:
-            return [self._record(s, row) for row in s.scalars(select(MoveRow).order_by(MoveRow.started_at))]
+            return [self._record(row) for row in s.scalars(select(MoveRow).order_by(MoveRow.started_at))]
 
     def begin(self, actor: str, name: str, source_home: str, target_home: str, source_node: str | None,
               target_node: str, was_running: bool) -> MoveRecord:
@@ -132,11 +130,10 @@ class Moves:
                 raise Conflict(f"{name} is in home {row.home or MAIN_HOME}, not {source_home}", "move it again")
             started = time.time()
             s.add(MoveRow(instance=name, source_home=source_home, target_home=target_home, source_node=source_node,
-                          target_node=target_node, phase=COPYING, started_at=started))
+                          target_node=target_node, phase=COPYING, started_at=started, was_running=was_running))
             move = MoveRecord(name, source_home, target_home, source_node, target_node, COPYING, started,
                               was_running)
-            record(s, actor, _STARTED, name, Outcome.INFO, f"started: {move.route()}",
-                   was_running=was_running, started_at=started)
+            record(s, actor, "instance.move", name, Outcome.INFO, f"started: {move.route()}")
         return move
 
     def copy(self, move: MoveRecord, uid: int | None) -> Copied:
@@ -242,10 +239,7 @@ class Moves:
                 row.desired = DesiredState.RUNNING.value
                 record(s, actor, "instance.start", move.instance, Outcome.OK, f"moved to node {move.target_node}")
 
-    def _record(self, s: Session, row: MoveRow) -> MoveRecord:
-        started = s.scalars(select(EventRow).where(EventRow.target == row.instance, EventRow.action == _STARTED)
-                            .order_by(EventRow.id.desc()).limit(20)).all()
-        first = next((e for e in started if (e.detail or {}).get("started_at") == row.started_at), None)
-        was_running = bool((first.detail or {}).get("was_running")) if first is not None else False
+    @staticmethod
+    def _record(row: MoveRow) -> MoveRecord:
         return MoveRecord(row.instance, row.source_home, row.target_home, row.source_node, row.target_node, row.phase,
-                          row.started_at, was_running)
+                          row.started_at, row.was_running)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -93,6 +93,9 @@ class MoveRow(Base):
     target_node: Mapped[str] = mapped_column(String(255))
     phase: Mapped[str] = mapped_column(String(16))  # "copying" | "committed"
     started_at: Mapped[float] = mapped_column(Float, default=time.time)
+    # The move stops the instance, so its desired state cannot tell afterwards whether a roll-back or a
+    # finish is to start it again: this does.
+    was_running: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class EventRow(Base):

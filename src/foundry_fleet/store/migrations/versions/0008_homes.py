@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("target_node", sa.String(255), nullable=False),
         sa.Column("phase", sa.String(16), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
+        sa.Column("was_running", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
 
 
