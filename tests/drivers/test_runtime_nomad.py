@@ -186,7 +186,11 @@ def test_tasks_start_on_the_roomiest_node_answer_there_and_are_provisioned_once_
             await runtime.stop_task(alice, timeout=2.0)
             await runtime.destroy_task(alice)
             assert "fvtt-alice" not in nomad.jobs
+            before = len(nomad.calls)
             again = await runtime.start_task(spec(root, "alice", memory=5000))
+            volume_reads = [path for method, path, _ in nomad.calls[before:]
+                            if method == "GET" and path.startswith(("/v1/volumes", "/v1/volume/"))]
+            assert len(volume_reads) == 2, volume_reads  # the namespace's list, and the install's release
             assert again.state["node_id"] == node_a and provisions(root) == [f"alice 13.345 {node_a}",
                                                                               f"bob 13.345 {node_b}"]
             assert (await status_at(await runtime.address(again)))["version"] == "13.345"

@@ -325,11 +325,11 @@ class NomadRuntime:
         at the start (nothing of the instance registers any in between)."""
         by_name = {v.get("Name"): v for v in volumes if v.get("NodeID") == node_id}
         data_name, install_name = host_volume_name(spec.name, "data"), host_volume_name(spec.name, "install")
-        current = True
-        for name in (data_name, install_name):
-            volume = await self._host_volume(by_name[name]) if name in by_name else None
-            current = current and volume is not None and \
-                (volume.get("Parameters") or {}).get("release") == spec.release.version
+        # Both are registered together after each provisioning, so the install's release (the list's stubs
+        # carry no Parameters: one read) says whether the node holds this release; the data's is the same.
+        install = await self._host_volume(by_name[install_name]) if install_name in by_name else None
+        current = data_name in by_name and install is not None and \
+            (install.get("Parameters") or {}).get("release") == spec.release.version
         if not current:
             await self._provision(spec, node_id, node_name)
             await self._register_volume(data_name, node_id, spec.data_dir, by_name.get(data_name),
