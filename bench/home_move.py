@@ -26,7 +26,7 @@ After every round the target's data, the naive target's data and the source's ar
 
 Figures are the median over the rounds (each round a new session on the same instance, copied on from the
 target's previous copy). Reads come from the page cache on both sides (the data was just written).
-Run: .venv/bin/python bench/home_move.py [--sizes 50,200] [--rounds 3] [--drivers zfs,directory]
+Run: .venv/bin/python bench/home_move.py [--sizes 50,200,800] [--rounds 3] [--drivers zfs,directory]
 """
 
 from __future__ import annotations
@@ -65,11 +65,12 @@ from foundry_fleet.storage.zfs import ZfsStorage  # noqa: E402
 from foundry_fleet.storage.zfs_destination import send_receive  # noqa: E402
 from tests.support.foundry_standin import build_release_zip  # noqa: E402
 from tests.support.homes import mount_tmpfs, unmount  # noqa: E402
-from tests.support.zfs import make_file_pool, why_zfs_cannot_run  # noqa: E402
+from tests.support.zfs import FilePool, make_file_pool, why_zfs_cannot_run  # noqa: E402
 
 KIB, MIB = 1024, 2**20
 UID = 61234  # the instance's own user, as the fleet gives each instance one
 POOL_SIZE = "3G"  # sparse: only what is written takes room
+POOL_BUSY_SECONDS = 120.0
 SMALL_FILES = 300
 DATABASES = ("actors", "items", "scenes", "journal")
 SESSION_LOG_APPEND = 512 * KIB  # to each of two databases' logs: 1 MiB of db writes
@@ -115,6 +116,26 @@ class Result:
     rounds: list[Round] = field(default_factory=list)
 
 
+# stopping -------------------------------------------------------------------------------------------------
+
+# A TERM or an interrupt is acted on between steps, never inside a `zfs send | zfs recv`: the stream's pipe,
+# still open here while its exception unwinds, would keep zfs-fuse writing into it and the pool busy, so
+# that it could not be destroyed until the process exits.
+_stop_signal: list[int] = []
+
+
+def _request_stop(signum: int, _frame: object) -> None:
+    if _stop_signal:  # asked twice: stop now, whatever is left behind
+        raise SystemExit(128 + signum)
+    _stop_signal.append(signum)
+    print(f"stopping after this step ({signal.Signals(signum).name}); again to stop at once", file=sys.stderr)
+
+
+def stop_point() -> None:
+    if _stop_signal:
+        raise SystemExit(128 + _stop_signal[0])
+
+
 # the world ----------------------------------------------------------------------------------------------
 
 
@@ -150,6 +171,7 @@ def make_world(data: Path, total: int, rng: random.Random) -> tuple[int, int]:
     while written < total:
         size = min(rng.randrange(2 * MIB, 4 * MIB), max(total - written, 256 * KIB))
         write_file(world_dir(data) / "assets" / f"map-{i:02d}.webp", size)
+        stop_point()
         files, written, i = files + 1, written + size, i + 1
     chown_tree(data, UID, UID)
     return files, written
@@ -186,6 +208,49 @@ def check_same(what: str, copy: Path, source: Path) -> None:
                          f"extra {extra}, different {differ}")
 
 
+def end_children(grace: float = 5.0) -> None:
+    """End this process's own children still running (a `zfs send | zfs recv` a TERM cut short): a pool is
+    busy, and cannot be destroyed, while one of them holds it."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for pid in pids:
+        while True:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+
+
+def destroy_pool(pool: FilePool, seconds: float = POOL_BUSY_SECONDS) -> None:
+    """Destroy a pool of the run; zfs-fuse calls it busy for a while after a send that was cut short."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            pool.destroy()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 # homes ----------------------------------------------------------------------------------------------------
 
 
@@ -196,9 +261,10 @@ def zfs_homes(work: Path) -> Iterator[Homes]:
         raise SystemExit(f"no ZFS here: {reason}")
     with ExitStack() as undo:
         source_pool = make_file_pool(work, POOL_SIZE)
-        undo.callback(source_pool.destroy)
+        undo.callback(destroy_pool, source_pool)
         target_pool = make_file_pool(work, POOL_SIZE)
-        undo.callback(target_pool.destroy)
+        undo.callback(destroy_pool, target_pool)
+        undo.callback(end_children)  # runs first: nothing may hold the pools when they are destroyed
         source = ZfsStorage(work / "fleet", f"{source_pool.name}/fleet")
         target = ZfsStorage(work / "home-b", f"{target_pool.name}/fleet")
         naive = ZfsStorage(work / "home-b-naive", f"{target_pool.name}/naive")
@@ -214,6 +280,7 @@ def directory_homes(work: Path, tmpfs_size: int) -> Iterator[Homes]:
         mount = work / "home-b-fs"
         mount_tmpfs(mount, f"{tmpfs_size // MIB}m")
         undo.callback(unmount, mount)
+        undo.callback(end_children)
         source = DirectoryStorage(work / "fleet")
         target = DirectoryStorage(mount / "fleet")
         naive = DirectoryStorage(mount / "naive")
@@ -260,17 +327,21 @@ def measure(homes: Homes, size_mib: int, rounds: int) -> Result:
     source, target = homes.source, homes.target
     data = source.create_instance(instance).data
     files, world = make_world(data, size_mib * MIB, rng)
+    stop_point()
     snap_seed, _ = timed(lambda: source.snapshots.take(instance, data, "move-seed"))
     seed_time, seed = timed(lambda: copy_instance_data(instance, source, target, UID))
+    stop_point()
     result = Result(homes.driver, size_mib, files, world, snap_seed, seed_time, seed.bytes,
                     across_bytes(homes, instance, seed.snapshots, seed.bytes), 0)
     for n in range(1, rounds + 1):
+        stop_point()
         result.changed = play_session(data, n)
         final = f"move-final-{n}"
         snap_time, _ = timed(partial(source.snapshots.take, instance, data, final))
         copy_time, copied = timed(lambda: copy_instance_data(instance, source, target, UID))
         if copied.snapshots != (final,):
             raise SystemExit(f"FAIL: the incremental copy brought {copied.snapshots}, not ({final!r},)")
+        stop_point()
         naive_time, naive_bytes = timed(partial(naive_copy, homes, instance, final))
         if homes.driver == "zfs":
             naive_time += snap_time  # the naive way needs the same snapshot to send
@@ -361,7 +432,7 @@ def print_results(results: list[Result], rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="50,200", help="world sizes in MiB, comma separated")
+    parser.add_argument("--sizes", default="50,200,800", help="world sizes in MiB, comma separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", default="zfs,directory")
     args = parser.parse_args()
@@ -371,8 +442,9 @@ def main() -> None:
     if unknown or args.rounds < 1 or min(sizes) < 8:
         parser.error(f"drivers are zfs and directory (got {sorted(unknown) or drivers}), rounds >= 1, "
                      "sizes >= 8 MiB; nothing was run")
-    # A TERM (a run stopped from outside) unwinds like an error, so the pools and mounts are cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A run stopped from outside unwinds like an error (at the next step), so pools and mounts are cleaned up.
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
     print(f"machine: {describe()}")
     results, installs = [], []
     work = Path(tempfile.mkdtemp(prefix="ff-bench-move-"))
