@@ -24,6 +24,10 @@ adds one 2 MiB image. Each round measures:
 After every round the target's data, the naive target's data and the source's are compared file by file
 (SHA-256), and the target's snapshots with the source's; any difference fails the run.
 
+Also measured: the release installed in the target home (`install_at_target`, which `_move_home` runs
+after the stop), for the first instance moved into the home (the release is copied in) and for a second
+(it is there); with two sizes or more, the worlds' instances are those two.
+
 Figures are the median over the rounds (each round a new session on the same instance, copied on from the
 target's previous copy). Reads come from the page cache on both sides (the data was just written).
 Run: .venv/bin/python bench/home_move.py [--sizes 50,200,800] [--rounds 3] [--drivers zfs,directory]
