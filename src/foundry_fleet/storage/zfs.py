@@ -31,7 +31,6 @@ from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
-from foundry_fleet.storage.mounts import mounts_under, zfs_mounts
 from foundry_fleet.storage.release_version import release_version_of
 from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
 from foundry_fleet.storage import zfs_quota
@@ -272,7 +271,7 @@ class ZfsStorage:
         container = self.layout.instance(instance)
         if self.zfs.exists(container):
             self.zfs.zfs("destroy", "-r", container)
-        _remove_folder(self.layout.instance_path(instance))
+        _remove_folder(self.layout.instance_path(instance), self.zfs)
 
     # reporting ----------------------------------------------------------------------------
 
@@ -407,7 +406,7 @@ class ZfsStorage:
 
     def _ensure_mounted(self, dataset: str, read_only: bool) -> None:
         """Mount `dataset` if it is not; a read-only one must be mounted read-only (remounted if not)."""
-        mount = zfs_mounts().get(dataset)
+        mount = self.zfs.zfs_mounts().get(dataset)  # on the pool's host
         if mount is not None and read_only and not mount.read_only:
             log.info("%s: mounted read-write: remounting read-only", dataset)
             self.zfs.zfs("unmount", dataset)
@@ -480,12 +479,13 @@ def _ensure_mode(path: Path, mode: int, create: bool = False) -> None:
         path.chmod(mode)
 
 
-def _remove_folder(path: Path) -> None:
-    """Remove the instance's folder once nothing is mounted in it (only empty mountpoints remain)."""
+def _remove_folder(path: Path, runner: ZfsRunner) -> None:
+    """Remove the instance's folder once nothing is mounted in it on the pool's host (only empty
+    mountpoints remain)."""
     if not os.path.lexists(path):
         return
     deadline = time.monotonic() + 5.0
-    while mounted := mounts_under(path):
+    while mounted := runner.mounts_under(path):
         if time.monotonic() > deadline:
             raise ExternalFailure(
                 f"{path} still has mounts ({', '.join(mounted)}), so it was not removed",
