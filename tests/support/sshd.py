@@ -39,15 +39,20 @@ class Sshd:
                                           capture_output=True).returncode == 0, 20, "sshd")
 
     def stop(self) -> None:
+        """The host goes away: the shared connection closed first (it would outlive the listener)."""
+        subprocess.run(["ssh", *self.options(), "-O", "exit", "root@127.0.0.1"], capture_output=True)
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait()
             self.proc = None
 
     def options(self) -> list[str]:
-        """ssh's options to reach this sshd as root@127.0.0.1 with the test key."""
+        """ssh's options to reach this sshd as root@127.0.0.1 with the test key. Commands share one
+        connection (ControlMaster), as an operator would configure it for a busy host: a new connection
+        per zfs command costs a key exchange each."""
         return ["-p", str(self.port), "-i", str(self.dir / "client"), "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]
+                "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.dir / 'mux-%C'}", "-o", "ControlPersist=60"]
 
     def ssh_command(self) -> list[str]:
         """The `ssh_command` of fleet.toml that reaches this sshd."""

@@ -10,8 +10,9 @@ shared assets it serves, the driver's name) comes from the main home.
 transaction, and from that moment on its snapshots, backups and restores must work on the new home.
 
 Every home is driven from the fleet's own host: its root is a path the fleet host reads and writes (a
-pool imported here, or the node's fleet dataset mounted here, e.g. over NFS), and its `zfs` commands run
-here. Running a home's storage commands on its node instead is not done yet.
+pool imported here, or the node's fleet dataset mounted here, e.g. over NFS). Its `zfs` commands run
+here, or for a pool on another host over ssh (its ZfsRunner's `remote`, see wiring `make_home_storage`);
+writing its files without a mount here is not done yet.
 """
 
 from __future__ import annotations
