@@ -28,6 +28,7 @@ from foundry_fleet.storage.home_transfer import copy_instance_data
 from foundry_fleet.storage.homes import HomedStorage
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_cmd import ZfsHostUnreachable, ZfsRunner, ssh_prefix
+from foundry_fleet.wiring.drivers import describe_storage
 from foundry_fleet.wiring.services import make_backups, open_services
 from tests.drivers.test_home_moves import open_fleet, running_alice, zfs_snapshot_names
 from tests.support.foundry_standin import build_release_zip
@@ -135,6 +136,10 @@ def test_every_zfs_command_of_a_home_over_ssh_runs_there_and_none_of_the_fleets_
     storage.snapshots.sweep_views(idle_seconds=0)
     storage.archive_instance("alice", "20260101-000000")
     assert not (tmp_path / "fleet-b" / "instances" / "alice").exists()
+
+    # ssh hands the remote shell one line: every argument arrives there as it was given here.
+    said = over_ssh(answering, "home pool-b", []).run(["printf", "%s|", "a b", "it's", "$HOME", "*"])
+    assert said == "a b|it's|$HOME|*|"
 
     prefix = ssh_prefix(answering.ssh_command(), HOST)
     assert len(there) > 20
@@ -249,6 +254,16 @@ def test_a_move_to_a_home_whose_host_does_not_answer_fails_naming_it_and_loses_n
             data = fleet.storage.paths("alice").data
             assert (data / "marker.txt").read_text() == "written while on node-a\n"
             assert fleet.ops.busy("alice") is None
+            # node-b being down keeps nothing else from working: the daemon's start-up steps, and a new
+            # instance in the fleet's own home.
+            fleet.storage.ensure_layout()
+            fleet.storage.snapshots.sweep_views(idle_seconds=0)
+            assert f"home pool-b: not answering (home pool-b: {HOST} does not answer over ssh" in \
+                describe_storage(fleet.storage)
+            assert "does not answer over ssh" in fleet.storage.status()["homes"]["pool-b"]["error"]  # type: ignore[index]
+            await fleet.ops.create("cli:admin", "bob", "13.345", node="node-a")
+            await fleet.supervisor.wait_settled("bob", 10)
+            assert fleet.services.instances.get("bob").state == "running"
         finally:
             await fleet.supervisor.shutdown(stop_instances=False)
 
@@ -265,7 +280,8 @@ def test_a_move_to_a_home_whose_host_does_not_answer_fails_naming_it_and_loses_n
             await fleet.supervisor.wait_settled("alice", 10)
             view = fleet.services.instances.get("alice")
             assert (view.home, view.node, view.state) == ("fleet", "node-a", "running")
-            assert fleet.runtime.started[-1].marker == "written while on node-a\n"
+            alice = [start for start in fleet.runtime.started if start.data_dir.parent.name == "alice"]
+            assert [(start.node, start.marker) for start in alice] == [("node-a", "written while on node-a\n")]
             assert zfs("list", "-H", f"{zfs_base}/instances/alice/data", check=False).returncode == 0
         finally:
             await fleet.supervisor.shutdown(stop_instances=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,8 @@ class Sshd:
             f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
             f"PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {directory / 'sshd.pid'}\n")
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        # The shared connection's socket: a short path (a test's tmp_path would pass the 108 bytes allowed).
+        self.mux_dir = Path(tempfile.mkdtemp(prefix="ff-ssh-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -52,7 +55,7 @@ class Sshd:
         per zfs command costs a key exchange each."""
         return ["-p", str(self.port), "-i", str(self.dir / "client"), "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.dir / 'mux-%C'}", "-o", "ControlPersist=60"]
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.mux_dir / '%C'}", "-o", "ControlPersist=60"]
 
     def ssh_command(self) -> list[str]:
         """The `ssh_command` of fleet.toml that reaches this sshd."""
@@ -71,3 +74,4 @@ def running_sshd(directory: Path) -> Iterator[Sshd]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(server.mux_dir, ignore_errors=True)

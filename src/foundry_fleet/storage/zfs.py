@@ -32,7 +32,7 @@ from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
 from foundry_fleet.storage.release_version import release_version_of
-from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsHostUnreachable, ZfsRunner
 from foundry_fleet.storage import zfs_quota
 from foundry_fleet.storage.tenant_tree import make_dirs
 from foundry_fleet.storage.zfs_snapshots import ZfsSnapshots
@@ -219,6 +219,8 @@ class ZfsStorage:
             try:
                 if current["mounted"].value == "yes":
                     self.zfs.zfs("unmount", install)
+            except ZfsHostUnreachable:  # the host is down: not what the message below would say
+                raise
             except ZfsCommandFailed as e:
                 self._destroy_quietly(new)
                 raise ExternalFailure(
@@ -332,6 +334,8 @@ class ZfsStorage:
     def _check_pool(self) -> dict[str, str]:
         try:
             line = self.zfs.zpool("list", "-H", "-o", "name,health,size,alloc,free", self.pool)
+        except ZfsHostUnreachable:  # the host is down: not what the message below would say
+            raise
         except ZfsCommandFailed as e:
             raise ExternalFailure(f"ZFS pool {self.pool!r} is not available: {e.message}", e.hint) from e
         name, health, size, alloc, free = (line.strip().split("\t") + [""] * 5)[:5]
@@ -417,6 +421,8 @@ class ZfsStorage:
     def _unmount_for(self, instance: str, dataset: str) -> None:
         try:
             self.zfs.zfs("unmount", dataset)
+        except ZfsHostUnreachable:  # the host is down: not what the message below would say
+            raise
         except ZfsCommandFailed as e:
             raise ExternalFailure(
                 f"{dataset} is in use, so nothing was changed: {e.message}", f"stop the instance {instance} and retry"

@@ -112,10 +112,17 @@ class ZfsRunner:
         """The argv that runs `command` (`zfs ...`, `zpool ...`) where this runner's pool is, for a pipeline
         (see zfs_stream); the observer sees it."""
         binary = {"zfs": self.zfs_binary, "zpool": self.zpool_binary}.get(command[0], command[0])
-        argv = [*self.remote, binary, *(str(a) for a in command[1:])]
+        argv = self._where([binary, *command[1:]])
         if self.observer is not None:
             self.observer(list(argv))
         return argv
+
+    def _where(self, command: Sequence[str]) -> list[str]:
+        """`command` as run where the pool is. ssh hands the remote shell one line made of its arguments,
+        so over ssh each is quoted: a path with a space (or a `$`) arrives as the one argument it was."""
+        if not self.remote:
+            return [str(a) for a in command]
+        return [*self.remote, *(shlex.quote(str(a)) for a in command)]
 
     def unreachable(self, argv: Sequence[str], stderr: str) -> ZfsHostUnreachable:
         assert self.host is not None
@@ -124,7 +131,7 @@ class ZfsRunner:
     def run(self, argv: Sequence[str]) -> str:
         """stdout of `argv` (run where the pool is); retries while zfs says "busy", then raises
         ZfsCommandFailed (ZfsHostUnreachable when ssh could not reach the host)."""
-        argv = [*self.remote, *(str(a) for a in argv)]
+        argv = self._where(argv)
         deadline = time.monotonic() + self.busy_retry_seconds
         pause = 0.1
         while True:

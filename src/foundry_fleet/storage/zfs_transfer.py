@@ -25,7 +25,7 @@ from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.storage import zfs_quota
 from foundry_fleet.storage.ownership import hand_over
 from foundry_fleet.storage.zfs import ZfsStorage
-from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsHostUnreachable, ZfsRunner
 from foundry_fleet.storage.zfs_stream import send_receive
 from foundry_fleet.storage.zfs_layout import check_instance
 
@@ -122,6 +122,8 @@ def _unmount(runner: ZfsRunner, dataset: str, instance: str) -> None:
         return
     try:
         runner.zfs("unmount", dataset)
+    except ZfsHostUnreachable:  # the host is down: not what the message below would say
+        raise
     except ZfsCommandFailed as e:
         raise ExternalFailure(f"the copy of {instance} at {dataset} is in use, so it was not updated: {e.message}",
                               "close what uses it (a shell in its folder) and move the instance again") from e

@@ -97,9 +97,21 @@ def describe_storage(storage: Storage) -> str:
     """One line for the start-up report: which storage driver, and how it is doing (each home's)."""
     homes = getattr(storage, "home_names", None)
     if homes is not None:
-        return "; ".join(f"home {name}: {_describe_one(storage.home(name))}"  # type: ignore[attr-defined]
+        return "; ".join(f"home {name}: {_describe_home(storage.home(name), name == MAIN_HOME)}"  # type: ignore[attr-defined]
                          for name in homes)
     return _describe_one(storage)
+
+
+def _describe_home(storage: Storage, main: bool) -> str:
+    """A home on another host that does not answer is reported as such (its node is down), not fatal."""
+    from foundry_fleet.storage.zfs_cmd import ZfsHostUnreachable
+
+    try:
+        return _describe_one(storage)
+    except ZfsHostUnreachable as e:
+        if main:
+            raise
+        return f"not answering ({e.message})"
 
 
 def _describe_one(storage: Storage) -> str:
