@@ -69,8 +69,8 @@ def running_sshd(directory: Path) -> Iterator[Sshd]:
         pytest.fail("openssh-server is missing (make test installs it)")
     directory.mkdir(parents=True, exist_ok=True)
     server = Sshd(directory)
-    server.start()
     try:
+        server.start()  # inside: an sshd that never answered is stopped too
         yield server
     finally:
         server.stop()
