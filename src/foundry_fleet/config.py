@@ -166,14 +166,20 @@ class HomeSection(_Section):
     """Storage of their own for some Nomad nodes (`[[nomad.homes]]`): an instance whose home it is keeps its
     data there, runs only on its nodes, and `instance move` sends the data when it changes home.
 
-    For now the fleet's host reaches every home itself: `root` is a path it can read and write (a pool
-    imported here, a node's fleet dataset mounted here) and the home's ZFS commands run here."""
+    The fleet's host reaches every home's files itself: `root` is a path it can read and write (a pool
+    imported here, a node's fleet dataset mounted here). A ZFS home's commands run here, or with `ssh` on
+    the host whose pool it is (then its datasets are mounted at `root` there, and `root` here is a mount of
+    that same tree)."""
 
     name: str = Field(pattern=HOME_NAME.pattern, description=f'the home\'s name (not "{MAIN_HOME}", the fleet\'s own)')
     nodes: list[str] = Field(min_length=1, description="the Nomad node names that see this home")
     root: Path = Field(description="the home's fleet root as the fleet's host reaches it (absolute)")
     node_root: Path | None = Field(None, description="the same as the home's nodes see it; default: root")
     zfs_base: str | None = Field(None, description="POOL[/PATH] of the home's datasets ([storage] driver = \"zfs\")")
+    ssh: str | None = Field(None, description="ZFS: [user@]host whose pool this is; its zfs/zpool commands run "
+                                              "there over ssh")
+    ssh_command: list[str] = Field(default_factory=lambda: ["ssh"], min_length=1,
+                                   description='with ssh: the ssh to run, e.g. ["ssh", "-i", "/etc/foundry-fleet/key"]')
 
     @field_validator("name")
     @classmethod
@@ -204,6 +210,26 @@ class HomeSection(_Section):
     @classmethod
     def _zfs_base(cls, value: str | None) -> str | None:
         return _checked_zfs_base(value)
+
+    @field_validator("ssh")
+    @classmethod
+    def _ssh_host(cls, value: str | None) -> str | None:
+        from foundry_fleet.storage.zfs_cmd import is_user_host
+
+        if value is not None and not is_user_host(value):
+            raise ValueError(f"ssh = {value[:80]!r} is not [user@]host (e.g. \"root@node-b\")")
+        return value
+
+    @model_validator(mode="after")
+    def _ssh_alone(self) -> HomeSection:
+        if self.ssh is None and "ssh_command" in self.model_fields_set:
+            raise ValueError(f"[[nomad.homes]] {self.name!r} has ssh_command but no ssh: add ssh = \"[user@]host\" "
+                             "(the host whose pool this is), or remove ssh_command")
+        if self.ssh is not None and self.node_root is not None and self.node_root != self.root:
+            raise ValueError(f"[[nomad.homes]] {self.name!r} is driven over ssh, so its datasets are mounted at its "
+                             f"root ({str(self.root)!r}) on {self.ssh} and the fleet's host must see them at that "
+                             f"same path: remove node_root ({str(self.node_root)!r}) and mount the tree there")
+        return self
 
     @property
     def nodes_root(self) -> Path:
@@ -480,6 +506,10 @@ class FleetConfig(_Section):
             if self.storage.driver == "zfs" and not home.zfs_base:
                 raise ValueError(f'{where} needs zfs_base = "POOL[/PATH]": the fleet\'s [storage] driver is "zfs", '
                                  "and every home uses it")
+            if self.storage.driver != "zfs" and home.ssh:
+                raise ValueError(f'{where} has ssh but the fleet\'s [storage] driver is "{self.storage.driver}": a '
+                                 "directory home on another machine is reached through its mount at root; "
+                                 "remove ssh (and ssh_command)")
             if self.storage.driver != "zfs" and home.zfs_base:
                 raise ValueError(f'{where} has zfs_base but the fleet\'s [storage] driver is "{self.storage.driver}": '
                                  "remove zfs_base (the home keeps directories under its root)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.wiring.services import make_backups, make_status_updates, open_services
 from foundry_fleet.storage.zfs_snapshots import RESTORING
 from tests.support.fleets import zfs_fleet_on
-from tests.support.ports import port_block
 from tests.support.harness import BIN, FleetHarness, file_digests, wait_until
+from tests.support.sshd import Sshd, running_sshd
 from tests.support.offline import create_offline
 from tests.e2e.test_upgrade_scenarios import upgrade_then_roll_back
 from tests.support.zfs import FilePool, make_file_pool, zfs, zpool
@@ -251,49 +250,10 @@ def test_delete_takes_a_final_snapshot_kept_with_the_archive_and_purge_reaches_t
     assert zfs("list", f"{zfs_base}/instances/gwen/data").returncode == 0  # nothing was lost
 
 
-class Sshd:
-    """A real sshd on a loopback port that lets in one key, as root: the far side of an ssh destination."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = port_block()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "host")], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "client")], check=True)
-        (directory / "authorized_keys").write_text((directory / "client.pub").read_text())
-        (directory / "sshd_config").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\n"
-            f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-            f"PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {directory / 'sshd.pid'}\n")
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: subprocess.run(["ssh", *self.options(), "root@127.0.0.1", "true"],
-                                          capture_output=True).returncode == 0, 20, "sshd")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait()
-            self.proc = None
-
-    def options(self) -> list[str]:
-        return ["-p", str(self.port), "-i", str(self.dir / "client"), "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    if shutil.which("/usr/sbin/sshd") is None:
-        pytest.fail("openssh-server is missing (make test installs it)")
-    d = tmp_path / "sshd"
-    d.mkdir()
-    server = Sshd(d)
-    server.start()
-    yield server
-    server.stop()
+    with running_sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 def test_replication_over_ssh_and_a_host_that_stops_answering(

@@ -10,12 +10,14 @@ shared assets it serves, the driver's name) comes from the main home.
 transaction, and from that moment on its snapshots, backups and restores must work on the new home.
 
 Every home is driven from the fleet's own host: its root is a path the fleet host reads and writes (a
-pool imported here, or the node's fleet dataset mounted here, e.g. over NFS), and its `zfs` commands run
-here. Running a home's storage commands on its node instead is not done yet.
+pool imported here, or the node's fleet dataset mounted here, e.g. over NFS). Its `zfs` commands run
+here, or for a pool on another host over ssh (its ZfsRunner's `remote`, see wiring `make_home_storage`);
+writing its files without a mount here is not done yet.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from foundry_fleet.domain.errors import ExternalFailure, FleetError, InvalidInpu
 from foundry_fleet.domain.homes import MAIN_HOME
 from foundry_fleet.storage.base import InstancePaths, Snapshots, Storage
 from foundry_fleet.storage.snapshots import SnapshotInfo
+from foundry_fleet.storage.zfs_cmd import ZfsHostUnreachable
+
+log = logging.getLogger(__name__)
 
 
 
@@ -80,7 +85,11 @@ class HomedSnapshots:
         """Every home's idle views (each home's own default idle time unless one is given)."""
         swept = 0
         for home in self._homes.values():
-            swept += home.snapshots.sweep_views() if idle_seconds is None else home.snapshots.sweep_views(idle_seconds)
+            try:
+                swept += (home.snapshots.sweep_views() if idle_seconds is None
+                          else home.snapshots.sweep_views(idle_seconds))
+            except ZfsHostUnreachable as e:  # its views wait for the next sweep; the other homes' go now
+                log.warning("snapshot views not swept: %s", e.message)
         return swept
 
 
@@ -119,10 +128,18 @@ class HomedStorage:
     # the fleet as a whole ---------------------------------------------------------------------
 
     def ensure_layout(self) -> None:
-        """Every home's layout, the fleet's own first; a home that cannot be laid out is named."""
+        """Every home's layout, the fleet's own first; a home that cannot be laid out is named.
+
+        A home on another host that does not answer over ssh is skipped with a warning: a node that is
+        down must not keep the fleet (or instances in other homes) from starting; that home's own verbs
+        fail, naming it, until it answers, and its layout is made by the next call."""
         for name in self.home_names:
             try:
                 self._homes[name].ensure_layout()
+            except ZfsHostUnreachable as e:
+                if name == MAIN_HOME:
+                    raise
+                log.warning("storage home %s not laid out now: %s", name, e.message)
             except ExternalFailure as e:
                 raise ExternalFailure(f"storage home {name!r}: {e.message}", e.hint) from e
             except OSError as e:

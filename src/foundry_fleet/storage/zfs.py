@@ -31,9 +31,8 @@ from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
 from foundry_fleet.domain.release import parse_version
 from foundry_fleet.storage.base import InstancePaths
-from foundry_fleet.storage.mounts import mounts_under, zfs_mounts
 from foundry_fleet.storage.release_version import release_version_of
-from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_cmd import Prop, ZfsCommandFailed, ZfsHostUnreachable, ZfsRunner
 from foundry_fleet.storage import zfs_quota
 from foundry_fleet.storage.tenant_tree import make_dirs
 from foundry_fleet.storage.zfs_snapshots import ZfsSnapshots
@@ -220,6 +219,8 @@ class ZfsStorage:
             try:
                 if current["mounted"].value == "yes":
                     self.zfs.zfs("unmount", install)
+            except ZfsHostUnreachable:  # the host is down: not what the message below would say
+                raise
             except ZfsCommandFailed as e:
                 self._destroy_quietly(new)
                 raise ExternalFailure(
@@ -272,7 +273,7 @@ class ZfsStorage:
         container = self.layout.instance(instance)
         if self.zfs.exists(container):
             self.zfs.zfs("destroy", "-r", container)
-        _remove_folder(self.layout.instance_path(instance))
+        _remove_folder(self.layout.instance_path(instance), self.zfs)
 
     # reporting ----------------------------------------------------------------------------
 
@@ -333,6 +334,8 @@ class ZfsStorage:
     def _check_pool(self) -> dict[str, str]:
         try:
             line = self.zfs.zpool("list", "-H", "-o", "name,health,size,alloc,free", self.pool)
+        except ZfsHostUnreachable:  # the host is down: not what the message below would say
+            raise
         except ZfsCommandFailed as e:
             raise ExternalFailure(f"ZFS pool {self.pool!r} is not available: {e.message}", e.hint) from e
         name, health, size, alloc, free = (line.strip().split("\t") + [""] * 5)[:5]
@@ -407,7 +410,7 @@ class ZfsStorage:
 
     def _ensure_mounted(self, dataset: str, read_only: bool) -> None:
         """Mount `dataset` if it is not; a read-only one must be mounted read-only (remounted if not)."""
-        mount = zfs_mounts().get(dataset)
+        mount = self.zfs.zfs_mounts().get(dataset)  # on the pool's host
         if mount is not None and read_only and not mount.read_only:
             log.info("%s: mounted read-write: remounting read-only", dataset)
             self.zfs.zfs("unmount", dataset)
@@ -418,6 +421,8 @@ class ZfsStorage:
     def _unmount_for(self, instance: str, dataset: str) -> None:
         try:
             self.zfs.zfs("unmount", dataset)
+        except ZfsHostUnreachable:  # the host is down: not what the message below would say
+            raise
         except ZfsCommandFailed as e:
             raise ExternalFailure(
                 f"{dataset} is in use, so nothing was changed: {e.message}", f"stop the instance {instance} and retry"
@@ -480,12 +485,13 @@ def _ensure_mode(path: Path, mode: int, create: bool = False) -> None:
         path.chmod(mode)
 
 
-def _remove_folder(path: Path) -> None:
-    """Remove the instance's folder once nothing is mounted in it (only empty mountpoints remain)."""
+def _remove_folder(path: Path, runner: ZfsRunner) -> None:
+    """Remove the instance's folder once nothing is mounted in it on the pool's host (only empty
+    mountpoints remain)."""
     if not os.path.lexists(path):
         return
     deadline = time.monotonic() + 5.0
-    while mounted := mounts_under(path):
+    while mounted := runner.mounts_under(path):
         if time.monotonic() > deadline:
             raise ExternalFailure(
                 f"{path} still has mounts ({', '.join(mounted)}), so it was not removed",

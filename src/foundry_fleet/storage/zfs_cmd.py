@@ -2,22 +2,47 @@
 
 zfs-fuse in particular answers "dataset is busy" for a few seconds after a mount or unmount, and a
 mount that a process is still using answers "target is busy"; both usually clear on their own.
+
+A pool on another host (a backup destination, a Nomad node's home) is driven over ssh: the runner's
+`remote` prefix (`ssh_prefix`) goes before every command, and what the runner reads about mounts it
+reads on that host, since this host sees the pool's files only through a mount of its own (if at all).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.storage.mounts import Mount, parse_mounts, proc_mounts, zfs_mounts_in
 
 _BUSY_MARKERS = ("dataset is busy", "target is busy", "device or resource busy", "pool is busy")
 _DAEMON_DOWN_MARKER = "make sure that the zfs-fuse daemon is running"
 _MISSING_MARKERS = ("dataset does not exist", "no such pool")
+
+# `[user@]host` as ssh takes it (no options smuggled in: it cannot start with "-").
+_USER_HOST = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
+# Never a password prompt (the fleet runs unattended), and a host that is gone is noticed in seconds.
+SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15")
+_SSH_FAILED = 255  # ssh's own exit status: no connection (zfs itself exits 1 or 2)
+
+
+def is_user_host(value: str) -> bool:
+    """Whether `value` is `[user@]host` as ssh takes it."""
+    return bool(_USER_HOST.match(value))
+
+
+def ssh_prefix(ssh_command: Sequence[str], host: str) -> list[str]:
+    """What goes before a command to run it on `host`: `ssh_command`, the fleet's ssh options, the host, `--`."""
+    if not is_user_host(host):
+        raise ValueError(f"{host!r} is not [user@]host")
+    return [*ssh_command, *SSH_OPTIONS, host, "--"]
 
 
 class ZfsCommandFailed(ExternalFailure):
@@ -41,15 +66,41 @@ class ZfsCommandFailed(ExternalFailure):
         return any(marker in lowered for marker in _MISSING_MARKERS)
 
 
+class ZfsHostUnreachable(ZfsCommandFailed):
+    """ssh itself failed (exit 255): the pool's host did not answer, so the command did not run there."""
+
+    def __init__(self, argv: Sequence[str], stderr: str, whose: str, host: str) -> None:
+        said = " ".join(line.strip() for line in stderr.strip().splitlines() if line.strip()) or "(no message)"
+        ExternalFailure.__init__(  # not ZfsCommandFailed's: the message is about the host, not a zfs command
+            self, f"{whose}: {host} does not answer over ssh: {said}",
+            f"check that {host} is up and that `ssh {host} zfs list` works from this host with the configured "
+            "ssh_command (key, port); the command did not run there")
+        self.argv = list(argv)
+        self.returncode = _SSH_FAILED
+        self.stderr = stderr
+        self.whose = whose
+        self.host = host
+
+
 @dataclass
 class ZfsRunner:
-    """Runs zfs/zpool; `observer` (if set) sees the argv of every command before it runs."""
+    """Runs zfs/zpool; `observer` (if set) sees the argv of every command before it runs (ssh included).
+
+    `remote` (from `ssh_prefix`): the commands run on another host over ssh; `whose` names that pool's
+    user in errors ("home pool-b", "backup destination offsite")."""
 
     zfs_binary: str = "zfs"
     zpool_binary: str = "zpool"
     busy_retry_seconds: float = 8.0
     timeout: float = 600.0
     observer: Callable[[list[str]], None] | None = None
+    remote: list[str] = field(default_factory=list)
+    whose: str = "ZFS"
+
+    @property
+    def host(self) -> str | None:
+        """The host the commands run on over ssh; None for this host."""
+        return self.remote[-2] if self.remote else None
 
     def zfs(self, *args: str) -> str:
         return self.run([self.zfs_binary, *args])
@@ -57,9 +108,30 @@ class ZfsRunner:
     def zpool(self, *args: str) -> str:
         return self.run([self.zpool_binary, *args])
 
+    def argv(self, *command: str) -> list[str]:
+        """The argv that runs `command` (`zfs ...`, `zpool ...`) where this runner's pool is, for a pipeline
+        (see zfs_stream); the observer sees it."""
+        binary = {"zfs": self.zfs_binary, "zpool": self.zpool_binary}.get(command[0], command[0])
+        argv = self._where([binary, *command[1:]])
+        if self.observer is not None:
+            self.observer(list(argv))
+        return argv
+
+    def _where(self, command: Sequence[str]) -> list[str]:
+        """`command` as run where the pool is. ssh hands the remote shell one line made of its arguments,
+        so over ssh each is quoted: a path with a space (or a `$`) arrives as the one argument it was."""
+        if not self.remote:
+            return [str(a) for a in command]
+        return [*self.remote, *(shlex.quote(str(a)) for a in command)]
+
+    def unreachable(self, argv: Sequence[str], stderr: str) -> ZfsHostUnreachable:
+        assert self.host is not None
+        return ZfsHostUnreachable(argv, stderr, self.whose, self.host)
+
     def run(self, argv: Sequence[str]) -> str:
-        """stdout of `argv`; retries while zfs says "busy", then raises ZfsCommandFailed."""
-        argv = [str(a) for a in argv]
+        """stdout of `argv` (run where the pool is); retries while zfs says "busy", then raises
+        ZfsCommandFailed (ZfsHostUnreachable when ssh could not reach the host)."""
+        argv = self._where(argv)
         deadline = time.monotonic() + self.busy_retry_seconds
         pause = 0.1
         while True:
@@ -68,6 +140,8 @@ class ZfsRunner:
             done = self._run_once(argv)
             if done.returncode == 0:
                 return done.stdout
+            if self.remote and done.returncode == _SSH_FAILED:
+                raise self.unreachable(argv, done.stderr)
             if not _is_busy(done.stderr) or time.monotonic() + pause > deadline:
                 raise ZfsCommandFailed(argv, done.returncode, done.stderr)
             time.sleep(pause)
@@ -113,6 +187,21 @@ class ZfsRunner:
             name, prop, value, source = parts
             found.setdefault(name, {})[prop] = Prop(value, source)
         return found
+
+    def mounts(self) -> list[list[str]]:
+        """The mount table (/proc/self/mounts' fields) of the host the pool is on."""
+        if not self.remote:
+            return proc_mounts()
+        return parse_mounts(self.run(["cat", "/proc/self/mounts"]))
+
+    def zfs_mounts(self) -> dict[str, Mount]:
+        """ZFS mounts by dataset name, on the host the pool is on."""
+        return zfs_mounts_in(self.mounts())
+
+    def mounts_under(self, path: Path) -> list[str]:
+        """Mount points at or below `path` on the host the pool is on."""
+        prefix = str(path)
+        return [f[1] for f in self.mounts() if f[1] == prefix or f[1].startswith(prefix + "/")]
 
     def exists(self, dataset: str) -> bool:
         try:

@@ -10,47 +10,42 @@ dataset that is simply missing (then the first send creates it).
 
 from __future__ import annotations
 
-import re
-import subprocess
-import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
+from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.storage.base import DestinationOffline
-from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsHostUnreachable, ZfsRunner, is_user_host, ssh_prefix
 from foundry_fleet.storage.zfs_layout import parse_base
-
-_USER_HOST = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
-_SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15")
-_CHUNK = 1 << 20
+from foundry_fleet.storage.zfs_stream import send_receive
 
 
 class ZfsDestination:
     def __init__(self, target: str, source_dataset: Callable[[str], str], runner: ZfsRunner | None = None,
-                 ssh: Sequence[str] = ("ssh",)) -> None:
+                 ssh: Sequence[str] = ("ssh",), source_runner: Callable[[str], ZfsRunner] | None = None) -> None:
+        """`source_dataset`: instance -> the dataset its snapshots are of; `source_runner`: instance -> the
+        runner of the pool holding that dataset (default: this host's)."""
         self.target = target
-        self.source_dataset = source_dataset  # instance -> the dataset its snapshots are of
+        self.source_dataset = source_dataset
         host, sep, dataset = target.rpartition(":")
-        if sep and not _USER_HOST.match(host):
+        if sep and not is_user_host(host):
             raise InvalidInput(f"{host!r} in backup destination {target!r} is not [user@]host",
                                "write the destination as POOL/PATH or user@host:POOL/PATH")
         self.pool, self.base = parse_base(dataset)
         self.host = host or None
-        self._remote = [*ssh, *_SSH_OPTIONS, host, "--"] if host else []
-        self.zfs = runner or ZfsRunner()
+        local = runner or ZfsRunner()
+        self.zfs = replace(local, remote=ssh_prefix(ssh, host), whose=f"backup destination {target}") if host else local
+        self.source_runner = source_runner or (lambda _instance: local)
 
     def dataset(self, instance: str) -> str:
         return f"{self.base}/{instance}"
 
     def _run(self, *argv: str) -> str:
         try:
-            return self.zfs.run([*self._remote, *argv])
-        except ZfsCommandFailed as e:
-            if self._remote and e.returncode == 255:  # ssh's own failure: no connection
-                raise DestinationOffline(f"backup destination {self.target} does not answer: {e.message}",
-                                         "it is retried every round; its snapshots are kept meanwhile") from e
-            raise
-
+            return self.zfs.run(argv)
+        except ZfsHostUnreachable as e:
+            raise DestinationOffline(e.message,
+                                     "it is retried every round; its snapshots are kept meanwhile") from e
     def check_online(self) -> None:
         try:
             line = self._run("zpool", "list", "-H", "-o", "name,health", self.pool)
@@ -86,8 +81,14 @@ class ZfsDestination:
         if base is None and self.base != self.pool:
             self._run("zfs", "create", "-p", "-o", "mountpoint=none", self.base)
         send = ["zfs", "send", *(["-I", f"{source}@{base}"] if base else []), f"{source}@{latest}"]
-        receive = [*self._remote, "zfs", "recv", "-u", "-F", self.dataset(instance)]
-        sent = send_receive(send, receive)
+        try:
+            sent = send_receive(self.source_runner(instance), send, self.zfs,
+                                ["zfs", "recv", "-u", "-F", self.dataset(instance)])
+        except ZfsHostUnreachable as e:
+            if e.whose != self.zfs.whose:
+                raise  # the source's host (a home over ssh) did not answer: not this destination's doing
+            raise DestinationOffline(f"the connection to backup destination {self.target} broke during "
+                                     f"`zfs recv`: {e.message}", "it is retried next round") from e
         if base is None:  # a copy is never mounted by itself, not even when its pool is imported again
             self._run("zfs", "set", "canmount=noauto", self.dataset(instance))
         return sent
@@ -100,37 +101,3 @@ class ZfsDestination:
                 if not e.missing:
                     raise
 
-
-def send_receive(send: list[str], receive: list[str],
-                 hint: str = "check both pools (zpool status); the next round retries from the last common snapshot",
-                 ) -> int:
-    """Run `send | receive`, counting the bytes in between; raises with both sides' messages (and `hint`)."""
-    sender = subprocess.Popen(send, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    receiver = subprocess.Popen(receive, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert sender.stdout is not None and receiver.stdin is not None
-    errors: dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda k=k, p=p: errors.__setitem__(k, p.stderr.read()), daemon=True)
-               for k, p in (("send", sender), ("recv", receiver))]
-    for t in readers:
-        t.start()
-    total = 0
-    try:
-        while chunk := sender.stdout.read(_CHUNK):
-            total += len(chunk)
-            receiver.stdin.write(chunk)
-    except BrokenPipeError:
-        sender.kill()
-    finally:
-        try:
-            receiver.stdin.close()
-        except BrokenPipeError:
-            pass
-    sent, received = sender.wait(), receiver.wait()
-    for t in readers:
-        t.join()
-    if sent != 0 or received != 0:
-        said = " / ".join(errors.get(k, b"").decode(errors="replace").strip() for k in ("send", "recv") if errors.get(k))
-        if receive[0] != "zfs" and received == 255:  # ssh's own failure
-            raise DestinationOffline(f"the connection broke during `zfs recv`: {said}", "it is retried next round")
-        raise ExternalFailure(f"`{' '.join(send)} | {' '.join(receive)}` failed: {said or 'no message'}", hint)
-    return total

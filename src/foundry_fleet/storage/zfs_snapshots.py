@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
-from foundry_fleet.storage.mounts import zfs_mounts
 from foundry_fleet.storage.restore_in_place import data_owner, replace_contents, take_legacy_marker
 from foundry_fleet.storage.snapshots import SnapshotInfo
 from foundry_fleet.storage.tenant_tree import reported_as
@@ -205,7 +204,7 @@ class ZfsSnapshots:
                              "-o", f"mountpoint={mountpoint}", snapshot, dataset)
             # zfs-fuse mounts a new clone by itself, read-write (it does not enforce readonly=on for every
             # write): the view must be a read-only mount.
-            mount = zfs_mounts().get(dataset)
+            mount = self.zfs.zfs_mounts().get(dataset)  # on the pool's host
             if mount is not None and not mount.read_only:
                 self.zfs.zfs("unmount", dataset)
                 mount = None

@@ -11,6 +11,9 @@ An interrupted copy leaves the target at the last snapshot it completely receive
 so the next copy goes on from there. Anything the target holds that the source does not have in that line
 (snapshots newer than the newest common one, writes since, or a dataset with no snapshot in common) is
 a previous copy's leftover and is dropped: until a move commits, the source's data is the instance's.
+
+Either home's pool may be on another host (a home driven over ssh): each side of the stream runs through
+its own home's runner, so local->remote, remote->local and remote->remote are the same code.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from dataclasses import dataclass
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput, NotFound
 from foundry_fleet.storage import zfs_quota
-from foundry_fleet.storage.mounts import zfs_mounts
 from foundry_fleet.storage.ownership import hand_over
 from foundry_fleet.storage.zfs import ZfsStorage
-from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
-from foundry_fleet.storage.zfs_destination import send_receive
+from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsHostUnreachable, ZfsRunner
+from foundry_fleet.storage.zfs_stream import send_receive
 from foundry_fleet.storage.zfs_layout import check_instance
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,8 @@ def copy_dataset(instance: str, source: ZfsStorage, target: ZfsStorage, uid: int
         if exists:
             log.warning("%s: %s shares no snapshot with %s: dropping it for a full copy", instance, dst, src)
             target.zfs.zfs("destroy", "-r", dst)
-        sent += send_receive(["zfs", "send", f"{src}@{wanted[0].name}"], ["zfs", "recv", "-u", dst], _RETRY_HINT)
+        sent += send_receive(source.zfs, ["zfs", "send", f"{src}@{wanted[0].name}"],
+                             target.zfs, ["zfs", "recv", "-u", dst], _RETRY_HINT)
         start = wanted[0]
     else:
         for stale in held[held.index(common) + 1:]:
@@ -74,8 +77,8 @@ def copy_dataset(instance: str, source: ZfsStorage, target: ZfsStorage, uid: int
         start = next(s for s in wanted if s.guid == common.guid)
     latest = wanted[-1]
     if start.guid != latest.guid:
-        sent += send_receive(["zfs", "send", "-I", f"{src}@{start.name}", f"{src}@{latest.name}"],
-                             ["zfs", "recv", "-u", "-F", dst], _RETRY_HINT)
+        sent += send_receive(source.zfs, ["zfs", "send", "-I", f"{src}@{start.name}", f"{src}@{latest.name}"],
+                             target.zfs, ["zfs", "recv", "-u", "-F", dst], _RETRY_HINT)
     elif common is not None:
         target.zfs.zfs("rollback", f"{dst}@{latest.name}")  # writes made since (a chown, folders) are dropped
     paths = target.create_instance(instance, limit)  # mounted where the layout says, its quota, its modes
@@ -115,10 +118,12 @@ def _limit_of(runner: ZfsRunner, dataset: str) -> int | None:
 
 def _unmount(runner: ZfsRunner, dataset: str, instance: str) -> None:
     """A copy is received unmounted: nothing may use it until the move commits."""
-    if dataset not in zfs_mounts():
+    if dataset not in runner.zfs_mounts():  # on the pool's host
         return
     try:
         runner.zfs("unmount", dataset)
+    except ZfsHostUnreachable:  # the host is down: not what the message below would say
+        raise
     except ZfsCommandFailed as e:
         raise ExternalFailure(f"the copy of {instance} at {dataset} is in use, so it was not updated: {e.message}",
                               "close what uses it (a shell in its folder) and move the instance again") from e

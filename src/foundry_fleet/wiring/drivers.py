@@ -63,21 +63,33 @@ def make_storage(config: FleetConfig, home_of: Callable[[str], str] | None = Non
 
 def make_home_storage(config: FleetConfig, home: str, on_node: bool = False) -> Storage:
     """One home's storage on its own: the fleet root's for "fleet", else a `[[nomad.homes]]`'s root (as the
-    fleet's host reaches it; `on_node`: as its nodes see it, for a node's provisioning)."""
+    fleet's host reaches it; `on_node`: as its nodes see it, for a node's provisioning). A ZFS home with
+    `ssh` is driven over ssh from the fleet's host, but not `on_node`: that runs on the home's own host,
+    where its pool is local."""
     if home == MAIN_HOME:
         return _storage_at(config, config.root, config.storage.zfs_base)
     section = config.home(home)
     if section is None:
         raise NotFound(f"no home named {home!r} in fleet.toml", "the homes are: " + ", ".join(config.home_names))
-    return _storage_at(config, section.nodes_root if on_node else section.root, section.zfs_base)
+    remote = None
+    if section.ssh is not None and not on_node:
+        from foundry_fleet.storage.zfs_cmd import ssh_prefix
+
+        remote = ssh_prefix(section.ssh_command, section.ssh)
+    return _storage_at(config, section.nodes_root if on_node else section.root, section.zfs_base, remote,
+                       f"home {home}")
 
 
-def _storage_at(config: FleetConfig, root: Path, zfs_base: str | None) -> Storage:
+def _storage_at(config: FleetConfig, root: Path, zfs_base: str | None, remote: list[str] | None = None,
+                whose: str = "the fleet's storage") -> Storage:
     if config.storage.driver == "zfs":
         from foundry_fleet.storage.zfs import ZfsStorage
+        from foundry_fleet.storage.zfs_cmd import ZfsRunner
 
         assert zfs_base is not None  # the config refuses zfs without a base, for the fleet and every home
-        return ZfsStorage(root, zfs_base, quota_bytes=limit_bytes(config))
+        runner = ZfsRunner(remote=remote or [], whose=whose)
+        return ZfsStorage(root, zfs_base, runner=runner, quota_bytes=limit_bytes(config))
+    assert remote is None  # the config refuses ssh for directory homes (their files are reached at root)
     return DirectoryStorage(root)
 
 
@@ -85,9 +97,21 @@ def describe_storage(storage: Storage) -> str:
     """One line for the start-up report: which storage driver, and how it is doing (each home's)."""
     homes = getattr(storage, "home_names", None)
     if homes is not None:
-        return "; ".join(f"home {name}: {_describe_one(storage.home(name))}"  # type: ignore[attr-defined]
+        return "; ".join(f"home {name}: {_describe_home(storage.home(name), name == MAIN_HOME)}"  # type: ignore[attr-defined]
                          for name in homes)
     return _describe_one(storage)
+
+
+def _describe_home(storage: Storage, main: bool) -> str:
+    """A home on another host that does not answer is reported as such (its node is down), not fatal."""
+    from foundry_fleet.storage.zfs_cmd import ZfsHostUnreachable
+
+    try:
+        return _describe_one(storage)
+    except ZfsHostUnreachable as e:
+        if main:
+            raise
+        return f"not answering ({e.message})"
 
 
 def _describe_one(storage: Storage) -> str:
@@ -118,7 +142,8 @@ def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[Desti
         else:
             from foundry_fleet.storage.zfs_destination import ZfsDestination
 
-            dest = ZfsDestination(section.target, _source_dataset(storage), ssh=section.ssh_command)
+            dest = ZfsDestination(section.target, _source_dataset(storage), ssh=section.ssh_command,
+                                  source_runner=_source_runner(storage))
         out.append((section, dest))
     return out
 
@@ -129,6 +154,14 @@ def _source_dataset(storage: Storage) -> Callable[[str], str]:
     if home_for is None:
         return storage.layout.data  # type: ignore[attr-defined]
     return lambda instance: home_for(instance).layout.data(instance)
+
+
+def _source_runner(storage: Storage) -> Callable[[str], Any]:
+    """instance -> the ZfsRunner of the home holding it now (its pool may be on another host, over ssh)."""
+    home_for = getattr(storage, "home_for", None)
+    if home_for is None:
+        return lambda _instance: storage.zfs  # type: ignore[attr-defined]
+    return lambda instance: home_for(instance).zfs
 
 
 def make_release_cache(config: FleetConfig) -> ReleaseCache:
