@@ -197,7 +197,10 @@ class Provisioning:
             row = instance_row(s, name)
             rel = row.release
             port, uid = row.port, row.uid
-        self.storage.ensure_layout()
+        # Only the home it is laid out in: another home's host may be far away (ssh) or not answering, and
+        # the daemon's start lays out every home anyway.
+        home_for = getattr(self.storage, "home_for", None)  # HomedStorage: the fleet has [[nomad.homes]]
+        (home_for(name) if callable(home_for) else self.storage).ensure_layout()
         quota = self.config.limits.disk_mb * 1024 * 1024 or None
         paths = self.storage.create_instance(name, quota_bytes=quota)
         self.storage.install_release(name, Path(rel.path))
