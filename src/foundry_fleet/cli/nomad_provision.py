@@ -26,7 +26,7 @@ _VALUE_OPTIONS = {"--config": "config", "-c": "config", "--node-id": "node_id", 
 
 def serve_job_line(argv: list[str]) -> None:
     """Run the provisioning and exit when `argv` is exactly the job's command line; else return."""
-    given = _job_options(argv)
+    given = job_line_options(argv)
     if given is not None:
         sys.exit(run(CliContext(config_path=given.get("config")), given["node_id"], given["payload"]))
 
@@ -57,7 +57,7 @@ def run(c: CliContext, node_id: str, payload: str) -> int:
     return 0
 
 
-def _job_options(argv: list[str]) -> dict[str, str] | None:
+def job_line_options(argv: list[str]) -> dict[str, str] | None:
     """The options of the job's command line, or None for anything else (left to the full command line)."""
     given: dict[str, str] = {}
     words: list[str] = []
