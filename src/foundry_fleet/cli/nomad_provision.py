@@ -27,8 +27,13 @@ _VALUE_OPTIONS = {"--config": "config", "-c": "config", "--node-id": "node_id", 
 def serve_job_line(argv: list[str]) -> None:
     """Run the provisioning and exit when `argv` is exactly the job's command line; else return."""
     given = job_line_options(argv)
-    if given is not None:
-        sys.exit(run(CliContext(config_path=given.get("config")), given["node_id"], given["payload"]))
+    if given is None:
+        return
+    try:
+        code = run(CliContext(config_path=given.get("config")), given["node_id"], given["payload"])
+    except KeyboardInterrupt:  # Nomad stops a task with SIGINT: quietly, as every command does (cli/main.py)
+        code = 130
+    sys.exit(code)
 
 
 def run(c: CliContext, node_id: str, payload: str) -> int:
