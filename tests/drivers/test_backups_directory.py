@@ -24,10 +24,12 @@ H = 3600
 @pytest.fixture
 def backups(tmp_path: Path, release_zips: dict[str, Path]) -> Backups:
     fleet = make_fleet(tmp_path)
-    fleet.cli("release", "add", str(release_zips["node"]))
+    services = open_services(fleet.settings())
+    # Added in this process, as create_offline creates: the command's own path is tested with the CLI's.
+    services.releases.add(str(release_zips["node"]))
     create_offline(fleet, "alice")
     create_offline(fleet, "bob")
-    return make_backups(open_services(fleet.settings()))
+    return make_backups(services)
 
 
 def data_of(b: Backups, name: str = "alice") -> Path:

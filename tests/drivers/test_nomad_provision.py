@@ -191,6 +191,38 @@ def test_a_payload_for_another_node_changes_nothing_here(node: Node) -> None:
     assert tree_state(node.data.parent) == before and not node.install.exists()
 
 
+def imported_by(node: Node, payload: ProvisionPayload, config: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """The job's command line run as Nomad runs it, and every module it imported (from -X importtime)."""
+    payload_file = node.h.root.parent / "task" / "payload.json"
+    payload_file.parent.mkdir(exist_ok=True)
+    payload_file.write_bytes(payload.to_bytes())
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "foundry_fleet", "nomad", "provision",
+                           "--config", str(config), "--node-id", NODE, "--payload", str(payload_file)],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    modules = {line.rpartition("|")[2].strip() for line in lines}
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout,
+                                       "".join(f"{line}\n" for line in done.stderr.splitlines() if line not in lines)), modules
+
+
+def test_the_nodes_a_payload_does_not_name_answer_from_the_payload_alone(node: Node) -> None:
+    """Every node runs every dispatch: the others read the payload, not fleet.toml, and load no more."""
+    other = node.payload(node="c0ffee00-0000-4000-8000-000000000001")
+    done, modules = imported_by(node, other, node.h.root / "no-such-fleet.toml")
+    assert done.returncode == 0 and done.stderr == "", done
+    assert done.stdout == f"not this node: {node.name} is provisioned on node c0ffee00-0000-4000-8000-000000000001\n"
+    assert not {m for m in modules if m.split(".")[0] in ("typer", "pydantic", "sqlalchemy", "httpx", "filelock")}
+
+
+def test_the_node_that_acts_loads_no_database_and_no_http_client(node: Node) -> None:
+    remove_tree(node.install)
+    done, modules = imported_by(node, node.payload(), node.h.config)
+    assert done.returncode == 0 and done.stderr == "", done
+    assert done.stdout == f"{node.name}: installed release 13.345\n"
+    assert links_release(node.install, node.releases / "13.345")
+    assert not {m for m in modules if m.split(".")[0] in ("typer", "sqlalchemy", "alembic", "httpx")}
+
+
 def test_a_release_missing_from_the_cache_fails_naming_it_and_the_cache(node: Node) -> None:
     said = node.failed(node.payload(release="13.999"))
     assert said == (f"error: release 13.999 is not in this node's release cache {node.releases}; add it on this "

@@ -8,20 +8,31 @@ import os
 import socket
 import stat
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.edge_client import https, local_ca
+from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness, file_digests
 
 pytestmark = pytest.mark.e2e
 OWNER = {"X-Fleet-User": "123456789012345678"}  # what the auth service sets once a tenant signed in
 
 
-@pytest.fixture
-def door(fleet: FleetHarness, release_zips: dict[str, Path]) -> httpx.Client:
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetHarness]:
+    """One fleet for the module: every test here only reads its backups (lists, browses, downloads, or is
+    refused), so they share the fleet and its snapshots rather than each making them again."""
+    h = make_fleet(tmp_path_factory.mktemp("backup-access"))
+    yield h
+    h.tear_down()
+
+
+@pytest.fixture(scope="module")
+def door(fleet: FleetHarness, release_zips: dict[str, Path]) -> Iterator[httpx.Client]:
     """The backups socket as the edge reaches it, after the auth check said yes."""
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.up()

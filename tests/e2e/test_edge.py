@@ -216,7 +216,8 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def auth_and_backend() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever to look again: every 0.05 s, not its default 0.5 s.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     _Recorder.seen = []
     yield server

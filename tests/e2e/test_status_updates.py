@@ -38,10 +38,12 @@ class Recorder:
 
 @pytest.fixture
 def svc(fleet: FleetHarness, release_zips: dict[str, Path]) -> FleetServices:
-    fleet.cli("release", "add", str(release_zips["node"]))
+    services = open_services(load_config(fleet.config), actor="supervisor")
+    # Added in this process, as the instances are created: `release add` itself is tested through the CLI.
+    services.releases.add(str(release_zips["node"]))
     for name, owner in (("alice", ALICE), ("bob", BOB), ("nobody", None)):
         create_offline(fleet, name, owner=owner)
-    return open_services(load_config(fleet.config), actor="supervisor")
+    return services
 
 
 def test_only_events_worth_a_message_become_updates() -> None:

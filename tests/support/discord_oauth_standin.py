@@ -76,7 +76,8 @@ class DiscordOAuthStandin:
             discord = fake
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # stop() waits for serve_forever to look again: every 0.05 s, not its default 0.5 s.
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:

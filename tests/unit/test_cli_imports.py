@@ -64,7 +64,8 @@ def fleet_toml(tmp_path: Path) -> Iterator[Path]:
     config.write_text('[fleet]\nroot = "."\n')
     (tmp_path / "run").mkdir()
     server = _UnixHTTPServer(str(tmp_path / "run" / "control.sock"), _Daemon)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for serve_forever to look again: every 0.05 s, not its default 0.5 s.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield config
     finally:

@@ -43,5 +43,14 @@ def render(
     typer.echo(nomad_jobs.render(jobs, fmt), nl=False)  # plain: no markup, no wrapping
 
 
-# The node-side half: what the fvtt-provision job runs on each node (see cli/nomad_provision.py).
-app.command("provision")(nomad_provision.provision)
+@app.command("provision")
+def provision(
+    ctx: typer.Context,
+    node_id: Annotated[str, typer.Option("--node-id", help="this node's Nomad ID (${node.unique.id})")],
+    payload: Annotated[str, typer.Option("--payload", help="the dispatch payload file (${NOMAD_TASK_DIR}/payload.json)")],
+) -> None:
+    """Lay out one instance on this node from a fvtt-provision dispatch (only the node it names acts)."""
+    # The node-side half, run by the job on every node: see cli/nomad_provision.py.
+    code = nomad_provision.run(ctx.obj, node_id, payload)
+    if code:
+        raise typer.Exit(code)

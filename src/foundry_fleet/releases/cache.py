@@ -27,9 +27,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from filelock import FileLock, Timeout
 
 from foundry_fleet.config import FleetConfig
@@ -37,10 +36,12 @@ from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput,
 from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout, format_version, parse_version
 from foundry_fleet.domain.urls import redact_url
 from foundry_fleet.files.atomic import write_atomic
-from foundry_fleet.releases.fetch import download
 from foundry_fleet.releases.layout import detect_layout, read_version
 from foundry_fleet.releases.policy import DownloadPolicy, ProgressCallback, UnpackLimits
 from foundry_fleet.releases.unpack import make_writable, refuse_non_zip, safe_unpack
+
+if TYPE_CHECKING:  # a node's `nomad provision` reads the cache and never downloads: no HTTP client for it
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,8 @@ class ReleaseCache:
             cached = self._cached_for_url(shown)
             if cached is not None:
                 return cached
+            from foundry_fleet.releases.fetch import download  # brings httpx: only a download needs it
+
             with self._work_dir() as work:
                 zip_path = work / "release.zip"
                 sha256, size = download(url, zip_path, self.policy, progress, self.transport)

@@ -9,21 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 from foundry_fleet.config import MAIN_HOME, DestinationSection, FleetConfig
 from foundry_fleet.domain.errors import NotFound
-from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
-from foundry_fleet.edge.driver import Edge
-from foundry_fleet.edge.host import CaddyHost
-from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
 from foundry_fleet.services import tls_permission
 from foundry_fleet.services.disk_limits import limit_bytes
-from foundry_fleet.services.status_updates import LogNotifier, Notifier
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.directory import DirectoryStorage
 
-if TYPE_CHECKING:  # replication brings SQLAlchemy; a node's `nomad provision` needs only make_storage
+# Replication and status updates bring SQLAlchemy, the edge an HTTP client: a node's `nomad provision`
+# needs only make_storage, so each is imported where it is made.
+if TYPE_CHECKING:
+    from foundry_fleet.edge.driver import Edge
+    from foundry_fleet.edge.host import CaddyHost
     from foundry_fleet.services.replication import Destination
+    from foundry_fleet.services.status_updates import Notifier
 
 
 def edge_settings(config: FleetConfig) -> EdgeSettings:
@@ -175,6 +175,10 @@ def make_release_cache(config: FleetConfig) -> ReleaseCache:
 def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_problem: Callable[[str | None], None]) -> Edge:
     """Caddy, configured by the fleet; run by the fleet itself, or by Nomad with [edge] on_nomad. `sites`
     is asked for what to route on every update."""
+    from foundry_fleet.edge.admin import CaddyAdmin
+    from foundry_fleet.edge.driver import Edge
+    from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
+
     paths = config.paths
     admin_socket = paths.run / "caddy-admin.sock"
     binary = find_caddy(config.edge.caddy_binary)
@@ -200,5 +204,7 @@ def _caddy_on_nomad(config: FleetConfig, admin_socket: Path) -> CaddyHost:
 
 def make_notifier(config: FleetConfig) -> Notifier:
     """Where status updates go until the Discord bot is connected (it then takes over)."""
+    from foundry_fleet.services.status_updates import LogNotifier
+
     del config  # one choice today; a webhook or mail notifier would be picked here from fleet.toml
     return LogNotifier()

@@ -8,15 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.backup_plan import TimeFormat
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backup_records import BackupRecords
-from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.desired_state import DesiredStates
 from foundry_fleet.services.disk_limits import DiskLimits, limit_bytes
@@ -25,27 +22,31 @@ from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_homes import InstanceHomes
 from foundry_fleet.services.instance_views import InstanceViews
-from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.moves import Moves
-from foundry_fleet.services.operations import Lifecycle
 from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.release_registry import ReleaseRegistry
-from foundry_fleet.services.replication import Replication
-from foundry_fleet.services.status_updates import Notifier, StatusUpdates
-from foundry_fleet.services.views import CreatedInstance
-from foundry_fleet.services.web_login import WebLogin, key_path
-from foundry_fleet.services.wizard import SetupWizard
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.store.database import open_database
 from foundry_fleet.wiring.drivers import make_destinations, make_release_cache, make_storage
 from foundry_fleet.wiring.runtimes import make_runtime
 
+# What only the daemon, the bot or the web sign-in build (operations, backups and replication, status
+# updates, invites, the wizard, the sign-in with its HTTP client) is imported where it is built: a
+# command that opens the services in its own process (`release add`, `events`) loads none of it.
 if TYPE_CHECKING:
+    import httpx
     from sqlalchemy.orm import Session, sessionmaker
 
     from foundry_fleet.bot.client import BotServices
     from foundry_fleet.releases.cache import ReleaseCache
     from foundry_fleet.runtime.base import Runtime
+    from foundry_fleet.services.backups import Backups
+    from foundry_fleet.services.invites import Invites
+    from foundry_fleet.services.operations import Lifecycle
+    from foundry_fleet.services.status_updates import Notifier, StatusUpdates
+    from foundry_fleet.services.views import CreatedInstance
+    from foundry_fleet.services.web_login import WebLogin
+    from foundry_fleet.services.wizard import SetupWizard
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class FleetServices:
 
     def lifecycle(self) -> Lifecycle:
         """What the operations service builds on."""
+        from foundry_fleet.services.operations import Lifecycle
+
         return Lifecycle(self.provisioning, self.desired, self.instances, self.hostnames, self.releases,
                          self.events, self.changes)
 
@@ -118,6 +121,9 @@ def open_services(config: FleetConfig, actor: str = "cli", runtime: Runtime | No
 
 def make_backups(services: FleetServices) -> Backups:
     """The backup service with the fleet's destinations (replication runs in the daemon's rounds)."""
+    from foundry_fleet.services.backups import Backups
+    from foundry_fleet.services.replication import Replication
+
     config, storage = services.config, services.storage
     destinations = make_destinations(config, storage)
     replication = None
@@ -135,17 +141,23 @@ def make_backups(services: FleetServices) -> Backups:
 
 def make_status_updates(services: FleetServices, notifier: Notifier, **options: Any) -> StatusUpdates:
     """Status updates from the fleet's events and disk use; `options` tune StatusUpdates (clock, limits)."""
+    from foundry_fleet.services.status_updates import StatusUpdates
+
     return StatusUpdates(services.events, services.instances, services.disk_limits, services.sessions, notifier,
                          **options)
 
 
 def make_invites(services: FleetServices, clock: Callable[[], float] = time.time) -> Invites:
+    from foundry_fleet.services.invites import Invites
+
     return Invites(services.sessions, services.events, clock)
 
 
 def make_wizard(services: FleetServices, invites: Invites | None = None,
                 create: Callable[..., CreatedInstance] | None = None) -> SetupWizard:
     """The Discord setup wizard; `create` defaults to provisioning's own (the daemon's also wakes its supervisor)."""
+    from foundry_fleet.services.wizard import SetupWizard
+
     return SetupWizard(services.config, services.sessions, services.events, services.releases, services.hostnames,
                        invites or make_invites(services),
                        create or functools.partial(services.provisioning.create, services.actor))
@@ -154,6 +166,7 @@ def make_wizard(services: FleetServices, invites: Invites | None = None,
 def make_bot_services(services: FleetServices) -> BotServices:
     """What the Discord bot's commands and wizard use."""
     from foundry_fleet.bot.client import BotServices
+    from foundry_fleet.services.invites import Invites
 
     sessions, events = services.sessions, services.events
     return BotServices(
@@ -166,6 +179,8 @@ def make_bot_services(services: FleetServices) -> BotServices:
 
 def make_web_login(services: FleetServices, transport: httpx.BaseTransport | None = None) -> WebLogin:
     """The sign-in service of a fleet: its [discord] settings, database, key file and hosts."""
+    from foundry_fleet.services.web_login import WebLogin, key_path
+
     config = services.config
     instances = services.instances
 
