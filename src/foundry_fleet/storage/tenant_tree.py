@@ -397,16 +397,20 @@ def copy_tree(src_fd: int, dst_fd: int, *, skip: Callable[[Parts], bool], owner:
     snapshot) has the same content is a hard link to that copy instead of a new one (see `_link_previous`).
     Otherwise a restore: fresh writable files (0644/0755), directories 0755, everything owned by `owner`
     when given; with `reuse`, files the replaced data already holds as restored are linked from it (see
-    `Reuse`, `_link_restored`). Neither follows a link on any side.
+    `Reuse`, `_link_restored`). No link is followed, on any side.
     """
     stats = CopyStats()
     dst = DirChain(dst_fd)
     followed: list[_Following] = []
+
+    def follow(fd: int) -> _Following:
+        followed.append(_Following(fd))  # closed with the others, whatever fails next
+        return followed[-1]
+
     try:
-        prev = _Following(previous_fd) if previous_fd is not None and seal else None
-        data = _Following(reuse.data_fd) if reuse is not None and not seal else None
-        restored_from = _Following(reuse.restored_from_fd) if data is not None and reuse is not None else None
-        followed += [f for f in (prev, data, restored_from) if f is not None]
+        prev = follow(previous_fd) if previous_fd is not None and seal else None
+        data = follow(reuse.data_fd) if reuse is not None and not seal else None
+        restored_from = follow(reuse.restored_from_fd) if reuse is not None and not seal else None
         for entry in walk(src_fd, skip=skip, open_files=True):
             if entry.kind is Kind.DIR:
                 if entry.parts:
