@@ -19,13 +19,13 @@ adds one 2 MiB image. Each round measures:
   naive downtime  the conservative naive copy of the same final state to a fresh target in the same home:
                   ZFS: the same final snapshot (its time counted again) and a full `zfs send | zfs recv`
                   of it (no older snapshots), mounted and owned as the home's own; directories: one copy
-                  of the stopped data into the fresh target's data/ (`restore_into`, the copy a move's last
-                  step makes), no snapshots.
+                  of the stopped data into the fresh target's data/ (`restore_into` with nothing to
+                  reuse, the copy a move's first step makes), no snapshots.
 After every round the target's data, the naive target's data and the source's are compared file by file
 (SHA-256), and the target's snapshots with the source's; any difference fails the run.
 
 Also measured: the release installed in the target home (`install_at_target`, which `_move_home` runs
-after the stop), for the first instance moved into the home (the release is copied in) and for a second
+after the seed copy, before the stop: outside the downtime), for the first instance moved into the home (the release is copied in) and for a second
 (it is there); with two sizes or more, the worlds' instances are those two.
 
 Figures are the median over the rounds (each round a new session on the same instance, copied on from the
@@ -382,7 +382,7 @@ def make_release(work: Path) -> tuple[Path, int, int]:
 
 
 def measure_install(homes: Homes, instances: list[str], release: Path) -> Install:
-    """`install_at_target`, which `_move_home` runs after the stop: the release installed in the target home
+    """`install_at_target`, which `_move_home` runs before the stop: the release installed in the target home
     for the first instance moved there, then for a second one."""
     first, _ = timed(partial(homes.target.install_release, instances[0], release))
     again, _ = timed(partial(homes.target.install_release, instances[1], release))
@@ -402,7 +402,7 @@ def median(values: list[float]) -> float:
 
 def print_installs(installs: list[Install], files: int, size: int) -> None:
     print()
-    print(f"install at the target (stand-in release: {files} files, {mib(size)}), after the stop in `_move_home`:")
+    print(f"install at the target (stand-in release: {files} files, {mib(size)}), before the stop in `_move_home`:")
     print()
     print("| driver | first instance moved into the home (release copied in) | later ones (release there) |")
     print("| --- | --- | --- |")

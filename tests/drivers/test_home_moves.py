@@ -261,6 +261,48 @@ def test_a_move_that_fails_before_its_commit_is_rolled_back_and_the_instance_run
     asyncio.run(scenario())
 
 
+def test_the_release_is_installed_at_the_target_while_the_instance_still_runs(
+        config: FleetConfig, home_b: Path) -> None:
+    """The install in the target home needs nothing stopped, so it stays out of the downtime: it runs
+    before the stop, and one that fails is rolled back without the instance ever having stopped."""
+    async def scenario() -> None:
+        fleet = open_fleet(config)
+        await fleet.supervisor.start()
+        try:
+            await running_alice(fleet)
+            starts = len(fleet.runtime.started)
+            install = fleet.moves.install_at_target
+            running_at_install: list[int] = []
+
+            def failing(move: object) -> None:
+                running_at_install.append(len(fleet.runtime.running("alice")))
+                raise ExternalFailure("copying the release into home pool-b failed: No space left on device")
+
+            fleet.moves.install_at_target = failing  # type: ignore[method-assign]
+            with pytest.raises(ExternalFailure, match="copying the release"):
+                await fleet.ops.move("cli:admin", "alice", "node-b")
+            assert running_at_install == [1]
+            assert len(fleet.runtime.started) == starts  # never stopped, so never started again
+            assert "saved-at-exit.txt" not in os.listdir(fleet.storage.paths("alice").data)
+            view = fleet.services.instances.get("alice")
+            assert (view.home, view.state, view.node) == ("fleet", "running", "node-a")
+            assert not (home_b / "instances" / "alice").exists()
+
+            def spied(move: object) -> None:
+                running_at_install.append(len(fleet.runtime.running("alice")))
+                install(move)  # type: ignore[arg-type]
+
+            fleet.moves.install_at_target = spied  # type: ignore[method-assign]
+            moved = await fleet.ops.move("cli:admin", "alice", "node-b")
+            assert running_at_install == [1, 1] and moved.outcome == "moved"
+            assert (home_b / "instances" / "alice" / "install").is_dir()
+            assert fleet.runtime.started[-1].node == "node-b"
+        finally:
+            await fleet.supervisor.shutdown(stop_instances=True)
+
+    asyncio.run(scenario())
+
+
 # Interruptions ---------------------------------------------------------------------------------------
 
 async def crash_during(fleet: Fleet, point: str) -> None:

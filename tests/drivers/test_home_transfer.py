@@ -150,6 +150,156 @@ def test_directory_copy_interrupted_by_a_full_disk_keeps_nothing_half_made_and_g
         "Data/shared": ("dir", "")}
 
 
+def inodes(root: Path) -> dict[str, int]:
+    """The inode of every regular file under `root`, by relative path (links and folders left out)."""
+    return {str(Path(d, f).relative_to(root)): Path(d, f).lstat().st_ino
+            for d, _, files in os.walk(root) for f in files if not Path(d, f).is_symlink()}
+
+
+def modes(root: Path) -> dict[str, int]:
+    """The permission bits of every entry under `root` but links, by relative path."""
+    return {str(Path(d, n).relative_to(root)): Path(d, n).lstat().st_mode & 0o7777
+            for d, dirs, files in os.walk(root) for n in [*dirs, *files]
+            if not Path(d, n).is_symlink() and Path(d, n) != root / ".snapshot.json"}
+
+
+def test_directory_copy_after_the_first_writes_only_what_changed_into_the_targets_data(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage]) -> None:
+    """The last copy of a move runs while the instance is down: the target's data, made from the previous
+    snapshot, keeps every file the newest one did not change (the same inodes, nothing written) and gets
+    the rest, and ends exactly the newest snapshot: deletions, a file become a folder or a link, a folder
+    become a file, a file made executable."""
+    source, target = directory_homes
+    data = source.create_instance("alice").data
+    fill(data)
+    w1 = data / "Data" / "worlds" / "w1"
+    for i in range(20):
+        (w1 / f"scene-{i}.json").write_bytes(os.urandom(64 * 1024))
+    (data / "Data" / "to-folder").write_text("a file first")
+    (data / "Data" / "to-link").write_text("a file first")
+    (data / "Data" / "gone.txt").write_text("deleted before the final copy")
+    (data / "Data" / "folder-to-file").mkdir()
+    (data / "Data" / "folder-to-file" / "inside.txt").write_text("in a folder first")
+    (data / "Data" / "tool.sh").write_text("echo hi\n")
+    subprocess.run(["chown", "-R", "-h", f"{UID}:{UID}", str(data)], check=True)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+    moved = target.paths("alice").data
+    before = inodes(moved)
+
+    (w1 / "world.json").write_text('{"title": "Two"}')  # changed, same folder as the unchanged database
+    (w1 / "scene-3.json").write_bytes(os.urandom(64 * 1024))  # same size, new content
+    (data / "Data" / "gone.txt").unlink()
+    (data / "Data" / "to-folder").unlink()
+    (data / "Data" / "to-folder").mkdir()
+    (data / "Data" / "to-folder" / "now.txt").write_text("a folder now")
+    (data / "Data" / "to-link").unlink()
+    (data / "Data" / "to-link").symlink_to("/etc/hostname")
+    for p in (data / "Data" / "folder-to-file").iterdir():
+        p.unlink()
+    (data / "Data" / "folder-to-file").rmdir()
+    (data / "Data" / "folder-to-file").write_text("a file now")
+    (data / "Data" / "tool.sh").chmod(0o755)
+    (data / "Data" / "new.txt").write_text("new at the end")
+    subprocess.run(["chown", "-R", "-h", f"{UID}:{UID}", str(data)], check=True)
+    source.snapshots.take("alice", data, "s2")
+
+    final = copy_instance_data("alice", source, target, UID)
+
+    newest = target.snapshots.path("alice", "s2")
+    assert final.snapshots == ("s2",)
+    assert tree_of(moved) == tree_of(newest) | {"Data/shared": ("dir", "")} == \
+        tree_of(source.snapshots.path("alice", "s2")) | {"Data/shared": ("dir", "")}
+    assert owners(moved) == {UID}
+    assert {k: v for k, v in modes(moved).items() if k != "Data/shared"} == {  # as a restore makes them
+        k: 0o755 if (newest / k).is_dir() or v & 0o111 else 0o644 for k, v in modes(newest).items()}
+    after = inodes(moved)
+    changed = {"Data/worlds/w1/world.json", "Data/worlds/w1/scene-3.json", "Data/to-folder/now.txt",
+               "Data/folder-to-file", "Data/tool.sh", "Data/new.txt"}
+    kept = {path for path in after if path not in changed}
+    assert kept == set(before) - changed - {"Data/gone.txt", "Data/to-folder", "Data/to-link",
+                                             "Data/folder-to-file/inside.txt"}
+    assert {path: after[path] for path in kept} == {path: before[path] for path in kept}  # not written again
+    assert all(after[path] != before.get(path) for path in changed)
+    # The bytes written: the new snapshot's changed files, then the same again into the data; not the
+    # 4 MiB database nor the 1.2 MiB of unchanged scenes.
+    assert 2 * 64 * 1024 <= final.bytes < 200 * 1024
+    assert (moved / "Data" / "tool.sh").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(moved / "Data" / "to-link") == "/etc/hostname"
+    for path in after:  # the data's files are its own, never the snapshots' (a live write would change them)
+        assert (moved / path).stat().st_ino != (newest / path).stat().st_ino
+        assert (moved / path).stat().st_nlink == 1
+
+
+def test_directory_copy_into_target_data_that_is_not_what_the_previous_copy_left_writes_it_all_again(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage]) -> None:
+    """A target whose data is not what the last copy made of the previous snapshot (files rewritten there,
+    another instance's leftover of the same name, a file linked elsewhere): whatever does not match as a
+    restore leaves it is copied afresh, and the data ends exactly the snapshot."""
+    source, target = directory_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    w1 = data / "Data" / "worlds" / "w1"
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (w1 / name).write_text(f"{name} as the tenant wrote it")
+    subprocess.run(["chown", "-R", "-h", f"{UID}:{UID}", str(data)], check=True)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+    moved = target.paths("alice").data
+    t1 = moved / "Data" / "worlds" / "w1"
+    # What the target's data holds now is no longer what the copy left:
+    (t1 / "a.txt").write_text("a.txt rewritten there!!")  # same size, another time
+    stamp = (t1 / "b.txt").stat()
+    (t1 / "b.txt").chmod(0o600)  # same size and time, another mode
+    os.chown(t1 / "c.txt", 0, 0)  # another owner
+    os.link(t1 / "d.txt", moved / "d-elsewhere.txt")  # linked elsewhere: writing one would change the other
+    (t1 / "leftover.bin").write_bytes(b"another instance's")
+    (t1 / "data.db").unlink()
+    (t1 / "data.db").mkdir()  # a folder where the snapshot has a file
+    os.utime(t1 / "b.txt", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    before = inodes(moved)
+    (data / "Data" / "more.txt").write_text("so that there is a second snapshot")
+    source.snapshots.take("alice", data, "s2")
+
+    copy_instance_data("alice", source, target, UID)
+
+    assert tree_of(moved) == tree_of(source.snapshots.path("alice", "s2")) | {"Data/shared": ("dir", "")}
+    assert owners(moved) == {UID}
+    after = inodes(moved)
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        assert after[f"Data/worlds/w1/{name}"] != before[f"Data/worlds/w1/{name}"], name
+        assert (t1 / name).stat().st_mode & 0o777 == 0o644 and (t1 / name).stat().st_nlink == 1
+    assert (t1 / "data.db").is_file() and not (t1 / "leftover.bin").exists() and not (moved / "d-elsewhere.txt").exists()
+    assert after["Data/worlds/w1/world.json"] == before["Data/worlds/w1/world.json"]  # still as restored: kept
+
+
+def test_directory_final_copy_interrupted_between_its_renames_is_finished_by_the_next(
+        directory_homes: tuple[DirectoryStorage, DirectoryStorage]) -> None:
+    """The data swapped in by renames: a crash between them (the data moved aside, the new one beside it,
+    sharing its unchanged files) is put right, and the copy run again ends exactly the snapshot."""
+    from foundry_fleet.storage.snapshots import RESTORE_NEW, RESTORE_OLD
+
+    source, target = directory_homes
+    data = source.create_instance("alice").data
+    fill(data, big_bytes=MIB)
+    source.snapshots.take("alice", data, "s1")
+    copy_instance_data("alice", source, target, UID)
+    (data / "Data" / "worlds" / "w1" / "world.json").write_text('{"title": "Two"}')
+    source.snapshots.take("alice", data, "s2")
+    copy_instance_data("alice", source, target, UID)
+    moved = target.paths("alice").data
+    # Rewind to the crash point: the s1 data aside, the s2 data not yet renamed into place.
+    os.rename(moved, moved.parent / RESTORE_NEW)
+    os.mkdir(moved.parent / RESTORE_OLD)
+    (moved.parent / RESTORE_OLD / "stale.txt").write_text("the data the copy replaced")
+
+    again = copy_instance_data("alice", source, target, UID)
+
+    assert again.snapshots == ()
+    assert tree_of(moved) == tree_of(source.snapshots.path("alice", "s2")) | {"Data/shared": ("dir", "")}
+    assert not (moved.parent / RESTORE_NEW).exists() and not (moved.parent / RESTORE_OLD).exists()
+
+
 def test_directory_discard_removes_data_install_and_snapshots(
         directory_homes: tuple[DirectoryStorage, DirectoryStorage]) -> None:
     source, target = directory_homes

@@ -245,13 +245,15 @@ class Operations:
             await _blocking(backups.take, name, "move")
             first = await _blocking(moves.copy, move, was.uid)
             snapshots, sent = list(first.snapshots), first.bytes
+            # The release install needs nothing stopped (it lays out install/, not data/): done while it
+            # still runs, it stays out of the downtime, and a failure still comes before the commit.
+            await _blocking(moves.install_at_target, move)
             if running:
                 stopped_at = time.monotonic()
                 await self._stop_and_wait(actor, name, f"moving to node {target}")
                 await _blocking(backups.take, name, "move")
                 final = await _blocking(moves.copy, move, was.uid)
                 snapshots, sent = snapshots + list(final.snapshots), sent + final.bytes
-            await _blocking(moves.install_at_target, move)
             move = await _blocking(moves.commit, actor, move, len(snapshots), sent)
         except Exception as e:
             why = e.message if isinstance(e, FleetError) else f"{type(e).__name__}: {e}"

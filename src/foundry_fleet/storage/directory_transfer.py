@@ -1,7 +1,8 @@
 """An instance's snapshot trees copied from one directory home to another (another file system, so
 nothing can be linked across): each snapshot the target lacks is copied as the directory snapshots are
 taken, a file unchanged since the target's previous snapshot hard-linked to it, so the target's
-snapshots cost what the source's do; then the target's data is restored from the newest one.
+snapshots cost what the source's do; then the target's data is restored from the newest one, keeping
+the files it already holds as restored from the one before (only what changed is written).
 
 The trees are the tenant's files: copied through directory descriptors, never following a link (see
 tenant_tree). A snapshot is present at the target only once complete (built as `.partial`), and the data
@@ -54,9 +55,13 @@ def copy_trees(instance: str, source: DirectoryStorage, target: DirectoryStorage
     paths = target.create_instance(instance)
     finish_restore(paths.data)  # a swap an interruption left half done (the copy is redone below)
     latest = wanted[-1].name
+    # The data was made from the snapshot before (the previous copy; nothing runs here before the
+    # commit): only what differs from it is written, which keeps the last copy, the one inside the
+    # move's downtime, as small as the change. Data that is not what that copy left is copied afresh.
+    before = target.snapshots.path(instance, wanted[-2].name) if len(wanted) > 1 else None
     with reported_as(f"making the data of {instance} under {target.root} its snapshot {latest} failed",
                      "the target's data was left as it was; move the instance again"):
-        copied += restore_into(target.snapshots.path(instance, latest), paths.data, uid).bytes_new
+        copied += restore_into(target.snapshots.path(instance, latest), paths.data, uid, before).bytes_new
     return new, copied
 
 

@@ -28,10 +28,12 @@ from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound
 from foundry_fleet.storage.ownership import ensure_shared_mount_point
 from foundry_fleet.storage.tenant_tree import (
+    DIR_FLAGS,
     FILE_FLAGS,
     NEW_FILE_FLAGS,
     CopyStats,
     Parts,
+    Reuse,
     copy_tree,
     open_root,
     reported_as,
@@ -255,24 +257,32 @@ RESTORE_NEW = "data.restore-new"
 RESTORE_OLD = "data.restore-old"
 
 
-def restore_into(snapshot: Path, data: Path, uid: int | None) -> CopyStats:
+def restore_into(snapshot: Path, data: Path, uid: int | None, restored_from: Path | None = None) -> CopyStats:
     """Make `data` exactly the snapshot's content, as fresh writable files (never links into it).
 
     Steps, each safe to crash in (see `finish_restore`): copy the snapshot beside the live data,
     move the live data aside, move the copy into place, delete what was moved aside.
+
+    `restored_from`: the snapshot (of the same line, older) `data` was last made from, when nothing has
+    run on it since (a move's target between its copies). The copy then takes over, as hard links, the
+    files the data still holds exactly as restored and that the two snapshots share (see tenant_tree's
+    `Reuse`): only what changed is written, and the data moved aside loses only the names; whatever
+    does not match (a file changed, gone, of another kind, or data that is not what that restore left)
+    is copied from the snapshot as without it, so the result is the snapshot either way.
     """
     new, old = data.parent / RESTORE_NEW, data.parent / RESTORE_OLD
     remove_tree(new)
     os.mkdir(new, 0o700)
     src, dst = open_root(snapshot), open_root(new)
+    reuse = _reusable(data, restored_from)
     try:
-        stats = copy_restored(src, dst, uid)
+        stats = copy_restored(src, dst, uid, reuse)
     except BaseException:
         remove_tree(new)  # the live data was not touched yet
         raise
     finally:
-        os.close(src)
-        os.close(dst)
+        for fd in (src, dst, *((reuse.data_fd, reuse.restored_from_fd) if reuse is not None else ())):
+            os.close(fd)
     remove_tree(old)
     os.rename(data, old)
     os.rename(new, data)
@@ -280,12 +290,27 @@ def restore_into(snapshot: Path, data: Path, uid: int | None) -> CopyStats:
     return stats
 
 
-def copy_restored(snapshot_fd: int, data_fd: int, uid: int | None) -> CopyStats:
+def _reusable(data: Path, restored_from: Path | None) -> Reuse | None:
+    """Both trees opened for `Reuse`; None when there is nothing to take over (no data, no snapshot)."""
+    if restored_from is None:
+        return None
+    try:
+        data_fd = os.open(data, DIR_FLAGS)
+    except OSError:
+        return None  # no data yet (or not a folder): everything is copied
+    try:
+        return Reuse(data_fd, open_root(restored_from))
+    except BaseException:
+        os.close(data_fd)
+        raise
+
+
+def copy_restored(snapshot_fd: int, data_fd: int, uid: int | None, reuse: Reuse | None = None) -> CopyStats:
     """Copy a snapshot into an empty data directory as the instance's own data: directories 0755 (the top
     0700), files 0644 or 0755, everything owned by `uid`, except `Data/shared`, the shared assets' mount
     point, which is root's. Nothing is followed: a `Data` that the snapshot holds as a link stays a link
     (the instance will not start until it is a folder), and no mount point is made through it."""
-    stats = copy_tree(snapshot_fd, data_fd, skip=not_restored, owner=uid)
+    stats = copy_tree(snapshot_fd, data_fd, skip=not_restored, owner=uid, reuse=reuse)
     os.fchmod(data_fd, 0o700)
     if uid is not None:
         os.fchown(data_fd, uid, uid)

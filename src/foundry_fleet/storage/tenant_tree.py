@@ -352,37 +352,79 @@ class CopyStats:
     examples: list[str] = field(default_factory=list)  # the first few of them, for a message
 
 
+@dataclass(frozen=True)
+class Reuse:
+    """For a restore: the data the copy will replace (`data_fd`) and the snapshot it was restored from
+    (`restored_from_fd`). A file is taken over from the data (hard-linked, not copied again) when the
+    snapshot being restored holds it as the very file `restored_from` holds (one inode: a snapshot links
+    what is unchanged since the one before) and the data still holds it exactly as a restore leaves it."""
+
+    data_fd: int
+    restored_from_fd: int
+
+
+class _Following:
+    """Another tree walked alongside the source, as deep as it has the same folders: a folder it lacks (or
+    holds as a file or a link) leaves it behind until the walk climbs back out."""
+
+    def __init__(self, fd: int) -> None:
+        self.chain = DirChain(fd)
+        self.depth = 0
+
+    def enter(self, parts: Parts) -> None:
+        if self.depth == len(parts) - 1 and self.chain.open_child(parts[-1]) is not None:
+            self.depth += 1
+
+    def leave(self, parts: Parts) -> None:
+        if self.depth == len(parts):
+            self.chain.pop()
+            self.depth -= 1
+
+    def folder_of(self, parts: Parts) -> int | None:
+        """The descriptor of the folder that would hold `parts` here (None: not followed that deep)."""
+        return self.chain.fd() if self.depth == len(parts) - 1 else None
+
+    def close(self) -> None:
+        self.chain.close()
+
+
 def copy_tree(src_fd: int, dst_fd: int, *, skip: Callable[[Parts], bool], owner: int | None = None,
-              seal: bool = False, previous_fd: int | None = None) -> CopyStats:
+              seal: bool = False, previous_fd: int | None = None, reuse: Reuse | None = None) -> CopyStats:
     """Copy the tree under `src_fd` into the empty directory `dst_fd`.
 
     `seal`: a snapshot: files read-only (0444, or 0555 when executable) with the source's times, and
     directories 0555 once filled; a file whose copy in `previous_fd` (the same path in the previous
     snapshot) has the same content is a hard link to that copy instead of a new one (see `_link_previous`).
     Otherwise a restore: fresh writable files (0644/0755), directories 0755, everything owned by `owner`
-    when given. Neither follows a link on either side.
+    when given; with `reuse`, files the replaced data already holds as restored are linked from it (see
+    `Reuse`, `_link_restored`). No link is followed, on any side.
     """
     stats = CopyStats()
     dst = DirChain(dst_fd)
-    prev = DirChain(previous_fd) if previous_fd is not None else None
-    prev_depth = 0 if prev is not None else -1  # how deep `prev` follows the walk (-1: not at all)
+    followed: list[_Following] = []
+
+    def follow(fd: int) -> _Following:
+        followed.append(_Following(fd))  # closed with the others, whatever fails next
+        return followed[-1]
+
     try:
+        prev = follow(previous_fd) if previous_fd is not None and seal else None
+        data = follow(reuse.data_fd) if reuse is not None and not seal else None
+        restored_from = follow(reuse.restored_from_fd) if reuse is not None and not seal else None
         for entry in walk(src_fd, skip=skip, open_files=True):
             if entry.kind is Kind.DIR:
                 if entry.parts:
                     _make_dir(dst, entry.name, owner, seal)
-                    if prev is not None and prev_depth == len(entry.parts) - 1:
-                        if prev.open_child(entry.name) is not None:
-                            prev_depth += 1
+                    for tree in followed:
+                        tree.enter(entry.parts)
                 elif owner is not None:
                     os.fchown(dst.fd(), owner, owner)
             elif entry.kind is Kind.LEAVE:
                 if entry.parts:  # the top is the caller's to seal or hand over
                     os.fchmod(dst.fd(), 0o555 if seal else 0o755)
                     dst.pop()
-                    if prev is not None and prev_depth == len(entry.parts):
-                        prev.pop()
-                        prev_depth -= 1
+                    for tree in followed:
+                        tree.leave(entry.parts)
             elif entry.kind is Kind.LINK:
                 os.symlink(entry.target, entry.name, dir_fd=dst.fd())
                 if owner is not None:
@@ -391,9 +433,14 @@ def copy_tree(src_fd: int, dst_fd: int, *, skip: Callable[[Parts], bool], owner:
                 assert entry.st is not None
                 stats.files += 1
                 stats.bytes_total += entry.st.st_size
-                in_prev = prev is not None and prev_depth == len(entry.parts) - 1
-                if seal and in_prev and prev is not None and _link_previous(entry, prev.fd(), dst.fd()):
+                prev_dir = prev.folder_of(entry.parts) if prev is not None else None
+                if prev_dir is not None and _link_previous(entry, prev_dir, dst.fd()):
                     continue
+                if data is not None and restored_from is not None:
+                    data_dir, from_dir = data.folder_of(entry.parts), restored_from.folder_of(entry.parts)
+                    if data_dir is not None and from_dir is not None \
+                            and _link_restored(entry, data_dir, from_dir, dst.fd(), owner):
+                        continue
                 stats.bytes_new += _copy_file(entry, dst.fd(), owner, seal)
             else:
                 stats.skipped += 1
@@ -402,8 +449,8 @@ def copy_tree(src_fd: int, dst_fd: int, *, skip: Callable[[Parts], bool], owner:
                     stats.examples.append(f"{show(entry.parts)} ({why})")
     finally:
         dst.close()
-        if prev is not None:
-            prev.close()
+        for tree in followed:
+            tree.close()
     return stats
 
 
@@ -454,6 +501,38 @@ def _link_previous(entry: Entry, prev_dir: int, dst_dir: int) -> bool:
         return True
     finally:
         os.close(old)
+
+
+def _link_restored(entry: Entry, data_dir: int, from_dir: int, dst_dir: int, owner: int | None) -> bool:
+    """Hard-link the replaced data's file when it is provably what a restore of this file would write:
+    the snapshot's file is the one the data was restored from (same inode: unchanged between the two
+    snapshots), and the data's file is still as that restore left it (a regular file of its own, same
+    size and modification time to the nanosecond, the restore's mode and owner). False: copy it."""
+    assert entry.st is not None
+    try:
+        was = os.stat(entry.name, dir_fd=from_dir, follow_symlinks=False)
+        have = os.stat(entry.name, dir_fd=data_dir, follow_symlinks=False)
+    except OSError:
+        return False  # not in one of them (or not reachable as a plain name): a new or changed file
+    if (was.st_dev, was.st_ino) != (entry.st.st_dev, entry.st.st_ino):
+        return False
+    uid = owner if owner is not None else os.geteuid()
+    if not stat.S_ISREG(have.st_mode) or have.st_nlink != 1 or have.st_size != entry.st.st_size \
+            or have.st_mtime_ns != entry.st.st_mtime_ns \
+            or stat.S_IMODE(have.st_mode) != file_mode(entry.st, 0o755, 0o644) \
+            or have.st_uid != uid or (owner is not None and have.st_gid != owner):
+        return False
+    try:
+        os.link(entry.name, entry.name, src_dir_fd=data_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.EMLINK, errno.EXDEV):
+            return False
+        raise
+    linked = os.stat(entry.name, dir_fd=dst_dir, follow_symlinks=False)
+    if (linked.st_dev, linked.st_ino) != (have.st_dev, have.st_ino):  # replaced between the look and the link
+        os.unlink(entry.name, dir_fd=dst_dir)
+        return False
+    return True
 
 
 # removing and measuring -----------------------------------------------------------------------------
