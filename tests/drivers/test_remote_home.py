@@ -254,6 +254,8 @@ def test_a_move_to_a_home_whose_host_does_not_answer_fails_naming_it_and_loses_n
             data = fleet.storage.paths("alice").data
             assert (data / "marker.txt").read_text() == "written while on node-a\n"
             assert fleet.ops.busy("alice") is None
+            assert fleet.moves.unfinished() == []  # refused before it began: nothing to roll back
+            assert not any(e.action == "instance.move" for e in fleet.services.events.recent(target="alice"))
             # node-b being down keeps nothing else from working: the daemon's start-up steps, and a new
             # instance in the fleet's own home.
             fleet.storage.ensure_layout()
@@ -270,10 +272,8 @@ def test_a_move_to_a_home_whose_host_does_not_answer_fails_naming_it_and_loses_n
     async def host_back() -> None:
         answering.start()
         fleet = open_fleet(ssh_config)
-        # Whatever the failed move left (its journal row, when even discarding the copy could not reach
-        # node-b) is rolled back at the next start once node-b answers: alice stays here, whole.
-        fleet.moves.recover("daemon")
-        assert fleet.moves.unfinished() == []
+        # The refused move left nothing to recover: alice stays here, whole, and nothing of hers is in pool-b.
+        assert fleet.moves.recover("daemon") == [] and fleet.moves.unfinished() == []
         assert zfs("list", "-H", f"{second_zfs_base}/instances/alice", check=False).returncode != 0
         await fleet.supervisor.start()
         try:

@@ -95,6 +95,11 @@ class Moves:
         """The home a node keeps instances' data in ([[nomad.homes]]; else the fleet's own)."""
         return self.config.nomad.home_of_node(node)
 
+    def reach(self, home: str) -> None:
+        """The home laid out (idempotent), before a move into it begins: a home that cannot be reached (its
+        host does not answer over ssh, its mount is gone) is refused here, with no journal row to roll back."""
+        self._home(home).ensure_layout()
+
     def _home(self, name: str) -> Storage:
         homed: HomedStorage = self.storage  # type: ignore[assignment]
         return homed.home(name)

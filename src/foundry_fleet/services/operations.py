@@ -236,8 +236,9 @@ class Operations:
         backups = self._backups(actor)
         running = was.desired == DesiredState.RUNNING.value
         await _blocking(backups.check_room, name)  # a refused snapshot, before anything is under way
-        move = await _blocking(moves.begin, actor, name, was.home, moves.home_of_node(target), source, target,
-                               running)
+        target_home = moves.home_of_node(target)
+        await _blocking(moves.reach, target_home)  # a home whose host does not answer: refused, nothing begun
+        move = await _blocking(moves.begin, actor, name, was.home, target_home, source, target, running)
         snapshots: list[str] = []
         sent = 0
         stopped_at: float | None = None
