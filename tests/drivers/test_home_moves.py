@@ -110,14 +110,9 @@ class Fleet:
 
 
 @pytest.fixture
-def home_b(tmp_path: Path) -> Iterator[Path]:
+def home_b(other_file_system: Path) -> Path:
     """Home pool-b's root: a tmpfs, another file system than the fleet root's."""
-    mount = tmp_path / "pool-b"
-    mount_tmpfs(mount)
-    try:
-        yield mount
-    finally:
-        unmount(mount)
+    return other_file_system
 
 
 @pytest.fixture

@@ -115,13 +115,7 @@ class DirectorySnapshots:
         return sorted(out, key=lambda s: (s.created_at, s.name))
 
     def take(self, instance: str, data: Path, name: str) -> SnapshotInfo:
-        _valid_name(name)
-        d = self._dir(instance)
-        d.mkdir(parents=True, exist_ok=True)
-        d.chmod(0o700)
-        final = d / name
-        if final.exists():
-            raise Conflict(f"instance {instance} already has a snapshot named {name!r}", "choose another label")
+        d, final = self._new(instance, name, "choose another label")
         self._sweep(d)
         previous = self.list(instance)
         prev_dir = d / previous[-1].name if previous else None
@@ -136,17 +130,22 @@ class DirectorySnapshots:
         os.rename(staging, final)
         return SnapshotInfo(name, created, stats.bytes_new, stats.files, stats.bytes_total)
 
-    def receive(self, instance: str, name: str, tree: Path, previous: str | None) -> CopyStats:
-        """Make `tree` (the same instance's snapshot in another home) this home's snapshot `name`, its
-        metadata kept: a file unchanged since this home's snapshot `previous` is a hard link to it, as a
-        snapshot taken here would be. Built as `<name>.partial` too, so an interruption leaves nothing."""
+    def _new(self, instance: str, name: str, hint: str) -> tuple[Path, Path]:
+        """The instance's snapshot directory (made private) and where snapshot `name` goes, not there yet."""
         _valid_name(name)
         d = self._dir(instance)
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o700)
         final = d / name
         if final.exists():
-            raise Conflict(f"instance {instance} already has a snapshot named {name!r} here", "discard it first")
+            raise Conflict(f"instance {instance} already has a snapshot named {name!r}", hint)
+        return d, final
+
+    def receive(self, instance: str, name: str, tree: Path, previous: str | None) -> CopyStats:
+        """Make `tree` (the same instance's snapshot in another home) this home's snapshot `name`, its
+        metadata kept: a file unchanged since this home's snapshot `previous` is a hard link to it, as a
+        snapshot taken here would be. Built as `<name>.partial` too, so an interruption leaves nothing."""
+        d, final = self._new(instance, name, "discard it first")
         staging = d / (name + PARTIAL)
         remove_tree(staging)
         os.mkdir(staging, 0o700)
