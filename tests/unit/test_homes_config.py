@@ -3,6 +3,9 @@ was wrong, and the storage each home gets (the fleet's own for "fleet" and nodes
 
 from __future__ import annotations
 
+import itertools
+import re
+
 from pathlib import Path
 
 import pytest
@@ -149,3 +152,16 @@ def test_the_fleets_own_home_has_one_name_in_every_layer() -> None:
     from foundry_fleet.storage import homes as storage_homes
 
     assert storage_homes.MAIN_HOME == homes.MAIN_HOME == provision_payload.MAIN_HOME == "fleet"
+
+
+def test_the_commented_home_in_a_new_fleet_toml_is_a_valid_one_once_uncommented(tmp_path: Path) -> None:
+    # The example a new fleet.toml shows for a ZFS home over ssh: what an operator uncomments must load.
+    text = init_fleet(tmp_path / "f", runtime="nomad", force=True).read_text()
+    header, *rest = text[text.index("# [[nomad.homes]]\n"):].splitlines()
+    keys = list(itertools.takewhile(lambda line: re.match(r"# [a-z_]+ = ", line), rest))
+    example = [header[2:], *(line[2:] for line in keys)]
+    assert len(example) == 8, example  # name, nodes, root, node_root, zfs_base, ssh, ssh_command
+    path = fleet_with(tmp_path, "\n".join(example) + "\n", storage='driver = "zfs"\nzfs_base = "tank/fleet"\n')
+    home = load_config(path).nomad.homes[0]
+    assert (home.name, home.nodes, home.zfs_base, home.ssh) == ("pool-b", ["node-b"], "tankb/fleet", "root@node-b")
+    assert home.ssh_command == ["ssh", "-i", "/etc/foundry-fleet/node-key"]

@@ -169,14 +169,16 @@ NOMAD_TEMPLATE = """\
 # node_root = "/srv/foundry-fleet"      # the fleet root as the nodes see it; default: this root
 # Nodes keeping instances' data on storage of their own, one [[nomad.homes]] each (a node in at most one;
 # nodes in none share the fleet root). `instance move` to a node of another home sends the data there.
-# For now this host reaches every home itself: its root is a path here (a pool imported here, or the
-# node's fleet dataset mounted here), and its ZFS commands run here.
+# This host reaches each home's files at its root (a pool imported here, or the node's fleet root mounted
+# here at the same path); a ZFS pool on another machine runs its zfs commands there over ssh.
 # [[nomad.homes]]
 # name = "pool-b"
 # nodes = ["node-b"]
 # root = "/srv/fleet-b"                 # the home's fleet root as this host reaches it (absolute)
 # node_root = "/srv/fleet-b"            # the same as its nodes see it; default: root
 # zfs_base = "tankb/fleet"              # with [storage] driver = "zfs" (the home's own datasets)
+# ssh = "root@node-b"                   # ZFS only: the host whose pool it is, its commands run there
+# ssh_command = ["ssh", "-i", "/etc/foundry-fleet/node-key"]  # default ["ssh"]
 """
 
 
