@@ -18,7 +18,7 @@ from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.config import NodeSection
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.events import record
-from foundry_fleet.services.instance_views import InstanceViews, instance_row
+from foundry_fleet.services.instance_views import InstanceViews, changeable_row, instance_row
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import InstanceView
 from foundry_fleet.storage.base import Storage
@@ -52,11 +52,7 @@ class DesiredStates:
         """Running or stopped. Refused (with the reason) while it is being created or deleted, and a
         start while it is suspended."""
         with self._session() as s:
-            row = instance_row(s, name)
-            if row.state == InstanceState.CREATING.value:
-                raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
-            if row.desired == DesiredState.DELETED.value:
-                raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
+            row = changeable_row(s, name)
             if desired is DesiredState.RUNNING and row.suspended_reason is not None:
                 raise Conflict(f"{name} is suspended: {row.suspended_reason}",
                                "a fleet admin can resume it (`instance resume`)")
@@ -101,11 +97,7 @@ class DesiredStates:
         """The node it is to run on (`instance move`), `source` the one holding its data now (None: none
         yet): its runtime moves it there when it next starts."""
         with self._session() as s:
-            row = instance_row(s, name)
-            if row.state == InstanceState.CREATING.value:
-                raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
-            if row.desired == DesiredState.DELETED.value:
-                raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
+            row = changeable_row(s, name)
             row.node = node
             record(s, actor, "instance.move", name, Outcome.OK, f"{source or 'no node yet'} -> {node}")
             view = self.instances.view(row)

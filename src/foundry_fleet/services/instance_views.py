@@ -6,7 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import MAIN_HOME, FleetConfig
-from foundry_fleet.domain.errors import NotFound
+from foundry_fleet.domain.errors import Conflict, NotFound
+from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.views import InstanceView
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.store.models import Instance
@@ -17,6 +18,17 @@ def instance_row(session: Session, name: str) -> Instance:
     row = session.scalar(select(Instance).where(Instance.name == name))
     if row is None:
         raise NotFound(f"no instance named {name!r}", "see `foundry-fleet instance list`")
+    return row
+
+
+def changeable_row(session: Session, name: str) -> Instance:
+    """The instance's row when its desired state, node or home may change: not while it is being created
+    (its layout is not done) or deleted."""
+    row = instance_row(session, name)
+    if row.state == InstanceState.CREATING.value:
+        raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
+    if row.desired == DesiredState.DELETED.value:
+        raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
     return row
 
 

@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from foundry_fleet.config import MAIN_HOME, FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput
 from foundry_fleet.domain.events import Outcome
-from foundry_fleet.domain.instance import DesiredState, InstanceState
+from foundry_fleet.domain.instance import DesiredState
 from foundry_fleet.services.events import record
-from foundry_fleet.services.instance_views import instance_row
+from foundry_fleet.services.instance_views import changeable_row, instance_row
 from foundry_fleet.store.models import MoveRow
 
 if TYPE_CHECKING:
@@ -123,14 +123,10 @@ class Moves:
             raise InvalidInput(f"{name} is in home {source_home} already: there is no data to send",
                                "move it to a node of another home, or let its runtime re-pin it")
         with self._session() as s:
-            row = instance_row(s, name)
+            row = changeable_row(s, name)
             if s.get(MoveRow, name) is not None:
                 raise Conflict(f"a move of {name} is unfinished", "restart the daemon: it rolls the move back "
                                                                   "or finishes it, then move again")
-            if row.state == InstanceState.CREATING.value:
-                raise Conflict(f"instance {name} is still being created", "wait a moment and retry")
-            if row.desired == DesiredState.DELETED.value:
-                raise Conflict(f"instance {name} is being deleted", "wait a moment; it will be gone")
             if (row.home or MAIN_HOME) != source_home:
                 raise Conflict(f"{name} is in home {row.home or MAIN_HOME}, not {source_home}", "move it again")
             started = time.time()
