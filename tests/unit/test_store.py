@@ -47,27 +47,39 @@ def test_an_up_to_date_database_opens_without_alembic(tmp_path: Path) -> None:
     assert out.strip() == "False"
 
 
-def test_a_task_recorded_before_0006_gets_its_address_and_pid(tmp_path: Path) -> None:
-    """A daemon upgraded in place: rows of running instances keep being routed until re-attached."""
+def migrate(db: Path, revision: str, *, down: bool = False) -> None:
+    """The database at `db` brought to `revision` by Alembic, up (or down) from where it is."""
     from alembic import command
 
-    db = tmp_path / "fleet.sqlite"
     engine = make_engine(db)
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0005")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def add_release(conn: sqlite3.Connection) -> None:
+    """Release 13.345, for instances to refer to."""
+    conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
+                 "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
+                 "'', 0, 0, '/r', 'file', 0)")
+
+
+def test_a_task_recorded_before_0006_gets_its_address_and_pid(tmp_path: Path) -> None:
+    """A daemon upgraded in place: rows of running instances keep being routed until re-attached."""
+    db = tmp_path / "fleet.sqlite"
+    migrate(db, "0005")
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
-                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
-                     "'', 0, 0, '/r', 'file', 0)")
+        add_release(conn)
         insert = ("INSERT INTO instances (name, release_version, port, desired, state, state_reason, task, "
                   "extra_hosts, restarts, crash_times, created_at, updated_at) "
                   "VALUES (?, '13.345', ?, 'running', ?, '', ?, '[]', 0, '[]', 0, 0)")
         conn.execute(insert, ("alice", 30001, "running", '{"name": "alice", "pid": 4242, "leader_pid": 4240}'))
         conn.execute(insert, ("bob", 30002, "stopped", None))
-    engine.dispose()
     open_database(db)
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT name, address, pid FROM instances ORDER BY name").fetchall()
@@ -76,30 +88,18 @@ def test_a_task_recorded_before_0006_gets_its_address_and_pid(tmp_path: Path) ->
 
 def test_instances_from_before_0007_have_no_node_asked_for(tmp_path: Path) -> None:
     """A daemon upgraded in place: its instances stay where their runtime placed them."""
-    from alembic import command
-
     db = tmp_path / "fleet.sqlite"
-    engine = make_engine(db)
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0006")
+    migrate(db, "0006")
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
-                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
-                     "'', 0, 0, '/r', 'file', 0)")
+        add_release(conn)
         conn.execute("INSERT INTO instances (name, release_version, port, desired, state, state_reason, "
                      "extra_hosts, restarts, crash_times, created_at, updated_at) "
                      "VALUES ('alice', '13.345', 30001, 'running', 'stopped', '', '[]', 0, '[]', 0, 0)")
-    engine.dispose()
     open_database(db)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT name, node FROM instances").fetchall() == [("alice", None)]
         conn.execute("UPDATE instances SET node = 'node-b'")
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0006")
+    migrate(db, "0006", down=True)
     with sqlite3.connect(db) as conn:
         assert [c[1] for c in conn.execute("PRAGMA table_info(instances)")].count("node") == 0
 
@@ -108,23 +108,13 @@ def test_instances_from_before_0008_are_in_the_fleets_own_home_and_a_move_under_
         tmp_path: Path) -> None:
     """A daemon upgraded in place: its instances keep their data where it was (home NULL = "fleet"); going
     back while a move is journalled, or an instance is in another home, would lose where its data is."""
-    from alembic import command
-
     db = tmp_path / "fleet.sqlite"
-    engine = make_engine(db)
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0007")
+    migrate(db, "0007")
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
-                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
-                     "'', 0, 0, '/r', 'file', 0)")
+        add_release(conn)
         conn.execute("INSERT INTO instances (name, release_version, port, desired, state, state_reason, "
                      "extra_hosts, restarts, crash_times, created_at, updated_at, node) "
                      "VALUES ('alice', '13.345', 30001, 'running', 'stopped', '', '[]', 0, '[]', 0, 0, 'node-a')")
-    engine.dispose()
     open_database(db)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT name, node, home FROM instances").fetchall() == [("alice", "node-a", None)]
@@ -132,9 +122,7 @@ def test_instances_from_before_0008_are_in_the_fleets_own_home_and_a_move_under_
                      "started_at) VALUES ('alice', 'fleet', 'pool-b', 'node-a', 'node-b', 'copying', 1.0)")
 
     def downgrade() -> None:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0007")
+        migrate(db, "0007", down=True)
 
     with pytest.raises(RuntimeError, match="a move between homes is under way: start the daemon once"):
         downgrade()
@@ -157,9 +145,7 @@ def test_a_journalled_move_goes_with_its_instance(tmp_path: Path) -> None:
     open_database(db)
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("INSERT INTO releases (version, generation, build, layout, entry, sha256, zip_bytes, "
-                     "unpacked_bytes, path, source, added_at) VALUES ('13.345', 13, 345, 'node', 'main.js', "
-                     "'', 0, 0, '/r', 'file', 0)")
+        add_release(conn)
         conn.execute("INSERT INTO instances (name, release_version, port, desired, state, state_reason, "
                      "extra_hosts, restarts, crash_times, created_at, updated_at) "
                      "VALUES ('alice', '13.345', 30001, 'running', 'stopped', '', '[]', 0, '[]', 0, 0)")
