@@ -37,6 +37,7 @@ from foundry_fleet.services.instance_views import InstanceViews, instance_row
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.storage.base import Storage
+from foundry_fleet.storage.homes import holding, named_home
 from foundry_fleet.storage.ownership import chown_tree
 from foundry_fleet.store.models import Instance, Release, Tenant
 
@@ -125,9 +126,7 @@ class Provisioning:
     def _refuse_unowned_files(self, name: str, node: str | None) -> None:
         """Files under instances/<name> that no instance owns are someone's data: never adopt them (looked
         for in the home the instance is to be laid out in)."""
-        home_named = getattr(self.storage, "home", None)  # HomedStorage: the fleet has [[nomad.homes]]
-        storage = home_named(self._home_for(node) or MAIN_HOME) if callable(home_named) else self.storage
-        root = storage.paths(name).root
+        root = named_home(self.storage, self._home_for(node) or MAIN_HOME).paths(name).root
         with self._session() as s:
             owned = s.scalar(select(Instance.id).where(Instance.name == name)) is not None
         if root.exists() and not owned:
@@ -199,8 +198,7 @@ class Provisioning:
             port, uid = row.port, row.uid
         # Only the home it is laid out in: another home's host may be far away (ssh) or not answering, and
         # the daemon's start lays out every home anyway.
-        home_for = getattr(self.storage, "home_for", None)  # HomedStorage: the fleet has [[nomad.homes]]
-        (home_for(name) if callable(home_for) else self.storage).ensure_layout()
+        holding(self.storage, name).ensure_layout()
         quota = self.config.limits.disk_mb * 1024 * 1024 or None
         paths = self.storage.create_instance(name, quota_bytes=quota)
         self.storage.install_release(name, Path(rel.path))

@@ -196,6 +196,16 @@ class HomedStorage:
         return self.home_for(instance).usage_bytes(instance)
 
 
+def holding(storage: Storage, instance: str) -> Storage:
+    """The storage that holds `instance`: its home's in a fleet with homes, else the fleet's one storage."""
+    return storage.home_for(instance) if isinstance(storage, HomedStorage) else storage
+
+
+def named_home(storage: Storage, home: str) -> Storage:
+    """Home `home` of a fleet with homes; a fleet without has one storage, its own home."""
+    return storage.home(home) if isinstance(storage, HomedStorage) else storage
+
+
 def _home_named(homes: Mapping[str, Storage], name: str, instance: str | None = None) -> Storage:
     found = homes.get(name)
     if found is None:

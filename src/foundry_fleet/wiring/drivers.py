@@ -150,18 +150,16 @@ def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[Desti
 
 def _source_dataset(storage: Storage) -> Callable[[str], str]:
     """instance -> the ZFS dataset its snapshots are of, in the home holding it now."""
-    home_for = getattr(storage, "home_for", None)
-    if home_for is None:
-        return storage.layout.data  # type: ignore[attr-defined]
-    return lambda instance: home_for(instance).layout.data(instance)
+    from foundry_fleet.storage.homes import holding
+
+    return lambda instance: holding(storage, instance).layout.data(instance)  # type: ignore[attr-defined]
 
 
 def _source_runner(storage: Storage) -> Callable[[str], Any]:
     """instance -> the ZfsRunner of the home holding it now (its pool may be on another host, over ssh)."""
-    home_for = getattr(storage, "home_for", None)
-    if home_for is None:
-        return lambda _instance: storage.zfs  # type: ignore[attr-defined]
-    return lambda instance: home_for(instance).zfs
+    from foundry_fleet.storage.homes import holding
+
+    return lambda instance: holding(storage, instance).zfs  # type: ignore[attr-defined]
 
 
 def make_release_cache(config: FleetConfig) -> ReleaseCache:
