@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from foundry_fleet.domain.errors import ExternalFailure, InvalidInput
-from foundry_fleet.runtime import procfs
+from foundry_fleet.runtime import logs, procfs
 from foundry_fleet.runtime.base import ReleaseToRun, ResourceLimits, TaskExit, TaskHandle, TaskSpec
 from foundry_fleet.runtime.local import LocalRuntime
 from foundry_fleet.runtime.local_task import LocalTask
@@ -945,6 +945,26 @@ def test_forwarders_run_in_the_fleets_cgroup_whose_egress_chain_goes_with_the_la
     # ... and takes it, and the group, away once none is left.
     runtime.unprotect_ports()
     assert runtime.egress.rules()["IPv4"] == []
+    assert group.directory is not None and not group.directory.exists()
+
+
+@needs_root
+def test_the_log_writer_leaves_the_control_planes_cgroup_for_the_fleets_own(world: World) -> None:
+    # Under systemd the control plane's group is the service's: `systemctl stop` ends every process in
+    # it, and a writer that died with it would take a server meant to be left running down by SIGPIPE.
+    runtime = world.runtime
+    spec = world.spec("logged")
+    handle = world.start(spec)
+    writer = logs._writers[spec.log_dir]
+    group = runtime.log_writer_cgroup
+    wait_until(lambda: writer in group.pids(), 5, "the writer to join its group")
+    unified = [line for line in Path(f"/proc/{writer}/cgroup").read_text().splitlines() if line.startswith("0::")]
+    assert unified == [f"0::/{group.match_path()}"]
+    own = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")]
+    assert own != unified
+    run(runtime.stop_task(handle, 5))
+    wait_until(lambda: not procfs.is_alive(writer), 5, "the log writer to end")
+    runtime.unprotect_ports()
     assert group.directory is not None and not group.directory.exists()
 
 

@@ -302,18 +302,13 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-class ForwarderCgroup:
-    """The cgroup v2 group every network forwarder of one fleet runs in, so that the firewall can
-    tell their sockets apart (iptables `-m cgroup --path`) from everything else on the host.
-
-    A socket belongs to the cgroup of the process that created it, for its whole life: a forwarder
-    therefore joins the group before it execs slirp4netns (network.py), so that none of its sockets
-    predates the move. The group persists across daemon restarts (forwarders outlive the daemon),
-    and iptables resolves `--path` once, when a rule is loaded: the group must exist before the
-    rules and is never removed while they are loaded.
+class HelperCgroup:
+    """A cgroup v2 group, under the fleet's parent, for helper processes that outlive the control plane
+    as the tasks do. They must not stay in the control plane's own group: under systemd that is the
+    service's, and stopping the service ends every process in it.
     """
 
-    LEAF = "_forwarders"  # not a task name: those begin with a letter or a digit
+    LEAF = ""  # each kind its own; never a task name (those begin with a letter or a digit)
 
     def __init__(self, parent: str, mount: tuple[Path, str] | None = None) -> None:
         if not parent or parent.startswith("/") or ".." in Path(parent).parts:
@@ -352,7 +347,7 @@ class ForwarderCgroup:
             return set()
 
     def remove(self, keep_parent: bool) -> None:
-        """Remove the group if no forwarder is left in it, and its parent if empty and not also the
+        """Remove the group if no helper is left in it, and its parent if empty and not also the
         tasks' parent (on v2-only hosts the task groups live there, with controllers enabled)."""
         if self.directory is None:
             return
@@ -361,3 +356,25 @@ class ForwarderCgroup:
                 _remove_group(d)
             except OSError:
                 return
+
+
+class ForwarderCgroup(HelperCgroup):
+    """The cgroup v2 group every network forwarder of one fleet runs in, so that the firewall can
+    tell their sockets apart (iptables `-m cgroup --path`) from everything else on the host.
+
+    A socket belongs to the cgroup of the process that created it, for its whole life: a forwarder
+    therefore joins the group before it execs slirp4netns (network.py), so that none of its sockets
+    predates the move. The group persists across daemon restarts (forwarders outlive the daemon),
+    and iptables resolves `--path` once, when a rule is loaded: the group must exist before the
+    rules and is never removed while they are loaded.
+    """
+
+    LEAF = "_forwarders"
+
+
+class LogWriterCgroup(HelperCgroup):
+    """The group every task's log writer (logs.py) joins before it reads a line: a writer left in the
+    control plane's group would die with a `systemctl stop` of the fleet, and the server writing to its
+    pipe next would die of SIGPIPE, though it was meant to be left running for the next start."""
+
+    LEAF = "_log-writers"

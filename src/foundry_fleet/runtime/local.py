@@ -62,7 +62,7 @@ from foundry_fleet.runtime.local_task import LocalTask, listening_port
 from foundry_fleet.runtime.pidfds import pidfd_of, send_signal, wait_readable
 from foundry_fleet.runtime.host_ports import host_port_is_free
 from foundry_fleet.runtime.task_dirs import check_dirs, check_reachable, prepare_dirs
-from foundry_fleet.runtime.cgroups import CgroupHost, ForwarderCgroup, TaskCgroups
+from foundry_fleet.runtime.cgroups import CgroupHost, ForwarderCgroup, LogWriterCgroup, TaskCgroups
 from foundry_fleet.runtime.firewall import DEFAULT_CHAIN, EgressFilter, PortFirewall
 from foundry_fleet.runtime.network import PrivateNetworks
 
@@ -132,6 +132,7 @@ class LocalRuntime:
         self.firewall = PortFirewall(firewall_chain)
         self.networks = PrivateNetworks(run_dir or Path("/run/foundry-fleet") / cgroup_parent / "net")
         self.forwarder_cgroup = ForwarderCgroup(cgroup_parent)
+        self.log_writer_cgroup = LogWriterCgroup(cgroup_parent)
         self.egress = EgressFilter(f"{firewall_chain[:24]}-OUT")
         self._egress_probe: Capability | None = None
         self._network_wanted = network
@@ -404,8 +405,18 @@ class LocalRuntime:
             raise ExternalFailure(cap.detail, "run the fleet as root with iptables installed, or set firewall = false")
         return cap
 
+    def _log_writer_procs(self) -> Path | None:
+        """Where a new log writer moves itself (made on first use); None without a cgroup v2 hierarchy."""
+        try:
+            self.log_writer_cgroup.ensure()
+        except (OSError, ValueError):
+            return None
+        return self.log_writer_cgroup.procs_file
+
     def unprotect_ports(self) -> None:
         self.firewall.remove()
+        if not self.log_writer_cgroup.pids():
+            self.log_writer_cgroup.remove(keep_parent=True)
         # The egress filter goes only with the last forwarder: one still running stays filtered.
         if not self.forwarder_cgroup.pids():
             self.egress.remove()
@@ -477,7 +488,8 @@ class LocalRuntime:
             info_r, info_w = (_high_fd(fd) for fd in os.pipe())
         if use_seccomp:
             filter_fd = _high_fd(seccomp.filter_fd())
-        log_fd = _high_fd(logs.open_for_task(spec.log_dir, spec.log_max_bytes, spec.log_keep, uid=uid, gid=gid))
+        log_fd = _high_fd(logs.open_for_task(spec.log_dir, spec.log_max_bytes, spec.log_keep, uid=uid, gid=gid,
+                                             cgroup_procs=self._log_writer_procs() if is_root else None))
         actions: list[tuple] = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),

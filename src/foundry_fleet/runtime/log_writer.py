@@ -186,10 +186,22 @@ def pump(source: int, out: RotatingFile, bucket: TokenBucket, clock=time.monoton
     out.close()
 
 
+def join_cgroup(procs_file: str) -> None:
+    """Move this writer into its group (cgroups.LogWriterCgroup) before it reads anything. Where that
+    fails the writer still writes: the log matters more than surviving a stop of the fleet's service."""
+    try:
+        with open(procs_file, "w") as f:
+            f.write(str(os.getpid()))
+    except OSError:
+        pass
+
+
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     path, max_bytes, keep, rate, burst = argv[1], int(argv[2]), int(argv[3]), float(argv[4]), float(argv[5])
+    if len(argv) > 6:
+        join_cgroup(argv[6])
     drop_surplus(path, max(0, keep))
     out = RotatingFile(path, max_bytes, keep)
     pump(0, out, TokenBucket(rate, burst, time.monotonic()))

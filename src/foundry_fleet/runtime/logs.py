@@ -48,13 +48,14 @@ def rotated(path: Path, n: int) -> Path:
 
 def open_for_task(
     log_dir: Path, max_bytes: int, keep: int, *, uid: int | None = None, gid: int | None = None,
-    rate: int = RATE_BYTES, burst: int = BURST_BYTES,
+    rate: int = RATE_BYTES, burst: int = BURST_BYTES, cgroup_procs: Path | None = None,
 ) -> int:
     """The descriptor to hand to the server as stdout and stderr; the caller closes it once it has.
 
     A log writer process is started on the other end of the pipe: detached (its own session) so it
     outlives the control plane like the task does, and not a member of the task (its process group,
-    cgroups), so stopping or killing the task leaves it to drain what the task wrote.
+    cgroups), so stopping or killing the task leaves it to drain what the task wrote. With
+    `cgroup_procs` it moves itself into that group (cgroups.LogWriterCgroup), out of the control plane's.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()  # both close-on-exec: no other child inherits them
@@ -68,7 +69,7 @@ def open_for_task(
             # the pipe gives the tenant its own output and nothing else; the log file stays root's.)
             os.fchown(write_end, uid, gid if gid is not None else uid)
         argv = [sys.executable, "-I", "-S", log_writer.__file__, str(log_path(log_dir)),
-                str(max_bytes), str(keep), str(rate), str(burst)]
+                str(max_bytes), str(keep), str(rate), str(burst), *([str(cgroup_procs)] if cgroup_procs else [])]
         pid = os.posix_spawn(
             sys.executable, argv, {},
             file_actions=[
