@@ -65,7 +65,7 @@ def uses_podman(root: Path, config: Path) -> bool:
 @functools.cache
 def _default_conf() -> Path:
     path = Path(tempfile.mkdtemp(prefix="foundry-fleet-tests-podman-")) / containers_conf.CONF_NAME
-    path.write_text(containers_conf.render(containers_conf.find_init()))
+    path.write_text(containers_conf.render(containers_conf.find_init(), containers_conf.oci_runtime()))
     return path
 
 

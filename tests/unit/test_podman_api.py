@@ -87,11 +87,26 @@ def test_the_fleets_containers_conf_holds_what_podman_needs_here_and_is_rewritte
     path = containers_conf.write(tmp_path / "run")
     conf = tomllib.loads(path.read_text())
     assert conf["containers"]["default_ulimits"] == ["nofile=16384:16384", "nproc=32768:32768"]
-    assert conf["engine"]["runtime"] == "runc" and conf["engine"]["cgroup_manager"] == "cgroupfs"
+    assert conf["engine"]["runtime"] == containers_conf.oci_runtime() and conf["engine"]["cgroup_manager"] == "cgroupfs"
     assert conf["engine"]["events_logger"] == "file"
     before = path.stat().st_ino
     assert containers_conf.write(tmp_path / "run") == path and path.stat().st_ino == before
     assert containers_conf.environment(path)["CONTAINERS_CONF"] == str(path)
+
+
+def test_crun_runs_the_containers_on_a_cgroup_v2_host_and_runc_on_a_hybrid_one(tmp_path: Path) -> None:
+    hybrid, unified = tmp_path / "hybrid", tmp_path / "unified"
+    (hybrid / "unified").mkdir(parents=True)
+    unified.mkdir()
+    (unified / "cgroup.controllers").write_text("cpu io memory pids\n")
+    both = {"crun": "/usr/bin/crun", "runc": "/usr/bin/runc"}.get
+    assert containers_conf.oci_runtime(unified, which=both) == "crun"
+    assert containers_conf.oci_runtime(hybrid, which=both) == "runc"
+    # Whichever is installed, when only one is.
+    assert containers_conf.oci_runtime(unified, which={"runc": "/usr/bin/runc"}.get) == "runc"
+    assert containers_conf.oci_runtime(hybrid, which={"crun": "/usr/bin/crun"}.get) == "crun"
+    assert containers_conf.oci_runtime(hybrid, which=lambda name: None) == "runc"
+    assert 'runtime = "crun"' in containers_conf.render(None, "crun")
 
 
 def test_lost_namespace_mounts_are_read_from_podmans_errors() -> None:

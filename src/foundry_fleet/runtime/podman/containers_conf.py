@@ -3,8 +3,9 @@
 The host's /etc/containers stays untouched; every podman process the fleet starts (the API service,
 and through it conmon and `podman container cleanup`) reads this file through `CONTAINERS_CONF`.
 
-Why each setting (see FIELD-NOTES "Podman"): crun refuses this kernel's cgroup hybrid layout, so
-`runc`; without systemd, `cgroupfs` and a file events log; conmon cannot raise its own limits (no
+Why each setting (see FIELD-NOTES "Podman"): crun refuses a cgroup hybrid layout (v1 controllers with
+the v2 tree beside them), so there `runc`; on a cgroup v2 host `crun`, the runtime Debian and Ubuntu
+install with Podman (runc there is often missing), and runc where crun is not installed; without systemd, `cgroupfs` and a file events log; conmon cannot raise its own limits (no
 CAP_SYS_RESOURCE), so the containers' default ulimits must fit under conmon's, or every start fails
 in setrlimit.
 """
@@ -32,13 +33,21 @@ def find_init() -> str | None:
     return found
 
 
-def render(init_path: str | None = None) -> str:
+def oci_runtime(cgroup_root: Path = Path("/sys/fs/cgroup"), which=shutil.which) -> str:
+    """The OCI runtime podman should use on this host: crun on a cgroup v2 host, else runc, whichever of
+    them is installed when only one is."""
+    unified = (cgroup_root / "cgroup.controllers").exists()  # v2 alone, mounted at the top
+    preferred, other = ("crun", "runc") if unified else ("runc", "crun")
+    return preferred if which(preferred) or not which(other) else other
+
+
+def render(init_path: str | None = None, runtime: str = "runc") -> str:
     lines = [
         "# Written by foundry-fleet; rewritten at every start of the fleet's podman service.",
         "[containers]",
         'default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]',
         "[engine]",
-        'runtime = "runc"',
+        f'runtime = "{runtime}"',
         'cgroup_manager = "cgroupfs"',
         'events_logger = "file"',
     ]
@@ -51,7 +60,7 @@ def write(directory: Path) -> Path:
     """Write (atomically, only when it changed) `<directory>/containers.conf`; its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONF_NAME
-    text = render(find_init())
+    text = render(find_init(), oci_runtime())
     try:
         if path.read_text() == text:
             return path

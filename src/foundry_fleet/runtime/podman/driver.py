@@ -192,9 +192,11 @@ class PodmanRuntime:
         runtime_name = oci.get("name", "?")
         version_line = (oci.get("version") or "").strip().splitlines()[:1]
         detail = " ".join([runtime_name, *version_line])
-        if runtime_name != "runc":
+        # crun refuses a cgroup v1/hybrid layout; on cgroup v2 both work (containers_conf.oci_runtime).
+        works = runtime_name == "runc" or (runtime_name == "crun" and host.get("cgroupVersion") == "v2")
+        if not works:
             detail += " (runc is the one known to work on cgroup v1/hybrid hosts; see containers.conf)"
-        caps.append(Capability("oci runtime", runtime_name == "runc", detail))
+        caps.append(Capability("oci runtime", works, detail))
         rootless = bool((host.get("security") or {}).get("rootless"))
         caps.append(Capability("rootful", not rootless,
                                "containers run rootful: one unprivileged uid per instance inside"
