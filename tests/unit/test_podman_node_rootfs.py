@@ -17,11 +17,14 @@ from foundry_fleet.domain.errors import ExternalFailure, Unsupported
 from foundry_fleet.runtime.podman.images import NodeImage, describe
 from foundry_fleet.runtime.podman.node_rootfs import (
     Entry,
+    NodeBinary,
     _identity_cache,
     _Tree,
+    collect,
     inspect_node,
     pack,
     parse_ldd,
+    shared_builtins,
     total_bytes,
 )
 
@@ -155,3 +158,41 @@ def test_a_binary_that_is_not_node_is_refused(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(Unsupported, match="did not print a Node.js version"):
         asyncio.run(inspect_node(str(fake)))
+
+
+def test_the_builtins_a_distributions_node_keeps_outside_the_binary_go_into_the_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Debian's nodejs loads cjs-module-lexer, undici and acorn from files at start (and aborts without
+    # them); its build names them in process.config. Seen on Debian bookworm's Node.js 18.
+    lexer, undici = tmp_path / "share" / "lexer.js", tmp_path / "share" / "undici-fetch.js"
+    lexer.parent.mkdir()
+    lexer.write_text("module.exports = {}\n")
+    undici.write_text("module.exports = {}\n")
+    defines = ["NODE_OPENSSL_CONF_NAME=nodejs_conf", f"NODE_SHARED_BUILTIN_UNDICI_UNDICI_PATH={undici}",
+               f"NODE_SHARED_BUILTIN_CJS_MODULE_LEXER_LEXER_PATH={lexer}"]
+    assert shared_builtins(defines) == (str(lexer), str(undici))
+    assert shared_builtins(None) == () and shared_builtins(["NODE_SHARED_BUILTIN_X_PATH=relative"]) == ()
+    node = tmp_path / "node"
+    node.write_text(f"#!/bin/sh\n[ \"$1\" = -p ] && echo '{json.dumps(defines)}' || echo v18.19.0\n")
+    node.chmod(0o755)
+    found = asyncio.run(inspect_node(str(node), tmp_path / "cache.json"))
+    assert found.builtins == (str(lexer), str(undici))
+    # The image's tag follows the builtins too: an image made without them is not reused.
+    assert found.sha256 != hashlib.sha256(node.read_bytes()).hexdigest()
+    _identity_cache.clear()
+    assert asyncio.run(inspect_node(str(node), tmp_path / "cache.json")) == found  # from the cache file
+
+    async def no_libraries(binary: str) -> list[str]:  # a shell script has none
+        return []
+    monkeypatch.setattr("foundry_fleet.runtime.podman.node_rootfs.libraries_of", no_libraries)
+    paths = {e.path for e in asyncio.run(collect(found)) if e.kind == "file"}
+    assert {str(lexer).lstrip("/"), str(undici).lstrip("/")} <= paths
+
+
+def test_an_official_node_build_has_no_builtins_outside_the_binary(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    node.write_text("#!/bin/sh\n[ \"$1\" = -p ] && echo '[]' || echo v20.1.2\n")
+    node.chmod(0o755)
+    found = asyncio.run(inspect_node(str(node)))
+    assert found.builtins == () and found.sha256 == hashlib.sha256(node.read_bytes()).hexdigest()
+    assert NodeBinary(found.path, found.version, found.major, found.sha256) == found

@@ -1,7 +1,8 @@
 """A minimal root filesystem for a host node binary, packed as a reproducible tar stream.
 
-The image holds the node binary at /usr/local/bin/node (and /usr/bin/node pointing at it), every
-library `ldd` names and the dynamic loader at the paths the binary looks them up by (symlinks, also
+The image holds the node binary at /usr/local/bin/node (and /usr/bin/node pointing at it), the files
+of the builtins its build keeps outside the binary (Debian's nodejs loads cjs-module-lexer, undici and
+acorn from /usr/share/nodejs, and aborts at start without them), every library `ldd` names and the dynamic loader at the paths the binary looks them up by (symlinks, also
 directory symlinks such as a merged-usr /lib, kept as symlinks), the rest of the C and C++ runtime
 native addons link (found beside libc), and a small /etc: passwd and group
 with root and nobody, nsswitch.conf, the host's CA bundle (Node's https to foundryvtt.com), no shell.
@@ -55,7 +56,8 @@ class NodeBinary:
     path: str  # resolved, absolute
     version: str  # "20.20.2"
     major: int
-    sha256: str  # hex
+    sha256: str  # hex; of the binary, and of its externalized builtins where it has any
+    builtins: tuple[str, ...] = ()  # files its externalized builtins are loaded from (see shared_builtins)
 
 
 @dataclass(frozen=True)
@@ -92,19 +94,21 @@ async def inspect_node(path: str, cache_file: Path | None = None) -> NodeBinary:
     record = stored.get(real)
     if isinstance(record, dict) and record.get("identity") == list(key[1:]):
         try:
-            found = NodeBinary(real, str(record["version"]), int(record["major"]), str(record["sha256"]))
+            found = NodeBinary(real, str(record["version"]), int(record["major"]), str(record["sha256"]),
+                               tuple(str(b) for b in record.get("builtins", [])))
         except (KeyError, TypeError, ValueError):
             found = None
         if found is not None:
             _identity_cache[key] = found
             return found
     version = await _node_version(real)
-    digest = await asyncio.to_thread(_sha256, real)
-    found = NodeBinary(path=real, version=version, major=int(version.split(".")[0]), sha256=digest)
+    builtins = await _shared_builtins_of(real)
+    digest = await asyncio.to_thread(_digest, real, builtins)
+    found = NodeBinary(path=real, version=version, major=int(version.split(".")[0]), sha256=digest, builtins=builtins)
     _identity_cache[key] = found
     if cache_file is not None:
         stored[real] = {"identity": list(key[1:]), "version": found.version, "major": found.major,
-                        "sha256": found.sha256}
+                        "sha256": found.sha256, "builtins": list(found.builtins)}
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(cache_file, json.dumps(stored, indent=1, sort_keys=True) + "\n", mode=0o600)
@@ -142,6 +146,50 @@ async def _node_version(path: str) -> str:
         raise Unsupported(f"{path} --version did not print a Node.js version ({out[:60]!r})",
                           'set [node] binaries."<generation>" = "/path/to/node" in fleet.toml')
     return ".".join(m.groups())
+
+
+_SHARED_BUILTIN = re.compile(r"^NODE_SHARED_BUILTIN_\w+_PATH=(/\S+)$")
+
+
+def shared_builtins(defines: object) -> tuple[str, ...]:
+    """The files a node build loads builtins from at start, from the defines it was built with
+    (`process.config.target_defaults.defines`: `NODE_SHARED_BUILTIN_<NAME>_PATH=<file>`), sorted."""
+    if not isinstance(defines, list):
+        return ()
+    found = {m.group(1) for d in defines if isinstance(d, str) and (m := _SHARED_BUILTIN.match(d))}
+    return tuple(sorted(found))
+
+
+async def _shared_builtins_of(path: str) -> tuple[str, ...]:
+    """`shared_builtins` of the node at `path`; none when it does not say (an official build keeps all
+    its builtins inside the binary)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            path, "-p", "JSON.stringify(process.config.target_defaults.defines || [])",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        return ()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ()
+    try:
+        return shared_builtins(json.loads(out))
+    except ValueError:
+        return ()
+
+
+def _digest(binary: str, builtins: tuple[str, ...]) -> str:
+    """The binary's sha256, or with builtins beside it, one over the binary and each builtin file."""
+    digest = _sha256(binary)
+    if not builtins:
+        return digest
+    h = hashlib.sha256(digest.encode())
+    for path in builtins:
+        h.update(f"\0{path}\0{_sha256(path)}".encode())
+    return h.hexdigest()
 
 
 def _sha256(path: str) -> str:
@@ -257,6 +305,8 @@ async def collect(binary: NodeBinary) -> list[Entry]:
     size = os.stat(binary.path).st_size
     tree.add(Entry(NODE_IN_IMAGE.lstrip("/"), "file", 0o755, source=binary.path, size=size))
     tree.add(Entry("usr/bin/node", "symlink", 0o777, target=NODE_IN_IMAGE))
+    for builtin in binary.builtins:
+        tree.add_host_path(builtin)
     libraries = await libraries_of(binary.path)
     for lib in libraries:
         tree.add_host_path(lib)
