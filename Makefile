@@ -26,15 +26,21 @@ SYSTEM_PACKAGES = bubblewrap slirp4netns libseccomp2 iptables util-linux procps 
 # network stack); the fleet writes its own containers.conf for them. `make run` needs none of these:
 # on the embedded defaults instances run under bubblewrap (`make run RUNTIME=podman` installs them).
 PODMAN_PACKAGES = podman runc conmon catatonit netavark aardvark-dns
+# Only for `make test-vm`: mmdebstrap builds the Debian guest's image from Debian's packages (no loop
+# mount: mkfs.ext4 -d), QEMU boots it (software emulation: this lane needs no /dev/kvm).
+VM_SYSTEM_PACKAGES = mmdebstrap qemu-system-x86 e2fsprogs
 TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client $(PODMAN_PACKAGES)
 
-.PHONY: run test bench system-deps test-system-deps clean
+.PHONY: run test test-vm bench system-deps test-system-deps vm-system-deps clean
 
 system-deps:
 	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman nomad,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman nomad,$(RUNTIME)),podman runc)
 
 test-system-deps:
 	@tools/ensure-debian-packages "for the browser, ZFS and podman tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc
+
+vm-system-deps:
+	@tools/ensure-debian-packages "for the VM lane" $(VM_SYSTEM_PACKAGES) -- mmdebstrap qemu-system-x86_64 mkfs.ext4
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,11 +61,20 @@ run: system-deps $(VENV)/.run-deps
 
 # FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.
 test: system-deps test-system-deps $(VENV)/.test-deps
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench vm
 	@# The suite starts hundreds of foundry-fleet processes: compiled once here, not in each of them
 	@# (nothing else writes the bytecode where PYTHONDONTWRITEBYTECODE is set).
 	$(BIN)/python -m compileall -q src
 	FOUNDRY_FLEET_REQUIRE_ZFS=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest
+
+# The second lane: the scenarios of vm/guest/scenarios in a Debian bookworm VM (systemd, cgroup v2,
+# OpenZFS), each reported as a test here. The image is cached outside the checkout
+# ($$FOUNDRY_FLEET_VM_CACHE, default /var/cache/foundry-fleet/vm) and rebuilt when what it is made of
+# changes. VM_SELECT picks scenarios (pytest arguments for the guest, e.g. VM_SELECT="-k zfs"); with
+# FOUNDRY_FLEET_FORBID_SKIPS=1 (CI) a scenario left out fails the run.
+test-vm: vm-system-deps $(VENV)/.test-deps
+	FOUNDRY_FLEET_VM_SELECT="$(VM_SELECT)" $(BIN)/python -m pytest vm -o timeout=1800 -p no:cacheprovider \
+		-p tests.support.forbid_skips
 
 bench: system-deps $(VENV)/.test-deps
 	$(BIN)/python bench/run_all.py
