@@ -964,7 +964,7 @@ def test_the_log_writer_leaves_the_control_planes_cgroup_for_the_fleets_own(worl
     assert own != unified
     run(runtime.stop_task(handle, 5))
     wait_until(lambda: not procfs.is_alive(writer), 5, "the log writer to end")
-    runtime.unprotect_ports()
+    run(runtime.close(instances_left_running=False))
     assert group.directory is not None and not group.directory.exists()
 
 

@@ -161,6 +161,7 @@ class LocalRuntime:
     async def close(self, instances_left_running: bool) -> None:
         if not instances_left_running:
             await asyncio.to_thread(self.unprotect_ports)  # nothing listens in the range any more
+            await asyncio.to_thread(self._remove_log_writer_group)
 
     async def fingerprint(self) -> list[Capability]:
         return await asyncio.to_thread(self._fingerprint)
@@ -413,10 +414,12 @@ class LocalRuntime:
             return None
         return self.log_writer_cgroup.procs_file
 
+    def _remove_log_writer_group(self) -> None:
+        if not self.log_writer_cgroup.pids():  # a writer still draining keeps it
+            self.log_writer_cgroup.remove(keep_parent=True)
+
     def unprotect_ports(self) -> None:
         self.firewall.remove()
-        if not self.log_writer_cgroup.pids():
-            self.log_writer_cgroup.remove(keep_parent=True)
         # The egress filter goes only with the last forwarder: one still running stays filtered.
         if not self.forwarder_cgroup.pids():
             self.egress.remove()
