@@ -33,7 +33,6 @@ def _share(tmp: Path) -> tuple[Path, Path, Path]:
     shutil.copy(lane.fleet_wheel(fleet_wheels), share / "wheels")
     # Foundry 12 runs on Debian bookworm's Node.js 18.
     build_release_zip(share / "releases", ReleaseLayout.NODE, generation=12, build=331)
-    build_release_zip(share / "releases", ReleaseLayout.NODE, generation=12, build=343)
     select = os.environ.get("FOUNDRY_FLEET_VM_SELECT")
     if select:
         (share / "select").write_text(select)

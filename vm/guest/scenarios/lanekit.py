@@ -86,6 +86,9 @@ class Fleet:
         assert old in text, f"{old!r} is not in fleet.toml"
         self.config.write_text(text.replace(old, new, 1))
 
+    def wait_for_daemon(self, timeout: float = 300) -> None:
+        wait_until(lambda: (self.root / "run" / "control.sock").exists(), timeout, "the daemon's control socket")
+
     def instance(self, name: str) -> dict[str, Any]:
         return self.json("instance", "show", name)
 
@@ -168,7 +171,7 @@ def daemon(fleet: Fleet, unit: str, *up_args: str) -> Iterator[None]:
     run("systemd-run", f"--unit={unit}", "--collect", "--property=Restart=no",
         str(FLEET), "--config", str(fleet.config), "up", *up_args)
     try:
-        wait_until(lambda: (fleet.root / "run" / "control.sock").exists(), 300, f"{unit}'s control socket")
+        fleet.wait_for_daemon()
         yield
     except BaseException:
         print(f"--- journal of {unit}:\n{journal(unit)}")

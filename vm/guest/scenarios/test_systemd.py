@@ -13,7 +13,7 @@ def _fleet_with_an_instance(leave_running: bool):
     systemd_unit("foundry-fleet", f"{FLEET} --config {fleet.config} up" + (" --leave-running" if leave_running else ""),
                  Restart="on-failure")
     run("systemctl", "start", "foundry-fleet")
-    wait_until(lambda: (fleet.root / "run" / "control.sock").exists(), 300, "the daemon's control socket")
+    fleet.wait_for_daemon()
     fleet.cli("instance", "create", "alice", "--release", "12.331")
     shown = fleet.wait_state("alice", "running")
     wait_until(lambda: serves(fleet.root, "alice.localhost"), 120, "alice through the edge")
