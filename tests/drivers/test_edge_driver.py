@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from pathlib import Path
+
+import pytest
 
 from tests.support.harness import wait_until_async
 from tests.support.ports import port_block
@@ -11,6 +15,7 @@ from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite
 from foundry_fleet.edge.driver import Edge
 from foundry_fleet.edge.process import ManagedCaddy, find_caddy
+from foundry_fleet.runtime.cgroups import CGROUP_ROOT, EdgeCgroup, unified_mount
 
 
 def _edge(tmp_path: Path, sites: list[TenantSite]) -> Edge:
@@ -75,3 +80,24 @@ def test_a_change_while_caddy_is_down_is_applied_when_it_is_back(tmp_path: Path)
             await edge.close(stop_caddy=True)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or unified_mount() is None,
+                    reason="needs root and a cgroup v2 hierarchy to move Caddy into a group of its own")
+def test_caddy_runs_in_a_group_of_its_own_which_goes_when_it_stops(tmp_path: Path) -> None:
+    """Under systemd the daemon's group is the service's, and a restart of the service ends everything
+    in it: the edge, like the tasks, must live elsewhere to keep serving across a restart."""
+    group = EdgeCgroup(f"foundry-fleet-test-{secrets.token_hex(4)}")
+    socket_path = tmp_path / "admin.sock"
+    caddy = ManagedCaddy(find_caddy(None), tmp_path / "edge", socket_path, tmp_path / "caddy.log", group=group)
+    pid = caddy.start()
+    try:
+        caddy.wait_ready(CaddyAdmin(socket_path).ping)
+        assert group.pids() == {pid}
+        own = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        assert [line for line in own if line.startswith("0::")] == [f"0::/{group.match_path()}"]
+    finally:
+        caddy.stop()
+    assert group.directory is not None and not group.directory.exists(), "the edge's group outlived Caddy"
+    if group.mount is not None and group.mount[0] != CGROUP_ROOT:  # a hybrid host: the parent held only it
+        assert not group.directory.parent.exists()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 from foundry_fleet.domain.errors import ExternalFailure, Unsupported
 from foundry_fleet.files.atomic import write_atomic
@@ -64,14 +65,25 @@ def _masked(line: str) -> str:
     return _PERMISSION_SECRET.sub(r"\1...", line)
 
 
+class ProcessGroup(Protocol):
+    """Where Caddy lives apart from the daemon (a cgroup of its own), so that a `systemctl restart` of the
+    fleet, which ends every process of the service's own group, leaves it serving the players."""
+
+    def adopt(self, pid: int) -> None: ...  # best effort: a host without the means keeps it where it is
+
+    def release(self) -> None: ...  # after Caddy stopped: the group goes when nothing else is in it
+
+
 class ManagedCaddy:
     """One Caddy for the fleet: its config file, data (certificates, ACME account) and pid under the root."""
 
-    def __init__(self, binary: str, state_dir: Path, admin_socket: Path, log_path: Path) -> None:
+    def __init__(self, binary: str, state_dir: Path, admin_socket: Path, log_path: Path,
+                 group: ProcessGroup | None = None) -> None:
         self.binary = binary
         self.state_dir = state_dir
         self.admin_socket = admin_socket
         self.log_path = log_path
+        self.group = group
         self.pid: int | None = None
 
     @property
@@ -138,6 +150,10 @@ class ManagedCaddy:
             )
         finally:
             os.close(log)
+        if self.group is not None:
+            # Caddy does not fork, and no request reaches it before it has read its config: moving
+            # it right after the start leaves nothing of it behind in the daemon's group.
+            self.group.adopt(proc.pid)
         self.pid = proc.pid
         ticks = _start_ticks(proc.pid)
         write_atomic(self.pid_path, f"{proc.pid} {ticks}\n", 0o600)
@@ -185,6 +201,8 @@ class ManagedCaddy:
             os.kill(self.pid, signal.SIGKILL)
         self._reap()
         self.pid_path.unlink(missing_ok=True)
+        if self.group is not None:
+            self.group.release()
 
 
 class ProcessCaddy:

@@ -58,6 +58,9 @@ def _read_kv(path: Path) -> dict[str, str]:
     return out
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 @dataclass(frozen=True)
 class ControllerState:
     name: str
@@ -68,7 +71,7 @@ class ControllerState:
 class CgroupHost:
     """The host's cgroup setup as seen by the fleet: which controllers it can use, under `parent`."""
 
-    def __init__(self, parent: str = "foundry-fleet", root: Path = Path("/sys/fs/cgroup")) -> None:
+    def __init__(self, parent: str = "foundry-fleet", root: Path = CGROUP_ROOT) -> None:
         if not parent or parent.startswith("/") or ".." in Path(parent).parts:
             raise ValueError(f"cgroup parent {parent!r} must be a relative path without '..'")
         self.parent = parent
@@ -378,3 +381,24 @@ class LogWriterCgroup(HelperCgroup):
     pipe next would die of SIGPIPE, though it was meant to be left running for the next start."""
 
     LEAF = "_log-writers"
+
+
+class EdgeCgroup(HelperCgroup):
+    """The group the fleet's own Caddy runs in (edge/process.py): out of the control plane's, so that
+    under systemd a restart of the fleet's service leaves the edge serving, as it leaves the tasks."""
+
+    LEAF = "_edge"
+
+    def adopt(self, pid: int) -> None:
+        try:
+            self.ensure()
+            (self.directory / "cgroup.procs").write_text(f"{pid}\n")  # type: ignore[operator]
+        except (OSError, ValueError):
+            return  # not root, or no cgroup v2: Caddy stays with the daemon, as it did before
+
+    def release(self) -> None:
+        if not self.pids():
+            # Where the unified hierarchy is the host's only one, the parent is also the tasks' (with
+            # their controllers enabled), and stays; on a hybrid host it holds only helpers, and goes
+            # with the last of them (a parent still holding a group is refused, and stays).
+            self.remove(keep_parent=self.mount is not None and self.mount[0] == CGROUP_ROOT)

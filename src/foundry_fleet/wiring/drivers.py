@@ -176,6 +176,8 @@ def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_pro
     from foundry_fleet.edge.admin import CaddyAdmin
     from foundry_fleet.edge.driver import Edge
     from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
+    from foundry_fleet.runtime.cgroups import EdgeCgroup
+    from foundry_fleet.wiring.runtimes import cgroup_parent
 
     paths = config.paths
     admin_socket = paths.run / "caddy-admin.sock"
@@ -184,7 +186,8 @@ def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_pro
     if config.edge.on_nomad:
         return Edge(edge_settings(config), _caddy_on_nomad(config, admin_socket), CaddyAdmin(admin_socket), sites,
                     on_problem=on_problem)
-    caddy = ManagedCaddy(binary, paths.root / "edge", admin_socket, paths.logs / "caddy.log")
+    caddy = ManagedCaddy(binary, paths.root / "edge", admin_socket, paths.logs / "caddy.log",
+                         group=EdgeCgroup(cgroup_parent(config)))
     return Edge(edge_settings(config), caddy, CaddyAdmin(caddy.admin_socket), sites, on_problem=on_problem)
 
 

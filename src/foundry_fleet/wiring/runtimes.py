@@ -23,13 +23,18 @@ def fleet_id(config: FleetConfig) -> str:
     return hashlib.sha256(str(config.root).encode()).hexdigest()[:8]
 
 
+def cgroup_parent(config: FleetConfig) -> str:
+    """The fleet's own cgroup, holding its tasks' groups and its helpers' (log writers, forwarders, Caddy)."""
+    return f"foundry-fleet-{fleet_id(config)}"
+
+
 def _local(config: FleetConfig) -> Runtime:
     from foundry_fleet.runtime.local import LocalRuntime
     from foundry_fleet.services.node_binaries import resolve_node
 
     tag = fleet_id(config)
     return LocalRuntime(
-        cgroup_parent=f"foundry-fleet-{tag}",
+        cgroup_parent=cgroup_parent(config),
         firewall_chain=f"FOUNDRY-FLEET-{tag}",
         run_dir=config.paths.run / "net",
         node=lambda generation: resolve_node(config.node, generation),
