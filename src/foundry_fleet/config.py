@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from foundry_fleet.config_file import (  # noqa: F401 - re-exported: where fleet.toml and the layout are
     CONFIG_ENV, CONFIG_NAME, DEFAULT_ROOT, FleetPaths, find_config, read_toml, resolve_root,
 )
+from foundry_fleet.credentials import use_loaded_credentials
 from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import InvalidInput
@@ -595,6 +596,7 @@ def load_config(path: Path) -> FleetConfig:
     for dest in (backups.get("destinations") or []) if isinstance(backups, dict) else []:
         if isinstance(dest, dict) and isinstance(dest.get("password_file"), str):
             dest["password_file"] = str((base / dest["password_file"]).resolve())
+    use_loaded_credentials(raw)
     try:
         return FleetConfig.model_validate(raw)
     except ValidationError as e:
