@@ -25,6 +25,7 @@ from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.daemon_exit import take_stop_request
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
@@ -88,6 +89,7 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 
 
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
+    take_stop_request(config.paths)  # one left for a daemon that had gone before it was read
     runtime = make_runtime(config)
     services = open_services(config, actor="daemon", runtime=runtime)
     if os.geteuid() == 0:
@@ -184,6 +186,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
             except TimeoutError:
                 await supervisor.reconcile()
     finally:
+        leave_running = leave_running and not take_stop_request(config.paths)
         log.info("shutting down (%s instances)", "leaving running" if leave_running else "stopping")
         scheduler.cancel()
         status_task.cancel()
