@@ -15,6 +15,7 @@ from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import nomad as nomad_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import runtime as runtime_cmds
+from foundry_fleet.cli import service as service_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.typer_compat import ClickException, with_usage
@@ -40,6 +41,7 @@ app.add_typer(storage_cmds.app, name="storage")
 app.add_typer(invite_cmds.app, name="invite")
 app.add_typer(runtime_cmds.app, name="runtime")
 app.add_typer(nomad_cmds.app, name="nomad")
+app.add_typer(service_cmds.app, name="service")
 
 ConfigOption = Annotated[
     Optional[str],
