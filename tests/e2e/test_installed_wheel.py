@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import py_compile
 import shutil
 import signal
 import subprocess
@@ -83,10 +84,11 @@ def _tree_files() -> set[str]:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fleet's wheel, built from a copy of the project: a build in the checkout would leave build/
     there, whose stale files a later build would pack. The copy keeps the tree's __pycache__ directories
-    (`make test` compiles src): the wheel must leave them out."""
+    (`make test` compiles src), and has one at least: the wheel must leave them out."""
     tmp = tmp_path_factory.mktemp("wheel")
     project = tmp / "project"
     shutil.copytree(PACKAGE, project / "src" / "foundry_fleet")
+    py_compile.compile(str(project / "src" / "foundry_fleet" / "__init__.py"), doraise=True)  # bytecode, surely
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, project / name)
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
