@@ -62,8 +62,8 @@ def _locked_wheels(lock: Path) -> Path:
     if not wheels.is_dir():
         cache.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(dir=cache, prefix=".partial-"))
-        _run([sys.executable, "-m", "pip", "download", "-q", "--require-hashes", "--only-binary", ":all:",
-              "-d", partial, "-r", lock], cwd=cache)
+        # `pip wheel`, not `pip download`: a package published only as source is built here, once.
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--require-hashes", "-w", partial, "-r", lock], cwd=cache)
         try:
             partial.rename(wheels)
         except OSError:  # another run put them there first
