@@ -9,6 +9,7 @@ import, which is far less)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,12 +63,14 @@ def _locked_wheels(lock: Path) -> Path:
     if not wheels.is_dir():
         cache.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(dir=cache, prefix=".partial-"))
-        # `pip wheel`, not `pip download`: a package published only as source is built here, once.
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--require-hashes", "-w", partial, "-r", lock], cwd=cache)
         try:
-            partial.rename(wheels)
-        except OSError:  # another run put them there first
-            shutil.rmtree(partial)
+            # `pip wheel`, not `pip download`: a package published only as source is built here, once.
+            _run([sys.executable, "-m", "pip", "wheel", "-q", "--require-hashes", "-w", partial, "-r", lock],
+                 cwd=cache)
+            with contextlib.suppress(OSError):  # another run put them there first
+                partial.rename(wheels)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         sets = sorted((p for p in cache.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
         for old in sets[:-2]:
             shutil.rmtree(old, ignore_errors=True)
