@@ -31,7 +31,7 @@ PODMAN_PACKAGES = podman runc conmon catatonit netavark aardvark-dns
 VM_SYSTEM_PACKAGES = mmdebstrap qemu-system-x86 e2fsprogs
 TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client $(PODMAN_PACKAGES)
 
-.PHONY: run test test-vm bench system-deps test-system-deps vm-system-deps clean
+.PHONY: run test test-vm bench lock lock-check system-deps test-system-deps vm-system-deps clean
 
 system-deps:
 	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman nomad,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman nomad,$(RUNTIME)),podman runc)
@@ -45,14 +45,32 @@ vm-system-deps:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# Python packages come from the lock files (requirements/*.lock: exact versions, checked by their hashes;
+# `make lock` writes them from pyproject.toml's ranges), then the fleet itself without resolving again.
+$(VENV)/.run-deps: requirements/run.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements/run.lock
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
-# One install for both (a second `pip install` of the test extras resolves everything again).
-$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# The test lock holds the run lock's packages at the same versions: one install for both.
+$(VENV)/.test-deps: requirements/test.lock requirements/run.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements/test.lock
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $(VENV)/.run-deps $@
+
+# uv, which writes the lock files (tools/lock), pinned with hashes too.
+$(VENV)/.lock-tools: requirements/tools.lock | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements/tools.lock
+	@touch $@
+
+# After a change to the dependencies in pyproject.toml: the packages already locked keep their versions
+# while the ranges allow them. `make lock UPGRADE=1` moves every package to the newest version allowed.
+lock: $(VENV)/.lock-tools
+	tools/lock $(BIN)/uv $(if $(UPGRADE),--upgrade)
+
+# Fails when the lock files are not what `make lock` would write now (CI runs it; needs the index).
+lock-check: $(VENV)/.lock-tools
+	tools/lock $(BIN)/uv --check
 
 run: system-deps $(VENV)/.run-deps
 	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT) --runtime $(RUNTIME) \

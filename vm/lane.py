@@ -24,6 +24,7 @@ from pathlib import Path
 
 LANE = Path(__file__).resolve().parent
 REPO = LANE.parent
+RUN_LOCK = REPO / "requirements" / "run.lock"
 # Outside every checkout, so a fresh clone (CI's) reuses an image built by an earlier run.
 CACHE = Path(os.environ.get("FOUNDRY_FLEET_VM_CACHE", "/var/cache/foundry-fleet/vm"))
 # What the image is made of: a change to any of these files builds a new one.
@@ -59,10 +60,12 @@ def _run(argv: list[str], what: str, **kwargs: object) -> subprocess.CompletedPr
 
 
 def build_wheels(dest: Path) -> tuple[Path, Path]:
-    """The fleet's wheel with every dependency (fleet-wheels), and the scenarios' tools (lane-wheels)."""
+    """The fleet's wheel with every dependency (fleet-wheels), and the scenarios' tools (lane-wheels).
+    The dependencies are the versions of the run lock (checked by their hashes), as `make run` installs."""
     fleet, lane = dest / "fleet-wheels", dest / "lane-wheels"
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
-    _run([*pip, "-w", str(fleet), str(REPO)], "building the fleet's wheel and its dependencies")
+    _run([*pip, "--require-hashes", "-w", str(fleet), "-r", str(RUN_LOCK)], "building the fleet's locked dependencies")
+    _run([*pip, "--no-deps", "-w", str(fleet), str(REPO)], "building the fleet's wheel")
     _run([*pip, "-w", str(lane), *LANE_REQUIREMENTS], "building the scenarios' wheels")
     return fleet, lane
 

@@ -109,3 +109,21 @@ def test_a_runtime_driver_that_is_not_offered_is_refused_naming_the_ones_that_ar
     assert "Traceback" not in out + err and config.read_text() == before and not (tmp_path / "new").exists()
     assert "fake" not in run_main(monkeypatch, capsys, "init", "--help")[1]
     assert "fake" not in run_main(monkeypatch, capsys, "runtime", "set", "--help")[1]
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--version", "status"], ["--config", "nowhere.toml", "--version"]])
+def test_version_prints_the_installed_distributions_version(args: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """From the installed distribution's metadata, before anything else is read (no fleet.toml needed)."""
+    from importlib.metadata import version
+
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert (code, out, err) == (0, f"foundry-fleet {version('foundry-fleet')}\n", "")
+    assert "--version" in run_main(monkeypatch, capsys, "--help")[1]
+
+
+def test_the_installed_command_prints_its_version() -> None:
+    from importlib.metadata import version
+
+    p = subprocess.run([str(BIN), "--version"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (p.returncode, p.stdout, p.stderr) == (0, f"foundry-fleet {version('foundry-fleet')}\n", "")

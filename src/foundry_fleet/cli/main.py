@@ -49,8 +49,27 @@ ConfigOption = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    """--version: the version of the installed distribution (its metadata), then exit."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"foundry-fleet {version('foundry-fleet')}")
+    except PackageNotFoundError:
+        typer.echo("foundry-fleet: not installed as a distribution, so it has no version", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool, typer.Option("--version", is_eager=True, callback=_print_version, help="print the version and exit"),
+]
+
+
 @app.callback()
-def main_callback(ctx: typer.Context, config: ConfigOption = None) -> None:
+def main_callback(ctx: typer.Context, config: ConfigOption = None, version: VersionOption = False) -> None:
     ctx.obj = CliContext(config_path=config)
 
 
