@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from foundry_fleet.cli import backup as backup_cmds
+from foundry_fleet.cli import doctor as doctor_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
@@ -42,6 +43,7 @@ app.add_typer(invite_cmds.app, name="invite")
 app.add_typer(runtime_cmds.app, name="runtime")
 app.add_typer(nomad_cmds.app, name="nomad")
 app.add_typer(service_cmds.app, name="service")
+app.command("doctor")(doctor_cmds.doctor)
 
 ConfigOption = Annotated[
     Optional[str],

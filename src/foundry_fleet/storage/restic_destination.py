@@ -50,13 +50,16 @@ class ResticDestination:
         return {**os.environ, "RESTIC_REPOSITORY": self.target, "RESTIC_PASSWORD_FILE": str(self.password_file),
                 "RESTIC_CACHE_DIR": str(self.password_file.parent / ".restic-cache"), "LC_ALL": "C"}
 
-    def _run(self, *args: str, cwd: Path | None = None) -> str:
+    def _run(self, *args: str, cwd: Path | None = None, timeout: float = 24 * 3600) -> str:
         try:
             done = subprocess.run([self.restic, *args], capture_output=True, text=True, env=self._env(), cwd=cwd,
-                                  stdin=subprocess.DEVNULL, timeout=24 * 3600)
+                                  stdin=subprocess.DEVNULL, timeout=timeout)
         except FileNotFoundError:
             raise ExternalFailure("restic is not installed (needed for backup destinations on directory storage)",
                                   "install it (Debian: apt-get install restic)") from None
+        except subprocess.TimeoutExpired:
+            raise DestinationOffline(f"backup destination {self.target} did not answer within {timeout:.0f} s",
+                                     "it is retried every round; its snapshots are kept meanwhile") from None
         if done.returncode != 0:
             said = done.stderr.strip().splitlines()
             # restic's reason is its "Fatal: ..." line; what follows it is advice such as the repository's location.
@@ -68,6 +71,18 @@ class ResticDestination:
                                          "it is retried every round; its snapshots are kept meanwhile")
             raise ResticFailed(f"`restic {args[0]}` on {self.target} failed: {message}", done.stderr)
         return done.stdout
+
+    def check_online(self, timeout: float | None = None) -> bool:
+        """Whether the repository is there (False: not yet, the first round makes it), opened with its
+        password as a round would; DestinationOffline when it does not answer (within `timeout` seconds),
+        ExternalFailure when it refuses (a wrong password, a damaged repository). Makes nothing."""
+        try:
+            self._run("cat", "config", timeout=timeout or 24 * 3600)
+        except ResticFailed as e:
+            if any(m in e.stderr.lower() for m in _NO_REPO_MARKERS):
+                return False
+            raise
+        return True
 
     def _ensure_repository(self) -> None:
         if self._ready:

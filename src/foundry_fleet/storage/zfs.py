@@ -329,6 +329,27 @@ class ZfsStorage:
         """The pool's name, health, size, alloc and free (ExternalFailure when it is unusable)."""
         return self._check_pool()
 
+    def pool_space(self) -> dict[str, object]:
+        """The pool's health as `zpool` says it (not judged here), how full it is (`capacity`, percent of
+        its size allocated) and the bytes the fleet's datasets may still write (`available` of the base,
+        or of the pool while the base is not made yet: quotas above it count). ExternalFailure when the
+        pool is not there (ZfsHostUnreachable when its host does not answer)."""
+        try:
+            line = self.zfs.zpool("list", "-H", "-o", "name,health,cap", self.pool)
+        except ZfsHostUnreachable:
+            raise
+        except ZfsCommandFailed as e:
+            raise ExternalFailure(f"ZFS pool {self.pool!r} is not available: {e.message}",
+                                  f"import it (`zpool import {self.pool}`), or set [storage] zfs_base") from e
+        name, health, cap = (line.strip().split("\t") + [""] * 3)[:3]
+        capacity = int(cap.rstrip("%")) if cap.rstrip("%").isdigit() else None
+        if health not in _USABLE_HEALTH:  # its datasets cannot be asked about
+            return {"name": name, "health": health, "capacity": capacity, "dataset": None, "available": None}
+        dataset = self.base if self.zfs.exists(self.base) else self.pool
+        available = self.zfs.get(("available",), dataset).get(dataset, {}).get("available")
+        return {"name": name, "health": health, "capacity": capacity, "dataset": dataset,
+                "available": available.as_int() if available else None}
+
     # internals ----------------------------------------------------------------------------
 
     def _check_pool(self) -> dict[str, str]:

@@ -46,9 +46,15 @@ class ZfsDestination:
         except ZfsHostUnreachable as e:
             raise DestinationOffline(e.message,
                                      "it is retried every round; its snapshots are kept meanwhile") from e
-    def check_online(self) -> None:
+
+    def check_online(self, timeout: float | None = None) -> None:
+        """DestinationOffline unless its pool answers and is usable; `timeout`: seconds the command may
+        take (ssh included) before the destination counts as not answering."""
+        zfs = self.zfs if timeout is None else replace(self.zfs, timeout=timeout)
         try:
-            line = self._run("zpool", "list", "-H", "-o", "name,health", self.pool)
+            line = zfs.run(("zpool", "list", "-H", "-o", "name,health", self.pool))
+        except ZfsHostUnreachable as e:
+            raise DestinationOffline(e.message, "it is retried every round; its snapshots are kept meanwhile") from e
         except ZfsCommandFailed as e:
             raise DestinationOffline(f"backup destination {self.target}: pool {self.pool} is not available",
                                      "import the pool (or connect the disk); it is retried every round") from e

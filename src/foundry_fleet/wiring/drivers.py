@@ -22,6 +22,7 @@ from foundry_fleet.storage.directory import DirectoryStorage
 if TYPE_CHECKING:
     from foundry_fleet.edge.driver import Edge
     from foundry_fleet.edge.host import CaddyHost
+    from foundry_fleet.edge.process import ManagedCaddy
     from foundry_fleet.services.replication import Destination
     from foundry_fleet.services.status_updates import Notifier
 
@@ -127,25 +128,24 @@ def _describe_one(storage: Storage) -> str:
 def make_destinations(config: FleetConfig, storage: Storage) -> list[tuple[DestinationSection, Destination]]:
     """The backup destinations of fleet.toml, each with the driver that fits the fleet's storage; each
     instance's snapshots are sent from the home holding it."""
-    out: list[tuple[DestinationSection, Destination]] = []
-    for section in config.backups.destinations:
-        dest: Destination
-        if config.storage.driver == "directory":
-            from foundry_fleet.storage.restic_destination import ResticDestination
+    return [(section, make_destination(config, storage, section)) for section in config.backups.destinations]
 
-            snapshots = storage.snapshots  # with homes, it finds each instance's snapshots in its home
-            dest = ResticDestination(
-                section.target, section.password_file, snapshots.path,
-                lambda instance, name, snapshots=snapshots: next(
-                    (s.created_at for s in snapshots.list(instance) if s.name == name), 0.0),
-            )
-        else:
-            from foundry_fleet.storage.zfs_destination import ZfsDestination
 
-            dest = ZfsDestination(section.target, _source_dataset(storage), ssh=section.ssh_command,
-                                  source_runner=_source_runner(storage))
-        out.append((section, dest))
-    return out
+def make_destination(config: FleetConfig, storage: Storage, section: DestinationSection) -> Destination:
+    """One backup destination's driver: a restic repository for directory storage, a ZFS dataset for ZFS."""
+    if config.storage.driver == "directory":
+        from foundry_fleet.storage.restic_destination import ResticDestination
+
+        snapshots = storage.snapshots  # with homes, it finds each instance's snapshots in its home
+        return ResticDestination(
+            section.target, section.password_file, snapshots.path,
+            lambda instance, name, snapshots=snapshots: next(
+                (s.created_at for s in snapshots.list(instance) if s.name == name), 0.0),
+        )
+    from foundry_fleet.storage.zfs_destination import ZfsDestination
+
+    return ZfsDestination(section.target, _source_dataset(storage), ssh=section.ssh_command,
+                          source_runner=_source_runner(storage))
 
 
 def _source_dataset(storage: Storage) -> Callable[[str], str]:
@@ -175,9 +175,7 @@ def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_pro
     is asked for what to route on every update."""
     from foundry_fleet.edge.admin import CaddyAdmin
     from foundry_fleet.edge.driver import Edge
-    from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy
-    from foundry_fleet.runtime.cgroups import EdgeCgroup
-    from foundry_fleet.wiring.runtimes import cgroup_parent
+    from foundry_fleet.edge.process import caddy_version, find_caddy
 
     paths = config.paths
     admin_socket = paths.run / "caddy-admin.sock"
@@ -186,9 +184,20 @@ def make_edge(config: FleetConfig, sites: Callable[[], list[TenantSite]], on_pro
     if config.edge.on_nomad:
         return Edge(edge_settings(config), _caddy_on_nomad(config, admin_socket), CaddyAdmin(admin_socket), sites,
                     on_problem=on_problem)
-    caddy = ManagedCaddy(binary, paths.root / "edge", admin_socket, paths.logs / "caddy.log",
-                         group=EdgeCgroup(cgroup_parent(config)))
+    caddy = managed_caddy(config, binary)
     return Edge(edge_settings(config), caddy, CaddyAdmin(caddy.admin_socket), sites, on_problem=on_problem)
+
+
+def managed_caddy(config: FleetConfig, binary: str = "caddy") -> ManagedCaddy:
+    """The fleet's own Caddy process: its state, pid file and log under the fleet root (`binary` matters
+    only to start it)."""
+    from foundry_fleet.edge.process import ManagedCaddy
+    from foundry_fleet.runtime.cgroups import EdgeCgroup
+    from foundry_fleet.wiring.runtimes import cgroup_parent
+
+    paths = config.paths
+    return ManagedCaddy(binary, paths.root / "edge", paths.run / "caddy-admin.sock", paths.logs / "caddy.log",
+                        group=EdgeCgroup(cgroup_parent(config)))
 
 
 def _caddy_on_nomad(config: FleetConfig, admin_socket: Path) -> CaddyHost:
