@@ -29,7 +29,7 @@ PODMAN_PACKAGES = podman runc conmon catatonit netavark aardvark-dns
 # Only for `make test-vm`: mmdebstrap builds the Debian guest's image from Debian's packages (no loop
 # mount: mkfs.ext4 -d), QEMU boots it (software emulation: this lane needs no /dev/kvm).
 VM_SYSTEM_PACKAGES = mmdebstrap qemu-system-x86 e2fsprogs
-TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client $(PODMAN_PACKAGES)
+TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client nix-bin $(PODMAN_PACKAGES)
 
 .PHONY: run test test-vm bench lock lock-check system-deps test-system-deps vm-system-deps clean
 
@@ -37,7 +37,7 @@ system-deps:
 	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman nomad,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman nomad,$(RUNTIME)),podman runc)
 
 test-system-deps:
-	@tools/ensure-debian-packages "for the browser, ZFS and podman tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc
+	@tools/ensure-debian-packages "for the browser, ZFS, podman and Nix tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc nix-instantiate
 
 vm-system-deps:
 	@tools/ensure-debian-packages "for the VM lane" $(VM_SYSTEM_PACKAGES) -- mmdebstrap qemu-system-x86_64 mkfs.ext4
