@@ -156,3 +156,36 @@ def test_a_journalled_move_goes_with_its_instance(tmp_path: Path) -> None:
                      "VALUES ('alice', 'fleet', 'pool-b', 'node-b', 'copying', 1.0)")
         conn.execute("DELETE FROM instances WHERE name = 'alice'")
         assert conn.execute("SELECT count(*) FROM moves").fetchone() == (0,)
+
+
+def test_an_upgrade_keeps_a_copy_of_the_database_from_before_its_migration(tmp_path: Path) -> None:
+    """What an operator rolls back to, with the foundry-fleet that wrote it."""
+    db = tmp_path / "fleet.sqlite"
+    migrate(db, "0007")
+    with sqlite3.connect(db) as conn:
+        add_release(conn)
+    open_database(db)
+    copy = tmp_path / f"fleet.sqlite.before-{SCHEMA_REVISION}"
+    assert (copy.stat().st_mode & 0o777) == 0o600
+    kept = sqlite3.connect(copy)
+    try:
+        assert kept.execute("select version_num from alembic_version").fetchone()[0] == "0007"
+        assert kept.execute("select version from releases").fetchall() == [("13.345",)]
+    finally:
+        kept.close()
+    open_database(db)  # already up to date: nothing migrated, no copy made again
+    assert sorted(p.name for p in tmp_path.iterdir() if ".before-" in p.name) == [copy.name]
+
+
+def test_a_database_from_a_newer_foundry_fleet_is_refused_unchanged(tmp_path: Path) -> None:
+    from foundry_fleet.domain.errors import Unsupported
+
+    db = tmp_path / "fleet.sqlite"
+    open_database(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("update alembic_version set version_num = '0099'")
+    before = db.read_bytes()
+    with pytest.raises(Unsupported) as refused:
+        open_database(db)
+    assert "schema revision 0099, newer than this foundry-fleet knows" in refused.value.message
+    assert db.read_bytes() == before
