@@ -140,7 +140,10 @@ class LocalRuntime:
         self._firewall_wanted = firewall
         self._bwrap = sandbox.find_bwrap()
         self._sandbox_probe: Capability | None = None
-        self._setpriv = shutil.which("setpriv")
+        # Its real path: on NixOS the one on PATH is a link through /run/current-system, which the
+        # sandbox does not show.
+        found = shutil.which("setpriv")
+        self._setpriv = os.path.realpath(found) if found else None
         self._setpriv_drops_caps: bool | None = None
         self._exits: dict[tuple[int, int], TaskExit] = {}
 

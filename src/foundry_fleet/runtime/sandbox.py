@@ -46,6 +46,10 @@ SYSTEM_PATHS = (
     "/etc/hosts",
     "/etc/nsswitch.conf",
     "/etc/localtime",
+    # NixOS: programs and libraries live in the store, and /etc's files are links through /etc/static.
+    # Neither exists elsewhere, and a path that does not exist is not mirrored.
+    "/nix/store",
+    "/etc/static",
 )
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
