@@ -25,11 +25,13 @@ SYSTEM_PACKAGES = bubblewrap slirp4netns libseccomp2 iptables util-linux procps 
 # dies), catatonit (the container's init: Node as PID 1 ignores SIGTERM), netavark and aardvark-dns (its
 # network stack); the fleet writes its own containers.conf for them. `make run` needs none of these:
 # on the embedded defaults instances run under bubblewrap (`make run RUNTIME=podman` installs them).
+# systemd's systemd-analyze checks the unit `foundry-fleet service install` writes (verify, and its
+# exposure score), and nix-bin evaluates the NixOS module and the disko layout (tests/test_nix_module.py).
 PODMAN_PACKAGES = podman runc conmon catatonit netavark aardvark-dns
 # Only for `make test-vm`: mmdebstrap builds the Debian guest's image from Debian's packages (no loop
 # mount: mkfs.ext4 -d), QEMU boots it (software emulation: this lane needs no /dev/kvm).
 VM_SYSTEM_PACKAGES = mmdebstrap qemu-system-x86 e2fsprogs
-TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client nix-bin $(PODMAN_PACKAGES)
+TEST_SYSTEM_PACKAGES = chromium libnss3-tools zfs-fuse openssh-server openssh-client nix-bin systemd $(PODMAN_PACKAGES)
 
 .PHONY: run test test-vm bench lock lock-check system-deps test-system-deps vm-system-deps clean
 
@@ -37,7 +39,7 @@ system-deps:
 	@tools/ensure-debian-packages "to run instances" $(SYSTEM_PACKAGES) $(if $(filter podman nomad,$(RUNTIME)),$(PODMAN_PACKAGES)) $$(command -v node >/dev/null || echo nodejs) -- bwrap slirp4netns node iptables setpriv restic $(if $(filter podman nomad,$(RUNTIME)),podman runc)
 
 test-system-deps:
-	@tools/ensure-debian-packages "for the browser, ZFS, podman and Nix tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc nix-instantiate
+	@tools/ensure-debian-packages "for the browser, ZFS, podman and Nix tests" $(TEST_SYSTEM_PACKAGES) -- chromium certutil zfs-fuse zpool ssh podman runc nix-instantiate systemd-analyze
 
 vm-system-deps:
 	@tools/ensure-debian-packages "for the VM lane" $(VM_SYSTEM_PACKAGES) -- mmdebstrap qemu-system-x86_64 mkfs.ext4
