@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import MIB, DownloadPolicy
 from foundry_fleet.storage.zfs import ZfsStorage, release_version_of
-from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner
+from foundry_fleet.storage.zfs_cmd import ZfsCommandFailed, ZfsRunner, host_namespace_prefix
 from foundry_fleet.storage.zfs_layout import ZfsLayout
 from tests.support.releases import small_limits
 from tests.support.foundry_standin import build_release_zip
@@ -452,3 +455,39 @@ def test_snapshots_are_listed_in_the_order_they_were_taken_even_within_one_secon
             within_one_second = True
             break
     assert within_one_second, "in five rounds the three snapshots never fell within one second"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None,
+                    reason="needs root, unshare and nsenter to run the fleet in a mount namespace of its own")
+def test_in_a_mount_namespace_of_its_own_zfs_mounts_land_in_the_hosts(tmp_path: Path) -> None:
+    """As under its systemd unit's sandbox: what the runner mounts (zfs mount, zfs create) must be the
+    host's mount, seen by everyone, and still seen from inside the sandbox."""
+    # A shared mount for the sandbox's to follow, as systemd makes every mount of a host.
+    parent = tmp_path / "host"
+    parent.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "fleet-test-host", str(parent)], check=True)
+    subprocess.run(["mount", "--make-shared", str(parent)], check=True)
+    target = parent / "mounted here"
+    target.mkdir()
+    # The host's namespace is PID 1's; where that cannot be read (a container's init), this test's.
+    host = "/proc/1/ns/mnt" if os.access("/proc/1/ns/mnt", os.R_OK) else f"/proc/{os.getpid()}/ns/mnt"
+    script = (
+        "import os, sys; from pathlib import Path\n"
+        "from foundry_fleet.storage import zfs_cmd\n"
+        "from foundry_fleet.storage.zfs_cmd import ZfsRunner, host_namespace_prefix\n"
+        f"zfs_cmd.HOST_MOUNT_NAMESPACE = {host!r}\n"
+        f"assert host_namespace_prefix()[1:] == ('--mount={host}', '--'), host_namespace_prefix()\n"
+        f"ZfsRunner().run(['mount', '-t', 'tmpfs', 'fleet-test', {str(target)!r}])\n"
+        f"print(os.path.ismount({str(target)!r}))\n"
+    )
+    inside = subprocess.run(["unshare", "--mount", "--propagation", "slave", sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert inside.returncode == 0, inside.stderr
+        assert inside.stdout.strip() == "True", "the sandbox does not see the mount it asked for"
+        assert os.path.ismount(target), "the mount stayed in the sandbox's namespace"
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+        subprocess.run(["umount", str(parent)], check=False)
+    assert host_namespace_prefix() == ()  # this test's own process is in the host's namespace

@@ -6,6 +6,11 @@ mount that a process is still using answers "target is busy"; both usually clear
 A pool on another host (a backup destination, a Nomad node's home) is driven over ssh: the runner's
 `remote` prefix (`ssh_prefix`) goes before every command, and what the runner reads about mounts it
 reads on that host, since this host sees the pool's files only through a mount of its own (if at all).
+
+A daemon in a mount namespace of its own (its systemd unit's sandbox: ProtectSystem= and the like)
+runs zfs in the host's instead (`host_namespace_prefix`): a dataset mounted in the sandbox's namespace
+would be seen by nobody else (an operator's shell, the next daemon after a restart), while one mounted
+in the host's reaches the sandbox too, whose mounts follow the host's.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from foundry_fleet.domain.errors import ExternalFailure
@@ -31,6 +38,23 @@ _USER_HOST = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9](?:[A-Za-z0-9.
 # Never a password prompt (the fleet runs unattended), and a host that is gone is noticed in seconds.
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15")
 _SSH_FAILED = 255  # ssh's own exit status: no connection (zfs itself exits 1 or 2)
+
+
+# The host's mount namespace: PID 1's (systemd's, outside any unit's sandbox).
+HOST_MOUNT_NAMESPACE = "/proc/1/ns/mnt"
+
+
+@cache
+def host_namespace_prefix() -> tuple[str, ...]:
+    """`nsenter --mount=<the host's namespace> --` where this process's mount namespace is not the
+    host's, else nothing; nothing also where it cannot tell (the host's namespace unreadable)."""
+    try:
+        if os.readlink("/proc/self/ns/mnt") == os.readlink(HOST_MOUNT_NAMESPACE):
+            return ()
+    except OSError:
+        return ()
+    nsenter = shutil.which("nsenter")  # util-linux, as setpriv
+    return (nsenter, f"--mount={HOST_MOUNT_NAMESPACE}", "--") if nsenter else ()
 
 
 def is_user_host(value: str) -> bool:
@@ -121,7 +145,7 @@ class ZfsRunner:
         """`command` as run where the pool is. ssh hands the remote shell one line made of its arguments,
         so over ssh each is quoted: a path with a space (or a `$`) arrives as the one argument it was."""
         if not self.remote:
-            return [str(a) for a in command]
+            return [*host_namespace_prefix(), *(str(a) for a in command)]
         return [*self.remote, *(shlex.quote(str(a)) for a in command)]
 
     def unreachable(self, argv: Sequence[str], stderr: str) -> ZfsHostUnreachable:
