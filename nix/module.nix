@@ -27,8 +27,7 @@ let
 
   # The [Service] settings the fleet's own unit (`foundry-fleet service install`) carries too: one
   # source for both, so the hardening cannot drift apart. Values are strings or lists of strings.
-  sharedUnitSettings =
-    (builtins.fromJSON (builtins.readFile ../src/foundry_fleet/deploy/unit_settings.json)).service;
+  unitSettingsFile = builtins.fromJSON (builtins.readFile ../src/foundry_fleet/deploy/unit_settings.json);
 
   # Secrets are named by path, as strings. A Nix path value (`./discord-token`) would be copied into
   # the world-readable Nix store when the configuration is built, so it is refused, and so is a string
@@ -79,6 +78,13 @@ let
 
   usesZfs = fleetToml.storage.driver or "directory" == "zfs";
   runtimeDriver = fleetToml.runtime.driver or "local";
+  usesPodman = runtimeDriver == "podman" || runtimeDriver == "nomad";
+
+  # The file's `service` settings, then for the podman runtime its `podman` ones, combined as systemd
+  # reads them one after the other: a list adds to the same setting's list, a string replaces it.
+  sharedUnitSettings = lib.zipAttrsWith
+    (_name: values: if lib.all lib.isList values then lib.concatLists values else lib.last values)
+    ([ unitSettingsFile.service ] ++ lib.optional usesPodman unitSettingsFile.podman);
   cacheDir = fleetToml.releases.cache_dir or null;
 
   destinationModule = {
@@ -462,16 +468,21 @@ in
           StateDirectory = "foundry-fleet";
           # The local runtime keeps the instances' network namespaces under /run/foundry-fleet; with
           # leaveRunning the instances outlive the daemon, and so must that directory.
-          RuntimeDirectory = "foundry-fleet";
-          RuntimeDirectoryPreserve = if cfg.leaveRunning then "yes" else "no";
+          # Podman's run state and network namespaces live under /run too, and outlive a stop for
+          # podman's own commands.
+          RuntimeDirectory = lib.concatStringsSep " " ([ "foundry-fleet" ] ++ lib.optionals usesPodman [
+            "containers"
+            "libpod"
+            "netns"
+          ]);
+          RuntimeDirectoryPreserve = if cfg.leaveRunning || usesPodman then "yes" else "no";
           ReadWritePaths =
             [ root ]
             ++ lib.optional (cacheDir != null) cacheDir
-            ++ lib.optionals (runtimeDriver == "podman") [
+            ++ lib.optionals usesPodman [
               # "-": ignored where missing
               "-/var/lib/containers"
-              "-/run/containers"
-              "-/run/netns"
+              "-/var/tmp"
             ];
           LoadCredential = map (s: "${s.credential}:${s.path}") secrets;
         }

@@ -583,3 +583,16 @@ def test_a_daemon_starts_on_the_disko_layout(nix: Nix, disko_datasets: tuple[str
     before = _properties(base)
     _up_from(root, _rendered_for_here(nix, tmp_path, root, storage={"driver": "zfs", "zfsBase": base}))
     assert _properties(base) == before
+
+
+def test_the_podman_runtime_gets_the_same_additions_as_the_unit_service_install_writes(nix: Nix) -> None:
+    """The file's `podman` settings after its `service` ones: CAP_MKNOD added, the tunables writable."""
+    added = json.loads(UNIT_SETTINGS.read_text())["podman"]
+    shared = json.loads(UNIT_SETTINGS.read_text())["service"]
+    unit = nix.module(minimal(runtime="podman"))["service"]["serviceConfig"]
+    assert unit["CapabilityBoundingSet"] == shared["CapabilityBoundingSet"] + added["CapabilityBoundingSet"]
+    assert unit["ProtectKernelTunables"] == added["ProtectKernelTunables"] != shared["ProtectKernelTunables"]
+    assert unit["RuntimeDirectory"] == "foundry-fleet containers libpod netns"
+    local = nix.module(minimal())["service"]["serviceConfig"]
+    assert local["ProtectKernelTunables"] == shared["ProtectKernelTunables"]
+    assert local["CapabilityBoundingSet"] == shared["CapabilityBoundingSet"]

@@ -22,22 +22,29 @@ UNIT_NAME = "foundry-fleet.service"
 # /var/lib/foundry-fleet, made by systemd if missing: every fleet on the host writes its claimed uid
 # blocks there (services/uid_claims.py), and it is the usual fleet root.
 STATE_DIRECTORY = "foundry-fleet"
-# What rootful Podman writes: its storage and builds' scratch (made at install when missing)...
+# What rootful Podman writes: its storage and builds' scratch (made at install when missing), and its
+# run state and network namespaces under /run (gone at each boot: made by systemd at each start, and
+# kept after a stop for podman's own commands).
 PODMAN_PATHS = (Path("/var/lib/containers"), Path("/var/tmp"))
+PODMAN_RUN_DIRECTORIES = {"RuntimeDirectory": "containers libpod netns", "RuntimeDirectoryPreserve": "yes"}
 # The lock of legacy iptables, where the host has one (iptables-nft takes no lock file).
 OPTIONAL_PATHS = (Path("/run/xtables.lock"),)
-# ... and on top of the shared settings for the podman runtime: its run state and network namespaces
-# under /run (gone at each boot, so made by systemd at each start, and kept for podman's own commands
-# after a stop), and rootful crun makes the containers' device nodes.
-PODMAN_SETTINGS = {"CapabilityBoundingSet": ["CAP_MKNOD"], "RuntimeDirectory": ["containers libpod netns"],
-                   "RuntimeDirectoryPreserve": ["yes"]}
 
 
 @cache
+def _settings_file() -> dict[str, Any]:
+    return json.loads(files("foundry_fleet.deploy").joinpath("unit_settings.json").read_text())
+
+
 def shared_settings() -> dict[str, str | list[str]]:
-    """The [Service] settings the unit shares with the NixOS module."""
-    data: dict[str, Any] = json.loads(files("foundry_fleet.deploy").joinpath("unit_settings.json").read_text())
-    return data["service"]
+    """The [Service] settings of every fleet's unit, shared with the NixOS module."""
+    return _settings_file()["service"]
+
+
+def podman_settings() -> dict[str, str | list[str]]:
+    """What the podman runtime adds, after the shared settings: CAP_MKNOD (rootful crun makes the
+    containers' device nodes) and writable tunables (netavark turns on net.ipv4.ip_forward)."""
+    return _settings_file()["podman"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class UnitSpec:
     writable: tuple[Path, ...]  # directories the daemon writes, beyond the read-only system
     credentials: dict[str, Path] = field(default_factory=dict)  # name -> the secret's configured path
     after: tuple[str, ...] = ()  # units that must be up first (ZFS mounts)
-    extra: dict[str, list[str]] = field(default_factory=dict)  # settings added to the shared ones
+    extra: dict[str, str | list[str]] = field(default_factory=dict)  # settings after the shared ones
 
 
 def fleet_unit_spec(executable: Path, config_path: Path, root: Path, release_cache: Path, leave_running: bool,
@@ -65,7 +72,7 @@ def fleet_unit_spec(executable: Path, config_path: Path, root: Path, release_cac
         writable += PODMAN_PATHS
     after = ("zfs-import.target", "zfs-mount.service") if storage == "zfs" else ()
     return UnitSpec(tuple(command), tuple(writable), dict(sorted(credentials.items())), after,
-                    PODMAN_SETTINGS if podman else {})
+                    {**podman_settings(), **PODMAN_RUN_DIRECTORIES} if podman else {})
 
 
 def _quote(arg: str) -> str:
@@ -99,8 +106,8 @@ def render_unit(spec: UnitSpec) -> str:
     for key, value in shared_settings().items():
         for one in value if isinstance(value, list) else [value]:
             lines.append(f"{key}={one}")
-    for key, values in spec.extra.items():
-        lines += [f"{key}={one}" for one in values]
+    for key, value in spec.extra.items():  # after: a string replaces the shared one, a list adds to it
+        lines += [f"{key}={one}" for one in (value if isinstance(value, list) else [value])]
     lines.append(f"StateDirectory={STATE_DIRECTORY}")
     lines += [f"ReadWritePaths={_path_value(p)}" for p in spec.writable]
     lines += [f"ReadWritePaths=-{_path_value(p)}" for p in OPTIONAL_PATHS]
