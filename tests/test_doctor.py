@@ -12,14 +12,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from foundry_fleet.cli.main import main
 from foundry_fleet.config import NodeSection
 from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.runtime import sandbox
@@ -43,6 +41,7 @@ from foundry_fleet.storage.restic_destination import ResticDestination
 from foundry_fleet.storage.zfs import ZfsStorage
 from foundry_fleet.storage.zfs_destination import ZfsDestination
 from foundry_fleet.wiring.doctor import probe_cgroups
+from tests.support.cli import run_main
 from tests.support.harness import FleetHarness
 from tests.support.ports import port_block
 
@@ -404,14 +403,6 @@ def fleet_config(tmp_path: Path, http_port: int, https_port: int) -> Path:
         "https_port = 8443", f"https_port = {https_port}").replace('driver = "local"', 'driver = "fake"')
     config.write_text(text)
     return config
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["foundry-fleet", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
 
 
 def synchronised() -> ClockReading:

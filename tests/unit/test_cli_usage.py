@@ -4,13 +4,13 @@ install gets. Each prints one clear message and its exit code, never a Python tr
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import typer
 
-from foundry_fleet.cli.main import app, main
+from foundry_fleet.cli.main import app
+from tests.support.cli import run_main
 from tests.support.harness import BIN
 
 
@@ -25,14 +25,6 @@ def command_paths() -> list[tuple[str, ...]]:
 
     walk(typer.main.get_command(app), ())
     return paths
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["foundry-fleet", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
 
 
 def test_the_cli_has_the_commands_people_look_for() -> None:

@@ -32,15 +32,24 @@ def sandbox_check(cap: Capability) -> Check:
     return failed("sandbox (bubblewrap)", cap.detail, SANDBOX_FIX)
 
 
-def cgroups_check(caps: Iterable[Capability]) -> Check:
-    """The cgroup-<controller> lines: every limit (memory, CPU, processes) needs its controller."""
+def _all_available(name: str, caps: Iterable[Capability], none: str, fix: str, label: Callable[[str], str],
+                   missing_tail: str = "") -> Check | list[Capability]:
+    """A failed check naming each line that is not available (or `none` without lines), else the lines."""
     lines = list(caps)
     missing = [c for c in lines if not c.available]
     if not lines:
-        return failed("cgroups", "no cgroup controller was found", CGROUPS_FIX)
+        return failed(name, none, fix)
     if missing:
-        return failed("cgroups", "; ".join(f"{c.name.removeprefix('cgroup-')}: {c.detail}" for c in missing)
-                      + ": those limits are not enforced", CGROUPS_FIX)
+        return failed(name, "; ".join(f"{label(c.name)}: {c.detail}" for c in missing) + missing_tail, fix)
+    return lines
+
+
+def cgroups_check(caps: Iterable[Capability]) -> Check:
+    """The cgroup-<controller> lines: every limit (memory, CPU, processes) needs its controller."""
+    lines = _all_available("cgroups", caps, "no cgroup controller was found", CGROUPS_FIX,
+                           lambda n: n.removeprefix("cgroup-"), ": those limits are not enforced")
+    if isinstance(lines, Check):
+        return lines
     names = ", ".join(c.name.removeprefix("cgroup-") for c in lines)
     return passed("cgroups", f"{names} ({lines[0].detail})")
 
@@ -54,12 +63,9 @@ def firewall_check(cap: Capability) -> Check:
 
 def podman_check(caps: Iterable[Capability]) -> Check:
     """Podman's health lines (podman, oci runtime, rootful, init, cgroup limits): all must hold."""
-    lines = list(caps)
-    missing = [c for c in lines if not c.available]
-    if not lines:
-        return failed("podman", "Podman was not found", PODMAN_FIX)
-    if missing:
-        return failed("podman", "; ".join(f"{c.name}: {c.detail}" for c in missing), PODMAN_FIX)
+    lines = _all_available("podman", caps, "Podman was not found", PODMAN_FIX, lambda n: n)
+    if isinstance(lines, Check):
+        return lines
     return passed("podman", "; ".join(c.detail for c in lines))
 
 
