@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import pytest
 from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.admin_key import verify_admin_password
 from tests.support.fleets import make_fleet
-from tests.support.harness import FleetHarness, pids_with_arg, wait_until
+from tests.support.harness import BIN, FleetHarness, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
 LICENSE = "ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
@@ -186,6 +187,29 @@ def test_after_the_daemon_is_killed_the_next_up_reattaches_instead_of_starting_t
     assert pids_with_arg(f"--port={port}") == [before["pid"]], "re-attached, not started twice"
     events = fleet.cli("events", "--instance", "alice", "--json").json()
     assert any(e["action"] == "instance.reattach" for e in events)
+
+
+def test_a_stop_asked_for_while_the_daemon_starts_is_carried_out_once_it_has(running: Running) -> None:
+    """`systemctl stop` right after a restart: the daemon, still starting, was not told to leave the
+    instances running, so it must stop them, not die by the signal with them left behind."""
+    fleet = running.fleet
+    alice = running.alice_running()["pid"]
+    fleet.daemons[-1].send_signal(signal.SIGKILL)
+    fleet.daemons[-1].wait()
+    log_path = fleet.root / "daemon-starting.log"
+    with log_path.open("wb") as log:
+        starting = subprocess.Popen([str(BIN), "--config", str(fleet.config), "up"], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    fleet.daemons.append(starting)
+    # Its runtime is open (it reports what it found) and it has yet to answer on its control socket.
+    wait_until(lambda: "available:" in log_path.read_text(errors="replace") or starting.poll() is not None, 30,
+               "the daemon to be part-way through its start")
+    assert not fleet.answers(), "the daemon was up already: this asks nothing of a stop during the start"
+    starting.send_signal(signal.SIGTERM)
+    assert starting.wait(60) == 0, log_path.read_text(errors="replace")
+    said = log_path.read_text(errors="replace")
+    assert "shutting down (stopping instances)" in said, said
+    assert not os.path.exists(f"/proc/{alice}"), "the instance outlived a daemon told to stop it"
 
 
 def test_events_name_the_cli_user_who_asked_not_the_daemon_that_did_it(running: Running) -> None:

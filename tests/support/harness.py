@@ -133,12 +133,12 @@ class FleetHarness:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.daemons.append(proc)
-        wait_until(lambda: self._answers() or proc.poll() is not None, 30, "the daemon's control socket")
+        wait_until(lambda: self.answers() or proc.poll() is not None, 30, "the daemon's control socket")
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited {proc.returncode}:\n{self.daemon_log()}")
         return proc
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         if not self.socket.exists():
             return False
         try:

@@ -90,6 +90,13 @@ async def serve(config: FleetConfig, leave_running: bool = False) -> None:
 
 async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     take_stop_request(config.paths)  # one left for a daemon that had gone before it was read
+    # From the first moment: a stop asked for while the daemon starts (a `systemctl stop` right after a
+    # restart) is carried out once it has started, instances stopped or left as told, rather than
+    # ending it midway by the signal's default action with whatever it had started left behind.
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     runtime = make_runtime(config)
     services = open_services(config, actor="daemon", runtime=runtime)
     if os.geteuid() == 0:
@@ -104,7 +111,6 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     caps.append(Capability("storage", True, describe_storage(services.storage)))
     report_capabilities(caps)
 
-    loop = asyncio.get_running_loop()
     edge = make_edge(config, services.sites, on_problem=edge_problem_reporter(services.events))
     # Every change to instances reaches the edge; service calls may come from worker threads.
     services.changes.subscribe(lambda: loop.call_soon_threadsafe(edge.request_update))
@@ -162,10 +168,6 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                      runtime_nodes=lambda: node_report(runtime.nodes))
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
 
     await supervisor.start()
     edge.request_update()
