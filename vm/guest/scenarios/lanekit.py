@@ -95,6 +95,8 @@ class Fleet:
     def wait_state(self, name: str, state: str, timeout: float = 300) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             shown = self.instance(name)
+            if shown["state"] == "failed" and state != "failed":  # not worth waiting for: say why at once
+                raise AssertionError(f"{name} failed while waiting for {state}: {shown}")
             return shown if shown["state"] == state else None
         return wait_until(check, timeout, f"{name} to be {state}", interval=2)
 
@@ -129,12 +131,12 @@ def serves(fleet_root: Path, host: str) -> bool:
         return False
 
 
-def systemd_unit(name: str, exec_start: str, **service: str) -> None:
-    """Write /etc/systemd/system/NAME.service running `exec_start`, as an operator would, and reload."""
-    lines = ["[Unit]", f"Description={name}", "", "[Service]", f"ExecStart={exec_start}",
-             *(f"{k}={v}" for k, v in service.items()), "", "[Install]", "WantedBy=multi-user.target", ""]
-    Path(f"/etc/systemd/system/{name}.service").write_text("\n".join(lines))
-    run("systemctl", "daemon-reload")
+def zfs_pool(name: str, mib: int = 1024) -> None:
+    """A pool on a sparse file: real OpenZFS on a scratch vdev."""
+    vdev = Path(f"/var/tmp/{name}.img")
+    with vdev.open("wb") as f:
+        f.truncate(mib * 1024 * 1024)
+    run("zpool", "create", "-f", name, str(vdev))
 
 
 def pid_alive(pid: int) -> bool:
@@ -164,6 +166,13 @@ def journal(unit: str, lines: int = 150) -> str:
     return run("journalctl", "--no-pager", "-o", "short-monotonic", "-n", str(lines), "-u", unit, check=False).stdout
 
 
+def print_daemon_report(fleet: Fleet, unit: str, lines: int = 150) -> None:
+    """The daemon's journal and the tail of each instance's log, for the report of a failed scenario."""
+    print(f"--- journal of {unit}:\n{journal(unit, lines)}")
+    for log in sorted(fleet.root.glob("logs/instances/*/foundry.log")):
+        print(f"--- {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+
+
 @contextmanager
 def daemon(fleet: Fleet, unit: str, *up_args: str) -> Iterator[None]:
     """The fleet's daemon as a transient systemd service while the block runs, stopped after it; when
@@ -174,9 +183,7 @@ def daemon(fleet: Fleet, unit: str, *up_args: str) -> Iterator[None]:
         fleet.wait_for_daemon()
         yield
     except BaseException:
-        print(f"--- journal of {unit}:\n{journal(unit)}")
-        for log in sorted(fleet.root.glob("logs/instances/*/foundry.log")):
-            print(f"--- {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        print_daemon_report(fleet, unit)
         raise
     finally:
         run("systemctl", "stop", unit, check=False, timeout=300)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from lanekit import daemon, in_instance, new_fleet, release_zip, run, wait_until
+from lanekit import daemon, in_instance, new_fleet, release_zip, run, wait_until, zfs_pool
 
 OWNER = "123456789012345678"
 MIB = 1024 * 1024
@@ -19,16 +19,9 @@ def zfs(*args: str) -> str:
     return run("zfs", *args).stdout.strip()
 
 
-def _pool(name: str) -> None:
-    vdev = Path(f"/var/tmp/{name}.img")
-    with vdev.open("wb") as f:
-        f.truncate(1024 * MIB)
-    run("zpool", "create", "-f", name, str(vdev))
-
-
 def test_openzfs_installs_quotas_snapshots_backup_view_restore_and_replication() -> None:
-    _pool("tank")
-    _pool("vault")
+    zfs_pool("tank")
+    zfs_pool("vault")
     fleet = new_fleet(Path("/srv/fleet-zfs"), **{"disk_mb = 0": "disk_mb = 64"})
     with fleet.config.open("a") as f:
         f.write('\n[[backups.destinations]]\nname = "vault"\ntarget = "vault/fleet"\nplan = "1d=>1h"\n')
