@@ -49,12 +49,17 @@ def unavailable(reason: str) -> None:
 
 
 def _shared_nix_dirs() -> list[Path]:
-    """shared/nix beside this checkout, and beside the main checkout (a worktree lives elsewhere)."""
+    """shared/nix beside this checkout, beside the main checkout (a worktree lives elsewhere), and beside
+    the checkout this one was cloned from (a clean clone made for a CI run)."""
     dirs = [REPO.parent / "shared" / "nix"]
     done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
                           capture_output=True, text=True)
     if done.returncode == 0 and done.stdout.strip():
         dirs.append(Path(done.stdout.strip()).parent.parent / "shared" / "nix")
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin.startswith("/") or origin.startswith("file://"):
+        dirs.append(Path(origin.removeprefix("file://")).resolve().parent / "shared" / "nix")
     return dirs
 
 

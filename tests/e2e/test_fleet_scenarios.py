@@ -210,6 +210,10 @@ def test_a_stop_asked_for_while_the_daemon_starts_is_carried_out_once_it_has(run
     said = log_path.read_text(errors="replace")
     assert "shutting down (stopping instances)" in said, said
     assert not os.path.exists(f"/proc/{alice}"), "the instance outlived a daemon told to stop it"
+    # Still wanted running: the next start brings them back, for the tests after this one.
+    fleet.up()
+    for name in ("alice", "bob"):
+        fleet.wait_state(name, "running")
 
 
 def test_events_name_the_cli_user_who_asked_not_the_daemon_that_did_it(running: Running) -> None:
