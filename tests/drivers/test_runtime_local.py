@@ -1202,3 +1202,17 @@ def test_open_firewalls_the_port_range_and_close_keeps_it_for_instances_left_run
     run(world.runtime.close(instances_left_running=False))
     assert world.runtime.firewall.rules() == {"IPv4": [], "IPv6": []}
     assert world.runtime.capabilities.isolation == "bubblewrap" and not world.runtime.capabilities.multi_node
+
+
+@pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="needs slirp4netns (the forwarder)")
+def test_a_fleet_root_too_deep_for_a_forwarders_socket_is_refused_saying_by_how_much(tmp_path: Path) -> None:
+    """slirp4netns alone would only log that its API socket path is too long, and fail to come up."""
+    from foundry_fleet.runtime.network import PrivateNetworks
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "run" / "net"
+    networks = PrivateNetworks(deep)
+    with pytest.raises(ExternalFailure) as refused:
+        asyncio.run(networks.start("alice", os.getpid(), 1))
+    assert "a unix socket's path may have 107" in refused.value.message
+    assert re.search(r"a path at least \d+ bytes shorter", refused.value.hint or "")
+    assert not list(deep.glob("*.sock")), "nothing started"

@@ -139,6 +139,11 @@ class PrivateNetworks:
             raise ExternalFailure("slirp4netns is not installed", "apt install slirp4netns")
         self._ensure_dir()
         sock = self._new_api_socket(name)
+        if len(os.fsencode(sock)) > _SUN_PATH_MAX:  # even with the name's digest: the root itself is too deep
+            raise ExternalFailure(
+                f"the forwarders' sockets under {self.run_dir} would be {len(os.fsencode(sock))} bytes long, and a "
+                f"unix socket's path may have {_SUN_PATH_MAX}",
+                f"give the fleet a root with a path at least {len(os.fsencode(sock)) - _SUN_PATH_MAX} bytes shorter")
         argv = [
             self.slirp, "--configure", f"--mtu={MTU}", "--disable-host-loopback",
             "--enable-sandbox", "--enable-seccomp",
