@@ -474,6 +474,8 @@ in
             "containers"
             "libpod"
             "netns"
+            "crun" # the OCI runtimes' state
+            "runc"
           ]);
           RuntimeDirectoryPreserve = if cfg.leaveRunning || usesPodman then "yes" else "no";
           ReadWritePaths =
@@ -482,6 +484,7 @@ in
             ++ lib.optionals usesPodman [
               # "-": ignored where missing
               "-/var/lib/containers"
+              "-/etc/containers/networks"
               "-/var/tmp"
             ];
           LoadCredential = map (s: "${s.credential}:${s.path}") secrets;

@@ -597,7 +597,7 @@ def test_the_podman_runtime_gets_the_same_additions_as_the_unit_service_install_
     unit = nix.module(minimal(runtime="podman"))["service"]["serviceConfig"]
     assert unit["CapabilityBoundingSet"] == shared["CapabilityBoundingSet"] + added["CapabilityBoundingSet"]
     assert unit["ProtectKernelTunables"] == added["ProtectKernelTunables"] != shared["ProtectKernelTunables"]
-    assert unit["RuntimeDirectory"] == "foundry-fleet containers libpod netns"
+    assert unit["RuntimeDirectory"] == "foundry-fleet containers libpod netns crun runc"
     local = nix.module(minimal())["service"]["serviceConfig"]
     assert local["ProtectKernelTunables"] == shared["ProtectKernelTunables"]
     assert local["CapabilityBoundingSet"] == shared["CapabilityBoundingSet"]

@@ -22,11 +22,13 @@ UNIT_NAME = "foundry-fleet.service"
 # /var/lib/foundry-fleet, made by systemd if missing: every fleet on the host writes its claimed uid
 # blocks there (services/uid_claims.py), and it is the usual fleet root.
 STATE_DIRECTORY = "foundry-fleet"
-# What rootful Podman writes: its storage and builds' scratch (made at install when missing), and its
-# run state and network namespaces under /run (gone at each boot: made by systemd at each start, and
-# kept after a stop for podman's own commands).
-PODMAN_PATHS = (Path("/var/lib/containers"), Path("/var/tmp"))
-PODMAN_RUN_DIRECTORIES = {"RuntimeDirectory": "containers libpod netns", "RuntimeDirectoryPreserve": "yes"}
+# What rootful Podman writes: its storage, its networks' definitions (netavark's lock and the fleet's
+# network) and builds' scratch (made at install when missing), and its run state and network
+# namespaces under /run (gone at each boot: made by systemd at each start, and kept after a stop for
+# podman's own commands).
+PODMAN_PATHS = (Path("/var/lib/containers"), Path("/etc/containers/networks"), Path("/var/tmp"))
+# crun and runc keep their containers' state in /run/crun and /run/runc.
+PODMAN_RUN_DIRECTORIES = {"RuntimeDirectory": "containers libpod netns crun runc", "RuntimeDirectoryPreserve": "yes"}
 # The lock of legacy iptables, where the host has one (iptables-nft takes no lock file).
 OPTIONAL_PATHS = (Path("/run/xtables.lock"),)
 

@@ -137,3 +137,16 @@ def test_under_the_service_zfs_datasets_are_mounted_where_the_host_sees_them_acr
         assert "cgroup v2" in checks["cgroups"]["detail"], checks["cgroups"]
         pool = [c for name, c in checks.items() if name.startswith("zfs pool svc")]
         assert [c["status"] for c in pool] == ["pass"], pool
+
+
+def test_the_podman_runtime_runs_its_instances_under_the_service() -> None:
+    """The unit's additions for Podman (CAP_MKNOD, writable tunables, its networks' definitions, its
+    and the OCI runtime's state under /run) are what a rootful Podman with crun needs under the sandbox."""
+    fleet = new_fleet(Path("/srv/fleet-service-podman"), "--runtime", "podman")
+    fleet.cli("release", "add", str(release_zip()))
+    with _installed(fleet):
+        unit = UNIT_FILE.read_text()
+        assert "CapabilityBoundingSet=CAP_MKNOD" in unit and "ProtectKernelTunables=no" in unit, unit
+        fleet.cli("instance", "create", "alice", "--release", "12.331", timeout=1200)
+        fleet.wait_state("alice", "running", timeout=600)
+        wait_until(lambda: serves(fleet.root, "alice.localhost"), 120, "alice through the edge")
