@@ -4,7 +4,6 @@ and records, and the files of deploy/nomad/ kept equal to what the code renders.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from foundry_fleet.config import load_config
 from foundry_fleet.wiring import nomad_jobs
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.wiring import runtimes
+from tests.support.cli import run_main
 from tests.support.releases import make_release_zip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,16 +25,6 @@ def nomad_registered(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(runtimes.RUNTIMES, "nomad", runtimes.RUNTIMES["local"])  # asked for free ports only
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from foundry_fleet.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["foundry-fleet", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
-
-
 def test_the_committed_deploy_files_are_what_the_code_renders_now() -> None:
     rendered = nomad_jobs.render_deploy_files()
     assert set(rendered) == {"fvtt-provision.nomad.hcl", "caddy.nomad.hcl"}
@@ -45,7 +35,7 @@ def test_the_committed_deploy_files_are_what_the_code_renders_now() -> None:
 
 def test_write_deploy_writes_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(monkeypatch, capsys, "nomad", "render", "--write-deploy", str(tmp_path / "d"))
+    code, out, _ = run_main(monkeypatch, capsys, "nomad", "render", "--write-deploy", str(tmp_path / "d"))
     assert code == 0 and "caddy.nomad.hcl" in out.replace("\n", "")  # a long path wraps at the terminal's width
     assert (tmp_path / "d" / "fvtt-provision.nomad.hcl").read_text() == \
         nomad_jobs.render_deploy_files()["fvtt-provision.nomad.hcl"]
@@ -56,7 +46,7 @@ def test_the_fleets_own_jobs_follow_its_configuration(tmp_path: Path, nomad_regi
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     path = init_fleet(tmp_path / "f", runtime="nomad", nomad_address="http://127.0.0.1:4646")
     path.write_text(path.read_text().replace('namespace = "default"', 'namespace = "games"'))
-    code, out, err = run_cli(monkeypatch, capsys, "--config", str(path), "nomad", "render", "--format", "json")
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(path), "nomad", "render", "--format", "json")
     assert code == 0, err
     job = json.loads(out)["Job"]  # one job: the body `nomad job run -json` and PUT /v1/jobs take
     assert job["ID"] == "fvtt-provision" and job["Namespace"] == "games"
@@ -64,7 +54,7 @@ def test_the_fleets_own_jobs_follow_its_configuration(tmp_path: Path, nomad_regi
     assert job["Meta"]["fvtt_fleet"] == runtimes.fleet_id(load_config(path))
 
     path.write_text(path.read_text().replace("# on_nomad = false", "on_nomad = true"))
-    code, out, err = run_cli(monkeypatch, capsys, "--config", str(path), "nomad", "render", "--format", "json")
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(path), "nomad", "render", "--format", "json")
     assert code == 0, err
     provision, caddy = json.loads(out)
     assert caddy["Job"]["ID"] == "fvtt-caddy"
@@ -74,7 +64,7 @@ def test_the_fleets_own_jobs_follow_its_configuration(tmp_path: Path, nomad_regi
     config = load_config(path)
     assert env["CADDY_ADMIN"] == f"unix/{config.paths.run / 'caddy-admin.sock'}"
 
-    code, out, err = run_cli(monkeypatch, capsys, "--config", str(path), "nomad", "render", "--format", "hcl")
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(path), "nomad", "render", "--format", "hcl")
     assert code == 0 and 'job "fvtt-provision" {' in out and 'job "fvtt-caddy" {' in out and "{\n" in out
 
 
@@ -90,7 +80,7 @@ def test_an_instances_job_comes_from_the_fleets_records(tmp_path: Path, nomad_re
     services.releases.add(str(make_release_zip(tmp_path / "r.zip")))
     services.provisioning.create("test", "alice", "13.345", start=False)
 
-    code, out, err = run_cli(monkeypatch, capsys, "--config", str(path), "nomad", "render", "alice")
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(path), "nomad", "render", "alice")
     assert code == 0, err
     hcl_part, json_part = out.split('\n{\n  "Job"', 1)
     job = json.loads('{\n  "Job"' + json_part)["Job"]
@@ -107,11 +97,11 @@ def test_an_instances_job_comes_from_the_fleets_records(tmp_path: Path, nomad_re
     # With the podman task driver: the image the fleet would run, built from the host's node binary
     # unless [podman] names one for its major.
     path.write_text(path.read_text().replace('task_driver = "exec"', 'task_driver = "podman"'))
-    code, out, err = run_cli(monkeypatch, capsys, "--config", str(path), "nomad", "render", "alice", "--format", "json")
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(path), "nomad", "render", "alice", "--format", "json")
     assert code == 0, err
     podman_task = json.loads(out)["Job"]["TaskGroups"][0]["Tasks"][0]
     assert podman_task["Config"]["image"].startswith("localhost/foundry-fleet/node:")
     assert podman_task["Config"]["user"] == f"{instance.uid}:{instance.uid}"
 
-    code, _, err = run_cli(monkeypatch, capsys, "--config", str(path), "nomad", "render", "nobody")
+    code, _, err = run_main(monkeypatch, capsys, "--config", str(path), "nomad", "render", "nobody")
     assert code == 3 and "nobody" in err  # not found
