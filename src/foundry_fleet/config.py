@@ -17,6 +17,7 @@ from foundry_fleet.domain.backup_plan import TimeFormat, parse_plan
 from foundry_fleet.domain.crash_policy import CrashPolicy
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.domain.homes import HOME_NAME, MAIN_HOME
+from foundry_fleet.domain.idle import OFF, format_idle_after, parse_idle_after
 from foundry_fleet.domain.hosts import validate_host_label
 from foundry_fleet.domain.names import validate_domain
 
@@ -349,6 +350,22 @@ class InstancesSection(_Section):
     port_range: tuple[int, int] = (30000, 30999)
     uid_range: tuple[int, int] = Field((200000, 265535), description="uids for instances when run as root")
     stop_timeout: float = Field(10.0, gt=0, le=HOUR)
+    idle_after: str = Field(OFF, description="an instance idle this long sleeps and wakes on the next visit "
+                                             "(e.g. 60min, 2h); off: never")
+    wake_reserve_mb: int = Field(256, ge=0, description="memory a wake leaves free for the host, besides the "
+                                                        "instance's own limit")
+
+    @field_validator("idle_after")
+    @classmethod
+    def _idle_after(cls, v: str) -> str:
+        try:
+            return format_idle_after(parse_idle_after(v))
+        except InvalidInput as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+
+    @property
+    def idle_after_seconds(self) -> float | None:
+        return parse_idle_after(self.idle_after)
 
     @model_validator(mode="after")
     def _ranges(self) -> InstancesSection:

@@ -89,6 +89,12 @@ class SetHosts(BaseModel):
     extra_hosts: list[str]
 
 
+class SetIdleAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idle_after: str = Field(max_length=40, description="a duration such as 2h or 60min, off, or fleet")
+
+
 @dataclass(frozen=True)
 class Reads:
     """The services the control API reads from (every change goes through the operations)."""
@@ -184,6 +190,9 @@ def create_app(
     async def set_hosts(name: str, body: SetHosts, actor: str) -> dict[str, Any]:
         return (await ops.set_hosts(actor, name, body.extra_hosts)).to_dict()
 
+    async def set_idle_after(name: str, body: SetIdleAfter, actor: str) -> dict[str, Any]:
+        return (await ops.set_idle_after(actor, name, body.idle_after)).to_dict()
+
     async def take_snapshot(name: str, body: TakeSnapshot, actor: str) -> dict[str, Any]:
         return (await ops.take_backup(actor, name, body.label)).to_dict()
 
@@ -257,6 +266,10 @@ def create_app(
                  "moves at its next start)", move_instance, body=MoveInstance, changes_state=True),
         Endpoint("PUT", "/v1/instances/{name}/hosts", "Set the hostnames an instance answers on besides its own",
                  set_hosts, body=SetHosts, returns=InstanceView, changes_state=True),
+        # Admins only: how long instances may hold memory unused is the host's business.
+        Endpoint("PUT", "/v1/instances/{name}/idle-after",
+                 "Set how long an instance may be idle before it sleeps (a duration, off, or fleet)",
+                 set_idle_after, body=SetIdleAfter, returns=InstanceView, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),
         Endpoint("POST", "/v1/instances/{name}/backups", "Take a manual snapshot (never thinned)",
                  take_snapshot, body=TakeSnapshot, status=201, changes_state=True, tenant_action="backup"),

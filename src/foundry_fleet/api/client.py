@@ -139,6 +139,9 @@ class ControlClient:
     def set_hosts(self, name: str, extra_hosts: list[str]) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/hosts", json_body={"extra_hosts": extra_hosts})
 
+    def set_idle_after(self, name: str, idle_after: str) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/instances/{name}/idle-after", json_body={"idle_after": idle_after})
+
     def edge_config(self) -> dict[str, Any]:
         return self._call("GET", "/v1/edge/config")
 

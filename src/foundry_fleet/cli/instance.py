@@ -9,7 +9,7 @@ import typer
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
-    console, err_console, human_bytes, instance_detail, instances_table, print_json, safe,
+    console, err_console, human_bytes, idle_rows, instance_detail, instances_table, print_json, safe,
 )
 from foundry_fleet.cli.typer_compat import command_group
 from foundry_fleet.domain.errors import InvalidInput
@@ -93,6 +93,27 @@ def hosts(
     else:
         for host in row["hosts"]:
             console.print(host)
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: str,
+    idle_after: Annotated[Optional[str], typer.Option(
+        "--idle-after", help="idle time before it sleeps: a duration (60min, 2h), off, or fleet ([instances] idle_after)",
+    )] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Change an instance's settings (needs the daemon)."""
+    c: CliContext = ctx.obj
+    if idle_after is None:
+        raise typer.BadParameter("say what to set, e.g. --idle-after 2h", param_hint="options")
+    row = c.require_daemon().set_idle_after(name, idle_after)
+    if json_out:
+        print_json(row)
+    else:
+        for key, text in idle_rows(row):
+            console.print(f"{safe(name)}: {key} {safe(text)}")
 
 
 @app.command("list")

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from foundry_fleet.domain.idle import format_idle_after
 from foundry_fleet.domain.text import escape_controls
 
 # No emoji codes: tenants' text may hold ":x:" and must be shown as written (and the table of codes
@@ -21,7 +22,7 @@ err_console = Console(stderr=True, emoji=False)
 
 STATE_STYLE = {
     "running": "green", "starting": "yellow", "creating": "yellow", "stopping": "yellow",
-    "stopped": "dim", "failed": "bold red",
+    "stopped": "dim", "failed": "bold red", "sleeping": "cyan",
 }
 
 
@@ -41,13 +42,47 @@ def print_json(data: Any) -> None:
 
 def instances_table(instances: list[dict[str, Any]]) -> Table:
     t = Table(title=None, show_lines=False)
-    for col in ("name", "state", "release", "port", "pid", "restarts", "url"):
+    for col in ("name", "state", "sleeps", "release", "port", "pid", "restarts", "url"):
         t.add_column(col)
+    now = time.time()
     for i in instances:
         state = Text(escape_controls(i["state"]), style=STATE_STYLE.get(i["state"], ""))
-        t.add_row(shown(i["name"]), state, shown(i["release"]), shown(i["port"]), shown(i["pid"] or "-"),
-                  shown(i["restarts"]), shown(i["url"]))
+        t.add_row(shown(i["name"]), state, shown(sleep_text(i, now)), shown(i["release"]), shown(i["port"]),
+                  shown(i["pid"] or "-"), shown(i["restarts"]), shown(i["url"]))
     return t
+
+
+def sleep_text(i: dict[str, Any], now: float) -> str:
+    """When it sleeps: "never", "asleep", "in 12min" (idle now), "after 1h idle" (busy now)."""
+    after = i.get("sleeps_after")
+    if i.get("state") == "sleeping":
+        return "asleep"
+    if after is None:
+        return "never"
+    if i.get("state") != "running":
+        return "-"
+    since = i.get("idle_since")
+    if since is None:
+        return f"after {format_idle_after(after)} idle"
+    return f"in {duration_text(max(0.0, since + after - now))}"
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+def idle_rows(i: dict[str, Any]) -> list[tuple[str, str]]:
+    after = i.get("sleeps_after")
+    whose = "its own" if i.get("idle_after_own") else "the fleet's"
+    since = i.get("idle_since")
+    return [
+        ("sleeps_after", f"{format_idle_after(after)} idle ({whose})"),
+        ("idle_since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "-"),
+    ]
 
 
 def instance_detail(i: dict[str, Any]) -> Table:
@@ -58,6 +93,8 @@ def instance_detail(i: dict[str, Any]) -> Table:
                 "pid", "restarts", "owner", "uid", "data_dir", "install_dir"):
         value = i.get(key)
         t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))
+    for key, text in idle_rows(i):
+        t.add_row(key, shown(text))
     t.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"])))
     return t
 

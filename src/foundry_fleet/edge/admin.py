@@ -51,5 +51,10 @@ class CaddyAdmin:
         """Replace the whole configuration (Caddy treats an identical one as a no-op)."""
         self._request("POST", "/load", json=config)
 
+    def upstreams(self) -> list[dict[str, Any]]:
+        """Every upstream with its requests under way (`num_requests`; an open websocket is one)."""
+        answer = self._request("GET", "/reverse_proxy/upstreams").json()
+        return [u for u in answer if isinstance(u, dict)] if isinstance(answer, list) else []
+
     def config(self) -> dict[str, Any] | None:
         return self._request("GET", "/config/").json()

@@ -5,7 +5,8 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
   /-/*       -> the instance (websockets pass; `stream_close_delay` keeps open sockets across
                 config reloads, so changing one tenant never disconnects another's players), with
                 the fleet's own cookies taken out of what it is sent and of what it may set;
-                a small 503 page with Retry-After while the instance is not running
+                a small 503 page with Retry-After while the instance is not running; while it is to
+                run and does not (asleep, on its way up, failed), the fleet's wake handler instead
   /backups/* -> forward_auth to the fleet's auth endpoint; client-sent identity headers are
                 stripped first, so only the auth service's answer can set them
   /auth/ticket, /auth/logout
@@ -24,10 +25,13 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from foundry_fleet.domain.web_paths import WAKE_VISIT_PATH, WAKE_WAIT_PATH
+
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
 IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
 # The web endpoints each kind of host publishes (the rest of the web app is for Caddy alone).
-TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout")
+TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout", WAKE_WAIT_PATH)
+WAKE_MAX_BODY = 64 * 1024  # a visit to a sleeping instance carries no upload worth taking
 # Never the TLS permission check: Caddy asks it directly, and nobody else may learn the tenant hosts.
 FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", "/login/*")
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
@@ -47,6 +51,9 @@ class TenantSite:
     hosts: tuple[str, ...]
     address: str | None  # "host:port" where the instance is reached, as its runtime said; None: nowhere
     state: str  # the instance's state: only "running" (with an address) is proxied
+    # Not proxied, it goes to the fleet's wake handler rather than the static page (see
+    # domain/instance.goes_to_wake_handler).
+    wakes: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,10 +157,27 @@ def _to_web(settings: EdgeSettings) -> dict[str, Any]:
     }
 
 
+def _wake(settings: EdgeSettings) -> list[dict[str, Any]]:
+    """The wake handler, told the host and the path asked for. A websocket cannot wait for a page: 503
+    until the instance is up (its page, loaded first, is what wakes it)."""
+    to_web = _to_web(settings)
+    to_web["rewrite"] = {"method": "GET", "uri": WAKE_VISIT_PATH}
+    to_web["headers"]["request"]["set"]["X-Forwarded-Uri"] = ["{http.request.uri}"]
+    return [{"handler": "subroute", "routes": [
+        {"match": [{"header": {"Upgrade": ["*"]}}],
+         "handle": [{"handler": "static_response", "status_code": 503,
+                     "headers": {"Retry-After": [str(settings.retry_after_s)], "Cache-Control": ["no-store"]}}],
+         "terminal": True},
+        {"handle": [{"handler": "request_body", "max_size": WAKE_MAX_BODY}, to_web]},
+    ]}]
+
+
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
     """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
     if site.state == "running" and site.address:
         foundry = _proxy(site.address, settings)
+    elif site.wakes:
+        foundry = _wake(settings)
     else:
         foundry = [_state_page(site, settings.retry_after_s)]
     return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": foundry, "terminal": True}

@@ -47,6 +47,7 @@ class EdgeStatus:
     in_sync: bool  # Caddy serves the config the fleet's state asks for
     problem: str | None = None  # why not
     since: float | None = None  # since when (epoch seconds)
+    loads: int = 0  # configs loaded into Caddy since the daemon started (unchanged ones are never sent)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ class Edge:
         in_sync = _digest(self.config()) == self._pushed_digest
         problem = self._refused.reason if self._refused else self._unreachable
         if in_sync:
-            return EdgeStatus(True)
-        return EdgeStatus(False, problem or "a change is on its way to Caddy", self._problem_since if problem else None)
+            return EdgeStatus(True, loads=self.loads)
+        return EdgeStatus(False, problem or "a change is on its way to Caddy", self._problem_since if problem else None,
+                          loads=self.loads)
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -290,6 +292,16 @@ class Edge:
             except ExternalFailure as e:
                 delay = min(delay * 2, MAX_RESTART_DELAY)
                 log.error("edge: could not restart Caddy (next try in %.0fs): %s", delay, e.message)
+
+    async def requests_in_flight(self) -> dict[str, int]:
+        """Requests under way, by the upstream address they are proxied to ("host:port"); an open
+        websocket is one for as long as it stays open (what idle detection needs to know)."""
+        counts: dict[str, int] = {}
+        for upstream in await asyncio.to_thread(self.admin.upstreams):
+            address, n = upstream.get("address"), upstream.get("num_requests")
+            if isinstance(address, str) and isinstance(n, int):
+                counts[address] = counts.get(address, 0) + n
+        return counts
 
     # status -------------------------------------------------------------------------------
 

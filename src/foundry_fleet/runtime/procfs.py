@@ -163,3 +163,15 @@ def boot_id() -> str | None:
         return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
     except OSError:
         return None
+
+
+def available_memory_mb(meminfo: Path = PROC / "meminfo") -> int | None:
+    """The kernel's estimate of memory available to new work without swapping (MemAvailable), in MiB;
+    None where it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.errors import Conflict, NotFound
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.idle import FOLLOW_FLEET, format_idle_after, parse_idle_after
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.config import NodeSection
 from foundry_fleet.services.changes import Changes
@@ -66,6 +67,19 @@ class DesiredStates:
             record(s, actor, action, name, Outcome.OK, reason)
             view = self.instances.view(row)
         self.changes.notify()
+        return view
+
+    def set_idle_after(self, actor: str, name: str, text: str) -> InstanceView:
+        """The instance's own idle time before it sleeps: a duration ("2h"), "off" (it never sleeps), or
+        "fleet" (the fleet's [instances] idle_after). Takes effect at the next idle check."""
+        cleaned = text.strip().lower()
+        own = None if cleaned == FOLLOW_FLEET else (parse_idle_after(cleaned) or 0.0)
+        with self._session() as s:
+            row = changeable_row(s, name)
+            row.idle_after = own
+            said = FOLLOW_FLEET if own is None else format_idle_after(own or None)
+            record(s, actor, "instance.idle-after", name, Outcome.OK, said)
+            view = self.instances.view(row)
         return view
 
     def suspend(self, actor: str, name: str, reason: str) -> InstanceView:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from foundry_fleet.domain.instance import goes_to_wake_handler
 from foundry_fleet.edge.caddy_config import TenantSite
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.store.models import Instance
@@ -26,5 +27,6 @@ class EdgeSites:
         """Every instance that exists and has a host to be served at, for `Edge(desired_sites=...)`."""
         with self.sessions() as s:
             served = self.hostnames.served(s)
-            return [TenantSite(name=r.name, hosts=served.by_instance[r.name], address=dial_address(r), state=r.state)
+            return [TenantSite(name=r.name, hosts=served.by_instance[r.name], address=dial_address(r), state=r.state,
+                               wakes=goes_to_wake_handler(r.state, r.desired, r.suspended_reason is not None))
                     for r in served.rows if served.by_instance[r.name]]

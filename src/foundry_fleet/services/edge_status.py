@@ -45,6 +45,7 @@ def edge_report(hostnames: Hostnames, status: EdgeStatus | None) -> dict[str, An
         "in_sync": status.in_sync if status else None,
         "problem": status.problem if status else None,
         "since": status.since if status else None,
+        "config_loads": status.loads if status else None,
         "host_conflicts": [
             {"host": c.host, "instance": c.instance, "holder": c.holder, "why": c.why} for c in hostnames.conflicts()
         ],

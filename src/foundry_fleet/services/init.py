@@ -89,6 +89,13 @@ port_range = [30000, 30999]
 uid_range = [{uid_low}, {uid_high}]
 # Seconds between SIGTERM and SIGKILL when stopping an instance.
 stop_timeout = 10.0
+# An instance without connected players and without visits for this long sleeps (its server stops,
+# its memory is freed) and wakes when someone opens its URL; `off`: never. Per instance:
+# `foundry-fleet instance set NAME --idle-after 2h|off|fleet`.
+idle_after = "60min"
+# A wake is refused (the page says the host is full, admins are told) unless the host's free memory
+# covers the instance's [limits] memory_mb plus this.
+wake_reserve_mb = 256
 
 [supervisor]
 backoff_initial = 1.0      # seconds before the first restart after a crash, doubling each time

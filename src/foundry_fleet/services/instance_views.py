@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import MAIN_HOME, FleetConfig
+from foundry_fleet.domain.idle import IdleSetting
 from foundry_fleet.domain.errors import Conflict, NotFound
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.views import InstanceView
@@ -62,6 +63,9 @@ class InstanceViews:
             node=row.node,
             address=row.address,
             home=row.home or MAIN_HOME,
+            sleeps_after=IdleSetting(own=row.idle_after, fleet=self.config.instances.idle_after_seconds).idle_after,
+            idle_after_own=row.idle_after is not None,
+            idle_since=row.idle_since,
         )
 
     def list(self) -> list[InstanceView]:

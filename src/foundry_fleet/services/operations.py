@@ -25,6 +25,7 @@ from foundry_fleet.services.edge_port import EdgeSync
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.memory_guard import MemoryGuard
 from foundry_fleet.services.moves import Moves
 from foundry_fleet.services.node_choice import checked_move, checked_node
 from foundry_fleet.services.operation_lock import OperationLock
@@ -128,8 +129,10 @@ class Operations:
         settle_timeout: float = 60.0,
         lock: OperationLock | None = None,
         moves: Moves | None = None,
+        memory: MemoryGuard | None = None,
     ) -> None:
-        """`moves`: moving data between homes (a fleet with [[nomad.homes]]); None, every node shares it."""
+        """`moves`: moving data between homes (a fleet with [[nomad.homes]]); None, every node shares it.
+        `memory`: what a wake must find free on the host; None, wakes are not judged (a cluster places them)."""
         self.lifecycle = lifecycle
         self.provisioning = lifecycle.provisioning
         self.desired = lifecycle.desired
@@ -140,6 +143,7 @@ class Operations:
         self.settle_timeout = settle_timeout
         self.lock = lock or OperationLock()
         self.moves = moves
+        self.memory = memory
 
     def _backups(self, actor: str) -> Backups:
         """The backup service, recording its events under `actor`."""
@@ -178,10 +182,36 @@ class Operations:
             return created
 
     async def start(self, actor: str, name: str, wait: bool = True) -> InstanceView:
+        """Also wakes a sleeping instance (refused when the host has not the memory for it)."""
         with self.lock.hold(name, "starting"):
+            sleeping = (await self._view(name)).state == InstanceState.SLEEPING.value
+            if sleeping and (full := await self._admit_wake(actor, name)):
+                raise Conflict(f"{name} is asleep and stays so: {full}",
+                               "stop an instance that is not in use, or raise the host's memory")
             await _blocking(self.desired.set, actor, name, DesiredState.RUNNING)
+            if sleeping:
+                self.supervisor.wake(name)
             self.supervisor.poke(name)
             return await self._settled(name, wait)
+
+    async def wake(self, actor: str, name: str) -> str | None:
+        """Start a sleeping instance (someone visits it), without waiting for it to come up. Returns why
+        it stays asleep (the host is full), or None: it is waking, or was not asleep. Visits at once
+        cause one start: the first holds the instance, the others are told it is busy (InstanceBusy)."""
+        with self.lock.hold(name, "waking"):
+            if (await self._view(name)).state != InstanceState.SLEEPING.value:
+                return None
+            if full := await self._admit_wake(actor, name):
+                return full
+            if self.supervisor.wake(name):
+                await _blocking(self.lifecycle.events.record, "instance.wake", name, Outcome.OK, "", actor)
+            return None
+
+    async def _admit_wake(self, actor: str, name: str) -> str | None:
+        if self.memory is None or (full := self.memory.admit(name)) is None:
+            return None
+        await _blocking(self.lifecycle.events.record, "instance.wake", name, Outcome.REFUSED, full, actor)
+        return full
 
     async def stop(self, actor: str, name: str, wait: bool = True) -> InstanceView:
         with self.lock.hold(name, "stopping"):
@@ -307,6 +337,10 @@ class Operations:
             kept = await _blocking(self.provisioning.delete, actor, name, purge)
             await self._sync_edge()
             return Deleted(name, kept, final)
+
+    async def set_idle_after(self, actor: str, name: str, idle_after: str) -> InstanceView:
+        """Its own idle time before it sleeps ("2h", "off", or "fleet" to follow the fleet's)."""
+        return await _blocking(self.desired.set_idle_after, actor, name, idle_after)
 
     async def set_hosts(self, actor: str, name: str, extra_hosts: list[str]) -> InstanceView:
         with self.lock.hold(name, "changing its hostnames"):

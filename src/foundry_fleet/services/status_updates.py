@@ -62,6 +62,7 @@ _WORDING = {
     ("instance.crashed", "failed"): "crashed and is being restarted",
     ("instance.failed", "failed"): "has stopped after crashing repeatedly",
     ("instance.start", "failed"): "could not start",
+    ("instance.wake", "refused"): "was not woken for a visitor",
     ("instance.restart", "ok"): "is running again after a crash",
     ("instance.upgrade", "ok"): "was upgraded",
     ("instance.upgrade", "failed"): "was not healthy on the new release and was rolled back",

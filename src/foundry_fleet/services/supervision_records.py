@@ -49,6 +49,10 @@ class SupervisedInstance:
         return self.state == InstanceState.FAILED.value
 
     @property
+    def sleeping(self) -> bool:
+        return self.state == InstanceState.SLEEPING.value
+
+    @property
     def seems_active(self) -> bool:
         """The row says a task runs (or is on its way up or down)."""
         return self.state in (InstanceState.STARTING.value, InstanceState.RUNNING.value, InstanceState.STOPPING.value)
@@ -155,6 +159,7 @@ class SupervisionRecords:
             row.task = None
             row.address = None
             row.pid = None
+            row.idle_since = None  # idle is a running instance's measure; the next run starts afresh
             row.restarts += restarts_delta
             if crash_times is not None:
                 row.crash_times = crash_times

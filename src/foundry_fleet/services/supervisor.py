@@ -104,6 +104,14 @@ class InstanceSupervisor:
         self.wake = asyncio.Event()
         self.settled = asyncio.Event()  # set whenever the instance reaches a resting state
         self.restart_requested = False
+        # Asked to sleep (services/idle_watch.py), with the reason; it sleeps only if its Foundry still
+        # counts no user when the stop would begin.
+        self.sleep_requested: str | None = None
+        # Asked to wake (a visit, `instance start`): a sleeping instance starts; one falling asleep
+        # starts again once it is down.
+        self.wake_requested = False
+        self.users: int | None = None  # connected users, as its last health check heard; None: unknown
+        self.healthy = False  # it answered since its last start (what idle is judged on)
         self.removed = False
         self.lock = asyncio.Lock()  # the supervisor's own power actions (start, stop, restart) one at a time
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +126,18 @@ class InstanceSupervisor:
     def poke(self) -> None:
         self.settled.clear()
         self.wake.set()
+
+    def request_sleep(self, why: str) -> None:
+        self.sleep_requested = why
+        self.poke()
+
+    def request_wake(self, sleeping: bool) -> None:
+        """Start it if it sleeps or is falling asleep (`sleeping`: its row says it sleeps); otherwise
+        nothing changes."""
+        if sleeping or self.sleep_requested is not None:
+            self.wake_requested = True
+            self.sleep_requested = None
+            self.poke()
 
     async def close(self, stop_instance: bool) -> None:
         """Stop supervising; stop the task too when asked (otherwise it is left to be re-attached)."""
@@ -159,8 +179,9 @@ class InstanceSupervisor:
                 row = self.records.get(self.name)
             except NotFound:
                 return
-            if row.wants_running and not row.failed:
+            if row.wants_running and not row.failed and (not row.sleeping or self.wake_requested):
                 self.restart_requested = False  # whatever ran is gone; this start is the restart
+                self.wake_requested = False
                 async with self.lock:
                     ok = await self._launch()
                 if ok:
@@ -168,7 +189,8 @@ class InstanceSupervisor:
                     continue
             else:
                 self.restart_requested = False
-                if row.seems_active:
+                self.sleep_requested = None
+                if row.seems_active or (row.sleeping and not row.wants_running):
                     # e.g. stopped during a crash backoff: nothing runs, say so.
                     self.records.set_state(self.name, InstanceState.STOPPED, "stopped")
                 self.settled.set()
@@ -260,6 +282,8 @@ class InstanceSupervisor:
         """Follow a live task until it exits, is stopped, or must be restarted."""
         assert self.handle is not None
         handle = self.handle
+        self.healthy = healthy
+        self.users = None
         exit_waiter = asyncio.create_task(self.runtime.wait_task(handle))
         move_waiter = self._watch_address(handle)
         settings = self.settings
@@ -282,6 +306,12 @@ class InstanceSupervisor:
                 if wake_waiter in done:
                     self.wake.clear()
                     row = self.records.get(self.name)
+                    if row.wants_running and not self.restart_requested and not self.removed \
+                            and self.sleep_requested is not None:
+                        if await self._falls_asleep(healthy):
+                            exit_waiter.cancel()
+                            return
+                        continue
                     if not row.wants_running or self.restart_requested or self.removed:
                         exit_waiter.cancel()
                         restarting = self.restart_requested and not self.removed
@@ -297,7 +327,7 @@ class InstanceSupervisor:
                 ok = await self._healthy()
                 if not healthy:
                     if ok:
-                        healthy = True
+                        healthy = self.healthy = True
                         self.records.set_state(self.name, InstanceState.RUNNING, "healthy",
                                                Event("instance.healthy", Outcome.OK))
                         self.settled.set()
@@ -316,6 +346,7 @@ class InstanceSupervisor:
                     await self._crashed(handle, f"{failures} health checks failed in a row", stop=True)
                     return
         finally:
+            self.healthy = False
             for waiter in (exit_waiter, move_waiter):
                 if not waiter.done():
                     waiter.cancel()
@@ -343,14 +374,35 @@ class InstanceSupervisor:
                                  Event("instance.moved", Outcome.INFO))
 
     async def _healthy(self) -> bool:
+        """Ask Foundry's status; it also says how many users are connected (kept for idle detection)."""
+        self.users = None
         if self.address is None:
             return False
         url = f"http://{self.address}{STATUS_PATH}"
         try:
             r = await self.http.get(url, timeout=self.settings.health_timeout)
-            return r.status_code == 200 and isinstance(r.json(), dict)
+            status = r.json()
         except (httpx.HTTPError, ValueError):
             return False
+        if r.status_code != 200 or not isinstance(status, dict):
+            return False
+        users = status.get("users")
+        if isinstance(users, int) and not isinstance(users, bool) and users >= 0:
+            self.users = users
+        return True
+
+    async def _falls_asleep(self, healthy: bool) -> bool:
+        """Sleep as asked, unless someone is there after all: its Foundry is asked once more right
+        before the stop, and a user it counts (or no answer) keeps it running."""
+        why, self.sleep_requested = self.sleep_requested, None
+        if not healthy or not await self._healthy() or self.users != 0:
+            log.info("%s: not put to sleep (%s)", self.name, f"{self.users} user(s) connected" if self.users
+                     else "its server does not say who is connected")
+            return False
+        self.wake_requested = False  # a visit from now on wakes it again once it is down
+        async with self.lock:
+            await self._stop(why or "idle", state=InstanceState.SLEEPING, event=Event("instance.sleep", Outcome.OK))
+        return True
 
     async def _on_exit(self, result: TaskExit, handle: TaskHandle) -> None:
         await self.runtime.destroy_task(handle)
@@ -392,7 +444,8 @@ class InstanceSupervisor:
         except TimeoutError:
             pass
 
-    async def _stop(self, why: str, settle: bool = True) -> None:
+    async def _stop(self, why: str, settle: bool = True, state: InstanceState = InstanceState.STOPPED,
+                    event: Event = Event("instance.stopped", Outcome.OK)) -> None:
         handle = self.handle
         if handle is None:
             return
@@ -400,7 +453,9 @@ class InstanceSupervisor:
         await self._stop_handle(handle)
         self.handle = None
         self.address = None
-        self.records.clear_task(self.name, InstanceState.STOPPED, why, Event("instance.stopped", Outcome.OK))
+        self.healthy = False
+        self.users = None
+        self.records.clear_task(self.name, state, why, event)
         if settle:
             self.settled.set()
 
@@ -529,6 +584,17 @@ class Supervisor:
             await asyncio.wait_for(sup.settled.wait(), timeout)
         except TimeoutError:
             pass
+
+    def sleep(self, name: str, why: str) -> None:
+        """Put a running instance to sleep (it stays running if its Foundry counts a user when asked)."""
+        self.get(name).request_sleep(why)
+
+    def wake(self, name: str) -> bool:
+        """Start a sleeping instance (or one falling asleep) again; False when it was neither."""
+        sup = self.get(name)
+        before = sup.wake_requested
+        sup.request_wake(self.records.get(name).sleeping)
+        return sup.wake_requested and not before
 
     async def restart(self, name: str) -> None:
         sup = self.get(name)

@@ -27,6 +27,10 @@ class InstanceView:
     node: str | None = None  # the node asked for at create; None: its runtime chose
     address: str | None = None  # where the edge reaches it now ("host:port"); None while no task runs
     home: str = "fleet"  # the home holding its data ([[nomad.homes]]; "fleet": the fleet's own)
+    # Seconds without players or visits before it sleeps (its own setting, else the fleet's); None: never.
+    sleeps_after: float | None = None
+    idle_after_own: bool = False  # sleeps_after is its own setting (`instance set --idle-after`)
+    idle_since: float | None = None  # running and idle since then (epoch seconds); None: busy or not running
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -71,6 +71,11 @@ class Instance(Base):
     home: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # Set by an admin: the instance stays stopped, and its tenant cannot start it, until resumed.
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Seconds without players or visits before it sleeps: None follows [instances] idle_after, 0 is off.
+    idle_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Since when it has had no players and no visits while running (None: busy, or not running). Kept
+    # across daemon restarts, so a restart does not put off an instance's sleep.
+    idle_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     crash_times: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)

@@ -18,7 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foundry_fleet.services.tls_permission import PATH_PREFIX, is_caddy
 from foundry_fleet.services.web_login import WebLogin
+from foundry_fleet.services.wakes import Wakes
 from foundry_fleet.web.auth import auth_routes
+from foundry_fleet.web.wake import wake_routes
 
 
 def not_found() -> Response:
@@ -27,9 +29,10 @@ def not_found() -> Response:
 
 
 def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None = None,
-                   tls_secret: str | None = None) -> Starlette:
+                   tls_secret: str | None = None, wakes: Wakes | None = None) -> Starlette:
     """`login` None (or not configured in fleet.toml): nobody gets past the backups check.
-    `tls_secret` None: nobody is told which hosts get a certificate on demand."""
+    `tls_secret` None: nobody is told which hosts get a certificate on demand.
+    `wakes` None: no wake handler (visits to instances that do not serve get 404 here)."""
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -49,6 +52,7 @@ def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None =
         Route("/health", health, methods=["GET"]),
         Route(PATH_PREFIX + "{secret}", tls_permission, methods=["GET"]),
         *auth_routes(login),
+        *wake_routes(wakes),
     ])
 
 

@@ -33,6 +33,10 @@ from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.runtime_images import ReleaseImage
 from foundry_fleet.services.runtime_report import RuntimeReport, node_report
 from foundry_fleet.services.operations import Operations
+from foundry_fleet.runtime.procfs import available_memory_mb
+from foundry_fleet.services.idle_watch import IdleRecords, IdleWatch
+from foundry_fleet.services.memory_guard import MemoryGuard
+from foundry_fleet.services.wakes import Wakes
 from foundry_fleet.services.edge_status import edge_problem_reporter, report_host_conflicts
 from foundry_fleet.services.status_updates import Notifier, StatusUpdates
 from foundry_fleet.services.snapshot_files import SnapshotFiles
@@ -127,10 +131,13 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         log.error("Discord sign-in for backups will not work: %s", problem)
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
     tls_secret = load_or_create_secret(secret_path(config))
+    # Visits to instances that do not serve: answered (a page saying their table starts) from the first
+    # moment, and woken once the operations below exist.
+    wakes = Wakes(services.hostnames.instance_for_host, operations=None)
     web_app = by_socket(str(backups_path),
                         create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
-                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret))
+                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
@@ -160,7 +167,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
-                            moves=services.moves)
+                            moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node))
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
@@ -170,6 +177,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
     await supervisor.start()
+    wakes.operations = operations
     edge.request_update()
     services.events.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
     log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
@@ -178,6 +186,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     status_task = asyncio.create_task(updates.run())
     certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
+    idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
+                     config.instances.idle_after_seconds, every=config.supervisor.health_interval)
+    idle_task = asyncio.create_task(idle.run())
     bot_task = None
     if config.discord.token_file is not None:
         bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
@@ -193,6 +204,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         scheduler.cancel()
         status_task.cancel()
         certificates_task.cancel()
+        idle_task.cancel()
         if bot_task is not None:
             bot_task.cancel()
             await asyncio.gather(bot_task, return_exceptions=True)
@@ -210,6 +222,15 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
         services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+
+
+def memory_guard(config: FleetConfig, multi_node: bool) -> MemoryGuard | None:
+    """What a wake must find free on this host. A cluster runtime places instances on its nodes and does
+    not overcommit them itself (Nomad leaves an allocation pending until a node has the memory)."""
+    if multi_node:
+        return None
+    return MemoryGuard(available_memory_mb, config.limits.memory_mb, config.instances.wake_reserve_mb,
+                       hold_for=config.supervisor.start_timeout)
 
 
 def runtime_image_check(config: FleetConfig, releases: ReleaseRegistry) -> Callable[[], Awaitable[list[ReleaseImage]]] | None:

@@ -1,0 +1,121 @@
+"""The wake handler's HTTP side: what a visitor of an instance that does not serve sees.
+
+/wake/visit: where the edge sends a visit to such an instance (Caddy rewrites the path and passes the
+  host and the path asked for as X-Forwarded-Host and X-Forwarded-Uri). A browser (it accepts HTML) gets
+  at once a small "starting your table" page that refreshes itself to /wake/wait; anything else gets 503
+  with Retry-After.
+/wake/wait?to=PATH: on every tenant host. Holds the request until the instance serves (or WAIT_FOR
+  passes: the page again), then redirects to PATH, which the edge now sends to Foundry. A browser keeps
+  showing the page while it waits, so the visitor lands in Foundry as soon as it answers, without
+  JavaScript and without a refresh interval's delay.
+"""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from foundry_fleet.domain.web_paths import WAKE_VISIT_PATH, WAKE_WAIT_PATH
+from foundry_fleet.services.wakes import Verdict, WakeAnswer, Wakes
+from foundry_fleet.web.auth import NO_STORE, request_host
+
+WAIT_FOR = 20.0  # seconds a waiting request is held before the page is sent again
+RETRY_AFTER = 5  # seconds, for clients that do not read pages
+FULL_RETRY = 60  # a full host frees memory slowly: the page tries again after this
+MAX_PATH = 2048
+DEFAULT_PATH = "/-/"
+
+_HEADLINE = {
+    Verdict.STARTING: "Starting your table…",
+    Verdict.FULL: "This server is full right now",
+    Verdict.FAILED: "This table could not start",
+    Verdict.UNAVAILABLE: "This table is not available",
+    Verdict.UNKNOWN: "No table here",
+}
+
+
+def foundry_path(raw: str | None) -> str:
+    """Where a visitor is sent once the instance serves: a path under Foundry's prefix on the same host,
+    never another site (`//evil.example`, `/\\evil.example`) nor anything outside the prefix."""
+    if not raw or len(raw) > MAX_PATH or not (raw == "/-" or raw.startswith("/-/")):
+        return DEFAULT_PATH
+    if "\\" in raw or any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
+        return DEFAULT_PATH
+    return raw
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "").lower()
+
+
+def _page(answer: WakeAnswer, wait_url: str) -> HTMLResponse:
+    host = html.escape(answer.host)
+    if answer.verdict is Verdict.STARTING:
+        refresh = f"0; url={wait_url}"
+        text = (f"The game at <b>{host}</b> was asleep and is starting now. This page follows it and opens the "
+                "game as soon as it is ready; that usually takes a few seconds.")
+    elif answer.verdict is Verdict.FULL:
+        refresh = f"{FULL_RETRY}; url={wait_url}"
+        text = (f"The server hosting <b>{host}</b> has no memory free to start it right now. Its admins have "
+                f"been told. This page tries again every {FULL_RETRY} seconds.")
+    elif answer.verdict is Verdict.FAILED:
+        refresh = None
+        text = (f"The game at <b>{host}</b> could not start: {html.escape(answer.detail or 'it stopped')}. "
+                "Its game master has been told; a restart from Discord or the fleet's command line tries again.")
+    elif answer.verdict is Verdict.UNAVAILABLE:
+        refresh = None
+        text = f"The game at <b>{host}</b> is not available right now. Please contact your host."
+    else:
+        refresh = None
+        text = "There is no game at this address."
+    head = f"<meta http-equiv=refresh content='{html.escape(refresh, quote=True)}'>" if refresh else ""
+    body = (f"<!doctype html><html lang=en><meta charset=utf-8><meta name=robots content=noindex>{head}"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(_HEADLINE[answer.verdict])}</title>"
+            "<body style='font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em'>"
+            f"<h1>{html.escape(_HEADLINE[answer.verdict])}</h1><p>{text}</p></body></html>")
+    headers = {**NO_STORE}
+    if refresh:
+        headers["Retry-After"] = str(RETRY_AFTER)
+    status = 404 if answer.verdict is Verdict.UNKNOWN else 503
+    return HTMLResponse(body, status_code=status, headers=headers)
+
+
+def _plain(answer: WakeAnswer) -> Response:
+    retry = FULL_RETRY if answer.verdict is Verdict.FULL else RETRY_AFTER
+    status = 404 if answer.verdict is Verdict.UNKNOWN else 503
+    headers = {**NO_STORE}
+    if answer.verdict in (Verdict.STARTING, Verdict.FULL):
+        headers["Retry-After"] = str(retry)
+    return PlainTextResponse(f"{answer.verdict.value}\n", status_code=status, headers=headers)
+
+
+def wake_routes(wakes: Wakes | None, wait_for: float = WAIT_FOR) -> list[Route]:
+    if wakes is None:
+        return []
+
+    def answer(request: Request, result: WakeAnswer, path: str) -> Response:
+        if result.verdict is Verdict.UP:
+            # The edge sends this path to Foundry now; 303: whatever the method was, the browser GETs it.
+            return RedirectResponse(path, status_code=303, headers=NO_STORE)
+        if not _wants_html(request):
+            return _plain(result)
+        return _page(result, f"{WAKE_WAIT_PATH}?to={quote(path, safe='/')}")
+
+    async def visit(request: Request) -> Response:
+        path = foundry_path(request.headers.get("x-forwarded-uri"))
+        host = request_host(request)
+        result = await wakes.visit(host)
+        if result.verdict is Verdict.UP:  # it serves, and the edge has not heard yet: bring it up to date
+            result = await wakes.wait(host, 0)
+        return answer(request, result, path)
+
+    async def wait(request: Request) -> Response:
+        path = foundry_path(request.query_params.get("to"))
+        return answer(request, await wakes.wait(request_host(request), wait_for), path)
+
+    return [Route(WAKE_VISIT_PATH, visit, methods=["GET", "HEAD"]), Route(WAKE_WAIT_PATH, wait, methods=["GET", "HEAD"])]
