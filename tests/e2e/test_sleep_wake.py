@@ -14,6 +14,7 @@ from foundry_fleet.api.client import ControlClient
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness, wait_until
+from tests.support.podman import podman_missing
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +91,34 @@ def test_an_idle_instance_sleeps_and_the_first_visit_lands_in_foundry(sleepy: Fl
     # Falling asleep and waking up: two configs loaded, no more (sleeping and starting route alike).
     assert _loads(client) - loads_asleep == 1, (loads_awake, loads_asleep, _loads(client))
     assert woke_in < 15
+
+
+@pytest.mark.parametrize("runtime", ["podman", "nomad"])
+def test_a_sleep_wake_cycle_on_the_other_runtimes(runtime: str, tmp_path: Path, release_zips: dict[str, Path]) -> None:
+    """A container (podman) or a Nomad job sleeps and wakes like a local process: stopped for good while
+    asleep, started again by a visit, and the visitor lands in Foundry at its new address."""
+    if runtime == "podman" and (missing := podman_missing()) is not None:
+        pytest.skip(str(missing))
+    h = make_fleet(tmp_path, runtime=runtime, **{'idle_after = "60min"': 'idle_after = "2s"'})
+    try:
+        h.cli("release", "add", str(release_zips["node"]))
+        h.up()
+        client = ControlClient(h.socket)
+        port, ca = _edge(h)
+        assert client.create_instance(name="hal", release="13.345")["instance"]["state"] == "running"
+        h.wait_state("hal", "sleeping", 20)
+        if runtime == "podman":
+            assert not [c for c in h.containers("hal") if c.state == "running"]
+        page = https(port, "hal.localhost", "/-/", ca, headers=HTML)
+        assert page.status_code == 503 and "Starting your table" in page.text
+        (wait_url,) = REFRESH.findall(page.text)
+        landed = https(port, "hal.localhost", wait_url, ca, headers=HTML, timeout=60)
+        assert landed.status_code == 303 and landed.headers["location"] == "/-/"
+        foundry = https(port, "hal.localhost", "/-/", ca, headers=HTML)
+        assert foundry.status_code == 200 and "Foundry Virtual Tabletop" in foundry.text
+        assert h.instance("hal")["restarts"] == 0
+    finally:
+        h.tear_down()
 
 
 def test_a_connected_player_keeps_it_awake_and_leaving_lets_it_sleep(sleepy: FleetHarness) -> None:
