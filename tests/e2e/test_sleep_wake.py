@@ -156,6 +156,9 @@ def test_visits_at_once_start_it_once_and_a_start_command_wakes_it_too(sleepy: F
     assert sleepy.instance("carol")["state"] == "running"
     sleepy.cli("instance", "set", "carol", "--idle-after", "fleet")
     sleepy.wait_state("carol", "sleeping", 15)
+    # A restart of a sleeping instance wakes it (nothing runs to restart).
+    assert "carol: running" in sleepy.cli("instance", "restart", "carol").out
+    assert sleepy.instance("carol")["restarts"] == 0
 
 
 def test_suspended_and_stopped_never_wake_a_failed_one_says_why_and_a_restart_keeps_sleepers_asleep(

@@ -184,15 +184,21 @@ class Operations:
     async def start(self, actor: str, name: str, wait: bool = True) -> InstanceView:
         """Also wakes a sleeping instance (refused when the host has not the memory for it)."""
         with self.lock.hold(name, "starting"):
-            sleeping = (await self._view(name)).state == InstanceState.SLEEPING.value
-            if sleeping and (full := await self._admit_wake(actor, name)):
-                raise Conflict(f"{name} is asleep and stays so: {full}",
-                               "stop an instance that is not in use, or raise the host's memory")
+            sleeping = await self._admitted_if_asleep(actor, name)
             await _blocking(self.desired.set, actor, name, DesiredState.RUNNING)
             if sleeping:
                 self.supervisor.wake(name)
             self.supervisor.poke(name)
             return await self._settled(name, wait)
+
+    async def _admitted_if_asleep(self, actor: str, name: str) -> bool:
+        """Whether the instance sleeps (and is to be woken); Conflict when the host has not the memory."""
+        if (await self._view(name)).state != InstanceState.SLEEPING.value:
+            return False
+        if full := await self._admit_wake(actor, name):
+            raise Conflict(f"{name} is asleep and stays so: {full}",
+                           "stop an instance that is not in use, or raise the host's memory")
+        return True
 
     async def wake(self, actor: str, name: str) -> str | None:
         """Start a sleeping instance (someone visits it), without waiting for it to come up. Returns why
@@ -221,8 +227,12 @@ class Operations:
 
     async def restart(self, actor: str, name: str, wait: bool = True) -> InstanceView:
         with self.lock.hold(name, "restarting"):
+            sleeping = await self._admitted_if_asleep(actor, name)
             await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restart")
-            await self.supervisor.restart(name)
+            if sleeping:  # nothing runs to restart: woken, it starts
+                self.supervisor.wake(name)
+            else:
+                await self.supervisor.restart(name)
             return await self._settled(name, wait)
 
     async def move(self, actor: str, name: str, node: str) -> Moved:
@@ -244,8 +254,8 @@ class Operations:
                     await _blocking(self.desired.set_node, actor, name, target, source)
                 return Moved("already there", source, target, source, await self._view(name))
             await _blocking(self.desired.set_node, actor, name, target, source)
-            if was.desired != DesiredState.RUNNING.value:
-                return Moved("pinned", source, target, source, await self._view(name))
+            if was.desired != DesiredState.RUNNING.value or was.state == InstanceState.SLEEPING.value:
+                return Moved("pinned", source, target, source, await self._view(name))  # it moves as it wakes
             await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, f"moving to node {target}")
             await self.supervisor.restart(name)
             view = await self._settled(name, True)
@@ -264,7 +274,8 @@ class Operations:
         assert self.moves is not None
         moves, name = self.moves, was.name
         backups = self._backups(actor)
-        running = was.desired == DesiredState.RUNNING.value
+        # A sleeping instance moves like a stopped one (nothing to stop) and sleeps on where it is sent.
+        running = was.desired == DesiredState.RUNNING.value and was.state != InstanceState.SLEEPING.value
         await _blocking(backups.check_room, name)  # a refused snapshot, before anything is under way
         target_home = moves.home_of_node(target)
         await _blocking(moves.reach, target_home)  # a home whose host does not answer: refused, nothing begun
