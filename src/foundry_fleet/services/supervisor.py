@@ -374,21 +374,24 @@ class InstanceSupervisor:
                                  Event("instance.moved", Outcome.INFO))
 
     async def _healthy(self) -> bool:
-        """Ask Foundry's status; it also says how many users are connected (kept for idle detection)."""
-        self.users = None
+        """Ask Foundry's status; it also says how many users are connected (kept for idle detection,
+        set only once the answer is in: a check under way never reads as "nobody there")."""
         if self.address is None:
+            self.users = None
             return False
         url = f"http://{self.address}{STATUS_PATH}"
+        status = None
         try:
             r = await self.http.get(url, timeout=self.settings.health_timeout)
-            status = r.json()
+            if r.status_code == 200:
+                status = r.json()
         except (httpx.HTTPError, ValueError):
-            return False
-        if r.status_code != 200 or not isinstance(status, dict):
+            pass
+        if not isinstance(status, dict):
+            self.users = None
             return False
         users = status.get("users")
-        if isinstance(users, int) and not isinstance(users, bool) and users >= 0:
-            self.users = users
+        self.users = users if isinstance(users, int) and not isinstance(users, bool) and users >= 0 else None
         return True
 
     async def _falls_asleep(self, healthy: bool) -> bool:
