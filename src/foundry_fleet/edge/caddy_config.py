@@ -172,12 +172,24 @@ def _wake(settings: EdgeSettings) -> list[dict[str, Any]]:
     ]}]
 
 
+def _proxied(site: TenantSite) -> bool:
+    return site.state == "running" and bool(site.address)
+
+
+def _wake_route(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[str, Any]]:
+    """One route for every instance whose visitors go to the wake handler: however many sleep, the
+    config holds its handlers once, and a sleep or a wake moves hosts between lists."""
+    hosts = sorted(h for s in sites if s.wakes and not _proxied(s) for h in s.hosts)
+    if not hosts:
+        return []
+    return [{"match": [{"host": hosts, "path": ["/-", "/-/*"]}], "handle": _wake(settings), "terminal": True}]
+
+
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
     """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
-    if site.state == "running" and site.address:
+    if _proxied(site):
+        assert site.address is not None
         foundry = _proxy(site.address, settings)
-    elif site.wakes:
-        foundry = _wake(settings)
     else:
         foundry = [_state_page(site, settings.retry_after_s)]
     return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": foundry, "terminal": True}
@@ -241,7 +253,8 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
     routes = _shared_tenant_routes(settings, tenant_hosts)
-    routes += [_tenant_route(s, settings) for s in sites]
+    routes += [_tenant_route(s, settings) for s in sites if _proxied(s) or not s.wakes]
+    routes += _wake_route(settings, sites)
     if tenant_hosts:
         routes.append({"match": [{"host": tenant_hosts}],
                        "handle": [{"handler": "static_response", "status_code": 404}], "terminal": True})
