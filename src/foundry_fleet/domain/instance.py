@@ -33,9 +33,10 @@ LIVE_STATES = frozenset({InstanceState.STARTING, InstanceState.RUNNING, Instance
 # starts a sleeping one, and shows one on its way up, or one that failed and why, with a page that
 # follows it until Foundry answers. The edge routes a sleeping and a waking instance the same way, so a
 # sleep/wake cycle changes the edge's config twice: when it falls asleep, and once it serves again.
+# Not "stopped": an instance that is to run is stopped only while the fleet itself is down (it stops its
+# instances as it exits) or for a moment before a start; its page says it is stopped.
 WAKE_HANDLER_STATES = frozenset({
-    InstanceState.SLEEPING, InstanceState.STARTING, InstanceState.STOPPING, InstanceState.STOPPED,
-    InstanceState.FAILED,
+    InstanceState.SLEEPING, InstanceState.STARTING, InstanceState.STOPPING, InstanceState.FAILED,
 })
 
 
