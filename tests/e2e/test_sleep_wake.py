@@ -193,7 +193,8 @@ def test_suspended_and_stopped_never_wake_a_failed_one_says_why_and_a_restart_ke
     client.action("fay", "restart", wait=False)
     sleepy.wait_state("fay", "failed", 30)
     page = https(port, "fay.localhost", "/-/", ca, headers=HTML)
-    assert page.status_code == 503 and "could not start" in page.text and "crash" in page.text
+    assert page.status_code == 503 and "could not start: it crashed again each time" in page.text
+    assert "exited" not in page.text and str(sleepy.root) not in page.text  # the fleet's own words stay inside
     assert "http-equiv=refresh" not in page.text
 
 

@@ -75,10 +75,9 @@ class Wakes:
         deadline = time.monotonic() + timeout
         while answer.verdict is Verdict.STARTING and time.monotonic() < deadline:
             await asyncio.sleep(POLL)
-            if self.operations is None:
-                continue
-            name = await asyncio.to_thread(self.instance_for_host, host)
-            answer = _judge(host, await self._view(name) if name else None)
+            # Visited again, not only looked at: one still asleep (its wake met another operation holding
+            # it) is woken once that is done.
+            answer = await self.visit(host)
         if answer.verdict is Verdict.UP and self.operations is not None and self.operations.edge is not None:
             await self.operations.edge.sync()
         return answer
@@ -103,5 +102,15 @@ def _judge(host: str, view: InstanceView | None) -> WakeAnswer:
     if view.state == InstanceState.RUNNING.value and view.address:
         return WakeAnswer(Verdict.UP, host)
     if view.state == InstanceState.FAILED.value:
-        return WakeAnswer(Verdict.FAILED, host, view.state_reason)
-    return WakeAnswer(Verdict.STARTING, host, view.state_reason)
+        return WakeAnswer(Verdict.FAILED, host, public_reason(view.state_reason))
+    return WakeAnswer(Verdict.STARTING, host)
+
+
+def public_reason(state_reason: str) -> str:
+    """Why it failed, as anyone who opens its URL may read it: the kind of failure, never the fleet's own
+    words (they can name paths, users or the cluster's address); its game master sees those."""
+    if state_reason.startswith("crash loop"):
+        return "it crashed again each time it was started"
+    if "not healthy within" in state_reason or "health checks failed" in state_reason:
+        return "it did not answer in time after starting"
+    return "the server could not start it"

@@ -65,7 +65,7 @@ def _page(answer: WakeAnswer, wait_url: str) -> HTMLResponse:
     elif answer.verdict is Verdict.FAILED:
         refresh = None
         text = (f"The game at <b>{host}</b> could not start: {html.escape(answer.detail or 'it stopped')}. "
-                "Its game master has been told; a restart from Discord or the fleet's command line tries again.")
+                "Its game master can see why and start it again (from Discord or the fleet's command line).")
     elif answer.verdict is Verdict.UNAVAILABLE:
         refresh = None
         text = f"The game at <b>{host}</b> is not available right now. Please contact your host."
