@@ -61,8 +61,11 @@ class IdleRecords:
 
 class IdleWatch:
     def __init__(self, supervisor: Supervisor, records: IdleRecords, in_flight: InFlight,
-                 fleet_idle_after: float | None, every: float, clock: Callable[[], float] = time.time) -> None:
+                 fleet_idle_after: float | None, every: float, clock: Callable[[], float] = time.time,
+                 busy: Callable[[str], str | None] = lambda _name: None) -> None:
+        """`busy`: what operation holds an instance (operations' lock), if any: no sleep in the middle of it."""
         self.supervisor = supervisor
+        self.busy = busy
         self.records = records
         self.in_flight = in_flight
         self.fleet_idle_after = fleet_idle_after
@@ -102,7 +105,7 @@ class IdleWatch:
             since = idle_since(row.idle_since, activity, now) if idle_after is not None else None
             if since != row.idle_since:
                 changes[row.name] = since
-            if sleep_due(since, idle_after, now):
+            if sleep_due(since, idle_after, now) and self.busy(row.name) is None:
                 self.supervisor.sleep(row.name, f"idle for {format_idle_after(idle_after)}: no players, no visits")
                 sleepy.append(row.name)
         if changes:

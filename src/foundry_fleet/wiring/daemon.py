@@ -187,7 +187,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
     idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
-                     config.instances.idle_after_seconds, every=config.supervisor.health_interval)
+                     config.instances.idle_after_seconds, every=config.supervisor.health_interval,
+                     busy=operations.busy)
     idle_task = asyncio.create_task(idle.run())
     bot_task = None
     if config.discord.token_file is not None:
