@@ -273,6 +273,50 @@ def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, relea
     assert fleet.cli("instance", "list", "--json").json() == []
 
 
+def test_sleeping_instances_read_as_asleep_a_start_wakes_them_and_admins_set_the_idle_time(
+        fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    admin_users(fleet, ROOT)
+    fleet.edit_config('idle_after = "60min"', 'idle_after = "2s"')
+    fleet.cli("release", "add", str(release_zips["node"]))
+    create_offline(fleet, "alice", owner=str(ALICE.id), start=True)
+    fleet.up()
+    fleet.wait_state("alice", "sleeping", 30)
+
+    async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:
+        status = await ask(rec, bot, ALICE, "status")
+        assert "**alice**: asleep (wakes when someone opens it)" in private(status, "`/fleet start` wakes it now")
+        assert "stopped" not in status.content and "failed" not in status.content
+        listing = await ask(rec, bot, ROOT, "list")
+        assert "**Instances** (1 instance: 1 sleeping)" in private(listing, "**alice**: asleep")
+
+        # Only admins set it; what the fleet cannot read as an idle time is said, nothing changed.
+        refused = await ask(rec, bot, ALICE, "idle-after", instance="alice", after="off")
+        assert "only fleet admins may do /fleet idle-after" in private(refused)
+        for wrong, said in (("soon", "'soon' is not an idle time"), ("5m", "minutes are `min`"),
+                            ("fleetwide", "'fleetwide' is not an idle time")):
+            bad = await ask(rec, bot, ROOT, "idle-after", instance="alice", after=wrong)
+            assert said in private(bad), bad.content
+        off = await ask(rec, bot, ROOT, "idle-after", instance="alice", after="off")
+        assert "**alice** never sleeps (its own setting)." in private(off, "**alice**: asleep")  # not woken by it
+
+        woke = await ask(rec, bot, ALICE, "start")
+        assert private(woke).startswith("Woke **alice** up.\n**alice**: running, Foundry 13.345")
+        again = await ask(rec, bot, ALICE, "start")  # already running: nothing was woken
+        assert "Woke" not in private(again, "**alice**: running")
+
+        hours = await ask(rec, bot, BOSS, "idle-after", instance="alice", after="2h")
+        assert "sleeps after 2h without players or visits (its own setting)" in private(hours)
+        assert re.search(r"\*\*alice\*\*: running \((sleeps after 2h idle|idle, sleeps <t:\d+:R>)\)", hours.content)
+        follows = await ask(rec, bot, ROOT, "idle-after", instance="alice", after="fleet")
+        assert "**alice** sleeps after 2s without players or visits (the fleet's setting)" in private(follows)
+        await asyncio.to_thread(fleet.wait_state, "alice", "sleeping", 30)
+        assert "**alice**: asleep" in private(await ask(rec, bot, ALICE, "status"))
+
+    play(fleet, scenario)
+    events = fleet.cli("events", "--instance", "alice", "--json").json()
+    assert any(e["action"] == "instance.sleep" for e in events)
+
+
 # the setup wizard ------------------------------------------------------------------------------
 
 
@@ -333,11 +377,12 @@ def test_the_wizard_takes_an_invite_to_a_running_instance(
         assert "`carol` is ready" in reply.content  # progress edits of the same message, then the outcome
         [final] = making.followups
         assert "is running at https://carol." in private(final, "Admin password", "shown this once")
+        assert "After 1h without players it sleeps" in final.content  # the fleet's idle_after, as init wrote it
         result["password"] = re.search(r"\|\|`([^`]+)`\|\|", final.content)[1]
         rec.secrets.add(result["password"])
 
         status = await ask(rec, bot, CAROL, "status")
-        assert "**carol**: running" in private(status)
+        assert re.search(r"\*\*carol\*\*: running \((sleeps after 1h idle|idle, sleeps <t:\d+:R>)\)", private(status))
         again = await ask(rec, bot, CAROL, "setup")
         assert "no pending invite" in private(again)  # the invite is used up
 

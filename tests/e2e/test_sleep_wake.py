@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ import pytest
 from foundry_fleet.api.client import ControlClient
 from tests.support.edge_client import https, local_ca, wss
 from tests.support.fleets import make_fleet
-from tests.support.harness import FleetHarness, wait_until
+from tests.support.harness import BIN, FleetHarness, wait_until
+from tests.support.offline import create_offline
 from tests.support.podman import podman_missing
 
 pytestmark = pytest.mark.e2e
@@ -222,3 +225,30 @@ def test_a_wake_the_host_has_no_memory_for_is_refused_and_the_admins_are_told(
         assert h.instance("gus")["state"] == "sleeping"
     finally:
         h.tear_down()
+
+
+def test_status_sums_up_sleepers_and_reads_at_80_columns(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
+    """A stopped fleet holding sleepers, as the daemon left them (states are the last recorded)."""
+    fleet.cli("release", "add", str(release_zips["node"]))
+    for name in ("alice", "bob-the-long-name", "carol", "dave"):
+        create_offline(fleet, name)
+    fleet.sql("UPDATE instances SET state = 'sleeping', desired = 'running' WHERE name IN (?, ?)",
+              "bob-the-long-name", "carol")
+    fleet.sql("UPDATE instances SET state = 'running', desired = 'running', idle_since = ? WHERE name = 'alice'",
+              time.time() - 600)
+    fleet.sql("UPDATE instances SET idle_after = 0 WHERE name = 'dave'")  # its own: off
+
+    shown = subprocess.run([str(BIN), "--config", str(fleet.config), "status"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}, check=True).stdout
+    lines = shown.splitlines()
+    assert "4 instances: 1 running, 2 sleeping, 1 stopped" in lines, shown
+    assert all(len(line) <= 80 for line in lines), shown
+    assert re.search(r"bob-the-long-name\s.*sleeping\s.*asleep", shown), shown
+    assert re.search(r"alice\s.*running\s.*in (49|50)min", shown), shown
+    assert "…" not in shown and "not shown at this width: pid, url" in shown
+
+    data = fleet.cli("status", "--json").json()
+    by_name = {i["name"]: i for i in data["instances"]}
+    assert by_name["alice"]["sleeps_after"] == 3600 and by_name["alice"]["idle_since"] is not None
+    assert by_name["carol"]["sleeps_after"] == 3600 and by_name["carol"]["idle_after_own"] is False
+    assert by_name["dave"]["sleeps_after"] is None and by_name["dave"]["idle_after_own"] is True

@@ -53,6 +53,15 @@ def test_only_events_worth_a_message_become_updates() -> None:
     assert update_for("backup.snapshot", "ok", "alice", "") is None
 
 
+def test_sleeping_is_no_news_but_a_refused_wake_is() -> None:
+    assert update_for("instance.sleep", "ok", "alice", "idle for 1h") is None  # routine, however often
+    assert update_for("instance.wake", "ok", "alice", "") is None
+    refused = update_for("instance.wake", "refused", "alice", "the host is full: 100 MiB free, waking alice needs 768 MiB")
+    assert refused is not None and refused.key == "instance.wake:refused:alice"
+    assert refused.text == ("**alice** was not woken for a visitor: the host is full: 100 MiB free, waking alice "
+                            "needs 768 MiB")
+
+
 def test_updates_are_deduplicated_counted_and_sent_to_the_owner(svc: FleetServices) -> None:
     clock, out = Clock(), Recorder()
     updates = make_status_updates(svc, out, clock=clock, repeat_after=1800)

@@ -1,5 +1,5 @@
-"""Fleet admins' commands: invite, list, suspend, resume, move, delete (confirmed). Anyone else is refused
-by services/access.py (and again by the control API); every answer is private."""
+"""Fleet admins' commands: invite, list, suspend, resume, move, idle-after, delete (confirmed). Anyone
+else is refused by services/access.py (and again by the control API); every answer is private."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from foundry_fleet.bot.replies import Reply, respond, respond_by_update
 from foundry_fleet.bot.text import instance_line, moved_text
 from foundry_fleet.bot.wizard_ui import invite_view
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.idle import format_idle_after
+from foundry_fleet.domain.instance import states_summary
 from foundry_fleet.services.invites import InviteView
 
 
@@ -63,7 +65,8 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
                      for v in sorted(instances, key=lambda v: v["name"])] or ["(no instances)"]
             lines.append(f"\n**Pending invites: {len(pending)}**")
             lines += [f"#{i.id}: {mention(i.discord_user_id, 'shareable code')}, expires {when(i)}" for i in pending]
-            return Reply("**Instances**\n" + "\n".join(lines))
+            counted = f" ({states_summary(instances)})" if instances else ""
+            return Reply(f"**Instances**{counted}\n" + "\n".join(lines))
 
         await respond(interaction, work)
 
@@ -112,6 +115,23 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
 
         await respond(interaction, work, slow=True)
 
+    @group.command(name="idle-after", description="Admins: how long an instance may be idle before it sleeps")
+    @app_commands.describe(instance="which instance",
+                           after="a duration such as 60min or 2h; off: it never sleeps; fleet: the fleet's setting")
+    @app_commands.checks.cooldown(*admin)
+    async def idle_after(interaction: discord.Interaction, instance: str, after: app_commands.Range[str, 1, 40]
+                         ) -> None:
+        principal = bot.principal(interaction)
+        api = bot.api(interaction)
+
+        async def work() -> Reply:
+            bot.access.require_admin(principal, "/fleet idle-after")
+            name = await api.resolve(instance)
+            view = await api.set_idle_after(name, after.strip())
+            return Reply(f"{idle_after_text(view)}\n{instance_line(view)}")
+
+        await respond(interaction, work)
+
     @group.command(name="delete", description="Admins: delete an instance (asks to confirm; its data is archived)")
     @app_commands.describe(instance="which instance")
     @app_commands.checks.cooldown(*admin)
@@ -142,6 +162,16 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
                          view=bot.confirmations.view(token, "Delete"))
 
         await respond(interaction, work)
+
+
+def idle_after_text(view: dict[str, object]) -> str:
+    """What an instance's idle time now is, and whose setting it is."""
+    after = view.get("sleeps_after")
+    whose = "its own setting" if view.get("idle_after_own") else "the fleet's setting"
+    if not isinstance(after, int | float):
+        return f"**{view['name']}** never sleeps ({whose})."
+    return (f"**{view['name']}** sleeps after {format_idle_after(after)} without players or visits ({whose}), "
+            "and wakes when someone opens it.")
 
 
 def mention(user_id: object, otherwise: str) -> str:

@@ -103,6 +103,10 @@ class FleetApi:
     async def resume(self, name: str) -> dict[str, Any]:
         return await self.call("POST", "instances", name, "resume")
 
+    async def set_idle_after(self, name: str, idle_after: str) -> dict[str, Any]:
+        """A duration ("2h"), "off" or "fleet"; the service says what is wrong with anything else."""
+        return await self.call("PUT", "instances", name, "idle-after", json={"idle_after": idle_after})
+
     async def move(self, name: str, node: str) -> dict[str, Any]:
         # As long as the CLI waits: a move to another home takes as long as its data takes to send.
         return await self.call("POST", "instances", name, "move", json={"node": node}, timeout=MOVE_TIMEOUT)

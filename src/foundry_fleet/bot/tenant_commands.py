@@ -47,9 +47,13 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
             api = bot.api(interaction)
 
             async def work() -> Reply:
-                name = await api.resolve(instance)
-                view = await api.power(name, verb)
-                return Reply(status_text(view))
+                if verb != "start":
+                    return Reply(status_text(await api.power(await api.resolve(instance), verb)))
+                # The control API's start wakes a sleeping instance: said so, since it was not stopped.
+                before = await api.pick(instance)
+                view = await api.power(before["name"], verb)
+                woke = before.get("state") == "sleeping" and view.get("state") == "running"
+                return Reply((f"Woke **{view['name']}** up.\n" if woke else "") + status_text(view))
 
             await respond(interaction, work, slow=True)
 
@@ -171,4 +175,7 @@ def status_text(view: dict[str, Any]) -> str:
     line = instance_line(view)
     if view.get("suspended"):
         line += "\nA fleet admin suspended it; it cannot be started until they resume it."
+    elif view.get("state") == "sleeping":
+        line += ("\nIt was idle, so it sleeps to free the host's memory. Players opening its URL see a page "
+                 "while it starts; `/fleet start` wakes it now.")
     return line

@@ -8,10 +8,12 @@ tenants' text (their servers' log lines, state reasons), so control characters a
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.domain.idle import format_idle_after
 from foundry_fleet.domain.text import escape_controls
 from foundry_fleet.domain.urls import redact_url
 
@@ -67,14 +69,47 @@ def error_text(error: FleetError) -> str:
     return clip(scrub(text))
 
 
-def instance_line(view: dict[str, object]) -> str:
+def instance_line(view: dict[str, object], now: float | None = None) -> str:
     """One instance on one line: name, state, release, where players connect."""
+    return f"**{view['name']}**: {state_text(view, now)}, Foundry {view.get('release', '?')} <{public_url(view)}>"
+
+
+def state_text(view: dict[str, object], now: float | None = None) -> str:
+    """Its state for people: why it is suspended or failed; that a sleeping one wakes on a visit (it is
+    neither stopped nor broken); when a running one will sleep."""
     state = str(view.get("state", "?"))
     if view.get("suspended"):
-        state = f"suspended ({view['suspended']})"
-    elif state == "failed" and view.get("state_reason"):
-        state = f"failed: {view['state_reason']}"
-    return f"**{view['name']}**: {state}, Foundry {view.get('release', '?')} <{public_url(view)}>"
+        return f"suspended ({view['suspended']})"
+    if state == "failed" and view.get("state_reason"):
+        return f"failed: {view['state_reason']}"
+    if state == "sleeping":
+        return "asleep (wakes when someone opens it)"
+    if state == "running" and (when := sleep_text(view, now)):
+        return f"running ({when})"
+    return state
+
+
+def sleep_text(view: dict[str, object], now: float | None = None) -> str:
+    """When a running instance sleeps: "sleeps after 1h idle" while in use, "idle, sleeps <t:..:R>" once
+    idle (Discord shows the time relative to the reader's clock: "in 12 minutes"); "" if it never sleeps."""
+    after, since = view.get("sleeps_after"), view.get("idle_since")
+    if not isinstance(after, int | float):
+        return ""
+    if not isinstance(since, int | float):
+        return f"sleeps after {format_idle_after(after)} idle"
+    at = since + after
+    if at <= (time.time() if now is None else now):
+        return "idle, about to sleep"
+    return f"idle, sleeps <t:{int(at)}:R>"
+
+
+def sleep_note(view: dict[str, object]) -> str:
+    """For a new owner: that their instance sleeps when idle, and how it wakes ("" if it never sleeps)."""
+    after = view.get("sleeps_after")
+    if not isinstance(after, int | float):
+        return ""
+    return (f"After {format_idle_after(after)} without players it sleeps, freeing the host's memory; the next "
+            "visit wakes it (players see a page while it starts).")
 
 
 def moved_text(name: str, moved: dict[str, Any]) -> str:

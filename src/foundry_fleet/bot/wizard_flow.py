@@ -21,7 +21,7 @@ import discord
 
 from foundry_fleet.bot.progress import ProgressMessage
 from foundry_fleet.bot.replies import Reply, claim, failure, say_privately
-from foundry_fleet.bot.text import clip, error_text, public_url, scrub
+from foundry_fleet.bot.text import clip, error_text, public_url, scrub, sleep_note
 from foundry_fleet.bot.wizard_ui import DetailsModal, ReleaseModal, buttons, panel
 from foundry_fleet.domain.errors import FleetError, NotFound
 from foundry_fleet.services.wizard import DETAILS, READY, RELEASE, SetupWizard, WizardView
@@ -131,12 +131,14 @@ class WizardFlow:
         await progress.stop()
         instance = created.instance
         url = public_url(instance.to_dict())
+        sleeps = sleep_note(instance.to_dict())
+        sleeps += "\n" if sleeps else ""
         await interaction.edit_original_response(content=f"**`{instance.name}` is ready.** Details below.")
         password = (f"\nAdmin password for Foundry's setup screen: ||`{created.admin_password}`||\n"
                     "It is shown this once and not kept anywhere: store it in your password manager now."
                     if created.admin_password else "")
         await interaction.followup.send(
-            f"**Your Foundry instance is running at {url}**{password}\n"
+            f"**Your Foundry instance is running at {url}**{password}\n{sleeps}"
             "`/fleet status`, `/fleet backups` and the other `/fleet` commands work on it from now on.",
             ephemeral=True)
 

@@ -25,6 +25,7 @@ from foundry_fleet.cli.render import (
     safe,
 )
 from foundry_fleet.domain.errors import FleetError
+from foundry_fleet.domain.instance import states_summary
 from foundry_fleet.domain.text import escape_controls
 
 app = typer.Typer(
@@ -154,7 +155,9 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     for cap in data["capabilities"]:
         if not cap["available"] and cap["name"] not in shown_with_runtime:
             console.print(f"[yellow]not available:[/] {cap['name']}: {safe(cap['detail'])}")
-    console.print(instances_table(data["instances"]))
+    console.print(states_summary(data["instances"]), highlight=False)
+    if data["instances"]:
+        console.print(instances_table(data["instances"]))
     if data.get("hosts"):
         console.print(hosts_table(data["hosts"]))
     print_edge(data.get("edge"))

@@ -40,15 +40,35 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def instances_table(instances: list[dict[str, Any]]) -> Table:
-    t = Table(title=None, show_lines=False)
-    for col in ("name", "state", "sleeps", "release", "port", "pid", "restarts", "url"):
-        t.add_column(col)
+INSTANCE_COLUMNS = ("name", "state", "sleeps", "release", "port", "pid", "restarts", "url")
+# Left out in this order when the table would not fit the terminal (80 columns hold about six): the
+# name, state and when it sleeps are what a glance is for; `instance show` and --json have the rest.
+NARROW_LEAVES_OUT = ("pid", "url", "port", "restarts")
+
+
+def instances_table(instances: list[dict[str, Any]], width: int | None = None) -> Table:
+    """One row per instance, as many columns as fit in `width` (the terminal's, by default): a caption
+    names those left out."""
     now = time.time()
-    for i in instances:
-        state = Text(escape_controls(i["state"]), style=STATE_STYLE.get(i["state"], ""))
-        t.add_row(shown(i["name"]), state, shown(sleep_text(i, now)), shown(i["release"]), shown(i["port"]),
-                  shown(i["pid"] or "-"), shown(i["restarts"]), shown(i["url"]))
+    rows = [{
+        "name": shown(i["name"]), "state": Text(escape_controls(i["state"]), style=STATE_STYLE.get(i["state"], "")),
+        "sleeps": shown(sleep_text(i, now)), "release": shown(i["release"]), "port": shown(i["port"]),
+        "pid": shown(i["pid"] or "-"), "restarts": shown(i["restarts"]), "url": shown(i["url"]),
+    } for i in instances]
+    columns = list(INSTANCE_COLUMNS)
+    room = console.width if width is None else width
+    need = {c: max([len(c)] + [r[c].cell_len for r in rows]) for c in columns}
+    for col in NARROW_LEAVES_OUT:
+        if sum(need[c] for c in columns) + 3 * len(columns) + 1 <= room:  # a cell's padding and border: 3
+            break
+        columns.remove(col)
+    left_out = [c for c in INSTANCE_COLUMNS if c not in columns]
+    caption = f"not shown at this width: {', '.join(left_out)} (instance show NAME has them)" if left_out else None
+    t = Table(title=None, show_lines=False, caption=caption)
+    for col in columns:
+        t.add_column(col, no_wrap=col == "name")
+    for row in rows:
+        t.add_row(*(row[c] for c in columns))
     return t
 
 

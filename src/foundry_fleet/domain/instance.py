@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
 
 
 class InstanceState(str, enum.Enum):
@@ -45,3 +47,18 @@ def goes_to_wake_handler(state: str, desired: str, suspended: bool) -> bool:
     the static page saying it is stopped or suspended)."""
     return (desired == DesiredState.RUNNING.value and not suspended
             and state in {s.value for s in WAKE_HANDLER_STATES})
+
+
+# The order instances are summed up in: serving first, then asleep, then down, then in trouble.
+SUMMARY_ORDER = ("running", "starting", "sleeping", "stopping", "stopped", "suspended", "failed", "creating")
+
+
+def states_summary(instances: Iterable[Mapping[str, object]]) -> str:
+    """Instances (as their views' JSON) counted by state, in one line: "4 instances: 1 running, 3 sleeping".
+    A suspended instance counts as suspended, whatever its state."""
+    counts = Counter("suspended" if i.get("suspended") else str(i.get("state")) for i in instances)
+    total = sum(counts.values())
+    if not total:
+        return "no instances"
+    order = [s for s in SUMMARY_ORDER if counts[s]] + sorted(set(counts) - set(SUMMARY_ORDER))
+    return f"{total} instance{'s' if total != 1 else ''}: " + ", ".join(f"{counts[s]} {s}" for s in order)
