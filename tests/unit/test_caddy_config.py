@@ -138,3 +138,91 @@ def test_same_state_same_config_whatever_the_order(tenant_names: list[str], rnd)
     assert a == b
     for n in tenant_names:
         assert f'"{n}.localhost"' in a
+
+
+# --- the wake handler: instances that are to run and do not serve ----------------------------------
+
+
+def fleet_host_handler(config: dict, path: str) -> list:
+    """What the fleet host's subroute does with `path` (its first route whose paths match)."""
+    for route in route_for(config, "fleet.localhost", path)["handle"][0]["routes"]:
+        paths = route.get("match", [{}])[0].get("path")
+        if paths is None or any(p == path or (p.endswith("/*") and path.startswith(p[:-1])) for p in paths):
+            return route["handle"]
+    raise AssertionError(f"no fleet host route for {path}")
+
+
+def test_a_sleeping_tenant_goes_to_the_wake_handler_told_the_host_and_the_path_asked_for() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost", "games.example.org"), None,
+                                                      "sleeping", wakes=True)])
+    for host in ("alice.localhost", "games.example.org"):
+        (subroute,) = route_for(config, host, "/-/game")["handle"]
+        assert route_for(config, host, "/-") == route_for(config, host, "/-/game")
+        assert subroute["handler"] == "subroute"
+        upgrade, visit = subroute["routes"]
+        # A websocket (any Upgrade) cannot wait for a page: told to come back, never proxied anywhere.
+        assert upgrade == {
+            "match": [{"header": {"Upgrade": ["*"]}}],
+            "handle": [{"handler": "static_response", "status_code": 503,
+                        "headers": {"Retry-After": ["10"], "Cache-Control": ["no-store"]}}],
+            "terminal": True,
+        }
+        # Anything else: to the fleet's web app, as a GET of /wake/visit, with a small body limit.
+        assert "match" not in visit
+        body, proxy = visit["handle"]
+        assert body == {"handler": "request_body", "max_size": 64 * 1024}
+        assert proxy["handler"] == "reverse_proxy"
+        assert proxy["upstreams"] == [{"dial": "127.0.0.1:8099"}]
+        assert proxy["rewrite"] == {"method": "GET", "uri": "/wake/visit"}
+        # Both set by Caddy from the request itself (never passed on from the client).
+        assert proxy["headers"]["request"]["set"] == {
+            "X-Forwarded-Host": ["{http.request.host}"], "X-Forwarded-Uri": ["{http.request.uri}"]}
+
+
+def test_the_wake_route_never_dials_the_instance_whatever_address_is_left() -> None:
+    """On its way up or down an instance may still have an address recorded: the wake handler's route
+    goes to the fleet's web app alone (only a running instance with an address is proxied to)."""
+    for state in ("starting", "stopping", "stopped", "failed", "sleeping"):
+        config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), "10.88.0.7:30123", state,
+                                                          wakes=True)])
+        (subroute,) = route_for(config, "alice.localhost", "/-/")["handle"]
+        dials = [u["dial"] for r in subroute["routes"] for h in r["handle"] for u in h.get("upstreams", [])]
+        assert dials == ["127.0.0.1:8099"], state
+        assert "30123" not in json.dumps(config), state
+    # Running with an address: Foundry itself, not the handler, even if it was one a moment ago.
+    config = build_caddy_config(SETTINGS, [TenantSite("alice", ("alice.localhost",), "10.88.0.7:30123", "running",
+                                                      wakes=True)])
+    _body, proxy = route_for(config, "alice.localhost", "/-/")["handle"]
+    assert proxy["upstreams"] == [{"dial": "10.88.0.7:30123"}]
+
+
+def test_a_tenant_that_does_not_wake_keeps_the_static_page() -> None:
+    """Stopped or suspended (goes_to_wake_handler said no): the edge's own page, the web app never asked."""
+    config = build_caddy_config(SETTINGS, [TenantSite("bob", ("bob.localhost",), None, "stopped", wakes=False),
+                                           TenantSite("carol", ("carol.localhost",), None, "sleeping", wakes=True)])
+    (page,) = route_for(config, "bob.localhost", "/-/game")["handle"]
+    assert page["handler"] == "static_response" and page["status_code"] == 503
+    assert page["headers"]["Retry-After"] == ["10"] and "is stopped" in page["body"]
+    bob = json.dumps(route_for(config, "bob.localhost", "/-/game"))
+    assert "/wake/visit" not in bob and "8099" not in bob
+    # Each tenant's route is its own: carol's handler does not spill over to bob.
+    assert route_for(config, "carol.localhost", "/-/")["handle"][0]["handler"] == "subroute"
+
+
+def test_the_wait_is_published_on_every_tenant_host_and_the_visit_on_none() -> None:
+    config = build_caddy_config(SETTINGS, [
+        TenantSite("alice", ("alice.localhost", "games.example.org"), None, "sleeping", wakes=True),
+        TenantSite("bob", ("bob.localhost",), "127.0.0.1:30002", "running"),  # awake hosts have it too
+    ])
+    for host in ("alice.localhost", "games.example.org", "bob.localhost"):
+        strip, proxy = route_for(config, host, "/wake/wait")["handle"]
+        assert strip == {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
+        assert proxy["upstreams"] == [{"dial": "127.0.0.1:8099"}]
+        assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
+        assert "rewrite" not in proxy  # the page's own path and query (?to=) pass as they are
+        # /wake/visit only through the rewrite of a sleeping tenant's route, never asked for directly.
+        assert route_for(config, host, "/wake/visit")["handle"] == [{"handler": "static_response", "status_code": 404}]
+    # The fleet host has no tenant to wait for: neither is published there.
+    for path in ("/wake/wait", "/wake/visit"):
+        assert fleet_host_handler(config, path) == [{"handler": "static_response", "status_code": 404}]
+    assert fleet_host_handler(config, "/health")[0]["upstreams"] == [{"dial": "127.0.0.1:8099"}]

@@ -567,3 +567,208 @@ def test_a_reattached_task_whose_data_is_not_on_its_desired_node_is_restarted_th
             await second.shutdown(stop_instances=True)
 
     asyncio.run(main())
+
+
+# --- sleep and wake ------------------------------------------------------------------------------
+
+
+class CountingRuntime(FakeRuntime):
+    """The fake runtime whose tasks' status also says how many users are connected, as Foundry's
+    /api/status does (`users[name]`; None leaves the field out, as a server that does not count would);
+    `asked[name]` counts the status requests each instance's tasks answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: dict[str, int | None] = {}
+        self.asked: dict[str, int] = {}
+
+    async def _answer(self, task, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:  # type: ignore[no-untyped-def]
+        import json
+
+        try:
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass
+            status: dict[str, object] = {"active": True, "version": "fake", "world": "w"}
+            if self.users.get(task.name) is not None:
+                status["users"] = self.users[task.name]
+            body = json.dumps(status)
+            self.asked[task.name] = self.asked.get(task.name, 0) + 1
+            writer.write((f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                          f"connection: close\r\n\r\n{body}").encode())
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+IDLE_WHY = "idle for 2s: no players, no visits"
+
+
+def counting(world: World, users: int | None = 0, health_interval: float | None = None) -> CountingRuntime:
+    runtime = CountingRuntime()
+    runtime.users["alice"] = users
+    world.runtime = runtime
+    if health_interval is not None:
+        world.settings = replace(world.settings, health_interval=health_interval)
+    world.add("alice")
+    return runtime
+
+
+async def asleep(world: World, supervisor: Supervisor) -> None:
+    await until(state_is(world, "alice", "running"), "alice to run")
+    supervisor.sleep("alice", IDLE_WHY)
+    await until(state_is(world, "alice", "sleeping"), "alice to sleep")
+
+
+@pytest.mark.parametrize("users", [1, None])
+def test_a_sleep_request_leaves_it_running_when_its_foundry_counts_a_user_when_asked_right_before(
+        world: World, users: int | None) -> None:
+    # Health checks far apart: the count the sleep is judged on can only come from the fresh check.
+    runtime = counting(world, users=0, health_interval=30.0)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        sup = supervisor.get("alice")
+        assert sup.users == 0  # what the last health check heard
+        runtime.users["alice"] = users  # a player joined since (or the server stopped saying)
+        asked = runtime.asked["alice"]
+        supervisor.sleep("alice", IDLE_WHY)
+        await until(lambda: runtime.asked["alice"] == asked + 1 and sup.sleep_requested is None, "the fresh check")
+        await asyncio.sleep(0.1)  # rounds in which a stop would show
+        row = world.row("alice")
+        assert (row.state, row.state_reason) == ("running", "healthy")
+        assert len(world.runtime.running("alice")) == 1 and len(world.runtime.starts_of("alice")) == 1
+        assert world.actions("alice") == ["instance.spawn", "instance.healthy"]
+        assert sup.users == users and sup.healthy
+
+    run(world, scenario)
+
+
+def test_an_instance_nobody_uses_sleeps_without_a_crash_or_a_stop_and_stays_asleep(world: World) -> None:
+    counting(world, users=0)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await asleep(world, supervisor)
+        row = world.row("alice")
+        assert (row.desired, row.state, row.state_reason) == ("running", "sleeping", IDLE_WHY)
+        assert (row.task, row.address, row.pid, row.restarts, row.crash_times) == (None, None, None, 0, [])
+        (task,) = world.runtime.tasks.values()
+        assert task.signals == [signal.SIGTERM] and not world.runtime.running("alice")
+        assert world.actions("alice") == ["instance.spawn", "instance.healthy", "instance.sleep"]
+        assert world.messages("alice", "instance.sleep") == [IDLE_WHY]
+        sup = supervisor.get("alice")
+        assert sup.settled.is_set() and not sup.healthy and sup.users is None
+        # Nothing starts it by itself: not the supervisor's own rounds, nor a reconcile that pokes.
+        await asyncio.sleep(0.3)  # several backoffs' and health checks' worth
+        await supervisor.reconcile(poke=True)
+        await asyncio.sleep(0.1)
+        assert world.row("alice").state == "sleeping" and len(world.runtime.starts_of("alice")) == 1
+
+    run(world, scenario)
+
+
+def test_a_wake_starts_a_sleeping_instance_again(world: World) -> None:
+    counting(world, users=0)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await asleep(world, supervisor)
+        assert supervisor.wake("alice") is True
+        await until(state_is(world, "alice", "running"), "alice to wake")
+        row = world.row("alice")
+        assert (row.restarts, row.crash_times, len(world.runtime.starts_of("alice"))) == (0, [], 2)
+        assert world.actions("alice")[-3:] == ["instance.sleep", "instance.spawn", "instance.healthy"]
+        # Awake, a wake changes nothing.
+        assert supervisor.wake("alice") is False
+        await asyncio.sleep(0.1)
+        assert len(world.runtime.starts_of("alice")) == 2 and len(world.runtime.running("alice")) == 1
+
+    run(world, scenario)
+
+
+def test_a_wake_before_the_sleep_begins_keeps_it_running_and_a_later_sleep_is_not_undone(world: World) -> None:
+    counting(world, users=0)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        supervisor.sleep("alice", IDLE_WHY)
+        assert supervisor.wake("alice") is True  # a visit, before the supervisor acted on the request
+        await asyncio.sleep(0.2)
+        assert world.row("alice").state == "running" and len(world.runtime.starts_of("alice")) == 1
+        assert "instance.sleep" not in world.actions("alice")
+        # That wake is spent: the next sleep is not taken back by it.
+        supervisor.sleep("alice", IDLE_WHY)
+        await until(state_is(world, "alice", "sleeping"), "alice to sleep")
+        await asyncio.sleep(0.2)
+        assert world.row("alice").state == "sleeping" and len(world.runtime.starts_of("alice")) == 1
+
+    run(world, scenario)
+
+
+def test_a_wake_while_it_falls_asleep_starts_it_again_once_it_is_down(world: World) -> None:
+    counting(world, users=0)
+    world.runtime.behave("alice", ignores_sigterm=True)  # its stop takes stop_timeout: time to visit meanwhile
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await until(state_is(world, "alice", "running"), "alice to run")
+        supervisor.sleep("alice", IDLE_WHY)
+        await until(state_is(world, "alice", "stopping"), "alice to be on its way down")
+        assert supervisor.wake("alice") is True
+        await until(lambda: len(world.runtime.starts_of("alice")) == 2 and world.row("alice").state == "running",
+                    "alice to start again")
+        first = next(t for t in world.runtime.tasks.values() if t.id == 1)
+        # Down first (the stop was carried through, never two tasks at once), then up again.
+        assert first.signals == [signal.SIGTERM, signal.SIGKILL] and first.exit is not None
+        assert len(world.runtime.running("alice")) == 1
+        assert world.actions("alice") == ["instance.spawn", "instance.healthy", "instance.sleep", "instance.spawn",
+                                          "instance.healthy"]
+        assert world.row("alice").restarts == 0
+
+    run(world, scenario)
+
+
+def test_an_instance_stopped_while_asleep_is_stopped_and_no_visit_wakes_it(world: World) -> None:
+    counting(world, users=0)
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await asleep(world, supervisor)
+        world.set_desired("alice", "stopped")
+        supervisor.poke("alice")
+        await until(state_is(world, "alice", "stopped"), "alice to be stopped")
+        assert world.row("alice").state_reason == "stopped"
+        assert supervisor.wake("alice") is False
+        await asyncio.sleep(0.2)
+        assert world.row("alice").state == "stopped" and len(world.runtime.starts_of("alice")) == 1
+        # Started again by its owner, it runs (no longer asleep, it needs no wake).
+        world.set_desired("alice", "running")
+        supervisor.poke("alice")
+        await until(state_is(world, "alice", "running"), "alice to run again")
+
+    run(world, scenario)
+
+
+def test_a_sleeping_instance_stays_asleep_across_a_control_plane_restart(world: World) -> None:
+    counting(world, users=0)
+
+    async def main() -> None:
+        first = world.supervisor()
+        await first.start()
+        await asleep(world, first)
+        await first.shutdown(stop_instances=False)  # the daemon goes, leaving its instances as they are
+
+        second = world.supervisor()
+        await second.start()
+        try:
+            await asyncio.sleep(0.3)  # several rounds' worth
+            row = world.row("alice")
+            assert (row.state, row.state_reason, row.desired) == ("sleeping", IDLE_WHY, "running")
+            assert len(world.runtime.starts_of("alice")) == 1
+            # Neither lost nor stopped: it sleeps, as it did; and the new supervisor wakes it.
+            assert world.actions("alice") == ["instance.spawn", "instance.healthy", "instance.sleep"]
+            assert second.get("alice").settled.is_set()
+            assert second.wake("alice") is True
+            await until(state_is(world, "alice", "running"), "alice to wake")
+        finally:
+            await second.shutdown(stop_instances=True)
+
+    asyncio.run(main())

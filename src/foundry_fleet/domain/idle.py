@@ -46,7 +46,8 @@ def format_idle_after(seconds: float | None) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    # Never `:g` alone: from a million seconds on it writes 1e+06, which is neither exact nor readable.
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:g}s"
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class InstanceSupervisor:
         # Asked to wake (a visit, `instance start`): a sleeping instance starts; one falling asleep
         # starts again once it is down.
         self.wake_requested = False
+        self.falling_asleep = False  # from the sleep's last check until the instance is down
         self.users: int | None = None  # connected users, as its last health check heard; None: unknown
         self.healthy = False  # it answered since its last start (what idle is judged on)
         self.removed = False
@@ -134,7 +135,7 @@ class InstanceSupervisor:
     def request_wake(self, sleeping: bool) -> None:
         """Start it if it sleeps or is falling asleep (`sleeping`: its row says it sleeps); otherwise
         nothing changes."""
-        if sleeping or self.sleep_requested is not None:
+        if sleeping or self.sleep_requested is not None or self.falling_asleep:
             self.wake_requested = True
             self.sleep_requested = None
             self.poke()
@@ -398,14 +399,20 @@ class InstanceSupervisor:
         """Sleep as asked, unless someone is there after all: its Foundry is asked once more right
         before the stop, and a user it counts (or no answer) keeps it running."""
         why, self.sleep_requested = self.sleep_requested, None
-        if not healthy or not await self._healthy() or self.users != 0:
-            log.info("%s: not put to sleep (%s)", self.name, f"{self.users} user(s) connected" if self.users
-                     else "its server does not say who is connected")
-            return False
-        self.wake_requested = False  # a visit from now on wakes it again once it is down
-        async with self.lock:
-            await self._stop(why or "idle", state=InstanceState.SLEEPING, event=Event("instance.sleep", Outcome.OK))
-        return True
+        self.wake_requested = False  # a visit from now on keeps it up, or wakes it again once it is down
+        self.falling_asleep = True
+        try:
+            if not healthy or not await self._healthy() or self.users != 0 or self.wake_requested:
+                log.info("%s: not put to sleep (%s)", self.name, "a visit came" if self.wake_requested
+                         else f"{self.users} user(s) connected" if self.users
+                         else "its server does not say who is connected")
+                return False
+            async with self.lock:
+                await self._stop(why or "idle", state=InstanceState.SLEEPING,
+                                 event=Event("instance.sleep", Outcome.OK))
+            return True
+        finally:
+            self.falling_asleep = False
 
     async def _on_exit(self, result: TaskExit, handle: TaskHandle) -> None:
         await self.runtime.destroy_task(handle)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import html
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -44,6 +44,9 @@ def foundry_path(raw: str | None) -> str:
     if not raw or len(raw) > MAX_PATH or not (raw == "/-" or raw.startswith("/-/")):
         return DEFAULT_PATH
     if "\\" in raw or any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
+        return DEFAULT_PATH
+    # A browser resolves `..` (written %2e%2e too) before it asks: `/-/../backups/` would leave the prefix.
+    if ".." in unquote(raw.split("?", 1)[0]).split("/"):
         return DEFAULT_PATH
     return raw
 
