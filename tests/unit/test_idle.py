@@ -190,7 +190,7 @@ TO_THE_WAKE_HANDLER = {
     InstanceState.SLEEPING: True,  # the first visit wakes it
     InstanceState.STARTING: True,  # on its way up: the page follows it
     InstanceState.STOPPING: True,  # on its way down (to sleep, or for a restart)
-    InstanceState.STOPPED: True,  # about to be started by its supervisor
+    InstanceState.STOPPED: False,  # the fleet is down, or it starts in a moment: its static page says stopped
     InstanceState.FAILED: True,  # the page says why
     InstanceState.RUNNING: False,  # Foundry itself
     InstanceState.CREATING: False,  # not set up yet: the edge's own page

@@ -279,3 +279,54 @@ def test_a_single_host_runtime_has_nothing_to_move(fleet: FleetServices) -> None
         assert "nomad runtime" in (refused.value.hint or "")
 
     asyncio.run(scenario())
+
+
+class SleepySupervisor(HeldSupervisor):
+    """The supervisor as a wake sees it: whether the instance is on its way to sleep, and the wakes."""
+
+    def __init__(self, falling_asleep: bool) -> None:
+        super().__init__()
+        self.is_falling_asleep = falling_asleep
+        self.woken: list[str] = []
+
+    def falling_asleep(self, name: str) -> bool:
+        return self.is_falling_asleep
+
+    def wake(self, name: str) -> bool:
+        self.woken.append(name)
+        return True
+
+
+def _set_state(fleet: FleetServices, name: str, state: str) -> None:
+    from sqlalchemy import update
+
+    from foundry_fleet.store.models import Instance
+
+    with fleet.sessions.begin() as s:
+        s.execute(update(Instance).where(Instance.name == name).values(state=state, desired="running"))
+
+
+@pytest.mark.parametrize(("state", "falling_asleep", "woken"), [
+    ("sleeping", False, True),
+    ("stopping", True, True),  # a visit while it is being put to sleep: started again once down
+    ("stopping", False, False),  # stopping for a restart (or a stop): not the visit's business
+    ("running", False, False),
+    ("failed", False, False),
+])
+def test_a_visit_wakes_an_instance_asleep_or_falling_asleep_and_nothing_else(
+        fleet: FleetServices, state: str, falling_asleep: bool, woken: bool) -> None:
+    async def scenario() -> None:
+        supervisor = SleepySupervisor(falling_asleep)
+        ops = _operations(fleet, supervisor)
+        _set_state(fleet, "alice", state)
+        before = len([e for e in fleet.events.recent("alice", 500) if e.action == "instance.wake"])
+        assert await ops.wake("visitor", "alice") is None
+        assert supervisor.woken == (["alice"] if woken else [])
+        wakes = [e for e in fleet.events.recent("alice", 500) if e.action == "instance.wake"]
+        assert len(wakes) == before + (1 if woken else 0)
+        assert not woken or (wakes[-1].actor, wakes[-1].outcome) == ("visitor", "ok")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        _set_state(fleet, "alice", "stopped")

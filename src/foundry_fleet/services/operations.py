@@ -205,7 +205,9 @@ class Operations:
         it stays asleep (the host is full), or None: it is waking, or was not asleep. Visits at once
         cause one start: the first holds the instance, the others are told it is busy (InstanceBusy)."""
         with self.lock.hold(name, "waking"):
-            if (await self._view(name)).state != InstanceState.SLEEPING.value:
+            state = (await self._view(name)).state
+            if not (state == InstanceState.SLEEPING.value
+                    or (state == InstanceState.STOPPING.value and self.supervisor.falling_asleep(name))):
                 return None
             if full := await self._admit_wake(actor, name):
                 return full

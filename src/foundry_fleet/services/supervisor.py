@@ -599,6 +599,11 @@ class Supervisor:
         """Put a running instance to sleep (it stays running if its Foundry counts a user when asked)."""
         self.get(name).request_sleep(why)
 
+    def falling_asleep(self, name: str) -> bool:
+        """Is it being stopped to sleep right now (a visit then starts it again once it is down)?"""
+        sup = self.instances.get(name)
+        return sup is not None and sup.falling_asleep
+
     def wake(self, name: str) -> bool:
         """Start a sleeping instance (or one falling asleep) again; False when it was neither."""
         sup = self.get(name)

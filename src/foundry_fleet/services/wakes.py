@@ -21,6 +21,8 @@ from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.views import InstanceView
 
 ACTOR = "visitor"
+# Asleep, or on its way to sleep (the operations tell that from a stop for another reason).
+_WAKEABLE = (InstanceState.SLEEPING.value, InstanceState.STOPPING.value)
 POLL = 0.02  # seconds between looks while a waiter waits for the instance to answer
 
 
@@ -55,7 +57,7 @@ class Wakes:
         if name is None:
             return WakeAnswer(Verdict.UNKNOWN, host)
         view = await self._view(name)
-        if view is not None and view.state == InstanceState.SLEEPING.value and _wants_to_run(view):
+        if view is not None and view.state in _WAKEABLE and _wants_to_run(view):
             assert self.operations is not None
             try:
                 full = await self.operations.wake(ACTOR, name)

@@ -83,7 +83,7 @@ def _page(answer: WakeAnswer, wait_url: str) -> HTMLResponse:
             f"<h1>{html.escape(_HEADLINE[answer.verdict])}</h1><p>{text}</p></body></html>")
     headers = {**NO_STORE}
     if refresh:
-        headers["Retry-After"] = str(RETRY_AFTER)
+        headers["Retry-After"] = str(FULL_RETRY if answer.verdict is Verdict.FULL else RETRY_AFTER)
     status = 404 if answer.verdict is Verdict.UNKNOWN else 503
     return HTMLResponse(body, status_code=status, headers=headers)
 
