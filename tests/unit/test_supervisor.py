@@ -572,42 +572,13 @@ def test_a_reattached_task_whose_data_is_not_on_its_desired_node_is_restarted_th
 # --- sleep and wake ------------------------------------------------------------------------------
 
 
-class CountingRuntime(FakeRuntime):
-    """The fake runtime whose tasks' status also says how many users are connected, as Foundry's
-    /api/status does (`users[name]`; None leaves the field out, as a server that does not count would);
-    `asked[name]` counts the status requests each instance's tasks answered."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.users: dict[str, int | None] = {}
-        self.asked: dict[str, int] = {}
-
-    async def _answer(self, task, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:  # type: ignore[no-untyped-def]
-        import json
-
-        try:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass
-            status: dict[str, object] = {"active": True, "version": "fake", "world": "w"}
-            if self.users.get(task.name) is not None:
-                status["users"] = self.users[task.name]
-            body = json.dumps(status)
-            self.asked[task.name] = self.asked.get(task.name, 0) + 1
-            writer.write((f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                          f"connection: close\r\n\r\n{body}").encode())
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-
 IDLE_WHY = "idle for 2s: no players, no visits"
 
 
-def counting(world: World, users: int | None = 0, health_interval: float | None = None) -> CountingRuntime:
-    runtime = CountingRuntime()
-    runtime.users["alice"] = users
+def counting(world: World, users: int | None = 0, health_interval: float | None = None) -> FakeRuntime:
+    """A fresh fake runtime whose alice reports `users` connected (None: her status does not say)."""
+    runtime = FakeRuntime()
+    runtime.behave("alice", users=users)
     world.runtime = runtime
     if health_interval is not None:
         world.settings = replace(world.settings, health_interval=health_interval)
@@ -631,10 +602,10 @@ def test_a_sleep_request_leaves_it_running_when_its_foundry_counts_a_user_when_a
         await until(state_is(world, "alice", "running"), "alice to run")
         sup = supervisor.get("alice")
         assert sup.users == 0  # what the last health check heard
-        runtime.users["alice"] = users  # a player joined since (or the server stopped saying)
-        asked = runtime.asked["alice"]
+        runtime.behave("alice", users=users)  # a player joined since (or the server stopped saying)
+        asked = runtime.status_asked["alice"]
         supervisor.sleep("alice", IDLE_WHY)
-        await until(lambda: runtime.asked["alice"] == asked + 1 and sup.sleep_requested is None, "the fresh check")
+        await until(lambda: runtime.status_asked["alice"] == asked + 1 and sup.sleep_requested is None, "the fresh check")
         await asyncio.sleep(0.1)  # rounds in which a stop would show
         row = world.row("alice")
         assert (row.state, row.state_reason) == ("running", "healthy")

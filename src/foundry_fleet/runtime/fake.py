@@ -41,6 +41,7 @@ class Behaviour:
     exit_after: float | None = None  # the task exits by itself this many seconds after starting
     exit_code: int = 1
     healthy: bool = True  # its status endpoint answers 200 with JSON (else 503)
+    users: int | None = None  # connected users its status reports, as Foundry's does; None: not reported
     ignores_sigterm: bool = False  # only SIGKILL ends it
     survives_restart: bool = True  # recover_task finds it after a control-plane restart
 
@@ -87,6 +88,7 @@ class FakeRuntime:
         self.starts: list[tuple[str, float]] = []  # (instance, monotonic time) of every start_task
         self.lines: dict[str, list[str]] = {}
         self.forgotten: list[str] = []  # instances forget_instance was called for
+        self.status_asked: dict[str, int] = {}  # status requests each instance's tasks answered
         self.opened = False
         self._ids = itertools.count(1)
         self._events: list[TaskEvent] = []
@@ -294,8 +296,12 @@ class FakeRuntime:
         try:
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                 pass  # request line and headers: every path answers the same
+            self.status_asked[task.name] = self.status_asked.get(task.name, 0) + 1
             if task.behaviour.healthy and task.exit is None:
-                status, body = "200 OK", json.dumps({"active": False, "version": "fake", "world": None})
+                answer: dict[str, object] = {"active": False, "version": "fake", "world": None}
+                if task.behaviour.users is not None:
+                    answer["users"] = task.behaviour.users
+                status, body = "200 OK", json.dumps(answer)
             else:
                 status, body = "503 Service Unavailable", json.dumps({"error": "unhealthy"})
             writer.write((f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
