@@ -15,21 +15,26 @@ from tests.support.foundry_standin import build_release_zip
 
 
 @contextmanager
-def bench_fleet(prefix: str, port_low: int) -> Iterator[FleetHarness]:
+def bench_fleet(prefix: str, port_low: int, instance_ports: int = 100,
+                overrides: dict[str, str] | None = None) -> Iterator[FleetHarness]:
     """init, release add 13.345, up; on exit stop the daemon, Caddy and every instance, and delete it all.
 
-    Ports: instances from port_low (up to 100 of them), the edge at port_low+100 (http), +101
-    (https) and +102 (the fleet's web endpoints).
+    Ports: instances from port_low (`instance_ports` of them, 100 by default), the edge right above:
+    port_low+instance_ports (http), +1 (https) and +2 (the fleet's web endpoints). `overrides`
+    replace text of the generated fleet.toml (old: new) before the daemon starts.
     """
     work = Path(tempfile.mkdtemp(prefix=prefix))
     fleet = None
     try:
         z = build_release_zip(work, ReleaseLayout.NODE, 13, 345)
         fleet = FleetHarness(root=work / "fleet", config=init_fleet(work / "fleet"))
-        fleet.edit_config("port_range = [30000, 30999]", f"port_range = [{port_low}, {port_low + 99}]")
-        fleet.edit_config("http_port = 8080", f"http_port = {port_low + 100}")
-        fleet.edit_config("https_port = 8443", f"https_port = {port_low + 101}")
-        fleet.edit_config("web_port = 8099", f"web_port = {port_low + 102}")
+        edge = port_low + instance_ports
+        fleet.edit_config("port_range = [30000, 30999]", f"port_range = [{port_low}, {edge - 1}]")
+        fleet.edit_config("http_port = 8080", f"http_port = {edge}")
+        fleet.edit_config("https_port = 8443", f"https_port = {edge + 1}")
+        fleet.edit_config("web_port = 8099", f"web_port = {edge + 2}")
+        for old, new in (overrides or {}).items():
+            fleet.edit_config(old, new)
         fleet.cli("release", "add", str(z))
         fleet.up()
         yield fleet

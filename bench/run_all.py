@@ -14,7 +14,7 @@ SCRIPTS = [
     "invite_to_healthy.py", "bot_interactions.py",
     "netns_overhead.py", "log_flood.py", "snapshot_safe_walk.py", "cli_latency.py",
     "standin_shutdown.py", "restic_offline.py", "runtime_local_timings.py", "podman_runtime.py",
-    "nomad_runtime.py", "home_move.py", "unit_exposure.py",
+    "nomad_runtime.py", "home_move.py", "unit_exposure.py", "sleep_wake.py",
 ]
 
 for script in SCRIPTS:

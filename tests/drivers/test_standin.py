@@ -774,6 +774,21 @@ def test_alloc_really_uses_memory(runner: Runner, unpacked) -> None:
     assert run.request("/-/__alloc?mb=-1")[0] == 400
 
 
+def test_hold_memory_on_start(runner: Runner, unpacked) -> None:
+    plain = runner.start(unpacked(ReleaseLayout.NODE))
+    data = runner.data_dir()
+    (data / "hold-memory-mb").write_text("96\n")
+    run = runner.start(unpacked(ReleaseLayout.NODE), data)
+    assert rss_kb(run.proc.pid) - rss_kb(plain.proc.pid) >= 90 * 1024
+    assert "holding 96 MB" in run.log()
+    assert run.get_json("/-/__alloc?mb=0")["retainedMb"] == 96
+
+    (data / "hold-memory-mb").write_text("lots")
+    run = runner.spawn(unpacked(ReleaseLayout.NODE), data)
+    assert run.wait_exit(5) == 2
+    assert "hold-memory-mb must hold a non-negative integer" in run.log()
+
+
 def test_start_delay(runner: Runner, unpacked) -> None:
     run = runner.spawn(unpacked(ReleaseLayout.NODE), runner.data_dir(), env={"STANDIN_START_DELAY_MS": "700"})
     wait_for_status(run.port, run.proc)

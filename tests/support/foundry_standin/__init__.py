@@ -30,6 +30,8 @@ that behaves like Foundry where the fleet cares:
   stream cut to 1 MiB; the child is SIGKILLed after `timeoutMs`), or `{"pid"}` at once when
   `background` (a detached child whose output is discarded); cwd is the data path.
 - `<dataPath>/crash-on-start` present: prints a line and exits 3 at once.
+  `<dataPath>/hold-memory-mb` holding an integer N: allocates, touches and keeps N MB before it
+  listens, and prints a line saying so (anything but a non-negative integer there: exit 2).
   `STANDIN_START_DELAY_MS=N` in the environment: waits N ms before listening.
 - One stdout line on start (`... listening on port N (prefix /-/) ...`) and one per request.
   SIGTERM/SIGINT: logs "shutting down", closes websockets with 1001, exits 0 within a second.

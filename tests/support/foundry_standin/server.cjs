@@ -6,7 +6,9 @@
 // 404 outside the route prefix, a Logs directory, and a clean exit on SIGTERM/SIGINT.
 // It also has test hooks under the prefix (__crash, __probe, __headers, __alloc, __hang, __shell,
 // __node). __shell runs a shell script, __node a JS program in a child node, inside the instance,
-// as a hostile tenant's server code could.
+// as a hostile tenant's server code could. Start-up hooks are files in the data path:
+// `crash-on-start` (exits 3 at once) and `hold-memory-mb` (an integer N: N MB are allocated,
+// touched and kept before it listens, as a Foundry with a world loaded holds memory).
 //
 // Node.js built-ins only. This file is the single source of the server; the release zips
 // carry it next to a thin main.js (CommonJS) or main.mjs (ES module) loader.
@@ -149,6 +151,17 @@ const pendingRequests = new Set(); // e.g. __hang
 const retained = []; // __alloc buffers, kept referenced on purpose
 let retainedMb = 0;
 let shuttingDown = false;
+
+const holdFile = path.join(dataPath, 'hold-memory-mb');
+if (fs.existsSync(holdFile)) {
+  const text = fs.readFileSync(holdFile, 'utf8').trim();
+  const mb = Number(text);
+  if (text === '' || !Number.isInteger(mb) || mb < 0) {
+    fail(2, `${holdFile} must hold a non-negative integer, not ${JSON.stringify(text)}`);
+  }
+  alloc(mb);
+  log(`${PRODUCT} ${release.version}: holding ${mb} MB (hold-memory-mb in ${dataPath})`);
+}
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
