@@ -85,8 +85,10 @@ class IdleWatch:
         """One round; returns the instances it asked to sleep."""
         self.rounds += 1
         rows = await asyncio.to_thread(self.records.running)
-        if not rows:
-            return []
+        sleepers = any(IdleSetting(own=r.own_idle_after, fleet=self.fleet_idle_after).idle_after is not None
+                       for r in rows)
+        if not sleepers and all(r.idle_since is None for r in rows):
+            return []  # none may sleep, none is marked idle: the edge need not be asked
         try:
             in_flight = await self.in_flight()
         except FleetError as e:
