@@ -9,9 +9,10 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
                 run and does not (asleep, on its way up, failed), the fleet's wake handler instead
   /backups/* -> forward_auth to the fleet's auth endpoint; client-sent identity headers are
                 stripped first, so only the auth service's answer can set them
-  /auth/ticket, /auth/logout
+  /auth/ticket, /auth/logout, /wake/wait
              -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
-                signed-in browser gets, and gives up, that host's own session cookie
+                signed-in browser gets, and gives up, that host's own session cookie, and where the
+                wake handler's page waits for the instance to serve
 The fleet host serves the fleet's web endpoints (health, Discord sign-in; never the control API, the
 forward_auth check, nor the TLS permission check, which Caddy asks directly with a secret path).
 Plain HTTP to a host the fleet serves redirects to HTTPS on the configured port; any other host gets a
