@@ -59,8 +59,8 @@ def _page(answer: WakeAnswer, wait_url: str) -> HTMLResponse:
     host = html.escape(answer.host)
     if answer.verdict is Verdict.STARTING:
         refresh = f"0; url={wait_url}"
-        text = (f"The game at <b>{host}</b> is starting now (it sleeps while nobody plays, or was restarting). This page follows it and opens the "
-                "game as soon as it is ready; that usually takes a few seconds.")
+        text = (f"The game at <b>{host}</b> is starting now (it sleeps while nobody plays, or was restarting). "
+                "This page follows it and opens the game as soon as it is ready; that usually takes a few seconds.")
     elif answer.verdict is Verdict.FULL:
         refresh = f"{FULL_RETRY}; url={wait_url}"
         text = (f"The server hosting <b>{host}</b> has no memory free to start it right now. Its admins have "
