@@ -21,15 +21,15 @@ from bench.fleet import bench_fleet  # noqa: E402
 from tests.support.foundry_standin import free_port, spawn_standin, wait_for_status, write_options  # noqa: E402
 
 
-def bare_start(entry: Path, work: Path) -> float:
-    """Spawn the stand-in directly and time it to its first healthy answer."""
+def bare_start(entry: Path, work: Path, poll: float = 0.01) -> float:
+    """Spawn the stand-in directly and time it to its first healthy answer (asked every `poll` seconds)."""
     data = work / f"bare-{time.monotonic_ns()}"
     port = free_port()
     write_options(data, port=port)
     t0 = time.perf_counter()
     proc = spawn_standin(entry, port, data, stdout_path=work / "bare.log")
     try:
-        wait_for_status(port, proc, timeout=20)
+        wait_for_status(port, proc, timeout=20, poll=poll)
         return time.perf_counter() - t0
     finally:
         proc.kill()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import http.client
 import os
 import re
 import sqlite3
@@ -34,13 +33,13 @@ import httpx  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
+from bench.create_to_healthy import bare_start  # noqa: E402
 from bench.fleet import bench_fleet  # noqa: E402
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.api.client import ControlClient  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
 from foundry_fleet.services.idle_watch import IdleRecords  # noqa: E402
 from tests.support.edge_client import local_ca, tls_context, wss  # noqa: E402
-from tests.support.foundry_standin import STATUS_PATH, free_port, spawn_standin, write_options  # noqa: E402
 from tests.support.harness import FleetHarness  # noqa: E402
 
 # Below the kernel's ephemeral ports (32768 up by default): with 200 instances health-checked, an outgoing
@@ -112,34 +111,6 @@ def load_average() -> str:
 # a. Wake latency
 
 
-def app_start(entry: Path, work: Path) -> float:
-    """The stand-in started directly with node, polled every 5 ms: spawn -> first 200 on its status."""
-    data = work / f"bare-{time.monotonic_ns()}"
-    port = free_port()
-    write_options(data, port=port)
-    t0 = time.perf_counter()
-    proc = spawn_standin(entry, port, data, stdout_path=work / "bare.log")
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the stand-in exited with {proc.returncode}; see {work / 'bare.log'}")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                conn.request("GET", STATUS_PATH)
-                r = conn.getresponse()
-                r.read()
-                if r.status == 200:
-                    return time.perf_counter() - t0
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            time.sleep(0.005)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def browser_wake(https_port: int, host: str, ca: Path) -> dict[str, float]:
     """A browser's first visit to a sleeping instance: the waiting page, its refresh to the held wait,
     the 303, Foundry's page. Returns wall-clock marks (time.time(), the clock the fleet's events use)."""
@@ -190,7 +161,7 @@ def wake_latency(cycles: int) -> None:
         wait_for(lambda: asleep_and_routed(client, name), 30, f"{name} asleep")
         loads_asleep = client.status()["edge"]["config_loads"]
         for _ in range(cycles):
-            anchors.append(app_start(entry, fleet.root))
+            anchors.append(bare_start(entry, fleet.root, poll=0.005))  # the app's own start
             time.sleep(0.5)
             marks = browser_wake(https_port, host, ca)
             loads_woken = client.status()["edge"]["config_loads"]

@@ -290,8 +290,9 @@ def wait_for_status(
     proc: subprocess.Popen[bytes] | None = None,
     timeout: float = 10.0,
     path: str = STATUS_PATH,
+    poll: float = 0.01,
 ) -> dict[str, object]:
-    """Poll `http://127.0.0.1:<port><path>` until it answers 200; return the JSON.
+    """Poll `http://127.0.0.1:<port><path>` every `poll` seconds until it answers 200; return the JSON.
 
     Raises RuntimeError if `proc` exits first, TimeoutError after `timeout` seconds.
     """
@@ -309,7 +310,7 @@ def wait_for_status(
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer within {timeout} s")
-        time.sleep(0.01)
+        time.sleep(poll)
 
 
 def run_in_instance(port: int, script: str, *, timeout: float = 30.0, background: bool = False,
