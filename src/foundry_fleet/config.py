@@ -491,6 +491,25 @@ class DiscordSection(_Section):
         return self.client_id is not None and self.client_secret_file is not None
 
 
+class PanelSection(_Section):
+    """The web panel at https://<fleet host>/ and the resource figures it shows."""
+
+    enabled: bool = Field(True, description="serve the panel on the fleet host")
+    sample_interval: float = Field(30.0, ge=1, le=HOUR, description="seconds between two samples of each "
+                                   "running instance's memory and CPU (kept in memory for the last hour)")
+    history_minutes: int = Field(60, ge=1, le=24 * 60, description="how much of the samples is kept")
+
+
+class MetricsSection(_Section):
+    """/metrics in Prometheus' text format."""
+
+    token_file: Path | None = Field(None, description="the bearer token scrapers send to "
+                                    "https://<fleet host>/metrics, a 0600 file; default <root>/state/metrics.token, "
+                                    "made on first use")
+    listen: str = Field("", description='also serve /metrics without a token on this loopback or private '
+                        'address, e.g. "127.0.0.1:9464"; empty: not')
+
+
 class FleetConfig(_Section):
     fleet: FleetSection
     edge: EdgeSection = EdgeSection()
@@ -506,6 +525,8 @@ class FleetConfig(_Section):
     backups: BackupsSection = BackupsSection()
     logs: LogsSection = LogsSection()
     discord: DiscordSection = DiscordSection()
+    panel: PanelSection = PanelSection()
+    metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
     def _edge_on_nomad(self) -> FleetConfig:
