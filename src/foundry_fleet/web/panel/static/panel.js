@@ -1,0 +1,1 @@
+// Small behaviours htmx does not cover; the panel works without them.
