@@ -100,7 +100,10 @@ def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_o
     # Discord sign-in starts and comes back here; the forward_auth check and tickets are not published here.
     assert {"/auth/login", "/auth/callback"} <= set(fleet_paths)
     assert not {"/auth/*", "/auth/backups", "/auth/ticket"} & set(fleet_paths)
-    assert web["handle"][0]["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
+    encode, proxy = web["handle"]
+    # Pages compressed; event streams not (an encoder could hold back what must reach the browser now).
+    assert encode["handler"] == "encode" and "text/event-stream" not in str(encode["match"])
+    assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
     assert rest == {"handle": [{"handler": "static_response", "status_code": 404}]}
     assert route_for(config, "alice.localhost", "/v1/status")["handle"] == [{"handler": "static_response", "status_code": 404}]
     assert route_for(config, "mallory.localhost", "/") == routes[-1]
@@ -120,9 +123,11 @@ def test_tls_modes() -> None:
     # Caddy reads the secret part of the path from the 0600 file each time it asks: no config holds it.
     assert automation["on_demand"]["permission"] == {
         "module": "http", "endpoint": "http://127.0.0.1:8099/tls/permission/{file./f/state/tls-permission.key}"}
-    # And the fleet host does not publish it.
-    assert route_for(od, "fleet.localhost", "/tls/permission/x")["handle"][0]["routes"][0]["match"] == [
-        {"path": ["/health", "/auth/login", "/auth/callback", "/login/*"]}]
+    # And the fleet host does not publish it (nor the backups check, nor the wake handler's entry).
+    published = route_for(od, "fleet.localhost", "/tls/permission/x")["handle"][0]["routes"][0]["match"][0]["path"]
+    assert {"/health", "/auth/login", "/auth/callback", "/", "/instances/*", "/admin/*", "/login"} <= set(published)
+    for hidden in ("/tls/permission/x", "/auth/backups", "/wake/visit", "/auth/ticket", "/backups/"):
+        assert not any(hidden == p or (p.endswith("/*") and hidden.startswith(p[:-1])) for p in published), hidden
 
 
 names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), unique=True, max_size=8)
@@ -225,4 +230,4 @@ def test_the_wait_is_published_on_every_tenant_host_and_the_visit_on_none() -> N
     # The fleet host has no tenant to wait for: neither is published there.
     for path in ("/wake/wait", "/wake/visit"):
         assert fleet_host_handler(config, path) == [{"handler": "static_response", "status_code": 404}]
-    assert fleet_host_handler(config, "/health")[0]["upstreams"] == [{"dial": "127.0.0.1:8099"}]
+    assert fleet_host_handler(config, "/health")[-1]["upstreams"] == [{"dial": "127.0.0.1:8099"}]

@@ -135,6 +135,7 @@ FLOAT_KEYS = [
     ("health_timeout = 2.0", "supervisor.health_timeout"),
     ("start_timeout = 120.0", "supervisor.start_timeout"),
     ("session_hours = 12.0", "discord.session_hours"),
+    ("sample_interval = 30.0", "panel.sample_interval"),
 ]
 
 

@@ -18,10 +18,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from foundry_fleet import __version__
-from foundry_fleet.domain.errors import Forbidden, FleetError, InvalidInput
+from foundry_fleet.domain.errors import Forbidden, FleetError, InvalidInput, http_status
 
-STATUS_CODES = {"invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422, "external": 502,
-                "daemon_not_running": 503, "forbidden": 403, "rate_limited": 429}
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def _route(ep: Endpoint, guard: Guard | None) -> Route:
             if principal is not None and ep.tenant_action == "mine" and not principal.admin:
                 result = [item for item in result if item.get("owner") == principal.discord_id]
         except FleetError as exc:
-            return JSONResponse(exc.to_dict(), status_code=STATUS_CODES.get(exc.kind, 500))
+            return JSONResponse(exc.to_dict(), status_code=http_status(exc))
         return JSONResponse(result, status_code=ep.status)
 
     return Route(ep.path, endpoint, methods=[ep.method])

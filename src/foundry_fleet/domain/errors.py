@@ -76,3 +76,11 @@ ERROR_KINDS: dict[str, type[FleetError]] = {
     for cls in (FleetError, InvalidInput, NotFound, Conflict, Unsupported, DaemonNotRunning, ExternalFailure,
                 Forbidden, RateLimited)
 }
+
+# The HTTP status each kind is answered with, by the control API and the panel alike.
+HTTP_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422, "external": 502,
+               "daemon_not_running": 503, "forbidden": 403, "rate_limited": 429}
+
+
+def http_status(error: FleetError) -> int:
+    return HTTP_STATUS.get(error.kind, 500)

@@ -13,7 +13,7 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
              -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
                 signed-in browser gets, and gives up, that host's own session cookie, and where the
                 wake handler's page waits for the instance to serve
-The fleet host serves the fleet's web endpoints (health, Discord sign-in; never the control API, the
+The fleet host serves the fleet's web endpoints (health, Discord sign-in, the panel; never the control API, the
 forward_auth check, nor the TLS permission check, which Caddy asks directly with a secret path).
 Plain HTTP to a host the fleet serves redirects to HTTPS on the configured port; any other host gets a
 404, never a redirect to where its Host header points. A host the fleet does not serve gets no
@@ -26,7 +26,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
-from foundry_fleet.domain.web_paths import WAKE_VISIT_PATH, WAKE_WAIT_PATH
+from foundry_fleet.domain.web_paths import PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
 
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
 IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
@@ -34,7 +34,10 @@ IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
 TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout", WAKE_WAIT_PATH)
 WAKE_MAX_BODY = 64 * 1024  # a visit to a sleeping instance carries no upload worth taking
 # Never the TLS permission check: Caddy asks it directly, and nobody else may learn the tenant hosts.
-FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", "/login/*")
+FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", *PANEL_PATHS)
+# The panel's pages, styles and scripts go compressed (the overview of hundreds of instances is mostly
+# repeated markup); its event streams and everything else as they are.
+COMPRESSED_TYPES = ["text/html*", "text/css*", "text/javascript*", "application/javascript*"]
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
 # Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
 # the tenant's server never sees them, and a Set-Cookie of its for them is emptied (its scripts share
@@ -262,7 +265,10 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [
-            {"match": [{"path": list(FLEET_WEB_PATHS)}], "handle": [_to_web(settings)]},
+            {"match": [{"path": list(FLEET_WEB_PATHS)}], "handle": [
+                {"handler": "encode", "encodings": {"zstd": {}, "gzip": {}}, "prefer": ["zstd", "gzip"],
+                 "match": {"headers": {"Content-Type": COMPRESSED_TYPES}}},
+                _to_web(settings)]},
             {"handle": [{"handler": "static_response", "status_code": 404}]},
         ]}],
         "terminal": True,

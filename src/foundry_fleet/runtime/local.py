@@ -256,13 +256,8 @@ class LocalRuntime:
             yield line
         if not follow:
             return
-        done = False
-        lines_after = logs.follow(path, stop=lambda: done)
-        try:
-            while (line := await asyncio.to_thread(next, lines_after, None)) is not None:
-                yield line
-        finally:
-            done = True  # the follower's thread notices within its poll interval
+        async for line in logs.follow_on_own_thread(path):
+            yield line
 
     async def forget_unknown(self, known: set[str]) -> list[str]:
         return []  # start_task finds a stray of the instance it starts (kill_strays)

@@ -19,7 +19,8 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from foundry_fleet.runtime import log_writer
@@ -270,3 +271,22 @@ def follow(
     finally:
         if f is not None:
             f.close()
+
+
+async def follow_on_own_thread(path: Path, lines: Callable[[Iterator[str]], Iterator[str]] | None = None,
+                               ) -> AsyncIterator[str]:
+    """`follow(path)` for async code (each line through `lines`, when given). On a thread of its own: a
+    follower waits there for the next line as long as the log is quiet, and would otherwise hold one of
+    the few threads every other blocking call of the daemon shares (a few open log views would stall it)."""
+    done = False
+    followed = follow(path, stop=lambda: done)
+    if lines is not None:
+        followed = lines(followed)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="log-follow")
+    loop = asyncio.get_running_loop()
+    try:
+        while (line := await loop.run_in_executor(reader, next, followed, None)) is not None:
+            yield line
+    finally:
+        done = True  # the follower's thread notices within its poll interval
+        reader.shutdown(wait=False)

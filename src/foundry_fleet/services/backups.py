@@ -70,6 +70,10 @@ class Backups:
         self.fmt = TimeFormat(tsformat)
         self.replication = replication  # None: no backup destinations
         self._refused: dict[str, float] = {}  # instance -> the slot whose snapshot the disk limit refused
+        # instance -> when its newest snapshot was taken, as this process learnt it (each schedule round
+        # reads every instance's snapshot names anyway): the panel and /metrics show it for every
+        # instance without listing snapshots on each request.
+        self._newest: dict[str, float] = {}
 
     def acting_as(self, actor: str) -> Backups:
         """The same service, recording its events and plan changes under another actor."""
@@ -91,6 +95,15 @@ class Backups:
 
     # taking and listing -------------------------------------------------------------------
 
+    def newest_snapshot_times(self) -> dict[str, float]:
+        """When each instance's newest snapshot was taken, as far as the schedule has looked (it looks at
+        every instance at its first round, when the daemon starts)."""
+        return dict(self._newest)
+
+    def _saw_snapshot(self, name: str, at: float | None) -> None:
+        if at is not None and at > self._newest.get(name, 0.0):
+            self._newest[name] = at
+
     def list(self, name: str) -> list[SnapshotInfo]:
         self.instances.get(name)
         return self.snapshots.list(name)
@@ -111,14 +124,19 @@ class Backups:
             self.events.record("backup.snapshot", view.name, Outcome.REFUSED, e.message)
             raise
 
+    def snapshot_name(self, label: str, now: float) -> str:
+        """The name a snapshot with `label` taken at `now` gets (a counter is added to a name in use)."""
+        return f"{label}-{self.fmt.name(now)}"
+
     def _take(self, name: str, label: str, now: float | None = None) -> SnapshotInfo:
         view = self.instances.get(name)
-        stamp = f"{label}-{self.fmt.name(now or time.time())}"
+        stamp = self.snapshot_name(label, now or time.time())
         taken = set(self.snapshots.names(name))
         # Two snapshots with the same label in one second (an upgrade, then a second one at once) must
         # both be kept: the later one gets a counter.
         snap_name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if n not in taken)
         info = self.snapshots.take(name, self.storage.paths(name).data, snap_name)
+        self._saw_snapshot(view.name, info.created_at)
         self.events.record("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
         return info
 
@@ -164,6 +182,7 @@ class Backups:
                 plans[name] = plan = parse_plan(own_plan or self.records.default_plan)
                 slot = current_slot(now, plan)
                 latest = max((t for t in map(self.fmt.parse, self.snapshots.names(name)) if t is not None), default=None)
+                self._saw_snapshot(name, latest)
                 if (latest is None or latest < slot) and not self._refused_at(name, slot, failed):
                     due[self.fmt.name(slot)].append(name)
             except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
@@ -215,6 +234,7 @@ class Backups:
             self.events.record("backup.snapshot", names[0], Outcome.FAILED, str(e), actor="scheduler")
             return []
         for name, info in zip(names, infos, strict=True):
+            self._saw_snapshot(name, info.created_at)
             self.events.record("backup.snapshot", name, Outcome.OK, f"{snap} ({info.bytes_new} bytes new)",
                                actor="scheduler")
         return [InstanceSnapshot(name, snap) for name in names]

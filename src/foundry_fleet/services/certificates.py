@@ -47,6 +47,11 @@ class CertificateWatch:
             expiry_warning = 0.0 if tls == "internal" else EXPIRY_WARNING_S
         self.expiry_warning = expiry_warning
         self._problems: dict[str, str] = {}  # host -> the problem last recorded
+        self._checked = False
+
+    def problems(self) -> dict[str, str] | None:
+        """The hosts with a problem at the last check, by host; None before the first check."""
+        return dict(self._problems) if self._checked else None
 
     def check_once(self) -> dict[str, str]:
         """Check every tenant host; record changes; returns the current problems by host."""
@@ -66,6 +71,7 @@ class CertificateWatch:
                     self.events.record("edge.certificate", site.name, Outcome.OK, f"{host}: valid again",
                                        actor="edge")
         self._problems = current
+        self._checked = True
         return current
 
     async def run(self, every: float = 600.0, first_after: float = 600.0) -> None:

@@ -155,6 +155,19 @@ session_hours = 12.0
 [logs]
 max_kb = 10240             # rotate an instance's log at this size ...
 keep = 5                   # ... keeping this many old files
+
+[panel]
+# The web panel at https://<fleet_host>.<domain>/: admins see every instance, tenants their own; sign in
+# with Discord ([discord] client_id), or with a one-time link from `foundry-fleet panel login`.
+enabled = true
+sample_interval = 30.0     # seconds between samples of each running instance's memory and CPU ...
+history_minutes = 60       # ... kept in memory this long (the panel's sparklines)
+
+[metrics]
+# /metrics in Prometheus' text format at https://<fleet_host>.<domain>/metrics, for the bearer token in
+# token_file (made on first start, chmod 600); listen also serves it without a token on a local address.
+# token_file = "/etc/foundry-fleet/metrics.token"   # default: state/metrics.token in the fleet root
+listen = ""                # e.g. "127.0.0.1:9464"
 """
 
 

@@ -31,6 +31,7 @@ class InstanceView:
     sleeps_after: float | None = None
     idle_after_own: bool = False  # sleeps_after is its own setting (`instance set --idle-after`)
     idle_since: float | None = None  # running and idle since then (epoch seconds); None: busy or not running
+    started_at: float | None = None  # when its running task started (epoch seconds); None: no task
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

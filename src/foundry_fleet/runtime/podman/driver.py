@@ -437,13 +437,8 @@ class PodmanRuntime:
             yield line
         if not follow:
             return
-        done = False
-        lines_after = server_lines(logs.follow(path, stop=lambda: done))
-        try:
-            while (line := await asyncio.to_thread(next, lines_after, None)) is not None:
-                yield line
-        finally:
-            done = True
+        async for line in logs.follow_on_own_thread(path, server_lines):
+            yield line
 
     def take_events(self) -> list[TaskEvent]:
         events, self._events = self._events, []

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from foundry_fleet.domain.sparkline import sparkline_points
+from foundry_fleet.domain.units import human_bytes, human_duration
 from foundry_fleet.domain.web_paths import PANEL_STATIC
 
 HERE = Path(__file__).parent
@@ -46,7 +49,19 @@ def static_url(name: str) -> str:
     return f"{PANEL_STATIC}/{name}"
 
 
+def spark(values: tuple[float, ...], label: str) -> Markup:
+    """An inline SVG sparkline (an image to a screen reader, named by `label`); nothing for no history."""
+    points = sparkline_points(values)
+    if not points:
+        return Markup("")
+    return Markup('<svg class="spark" viewBox="0 0 90 20" role="img" aria-label="{}"><polyline points="{}"/></svg>'
+                  ).format(label, points)
+
+
 _env.globals["static"] = static_url
+_env.filters["size"] = human_bytes
+_env.filters["duration"] = human_duration
+_env.filters["spark"] = spark
 
 
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200,
