@@ -34,7 +34,8 @@ IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
 TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout", WAKE_WAIT_PATH)
 WAKE_MAX_BODY = 64 * 1024  # a visit to a sleeping instance carries no upload worth taking
 # Never the TLS permission check: Caddy asks it directly, and nobody else may learn the tenant hosts.
-FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", "/login/*")
+# /metrics asks for its own token: the fleet's address is what scrapers outside the host know.
+FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", "/login/*", "/metrics")
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
 # Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
 # the tenant's server never sees them, and a Set-Cookie of its for them is emptied (its scripts share
