@@ -64,12 +64,12 @@ class CertificateWatch:
         self.expiry_warning = expiry_warning
         self._problems: dict[str, str] = {}  # host -> the problem last recorded
         # Replaced whole after each round, never changed in place: /metrics reads it from another thread.
-        self._checked: dict[str, CheckedHost] = {}
+        self._found: dict[str, CheckedHost] = {}
 
     def checked(self) -> list[CheckedHost]:
         """What the last round found, host by host (empty until the first round: see `run`). Reading it
         makes no TLS connection, so a scrape can afford it."""
-        return list(self._checked.values())
+        return list(self._found.values())
 
     def check_once(self) -> dict[str, str]:
         """Check every tenant host; record changes; returns the current problems by host."""
@@ -92,7 +92,7 @@ class CertificateWatch:
                     self.events.record("edge.certificate", site.name, Outcome.OK, f"{host}: valid again",
                                        actor="edge")
         self._problems = current
-        self._checked = checked
+        self._found = checked
         return current
 
     async def run(self, every: float = 600.0, first_after: float = 600.0) -> None:
