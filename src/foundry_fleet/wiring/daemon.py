@@ -47,6 +47,7 @@ from foundry_fleet.services.tls_permission import load_or_create_secret, secret_
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
 from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
+from foundry_fleet.wiring.metrics import MetricsDoor, fleet_collector, make_metrics
 from foundry_fleet.wiring.services import (
     make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
 )
@@ -134,12 +135,14 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Visits to instances that do not serve: answered (a page saying their table starts) from the first
     # moment, and woken once the operations below exist.
     wakes = Wakes(services.hostnames.instance_for_host, operations=None)
+    metrics = make_metrics(config)  # the daemon's own figures at once, the fleet's once it is built (below)
     web_app = by_socket(str(backups_path),
                         create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
-                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes))
+                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
+    metrics_door = MetricsDoor(config.metrics.listen_address, metrics)
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
     updates = make_status_updates(services, make_notifier(config))
     updates.start_from_now()
@@ -186,6 +189,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     status_task = asyncio.create_task(updates.run())
     certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
+    metrics.watch(fleet_collector(services, supervisor, backups, certificates))
     idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
                      config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                      busy=operations.busy)
@@ -217,6 +221,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         await edge.close(stop_caddy=not leave_running)
         await api
         await web_task
+        await metrics_door.close()
         sock.close()
         web_sock.close()
         backups_sock.close()
