@@ -51,6 +51,7 @@ from foundry_fleet.wiring.metrics import MetricsDoor, fleet_collector, make_metr
 from foundry_fleet.wiring.services import (
     make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
 )
+from foundry_fleet.wiring.services import make_panel_sessions
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -128,6 +129,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     backups_path = config.paths.run / "backups.sock"
     backups_sock = bind_private_socket(backups_path)
     web_login = make_web_login(services)
+    panel_sessions = make_panel_sessions(services, web_login)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
@@ -175,7 +177,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                      runtime_images=runtime_image_check(config, services.releases),
-                     runtime_nodes=lambda: node_report(runtime.nodes))
+                     runtime_nodes=lambda: node_report(runtime.nodes),
+                     panel_link=panel_sessions.make_link if config.panel.enabled else None)
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
