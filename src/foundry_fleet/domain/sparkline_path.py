@@ -1,8 +1,10 @@
-"""A sparkline: a short history drawn as one line in a small box, as the `d` of an SVG path.
+"""A sparkline as the `d` of an SVG path: a short history drawn as one line in a small box.
 
-Integer coordinates and SVG's implicit line-to (pairs after a move are lines) make a point two numbers
-and two spaces, and the inner points of a flat stretch are left out (a steady memory line is a few
-points), so a page with a line for each of 200 instances stays small.
+Beside domain/sparkline.py's polyline points (the panel's): a path can break, so a gap in the
+history (a sample without a CPU rate, a stop) is drawn as one rather than as a zero; a young history
+keeps its place at the right, in time; and the inner points of a flat stretch are left out (a steady
+memory line is a few points). Integer coordinates and SVG's implicit line-to make a point two numbers
+and two spaces, so a page with a line for each of 200 instances stays small.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def sparkline(values: Sequence[float | None], width: int, height: int, *, top: float | None = None,
+def sparkline_path(values: Sequence[float | None], width: int, height: int, *, top: float | None = None,
               slots: int | None = None) -> str:
     """The path drawing `values` (oldest first) in a `width` x `height` box, the newest at the right edge.
 
