@@ -160,6 +160,7 @@ keep = 5                   # ... keeping this many old files
 # The web panel at https://<fleet_host>.<domain>/: admins see every instance, tenants their own; sign in
 # with Discord ([discord] client_id), or with a one-time link from `foundry-fleet panel login`.
 enabled = true
+sampling = true            # off: no memory and CPU figures (the panel shows none, /metrics neither)
 sample_interval = 30.0     # seconds between samples of each running instance's memory and CPU ...
 history_minutes = 60       # ... kept in memory this long (the panel's sparklines)
 

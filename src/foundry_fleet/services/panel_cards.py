@@ -41,7 +41,8 @@ class InstanceCard:
     memory_limit_bytes: int | None
     cpu_percent: float | None  # 100 = one core
     memory_history: tuple[int, ...]  # bytes, oldest first, over the sampler's history
-    cpu_history: tuple[float, ...]
+    cpu_history: tuple[float | None, ...]  # None: no rate for that sample (the first after a start)
+    history_slots: int  # how many samples a full history holds
     last_backup_at: float | None
     certificate: str  # "valid", "not checked yet", "not served" or the problem
 
@@ -60,6 +61,7 @@ class CardSources:
     resources: ResourceReader | None  # None: no sampler (nothing shown)
     newest_snapshots: Callable[[], dict[str, float]]
     certificate_problems: Callable[[], dict[str, str] | None]  # host -> problem; None: not checked yet
+    history_slots: int = 120  # how many samples a full history holds
 
 
 class PanelCards:
@@ -92,7 +94,8 @@ class PanelCards:
             memory_limit_bytes=latest.memory_limit_bytes if latest else None,
             cpu_percent=latest.cpu_percent if latest else None,
             memory_history=tuple(p.memory_bytes for p in history),
-            cpu_history=tuple(p.cpu_percent or 0.0 for p in history),
+            cpu_history=tuple(p.cpu_percent for p in history),
+            history_slots=self.sources.history_slots,
             last_backup_at=newest.get(view.name),
             certificate=_certificate(view, running, problems),
         )

@@ -38,9 +38,9 @@ class ResourceSamples:
     def __init__(self, running: Callable[[], Iterable[str]], stats: Callable[[str], Awaitable[TaskStats | None]],
                  *, sample_interval: float = 30.0, history_minutes: int = 60, enabled: bool = True,
                  concurrency: int = CONCURRENCY, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, on_round: Callable[[], None] | None = None) -> None:
         """`running()`: the instances that have a task now; `stats(name)`: one instance's figures now (None
-        when it has no task any more)."""
+        when it has no task any more); `on_round()`: after each round (live pages show the new figures)."""
         self.running = running
         self.stats = stats
         self.sample_interval = sample_interval
@@ -49,15 +49,17 @@ class ResourceSamples:
         self.concurrency = concurrency
         self.clock = clock
         self.monotonic = monotonic
+        self.on_round = on_round
         self._points: dict[str, deque[ResourcePoint]] = {}
         self._totals: dict[str, tuple[float, float]] = {}  # name -> (monotonic time, CPU seconds) of its last total
         self._failing: set[str] = set()  # said once, not every round
 
     @classmethod
     def from_config(cls, panel: PanelSection, running: Callable[[], Iterable[str]],
-                    stats: Callable[[str], Awaitable[TaskStats | None]]) -> ResourceSamples:
+                    stats: Callable[[str], Awaitable[TaskStats | None]],
+                    on_round: Callable[[], None] | None = None) -> ResourceSamples:
         return cls(running, stats, sample_interval=panel.sample_interval, history_minutes=panel.history_minutes,
-                   enabled=panel.sampling)
+                   enabled=panel.sampling, on_round=on_round)
 
     # reads ---------------------------------------------------------------------------------
 
@@ -88,6 +90,8 @@ class ResourceSamples:
                 await self.sample_once()
             except Exception:  # noqa: BLE001 - the figures must outlive any one bad round
                 log.exception("a round of resource samples failed")
+            if self.on_round is not None:
+                self.on_round()
             await asyncio.sleep(max(0.0, self.sample_interval - (self.monotonic() - began)))
 
     async def sample_once(self) -> None:

@@ -186,7 +186,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
                             moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node))
     # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
-    samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats)
+    samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
@@ -206,9 +206,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     status_task = asyncio.create_task(updates.run())
     certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
-    metrics.watch(fleet_collector(services, supervisor, backups, certificates))
+    metrics.watch(fleet_collector(services, supervisor, backups, certificates, samples))
     panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
-                                    samples=None)
+                                    samples)
     idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
                      config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                      busy=operations.busy)

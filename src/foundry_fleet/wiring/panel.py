@@ -9,7 +9,8 @@ from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.operations import Operations
-from foundry_fleet.services.panel_cards import CardSources, PanelCards, ResourceReader
+from foundry_fleet.services.panel_cards import CardSources, PanelCards
+from foundry_fleet.services.resource_samples import ResourceSamples
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.web.panel.services import PanelServices
 from foundry_fleet.wiring.services import FleetServices
@@ -17,12 +18,13 @@ from foundry_fleet.wiring.services import FleetServices
 
 def panel_services(config: FleetConfig, services: FleetServices, operations: Operations, supervisor: Supervisor,
                    backups: Backups, certificates: CertificateWatch, bulletin: Bulletin,
-                   samples: ResourceReader | None) -> PanelServices:
+                   samples: ResourceSamples | None) -> PanelServices:
     access = Access(services.instances, frozenset(config.discord.admin_users))
     https_port = config.edge.https_port
     return PanelServices(
         access=access,
         cards=PanelCards(access, CardSources(players=supervisor.users, resources=samples,
+                                             history_slots=samples.keep if samples is not None else 1,
                                              newest_snapshots=backups.newest_snapshot_times,
                                              certificate_problems=certificates.problems)),
         operations=operations,

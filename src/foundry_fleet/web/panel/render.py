@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from foundry_fleet.domain.sparkline import sparkline_points
+from foundry_fleet.domain.sparkline_path import sparkline_path
 from foundry_fleet.domain.units import human_bytes, human_duration
 from foundry_fleet.domain.web_paths import PANEL_STATIC
 
@@ -49,13 +49,17 @@ def static_url(name: str) -> str:
     return f"{PANEL_STATIC}/{name}"
 
 
-def spark(values: tuple[float, ...], label: str) -> Markup:
-    """An inline SVG sparkline (an image to a screen reader, named by `label`); nothing for no history."""
-    points = sparkline_points(values)
-    if not points:
+SPARK_BOX = (90, 20)
+
+
+def spark(values: tuple[float | None, ...], label: str, slots: int | None = None) -> Markup:
+    """An inline SVG sparkline (an image to a screen reader, named by `label`); nothing for no history.
+    `slots`: how many samples the box spans (a young history stays at the right, in its place in time)."""
+    d = sparkline_path(values, *SPARK_BOX, slots=slots)
+    if not d:
         return Markup("")
-    return Markup('<svg class="spark" viewBox="0 0 90 20" role="img" aria-label="{}"><polyline points="{}"/></svg>'
-                  ).format(label, points)
+    return Markup('<svg class="spark" viewBox="0 0 {} {}" role="img" aria-label="{}"><path d="{}"/></svg>'
+                  ).format(*SPARK_BOX, label, d)
 
 
 _env.globals["static"] = static_url
