@@ -1,0 +1,101 @@
+"""What the panel's admin pages ask the daemon for that only the wiring can build: the host's health
+(the checks of `foundry-fleet doctor`) and the runtime's facts (what `foundry-fleet status` says of it).
+The pages get plain async callables, so the web layer imports neither the doctor's probes nor a driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from foundry_fleet.api.answer import answer
+from foundry_fleet.config import FleetConfig
+from foundry_fleet.runtime.base import NodeInfo
+from foundry_fleet.services.daemon_info import DaemonInfo
+from foundry_fleet.services.doctor import DoctorReport
+from foundry_fleet.services.runtime_report import node_report
+from foundry_fleet.wiring.doctor import doctor_report
+from foundry_fleet.wiring.services import FleetServices
+
+T = TypeVar("T")
+
+HEALTH_FRESH_S = 30.0  # the checks resolve names and probe tools: seconds of work, not for every page view
+
+
+class SharedResult(Generic[T]):
+    """One run of `produce` at a time, its result kept `fresh_for` seconds: callers arriving while it
+    runs wait for that same run rather than starting another. A run that fails is not kept."""
+
+    def __init__(self, produce: Callable[[], Awaitable[T]], fresh_for: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.produce = produce
+        self.fresh_for = fresh_for
+        self.clock = clock
+        self._kept: tuple[float, T] | None = None
+        self._running: asyncio.Task[T] | None = None
+
+    async def __call__(self) -> T:
+        if self._kept is not None and self.clock() - self._kept[0] < self.fresh_for:
+            return self._kept[1]
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._run())
+        # Shielded: a viewer who leaves does not cancel the run the others are waiting for.
+        return await asyncio.shield(self._running)
+
+    async def _run(self) -> T:
+        try:
+            value = await self.produce()
+            self._kept = (self.clock(), value)
+            return value
+        finally:
+            self._running = None
+
+
+def health_check(config: FleetConfig, services: FleetServices,
+                 status_reader: Callable[[], Awaitable[dict[str, Any]]], fresh_for: float = HEALTH_FRESH_S,
+                 **doctor_options: Any) -> Callable[[], Awaitable[DoctorReport]]:
+    """The doctor's report for the panel's health page. `status_reader`: the daemon's status, as
+    `foundry-fleet status` gets it (see `status_from`); `doctor_options`: doctor_report's own
+    (public_addresses, resolve, clock)."""
+
+    async def check() -> DoctorReport:
+        status = await status_reader()
+        return await asyncio.to_thread(doctor_report, config, services, status, **doctor_options)
+
+    return SharedResult(check, fresh_for)
+
+
+def status_from(control_app: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The daemon's status, asked of its own control app in process, as the fleet's user asks it over
+    the socket (no principal: the whole fleet)."""
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=control_app), base_url="http://fleet.invalid",
+                               timeout=120.0)
+
+    async def read() -> dict[str, Any]:
+        status: dict[str, Any] = answer(await client.get("/v1/status"))
+        return status
+
+    return read
+
+
+def runtime_facts(info: DaemonInfo, nodes: Callable[[], Awaitable[list[NodeInfo]]]
+                  ) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """For the panel's nodes page: the runtime (driver, what it offers, the health it found at start),
+    every capability the daemon reported at start, and the runtime's nodes now (or why they are unknown)."""
+
+    async def facts() -> dict[str, Any]:
+        found, problem = await node_report(nodes)
+        return {
+            "runtime": info.runtime.to_dict() if info.runtime is not None else None,
+            "capabilities": [{"name": c.name, "available": c.available, "detail": c.detail}
+                             for c in info.capabilities],
+            "nodes": found,
+            "nodes_problem": problem,
+            "started_at": info.started_at,
+        }
+
+    return facts
