@@ -20,6 +20,7 @@ from foundry_fleet.domain.homes import HOME_NAME, MAIN_HOME
 from foundry_fleet.domain.idle import OFF, format_idle_after, parse_idle_after
 from foundry_fleet.domain.hosts import validate_host_label
 from foundry_fleet.domain.names import validate_domain
+from foundry_fleet.domain.private_address import private_listen_address
 
 
 # Where foundryvtt.com serves release zips from (timed URLs point at these).
@@ -509,6 +510,23 @@ class MetricsSection(_Section):
     listen: str = Field("", description='also serve /metrics without a token on this loopback or private '
                         'address, e.g. "127.0.0.1:9464"; empty: not')
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        # Whoever reaches this address reads the metrics without a token: never a public one.
+        if not v.strip():
+            return ""
+        try:
+            host, port = private_listen_address(v)
+        except InvalidInput as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        """(host, port) of the token-free door; None: there is none."""
+        return private_listen_address(self.listen) if self.listen else None
+
 
 class FleetConfig(_Section):
     fleet: FleetSection
@@ -625,6 +643,9 @@ def load_config(path: Path) -> FleetConfig:
             if isinstance(nomad.get(key), str) and nomad[key]:
                 nomad[key] = str((base / nomad[key]).resolve())
         # A home's roots stay as written: they must be absolute (a relative one is refused, not guessed).
+    metrics = raw.get("metrics")
+    if isinstance(metrics, dict) and isinstance(metrics.get("token_file"), str) and metrics["token_file"]:
+        metrics["token_file"] = str((base / metrics["token_file"]).resolve())
     discord = raw.get("discord")
     if isinstance(discord, dict):
         for key in ("token_file", "client_secret_file"):

@@ -86,7 +86,7 @@ def test_sign_in_on_tenant_hosts_reaches_the_web_app_with_the_real_host() -> Non
             # Set, never passed on: a client's own X-Forwarded-Host cannot pick the host a ticket is checked against.
             assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
         # The rest of the web app is not a tenant's to call: the forward_auth check, the fleet's own pages.
-        for path in ("/auth/backups", "/auth/login", "/auth/callback", "/auth/other", "/health"):
+        for path in ("/auth/backups", "/auth/login", "/auth/callback", "/auth/other", "/health", "/metrics"):
             assert route_for(config, host, path)["handle"] == [{"handler": "static_response", "status_code": 404}]
 
 
@@ -99,6 +99,7 @@ def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_o
     assert not any(p.startswith("/v1") or "openapi" in p for p in fleet_paths)
     # Discord sign-in starts and comes back here; the forward_auth check and tickets are not published here.
     assert {"/auth/login", "/auth/callback"} <= set(fleet_paths)
+    assert "/metrics" in fleet_paths  # scrapers from elsewhere, with the metrics token
     assert not {"/auth/*", "/auth/backups", "/auth/ticket"} & set(fleet_paths)
     encode, proxy = web["handle"]
     # Pages compressed; event streams not (an encoder could hold back what must reach the browser now).
@@ -125,7 +126,7 @@ def test_tls_modes() -> None:
         "module": "http", "endpoint": "http://127.0.0.1:8099/tls/permission/{file./f/state/tls-permission.key}"}
     # And the fleet host does not publish it (nor the backups check, nor the wake handler's entry).
     published = route_for(od, "fleet.localhost", "/tls/permission/x")["handle"][0]["routes"][0]["match"][0]["path"]
-    assert {"/health", "/auth/login", "/auth/callback", "/", "/instances/*", "/admin/*", "/login"} <= set(published)
+    assert {"/health", "/auth/login", "/auth/callback", "/", "/instances/*", "/admin/*", "/login", "/metrics"} <= set(published)
     for hidden in ("/tls/permission/x", "/auth/backups", "/wake/visit", "/auth/ticket", "/backups/"):
         assert not any(hidden == p or (p.endswith("/*") and hidden.startswith(p[:-1])) for p in published), hidden
 

@@ -32,6 +32,8 @@ ANSWERS = {
     "/v1/instances": [INSTANCE],
     "/v1/instances/alice": INSTANCE,
     "/v1/instances/alice/start": INSTANCE,
+    "/v1/panel/login-link": {"url": "https://fleet.localhost:8443/login/link?t=eyJpZCI6IjAwIn0.aGVsbG8.c2lnbmVk",
+                             "expires_in": 600},
 }
 
 
@@ -104,6 +106,15 @@ def test_a_command_that_asks_the_daemon_imports_nothing_heavy(fleet_toml: Path, 
     # Nor pydantic (0.1 s): the daemon validated fleet.toml; typer's own parsing of text and flags skips it.
     # Nor httpx: one question over a unix socket needs only the standard library's HTTP.
     assert "pydantic" not in modules and "httpx" not in modules
+
+
+def test_panel_login_prints_the_link_whole_and_how_long_it_works(fleet_toml: Path) -> None:
+    result, modules = run_cli("--config", str(fleet_toml), "panel", "login")
+    assert result.code == 0, result.err
+    url = ANSWERS["/v1/panel/login-link"]["url"]  # type: ignore[index]
+    assert result.out.splitlines()[0] == url  # on a line of its own, never wrapped
+    assert "works once, within 10 minutes" in result.out
+    assert [m for m in modules if m.startswith(HEAVY)] == [] and "httpx" not in modules and "pydantic" not in modules
 
 
 def test_an_operation_without_the_daemon_says_so_and_imports_nothing_heavy(tmp_path: Path) -> None:

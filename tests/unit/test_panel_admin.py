@@ -4,21 +4,21 @@ a real fleet on a temporary root (SQLite, directory storage, a release in its ca
 uses it), the real invites, release registry, downloads and event log; the host's health and the
 runtime's facts are stubbed callables, as the daemon's wiring hands them over.
 
-Sign-in is a stand-in with the sessions' interface (user, csrf_token, csrf_ok, origin): one cookie
-signs in an admin, another a tenant. Every admin page and form refuses the tenant.
+Sign-in is the panel's own (PanelSessions on its key and database, Discord itself not needed): one
+session is an admin's, one a tenant's, and every form carries the session's token as the pages give it.
+Every admin page and form refuses the tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -31,53 +31,34 @@ from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import MIB, DownloadPolicy
 from foundry_fleet.runtime.base import Capabilities, Capability, NodeInfo
-from foundry_fleet.services.access import Access
+from foundry_fleet.services.access import ADMIN_LINK_ACTOR, Access
 from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.doctor import Check, DoctorReport, Status
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.panel_cards import CardSources, PanelCards
-from foundry_fleet.services.panel_sessions import PANEL_COOKIE, PanelUser
+from foundry_fleet.services.panel_sessions import PANEL_COOKIE, PanelSessions
 from foundry_fleet.services.release_jobs import ReleaseJobs
 from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.runtime_report import RuntimeReport
+from foundry_fleet.services.web_login import PanelLoginDone
 from foundry_fleet.web.panel.app import panel_routes
 from foundry_fleet.web.panel.services import Panel, PanelServices
 from foundry_fleet.wiring.panel import runtime_facts
 from foundry_fleet.wiring.services import FleetServices, make_backups, make_invites, open_services
 from tests.support.foundry_standin import build_release_zip
+from tests.support.panel_login import ORIGIN, make_login
 from tests.support.releases import LocalHTTPS, Route, local_policy
 
-FLEET_HOST = "fleet.example.test"
-ORIGIN = f"https://{FLEET_HOST}"
 ADMIN_ID = "200000000000000009"
 TENANT_ID = "200000000000000001"
-ADMIN_COOKIE, TENANT_COOKIE = "cookie-of-the-admin", "cookie-of-the-tenant"
 SECRET = "verify=s3cr3t-timed-token"
 
 ADMIN_PAGES = ["/admin", "/admin/invites", "/admin/invites?show=all", "/admin/releases", "/admin/releases/jobs/abc",
                "/admin/events", "/admin/events?target=alice&action=backup.", "/admin/health", "/admin/nodes"]
 ADMIN_FORMS = {"/admin/invites": {"kind": "code", "expires": "1d"}, "/admin/invites/revoke": {"invite": "1"},
                "/admin/releases": {"url": "https://foundryvtt.com/r.zip"}, "/admin/releases/remove": {"version": "13.345"}}
-
-
-class StandInSessions:
-    """The panel sessions' side the pages use: who a cookie signs in, and the form token for it."""
-
-    origin = ORIGIN
-
-    def __init__(self, users: dict[str, PanelUser]) -> None:
-        self.users = users
-
-    def user(self, cookie: str | None) -> PanelUser | None:
-        return self.users.get(cookie or "")
-
-    def csrf_token(self, cookie: str | None) -> str:
-        return hmac.new(b"key", (cookie or "").encode(), hashlib.sha256).hexdigest() if cookie else ""
-
-    def csrf_ok(self, cookie: str | None, token: str | None) -> bool:
-        return bool(cookie and token) and hmac.compare_digest(self.csrf_token(cookie), token or "")
 
 
 class HeldSupervisor:
@@ -92,6 +73,8 @@ class World:
     fleet: FleetServices
     cache: ReleaseCache  # the registry's, its download policy set per test
     zips: Path
+    sessions: PanelSessions
+    cookies: dict[str, str]  # Discord id -> the panel cookie of their session
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +83,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     fleet = open_services(load_config(init_fleet(work / "fleet")), actor="test")
     fleet.releases.add(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
     fleet.provisioning.create("cli:admin", "alice", "13.345", owner=TENANT_ID, start=False)
-    return World(fleet, fleet.release_cache, work)
+    sessions = PanelSessions(make_login(work / "login", None), Access(fleet.instances, frozenset({ADMIN_ID})))
+    assert sessions.origin == ORIGIN
+    # What the Discord callback does once Discord has said who signed in.
+    cookies = {who: sessions.finish_discord(PanelLoginDone(who, "/", "flow")).cookie_value for who in (ADMIN_ID, TENANT_ID)}
+    # An admin without Discord: a single-use link from `foundry-fleet panel login`.
+    cookies["link"] = sessions.redeem_link(parse_qs(urlsplit(sessions.make_link()).query)["t"][0])[0]
+    return World(fleet, fleet.release_cache, work, sessions, cookies)
 
 
 @pytest.fixture
@@ -150,9 +139,7 @@ def build_panel(world: World, **services: Any) -> tuple[Panel, PanelServices]:
         "health": stub_health, "runtime_facts": runtime_facts(daemon_info(), cluster_nodes)}
     svc = PanelServices(access, cards, operations, make_backups(fleet), registry, no_log, Bulletin(), "",
                         **{**defaults, **services})
-    users = {ADMIN_COOKIE: PanelUser(access.principal(ADMIN_ID), f"Discord user {ADMIN_ID}"),
-             TENANT_COOKIE: PanelUser(access.principal(TENANT_ID), f"Discord user {TENANT_ID}")}
-    return Panel(StandInSessions(users), svc), svc  # type: ignore[arg-type]
+    return Panel(world.sessions, svc), svc
 
 
 class Browser:
@@ -186,13 +173,13 @@ def panel(world: World) -> Panel:
 
 
 @pytest.fixture
-def admin(panel: Panel) -> Browser:
-    return Browser(panel, ADMIN_COOKIE)
+def admin(panel: Panel, world: World) -> Browser:
+    return Browser(panel, world.cookies[ADMIN_ID])
 
 
 @pytest.fixture
-def tenant(panel: Panel) -> Browser:
-    return Browser(panel, TENANT_COOKIE)
+def tenant(panel: Panel, world: World) -> Browser:
+    return Browser(panel, world.cookies[TENANT_ID])
 
 
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.I)
@@ -255,7 +242,7 @@ def test_every_admin_page_renders_for_an_admin_without_inline_script_or_style(ad
 
 def test_a_page_whose_service_was_not_handed_over_says_so(world: World) -> None:
     panel, _ = build_panel(world, invites=None, release_jobs=None, events=None, health=None, runtime_facts=None)
-    admin = Browser(panel, ADMIN_COOKIE)
+    admin = Browser(panel, world.cookies[ADMIN_ID])
     for path in ["/admin/invites", "/admin/events", "/admin/health", "/admin/nodes"]:
         r = admin.get(path)
         assert r.status_code == 503 and "not available on this panel" in r.text, path
@@ -303,8 +290,17 @@ def test_a_shareable_code_is_shown_once_with_its_command_and_a_copy_button(admin
     code = re.search(r'<code id="invite-code">([^<]+)</code>', r.text)
     assert code, r.text
     assert f'<code id="invite-command">/fleet join code:{code.group(1)}</code>' in r.text
-    assert 'class="copy" data-copy="invite-code" hidden' in r.text  # panel.js shows it where it can copy
+    # panel.js shows them where the clipboard can be written
+    assert f'<button type="button" class="copy" data-copy="{code.group(1)}" hidden>Copy code</button>' in r.text
+    assert f'data-copy="/fleet join code:{code.group(1)}" hidden>Copy command</button>' in r.text
     assert code.group(1) not in admin.get("/admin/invites").text  # shown once
+
+
+def test_an_admin_signed_in_with_a_link_acts_under_the_links_name(panel: Panel, world: World) -> None:
+    r = Browser(panel, world.cookies["link"]).post("/admin/invites", {"kind": "code", "expires": "1h"})
+    assert r.status_code == 200 and "/fleet join code:" in r.text
+    created = world.fleet.events.search(action_prefix="invite.create", limit=1)[0]
+    assert created.actor == ADMIN_LINK_ACTOR
 
 
 def test_a_bad_invite_is_refused_with_the_reason(admin: Browser) -> None:
@@ -349,7 +345,7 @@ def test_a_release_added_by_link_shows_its_progress_until_it_is_in_the_list(worl
     world.cache.policy = local_policy(https_server)
     try:
         panel, _ = build_panel(world)
-        admin = Browser(panel, ADMIN_COOKIE)
+        admin = Browser(panel, world.cookies[ADMIN_ID])
         r = admin.post("/admin/releases", {"url": https_server.url(f"/releases/13.346.zip?{SECRET}")})
         assert r.status_code == 303 and r.headers["location"] == "/admin/releases?done=adding"
         page = admin.get(r.headers["location"])
@@ -428,7 +424,7 @@ def test_the_health_page_says_why_the_checks_could_not_run(world: World) -> None
         raise ExternalFailure("the daemon's status could not be read", "see its log")
 
     panel, _ = build_panel(world, health=daemon_away)
-    r = Browser(panel, ADMIN_COOKIE).get("/admin/health")
+    r = Browser(panel, world.cookies[ADMIN_ID]).get("/admin/health")
     assert r.status_code == 502 and "could not be read. see its log" in r.text.lower()
 
 
@@ -445,5 +441,5 @@ def test_the_nodes_page_says_why_the_nodes_are_unknown(world: World) -> None:
         raise ExternalFailure("Nomad at 10.0.0.1:4646 did not answer")
 
     panel, _ = build_panel(world, runtime_facts=runtime_facts(replace(daemon_info(), runtime=None), nomad_away))
-    r = Browser(panel, ADMIN_COOKIE).get("/admin/nodes")
+    r = Browser(panel, world.cookies[ADMIN_ID]).get("/admin/nodes")
     assert r.status_code == 200 and "did not answer" in r.text and "has not reported its runtime" in r.text

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
+from foundry_fleet.domain.errors import Unsupported
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
@@ -23,6 +24,7 @@ from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
 from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.panel_sessions import LINK_SECONDS
 from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
@@ -118,9 +120,11 @@ def create_app(
     edge: FleetEdge | None = None,
     runtime_images: Callable[[], Awaitable[list[ReleaseImage]]] | None = None,
     runtime_nodes: Callable[[], Awaitable[tuple[list[dict[str, Any]] | None, str | None]]] | None = None,
+    panel_link: Callable[[str], str] | None = None,
 ) -> Starlette:
     """`runtime_images`: for a runtime that runs images, whether each cached release's image is there;
-    `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory)."""
+    `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory);
+    `panel_link`: a single-use sign-in link to the web panel, for the actor asking."""
     ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
@@ -230,6 +234,11 @@ def create_app(
     async def resume(name: str, actor: str) -> dict[str, Any]:
         return (await ops.resume(actor, name)).to_dict()
 
+    async def panel_login_link(actor: str) -> dict[str, Any]:
+        if panel_link is None:
+            raise Unsupported("this daemon does not serve the web panel", "see [panel] in fleet.toml")
+        return {"url": await run(panel_link, actor), "expires_in": LINK_SECONDS}
+
     async def reconcile() -> dict[str, bool]:
         await supervisor.reconcile(poke=True)
         return {"ok": True}
@@ -289,6 +298,10 @@ def create_app(
                  query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
                  returns=list[EventView]),
         Endpoint("POST", "/v1/reconcile", "Re-read the desired state now", reconcile),
+        # Admins only (tenant_action None): the link signs its holder in as a fleet admin.
+        Endpoint("POST", "/v1/panel/login-link",
+                 "A link that signs a fleet admin in to the web panel, once, within expires_in seconds",
+                 panel_login_link, changes_state=True),
     ]
     schema = openapi(table, "foundry-fleet control API")
 

@@ -169,5 +169,8 @@ class ControlClient:
             params["target"] = target
         return self._call("GET", "/v1/events", params=params)
 
+    def panel_login_link(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/panel/login-link")
+
     def openapi(self) -> dict[str, Any]:
         return self._call("GET", "/openapi.json")

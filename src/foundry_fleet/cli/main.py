@@ -14,6 +14,7 @@ from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
 from foundry_fleet.cli import nomad as nomad_cmds
+from foundry_fleet.cli import panel as panel_cmds
 from foundry_fleet.cli import release as release_cmds
 from foundry_fleet.cli import runtime as runtime_cmds
 from foundry_fleet.cli import service as service_cmds
@@ -44,6 +45,7 @@ app.add_typer(invite_cmds.app, name="invite")
 app.add_typer(runtime_cmds.app, name="runtime")
 app.add_typer(nomad_cmds.app, name="nomad")
 app.add_typer(service_cmds.app, name="service")
+app.add_typer(panel_cmds.app, name="panel")
 app.command("doctor")(doctor_cmds.doctor)
 
 ConfigOption = Annotated[

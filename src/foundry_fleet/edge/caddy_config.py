@@ -26,7 +26,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
-from foundry_fleet.domain.web_paths import PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
+from foundry_fleet.domain.web_paths import METRICS_PATH, PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
 
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
 IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
@@ -34,7 +34,8 @@ IDENTITY_HEADERS = ("X-Fleet-User", "X-Fleet-Instance", "X-Fleet-Role")
 TENANT_WEB_PATHS = ("/auth/ticket", "/auth/logout", WAKE_WAIT_PATH)
 WAKE_MAX_BODY = 64 * 1024  # a visit to a sleeping instance carries no upload worth taking
 # Never the TLS permission check: Caddy asks it directly, and nobody else may learn the tenant hosts.
-FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", *PANEL_PATHS)
+FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", *PANEL_PATHS, METRICS_PATH)
+# /metrics asks for its own token: the fleet's address is what scrapers outside the host know.
 # The panel's pages, styles and scripts go compressed (the overview of hundreds of instances is mostly
 # repeated markup); its event streams and everything else as they are.
 COMPRESSED_TYPES = ["text/html*", "text/css*", "text/javascript*", "application/javascript*"]

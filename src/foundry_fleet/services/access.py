@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from foundry_fleet.domain.errors import Forbidden, NotFound
+from foundry_fleet.domain.errors import Forbidden, InvalidInput, NotFound
 from foundry_fleet.domain.names import validate_discord_id
 from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.views import InstanceView
@@ -20,19 +20,30 @@ TENANT_ACTIONS = frozenset({
 })
 
 
+# Who acted, for the event log, when a fleet admin signed in to the panel with a single-use link.
+ADMIN_LINK_ACTOR = "panel:admin-link"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """A person acting through Discord (or signed in with it)."""
+    """A person acting through Discord (or signed in with it), or a fleet admin signed in to the panel
+    with a single-use link from the fleet's own user (`discord_id` None)."""
 
-    discord_id: str
+    discord_id: str | None
     admin: bool = False
 
     def __post_init__(self) -> None:
+        if self.discord_id is None:
+            # A tenant is known by their Discord id alone: without one, only an admin is anybody.
+            if not self.admin:
+                raise InvalidInput("only a fleet admin may act without a Discord id",
+                                   "sign in with Discord, or ask a fleet admin for a sign-in link")
+            return
         validate_discord_id(self.discord_id)
 
     @property
     def actor(self) -> str:
-        return f"discord:{self.discord_id}"
+        return ADMIN_LINK_ACTOR if self.discord_id is None else f"discord:{self.discord_id}"
 
 
 class Access:

@@ -599,6 +599,11 @@ class Supervisor:
         """Put a running instance to sleep (it stays running if its Foundry counts a user when asked)."""
         self.get(name).request_sleep(why)
 
+    def users(self, name: str) -> int | None:
+        """Users connected to its Foundry, as its last health check heard; None: not running, or not said."""
+        sup = self.instances.get(name)
+        return sup.users if sup is not None else None
+
     def falling_asleep(self, name: str) -> bool:
         """Is it being stopped to sleep right now (a visit then starts it again once it is down)?"""
         sup = self.instances.get(name)

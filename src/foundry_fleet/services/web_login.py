@@ -17,6 +17,10 @@ The flow (Discord allows only a few redirect URIs per app, so there is one callb
 
 Every request for /backups/ is then decided here: GET (or HEAD) by the instance's owner or an admin.
 The decisions take plain values, so they are tested without HTTP.
+
+The web panel on the fleet host signs in through the same callback: its flow cookie says so (`kind`),
+and `finish` then hands back who signed in (services/panel_sessions.py makes the session) instead of a
+ticket for another host.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from foundry_fleet.config import DiscordSection, FleetConfig
 from foundry_fleet.files.atomic import create_atomic
 from foundry_fleet.private_files import read_private_file
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
+from foundry_fleet.domain.web_paths import PANEL_LOGIN
 from foundry_fleet.store.models import UsedTicketRow, WebSessionRow
 
 log = logging.getLogger("foundry_fleet.web_login")
@@ -68,6 +73,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 _STATE = re.compile(r"^[A-Za-z0-9]{32}$")
 _SNOWFLAKE = re.compile(r"^[0-9]{15,21}$")
 _MAX_NEXT = 2000
+PANEL_FLOW = "panel"  # the flow cookie's `kind` for a sign-in to the panel; absent: one for backups
 
 
 # --- decisions -------------------------------------------------------------------------------
@@ -109,6 +115,15 @@ class LoginDone:
 
 
 @dataclass(frozen=True)
+class PanelLoginDone:
+    """Discord said who signed in to the panel: the panel's own session is made from this."""
+
+    user: str
+    next: str  # a panel path, checked when the flow began
+    cookie_name: str  # the flow's cookie, to be cleared
+
+
+@dataclass(frozen=True)
 class SignedIn:
     cookie_value: str
     next: str
@@ -121,11 +136,16 @@ def normalise_host(value: str) -> str:
     return value.strip().lower().split(":", 1)[0].rstrip(".")
 
 
-def safe_next(value: str | None) -> str | None:
-    """`value` when it is a relative path under /backups/ (with an optional query), else None.
+def is_backups_path(path: str) -> bool:
+    return path == "/backups" or path.startswith("/backups/")
+
+
+def safe_next(value: str | None, allowed: Callable[[str], bool] = is_backups_path) -> str | None:
+    """`value` when it is a relative path `allowed` accepts (under /backups/ unless told otherwise),
+    with an optional query, else None.
 
     Anything else could send a freshly signed-in browser somewhere else: another site
-    (`//evil.example`, `https://...`, `/\\evil`), or out of /backups/ by way of `..`.
+    (`//evil.example`, `https://...`, `/\\evil`), or out of the allowed paths by way of `..`.
     """
     if not value or len(value) > _MAX_NEXT:
         return None
@@ -137,7 +157,7 @@ def safe_next(value: str | None) -> str | None:
     path = unquote(parts.path)
     if "\\" in path or "\x00" in path:
         return None
-    if path != "/backups" and not path.startswith("/backups/"):
+    if not allowed(path):
         return None
     if any(segment in (".", "..") for segment in path.split("/")):
         return None
@@ -155,8 +175,7 @@ def usable_nonce(value: str | None) -> str:
 
 
 def is_under_backups(uri: str) -> bool:
-    path = urlsplit(uri).path
-    return path == "/backups" or path.startswith("/backups/")
+    return is_backups_path(urlsplit(uri).path)
 
 
 # --- the signing key and what it signs ----------------------------------------------------------
@@ -183,6 +202,17 @@ def load_or_create_key(path: Path, what: str = "the sign-in signing key",
     return text.encode()
 
 
+def timed_serializer(key: bytes, salt: str, clock: Callable[[], float] = time.time) -> URLSafeTimedSerializer:
+    """Signs values with the time (itsdangerous, HMAC-SHA256); `salt` keeps each kind of value apart."""
+
+    class _Signer(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock())
+
+    return URLSafeTimedSerializer(key, salt=salt, signer=_Signer,
+                                  signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256})
+
+
 class LoginTokens:
     """What the fleet signs: the flow's cookie, tickets and session cookies (itsdangerous, HMAC-SHA256).
 
@@ -190,13 +220,8 @@ class LoginTokens:
     """
 
     def __init__(self, key: bytes, clock: Callable[[], float] = time.time) -> None:
-        class _Signer(TimestampSigner):
-            def get_timestamp(self) -> int:
-                return int(clock())
-
         def serializer(salt: str) -> URLSafeTimedSerializer:
-            return URLSafeTimedSerializer(key, salt=salt, signer=_Signer,
-                                          signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256})
+            return timed_serializer(key, salt, clock)
 
         self.login = serializer("foundry-fleet login flow")
         self.ticket = serializer("foundry-fleet backups ticket")
@@ -311,6 +336,16 @@ class WebLogin:
         if not bind or not _BIND.match(bind):
             raise InvalidInput("this sign-in was not started from your game's backups page",
                                f"open {self.url(host, '/backups/')}")
+        return self._to_discord({"host": host, "next": nxt, "bind": bind})
+
+    def begin_panel(self, next_path: str) -> LoginStart:
+        """A sign-in to the panel on the fleet host; `next_path` is a panel path the caller checked."""
+        if not self.enabled:
+            raise self._not_configured()
+        return self._to_discord({"kind": PANEL_FLOW, "host": self.fleet_host, "next": next_path})
+
+    def _to_discord(self, flow: dict[str, str]) -> LoginStart:
+        """Send the browser to Discord; `flow` is kept in the signed cookie for the callback."""
         try:
             self._client_secret()  # before the browser goes to Discord, not after
         except FleetError as e:
@@ -331,13 +366,12 @@ class WebLogin:
             code_challenge_method="S256",
             prompt="none",  # Discord skips its consent screen for a user who already agreed
         )
-        cookie = self.tokens().login.dumps({"state": state, "verifier": verifier, "host": host, "next": nxt,
-                                            "bind": bind})
+        cookie = self.tokens().login.dumps({**flow, "state": state, "verifier": verifier})
         return LoginStart(authorize_url, LOGIN_COOKIE_PREFIX + state, cookie, LOGIN_SECONDS)
 
     # 2. /auth/callback on the fleet host ---------------------------------------------------------
 
-    def finish(self, query: Mapping[str, str], cookies: Mapping[str, str]) -> LoginDone:
+    def finish(self, query: Mapping[str, str], cookies: Mapping[str, str]) -> LoginDone | PanelLoginDone:
         if not self.enabled:
             raise self._not_configured()
         state = query.get("state", "")
@@ -354,20 +388,28 @@ class WebLogin:
         if not isinstance(flow, dict) or not hmac.compare_digest(str(flow.get("state", "")), state):
             raise InvalidInput("this sign-in does not match the one started in this browser", again)
         host, nxt, bind = str(flow["host"]), str(flow["next"]), str(flow.get("bind", ""))
-        back = f"to try again, open {self.url(host, '/backups/')}"
+        panel = flow.get("kind") == PANEL_FLOW
+        start_page = self.url(self.fleet_host, PANEL_LOGIN) if panel else self.url(host, "/backups/")
+        back = f"to try again, open {start_page}"
         if "error" in query:
             raise Forbidden(f"Discord did not sign you in ({query.get('error', '')[:100]})", back)
         code = query.get("code", "")
         if not code or len(code) > 512:
             raise InvalidInput("Discord sent no sign-in code", back)
+        if panel:
+            # No ticket: the callback is on the fleet host, where the panel's session belongs.
+            user = self._discord_user(code, str(flow["verifier"]), back)
+            return PanelLoginDone(user, nxt, LOGIN_COOKIE_PREFIX + state)
         if not _BIND.match(bind):
             raise InvalidInput("this sign-in was not started from your game's backups page", back)
         user = self._discord_user(code, str(flow["verifier"]))
         ticket = self.tokens().make_ticket(user, host, nxt, bind)
         return LoginDone(self.url(host, "/auth/ticket?" + urlencode({"t": ticket})), LOGIN_COOKIE_PREFIX + state)
 
-    def _discord_user(self, code: str, verifier: str) -> str:
-        """Exchange the code (client authentication + PKCE verifier) and read who signed in."""
+    def _discord_user(self, code: str, verifier: str,
+                      again: str = "sign in again from your game's backups page") -> str:
+        """Exchange the code (client authentication + PKCE verifier) and read who signed in. `again`: the
+        hint when it did not work."""
         assert self.settings.client_id is not None
         try:
             secret = self._client_secret()
@@ -381,7 +423,6 @@ class WebLogin:
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         _uri, headers, body = ClientAuth(self.settings.client_id, secret, "client_secret_basic").prepare(
             "POST", token_url, headers, body)
-        again = "sign in again from your game's backups page"
         try:
             with httpx.Client(transport=self.transport, timeout=15.0) as http:
                 answer = http.post(token_url, content=body, headers=headers)

@@ -1,5 +1,5 @@
-"""Health, the on-demand TLS permission check, and Discord sign-in for tenants' /backups/ (with the
-forward_auth check Caddy asks before each request for them).
+"""Health, the on-demand TLS permission check, Discord sign-in for tenants' /backups/ (with the
+forward_auth check Caddy asks before each request for them), /metrics for Prometheus, and the web panel.
 
 Served on loopback only; Caddy publishes some of it at https://<fleet host>/ and calls the rest
 directly (the TLS permission check only with the secret in its path: see services/tls_permission).
@@ -16,10 +16,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from foundry_fleet.services.metrics.registry import Metrics
 from foundry_fleet.services.tls_permission import PATH_PREFIX, is_caddy
 from foundry_fleet.services.web_login import WebLogin
 from foundry_fleet.services.wakes import Wakes
 from foundry_fleet.web.auth import auth_routes
+from foundry_fleet.web.metrics import metrics_routes
+from foundry_fleet.web.panel.app import panel_routes
+from foundry_fleet.web.panel.services import Panel
 from foundry_fleet.web.wake import wake_routes
 
 
@@ -29,10 +33,13 @@ def not_found() -> Response:
 
 
 def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None = None,
-                   tls_secret: str | None = None, wakes: Wakes | None = None) -> Starlette:
+                   tls_secret: str | None = None, wakes: Wakes | None = None,
+                   metrics: Metrics | None = None, panel: Panel | None = None) -> Starlette:
     """`login` None (or not configured in fleet.toml): nobody gets past the backups check.
     `tls_secret` None: nobody is told which hosts get a certificate on demand.
-    `wakes` None: no wake handler (visits to instances that do not serve get 404 here)."""
+    `wakes` None: no wake handler (visits to instances that do not serve get 404 here).
+    `metrics` None: no /metrics (with it, a scraper needs its token).
+    `panel` None: no web panel (and no panel sign-in through the one Discord callback)."""
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -51,8 +58,10 @@ def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None =
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route(PATH_PREFIX + "{secret}", tls_permission, methods=["GET"]),
-        *auth_routes(login),
+        *auth_routes(login, panel.sessions if panel is not None else None),
         *wake_routes(wakes),
+        *metrics_routes(metrics),
+        *(panel_routes(panel) if panel is not None else []),
     ])
 
 

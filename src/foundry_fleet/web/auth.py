@@ -1,7 +1,9 @@
 """The sign-in routes for tenants' backups: HTTP in, a WebLogin decision out.
 
 On the fleet host: /auth/login, /auth/callback. On tenant hosts: /auth/ticket, /auth/logout (Caddy
-passes the tenant host as X-Forwarded-Host). /auth/backups is Caddy's forward_auth check.
+passes the tenant host as X-Forwarded-Host). /auth/backups is Caddy's forward_auth check. The panel's
+Discord sign-in comes back through /auth/callback too (Discord allows few redirect URIs): it ends there,
+with the panel's cookie on the fleet host.
 
 Signing out is a POST from a form the fleet showed (same Origin, and a token only that page has):
 a GET, or a form on any other site (another tenant's host included), signs nobody out.
@@ -18,11 +20,13 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
+from foundry_fleet.services.panel_sessions import PANEL_COOKIE, PanelSessions
 from foundry_fleet.services.web_login import (
     NONCE_COOKIE,
     NONCE_SECONDS,
     SESSION_COOKIE,
     Allow,
+    PanelLoginDone,
     SignIn,
     WebLogin,
     normalise_host,
@@ -34,6 +38,8 @@ DENY_ALL = "Sign-in for backups is not available yet."
 # Pages with a sign-out form: a same-origin POST must carry its Origin (with no-referrer it is "null").
 WITH_FORM = {"Referrer-Policy": "same-origin"}
 MAX_FORM_BYTES = 4096
+MAX_FORM_FIELDS = 10
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def request_host(request: Request) -> str:
@@ -71,17 +77,30 @@ def same_origin(request: Request, origin: str) -> bool:
     return request.headers.get("referer", "").startswith(origin + "/")
 
 
-async def form_field(request: Request, name: str) -> str:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        return ""
+async def read_form(request: Request, max_bytes: int = MAX_FORM_BYTES,
+                    max_fields: int = MAX_FORM_FIELDS) -> dict[str, str]:
+    """The fields of an urlencoded form (the first value of each), read no further than `max_bytes`:
+    a body larger than any form of ours is refused before it is all in memory. InvalidInput says why
+    a body is not read."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM_TYPE:
+        raise InvalidInput("this was not sent as a form", "send it with the form's button")
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return ""
+        if len(body) > max_bytes:
+            raise InvalidInput(f"this form is larger than {max_bytes} bytes", "send less")
     try:
-        return parse_qs(body.decode("latin-1"), max_num_fields=10).get(name, [""])[0]
-    except ValueError:  # more fields than any form of ours has
+        fields = parse_qs(body.decode("latin-1"), keep_blank_values=True, max_num_fields=max_fields)
+    except ValueError:
+        raise InvalidInput(f"this form has more than {max_fields} fields", "send the form as the page shows it") \
+            from None
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def form_field(request: Request, name: str) -> str:
+    try:
+        return (await read_form(request)).get(name, "")
+    except InvalidInput:
         return ""
 
 
@@ -90,7 +109,14 @@ def error_page(error: FleetError) -> HTMLResponse:
     return page(status, "Sign-in", error.message[:1].upper() + error.message[1:] + ".", error.hint)
 
 
-def auth_routes(login: WebLogin | None) -> list[Route]:
+def set_panel_cookie(response: Response, value: str, max_age: int) -> None:
+    # No Domain: the fleet host's alone (what `__Host-` demands, with Secure and Path=/).
+    response.set_cookie(PANEL_COOKIE, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="lax")
+
+
+def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> list[Route]:
+    """`panel` None: a sign-in to the panel that comes back to the callback is refused."""
+
     async def backups_check(request: Request) -> Response:
         """Caddy's forward_auth: 2xx lets the request through with X-Fleet-User; anything else goes back
         to the browser as it is."""
@@ -133,9 +159,21 @@ def auth_routes(login: WebLogin | None) -> list[Route]:
             return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
         try:
             done = await asyncio.to_thread(login.finish, dict(request.query_params), dict(request.cookies))
+            if isinstance(done, PanelLoginDone):
+                return await panel_signed_in(done)
         except FleetError as e:
             return error_page(e)
         response = RedirectResponse(done.location, status_code=302, headers=NO_STORE)
+        response.delete_cookie(done.cookie_name, path="/", secure=True, httponly=True, samesite="lax")
+        return response
+
+    async def panel_signed_in(done: PanelLoginDone) -> Response:
+        """The panel's sign-in ends here, on the fleet host: its session at once, no ticket."""
+        if panel is None:
+            raise Unsupported("the web panel is not served by this fleet")
+        signed_in = await asyncio.to_thread(panel.finish_discord, done)
+        response = RedirectResponse(panel.url(signed_in.next), status_code=302, headers=NO_STORE)
+        set_panel_cookie(response, signed_in.cookie_value, signed_in.max_age)
         response.delete_cookie(done.cookie_name, path="/", secure=True, httponly=True, samesite="lax")
         return response
 

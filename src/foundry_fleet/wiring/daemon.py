@@ -47,9 +47,14 @@ from foundry_fleet.services.tls_permission import load_or_create_secret, secret_
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
 from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
+from foundry_fleet.wiring.metrics import MetricsDoor, fleet_collector, make_metrics
 from foundry_fleet.wiring.services import (
     make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
 )
+from foundry_fleet.wiring.services import make_panel_sessions
+from foundry_fleet.services.bulletin import Bulletin
+from foundry_fleet.web.panel.services import Panel
+from foundry_fleet.wiring.panel import panel_services
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -127,6 +132,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     backups_path = config.paths.run / "backups.sock"
     backups_sock = bind_private_socket(backups_path)
     web_login = make_web_login(services)
+    panel_sessions = make_panel_sessions(services, web_login)
     if problem := web_login.problem():
         log.error("Discord sign-in for backups will not work: %s", problem)
     # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
@@ -134,12 +140,18 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # Visits to instances that do not serve: answered (a page saying their table starts) from the first
     # moment, and woken once the operations below exist.
     wakes = Wakes(services.hostnames.instance_for_host, operations=None)
+    # The panel signs people in from the first moment; its pages work once the operations exist.
+    panel = Panel(panel_sessions if config.panel.enabled else None)
+    bulletin = Bulletin()  # what the panel's live pages wait on
+    services.changes.subscribe(lambda: loop.call_soon_threadsafe(bulletin.bump))
+    metrics = make_metrics(config)  # the daemon's own figures at once, the fleet's once it is built (below)
     web_app = by_socket(str(backups_path),
                         create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
                                            web_login.logout_token if web_login.enabled else None),
-                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes))
+                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
+    metrics_door = MetricsDoor(config.metrics.listen_address, metrics)
     # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
     updates = make_status_updates(services, make_notifier(config))
     updates.start_from_now()
@@ -158,8 +170,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
             log.warning("%s", recovered.describe())
     for user in make_wizard(services).repair():
         log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
+    def instance_state_changed() -> None:
+        edge.request_update()
+        bulletin.bump()
+
     records = SupervisionRecords(services.sessions, services.storage,
-                                 changed=lambda: loop.call_soon_threadsafe(edge.request_update),
+                                 changed=lambda: loop.call_soon_threadsafe(instance_state_changed),
                                  own_host=config.host_for)
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
@@ -172,7 +188,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                      runtime_images=runtime_image_check(config, services.releases),
-                     runtime_nodes=lambda: node_report(runtime.nodes))
+                     runtime_nodes=lambda: node_report(runtime.nodes),
+                     panel_link=panel_sessions.make_link if config.panel.enabled else None)
     sock = bind_private_socket(config.paths.socket)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
@@ -186,6 +203,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     status_task = asyncio.create_task(updates.run())
     certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
     certificates_task = asyncio.create_task(certificates.run())
+    metrics.watch(fleet_collector(services, supervisor, backups, certificates))
+    panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
+                                    samples=None)
     idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
                      config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                      busy=operations.busy)
@@ -217,6 +237,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         await edge.close(stop_caddy=not leave_running)
         await api
         await web_task
+        await metrics_door.close()
         sock.close()
         web_sock.close()
         backups_sock.close()

@@ -1,6 +1,7 @@
-"""What the panel's admin pages ask the daemon for that only the wiring can build: the host's health
-(the checks of `foundry-fleet doctor`) and the runtime's facts (what `foundry-fleet status` says of it).
-The pages get plain async callables, so the web layer imports neither the doctor's probes nor a driver.
+"""The web panel's services, from the daemon's own: one operations service, one supervisor, one sampler,
+shared with the control API and the bot. The admin pages also get what only the wiring can build: the
+host's health (the checks of `foundry-fleet doctor`) and the runtime's facts (what `foundry-fleet status`
+says of it), as plain async callables, so the web layer imports neither the doctor's probes nor a driver.
 """
 
 from __future__ import annotations
@@ -15,15 +16,52 @@ import httpx
 from foundry_fleet.api.answer import answer
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.runtime.base import NodeInfo
+from foundry_fleet.services.access import Access
+from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.bulletin import Bulletin
+from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.doctor import DoctorReport
+from foundry_fleet.services.operations import Operations
+from foundry_fleet.services.panel_cards import CardSources, PanelCards, ResourceReader
+from foundry_fleet.services.release_jobs import ReleaseJobs
 from foundry_fleet.services.runtime_report import node_report
+from foundry_fleet.services.supervisor import Supervisor
+from foundry_fleet.web.panel.services import PanelServices
 from foundry_fleet.wiring.doctor import doctor_report
-from foundry_fleet.wiring.services import FleetServices
+from foundry_fleet.wiring.services import FleetServices, make_invites
 
 T = TypeVar("T")
 
 HEALTH_FRESH_S = 30.0  # the checks resolve names and probe tools: seconds of work, not for every page view
+
+
+def panel_services(config: FleetConfig, services: FleetServices, operations: Operations, supervisor: Supervisor,
+                   backups: Backups, certificates: CertificateWatch, bulletin: Bulletin,
+                   samples: ResourceReader | None,
+                   health: Callable[[], Awaitable[DoctorReport]] | None = None,
+                   runtime_facts: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> PanelServices:
+    """`health`, `runtime_facts`: see `health_check` and `runtime_facts` below (None: those admin pages
+    say they are not available)."""
+    access = Access(services.instances, frozenset(config.discord.admin_users))
+    https_port = config.edge.https_port
+    return PanelServices(
+        access=access,
+        cards=PanelCards(access, CardSources(players=supervisor.users, resources=samples,
+                                             newest_snapshots=backups.newest_snapshot_times,
+                                             certificate_problems=certificates.problems)),
+        operations=operations,
+        backups=backups,
+        releases=services.releases,
+        logs=supervisor.logs,
+        bulletin=bulletin,
+        port_suffix="" if https_port == 443 else f":{https_port}",
+        invites=make_invites(services),
+        release_jobs=ReleaseJobs(services.releases),
+        events=services.events,
+        health=health,
+        runtime_facts=runtime_facts,
+    )
 
 
 class SharedResult(Generic[T]):

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from foundry_fleet.services.operations import Lifecycle
     from foundry_fleet.services.status_updates import Notifier, StatusUpdates
     from foundry_fleet.services.views import CreatedInstance
+    from foundry_fleet.services.panel_sessions import PanelSessions
     from foundry_fleet.services.web_login import WebLogin
     from foundry_fleet.services.wizard import SetupWizard
 
@@ -192,3 +193,11 @@ def make_web_login(services: FleetServices, transport: httpx.BaseTransport | Non
 
     return WebLogin(config.discord, services.sessions, key_path(config), config.host_for(config.fleet.fleet_host),
                     config.edge.https_port, services.hostnames.instance_for_host, owner_of, transport=transport)
+
+
+def make_panel_sessions(services: FleetServices, login: WebLogin | None = None) -> PanelSessions:
+    """Sign-in to the web panel: on `login`'s Discord settings, key and database (a new one if None)."""
+    from foundry_fleet.services.panel_sessions import PanelSessions
+
+    return PanelSessions(login or make_web_login(services),
+                         Access(services.instances, frozenset(services.config.discord.admin_users)), services.events)

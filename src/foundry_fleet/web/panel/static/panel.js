@@ -1,36 +1,61 @@
-// Small behaviours htmx does not cover; the panel works without them.
-
-// Copy buttons: <button class="copy" data-copy="ID" hidden> copies the text of the element ID. They stay
-// hidden where the clipboard cannot be written (no script, or a page that is not a secure context).
+// Small behaviours htmx does not cover; every page works without them.
 (function () {
   "use strict";
 
+  // The server log: with "Follow" ticked, new lines keep the newest in view.
+  function follow() {
+    var log = document.getElementById("log");
+    var box = document.getElementById("follow");
+    if (log && (!box || box.checked)) {
+      log.scrollTop = log.scrollHeight;
+    }
+  }
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    if (event.target && event.target.id === "log") {
+      follow();
+    }
+  });
+  document.addEventListener("htmx:sseMessage", function (event) {
+    if (event.target && event.target.id === "log") {
+      follow();
+    }
+  });
+  document.addEventListener("change", function (event) {
+    if (event.target && event.target.id === "follow") {
+      follow();
+    }
+  });
+
+  // Buttons that copy a value to the clipboard: <button data-copy="text">. One marked `hidden` is shown
+  // only where the clipboard can be written (script on, a secure context): elsewhere the text is there
+  // to select by hand.
   function reveal(root) {
-    if (!navigator.clipboard || !root.querySelectorAll) {
+    if (!navigator.clipboard || !root || !root.querySelectorAll) {
       return;
     }
-    root.querySelectorAll("button.copy[data-copy]").forEach(function (button) {
+    root.querySelectorAll("button[data-copy][hidden]").forEach(function (button) {
       button.hidden = false;
     });
   }
 
   document.addEventListener("click", function (event) {
-    var button = event.target.closest && event.target.closest("button.copy[data-copy]");
-    if (!button) {
+    var button = event.target.closest ? event.target.closest("[data-copy]") : null;
+    if (!button || !navigator.clipboard) {
       return;
     }
-    var source = document.getElementById(button.dataset.copy);
-    if (!source || !navigator.clipboard) {
-      return;
-    }
-    var label = button.dataset.label || button.textContent;
-    button.dataset.label = label;
-    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+    var label = button.getAttribute("data-label") || button.textContent;
+    button.setAttribute("data-label", label);
+    navigator.clipboard.writeText(button.getAttribute("data-copy")).then(function () {
+      button.setAttribute("aria-label", "Copied");
       button.textContent = "Copied";
     }, function () {
       button.textContent = "Copy failed: select the text instead";
     });
-    window.setTimeout(function () { button.textContent = label; }, 2500);
+    window.setTimeout(function () {
+      button.removeAttribute("aria-label");
+      button.textContent = label;
+    }, 2500);
   });
 
   // A boosted page or form answered with an error status (a refused action, a page for admins only) is
@@ -45,11 +70,12 @@
     }
   });
 
-  // Pages swapped in by htmx (hx-boost) bring their own buttons.
-  document.addEventListener("htmx:load", function (event) { reveal(event.detail.elt); });
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", function () { reveal(document); });
-  } else {
+  document.addEventListener("DOMContentLoaded", function () {
+    follow();
     reveal(document);
-  }
+  });
+  document.addEventListener("htmx:load", function (event) {
+    follow();
+    reveal(event.detail && event.detail.elt);
+  });
 })();

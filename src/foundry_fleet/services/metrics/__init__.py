@@ -1,0 +1,1 @@
+"""The fleet in Prometheus' text format: what /metrics answers (see README, Metrics)."""
