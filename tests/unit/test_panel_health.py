@@ -8,15 +8,19 @@ import asyncio
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from foundry_fleet.config import load_config
-from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.errors import DaemonNotRunning, ExternalFailure
 from foundry_fleet.runtime.base import Capabilities, Capability, NodeInfo
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.doctor.clock import ClockReading
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.runtime_report import RuntimeReport
-from foundry_fleet.wiring.panel import SharedResult, health_check, runtime_facts
+from foundry_fleet.wiring.panel import SharedResult, health_check, runtime_facts, status_from
 from foundry_fleet.wiring.services import open_services
 
 
@@ -116,3 +120,19 @@ def test_runtime_facts_carry_the_runtime_the_host_and_the_nodes() -> None:
     assert facts["nodes_problem"] is None and facts["started_at"] == 50.0
     unknown = asyncio.run(runtime_facts(info, away)())
     assert unknown["nodes"] is None and unknown["nodes_problem"] == "Nomad did not answer"
+
+
+def test_the_status_is_read_from_the_control_app_as_the_fleets_own_user() -> None:
+    seen: list[dict[str, str]] = []
+    answers = [JSONResponse({"daemon": {"running": True, "pid": 7}}),
+               JSONResponse({"error": "daemon_not_running", "message": "shutting down", "hint": None}, 503)]
+
+    async def status(request: Request) -> JSONResponse:
+        seen.append(dict(request.headers))
+        return answers.pop(0)
+
+    read = status_from(Starlette(routes=[Route("/v1/status", status)]))
+    assert asyncio.run(read()) == {"daemon": {"running": True, "pid": 7}}
+    assert "x-fleet-principal" not in seen[0]  # no Discord user: the whole fleet
+    with pytest.raises(DaemonNotRunning, match="shutting down"):
+        asyncio.run(read())

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from foundry_fleet.domain.errors import FleetError, InvalidInput, http_status
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.services.invites import CreatedInvite
 from foundry_fleet.services.panel_sessions import PanelUser
 from foundry_fleet.services.release_jobs import ReleaseJob, acting_as
 from foundry_fleet.web.panel.guard import checked_form, signed_in
@@ -126,7 +127,7 @@ class AdminPages:
     # invites -------------------------------------------------------------------------------------
 
     async def invites(self, request: Request, user: PanelUser | None = None, problem: FleetError | None = None,
-                      form: dict[str, str] | None = None, created: Any = None) -> Response:
+                      form: dict[str, str] | None = None, created: CreatedInvite | None = None) -> Response:
         if user is None:
             got = await self._admin(request)
             if isinstance(got, Response):
