@@ -499,6 +499,8 @@ class PanelSection(_Section):
     sample_interval: float = Field(30.0, ge=1, le=HOUR, description="seconds between two samples of each "
                                    "running instance's memory and CPU (kept in memory for the last hour)")
     history_minutes: int = Field(60, ge=1, le=24 * 60, description="how much of the samples is kept")
+    sampling: bool = Field(True, description="sample the running instances' memory and CPU at all (off: the panel "
+                           "and /metrics show none)")
 
 
 class MetricsSection(_Section):

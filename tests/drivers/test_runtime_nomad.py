@@ -249,6 +249,37 @@ def test_a_new_control_plane_recovers_its_tasks_and_purges_strays(nomad: NomadSt
     asyncio.run(main())
 
 
+def test_stats_are_what_nomads_client_measured_and_none_once_stopped(nomad: NomadStandin, root: Path) -> None:
+    async def main() -> None:
+        runtime = runtime_for(nomad, root)
+        await runtime.open()
+        try:
+            alice = await runtime.start_task(spec(root, "alice", memory=512))
+            await status_at(await runtime.address(alice))
+            first = await runtime.task_stats(alice)
+            # Nomad gives no CPU total, only its own percent: 0 at a task's first sample (no interval yet).
+            assert first is not None and (first.cpu_seconds, first.cpu_percent) == (None, 0.0)
+            assert first.memory_bytes > 4 * 1024 * 1024 and first.memory_limit_bytes == 512 * 1024 * 1024
+            await asyncio.sleep(0.2)
+            second = await runtime.task_stats(alice)
+            assert second is not None and second.cpu_percent is not None and second.cpu_percent >= 0
+            stats_of = f"/v1/client/allocation/{alice.state['alloc_id']}/stats"
+            async with httpx.AsyncClient(base_url=nomad.url) as http:
+                unknown = await http.get("/v1/client/allocation/7d5e8c43-0000-4000-8000-000000000000/stats")
+                assert (unknown.status_code, unknown.text) == \
+                    (404, 'Unknown allocation "7d5e8c43-0000-4000-8000-000000000000"')
+                await runtime.stop_task(alice, timeout=2.0)
+                assert await runtime.task_stats(alice) is None
+                # Nomad's client still holds the allocation: its task's last sample, nothing summed, no time.
+                ended = (await http.get(stats_of)).json()
+                assert ended["Timestamp"] == 0 and ended["ResourceUsage"]["MemoryStats"]["Usage"] == 0
+                assert ended["Tasks"]["foundry"]["ResourceUsage"]["MemoryStats"]["Usage"] > 0
+        finally:
+            await runtime.close(instances_left_running=False)
+
+    asyncio.run(main())
+
+
 def test_a_lost_node_is_no_exit_and_its_replacement_is_told_as_a_new_address(nomad: NomadStandin,
                                                                               root: Path) -> None:
     async def main() -> None:
@@ -263,6 +294,10 @@ def test_a_lost_node_is_no_exit_and_its_replacement_is_told_as_a_new_address(nom
             await asyncio.to_thread(nomad.set_node_down, "node-a")
             await asyncio.sleep(1.0)
             assert not exit_.done() and not moved.done()  # lost: Nomad replaces it where its data is
+            assert await runtime.task_stats(alice) is None
+            async with httpx.AsyncClient(base_url=nomad.url) as http:
+                lost = await http.get(f"/v1/client/allocation/{alice.state['alloc_id']}/stats")
+            assert (lost.status_code, lost.text) == (404, "No path to node")
             nodes = {n.name: n for n in await runtime.nodes()}
             assert (nodes["node-a"].healthy, nodes["node-a"].status) == (False, "down")
             # alice's data is on node-a: she cannot start anywhere else, and says why (for now).

@@ -232,10 +232,13 @@ def test_start_serves_on_loopback_only_as_the_tenant_with_the_release_and_shared
         assert "main.js" in " ".join(open(f"/proc/{status.pid}/cmdline").read().split("\0"))
         assert not runtime.port_is_free(spec.port)
         stats = await runtime.task_stats(handle)
-        assert stats is not None and stats.rss_bytes > 1024 * 1024
+        assert stats is not None and stats.memory_bytes > 1024 * 1024
+        assert stats.memory_limit_bytes == 256 * 1024 * 1024  # the spec's default limit
+        assert stats.cpu_seconds is not None and stats.cpu_seconds > 0 and stats.cpu_percent is None
         lines = [line async for line in runtime.logs(handle, 50)]
         assert any("listening on port" in line for line in lines), lines
         await runtime.stop_task(handle, STOP_TIMEOUT)
+        assert await runtime.task_stats(handle) is None
         await runtime.destroy_task(handle)
         assert await runtime.api.inspect(handle.state["container"]) is None
         assert runtime.port_is_free(spec.port)
@@ -256,6 +259,13 @@ def test_limits_are_in_the_containers_cgroups(world: World) -> None:
         assert cgroup_file("pids", info, "pids.max") == "48"
         assert cgroup_file("cpu", info, "cpu.cfs_quota_us") == "30000"
         assert cgroup_file("cpu", info, "cpu.cfs_period_us") == "100000"
+        stats = await runtime.task_stats(handle)
+        assert stats is not None and stats.memory_limit_bytes == 192 * 1024 * 1024
+        await runtime.destroy_task(handle)
+        # Without a limit Podman reports the host's RAM, which is no limit.
+        handle = await runtime.start_task(world.spec("unlimited", limits=ResourceLimits()))
+        stats = await runtime.task_stats(handle)
+        assert stats is not None and stats.memory_bytes > 0 and stats.memory_limit_bytes is None
         await runtime.destroy_task(handle)
 
     run(scenario)

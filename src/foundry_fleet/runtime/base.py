@@ -148,8 +148,18 @@ class TaskStatus:
 
 @dataclass(frozen=True)
 class TaskStats:
-    rss_bytes: int
-    cpu_seconds: float
+    """A running task's memory and CPU, as its runtime measures them now.
+
+    CPU comes one of two ways. Most runtimes keep a running total (`cpu_seconds`), which a sampler turns
+    into a rate from two readings. Nomad's API keeps no total: its client measures a percent itself, over
+    its own short collection interval, and gives that (`cpu_percent`); a total made up from it would
+    pretend to a precision Nomad never had, so such a runtime leaves `cpu_seconds` None.
+    """
+
+    memory_bytes: int  # what counts against its memory limit: its cgroup's usage, else its resident set
+    cpu_seconds: float | None  # CPU time since the task started; None where the runtime keeps no total
+    memory_limit_bytes: int | None = None  # the limit the runtime enforces; None: none known
+    cpu_percent: float | None = None  # the runtime's own recent measurement, 100 = one core
 
 
 @dataclass(frozen=True)
@@ -232,7 +242,8 @@ class Runtime(Protocol):
         """Re-attach to a task started by an earlier control plane; None if it is gone (and then
         whatever was left of it is gone too)."""
 
-    async def task_stats(self, handle: TaskHandle) -> TaskStats | None: ...
+    async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
+        """The task's memory and CPU now; None when it does not run (any more)."""
 
     async def address(self, handle: TaskHandle) -> Address: ...
 

@@ -22,6 +22,9 @@ from foundry_fleet.runtime.base import Capability, ResourceLimits
 
 CONTROLLERS = ("memory", "cpu", "pids")
 CFS_PERIOD_US = 100_000
+# cgroup v1 says "no memory limit" with its largest page count in bytes (2**63 less a page): no real limit
+# comes near this.
+V1_NO_LIMIT = 1 << 62
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -241,6 +244,40 @@ class TaskCgroups:
         name = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
         try:
             return int((mem / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def memory_limit_bytes(self) -> int | None:
+        """The memory limit in force; None when there is none."""
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return None
+        name = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+        try:
+            text = (mem / name).read_text().strip()
+            value = None if text == "max" else int(text)
+        except (OSError, ValueError):
+            return None
+        return value if value is not None and value < V1_NO_LIMIT else None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of everything the groups ever held, also of processes gone; None where the task's own
+        groups keep no total: cgroup v1 with cpuacct mounted apart from cpu (it is not one of ours)."""
+        if self.version == 2:
+            # cpu.stat is in every v2 group, whether the cpu controller is enabled there or not.
+            group = next(iter(self.dirs.values()), None)
+            if group is None:
+                return None
+            try:
+                return int(_read_kv(group / "cpu.stat")["usage_usec"]) / 1e6
+            except (KeyError, ValueError):
+                return None
+        cpu = self.dirs.get("cpu")
+        if cpu is None:
+            return None
+        try:
+            # Present where cpu and cpuacct share a mount (/sys/fs/cgroup/cpu,cpuacct), as systemd mounts them.
+            return int((cpu / "cpuacct.usage").read_text()) / 1e9
         except (OSError, ValueError):
             return None
 

@@ -44,6 +44,9 @@ class Behaviour:
     users: int | None = None  # connected users its status reports, as Foundry's does; None: not reported
     ignores_sigterm: bool = False  # only SIGKILL ends it
     survives_restart: bool = True  # recover_task finds it after a control-plane restart
+    memory_bytes: int = 0  # what task_stats reports
+    cpu_seconds: float = 0.0
+    memory_limit_bytes: int | None = None
 
 
 @dataclass
@@ -213,7 +216,10 @@ class FakeRuntime:
 
     async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
         task = self._task(handle)
-        return TaskStats(rss_bytes=0, cpu_seconds=0.0) if task is not None and task.exit is None else None
+        if task is None or task.exit is not None:
+            return None
+        b = task.behaviour
+        return TaskStats(memory_bytes=b.memory_bytes, cpu_seconds=b.cpu_seconds, memory_limit_bytes=b.memory_limit_bytes)
 
     async def address(self, handle: TaskHandle) -> Address:
         task = self._task(handle)

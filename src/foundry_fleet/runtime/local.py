@@ -753,13 +753,20 @@ class LocalRuntime:
         return None
 
     def _stats(self, handle: LocalTask) -> TaskStats | None:
-        pids = self._task_pids(handle)
-        if not pids:
+        """The task's groups' own figures where the kernel keeps them: what counts against its limit, and
+        the CPU of processes gone too. Else its live processes': the groups' members (one file read) or,
+        without groups, the walk of the whole process table that finds them."""
+        if not handle.leader_alive():
             return None
-        return TaskStats(
-            rss_bytes=sum(procfs.rss_bytes(p) for p in pids),
-            cpu_seconds=sum(procfs.cpu_seconds(p) for p in pids),
-        )
+        cg = self._cgroups_of(handle)
+        memory, cpu = cg.memory_bytes(), cg.cpu_seconds()
+        if memory is None or cpu is None:
+            pids = {p for p in cg.pids() if procfs.is_alive(p)} or self._task_pids(handle)
+            if memory is None:
+                memory = sum(procfs.rss_bytes(p) for p in pids)
+            if cpu is None:
+                cpu = sum(procfs.cpu_seconds(p) for p in pids)
+        return TaskStats(memory_bytes=memory, cpu_seconds=cpu, memory_limit_bytes=cg.memory_limit_bytes())
 
     def kill_strays(self, name: str, data_dir: Path) -> int:
         """Kill what runs in the task's cgroups or serves its data directory, though no handle says so."""

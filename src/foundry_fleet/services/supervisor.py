@@ -27,7 +27,7 @@ from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import ROUTE_PREFIX
 from foundry_fleet.domain.instance import InstanceState
 from foundry_fleet.runtime.base import (
-    Address, ResourceLimits, Runtime, RuntimeUnavailable, TaskExit, TaskHandle, TaskSpec,
+    Address, ResourceLimits, Runtime, RuntimeUnavailable, TaskExit, TaskHandle, TaskSpec, TaskStats,
 )
 from foundry_fleet.services.supervision_records import Event, RunningTask, SupervisedInstance, SupervisionRecords
 
@@ -641,6 +641,17 @@ class Supervisor:
             self.records.record_event("instance.leftovers", name, Outcome.FAILED,
                                       f"the runtime still keeps something of it: {e.message}")
         self._record_runtime_events()
+
+    def running(self) -> list[str]:
+        """The instances that have a task now (starting, running or being stopped)."""
+        return [name for name, sup in self.instances.items() if sup.handle is not None]
+
+    async def stats(self, name: str) -> TaskStats | None:
+        """The instance's memory and CPU as its runtime measures them now; None when it has no task."""
+        sup = self.instances.get(name)
+        if sup is None or sup.handle is None:
+            return None
+        return await self.runtime.task_stats(sup.handle)
 
     def logs(self, name: str, lines: int = 100, follow: bool = False) -> AsyncIterator[str]:
         """The instance's server log, as its runtime keeps it: the running task's, else by name."""

@@ -30,6 +30,7 @@ from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.release_registry import ReleaseRegistry
+from foundry_fleet.services.resource_samples import ResourceSamples
 from foundry_fleet.services.runtime_images import ReleaseImage
 from foundry_fleet.services.runtime_report import RuntimeReport, node_report
 from foundry_fleet.services.operations import Operations
@@ -184,6 +185,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
                             moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node))
+    # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
+    samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
                   Access(services.instances, frozenset(config.discord.admin_users)))
     app = create_app(reads, operations, supervisor, backups, info, edge=edge,
@@ -210,6 +213,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                      config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                      busy=operations.busy)
     idle_task = asyncio.create_task(idle.run())
+    samples_task = asyncio.create_task(samples.run())
     bot_task = None
     if config.discord.token_file is not None:
         bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
@@ -226,6 +230,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         status_task.cancel()
         certificates_task.cancel()
         idle_task.cancel()
+        samples_task.cancel()
         if bot_task is not None:
             bot_task.cancel()
             await asyncio.gather(bot_task, return_exceptions=True)

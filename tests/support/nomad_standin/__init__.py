@@ -15,7 +15,8 @@ set ReschedulePolicy Attempts 0), only a lost one is replaced; a re-registered j
 replaces its allocations at once; every node runs every driver; health checks are not run (a Nomad
 service is registered when its task starts); no event stream; raw_exec runs in the task dir as Nomad
 does (NOMAD_TASK_DIR is its `local/`); an exec task's stdout and stderr are one log (the local
-runtime's), which both log types read.
+runtime's), which both log types read; a task's resource usage is sampled when it is asked for, not
+every second (usage.py).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from tests.support.nomad_standin.canonical import canonicalize
 from tests.support.nomad_standin.drivers import exec_log
 from tests.support.nomad_standin.cluster import TERMINAL, Cluster, Refused
 from tests.support.nomad_standin.store import parse_wait
+from tests.support.nomad_standin.usage import UsageMeter
 
 Handler = Callable[[Request, list[str]], Awaitable[Response]]
 STUB_DROP = ("Job",)
@@ -28,6 +29,11 @@ FOLLOW_POLL = 0.05  # how often a followed log is looked at for new bytes
 
 def _text(status: int, message: str) -> Response:
     return Response(message, status_code=status, media_type="text/plain")
+
+
+def node_cores(node: Any) -> int:
+    """The cores a simulated node reports: one per 2000 MHz of its CPU."""
+    return max(node.cpu_mhz // 2000, 1)
 
 
 def _public(value: Any) -> Any:
@@ -45,6 +51,7 @@ class Api:
         self.store = cluster.store
         self.token = token
         self.calls = calls
+        self.usage = UsageMeter()
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/{rest:path}", self.handle,
@@ -164,6 +171,8 @@ class Api:
                 if self.in_namespace(v, namespace) and (not node_id or v["NodeID"] == node_id)])
         if head == "client" and parts[1:3] == ["fs", "logs"] and len(parts) == 4:
             return self.logs(parts[3], query)
+        if head == "client" and parts[1:2] == ["allocation"] and parts[3:] == ["stats"]:
+            return await self.alloc_stats(parts[2])
         return _text(404, f"Invalid URL path: /v1/{'/'.join(parts)}")
 
     @staticmethod
@@ -269,7 +278,7 @@ class Api:
     # ---------------------------------------------------------------------------------- nodes
 
     def node_resources(self, node: Any) -> dict[str, Any]:
-        return {"Cpu": {"CpuShares": node.cpu_mhz, "TotalCpuCores": max(node.cpu_mhz // 2000, 1)},
+        return {"Cpu": {"CpuShares": node.cpu_mhz, "TotalCpuCores": node_cores(node)},
                 "Memory": {"MemoryMB": node.memory_mb}, "Disk": {"DiskMB": 100_000},
                 "Networks": [{"Mode": "host", "Device": "lo", "IP": node.address, "CIDR": f"{node.address}/32"}],
                 "MinDynamicPort": self.cluster.port_range[0], "MaxDynamicPort": self.cluster.port_range[1]}
@@ -383,6 +392,22 @@ class Api:
         keys = ("ID", "Name", "Namespace", "PluginID", "NodePool", "NodeID", "CapacityBytes", "State",
                 "CreateIndex", "CreateTime", "ModifyIndex", "ModifyTime")
         return {k: volume.get(k) for k in keys}
+
+    # ---------------------------------------------------------------------------------- stats
+
+    async def alloc_stats(self, alloc_id: str) -> Response:
+        """Nomad's answers (nomad/client_alloc_endpoint.go, client/alloc_endpoint.go): an unknown
+        allocation, or one on a node the servers have no connection to, is a 404 with Nomad's text; one the
+        client still holds but no task of which runs is a 200 with nothing summed and Timestamp 0."""
+        alloc = self.store.allocs.get(alloc_id)
+        if alloc is None:
+            raise Refused(404, f'Unknown allocation "{alloc_id}"')
+        node = self.cluster.nodes[alloc["NodeID"]]
+        if node.status == "down":
+            raise Refused(404, "No path to node")
+        answer = await self.usage.allocation(alloc, self.cluster.runners.get(alloc_id, []), node.cpu_mhz,
+                                             node_cores(node))
+        return Response(json.dumps(answer), media_type="application/json")
 
     # ---------------------------------------------------------------------------------- logs
 

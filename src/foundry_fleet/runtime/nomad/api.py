@@ -273,6 +273,11 @@ class NomadApi:
     async def allocation(self, alloc_id: str) -> dict | None:
         return await self._json("GET", f"/v1/allocation/{_segment(alloc_id)}", ok404=True)
 
+    async def allocation_stats(self, alloc_id: str) -> dict | None:
+        """The allocation's latest resource usage as its node's client measured it (an AllocResourceUsage);
+        None when Nomad knows no such allocation or has no connection to its node (both a 404)."""
+        return await self._json("GET", f"/v1/client/allocation/{_segment(alloc_id)}/stats", ok404=True)
+
     async def evaluation(self, eval_id: str) -> dict | None:
         return await self._json("GET", f"/v1/evaluation/{_segment(eval_id)}", ok404=True)
 

@@ -34,6 +34,7 @@ from foundry_fleet.runtime.nomad.jobs import (
     host_volume_name, instance_job, instance_job_id, provision_job, shared_volume_name,
 )
 from foundry_fleet.runtime.nomad.provision_payload import ProvisionPayload
+from foundry_fleet.runtime.nomad.usage import usage_of
 from foundry_fleet.runtime.nomad.view import TERMINAL_CLIENT_STATUSES, NomadView
 
 log = logging.getLogger("foundry_fleet.nomad")
@@ -515,7 +516,15 @@ class NomadRuntime:
         return TaskHandle(driver=DRIVER, name=handle.name, started_at=handle.started_at, state=state)
 
     async def task_stats(self, handle: TaskHandle) -> TaskStats | None:
-        return None  # Nomad's client stats endpoint is per node: not asked for here
+        """What Nomad's client measured of the allocation running the task now (it may have replaced the
+        one the handle names); see usage.py for why CPU comes as Nomad's percent."""
+        view = self.view
+        if not view.is_loaded():
+            return None  # unknown while Nomad is away, as for inspect_task
+        allocs = view.job_allocs(_job(handle))
+        if not allocs or allocs[-1].get("ClientStatus") != "running":
+            return None
+        return usage_of(await self.api.allocation_stats(allocs[-1]["ID"]), allocs[-1])
 
     def port_is_free(self, port: int) -> bool:
         return True  # Nomad chooses each task's port on its node (a dynamic port)

@@ -404,10 +404,13 @@ class PodmanRuntime:
             stats = await self._call(lambda api: api.stats(_container(handle)))
         except ExternalFailure:
             return None  # not running (409) or gone
-        if not stats:
-            return None
-        return TaskStats(rss_bytes=int(stats.get("MemUsage") or 0),
-                         cpu_seconds=int(stats.get("CPUNano") or 0) / 1e9)
+        if not stats or not stats.get("SystemNano"):
+            return None  # a stopped container's stats are all zeros, its time of measurement too
+        # Podman caps the limit it reports at the host's RAM, which is what a container without one shows.
+        limit = int(stats.get("MemLimit") or 0)
+        return TaskStats(memory_bytes=int(stats.get("MemUsage") or 0),
+                         cpu_seconds=int(stats.get("CPUNano") or 0) / 1e9,
+                         memory_limit_bytes=limit if 0 < limit < _host_memory_bytes() else None)
 
     async def address(self, handle: TaskHandle) -> Address:
         port = handle.state.get("port")
@@ -477,6 +480,11 @@ def _cgroup_capability(host: dict[str, Any]) -> Capability:
         return Capability("cgroup limits", False, f"no {', '.join(missing)} controller ({where}): those limits "
                                                   "are not enforced")
     return Capability("cgroup limits", True, f"memory, CPU and pids limits per container ({where})")
+
+
+def _host_memory_bytes() -> int:
+    """The host's RAM as the kernel counts it (sysinfo's total), the figure Podman compares limits with."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _container(handle: TaskHandle) -> str:
