@@ -15,6 +15,8 @@ from foundry_fleet.store.models import EventRow
 
 log = logging.getLogger("foundry_fleet.events")
 
+MAX_SEARCH = 1000  # a page of the log, not an export: `foundry-fleet events --json` is for that
+
 
 def record(
     session: Session,
@@ -69,6 +71,20 @@ class EventLog:
                 q = q.where(EventRow.target == target)
             rows = s.scalars(q).all()
             return [EventView(r.at, r.actor, r.action, r.target, r.outcome, r.message) for r in reversed(rows)]
+
+    def search(self, target: str | None = None, action_prefix: str | None = None, outcome: str | None = None,
+               limit: int = 100) -> list[EventView]:
+        """The newest `limit` events (at most MAX_SEARCH) matching every filter given, newest first.
+        `action_prefix` matches literally (`backup.` is not a pattern: `%` and `_` in it are plain)."""
+        q = select(EventRow).order_by(EventRow.id.desc()).limit(max(1, min(limit, MAX_SEARCH)))
+        if target:
+            q = q.where(EventRow.target == target)
+        if action_prefix:
+            q = q.where(EventRow.action.startswith(action_prefix, autoescape=True))
+        if outcome:
+            q = q.where(EventRow.outcome == outcome)
+        with self.sessions() as s:
+            return [EventView(r.at, r.actor, r.action, r.target, r.outcome, r.message) for r in s.scalars(q)]
 
     def last_id(self) -> int:
         """The id of the newest event (0 when there is none): read from here on with `since`."""

@@ -91,6 +91,10 @@ class Invites:
         self.events = events
         self.clock = clock
 
+    def acting_as(self, actor: str) -> Invites:
+        """The same invites, their events recorded as `actor`'s (the admin behind a panel form)."""
+        return Invites(self.sessions, self.events.acting_as(actor), self.clock)
+
     def create(self, discord_user_id: str | None, expires: str = DEFAULT_EXPIRY, shareable: bool = False
                ) -> CreatedInvite:
         """An invite for one user, or (`shareable`, no user) a code for whoever redeems it first."""

@@ -55,7 +55,7 @@ from foundry_fleet.wiring.services import (
 from foundry_fleet.wiring.services import make_panel_sessions
 from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.web.panel.services import Panel
-from foundry_fleet.wiring.panel import panel_services
+from foundry_fleet.wiring.panel import health_check, panel_services, runtime_facts, status_from
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -208,7 +208,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     certificates_task = asyncio.create_task(certificates.run())
     metrics.watch(fleet_collector(services, supervisor, backups, certificates, samples))
     panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
-                                    samples)
+                                    samples, health=health_check(config, services, status_from(app)),
+                                    runtime_facts=runtime_facts(info, runtime.nodes))
     idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
                      config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                      busy=operations.busy)

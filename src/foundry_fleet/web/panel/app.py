@@ -7,6 +7,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from foundry_fleet.domain.web_paths import PANEL_STATIC
+from foundry_fleet.web.panel.admin import AdminPages
 from foundry_fleet.web.panel.instances import InstancePages
 from foundry_fleet.web.panel.live import LiveStreams
 from foundry_fleet.web.panel.login import login_routes
@@ -32,6 +33,7 @@ def panel_routes(panel: Panel) -> list[BaseRoute]:
     return [
         *login_routes(panel.sessions),
         *InstancePages(panel).routes(),
+        *AdminPages(panel).routes(),
         *LiveStreams(panel).routes(),
         Mount(PANEL_STATIC, app=_Static(directory=STATIC_DIR), name="panel-static"),
     ]
