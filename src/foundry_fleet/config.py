@@ -475,7 +475,7 @@ class DiscordSection(_Section):
     client_secret_file: Path | None = Field(None, description="OAuth2 client secret, a 0600 file")
     oauth_base: str = Field("https://discord.com", description="tests only: a stand-in Discord")
     api_base: str = Field("https://discord.com/api", description="tests only: a stand-in Discord API")
-    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a backup sign-in lasts")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a sign-in lasts (backups and the panel)")
 
     @field_validator("admin_users")
     @classmethod
