@@ -46,6 +46,7 @@ def panel_fleet(tmp_path_factory: pytest.TempPathFactory,
         fleet.edit_config("admin_users = []", f'admin_users = ["{ADMIN}"]')
         fleet.edit_config("sample_interval = 30.0", "sample_interval = 1.0")
         fleet.cli("release", "add", str(release_zips["node"]))
+        fleet.cli("release", "add", str(release_zips["linux"]))  # 13.346: something to upgrade to
         fleet.up()
         fleet.cli("instance", "create", "alice", "--release", "13.345", "--owner", ALICE)
         fleet.cli("instance", "create", "bob", "--release", "13.345", "--owner", BOB, "--no-start")
@@ -213,3 +214,37 @@ def test_the_log_streams_what_the_server_writes(panel_fleet) -> None:
     seen = events_until(browser, "/instances/alice/log/stream", "event: lines", 60, action=restart)
     assert "event: lines" in seen and "data: " in seen, seen[-2000:]
     fleet.wait_state("alice", "running", 60)
+
+
+def test_backup_restore_and_upgrade_from_the_panel(panel_fleet) -> None:
+    fleet, _fake = panel_fleet
+    admin = PanelBrowser(fleet.settings().edge.https_port, local_ca(fleet))
+    admin.sign_in_with_link(fleet)
+    token = admin.csrf("/instances/bob")
+    before = {s["name"] for s in fleet.cli("backup", "list", "bob", "--json").json()}
+    r = admin.post("/instances/bob/backup", {"csrf": token})
+    assert r.status_code == 303 and r.headers["location"] == "/instances/bob?done=backup"
+    taken = {s["name"] for s in fleet.cli("backup", "list", "bob", "--json").json()} - before
+    assert len(taken) == 1 and next(iter(taken)).startswith("manual-")
+    nightly = next(n for n in before if n.startswith("nightly-"))
+    assert f"{nightly}.zip" in admin.page("/instances/bob").text
+
+    # The confirmation names the snapshot and the safety snapshot the current data is kept as.
+    confirm = admin.page(f"/instances/bob/restore?snapshot={nightly}")
+    assert confirm.status_code == 200 and nightly in confirm.text and "safety-" in confirm.text
+    assert admin.page("/instances/bob/restore?snapshot=nightly-1999").status_code == 404
+    r = admin.post("/instances/bob/restore", {"csrf": token, "snapshot": nightly})
+    assert r.status_code == 303 and r.headers["location"] == "/instances/bob?done=restore"
+    wait_until(lambda: any(e["action"] == "backup.restore" and e["target"] == "bob" and nightly in e["message"]
+                           for e in fleet.cli("events", "--json", "--limit", "200").json()), 60, "bob's restore")
+    assert any(s["name"].startswith("safety-") for s in fleet.cli("backup", "list", "bob", "--json").json())
+
+    # Upgrade: a release the cache does not have is said on the page, and nothing changes.
+    r = admin.post("/instances/bob/upgrade", {"csrf": token, "release": "13.999"})
+    assert r.status_code == 404 and "13.999" in r.text
+    r = admin.post("/instances/bob/upgrade", {"csrf": token, "release": "13.346"})
+    assert r.status_code == 303
+    wait_until(lambda: fleet.cli("instance", "show", "bob", "--json").json()["release"] == "13.346", 120,
+               "bob on 13.346")
+    wait_until(lambda: fleet.cli("instance", "show", "bob", "--json").json()["state"] == "stopped", 120,
+               "bob stopped again, as before the upgrade")

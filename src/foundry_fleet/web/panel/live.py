@@ -25,7 +25,7 @@ from starlette.routing import Route
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.web_paths import PANEL_EVENTS
 from foundry_fleet.services.panel_cards import InstanceCard
-from foundry_fleet.services.panel_sessions import PanelUser
+from foundry_fleet.services.panel_sessions import PANEL_COOKIE, PanelUser
 from foundry_fleet.web.panel.guard import signed_in
 from foundry_fleet.web.panel.render import SECURITY_HEADERS, fragment
 from foundry_fleet.web.panel.services import Panel, PanelServices
@@ -35,6 +35,7 @@ LOG_BATCH_SECONDS = 0.2
 LOG_BATCH_LINES = 200  # beyond this in one batch, the rest of the batch is counted, not sent
 LOG_LINE_CHARS = 2000
 MAX_LOG_STREAMS = 16
+LOG_SESSION_CHECK = 30.0  # seconds between two looks at whether a log's viewer is still signed in
 STREAM_HEADERS = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
 
 
@@ -80,13 +81,22 @@ class LiveStreams:
             return got
         user, svc = got
         instance = request.query_params.get("instance")
-        stream = self._instance_events(svc, user, instance) if instance else self._overview_events(svc, user)
+        cookie = request.cookies.get(PANEL_COOKIE)
+        stream = (self._instance_events(svc, user, cookie, instance) if instance
+                  else self._overview_events(svc, user, cookie))
         return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
 
-    async def _overview_events(self, svc: PanelServices, user: PanelUser) -> AsyncIterator[str]:
+    async def _signed_in_still(self, cookie: str | None) -> bool:
+        """A stream outlives no sign-out and no expiry: asked again at each change it would show."""
+        assert self.panel.sessions is not None
+        return await asyncio.to_thread(self.panel.sessions.user, cookie) is not None
+
+    async def _overview_events(self, svc: PanelServices, user: PanelUser, cookie: str | None) -> AsyncIterator[str]:
         sent: dict[str, str] = {}
         version = svc.bulletin.version
         while True:
+            if sent and not await self._signed_in_still(cookie):
+                return
             cards = await asyncio.to_thread(svc.cards.cards, user.principal)
             now = time.time()
             if sent and set(sent) != {c.name for c in cards}:
@@ -104,10 +114,13 @@ class LiveStreams:
                 yield ": keepalive\n\n"
                 version = svc.bulletin.version
 
-    async def _instance_events(self, svc: PanelServices, user: PanelUser, name: str) -> AsyncIterator[str]:
+    async def _instance_events(self, svc: PanelServices, user: PanelUser, cookie: str | None,
+                               name: str) -> AsyncIterator[str]:
         sent = None
         version = svc.bulletin.version
         while True:
+            if sent is not None and not await self._signed_in_still(cookie):
+                return
             try:
                 card = await asyncio.to_thread(svc.cards.card, user.principal, name)
             except FleetError:
@@ -139,17 +152,23 @@ class LiveStreams:
             return PlainTextResponse("no such instance", status_code=204)  # 204: the browser stops asking
         if self.log_streams >= MAX_LOG_STREAMS:
             return PlainTextResponse("too many open logs", status_code=503, headers={"Retry-After": "30"})
-        return StreamingResponse(self._log_lines(svc, name), media_type="text/event-stream", headers=STREAM_HEADERS)
+        return StreamingResponse(self._log_lines(svc, name, request.cookies.get(PANEL_COOKIE)),
+                                 media_type="text/event-stream", headers=STREAM_HEADERS)
 
-    async def _log_lines(self, svc: PanelServices, name: str) -> AsyncIterator[str]:
+    async def _log_lines(self, svc: PanelServices, name: str, cookie: str | None) -> AsyncIterator[str]:
         self.log_streams += 1
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10 * LOG_BATCH_LINES)
         reader = asyncio.create_task(self._read_log(svc, name, queue))
+        checked = time.monotonic()
         try:
             while True:
                 batch, skipped = await self._batch(queue)
                 if batch is None:
                     return
+                if time.monotonic() - checked > LOG_SESSION_CHECK:
+                    if not await self._signed_in_still(cookie):
+                        return
+                    checked = time.monotonic()
                 if batch or skipped:
                     text = "".join(html.escape(line[:LOG_LINE_CHARS]) + "\n" for line in batch)
                     if skipped:
