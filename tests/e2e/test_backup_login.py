@@ -38,7 +38,7 @@ from foundry_fleet.services.web_login import (
 from foundry_fleet.store.database import open_database
 from foundry_fleet.store.models import UsedTicketRow
 from tests.support.cdp_browser import Chromium
-from tests.support.fleets import make_fleet
+from tests.support.fleets import make_fleet, sign_in_with
 from tests.support.edge_client import served_certificate, tls_context
 from tests.support.discord_oauth_standin import DiscordOAuthStandin
 from tests.support.harness import FleetHarness, file_digests, wait_until
@@ -458,11 +458,7 @@ def signed_fleet(tmp_path_factory: pytest.TempPathFactory,
     fake = DiscordOAuthStandin(CLIENT_ID, SECRET, redirect_uris={f"https://fleet.localhost:{https_port}/auth/callback"},
                        users=dict(USERS)).start()
     try:
-        private_file(fleet.config.parent / "discord-client-secret", SECRET)
-        fleet.edit_config("[discord]\n", "\n".join([
-            "[discord]", f'client_id = "{CLIENT_ID}"', 'client_secret_file = "discord-client-secret"',
-            f'oauth_base = "{fake.base}"', f'api_base = "{fake.api}"', ""]))
-        fleet.edit_config("admin_users = []", f'admin_users = ["{ADMIN}"]')
+        sign_in_with(fleet, fake, admins=[ADMIN])
         fleet.cli("release", "add", str(release_zips["node"]))
         fleet.up()
         snaps = {}

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from foundry_fleet.services.panel_sessions import PANEL_COOKIE
-from tests.e2e.test_backup_login import CLIENT_ID, SECRET, Browser, _handshakes, private_file
+from tests.e2e.test_backup_login import CLIENT_ID, SECRET, Browser, _handshakes
 from tests.support.discord_oauth_standin import DiscordOAuthStandin
 from tests.support.edge_client import tls_context
-from tests.support.fleets import make_fleet
+from tests.support.fleets import make_fleet, sign_in_with
 from tests.support.harness import FleetHarness, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -39,11 +39,7 @@ def panel_fleet(tmp_path_factory: pytest.TempPathFactory,
     fake = DiscordOAuthStandin(CLIENT_ID, SECRET, redirect_uris={f"https://{FLEET}:{https_port}/auth/callback"},
                                users=dict(USERS)).start()
     try:
-        private_file(fleet.config.parent / "discord-client-secret", SECRET)
-        fleet.edit_config("[discord]\n", "\n".join([
-            "[discord]", f'client_id = "{CLIENT_ID}"', 'client_secret_file = "discord-client-secret"',
-            f'oauth_base = "{fake.base}"', f'api_base = "{fake.api}"', ""]))
-        fleet.edit_config("admin_users = []", f'admin_users = ["{ADMIN}"]')
+        sign_in_with(fleet, fake, admins=[ADMIN])
         fleet.edit_config("sample_interval = 30.0", "sample_interval = 1.0")
         fleet.cli("release", "add", str(release_zips["node"]))
         fleet.cli("release", "add", str(release_zips["linux"]))  # 13.346: something to upgrade to

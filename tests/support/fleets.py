@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.cgroups import groups_under
+from tests.support.discord_oauth_standin import DiscordOAuthStandin
 from tests.support.harness import FleetHarness
 from tests.support.ports import port_block
 
@@ -190,6 +191,18 @@ def set_section(h: FleetHarness, name: str, values: dict[str, str]) -> None:
         else:
             body = body.replace(f"[{name}]\n", f"[{name}]\n{line}\n", 1)
     h.config.write_text(text[:section.start()] + body + text[section.end():])
+
+
+def sign_in_with(h: FleetHarness, discord: DiscordOAuthStandin, admins: Sequence[str] = ()) -> None:
+    """Discord sign-in (backups, panel) through the stand-in `discord`, its client secret in a 0600 file;
+    `admins`: [discord] admin_users."""
+    secret = h.config.parent / "discord-client-secret"
+    secret.write_text(discord.client_secret + "\n")
+    secret.chmod(0o600)
+    h.edit_config("[discord]\n", "\n".join([
+        "[discord]", f'client_id = "{discord.client_id}"', 'client_secret_file = "discord-client-secret"',
+        f'oauth_base = "{discord.base}"', f'api_base = "{discord.api}"', ""]))
+    h.edit_config("admin_users = []", f"admin_users = {json.dumps(list(admins))}")
 
 
 def set_runtime(h: FleetHarness, driver: str) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.domain.idle import format_idle_after
 from foundry_fleet.domain.text import escape_controls
+from foundry_fleet.domain.units import human_bytes
 from foundry_fleet.domain.urls import redact_url
 
 MESSAGE_LIMIT = 2000
@@ -143,9 +144,4 @@ def backup_link(view: dict[str, object], snapshot: str) -> str:
 
 
 def size(n: object) -> str:
-    value = float(n) if isinstance(n, int | float) else 0.0
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+    return human_bytes(n if isinstance(n, int | float) else 0)

@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from foundry_fleet.domain.units import human_bytes
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, human_bytes, print_json, safe
+from foundry_fleet.cli.render import console, print_json, safe
 from foundry_fleet.cli.typer_compat import command_group
 
 app = command_group("Snapshots of instance data: take, list, plan, restore, status.")

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from foundry_fleet.domain.idle import format_idle_after
 from foundry_fleet.domain.text import escape_controls
+from foundry_fleet.domain.units import human_bytes
 
 # No emoji codes: tenants' text may hold ":x:" and must be shown as written (and the table of codes
 # is the slowest part of rich to load).
@@ -199,10 +200,3 @@ def events_table(events: list[dict[str, Any]]) -> Table:
     return t
 
 
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

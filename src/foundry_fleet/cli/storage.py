@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from foundry_fleet.domain.units import human_bytes
 from foundry_fleet.cli.context import CliContext
-from foundry_fleet.cli.render import console, human_bytes, print_json
+from foundry_fleet.cli.render import console, print_json
 from foundry_fleet.domain.errors import Conflict, InvalidInput
 from foundry_fleet.cli.typer_compat import command_group
 

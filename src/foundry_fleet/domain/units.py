@@ -4,12 +4,13 @@ from __future__ import annotations
 
 
 def human_bytes(n: int | float) -> str:
+    """512 B, 1.5 KiB, 3.2 GiB, 1.1 TiB."""
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.1f} GiB"
+    return f"{value:.1f} TiB"
 
 
 def human_duration(seconds: float) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundry_fleet.domain.units import human_bytes
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.services.doctor.report import Check, failed, passed, skipped, warned
 
@@ -104,11 +105,3 @@ def zfs_check(home: str | None, space: dict[str, Any] | FleetError, limits: Spac
 def no_zfs(driver: str) -> Check:
     return skipped("zfs pool", f"the fleet's storage is {driver} ([storage] driver), not ZFS")
 
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

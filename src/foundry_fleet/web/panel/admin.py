@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -23,8 +24,8 @@ from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.invites import CreatedInvite
 from foundry_fleet.services.panel_sessions import PanelUser
 from foundry_fleet.services.release_jobs import ReleaseJob, acting_as
-from foundry_fleet.web.panel.guard import checked_form, signed_in
-from foundry_fleet.web.panel.instances import context, problem_text, starting
+from foundry_fleet.web.panel.guard import checked_form
+from foundry_fleet.web.panel.instances import context, panel_user, problem_text
 from foundry_fleet.web.panel.render import render
 from foundry_fleet.web.panel.services import Panel, PanelServices
 
@@ -74,19 +75,10 @@ class AdminPages:
     # who may -------------------------------------------------------------------------------------
 
     async def _admin(self, request: Request) -> tuple[PanelUser, PanelServices] | Response:
-        if self.panel.sessions is None:
-            return render(request, "message.html", {"user": None, "csrf": "", "section": "", "notice": None,
-                                                    "problem": None, "title": "Panel off",
-                                                    "message": "The web panel is turned off on this fleet."},
-                          status=404)
-        user = await signed_in(request, self.panel.sessions)
-        if isinstance(user, Response):
-            return user
-        if not user.admin:
-            return self._not_admin(request, user)
-        if self.panel.services is None:
-            return starting(request)
-        return user, self.panel.services
+        got = await panel_user(request, self.panel)
+        if not isinstance(got, Response) and not got[0].admin:
+            return self._not_admin(request, got[0])
+        return got
 
     async def _admin_form(self, request: Request) -> tuple[PanelUser, PanelServices, dict[str, str]] | Response:
         if self.panel.sessions is None or self.panel.services is None:
@@ -268,32 +260,30 @@ class AdminPages:
     # the host --------------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        got = await self._admin(request)
-        if isinstance(got, Response):
-            return got
-        user, svc = got
-        if svc.health is None:
-            return self._unavailable(request, user, "health", "The host's health checks")
-        try:
-            report = await svc.health()
-        except FleetError as e:
-            return render(request, "message.html", self._context(
-                request, user, "health", title="Host health", message=problem_text(e)), status=http_status(e))
-        return render(request, "admin/health.html", self._context(request, user, "health", report=report))
+        return await self._facts_page(request, "health", "The host's health checks", "Host health",
+                                      lambda svc: svc.health, "admin/health.html", "report")
 
     async def nodes(self, request: Request) -> Response:
+        return await self._facts_page(request, "nodes", "The runtime's facts", "Nodes and runtime",
+                                      lambda svc: svc.runtime_facts, "admin/nodes.html", "facts")
+
+    async def _facts_page(self, request: Request, section: str, what: str, title: str,
+                          source: Callable[[PanelServices], Callable[[], Awaitable[Any]] | None],
+                          template: str, name: str) -> Response:
+        """A page of what a callable the daemon handed over finds (each run of it may take a while)."""
         got = await self._admin(request)
         if isinstance(got, Response):
             return got
         user, svc = got
-        if svc.runtime_facts is None:
-            return self._unavailable(request, user, "nodes", "The runtime's facts")
+        read = source(svc)
+        if read is None:
+            return self._unavailable(request, user, section, what)
         try:
-            facts = await svc.runtime_facts()
+            found = await read()
         except FleetError as e:
             return render(request, "message.html", self._context(
-                request, user, "nodes", title="Nodes and runtime", message=problem_text(e)), status=http_status(e))
-        return render(request, "admin/nodes.html", self._context(request, user, "nodes", facts=facts))
+                request, user, section, title=title, message=problem_text(e)), status=http_status(e))
+        return render(request, template, self._context(request, user, section, **{name: found}))
 
 
 def _limit(text: str) -> str:

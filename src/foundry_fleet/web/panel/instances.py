@@ -57,6 +57,25 @@ def problem_text(error: FleetError) -> str:
     return f"{text}. {error.hint}" if error.hint else f"{text}."
 
 
+def panel_off(request: Request) -> Response:
+    return render(request, "message.html", {"user": None, "csrf": "", "section": "", "notice": None,
+                                            "problem": None, "title": "Panel off",
+                                            "message": "The web panel is turned off on this fleet."}, status=404)
+
+
+async def panel_user(request: Request, panel: Panel) -> tuple[PanelUser, PanelServices] | Response:
+    """Who is signed in, and the services their page calls; else the answer to give instead (the panel
+    is off, a sign-in, or the fleet still starting)."""
+    if panel.sessions is None:
+        return panel_off(request)
+    user = await signed_in(request, panel.sessions)
+    if isinstance(user, Response):
+        return user
+    if panel.services is None:
+        return starting(request)
+    return user, panel.services
+
+
 class InstancePages:
     def __init__(self, panel: Panel) -> None:
         self.panel = panel
@@ -70,21 +89,8 @@ class InstancePages:
             Route("/instances/{name}/{action}", self.act, methods=["POST"]),
         ]
 
-    async def _user(self, request: Request) -> tuple[PanelUser, PanelServices] | Response:
-        if self.panel.sessions is None:
-            return render(request, "message.html", {"user": None, "csrf": "", "section": "", "notice": None,
-                                                    "problem": None, "title": "Panel off",
-                                                    "message": "The web panel is turned off on this fleet."},
-                          status=404)
-        user = await signed_in(request, self.panel.sessions)
-        if isinstance(user, Response):
-            return user
-        if self.panel.services is None:
-            return starting(request)
-        return user, self.panel.services
-
     async def overview(self, request: Request) -> Response:
-        got = await self._user(request)
+        got = await panel_user(request, self.panel)
         if isinstance(got, Response):
             return got
         user, svc = got
@@ -92,7 +98,7 @@ class InstancePages:
         return render(request, "overview.html", context(request, self.panel, user, "overview", cards=cards))
 
     async def instance(self, request: Request, problem: FleetError | None = None) -> Response:
-        got = await self._user(request)
+        got = await panel_user(request, self.panel)
         if isinstance(got, Response):
             return got
         user, svc = got
@@ -118,7 +124,7 @@ class InstancePages:
             return []  # no log yet (never started), or its runtime keeps none any more
 
     async def restore_confirm(self, request: Request) -> Response:
-        got = await self._user(request)
+        got = await panel_user(request, self.panel)
         if isinstance(got, Response):
             return got
         user, svc = got
@@ -135,7 +141,7 @@ class InstancePages:
 
     async def act(self, request: Request) -> Response:
         if self.panel.sessions is None or self.panel.services is None:
-            return await self._user(request)  # type: ignore[return-value]  # the same refusal as a GET
+            return await panel_user(request, self.panel)  # type: ignore[return-value]  # the same refusal as a GET
         checked = await checked_form(request, self.panel.sessions)
         if isinstance(checked, Response):
             return checked
