@@ -65,6 +65,8 @@ py.buildPythonApplication {
     py.authlib
     py.itsdangerous
     py.idna
+    py.jinja2
+    py.prometheus-client
     pyseccomp
   ];
 

@@ -53,6 +53,8 @@ let
     "authlib"
     "itsdangerous"
     "idna"
+    "jinja2"
+    "prometheus-client"
     "setuptools"
     "wheel"
   ];
