@@ -113,6 +113,8 @@ class ReleasesSection(_Section):
     allowed_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_DOWNLOAD_HOSTS))
     allow_private_addresses: bool = Field(False, description="tests only: allow loopback/private download hosts")
     extra_ca_file: Path | None = Field(None, description="tests only: trust this CA for downloads")
+    account_site: str = Field("https://foundryvtt.com",
+                              description="tests only: the site `release add --account` logs in to")
     max_download_mb: int = Field(2048, ge=1)
     max_unpacked_mb: int = Field(4096, ge=1)
     max_entries: int = Field(200_000, ge=1)

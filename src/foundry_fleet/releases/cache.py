@@ -25,9 +25,9 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from filelock import FileLock, Timeout
 
@@ -51,6 +51,12 @@ _VERSION_IN_NAME = re.compile(r"(?:^|[-_])(\d{1,3})\.(\d{1,6})\.zip$", re.IGNORE
 # A tmp leftover lock file with no folder is only swept once it is this old: a fresh one may belong to
 # an add that has taken its lock but not yet made its folder.
 _STALE_LOCK_SECONDS = 3600.0
+
+
+class TimedLinks(Protocol):
+    """Where timed download links come from (a foundryvtt.com account); asked only on a cache miss."""
+
+    def presigned_url(self, version: str) -> str: ...
 
 
 class ReleaseCache:
@@ -168,6 +174,38 @@ class ReleaseCache:
                 info = self._install(zip_path, sha256, size, shown, work, progress)
             self._remember_source(shown, info.version)
             return info
+
+    def add_version(
+        self, version: str, links: Callable[[], TimedLinks], progress: ProgressCallback | None = None
+    ) -> ReleaseInfo:
+        """Cache release `version` from a timed link that `links()` hands out; a cached version asks nothing.
+
+        The version's account lock is held across the link and the download, so concurrent adds of one
+        version log in once: the site rate-limits hosts that log in often.
+        """
+        version = _canonical(version)
+        cached = self.get(version)
+        if cached is not None:
+            log.info("release %s is already cached", version)
+            return cached
+        self._prepare()
+        with self._lock(f"account-{version}", f"release {version}"):
+            cached = self.get(version)
+            if cached is not None:
+                return cached
+            from foundry_fleet.releases.fetch import download  # brings httpx: only a download needs it
+
+            url = links().presigned_url(version)
+            shown = redact_url(url)
+            with self._work_dir() as work:
+                zip_path = work / "release.zip"
+                sha256, size = download(url, zip_path, self.policy, progress, self.transport)
+                info = self._install(zip_path, sha256, size, shown, work, progress)
+            self._remember_source(shown, info.version)
+        if info.version != version:
+            raise ExternalFailure(f"asked for release {version}, but the zip held release {info.version} "
+                                  f"(now cached as {info.version})", "check the version, then add it again")
+        return info
 
     def _add_zip_file(self, path: Path, progress: ProgressCallback | None) -> ReleaseInfo:
         if not path.is_file():

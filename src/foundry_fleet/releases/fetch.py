@@ -131,6 +131,22 @@ def check_download_url(url: str, policy: DownloadPolicy) -> str:
     return url
 
 
+def check_request(url: httpx.URL, policy: DownloadPolicy) -> None:
+    """The checks a download makes before each request, for other clients of the same sites (the account
+    pages): https, an allowed host, a public address."""
+    _check_url(url, policy)
+
+
+def check_connected_peer(response: httpx.Response, url: httpx.URL, policy: DownloadPolicy) -> None:
+    """The check a download makes after connecting (DNS rebinding); call it before reading the body."""
+    _check_peer(response, url, policy)
+
+
+def https_transport(policy: DownloadPolicy) -> httpx.HTTPTransport:
+    """A transport trusting the system's CAs plus the policy's test-only CA, with no retries of its own."""
+    return _default_transport(policy)
+
+
 def _parse(url: str) -> httpx.URL:
     # The same parsed object is checked and requested, so no two URL parsers can disagree on the host.
     try:

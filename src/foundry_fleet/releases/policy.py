@@ -67,6 +67,7 @@ class DownloadPolicy:
     allow_private_addresses: bool = False  # tests only: a local HTTPS server lives on 127.0.0.1
     max_download_bytes: int
     extra_ca_file: Path | None = None  # tests only: trust this CA besides the system's
+    account_site: str = "https://foundryvtt.com"  # tests only: a stand-in of the site on loopback
 
     def __post_init__(self) -> None:
         # Frozen, so normalise through object.__setattr__ once, here.
@@ -86,6 +87,7 @@ class DownloadPolicy:
             allow_private_addresses=section.allow_private_addresses,
             max_download_bytes=section.max_download_mb * MIB,
             extra_ca_file=section.extra_ca_file,
+            account_site=section.account_site,
         )
 
 

@@ -4,12 +4,14 @@ no instance does."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import NodeSection
-from foundry_fleet.domain.errors import Conflict, FleetError, NotFound
+from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.release import ReleaseInfo, node_range_for
 from foundry_fleet.releases.cache import ReleaseCache
@@ -18,6 +20,9 @@ from foundry_fleet.services.events import record
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import ReleaseView
 from foundry_fleet.store.models import Instance, Release
+
+if TYPE_CHECKING:  # the account pages need httpx; a node that only reads the cache never loads it
+    from foundry_fleet.releases.account import FoundryAccount
 
 
 class ReleaseRegistry:
@@ -29,7 +34,41 @@ class ReleaseRegistry:
         self.actor = actor
 
     def add(self, source: str, progress: ProgressCallback | None = None) -> ReleaseView:
-        info = self.cache.add(source, progress)
+        return self._register(self.cache.add(source, progress))
+
+    def add_from_account(self, version: str, account_file: Path,
+                         progress: ProgressCallback | None = None) -> ReleaseView:
+        """Add `version` from the foundryvtt.com account in `account_file`; cached versions never log in."""
+        accounts: list[FoundryAccount] = []
+
+        def links() -> FoundryAccount:
+            accounts.append(self._account(account_file))
+            return accounts[-1]
+
+        try:
+            return self._register(self.cache.add_version(version, links, progress))
+        finally:
+            for account in accounts:
+                account.close()
+
+    def account_license_key(self, account_file: Path, index: int = 1) -> str:
+        """The `index`-th (from 1) license key of the foundryvtt.com account in `account_file`."""
+        with self._account(account_file) as account:
+            keys = account.license_keys()
+        if not keys:
+            raise NotFound(f"the foundryvtt.com account in {account_file} has no license key",
+                           "buy or redeem a license on foundryvtt.com, or give the key with --license")
+        if not 1 <= index <= len(keys):
+            raise InvalidInput(f"the account in {account_file} has {len(keys)} license key(s); "
+                               f"there is no key number {index}", f"choose --license-index 1 to {len(keys)}")
+        return keys[index - 1]
+
+    def _account(self, account_file: Path) -> FoundryAccount:
+        from foundry_fleet.releases.account import FoundryAccount
+
+        return FoundryAccount.from_file(account_file, self.cache.policy, transport=self.cache.transport)
+
+    def _register(self, info: ReleaseInfo) -> ReleaseView:
         try:
             # A release that no node binary here can run is refused now, not when a tenant starts it.
             resolve_node(self.node, info.generation)
