@@ -40,6 +40,9 @@ def create(
     license_file: Annotated[
         Optional[Path], typer.Option(help="file holding the license key (keeps it out of the process list)")
     ] = None,
+    license_from_account: Annotated[Optional[Path], typer.Option(
+        help="file (chmod 600) with a foundryvtt.com username and password: use the account's license key")] = None,
+    license_index: Annotated[int, typer.Option(help="which of the account's license keys, from 1", min=1)] = 1,
     owner: Annotated[Optional[str], typer.Option(help="the tenant's Discord user id")] = None,
     admin_password_file: Annotated[
         Optional[Path], typer.Option(help="file holding the Foundry admin password (else one is generated)")
@@ -55,10 +58,12 @@ def create(
 ) -> None:
     """Create an instance: storage, install, options.json, license.json, admin.txt, a port (needs the daemon)."""
     c: CliContext = ctx.obj
-    if license_key and license_file:
-        raise InvalidInput("give the license with --license or --license-file, not both")
+    if sum(x is not None for x in (license_key, license_file, license_from_account)) > 1:
+        raise InvalidInput("give the license with one of --license, --license-file or --license-from-account")
     if license_file:
         license_key = _read_secret_file(license_file, "license key")
+    if license_from_account:
+        license_key = c.services().releases.account_license_key(license_from_account, license_index)
     password = _read_secret_file(admin_password_file) if admin_password_file else None
     result: dict[str, Any] = c.require_daemon().create_instance(
         name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,

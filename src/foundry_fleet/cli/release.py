@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,7 +14,13 @@ app = command_group("Add, list and remove Foundry releases.")
 
 
 @app.command("add")
-def add(ctx: typer.Context, source: Annotated[str, typer.Argument(help="a release zip path, or an https URL (e.g. a timed download URL)")]) -> None:
+def add(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(
+        help="a release zip path, an https URL (e.g. a timed download URL), or with --account a version (13.345)")],
+    account: Annotated[Optional[Path], typer.Option(
+        "--account", help="file (chmod 600) with a foundryvtt.com username and password on two lines")] = None,
+) -> None:
     """Add a release to the cache (downloads once; cached versions never hit the network again)."""
     from rich.progress import (
         BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
@@ -30,7 +37,11 @@ def add(ctx: typer.Context, source: Annotated[str, typer.Argument(help="a releas
                 tasks[phase] = progress.add_task(phase, total=total)
             progress.update(tasks[phase], completed=done, total=total)
 
-        release = ctx.obj.services().releases.add(source, on_progress)
+        releases = ctx.obj.services().releases
+        if account is not None:
+            release = releases.add_from_account(source, account, on_progress)
+        else:
+            release = releases.add(source, on_progress)
     console.print(f"release [bold]{release.version}[/] ready ({release.layout} build, Node.js {release.node})")
 
 
