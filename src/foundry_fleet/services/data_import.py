@@ -141,7 +141,8 @@ class DataImport:
                     if entry.kind is Kind.DIR:
                         _make_dir(root, parts, uid, made)
                     elif entry.kind in (Kind.FILE, Kind.LINK):
-                        replaced += _put(root, parts, entry.fd, entry.st, entry.target, uid)
+                        replaced += _unlink(root, parts)  # counted before the write, which may fail
+                        _put(root, parts, entry.fd, entry.st, entry.target, uid)
                         made.append((parts, False))
             finally:
                 os.close(src)
@@ -207,22 +208,24 @@ def _make_dir(root: int, parts: Parts, uid: int | None, made: list[tuple[Parts, 
             os.chown(parts[-1], uid, uid, dir_fd=parent, follow_symlinks=False)
 
 
-def _put(root: int, parts: Parts, src: int, st: os.stat_result | None, target: str, uid: int | None) -> int:
-    """Write one file or link, replacing what is there (a folder is never replaced); 1 if it replaced."""
+def _unlink(root: int, parts: Parts) -> int:
+    """Take away the file or link at `parts` (a folder is never replaced); 1 if there was one."""
     with _parent(root, parts) as parent:
-        replaced = 0
         try:
             os.unlink(parts[-1], dir_fd=parent)
-            replaced = 1
         except FileNotFoundError:
-            pass
+            return 0
+        return 1
+
+
+def _put(root: int, parts: Parts, src: int, st: os.stat_result | None, target: str, uid: int | None) -> None:
+    with _parent(root, parts) as parent:
         if st is None or not stat.S_ISREG(st.st_mode):
             os.symlink(target, parts[-1], dir_fd=parent)
             if uid is not None:
                 os.chown(parts[-1], uid, uid, dir_fd=parent, follow_symlinks=False)
-            return replaced
-        _write_file(parent, parts[-1], src, st, uid)
-        return replaced
+        else:
+            _write_file(parent, parts[-1], src, st, uid)
 
 
 def _write_file(parent: int, name: str, src: int, st: os.stat_result, uid: int | None) -> None:
