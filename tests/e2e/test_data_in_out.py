@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.fleets import fleet_up_with
+from tests.support.fleets import make_fleet
 from tests.support.harness import FleetHarness
+from tests.support.releases import LocalHTTPS, Route
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +22,27 @@ WORLD = {"mine/world.json": b'{"id": "mine", "title": "Mine"}', "mine/data/actor
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path]):  # noqa: ANN201
-    yield from fleet_up_with(tmp_path_factory.mktemp("data"), "local", release_zips["node"])
+def fleet(tmp_path_factory: pytest.TempPathFactory, release_zips: dict[str, Path],
+          https_server_session: LocalHTTPS) -> Iterator[FleetHarness]:
+    h = make_fleet(tmp_path_factory.mktemp("data"))
+    try:
+        # Downloads from the test's own HTTPS server on loopback (what only tests allow).
+        h.edit_config('allowed_hosts = ["foundryvtt.com", "*.foundryvtt.com"]',
+                      'allowed_hosts = ["foundryvtt.com", "*.foundryvtt.com", "127.0.0.1"]')
+        h.edit_config("[releases]\n", f'[releases]\nallow_private_addresses = true\n'
+                                      f'extra_ca_file = "{https_server_session.cert}"\n')
+        h.cli("release", "add", str(release_zips["node"]))
+        h.up()
+        yield h
+    finally:
+        h.tear_down()
+
+
+def _world_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, body in files.items():
+            zf.writestr(name, body)
+    return path
 
 
 def test_a_world_imported_into_a_running_instance_is_its_own_and_comes_back_in_the_export(
@@ -90,3 +111,16 @@ def test_a_world_replaced_while_it_runs_is_replaced_stopped_and_started_again(fl
     assert Path(after["data_dir"], "Data/worlds/mine/data/actors.db").read_bytes() == b"replaced\n"
     snapshot = fleet.root / "snapshots" / "erin" / done["snapshot"] / "Data/worlds/mine/data/actors.db"
     assert snapshot.read_bytes() == b"{}\n"  # what it replaced is kept
+
+
+def test_a_zip_from_a_timed_link_is_downloaded_by_the_daemon_and_imported(fleet: FleetHarness, tmp_path: Path,
+                                                                          https_server: LocalHTTPS) -> None:
+    fleet.cli("instance", "create", "fern", "--release", "13.345", "--no-start")
+    https_server.routes["/export/mine.zip"] = Route(body=_world_zip(tmp_path / "w.zip", WORLD).read_bytes())
+    link = https_server.url("/export/mine.zip?verify=SECRET-TOKEN")
+    done = fleet.cli("instance", "import", "fern", link, "--into", "Data/worlds", "--json").json()
+    assert done["files"] == 3
+    assert Path(fleet.instance("fern")["data_dir"], "Data/worlds/mine/world.json").read_bytes() == WORLD[
+        "mine/world.json"]
+    refused = fleet.cli("instance", "import", "fern", link.replace("https://", "http://"), check=False)
+    assert refused.code == 2 and "https" in refused.err and "SECRET-TOKEN" not in refused.err

@@ -26,6 +26,7 @@ from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.snapshot_files import not_exported
 from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
 from tests.support.foundry_standin import build_release_zip
+from tests.support.releases import LocalHTTPS, Route, local_policy
 from tests.unit.test_operations import HeldSupervisor
 
 WORLD = {"mine/world.json": b'{"id": "mine"}', "mine/data/actors.db": b"actors\n", "mine/scenes/map.webp": b"x" * 1000}
@@ -184,3 +185,22 @@ def test_the_export_leaves_out_the_licence_the_admin_password_and_the_shared_ass
     for parts in [("Config", "license.json"), ("Config", "admin.txt"), ("Data", "shared"), ("Logs",),
                   ("Backups",), (".fleet-snapshot",)]:
         assert not_exported(parts), parts
+
+
+def test_a_zip_from_a_link_is_downloaded_by_the_release_rules_then_imported(
+        fleet: FleetServices, name: str, tmp_path: Path, https_server: LocalHTTPS) -> None:
+    https_server.routes["/exports/mine.zip"] = Route(body=_zip(tmp_path, WORLD).read_bytes())
+    imports = DataImport(UnpackLimits(max_unpacked_bytes=1 << 20, max_entries=100), tmp_path / "staging",
+                         local_policy(https_server))
+    path = imports.fetch(name, https_server.url("/exports/mine.zip?verify=S3CR3T"))
+    ops = _ops(fleet, tmp_path)
+    done = _import(ops, name, path)
+    assert done.files == 3
+    assert (Path(fleet.instances.get(name).data_dir) / "Data/worlds/mine/world.json").read_bytes() == WORLD[
+        "mine/world.json"]
+    for url, says in [(https_server.url("/exports/mine.zip").replace("https", "http"), "https"),
+                      (https_server.url("/exports/mine.zip", host="localhost.localdomain"), "allowed")]:
+        with pytest.raises(InvalidInput, match=says):
+            imports.fetch(name, url)
+    with pytest.raises(InvalidInput, match="does not download"):
+        DataImport(imports.limits, tmp_path / "staging").fetch(name, https_server.url("/exports/mine.zip"))

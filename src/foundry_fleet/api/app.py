@@ -217,18 +217,22 @@ def create_app(
     async def upgrade(name: str, body: Upgrade, actor: str) -> dict[str, Any]:
         return (await ops.upgrade(actor, name, body.release)).to_dict()
 
-    async def import_data(name: str, into: str, replace: bool, upload: AsyncIterator[bytes],
+    async def import_data(name: str, into: str, replace: bool, url: str | None, upload: AsyncIterator[bytes],
                           actor: str) -> dict[str, Any]:
-        # The zip comes in the request, not as a path: the daemon (a systemd unit with its own /tmp, and
-        # root) never opens a path on a caller's say-so. It goes to the fleet's staging folder first.
+        # The zip comes in the request (or from a link the daemon downloads), never as a path: the daemon
+        # (root, with a /tmp of its own under systemd) opens no file on a caller's say-so.
         if ops.imports is None:
             raise Unsupported("this daemon does not import data")
-        path = await run(ops.imports.upload_path, name)
+        if url:
+            await run(reads.instances.get, name)  # NotFound before a download
+        path = await run(ops.imports.fetch, name, url) if url else await run(ops.imports.upload_path, name)
         try:
-            with await run(open, path, "xb") as f:
+            with await run(open, path, "ab") as f:
                 size = 0
                 async for chunk in upload:
                     size += len(chunk)
+                    if url and size:
+                        raise InvalidInput("give a link or send a zip, not both")
                     if size > ops.imports.limits.max_unpacked_bytes:
                         raise InvalidInput("the zip is larger than the import limit",
                                            "raise [releases] max_unpacked_mb in fleet.toml")
@@ -313,7 +317,9 @@ def create_app(
                  "Unpack a zip (the request body) into the instance's data: refused unless safe, no overwrite "
                  "without replace, a snapshot first, files owned by the instance's uid", import_data,
                  query=(Param("into", str, "Data", "where, under the data dir (Data or below)"),
-                        Param("replace", bool, False, "overwrite files that exist")),
+                        Param("replace", bool, False, "overwrite files that exist"),
+                        Param("url", str, None, "an https link to download the zip from (then no body), by the "
+                                                "release downloads' rules")),
                  upload=True, changes_state=True),
         Endpoint("POST", "/v1/instances/{name}/export",
                  "A zip of the instance's Data and Config (no licence, no admin password) from a fresh snapshot",

@@ -173,10 +173,12 @@ class ControlClient:
     def restore(self, name: str, snapshot: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/instances/{name}/restore", json_body={"snapshot": snapshot})
 
-    def import_data(self, name: str, zip_file: BinaryIO, into: str, replace: bool) -> dict[str, Any]:
+    def import_data(self, name: str, zip_file: BinaryIO | None, into: str, replace: bool,
+                    url: str | None = None) -> dict[str, Any]:
         # A big zip takes as long to unpack and copy as it is big, like a move's data.
-        return self._call("POST", f"/v1/instances/{name}/import", params={"into": into, "replace": replace},
-                          upload=zip_file, timeout=max(self.timeout, MOVE_TIMEOUT))
+        params: dict[str, Any] = {"into": into, "replace": replace, **({"url": url} if url else {})}
+        return self._call("POST", f"/v1/instances/{name}/import", params=params, upload=zip_file,
+                          timeout=max(self.timeout, MOVE_TIMEOUT))
 
     def export_data(self, name: str, out: BinaryIO) -> None:
         self._call("POST", f"/v1/instances/{name}/export", sink=out, timeout=max(self.timeout, MOVE_TIMEOUT))

@@ -8,19 +8,20 @@ import tempfile
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, err_console, human_bytes, print_json
-from foundry_fleet.domain.errors import InvalidInput, Unsupported
+from foundry_fleet.domain.errors import InvalidInput
 
 
 def import_data(
     ctx: typer.Context,
     name: str,
-    source: Annotated[Path, typer.Argument(help="a zip, or a folder (sent as a zip of its files)")],
+    source: Annotated[str, typer.Argument(help="a zip, a folder (sent as a zip of its files), or an https link "
+                                                "the daemon downloads (a timed link from another host)")],
     into: Annotated[str, typer.Option(help="where under the instance's data, e.g. Data/worlds")] = "Data",
     replace: Annotated[bool, typer.Option(help="overwrite files that exist (a snapshot is taken first)")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -28,8 +29,20 @@ def import_data(
     """Bring worlds, modules or assets into an instance: checked like a release zip, no overwrite without
     --replace, a snapshot first, files owned by the instance (needs the daemon)."""
     c: CliContext = ctx.obj
-    if str(source).startswith(("https://", "http://")):
-        raise Unsupported("importing from a URL is not supported yet", "download the zip, then import the file")
+    if "://" in source:  # the daemon downloads it, by the rules of release downloads (https, allowed hosts)
+        result = c.require_daemon().import_data(name, None, into, replace, url=source)
+    else:
+        result = _send(c, name, Path(source), into, replace)
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"imported {result['files']} file(s) ({human_bytes(result['bytes'])}) into {name}:{result['into']}"
+                  f", {result['replaced']} replaced; the data before is snapshot {result['snapshot']}"
+                  + ("; it was stopped meanwhile and is started again" if result["restarted"] else ""),
+                  highlight=False)
+
+
+def _send(c: CliContext, name: str, source: Path, into: str, replace: bool) -> dict[str, Any]:
     with ExitStack() as stack:
         if source.is_dir():
             f = stack.enter_context(tempfile.TemporaryFile())
@@ -41,14 +54,7 @@ def import_data(
                 f = stack.enter_context(open(source, "rb"))
             except OSError as e:
                 raise InvalidInput(f"cannot read {source}: {e.strerror}", "give a zip file or a folder") from None
-        result = c.require_daemon().import_data(name, f, into, replace)
-    if json_out:
-        print_json(result)
-        return
-    console.print(f"imported {result['files']} file(s) ({human_bytes(result['bytes'])}) into {name}:{result['into']}"
-                  f", {result['replaced']} replaced; the data before is snapshot {result['snapshot']}"
-                  + ("; it was stopped meanwhile and is started again" if result["restarted"] else ""),
-                  highlight=False)
+        return c.require_daemon().import_data(name, f, into, replace)
 
 
 def _zip_folder(folder: Path, out: IO[bytes]) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, InvalidInput
-from foundry_fleet.releases.policy import UnpackLimits
+from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
 from foundry_fleet.releases.unpack import make_writable, safe_unpack
 from foundry_fleet.services.views import InstanceView
 from foundry_fleet.storage.tenant_tree import DIR_FLAGS, NEW_FILE_FLAGS, Kind, Parts, copy_bytes, open_root, show, walk
@@ -89,10 +89,24 @@ def checked_into(into: str) -> Parts:
 
 
 class DataImport:
-    def __init__(self, limits: UnpackLimits, staging: Path) -> None:
-        """`staging`: a folder of the fleet's own (root's, 0700), on any file system."""
+    def __init__(self, limits: UnpackLimits, staging: Path, policy: DownloadPolicy | None = None) -> None:
+        """`staging`: a folder of the fleet's own (root's, 0700), on any file system. `policy`: where a zip
+        may be downloaded from (the releases' rules: https, the allow-list, no private addresses); None,
+        only zips sent in are imported."""
         self.limits = limits
         self.staging = staging
+        self.policy = policy
+
+    def fetch(self, name: str, url: str) -> Path:
+        """Download a zip to import (a timed link from another host, say) into the staging folder."""
+        if self.policy is None:
+            raise InvalidInput("this fleet does not download imports", "download the zip, then import the file")
+        from foundry_fleet.releases.fetch import check_download_url, download  # httpx, only for a download
+
+        check_download_url(url, self.policy)
+        path = self.upload_path(name)
+        download(url, path, self.policy)
+        return path
 
     def upload_path(self, name: str) -> Path:
         """A fresh path for a zip sent over the control API (the daemon's /tmp may be its own)."""

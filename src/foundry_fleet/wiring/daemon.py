@@ -22,7 +22,7 @@ from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.runtime.base import Capability
-from foundry_fleet.releases.policy import UnpackLimits
+from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
 from foundry_fleet.services.data_import import DataImport
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
@@ -187,7 +187,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
                             moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node),
-                            imports=DataImport(UnpackLimits.from_config(config.releases), config.root / "imports"))
+                            imports=DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
+                                               DownloadPolicy.from_config(config.releases)))
     # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
     samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
