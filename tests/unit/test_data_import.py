@@ -204,3 +204,14 @@ def test_a_zip_from_a_link_is_downloaded_by_the_release_rules_then_imported(
             imports.fetch(name, url)
     with pytest.raises(InvalidInput, match="does not download"):
         DataImport(imports.limits, tmp_path / "staging").fetch(name, https_server.url("/exports/mine.zip"))
+
+
+def test_what_a_stopped_daemon_left_staged_is_swept(tmp_path: Path) -> None:
+    imports = DataImport(UnpackLimits(max_unpacked_bytes=1 << 20, max_entries=100), tmp_path / "staging")
+    assert imports.sweep() == 0
+    upload = imports.upload_path("alice")
+    upload.write_bytes(b"PK")
+    folder = tmp_path / "staging" / "alice-0"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "f").write_text("x")
+    assert imports.sweep() == 2 and list((tmp_path / "staging").iterdir()) == []

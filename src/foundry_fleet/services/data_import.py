@@ -108,6 +108,19 @@ class DataImport:
         download(url, path, self.policy)
         return path
 
+    def sweep(self) -> int:
+        """Remove what imports cut short by a stopped daemon left staged (nothing of it reached any data)."""
+        if not self.staging.is_dir():
+            return 0
+        left = list(self.staging.iterdir())
+        for path in left:
+            if path.is_dir() and not path.is_symlink():
+                make_writable(path)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(left)
+
     def upload_path(self, name: str) -> Path:
         """A fresh path for a zip sent over the control API (the daemon's /tmp may be its own)."""
         self.staging.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -183,12 +183,15 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
                       runtime=runtime_report)
+    imports = DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
+                         DownloadPolicy.from_config(config.releases))
+    if swept := imports.sweep():
+        log.warning("removed %d import(s) left staged by a daemon that stopped", swept)
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
                             moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node),
-                            imports=DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
-                                               DownloadPolicy.from_config(config.releases)))
+                            imports=imports)
     # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
     samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
