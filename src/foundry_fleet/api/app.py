@@ -4,19 +4,20 @@ service layer) and renders the answer as JSON."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+from starlette.concurrency import iterate_in_threadpool
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
-from foundry_fleet.domain.errors import Unsupported
+from foundry_fleet.domain.errors import InvalidInput, Unsupported
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
@@ -26,6 +27,7 @@ from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.panel_sessions import LINK_SECONDS
 from foundry_fleet.services.release_registry import ReleaseRegistry
+from foundry_fleet.services.snapshot_files import SnapshotFiles
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
@@ -215,6 +217,37 @@ def create_app(
     async def upgrade(name: str, body: Upgrade, actor: str) -> dict[str, Any]:
         return (await ops.upgrade(actor, name, body.release)).to_dict()
 
+    async def import_data(name: str, into: str, replace: bool, url: str | None, upload: AsyncIterator[bytes],
+                          actor: str) -> dict[str, Any]:
+        # The zip comes in the request (or from a link the daemon downloads), never as a path: the daemon
+        # (root, with a /tmp of its own under systemd) opens no file on a caller's say-so.
+        if ops.imports is None:
+            raise Unsupported("this daemon does not import data")
+        if url:
+            await run(reads.instances.get, name)  # NotFound before a download
+        path = await run(ops.imports.fetch, name, url) if url else await run(ops.imports.upload_path, name)
+        try:
+            with await run(open, path, "ab") as f:
+                size = 0
+                async for chunk in upload:
+                    size += len(chunk)
+                    if url and size:
+                        raise InvalidInput("give a link or send a zip, not both")
+                    if size > ops.imports.limits.max_unpacked_bytes:
+                        raise InvalidInput("the zip is larger than the import limit",
+                                           "raise [releases] max_unpacked_mb in fleet.toml")
+                    await run(f.write, chunk)
+            return (await ops.import_data(actor, name, path, into, replace)).to_dict()
+        finally:
+            await run(path.unlink, True)
+
+    async def export_data(name: str, actor: str) -> StreamingResponse:
+        snap = await ops.export_snapshot(actor, name)
+        # Made as it is read, in Starlette's thread pool: the daemon's loop never waits on the disk.
+        return StreamingResponse(iterate_in_threadpool(SnapshotFiles(backups.snapshots).export_stream(name, snap.name)),
+                                 media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}-{snap.name}.zip"'})
+
     async def edge_config() -> dict[str, Any]:
         return await run(edge.config) if edge is not None else {}
 
@@ -279,6 +312,18 @@ def create_app(
         Endpoint("PUT", "/v1/instances/{name}/idle-after",
                  "Set how long an instance may be idle before it sleeps (a duration, off, or fleet)",
                  set_idle_after, body=SetIdleAfter, returns=InstanceView, changes_state=True),
+        # Admins only: the tenant's bot has no file to send, and the export holds every file of the game.
+        Endpoint("POST", "/v1/instances/{name}/import",
+                 "Unpack a zip (the request body) into the instance's data: refused unless safe, no overwrite "
+                 "without replace, a snapshot first, files owned by the instance's uid", import_data,
+                 query=(Param("into", str, "Data", "where, under the data dir (Data or below)"),
+                        Param("replace", bool, False, "overwrite files that exist"),
+                        Param("url", str, None, "an https link to download the zip from (then no body), by the "
+                                                "release downloads' rules")),
+                 upload=True, changes_state=True),
+        Endpoint("POST", "/v1/instances/{name}/export",
+                 "A zip of the instance's Data and Config (no licence, no admin password) from a fresh snapshot",
+                 export_data, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),
         Endpoint("POST", "/v1/instances/{name}/backups", "Take a manual snapshot (never thinned)",
                  take_snapshot, body=TakeSnapshot, status=201, changes_state=True, tenant_action="backup"),

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from foundry_fleet.api.answer import answer
@@ -60,7 +62,8 @@ class ControlClient:
         pass  # one connection per call: nothing is kept open
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None, json_body: Any = None,
-              timeout: float | None = None) -> Any:
+              timeout: float | None = None, upload: BinaryIO | None = None, sink: BinaryIO | None = None) -> Any:
+        """`upload`: a file sent as the body; `sink`: where a successful answer's body is copied to."""
         url = quote(path, safe="/{}")
         if params:
             url += "?" + urlencode({k: _query_value(v) for k, v in params.items()})
@@ -69,6 +72,10 @@ class ControlClient:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
+        if upload is not None:
+            body = upload  # type: ignore[assignment]
+            headers["Content-Type"] = "application/zip"
+            headers["Content-Length"] = str(os.fstat(upload.fileno()).st_size)
         timeout = timeout or self.timeout
         conn = _UnixConnection(self.socket_path, timeout)
         try:
@@ -84,6 +91,9 @@ class ControlClient:
                 ) from e
             try:
                 r = conn.getresponse()
+                if sink is not None and r.status == 200:
+                    shutil.copyfileobj(r, sink, 1 << 20)
+                    return None
                 text = r.read().decode("utf-8", errors="replace")
             except TimeoutError:
                 raise ExternalFailure(f"the fleet daemon did not answer within {timeout:g} s",
@@ -162,6 +172,16 @@ class ControlClient:
 
     def restore(self, name: str, snapshot: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/instances/{name}/restore", json_body={"snapshot": snapshot})
+
+    def import_data(self, name: str, zip_file: BinaryIO | None, into: str, replace: bool,
+                    url: str | None = None) -> dict[str, Any]:
+        # A big zip takes as long to unpack and copy as it is big, like a move's data.
+        params: dict[str, Any] = {"into": into, "replace": replace, **({"url": url} if url else {})}
+        return self._call("POST", f"/v1/instances/{name}/import", params=params, upload=zip_file,
+                          timeout=max(self.timeout, MOVE_TIMEOUT))
+
+    def export_data(self, name: str, out: BinaryIO) -> None:
+        self._call("POST", f"/v1/instances/{name}/export", sink=out, timeout=max(self.timeout, MOVE_TIMEOUT))
 
     def events(self, target: str | None, limit: int) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

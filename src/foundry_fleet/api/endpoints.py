@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from foundry_fleet import __version__
@@ -44,6 +44,8 @@ class Endpoint:
     # What a Discord principal needs to call it: None, admins only; "anyone"; "mine", anyone, the answer
     # filtered to what they own; otherwise the action on the instance `{name}` (see services/access.py).
     tenant_action: str | None = None
+    # The request body is a file sent as is (application/zip): the handler gets it as `upload`, a stream.
+    upload: bool = False
 
 
 def _parse_query(request: Request, params: tuple[Param, ...]) -> dict[str, Any]:
@@ -77,7 +79,7 @@ class Guard(Protocol):
 
 
 def _route(ep: Endpoint, guard: Guard | None) -> Route:
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> Response:
         try:
             principal = _principal(request, guard)
             if principal is not None:
@@ -95,6 +97,8 @@ def _route(ep: Endpoint, guard: Guard | None) -> Route:
                     first = e.errors()[0]
                     where = ".".join(str(x) for x in first["loc"]) or "body"
                     raise InvalidInput(f"request body: {where}: {first['msg']}") from None
+            if ep.upload:
+                kwargs["upload"] = request.stream()
             if ep.changes_state:
                 kwargs["actor"] = principal.actor if principal is not None else _actor(request)
             result = await ep.handler(**kwargs)
@@ -102,6 +106,8 @@ def _route(ep: Endpoint, guard: Guard | None) -> Route:
                 result = [item for item in result if item.get("owner") == principal.discord_id]
         except FleetError as exc:
             return JSONResponse(exc.to_dict(), status_code=http_status(exc))
+        if isinstance(result, Response):  # a file streamed back
+            return result
         return JSONResponse(result, status_code=ep.status)
 
     return Route(ep.path, endpoint, methods=[ep.method])
@@ -160,6 +166,9 @@ def openapi(endpoints: list[Endpoint], title: str) -> dict[str, Any]:
             schemas[ep.body.__name__] = ep.body.model_json_schema()
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{ep.body.__name__}"}}}}
+        if ep.upload:
+            op["requestBody"] = {"required": True, "content": {"application/zip": {
+                "schema": {"type": "string", "format": "binary"}}}}
         ok: dict[str, Any] = {"description": "success"}
         if ep.returns is not None:
             ok["content"] = {"application/json": {"schema": TypeAdapter(ep.returns).json_schema()}}

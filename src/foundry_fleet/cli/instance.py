@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from foundry_fleet.cli import data as data_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
     console, err_console, human_bytes, idle_rows, instance_detail, instances_table, print_json, safe,
@@ -310,3 +311,7 @@ def logs(
         asyncio.run(show())
     except KeyboardInterrupt:
         pass
+
+
+app.command("import")(data_cmds.import_data)
+app.command("export")(data_cmds.export_data)

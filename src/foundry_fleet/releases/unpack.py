@@ -8,8 +8,9 @@ duplicate entries, too many entries, or would unpack to more bytes than allowed 
 Sizes are counted from the bytes actually written, never from the headers alone: headers are written
 by whoever made the zip, and a bomb's headers lie.
 
-The result is read-only (files 0o444, or 0o555 when the zip marks them executable; folders 0o555)
+A release is unpacked read-only (files 0o444, or 0o555 when the zip marks them executable; folders 0o555)
 because installs are hard-linked from it: a writable file would let one instance change another's.
+Data a tenant brings in (`seal=False`) is theirs to change: files 0o644/0o755, folders 0o755.
 """
 
 from __future__ import annotations
@@ -141,9 +142,9 @@ def symlink_stays_inside(link: PurePosixPath, target: str) -> bool:
 
 
 def safe_unpack(
-    zip_path: Path, dest: Path, limits: UnpackLimits, progress: ProgressCallback | None = None
+    zip_path: Path, dest: Path, limits: UnpackLimits, progress: ProgressCallback | None = None, seal: bool = True
 ) -> int:
-    """Unpack `zip_path` into `dest` (absent or empty); returns the bytes written.
+    """Unpack `zip_path` into `dest` (absent or empty); returns the bytes written. `seal`: read-only.
 
     On any refusal or failure, everything written is removed again (and `dest` too if this made it).
     """
@@ -153,9 +154,10 @@ def safe_unpack(
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = _plan(archive, limits)
-            written = _write_members(archive, members, dest, limits, progress)
+            written = _write_members(archive, members, dest, limits, progress, seal)
         _make_symlinks(members, dest)
-        _seal(dest)
+        if seal:
+            _seal(dest)
         return written
     except BaseException as err:
         _clear(dest, remove_dest=made_dest)
@@ -270,6 +272,7 @@ def _write_members(
     dest: Path,
     limits: UnpackLimits,
     progress: ProgressCallback | None,
+    seal: bool = True,
 ) -> int:
     budget = ByteBudget(limits.max_unpacked_bytes)
     total = sum(m.info.file_size for m in members if m.kind == "file")
@@ -279,7 +282,7 @@ def _write_members(
         elif member.kind == "file":
             _make_dirs(dest, member.path.parent)
             with archive.open(member.info) as source:
-                _write_file(source, dest / member.path, member, budget, limits, progress, total)
+                _write_file(source, dest / member.path, member, budget, limits, progress, total, seal)
     if progress is not None:
         progress("unpack", budget.used, total)
     return budget.used
@@ -293,6 +296,7 @@ def _write_file(
     limits: UnpackLimits,
     progress: ProgressCallback | None,
     total: int,
+    seal: bool = True,
 ) -> None:
     # O_EXCL + O_NOFOLLOW: never write through something already at the path, a symlink least of all.
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -305,7 +309,8 @@ def _write_file(
             out.write(chunk)
             if progress is not None:
                 progress("unpack", budget.used, total)
-        os.fchmod(out.fileno(), 0o555 if member.executable else 0o444)
+        mode = 0o555 if member.executable else 0o444
+        os.fchmod(out.fileno(), mode if seal else mode | 0o200)
 
 
 def _chunks(source: BinaryIO) -> Iterator[bytes]:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from foundry_fleet.domain.errors import Conflict, FleetError
+from foundry_fleet.domain.errors import Conflict, ExternalFailure, FleetError, Unsupported
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.changes import Changes
+from foundry_fleet.services.data_import import DataImport, Imported, ImportFailed
 from foundry_fleet.services.desired_state import DesiredStates
 from foundry_fleet.services.edge_port import EdgeSync
 from foundry_fleet.services.events import EventLog
@@ -130,6 +132,7 @@ class Operations:
         lock: OperationLock | None = None,
         moves: Moves | None = None,
         memory: MemoryGuard | None = None,
+        imports: DataImport | None = None,
     ) -> None:
         """`moves`: moving data between homes (a fleet with [[nomad.homes]]); None, every node shares it.
         `memory`: what a wake must find free on the host; None, wakes are not judged (a cluster places them)."""
@@ -144,6 +147,7 @@ class Operations:
         self.lock = lock or OperationLock()
         self.moves = moves
         self.memory = memory
+        self.imports = imports
 
     def _backups(self, actor: str) -> Backups:
         """The backup service, recording its events under `actor`."""
@@ -423,6 +427,59 @@ class Operations:
             if was_running:
                 await self._start_and_judge(actor, name, "rolled back")
             return Upgraded(False, snap.name, verdict.reason, await self._settled(name, True))
+
+    # data in and out ----------------------------------------------------------------------
+
+    async def import_data(self, actor: str, name: str, zip_path: Path, into: str = "Data",
+                          replace: bool = False) -> Imported:
+        """Unpack a zip into the instance's data: refused with nothing changed when it is unsafe or would
+        overwrite without `replace`; else a snapshot, the copy (owned by the instance's uid), and the
+        instance stopped only while a world it may hold open is overwritten. A copy that fails half way
+        removes what it wrote, and the snapshot brings back what it had overwritten."""
+        if self.imports is None:
+            raise Unsupported("this daemon does not import data")
+        imports, backups = self.imports, self._backups(actor)
+        with self.lock.hold(name, "importing data"):
+            was = await self._view(name)
+            staged = await _blocking(imports.stage, was, zip_path, into, replace)
+            try:
+                await _blocking(backups.check_room, name)
+                snap = await _blocking(backups.take, name, "pre-import")
+                running = was.desired == DesiredState.RUNNING.value and was.state == InstanceState.RUNNING.value
+                stop = running and staged.replaces_worlds
+                if stop:
+                    await self._stop_and_wait(actor, name, "importing data")
+                try:
+                    replaced = await _blocking(imports.apply, staged, was.uid)
+                except ImportFailed as e:
+                    why = e.cause.message if isinstance(e.cause, FleetError) else f"{type(e.cause).__name__}: {e}"
+                    if e.replaced:
+                        if running and not stop:
+                            stop = True
+                            await self._stop_and_wait(actor, name, "import failed: restoring")
+                        await _blocking(backups.restore, name, snap.name)
+                    await _blocking(self.lifecycle.events.record, "instance.import", name, Outcome.FAILED,
+                                    f"{why}; rolled back to snapshot {snap.name}", actor)
+                    raise ExternalFailure(f"the import into {name} failed half way ({why})",
+                                          f"nothing of it was kept; the data is as in snapshot {snap.name}") from None
+                finally:
+                    if stop:
+                        await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "data imported")
+                        self.supervisor.poke(name)
+                        await self._settled(name, True)
+            finally:
+                await _blocking(imports.discard, staged)
+            detail = f"{staged.files} file(s) into {'/'.join(staged.into)}, {replaced} replaced; snapshot {snap.name}"
+            await _blocking(self.lifecycle.events.record, "instance.import", name, Outcome.OK, detail, actor)
+            return Imported(name, "/".join(staged.into), staged.files, staged.bytes, replaced, snap.name, stop)
+
+    async def export_snapshot(self, actor: str, name: str) -> SnapshotInfo:
+        """A fresh snapshot to export from: a consistent view of the data however long the zip takes."""
+        with self.lock.hold(name, "being exported"):
+            snap = await _blocking(self._backups(actor).take, name, "export")
+            await _blocking(self.lifecycle.events.record, "instance.export", name, Outcome.OK,
+                            f"from snapshot {snap.name}", actor)
+            return snap
 
     # steps --------------------------------------------------------------------------------
 

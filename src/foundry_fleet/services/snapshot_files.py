@@ -14,10 +14,11 @@ import os
 import stat
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.storage.base import Snapshots
 from foundry_fleet.storage.snapshots import META, SnapshotInfo
@@ -25,6 +26,11 @@ from foundry_fleet.storage.tenant_tree import DIR_FLAGS, FILE_FLAGS, Kind, walk
 
 CHUNK = 256 * 1024
 _HIDDEN = (META, ".zfs")  # at a snapshot's top: the fleet's metadata, and ZFS's snapshot directory
+# An export is what another host needs to run the game: the tenant's data and Foundry's options, without
+# the licence (bound to the tenant, not the data), the admin password's hash, or the shared assets.
+_EXPORTED = (instance_layout.DATA.parts, instance_layout.CONFIG.parts)
+_NOT_EXPORTED = (instance_layout.SHARED_MOUNT.parts, instance_layout.LICENSE.parts,
+                 instance_layout.ADMIN_PASSWORD.parts)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,14 @@ class SnapshotFiles:
         """A zip of every regular file of the snapshot (links skipped, never followed), piece by piece."""
         return zip_stream(self.snapshots.path(instance, snapshot))
 
+    def export_stream(self, instance: str, snapshot: str) -> Iterator[bytes]:
+        """The zip an instance is exported as (see `_EXPORTED`), from one of its snapshots."""
+        return zip_stream(self.snapshots.path(instance, snapshot), skip=not_exported)
+
+
+def not_exported(parts: tuple[str, ...]) -> bool:
+    return parts[:1] not in _EXPORTED or parts in _NOT_EXPORTED
+
 
 def _open(root: Path, parts: list[str]) -> int | None:
     """The entry under `root`, opened step by step from directory descriptors, refusing every symbolic
@@ -134,13 +148,15 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     return t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec
 
 
-def zip_stream(root: Path) -> Iterator[bytes]:
-    """A zip of every regular file under `root` (links skipped, never followed), produced piece by piece."""
+def zip_stream(root: Path, skip: Callable[[tuple[str, ...]], bool] | None = None) -> Iterator[bytes]:
+    """A zip of every regular file under `root` (links skipped, never followed), produced piece by piece;
+    `skip` leaves more out than the snapshot's metadata."""
     sink = _Sink()
     fd = os.open(root, DIR_FLAGS)
     try:
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
-            for entry in walk(fd, skip=lambda parts: parts in ((META,), (".zfs",)), open_files=True):
+            for entry in walk(fd, skip=lambda parts: parts in ((META,), (".zfs",)) or (skip is not None and skip(parts)),
+                              open_files=True):
                 if entry.kind is not Kind.FILE or entry.st is None:
                     continue
                 info = zipfile.ZipInfo("/".join(shown_name(p) for p in entry.parts), _zip_time(entry.st.st_mtime))

@@ -22,6 +22,8 @@ from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict, FleetError
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.runtime.base import Capability
+from foundry_fleet.releases.policy import DownloadPolicy, UnpackLimits
+from foundry_fleet.services.data_import import DataImport
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
@@ -181,10 +183,15 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
     info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
                       runtime=runtime_report)
+    imports = DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
+                         DownloadPolicy.from_config(config.releases))
+    if swept := imports.sweep():
+        log.warning("removed %d import(s) left staged by a daemon that stopped", swept)
     # One operations service: the control API, and through it the bot and the CLI, all use this one,
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
-                            moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node))
+                            moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node),
+                            imports=imports)
     # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
     samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
