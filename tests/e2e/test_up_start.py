@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroups import fleet_firewall_chain, groups_under
-from tests.support.harness import FleetHarness, pids_with_arg
+from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, iptables)")
@@ -52,8 +52,12 @@ def test_a_taken_https_port_is_one_line_naming_its_holder_and_up_leaves_nothing(
     assert line in " ".join(result.err.split()), result.err
     assert '"level"' not in result.err + result.out  # none of Caddy's JSON log
     assert_nothing_left(fleet)
-    fleet.up()  # the port free again, the same fleet starts
-    assert fleet.answers()
+    fleet.up()  # the port free again, the same fleet starts, and says where it serves and what comes next
+    https = f"https://fleet.localhost:{port}/"
+    told = wait_until(lambda: " ".join(fleet.daemon_log().split()) if https in fleet.daemon_log() else None, 10,
+                      "what to do next")
+    assert f"the fleet serves its panel at {https}" in told and "no instances yet:" in told
+    assert "foundry-fleet trust" in told
 
 
 @needs_root

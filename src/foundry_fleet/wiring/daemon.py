@@ -27,7 +27,10 @@ from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_exit import take_stop_request
+from foundry_fleet.services.doctor.dns import HostAddresses, dns_checks, interface_addresses, system_resolver
 from foundry_fleet.services.doctor.ports import port_in_use
+from foundry_fleet.services.doctor.report import Status
+from foundry_fleet.services.next_steps import next_steps
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
@@ -51,6 +54,7 @@ from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
 from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier, managed_caddy
 from foundry_fleet.wiring.metrics import MetricsDoor, fleet_collector, make_metrics
+from foundry_fleet.wiring.services import FleetServices
 from foundry_fleet.wiring.services import (
     make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
 )
@@ -243,6 +247,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         raise
     starting.pop_all()
     try:
+        log.info("%s", await asyncio.to_thread(next_steps_now, config, services))  # once it serves: what next
         while not stopping.is_set() and not api.done():
             try:
                 await asyncio.wait_for(stopping.wait(), RECONCILE_EVERY)
@@ -345,6 +350,15 @@ def bind_loopback(port: int) -> socket.socket:
                           "fleet.toml, or init --web-port") from None
     sock.listen(128)
     return sock
+
+
+def next_steps_now(config: FleetConfig, services: FleetServices) -> str:
+    """What to do next, with this fleet's instances and, for a real domain, whether its names resolve here."""
+    fleet = config.fleet
+    dns = dns_checks(fleet.domain, fleet.fleet_host, system_resolver(), HostAddresses.of(interface_addresses()),
+                     edge_elsewhere=config.edge.on_nomad)
+    return next_steps(config, [(view.name, view.url) for view in services.instances.list()],
+                      [check for check in dns if check.status is not Status.SKIP])
 
 
 def adopted_caddy_pid(config: FleetConfig) -> int | None:
