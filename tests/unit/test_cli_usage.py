@@ -30,7 +30,8 @@ def command_paths() -> list[tuple[str, ...]]:
 def test_the_cli_has_the_commands_people_look_for() -> None:
     paths = {" ".join(p) for p in command_paths()}
     assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init",
-            "runtime show", "runtime set", "runtime image", "nomad render", "instance move", "panel login"} <= paths
+            "runtime show", "runtime set", "runtime image", "nomad render", "instance move", "panel login",
+            "trust"} <= paths
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "(top)")

@@ -10,6 +10,7 @@ import typer
 
 from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import doctor as doctor_cmds
+from foundry_fleet.cli import trust as trust_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
@@ -47,6 +48,7 @@ app.add_typer(nomad_cmds.app, name="nomad")
 app.add_typer(service_cmds.app, name="service")
 app.add_typer(panel_cmds.app, name="panel")
 app.command("doctor")(doctor_cmds.doctor)
+app.command("trust")(trust_cmds.trust)
 
 ConfigOption = Annotated[
     Optional[str],
