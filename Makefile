@@ -74,10 +74,12 @@ lock: $(VENV)/.lock-tools
 lock-check: $(VENV)/.lock-tools
 	tools/lock $(BIN)/uv --check
 
+# INIT_ARGS go to `init` (only when it makes the fleet, e.g. INIT_ARGS="--https-port 9443"), ARGS to `up`
+# (e.g. ARGS="--leave-running").
 run: system-deps $(VENV)/.run-deps
 	@[ -f $(ROOT)/fleet.toml ] || $(BIN)/foundry-fleet init --root $(ROOT) --runtime $(RUNTIME) \
-		$(if $(filter nomad,$(RUNTIME)),--nomad-addr $(NOMAD_ADDR))
-	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up
+		$(if $(filter nomad,$(RUNTIME)),--nomad-addr $(NOMAD_ADDR)) $(INIT_ARGS)
+	$(BIN)/foundry-fleet --config $(ROOT)/fleet.toml up $(ARGS)
 
 # FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to each: most of a test's time is

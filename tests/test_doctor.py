@@ -31,7 +31,7 @@ from foundry_fleet.services.doctor.dns import (
     HostAddresses, dns_checks, interface_addresses, judge, system_resolver,
 )
 from foundry_fleet.services.doctor.edge import edge_checks
-from foundry_fleet.services.doctor.ports import port_check
+from foundry_fleet.services.doctor.ports import port_check, port_in_use
 from foundry_fleet.services.doctor.report import run_groups
 from foundry_fleet.services.doctor.space import SpaceLimits, disk_checks, zfs_check
 from foundry_fleet.services.doctor.tools import cgroups_check, node_checks, sandbox_check
@@ -175,6 +175,19 @@ def test_a_port_held_by_another_process_fails_naming_it_and_a_free_one_passes(he
 def test_a_port_held_by_the_fleets_caddy_passes(held_port: int) -> None:
     check = port_check("http", "http_port", held_port, caddy_pid=os.getpid())
     assert (check.status, check.detail) == (PASS, f"held by the fleet's Caddy (pid {os.getpid()})")
+
+
+def test_up_names_what_holds_a_port_in_one_line_and_lets_its_own_caddy_hold_it(held_port: int) -> None:
+    me = Path("/proc/self/comm").read_text().strip()
+    assert port_in_use("https", "https_port", held_port) == (
+        f"port {held_port} (https) is in use by {me} (pid {os.getpid()}): set [edge] https_port in fleet.toml, "
+        "or init --https-port")
+    assert port_in_use("https", "https_port", held_port, caddy_pid=os.getpid()) is None
+    assert port_in_use("web", "web_port", free_port()) is None
+    hidden = [Listener("0.0.0.0", 8080, 1000, ())]
+    assert port_in_use("http", "http_port", 8080, listening=lambda port: hidden) == (
+        "port 8080 (http) is in use by a process of uid 1000 (run as root to see which): set [edge] http_port "
+        "in fleet.toml, or init --http-port")
 
 
 def test_a_port_this_user_may_not_bind_or_whose_holder_it_cannot_see_fails_saying_so() -> None:

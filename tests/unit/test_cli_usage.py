@@ -31,7 +31,7 @@ def test_the_cli_has_the_commands_people_look_for() -> None:
     paths = {" ".join(p) for p in command_paths()}
     assert {"init", "up", "status", "instance create", "instance list", "backup restore", "storage init",
             "runtime show", "runtime set", "runtime image", "nomad render", "instance move", "panel login",
-            "instance import", "instance export"} <= paths
+            "instance import", "instance export", "trust"} <= paths
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "(top)")

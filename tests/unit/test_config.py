@@ -44,6 +44,24 @@ def test_init_refuses_overwrite_and_bad_input(tmp_path: Path) -> None:
         init_fleet(tmp_path / "z2", storage="zfs", zfs_base="tank/../etc")
 
 
+def test_init_takes_the_web_port_and_the_instance_ports_outside_the_ephemeral_range(tmp_path: Path) -> None:
+    cfg = load_config(init_fleet(tmp_path / "a", web_port=9099, instance_ports="30100-30199", ephemeral=(32768, 60999)))
+    assert (cfg.edge.web_port, cfg.instances.port_range) == (9099, (30100, 30199))
+    defaults = load_config(init_fleet(tmp_path / "b"))
+    assert (defaults.edge.web_port, defaults.instances.port_range) == (8099, (30000, 30999))
+    for given, says in (("30199-30100", "LOW <= HIGH"), ("80-90", "1024-65535"), ("30100", "LOW-HIGH"),
+                        ("a-b", "LOW-HIGH"), ("30000-70000", "1024-65535")):
+        with pytest.raises(InvalidInput) as refused:
+            init_fleet(tmp_path / "c", instance_ports=given)
+        assert says in f"{refused.value.message} {refused.value.hint}"
+    with pytest.raises(InvalidInput, match="ephemeral ports 32768-60999") as overlapping:
+        init_fleet(tmp_path / "d", instance_ports="32000-33000", ephemeral=(32768, 60999))
+    assert "below 32768 or above 60999" in (overlapping.value.hint or "")
+    assert not (tmp_path / "d" / "fleet.toml").exists()
+    with pytest.raises(InvalidInput, match="--web-port"):
+        init_fleet(tmp_path / "e", web_port=70000)
+
+
 def test_storage_section_needs_a_valid_base_for_zfs(tmp_path: Path) -> None:
     path = init_fleet(tmp_path)
     text = path.read_text()

@@ -10,6 +10,7 @@ import typer
 
 from foundry_fleet.cli import backup as backup_cmds
 from foundry_fleet.cli import doctor as doctor_cmds
+from foundry_fleet.cli import trust as trust_cmds
 from foundry_fleet.cli import edge as edge_cmds
 from foundry_fleet.cli import instance as instance_cmds
 from foundry_fleet.cli import invite as invite_cmds
@@ -47,6 +48,7 @@ app.add_typer(nomad_cmds.app, name="nomad")
 app.add_typer(service_cmds.app, name="service")
 app.add_typer(panel_cmds.app, name="panel")
 app.command("doctor")(doctor_cmds.doctor)
+app.command("trust")(trust_cmds.trust)
 
 ConfigOption = Annotated[
     Optional[str],
@@ -84,6 +86,10 @@ def init(
     domain: Annotated[Optional[str], typer.Option(help="serve tenants at <instance>.<domain> (ACME on 80/443)")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="edge HTTP port (default 8080, or 80 with --domain)")] = None,
     https_port: Annotated[Optional[int], typer.Option(help="edge HTTPS port (default 8443, or 443 with --domain)")] = None,
+    web_port: Annotated[Optional[int], typer.Option(
+        help="loopback port of the fleet's own web endpoints, behind the edge (default 8099)")] = None,
+    instance_ports: Annotated[Optional[str], typer.Option(
+        help="LOW-HIGH: the instances' ports (default 30000-30999), outside the kernel's ephemeral range")] = None,
     tls: Annotated[Optional[str], typer.Option(help="internal | acme | on-demand")] = None,
     storage: Annotated[str, typer.Option(help="directory | zfs")] = "directory",
     zfs_base: Annotated[Optional[str], typer.Option(help="with --storage zfs: POOL[/PATH] for the datasets")] = None,
@@ -98,11 +104,12 @@ def init(
     force: Annotated[bool, typer.Option(help="overwrite an existing fleet.toml")] = False,
 ) -> None:
     """Create a fleet: write a documented fleet.toml under ROOT."""
-    from foundry_fleet.services.init import init_fleet
+    from foundry_fleet.services.init import ephemeral_ports, init_fleet
 
     path = init_fleet(root, domain, http_port, https_port, tls, storage, force, zfs_base=zfs_base, runtime=runtime,
                       runtimes=runtime_cmds.offered_runtimes(), nomad_address=nomad_addr,
-                      nomad_token_file=nomad_token_file, nomad_ca_file=nomad_ca_file)
+                      nomad_token_file=nomad_token_file, nomad_ca_file=nomad_ca_file, web_port=web_port,
+                      instance_ports=instance_ports, ephemeral=ephemeral_ports())
     console.print(f"wrote {path}")
     console.print(f"next: foundry-fleet --config {path} up")
 

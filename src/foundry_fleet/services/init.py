@@ -9,6 +9,7 @@ from pathlib import Path
 from foundry_fleet.config import CONFIG_NAME, load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput
 from foundry_fleet.domain.names import validate_domain
+from foundry_fleet.domain.ports import parse_port_range
 from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.services.uid_claims import choose_block
 
@@ -35,7 +36,7 @@ acme_email = ""
 acme_staging = false
 # The fleet's own web endpoints (health, TLS permission, backup sign-in) listen on loopback here;
 # Caddy publishes them at https://<fleet_host>.<domain>/.
-web_port = 8099
+web_port = {web_port}
 # Open websockets survive a config reload for this long, so changing one tenant never
 # disconnects another tenant's players.
 stream_close_delay_hours = 8.0
@@ -82,7 +83,7 @@ default = "node"
 
 [instances]
 # Instance ports; firewalled from other machines when the fleet runs as root (players use the edge).
-port_range = [30000, 30999]
+port_range = [{port_low}, {port_high}]
 # Each instance runs as its own user from this range when the fleet runs as root. Chosen by `init`
 # so that no other fleet, user, group or /etc/subuid range on this host uses it; the daemon refuses
 # to start while another fleet or a process that is not one of its instances uses one of these ids.
@@ -238,6 +239,18 @@ def _nomad_section(runtime: str, address: str | None, token_file: Path | None, c
                                  token_line=token_line, ca_line=ca_line)
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports(path: Path = EPHEMERAL_PORTS) -> tuple[int, int] | None:
+    """The kernel's range for outgoing connections' local ports; None where it cannot be read."""
+    try:
+        low, high = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -256,11 +269,15 @@ def init_fleet(
     nomad_address: str | None = None,
     nomad_token_file: Path | None = None,
     nomad_ca_file: Path | None = None,
+    web_port: int | None = None,
+    instance_ports: str | None = None,
+    ephemeral: tuple[int, int] | None = None,
 ) -> Path:
     """Write <root>/fleet.toml and create the layout; refuses to overwrite without `force`.
 
     `runtimes`: the runtime drivers offered (the CLI's choice); None leaves the check to the configuration,
-    which knows every registered driver."""
+    which knows every registered driver. `instance_ports`: "LOW-HIGH"; `ephemeral`: the kernel's ephemeral
+    range it must stay out of (the caller reads it: `ephemeral_ports()`)."""
     if runtimes is not None and runtime not in runtimes:
         raise InvalidInput(f"unknown runtime driver {runtime!r}", f"use {' or '.join(sorted(runtimes))}")
     if storage not in ("directory", "zfs"):
@@ -271,9 +288,10 @@ def init_fleet(
         raise InvalidInput(f"unknown TLS mode {tls!r}", "use internal, acme or on-demand")
     if domain:
         domain = validate_domain(domain)
-    for label, port in (("--http-port", http_port), ("--https-port", https_port)):
+    for label, port in (("--http-port", http_port), ("--https-port", https_port), ("--web-port", web_port)):
         if port is not None and not 1 <= port <= 65535:
             raise InvalidInput(f"{label} {port} is not a TCP port", "use 1-65535")
+    port_low, port_high = parse_port_range(instance_ports, ephemeral) if instance_ports else (30000, 30999)
     nomad = _nomad_section(runtime, nomad_address, nomad_token_file, nomad_ca_file)
     root.mkdir(parents=True, exist_ok=True)
     path = root / CONFIG_NAME
@@ -286,6 +304,9 @@ def init_fleet(
         domain=_toml_str(domain or "localhost"),
         http_port=http_port or (80 if domain else 8080),
         https_port=https_port or (443 if domain else 8443),
+        web_port=web_port or 8099,
+        port_low=port_low,
+        port_high=port_high,
         tls=_toml_str(tls or ("acme" if domain else "internal")),
         runtime=_toml_str(runtime),
         nomad=nomad,

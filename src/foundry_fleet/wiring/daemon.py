@@ -5,6 +5,7 @@ updates, certificates)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -28,6 +29,10 @@ from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.daemon_exit import take_stop_request
+from foundry_fleet.services.doctor.dns import HostAddresses, dns_checks, interface_addresses, system_resolver
+from foundry_fleet.services.doctor.ports import port_in_use
+from foundry_fleet.services.doctor.report import Status
+from foundry_fleet.services.next_steps import next_steps
 from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
@@ -49,8 +54,9 @@ from foundry_fleet.wiring.runtimes import make_runtime
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
-from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier
+from foundry_fleet.wiring.drivers import describe_storage, make_edge, make_notifier, managed_caddy
 from foundry_fleet.wiring.metrics import MetricsDoor, fleet_collector, make_metrics
+from foundry_fleet.wiring.services import FleetServices
 from foundry_fleet.wiring.services import (
     make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
 )
@@ -118,114 +124,137 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     services.homes.check_configured(config.home_names)  # before any instance's data is looked for
     services.storage.ensure_layout()
     services.storage.snapshots.sweep_views(idle_seconds=0)  # views a previous daemon left behind
-    caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
-    runtime_report = RuntimeReport(runtime.name, runtime.capabilities, list(caps))
-    caps.append(Capability("storage", True, describe_storage(services.storage)))
-    report_capabilities(caps)
-
-    edge = make_edge(config, services.sites, on_problem=edge_problem_reporter(services.events))
-    # Every change to instances reaches the edge; service calls may come from worker threads.
-    services.changes.subscribe(lambda: loop.call_soon_threadsafe(edge.request_update))
-    # A new instance's first snapshot is due at once: the schedule looks when instances change, not
-    # only every BACKUP_CHECK_EVERY seconds.
-    backups_may_be_due = asyncio.Event()
-    services.changes.subscribe(lambda: loop.call_soon_threadsafe(backups_may_be_due.set))
-    web_sock = bind_loopback(config.edge.web_port)
-    # Tenants' backups: only the edge (the fleet's own user) may open this socket.
-    backups_path = config.paths.run / "backups.sock"
-    backups_sock = bind_private_socket(backups_path)
-    web_login = make_web_login(services)
-    panel_sessions = make_panel_sessions(services, web_login)
-    if problem := web_login.problem():
-        log.error("Discord sign-in for backups will not work: %s", problem)
-    # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
-    tls_secret = load_or_create_secret(secret_path(config))
-    # Visits to instances that do not serve: answered (a page saying their table starts) from the first
-    # moment, and woken once the operations below exist.
-    wakes = Wakes(services.hostnames.instance_for_host, operations=None)
-    # The panel signs people in from the first moment; its pages work once the operations exist.
-    panel = Panel(panel_sessions if config.panel.enabled else None)
-    bulletin = Bulletin()  # what the panel's live pages wait on
-    services.changes.subscribe(lambda: loop.call_soon_threadsafe(bulletin.bump))
-    metrics = make_metrics(config)  # the daemon's own figures at once, the fleet's once it is built (below)
-    web_app = by_socket(str(backups_path),
-                        create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
-                                           web_login.logout_token if web_login.enabled else None),
-                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel))
-    web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
-    web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
-    metrics_door = MetricsDoor(config.metrics.listen_address, metrics)
-    # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
-    updates = make_status_updates(services, make_notifier(config))
-    updates.start_from_now()
-    if conflicts := report_host_conflicts(services.hostnames, services.events):
-        log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
-                  conflicts)
-    await edge.start()
-    caps.append(Capability("edge", True, f"{edge.host.describe()} on :{config.edge.http_port} and "
-                                         f":{config.edge.https_port}, TLS {config.edge.tls}"))
-
-    backups = make_backups(services)
-    for name in backups.repair():  # before any instance starts on half-restored data
-        log.warning("finished an interrupted restore of %s", name)
-    if services.moves is not None:  # before any instance starts: each is in exactly one home again
-        for recovered in services.moves.recover("daemon"):
-            log.warning("%s", recovered.describe())
-    for user in make_wizard(services).repair():
-        log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
-    def instance_state_changed() -> None:
-        edge.request_update()
-        bulletin.bump()
-
-    records = SupervisionRecords(services.sessions, services.storage,
-                                 changed=lambda: loop.call_soon_threadsafe(instance_state_changed),
-                                 own_host=config.host_for)
-    supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
-    info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
-                      runtime=runtime_report)
-    imports = DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
-                         DownloadPolicy.from_config(config.releases))
-    if swept := imports.sweep():
-        log.warning("removed %d import(s) left staged by a daemon that stopped", swept)
-    # One operations service: the control API, and through it the bot and the CLI, all use this one,
-    # so one lock per instance holds for every caller.
-    operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
-                            moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node),
-                            imports=imports)
-    # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
-    samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
-    reads = Reads(services.instances, services.hostnames, services.events, services.releases,
-                  Access(services.instances, frozenset(config.discord.admin_users)))
-    app = create_app(reads, operations, supervisor, backups, info, edge=edge,
-                     runtime_images=runtime_image_check(config, services.releases),
-                     runtime_nodes=lambda: node_report(runtime.nodes),
-                     panel_link=panel_sessions.make_link if config.panel.enabled else None)
-    sock = bind_private_socket(config.paths.socket)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-
-    await supervisor.start()
-    wakes.operations = operations
-    edge.request_update()
-    services.events.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
-    log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
-    api = asyncio.create_task(server.serve(sockets=[sock]))
-    scheduler = asyncio.create_task(run_backup_schedule(backups, backups_may_be_due))
-    status_task = asyncio.create_task(updates.run())
-    certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
-    certificates_task = asyncio.create_task(certificates.run())
-    metrics.watch(fleet_collector(services, supervisor, backups, certificates, samples))
-    panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
-                                    samples, health=health_check(config, services, status_from(app)),
-                                    runtime_facts=runtime_facts(info, runtime.nodes))
-    idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
-                     config.instances.idle_after_seconds, every=config.supervisor.health_interval,
-                     busy=operations.busy)
-    idle_task = asyncio.create_task(idle.run())
-    samples_task = asyncio.create_task(samples.run())
-    bot_task = None
-    if config.discord.token_file is not None:
-        bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
+    # A start-up that fails undoes what it had set up (the firewall, sockets, Caddy), leaving the host as
+    # it was; once the daemon serves, the shutdown below does.
+    starting = contextlib.AsyncExitStack()
     try:
+        caps = await runtime.open()  # e.g. the firewall line reports what was set up for the port range
+        starting.push_async_callback(runtime.close, instances_left_running=leave_running)
+        runtime_report = RuntimeReport(runtime.name, runtime.capabilities, list(caps))
+        caps.append(Capability("storage", True, describe_storage(services.storage)))
+        report_capabilities(caps)
+
+        edge = make_edge(config, services.sites, on_problem=edge_problem_reporter(services.events))
+        # Every change to instances reaches the edge; service calls may come from worker threads.
+        services.changes.subscribe(lambda: loop.call_soon_threadsafe(edge.request_update))
+        # A new instance's first snapshot is due at once: the schedule looks when instances change, not
+        # only every BACKUP_CHECK_EVERY seconds.
+        backups_may_be_due = asyncio.Event()
+        services.changes.subscribe(lambda: loop.call_soon_threadsafe(backups_may_be_due.set))
+        web_sock = bind_loopback(config.edge.web_port)
+        starting.callback(web_sock.close)
+        # Tenants' backups: only the edge (the fleet's own user) may open this socket.
+        backups_path = config.paths.run / "backups.sock"
+        backups_sock = bind_private_socket(backups_path)
+        starting.callback(backups_path.unlink, missing_ok=True)
+        starting.callback(backups_sock.close)
+        web_login = make_web_login(services)
+        panel_sessions = make_panel_sessions(services, web_login)
+        if problem := web_login.problem():
+            log.error("Discord sign-in for backups will not work: %s", problem)
+        # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
+        tls_secret = load_or_create_secret(secret_path(config))
+        # Visits to instances that do not serve: answered (a page saying their table starts) from the first
+        # moment, and woken once the operations below exist.
+        wakes = Wakes(services.hostnames.instance_for_host, operations=None)
+        # The panel signs people in from the first moment; its pages work once the operations exist.
+        panel = Panel(panel_sessions if config.panel.enabled else None)
+        bulletin = Bulletin()  # what the panel's live pages wait on
+        services.changes.subscribe(lambda: loop.call_soon_threadsafe(bulletin.bump))
+        metrics = make_metrics(config)  # the daemon's own figures at once, the fleet's once it is built (below)
+        web_app = by_socket(str(backups_path),
+                            create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
+                                               web_login.logout_token if web_login.enabled else None),
+                            create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel))
+        web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
+        web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
+        starting.push_async_callback(stop_server, web, web_task)
+        metrics_door = MetricsDoor(config.metrics.listen_address, metrics)
+        starting.push_async_callback(metrics_door.close)
+        # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
+        updates = make_status_updates(services, make_notifier(config))
+        updates.start_from_now()
+        if conflicts := report_host_conflicts(services.hostnames, services.events):
+            log.error("%d hostname(s) are claimed twice and served to one instance only: see `foundry-fleet status`",
+                      conflicts)
+        caddy_pid = None if config.edge.on_nomad else adopted_caddy_pid(config)
+        check_edge_ports(config, caddy_pid)  # Caddy would fail on a taken port with a page of its log
+        # A Caddy a previous daemon left running keeps serving its players; one started here goes.
+        starting.push_async_callback(edge.close, stop_caddy=caddy_pid is None and not leave_running)
+        await edge.start()
+        caps.append(Capability("edge", True, f"{edge.host.describe()} on :{config.edge.http_port} and "
+                                             f":{config.edge.https_port}, TLS {config.edge.tls}"))
+
+        backups = make_backups(services)
+        for name in backups.repair():  # before any instance starts on half-restored data
+            log.warning("finished an interrupted restore of %s", name)
+        if services.moves is not None:  # before any instance starts: each is in exactly one home again
+            for recovered in services.moves.recover("daemon"):
+                log.warning("%s", recovered.describe())
+        for user in make_wizard(services).repair():
+            log.warning("settled the setup of Discord user %s, interrupted while provisioning", user)
+        def instance_state_changed() -> None:
+            edge.request_update()
+            bulletin.bump()
+
+        records = SupervisionRecords(services.sessions, services.storage,
+                                     changed=lambda: loop.call_soon_threadsafe(instance_state_changed),
+                                     own_host=config.host_for)
+        supervisor = Supervisor(records, runtime, SupervisionSettings.from_config(config), repair=services.repair_interrupted)
+        info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
+                          runtime=runtime_report)
+        imports = DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
+                             DownloadPolicy.from_config(config.releases))
+        if swept := imports.sweep():
+            log.warning("removed %d import(s) left staged by a daemon that stopped", swept)
+        # One operations service: the control API, and through it the bot and the CLI, all use this one,
+        # so one lock per instance holds for every caller.
+        operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
+                                moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node),
+                                imports=imports)
+        # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
+        samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
+        reads = Reads(services.instances, services.hostnames, services.events, services.releases,
+                      Access(services.instances, frozenset(config.discord.admin_users)))
+        app = create_app(reads, operations, supervisor, backups, info, edge=edge,
+                         runtime_images=runtime_image_check(config, services.releases),
+                         runtime_nodes=lambda: node_report(runtime.nodes),
+                         panel_link=panel_sessions.make_link if config.panel.enabled else None)
+        sock = bind_private_socket(config.paths.socket)
+        starting.callback(config.paths.socket.unlink, missing_ok=True)
+        starting.callback(sock.close)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+        starting.push_async_callback(supervisor.shutdown, stop_instances=not leave_running)
+        await supervisor.start()
+        wakes.operations = operations
+        edge.request_update()
+        services.events.record("daemon.start", str(config.root), Outcome.OK, f"pid {os.getpid()}")
+        log.info("fleet daemon running for %s (control socket %s)", config.root, config.paths.socket)
+        api = asyncio.create_task(server.serve(sockets=[sock]))
+        starting.push_async_callback(stop_server, server, api)
+        scheduler = asyncio.create_task(run_backup_schedule(backups, backups_may_be_due))
+        status_task = asyncio.create_task(updates.run())
+        certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
+        certificates_task = asyncio.create_task(certificates.run())
+        metrics.watch(fleet_collector(services, supervisor, backups, certificates, samples))
+        panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
+                                        samples, health=health_check(config, services, status_from(app)),
+                                        runtime_facts=runtime_facts(info, runtime.nodes))
+        idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
+                         config.instances.idle_after_seconds, every=config.supervisor.health_interval,
+                         busy=operations.busy)
+        idle_task = asyncio.create_task(idle.run())
+        samples_task = asyncio.create_task(samples.run())
+        bot_task = None
+        if config.discord.token_file is not None:
+            bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
+    except BaseException:
+        await starting.aclose()
+        raise
+    starting.pop_all()
+    try:
+        log.info("%s", await asyncio.to_thread(next_steps_now, config, services))  # once it serves: what next
         while not stopping.is_set() and not api.done():
             try:
                 await asyncio.wait_for(stopping.wait(), RECONCILE_EVERY)
@@ -323,7 +352,38 @@ def bind_loopback(port: int) -> socket.socket:
         sock.bind(("127.0.0.1", port))
     except OSError as e:
         sock.close()
-        raise Conflict(f"the fleet's web port 127.0.0.1:{port} is taken: {e.strerror}",
-                       "set [edge] web_port in fleet.toml to a free port") from None
+        raise Conflict(port_in_use("web", "web_port", port)
+                       or f"the fleet's web port 127.0.0.1:{port} is taken: {e.strerror}: set [edge] web_port in "
+                          "fleet.toml, or init --web-port") from None
     sock.listen(128)
     return sock
+
+
+def next_steps_now(config: FleetConfig, services: FleetServices) -> str:
+    """What to do next, with this fleet's instances and, for a real domain, whether its names resolve here."""
+    fleet = config.fleet
+    dns = dns_checks(fleet.domain, fleet.fleet_host, system_resolver(), HostAddresses.of(interface_addresses()),
+                     edge_elsewhere=config.edge.on_nomad)
+    return next_steps(config, [(view.name, view.url) for view in services.instances.list()],
+                      [check for check in dns if check.status is not Status.SKIP])
+
+
+def adopted_caddy_pid(config: FleetConfig) -> int | None:
+    """The Caddy a previous daemon left running (its pid file, checked to be that Caddy), or None."""
+    caddy = managed_caddy(config)
+    return caddy.pid if caddy.adopt() else None
+
+
+def check_edge_ports(config: FleetConfig, caddy_pid: int | None) -> None:
+    """Refuse to start the edge on a port someone else holds, in one line that says how to move it."""
+    if config.edge.on_nomad:
+        return  # Caddy listens on a node of the cluster, not here
+    for label, key, port in (("http", "http_port", config.edge.http_port),
+                             ("https", "https_port", config.edge.https_port)):
+        if problem := port_in_use(label, key, port, caddy_pid):
+            raise Conflict(problem)
+
+
+async def stop_server(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await asyncio.gather(task, return_exceptions=True)

@@ -54,3 +54,20 @@ def port_check(label: str, key: str, port: int, caddy_pid: int | None, edge_on_n
                             "Caddy runs and may be it", "run `foundry-fleet doctor` as root to tell")
     return failed(name, f"held by a process this user cannot look into (socket of uid {owners})",
                   f"find it as root (`ss -ltnp 'sport = :{port}'`) and stop it, {elsewhere}")
+
+
+def port_in_use(label: str, key: str, port: int, caddy_pid: int | None = None,
+                listening: Callable[[int], list[Listener]] = listeners,
+                name_of: Callable[[int], str] = process_name) -> str | None:
+    """For `up`, before it sets anything up: one line saying who holds `port` and how to give the fleet
+    another, or None when nothing but the fleet's own Caddy (`caddy_pid`) listens there. Said before
+    Caddy starts, so the user reads this instead of Caddy's log of its failed listen."""
+    found = listening(port)
+    pids = sorted({pid for listener in found for pid in listener.pids if pid != caddy_pid})
+    unseen = sorted({listener.uid for listener in found if not listener.pids})
+    if not pids and not unseen:
+        return None
+    holders = ", ".join([f"{name_of(pid)} (pid {pid})" for pid in pids]
+                        + [f"a process of uid {uid} (run as root to see which)" for uid in unseen])
+    option = "--" + key.replace("_", "-")
+    return f"port {port} ({label}) is in use by {holders}: set [edge] {key} in fleet.toml, or init {option}"
