@@ -14,7 +14,8 @@ from foundry_fleet.domain.errors import NotFound
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.panel_cards import CardSources, PanelCards
-from foundry_fleet.services.views import FIGURES, InstanceView
+from foundry_fleet.domain.instance import DAEMON_FIGURES as FIGURES
+from foundry_fleet.services.views import InstanceView
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
 from foundry_fleet.domain.errors import Unsupported
+from foundry_fleet.domain.instance import DAEMON_FIGURES
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
@@ -29,7 +30,7 @@ from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
-from foundry_fleet.services.views import FIGURES, EventView, InstanceStatusView, InstanceView
+from foundry_fleet.services.views import EventView, InstanceStatusView, InstanceView
 
 if TYPE_CHECKING:
     from foundry_fleet.services.runtime_images import ReleaseImage
@@ -123,7 +124,7 @@ def create_app(
     panel_link: Callable[[str], str] | None = None,
     figures: Callable[[list[InstanceView]], dict[str, dict[str, Any]]] | None = None,
 ) -> Starlette:
-    """`figures`: each instance's figures by name (views.FIGURES), from what the daemon holds in memory
+    """`figures`: each instance's figures by name (domain.instance.DAEMON_FIGURES), from what the daemon holds in memory
     (the web panel's cards); None: every figure null.
     `runtime_images`: for a runtime that runs images, whether each cached release's image is there;
     `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory);
@@ -131,7 +132,7 @@ def create_app(
     ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
-    unknown = dict.fromkeys(FIGURES)
+    unknown = dict.fromkeys(DAEMON_FIGURES)
 
     def with_figures(views: list[InstanceView]) -> list[dict[str, Any]]:
         # One read of the rows feeds both: the figures are lookups in memory.

@@ -55,7 +55,7 @@ class InstanceCard:
         return self.view.state
 
     def figures(self) -> dict[str, Any]:
-        """The figures `foundry-fleet status` shows beside the instance's row (see views.FIGURES)."""
+        """The figures `foundry-fleet status` shows beside the instance's row (see domain.instance.DAEMON_FIGURES)."""
         return {"uptime_s": self.uptime_s, "players": self.players, "memory_bytes": self.memory_bytes,
                 "memory_limit_bytes": self.memory_limit_bytes, "cpu_percent": self.cpu_percent,
                 "last_backup_at": self.last_backup_at}

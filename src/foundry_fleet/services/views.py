@@ -37,14 +37,9 @@ class InstanceView:
         return asdict(self)
 
 
-# What only the daemon knows of an instance, beside its row: `status` and `instances` carry these keys,
-# each None while unknown (not running, not sampled yet, no daemon).
-FIGURES = ("uptime_s", "players", "memory_bytes", "memory_limit_bytes", "cpu_percent", "last_backup_at")
-
-
 @dataclass(frozen=True)
 class InstanceStatusView(InstanceView):
-    """An instance as the control API lists it: its view and the figures (see FIGURES)."""
+    """An instance as the control API lists it: its view and the figures (see domain.instance.DAEMON_FIGURES)."""
 
     uptime_s: float | None = None  # since its task started
     players: int | None = None  # connected, as its last health check heard
