@@ -60,7 +60,7 @@ def test_at_80_columns_names_states_and_figures_are_whole() -> None:
                   "players", "none"):
         assert whole in text, whole
     assert "…" not in text and "1234567" not in text and "https://" not in text
-    assert "not shown at this width: release, uptime, sleeps, restarts, port, pid" in text
+    assert "not shown at this width: release, uptime, cpu, sleeps," in text
     wide = "\n".join(rendered(instances_table(fleet, width=200, now=NOW), 200))
     assert "not shown" not in wide and "1234567" in wide and "asleep" in wide and "after 1h idle" in wide
     assert "https://" not in wide  # the URL is `instance show`'s

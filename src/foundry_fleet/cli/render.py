@@ -45,7 +45,7 @@ INSTANCE_COLUMNS = ("name", "state", "release", "uptime", "memory", "cpu", "play
                     "port", "pid")
 # Left out in this order when the table would not fit the terminal: the name, the state and its reason,
 # and the figures are what a glance is for; `instance show` and --json have the rest (and the URL).
-NARROW_LEAVES_OUT = ("pid", "port", "restarts", "sleeps", "release", "uptime", "cpu")
+NARROW_LEAVES_OUT = ("pid", "port", "restarts", "release", "uptime", "cpu", "sleeps")
 STATE_ROOM = len("suspended: unpaid")  # what the state may take when columns are counted; longer wraps
 NOT_FROM_DAEMON = "–"  # a figure only the daemon knows, asked while it is not running
 NOT_APPLICABLE = "-"
