@@ -172,3 +172,17 @@ def test_status_help_names_watch_and_interval(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(monkeypatch, capsys, "status", "--help")
     assert code == 0 and "--watch" in out and "--interval" in out and "--json" in out
+
+
+def test_instance_list_without_the_daemon_says_its_figures_are_unknown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    config = init_fleet(tmp_path / "fleet")
+    sessions = open_database(load_config(config).paths.database)
+    with sessions.begin() as s:
+        s.add(Release(version="13.345", generation=13, build=345, layout="node", entry="main.js", sha256="0" * 64,
+                      zip_bytes=1, unpacked_bytes=1, path="/nowhere", source="test"))
+        s.add(Instance(name="alice", release_version="13.345", port=30001, desired="running", state="running",
+                       extra_hosts=[], crash_times=[], restarts=0, created_at=1.0))
+    code, out, err = run_main(monkeypatch, capsys, "--config", str(config), "instance", "list")
+    assert code == 0, err
+    assert out.count("only the running daemon knows") == 1 and "none" not in out

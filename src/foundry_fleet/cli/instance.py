@@ -124,7 +124,7 @@ def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     if json_out:
         print_json(rows)
     else:
-        console.print(instances_table(rows))
+        console.print(instances_table(rows, daemon_running=c.read_from_daemon))
 
 
 @app.command()
