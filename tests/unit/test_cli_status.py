@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from foundry_fleet.cli.render import instances_table, state_text
+from foundry_fleet.cli.render import instance_detail, instances_table, state_text
 from foundry_fleet.cli.status import seconds, watch
 from foundry_fleet.domain.instance import DAEMON_FIGURES, states_summary
 from foundry_fleet.config import load_config
@@ -186,3 +187,14 @@ def test_instance_list_without_the_daemon_says_its_figures_are_unknown(
     code, out, err = run_main(monkeypatch, capsys, "--config", str(config), "instance", "list")
     assert code == 0, err
     assert out.count("only the running daemon knows") == 1 and "none" not in out
+
+
+def test_instance_show_has_the_figures_and_an_operations_answer_none() -> None:
+    detail = "\n".join(rendered(instance_detail(instance("alice", "running", created_at=NOW, **RUNNING_FIGURES)),
+                                100))
+    assert re.search(r"memory\s+312.0 MiB / 2.0 GiB", detail) and re.search(r"players\s+3", detail), detail
+    down = "\n".join(rendered(instance_detail(instance("alice", "running", created_at=NOW), daemon_running=False),
+                              100))
+    assert re.search(r"memory\s+–", down) and "only the running daemon knows" in down
+    answer = {k: v for k, v in instance("alice", "running", created_at=NOW).items() if k not in DAEMON_FIGURES}
+    assert "memory" not in "\n".join(rendered(instance_detail(answer), 100))

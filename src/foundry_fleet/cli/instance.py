@@ -135,7 +135,7 @@ def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     if json_out:
         print_json(row)
     else:
-        console.print(instance_detail(row))
+        console.print(instance_detail(row, daemon_running=c.read_from_daemon))
 
 
 def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool) -> None:

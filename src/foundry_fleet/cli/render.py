@@ -154,7 +154,9 @@ def idle_rows(i: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def instance_detail(i: dict[str, Any]) -> Table:
+def instance_detail(i: dict[str, Any], daemon_running: bool = True) -> Table:
+    """`daemon_running`: whether `i` came from the daemon; an answer without the figures (an operation's)
+    shows none of them."""
     t = Table(show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()
@@ -164,6 +166,12 @@ def instance_detail(i: dict[str, Any]) -> Table:
         t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))
     for key, text in idle_rows(i):
         t.add_row(key, shown(text))
+    if "memory_bytes" in i:
+        figures = _figure_text(i, time.time()) if daemon_running else dict.fromkeys(_FIGURE_COLUMNS, NOT_FROM_DAEMON)
+        for column in _FIGURE_COLUMNS:
+            t.add_row(column, shown(figures[column]))
+        if not daemon_running:
+            t.add_row("", shown(DAEMON_DOWN_NOTE))
     t.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"])))
     return t
 
