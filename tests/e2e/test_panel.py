@@ -196,6 +196,22 @@ def test_an_admin_signs_in_with_the_link_and_a_stop_shows_up_live(panel_fleet) -
     fleet.wait_state("alice", "running", 60)
 
 
+def test_status_shows_the_memory_and_players_the_panel_shows(panel_fleet) -> None:
+    """`status` gets its figures from the daemon, from the same cards as the panel."""
+    fleet, _fake = panel_fleet
+    fleet.wait_state("alice", "running", 60)
+
+    def alice() -> dict | None:
+        found = next(i for i in fleet.cli("status", "--json").json()["instances"] if i["name"] == "alice")
+        return found if found["memory_bytes"] and found["players"] is not None else None
+
+    figures = wait_until(alice, 30, "alice's memory and players in status")
+    assert figures["players"] == 0 and figures["uptime_s"] >= 0
+    row = next(line for line in fleet.cli("status").out.splitlines() if line.startswith("alice "))
+    assert re.search(r"running\s.*\d MiB.*\s0\s", row), row
+    assert "only the running daemon knows" not in fleet.cli("status").out
+
+
 def test_the_log_streams_what_the_server_writes(panel_fleet) -> None:
     fleet, _fake = panel_fleet
     fleet.wait_state("alice", "running", 60)

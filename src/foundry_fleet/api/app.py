@@ -18,6 +18,7 @@ from starlette.concurrency import iterate_in_threadpool
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
 from foundry_fleet.domain.errors import InvalidInput, Unsupported
+from foundry_fleet.domain.instance import DAEMON_FIGURES
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.edge_status import edge_report
@@ -31,7 +32,7 @@ from foundry_fleet.services.snapshot_files import SnapshotFiles
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
-from foundry_fleet.services.views import EventView, InstanceView
+from foundry_fleet.services.views import EventView, InstanceStatusView, InstanceView
 
 if TYPE_CHECKING:
     from foundry_fleet.services.runtime_images import ReleaseImage
@@ -123,13 +124,22 @@ def create_app(
     runtime_images: Callable[[], Awaitable[list[ReleaseImage]]] | None = None,
     runtime_nodes: Callable[[], Awaitable[tuple[list[dict[str, Any]] | None, str | None]]] | None = None,
     panel_link: Callable[[str], str] | None = None,
+    figures: Callable[[list[InstanceView]], dict[str, dict[str, Any]]] | None = None,
 ) -> Starlette:
-    """`runtime_images`: for a runtime that runs images, whether each cached release's image is there;
+    """`figures`: each instance's figures by name (domain.instance.DAEMON_FIGURES), from what the daemon holds in memory
+    (the web panel's cards); None: every figure null.
+    `runtime_images`: for a runtime that runs images, whether each cached release's image is there;
     `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory);
     `panel_link`: a single-use sign-in link to the web panel, for the actor asking."""
     ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
+    unknown = dict.fromkeys(DAEMON_FIGURES)
+
+    def with_figures(views: list[InstanceView]) -> list[dict[str, Any]]:
+        # One read of the rows feeds both: the figures are lookups in memory.
+        found = figures(views) if figures is not None else {}
+        return [{**v.to_dict(), **found.get(v.name, unknown)} for v in views]
 
     async def health() -> dict[str, Any]:
         return {"ok": True, "pid": info.pid, "version": __version__, "started_at": info.started_at, "root": info.root}
@@ -147,7 +157,7 @@ def create_app(
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
             "runtime": await runtime_block(),
-            "instances": [i.to_dict() for i in instances],
+            "instances": with_figures(instances),
             "hosts": hosts,
             "edge": await run(edge_report, reads.hostnames, edge_state),
         }
@@ -161,10 +171,10 @@ def create_app(
         return block
 
     async def list_instances() -> list[dict[str, Any]]:
-        return [i.to_dict() for i in await run(reads.instances.list)]
+        return with_figures(await run(reads.instances.list))
 
     async def get_instance(name: str) -> dict[str, Any]:
-        return (await run(reads.instances.get, name)).to_dict()
+        return with_figures([await run(reads.instances.get, name)])[0]
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
         created = await ops.create(actor, body.name, body.release, body.license_key, body.owner, body.admin_password,
@@ -280,10 +290,10 @@ def create_app(
         Endpoint("GET", "/v1/health", "Is the daemon up?", health),
         Endpoint("GET", "/v1/status", "The daemon, the host's capabilities and every instance", status),
         Endpoint("GET", "/v1/instances", "Every instance (a tenant sees their own)", list_instances,
-                 returns=list[InstanceView], tenant_action="mine"),
+                 returns=list[InstanceStatusView], tenant_action="mine"),
         Endpoint("POST", "/v1/instances", "Create an instance (and start it unless start is false)",
                  create_instance, body=CreateInstance, status=201, changes_state=True),
-        Endpoint("GET", "/v1/instances/{name}", "One instance", get_instance, returns=InstanceView,
+        Endpoint("GET", "/v1/instances/{name}", "One instance", get_instance, returns=InstanceStatusView,
                  tenant_action="view"),
         Endpoint("GET", "/v1/instances/{name}/logs", "The last lines of an instance's server log", instance_logs,
                  query=(Param("lines", int, 50, "how many (at most 1000)"),), tenant_action="logs"),

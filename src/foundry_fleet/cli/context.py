@@ -28,6 +28,9 @@ T = TypeVar("T")
 @dataclass
 class CliContext:
     config_path: str | None = None
+    # Whether the last `read` was answered by the daemon (False: the state database it left), so a table
+    # can say which figures only the daemon knows.
+    read_from_daemon: bool = True
     _config: FleetConfig | None = field(default=None, repr=False)
     _services: FleetServices | None = field(default=None, repr=False)
 
@@ -81,13 +84,16 @@ class CliContext:
 
         client = self.require_daemon()
         try:
-            return question(client)
+            answer = question(client)
+            self.read_from_daemon = True
+            return answer
         except DaemonNotRunning:
             pass
         finally:
             client.close()
         from foundry_fleet.cli.local_reads import LocalReads
 
+        self.read_from_daemon = False
         return question(LocalReads(self.services()))
 
 

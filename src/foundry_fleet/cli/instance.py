@@ -130,7 +130,7 @@ def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     if json_out:
         print_json(rows)
     else:
-        console.print(instances_table(rows))
+        console.print(instances_table(rows, daemon_running=c.read_from_daemon))
 
 
 @app.command()
@@ -141,7 +141,7 @@ def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     if json_out:
         print_json(row)
     else:
-        console.print(instance_detail(row))
+        console.print(instance_detail(row, daemon_running=c.read_from_daemon))
 
 
 def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool) -> None:

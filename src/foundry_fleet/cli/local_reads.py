@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from foundry_fleet.domain.instance import DAEMON_FIGURES
 from foundry_fleet.wiring.services import FleetServices, make_backups
+
+# The same keys as the daemon's answer, for programs reading --json; only the daemon knows their values.
+UNKNOWN_FIGURES = dict.fromkeys(DAEMON_FIGURES)
 
 
 class LocalReads:
@@ -48,10 +52,10 @@ class LocalReads:
         return block
 
     def list_instances(self) -> list[dict[str, Any]]:
-        return [i.to_dict() for i in self.services.instances.list()]
+        return [{**i.to_dict(), **UNKNOWN_FIGURES} for i in self.services.instances.list()]
 
     def get_instance(self, name: str) -> dict[str, Any]:
-        return self.services.instances.get(name).to_dict()
+        return {**self.services.instances.get(name).to_dict(), **UNKNOWN_FIGURES}
 
     def list_snapshots(self, name: str) -> list[dict[str, Any]]:
         return [s.to_dict() for s in make_backups(self.services).list(name)]

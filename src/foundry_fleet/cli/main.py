@@ -22,12 +22,8 @@ from foundry_fleet.cli import service as service_cmds
 from foundry_fleet.cli import storage as storage_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.typer_compat import ClickException, with_usage
-from foundry_fleet.cli.render import (
-    console, err_console, events_table, hosts_table, instances_table, print_edge, print_json, print_runtime,
-    safe,
-)
-from foundry_fleet.domain.errors import FleetError
-from foundry_fleet.domain.instance import states_summary
+from foundry_fleet.cli.render import console, err_console, events_table, print_json, safe
+from foundry_fleet.domain.errors import FleetError, InvalidInput
 from foundry_fleet.domain.text import escape_controls
 
 app = typer.Typer(
@@ -146,30 +142,28 @@ def _escape_log_record(record: Any) -> bool:  # a logging.LogRecord
 
 
 @app.command()
-def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The daemon and every instance, at a glance."""
+def status(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="redraw every --interval seconds until Ctrl-C "
+                                                         "(a terminal only)")] = False,
+    # Text, read here: a number parameter makes typer load pydantic, which `status` avoids (typer_compat).
+    interval: Annotated[str, typer.Option(help="seconds between redraws with --watch (0.5 at least)")] = "2",
+) -> None:
+    """The daemon and every instance, at a glance: state and why, uptime, memory, CPU, players, last backup."""
+    from foundry_fleet.cli import status as status_view
+
     c: CliContext = ctx.obj
+    if watch and json_out:
+        raise InvalidInput("--watch redraws a table; --json prints once", "use one or the other")
+    if watch:
+        status_view.watch(lambda: c.read(lambda fleet: fleet.status()), status_view.seconds(interval))
+        return
     data = c.read(lambda fleet: fleet.status())
     if json_out:
         print_json(data)
         return
-    d = data["daemon"]
-    if d["running"]:
-        console.print(f"daemon: [green]running[/] (pid {d['pid']}) for {d['root']}")
-    else:
-        console.print(f"daemon: [red]not running[/] for {d['root']} (states below are the last recorded)")
-    runtime = data.get("runtime")
-    print_runtime(runtime)
-    shown_with_runtime = {line["name"] for line in (runtime or {}).get("health") or []}
-    for cap in data["capabilities"]:
-        if not cap["available"] and cap["name"] not in shown_with_runtime:
-            console.print(f"[yellow]not available:[/] {cap['name']}: {safe(cap['detail'])}")
-    console.print(states_summary(data["instances"]), highlight=False)
-    if data["instances"]:
-        console.print(instances_table(data["instances"]))
-    if data.get("hosts"):
-        console.print(hosts_table(data["hosts"]))
-    print_edge(data.get("edge"))
+    status_view.print_status(data)
 
 
 @app.command()

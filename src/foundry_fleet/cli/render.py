@@ -14,7 +14,7 @@ from rich.text import Text
 
 from foundry_fleet.domain.idle import format_idle_after
 from foundry_fleet.domain.text import escape_controls
-from foundry_fleet.domain.units import human_bytes
+from foundry_fleet.domain.units import human_bytes, human_duration
 
 # No emoji codes: tenants' text may hold ":x:" and must be shown as written (and the table of codes
 # is the slowest part of rich to load).
@@ -41,36 +41,84 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-INSTANCE_COLUMNS = ("name", "state", "sleeps", "release", "port", "pid", "restarts", "url")
-# Left out in this order when the table would not fit the terminal (80 columns hold about six): the
-# name, state and when it sleeps are what a glance is for; `instance show` and --json have the rest.
-NARROW_LEAVES_OUT = ("pid", "url", "port", "restarts")
+INSTANCE_COLUMNS = ("name", "state", "release", "uptime", "memory", "cpu", "players", "backup", "sleeps", "restarts",
+                    "port", "pid")
+# Left out in this order when the table would not fit the terminal: the name, the state and its reason,
+# and the figures are what a glance is for; `instance show` and --json have the rest (and the URL).
+NARROW_LEAVES_OUT = ("pid", "port", "restarts", "release", "uptime", "cpu", "sleeps")
+STATE_ROOM = len("suspended: unpaid")  # what the state may take when columns are counted; longer wraps
+NOT_FROM_DAEMON = "–"  # a figure only the daemon knows, asked while it is not running
+NOT_APPLICABLE = "-"
+DAEMON_DOWN_NOTE = f"{NOT_FROM_DAEMON}: only the running daemon knows uptime, memory, CPU, players and backups"
 
 
-def instances_table(instances: list[dict[str, Any]], width: int | None = None) -> Table:
+def instances_table(instances: list[dict[str, Any]], width: int | None = None, daemon_running: bool = True,
+                    now: float | None = None) -> Table:
     """One row per instance, as many columns as fit in `width` (the terminal's, by default): a caption
     names those left out."""
-    now = time.time()
-    rows = [{
-        "name": shown(i["name"]), "state": Text(escape_controls(i["state"]), style=STATE_STYLE.get(i["state"], "")),
-        "sleeps": shown(sleep_text(i, now)), "release": shown(i["release"]), "port": shown(i["port"]),
-        "pid": shown(i["pid"] or "-"), "restarts": shown(i["restarts"]), "url": shown(i["url"]),
-    } for i in instances]
+    now = time.time() if now is None else now
+    rows = [_instance_row(i, now, daemon_running) for i in instances]
     columns = list(INSTANCE_COLUMNS)
     room = console.width if width is None else width
-    need = {c: max([len(c)] + [r[c].cell_len for r in rows]) for c in columns}
     for col in NARROW_LEAVES_OUT:
-        if sum(need[c] for c in columns) + 3 * len(columns) + 1 <= room:  # a cell's padding and border: 3
+        if _table(rows, columns, None, STATE_ROOM).__rich_measure__(console, console.options.update_width(10**4)).maximum <= room:
             break
         columns.remove(col)
     left_out = [c for c in INSTANCE_COLUMNS if c not in columns]
-    caption = f"not shown at this width: {', '.join(left_out)} (instance show NAME has them)" if left_out else None
-    t = Table(title=None, show_lines=False, caption=caption)
+    notes = [f"not shown at this width: {', '.join(left_out)} (instance show NAME has them)"] if left_out else []
+    if not daemon_running and instances:
+        notes.append(DAEMON_DOWN_NOTE)
+    return _table(rows, columns, "\n".join(notes) or None)
+
+
+def _table(rows: list[dict[str, Text]], columns: list[str], caption: str | None,
+           state_width: int | None = None) -> Table:
+    # No outer border and two spaces between columns: at 80 columns that leaves room for the figures.
+    t = Table(box=None, padding=(0, 1), show_edge=False, pad_edge=False, caption=caption, header_style="bold")
     for col in columns:
-        t.add_column(col, no_wrap=col == "name")
+        # Only the state wraps, its reason onto more lines: a long reason costs no figure its column.
+        t.add_column(col, no_wrap=col != "state", justify="right" if col in ("cpu", "players") else "left",
+                     max_width=state_width if col == "state" else None)
     for row in rows:
         t.add_row(*(row[c] for c in columns))
     return t
+
+
+def _instance_row(i: dict[str, Any], now: float, daemon_running: bool) -> dict[str, Text]:
+    state = i["state"]
+    figure = _figure_text(i, now) if daemon_running else dict.fromkeys(_FIGURE_COLUMNS, NOT_FROM_DAEMON)
+    return {
+        "name": shown(i["name"]),
+        "state": Text(escape_controls(state_text(i)), style=STATE_STYLE.get(state, "")),
+        "release": shown(i["release"]), **{c: shown(figure[c]) for c in _FIGURE_COLUMNS},
+        "sleeps": shown(sleep_text(i, now)), "restarts": shown(i["restarts"]), "port": shown(i["port"]),
+        "pid": shown(i["pid"] or NOT_APPLICABLE),
+    }
+
+
+_FIGURE_COLUMNS = ("uptime", "memory", "cpu", "players", "backup")
+
+
+def state_text(i: dict[str, Any]) -> str:
+    """The state with why, where why matters: "failed: crashed 5 times in 10 min", "suspended: unpaid"."""
+    if i.get("suspended") is not None:
+        return f"suspended: {i['suspended']}" if i["suspended"] else "suspended"
+    if i["state"] == "failed" and i.get("state_reason"):
+        return f"failed: {i['state_reason']}"
+    return str(i["state"])
+
+
+def _figure_text(i: dict[str, Any], now: float) -> dict[str, str]:
+    uptime, used, limit = i.get("uptime_s"), i.get("memory_bytes"), i.get("memory_limit_bytes")
+    cpu, players, backup = i.get("cpu_percent"), i.get("players"), i.get("last_backup_at")
+    memory = NOT_APPLICABLE if used is None else human_bytes(used) + (f" / {human_bytes(limit)}" if limit else "")
+    return {
+        "uptime": NOT_APPLICABLE if uptime is None else human_duration(uptime),
+        "memory": memory,
+        "cpu": NOT_APPLICABLE if cpu is None else f"{cpu:.1f}%" if cpu < 10 else f"{cpu:.0f}%",
+        "players": NOT_APPLICABLE if players is None else str(players),
+        "backup": "none" if backup is None else f"{human_duration(now - backup)} ago",
+    }
 
 
 def sleep_text(i: dict[str, Any], now: float) -> str:
@@ -106,7 +154,9 @@ def idle_rows(i: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def instance_detail(i: dict[str, Any]) -> Table:
+def instance_detail(i: dict[str, Any], daemon_running: bool = True) -> Table:
+    """`daemon_running`: whether `i` came from the daemon; an answer without the figures (an operation's)
+    shows none of them."""
     t = Table(show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()
@@ -116,6 +166,12 @@ def instance_detail(i: dict[str, Any]) -> Table:
         t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))
     for key, text in idle_rows(i):
         t.add_row(key, shown(text))
+    if "memory_bytes" in i:
+        figures = _figure_text(i, time.time()) if daemon_running else dict.fromkeys(_FIGURE_COLUMNS, NOT_FROM_DAEMON)
+        for column in _FIGURE_COLUMNS:
+            t.add_row(column, shown(figures[column]))
+        if not daemon_running:
+            t.add_row("", shown(DAEMON_DOWN_NOTE))
     t.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"])))
     return t
 
@@ -132,20 +188,20 @@ def hosts_table(hosts: list[dict[str, Any]]) -> Table:
     return t
 
 
-def print_edge(edge: dict[str, Any] | None) -> None:
+def print_edge(edge: dict[str, Any] | None, out: Console = console) -> None:
     """Whether Caddy serves the current state (with the daemon), and hostnames it does not serve."""
     if not edge:
         return
     if edge.get("in_sync") is False:
         since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(edge['since']))}" if edge.get("since") else ""
-        console.print(f"edge: [bold red]out of date[/]{since}: {safe(edge.get('problem') or '')}")
+        out.print(f"edge: [bold red]out of date[/]{since}: {safe(edge.get('problem') or '')}")
     elif edge.get("in_sync"):
-        console.print("edge: [green]up to date[/]")
+        out.print("edge: [green]up to date[/]")
     for c in edge.get("host_conflicts", []):
-        console.print(f"[yellow]host {safe(c['host'])} is not served for {safe(c['instance'])}:[/] {safe(c['why'])}")
+        out.print(f"[yellow]host {safe(c['host'])} is not served for {safe(c['instance'])}:[/] {safe(c['why'])}")
 
 
-def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> None:
+def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False, out: Console = console) -> None:
     """The runtime line of `status`: the driver and what it offers; its health lines that are not
     available (all of them with `every_line`), or that its health is unknown without the daemon."""
     if not runtime:
@@ -155,27 +211,27 @@ def print_runtime(runtime: dict[str, Any] | None, every_line: bool = False) -> N
         offers.append(f"isolation {safe(runtime['isolation'])}")
         offers.append("limits enforced" if runtime.get("limits") else "no limits")
         offers.append("runs an image" if runtime.get("needs_image") else "no image")
-    console.print(f"runtime: [bold]{safe(runtime['driver'])}[/]" + (f" ({', '.join(offers)})" if offers else ""),
+    out.print(f"runtime: [bold]{safe(runtime['driver'])}[/]" + (f" ({', '.join(offers)})" if offers else ""),
                   highlight=False)
     health = runtime.get("health")
     if health is None:
-        console.print("  health on this host: unknown (the daemon finds it when it starts)")
+        out.print("  health on this host: unknown (the daemon finds it when it starts)")
     for line in health or []:
         if not line["available"]:
-            console.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
+            out.print(f"  [yellow]not available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
         elif every_line:
-            console.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
+            out.print(f"  [green]available:[/] {safe(line['name'])}: {safe(line['detail'])}", highlight=False)
     for node in runtime.get("nodes") or []:
         health = "[green]healthy[/]" if node["healthy"] else f"[yellow]{safe(node['status'])}[/]"
         free = "unknown" if node["free_memory_mb"] is None else f"{node['free_memory_mb']} MB"
-        console.print(f"  node {safe(node['name'])} ({safe(node['address'])}): {health}, "
+        out.print(f"  node {safe(node['name'])} ({safe(node['address'])}): {health}, "
                       f"{node['instances']} instance{'s' if node['instances'] != 1 else ''}, free memory {free}"
                       + (f", home {safe(node['home'])}" if node.get("home") else ""), highlight=False)
     if runtime.get("nodes_problem"):
-        console.print(f"  [yellow]nodes unknown:[/] {safe(runtime['nodes_problem'])}", highlight=False)
+        out.print(f"  [yellow]nodes unknown:[/] {safe(runtime['nodes_problem'])}", highlight=False)
     for image in runtime.get("images") or []:
         state = {True: "[green]image present[/]", False: "[yellow]no image yet[/]", None: "image unknown"}[image["present"]]
-        console.print(f"  {state} for Foundry v{image['generation']} ({safe(', '.join(image['releases']))}): "
+        out.print(f"  {state} for Foundry v{image['generation']} ({safe(', '.join(image['releases']))}): "
                       f"{safe(image['detail'])}", highlight=False)
 
 

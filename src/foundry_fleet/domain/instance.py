@@ -50,6 +50,10 @@ def goes_to_wake_handler(state: str, desired: str, suspended: bool) -> bool:
 
 
 # The order instances are summed up in: serving first, then asleep, then down, then in trouble.
+# What only the daemon knows of an instance, beside its row: `status` and `instances` carry these keys,
+# each None while unknown (not running, not sampled yet, no daemon).
+DAEMON_FIGURES = ("uptime_s", "players", "memory_bytes", "memory_limit_bytes", "cpu_percent", "last_backup_at")
+
 SUMMARY_ORDER = ("running", "starting", "sleeping", "stopping", "stopped", "suspended", "failed", "creating")
 
 

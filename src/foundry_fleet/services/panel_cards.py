@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from foundry_fleet.domain.instance import InstanceState
 from foundry_fleet.services.access import Access, Principal
@@ -54,6 +54,12 @@ class InstanceCard:
     def state(self) -> str:
         return self.view.state
 
+    def figures(self) -> dict[str, Any]:
+        """The figures `foundry-fleet status` shows beside the instance's row (see domain.instance.DAEMON_FIGURES)."""
+        return {"uptime_s": self.uptime_s, "players": self.players, "memory_bytes": self.memory_bytes,
+                "memory_limit_bytes": self.memory_limit_bytes, "cpu_percent": self.cpu_percent,
+                "last_backup_at": self.last_backup_at}
+
 
 @dataclass(frozen=True)
 class CardSources:
@@ -72,10 +78,17 @@ class PanelCards:
 
     def cards(self, principal: Principal) -> list[InstanceCard]:
         """Every instance `principal` may see, by name."""
-        views = self.access.visible(principal)
+        return self.for_views(self.access.visible(principal))
+
+    def for_views(self, views: Sequence[InstanceView]) -> list[InstanceCard]:
+        """The cards of views already read (the control API reads them once for its whole answer)."""
         newest = self.sources.newest_snapshots()
         problems = self.sources.certificate_problems()
         return [self._card(v, newest, problems) for v in views]
+
+    def figures(self, views: Sequence[InstanceView]) -> dict[str, dict[str, Any]]:
+        """Each instance's figures, by name: the control API's `status` and `instances` carry these."""
+        return {c.name: c.figures() for c in self.for_views(views)}
 
     def card(self, principal: Principal, name: str, action: str = "view") -> InstanceCard:
         """One instance; NotFound for one that is not theirs (see Access.instance)."""

@@ -38,6 +38,18 @@ class InstanceView:
 
 
 @dataclass(frozen=True)
+class InstanceStatusView(InstanceView):
+    """An instance as the control API lists it: its view and the figures (see domain.instance.DAEMON_FIGURES)."""
+
+    uptime_s: float | None = None  # since its task started
+    players: int | None = None  # connected, as its last health check heard
+    memory_bytes: int | None = None
+    memory_limit_bytes: int | None = None  # None: no limit known
+    cpu_percent: float | None = None  # 100 = one core
+    last_backup_at: float | None = None  # its newest snapshot (epoch seconds); None: none seen
+
+
+@dataclass(frozen=True)
 class ReleaseView:
     version: str
     generation: int

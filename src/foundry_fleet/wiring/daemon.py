@@ -37,6 +37,7 @@ from foundry_fleet.services.certificates import CertificateWatch
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.daemon_lock import DaemonLock
 from foundry_fleet.services.release_registry import ReleaseRegistry
+from foundry_fleet.services.panel_cards import PanelCards
 from foundry_fleet.services.resource_samples import ResourceSamples
 from foundry_fleet.services.runtime_images import ReleaseImage
 from foundry_fleet.services.runtime_report import RuntimeReport, node_report
@@ -63,7 +64,7 @@ from foundry_fleet.wiring.services import (
 from foundry_fleet.wiring.services import make_panel_sessions
 from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.web.panel.services import Panel
-from foundry_fleet.wiring.panel import health_check, panel_services, runtime_facts, status_from
+from foundry_fleet.wiring.panel import card_sources, health_check, panel_services, runtime_facts, status_from
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -214,12 +215,14 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
                                 imports=imports)
         # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
         samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
-        reads = Reads(services.instances, services.hostnames, services.events, services.releases,
-                      Access(services.instances, frozenset(config.discord.admin_users)))
+        certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
+        access = Access(services.instances, frozenset(config.discord.admin_users))
+        reads = Reads(services.instances, services.hostnames, services.events, services.releases, access)
         app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                          runtime_images=runtime_image_check(config, services.releases),
                          runtime_nodes=lambda: node_report(runtime.nodes),
-                         panel_link=panel_sessions.make_link if config.panel.enabled else None)
+                         panel_link=panel_sessions.make_link if config.panel.enabled else None,
+                         figures=PanelCards(access, card_sources(supervisor, backups, certificates, samples)).figures)
         sock = bind_private_socket(config.paths.socket)
         starting.callback(config.paths.socket.unlink, missing_ok=True)
         starting.callback(sock.close)
@@ -235,7 +238,6 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         starting.push_async_callback(stop_server, server, api)
         scheduler = asyncio.create_task(run_backup_schedule(backups, backups_may_be_due))
         status_task = asyncio.create_task(updates.run())
-        certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
         certificates_task = asyncio.create_task(certificates.run())
         metrics.watch(fleet_collector(services, supervisor, backups, certificates, samples))
         panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,

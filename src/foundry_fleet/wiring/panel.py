@@ -48,10 +48,7 @@ def panel_services(config: FleetConfig, services: FleetServices, operations: Ope
     https_port = config.edge.https_port
     return PanelServices(
         access=access,
-        cards=PanelCards(access, CardSources(players=supervisor.users, resources=samples,
-                                             history_slots=samples.keep if samples is not None else 1,
-                                             newest_snapshots=backups.newest_snapshot_times,
-                                             certificate_problems=certificates.problems)),
+        cards=PanelCards(access, card_sources(supervisor, backups, certificates, samples)),
         operations=operations,
         backups=backups,
         releases=services.releases,
@@ -64,6 +61,15 @@ def panel_services(config: FleetConfig, services: FleetServices, operations: Ope
         health=health,
         runtime_facts=runtime_facts,
     )
+
+
+def card_sources(supervisor: Supervisor, backups: Backups, certificates: CertificateWatch,
+                 samples: ResourceSamples | None) -> CardSources:
+    """Where each instance's figures come from: the panel's cards and the control API's status read
+    the same ones."""
+    return CardSources(players=supervisor.users, resources=samples,
+                       history_slots=samples.keep if samples is not None else 1,
+                       newest_snapshots=backups.newest_snapshot_times, certificate_problems=certificates.problems)
 
 
 class SharedResult(Generic[T]):
