@@ -185,6 +185,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     # so one lock per instance holds for every caller.
     operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
                             moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node))
+    services.sites.busy = operations.busy
     # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
     samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
     reads = Reads(services.instances, services.hostnames, services.events, services.releases,
