@@ -148,8 +148,10 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
     metrics = make_metrics(config)  # the daemon's own figures at once, the fleet's once it is built (below)
     web_app = by_socket(str(backups_path),
                         create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
-                                           web_login.logout_token if web_login.enabled else None),
-                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel))
+                                           web_login.logout_token if web_login.enabled else None,
+                                           config.fleet.operator),
+                        create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel,
+                                       config.fleet.operator))
     web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
     web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
     metrics_door = MetricsDoor(config.metrics.listen_address, metrics)
