@@ -6,9 +6,11 @@ from __future__ import annotations
 import html
 import json
 import re
+from dataclasses import dataclass
 
 import pytest
 from pydantic import ValidationError
+from starlette.testclient import TestClient
 
 from foundry_fleet.config import FleetSection
 from foundry_fleet.domain.errors import InvalidInput
@@ -22,6 +24,8 @@ from foundry_fleet.domain.tenant_pages import (
     validate_contact,
 )
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
+from foundry_fleet.web.auth import page as auth_page
+from foundry_fleet.web.backups import create_backups_app
 
 OPERATOR = Operator("Ada's <b>Tables</b> & co", "ada@example.org")
 SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_host="fleet.localhost",
@@ -130,3 +134,44 @@ def test_the_fleet_hosts_unknown_paths_and_the_edges_own_errors_are_designed_pag
     (error,) = edge["errors"]["routes"][0]["handle"]
     assert error["status_code"] == 503 and error["headers"]["Retry-After"] == ["10"]
     assert "This table cannot be reached" in error["body"] and "<style>" in error["body"]
+
+
+# --- the backups pages in the web app -----------------------------------------------------------------
+
+
+@dataclass
+class Snap:
+    name: str
+    created_at: float = 1_700_000_000.0
+    bytes_total: int = 123_456
+
+    def to_dict(self) -> dict:
+        return {"name": self.name}
+
+
+class Listed:
+    """Snapshot files as the listing reads them: names only, no disk."""
+
+    def list(self, instance: str) -> list[Snap]:
+        return [Snap("nightly-1"), Snap("<b>odd</b>")] if instance == "alice" else []
+
+
+def test_the_backups_listing_wears_the_same_look_and_escapes_what_it_lists() -> None:
+    app = create_backups_app(Listed(), {"alice.localhost": "alice", "bob.localhost": "bob"}.get,  # type: ignore[arg-type]
+                             logout_token=lambda _session: "tok", operator=OPERATOR)
+    client = TestClient(app, base_url="https://alice.localhost")
+    r = client.get("/backups/", headers={"X-Fleet-User": "1"})
+    assert r.status_code == 200 and r.headers["content-security-policy"] == PAGE_CSP
+    assert "<style>" in r.text and "<h1>Backups</h1>" in r.text and "nightly-1" in r.text
+    assert "&lt;b&gt;odd&lt;/b&gt;" in r.text and "<b>odd" not in r.text
+    assert "name=token value='tok'" in r.text and "mailto:ada@example.org" in r.text
+    empty = TestClient(app, base_url="https://bob.localhost").get("/backups/", headers={"X-Fleet-User": "1"})
+    assert "No backups yet." in empty.text and "<table" not in empty.text
+
+
+def test_a_sign_in_message_wears_the_same_look() -> None:
+    r = auth_page(403, "Not yours", "This game's backups belong to <someone>.", "Signed in as 42.",
+                  logout_token="tok", operator=OPERATOR)
+    assert r.status_code == 403 and r.headers["content-security-policy"] == PAGE_CSP
+    assert "<h1>Not yours</h1>" in r.body.decode() and "&lt;someone&gt;" in r.body.decode()
+    assert r.headers["referrer-policy"] == "same-origin" and "Ada&#x27;s" in r.body.decode()

@@ -147,7 +147,7 @@ def state_page(kind: str, operator: Operator) -> StatePage:
                          "and opens it as soon as it answers; that usually takes a few seconds.", 5, 5, "warn")
     if kind == "stopped":
         return StatePage(503, "This table is closed right now", "Its game master has stopped it. "
-                         "Come back when your game master says the table is open.", CLOSED_RETRY, tone="none")
+                         "Come back when your game master says the table is open.", CLOSED_RETRY)
     if kind == "suspended":
         return StatePage(503, "This table is not available", ask, CLOSED_RETRY, tone="bad")
     if kind == "failed":
@@ -170,5 +170,4 @@ def state_html(kind: str, operator: Operator) -> str:
 
 
 def not_found_html(operator: Operator, home: Link | None = None) -> str:
-    return page("Not found", "Nothing here", ["There is no page at this address."], operator,
-                link=home, tone="none")
+    return page("Not found", "Nothing here", ["There is no page at this address."], operator, link=home)
