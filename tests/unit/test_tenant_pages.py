@@ -175,3 +175,13 @@ def test_a_sign_in_message_wears_the_same_look() -> None:
     assert r.status_code == 403 and r.headers["content-security-policy"] == PAGE_CSP
     assert "<h1>Not yours</h1>" in r.body.decode() and "&lt;someone&gt;" in r.body.decode()
     assert r.headers["referrer-policy"] == "same-origin" and "Ada&#x27;s" in r.body.decode()
+
+
+def test_tenants_showing_the_same_page_share_one_route() -> None:
+    sites = [TenantSite(f"t{i}", (f"t{i}.localhost",), None, "stopped") for i in range(200)]
+    sites.append(TenantSite("x", ("x.localhost",), None, "stopped", suspended=True))
+    config = json.dumps(build_caddy_config(SETTINGS, sites))
+    # stopped, suspended, the tenant hosts' 404, the fleet host's 404, the edge's error page
+    assert config.count("prefers-color-scheme") == 5
+    assert foundry_route(json.loads(config), "t7.localhost") == foundry_route(json.loads(config), "t150.localhost")
+    assert "not available" in foundry_route(json.loads(config), "x.localhost")["body"]

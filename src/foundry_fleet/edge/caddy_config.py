@@ -105,8 +105,7 @@ def _page_response(status: int, body: str, retry_after: int | None = None) -> di
     return {"handler": "static_response", "status_code": status, "headers": headers, "body": body}
 
 
-def _state_page(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
-    kind = page_kind(site)
+def _state_page(kind: str, settings: EdgeSettings) -> dict[str, Any]:
     shown = state_page(kind, settings.operator)
     return _page_response(shown.status, state_html(kind, settings.operator), shown.retry_after)
 
@@ -207,13 +206,21 @@ def _wake_route(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[st
 
 
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
-    """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
-    if _proxied(site):
-        assert site.address is not None
-        foundry = _proxy(site.address, settings)
-    else:
-        foundry = [_state_page(site, settings)]
-    return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": foundry, "terminal": True}
+    """The one route that differs per tenant: its Foundry."""
+    assert site.address is not None
+    return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": _proxy(site.address, settings),
+            "terminal": True}
+
+
+def _page_routes(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[str, Any]]:
+    """One route per page, for every host that shows it: the pages name no host, and a page written
+    once per stopped tenant would put its style into the config (and each reload) hundreds of times."""
+    by_kind: dict[str, list[str]] = {}
+    for site in sites:
+        if not _proxied(site) and not _wakes(site):
+            by_kind.setdefault(page_kind(site), []).extend(site.hosts)
+    return [{"match": [{"host": sorted(hosts), "path": ["/-", "/-/*"]}], "handle": [_state_page(kind, settings)],
+             "terminal": True} for kind, hosts in sorted(by_kind.items())]
 
 
 def _shared_tenant_routes(settings: EdgeSettings, tenant_hosts: list[str]) -> list[dict[str, Any]]:
@@ -274,7 +281,8 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
     routes = _shared_tenant_routes(settings, tenant_hosts)
-    routes += [_tenant_route(s, settings) for s in sites if not _wakes(s)]
+    routes += [_tenant_route(s, settings) for s in sites if _proxied(s)]
+    routes += _page_routes(settings, sites)
     routes += _wake_route(settings, sites)
     if tenant_hosts:
         routes.append({"match": [{"host": tenant_hosts}],
