@@ -16,6 +16,7 @@ import pytest
 from foundry_fleet.api.client import ControlClient
 from tests.e2e.test_edge_browser import CHROMIUM, browser_home, needs_browser, png_size
 from tests.e2e.test_wake_browser import RecordingChromium
+from tests.support.cdp_browser import Chromium
 from tests.support.edge_client import local_ca
 from tests.support.fleets import make_fleet
 from tests.support.harness import wait_until
@@ -29,7 +30,7 @@ CONTACT = "ada@example.org"
 REASON = "unpaid since March"
 
 
-def shoot(browser: RecordingChromium, name: str) -> None:
+def shoot(browser: Chromium, name: str) -> None:
     """The page on screen, at both widths, in light and dark."""
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shots = {}

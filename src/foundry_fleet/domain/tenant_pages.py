@@ -49,7 +49,8 @@ footer{margin-top:16px;font-size:.875em;color:var(--muted);text-align:center;ove
 table{border-collapse:collapse;width:100%;margin:0 0 12px}
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line)}
 th{font-size:.85em;color:var(--muted);font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+.nowrap{white-space:nowrap}
 ul{padding-left:1.2em;overflow-wrap:anywhere}
 form{margin:12px 0 0}
 @media (max-width:480px){main{padding:18px 16px}.hide-narrow{display:none}}

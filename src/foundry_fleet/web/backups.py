@@ -104,12 +104,13 @@ def create_backups_app(files: SnapshotFiles, instance_for_host: Callable[[str], 
             return JSONResponse([s.to_dict() for s in snaps])
         rows = "".join(
             f"<tr><td><a href='/backups/{quote(s.name)}/'>{html.escape(s.name)}</a></td>"
-            f"<td>{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(s.created_at))}</td>"
+            f"<td><span class='nowrap'>{time.strftime('%Y-%m-%d', time.gmtime(s.created_at))}</span> "
+            f"<span class='nowrap'>{time.strftime('%H:%M UTC', time.gmtime(s.created_at))}</span></td>"
             f"<td class='num hide-narrow'>{s.bytes_total:,} bytes</td>"
             f"<td><a href='/backups/{quote(s.name)}.zip'>download</a></td></tr>"
             for s in reversed(snaps)
         )
-        table = ("<table><tr><th>snapshot</th><th>taken</th><th class='hide-narrow'>size</th><th></th></tr>"
+        table = ("<table><tr><th>snapshot</th><th>taken</th><th class='num hide-narrow'>size</th><th></th></tr>"
                  f"{rows}</table>") if snaps else ""
         text = ["Each snapshot can be browsed, or downloaded whole as a zip."] if snaps else ["No backups yet."]
         return html_response(page("Backups", "Backups", text, operator, body_html=table + sign_out(request),
