@@ -58,11 +58,14 @@ def test_a_page_is_whole_styled_for_light_and_dark_and_a_phone_and_runs_no_scrip
     ("<script>alert(1)</script>", "x@example.org"),
     ("\"><img src=x onerror=alert(1)>", "https://example.org/?a=\"><script>alert(1)</script>"),
     ("Bob", "javascript:alert(1)"),
+    # Caddy would read the file into the edge's page.
+    ("{file./etc/passwd}", "https://example.org/{env.HOME}"),
 ])
 def test_the_operator_is_text_wherever_it_is_shown(name: str, contact: str) -> None:
     body = page("t", "t", ["x"], Operator(name, contact))
     assert "<script" not in body and "<img" not in body and "href=\"javascript" not in body
-    assert html.escape(name) in body
+    assert "{file." not in body and "{env." not in body
+    assert html.escape(name).replace("{", "&#123;").replace("}", "&#125;") in body
 
 
 def test_a_contact_becomes_a_link_only_when_it_is_an_address_or_a_web_page() -> None:
@@ -93,7 +96,7 @@ def test_fleet_toml_takes_an_address_or_a_url_and_nothing_else() -> None:
 
 
 @pytest.mark.parametrize("site, retry, refresh, words", [
-    (TenantSite("a", ("a.localhost",), None, "starting"), "5", "5", "Starting this table"),
+    (TenantSite("a", ("a.localhost",), None, "starting"), "5", "5", "Starting your table"),
     (TenantSite("a", ("a.localhost",), None, "stopped"), "300", None, "This table is closed right now"),
     (TenantSite("a", ("a.localhost",), None, "stopped", suspended=True), "300", None, "This table is not available"),
     (TenantSite("a", ("a.localhost",), None, "failed"), "300", None, "could not start; your host has been told"),
@@ -185,3 +188,13 @@ def test_tenants_showing_the_same_page_share_one_route() -> None:
     assert config.count("prefers-color-scheme") == 5
     assert foundry_route(json.loads(config), "t7.localhost") == foundry_route(json.loads(config), "t150.localhost")
     assert "not available" in foundry_route(json.loads(config), "x.localhost")["body"]
+
+
+def test_no_operator_text_reaches_caddy_as_a_placeholder() -> None:
+    settings = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_host="fleet.localhost",
+                            web_dial="127.0.0.1:8099", admin_listen="unix//run/admin.sock",
+                            operator=Operator("{file./etc/shadow}", "https://example.org/{env.HOME}"))
+    sites = [TenantSite("a", ("a.localhost",), None, "stopped", suspended=True)]
+    config = json.dumps(build_caddy_config(settings, sites))
+    assert "{file./etc/shadow}" not in config and "{env.HOME}" not in config
+    assert "&#123;file./etc/shadow&#125;" in config

@@ -66,6 +66,12 @@ class Operator:
     contact: str = ""  # an e-mail address or an http(s) URL; empty: none
 
 
+def escape(text: str, quote: bool = True) -> str:
+    """HTML-escaped, braces too: the edge's pages go through Caddy, which expands `{file./path}` and
+    other placeholders in a static body; as character references they are only text to the browser."""
+    return html.escape(text, quote).replace("{", "&#123;").replace("}", "&#125;")
+
+
 def validate_operator_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 100 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
@@ -91,7 +97,7 @@ class Link:
 
 def contact_html(operator: Operator) -> str:
     """The contact as a link (mailto: for an address), or the operator's name alone."""
-    name = html.escape(operator.name)
+    name = escape(operator.name)
     contact = operator.contact.strip()
     if _EMAIL.fullmatch(contact):
         href = "mailto:" + contact
@@ -99,7 +105,7 @@ def contact_html(operator: Operator) -> str:
         href = contact
     else:
         return name
-    return f"{name}: <a href=\"{html.escape(href, quote=True)}\">{html.escape(contact)}</a>"
+    return f"{name}: <a href=\"{escape(href, quote=True)}\">{escape(contact)}</a>"
 
 
 def page(title: str, headline: str, paragraphs: Sequence[str], operator: Operator, *,
@@ -107,16 +113,16 @@ def page(title: str, headline: str, paragraphs: Sequence[str], operator: Operato
          wide: bool = False) -> str:
     """A whole page. `paragraphs` are plain text (escaped here); `body_html` is markup the caller built
     and escaped itself (a table, a form); `refresh` is a meta refresh's content ("5" or "0; url=/x")."""
-    head = f"<meta http-equiv=refresh content='{html.escape(refresh, quote=True)}'>" if refresh else ""
-    text = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+    head = f"<meta http-equiv=refresh content='{escape(refresh, quote=True)}'>" if refresh else ""
+    text = "".join(f"<p>{escape(p)}</p>" for p in paragraphs)
     if link is not None:
-        text += f"<p><a class=\"button\" href=\"{html.escape(link.href, quote=True)}\">{html.escape(link.text)}</a></p>"
+        text += f"<p><a class=\"button\" href=\"{escape(link.href, quote=True)}\">{escape(link.text)}</a></p>"
     mark = f"<div class=\"mark {tone}\"></div>" if tone != "none" else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<meta name=\"robots\" content=\"noindex\">{head}<title>{html.escape(title)}</title>"
+            f"<meta name=\"robots\" content=\"noindex\">{head}<title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><main{' class=wide' if wide else ''}>{mark}"
-            f"<h1>{html.escape(headline)}</h1>{text}{body_html}</main>"
+            f"<h1>{escape(headline)}</h1>{text}{body_html}</main>"
             f"<footer>Hosted by {contact_html(operator)}</footer></body></html>")
 
 
@@ -144,7 +150,7 @@ def state_page(kind: str, operator: Operator) -> StatePage:
     contact = operator.contact.strip()
     ask = f"Contact your host: {contact}." if contact else "Contact your host."
     if kind == "starting":
-        return StatePage(503, "Starting this table…", "The game is on its way up. This page reloads itself "
+        return StatePage(503, "Starting your table…", "The game is on its way up. This page reloads itself "
                          "and opens it as soon as it answers; that usually takes a few seconds.", 5, 5, "warn")
     if kind == "stopped":
         return StatePage(503, "This table is closed right now", "Its game master has stopped it. "
