@@ -21,6 +21,7 @@ from foundry_fleet.domain.idle import OFF, format_idle_after, parse_idle_after
 from foundry_fleet.domain.hosts import validate_host_label
 from foundry_fleet.domain.names import validate_domain
 from foundry_fleet.domain.private_address import private_listen_address
+from foundry_fleet.domain.tenant_pages import DEFAULT_OPERATOR, Operator, validate_contact, validate_operator_name
 
 
 # Where foundryvtt.com serves release zips from (timed URLs point at these).
@@ -41,6 +42,28 @@ class FleetSection(_Section):
     root: Path = Field(description="where the fleet keeps its state; relative paths are relative to fleet.toml")
     domain: str = Field("localhost", description="tenant hosts are <instance>.<domain>")
     fleet_host: str = Field("fleet", description="the fleet's own host label: <fleet_host>.<domain>")
+    operator_name: str = Field(DEFAULT_OPERATOR, description="who hosts this fleet, on the pages players see")
+    contact: str = Field("", description="an e-mail address or an http(s) URL shown on those pages")
+
+    @field_validator("operator_name")
+    @classmethod
+    def _operator_name(cls, v: str) -> str:
+        try:
+            return validate_operator_name(v)
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("contact")
+    @classmethod
+    def _contact(cls, v: str) -> str:
+        try:
+            return validate_contact(v)
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
+
+    @property
+    def operator(self) -> Operator:
+        return Operator(self.operator_name, self.contact)
 
     @field_validator("domain")
     @classmethod

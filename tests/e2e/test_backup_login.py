@@ -43,6 +43,7 @@ from tests.support.edge_client import served_certificate, tls_context
 from tests.support.discord_oauth_standin import DiscordOAuthStandin
 from tests.support.harness import FleetHarness, file_digests, wait_until
 from tests.e2e.test_edge_browser import CHROMIUM, browser_home, needs_browser
+from tests.e2e.test_tenant_pages_browser import shoot
 
 CLIENT_ID = "1100000000000000001"
 SECRET = "s3cr3t-client-secret-value"
@@ -802,6 +803,7 @@ def test_a_real_browser_signs_in_and_out_and_refuses_someone_elses_ticket(
         chromium.send("Network.setCookie", name="discord_user", value=OWNER, url=fake.base + "/")
         listing = chromium.open(f"{alice}/backups/")
         assert snaps["alice"] in listing and "Sign out" in listing
+        shoot(chromium, "backups-listing")
         cookies = chromium.cookies(f"{alice}/")
         assert SESSION_COOKIE in cookies and NONCE_COOKIE not in cookies  # the nonce went with the ticket
         session = cookies[SESSION_COOKIE]

@@ -69,7 +69,7 @@ def test_routes_redirects_and_state_pages(fleet: FleetHarness, release_zips: dic
     client.action("alice", "stop")
     stopped = https(https_port, "alice.localhost", "/-/", ca)
     assert stopped.status_code == 503 and stopped.headers["retry-after"].isdigit()
-    assert "is stopped" in stopped.text
+    assert "This table is closed right now" in stopped.text
     client.action("alice", "start")
     assert https(https_port, "alice.localhost", "/-/api/status", ca).status_code == 200
 
@@ -186,7 +186,7 @@ def test_status_and_edge_show(fleet: FleetHarness, release_zips: dict[str, Path]
     # Without the daemon the config is built from the database: same hosts, alice now stopped.
     offline = fleet.cli("edge", "show").json()["apps"]["http"]["servers"]["edge"]["routes"]
     assert [r.get("match") for r in offline] == [r.get("match") for r in routes]
-    assert "is stopped" in json.dumps(offline)
+    assert "This table is closed right now" in json.dumps(offline)
 
 
 # --- forward_auth, with real Caddy and a stand-in auth service -------------------------------

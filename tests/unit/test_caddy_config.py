@@ -13,6 +13,12 @@ SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_h
                         web_dial="127.0.0.1:8099", admin_listen="unix//run/admin.sock")
 
 
+def is_not_found(handle: list[dict]) -> bool:
+    """The fleet's own 404 page, as the edge serves it."""
+    (page,) = handle
+    return (page["handler"], page["status_code"]) == ("static_response", 404) and "Nothing here" in page["body"]
+
+
 def route_for(config: dict, host: str, path: str) -> dict:
     """The first route Caddy would pick for `host` + `path` (first match wins; routes are terminal)."""
     for route in config["apps"]["http"]["servers"]["edge"]["routes"]:
@@ -48,8 +54,8 @@ def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> No
 def test_a_stopped_tenant_gets_a_page_not_a_proxy() -> None:
     config = build_caddy_config(SETTINGS, [TenantSite("bob", ("bob.localhost",), "127.0.0.1:30002", "failed")])
     (page,) = route_for(config, "bob.localhost", "/-/game")["handle"]
-    assert page["status_code"] == 503 and page["headers"]["Retry-After"] == ["10"]
-    assert "has failed" in page["body"] and "30002" not in json.dumps(config)
+    assert page["status_code"] == 503 and page["headers"]["Retry-After"] == ["300"]
+    assert "could not start; your host has been told" in page["body"] and "30002" not in json.dumps(config)
 
 
 def test_a_running_tenant_is_dialed_where_its_runtime_said() -> None:
@@ -62,7 +68,7 @@ def test_a_running_tenant_is_dialed_where_its_runtime_said() -> None:
 def test_a_running_tenant_without_an_address_gets_a_page() -> None:
     config = build_caddy_config(SETTINGS, [TenantSite("carol", ("carol.localhost",), None, "running")])
     (page,) = route_for(config, "carol.localhost", "/-/game")["handle"]
-    assert page["status_code"] == 503 and "is not running" in page["body"]
+    assert page["status_code"] == 503 and "This table is not open yet" in page["body"]
 
 
 def test_backups_strip_identity_then_ask_the_auth_service() -> None:
@@ -87,7 +93,7 @@ def test_sign_in_on_tenant_hosts_reaches_the_web_app_with_the_real_host() -> Non
             assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
         # The rest of the web app is not a tenant's to call: the forward_auth check, the fleet's own pages.
         for path in ("/auth/backups", "/auth/login", "/auth/callback", "/auth/other", "/health", "/metrics"):
-            assert route_for(config, host, path)["handle"] == [{"handler": "static_response", "status_code": 404}]
+            assert is_not_found(route_for(config, host, path)["handle"])
 
 
 def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_off() -> None:
@@ -105,8 +111,8 @@ def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_o
     # Pages compressed; event streams not (an encoder could hold back what must reach the browser now).
     assert encode["handler"] == "encode" and "text/event-stream" not in str(encode["match"])
     assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
-    assert rest == {"handle": [{"handler": "static_response", "status_code": 404}]}
-    assert route_for(config, "alice.localhost", "/v1/status")["handle"] == [{"handler": "static_response", "status_code": 404}]
+    assert is_not_found(rest["handle"])
+    assert is_not_found(route_for(config, "alice.localhost", "/v1/status")["handle"])
     assert route_for(config, "mallory.localhost", "/") == routes[-1]
     assert routes[-1] == {"handle": [{"handler": "static_response", "abort": True}]}
     assert config["admin"] == {"listen": "unix//run/admin.sock"}
@@ -208,7 +214,7 @@ def test_a_tenant_that_does_not_wake_keeps_the_static_page() -> None:
                                            TenantSite("carol", ("carol.localhost",), None, "sleeping", wakes=True)])
     (page,) = route_for(config, "bob.localhost", "/-/game")["handle"]
     assert page["handler"] == "static_response" and page["status_code"] == 503
-    assert page["headers"]["Retry-After"] == ["10"] and "is stopped" in page["body"]
+    assert page["headers"]["Retry-After"] == ["300"] and "This table is closed right now" in page["body"]
     bob = json.dumps(route_for(config, "bob.localhost", "/-/game"))
     assert "/wake/visit" not in bob and "8099" not in bob
     # Each tenant's route is its own: carol's handler does not spill over to bob.
@@ -227,8 +233,8 @@ def test_the_wait_is_published_on_every_tenant_host_and_the_visit_on_none() -> N
         assert proxy["headers"]["request"]["set"]["X-Forwarded-Host"] == ["{http.request.host}"]
         assert "rewrite" not in proxy  # the page's own path and query (?to=) pass as they are
         # /wake/visit only through the rewrite of a sleeping tenant's route, never asked for directly.
-        assert route_for(config, host, "/wake/visit")["handle"] == [{"handler": "static_response", "status_code": 404}]
+        assert is_not_found(route_for(config, host, "/wake/visit")["handle"])
     # The fleet host has no tenant to wait for: neither is published there.
     for path in ("/wake/wait", "/wake/visit"):
-        assert fleet_host_handler(config, path) == [{"handler": "static_response", "status_code": 404}]
+        assert is_not_found(fleet_host_handler(config, path))
     assert fleet_host_handler(config, "/health")[-1]["upstreams"] == [{"dial": "127.0.0.1:8099"}]

@@ -129,6 +129,38 @@ def test_a_restore_of_a_missing_snapshot_stops_nothing(fleet: FleetServices) -> 
     asyncio.run(scenario())
 
 
+class SeenEdge:
+    """The edge as the operations sync it: what it would show for each site, each time."""
+
+    def __init__(self, fleet: FleetServices) -> None:
+        self.fleet = fleet
+        self.shown: list[dict[str, bool]] = []
+
+    async def sync(self) -> None:
+        self.shown.append({s.name: s.restoring for s in self.fleet.sites()})
+
+
+def test_a_restore_is_on_the_edge_while_it_runs_and_gone_once_it_is_done(fleet: FleetServices) -> None:
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.settle.set()
+        edge = SeenEdge(fleet)
+        ops = Operations(fleet.lifecycle(), supervisor, make_backups(fleet),  # type: ignore[arg-type]
+                         fleet.config.supervisor.start_timeout, edge)
+        fleet.sites.busy = ops.busy
+        try:
+            snap = await ops.take_backup("cli:admin", "alice", "before")
+            edge.shown.clear()
+            await asyncio.wait_for(ops.restore("cli:admin", "alice", snap.name), 30)
+        finally:
+            fleet.sites.busy = lambda _name: None
+        # Told first that it is being restored (players see that, not "closed"); last, that it is not.
+        assert edge.shown[0] == {"alice": True, "bob": False}
+        assert edge.shown[-1] == {"alice": False, "bob": False}
+
+    asyncio.run(scenario())
+
+
 class Nodes:
     """A runtime as placement by hand asks it: what its nodes are now."""
 

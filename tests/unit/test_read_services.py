@@ -4,6 +4,7 @@ the lifecycle code writes them; no process, no Caddy."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import EXTRA_HOST, OWN_HOST, HostClaim, Hostnames
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.operation_lock import RESTORING
 from foundry_fleet.storage.directory import DirectoryStorage
 from foundry_fleet.store.database import open_database
 from foundry_fleet.store.models import Instance, Release
+from foundry_fleet.wiring.drivers import edge_config
 
 
 @pytest.fixture
@@ -125,3 +128,20 @@ def test_the_event_log_reads_from_where_it_left_off(sessions: sessionmaker[Sessi
     assert [(e.action, e.outcome) for e in new] == [("instance.start", "ok"), ("instance.stop", "ok")]
     assert log.since(new[-1].id) == []
     assert [e.actor for e in log.recent("alice")] == ["test", "someone"]
+
+
+def test_the_edge_learns_that_an_instance_is_suspended_or_being_restored_but_never_why(
+    config: FleetConfig, sessions: sessionmaker[Session]
+) -> None:
+    add_instance(sessions, "bob", 30002, state="stopped")
+    add_instance(sessions, "carol", 30003, state="sleeping", desired="running", created_at=2.0)
+    with sessions.begin() as s:
+        s.query(Instance).filter_by(name="bob").one().suspended_reason = "unpaid since March <script>"
+    edge_sites = EdgeSites(sessions, hostnames(config, sessions))
+    edge_sites.busy = {"carol": RESTORING}.get
+    sites = {s.name: s for s in edge_sites()}
+    assert (sites["bob"].suspended, sites["bob"].restoring) == (True, False)
+    assert (sites["carol"].suspended, sites["carol"].restoring) == (False, True)
+    shown = json.dumps(edge_config(config, list(sites.values())))
+    assert "unpaid" not in shown and "March" not in shown
+    assert "This table is not available" in shown and "This table is being restored" in shown

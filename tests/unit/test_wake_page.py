@@ -118,7 +118,8 @@ def test_a_browser_gets_the_starting_page_that_refreshes_to_the_wait_without_scr
     assert page.status_code == 503
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert page.headers["cache-control"] == "no-store" and page.headers["retry-after"] == "5"
-    assert "<title>Starting your table…</title>" in page.text and f"<b>{HOST}</b>" in page.text
+    assert "<title>Starting your table…</title>" in page.text and f"The game at {HOST} is starting" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'; style-src 'unsafe-inline'")
     # The path asked for rides along, quoted whole: its own query is not the wait's.
     assert REFRESH.findall(page.text) == ["0; url=/wake/wait?to=/-/game%3Ftab%3Dchat"]
     assert "<script" not in page.text.lower()
@@ -175,7 +176,7 @@ def test_a_failed_instance_says_why_escaped_and_does_not_refresh(client: Client,
 
 def test_a_failed_instance_without_a_reason_says_it_stopped(client: Client, wakes: FixedWakes) -> None:
     wakes.visit_says = WakeAnswer(Verdict.FAILED, HOST)
-    assert "could not start: it stopped." in visit(client, "/-/").text
+    assert "could not start: it stopped; your host has been told." in visit(client, "/-/").text
 
 
 def test_a_stopped_or_suspended_instance_says_contact_your_host_and_never_why(
@@ -183,7 +184,7 @@ def test_a_stopped_or_suspended_instance_says_contact_your_host_and_never_why(
     wakes.visit_says = WakeAnswer(Verdict.UNAVAILABLE, HOST, "suspended: unpaid since March")
     for page in (visit(client, "/-/"), wait(client, "/-/")):
         assert page.status_code == 503 and "This table is not available" in page.text
-        assert "Please contact your host." in page.text
+        assert "Contact your host." in page.text
         assert "unpaid" not in page.text and "suspended" not in page.text
         assert not REFRESH.findall(page.text) and "retry-after" not in page.headers
 

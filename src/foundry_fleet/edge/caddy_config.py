@@ -5,8 +5,9 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
   /-/*       -> the instance (websockets pass; `stream_close_delay` keeps open sockets across
                 config reloads, so changing one tenant never disconnects another's players), with
                 the fleet's own cookies taken out of what it is sent and of what it may set;
-                a small 503 page with Retry-After while the instance is not running; while it is to
-                run and does not (asleep, on its way up, failed), the fleet's wake handler instead
+                a page saying why (domain/tenant_pages.py: stopped, suspended, failed, being restored),
+                with 503 and Retry-After, while the instance is not running; while it is to run and does
+                not (asleep, on its way up, failed), the fleet's wake handler instead
   /backups/* -> forward_auth to the fleet's auth endpoint; client-sent identity headers are
                 stripped first, so only the auth service's answer can set them
   /auth/ticket, /auth/logout, /wake/wait
@@ -22,10 +23,10 @@ certificate and no route.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any
 
+from foundry_fleet.domain.tenant_pages import PAGE_CSP, Link, Operator, not_found_html, state_html, state_page
 from foundry_fleet.domain.web_paths import METRICS_PATH, PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
 
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
@@ -59,6 +60,9 @@ class TenantSite:
     # Not proxied, it goes to the fleet's wake handler rather than the static page (see
     # domain/instance.goes_to_wake_handler).
     wakes: bool = False
+    # Only whether, never why: the reason is the admin's and the tenant's, and this config is served to anyone.
+    suspended: bool = False
+    restoring: bool = False  # a restore holds it (it is stopped meanwhile, and starts again after)
 
 
 @dataclass(frozen=True)
@@ -78,30 +82,36 @@ class EdgeSettings:
     backups_dial: str | None = None
     # The 0600 file holding the secret path of the TLS permission check (read by Caddy when it asks).
     tls_secret_file: str = ""
+    operator: Operator = Operator()  # who hosts the fleet, on the pages the edge serves itself
 
 
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
-def _state_page(site: TenantSite, retry_after: int) -> dict[str, Any]:
-    words = {
-        "stopped": "is stopped",
-        "starting": "is starting",
-        "stopping": "is stopping",
-        "failed": "has failed and is waiting for its game master",
-        "creating": "is being set up",
-    }.get(site.state, "is not running")
-    body = (
-        "<!doctype html><meta charset=utf-8><title>Not running</title>"
-        f"<p>The game at <b>{html.escape(site.hosts[0])}</b> {words}. Please try again in a little while.</p>"
-    )
-    return {
-        "handler": "static_response",
-        "status_code": 503,
-        "headers": {"Retry-After": [str(retry_after)], "Content-Type": ["text/html; charset=utf-8"],
-                    "Cache-Control": ["no-store"]},
-        "body": body,
-    }
+def page_kind(site: TenantSite) -> str:
+    """Which page a site that is not proxied gets (domain/tenant_pages.state_page)."""
+    if site.restoring:
+        return "restoring"
+    if site.suspended:
+        return "suspended"
+    return {"starting": "starting", "stopped": "stopped", "failed": "failed"}.get(site.state, site.state)
+
+
+def _page_response(status: int, body: str, retry_after: int | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": ["text/html; charset=utf-8"], "Cache-Control": ["no-store"],
+               "Content-Security-Policy": [PAGE_CSP], "X-Content-Type-Options": ["nosniff"]}
+    if retry_after is not None:
+        headers["Retry-After"] = [str(retry_after)]
+    return {"handler": "static_response", "status_code": status, "headers": headers, "body": body}
+
+
+def _state_page(kind: str, settings: EdgeSettings) -> dict[str, Any]:
+    shown = state_page(kind, settings.operator)
+    return _page_response(shown.status, state_html(kind, settings.operator), shown.retry_after)
+
+
+def _not_found(settings: EdgeSettings, home: Link | None = None) -> dict[str, Any]:
+    return _page_response(404, not_found_html(settings.operator, home))
 
 
 def _proxy(dial: str, settings: EdgeSettings) -> list[dict[str, Any]]:
@@ -181,23 +191,36 @@ def _proxied(site: TenantSite) -> bool:
     return site.state == "running" and bool(site.address)
 
 
+def _wakes(site: TenantSite) -> bool:
+    """A restore stops the instance for a while: its visitors are told so rather than woken."""
+    return site.wakes and not site.restoring and not _proxied(site)
+
+
 def _wake_route(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[str, Any]]:
     """One route for every instance whose visitors go to the wake handler: however many sleep, the
     config holds its handlers once, and a sleep or a wake moves hosts between lists."""
-    hosts = sorted(h for s in sites if s.wakes and not _proxied(s) for h in s.hosts)
+    hosts = sorted(h for s in sites if _wakes(s) for h in s.hosts)
     if not hosts:
         return []
     return [{"match": [{"host": hosts, "path": ["/-", "/-/*"]}], "handle": _wake(settings), "terminal": True}]
 
 
 def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
-    """The one route that differs per tenant: its Foundry, or the page saying why it is not there."""
-    if _proxied(site):
-        assert site.address is not None
-        foundry = _proxy(site.address, settings)
-    else:
-        foundry = [_state_page(site, settings.retry_after_s)]
-    return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": foundry, "terminal": True}
+    """The one route that differs per tenant: its Foundry."""
+    assert site.address is not None
+    return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": _proxy(site.address, settings),
+            "terminal": True}
+
+
+def _page_routes(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[str, Any]]:
+    """One route per page, for every host that shows it: the pages name no host, and a page written
+    once per stopped tenant would put its style into the config (and each reload) hundreds of times."""
+    by_kind: dict[str, list[str]] = {}
+    for site in sites:
+        if not _proxied(site) and not _wakes(site):
+            by_kind.setdefault(page_kind(site), []).extend(site.hosts)
+    return [{"match": [{"host": sorted(hosts), "path": ["/-", "/-/*"]}], "handle": [_state_page(kind, settings)],
+             "terminal": True} for kind, hosts in sorted(by_kind.items())]
 
 
 def _shared_tenant_routes(settings: EdgeSettings, tenant_hosts: list[str]) -> list[dict[str, Any]]:
@@ -258,11 +281,12 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
     routes = _shared_tenant_routes(settings, tenant_hosts)
-    routes += [_tenant_route(s, settings) for s in sites if _proxied(s) or not s.wakes]
+    routes += [_tenant_route(s, settings) for s in sites if _proxied(s)]
+    routes += _page_routes(settings, sites)
     routes += _wake_route(settings, sites)
     if tenant_hosts:
         routes.append({"match": [{"host": tenant_hosts}],
-                       "handle": [{"handler": "static_response", "status_code": 404}], "terminal": True})
+                       "handle": [_not_found(settings, Link("/-/", "Go to the game"))], "terminal": True})
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [
@@ -270,7 +294,7 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
                 {"handler": "encode", "encodings": {"zstd": {}, "gzip": {}}, "prefer": ["zstd", "gzip"],
                  "match": {"headers": {"Content-Type": COMPRESSED_TYPES}}},
                 _to_web(settings)]},
-            {"handle": [{"handler": "static_response", "status_code": 404}]},
+            {"handle": [_not_found(settings, Link("/", "Go to the start page"))]},
         ]}],
         "terminal": True,
     })
@@ -285,12 +309,8 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
             "routes": routes,
             # Our own redirect server below keeps the port; Caddy's would drop a non-standard one.
             "automatic_https": {"disable_redirects": True},
-            "errors": {"routes": [{"handle": [{
-                "handler": "static_response",
-                "status_code": 503,
-                "headers": {"Retry-After": [str(settings.retry_after_s)]},
-                "body": "This game is not reachable right now. Please try again in a little while.",
-            }]}]},
+            "errors": {"routes": [{"handle": [
+                _page_response(503, state_html("unreachable", settings.operator), settings.retry_after_s)]}]},
         },
         "redirect": {
             "listen": [f":{settings.http_port}"],

@@ -25,6 +25,10 @@ root = {root}
 domain = {domain}
 # The fleet's own host: <fleet_host>.<domain>
 fleet_host = "fleet"
+# Who hosts this fleet, and how players reach you (an e-mail address or an http(s) URL): shown on the
+# pages a player sees when a table is closed, suspended or cannot start.
+# operator_name = "this fleet's host"
+# contact = "host@example.org"
 
 [edge]
 http_port = {http_port}

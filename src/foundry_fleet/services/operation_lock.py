@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from foundry_fleet.domain.errors import Conflict
 
 
+# What a restore holds an instance as: the edge tells its visitors so (services/edge_sites.py).
+RESTORING = "restoring"
+
+
 class InstanceBusy(Conflict):
     """The instance is in the middle of another operation (`doing` names it)."""
 

@@ -30,7 +30,7 @@ from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.memory_guard import MemoryGuard
 from foundry_fleet.services.moves import Moves
 from foundry_fleet.services.node_choice import checked_move, checked_node
-from foundry_fleet.services.operation_lock import OperationLock
+from foundry_fleet.services.operation_lock import RESTORING, OperationLock
 from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.release_registry import ReleaseRegistry
 from foundry_fleet.services.supervisor import Supervisor
@@ -378,19 +378,23 @@ class Operations:
 
     async def restore(self, actor: str, name: str, snapshot: str) -> Restored:
         """Stop, keep the current data as a safety snapshot, restore, and start again if it ran."""
-        with self.lock.hold(name, "restoring"):
-            was = await self._view(name)
-            await _blocking(self.backups.snapshots.path, name, snapshot)  # NotFound before anything stops
-            await self._stop_and_wait(actor, name, f"restoring {snapshot}")
-            try:
-                safety = await _blocking(self._backups(actor).restore, name, snapshot)
-            finally:
-                # Never start on half-restored data (a failed restore whose data could not be put back).
-                whole = await _blocking(self.backups.snapshots.restoring, name) is None
-                if was.desired == DesiredState.RUNNING.value and whole:
-                    await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restored")
-                    self.supervisor.poke(name)
-            return Restored(safety, await self._settled(name, was.desired == DesiredState.RUNNING.value))
+        try:
+            with self.lock.hold(name, RESTORING):
+                was = await self._view(name)
+                await _blocking(self.backups.snapshots.path, name, snapshot)  # NotFound before anything stops
+                await self._sync_edge()  # its visitors are told it is being restored, not that it stopped
+                await self._stop_and_wait(actor, name, f"restoring {snapshot}")
+                try:
+                    safety = await _blocking(self._backups(actor).restore, name, snapshot)
+                finally:
+                    # Never start on half-restored data (a failed restore whose data could not be put back).
+                    whole = await _blocking(self.backups.snapshots.restoring, name) is None
+                    if was.desired == DesiredState.RUNNING.value and whole:
+                        await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restored")
+                        self.supervisor.poke(name)
+                return Restored(safety, await self._settled(name, was.desired == DesiredState.RUNNING.value))
+        finally:
+            await self._sync_edge()  # the restore's page gives way to the state it left
 
     async def upgrade(self, actor: str, name: str, release: str) -> Upgraded:
         """Snapshot, switch the release, start; back to the old release and data if it is not healthy."""

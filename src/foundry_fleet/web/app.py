@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from foundry_fleet.domain.tenant_pages import Operator
 from foundry_fleet.services.metrics.registry import Metrics
 from foundry_fleet.services.tls_permission import PATH_PREFIX, is_caddy
 from foundry_fleet.services.web_login import WebLogin
@@ -34,12 +35,14 @@ def not_found() -> Response:
 
 def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None = None,
                    tls_secret: str | None = None, wakes: Wakes | None = None,
-                   metrics: Metrics | None = None, panel: Panel | None = None) -> Starlette:
+                   metrics: Metrics | None = None, panel: Panel | None = None,
+                   operator: Operator = Operator()) -> Starlette:
     """`login` None (or not configured in fleet.toml): nobody gets past the backups check.
     `tls_secret` None: nobody is told which hosts get a certificate on demand.
     `wakes` None: no wake handler (visits to instances that do not serve get 404 here).
     `metrics` None: no /metrics (with it, a scraper needs its token).
-    `panel` None: no web panel (and no panel sign-in through the one Discord callback)."""
+    `panel` None: no web panel (and no panel sign-in through the one Discord callback).
+    `operator`: who hosts the fleet, on the pages tenants and players see."""
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -58,8 +61,8 @@ def create_web_app(known_hosts: Callable[[], set[str]], login: WebLogin | None =
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route(PATH_PREFIX + "{secret}", tls_permission, methods=["GET"]),
-        *auth_routes(login, panel.sessions if panel is not None else None),
-        *wake_routes(wakes),
+        *auth_routes(login, panel.sessions if panel is not None else None, operator),
+        *wake_routes(wakes, operator=operator),
         *metrics_routes(metrics),
         *(panel_routes(panel) if panel is not None else []),
     ])

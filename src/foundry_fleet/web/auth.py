@@ -12,6 +12,7 @@ a GET, or a form on any other site (another tenant's host included), signs nobod
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 from urllib.parse import parse_qs
 
@@ -19,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from foundry_fleet.domain.tenant_pages import PAGE_CSP, Link, Operator
+from foundry_fleet.domain.tenant_pages import page as tenant_page
 from foundry_fleet.domain.errors import ExternalFailure, FleetError, Forbidden, InvalidInput, Unsupported
 from foundry_fleet.services.panel_sessions import PANEL_COOKIE, PanelSessions
 from foundry_fleet.services.web_login import (
@@ -48,18 +51,23 @@ def request_host(request: Request) -> str:
     return normalise_host(forwarded or request.headers.get("host", ""))
 
 
+def html_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    """One of domain/tenant_pages' pages: its own style, and nothing else, may load."""
+    return HTMLResponse(body, status_code=status,
+                        headers={**NO_STORE, "Content-Security-Policy": PAGE_CSP, **(headers or {})})
+
+
 def page(status: int, title: str, message: str, hint: str | None = None, link: tuple[str, str] | None = None,
-         headers: dict[str, str] | None = None, logout_token: str | None = None) -> HTMLResponse:
+         headers: dict[str, str] | None = None, logout_token: str | None = None,
+         operator: Operator = Operator()) -> HTMLResponse:
     """A small page; with `logout_token`, it has a sign-out button."""
-    body = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><p>{html.escape(message)}</p>"
-    if hint:
-        body += f"<p>{html.escape(hint)}</p>"
-    if link:
-        body += f"<p><a href='{html.escape(link[0], quote=True)}'>{html.escape(link[1])}</a></p>"
+    form = ""
     if logout_token is not None:
-        body += logout_form(logout_token)
+        form = logout_form(logout_token)
         headers = {**(headers or {}), **WITH_FORM}
-    return HTMLResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+    body = tenant_page(title, title, [message, *([hint] if hint else [])], operator,
+                       link=Link(*link) if link else None, body_html=form, tone="bad" if status >= 400 else "")
+    return html_response(body, status, headers)
 
 
 def logout_form(token: str) -> str:
@@ -104,9 +112,10 @@ async def form_field(request: Request, name: str) -> str:
         return ""
 
 
-def error_page(error: FleetError) -> HTMLResponse:
+def error_page(error: FleetError, operator: Operator = Operator()) -> HTMLResponse:
     status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 500)
-    return page(status, "Sign-in", error.message[:1].upper() + error.message[1:] + ".", error.hint)
+    return page(status, "Sign-in", error.message[:1].upper() + error.message[1:] + ".", error.hint,
+                operator=operator)
 
 
 def set_panel_cookie(response: Response, value: str, max_age: int) -> None:
@@ -114,8 +123,11 @@ def set_panel_cookie(response: Response, value: str, max_age: int) -> None:
     response.set_cookie(PANEL_COOKIE, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="lax")
 
 
-def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> list[Route]:
-    """`panel` None: a sign-in to the panel that comes back to the callback is refused."""
+def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None,
+                operator: Operator = Operator()) -> list[Route]:
+    """`panel` None: a sign-in to the panel that comes back to the callback is refused. `operator`: who
+    hosts the fleet, on its pages."""
+    shown = functools.partial(page, operator=operator)
 
     async def backups_check(request: Request) -> Response:
         """Caddy's forward_auth: 2xx lets the request through with X-Fleet-User; anything else goes back
@@ -137,18 +149,18 @@ def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> l
                                 secure=True, httponly=True, samesite="lax")
             return response
         if decision.user is not None:
-            return page(decision.status, "Not yours", decision.message,
+            return shown(decision.status, "Not yours", decision.message,
                         f"Signed in as Discord user {decision.user}.", logout_token=login.logout_token(session))
-        return page(decision.status, "Backups", decision.message)
+        return shown(decision.status, "Backups", decision.message)
 
     async def login_start(request: Request) -> Response:
         if login is None:
-            return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
+            return shown(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
         try:
             start = await asyncio.to_thread(login.begin, request.query_params.get("host", ""),
                                             request.query_params.get("next"), request.query_params.get("bind"))
         except FleetError as e:
-            return error_page(e)
+            return error_page(e, operator)
         response = RedirectResponse(start.authorize_url, status_code=302, headers=NO_STORE)
         response.set_cookie(start.cookie_name, start.cookie_value, max_age=start.max_age, path="/",
                             secure=True, httponly=True, samesite="lax")
@@ -156,13 +168,13 @@ def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> l
 
     async def callback(request: Request) -> Response:
         if login is None:
-            return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
+            return shown(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
         try:
             done = await asyncio.to_thread(login.finish, dict(request.query_params), dict(request.cookies))
             if isinstance(done, PanelLoginDone):
                 return await panel_signed_in(done)
         except FleetError as e:
-            return error_page(e)
+            return error_page(e, operator)
         response = RedirectResponse(done.location, status_code=302, headers=NO_STORE)
         response.delete_cookie(done.cookie_name, path="/", secure=True, httponly=True, samesite="lax")
         return response
@@ -179,12 +191,12 @@ def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> l
 
     async def ticket(request: Request) -> Response:
         if login is None:
-            return page(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
+            return shown(404, "Sign-in", "Discord sign-in is not set up on this fleet.")
         try:
             signed_in = await asyncio.to_thread(login.redeem, request.query_params.get("t", ""), request_host(request),
                                                 request.cookies.get(NONCE_COOKIE))
         except FleetError as e:
-            return error_page(e)
+            return error_page(e, operator)
         response = RedirectResponse(signed_in.next, status_code=302, headers=NO_STORE)
         # No Domain: the cookie belongs to this tenant host alone.
         response.set_cookie(SESSION_COOKIE, signed_in.cookie_value, max_age=signed_in.max_age, path="/",
@@ -195,7 +207,7 @@ def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> l
     async def logout_confirm(request: Request) -> Response:
         """A GET signs nobody out (an <img> on any page would): it shows the button that does."""
         token = login.logout_token(request.cookies.get(SESSION_COOKIE)) if login is not None and login.enabled else ""
-        return page(200, "Sign out", "Sign out of this game's backups?", logout_token=token)
+        return shown(200, "Sign out", "Sign out of this game's backups?", logout_token=token)
 
     async def logout(request: Request) -> Response:
         session = request.cookies.get(SESSION_COOKIE)
@@ -203,11 +215,11 @@ def auth_routes(login: WebLogin | None, panel: PanelSessions | None = None) -> l
             host = request_host(request)
             token = await form_field(request, "token")
             if not same_origin(request, login.url(host, "")) or not login.logout_allowed(session, token):
-                return page(403, "Sign out", "This sign-out did not come from this game's backups page, "
+                return shown(403, "Sign out", "This sign-out did not come from this game's backups page, "
                             "so you are still signed in.", "To sign out, press the button below.",
                             logout_token=login.logout_token(session))
             await asyncio.to_thread(login.logout, session, host)
-        response = page(200, "Signed out", "You are signed out of this game's backups.",
+        response = shown(200, "Signed out", "You are signed out of this game's backups.",
                         link=("/backups/", "Sign in again"))
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
         return response

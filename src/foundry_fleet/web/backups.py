@@ -24,13 +24,14 @@ from urllib.parse import quote, unquote_to_bytes
 from starlette.applications import Starlette
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from foundry_fleet.domain.errors import FleetError
 from foundry_fleet.services.web_login import SESSION_COOKIE
 from foundry_fleet.services.snapshot_files import CHUNK, SnapshotFile, SnapshotFiles, shown_name
-from foundry_fleet.web.auth import WITH_FORM, logout_form
+from foundry_fleet.domain.tenant_pages import Operator, page
+from foundry_fleet.web.auth import WITH_FORM, html_response, logout_form
 
 IDENTITY = "x-fleet-user"
 
@@ -75,8 +76,10 @@ def _file_chunks(f: io.BufferedReader | io.FileIO) -> Iterator[bytes]:
 
 
 def create_backups_app(files: SnapshotFiles, instance_for_host: Callable[[str], str | None],
-                       logout_token: Callable[[str | None], str] | None = None) -> Starlette:
-    """`logout_token`: the sign-out form's token for a session cookie (None: no sign-out button)."""
+                       logout_token: Callable[[str | None], str] | None = None,
+                       operator: Operator = Operator()) -> Starlette:
+    """`logout_token`: the sign-out form's token for a session cookie (None: no sign-out button).
+    `operator`: who hosts the fleet, at the foot of each page."""
 
     def sign_out(request: Request) -> str:
         return logout_form(logout_token(request.cookies.get(SESSION_COOKIE))) if logout_token else ""
@@ -101,13 +104,17 @@ def create_backups_app(files: SnapshotFiles, instance_for_host: Callable[[str], 
             return JSONResponse([s.to_dict() for s in snaps])
         rows = "".join(
             f"<tr><td><a href='/backups/{quote(s.name)}/'>{html.escape(s.name)}</a></td>"
-            f"<td>{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(s.created_at))}</td>"
-            f"<td>{s.bytes_total:,} bytes</td><td><a href='/backups/{quote(s.name)}.zip'>download</a></td></tr>"
+            f"<td><span class='nowrap'>{time.strftime('%Y-%m-%d', time.gmtime(s.created_at))}</span> "
+            f"<span class='nowrap'>{time.strftime('%H:%M UTC', time.gmtime(s.created_at))}</span></td>"
+            f"<td class='num hide-narrow'>{s.bytes_total:,} bytes</td>"
+            f"<td><a href='/backups/{quote(s.name)}.zip'>download</a></td></tr>"
             for s in reversed(snaps)
         )
-        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>Backups</title><h1>Backups</h1>"
-                            f"<table><tr><th>snapshot</th><th>taken</th><th>size</th><th></th></tr>{rows}</table>"
-                            f"{sign_out(request)}", headers=WITH_FORM)
+        table = ("<table><tr><th>snapshot</th><th>taken</th><th class='num hide-narrow'>size</th><th></th></tr>"
+                 f"{rows}</table>") if snaps else ""
+        text = ["Each snapshot can be browsed, or downloaded whole as a zip."] if snaps else ["No backups yet."]
+        return html_response(page("Backups", "Backups", text, operator, body_html=table + sign_out(request),
+                                  wide=True, tone="none"), headers=WITH_FORM)
 
     def browse(request: Request) -> Response:
         name = tenant(request)
@@ -133,10 +140,10 @@ def create_backups_app(files: SnapshotFiles, instance_for_host: Callable[[str], 
             f"<li><a href='{base}{quote(os.fsencode(e.name))}{'/' if e.is_dir else ''}'>{html.escape(shown_name(e.name))}"
             f"{'/' if e.is_dir else ''}</a></li>" for e in found.entries
         )
-        title = html.escape(snap)
-        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{title}</title>"
-                            f"<h1>{title}/{html.escape('/'.join(shown_name(p) for p in parts))}</h1><ul>{items}</ul>"
-                            f"{sign_out(request)}", headers=WITH_FORM)
+        where = "/".join([snap, *(shown_name(p) for p in parts)])
+        back = "<p><a href='../'>up one folder</a></p>"
+        return html_response(page(snap, where, [], operator, body_html=f"{back}<ul>{items}</ul>{sign_out(request)}",
+                                  wide=True, tone="none"), headers=WITH_FORM)
 
     def download(request: Request) -> Response:
         name = tenant(request)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import html
 from urllib.parse import quote, unquote
 
 from starlette.requests import Request
@@ -21,7 +20,8 @@ from starlette.routing import Route
 
 from foundry_fleet.domain.web_paths import WAKE_VISIT_PATH, WAKE_WAIT_PATH
 from foundry_fleet.services.wakes import Verdict, WakeAnswer, Wakes
-from foundry_fleet.web.auth import NO_STORE, request_host
+from foundry_fleet.domain.tenant_pages import Operator, page, state_page
+from foundry_fleet.web.auth import NO_STORE, html_response, request_host
 
 WAIT_FOR = 20.0  # seconds a waiting request is held before the page is sent again
 RETRY_AFTER = 5  # seconds, for clients that do not read pages
@@ -55,37 +55,38 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "").lower()
 
 
-def _page(answer: WakeAnswer, wait_url: str) -> HTMLResponse:
-    host = html.escape(answer.host)
+def _page(answer: WakeAnswer, wait_url: str, operator: Operator) -> HTMLResponse:
     if answer.verdict is Verdict.STARTING:
-        refresh = f"0; url={wait_url}"
-        text = (f"The game at <b>{host}</b> is starting now (it sleeps while nobody plays, or was restarting). "
-                "This page follows it and opens the game as soon as it is ready; that usually takes a few seconds.")
+        refresh: str | None = f"0; url={wait_url}"
+        texts = [f"The game at {answer.host} is starting now (it sleeps while nobody plays, or was restarting).",
+                 "This page follows it and opens the game as soon as it is ready; that usually takes a few seconds."]
+        tone = "warn"
     elif answer.verdict is Verdict.FULL:
         refresh = f"{FULL_RETRY}; url={wait_url}"
-        text = (f"The server hosting <b>{host}</b> has no memory free to start it right now. Its admins have "
-                f"been told. This page tries again every {FULL_RETRY} seconds.")
+        texts = [f"The server hosting {answer.host} has no memory free to start it right now; your host has "
+                 "been told.",
+                 f"This page tries again every {FULL_RETRY} seconds."]
+        tone = "warn"
     elif answer.verdict is Verdict.FAILED:
         refresh = None
-        text = (f"The game at <b>{host}</b> could not start: {html.escape(answer.detail or 'it stopped')}. "
-                "Its game master can see why and start it again (from Discord or the fleet's command line).")
+        texts = [f"The game at {answer.host} could not start: {answer.detail or 'it stopped'}; your host has been told.",
+                 "Its game master can see why and start it again."]
+        tone = "bad"
     elif answer.verdict is Verdict.UNAVAILABLE:
         refresh = None
-        text = f"The game at <b>{host}</b> is not available right now. Please contact your host."
+        texts = [state_page("suspended", operator).text]
+        tone = "bad"
     else:
         refresh = None
-        text = "There is no game at this address."
-    head = f"<meta http-equiv=refresh content='{html.escape(refresh, quote=True)}'>" if refresh else ""
-    body = (f"<!doctype html><html lang=en><meta charset=utf-8><meta name=robots content=noindex>{head}"
-            "<meta name=viewport content='width=device-width, initial-scale=1'>"
-            f"<title>{html.escape(_HEADLINE[answer.verdict])}</title>"
-            "<body style='font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em'>"
-            f"<h1>{html.escape(_HEADLINE[answer.verdict])}</h1><p>{text}</p></body></html>")
-    headers = {**NO_STORE}
+        texts = ["There is no game at this address."]
+        tone = "none"
+    headline = _HEADLINE[answer.verdict]
+    body = page(headline, headline, texts, operator, refresh=refresh, tone=tone)
+    headers: dict[str, str] = {}
     if refresh:
         headers["Retry-After"] = str(FULL_RETRY if answer.verdict is Verdict.FULL else RETRY_AFTER)
     status = 404 if answer.verdict is Verdict.UNKNOWN else 503
-    return HTMLResponse(body, status_code=status, headers=headers)
+    return html_response(body, status, headers)
 
 
 def _plain(answer: WakeAnswer) -> Response:
@@ -97,7 +98,7 @@ def _plain(answer: WakeAnswer) -> Response:
     return PlainTextResponse(f"{answer.verdict.value}\n", status_code=status, headers=headers)
 
 
-def wake_routes(wakes: Wakes | None, wait_for: float = WAIT_FOR) -> list[Route]:
+def wake_routes(wakes: Wakes | None, wait_for: float = WAIT_FOR, operator: Operator = Operator()) -> list[Route]:
     if wakes is None:
         return []
 
@@ -107,7 +108,7 @@ def wake_routes(wakes: Wakes | None, wait_for: float = WAIT_FOR) -> list[Route]:
             return RedirectResponse(path, status_code=303, headers=NO_STORE)
         if not _wants_html(request):
             return _plain(result)
-        return _page(result, f"{WAKE_WAIT_PATH}?to={quote(path, safe='/')}")
+        return _page(result, f"{WAKE_WAIT_PATH}?to={quote(path, safe='/')}", operator)
 
     async def visit(request: Request) -> Response:
         path = foundry_path(request.headers.get("x-forwarded-uri"))

@@ -165,8 +165,10 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         metrics = make_metrics(config)  # the daemon's own figures at once, the fleet's once it is built (below)
         web_app = by_socket(str(backups_path),
                             create_backups_app(SnapshotFiles(services.storage.snapshots), services.hostnames.instance_for_host,
-                                               web_login.logout_token if web_login.enabled else None),
-                            create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel))
+                                               web_login.logout_token if web_login.enabled else None,
+                                               config.fleet.operator),
+                            create_web_app(services.hostnames.known_hosts, web_login, tls_secret, wakes, metrics, panel,
+                                           config.fleet.operator))
         web = uvicorn.Server(uvicorn.Config(web_app, log_level="warning", lifespan="off"))
         web_task = asyncio.create_task(web.serve(sockets=[web_sock, backups_sock]))
         starting.push_async_callback(stop_server, web, web_task)
@@ -213,6 +215,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         operations = Operations(services.lifecycle(), supervisor, backups, config.supervisor.start_timeout, edge,
                                 moves=services.moves, memory=memory_guard(config, runtime.capabilities.multi_node),
                                 imports=imports)
+        services.sites.busy = operations.busy
         # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
         samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
         certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)

@@ -41,6 +41,7 @@ def edge_settings(config: FleetConfig) -> EdgeSettings:
         stream_close_delay_s=e.stream_close_delay_hours * 3600,
         backups_dial=f"unix/{config.paths.run / 'backups.sock'}",
         tls_secret_file=str(tls_permission.secret_path(config)),
+        operator=config.fleet.operator,
     )
 
 
