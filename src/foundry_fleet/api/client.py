@@ -126,6 +126,9 @@ class ControlClient:
     def get_instance(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/instances/{name}")
 
+    def instance_logs(self, name: str, lines: int) -> list[str]:
+        return self._call("GET", f"/v1/instances/{name}/logs", params={"lines": lines})["lines"]
+
     def create_instance(self, **body: Any) -> dict[str, Any]:
         return self._call("POST", "/v1/instances", json_body=body)
 

@@ -13,6 +13,7 @@ from foundry_fleet.cli.render import (
     console, err_console, human_bytes, idle_rows, instance_detail, instances_table, print_json, safe,
 )
 from foundry_fleet.cli.typer_compat import command_group
+from foundry_fleet.cli.waiting import follow, require_running
 from foundry_fleet.domain.errors import InvalidInput
 from foundry_fleet.domain.text import escape_controls
 
@@ -66,10 +67,11 @@ def create(
     if license_from_account:
         license_key = c.services().releases.account_license_key(license_from_account, license_index)
     password = _read_secret_file(admin_password_file) if admin_password_file else None
-    result: dict[str, Any] = c.require_daemon().create_instance(
+    client = c.require_daemon()
+    result: dict[str, Any] = follow(client, name, lambda: client.create_instance(
         name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
         extra_hosts=extra_host or [], node=node,
-    )
+    ))
     if json_out:
         print_json(result)
     else:
@@ -78,6 +80,8 @@ def create(
         # Shown once: only its hash is kept (Config/admin.txt).
         err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
                           highlight=False)
+    if start:
+        require_running(client, result["instance"], "start")
 
 
 @app.command()
@@ -146,13 +150,26 @@ def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
 
 def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool) -> None:
     c: CliContext = ctx.obj
-    row = c.require_daemon().action(name, verb, wait=wait)
+    client = c.require_daemon()
+    already = {"start": "running", "stop": "stopped"}.get(verb)
+    if already and (now := client.get_instance(name))["state"] == already:
+        # Nothing to do is not a failure, but it must not look as if something was done.
+        if json_out:
+            print_json(now)
+        else:
+            console.print(f"{name} is already {already}")
+        return
+    starts = verb in ("start", "restart")
+    if wait and starts:
+        row = follow(client, name, lambda: client.action(name, verb, wait=wait))
+    else:
+        row = client.action(name, verb, wait=wait)
     if json_out:
         print_json(row)
     else:
         console.print(f"{name}: {row['state']}" + (f" ({safe(row['state_reason'])})" if row["state_reason"] else ""))
-    if wait and verb in ("start", "restart") and row["state"] == "failed":
-        raise typer.Exit(1)
+    if wait and starts:
+        require_running(client, row, verb)
 
 
 WaitFlag = Annotated[bool, typer.Option(help="wait until the instance settles")]

@@ -1,0 +1,107 @@
+"""`instance create`, `start` and `restart` follow the instance while the daemon waits for it, and an
+instance that ends anywhere but running is an error that says why, with the server's last log lines;
+stopping a stopped instance (or starting a running one) says so and succeeds."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from foundry_fleet.cli.context import CliContext
+from foundry_fleet.domain.errors import ExternalFailure, NotFound
+from tests.support.cli import run_main
+
+
+def row(state: str, restarts: int = 0, reason: str = "") -> dict[str, Any]:
+    return {"name": "alice", "state": state, "state_reason": reason, "restarts": restarts, "release": "13.345",
+            "port": 30001, "pid": None, "url": "https://alice.example.org/", "hosts": ["alice.example.org"],
+            "desired": "running", "suspended": None, "created_at": 1_800_000_000.0, "data_dir": "/d",
+            "install_dir": "/i", "owner": None, "uid": None, "node": None, "sleeps_after": None,
+            "idle_after_own": False, "idle_since": None}
+
+
+class FakeDaemon:
+    """Answers a waiting request once the polls have seen each of `states`."""
+
+    def __init__(self, states: list[dict[str, Any]], logs: list[str] | None = None) -> None:
+        self.states = states
+        self.logs = logs or []
+        self.polls = 0
+        self.actions: list[str] = []
+        self.seen_all = threading.Event()
+
+    def get_instance(self, name: str) -> dict[str, Any]:
+        if self.polls >= len(self.states):
+            self.seen_all.set()
+            return self.states[-1]
+        self.polls += 1
+        if self.states[self.polls - 1] is None:
+            raise NotFound(f"no instance {name}")
+        return self.states[self.polls - 1]
+
+    def instance_logs(self, name: str, lines: int) -> list[str]:
+        return self.logs[-lines:]
+
+    def action(self, name: str, verb: str, wait: bool = True) -> dict[str, Any]:
+        self.actions.append(verb)
+        if wait and verb != "stop":
+            self.seen_all.wait(10)
+        return self.states[-1]
+
+    def create_instance(self, **body: Any) -> dict[str, Any]:
+        self.actions.append("create")
+        self.seen_all.wait(10)
+        return {"instance": self.states[-1], "admin_password": "pw"}
+
+
+@pytest.fixture()
+def daemon(monkeypatch: pytest.MonkeyPatch) -> list[FakeDaemon]:
+    made: list[FakeDaemon] = []
+    monkeypatch.setattr(CliContext, "require_daemon", lambda self: made[0])
+    monkeypatch.setattr("foundry_fleet.cli.waiting.POLL_SECONDS", 0.01)
+    return made
+
+
+def test_a_create_that_crash_loops_shows_each_state_and_fails_with_the_reason_and_the_log(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    log = [f"line {i}" for i in range(30)] + ["Error: \x1b[31mboom"]
+    daemon.append(FakeDaemon([None, row("creating"), row("starting"), row("starting", 1, "exited with 3"),
+                              row("failed", 5, "crashed 5 times in 60 s")], log))
+    code, out, err = run_main(monkeypatch, capsys, "instance", "create", "alice", "--release", "13.345")
+    assert code == ExternalFailure.exit_code
+    for said in ("alice: creating", "alice: starting", "alice: starting, 1 crash (exited with 3)",
+                 "alice: failed, 5 crashes (crashed 5 times in 60 s)"):
+        assert said + "\n" in err, err
+    assert "alice did not start (failed: crashed 5 times in 60 s)" in err
+    assert "last 20 lines of alice's server log" in err
+    assert "line 11\n" in err and "line 10\n" not in err
+    assert "\x1b" not in err  # the tenant's log cannot command the terminal
+    assert "instance logs alice" in err
+
+
+def test_a_start_that_settles_running_exits_0(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.append(FakeDaemon([row("stopped"), row("starting"), row("running")]))
+    code, out, err = run_main(monkeypatch, capsys, "instance", "start", "alice")
+    assert code == 0, err
+    assert "alice: starting\n" in err and out == "alice: running\n"
+
+
+def test_a_restart_still_starting_at_the_timeout_is_a_failure(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.append(FakeDaemon([row("starting")], ["listening soon"]))
+    code, _, err = run_main(monkeypatch, capsys, "instance", "restart", "alice")
+    assert code == ExternalFailure.exit_code
+    assert "did not restart (did not become healthy in time)" in err and "listening soon" in err
+
+
+@pytest.mark.parametrize(("verb", "state"), [("stop", "stopped"), ("start", "running")])
+def test_nothing_to_do_says_so_and_succeeds(verb: str, state: str, daemon: list[FakeDaemon],
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.append(FakeDaemon([row(state)]))
+    code, out, _ = run_main(monkeypatch, capsys, "instance", verb, "alice")
+    assert (code, out) == (0, f"alice is already {state}\n")
+    assert daemon[0].actions == []
