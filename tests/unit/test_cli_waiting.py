@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+import typer
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.domain.errors import ExternalFailure, NotFound
@@ -105,3 +106,49 @@ def test_nothing_to_do_says_so_and_succeeds(verb: str, state: str, daemon: list[
     code, out, _ = run_main(monkeypatch, capsys, "instance", verb, "alice")
     assert (code, out) == (0, f"alice is already {state}\n")
     assert daemon[0].actions == []
+
+
+class UpgradeDaemon(FakeDaemon):
+    def upgrade(self, name: str, release: str) -> dict[str, Any]:
+        self.actions.append(f"upgrade {release}")
+        return {"upgraded": True, "snapshot": "before-upgrade", "instance": row("running")}
+
+
+@pytest.mark.parametrize("yes", [False, True])
+def test_a_downgrade_without_a_terminal_is_refused_unless_yes(
+        yes: bool, daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.append(UpgradeDaemon([row("running")]))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code, out, err = run_main(monkeypatch, capsys, "instance", "upgrade", "alice", "--release", "12.331",
+                              *(["--yes"] if yes else []))
+    if yes:
+        assert code == 0 and daemon[0].actions == ["upgrade 12.331"]
+    else:
+        assert code == 2 and daemon[0].actions == []
+        said = " ".join(err.split())  # as wrapped to the terminal's width
+        assert "downgrade alice from 13.345 to 12.331? Foundry may not open worlds saved by 13.345" in said
+        assert "pass --yes" in err
+
+
+def test_a_downgrade_at_a_terminal_asks_and_no_stops_it(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.append(UpgradeDaemon([row("running")]))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    asked: list[str] = []
+
+    def no(question: str, abort: bool) -> None:
+        asked.append(question)
+        raise typer.Abort()
+
+    monkeypatch.setattr("typer.confirm", no)
+    code, _, _ = run_main(monkeypatch, capsys, "instance", "upgrade", "alice", "--release", "13.300")
+    assert code == 1 and daemon[0].actions == [] and asked[0].startswith("downgrade alice from 13.345 to 13.300?")
+
+
+def test_an_upgrade_to_a_newer_release_is_not_asked(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.append(UpgradeDaemon([row("running")]))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code, out, _ = run_main(monkeypatch, capsys, "instance", "upgrade", "alice", "--release", "13.346")
+    assert code == 0 and "alice now runs 13.346" in out

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from foundry_fleet.cli import data as data_cmds
+from foundry_fleet.cli.confirm import confirm
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
     console, err_console, human_bytes, idle_rows, instance_detail, instances_table, print_json, safe,
@@ -15,6 +16,7 @@ from foundry_fleet.cli.render import (
 from foundry_fleet.cli.typer_compat import command_group
 from foundry_fleet.cli.waiting import follow, require_running
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.release import parse_version
 from foundry_fleet.domain.text import escape_controls
 
 app = command_group("Foundry instances, one per tenant.")
@@ -270,11 +272,16 @@ def upgrade(
     ctx: typer.Context,
     name: str,
     release: Annotated[str, typer.Option("--release", "-r", help="the release to move to")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask before a downgrade")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Move an instance to another release: snapshot first, roll back if it does not become healthy."""
     c: CliContext = ctx.obj
-    result = c.require_daemon().upgrade(name, release)
+    client = c.require_daemon()
+    current = client.get_instance(name)["release"]
+    if _older(release, current):
+        confirm(f"downgrade {name} from {current} to {release}? Foundry may not open worlds saved by {current}", yes)
+    result = client.upgrade(name, release)
     if json_out:
         print_json(result)
     elif result["upgraded"]:
@@ -284,6 +291,13 @@ def upgrade(
         err_console.print(f"rolled back to {result['instance']['release']} and the data of snapshot {result['snapshot']}")
     if not result["upgraded"]:
         raise typer.Exit(1)
+
+
+def _older(target: str, current: str) -> bool:
+    try:
+        return parse_version(target) < parse_version(current)
+    except InvalidInput:
+        return False  # not a version: the daemon refuses it with its own message
 
 
 @app.command()
