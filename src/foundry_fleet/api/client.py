@@ -155,6 +155,12 @@ class ControlClient:
     def set_idle_after(self, name: str, idle_after: str) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/idle-after", json_body={"idle_after": idle_after})
 
+    def set_license(self, name: str, license_key: str) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/instances/{name}/license", json_body={"license_key": license_key})
+
+    def reset_admin_password(self, name: str, password: str | None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/admin-password", json_body={"password": password})
+
     def edge_config(self) -> dict[str, Any]:
         return self._call("GET", "/v1/edge/config")
 

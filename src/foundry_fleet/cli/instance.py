@@ -69,6 +69,9 @@ def create(
     if license_from_account:
         license_key = c.services().releases.account_license_key(license_from_account, license_index)
     password = _read_secret_file(admin_password_file) if admin_password_file else None
+    if license_key is None:
+        err_console.print(f"[yellow]warning:[/] no license: {safe(name)} will show Foundry's license page until a key is "
+                          f"set with `foundry-fleet instance set {safe(name)} --license-file FILE`", highlight=False)
     client = c.require_daemon()
     result: dict[str, Any] = follow(client, name, lambda: client.create_instance(
         name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
@@ -114,18 +117,50 @@ def set_(
     idle_after: Annotated[Optional[str], typer.Option(
         "--idle-after", help="idle time before it sleeps: a duration (60min, 2h), off, or fleet ([instances] idle_after)",
     )] = None,
+    license_file: Annotated[Optional[Path], typer.Option(
+        help="file holding the tenant's Foundry license key (restarts it if it runs)")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Change an instance's settings (needs the daemon)."""
     c: CliContext = ctx.obj
-    if idle_after is None:
-        raise typer.BadParameter("say what to set, e.g. --idle-after 2h", param_hint="options")
-    row = c.require_daemon().set_idle_after(name, idle_after)
+    if idle_after is None and license_file is None:
+        raise typer.BadParameter("say what to set, e.g. --idle-after 2h or --license-file FILE", param_hint="options")
+    client = c.require_daemon()
+    row: dict[str, Any] = {}
+    if license_file is not None:
+        row = client.set_license(name, _read_secret_file(license_file, "license key"))
+        if not json_out:
+            console.print(f"{name}: license set" + (", restarted" if row["state"] == "running" else
+                                                    f" ({row['state']}: read at its next start)"))
+    if idle_after is not None:
+        row = client.set_idle_after(name, idle_after)
+        if not json_out:
+            for key, text in idle_rows(row):
+                console.print(f"{safe(name)}: {key} {safe(text)}")
     if json_out:
         print_json(row)
+
+
+@app.command("reset-admin-password")
+def reset_admin_password(
+    ctx: typer.Context,
+    name: str,
+    password_file: Annotated[Optional[Path], typer.Option(
+        help="file holding the new Foundry admin password (else one is generated and shown once)")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Set a new Foundry admin password for an instance, restarting it if it runs (needs the daemon)."""
+    c: CliContext = ctx.obj
+    result = c.require_daemon().reset_admin_password(name, _read_secret_file(password_file) if password_file else None)
+    if json_out:
+        print_json(result)
     else:
-        for key, text in idle_rows(row):
-            console.print(f"{safe(name)}: {key} {safe(text)}")
+        row = result["instance"]
+        console.print(f"{name}: admin password " + ("generated" if result["admin_password"] else "set")
+                      + (", restarted" if row["state"] == "running" else f" ({row['state']}: used from its next start)"))
+    if result["admin_password"] and not json_out:
+        err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
+                          highlight=False)
 
 
 @app.command("list")
