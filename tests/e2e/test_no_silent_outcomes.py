@@ -4,12 +4,15 @@ start with nothing to do says so."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from foundry_fleet.domain import instance_layout
+from foundry_fleet.domain.admin_key import verify_admin_password
 from foundry_fleet.domain.errors import ExternalFailure
 from foundry_fleet.domain.release import ReleaseLayout
 from tests.support.fleets import make_fleet
@@ -53,3 +56,43 @@ def test_stopping_a_stopped_instance_and_starting_a_running_one_say_so(fleet: Fl
     stopped = fleet.cli("instance", "stop", "quiet")
     assert (stopped.code, stopped.out) == (0, "quiet is already stopped\n")
     fleet.cli("instance", "delete", "quiet", "--purge", "--yes")
+
+
+def test_a_create_without_a_license_warns_and_a_license_set_later_restarts_it(fleet: FleetHarness,
+                                                                               tmp_path: Path) -> None:
+    created = fleet.cli("instance", "create", "nokey", "--release", "13.345")
+    assert "no license: nokey will show Foundry's license page" in " ".join(created.err.split())
+    assert "instance set nokey --license-file FILE" in created.err
+    assert fleet.cli("instance", "show", "nokey", "--json").json()["license"] == "missing"
+    assert "license missing: nokey" in fleet.cli("status").out
+    pid = fleet.cli("instance", "show", "nokey", "--json").json()["pid"]
+    key = tmp_path / "key"
+    key.write_text("ABCD-EFGH-IJKL-MNOP-QRST-UVWX\n")
+    said = fleet.cli("instance", "set", "nokey", "--license-file", str(key))
+    assert said.out == "nokey: license set, restarted\n"
+    row = fleet.cli("instance", "show", "nokey", "--json").json()
+    assert row["license"] == "set" and row["pid"] != pid and row["state"] == "running"
+    license_json = Path(row["data_dir"], instance_layout.LICENSE)
+    assert json.loads(license_json.read_text()) == {"license": "ABCDEFGHIJKLMNOPQRSTUVWX"}
+    bad = tmp_path / "bad"
+    bad.write_text("not a key\n")
+    assert fleet.cli("instance", "set", "nokey", "--license-file", str(bad), check=False).code == 2
+    fleet.cli("instance", "delete", "nokey", "--purge", "--yes")
+
+
+def test_reset_admin_password_generates_one_shown_once_or_sets_the_one_given(fleet: FleetHarness,
+                                                                             tmp_path: Path) -> None:
+    fleet.cli("instance", "create", "forgot", "--release", "13.345")
+    admin_txt = Path(fleet.cli("instance", "show", "forgot", "--json").json()["data_dir"],
+                     instance_layout.ADMIN_PASSWORD)
+    reset = fleet.cli("instance", "reset-admin-password", "forgot")
+    assert reset.out == "forgot: admin password generated, restarted\n"
+    password = reset.err.rsplit(":", 1)[1].strip()
+    assert verify_admin_password(password, admin_txt.read_text())
+    chosen = tmp_path / "pw"
+    chosen.write_text("correct horse battery\n")
+    fleet.cli("instance", "stop", "forgot")
+    said = fleet.cli("instance", "reset-admin-password", "forgot", "--password-file", str(chosen))
+    assert said.out == "forgot: admin password set (stopped: used from its next start)\n" and said.err == ""
+    assert verify_admin_password("correct horse battery", admin_txt.read_text())
+    fleet.cli("instance", "delete", "forgot", "--purge", "--yes")
