@@ -152,3 +152,22 @@ def test_an_upgrade_to_a_newer_release_is_not_asked(
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     code, out, _ = run_main(monkeypatch, capsys, "instance", "upgrade", "alice", "--release", "13.346")
     assert code == 0 and "alice now runs 13.346" in out
+
+
+class LicenseDaemon(FakeDaemon):
+    def set_license(self, name: str, key: str) -> dict[str, Any]:
+        self.actions.append(f"license {key}")
+        self.seen_all.wait(10)
+        return self.states[-1]
+
+
+def test_a_license_set_whose_restart_fails_is_not_taken_for_success(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Any) -> None:
+    daemon.append(LicenseDaemon([row("running"), row("starting"), row("failed", 3, "crash loop")], ["bad start"]))
+    key = tmp_path / "key"
+    key.write_text("ABCD-EFGH-IJKL-MNOP-QRST-UVWX\n")
+    code, out, err = run_main(monkeypatch, capsys, "instance", "set", "alice", "--license-file", str(key))
+    assert code == ExternalFailure.exit_code and daemon[0].actions == ["license ABCD-EFGH-IJKL-MNOP-QRST-UVWX"]
+    assert out == "alice: license set, restarted\n"
+    assert "alice did not restart (failed: crash loop)" in err and "bad start" in err

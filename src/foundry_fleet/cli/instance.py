@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -128,10 +129,13 @@ def set_(
     client = c.require_daemon()
     row: dict[str, Any] = {}
     if license_file is not None:
-        row = client.set_license(name, _read_secret_file(license_file, "license key"))
+        key = _read_secret_file(license_file, "license key")
+        row, restarts = _restarting(client, name, lambda: client.set_license(name, key))
         if not json_out:
-            console.print(f"{name}: license set" + (", restarted" if row["state"] == "running" else
+            console.print(f"{name}: license set" + (", restarted" if restarts else
                                                     f" ({row['state']}: read at its next start)"))
+        if restarts:
+            require_running(client, row, "restart")
     if idle_after is not None:
         row = client.set_idle_after(name, idle_after)
         if not json_out:
@@ -151,16 +155,28 @@ def reset_admin_password(
 ) -> None:
     """Set a new Foundry admin password for an instance, restarting it if it runs (needs the daemon)."""
     c: CliContext = ctx.obj
-    result = c.require_daemon().reset_admin_password(name, _read_secret_file(password_file) if password_file else None)
+    client = c.require_daemon()
+    password = _read_secret_file(password_file) if password_file else None
+    result, restarts = _restarting(client, name, lambda: client.reset_admin_password(name, password))
+    row = result["instance"]
     if json_out:
         print_json(result)
     else:
-        row = result["instance"]
         console.print(f"{name}: admin password " + ("generated" if result["admin_password"] else "set")
-                      + (", restarted" if row["state"] == "running" else f" ({row['state']}: used from its next start)"))
+                      + (", restarted" if restarts else f" ({row['state']}: used from its next start)"))
     if result["admin_password"] and not json_out:
         err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
                           highlight=False)
+    if restarts:
+        require_running(client, row, "restart")
+
+
+def _restarting(client: Any, name: str, call: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """Make a change the daemon follows with a restart when the instance runs: followed like `restart`,
+    so a restart that fails is not taken for success. Also says whether it was restarted."""
+    if client.get_instance(name)["state"] not in ("running", "starting"):
+        return call(), False
+    return follow(client, name, call), True
 
 
 @app.command("list")
