@@ -68,7 +68,8 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> list[FakeDaemon]:
 def test_a_create_that_crash_loops_shows_each_state_and_fails_with_the_reason_and_the_log(
         daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     log = [f"line {i}" for i in range(30)] + ["Error: \x1b[31mboom"]
-    daemon.append(FakeDaemon([None, row("creating"), row("starting"), row("starting", 1, "exited with 3"),
+    daemon.append(FakeDaemon([None, row("creating"), row("starting", reason="starting"),
+                              row("starting", 1, "exited with 3"),
                               row("failed", 5, "crashed 5 times in 60 s")], log))
     code, out, err = run_main(monkeypatch, capsys, "instance", "create", "alice", "--release", "13.345")
     assert code == ExternalFailure.exit_code
@@ -171,3 +172,20 @@ def test_a_license_set_whose_restart_fails_is_not_taken_for_success(
     assert code == ExternalFailure.exit_code and daemon[0].actions == ["license ABCD-EFGH-IJKL-MNOP-QRST-UVWX"]
     assert out == "alice: license set, restarted\n"
     assert "alice did not restart (failed: crash loop)" in err and "bad start" in err
+
+
+def test_on_a_terminal_the_state_is_one_live_line_not_a_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from foundry_fleet.cli import waiting
+
+    screen = io.StringIO()
+    monkeypatch.setattr(waiting, "err_console", Console(file=screen, force_terminal=True, width=80))
+    fake = FakeDaemon([row("starting"), row("starting", 1, "exited with 3"), row("running")])
+    answer = waiting.follow(fake, "alice", lambda: fake.action("alice", "start"), poll=0.2)
+    assert answer["state"] == "running"
+    drawn = screen.getvalue()
+    assert "alice: starting, 1 crash (exited with 3)" in drawn and "\x1b[" in drawn  # redrawn in place
+    assert "alice: starting\n" not in drawn

@@ -29,7 +29,7 @@ def state_line(row: dict[str, Any]) -> str:
     line = f"{row['name']}: {row['state']}"
     if row.get("restarts"):
         line += f", {row['restarts']} crash{'es' if row['restarts'] != 1 else ''}"
-    if row.get("state_reason"):
+    if row.get("state_reason") and row["state_reason"] != row["state"]:
         line += f" ({row['state_reason']})"
     return line
 
