@@ -62,6 +62,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> list[FakeDaemon]:
     made: list[FakeDaemon] = []
     monkeypatch.setattr(CliContext, "require_daemon", lambda self: made[0])
     monkeypatch.setattr("foundry_fleet.cli.waiting.POLL_SECONDS", 0.01)
+    monkeypatch.setattr("foundry_fleet.cli.waiting.START_GRACE_SECONDS", 0.05)
     return made
 
 
@@ -89,6 +90,17 @@ def test_a_start_that_settles_running_exits_0(
     code, out, err = run_main(monkeypatch, capsys, "instance", "start", "alice")
     assert code == 0, err
     assert "alice: starting\n" in err and out == "alice: running\n"
+
+
+def test_a_start_answered_before_its_first_health_check_is_followed_until_it_runs(
+        daemon: list[FakeDaemon], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("foundry_fleet.cli.waiting.START_GRACE_SECONDS", 5)
+    fake = FakeDaemon([row("stopped"), row("starting")])
+    daemon.append(fake)
+    answered = threading.Event()
+    threading.Timer(0.2, lambda: (answered.set(), fake.states.append(row("running")))).start()
+    code, out, err = run_main(monkeypatch, capsys, "instance", "start", "alice")
+    assert answered.is_set() and code == 0, err
 
 
 def test_a_restart_still_starting_at_the_timeout_is_a_failure(

@@ -8,6 +8,7 @@ change, and a start that ends anywhere but `running` is an error with the server
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,6 +18,9 @@ from foundry_fleet.domain.text import escape_controls
 
 POLL_SECONDS = 0.5
 LOG_LINES = 20
+# The daemon answers once the instance has settled, which can be a moment before its first health check
+# has passed: a start still under way gets this much longer before it counts as not healthy in time.
+START_GRACE_SECONDS = 10.0
 
 
 class InstanceReader(Protocol):
@@ -76,11 +80,27 @@ def follow(client: InstanceReader, name: str, call: Callable[[], Any], poll: flo
     return outcome["value"]
 
 
+STARTING = ("creating", "starting")
+
+
+def _while_starting(client: InstanceReader, row: dict[str, Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + START_GRACE_SECONDS
+    while row["state"] in STARTING and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        try:
+            row = client.get_instance(row["name"])
+        except FleetError:
+            break
+    return row
+
+
 def require_running(client: InstanceReader, row: dict[str, Any], verb: str) -> None:
     """Raise (with the server's last log lines printed first) unless the settled instance runs."""
+    name = row["name"]
+    if row["state"] in STARTING:
+        row = follow(client, name, lambda: _while_starting(client, row))
     if row["state"] == "running":
         return
-    name = row["name"]
     try:
         lines = client.instance_logs(name, LOG_LINES)
     except FleetError:
@@ -89,7 +109,7 @@ def require_running(client: InstanceReader, row: dict[str, Any], verb: str) -> N
         err_console.print(f"last {len(lines)} lines of {safe(name)}'s server log:", highlight=False)
         for line in lines:
             err_console.print(escape_controls(line), highlight=False, markup=False)
-    if row["state"] in ("starting", "creating"):
+    if row["state"] in STARTING:
         why = "did not become healthy in time"
     else:
         why = row["state"] + (f": {row['state_reason']}" if row.get("state_reason") else "")
