@@ -70,9 +70,6 @@ def create(
     if license_from_account:
         license_key = c.services().releases.account_license_key(license_from_account, license_index)
     password = _read_secret_file(admin_password_file) if admin_password_file else None
-    if license_key is None:
-        err_console.print(f"[yellow]warning:[/] no license: {safe(name)} will show Foundry's license page until a key is "
-                          f"set with `foundry-fleet instance set {safe(name)} --license-file FILE`", highlight=False)
     client = c.require_daemon()
     result: dict[str, Any] = follow(client, name, lambda: client.create_instance(
         name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
@@ -86,6 +83,9 @@ def create(
         # Shown once: only its hash is kept (Config/admin.txt).
         err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
                           highlight=False)
+    if license_key is None:
+        err_console.print(f"[yellow]warning:[/] no license: {safe(name)} will show Foundry's license page until a key is "
+                          f"set with `foundry-fleet instance set {safe(name)} --license-file FILE`", highlight=False)
     if start:
         require_running(client, result["instance"], "start")
 
