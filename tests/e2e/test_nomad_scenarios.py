@@ -299,9 +299,11 @@ def test_a_provisioning_failure_is_shown_with_the_tasks_own_message(running: Run
     hidden = manifest.with_name("13.347.json.hidden")
     manifest.rename(hidden)
     try:
-        made = fleet.cli("instance", "create", "hugo", "--release", "13.347", "--json").json()["instance"]
+        answer = fleet.cli("instance", "create", "hugo", "--release", "13.347", "--json", check=False)
     finally:
         hidden.rename(manifest)
+    assert answer.code == 7 and "hugo did not start" in answer.err, answer  # a failed start is no success
+    made = answer.json()["instance"]
     assert made["state"] == "failed", made
     reason = made["state_reason"]
     assert reason.startswith("provisioning hugo on node node-") and " failed: error: release 13.347 is not in " \

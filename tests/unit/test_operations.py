@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from foundry_fleet.config import load_config
-from foundry_fleet.domain.errors import Conflict, NotFound, Unsupported
+from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, Unsupported
 from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.runtime.base import Capabilities, NodeInfo
 from foundry_fleet.runtime.fake import FakeRuntime
@@ -362,3 +362,63 @@ def test_a_visit_wakes_an_instance_asleep_or_falling_asleep_and_nothing_else(
         asyncio.run(scenario())
     finally:
         _set_state(fleet, "alice", "stopped")
+
+
+def _set_state(fleet: FleetServices, name: str, state: str) -> None:
+    from foundry_fleet.services.instance_views import instance_row
+
+    with fleet.sessions.begin() as s:
+        instance_row(s, name).state = state
+
+
+def test_a_license_set_after_create_is_written_for_foundry_and_a_running_instance_restarted(
+        fleet: FleetServices) -> None:
+    import json
+    import stat
+    from pathlib import Path
+
+    fleet.provisioning.create("cli:admin", "gina", "13.345", start=False)
+    assert fleet.instances.get("gina").license == "missing"
+
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.settle.set()
+        ops = _operations(fleet, supervisor)
+        stopped = await ops.set_license("cli:admin", "gina", "abcd-efgh-ijkl-mnop-qrst-uvwx")
+        assert supervisor.poked == [] and stopped.license == "set"  # stopped: read at its next start
+        written = Path(stopped.data_dir, "Config", "license.json")
+        assert json.loads(written.read_text()) == {"license": "ABCDEFGHIJKLMNOPQRSTUVWX"}
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+        _set_state(fleet, "gina", "running")
+        await ops.set_license("cli:admin", "gina", "ABCD-EFGH-IJKL-MNOP-QRST-UVWY")
+        assert supervisor.poked == ["gina"]
+        with pytest.raises(InvalidInput):
+            await ops.set_license("cli:admin", "gina", "not a key")
+        assert ("instance.license", "license key set") in [(e.action, e.message) for e in fleet.events.recent("gina")]
+
+    asyncio.run(scenario())
+
+
+def test_the_admin_password_is_generated_once_or_set_and_only_its_hash_kept(fleet: FleetServices) -> None:
+    from pathlib import Path
+
+    from foundry_fleet.domain.admin_key import verify_admin_password
+
+    fleet.provisioning.create("cli:admin", "hana", "13.345", start=False)
+
+    async def scenario() -> None:
+        supervisor = HeldSupervisor()
+        supervisor.settle.set()
+        ops = _operations(fleet, supervisor)
+        view, generated = await ops.reset_admin_password("cli:admin", "hana", None)
+        admin_txt = Path(view.data_dir, "Config", "admin.txt")
+        assert generated and verify_admin_password(generated, admin_txt.read_text())
+        assert generated not in admin_txt.read_text() and supervisor.poked == []
+        _set_state(fleet, "hana", "running")
+        view, generated = await ops.reset_admin_password("cli:admin", "hana", "correct horse battery")
+        assert generated is None and verify_admin_password("correct horse battery", admin_txt.read_text())
+        assert supervisor.poked == ["hana"]
+        with pytest.raises(InvalidInput):
+            await ops.reset_admin_password("cli:admin", "hana", "short")
+
+    asyncio.run(scenario())

@@ -100,6 +100,18 @@ class SetIdleAfter(BaseModel):
     idle_after: str = Field(max_length=40, description="a duration such as 2h or 60min, off, or fleet")
 
 
+class SetLicense(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    license_key: str = Field(max_length=200, description="sent over the 0600 unix socket only")
+
+
+class ResetAdminPassword(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str | None = Field(None, max_length=1000, description="null: generate one, answered once")
+
+
 @dataclass(frozen=True)
 class Reads:
     """The services the control API reads from (every change goes through the operations)."""
@@ -208,6 +220,13 @@ def create_app(
 
     async def set_idle_after(name: str, body: SetIdleAfter, actor: str) -> dict[str, Any]:
         return (await ops.set_idle_after(actor, name, body.idle_after)).to_dict()
+
+    async def set_license(name: str, body: SetLicense, actor: str) -> dict[str, Any]:
+        return (await ops.set_license(actor, name, body.license_key)).to_dict()
+
+    async def reset_admin_password(name: str, body: ResetAdminPassword, actor: str) -> dict[str, Any]:
+        view, generated = await ops.reset_admin_password(actor, name, body.password)
+        return {"instance": view.to_dict(), "admin_password": generated}
 
     async def take_snapshot(name: str, body: TakeSnapshot, actor: str) -> dict[str, Any]:
         return (await ops.take_backup(actor, name, body.label)).to_dict()
@@ -322,6 +341,13 @@ def create_app(
         Endpoint("PUT", "/v1/instances/{name}/idle-after",
                  "Set how long an instance may be idle before it sleeps (a duration, off, or fleet)",
                  set_idle_after, body=SetIdleAfter, returns=InstanceView, changes_state=True),
+        # Admins only: the key and the admin password are the fleet admins' to hand out.
+        Endpoint("PUT", "/v1/instances/{name}/license",
+                 "Write the instance's license key (restarted if it runs: Foundry reads it at start)",
+                 set_license, body=SetLicense, returns=InstanceView, changes_state=True),
+        Endpoint("POST", "/v1/instances/{name}/admin-password",
+                 "Set the instance's admin password, or generate one (answered once); restarted if it runs",
+                 reset_admin_password, body=ResetAdminPassword, changes_state=True),
         # Admins only: the tenant's bot has no file to send, and the export holds every file of the game.
         Endpoint("POST", "/v1/instances/{name}/import",
                  "Unpack a zip (the request body) into the instance's data: refused unless safe, no overwrite "

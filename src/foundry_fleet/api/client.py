@@ -126,6 +126,9 @@ class ControlClient:
     def get_instance(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/instances/{name}")
 
+    def instance_logs(self, name: str, lines: int) -> list[str]:
+        return self._call("GET", f"/v1/instances/{name}/logs", params={"lines": lines})["lines"]
+
     def create_instance(self, **body: Any) -> dict[str, Any]:
         return self._call("POST", "/v1/instances", json_body=body)
 
@@ -151,6 +154,12 @@ class ControlClient:
 
     def set_idle_after(self, name: str, idle_after: str) -> dict[str, Any]:
         return self._call("PUT", f"/v1/instances/{name}/idle-after", json_body={"idle_after": idle_after})
+
+    def set_license(self, name: str, license_key: str) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/instances/{name}/license", json_body={"license_key": license_key})
+
+    def reset_admin_password(self, name: str, password: str | None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/instances/{name}/admin-password", json_body={"password": password})
 
     def edge_config(self) -> dict[str, Any]:
         return self._call("GET", "/v1/edge/config")

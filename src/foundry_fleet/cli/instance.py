@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from foundry_fleet.cli import data as data_cmds
+from foundry_fleet.cli.confirm import confirm
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
     console, err_console, human_bytes, idle_rows, instance_detail, instances_table, print_json, safe,
 )
 from foundry_fleet.cli.typer_compat import command_group
+from foundry_fleet.cli.waiting import follow, require_running
 from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.release import parse_version
 from foundry_fleet.domain.text import escape_controls
 
 app = command_group("Foundry instances, one per tenant.")
@@ -66,10 +70,11 @@ def create(
     if license_from_account:
         license_key = c.services().releases.account_license_key(license_from_account, license_index)
     password = _read_secret_file(admin_password_file) if admin_password_file else None
-    result: dict[str, Any] = c.require_daemon().create_instance(
+    client = c.require_daemon()
+    result: dict[str, Any] = follow(client, name, lambda: client.create_instance(
         name=name, release=release, license_key=license_key, owner=owner, admin_password=password, start=start,
         extra_hosts=extra_host or [], node=node,
-    )
+    ))
     if json_out:
         print_json(result)
     else:
@@ -78,6 +83,11 @@ def create(
         # Shown once: only its hash is kept (Config/admin.txt).
         err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
                           highlight=False)
+    if license_key is None:
+        err_console.print(f"[yellow]warning:[/] no license: {safe(name)} will show Foundry's license page until a key is "
+                          f"set with `foundry-fleet instance set {safe(name)} --license-file FILE`", highlight=False)
+    if start:
+        require_running(client, result["instance"], "start")
 
 
 @app.command()
@@ -108,18 +118,65 @@ def set_(
     idle_after: Annotated[Optional[str], typer.Option(
         "--idle-after", help="idle time before it sleeps: a duration (60min, 2h), off, or fleet ([instances] idle_after)",
     )] = None,
+    license_file: Annotated[Optional[Path], typer.Option(
+        help="file holding the tenant's Foundry license key (restarts it if it runs)")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Change an instance's settings (needs the daemon)."""
     c: CliContext = ctx.obj
-    if idle_after is None:
-        raise typer.BadParameter("say what to set, e.g. --idle-after 2h", param_hint="options")
-    row = c.require_daemon().set_idle_after(name, idle_after)
+    if idle_after is None and license_file is None:
+        raise typer.BadParameter("say what to set, e.g. --idle-after 2h or --license-file FILE", param_hint="options")
+    client = c.require_daemon()
+    row: dict[str, Any] = {}
+    if license_file is not None:
+        key = _read_secret_file(license_file, "license key")
+        row, restarts = _restarting(client, name, lambda: client.set_license(name, key))
+        if not json_out:
+            console.print(f"{name}: license set" + (", restarted" if restarts else
+                                                    f" ({row['state']}: read at its next start)"))
+        if restarts:
+            require_running(client, row, "restart")
+    if idle_after is not None:
+        row = client.set_idle_after(name, idle_after)
+        if not json_out:
+            for key, text in idle_rows(row):
+                console.print(f"{safe(name)}: {key} {safe(text)}")
     if json_out:
         print_json(row)
+
+
+@app.command("reset-admin-password")
+def reset_admin_password(
+    ctx: typer.Context,
+    name: str,
+    password_file: Annotated[Optional[Path], typer.Option(
+        help="file holding the new Foundry admin password (else one is generated and shown once)")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Set a new Foundry admin password for an instance, restarting it if it runs (needs the daemon)."""
+    c: CliContext = ctx.obj
+    client = c.require_daemon()
+    password = _read_secret_file(password_file) if password_file else None
+    result, restarts = _restarting(client, name, lambda: client.reset_admin_password(name, password))
+    row = result["instance"]
+    if json_out:
+        print_json(result)
     else:
-        for key, text in idle_rows(row):
-            console.print(f"{safe(name)}: {key} {safe(text)}")
+        console.print(f"{name}: admin password " + ("generated" if result["admin_password"] else "set")
+                      + (", restarted" if restarts else f" ({row['state']}: used from its next start)"))
+    if result["admin_password"] and not json_out:
+        err_console.print(f"Foundry admin password (shown once, keep it safe): [bold]{result['admin_password']}[/]",
+                          highlight=False)
+    if restarts:
+        require_running(client, row, "restart")
+
+
+def _restarting(client: Any, name: str, call: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """Make a change the daemon follows with a restart when the instance runs: followed like `restart`,
+    so a restart that fails is not taken for success. Also says whether it was restarted."""
+    if client.get_instance(name)["state"] not in ("running", "starting"):
+        return call(), False
+    return follow(client, name, call), True
 
 
 @app.command("list")
@@ -146,13 +203,26 @@ def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
 
 def _action(ctx: typer.Context, name: str, verb: str, wait: bool, json_out: bool) -> None:
     c: CliContext = ctx.obj
-    row = c.require_daemon().action(name, verb, wait=wait)
+    client = c.require_daemon()
+    already = {"start": "running", "stop": "stopped"}.get(verb)
+    if already and (now := client.get_instance(name))["state"] == already:
+        # Nothing to do is not a failure, but it must not look as if something was done.
+        if json_out:
+            print_json(now)
+        else:
+            console.print(f"{name} is already {already}")
+        return
+    starts = verb in ("start", "restart")
+    if wait and starts:
+        row = follow(client, name, lambda: client.action(name, verb, wait=wait))
+    else:
+        row = client.action(name, verb, wait=wait)
     if json_out:
         print_json(row)
     else:
         console.print(f"{name}: {row['state']}" + (f" ({safe(row['state_reason'])})" if row["state_reason"] else ""))
-    if wait and verb in ("start", "restart") and row["state"] == "failed":
-        raise typer.Exit(1)
+    if wait and starts:
+        require_running(client, row, verb)
 
 
 WaitFlag = Annotated[bool, typer.Option(help="wait until the instance settles")]
@@ -253,11 +323,16 @@ def upgrade(
     ctx: typer.Context,
     name: str,
     release: Annotated[str, typer.Option("--release", "-r", help="the release to move to")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask before a downgrade")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Move an instance to another release: snapshot first, roll back if it does not become healthy."""
     c: CliContext = ctx.obj
-    result = c.require_daemon().upgrade(name, release)
+    client = c.require_daemon()
+    current = client.get_instance(name)["release"]
+    if _older(release, current):
+        confirm(f"downgrade {name} from {current} to {release}? Foundry may not open worlds saved by {current}", yes)
+    result = client.upgrade(name, release)
     if json_out:
         print_json(result)
     elif result["upgraded"]:
@@ -267,6 +342,13 @@ def upgrade(
         err_console.print(f"rolled back to {result['instance']['release']} and the data of snapshot {result['snapshot']}")
     if not result["upgraded"]:
         raise typer.Exit(1)
+
+
+def _older(target: str, current: str) -> bool:
+    try:
+        return parse_version(target) < parse_version(current)
+    except InvalidInput:
+        return False  # not a version: the daemon refuses it with its own message
 
 
 @app.command()

@@ -161,7 +161,7 @@ def instance_detail(i: dict[str, Any], daemon_running: bool = True) -> Table:
     t.add_column(style="bold")
     t.add_column()
     for key in ("name", "state", "state_reason", "desired", "release", "url", "hosts", "node", "home", "port", "address",
-                "pid", "restarts", "owner", "uid", "data_dir", "install_dir"):
+                "pid", "restarts", "owner", "uid", "license", "data_dir", "install_dir"):
         value = i.get(key)
         t.add_row(key, shown(", ".join(value) if isinstance(value, list) else value if value is not None else "-"))
     for key, text in idle_rows(i):

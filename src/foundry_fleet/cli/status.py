@@ -38,6 +38,10 @@ def print_status(data: dict[str, Any], out: Console = console) -> None:
     if data["instances"]:
         out.print(instances_table(data["instances"], width=out.width,
                                   daemon_running=bool(d["running"])))
+        unlicensed = [i["name"] for i in data["instances"] if i.get("license") == "missing"]
+        if unlicensed:
+            out.print(f"[yellow]license missing:[/] {safe(', '.join(unlicensed))} (Foundry shows its license page "
+                      "until one is set: `foundry-fleet instance set NAME --license-file FILE`)")
     if data.get("hosts"):
         out.print(hosts_table(data["hosts"]))
     print_edge(data.get("edge"), out=out)

@@ -47,7 +47,8 @@ class DaemonNotRunning(FleetError):
 
 
 class ExternalFailure(FleetError):
-    """Something outside the fleet (network, a binary, the kernel) failed."""
+    """Something outside the fleet (network, a binary, the kernel) failed; also an instance's server that
+    did not start (the CLI's create, start and restart end with this exit code)."""
 
     kind = "external"
     exit_code = 7

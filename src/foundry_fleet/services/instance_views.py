@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from foundry_fleet.config import MAIN_HOME, FleetConfig
+from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.idle import IdleSetting
 from foundry_fleet.domain.errors import Conflict, NotFound
 from foundry_fleet.domain.instance import DesiredState, InstanceState
@@ -67,6 +70,7 @@ class InstanceViews:
             idle_after_own=row.idle_after is not None,
             idle_since=row.idle_since,
             started_at=_task_started_at(row.task),
+            license=_license_state(paths.data) if (row.home or MAIN_HOME) == MAIN_HOME else None,
         )
 
     def list(self) -> list[InstanceView]:
@@ -83,3 +87,13 @@ class InstanceViews:
 def _task_started_at(task: dict | None) -> float | None:
     started = task.get("started_at") if isinstance(task, dict) else None
     return float(started) if isinstance(started, int | float) and started > 0 else None
+
+
+def _license_state(data: Path) -> str | None:
+    try:
+        (data / instance_layout.LICENSE).stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return None  # a CLI user who may not look into the tenant's files
+    return "set"

@@ -241,6 +241,28 @@ class Operations:
                 await self.supervisor.restart(name)
             return await self._settled(name, wait)
 
+    # Foundry's secrets --------------------------------------------------------------------
+
+    async def set_license(self, actor: str, name: str, license_key: str) -> InstanceView:
+        """Write the license key; a running instance is restarted, since Foundry reads it at start."""
+        with self.lock.hold(name, "setting the license"):
+            await _blocking(self.provisioning.set_license, actor, name, license_key)
+            return await self._restart_if_running(name)
+
+    async def reset_admin_password(self, actor: str, name: str, password: str | None) -> tuple[InstanceView, str | None]:
+        """Set (or generate: returned, never stored in clear) the admin password; a running instance is
+        restarted, since Foundry reads its admin key at start."""
+        with self.lock.hold(name, "resetting the admin password"):
+            generated = await _blocking(self.provisioning.set_admin_password, actor, name, password)
+            return await self._restart_if_running(name), generated
+
+    async def _restart_if_running(self, name: str) -> InstanceView:
+        view = await self._view(name)
+        if view.state not in (InstanceState.RUNNING.value, InstanceState.STARTING.value):
+            return view  # it reads the new file at its next start
+        await self.supervisor.restart(name)
+        return await self._settled(name, True)
+
     async def move(self, actor: str, name: str, node: str) -> Moved:
         """Run the instance on another node. On a node of the same home: re-pinned there (kept in its desired
         state), then restarted, its runtime moving it as it starts (a start interrupted half-way is finished

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from filelock import FileLock, Timeout
 from sqlalchemy import select
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.config import MAIN_HOME, FleetConfig
 from foundry_fleet.domain import admin_key, instance_layout
-from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound
+from foundry_fleet.domain.errors import Conflict, FleetError, InvalidInput, NotFound, Unsupported
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.foundry_options import build_license, build_options
 from foundry_fleet.domain.instance import DesiredState, InstanceState
@@ -33,7 +33,7 @@ from foundry_fleet.files.atomic import write_atomic
 from foundry_fleet.services.changes import Changes
 from foundry_fleet.services.events import record
 from foundry_fleet.services.hostnames import Hostnames
-from foundry_fleet.services.instance_views import InstanceViews, instance_row
+from foundry_fleet.services.instance_views import InstanceViews, changeable_row, instance_row
 from foundry_fleet.services.node_binaries import resolve_node
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.storage.base import Storage
@@ -227,6 +227,40 @@ class Provisioning:
                 if row is not None and row.state == InstanceState.CREATING.value:
                     s.delete(row)
                 record(s, actor, "instance.create", name, Outcome.FAILED, f"rolled back: {why}")
+
+    # Foundry's secrets, after creation ------------------------------------------------------
+
+    def set_license(self, actor: str, name: str, license_key: str) -> None:
+        """Write the instance's Config/license.json (Foundry reads it at start: the caller restarts it)."""
+        license_json = build_license(license_key)
+        self._write_secret(actor, name, instance_layout.LICENSE, _json(license_json), "instance.license",
+                           "license key set")
+
+    def set_admin_password(self, actor: str, name: str, password: str | None) -> str | None:
+        """Replace the admin key (a generated password when `password` is None); returns the generated one."""
+        if password is not None and len(password) < MIN_ADMIN_PASSWORD:
+            raise InvalidInput(f"the admin password is shorter than {MIN_ADMIN_PASSWORD} characters", "choose a longer one")
+        chosen = password if password is not None else admin_key.generate_admin_password()
+        self._write_secret(actor, name, instance_layout.ADMIN_PASSWORD, admin_key.hash_admin_password(chosen),
+                           "instance.admin-password", "admin password " + ("set" if password else "generated"))
+        return None if password is not None else chosen
+
+    def _write_secret(self, actor: str, name: str, relative: PurePosixPath, text: str, action: str,
+                      message: str) -> None:
+        with self._session() as s:
+            row = changeable_row(s, name)
+            uid, home = row.uid, row.home or MAIN_HOME
+        if home != MAIN_HOME:
+            # Its data lies on another home's host: this daemon cannot write there directly.
+            raise Unsupported(f"instance {name}'s data is on home {home}",
+                              "move it to a node of this fleet's own home first (`instance move`)")
+        path = self.storage.paths(name).data / relative
+        # 0600 from the start like at creation, then the instance's own, so its server can read it.
+        write_atomic(path, text, 0o600)
+        if uid is not None:
+            os.chown(path, uid, uid)
+        with self._session() as s:
+            record(s, actor, action, name, Outcome.OK, message)
 
     # deleting -----------------------------------------------------------------------------
 

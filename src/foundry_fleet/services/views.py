@@ -32,6 +32,9 @@ class InstanceView:
     idle_after_own: bool = False  # sleeps_after is its own setting (`instance set --idle-after`)
     idle_since: float | None = None  # running and idle since then (epoch seconds); None: busy or not running
     started_at: float | None = None  # when its running task started (epoch seconds); None: no task
+    # "set" or "missing" (Config/license.json): without one Foundry shows its licence page to every visitor.
+    # None: not known here (its data is on another home, or not readable by this user).
+    license: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

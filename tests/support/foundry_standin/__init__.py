@@ -29,7 +29,8 @@ that behaves like Foundry where the fleet cares:
   container image holds no /bin/sh). Both answer `{"code", "signal", "stdout", "stderr"}` (each
   stream cut to 1 MiB; the child is SIGKILLed after `timeoutMs`), or `{"pid"}` at once when
   `background` (a detached child whose output is discarded); cwd is the data path.
-- `<dataPath>/crash-on-start` present: prints a line and exits 3 at once.
+- `<dataPath>/crash-on-start` present: prints a line and exits 3 at once. The same file next to the
+  entry (a release built with `crash_on_start`): prints a few lines and exits 3, at every start.
   `<dataPath>/hold-memory-mb` holding an integer N: allocates, touches and keeps N MB before it
   listens, and prints a line saying so (anything but a non-negative integer there: exit 2).
   `STANDIN_START_DELAY_MS=N` in the environment: waits N ms before listening.
@@ -164,6 +165,7 @@ def build_release_zip(
     wrap: bool = False,
     filler_files: int = 0,
     filler_bytes: int = 0,
+    crash_on_start: bool = False,
 ) -> Path:
     """Write a stand-in Foundry release zip into `dest_dir` and return its path.
 
@@ -172,6 +174,7 @@ def build_release_zip(
     `resources/app/main.mjs`. LEGACY_NODE: `resources/app/main.js`. `wrap` puts everything under
     `FoundryVTT-<gen>.<build>/`. `filler_files` files of `filler_bytes` pseudo-random
     (incompressible, but reproducible) bytes each go under `public/filler/` next to the entry.
+    `crash_on_start` puts a `crash-on-start` file next to the entry: a release whose every start crashes.
     The same arguments always produce the same bytes.
     """
     layout = ReleaseLayout(layout)
@@ -193,6 +196,8 @@ def build_release_zip(
     files.append((f"{app}{entry_name}", (src / loader).read_bytes(), 0o644))
     files.append((f"{app}server.cjs", (src / "server.cjs").read_bytes(), 0o644))
     files.append((f"{app}package.json", _package_json(generation, build, entry_name), 0o644))
+    if crash_on_start:
+        files.append((f"{app}crash-on-start", b"", 0o644))
     filler_dir = f"{app}public/filler"
 
     top = f"{wrap_folder(generation, build)}/" if wrap else ""

@@ -8,7 +8,8 @@
 // __node). __shell runs a shell script, __node a JS program in a child node, inside the instance,
 // as a hostile tenant's server code could. Start-up hooks are files in the data path:
 // `crash-on-start` (exits 3 at once) and `hold-memory-mb` (an integer N: N MB are allocated,
-// touched and kept before it listens, as a Foundry with a world loaded holds memory).
+// touched and kept before it listens, as a Foundry with a world loaded holds memory). `crash-on-start`
+// next to this file instead: a broken release, exiting 3 at every start.
 //
 // Node.js built-ins only. This file is the single source of the server; the release zips
 // carry it next to a thin main.js (CommonJS) or main.mjs (ES module) loader.
@@ -119,6 +120,13 @@ if (!fs.statSync(dataPath).isDirectory()) {
   fail(2, `the user data path ${dataPath} is not a directory`);
 }
 
+if (fs.existsSync(path.join(__dirname, 'crash-on-start'))) {
+  // A broken release: a few lines first, as a real server's start-up error would leave.
+  log(`${PRODUCT} ${release.version}: starting with data path ${dataPath}`);
+  log(`${PRODUCT} ${release.version}: Error: this release is broken (crash-on-start in ${__dirname})`);
+  log(`${PRODUCT} ${release.version}: exiting with code 3`);
+  process.exit(3);
+}
 if (fs.existsSync(path.join(dataPath, 'crash-on-start'))) {
   log(`${PRODUCT} ${release.version}: crash-on-start present in ${dataPath}, exiting with code 3`);
   process.exit(3);
