@@ -1,0 +1,310 @@
+"""The SFTP endpoint: SFTP only (no shell, exec or forwarding), public keys only, each instance's account
+confined to its own folder, files it makes owned by the instance's user."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import asyncssh
+
+from foundry_fleet.sftp.confine import Confinement, Outside
+
+log = logging.getLogger("foundry_fleet.sftp")
+
+ROOM_CHECK_EVERY = 10.0  # seconds a disk-limit answer is reused: a walk of a large folder is not free
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    root: Path  # what the client sees as `/`
+    uid: int | None  # the owner of what it creates; None: the daemon's own (a fleet run without root)
+    gid: int | None
+
+
+class Accounts(Protocol):
+    def account(self, name: str) -> Account | None: ...
+    def authorized_keys(self, name: str) -> list[str]: ...
+    def over_limit(self, name: str) -> bool: ...
+
+
+@dataclass
+class Limits:
+    max_failures: int = 10  # refused keys from one address ...
+    window: float = 600.0  # ... within this many seconds ...
+    block_for: float = 900.0  # ... block it this long
+    max_sessions: int = 4  # connections signed in as one instance at a time
+
+
+@dataclass
+class Guard:
+    """Failed sign-ins per source address, and sessions per instance."""
+
+    limits: Limits
+    clock: object = time.monotonic
+    failures: dict[str, list[float]] = field(default_factory=dict)
+    blocked_until: dict[str, float] = field(default_factory=dict)
+    sessions: dict[str, int] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return self.clock()  # type: ignore[operator]
+
+    def blocked(self, address: str) -> bool:
+        until = self.blocked_until.get(address)
+        if until is None:
+            return False
+        if until > self.now():
+            return True
+        del self.blocked_until[address]
+        return False
+
+    def failed(self, address: str) -> None:
+        now = self.now()
+        recent = [t for t in self.failures.get(address, []) if t > now - self.limits.window] + [now]
+        self.failures[address] = recent
+        if len(recent) >= self.limits.max_failures:
+            self.blocked_until[address] = now + self.limits.block_for
+            self.failures.pop(address, None)
+            log.warning("SFTP: %s blocked for %.0f s after %d refused sign-ins", address, self.limits.block_for,
+                        len(recent))
+
+    def may_open(self, name: str) -> bool:
+        return self.sessions.get(name, 0) < self.limits.max_sessions
+
+    def opened(self, name: str) -> None:
+        self.sessions[name] = self.sessions.get(name, 0) + 1
+
+    def closed(self, name: str) -> None:
+        left = self.sessions.get(name, 0) - 1
+        if left > 0:
+            self.sessions[name] = left
+        else:
+            self.sessions.pop(name, None)
+
+
+def _path(b: bytes) -> str:
+    return os.fsdecode(b)
+
+
+def _refuse(what: str) -> asyncssh.SFTPError:
+    return asyncssh.SFTPPermissionDenied(what)
+
+
+class ConfinedSFTP(asyncssh.SFTPServer):
+    """One signed-in instance's view of its folder."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, account: Account, accounts: Accounts) -> None:
+        super().__init__(chan)
+        self.account = account
+        self.accounts = accounts
+        self.confined = Confinement(account.root)
+        self._room: tuple[float, bool] | None = None
+
+    # Every operation the base class runs on a path (open, stat, setstat, opendir, statvfs) comes here.
+    def map_path(self, path: bytes) -> bytes:
+        try:
+            return os.fsencode(self.confined.resolve(_path(path)))
+        except Outside:
+            raise _refuse("no such path in your folder") from None
+
+    def _entry(self, path: bytes) -> str:
+        try:
+            return self.confined.entry(_path(path))
+        except Outside:
+            raise _refuse("no such path in your folder") from None
+
+    def reverse_map_path(self, path: bytes) -> bytes:
+        return self.confined.client_path(_path(path)).encode()
+
+    def realpath(self, path: bytes) -> bytes:
+        return self.reverse_map_path(self.map_path(path))
+
+    async def _check_room(self) -> None:
+        now = time.monotonic()
+        if self._room is None or self._room[0] < now - ROOM_CHECK_EVERY:
+            self._room = (now, await asyncio.to_thread(self.accounts.over_limit, self.account.name))
+        if self._room[1]:
+            raise asyncssh.SFTPQuotaExceeded("your instance is at its disk limit: delete files first")
+
+    def _own(self, real: str) -> None:
+        uid, gid = self.account.uid, self.account.gid
+        if uid is not None and (uid != os.geteuid() or gid != os.getegid()):
+            os.chown(real, uid, gid if gid is not None else uid, follow_symlinks=False)
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        writing = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC))
+        if writing:
+            await self._check_room()
+        real = _path(self.map_path(path))
+        existed = os.path.lexists(real)
+        mode = None if attrs.permissions is None else attrs.permissions & 0o777
+        file_obj = super().open(path, pflags, asyncssh.SFTPAttrs(permissions=mode))
+        if writing and not existed:
+            self._own(real)
+        return file_obj
+
+    def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        raise asyncssh.SFTPOpUnsupported("use SFTP version 3")
+
+    def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        # Never the owner: as root that would hand a file to anyone, or make one setuid.
+        allowed = asyncssh.SFTPAttrs(
+            size=attrs.size, permissions=None if attrs.permissions is None else attrs.permissions & 0o777,
+            atime=attrs.atime, atime_ns=attrs.atime_ns, mtime=attrs.mtime, mtime_ns=attrs.mtime_ns)
+        super().setstat(path, allowed)
+
+    def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        self.setstat(path, attrs)
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        return os.lstat(self._entry(path))
+
+    async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        await self._check_room()
+        real = self._entry(path)
+        os.mkdir(real, 0o755 if attrs.permissions is None else attrs.permissions & 0o777)
+        self._own(real)
+
+    def remove(self, path: bytes) -> None:
+        os.remove(self._entry(path))
+
+    def rmdir(self, path: bytes) -> None:
+        real = self._entry(path)
+        if real == self.confined.root:
+            raise _refuse("that is your folder itself")
+        os.rmdir(real)
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        new = self._entry(newpath)
+        if os.path.lexists(new):
+            raise asyncssh.SFTPFileAlreadyExists(_path(newpath))
+        os.rename(self._entry(oldpath), new)
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        os.replace(self._entry(oldpath), self._entry(newpath))
+
+    def readlink(self, path: bytes) -> bytes:
+        raise _refuse("links are not shown")
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise _refuse("links cannot be made here")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise _refuse("links cannot be made here")
+
+    def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        return super().scandir(path)
+
+
+class _Connection(asyncssh.SSHServer):
+    def __init__(self, accounts: Accounts, guard: Guard) -> None:
+        self.accounts = accounts
+        self.guard = guard
+        self.address = "?"
+        self.signed_in: str | None = None
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.address = peer[0] if peer else "?"
+        if self.guard.blocked(self.address):
+            conn.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.signed_in is not None:
+            self.guard.closed(self.signed_in)
+            self.signed_in = None
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self.guard.blocked(self.address):
+            return False
+        texts = await asyncio.to_thread(self.accounts.authorized_keys, username)
+        offered = key.public_data
+        for text in texts:
+            try:
+                if asyncssh.import_public_key(text).public_data == offered:
+                    if not self.guard.may_open(username):
+                        log.warning("SFTP: %s refused: %s has its most sessions open", self.address, username)
+                        return False
+                    return True
+            except (asyncssh.KeyImportError, ValueError):
+                continue
+        self.guard.failed(self.address)
+        return False
+
+    def auth_completed(self) -> None:
+        assert self.conn is not None
+        self.signed_in = self.conn.get_extra_info("username")
+        self.guard.opened(self.signed_in)
+
+
+@dataclass
+class SftpEndpoint:
+    """The running endpoint; `close` stops it and ends its sessions."""
+
+    server: asyncssh.SSHAcceptor
+
+    @property
+    def port(self) -> int:
+        return self.server.get_port()
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    """The endpoint's host key: made once, so clients that trusted it keep trusting it."""
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    return key
+
+
+async def start_sftp(host: str, port: int, host_key: asyncssh.SSHKey, accounts: Accounts,
+                     limits: Limits | None = None) -> SftpEndpoint:
+    guard = Guard(limits or Limits())
+
+    def sftp_factory(chan: asyncssh.SSHServerChannel) -> ConfinedSFTP:
+        name = chan.get_extra_info("username")
+        account = accounts.account(name)
+        if account is None:  # deleted while signed in
+            chan.close()
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "no such instance")
+        return ConfinedSFTP(chan, account, accounts)
+
+    server = await asyncssh.create_server(
+        lambda: _Connection(accounts, guard), host, port,
+        server_host_keys=[host_key], sftp_factory=sftp_factory, allow_scp=False,
+        agent_forwarding=False, x11_forwarding=False, login_timeout=30,
+        # The SFTP subsystem only: with no process or session factory, shells and commands are refused.
+        process_factory=None, session_factory=None,
+    )
+    return SftpEndpoint(server)
