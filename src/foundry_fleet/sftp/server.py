@@ -7,14 +7,15 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import asyncssh
 
-from foundry_fleet.sftp.confine import Confinement, Outside
+from foundry_fleet.sftp.confine import Confinement, Outside, open_beneath
 
 log = logging.getLogger("foundry_fleet.sftp")
 
@@ -98,28 +99,82 @@ def _refuse(what: str) -> asyncssh.SFTPError:
     return asyncssh.SFTPPermissionDenied(what)
 
 
+def _open_flags(pflags: int) -> tuple[int, str]:
+    """os.open flags and the file object's mode for SFTP's open flags (as asyncssh's own open reads them)."""
+    reading, writing = bool(pflags & asyncssh.FXF_READ), bool(pflags & asyncssh.FXF_WRITE)
+    if reading and writing:
+        flags, mode = os.O_RDWR, "r+b"
+    elif writing or pflags & asyncssh.FXF_APPEND:
+        flags, mode = os.O_WRONLY, "wb"
+    else:
+        flags, mode = os.O_RDONLY, "rb"
+    if pflags & asyncssh.FXF_APPEND:
+        flags |= os.O_APPEND
+        mode = "a+b" if reading else "ab"
+    if pflags & asyncssh.FXF_CREAT:
+        flags |= os.O_CREAT
+    if pflags & asyncssh.FXF_TRUNC:
+        flags |= os.O_TRUNC
+    if pflags & asyncssh.FXF_EXCL:
+        flags |= os.O_EXCL | os.O_CREAT
+    return flags, mode
+
+
 class ConfinedSFTP(asyncssh.SFTPServer):
-    """One signed-in instance's view of its folder."""
+    """One signed-in instance's view of its folder. Paths are checked twice: resolved and held inside the
+    root first (for a clear refusal), then opened by the kernel beneath the root's descriptor (openat2),
+    so a link swapped in between cannot lead a write out."""
 
     def __init__(self, chan: asyncssh.SSHServerChannel, account: Account, accounts: Accounts) -> None:
         super().__init__(chan)
         self.account = account
         self.accounts = accounts
         self.confined = Confinement(account.root)
+        self.root_fd = os.open(self.confined.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._room: tuple[float, bool] | None = None
 
-    # Every operation the base class runs on a path (open, stat, setstat, opendir, statvfs) comes here.
+    def exit(self) -> None:
+        os.close(self.root_fd)
+
+    # What the base class still runs on a path itself (listing a folder, statvfs) comes here.
     def map_path(self, path: bytes) -> bytes:
+        return os.fsencode(self._real(path))
+
+    def _real(self, path: bytes) -> str:
         try:
-            return os.fsencode(self.confined.resolve(_path(path)))
+            return self.confined.resolve(_path(path))
         except Outside:
             raise _refuse("no such path in your folder") from None
 
-    def _entry(self, path: bytes) -> str:
+    def _rel(self, real: str) -> str:
+        rel = os.path.relpath(real, self.confined.root)
+        return "" if rel == "." else rel
+
+    def _open(self, path: bytes, flags: int, mode: int = 0) -> int:
         try:
-            return self.confined.entry(_path(path))
+            return open_beneath(self.root_fd, self._rel(self._real(path)), flags, mode)
         except Outside:
             raise _refuse("no such path in your folder") from None
+
+    @contextmanager
+    def _parent(self, path: bytes) -> Iterator[tuple[int, str]]:
+        """The folder holding the entry `path` names (opened beneath the root) and the entry's name; the
+        entry's own last link is not followed, so removing a link never removes what it points to."""
+        try:
+            entry = self.confined.entry(_path(path))
+        except Outside:
+            raise _refuse("no such path in your folder") from None
+        if entry == self.confined.root:
+            raise _refuse("that is your folder itself")
+        parent, name = os.path.split(entry)
+        try:
+            fd = open_beneath(self.root_fd, self._rel(parent), os.O_PATH | os.O_DIRECTORY)
+        except Outside:
+            raise _refuse("no such path in your folder") from None
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def reverse_map_path(self, path: bytes) -> bytes:
         return self.confined.client_path(_path(path)).encode()
@@ -134,62 +189,104 @@ class ConfinedSFTP(asyncssh.SFTPServer):
         if self._room[1]:
             raise asyncssh.SFTPQuotaExceeded("your instance is at its disk limit: delete files first")
 
-    def _own(self, real: str) -> None:
+    def _owner(self) -> tuple[int, int] | None:
         uid, gid = self.account.uid, self.account.gid
-        if uid is not None and (uid != os.geteuid() or gid != os.getegid()):
-            os.chown(real, uid, gid if gid is not None else uid, follow_symlinks=False)
+        if uid is None or (uid == os.geteuid() and gid == os.getegid()):
+            return None
+        return uid, gid if gid is not None else uid
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
-        writing = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC))
-        if writing:
+        flags, mode = _open_flags(pflags)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
             await self._check_room()
-        real = _path(self.map_path(path))
-        existed = os.path.lexists(real)
-        mode = None if attrs.permissions is None else attrs.permissions & 0o777
-        file_obj = super().open(path, pflags, asyncssh.SFTPAttrs(permissions=mode))
-        if writing and not existed:
-            self._own(real)
-        return file_obj
+        perms = 0o644 if attrs.permissions is None else attrs.permissions & 0o777
+        created = False
+        if flags & os.O_CREAT and not flags & os.O_EXCL:
+            try:  # exclusively first: only a file made here is handed to the instance's user
+                fd, created = self._open(path, flags | os.O_EXCL, perms), True
+            except FileExistsError:
+                fd = self._open(path, flags & ~os.O_CREAT)
+        else:
+            fd = self._open(path, flags, perms)
+            created = bool(flags & os.O_EXCL)
+        try:
+            if created and (owner := self._owner()) is not None:
+                os.fchown(fd, *owner)
+            return open(fd, mode, buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> object:
         raise asyncssh.SFTPOpUnsupported("use SFTP version 3")
 
     def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        # Never the owner: as root that would hand a file to anyone, or make one setuid.
-        allowed = asyncssh.SFTPAttrs(
-            size=attrs.size, permissions=None if attrs.permissions is None else attrs.permissions & 0o777,
-            atime=attrs.atime, atime_ns=attrs.atime_ns, mtime=attrs.mtime, mtime_ns=attrs.mtime_ns)
-        super().setstat(path, allowed)
+        # Never the owner: as root that would hand a file to anyone. No setuid bits either.
+        if attrs.size is not None:
+            fd = self._open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, attrs.size)
+            finally:
+                os.close(fd)
+        if attrs.permissions is None and attrs.atime is None and attrs.mtime is None:
+            return
+        fd = self._open(path, os.O_PATH)
+        try:
+            # Through the descriptor's own /proc link: the very file opened beneath the root.
+            at = f"/proc/self/fd/{fd}"
+            if attrs.permissions is not None:
+                os.chmod(at, attrs.permissions & 0o777)
+            if attrs.atime is not None or attrs.mtime is not None:
+                now = os.stat(at)
+                atime = now.st_atime_ns if attrs.atime is None else int(attrs.atime * 1e9) + (attrs.atime_ns or 0)
+                mtime = now.st_mtime_ns if attrs.mtime is None else int(attrs.mtime * 1e9) + (attrs.mtime_ns or 0)
+                os.utime(at, ns=(atime, mtime))
+        finally:
+            os.close(fd)
 
     def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         self.setstat(path, attrs)
 
+    def stat(self, path: bytes) -> os.stat_result:
+        fd = self._open(path, os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
     def lstat(self, path: bytes) -> os.stat_result:
-        return os.lstat(self._entry(path))
+        if self.confined.virtual(_path(path)) == "/":
+            return self.stat(path)
+        with self._parent(path) as (fd, name):
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
     async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         await self._check_room()
-        real = self._entry(path)
-        os.mkdir(real, 0o755 if attrs.permissions is None else attrs.permissions & 0o777)
-        self._own(real)
+        with self._parent(path) as (fd, name):
+            os.mkdir(name, 0o755 if attrs.permissions is None else attrs.permissions & 0o777, dir_fd=fd)
+            if (owner := self._owner()) is not None:
+                os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
 
     def remove(self, path: bytes) -> None:
-        os.remove(self._entry(path))
+        with self._parent(path) as (fd, name):
+            os.unlink(name, dir_fd=fd)
 
     def rmdir(self, path: bytes) -> None:
-        real = self._entry(path)
-        if real == self.confined.root:
-            raise _refuse("that is your folder itself")
-        os.rmdir(real)
+        with self._parent(path) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
 
     def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        new = self._entry(newpath)
-        if os.path.lexists(new):
-            raise asyncssh.SFTPFileAlreadyExists(_path(newpath))
-        os.rename(self._entry(oldpath), new)
+        with self._parent(oldpath) as (old_fd, old), self._parent(newpath) as (new_fd, new):
+            try:
+                os.stat(new, dir_fd=new_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(old, new, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+            else:
+                raise asyncssh.SFTPFileAlreadyExists(_path(newpath))
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        os.replace(self._entry(oldpath), self._entry(newpath))
+        with self._parent(oldpath) as (old_fd, old), self._parent(newpath) as (new_fd, new):
+            os.replace(old, new, src_dir_fd=old_fd, dst_dir_fd=new_fd)
 
     def readlink(self, path: bytes) -> bytes:
         raise _refuse("links are not shown")
@@ -199,9 +296,6 @@ class ConfinedSFTP(asyncssh.SFTPServer):
 
     def link(self, oldpath: bytes, newpath: bytes) -> None:
         raise _refuse("links cannot be made here")
-
-    def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
-        return super().scandir(path)
 
 
 class _Connection(asyncssh.SSHServer):
