@@ -67,6 +67,7 @@ py.buildPythonApplication {
     py.idna
     py.jinja2
     py.prometheus-client
+    py.asyncssh
     pyseccomp
   ];
 

@@ -555,6 +555,27 @@ class MetricsSection(_Section):
         return private_listen_address(self.listen) if self.listen else None
 
 
+class SftpSection(_Section):
+    """Tenants' file access over SFTP: one account per instance, confined to its Data/ folder."""
+
+    enabled: bool = Field(False, description="serve SFTP (public keys only, registered per instance)")
+    listen: str = Field("0.0.0.0:2222", description='"host:port" the SFTP endpoint listens on')
+    max_sessions: int = Field(4, ge=1, le=100, description="concurrent SFTP connections per instance")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError('expected "host:port", e.g. "0.0.0.0:2222"')
+        return v
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class FleetConfig(_Section):
     fleet: FleetSection
     edge: EdgeSection = EdgeSection()
@@ -572,6 +593,7 @@ class FleetConfig(_Section):
     discord: DiscordSection = DiscordSection()
     panel: PanelSection = PanelSection()
     metrics: MetricsSection = MetricsSection()
+    sftp: SftpSection = SftpSection()
 
     @model_validator(mode="after")
     def _edge_on_nomad(self) -> FleetConfig:

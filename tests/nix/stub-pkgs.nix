@@ -55,6 +55,7 @@ let
     "idna"
     "jinja2"
     "prometheus-client"
+    "asyncssh"
     "setuptools"
     "wheel"
   ];

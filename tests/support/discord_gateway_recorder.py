@@ -324,7 +324,13 @@ class DiscordGatewayRecorder:
         """`/fleet <sub> option:value ...`, typed by `person`: checked against the registered command."""
         command = self.commands.get("fleet")
         assert command is not None, "the bot never registered /fleet"
-        definition = next((o for o in command.get("options", []) if o["name"] == sub), None)
+        group_name, _, leaf = sub.rpartition(" ")  # "sftp-key add": a subcommand of a subcommand group
+        options_of = command.get("options", [])
+        if group_name:
+            group = next((o for o in options_of if o["name"] == group_name and o["type"] == 2), None)
+            assert group is not None, f"/fleet has no subcommand group {group_name}"
+            options_of = group.get("options", [])
+        definition = next((o for o in options_of if o["name"] == leaf and o["type"] == 1), None)
         assert definition is not None, f"/fleet has no subcommand {sub}"
         known = {o["name"]: o for o in definition.get("options", [])}
         for name, opt in known.items():
@@ -346,7 +352,9 @@ class DiscordGatewayRecorder:
                 assert opt.get("min_length", 0) <= len(value) <= opt.get("max_length", 6000), f"{name} length"
             sent.append({"type": opt["type"], "name": name, "value": value})
         data: dict[str, Any] = {"id": str(self._command_ids["fleet"]), "name": "fleet", "type": 1,
-                                "options": [{"type": 1, "name": sub, "options": sent}]}
+                                "options": [{"type": 1, "name": leaf, "options": sent}]}
+        if group_name:
+            data["options"] = [{"type": 2, "name": group_name, "options": data["options"]}]
         if command.get("guild_id"):
             data["guild_id"] = command["guild_id"]
         if resolved["users"]:

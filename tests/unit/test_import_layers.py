@@ -13,7 +13,7 @@ import foundry_fleet
 SRC = Path(foundry_fleet.__file__).parent
 
 ADAPTERS = frozenset({"api", "web", "bot", "cli"})
-DRIVERS = frozenset({"storage", "runtime", "edge", "releases", "store"})
+DRIVERS = frozenset({"storage", "runtime", "edge", "releases", "store", "sftp"})
 SERVICES = frozenset({"services"})
 DOMAIN = frozenset({"domain"})
 WIRING = frozenset({"wiring"})

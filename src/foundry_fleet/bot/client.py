@@ -29,6 +29,7 @@ from foundry_fleet.bot.wizard_ui import WizardButton
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.services.access import Access, Principal
 from foundry_fleet.services.invites import Invites
+from foundry_fleet.services.sftp_keys import SftpKeys
 from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.services.wizard import SetupWizard
 
@@ -48,6 +49,7 @@ class BotServices:
     invites: Invites  # recording events under the bot's own actor
     invites_for: Callable[[str], Invites]  # the invites, recording events under that actor
     wizard_for: Callable[[Invites, Callable[..., CreatedInstance]], SetupWizard]  # with these invites and create
+    sftp_keys: SftpKeys | None = None
 
 
 class FleetBot(discord.Client):
@@ -84,6 +86,8 @@ class FleetBot(discord.Client):
             api=self.api, principal=self.principal, access=self.access, invites=self.invites,
             invites_by=self.services.invites_for, confirmations=self.confirmations,
             wizard_flow=self.wizard_flow, domain=self.config.fleet.domain,
+            sftp_keys=self.services.sftp_keys if self.config.sftp.enabled else None,
+            sftp_port=self.config.sftp.listen_address[1],
         )
 
     # who is asking ------------------------------------------------------------------------

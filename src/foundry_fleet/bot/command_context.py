@@ -16,6 +16,7 @@ from foundry_fleet.bot.control import FleetApi
 from foundry_fleet.bot.wizard_flow import WizardFlow
 from foundry_fleet.services.access import Access, Principal
 from foundry_fleet.services.invites import Invites
+from foundry_fleet.services.sftp_keys import SftpKeys
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,5 @@ class CommandContext:
     confirmations: Confirmations
     wizard_flow: WizardFlow
     domain: str
+    sftp_keys: SftpKeys | None = None  # None: [sftp] is off
+    sftp_port: int = 2222

@@ -10,6 +10,7 @@ import typer
 
 from foundry_fleet.cli import data as data_cmds
 from foundry_fleet.cli.confirm import confirm
+from foundry_fleet.cli import sftp_keys as sftp_key_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
     console, err_console, human_bytes, idle_rows, instance_detail, instances_table, print_json, safe,
@@ -397,3 +398,4 @@ def logs(
 
 app.command("import")(data_cmds.import_data)
 app.command("export")(data_cmds.export_data)
+app.add_typer(sftp_key_cmds.app, name="sftp-key")

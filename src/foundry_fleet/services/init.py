@@ -174,6 +174,12 @@ history_minutes = 60       # ... kept in memory this long (the panel's sparkline
 # token_file (made on first start, chmod 600); listen also serves it without a token on a local address.
 # token_file = "/etc/foundry-fleet/metrics.token"   # default: state/metrics.token in the fleet root
 listen = ""                # e.g. "127.0.0.1:9464"
+
+[sftp]
+# Tenants' files over SFTP: user name = instance name, confined to its Data/ folder, public keys only
+# (`foundry-fleet instance sftp-key add` or /fleet sftp-key add). The host key is made on first start.
+enabled = false
+listen = "0.0.0.0:2222"
 """
 
 

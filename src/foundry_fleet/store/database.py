@@ -13,7 +13,7 @@ from foundry_fleet.domain.errors import Unsupported
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Checked against Alembic's own head by the tests; it lets an up-to-date
 # database open without importing Alembic at all (which costs the long-running daemon ~10 MB).
-SCHEMA_REVISION = "0009"
+SCHEMA_REVISION = "0010"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

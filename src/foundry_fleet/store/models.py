@@ -207,3 +207,18 @@ class NotificationRow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_sent_at: Mapped[float] = mapped_column(Float)
     suppressed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SftpKeyRow(Base):
+    """A public key that may sign in over SFTP as its instance."""
+
+    __tablename__ = "sftp_keys"
+    __table_args__ = (UniqueConstraint("instance", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance: Mapped[str] = mapped_column(ForeignKey("instances.name", ondelete="CASCADE"))
+    fingerprint: Mapped[str] = mapped_column(String(100))
+    key_type: Mapped[str] = mapped_column(String(40))
+    public_key: Mapped[str] = mapped_column(Text)  # OpenSSH one-line form, comment included
+    added_by: Mapped[str] = mapped_column(String(100), default="")
+    added_at: Mapped[float] = mapped_column(Float, default=time.time)

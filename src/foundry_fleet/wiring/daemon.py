@@ -52,6 +52,7 @@ from foundry_fleet.services.snapshot_files import SnapshotFiles
 from foundry_fleet.services.supervision_records import SupervisionRecords
 from foundry_fleet.services.supervisor import Supervisor, SupervisionSettings
 from foundry_fleet.wiring.runtimes import make_runtime
+from foundry_fleet.wiring.sftp import start_fleet_sftp
 from foundry_fleet.services.tls_permission import load_or_create_secret, secret_path
 from foundry_fleet.web.app import by_socket, create_web_app
 from foundry_fleet.web.backups import create_backups_app
@@ -174,6 +175,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         starting.push_async_callback(stop_server, web, web_task)
         metrics_door = MetricsDoor(config.metrics.listen_address, metrics)
         starting.push_async_callback(metrics_door.close)
+        sftp = await start_fleet_sftp(services)
+        if sftp is not None:
+            starting.push_async_callback(sftp.close)
         # Status updates start here, so the edge's news from this start (refused config, claimed hosts) is told.
         updates = make_status_updates(services, make_notifier(config))
         updates.start_from_now()
@@ -285,6 +289,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         await api
         await web_task
         await metrics_door.close()
+        if sftp is not None:
+            await sftp.close()
         sock.close()
         web_sock.close()
         backups_sock.close()

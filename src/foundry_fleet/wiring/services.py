@@ -168,6 +168,7 @@ def make_bot_services(services: FleetServices) -> BotServices:
     """What the Discord bot's commands and wizard use."""
     from foundry_fleet.bot.client import BotServices
     from foundry_fleet.services.invites import Invites
+    from foundry_fleet.services.sftp_keys import SftpKeys
 
     sessions, events = services.sessions, services.events
     return BotServices(
@@ -175,6 +176,7 @@ def make_bot_services(services: FleetServices) -> BotServices:
         invites=make_invites(services),
         invites_for=lambda actor: Invites(sessions, events.acting_as(actor)),
         wizard_for=lambda invites, create: make_wizard(services, invites, create),
+        sftp_keys=SftpKeys(sessions, "discord"),
     )
 
 
