@@ -63,7 +63,7 @@ def test_tenants_reach_only_their_own_instances_and_admins_reach_all(
     resumed = root_admin.post("/v1/instances/alice/resume").json()
     assert resumed["state"] == "running" and resumed["suspended"] is None
     # The same through the CLI (the fleet's own user is always an admin).
-    assert "suspended (maintenance), stopped" in fleet.cli("instance", "suspend", "alice", "--reason", "maintenance").out
+    assert "suspended (maintenance), stopped" in fleet.cli("instance", "suspend", "alice", "--reason", "maintenance", "--yes").out
     assert fleet.cli("instance", "start", "alice", check=False).code == 4
     assert "resumed, running" in fleet.cli("instance", "resume", "alice").out
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from foundry_fleet.domain.units import human_bytes
+from foundry_fleet.cli.confirm import confirm_or_refuse
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, print_json, safe
 from foundry_fleet.cli.typer_compat import command_group
@@ -71,14 +72,13 @@ def restore(
     ctx: typer.Context,
     name: str,
     snapshot: str,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")] = False,
 ) -> None:
     """Restore a snapshot: stop, keep the current data as a safety snapshot, restore, start again (needs the daemon)."""
     c: CliContext = ctx.obj
     client = c.require_daemon()
     client.health()  # before asking: the restore cannot happen without the daemon
-    if not yes:
-        typer.confirm(f"Replace the data of {name} with snapshot {snapshot}? (the current data is kept)", abort=True)
+    confirm_or_refuse(f"Replace the data of {name} with snapshot {snapshot}? (the current data is kept)", yes)
     result = client.restore(name, snapshot)
     safety, state = result["safety_snapshot"], result["instance"]["state"]
     console.print(f"restored {snapshot} into {name} ({state}); the data before is kept as snapshot {safety}")
