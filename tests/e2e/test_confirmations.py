@@ -56,3 +56,11 @@ def test_answering_no_changes_nothing_and_exits_1(fleet: FleetHarness, release_z
     code, out = _answer(fleet, "y", "release", "remove", "13.345")
     assert code == 0 and "removed release" in out, out
     assert fleet.cli("release", "list", "--json").json() == []
+
+
+def test_an_invite_without_a_bot_says_how_it_reaches_the_person(fleet: FleetHarness) -> None:
+    for_user = fleet.cli("invite", "create", "--discord-user", "123456789012345678").out
+    assert "No Discord bot is configured" in for_user and "/fleet setup" in for_user
+    code = fleet.cli("invite", "create", "--code").out
+    shown = code.split("/fleet join): ")[1].split()[0]
+    assert f"/fleet join code:{shown}" in " ".join(code.split())

@@ -42,6 +42,12 @@ def create(
     console.print(f"invite {inv.id} for {whom}, valid until {until}")
     if created.code:
         console.print(f"code (shown once; they enter it with /fleet join): {created.code}")
+    if c.config.discord.token_file is None:
+        # Without a bot nobody tells the person: whoever invites them has to, with these words.
+        how = (f"/fleet join code:{created.code}" if created.code
+               else "/fleet setup")
+        console.print("No Discord bot is configured ([discord] token_file in fleet.toml): the invite is recorded; "
+                      f"once the bot runs, they use {how} in your Discord server.", highlight=False)
 
 
 @app.command("list")
