@@ -128,7 +128,8 @@ def up(
 
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
     handler.addFilter(_escape_log_record)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler],
+                        force=True)  # replaces the silence main() sets up for every other command
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
@@ -207,7 +208,17 @@ def hoist_config_option(argv: list[str]) -> list[str]:
     return hoisted + args
 
 
+def _silence_logs() -> None:
+    """A command's output is its own words: what went wrong reaches the person as the error it raises,
+    and the event log keeps the record. Without a handler, Python's last-resort one would print the
+    fleet's and its libraries' warnings (an event's log line, httpx's) beside that error."""
+    import logging
+
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
 def main() -> None:
+    _silence_logs()
     try:
         # Without standalone mode, click hands back the code of a typer.Exit instead of exiting.
         code = app(args=hoist_config_option(sys.argv[1:]), prog_name="foundry-fleet", standalone_mode=False)
