@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
-from tests.support.harness import FleetHarness
+from tests.support.harness import FleetHarness, wait_until
 from tests.support.releases import LocalHTTPS, Route
 
 # What a log line looks like: a level name, a logger's dotted name or httpx's request line.
@@ -40,3 +41,30 @@ def test_release_add_of_a_url_and_instance_create_print_no_log_lines(
     removed = fleet.cli("release", "remove", "13.345", "--yes", check=False)  # in use: refused, said once
     assert removed.code == 4 and removed.err.count("in use") == 1, removed.err
     _no_log_lines(removed.out, removed.err)
+
+
+def test_reload_applies_live_settings_names_restart_ones_and_refuses_a_bad_file(fleet: FleetHarness) -> None:
+    daemon = fleet.up()
+    assert "nothing changed" in fleet.cli("reload").out
+    fleet.edit_config('idle_after = "60min"', 'idle_after = "2h"')
+    fleet.edit_config("admin_users = []", 'admin_users = ["123456789012345678"]')
+    said = fleet.cli("reload").out
+    assert "applied instances.idle_after" in " ".join(said.split()), said
+    assert "discord.admin_users" in said and "restart" in said, said
+    _no_log_lines(said)
+    good = fleet.config.read_text()
+    fleet.config.write_text(good.replace('idle_after = "2h"', 'idle_after = "whenever"'))
+    bad = fleet.cli("reload", check=False)
+    assert bad.code == 2 and "idle_after" in bad.err, bad.err
+    assert daemon.poll() is None and fleet.cli("status", "--json").json()["daemon"]["running"] is True
+    fleet.config.write_text(good)
+    again = fleet.cli("reload", "--json").json()  # the restart key stays named until `up` again
+    assert again["applied"] == [] and again["need_restart"] == ["discord.admin_users"]
+    outcomes = [e["outcome"] for e in fleet.cli("events", "--json").json() if e["action"] == "daemon.reload"]
+    assert outcomes == ["ok", "ok", "refused", "ok"]
+    fleet.edit_config('idle_after = "2h"', 'idle_after = "3h"')
+    daemon.send_signal(signal.SIGHUP)  # as `systemctl reload` would
+    by_signal = wait_until(lambda: [e for e in fleet.cli("events", "--json").json()
+                                    if e["action"] == "daemon.reload" and e["actor"] == "signal:SIGHUP"], 20,
+                           "the reload SIGHUP asks for")
+    assert "applied instances.idle_after" in by_signal[-1]["message"] and daemon.poll() is None

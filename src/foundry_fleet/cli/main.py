@@ -132,7 +132,7 @@ def up(
                         force=True)  # replaces the silence main() sets up for every other command
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
+    asyncio.run(serve(ctx.obj.config, leave_running=leave_running, config_file=ctx.obj.config_file()))
 
 
 def _escape_log_record(record: Any) -> bool:  # a logging.LogRecord
@@ -180,6 +180,17 @@ def events(
         print_json(rows)
     else:
         console.print(events_table(rows))
+
+
+@app.command()
+def reload(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Read fleet.toml again (as SIGHUP does): a bad file changes nothing; says what changed at once and what
+    needs `up` again (needs the daemon)."""
+    result = ctx.obj.require_daemon().reload()
+    if json_out:
+        print_json(result)
+    else:
+        console.print(safe(result["summary"]), highlight=False)
 
 
 @app.command("api-schema")

@@ -28,6 +28,7 @@ from foundry_fleet.services.data_import import DataImport
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.config_reload import ConfigReload
 from foundry_fleet.services.daemon_exit import take_stop_request
 from foundry_fleet.services.doctor.dns import HostAddresses, dns_checks, interface_addresses, system_resolver
 from foundry_fleet.services.doctor.ports import port_in_use
@@ -98,16 +99,17 @@ def report_capabilities(caps: list[Capability]) -> None:
             log.warning("NOT available: %s: %s", cap.name, cap.detail)
 
 
-async def serve(config: FleetConfig, leave_running: bool = False) -> None:
+async def serve(config: FleetConfig, leave_running: bool = False, config_file: Path | None = None) -> None:
+    """`config_file`: where `config` was read from, for `reload` and SIGHUP (None: neither reads it again)."""
     lock = DaemonLock(config.paths.daemon_lock)
     lock.acquire()
     try:
-        await _serve_locked(config, leave_running)
+        await _serve_locked(config, leave_running, config_file)
     finally:
         lock.release()
 
 
-async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
+async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: Path | None) -> None:
     take_stop_request(config.paths)  # one left for a daemon that had gone before it was read
     # From the first moment: a stop asked for while the daemon starts (a `systemctl stop` right after a
     # restart) is carried out once it has started, instances stopped or left as told, rather than
@@ -216,13 +218,18 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
         samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
         certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
+        idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
+                         config.instances.idle_after_seconds, every=config.supervisor.health_interval,
+                         busy=operations.busy)
+        reload = None if config_file is None else live_config(config_file, config, services, idle, backups)
         access = Access(services.instances, frozenset(config.discord.admin_users))
         reads = Reads(services.instances, services.hostnames, services.events, services.releases, access)
         app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                          runtime_images=runtime_image_check(config, services.releases),
                          runtime_nodes=lambda: node_report(runtime.nodes),
                          panel_link=panel_sessions.make_link if config.panel.enabled else None,
-                         figures=PanelCards(access, card_sources(supervisor, backups, certificates, samples)).figures)
+                         figures=PanelCards(access, card_sources(supervisor, backups, certificates, samples)).figures,
+                         reload=reload.reload if reload else None)
         sock = bind_private_socket(config.paths.socket)
         starting.callback(config.paths.socket.unlink, missing_ok=True)
         starting.callback(sock.close)
@@ -243,14 +250,13 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
                                         samples, health=health_check(config, services, status_from(app)),
                                         runtime_facts=runtime_facts(info, runtime.nodes))
-        idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
-                         config.instances.idle_after_seconds, every=config.supervisor.health_interval,
-                         busy=operations.busy)
         idle_task = asyncio.create_task(idle.run())
         samples_task = asyncio.create_task(samples.run())
         bot_task = None
         if config.discord.token_file is not None:
             bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_on_signal(reload)))
     except BaseException:
         await starting.aclose()
         raise
@@ -288,6 +294,27 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         backups_path.unlink(missing_ok=True)
         config.paths.socket.unlink(missing_ok=True)
         services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
+
+
+def live_config(path: Path, config: FleetConfig, services: FleetServices, idle: IdleWatch,
+                backups: Backups) -> ConfigReload:
+    """What `reload` may change while the daemon runs: values these services read each time they use them."""
+    def idle_after(new: FleetConfig) -> None:
+        idle.fleet_idle_after = new.instances.idle_after_seconds
+
+    def plan(new: FleetConfig) -> None:
+        backups.records.default_plan = new.backups.plan
+
+    return ConfigReload(path, config, {"instances.idle_after": idle_after, "backups.plan": plan}, services.events)
+
+
+async def reload_on_signal(reload: ConfigReload) -> None:
+    try:
+        await asyncio.to_thread(reload.reload, "signal:SIGHUP")
+    except FleetError as e:  # a bad edit: the daemon goes on with what it has
+        log.error("fleet.toml not reloaded: %s", e.message)
+    except Exception:  # noqa: BLE001 - a signal must never take the daemon down
+        log.exception("fleet.toml not reloaded")
 
 
 def memory_guard(config: FleetConfig, multi_node: bool) -> MemoryGuard | None:
