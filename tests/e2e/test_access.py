@@ -43,7 +43,8 @@ def test_tenants_reach_only_their_own_instances_and_admins_reach_all(
                                ("DELETE", "/v1/instances/alice", None),
                                ("POST", "/v1/instances/alice/suspend", {}),
                                ("POST", "/v1/instances/alice/move", {"node": "node-b"}),
-                               ("GET", "/v1/edge/config", None), ("GET", "/v1/events", None)):
+                               ("GET", "/v1/edge/config", None), ("GET", "/v1/events", None),
+                               ("POST", "/v1/reload", None)):
         r = alice.request(method, path, json=body)
         assert r.status_code == 403 and r.json()["error"] == "forbidden", (method, path, r.text)
 
