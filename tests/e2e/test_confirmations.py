@@ -46,6 +46,16 @@ def test_without_a_terminal_destructive_commands_refuse_and_say_pass_yes(
         assert r.code == 2 and "pass --yes" in r.err, (args, r.code, r.err)
     assert [r["version"] for r in fleet.cli("release", "list", "--json").json()] == ["13.345"]
     assert fleet.cli("invite", "list", "--json").json()[0]["status"] == "pending"
+    fleet.up()
+    fleet.cli("instance", "create", "alice", "--release", "13.345", "--no-start")
+    fleet.cli("backup", "now", "alice")
+    for args in (["instance", "delete", "alice"], ["instance", "delete", "alice", "--purge"],
+                 ["instance", "suspend", "alice"], ["backup", "restore", "alice", "latest"]):
+        r = fleet.cli(*args, check=False)
+        assert r.code == 2 and "pass --yes" in r.err, (args, r.code, r.err)
+    alice = fleet.instance("alice")
+    snaps = [s["name"] for s in fleet.cli("backup", "list", "alice", "--json").json()]
+    assert alice["suspended"] is None and not any(n.startswith("safety-") for n in snaps), (alice, snaps)
 
 
 def test_answering_no_changes_nothing_and_exits_1(fleet: FleetHarness, release_zips: dict[str, Path]) -> None:
