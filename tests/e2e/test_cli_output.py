@@ -6,6 +6,7 @@ import re
 import signal
 from pathlib import Path
 
+from tests.e2e.test_access import as_user
 from tests.support.harness import FleetHarness, wait_until
 from tests.support.releases import LocalHTTPS, Route
 
@@ -46,12 +47,16 @@ def test_release_add_of_a_url_and_instance_create_print_no_log_lines(
 def test_reload_applies_live_settings_names_restart_ones_and_refuses_a_bad_file(fleet: FleetHarness) -> None:
     daemon = fleet.up()
     assert "nothing changed" in fleet.cli("reload").out
+    someone = as_user(fleet, "123456789012345678")
+    assert someone.get("/v1/events").status_code == 403
     fleet.edit_config('idle_after = "60min"', 'idle_after = "2h"')
     fleet.edit_config("admin_users = []", 'admin_users = ["123456789012345678"]')
-    said = fleet.cli("reload").out
-    assert "applied instances.idle_after" in " ".join(said.split()), said
-    assert "discord.admin_users" in said and "restart" in said, said
+    fleet.edit_config("stop_timeout = 5.0", "stop_timeout = 6.0")
+    said = " ".join(fleet.cli("reload").out.split())
+    assert "applied instances.idle_after, discord.admin_users" in said, said
+    assert "restart" in said and "instances.stop_timeout" in said, said
     _no_log_lines(said)
+    assert someone.get("/v1/events").status_code == 200  # an admin from this reload on
     good = fleet.config.read_text()
     fleet.config.write_text(good.replace('idle_after = "2h"', 'idle_after = "whenever"'))
     bad = fleet.cli("reload", check=False)
@@ -59,7 +64,7 @@ def test_reload_applies_live_settings_names_restart_ones_and_refuses_a_bad_file(
     assert daemon.poll() is None and fleet.cli("status", "--json").json()["daemon"]["running"] is True
     fleet.config.write_text(good)
     again = fleet.cli("reload", "--json").json()  # the restart key stays named until `up` again
-    assert again["applied"] == [] and again["need_restart"] == ["discord.admin_users"]
+    assert again["applied"] == [] and again["need_restart"] == ["instances.stop_timeout"]
     outcomes = [e["outcome"] for e in fleet.cli("events", "--json").json() if e["action"] == "daemon.reload"]
     assert outcomes == ["ok", "ok", "refused", "ok"]
     fleet.edit_config('idle_after = "2h"', 'idle_after = "3h"')

@@ -56,11 +56,13 @@ def test_keys_are_told_apart_live_or_needing_a_restart(tmp_path: Path) -> None:
     _edit(path, 'idle_after = "off"', 'idle_after = "2h"')
     _edit(path, 'admin_users = ["123456789012345678"]', 'admin_users = []')
     _edit(path, 'plan = "7d=>1h"', 'plan = "2d=>1h"')
+    _edit(path, 'domain = "games.example.org"', 'domain = "tables.example.org"')
     changes = classify(old, load_config(path))
-    assert changes.applied == ("instances.idle_after", "backups.plan")
-    assert changes.need_restart == ("discord.admin_users",)
+    assert changes.applied == ("instances.idle_after", "backups.plan", "discord.admin_users")
+    assert changes.need_restart == ("fleet.domain",)
     said = changes.describe()
-    assert "applied instances.idle_after, backups.plan" in said and "restart" in said and "discord.admin_users" in said
+    assert "applied instances.idle_after, backups.plan, discord.admin_users" in said
+    assert "restart" in said and "fleet.domain" in said
 
 
 def test_reload_applies_live_keys_and_keeps_naming_restart_ones(tmp_path: Path) -> None:
@@ -70,14 +72,16 @@ def test_reload_applies_live_keys_and_keeps_naming_restart_ones(tmp_path: Path) 
     reload = ConfigReload(path, load_config(path), {
         "instances.idle_after": lambda c: seen.__setitem__("idle", c.instances.idle_after_seconds),
         "backups.plan": lambda c: seen.__setitem__("plan", c.backups.plan),
+        "discord.admin_users": lambda c: seen.__setitem__("admins", c.discord.admin_users),
     }, events)  # type: ignore[arg-type]
     _edit(path, 'idle_after = "off"', 'idle_after = "30min"')
     _edit(path, 'admin_users = ["123456789012345678"]', 'admin_users = []')
+    _edit(path, 'domain = "games.example.org"', 'domain = "tables.example.org"')
     first = reload.reload("cli:test")
-    assert first.applied == ("instances.idle_after",) and first.need_restart == ("discord.admin_users",)
-    assert seen == {"idle": 1800.0}
+    assert first.applied == ("instances.idle_after", "discord.admin_users") and first.need_restart == ("fleet.domain",)
+    assert seen == {"idle": 1800.0, "admins": []}
     again = reload.reload("cli:test")  # applied once; the restart key is still pending until `up`
-    assert again.applied == () and again.need_restart == ("discord.admin_users",)
+    assert again.applied == () and again.need_restart == ("fleet.domain",)
     assert [e[1] for e in events.seen] == ["ok", "ok"]
 
 
@@ -86,7 +90,8 @@ def test_a_bad_file_changes_nothing_and_says_why(tmp_path: Path) -> None:
     seen: list[object] = []
     events = Events()
     reload = ConfigReload(path, load_config(path), {
-        "instances.idle_after": seen.append, "backups.plan": seen.append}, events)  # type: ignore[arg-type]
+        "instances.idle_after": seen.append, "backups.plan": seen.append, "discord.admin_users": seen.append},
+        events)  # type: ignore[arg-type]
     _edit(path, 'idle_after = "off"', 'idle_after = "soon"')
     with pytest.raises(FleetError) as e:
         reload.reload("cli:test")

@@ -23,7 +23,7 @@ from foundry_fleet.services.events import EventLog
 log = logging.getLogger(__name__)
 
 # The keys the daemon applies live; the wiring gives each one its setter.
-LIVE = ("instances.idle_after", "backups.plan")
+LIVE = ("instances.idle_after", "backups.plan", "discord.admin_users")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import uvicorn
@@ -66,6 +67,10 @@ from foundry_fleet.wiring.services import make_panel_sessions
 from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.web.panel.services import Panel
 from foundry_fleet.wiring.panel import card_sources, health_check, panel_services, runtime_facts, status_from
+
+if TYPE_CHECKING:
+    from foundry_fleet.bot.client import BotServices
+    from foundry_fleet.services.web_login import WebLogin
 
 log = logging.getLogger("foundry_fleet.daemon")
 
@@ -221,8 +226,12 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
                          config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                          busy=operations.busy)
-        reload = None if config_file is None else live_config(config_file, config, services, idle, backups)
         access = Access(services.instances, frozenset(config.discord.admin_users))
+        bot_services = (make_bot_services(open_services(config, actor="bot"))
+                        if config.discord.token_file is not None else None)
+        admin_holders = [access, panel_sessions.access, *([bot_services.access] if bot_services else [])]
+        reload = (None if config_file is None else
+                  live_config(config_file, config, services, idle, backups, admin_holders, web_login))
         reads = Reads(services.instances, services.hostnames, services.events, services.releases, access)
         app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                          runtime_images=runtime_image_check(config, services.releases),
@@ -253,8 +262,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         idle_task = asyncio.create_task(idle.run())
         samples_task = asyncio.create_task(samples.run())
         bot_task = None
-        if config.discord.token_file is not None:
-            bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
+        if bot_services is not None:
+            bot_task = asyncio.create_task(run_discord_bot(config, bot_services, app, updates))
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_on_signal(reload)))
     except BaseException:
@@ -296,16 +305,24 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
-def live_config(path: Path, config: FleetConfig, services: FleetServices, idle: IdleWatch,
-                backups: Backups) -> ConfigReload:
-    """What `reload` may change while the daemon runs: values these services read each time they use them."""
+def live_config(path: Path, config: FleetConfig, services: FleetServices, idle: IdleWatch, backups: Backups,
+                admin_holders: list[Access], web_login: WebLogin) -> ConfigReload:
+    """What `reload` may change while the daemon runs: values these services read each time they use them.
+    `admin_holders`: every Access of this daemon (control API, panel, bot), so no door keeps the old admins."""
     def idle_after(new: FleetConfig) -> None:
         idle.fleet_idle_after = new.instances.idle_after_seconds
 
     def plan(new: FleetConfig) -> None:
         backups.records.default_plan = new.backups.plan
 
-    return ConfigReload(path, config, {"instances.idle_after": idle_after, "backups.plan": plan}, services.events)
+    def admins(new: FleetConfig) -> None:
+        users = frozenset(new.discord.admin_users)
+        for holder in admin_holders:
+            holder.admin_users = users
+        web_login.settings.admin_users = list(new.discord.admin_users)  # the backups pages ask it
+
+    return ConfigReload(path, config, {"instances.idle_after": idle_after, "backups.plan": plan,
+                                       "discord.admin_users": admins}, services.events)
 
 
 async def reload_on_signal(reload: ConfigReload) -> None:
@@ -338,7 +355,8 @@ def runtime_image_check(config: FleetConfig, releases: ReleaseRegistry) -> Calla
     return check
 
 
-async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
+async def run_discord_bot(config: FleetConfig, bot_services: BotServices, control_app: Starlette,
+                          updates: StatusUpdates) -> None:
     """The bot, on the control API in this process; status updates go through it once it runs. A bot
     that cannot start (no or bad token) is reported and the fleet goes on without it."""
     from foundry_fleet.bot.runner import run_bot
@@ -347,7 +365,7 @@ async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: 
         updates.notifier = notifier
 
     try:
-        await run_bot(config, make_bot_services(open_services(config, actor="bot")), httpx.ASGITransport(app=control_app), on_notifier=use)
+        await run_bot(config, bot_services, httpx.ASGITransport(app=control_app), on_notifier=use)
     except FleetError as e:
         log.error("the Discord bot is not running: %s%s", e.message, f" ({e.hint})" if e.hint else "")
     except asyncio.CancelledError:
