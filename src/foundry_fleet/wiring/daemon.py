@@ -259,6 +259,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
                                         samples, health=health_check(config, services, status_from(app)),
                                         runtime_facts=runtime_facts(info, runtime.nodes))
+        admin_holders.append(panel.services.access)  # the panel's pages ask their own Access
         idle_task = asyncio.create_task(idle.run())
         samples_task = asyncio.create_task(samples.run())
         bot_task = None
