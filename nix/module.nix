@@ -465,6 +465,8 @@ in
             ]
             ++ lib.optional cfg.leaveRunning "--leave-running"
           );
+          # `systemctl reload`: the daemon reads fleet.toml again on SIGHUP (as `foundry-fleet reload`).
+          ExecReload = "${pkgs.util-linux}/bin/kill -HUP $MAINPID";
           StateDirectory = "foundry-fleet";
           # The local runtime keeps the instances' network namespaces under /run/foundry-fleet; with
           # leaveRunning the instances outlive the daemon, and so must that directory.

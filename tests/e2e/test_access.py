@@ -43,7 +43,8 @@ def test_tenants_reach_only_their_own_instances_and_admins_reach_all(
                                ("DELETE", "/v1/instances/alice", None),
                                ("POST", "/v1/instances/alice/suspend", {}),
                                ("POST", "/v1/instances/alice/move", {"node": "node-b"}),
-                               ("GET", "/v1/edge/config", None), ("GET", "/v1/events", None)):
+                               ("GET", "/v1/edge/config", None), ("GET", "/v1/events", None),
+                               ("POST", "/v1/reload", None)):
         r = alice.request(method, path, json=body)
         assert r.status_code == 403 and r.json()["error"] == "forbidden", (method, path, r.text)
 
@@ -63,7 +64,7 @@ def test_tenants_reach_only_their_own_instances_and_admins_reach_all(
     resumed = root_admin.post("/v1/instances/alice/resume").json()
     assert resumed["state"] == "running" and resumed["suspended"] is None
     # The same through the CLI (the fleet's own user is always an admin).
-    assert "suspended (maintenance), stopped" in fleet.cli("instance", "suspend", "alice", "--reason", "maintenance").out
+    assert "suspended (maintenance), stopped" in fleet.cli("instance", "suspend", "alice", "--reason", "maintenance", "--yes").out
     assert fleet.cli("instance", "start", "alice", check=False).code == 4
     assert "resumed, running" in fleet.cli("instance", "resume", "alice").out
 

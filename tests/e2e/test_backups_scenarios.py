@@ -108,3 +108,25 @@ def test_an_interrupted_restore_is_finished_before_the_instance_starts(
     fleet.cli("instance", "start", "carol")
     assert (data / "Data" / "world.db").read_text() == "restored copy"
     assert not (data.parent / "data.restore-new").exists() and not (data.parent / "data.restore-old").exists()
+
+
+def test_a_snapshot_is_named_by_latest_or_a_prefix_only_it_has(backups: FleetHarness) -> None:
+    from foundry_fleet.api.client import ControlClient
+
+    _, world = _instance_with_a_world(backups, "emma", "--no-start")
+    one = backups.cli("backup", "now", "emma", "--label", "week-one", "--json").json()["name"]
+    world.write_text("session 2")
+    two = backups.cli("backup", "now", "emma", "--label", "week-two", "--json").json()["name"]
+    ambiguous = backups.cli("backup", "restore", "emma", "week", "--yes", check=False)
+    assert ambiguous.code == 2 and one in ambiguous.err and two in ambiguous.err, ambiguous.err
+    none = backups.cli("backup", "restore", "emma", "month", "--yes", check=False)
+    assert none.code == 3 and "no snapshot named or starting with 'month'" in none.err
+    world.write_text("session 3")
+    assert f"restored {one} into emma" in backups.cli("backup", "restore", "emma", "week-o", "--yes").out
+    assert world.read_text() == "session 1"
+    # The control API resolves too (the bot and other clients send what the person typed).
+    restored = ControlClient(backups.socket).restore("emma", "week-t")
+    assert restored["snapshot"] == two and world.read_text() == "session 2"
+    newest = backups.cli("backup", "list", "emma", "--json").json()[-1]["name"]
+    assert newest.startswith("safety-")
+    assert f"restored {newest} into emma" in backups.cli("backup", "restore", "emma", "latest", "--yes").out

@@ -150,10 +150,10 @@ def test_release_in_use_cannot_be_removed(fleet: FleetHarness, release_zips: dic
     fleet.cli("release", "add", str(release_zips["node"]))
     fleet.up()
     fleet.cli("instance", "create", "gm", "--release", "13.345", "--no-start")
-    r = fleet.cli("release", "remove", "13.345", check=False)
+    r = fleet.cli("release", "remove", "13.345", "--yes", check=False)
     assert r.code == 4 and "in use by gm" in r.err
     fleet.cli("instance", "delete", "gm", "--purge", "--yes")
-    fleet.cli("release", "remove", "13.345")
+    fleet.cli("release", "remove", "13.345", "--yes")
     assert fleet.cli("release", "list", "--json").json() == []
 
 

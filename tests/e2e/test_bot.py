@@ -138,7 +138,7 @@ def test_tenants_run_their_own_instance_from_discord(fleet: FleetHarness, releas
         assert snapshot in private(listing) and f"/backups/{snapshot}.zip" in listing.content
 
         # Restore: a confirm button only the person who asked may press.
-        confirm = await ask(rec, bot, ALICE, "restore", snapshot=snapshot)
+        confirm = await ask(rec, bot, ALICE, "restore", snapshot="latest")  # named in full in the question
         assert private(confirm, f"Restore **alice** to `{snapshot}`?").startswith("Restore")
         assert confirm.labels() == ["Restore", "Cancel"]
         refused = await press(rec, bot, BOB, confirm, "Restore", forge=True)

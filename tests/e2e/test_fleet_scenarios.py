@@ -273,7 +273,7 @@ def test_delete_keeps_the_data_aside_and_a_new_instance_of_that_name_starts_empt
     inst = create(fleet, "frank", "13.345")["instance"]
     served_port = fleet.served_port("frank")
     Path(inst["data_dir"], "Data", "world.db").write_text("precious")
-    deleted = fleet.cli("instance", "delete", "frank")
+    deleted = fleet.cli("instance", "delete", "frank", "--yes")
     assert "data kept at" in deleted.out
     kept = Path(deleted.out.split("data kept at ")[1].strip())
     assert (kept / "data" / "Data" / "world.db").read_text() == "precious"

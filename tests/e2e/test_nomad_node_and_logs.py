@@ -55,7 +55,7 @@ def test_an_instance_goes_to_the_node_asked_for_its_log_is_followed_and_deleting
                 return {(v["Name"], v["NodeID"]) for v in nomad.get("/v1/volumes", params={"type": "host"}).json()}
 
             assert {("fvtt-bob-data", node_b), ("fvtt-bob-install", node_b)} <= volumes()
-            h.cli("instance", "delete", "bob")
+            h.cli("instance", "delete", "bob", "--yes")
             assert not {name for name, _ in volumes()} & {"fvtt-bob-data", "fvtt-bob-install"}
         assert "fvtt-bob" not in h.nomad.jobs
         events = [e for e in h.cli("events", "--json").json() if e["target"] == "bob"]

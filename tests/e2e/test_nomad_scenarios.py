@@ -280,7 +280,7 @@ def test_a_deleted_instance_has_its_job_purged_and_its_data_archived(running: Ru
     inst = create(fleet, "gus", "13.345")["instance"]
     assert "fvtt-gus" in fleet.nomad.jobs
     Path(inst["data_dir"], "Data", "world.db").write_text("precious")
-    deleted = fleet.cli("instance", "delete", "gus")
+    deleted = fleet.cli("instance", "delete", "gus", "--yes")
     kept = Path(deleted.out.split("data kept at ")[1].strip())
     assert (kept / "data" / "Data" / "world.db").read_text() == "precious"
     assert "fvtt-gus" not in fleet.nomad.jobs

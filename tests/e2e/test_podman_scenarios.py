@@ -211,7 +211,7 @@ def test_a_deleted_instance_leaves_no_container_and_its_data_is_archived(running
     inst = create(fleet, "gus", "13.345")["instance"]
     _the_container_of(fleet, "gus")
     Path(inst["data_dir"], "Data", "world.db").write_text("precious")
-    deleted = fleet.cli("instance", "delete", "gus")
+    deleted = fleet.cli("instance", "delete", "gus", "--yes")
     kept = Path(deleted.out.split("data kept at ")[1].strip())
     assert (kept / "data" / "Data" / "world.db").read_text() == "precious"
     assert fleet.containers("gus") == []

@@ -233,7 +233,7 @@ def test_delete_takes_a_final_snapshot_kept_with_the_archive_and_purge_reaches_t
     _fleet_with_destination(zfs_fleet, f"{second_pool.name}/fleet", "1d=>1h", "1d=>1h")
     zfs_fleet.up()  # deleting goes through the daemon, which reads the destination at its start
 
-    kept = zfs_fleet.cli("instance", "delete", "erin").out
+    kept = zfs_fleet.cli("instance", "delete", "erin", "--yes").out
     assert "data kept at" in kept
     archived = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", f"{zfs_base}/archive").stdout
     assert "/data@final-" in archived

@@ -73,6 +73,7 @@ def test_the_unit_runs_up_with_the_fleets_config_and_every_shared_setting(tmp_pa
     # The root has a space in it: quoted as systemd splits ExecStart=.
     assert _lines(unit, "ExecStart") == [f"{beside_python} --config '{config}' up --leave-running"]
     assert "--leave-running" not in _unit(config, leave_running=False)
+    assert _lines(unit, "ExecReload") == ["/bin/kill -HUP $MAINPID"]  # the daemon reloads fleet.toml on SIGHUP
     for key, value in shared_settings().items():
         assert _lines(unit, key) == (value if isinstance(value, list) else [value]), key
     assert _lines(unit, "ReadWritePaths") == [f'"{config.parent}"', "-/run/xtables.lock"]

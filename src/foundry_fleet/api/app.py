@@ -21,6 +21,7 @@ from foundry_fleet.domain.errors import InvalidInput, Unsupported
 from foundry_fleet.domain.instance import DAEMON_FIGURES
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.config_reload import ConfigChanges
 from foundry_fleet.services.edge_status import edge_report
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.hostnames import Hostnames
@@ -137,12 +138,14 @@ def create_app(
     runtime_nodes: Callable[[], Awaitable[tuple[list[dict[str, Any]] | None, str | None]]] | None = None,
     panel_link: Callable[[str], str] | None = None,
     figures: Callable[[list[InstanceView]], dict[str, dict[str, Any]]] | None = None,
+    reload: Callable[[str], ConfigChanges] | None = None,
 ) -> Starlette:
     """`figures`: each instance's figures by name (domain.instance.DAEMON_FIGURES), from what the daemon holds in memory
     (the web panel's cards); None: every figure null.
     `runtime_images`: for a runtime that runs images, whether each cached release's image is there;
     `runtime_nodes`: the machines the runtime runs instances on (name, address, health, free memory);
-    `panel_link`: a single-use sign-in link to the web panel, for the actor asking."""
+    `panel_link`: a single-use sign-in link to the web panel, for the actor asking;
+    `reload`: read fleet.toml again (services/config_reload.py), for the actor asking."""
     ops = operations
     # Reads touch SQLite; keep them off the event loop.
     run = asyncio.to_thread
@@ -301,6 +304,12 @@ def create_app(
             raise Unsupported("this daemon does not serve the web panel", "see [panel] in fleet.toml")
         return {"url": await run(panel_link, actor), "expires_in": LINK_SECONDS}
 
+    async def reload_config(actor: str) -> dict[str, Any]:
+        if reload is None:
+            raise Unsupported("this daemon cannot read fleet.toml again", "restart it (`foundry-fleet up`)")
+        changes = await run(reload, actor)
+        return {**changes.to_dict(), "summary": changes.describe()}
+
     async def reconcile() -> dict[str, bool]:
         await supervisor.reconcile(poke=True)
         return {"ok": True}
@@ -379,6 +388,9 @@ def create_app(
                  query=(Param("target", str, None, "only events about this target"), Param("limit", int, 50)),
                  returns=list[EventView]),
         Endpoint("POST", "/v1/reconcile", "Re-read the desired state now", reconcile),
+        # Admins only: fleet.toml is the host owner's.
+        Endpoint("POST", "/v1/reload", "Read fleet.toml again: apply what can change live, name what needs a restart",
+                 reload_config, changes_state=True),
         # Admins only (tenant_action None): the link signs its holder in as a fleet admin.
         Endpoint("POST", "/v1/panel/login-link",
                  "A link that signs a fleet admin in to the web panel, once, within expires_in seconds",

@@ -114,6 +114,9 @@ class ControlClient:
         except DaemonNotRunning:
             return False
 
+    def reload(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/reload")
+
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/v1/health")
 

@@ -13,6 +13,7 @@ from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond, respond_by_update
 from foundry_fleet.bot.text import backup_link, clip_tail, code_block, instance_line, public_url, scrub, size
 from foundry_fleet.domain.errors import NotFound
+from foundry_fleet.domain.snapshot_choice import choose_snapshot
 
 
 INSTANCE = "which instance (not needed when you have just one)"
@@ -123,7 +124,7 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
         await respond(interaction, work)
 
     @group.command(name="restore", description="Restore a backup (asks you to confirm first)")
-    @app_commands.describe(snapshot="the backup's name, from /fleet backups", instance=INSTANCE)
+    @app_commands.describe(snapshot="the backup's name from /fleet backups, its start, or latest", instance=INSTANCE)
     @app_commands.checks.cooldown(*act)
     async def restore(interaction: discord.Interaction, snapshot: str, instance: str | None = None) -> None:
         api = bot.api(interaction)
@@ -131,9 +132,7 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
 
         async def work() -> Reply:
             name = await api.resolve(instance)
-            wanted = snapshot.strip()
-            if wanted not in {s["name"] for s in await api.backups(name)}:
-                raise NotFound(f"{name} has no backup named {wanted}", "see /fleet backups for the names")
+            wanted = choose_snapshot(snapshot, ((s["name"], s["created_at"]) for s in await api.backups(name)), name)
 
             async def confirmed(press: discord.Interaction) -> None:
                 presser = bot.api(press)

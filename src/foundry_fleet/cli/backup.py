@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from foundry_fleet.domain.snapshot_choice import choose_snapshot
 from foundry_fleet.domain.units import human_bytes
+from foundry_fleet.cli.confirm import confirm_or_refuse
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, print_json, safe
 from foundry_fleet.cli.typer_compat import command_group
@@ -70,17 +72,18 @@ def plan(
 def restore(
     ctx: typer.Context,
     name: str,
-    snapshot: str,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    snapshot: Annotated[str, typer.Argument(help="its name, `latest`, or the start of a name only it has")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")] = False,
 ) -> None:
     """Restore a snapshot: stop, keep the current data as a safety snapshot, restore, start again (needs the daemon)."""
     c: CliContext = ctx.obj
     client = c.require_daemon()
-    client.health()  # before asking: the restore cannot happen without the daemon
-    if not yes:
-        typer.confirm(f"Replace the data of {name} with snapshot {snapshot}? (the current data is kept)", abort=True)
+    # Named in full before asking: the question must say which snapshot `latest` or a prefix is.
+    snapshot = choose_snapshot(snapshot, ((s["name"], s["created_at"]) for s in client.list_snapshots(name)), name)
+    confirm_or_refuse(f"Replace the data of {name} with snapshot {snapshot}? (the current data is kept)", yes)
     result = client.restore(name, snapshot)
     safety, state = result["safety_snapshot"], result["instance"]["state"]
+    snapshot = result.get("snapshot") or snapshot
     console.print(f"restored {snapshot} into {name} ({state}); the data before is kept as snapshot {safety}")
 
 

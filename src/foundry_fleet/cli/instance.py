@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from foundry_fleet.cli import data as data_cmds
-from foundry_fleet.cli.confirm import confirm
+from foundry_fleet.cli.confirm import confirm_or_refuse
 from foundry_fleet.cli import sftp_keys as sftp_key_cmds
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import (
@@ -24,6 +24,7 @@ from foundry_fleet.domain.text import escape_controls
 app = command_group("Foundry instances, one per tenant.")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")]
 
 
 def _read_secret_file(path: Path, what: str = "password") -> str:
@@ -297,11 +298,15 @@ def suspend(
     ctx: typer.Context,
     name: str,
     reason: Annotated[str, typer.Option(help="why (the tenant sees it when they try to start it)")] = "",
+    yes: YesFlag = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Stop an instance and keep it stopped: its tenant cannot start it until it is resumed (needs the daemon)."""
     c: CliContext = ctx.obj
-    row = c.require_daemon().suspend(name, reason)
+    client = c.require_daemon()
+    client.health()  # before asking: the suspension cannot happen without the daemon
+    confirm_or_refuse(f"Stop {name} and keep its tenant from starting it?", yes)
+    row = client.suspend(name, reason)
     if json_out:
         print_json(row)
     else:
@@ -332,7 +337,7 @@ def upgrade(
     client = c.require_daemon()
     current = client.get_instance(name)["release"]
     if _older(release, current):
-        confirm(f"downgrade {name} from {current} to {release}? Foundry may not open worlds saved by {current}", yes)
+        confirm_or_refuse(f"downgrade {name} from {current} to {release}? Foundry may not open worlds saved by {current}", yes)
     result = client.upgrade(name, release)
     if json_out:
         print_json(result)
@@ -357,14 +362,14 @@ def delete(
     ctx: typer.Context,
     name: str,
     purge: Annotated[bool, typer.Option(help="also destroy its data (otherwise kept under archive/)")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    yes: YesFlag = False,
 ) -> None:
     """Delete an instance after a final snapshot; its data is kept under archive/ unless --purge (needs the daemon)."""
     c: CliContext = ctx.obj
     client = c.require_daemon()
-    if purge and not yes:
-        client.health()  # before asking: the delete cannot happen without the daemon
-        typer.confirm(f"Destroy all data of {name}? This cannot be undone.", abort=True)
+    client.health()  # before asking: the delete cannot happen without the daemon
+    confirm_or_refuse(f"Destroy all data of {name}? This cannot be undone." if purge else
+                      f"Delete {name}? (its data is kept under archive/)", yes)
     kept = client.delete_instance(name, purge)["kept_at"]
     console.print(f"deleted {name}" + (f"; data kept at {kept}" if kept else "; data destroyed"))
 

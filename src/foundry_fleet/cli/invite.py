@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from foundry_fleet.cli.confirm import confirm_or_refuse
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.cli.render import console, print_json
 from foundry_fleet.cli.typer_compat import command_group
@@ -41,6 +42,12 @@ def create(
     console.print(f"invite {inv.id} for {whom}, valid until {until}")
     if created.code:
         console.print(f"code (shown once; they enter it with /fleet join): {created.code}")
+    if c.config.discord.token_file is None:
+        # Without a bot nobody tells the person: whoever invites them has to, with these words.
+        how = (f"/fleet join code:{created.code}" if created.code
+               else "/fleet setup")
+        console.print("No Discord bot is configured ([discord] token_file in fleet.toml): the invite is recorded; "
+                      f"once the bot runs, they use {how} in your Discord server.", highlight=False)
 
 
 @app.command("list")
@@ -65,8 +72,13 @@ def list_(
 
 
 @app.command()
-def revoke(ctx: typer.Context, invite_id: int) -> None:
+def revoke(
+    ctx: typer.Context,
+    invite_id: int,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")] = False,
+) -> None:
     """Revoke a pending invite."""
     c: CliContext = ctx.obj
+    confirm_or_refuse(f"Revoke invite {invite_id}? (it cannot be used again)", yes)
     view = _invites(c).revoke(invite_id)
     console.print(f"invite {view.id} revoked")

@@ -128,10 +128,11 @@ def up(
 
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
     handler.addFilter(_escape_log_record)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler],
+                        force=True)  # replaces the silence main() sets up for every other command
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    asyncio.run(serve(ctx.obj.config, leave_running=leave_running))
+    asyncio.run(serve(ctx.obj.config, leave_running=leave_running, config_file=ctx.obj.config_file()))
 
 
 def _escape_log_record(record: Any) -> bool:  # a logging.LogRecord
@@ -181,6 +182,17 @@ def events(
         console.print(events_table(rows))
 
 
+@app.command()
+def reload(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Read fleet.toml again (as SIGHUP does): a bad file changes nothing; says what changed at once and what
+    needs `up` again (needs the daemon)."""
+    result = ctx.obj.require_daemon().reload()
+    if json_out:
+        print_json(result)
+    else:
+        console.print(safe(result["summary"]), highlight=False)
+
+
 @app.command("api-schema")
 def api_schema(ctx: typer.Context) -> None:
     """Print the control API's OpenAPI schema (from the running daemon)."""
@@ -207,7 +219,17 @@ def hoist_config_option(argv: list[str]) -> list[str]:
     return hoisted + args
 
 
+def _silence_logs() -> None:
+    """A command's output is its own words: what went wrong reaches the person as the error it raises,
+    and the event log keeps the record. Without a handler, Python's last-resort one would print the
+    fleet's and its libraries' warnings (an event's log line, httpx's) beside that error."""
+    import logging
+
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
 def main() -> None:
+    _silence_logs()
     try:
         # Without standalone mode, click hands back the code of a typer.Exit instead of exiting.
         code = app(args=hoist_config_option(sys.argv[1:]), prog_name="foundry-fleet", standalone_mode=False)

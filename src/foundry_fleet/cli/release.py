@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from foundry_fleet.cli.confirm import confirm_or_refuse
 from foundry_fleet.cli.render import console, print_json, releases_table
 from foundry_fleet.cli.typer_compat import command_group
 
@@ -56,7 +57,12 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
 
 
 @app.command("remove")
-def remove(ctx: typer.Context, version: str) -> None:
+def remove(
+    ctx: typer.Context,
+    version: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")] = False,
+) -> None:
     """Remove a release (refused while an instance uses it)."""
+    confirm_or_refuse(f"Remove release {version} from this host? (adding it again downloads it again)", yes)
     ctx.obj.services().releases.remove(version)
     console.print(f"removed release {version}")

@@ -40,15 +40,10 @@ def set_(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Switch the fleet to DRIVER (with the daemon and every instance stopped; running ones are refused)."""
-    import logging
-
     from foundry_fleet.domain.errors import InvalidInput
     from foundry_fleet.services.runtime_switch import switch_runtime
 
     c: CliContext = ctx.obj
-    # A refusal is said once, as the error below; the event log keeps it (without this, Python's
-    # last-resort handler would print the event's log line as well).
-    logging.getLogger("foundry_fleet.events").addHandler(logging.NullHandler())
     offered = offered_runtimes()
     if driver not in offered:
         raise InvalidInput(f"unknown runtime driver {driver!r}", f"use {' or '.join(offered)}")

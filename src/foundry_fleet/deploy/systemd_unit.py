@@ -104,6 +104,8 @@ def render_unit(spec: UnitSpec) -> str:
         "",
         "[Service]",
         f"ExecStart={' '.join(_quote(a) for a in spec.command)}",
+        # `systemctl reload`: the daemon reads fleet.toml again on SIGHUP (as `foundry-fleet reload`).
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ]
     for key, value in shared_settings().items():
         for one in value if isinstance(value, list) else [value]:

@@ -14,6 +14,8 @@ terminal as a command, not that the output can be decoded back.
 
 from __future__ import annotations
 
+import re
+
 
 def _escaped(ch: str) -> str:
     code = ord(ch)
@@ -30,3 +32,13 @@ def escape_controls(text: str, *, multiline: bool = False) -> str:
         return text  # the common case, checked at C speed
     keep = "\t\n" if multiline else "\t"
     return "".join(ch if ch.isprintable() or ch in keep else _escaped(ch) for ch in text)
+
+
+def plain_from_discord(text: str) -> str:
+    """Discord's markdown read as plain text, for a console or a log: bold and code marks dropped, a
+    mention `<@id>` shown as `@id` (a console cannot resolve it to a name)."""
+    text = re.sub(r"<@!?(\d+)>", r"@\1", text)
+    text = re.sub(r"```[a-z]*\n?", "", text)
+    for mark in ("**", "__", "`"):
+        text = text.replace(mark, "")
+    return text

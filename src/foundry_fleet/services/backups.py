@@ -24,6 +24,7 @@ from pathlib import Path
 from foundry_fleet.domain.backup_plan import Plan, TimeFormat, current_slot, parse_plan, thin
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, FleetError, InvalidInput
 from foundry_fleet.domain.events import Outcome
+from foundry_fleet.domain.snapshot_choice import choose_snapshot
 from foundry_fleet.services.backup_records import BackupRecords
 from foundry_fleet.services.disk_limits import DiskLimits, OverDiskLimit
 from foundry_fleet.services.events import EventLog
@@ -255,6 +256,10 @@ class Backups:
         return [InstanceSnapshot(name, snap) for snap in doomed]
 
     # restoring ----------------------------------------------------------------------------
+
+    def choose(self, name: str, wanted: str) -> str:
+        """The snapshot `wanted` names: a full name, `latest` or a unique prefix (domain.snapshot_choice)."""
+        return choose_snapshot(wanted, ((s.name, s.created_at) for s in self.snapshots.list(name)), name)
 
     def restore(self, name: str, snapshot: str) -> str:
         """Replace the instance's data with a snapshot; the current data is kept as a safety snapshot

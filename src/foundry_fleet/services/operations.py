@@ -55,9 +55,10 @@ class Deleted:
 class Restored:
     safety_snapshot: str  # the data from before the restore
     instance: InstanceView
+    snapshot: str = ""  # the full name of what was restored (the request may have said `latest` or a prefix)
 
     def to_dict(self) -> dict[str, object]:
-        return {"safety_snapshot": self.safety_snapshot, "instance": self.instance.to_dict()}
+        return {"safety_snapshot": self.safety_snapshot, "instance": self.instance.to_dict(), "snapshot": self.snapshot}
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,7 @@ class Operations:
         try:
             with self.lock.hold(name, RESTORING):
                 was = await self._view(name)
-                await _blocking(self.backups.snapshots.path, name, snapshot)  # NotFound before anything stops
+                snapshot = await _blocking(self.backups.choose, name, snapshot)  # NotFound before anything stops
                 await self._sync_edge()  # its visitors are told it is being restored, not that it stopped
                 await self._stop_and_wait(actor, name, f"restoring {snapshot}")
                 try:
@@ -414,7 +415,7 @@ class Operations:
                     if was.desired == DesiredState.RUNNING.value and whole:
                         await _blocking(self.desired.set, actor, name, DesiredState.RUNNING, "restored")
                         self.supervisor.poke(name)
-                return Restored(safety, await self._settled(name, was.desired == DesiredState.RUNNING.value))
+                return Restored(safety, await self._settled(name, was.desired == DesiredState.RUNNING.value), snapshot)
         finally:
             await self._sync_edge()  # the restore's page gives way to the state it left
 

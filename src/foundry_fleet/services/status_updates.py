@@ -21,6 +21,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from foundry_fleet.domain.errors import ExternalFailure
+from foundry_fleet.domain.text import plain_from_discord
 from foundry_fleet.services.disk_limits import DiskLimits, mib
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.instance_views import InstanceViews
@@ -43,11 +44,14 @@ class Notifier(Protocol):
 
 
 class LogNotifier:
+    """Updates are worded for Discord (bold names, code, mentions); the daemon's console reads them as
+    plain text, so the marks are taken out here and Discord keeps its markdown."""
+
     async def post_ops(self, text: str) -> None:
-        log.info("status: %s", text)
+        log.info("status: %s", plain_from_discord(text))
 
     async def send_dm(self, user_id: str, text: str) -> None:
-        log.info("status for %s: %s", user_id, text)
+        log.info("status for %s: %s", user_id, plain_from_discord(text))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import uvicorn
@@ -28,6 +29,7 @@ from foundry_fleet.services.data_import import DataImport
 from foundry_fleet.services import uid_claims
 from foundry_fleet.services.access import Access
 from foundry_fleet.services.backups import Backups
+from foundry_fleet.services.config_reload import ConfigReload
 from foundry_fleet.services.daemon_exit import take_stop_request
 from foundry_fleet.services.doctor.dns import HostAddresses, dns_checks, interface_addresses, system_resolver
 from foundry_fleet.services.doctor.ports import port_in_use
@@ -67,6 +69,10 @@ from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.web.panel.services import Panel
 from foundry_fleet.wiring.panel import card_sources, health_check, panel_services, runtime_facts, status_from
 
+if TYPE_CHECKING:
+    from foundry_fleet.bot.client import BotServices
+    from foundry_fleet.services.web_login import WebLogin
+
 log = logging.getLogger("foundry_fleet.daemon")
 
 RECONCILE_EVERY = 30.0
@@ -99,16 +105,17 @@ def report_capabilities(caps: list[Capability]) -> None:
             log.warning("NOT available: %s: %s", cap.name, cap.detail)
 
 
-async def serve(config: FleetConfig, leave_running: bool = False) -> None:
+async def serve(config: FleetConfig, leave_running: bool = False, config_file: Path | None = None) -> None:
+    """`config_file`: where `config` was read from, for `reload` and SIGHUP (None: neither reads it again)."""
     lock = DaemonLock(config.paths.daemon_lock)
     lock.acquire()
     try:
-        await _serve_locked(config, leave_running)
+        await _serve_locked(config, leave_running, config_file)
     finally:
         lock.release()
 
 
-async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
+async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: Path | None) -> None:
     take_stop_request(config.paths)  # one left for a daemon that had gone before it was read
     # From the first moment: a stop asked for while the daemon starts (a `systemctl stop` right after a
     # restart) is carried out once it has started, instances stopped or left as told, rather than
@@ -223,13 +230,22 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         # Each running instance's memory and CPU of the last hour, in memory: the panel and /metrics read these.
         samples = ResourceSamples.from_config(config.panel, supervisor.running, supervisor.stats, on_round=bulletin.bump)
         certificates = CertificateWatch(services.sites, services.events, edge.certificate, config.edge.tls)
+        idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
+                         config.instances.idle_after_seconds, every=config.supervisor.health_interval,
+                         busy=operations.busy)
         access = Access(services.instances, frozenset(config.discord.admin_users))
+        bot_services = (make_bot_services(open_services(config, actor="bot"))
+                        if config.discord.token_file is not None else None)
+        admin_holders = [access, panel_sessions.access, *([bot_services.access] if bot_services else [])]
+        reload = (None if config_file is None else
+                  live_config(config_file, config, services, idle, backups, admin_holders, web_login))
         reads = Reads(services.instances, services.hostnames, services.events, services.releases, access)
         app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                          runtime_images=runtime_image_check(config, services.releases),
                          runtime_nodes=lambda: node_report(runtime.nodes),
                          panel_link=panel_sessions.make_link if config.panel.enabled else None,
-                         figures=PanelCards(access, card_sources(supervisor, backups, certificates, samples)).figures)
+                         figures=PanelCards(access, card_sources(supervisor, backups, certificates, samples)).figures,
+                         reload=reload.reload if reload else None)
         sock = bind_private_socket(config.paths.socket)
         starting.callback(config.paths.socket.unlink, missing_ok=True)
         starting.callback(sock.close)
@@ -250,14 +266,14 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
                                         samples, health=health_check(config, services, status_from(app)),
                                         runtime_facts=runtime_facts(info, runtime.nodes))
-        idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
-                         config.instances.idle_after_seconds, every=config.supervisor.health_interval,
-                         busy=operations.busy)
+        admin_holders.append(panel.services.access)  # the panel's pages ask their own Access
         idle_task = asyncio.create_task(idle.run())
         samples_task = asyncio.create_task(samples.run())
         bot_task = None
-        if config.discord.token_file is not None:
-            bot_task = asyncio.create_task(run_discord_bot(config, app, updates))
+        if bot_services is not None:
+            bot_task = asyncio.create_task(run_discord_bot(config, bot_services, app, updates))
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_on_signal(reload)))
     except BaseException:
         await starting.aclose()
         raise
@@ -299,6 +315,35 @@ async def _serve_locked(config: FleetConfig, leave_running: bool) -> None:
         services.events.record("daemon.stop", str(config.root), Outcome.OK, "instances left running" if leave_running else "")
 
 
+def live_config(path: Path, config: FleetConfig, services: FleetServices, idle: IdleWatch, backups: Backups,
+                admin_holders: list[Access], web_login: WebLogin) -> ConfigReload:
+    """What `reload` may change while the daemon runs: values these services read each time they use them.
+    `admin_holders`: every Access of this daemon (control API, panel, bot), so no door keeps the old admins."""
+    def idle_after(new: FleetConfig) -> None:
+        idle.fleet_idle_after = new.instances.idle_after_seconds
+
+    def plan(new: FleetConfig) -> None:
+        backups.records.default_plan = new.backups.plan
+
+    def admins(new: FleetConfig) -> None:
+        users = frozenset(new.discord.admin_users)
+        for holder in admin_holders:
+            holder.admin_users = users
+        web_login.settings.admin_users = list(new.discord.admin_users)  # the backups pages ask it
+
+    return ConfigReload(path, config, {"instances.idle_after": idle_after, "backups.plan": plan,
+                                       "discord.admin_users": admins}, services.events)
+
+
+async def reload_on_signal(reload: ConfigReload) -> None:
+    try:
+        await asyncio.to_thread(reload.reload, "signal:SIGHUP")
+    except FleetError as e:  # a bad edit: the daemon goes on with what it has
+        log.error("fleet.toml not reloaded: %s", e.message)
+    except Exception:  # noqa: BLE001 - a signal must never take the daemon down
+        log.exception("fleet.toml not reloaded")
+
+
 def memory_guard(config: FleetConfig, multi_node: bool) -> MemoryGuard | None:
     """What a wake must find free on this host. A cluster runtime places instances on its nodes and does
     not overcommit them itself (Nomad leaves an allocation pending until a node has the memory)."""
@@ -320,7 +365,8 @@ def runtime_image_check(config: FleetConfig, releases: ReleaseRegistry) -> Calla
     return check
 
 
-async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: StatusUpdates) -> None:
+async def run_discord_bot(config: FleetConfig, bot_services: BotServices, control_app: Starlette,
+                          updates: StatusUpdates) -> None:
     """The bot, on the control API in this process; status updates go through it once it runs. A bot
     that cannot start (no or bad token) is reported and the fleet goes on without it."""
     from foundry_fleet.bot.runner import run_bot
@@ -329,7 +375,7 @@ async def run_discord_bot(config: FleetConfig, control_app: Starlette, updates: 
         updates.notifier = notifier
 
     try:
-        await run_bot(config, make_bot_services(open_services(config, actor="bot")), httpx.ASGITransport(app=control_app), on_notifier=use)
+        await run_bot(config, bot_services, httpx.ASGITransport(app=control_app), on_notifier=use)
     except FleetError as e:
         log.error("the Discord bot is not running: %s%s", e.message, f" ({e.hint})" if e.hint else "")
     except asyncio.CancelledError:
