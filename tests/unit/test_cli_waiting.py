@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-import typer
 
 from foundry_fleet.cli.context import CliContext
 from foundry_fleet.domain.errors import ExternalFailure, NotFound
@@ -150,13 +149,14 @@ def test_a_downgrade_at_a_terminal_asks_and_no_stops_it(
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     asked: list[str] = []
 
-    def no(question: str, abort: bool) -> None:
+    def no(question: str, default: bool) -> bool:
         asked.append(question)
-        raise typer.Abort()
+        return False
 
     monkeypatch.setattr("typer.confirm", no)
-    code, _, _ = run_main(monkeypatch, capsys, "instance", "upgrade", "alice", "--release", "13.300")
+    code, _, err = run_main(monkeypatch, capsys, "instance", "upgrade", "alice", "--release", "13.300")
     assert code == 1 and daemon[0].actions == [] and asked[0].startswith("downgrade alice from 13.345 to 13.300?")
+    assert "nothing changed" in err
 
 
 def test_an_upgrade_to_a_newer_release_is_not_asked(
