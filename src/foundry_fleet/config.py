@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +29,14 @@ from foundry_fleet.domain.tenant_pages import DEFAULT_OPERATOR, Operator, valida
 DEFAULT_DOWNLOAD_HOSTS = ["foundryvtt.com", "*.foundryvtt.com"]
 
 
+def _as_value_error(validate: Callable[[str], str], value: str) -> str:
+    """A domain rule's refusal as the ValueError pydantic reports with the key's name."""
+    try:
+        return validate(value)
+    except InvalidInput as e:
+        raise ValueError(e.message) from None
+
+
 class _Section(BaseModel):
     # inf and nan are valid TOML floats: an infinite timeout or delay would stall, or overflow a
     # timer (asyncio and time.sleep raise OverflowError), so every float must be finite.
@@ -48,18 +57,12 @@ class FleetSection(_Section):
     @field_validator("operator_name")
     @classmethod
     def _operator_name(cls, v: str) -> str:
-        try:
-            return validate_operator_name(v)
-        except InvalidInput as e:
-            raise ValueError(e.message) from None
+        return _as_value_error(validate_operator_name, v)
 
     @field_validator("contact")
     @classmethod
     def _contact(cls, v: str) -> str:
-        try:
-            return validate_contact(v)
-        except InvalidInput as e:
-            raise ValueError(e.message) from None
+        return _as_value_error(validate_contact, v)
 
     @property
     def operator(self) -> Operator:
@@ -68,19 +71,13 @@ class FleetSection(_Section):
     @field_validator("domain")
     @classmethod
     def _domain(cls, v: str) -> str:
-        try:
-            return validate_domain(v)
-        except InvalidInput as e:
-            raise ValueError(e.message) from None  # pydantic then names the key
+        return _as_value_error(validate_domain, v)
 
     @field_validator("fleet_host")
     @classmethod
     def _fleet_host(cls, v: str) -> str:
         # It reaches Caddy's host matcher: a placeholder such as {http.request.host} would match any host.
-        try:
-            return validate_host_label(v, "fleet_host")
-        except InvalidInput as e:
-            raise ValueError(e.message) from None
+        return _as_value_error(lambda value: validate_host_label(value, "fleet_host"), v)
 
 
 class EdgeSection(_Section):
