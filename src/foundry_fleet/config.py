@@ -498,6 +498,8 @@ class DiscordSection(_Section):
     oauth_base: str = Field("https://discord.com", description="tests only: a stand-in Discord")
     api_base: str = Field("https://discord.com/api", description="tests only: a stand-in Discord API")
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a sign-in lasts (backups and the panel)")
+    attachment_hosts: list[str] = Field(default_factory=lambda: ["cdn.discordapp.com", "media.discordapp.net"],
+                                        description="tests only: where zips attached to /fleet import come from")
 
     @field_validator("admin_users")
     @classmethod

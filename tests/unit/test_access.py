@@ -70,5 +70,9 @@ def test_the_link_admin_reaches_every_instance_and_tenants_only_their_own() -> N
         a.instance(owner, "orphan")
     with pytest.raises(Forbidden):
         a.instance(owner, "alice", "delete")
+    # Owners bring their own data in (a snapshot is taken first); someone else's instance does not exist.
+    assert a.instance(owner, "alice", "import").name == "alice"
+    with pytest.raises(NotFound):
+        a.instance(other, "alice", "import")
     with pytest.raises(Forbidden):
         a.require_admin(owner)

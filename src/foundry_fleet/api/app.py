@@ -249,15 +249,17 @@ def create_app(
     async def upgrade(name: str, body: Upgrade, actor: str) -> dict[str, Any]:
         return (await ops.upgrade(actor, name, body.release)).to_dict()
 
-    async def import_data(name: str, into: str, replace: bool, url: str | None, upload: AsyncIterator[bytes],
-                          actor: str) -> dict[str, Any]:
+    async def import_data(name: str, into: str, replace: bool, url: str | None, source: str | None,
+                          upload: AsyncIterator[bytes], actor: str) -> dict[str, Any]:
         # The zip comes in the request (or from a link the daemon downloads), never as a path: the daemon
         # (root, with a /tmp of its own under systemd) opens no file on a caller's say-so.
         if ops.imports is None:
             raise Unsupported("this daemon does not import data")
         if url:
             await run(reads.instances.get, name)  # NotFound before a download
-        path = await run(ops.imports.fetch, name, url) if url else await run(ops.imports.upload_path, name)
+        if source and not url:
+            raise InvalidInput("a source goes with a link", "give the url the zip is at")
+        path = await run(ops.imports.fetch, name, url, source) if url else await run(ops.imports.upload_path, name)
         try:
             with await run(open, path, "ab") as f:
                 size = 0
@@ -357,15 +359,18 @@ def create_app(
         Endpoint("POST", "/v1/instances/{name}/admin-password",
                  "Set the instance's admin password, or generate one (answered once); restarted if it runs",
                  reset_admin_password, body=ResetAdminPassword, changes_state=True),
-        # Admins only: the tenant's bot has no file to send, and the export holds every file of the game.
+        # A tenant imports into their own (a snapshot is taken first); the export stays admins' only: it
+        # holds every file of the game.
         Endpoint("POST", "/v1/instances/{name}/import",
                  "Unpack a zip (the request body) into the instance's data: refused unless safe, no overwrite "
                  "without replace, a snapshot first, files owned by the instance's uid", import_data,
                  query=(Param("into", str, "Data", "where, under the data dir (Data or below)"),
                         Param("replace", bool, False, "overwrite files that exist"),
                         Param("url", str, None, "an https link to download the zip from (then no body), by the "
-                                                "release downloads' rules")),
-                 upload=True, changes_state=True),
+                                                "release downloads' rules"),
+                        Param("source", str, None, "discord-attachment: the url is a file attached in Discord, "
+                                                   "allowed from Discord's file hosts only")),
+                 upload=True, changes_state=True, tenant_action="import"),
         Endpoint("POST", "/v1/instances/{name}/export",
                  "A zip of the instance's Data and Config (no licence, no admin password) from a fresh snapshot",
                  export_data, changes_state=True),

@@ -17,7 +17,7 @@ from foundry_fleet.services.views import InstanceView
 
 TENANT_ACTIONS = frozenset({
     "view", "start", "stop", "restart", "logs", "backup", "backups", "restore", "upgrade", "backup-plan",
-    "sftp-keys",
+    "sftp-keys", "import",
 })
 
 

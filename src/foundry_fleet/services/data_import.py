@@ -18,8 +18,9 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from foundry_fleet.domain import instance_layout
 from foundry_fleet.domain.errors import Conflict, InvalidInput
@@ -29,6 +30,9 @@ from foundry_fleet.services.views import InstanceView
 from foundry_fleet.storage.tenant_tree import DIR_FLAGS, NEW_FILE_FLAGS, Kind, Parts, copy_bytes, open_root, show, walk
 
 SHOWN_CONFLICTS = 5
+# Where Discord keeps the files people attach to a message.
+DISCORD_ATTACHMENT_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
+ATTACHMENT_SOURCE = "discord-attachment"
 _WORLDS = ("Data", "worlds")
 
 
@@ -89,23 +93,42 @@ def checked_into(into: str) -> Parts:
 
 
 class DataImport:
-    def __init__(self, limits: UnpackLimits, staging: Path, policy: DownloadPolicy | None = None) -> None:
+    def __init__(self, limits: UnpackLimits, staging: Path, policy: DownloadPolicy | None = None,
+                 attachment_hosts: tuple[str, ...] = DISCORD_ATTACHMENT_HOSTS) -> None:
         """`staging`: a folder of the fleet's own (root's, 0700), on any file system. `policy`: where a zip
         may be downloaded from (the releases' rules: https, the allow-list, no private addresses); None,
-        only zips sent in are imported."""
+        only zips sent in are imported. `attachment_hosts`: where a zip attached in Discord may come from
+        ([discord] attachment_hosts, changed by tests only)."""
         self.limits = limits
         self.staging = staging
         self.policy = policy
+        self.attachment_hosts = tuple(attachment_hosts)
 
-    def fetch(self, name: str, url: str) -> Path:
-        """Download a zip to import (a timed link from another host, say) into the staging folder."""
+    def source_policy(self, url: str, source: str | None) -> DownloadPolicy:
+        """The rules a download follows: the releases' own, or for a Discord attachment Discord's hosts
+        alone, so the bot opens no other host and the release allow-list stays closed to Discord's."""
         if self.policy is None:
             raise InvalidInput("this fleet does not download imports", "download the zip, then import the file")
+        if source is None:
+            return self.policy
+        if source != ATTACHMENT_SOURCE:
+            raise InvalidInput(f"unknown import source {source!r}", f"leave it out, or say {ATTACHMENT_SOURCE}")
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".").lower()
+        if parts.scheme != "https" or host not in self.attachment_hosts:
+            raise InvalidInput("a Discord attachment must be an https link on Discord's own file host",
+                               "attach the zip to the command again")
+        # Only the host list changes: https, the size limit and the private-address refusal still hold.
+        return replace(self.policy, allowed_hosts=self.attachment_hosts)
+
+    def fetch(self, name: str, url: str, source: str | None = None) -> Path:
+        """Download a zip to import (a timed link from another host, say) into the staging folder."""
+        policy = self.source_policy(url, source)
         from foundry_fleet.releases.fetch import check_download_url, download  # httpx, only for a download
 
-        check_download_url(url, self.policy)
+        check_download_url(url, policy)
         path = self.upload_path(name)
-        download(url, path, self.policy)
+        download(url, path, policy)
         return path
 
     def sweep(self) -> int:

@@ -218,7 +218,7 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         info = DaemonInfo(pid=os.getpid(), started_at=time.time(), root=str(config.root), capabilities=caps,
                           runtime=runtime_report)
         imports = DataImport(UnpackLimits.from_config(config.releases), config.root / "imports",
-                             DownloadPolicy.from_config(config.releases))
+                             DownloadPolicy.from_config(config.releases), tuple(config.discord.attachment_hosts))
         if swept := imports.sweep():
             log.warning("removed %d import(s) left staged by a daemon that stopped", swept)
         # One operations service: the control API, and through it the bot and the CLI, all use this one,
