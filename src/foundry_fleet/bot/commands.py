@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from discord import app_commands
 
-from foundry_fleet.bot import admin_commands, onboarding_commands, sftp_key_commands, tenant_commands
+from foundry_fleet.bot import (
+    admin_commands,
+    import_commands,
+    onboarding_commands,
+    sftp_key_commands,
+    tenant_commands,
+)
 from foundry_fleet.bot.command_context import CommandContext, Limits
 
 __all__ = ["Limits", "fleet_group"]
@@ -20,4 +26,5 @@ def fleet_group(ctx: CommandContext, limits: Limits) -> app_commands.Group:
     admin_commands.register(group, ctx, limits)
     onboarding_commands.register(group, ctx, limits)
     sftp_key_commands.register(group, ctx, limits)
+    import_commands.register(group, ctx, limits)
     return group

@@ -111,6 +111,12 @@ class FleetApi:
         # As long as the CLI waits: a move to another home takes as long as its data takes to send.
         return await self.call("POST", "instances", name, "move", json={"node": node}, timeout=MOVE_TIMEOUT)
 
+    async def import_data(self, name: str, url: str, into: str, replace: bool) -> dict[str, Any]:
+        """A zip attached in Discord: the daemon downloads it from Discord's file host alone."""
+        params = {"url": url, "source": "discord-attachment", "into": into, "replace": str(replace).lower()}
+        # As long as the CLI waits: a snapshot of a large instance comes before the copy.
+        return await self.call("POST", "instances", name, "import", params=params, timeout=MOVE_TIMEOUT)
+
     async def delete(self, name: str) -> dict[str, Any]:
         return await self.call("DELETE", "instances", name, params={"purge": "false"})
 
