@@ -335,7 +335,7 @@ class DiscordGatewayRecorder:
         known = {o["name"]: o for o in definition.get("options", [])}
         for name, opt in known.items():
             assert not opt.get("required") or name in options, f"/fleet {sub} needs {name}: Discord would not send it"
-        sent, resolved = [], {"users": {}, "members": {}}
+        sent, resolved = [], {"users": {}, "members": {}, "attachments": {}}
         for name, value in options.items():
             opt = known.get(name)
             assert opt is not None, f"/fleet {sub} has no option {name}"
@@ -344,6 +344,10 @@ class DiscordGatewayRecorder:
                 resolved["users"][value.sid] = value.user()
                 resolved["members"][value.sid] = value.member(with_user=False)
                 value = value.sid
+            elif opt["type"] == 11:  # a file: Discord uploads it first and sends its id and where it is
+                assert isinstance(value, dict) and {"id", "filename", "size", "url"} <= value.keys()
+                resolved["attachments"][value["id"]] = {"proxy_url": value["url"], **value}
+                value = value["id"]
             elif opt["type"] == 4:
                 assert isinstance(value, int)
                 assert opt.get("min_value", value) <= value <= opt.get("max_value", value), f"{name}={value}"
@@ -359,6 +363,8 @@ class DiscordGatewayRecorder:
             data["guild_id"] = command["guild_id"]
         if resolved["users"]:
             data["resolved"] = resolved if not dm else {"users": resolved["users"]}
+        if resolved["attachments"]:
+            data.setdefault("resolved", {})["attachments"] = resolved["attachments"]
         return self._interaction(2, person, data, dm=dm)
 
     def press(self, person: Person, message: Message, label: str, *, forge: bool = False) -> dict[str, Any]:

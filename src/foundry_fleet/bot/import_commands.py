@@ -10,7 +10,7 @@ from discord import app_commands
 from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond
 from foundry_fleet.bot.text import scrub, size
-from foundry_fleet.domain.errors import InvalidInput
+from foundry_fleet.domain.errors import Conflict, InvalidInput
 
 INSTANCE = "which instance (not needed when you have just one)"
 # What Discord lets a bot receive without boosts; a guild's own limit, when higher, wins.
@@ -56,7 +56,12 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
         async def work() -> Reply:
             check_attachment(file, upload_limit(interaction))
             name = await api.resolve(instance)
-            return Reply(imported_text(await api.import_data(name, file.url, into, replace)))
+            try:
+                return Reply(imported_text(await api.import_data(name, file.url, into, replace)))
+            except Conflict as e:
+                # The daemon's hint names the CLI's flag; here it is an option of this command.
+                raise Conflict(e.message, "nothing was changed; run /fleet import again with replace: True "
+                                          "to overwrite them (a backup is taken first)") from None
 
         # Deferred at once: a download, a snapshot and the copy outlast Discord's three seconds.
         await respond(interaction, work, slow=True)
