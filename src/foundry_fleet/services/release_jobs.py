@@ -47,11 +47,6 @@ class ReleaseJob:
         return self.phase in ("done", "failed")
 
 
-def acting_as(registry: ReleaseRegistry, actor: str) -> ReleaseRegistry:
-    """The same registry, recording its events as `actor`'s."""
-    return ReleaseRegistry(registry.node, registry.sessions, registry.cache, actor)
-
-
 class ReleaseJobs:
     def __init__(self, registry: ReleaseRegistry, clock: Callable[[], float] = time.time,
                  keep_finished: float = KEEP_FINISHED_S, max_running: int = MAX_RUNNING) -> None:
@@ -108,7 +103,7 @@ class ReleaseJobs:
             self._update(job_id, phase=phase, done_bytes=done, total_bytes=total)
 
         try:
-            view = acting_as(self.registry, actor).add(source, progress)
+            view = self.registry.acting_as(actor).add(source, progress)
         except FleetError as e:
             text = f"{e.message}. {e.hint[:1].upper()}{e.hint[1:]}." if e.hint else f"{e.message}."
             self._update(job_id, phase="failed", error=text.replace(source, redact_url(source)),

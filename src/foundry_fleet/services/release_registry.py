@@ -33,6 +33,10 @@ class ReleaseRegistry:
         self.cache = cache
         self.actor = actor
 
+    def acting_as(self, actor: str) -> ReleaseRegistry:
+        """The same registry, recording its events as `actor`'s."""
+        return ReleaseRegistry(self.node, self.sessions, self.cache, actor)
+
     def add(self, source: str, progress: ProgressCallback | None = None) -> ReleaseView:
         return self._register(self.cache.add(source, progress))
 

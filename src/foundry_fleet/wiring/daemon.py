@@ -64,7 +64,7 @@ from foundry_fleet.wiring.services import FleetServices
 from foundry_fleet.wiring.services import (
     make_backups, make_bot_services, make_status_updates, make_web_login, make_wizard, open_services,
 )
-from foundry_fleet.wiring.services import make_panel_sessions
+from foundry_fleet.wiring.services import make_access, make_panel_sessions
 from foundry_fleet.services.bulletin import Bulletin
 from foundry_fleet.web.panel.services import Panel
 from foundry_fleet.wiring.panel import card_sources, health_check, panel_services, runtime_facts, status_from
@@ -158,7 +158,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         starting.callback(backups_path.unlink, missing_ok=True)
         starting.callback(backups_sock.close)
         web_login = make_web_login(services)
-        panel_sessions = make_panel_sessions(services, web_login)
+        # One Access for every door (control API, panel, bot): a reload of the admins reaches them all.
+        access = make_access(services)
+        panel_sessions = make_panel_sessions(services, web_login, access)
         if problem := web_login.problem():
             log.error("Discord sign-in for backups will not work: %s", problem)
         # Before Caddy starts: it reads this file whenever it asks for an on-demand certificate.
@@ -233,12 +235,10 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         idle = IdleWatch(supervisor, IdleRecords(services.sessions), edge.requests_in_flight,
                          config.instances.idle_after_seconds, every=config.supervisor.health_interval,
                          busy=operations.busy)
-        access = Access(services.instances, frozenset(config.discord.admin_users))
-        bot_services = (make_bot_services(open_services(config, actor="bot"))
+        bot_services = (make_bot_services(open_services(config, actor="bot"), access)
                         if config.discord.token_file is not None else None)
-        admin_holders = [access, panel_sessions.access, *([bot_services.access] if bot_services else [])]
         reload = (None if config_file is None else
-                  live_config(config_file, config, services, idle, backups, admin_holders, web_login))
+                  live_config(config_file, config, services, idle, backups, access, web_login))
         reads = Reads(services.instances, services.hostnames, services.events, services.releases, access)
         app = create_app(reads, operations, supervisor, backups, info, edge=edge,
                          runtime_images=runtime_image_check(config, services.releases),
@@ -264,9 +264,8 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
         certificates_task = asyncio.create_task(certificates.run())
         metrics.watch(fleet_collector(services, supervisor, backups, certificates, samples))
         panel.services = panel_services(config, services, operations, supervisor, backups, certificates, bulletin,
-                                        samples, health=health_check(config, services, status_from(app)),
+                                        samples, access, health=health_check(config, services, status_from(app)),
                                         runtime_facts=runtime_facts(info, runtime.nodes))
-        admin_holders.append(panel.services.access)  # the panel's pages ask their own Access
         idle_task = asyncio.create_task(idle.run())
         samples_task = asyncio.create_task(samples.run())
         bot_task = None
@@ -316,9 +315,9 @@ async def _serve_locked(config: FleetConfig, leave_running: bool, config_file: P
 
 
 def live_config(path: Path, config: FleetConfig, services: FleetServices, idle: IdleWatch, backups: Backups,
-                admin_holders: list[Access], web_login: WebLogin) -> ConfigReload:
+                access: Access, web_login: WebLogin) -> ConfigReload:
     """What `reload` may change while the daemon runs: values these services read each time they use them.
-    `admin_holders`: every Access of this daemon (control API, panel, bot), so no door keeps the old admins."""
+    `access`: the daemon's one, which every door (control API, panel, bot) asks."""
     def idle_after(new: FleetConfig) -> None:
         idle.fleet_idle_after = new.instances.idle_after_seconds
 
@@ -326,9 +325,7 @@ def live_config(path: Path, config: FleetConfig, services: FleetServices, idle: 
         backups.records.default_plan = new.backups.plan
 
     def admins(new: FleetConfig) -> None:
-        users = frozenset(new.discord.admin_users)
-        for holder in admin_holders:
-            holder.admin_users = users
+        access.admin_users = frozenset(new.discord.admin_users)
         web_login.settings.admin_users = list(new.discord.admin_users)  # the backups pages ask it
 
     return ConfigReload(path, config, {"instances.idle_after": idle_after, "backups.plan": plan,

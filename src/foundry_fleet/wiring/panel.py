@@ -39,12 +39,11 @@ HEALTH_FRESH_S = 30.0  # the checks resolve names and probe tools: seconds of wo
 
 def panel_services(config: FleetConfig, services: FleetServices, operations: Operations, supervisor: Supervisor,
                    backups: Backups, certificates: CertificateWatch, bulletin: Bulletin,
-                   samples: ResourceSamples | None,
+                   samples: ResourceSamples | None, access: Access,
                    health: Callable[[], Awaitable[DoctorReport]] | None = None,
                    runtime_facts: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> PanelServices:
-    """`health`, `runtime_facts`: see `health_check` and `runtime_facts` below (None: those admin pages
-    say they are not available)."""
-    access = Access(services.instances, frozenset(config.discord.admin_users))
+    """`access`: the daemon's one; `health`, `runtime_facts`: see `health_check` and `runtime_facts` below
+    (None: those admin pages say they are not available)."""
     https_port = config.edge.https_port
     return PanelServices(
         access=access,

@@ -164,15 +164,15 @@ def make_wizard(services: FleetServices, invites: Invites | None = None,
                        create or functools.partial(services.provisioning.create, services.actor))
 
 
-def make_bot_services(services: FleetServices) -> BotServices:
-    """What the Discord bot's commands and wizard use."""
+def make_bot_services(services: FleetServices, access: Access | None = None) -> BotServices:
+    """What the Discord bot's commands and wizard use; `access`: the daemon's one (a new one if None)."""
     from foundry_fleet.bot.client import BotServices
     from foundry_fleet.services.invites import Invites
     from foundry_fleet.services.sftp_keys import SftpKeys
 
     sessions, events = services.sessions, services.events
     return BotServices(
-        access=Access(services.instances, frozenset(services.config.discord.admin_users)),
+        access=access or make_access(services),
         invites=make_invites(services),
         invites_for=lambda actor: Invites(sessions, events.acting_as(actor)),
         wizard_for=lambda invites, create: make_wizard(services, invites, create),
@@ -197,9 +197,16 @@ def make_web_login(services: FleetServices, transport: httpx.BaseTransport | Non
                     config.edge.https_port, services.hostnames.instance_for_host, owner_of, transport=transport)
 
 
-def make_panel_sessions(services: FleetServices, login: WebLogin | None = None) -> PanelSessions:
-    """Sign-in to the web panel: on `login`'s Discord settings, key and database (a new one if None)."""
+def make_panel_sessions(services: FleetServices, login: WebLogin | None = None,
+                        access: Access | None = None) -> PanelSessions:
+    """Sign-in to the web panel: on `login`'s Discord settings, key and database, and `access` deciding
+    who is an admin (new ones if None)."""
     from foundry_fleet.services.panel_sessions import PanelSessions
 
-    return PanelSessions(login or make_web_login(services),
-                         Access(services.instances, frozenset(services.config.discord.admin_users)), services.events)
+    return PanelSessions(login or make_web_login(services), access or make_access(services), services.events)
+
+
+def make_access(services: FleetServices) -> Access:
+    """Who may do what, with the config's [discord] admin_users. The daemon makes one and hands it to every
+    door (control API, panel, bot), so a reload of the admins reaches them all at once."""
+    return Access(services.instances, frozenset(services.config.discord.admin_users))

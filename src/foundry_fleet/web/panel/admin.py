@@ -23,7 +23,7 @@ from foundry_fleet.domain.errors import FleetError, InvalidInput, http_status
 from foundry_fleet.domain.events import Outcome
 from foundry_fleet.services.invites import CreatedInvite
 from foundry_fleet.services.panel_sessions import PanelUser
-from foundry_fleet.services.release_jobs import ReleaseJob, acting_as
+from foundry_fleet.services.release_jobs import ReleaseJob
 from foundry_fleet.web.panel.guard import checked_form
 from foundry_fleet.web.panel.instances import context, panel_user, problem_text
 from foundry_fleet.web.panel.render import render
@@ -211,7 +211,7 @@ class AdminPages:
         user, svc, form = got
         try:
             # The registry refuses a release an instance still uses.
-            await asyncio.to_thread(acting_as(svc.releases, user.principal.actor).remove, form.get("version", ""))
+            await asyncio.to_thread(svc.releases.acting_as(user.principal.actor).remove, form.get("version", ""))
         except FleetError as e:
             return await self.releases(request, user, problem=e)
         return RedirectResponse("/admin/releases?done=removed", status_code=303)
