@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import socket
 from collections.abc import Iterator
@@ -37,8 +38,18 @@ def _block_is_free(low: int) -> bool:
     return True
 
 
+def _worker_share(starts: list[int]) -> list[int]:
+    """This pytest-xdist worker's own blocks (every n-th, n the number of workers): a block that was free
+    when one worker took it is never handed to another whose daemon has not bound its ports yet."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
+        return starts
+    return starts[int(worker[2:]) % count::count]
+
+
 def _port_blocks() -> Iterator[int]:
-    starts = list(range(10000, _ephemeral_start() - _BLOCK, _BLOCK))
+    starts = _worker_share(list(range(10000, _ephemeral_start() - _BLOCK, _BLOCK)))
     first = random.randrange(len(starts))
     for low in starts[first:] + starts[:first]:
         if _block_is_free(low):
