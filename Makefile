@@ -84,18 +84,24 @@ run: system-deps $(VENV)/.run-deps
 # FOUNDRY_FLEET_FORBID_SKIPS=1 (as .ci/run sets it) fails the run when any test skipped.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to each: most of a test's time is
 # spent waiting for the processes it starts, so two workers on two cores take about half as long as one
-# (TEST_WORKERS=0: one process). Its temporary files go under a short TEST_TMP (emptied at each run): a
-# test fleet's root lies there, and each instance's forwarder listens on a unix socket under that root,
-# whose path may not pass 107 bytes.
+# (TEST_WORKERS=0: one process). Its temporary files go under a short directory: a test fleet's root lies
+# there, and each instance's forwarder listens on a unix socket under that root, whose path may not pass
+# 107 bytes. Each run makes its own (/tmp/ff-XXXXXX, or TEST_TMP when given), removed when the run passes
+# and kept for reading when it fails: a run that was killed can leave mounts (zfs-fuse) or processes
+# there that no later run can clear, and two runs at once must not empty each other's.
 TEST_WORKERS ?= 2
-TEST_TMP ?= /tmp/ff-tests-$(shell id -u)
 test: system-deps test-system-deps $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench vm
 	@# The suite starts hundreds of foundry-fleet processes: compiled once here, not in each of them
 	@# (nothing else writes the bytecode where PYTHONDONTWRITEBYTECODE is set).
 	$(BIN)/python -m compileall -q src
+	@tmp=$${TEST_TMP:-$$(mktemp -d /tmp/ff-XXXXXX)}; \
+	echo "test files: $$tmp"; \
 	FOUNDRY_FLEET_REQUIRE_ZFS=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest \
-		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --basetemp $(TEST_TMP)
+		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --basetemp $$tmp; \
+	status=$$?; \
+	if [ $$status = 0 ]; then rm -rf $$tmp 2>/dev/null || true; else echo "test files kept: $$tmp"; fi; \
+	exit $$status
 
 # The second lane: the scenarios of vm/guest/scenarios in a Debian bookworm VM (systemd, cgroup v2,
 # OpenZFS), each reported as a test here. The image is cached outside the checkout
