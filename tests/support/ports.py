@@ -49,19 +49,26 @@ def _worker_share(starts: list[int]) -> list[int]:
 
 
 def _port_blocks() -> Iterator[int]:
+    """Round and round this worker's share: a block comes again only after every other one has been
+    given (by then the tests that had it are long over, and a block still in use is skipped)."""
     starts = _worker_share(list(range(10000, _ephemeral_start() - _BLOCK, _BLOCK)))
     first = random.randrange(len(starts))
-    for low in starts[first:] + starts[:first]:
-        if _block_is_free(low):
-            yield low
-    raise RuntimeError("no free block of 100 ports left below the ephemeral range")
+    while True:
+        given = 0
+        for low in starts[first:] + starts[:first]:
+            if _block_is_free(low):
+                given += 1
+                yield low
+        if not given:
+            raise RuntimeError("no free block of 100 ports left below the ephemeral range")
 
 
 _PORT_BLOCKS = _port_blocks()
 
 
 def port_block() -> int:
-    """The lowest port of a free block of 100 that no other test in this run has been given."""
+    """The lowest port of a free block of 100 that no other test of this worker has been given since its
+    whole share last went round."""
     return next(_PORT_BLOCKS)
 
 
@@ -86,9 +93,9 @@ _SINGLE_PORTS = _single_ports()
 
 
 def single_port() -> int:
-    """A free port for a lone server (a stand-in, a fake destination), never handed out before in this
-    run: from a block of this run's own, below the kernel's ephemeral range, so an outgoing connection
-    can never be holding it by chance."""
+    """A free port for a lone server (a stand-in, a fake destination), not handed out again before its
+    block comes round: from a block of this run's own, below the kernel's ephemeral range, so an outgoing
+    connection can never be holding it by chance."""
     return next(_SINGLE_PORTS)
 
 
