@@ -132,7 +132,11 @@ def test_the_check_finds_what_caddy_refuses_or_would_serve_wrongly() -> None:
     repeated = [*good, TenantSite("carol", ("Games.Example.org",), "127.0.0.1:30003", "running")]
     problems = config_problems(build_caddy_config(SETTINGS, repeated))
     assert any("repeated in one matcher" in p for p in problems)
-    assert any("games.example.org is in route" in p.lower() and "match alike" in p for p in problems)
+    assert any("host games.example.org is mapped twice" in p.lower() for p in problems)
+    alike = {"apps": {"http": {"servers": {"edge": {"routes": [{"match": [{"host": ["a.localhost"]}]},
+                                                                {"match": [{"host": ["A.localhost"]}]}]}}}}}
+    assert any("a.localhost is in route 0 and route 1" in p.lower() and "match alike" in p
+               for p in config_problems(alike))
     from dataclasses import replace
 
     placeholder = config_problems(build_caddy_config(replace(SETTINGS, fleet_host="{http.request.host}"), good))

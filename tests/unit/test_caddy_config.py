@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundry_fleet.edge.caddy_config import IDENTITY_HEADERS, EdgeSettings, TenantSite, build_caddy_config
+from tests.support.caddy_routes import route_for
 
 SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_host="fleet.localhost",
                         web_dial="127.0.0.1:8099", admin_listen="unix//run/admin.sock")
@@ -17,21 +18,6 @@ def is_not_found(handle: list[dict]) -> bool:
     """The fleet's own 404 page, as the edge serves it."""
     (page,) = handle
     return (page["handler"], page["status_code"]) == ("static_response", 404) and "Nothing here" in page["body"]
-
-
-def route_for(config: dict, host: str, path: str) -> dict:
-    """The first route Caddy would pick for `host` + `path` (first match wins; routes are terminal)."""
-    for route in config["apps"]["http"]["servers"]["edge"]["routes"]:
-        matchers = route.get("match")
-        if not matchers:
-            return route
-        m = matchers[0]
-        if host not in m.get("host", [host]):
-            continue
-        paths = m.get("path")
-        if paths is None or any(p == path or (p.endswith("/*") and path.startswith(p[:-1])) for p in paths):
-            return route
-    raise AssertionError(f"no route for {host}{path}")
 
 
 def test_a_running_tenant_is_proxied_with_websockets_kept_across_reloads() -> None:

@@ -26,6 +26,7 @@ from foundry_fleet.domain.tenant_pages import (
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite, build_caddy_config
 from foundry_fleet.web.auth import page as auth_page
 from foundry_fleet.web.backups import create_backups_app
+from tests.support.caddy_routes import route_for
 
 OPERATOR = Operator("Ada's <b>Tables</b> & co", "ada@example.org")
 SETTINGS = EdgeSettings(http_port=8080, https_port=8443, tls="internal", fleet_host="fleet.localhost",
@@ -34,12 +35,9 @@ REFRESH = re.compile(r"<meta http-equiv=refresh content='([^']*)'>")
 
 
 def foundry_route(config: dict, host: str) -> dict:
-    for route in config["apps"]["http"]["servers"]["edge"]["routes"]:
-        m = (route.get("match") or [{}])[0]
-        if host in m.get("host", []) and "/-/*" in m.get("path", []):
-            (handler,) = route["handle"]
-            return handler
-    raise AssertionError(f"no page for {host}")
+    """The page a tenant host's `/-/` shows."""
+    (handler,) = route_for(config, host, "/-/")["handle"]
+    return handler
 
 
 # --- the page builder -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Caddy's JSON configuration, built as data from the fleet's desired state (pure: no I/O).
 
-Per tenant host (`<name>.<domain>` and any extra hosts):
+Per tenant host (`<name>.<domain>` and any extra hosts), all of them behind one host matcher:
   /          -> 302 to /-/
   /-/*       -> the instance (websockets pass; `stream_close_delay` keeps open sockets across
                 config reloads, so changing one tenant never disconnects another's players), with
@@ -14,6 +14,10 @@ Per tenant host (`<name>.<domain>` and any extra hosts):
              -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
                 signed-in browser gets, and gives up, that host's own session cookie, and where the
                 wake handler's page waits for the instance to serve
+What differs between tenants is data, not routes: one `map` handler turns the request's host into its
+instance's address and what its `/-/` does (proxy, wake, or which page), and each of those is written once.
+Caddy provisions every handler again on each load, so a route of its own per tenant made each push cost
+about 0.1 ms per tenant (bench/edge_push.py); the map costs a small fraction of that.
 The fleet host serves the fleet's web endpoints (health, Discord sign-in, the panel; never the control API, the
 forward_auth check, nor the TLS permission check, which Caddy asks directly with a secret path).
 Plain HTTP to a host the fleet serves redirects to HTTPS on the configured port; any other host gets a
@@ -41,6 +45,10 @@ FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", *PANEL_PATHS, MET
 # repeated markup); its event streams and everything else as they are.
 COMPRESSED_TYPES = ["text/html*", "text/css*", "text/javascript*", "application/javascript*"]
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
+# What the tenant map sets for a request's host: where its Foundry listens, and what its `/-/` does.
+UPSTREAM = "{fleet.upstream}"
+SERVING = "{fleet.serving}"
+_PROXY, _WAKE = "proxy", "wake"  # besides these, the page shown (page_kind); "" for a host it lacks
 # Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
 # the tenant's server never sees them, and a Set-Cookie of its for them is emptied (its scripts share
 # the host's origin, so a browser would still let them overwrite one: the session is HttpOnly).
@@ -196,57 +204,78 @@ def _wakes(site: TenantSite) -> bool:
     return site.wakes and not site.restoring and not _proxied(site)
 
 
-def _wake_route(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[str, Any]]:
-    """One route for every instance whose visitors go to the wake handler: however many sleep, the
-    config holds its handlers once, and a sleep or a wake moves hosts between lists."""
-    hosts = sorted(h for s in sites if _wakes(s) for h in s.hosts)
-    if not hosts:
-        return []
-    return [{"match": [{"host": hosts, "path": ["/-", "/-/*"]}], "handle": _wake(settings), "terminal": True}]
+def _serving(site: TenantSite) -> str:
+    """What the site's `/-/` does now: "proxy", "wake", or the page shown (its kind)."""
+    if _proxied(site):
+        return _PROXY
+    return _WAKE if _wakes(site) else page_kind(site)
 
 
-def _tenant_route(site: TenantSite, settings: EdgeSettings) -> dict[str, Any]:
-    """The one route that differs per tenant: its Foundry."""
-    assert site.address is not None
-    return {"match": [{"host": list(site.hosts), "path": ["/-", "/-/*"]}], "handle": _proxy(site.address, settings),
-            "terminal": True}
+def _page_labels(sites: list[TenantSite]) -> dict[str, str]:
+    """The pages shown now, each under a label of no meaning ("page-0"...): the config says which page a
+    host gets, never why (a suspension is the admin's and the tenant's business)."""
+    kinds = sorted({_serving(s) for s in sites} - {_PROXY, _WAKE})
+    return {kind: f"page-{n}" for n, kind in enumerate(kinds)}
 
 
-def _page_routes(settings: EdgeSettings, sites: list[TenantSite]) -> list[dict[str, Any]]:
-    """One route per page, for every host that shows it: the pages name no host, and a page written
-    once per stopped tenant would put its style into the config (and each reload) hundreds of times."""
-    by_kind: dict[str, list[str]] = {}
-    for site in sites:
-        if not _proxied(site) and not _wakes(site):
-            by_kind.setdefault(page_kind(site), []).extend(site.hosts)
-    return [{"match": [{"host": sorted(hosts), "path": ["/-", "/-/*"]}], "handle": [_state_page(kind, settings)],
-             "terminal": True} for kind, hosts in sorted(by_kind.items())]
+def _tenant_map(sites: list[TenantSite], labels: dict[str, str]) -> dict[str, Any]:
+    """Each tenant host's upstream and what its `/-/` does: the only part of the config that grows with the
+    fleet, as data (one handler, however many tenants), so a push costs Caddy little per tenant."""
+    def serving(site: TenantSite) -> str:
+        what = _serving(site)
+        return labels.get(what, what)
+
+    mappings = [{"input": host, "outputs": [site.address if _proxied(site) else "", serving(site)]}
+                for site in sites for host in site.hosts]
+    mappings.sort(key=lambda m: m["input"])
+    return {"handler": "map", "source": "{http.request.host}", "destinations": [UPSTREAM, SERVING],
+            "mappings": mappings, "defaults": ["", ""]}
 
 
-def _shared_tenant_routes(settings: EdgeSettings, tenant_hosts: list[str]) -> list[dict[str, Any]]:
-    """Routes every tenant host has alike, written once for all of them.
+def _game_routes(settings: EdgeSettings, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """`/-/` of every tenant host: the map says where each goes; each way is written once. A page's
+    route is there only while some tenant shows it (a page names no host, and its style is its bulk)."""
+    def when(serving: str) -> list[dict[str, Any]]:
+        return [{"vars": {SERVING: [serving]}}]
 
-    Once per host they would make the config (and each reload) several times larger; the auth
-    service tells tenants apart by the X-Forwarded-Host it is sent.
+    return [
+        {"match": when(_PROXY), "handle": _proxy(UPSTREAM, settings), "terminal": True},
+        {"match": when(_WAKE), "handle": _wake(settings), "terminal": True},
+        *({"match": when(label), "handle": [_state_page(kind, settings)], "terminal": True}
+          for kind, label in labels.items()),
+    ]
+
+
+def _tenant_hosts_route(settings: EdgeSettings, sites: list[TenantSite], tenant_hosts: list[str]) -> dict[str, Any]:
+    """Everything a tenant host serves, behind one host matcher: `/` redirects, `/backups/` behind the auth
+    service, the sign-in and wake paths, `/-/` as the map says, and a 404 for the rest.
+
+    The routes are written once for all tenant hosts; the auth service and the wake handler tell tenants
+    apart by the X-Forwarded-Host they are sent.
     """
-    if not tenant_hosts:
-        return []
     strip_identity = {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
     if settings.backups_dial:
         backups: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": settings.backups_dial}]}
     else:
         backups = {"handler": "static_response", "status_code": 404}  # nothing served behind the check yet
-    return [
-        {"match": [{"host": tenant_hosts, "path": ["/"]}],
+    labels = _page_labels(sites)
+    routes = [
+        {"match": [{"path": ["/"]}],
          "handle": [{"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}],
          "terminal": True},
-        {"match": [{"host": tenant_hosts, "path": ["/backups", "/backups/*"]}],
+        {"match": [{"path": ["/backups", "/backups/*"]}],
          "handle": [strip_identity, _forward_auth(settings, "/auth/backups"), backups],
          "terminal": True},
-        {"match": [{"host": tenant_hosts, "path": list(TENANT_WEB_PATHS)}],
+        {"match": [{"path": list(TENANT_WEB_PATHS)}],
          "handle": [strip_identity, _to_web(settings)],
          "terminal": True},
+        # Not terminal: a host the map does not hold goes on to the 404 below. That is only a tenant host in
+        # other letter case (Caddy's host matcher ignores case, the map does not; browsers send lower case).
+        {"match": [{"path": ["/-", "/-/*"]}],
+         "handle": [_tenant_map(sites, labels), {"handler": "subroute", "routes": _game_routes(settings, labels)}]},
+        {"handle": [_not_found(settings, Link("/-/", "Go to the game"))]},
     ]
+    return {"match": [{"host": tenant_hosts}], "handle": [{"handler": "subroute", "routes": routes}], "terminal": True}
 
 
 def tls_permission_endpoint(settings: EdgeSettings) -> str:
@@ -280,13 +309,7 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     # A site without hosts would be a host matcher with no hosts, which matches every host.
     sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
-    routes = _shared_tenant_routes(settings, tenant_hosts)
-    routes += [_tenant_route(s, settings) for s in sites if _proxied(s)]
-    routes += _page_routes(settings, sites)
-    routes += _wake_route(settings, sites)
-    if tenant_hosts:
-        routes.append({"match": [{"host": tenant_hosts}],
-                       "handle": [_not_found(settings, Link("/-/", "Go to the game"))], "terminal": True})
+    routes = [_tenant_hosts_route(settings, sites, tenant_hosts)] if tenant_hosts else []
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [

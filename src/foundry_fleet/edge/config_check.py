@@ -2,9 +2,9 @@
 
 Caddy refuses a whole config for one host repeated in a matcher, and then keeps the old one for every
 tenant; a placeholder in a host matcher or an empty host list would match hosts the fleet does not
-serve; one host in two routes that match alike is served by whichever comes first. Each is a bug
-upstream of the builder (the fleet refuses colliding hostnames): found here, it is reported and the
-config is not sent, instead of being found by Caddy, or not at all.
+serve; one host in two routes that match alike, or twice in the tenant map, is served by whichever
+comes first. Each is a bug upstream of the builder (the fleet refuses colliding hostnames): found here,
+it is reported and the config is not sent, instead of being found by Caddy, or not at all.
 """
 
 from __future__ import annotations
@@ -48,8 +48,28 @@ def _route_problems(where: str, routes: list[dict[str, Any]]) -> list[str]:
                 first = seen.setdefault(rest, {}).setdefault(key, index)
                 if first != index:
                     problems.append(f"{where}: host {host} is in route {first} and route {index}, which match alike")
+        for handler in route.get("handle") or []:
+            if handler.get("handler") == "map":
+                problems += _map_problems(f"{where}, route {index}", handler)
         for sub_where, sub_routes in _subroutes(f"{where}, route {index}", route):
             problems += _route_problems(sub_where, sub_routes)
+    return problems
+
+
+def _map_problems(where: str, handler: dict[str, Any]) -> list[str]:
+    """The tenant map: Caddy refuses an input given twice; the same host in other letter case would be
+    two entries for one host (the host matcher in front of it ignores case), one of them never used."""
+    problems: list[str] = []
+    inputs: set[str] = set()
+    for mapping in handler.get("mappings") or []:
+        host = mapping.get("input")
+        if not isinstance(host, str) or "{" in host or "}" in host:
+            problems.append(f"{where}: map input {host!r} is a placeholder, not a hostname")
+            continue
+        key = _comparable(host)
+        if key in inputs:
+            problems.append(f"{where}: host {host} is mapped twice")
+        inputs.add(key)
     return problems
 
 
