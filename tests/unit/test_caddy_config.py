@@ -107,7 +107,8 @@ def test_the_fleet_host_never_serves_the_control_api_and_unknown_hosts_are_cut_o
 def test_tls_modes() -> None:
     from dataclasses import replace
 
-    acme = build_caddy_config(replace(SETTINGS, tls="acme", acme_email="gm@example.org", acme_staging=True), [])
+    acme = build_caddy_config(replace(SETTINGS, tls="acme", acme_email="gm@example.org", acme_staging=True,
+                                      fleet_host="fleet.example.org"), [])
     issuer = acme["apps"]["tls"]["automation"]["policies"][0]["issuers"][0]
     assert issuer["module"] == "acme" and issuer["email"] == "gm@example.org" and "staging" in issuer["ca"]
     od = build_caddy_config(replace(SETTINGS, tls="on-demand", tls_secret_file="/f/state/tls-permission.key"), [])
@@ -121,6 +122,25 @@ def test_tls_modes() -> None:
     assert {"/health", "/auth/login", "/auth/callback", "/", "/instances/*", "/admin/*", "/login", "/metrics"} <= set(published)
     for hidden in ("/tls/permission/x", "/auth/backups", "/wake/visit", "/auth/ticket", "/backups/"):
         assert not any(hidden == p or (p.endswith("/*") and hidden.startswith(p[:-1])) for p in published), hidden
+
+
+def test_names_only_a_local_ca_can_certify_get_their_certificates_from_it_in_every_mode() -> None:
+    """As Caddy's automatic HTTPS did (the config turns it off): `*.localhost` never goes to an ACME CA."""
+    from dataclasses import replace
+
+    sites = [TenantSite("alice", ("alice.localhost", "games.example.org"), "127.0.0.1:30001", "running")]
+    acme = build_caddy_config(replace(SETTINGS, tls="acme"), sites)["apps"]["tls"]
+    assert acme["automation"]["policies"] == [
+        {"subjects": ["games.example.org"], "issuers": [{"module": "acme"}]},
+        {"subjects": ["alice.localhost", "fleet.localhost"], "issuers": [{"module": "internal"}]}]
+    assert acme["certificates"] == {"automate": ["alice.localhost", "fleet.localhost", "games.example.org"]}
+    od = build_caddy_config(replace(SETTINGS, tls="on-demand"), sites)["apps"]["tls"]
+    assert od["automation"]["policies"] == [
+        {"subjects": ["alice.localhost", "fleet.localhost"], "issuers": [{"module": "internal"}], "on_demand": True},
+        {"issuers": [{"module": "acme"}], "on_demand": True}]
+    assert "certificates" not in od  # nothing managed at a load: each host when first asked for
+    server = build_caddy_config(SETTINGS, sites)["apps"]["http"]["servers"]["edge"]
+    assert server["automatic_https"] == {"disable": True} and server["tls_connection_policies"] == [{}]
 
 
 names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), unique=True, max_size=8)

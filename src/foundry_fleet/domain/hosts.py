@@ -155,3 +155,14 @@ def assign_hosts(fleet_host: str, instances: Iterable[InstanceHosts]) -> tuple[d
 def comparable_host(host: str) -> str:
     """A host as stored or as a request names it, in the form hosts are compared in (no validation)."""
     return host.strip().lower().removesuffix(".")
+
+
+# Names no public CA certifies (certmagic's SubjectIsInternal): Caddy gives them certificates from its
+# local CA whatever the TLS mode, and so does the fleet's config.
+_INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
+
+
+def is_internal_name(host: str) -> bool:
+    """A name that only a local CA can certify (localhost and the like)."""
+    name = comparable_host(host)
+    return name == "localhost" or name.endswith(_INTERNAL_SUFFIXES)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from foundry_fleet.domain.hosts import is_internal_name
 from foundry_fleet.domain.tenant_pages import PAGE_CSP, Link, Operator, not_found_html, state_html, state_page
 from foundry_fleet.domain.web_paths import METRICS_PATH, PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
 
@@ -284,24 +285,44 @@ def tls_permission_endpoint(settings: EdgeSettings) -> str:
 
 
 def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
+    """Which names get certificates, from whom, and when.
+
+    Names only a local CA can certify (`*.localhost` and the like) get theirs from Caddy's local CA in
+    every mode, as Caddy's automatic HTTPS did. Internal and acme name every host, managed at each load;
+    on-demand names none (the permission endpoint vouches for a host at its first handshake), so a load
+    costs nothing per tenant: the mode for a large fleet (bench/edge_push.py).
+    """
+    internal: list[dict[str, Any]] = [{"module": "internal"}]
     if settings.tls == "internal":
-        issuers: list[dict[str, Any]] = [{"module": "internal"}]
+        public_issuers = internal
     else:
         acme: dict[str, Any] = {"module": "acme"}
         if settings.acme_email:
             acme["email"] = settings.acme_email
         if settings.acme_staging:
             acme["ca"] = LETS_ENCRYPT_STAGING
-        issuers = [acme]
+        public_issuers = [acme]
+    local = [h for h in hosts if is_internal_name(h)]
+    public = [h for h in hosts if not is_internal_name(h)]
     if settings.tls == "on-demand":
         # Certificates only for hosts the fleet's permission endpoint vouches for, when first asked.
+        policies = [{"subjects": local, "issuers": internal, "on_demand": True}] if local else []
+        policies.append({"issuers": public_issuers, "on_demand": True})
         return {
             "automation": {
-                "policies": [{"issuers": issuers, "on_demand": True}],
+                "policies": policies,
                 "on_demand": {"permission": {"module": "http", "endpoint": tls_permission_endpoint(settings)}},
             }
         }
-    return {"automation": {"policies": [{"subjects": hosts, "issuers": issuers}]}}
+    if settings.tls == "internal":
+        policies = [{"subjects": hosts, "issuers": internal}]
+    else:
+        policies = [{"subjects": public, "issuers": public_issuers}] if public else []
+        if local:
+            policies.append({"subjects": local, "issuers": internal})
+    # Named here, not found by Caddy's automatic HTTPS in the routes' host matchers (it is off, see
+    # build_caddy_config): the same names, without a pass over every route at each load.
+    return {"automation": {"policies": policies}, "certificates": {"automate": hosts}}
 
 
 def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[str, Any]:
@@ -330,8 +351,14 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
         "edge": {
             "listen": [f":{https_port}"],
             "routes": routes,
-            # Our own redirect server below keeps the port; Caddy's would drop a non-standard one.
-            "automatic_https": {"disable_redirects": True},
+            # Caddy's automatic HTTPS is off: at each load it went over every host of every matcher to
+            # decide which names to manage and how, about 0.13 ms a tenant (bench/edge_push.py), where the
+            # fleet knows the names (the TLS app's `automate`, or none with on-demand). What it did besides
+            # is here: TLS on this listener for every name, and the redirect server below (which keeps a
+            # non-standard port, where Caddy's dropped it). ACME's HTTP challenge is answered by every
+            # server before its routes, and the TLS-ALPN one by the connection policy, with or without it.
+            "automatic_https": {"disable": True},
+            "tls_connection_policies": [{}],
             "errors": {"routes": [{"handle": [
                 _page_response(503, state_html("unreachable", settings.operator), settings.retry_after_s)]}]},
         },
