@@ -141,6 +141,16 @@ class Backups:
         self.events.record("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
         return info
 
+    def discard(self, name: str, snapshot: str) -> None:
+        """Remove a snapshot taken for a passing need (an export's), which then no longer counts as the
+        instance's newest."""
+        self.snapshots.destroy(name, snapshot)
+        remaining = self.snapshots.list(name)
+        if remaining:
+            self._newest[name] = remaining[-1].created_at
+        else:
+            self._newest.pop(name, None)
+
     def final_backup(self, name: str, purge: bool) -> str | None:
         """Before a delete: a last snapshot of the data (kept with the archive); before a purge, also sent
         to every backup destination, and the purge is refused if one cannot take it (nothing is lost)."""
