@@ -26,7 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from foundry_fleet.domain.tenant_pages import PAGE_CSP, Link, Operator, not_found_html, state_html, state_page
+from foundry_fleet.domain.tenant_pages import (
+    PAGE_CSP,
+    Link,
+    Operator,
+    not_found_html,
+    panel_unreachable_html,
+    state_html,
+    state_page,
+)
 from foundry_fleet.domain.web_paths import METRICS_PATH, PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
 
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
@@ -309,8 +317,13 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
             "routes": routes,
             # Our own redirect server below keeps the port; Caddy's would drop a non-standard one.
             "automatic_https": {"disable_redirects": True},
-            "errors": {"routes": [{"handle": [
-                _page_response(503, state_html("unreachable", settings.operator), settings.retry_after_s)]}]},
+            # What did not answer: on the fleet host the panel, on any other host an instance.
+            "errors": {"routes": [
+                {"match": [{"host": [settings.fleet_host]}],
+                 "handle": [_page_response(503, panel_unreachable_html(settings.operator), settings.retry_after_s)],
+                 "terminal": True},
+                {"handle": [
+                    _page_response(503, state_html("unreachable", settings.operator), settings.retry_after_s)]}]},
         },
         "redirect": {
             "listen": [f":{settings.http_port}"],
