@@ -150,9 +150,10 @@ def create_app(
     run = asyncio.to_thread
     unknown = dict.fromkeys(DAEMON_FIGURES)
 
-    def with_figures(views: list[InstanceView]) -> list[dict[str, Any]]:
-        # One read of the rows feeds both: the figures are lookups in memory.
-        found = figures(views) if figures is not None else {}
+    async def with_figures(views: list[InstanceView]) -> list[dict[str, Any]]:
+        # One read of the rows feeds both. The figures are lookups in memory, but for the snapshots' reading
+        # when it is due again (a listing): in a worker thread, like every read of the disk.
+        found = await run(figures, views) if figures is not None else {}
         return [{**v.to_dict(), **found.get(v.name, unknown)} for v in views]
 
     async def health() -> dict[str, Any]:
@@ -171,7 +172,7 @@ def create_app(
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
             "runtime": await runtime_block(),
-            "instances": with_figures(instances),
+            "instances": await with_figures(instances),
             "hosts": hosts,
             "edge": await run(edge_report, reads.hostnames, edge_state),
         }
@@ -185,10 +186,10 @@ def create_app(
         return block
 
     async def list_instances() -> list[dict[str, Any]]:
-        return with_figures(await run(reads.instances.list))
+        return await with_figures(await run(reads.instances.list))
 
     async def get_instance(name: str) -> dict[str, Any]:
-        return with_figures([await run(reads.instances.get, name)])[0]
+        return (await with_figures([await run(reads.instances.get, name)]))[0]
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
         created = await ops.create(actor, body.name, body.release, body.license_key, body.owner, body.admin_password,
