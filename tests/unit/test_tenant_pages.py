@@ -101,6 +101,8 @@ def test_fleet_toml_takes_an_address_or_a_url_and_nothing_else() -> None:
     (TenantSite("a", ("a.localhost",), None, "stopped", suspended=True), "300", None, "This table is not available"),
     (TenantSite("a", ("a.localhost",), None, "failed"), "300", None, "could not start; your host has been told"),
     (TenantSite("a", ("a.localhost",), None, "stopped", restoring=True), "30", "30", "being restored"),
+    # A restore begins while the instance still runs: its visitors get the page, not a server about to stop.
+    (TenantSite("a", ("a.localhost",), "127.0.0.1:30001", "running", restoring=True), "30", "30", "being restored"),
     # A restore of an instance that was asleep: its visitors are told, not woken.
     (TenantSite("a", ("a.localhost",), None, "sleeping", wakes=True, restoring=True), "30", "30", "being restored"),
 ])

@@ -196,7 +196,9 @@ def _wake(settings: EdgeSettings) -> list[dict[str, Any]]:
 
 
 def _proxied(site: TenantSite) -> bool:
-    return site.state == "running" and bool(site.address)
+    # A restore begins while the instance still runs, and stops it next: its visitors get the restore's
+    # page from the start, not the edge's "cannot be reached" while it stops and starts again.
+    return site.state == "running" and bool(site.address) and not site.restoring
 
 
 def _wakes(site: TenantSite) -> bool:
