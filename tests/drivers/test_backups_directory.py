@@ -112,6 +112,18 @@ def test_schedule_takes_one_per_slot_and_thins_like_znapzend(backups: Backups) -
     assert len(backups.list("bob")) >= 1
 
 
+def test_the_newest_snapshot_shown_follows_every_snapshot_taken_or_removed_at_once(backups: Backups) -> None:
+    assert backups.newest_snapshot_times() == {}  # read, and kept for the next readers
+    first = backups.take("alice", "one")
+    assert backups.newest_snapshot_times() == {"alice": first.created_at}
+    second = backups.take("alice", "two")
+    assert backups.newest_snapshot_times() == {"alice": second.created_at}
+    backups.discard("alice", second.name)
+    assert backups.newest_snapshot_times() == {"alice": first.created_at}
+    # The panel and /metrics read the same figures: one listing serves both.
+    assert backups.figures.read(["alice", "bob"]).newest_at == {"alice": first.created_at}
+
+
 def test_plans_are_validated(backups: Backups) -> None:
     with pytest.raises(InvalidInput, match="shorter than the interval"):
         backups.set_plan("alice", "1h=>1d")

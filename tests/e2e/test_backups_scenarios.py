@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.fleets import make_fleet
 from tests.support.offline import create_offline
-from tests.support.harness import FleetHarness, pids_with_arg
+from tests.support.edge_client import https, local_ca, serves_certificate
+from tests.support.harness import FleetHarness, pids_with_arg, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +76,41 @@ def test_a_running_instance_restored_runs_again_on_the_snapshot_and_its_data_is_
     assert kept.read_text() == "session 2 went badly"
     actions = [e["action"] for e in backups.cli("events", "--instance", "carol", "--json").json()]
     assert "backup.restore" in actions
+
+
+def test_players_see_the_being_restored_page_through_the_edge_while_a_restore_runs(backups: FleetHarness) -> None:
+    inst, world = _instance_with_a_world(backups, "fern")
+    # Restored with the data, so the start after the restore takes a while, however fast this host is:
+    # players reload the page meanwhile.
+    Path(inst["data_dir"], "start-delay-ms").write_text("1500")
+    port, host, ca = backups.settings().edge.https_port, inst["host"], local_ca(backups.root)
+    wait_until(lambda: serves_certificate(port, host, ca), 20, f"{host}'s certificate")
+    assert https(port, host, "/-/", ca).status_code == 200
+    snap = backups.cli("backup", "now", "fern", "--json").json()["name"]
+
+    seen: list[httpx.Response] = []
+    done = threading.Event()
+
+    def player() -> None:  # keeps reloading the game's page, as a player's browser would
+        while not done.is_set():
+            try:
+                seen.append(https(port, host, "/-/", ca))
+            except httpx.TransportError:
+                pass  # a connection Caddy closed as it loaded a new config: a browser asks again
+            time.sleep(0.02)
+
+    reloading = threading.Thread(target=player)
+    reloading.start()
+    try:
+        backups.cli("backup", "restore", "fern", snap, "--yes")
+    finally:
+        done.set()
+        reloading.join()
+    restoring = [r for r in seen if r.status_code == 503]
+    assert restoring, [r.status_code for r in seen]
+    assert all("This table is being restored" in r.text for r in restoring), restoring[0].text
+    assert restoring[0].headers["retry-after"] == "30" and "<meta http-equiv=refresh content='30'>" in restoring[0].text
+    assert https(port, host, "/-/", ca).status_code == 200 and world.read_text() == "session 1"
 
 
 def test_restoring_an_unknown_snapshot_is_refused_and_the_instance_keeps_running(backups: FleetHarness) -> None:

@@ -119,6 +119,7 @@ def test_tenants_run_their_own_instance_from_discord(fleet: FleetHarness, releas
     async def scenario(bot: FleetBot, rec: DiscordGatewayRecorder) -> None:
         status = await ask(rec, bot, ALICE, "status")
         assert "**alice**: stopped" in private(status) and "bob" not in status.content
+        assert "License key: **missing**" in status.content and "a fleet admin sets it" in status.content
 
         start = rec.feed(bot, rec.slash(ALICE, "start"))
         reply = await rec.reply(start)
@@ -383,6 +384,8 @@ def test_the_wizard_takes_an_invite_to_a_running_instance(
 
         status = await ask(rec, bot, CAROL, "status")
         assert re.search(r"\*\*carol\*\*: running \((sleeps after 1h idle|idle, sleeps <t:\d+:R>)\)", private(status))
+        assert "License key: set." in status.content
+        assert LICENSE not in status.content and LICENSE.replace("-", "") not in status.content
         again = await ask(rec, bot, CAROL, "setup")
         assert "no pending invite" in private(again)  # the invite is used up
 

@@ -9,10 +9,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.fleets import make_fleet
-from tests.support.harness import FleetHarness
+from tests.support.harness import FleetHarness, wait_until
 from tests.support.releases import LocalHTTPS, Route
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +44,14 @@ def _world_zip(path: Path, files: dict[str, bytes]) -> Path:
         for name, body in files.items():
             zf.writestr(name, body)
     return path
+
+
+def _snapshots(fleet: FleetHarness, name: str) -> list[str]:
+    return [s["name"] for s in fleet.cli("backup", "list", name, "--json").json()]
+
+
+def _exporting(fleet: FleetHarness, name: str) -> bool:
+    return any(s.startswith("export-") for s in _snapshots(fleet, name))
 
 
 def test_a_world_imported_into_a_running_instance_is_its_own_and_comes_back_in_the_export(
@@ -82,7 +91,9 @@ def test_a_world_imported_into_a_running_instance_is_its_own_and_comes_back_in_t
     assert Path(after["data_dir"], "Data", "modules", "my-module", "module.json").stat().st_uid == uid
 
     out = tmp_path / "dana.zip"
+    snapshots_before = _snapshots(fleet, "dana")
     fleet.cli("instance", "export", "dana", "-o", str(out))
+    assert _snapshots(fleet, "dana") == snapshots_before  # the export's own snapshot is gone, no other
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
         assert zf.read("Data/worlds/mine/scenes/map.webp") == WORLD["mine/scenes/map.webp"]
@@ -124,3 +135,24 @@ def test_a_zip_from_a_timed_link_is_downloaded_by_the_daemon_and_imported(fleet:
         "mine/world.json"]
     refused = fleet.cli("instance", "import", "fern", link.replace("https://", "http://"), check=False)
     assert refused.code == 2 and "https" in refused.err and "SECRET-TOKEN" not in refused.err
+
+
+def test_an_export_the_client_leaves_half_way_leaves_no_snapshot_behind(fleet: FleetHarness) -> None:
+    fleet.cli("instance", "create", "gwen", "--release", "13.345", "--no-start")
+    world = Path(fleet.instance("gwen")["data_dir"], "Data", "worlds", "big")
+    world.mkdir(parents=True)
+    (world / "map.webp").write_bytes(os.urandom(16 << 20))  # far more than the socket holds unread
+    fleet.cli("backup", "now", "gwen")
+    kept = _snapshots(fleet, "gwen")
+
+    transport = httpx.HTTPTransport(uds=str(fleet.socket))
+    with httpx.Client(transport=transport, base_url="http://fleet.invalid", timeout=30) as client:
+        with client.stream("POST", "/v1/instances/gwen/export", headers={"X-Fleet-Actor": "test:admin"}) as r:
+            assert r.status_code == 200
+            body = r.iter_raw()
+            assert next(body)  # the zip has started, and is made from the export's own snapshot
+            assert _exporting(fleet, "gwen")
+        # The client goes away half way.
+    left = wait_until(lambda: _snapshots(fleet, "gwen") if not _exporting(fleet, "gwen") else None, 20,
+                      "the export's snapshot to be removed")
+    assert set(kept) <= set(left)  # a scheduled snapshot may have come meanwhile

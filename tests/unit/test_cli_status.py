@@ -84,6 +84,16 @@ def test_at_160_columns_every_figure_has_its_column() -> None:
     assert "only the running daemon" not in "\n".join(lines)
 
 
+def test_the_sleeps_column_reads_like_the_idle_setting_and_the_uptime_like_the_panel() -> None:
+    # Two notations on purpose (cli/render.compact_duration says why): a row shows both.
+    idle = instance("alice", "running", **{**RUNNING_FIGURES, "uptime_s": 9000.0},
+                    sleeps_after=4 * 3600.0, idle_since=NOW - 5400)
+    row = " ".join(rendered(instances_table([idle], width=200, now=NOW), 200))
+    assert "2 h 30 min" in row and "in 2.5h" in row  # the uptime; the time left until it sleeps
+    soon = instance("bob", "running", sleeps_after=3600.0, idle_since=NOW - 48 * 60)
+    assert "in 12min" in " ".join(rendered(instances_table([soon], width=200, now=NOW), 200))
+
+
 def test_the_reason_of_a_failure_or_suspension_is_part_of_the_state() -> None:
     assert state_text(instance("a", "failed", state_reason="crashed 5 times in 10 min")) == (
         "failed: crashed 5 times in 10 min")

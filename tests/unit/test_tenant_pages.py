@@ -99,6 +99,8 @@ def test_fleet_toml_takes_an_address_or_a_url_and_nothing_else() -> None:
     (TenantSite("a", ("a.localhost",), None, "stopped", suspended=True), "300", None, "This table is not available"),
     (TenantSite("a", ("a.localhost",), None, "failed"), "300", None, "could not start; your host has been told"),
     (TenantSite("a", ("a.localhost",), None, "stopped", restoring=True), "30", "30", "being restored"),
+    # A restore begins while the instance still runs: its visitors get the page, not a server about to stop.
+    (TenantSite("a", ("a.localhost",), "127.0.0.1:30001", "running", restoring=True), "30", "30", "being restored"),
     # A restore of an instance that was asleep: its visitors are told, not woken.
     (TenantSite("a", ("a.localhost",), None, "sleeping", wakes=True, restoring=True), "30", "30", "being restored"),
 ])
@@ -132,9 +134,30 @@ def test_the_fleet_hosts_unknown_paths_and_the_edges_own_errors_are_designed_pag
     not_found = fleet["handle"][0]["routes"][-1]["handle"][0]
     assert not_found["status_code"] == 404 and "Nothing here" in not_found["body"]
     assert "mailto:ada@example.org" in not_found["body"]
-    (error,) = edge["errors"]["routes"][0]["handle"]
+    tenant_error = _error_page(edge["errors"]["routes"], "a.localhost")
+    assert tenant_error["status_code"] == 503 and tenant_error["headers"]["Retry-After"] == ["10"]
+    assert "This table cannot be reached" in tenant_error["body"] and "<style>" in tenant_error["body"]
+
+
+def test_the_edges_error_page_on_the_fleet_host_speaks_of_the_panel_not_of_a_table() -> None:
+    config = build_caddy_config(SETTINGS, [TenantSite("a", ("a.localhost",), "127.0.0.1:1", "running")])
+    error = _error_page(config["apps"]["http"]["servers"]["edge"]["errors"]["routes"], "fleet.localhost")
     assert error["status_code"] == 503 and error["headers"]["Retry-After"] == ["10"]
-    assert "This table cannot be reached" in error["body"] and "<style>" in error["body"]
+    assert error["headers"]["Content-Security-Policy"] == [PAGE_CSP]
+    main = re.search(r"<main.*</main>", html.unescape(error["body"]), re.S)
+    assert main is not None and "The fleet's panel cannot be reached" in main[0]
+    assert "table" not in main[0].lower()  # the words, not the operator's name in the footer
+    assert REFRESH.findall(error["body"]) == ["10"] and "mailto:ada@example.org" in error["body"]
+
+
+def _error_page(routes: list[dict], host: str) -> dict:
+    """The page Caddy's error routes give a request for `host` (the first route that matches it)."""
+    for route in routes:
+        hosts = [h for m in route.get("match", [{}]) for h in m.get("host", [host])]
+        if host in hosts:
+            (handler,) = route["handle"]
+            return handler
+    raise AssertionError(f"no error route for {host}")
 
 
 # --- the backups pages in the web app -----------------------------------------------------------------
@@ -182,8 +205,9 @@ def test_tenants_showing_the_same_page_share_one_route() -> None:
     sites = [TenantSite(f"t{i}", (f"t{i}.localhost",), None, "stopped") for i in range(200)]
     sites.append(TenantSite("x", ("x.localhost",), None, "stopped", suspended=True))
     config = json.dumps(build_caddy_config(SETTINGS, sites))
-    # stopped, suspended, the tenant hosts' 404, the fleet host's 404, the edge's error page
-    assert config.count("prefers-color-scheme") == 5
+    # stopped, suspended, the tenant hosts' 404, the fleet host's 404, the edge's error pages (the fleet
+    # host's and the tenant hosts')
+    assert config.count("prefers-color-scheme") == 6
     assert foundry_route(json.loads(config), "t7.localhost") == foundry_route(json.loads(config), "t150.localhost")
     assert "not available" in foundry_route(json.loads(config), "x.localhost")["body"]
 

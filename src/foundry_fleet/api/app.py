@@ -13,10 +13,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
-from starlette.concurrency import iterate_in_threadpool
 
 from foundry_fleet import __version__
 from foundry_fleet.api.endpoints import Endpoint, Param, openapi, routes
+from foundry_fleet.api.streaming import ClosingStream
 from foundry_fleet.domain.errors import InvalidInput, Unsupported
 from foundry_fleet.domain.instance import DAEMON_FIGURES
 from foundry_fleet.services.access import Access
@@ -29,7 +29,6 @@ from foundry_fleet.services.instance_views import InstanceViews
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.panel_sessions import LINK_SECONDS
 from foundry_fleet.services.release_registry import ReleaseRegistry
-from foundry_fleet.services.snapshot_files import SnapshotFiles
 from foundry_fleet.services.daemon_info import DaemonInfo
 from foundry_fleet.services.edge_port import FleetEdge
 from foundry_fleet.services.supervisor import Supervisor
@@ -151,9 +150,10 @@ def create_app(
     run = asyncio.to_thread
     unknown = dict.fromkeys(DAEMON_FIGURES)
 
-    def with_figures(views: list[InstanceView]) -> list[dict[str, Any]]:
-        # One read of the rows feeds both: the figures are lookups in memory.
-        found = figures(views) if figures is not None else {}
+    async def with_figures(views: list[InstanceView]) -> list[dict[str, Any]]:
+        # One read of the rows feeds both. The figures are lookups in memory, but for the snapshots' reading
+        # when it is due again (a listing): in a worker thread, like every read of the disk.
+        found = await run(figures, views) if figures is not None else {}
         return [{**v.to_dict(), **found.get(v.name, unknown)} for v in views]
 
     async def health() -> dict[str, Any]:
@@ -172,7 +172,7 @@ def create_app(
             "daemon": {"running": True, "pid": info.pid, "started_at": info.started_at, "root": info.root},
             "capabilities": [c.__dict__ for c in info.capabilities],
             "runtime": await runtime_block(),
-            "instances": with_figures(instances),
+            "instances": await with_figures(instances),
             "hosts": hosts,
             "edge": await run(edge_report, reads.hostnames, edge_state),
         }
@@ -186,10 +186,10 @@ def create_app(
         return block
 
     async def list_instances() -> list[dict[str, Any]]:
-        return with_figures(await run(reads.instances.list))
+        return await with_figures(await run(reads.instances.list))
 
     async def get_instance(name: str) -> dict[str, Any]:
-        return with_figures([await run(reads.instances.get, name)])[0]
+        return (await with_figures([await run(reads.instances.get, name)]))[0]
 
     async def create_instance(body: CreateInstance, actor: str) -> dict[str, Any]:
         created = await ops.create(actor, body.name, body.release, body.license_key, body.owner, body.admin_password,
@@ -276,11 +276,9 @@ def create_app(
             await run(path.unlink, True)
 
     async def export_data(name: str, actor: str) -> StreamingResponse:
-        snap = await ops.export_snapshot(actor, name)
-        # Made as it is read, in Starlette's thread pool: the daemon's loop never waits on the disk.
-        return StreamingResponse(iterate_in_threadpool(SnapshotFiles(backups.snapshots).export_stream(name, snap.name)),
-                                 media_type="application/zip",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}-{snap.name}.zip"'})
+        export = await ops.export(actor, name)
+        return ClosingStream(export.stream(), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{name}-{export.snapshot}.zip"'})
 
     async def edge_config() -> dict[str, Any]:
         return await run(edge.config) if edge is not None else {}
@@ -372,7 +370,8 @@ def create_app(
                                                    "allowed from Discord's file hosts only")),
                  upload=True, changes_state=True, tenant_action="import"),
         Endpoint("POST", "/v1/instances/{name}/export",
-                 "A zip of the instance's Data and Config (no licence, no admin password) from a fresh snapshot",
+                 "A zip of the instance's Data and Config (no licence, no admin password) from a snapshot "
+                 "taken for it, removed once the zip is sent",
                  export_data, changes_state=True),
         Endpoint("GET", "/v1/edge/config", "The Caddy configuration the edge serves", edge_config),
         Endpoint("POST", "/v1/instances/{name}/backups", "Take a manual snapshot (never thinned)",

@@ -11,7 +11,7 @@ from discord import app_commands
 
 from foundry_fleet.bot.command_context import CommandContext, Limits
 from foundry_fleet.bot.replies import Reply, respond, respond_by_update
-from foundry_fleet.bot.text import backup_link, clip_tail, code_block, instance_line, public_url, scrub, size
+from foundry_fleet.bot.text import backup_link, clip_tail, code_block, instance_line, license_text, public_url, scrub, size
 from foundry_fleet.domain.errors import NotFound
 from foundry_fleet.domain.snapshot_choice import choose_snapshot
 
@@ -172,6 +172,8 @@ def register(group: app_commands.Group, bot: CommandContext, limits: Limits) -> 
 
 def status_text(view: dict[str, Any]) -> str:
     line = instance_line(view)
+    if licensed := license_text(view):
+        line += f"\n{licensed}"
     if view.get("suspended"):
         line += "\nA fleet admin suspended it; it cannot be started until they resume it."
     elif view.get("state") == "sleeping":

@@ -75,6 +75,18 @@ def instance_line(view: dict[str, object], now: float | None = None) -> str:
     return f"**{view['name']}**: {state_text(view, now)}, Foundry {view.get('release', '?')} <{public_url(view)}>"
 
 
+def license_text(view: dict[str, object]) -> str:
+    """Whether a Foundry license key is set (never the key), and who sets a missing one: only fleet admins
+    do, so a tenant reading this knows whom to ask. "" when the fleet cannot tell (its data is elsewhere)."""
+    if view.get("license") == "set":
+        return "License key: set."
+    if view.get("license") == "missing":
+        return (f"License key: **missing**. Until one is set, Foundry shows its license page to every visitor "
+                f"instead of the game; a fleet admin sets it (`foundry-fleet instance set {view['name']} "
+                "--license-file FILE`).")
+    return ""
+
+
 def state_text(view: dict[str, object], now: float | None = None) -> str:
     """Its state for people: why it is suspended or failed; that a sleeping one wakes on a visit (it is
     neither stopped nor broken); when a running one will sleep."""

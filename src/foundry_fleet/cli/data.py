@@ -84,8 +84,8 @@ def export_data(
     name: str,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="the zip to write (else stdout)")] = None,
 ) -> None:
-    """A zip of an instance's Data and Config (without its licence and admin password), from a fresh snapshot
-    (needs the daemon)."""
+    """A zip of an instance's Data and Config (without its licence and admin password), from a snapshot taken
+    for it and removed once the zip is sent (needs the daemon)."""
     c: CliContext = ctx.obj
     if output is None and sys.stdout.isatty():
         raise InvalidInput("refusing to write a zip to the terminal", "give -o FILE, or redirect the output")

@@ -133,10 +133,16 @@ def sleep_text(i: dict[str, Any], now: float) -> str:
     since = i.get("idle_since")
     if since is None:
         return f"after {format_idle_after(after)} idle"
-    return f"in {duration_text(max(0.0, since + after - now))}"
+    return f"in {compact_duration(max(0.0, since + after - now))}"
 
 
-def duration_text(seconds: float) -> str:
+def compact_duration(seconds: float) -> str:
+    """A time left in the notation of `idle_after` (fleet.toml, `instance set --idle-after`): 45s, 12min, 2.5h.
+
+    Not domain.units.human_duration ("12 min", "2 h 30 min"), though both write durations: this one
+    fills the sleeps column beside "after 1h idle", which is that setting as the operator wrote it, so
+    the column reads in one notation; the uptime and backup columns read in the other, like the panel.
+    Merging them would change what one of those shows."""
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

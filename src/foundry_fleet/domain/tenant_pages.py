@@ -176,5 +176,14 @@ def state_html(kind: str, operator: Operator) -> str:
                 refresh=str(sp.refresh) if sp.refresh is not None else None, tone=sp.tone)
 
 
+def panel_unreachable_html(operator: Operator) -> str:
+    """What the fleet host gets when the fleet's web app behind it does not answer. That host is the
+    panel and its API, not a game: whoever reads this is a tenant or the operator, not a player at a
+    table."""
+    headline = "The fleet's panel cannot be reached"
+    return page(headline, headline, ["The panel did not answer just now; the fleet may be restarting. "
+                                     "This page tries again in a little while."], operator, refresh="10", tone="warn")
+
+
 def not_found_html(operator: Operator, home: Link | None = None) -> str:
     return page("Not found", "Nothing here", ["There is no page at this address."], operator, link=home)

@@ -14,7 +14,8 @@ def human_bytes(n: int | float) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """A short duration: 45 s, 12 min, 3 h 20 min, 4 d 2 h."""
+    """A short duration: 45 s, 12 min, 3 h 20 min, 4 d 2 h. (cli/render.compact_duration writes a time
+    left until an instance sleeps in the notation of its idle setting instead: see there why both.)"""
     s = max(0, int(seconds))
     if s < 60:
         return f"{s} s"

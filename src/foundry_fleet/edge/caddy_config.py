@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry_fleet.domain.hosts import is_internal_name
-from foundry_fleet.domain.tenant_pages import PAGE_CSP, Link, Operator, not_found_html, state_html, state_page
+from foundry_fleet.domain.tenant_pages import (
+    PAGE_CSP,
+    Link,
+    Operator,
+    not_found_html,
+    panel_unreachable_html,
+    state_html,
+    state_page,
+)
 from foundry_fleet.domain.web_paths import METRICS_PATH, PANEL_PATHS, WAKE_VISIT_PATH, WAKE_WAIT_PATH
 
 # Headers only the fleet's auth service may set on a request that reaches a tenant's backups.
@@ -197,7 +205,9 @@ def _wake(settings: EdgeSettings) -> list[dict[str, Any]]:
 
 
 def _proxied(site: TenantSite) -> bool:
-    return site.state == "running" and bool(site.address)
+    # A restore begins while the instance still runs, and stops it next: its visitors get the restore's
+    # page from the start, not the edge's "cannot be reached" while it stops and starts again.
+    return site.state == "running" and bool(site.address) and not site.restoring
 
 
 def _wakes(site: TenantSite) -> bool:
@@ -359,8 +369,13 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
             # server before its routes, and the TLS-ALPN one by the connection policy, with or without it.
             "automatic_https": {"disable": True},
             "tls_connection_policies": [{}],
-            "errors": {"routes": [{"handle": [
-                _page_response(503, state_html("unreachable", settings.operator), settings.retry_after_s)]}]},
+            # What did not answer: on the fleet host the panel, on any other host an instance.
+            "errors": {"routes": [
+                {"match": [{"host": [settings.fleet_host]}],
+                 "handle": [_page_response(503, panel_unreachable_html(settings.operator), settings.retry_after_s)],
+                 "terminal": True},
+                {"handle": [
+                    _page_response(503, state_html("unreachable", settings.operator), settings.retry_after_s)]}]},
         },
         "redirect": {
             "listen": [f":{settings.http_port}"],

@@ -29,6 +29,7 @@ from foundry_fleet.services.backup_records import BackupRecords
 from foundry_fleet.services.disk_limits import DiskLimits, OverDiskLimit
 from foundry_fleet.services.events import EventLog
 from foundry_fleet.services.instance_views import InstanceViews
+from foundry_fleet.services.metrics.backup_figures import BackupFigureReads
 from foundry_fleet.services.replication import Replication
 from foundry_fleet.storage.base import Storage
 from foundry_fleet.storage.snapshots import SnapshotInfo
@@ -71,10 +72,10 @@ class Backups:
         self.fmt = TimeFormat(tsformat)
         self.replication = replication  # None: no backup destinations
         self._refused: dict[str, float] = {}  # instance -> the slot whose snapshot the disk limit refused
-        # instance -> when its newest snapshot was taken, as this process learnt it (each schedule round
-        # reads every instance's snapshot names anyway): the panel and /metrics show it for every
-        # instance without listing snapshots on each request.
-        self._newest: dict[str, float] = {}
+        # Where every instance's snapshots stand, one reading kept a while: the panel, the control API's
+        # status and /metrics all read this one (its newest snapshot, its count), and every snapshot taken
+        # or removed here drops the reading, so what they show next includes it.
+        self.figures = BackupFigureReads(self.snapshots, replication)
 
     def acting_as(self, actor: str) -> Backups:
         """The same service, recording its events and plan changes under another actor."""
@@ -97,13 +98,8 @@ class Backups:
     # taking and listing -------------------------------------------------------------------
 
     def newest_snapshot_times(self) -> dict[str, float]:
-        """When each instance's newest snapshot was taken, as far as the schedule has looked (it looks at
-        every instance at its first round, when the daemon starts)."""
-        return dict(self._newest)
-
-    def _saw_snapshot(self, name: str, at: float | None) -> None:
-        if at is not None and at > self._newest.get(name, 0.0):
-            self._newest[name] = at
+        """When each instance's newest snapshot was taken (instances without one left out)."""
+        return self.figures.read(self.instances.names()).newest_at
 
     def list(self, name: str) -> list[SnapshotInfo]:
         self.instances.get(name)
@@ -137,9 +133,15 @@ class Backups:
         # both be kept: the later one gets a counter.
         snap_name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if n not in taken)
         info = self.snapshots.take(name, self.storage.paths(name).data, snap_name)
-        self._saw_snapshot(view.name, info.created_at)
+        self.figures.forget()
         self.events.record("backup.snapshot", view.name, Outcome.OK, f"{snap_name} ({info.bytes_new} bytes new)")
         return info
+
+    def discard(self, name: str, snapshot: str) -> None:
+        """Remove a snapshot taken for a passing need (an export's), which then no longer counts as the
+        instance's newest."""
+        self.snapshots.destroy(name, snapshot)
+        self.figures.forget()
 
     def final_backup(self, name: str, purge: bool) -> str | None:
         """Before a delete: a last snapshot of the data (kept with the archive); before a purge, also sent
@@ -183,7 +185,6 @@ class Backups:
                 plans[name] = plan = parse_plan(own_plan or self.records.default_plan)
                 slot = current_slot(now, plan)
                 latest = max((t for t in map(self.fmt.parse, self.snapshots.names(name)) if t is not None), default=None)
-                self._saw_snapshot(name, latest)
                 if (latest is None or latest < slot) and not self._refused_at(name, slot, failed):
                     due[self.fmt.name(slot)].append(name)
             except Exception as e:  # noqa: BLE001 - one instance's failure must not stop the others' backups
@@ -234,8 +235,8 @@ class Backups:
             failed.append(BackupFailure(names[0], str(e)))
             self.events.record("backup.snapshot", names[0], Outcome.FAILED, str(e), actor="scheduler")
             return []
+        self.figures.forget()
         for name, info in zip(names, infos, strict=True):
-            self._saw_snapshot(name, info.created_at)
             self.events.record("backup.snapshot", name, Outcome.OK, f"{snap} ({info.bytes_new} bytes new)",
                                actor="scheduler")
         return [InstanceSnapshot(name, snap) for name in names]
@@ -251,6 +252,7 @@ class Backups:
         for snap in doomed:
             self.snapshots.destroy(name, snap)
         if doomed:
+            self.figures.forget()
             self.events.record("backup.thin", name, Outcome.OK, f"{len(doomed)} snapshot(s) past the plan",
                                actor="scheduler")
         return [InstanceSnapshot(name, snap) for snap in doomed]

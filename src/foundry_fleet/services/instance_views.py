@@ -79,6 +79,11 @@ class InstanceViews:
             rows = s.scalars(select(Instance).options(selectinload(Instance.owner)).order_by(Instance.name)).all()
             return [self.view(r) for r in rows]
 
+    def names(self) -> list[str]:
+        """Every instance's name, in order (one column: no view is built)."""
+        with self.sessions() as s:
+            return list(s.scalars(select(Instance.name).order_by(Instance.name)))
+
     def get(self, name: str) -> InstanceView:
         with self.sessions() as s:
             return self.view(instance_row(s, name))

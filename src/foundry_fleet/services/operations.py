@@ -21,6 +21,7 @@ from foundry_fleet.domain.events import Outcome
 from foundry_fleet.domain.instance import DesiredState, InstanceState
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.changes import Changes
+from foundry_fleet.services.data_export import Export
 from foundry_fleet.services.data_import import DataImport, Imported, ImportFailed
 from foundry_fleet.services.desired_state import DesiredStates
 from foundry_fleet.services.edge_port import EdgeSync
@@ -33,6 +34,7 @@ from foundry_fleet.services.node_choice import checked_move, checked_node
 from foundry_fleet.services.operation_lock import RESTORING, OperationLock
 from foundry_fleet.services.provisioning import Provisioning
 from foundry_fleet.services.release_registry import ReleaseRegistry
+from foundry_fleet.services.snapshot_files import SnapshotFiles
 from foundry_fleet.services.supervisor import Supervisor
 from foundry_fleet.services.views import CreatedInstance, InstanceView
 from foundry_fleet.storage.snapshots import SnapshotInfo
@@ -500,13 +502,29 @@ class Operations:
             await _blocking(self.lifecycle.events.record, "instance.import", name, Outcome.OK, detail, actor)
             return Imported(name, "/".join(staged.into), staged.files, staged.bytes, replaced, snap.name, stop)
 
-    async def export_snapshot(self, actor: str, name: str) -> SnapshotInfo:
-        """A fresh snapshot to export from: a consistent view of the data however long the zip takes."""
+    async def export(self, actor: str, name: str) -> Export:
+        """The zip of a fresh snapshot (a consistent view of the data however long the zip takes), which
+        is removed once the zip has been streamed (services/data_export.py)."""
+        backups = self._backups(actor)
         with self.lock.hold(name, "being exported"):
-            snap = await _blocking(self._backups(actor).take, name, "export")
+            snap = await _blocking(backups.take, name, "export")
             await _blocking(self.lifecycle.events.record, "instance.export", name, Outcome.OK,
-                            f"from snapshot {snap.name}", actor)
-            return snap
+                            f"from snapshot {snap.name}, removed once the zip is sent", actor)
+
+        def remove() -> None:
+            try:
+                backups.discard(name, snap.name)
+            except Exception as e:
+                self.lifecycle.events.record("instance.export", name, Outcome.FAILED,
+                                             f"its snapshot {snap.name} could not be removed: {e}", actor)
+                raise
+
+        try:
+            chunks = await _blocking(SnapshotFiles(backups.snapshots).export_stream, name, snap.name)
+        except BaseException:
+            await _blocking(remove)
+            raise
+        return Export(name, snap.name, chunks, remove)
 
     # steps --------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What the panel shows of each instance, gathered in one place: its row in the database and what the
 daemon knows in memory (players from the health checks, memory and CPU from the sampler, the newest
-snapshot from the backup schedule, certificate problems from the certificate watch).
+snapshot from the backups' reading, shared with /metrics, certificate problems from the certificate watch).
 
 One read of the instances' rows per page, whatever their number; everything else is a lookup.
 """

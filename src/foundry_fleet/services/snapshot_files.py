@@ -14,7 +14,7 @@ import os
 import stat
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class SnapshotFiles:
         """A zip of every regular file of the snapshot (links skipped, never followed), piece by piece."""
         return zip_stream(self.snapshots.path(instance, snapshot))
 
-    def export_stream(self, instance: str, snapshot: str) -> Iterator[bytes]:
+    def export_stream(self, instance: str, snapshot: str) -> Generator[bytes, None, None]:
         """The zip an instance is exported as (see `_EXPORTED`), from one of its snapshots."""
         return zip_stream(self.snapshots.path(instance, snapshot), skip=not_exported)
 
@@ -148,7 +148,7 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     return t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec
 
 
-def zip_stream(root: Path, skip: Callable[[tuple[str, ...]], bool] | None = None) -> Iterator[bytes]:
+def zip_stream(root: Path, skip: Callable[[tuple[str, ...]], bool] | None = None) -> Generator[bytes, None, None]:
     """A zip of every regular file under `root` (links skipped, never followed), produced piece by piece;
     `skip` leaves more out than the snapshot's metadata."""
     sink = _Sink()

@@ -14,7 +14,6 @@ from foundry_fleet.config import FleetConfig
 from foundry_fleet.domain.errors import Conflict
 from foundry_fleet.services.backups import Backups
 from foundry_fleet.services.certificates import CertificateWatch
-from foundry_fleet.services.metrics.backup_figures import BackupFigureReads
 from foundry_fleet.services.metrics.fleet_collector import FleetCollector, Players, ResourceSamples
 from foundry_fleet.services.metrics.instance_figures import InstanceFigureReads
 from foundry_fleet.services.metrics.registry import Metrics
@@ -31,7 +30,7 @@ def make_metrics(config: FleetConfig) -> Metrics:
 def fleet_collector(services: FleetServices, players: Players, backups: Backups, certificates: CertificateWatch,
                     samples: ResourceSamples | None = None) -> FleetCollector:
     return FleetCollector(InstanceFigureReads(services.sessions).all, players,
-                          BackupFigureReads(backups.snapshots, backups.replication), certificates, samples)
+                          backups.figures, certificates, samples)
 
 
 class MetricsDoor:

@@ -33,7 +33,8 @@ that behaves like Foundry where the fleet cares:
   entry (a release built with `crash_on_start`): prints a few lines and exits 3, at every start.
   `<dataPath>/hold-memory-mb` holding an integer N: allocates, touches and keeps N MB before it
   listens, and prints a line saying so (anything but a non-negative integer there: exit 2).
-  `STANDIN_START_DELAY_MS=N` in the environment: waits N ms before listening.
+  `STANDIN_START_DELAY_MS=N` in the environment, or `<dataPath>/start-delay-ms` holding N (for an
+  instance, whose sandbox passes no environment through): waits N ms before listening.
 - One stdout line on start (`... listening on port N (prefix /-/) ...`) and one per request.
   SIGTERM/SIGINT: logs "shutting down", closes websockets with 1001, exits 0 within a second.
 """

@@ -829,10 +829,14 @@ function listen() {
   });
 }
 
-const delay = Number(process.env.STANDIN_START_DELAY_MS || 0);
+// The data's own file holds where the environment cannot be set (a sandbox passes none through).
+const delayFile = path.join(dataPath, 'start-delay-ms');
+const delayFrom = fs.existsSync(delayFile) ? 'start-delay-ms' : 'STANDIN_START_DELAY_MS';
+const delay = Number(fs.existsSync(delayFile) ? fs.readFileSync(delayFile, 'utf8').trim()
+  : process.env.STANDIN_START_DELAY_MS || 0);
 log(`${PRODUCT} ${release.version} starting (node ${process.version}, pid ${process.pid})`);
 if (Number.isFinite(delay) && delay > 0) {
-  log(`waiting ${delay} ms before listening (STANDIN_START_DELAY_MS)`);
+  log(`waiting ${delay} ms before listening (${delayFrom})`);
   setTimeout(listen, delay);
 } else {
   listen();

@@ -72,6 +72,11 @@ class BackupFigureReads:
             self._kept = (names, self.clock(), figures)
             return figures
 
+    def forget(self) -> None:
+        """Drop the reading kept: a snapshot was taken or removed, and the next read lists again."""
+        with self._lock:
+            self._kept = None
+
     def _read(self, names: tuple[str, ...]) -> BackupFigures:
         newest_at: dict[str, float] = {}
         counts: dict[str, int] = {}
