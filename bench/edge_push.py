@@ -29,6 +29,7 @@ import argparse
 import copy
 import http.server
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -46,7 +47,7 @@ import httpx  # noqa: E402
 
 from bench.machine import describe, percentile  # noqa: E402
 from foundry_fleet.edge.admin import CaddyAdmin  # noqa: E402
-from foundry_fleet.edge.caddy_config import UPSTREAM, EdgeSettings, TenantSite, build_caddy_config  # noqa: E402
+from foundry_fleet.edge.caddy_config import SERVING, UPSTREAM, EdgeSettings, TenantSite, build_caddy_config  # noqa: E402
 from foundry_fleet.edge.process import ManagedCaddy, caddy_version, find_caddy  # noqa: E402
 from tests.support.foundry_standin import free_port  # noqa: E402
 
@@ -68,18 +69,16 @@ def changed_states(base: list[TenantSite], r: int) -> list[TenantSite]:
 
 # The two shapes ---------------------------------------------------------------------------------
 
-def _game_route(config: dict[str, Any]) -> dict[str, Any]:
-    tenant_hosts_route = config["apps"]["http"]["servers"]["edge"]["routes"][0]
-    return next(r for r in tenant_hosts_route["handle"][0]["routes"] if r["handle"][0]["handler"] == "map")
-
-
 def per_tenant_routes(config: dict[str, Any]) -> dict[str, Any]:
     """The shape before the map: each running tenant's `/-/` a route of its own, with its own
     reverse_proxy (the same handlers the map's proxy route has, its dial written in)."""
     config = copy.deepcopy(config)
-    game = _game_route(config)
-    tenant_map, subroute = game["handle"]
-    proxy_route = subroute["routes"][0]
+    routes = config["apps"]["http"]["servers"]["edge"]["routes"]
+    (tenant_map,) = routes[0]["handle"]
+    tenant_routes = routes[1]["handle"][0]["routes"]
+    game = next(r for r in tenant_routes if r.get("match", [{}])[0].get("path") == ["/-", "/-/*"])
+    ways = game["handle"][0]["routes"]
+    proxy_route = next(r for r in ways if r["match"][0]["vars"][SERVING] == ["proxy"])
     own_routes = []
     for mapping in tenant_map["mappings"]:
         address, serving = mapping["outputs"]
@@ -89,8 +88,10 @@ def per_tenant_routes(config: dict[str, Any]) -> dict[str, Any]:
         handlers[-1]["upstreams"] = [{"dial": address}]
         own_routes.append({"match": [{"host": [mapping["input"]], "path": ["/-", "/-/*"]}], "handle": handlers,
                            "terminal": True})
-    subroute["routes"] = subroute["routes"][1:]  # the pages and the wake handler stay shared, as they were
-    tenant_routes = config["apps"]["http"]["servers"]["edge"]["routes"][0]["handle"][0]["routes"]
+    # The pages and the wake handler stay shared, behind a map of the hosts that show them (the old shape
+    # had a route per page with their hosts: about as much).
+    ways.remove(proxy_route)
+    tenant_map["mappings"] = [m for m in tenant_map["mappings"] if m["outputs"][1] != "proxy"]
     tenant_routes[tenant_routes.index(game):tenant_routes.index(game)] = own_routes
     assert UPSTREAM not in str(own_routes)
     return config
@@ -222,6 +223,8 @@ def fresh_caddy(work: Path, settings: EdgeSettings) -> Iterator[tuple[CaddyAdmin
 
 
 def main() -> None:
+    # A TERM (a timeout, a kill) ends the run through its finally blocks: Caddy stopped, the folder removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--sizes", default="500,1000,5000,10000")

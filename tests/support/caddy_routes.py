@@ -30,19 +30,40 @@ def _first_route(routes: list[dict], host: str, path: str, variables: dict[str, 
 
 
 def route_for(config: dict, host: str, path: str) -> dict:
-    """The route that handles `host` + `path`, as Caddy would get to it: through the tenant hosts' subroute,
-    and for `/-/` through the tenant map (its outputs put in for its placeholders, as Caddy does per request)."""
-    route = _first_route(config["apps"]["http"]["servers"]["edge"]["routes"], host, path, {})
+    """The route that handles `host` + `path`, as Caddy would get to it: the tenant map (the first route,
+    for every request) sets its placeholders, the tenant hosts' subroute is entered, and for `/-/` the way
+    the map chose; the map's outputs are put in for its placeholders, as Caddy does per request."""
+    routes = config["apps"]["http"]["servers"]["edge"]["routes"]
+    variables: dict[str, str] = {}
+    while routes and not routes[0].get("match") and routes[0]["handle"][0]["handler"] == "map":
+        (tenant_map,) = routes[0]["handle"]
+        outputs = next((m["outputs"] for m in tenant_map["mappings"] if m["input"] == host), tenant_map["defaults"])
+        variables = dict(zip(tenant_map["destinations"], outputs, strict=True))
+        routes = routes[1:]
+    route = _first_route(routes, host, path, variables)
+    if _is_tenant_hosts(route):
+        inner = route["handle"][0]["routes"]
+        route = _first_route(inner, host, path, variables)
+        if _chooses_by_map(route):
+            chosen = [r for r in route["handle"][0]["routes"] if _matches_vars(r, variables)]
+            # Not terminal: where the map chose nothing, the request goes on to the routes after it.
+            route = chosen[0] if chosen else _first_route(inner[inner.index(route) + 1:], host, path, variables)
+    text = json.dumps(route)
+    for placeholder, value in variables.items():
+        text = text.replace(placeholder, value)
+    return json.loads(text)
+
+
+def _is_tenant_hosts(route: dict) -> bool:
     handle = route["handle"]
-    if handle[0]["handler"] == "subroute" and any(r["handle"][0]["handler"] == "map" for r in handle[0]["routes"]):
-        route = _first_route(handle[0]["routes"], host, path, {})  # the tenant hosts' routes
-        handle = route["handle"]
-    if handle[0]["handler"] == "map":
-        tenant_map, subroute = handle
-        mapping = next((m["outputs"] for m in tenant_map["mappings"] if m["input"] == host), tenant_map["defaults"])
-        variables = dict(zip(tenant_map["destinations"], mapping, strict=True))
-        chosen = json.dumps(_first_route(subroute["routes"], host, path, variables))
-        for placeholder, value in variables.items():
-            chosen = chosen.replace(placeholder, value)
-        route = json.loads(chosen)
-    return route
+    return handle[0]["handler"] == "subroute" and any(
+        ["/-", "/-/*"] == (r.get("match") or [{}])[0].get("path") for r in handle[0]["routes"])
+
+
+def _chooses_by_map(route: dict) -> bool:
+    handle = route["handle"]
+    return handle[0]["handler"] == "subroute" and all("vars" in r["match"][0] for r in handle[0]["routes"])
+
+
+def _matches_vars(route: dict, variables: dict[str, str]) -> bool:
+    return all(variables.get(key, "") in wanted for key, wanted in route["match"][0]["vars"].items())

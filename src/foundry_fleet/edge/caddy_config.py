@@ -257,7 +257,7 @@ def _game_routes(settings: EdgeSettings, labels: dict[str, str]) -> list[dict[st
     ]
 
 
-def _tenant_hosts_route(settings: EdgeSettings, sites: list[TenantSite], tenant_hosts: list[str]) -> dict[str, Any]:
+def _tenant_hosts_route(settings: EdgeSettings, labels: dict[str, str], tenant_hosts: list[str]) -> dict[str, Any]:
     """Everything a tenant host serves, behind one host matcher: `/` redirects, `/backups/` behind the auth
     service, the sign-in and wake paths, `/-/` as the map says, and a 404 for the rest.
 
@@ -269,7 +269,6 @@ def _tenant_hosts_route(settings: EdgeSettings, sites: list[TenantSite], tenant_
         backups: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": settings.backups_dial}]}
     else:
         backups = {"handler": "static_response", "status_code": 404}  # nothing served behind the check yet
-    labels = _page_labels(sites)
     routes = [
         {"match": [{"path": ["/"]}],
          "handle": [{"handler": "static_response", "status_code": 302, "headers": {"Location": ["/-/"]}}],
@@ -283,7 +282,7 @@ def _tenant_hosts_route(settings: EdgeSettings, sites: list[TenantSite], tenant_
         # Not terminal: a host the map does not hold goes on to the 404 below. That is only a tenant host in
         # other letter case (Caddy's host matcher ignores case, the map does not; browsers send lower case).
         {"match": [{"path": ["/-", "/-/*"]}],
-         "handle": [_tenant_map(sites, labels), {"handler": "subroute", "routes": _game_routes(settings, labels)}]},
+         "handle": [{"handler": "subroute", "routes": _game_routes(settings, labels)}]},
         {"handle": [_not_found(settings, Link("/-/", "Go to the game"))]},
     ]
     return {"match": [{"host": tenant_hosts}], "handle": [{"handler": "subroute", "routes": routes}], "terminal": True}
@@ -340,7 +339,13 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
     # A site without hosts would be a host matcher with no hosts, which matches every host.
     sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
-    routes = [_tenant_hosts_route(settings, sites, tenant_hosts)] if tenant_hosts else []
+    routes = []
+    if tenant_hosts:
+        # The map first, for every request (it only sets placeholders, read where a route asks), and at the
+        # top of the config: Caddy decodes a handler's JSON once more at each level it is nested in, and
+        # the map is most of the config's bytes.
+        labels = _page_labels(sites)
+        routes += [{"handle": [_tenant_map(sites, labels)]}, _tenant_hosts_route(settings, labels, tenant_hosts)]
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [
