@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from foundry_fleet.domain.release import ReleaseInfo, ReleaseLayout
 from foundry_fleet.releases.cache import ReleaseCache
 from foundry_fleet.releases.policy import DownloadPolicy
 from foundry_fleet.services.init import init_fleet
+from foundry_fleet.storage.home_reach import MARK, check_reached
 from foundry_fleet.storage.home_transfer import copy_instance_data
 from foundry_fleet.storage.homes import HomedStorage
 from foundry_fleet.storage.zfs import ZfsStorage
@@ -288,3 +292,42 @@ def test_a_move_to_a_home_whose_host_does_not_answer_fails_naming_it_and_loses_n
 
     asyncio.run(first_process())
     asyncio.run(host_back())
+
+
+_UNDER_A_COVERED_FOLDER = """
+import json, subprocess, sys
+from pathlib import Path
+from foundry_fleet.storage.home_reach import HomeNotReached, check_reached
+from foundry_fleet.storage.zfs import ZfsStorage
+from foundry_fleet.storage.zfs_cmd import ZfsRunner
+args = json.loads(sys.argv[1])
+subprocess.run(["mount", "-t", "tmpfs", "none", args["covered"]], check=True)
+home = ZfsStorage(Path(args["root"]), args["base"], runner=ZfsRunner(remote=args["remote"], whose="home pool-b"))
+try:
+    check_reached(home, "pool-b")
+    print("reached")
+except HomeNotReached as e:
+    print(e.message, "|", e.hint)
+"""
+
+
+def test_a_home_whose_tree_this_host_does_not_see_at_its_root_is_refused(
+        tmp_path: Path, second_zfs_base: str, answering: Sshd) -> None:
+    """The fleet writes a home's files through a mount of its host's tree; a folder in its place (no
+    mount), or a mount that does not show the datasets under it (NFS without crossmnt), is found before
+    anything is written there. Each case in a mount namespace of its own, where an empty tmpfs covers the
+    folder: what this host would see, while the pool's host (the sshd, outside) sees the real tree."""
+    remote = ZfsStorage(tmp_path / "fleet-b", second_zfs_base, runner=over_ssh(answering, "home pool-b", []),
+                        quota_bytes=QUOTA)
+    remote.ensure_layout()
+    check_reached(remote, "pool-b")  # the same tree here and there: nothing to say
+    assert (remote.root / MARK).stat().st_mode & 0o777 == 0o600
+    for covered, why in ((remote.root, "no mount here"), (remote.shared_dir(), "a mount without crossmnt")):
+        args = {"covered": str(covered), "root": str(remote.root), "base": second_zfs_base,
+                "remote": ssh_prefix(answering.ssh_command(), HOST)}
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                               _UNDER_A_COVERED_FOLDER, json.dumps(args)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        said = done.stdout.strip()
+        assert said.startswith(f"home pool-b: {covered} on this host is not {covered} on {HOST} ("), (why, said)
+        assert f"mount {HOST}'s {remote.root} at {remote.root} here (NFS with crossmnt" in said, why

@@ -12,7 +12,7 @@ transaction, and from that moment on its snapshots, backups and restores must wo
 Every home is driven from the fleet's own host: its root is a path the fleet host reads and writes (a
 pool imported here, or the node's fleet dataset mounted here, e.g. over NFS). Its `zfs` commands run
 here, or for a pool on another host over ssh (its ZfsRunner's `remote`, see wiring `make_home_storage`);
-writing its files without a mount here is not done yet.
+for those, `ensure_layout` checks that this host's root is that host's tree (storage/home_reach.py).
 """
 
 from __future__ import annotations
@@ -132,10 +132,18 @@ class HomedStorage:
 
         A home on another host that does not answer over ssh is skipped with a warning: a node that is
         down must not keep the fleet (or instances in other homes) from starting; that home's own verbs
-        fail, naming it, until it answers, and its layout is made by the next call."""
+        fail, naming it, until it answers, and its layout is made by the next call. One that answers but
+        whose tree this host does not see at its root (storage/home_reach.py) is refused, naming the
+        mount to make: its files would be written where its nodes never see them."""
+        from foundry_fleet.storage.home_reach import check_reached
+        from foundry_fleet.storage.zfs import ZfsStorage
+
         for name in self.home_names:
+            home = self._homes[name]
             try:
-                self._homes[name].ensure_layout()
+                home.ensure_layout()
+                if isinstance(home, ZfsStorage):
+                    check_reached(home, name)  # before anything of its is written through a wrong mount
             except ZfsHostUnreachable as e:
                 if name == MAIN_HOME:
                     raise
