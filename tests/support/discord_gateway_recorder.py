@@ -4,7 +4,7 @@ dpytest cannot do slash commands, buttons or forms, so a test plays Discord itse
 
   in   raw INTERACTION_CREATE (and GUILD_CREATE) payloads, shaped like the gateway's, fed to the client's
        own parser (`client._connection.parsers[...]`), so discord.py's real dispatch runs: the command tree,
-       dynamic buttons, modals, checks and cooldowns;
+       dynamic buttons and select menus, modals, checks and cooldowns;
   out  discord.py's own HTTP code runs unchanged; only its aiohttp session is replaced (`FakeSession`).
        Every request lands in `DiscordGatewayRecorder.handle`, which records it and answers as Discord would,
        refusing what Discord refuses: an initial response later than 3 s, a second initial response,
@@ -12,8 +12,8 @@ dpytest cannot do slash commands, buttons or forms, so a test plays Discord itse
        follow-ups before the initial response, secrets in messages others can see.
 
 Each refusal is a violation; `assert_clean()` fails the test with all of them. Payloads are built from
-the commands the bot registered (option types come from its own sync), and presses and form submits
-from the messages and forms it really sent, so a test cannot press a button that was never shown.
+the commands the bot registered (option types come from its own sync), and presses, choices and form
+submits from the messages and forms it really sent, so a test cannot press a button that was never shown.
 """
 
 from __future__ import annotations
