@@ -215,7 +215,7 @@ def test_admins_invite_list_suspend_resume_and_delete(fleet: FleetHarness, relea
         invited = await ask(rec, bot, BOSS, "invite", user=CAROL, expires="2d")
         assert "they have a DM with a button" in private(invited, "<@555555555555555555>")
         [dm] = rec.dms_to(CAROL)
-        assert dm.labels() == ["Set up my instance"] and "You are invited" in dm.content
+        assert dm.labels() == ["Set up my instance", "Read my key from foundryvtt.com"] and "You are invited" in dm.content
         again = await ask(rec, bot, BOSS, "invite", user=CAROL)
         assert "already has a pending invite" in private(again)
 
@@ -434,7 +434,8 @@ def test_the_wizard_resumes_cancels_joins_by_code_and_says_what_to_fix(
         failed = await rec.reply(making)
         await rec.until(lambda: "did not work" in failed.content, 30, "the failure")
         assert "Setting up did not work" in private(failed, "late", "step 1 of 2")
-        assert failed.labels() == ["Enter name and license", "Cancel setup"]
+        # The license key is kept: only the name is asked for again.
+        assert failed.labels() == ["Enter the name", "Read my key from foundryvtt.com", "Cancel setup"]
 
         # A form opened before the bot restarted is answered, not left to fail.
         forgotten = rec.feed(bot, rec.forged_submit(DAVE, "0123456789abcdef0123456789abcdef", {"name": "x"}))

@@ -4,7 +4,7 @@ dpytest cannot do slash commands, buttons or forms, so a test plays Discord itse
 
   in   raw INTERACTION_CREATE (and GUILD_CREATE) payloads, shaped like the gateway's, fed to the client's
        own parser (`client._connection.parsers[...]`), so discord.py's real dispatch runs: the command tree,
-       dynamic buttons, modals, checks and cooldowns;
+       dynamic buttons and select menus, modals, checks and cooldowns;
   out  discord.py's own HTTP code runs unchanged; only its aiohttp session is replaced (`FakeSession`).
        Every request lands in `DiscordGatewayRecorder.handle`, which records it and answers as Discord would,
        refusing what Discord refuses: an initial response later than 3 s, a second initial response,
@@ -12,8 +12,8 @@ dpytest cannot do slash commands, buttons or forms, so a test plays Discord itse
        follow-ups before the initial response, secrets in messages others can see.
 
 Each refusal is a violation; `assert_clean()` fails the test with all of them. Payloads are built from
-the commands the bot registered (option types come from its own sync), and presses and form submits
-from the messages and forms it really sent, so a test cannot press a button that was never shown.
+the commands the bot registered (option types come from its own sync), and presses, choices and form
+submits from the messages and forms it really sent, so a test cannot press a button that was never shown.
 """
 
 from __future__ import annotations
@@ -133,6 +133,13 @@ class Message:
 
     def labels(self) -> list[str]:
         return [b.get("label", "") for b in self.buttons()]
+
+    def selects(self) -> list[dict[str, Any]]:
+        return [c for row in self.components for c in row.get("components", []) if c.get("type") == 3]
+
+    def options(self) -> list[str]:
+        """The labels of the options of every select menu on the message."""
+        return [o.get("label", "") for menu in self.selects() for o in menu.get("options", [])]
 
     def text(self) -> str:
         return self.content + "".join(json.dumps(e) for e in self.embeds)
@@ -376,14 +383,31 @@ class DiscordGatewayRecorder:
         button = next((b for b in message.buttons() if b.get("label") == label), None)
         assert button is not None, f"no button {label!r} on the message (it has {message.labels()})"
         assert not button.get("disabled"), f"the button {label!r} is disabled"
+        dm = self._can_see(person, message, forge)
+        data = {"custom_id": button["custom_id"], "component_type": 2}
+        return self._interaction(3, person, data, dm=dm, message=message)
+
+    def choose(self, person: Person, message: Message, label: str) -> dict[str, Any]:
+        """`person` picks the option labelled `label` in a select menu on `message`."""
+        assert not message.deleted, "that message was deleted"
+        found = [(menu, option) for menu in message.selects() for option in menu.get("options", [])
+                 if option.get("label") == label]
+        assert len(found) == 1, f"no single option {label!r} on the message (it has {message.options()})"
+        menu, option = found[0]
+        assert not menu.get("disabled"), "the select menu is disabled"
+        dm = self._can_see(person, message, forge=False)
+        data = {"custom_id": menu["custom_id"], "component_type": 3, "values": [option["value"]]}
+        return self._interaction(3, person, data, dm=dm, message=message)
+
+    def _can_see(self, person: Person, message: Message, forge: bool) -> bool:
+        """Whether `message` is in a DM; fails when `person` could not see it."""
         shown_to = message.interaction.person if message.interaction is not None else None
         if message.ephemeral and shown_to is not None and shown_to.id != person.id and not forge:
             raise AssertionError(f"{person.name} cannot see an ephemeral message shown to {shown_to.name}")
         dm = message.channel_id in self.dm_channels
         if dm:
             assert self.dm_channels[message.channel_id] == person.id, "that DM is someone else's"
-        data = {"custom_id": button["custom_id"], "component_type": 2}
-        return self._interaction(3, person, data, dm=dm, message=message)
+        return dm
 
     def submit(self, person: Person, opened_by: Interaction, values: dict[str, str]) -> dict[str, Any]:
         """`person` fills in and submits the form `opened_by` answered with; `values` by field label."""
@@ -759,6 +783,12 @@ def _check_components(rows: list[dict[str, Any]], where: str) -> None:
         if not 1 <= len(children) <= 5:
             raise Violation(f"an action row with {len(children)} components: {where}")
         for child in children:
+            if child.get("type") == 3:
+                _check_select(child, len(children), where)
+                if child["custom_id"] in ids:
+                    raise Violation(f"two components with custom_id {child['custom_id']}: {where}")
+                ids.add(child["custom_id"])
+                continue
             if child.get("type") != 2:
                 continue
             label = child.get("label") or ""
@@ -774,6 +804,32 @@ def _check_components(rows: list[dict[str, Any]], where: str) -> None:
             if cid in ids:
                 raise Violation(f"two components with custom_id {cid}: {where}")
             ids.add(cid)
+
+
+def _check_select(menu: dict[str, Any], in_row: int, where: str) -> None:
+    """A string select menu, as Discord takes it in a message."""
+    if in_row != 1:
+        raise Violation(f"a select menu shares its action row with {in_row - 1} other component(s): {where}")
+    if not 1 <= len(menu.get("custom_id") or "") <= 100:
+        raise Violation(f"select menu custom_id must be 1-100 characters: {where}")
+    if len(menu.get("placeholder") or "") > 150:
+        raise Violation(f"select menu placeholder over 150 characters: {where}")
+    options = menu.get("options") or []
+    if not 1 <= len(options) <= 25:
+        raise Violation(f"a select menu with {len(options)} options (Discord allows 1-25): {where}")
+    low, high = menu.get("min_values", 1), menu.get("max_values", 1)
+    if not (0 <= low <= 25 and 1 <= high <= 25 and low <= high <= len(options)):
+        raise Violation(f"select menu values {low}-{high} for {len(options)} options: {where}")
+    values: set[str] = set()
+    for option in options:
+        label, value = option.get("label") or "", option.get("value") or ""
+        if not 1 <= len(label) <= 100 or not 1 <= len(value) <= 100:
+            raise Violation(f"select option {label!r}: label and value must be 1-100 characters: {where}")
+        if len(option.get("description") or "") > 100:
+            raise Violation(f"select option {label!r}: description over 100 characters: {where}")
+        if value in values:
+            raise Violation(f"two select options with value {value!r}: {where}")
+        values.add(value)
 
 
 def _field_of(component: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:

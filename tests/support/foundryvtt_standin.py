@@ -34,6 +34,8 @@ SIGNATURE = "X-Amz-Signature=SECRET-SIGNATURE"
 class SiteState:
     zips: dict[int, bytes] = field(default_factory=dict)  # build -> zip bytes
     rate_limited: int = 0  # how many login POSTs answer 429 before one is judged
+    down: bool = False  # every page answers 503, as when the site is down
+    keys: tuple[str, ...] = KEYS  # the account's license keys, as its licenses page shows them
     link_lifetime: float = 300.0
     form_without_token: bool = False  # the site changed its login form
     logins: int = 0  # successful ones
@@ -108,6 +110,8 @@ class FoundrySite:
             s = self.state
             s.requests.append(f"{method} {url.path}")
             logged_in = jar.get("sessionid") in s.sessions
+            if s.down:
+                return _send(h, 503, "Service Unavailable")
             if method == "GET" and url.path == "/":
                 if logged_in:
                     return _send(h, 200, _welcome())
@@ -153,7 +157,7 @@ class FoundrySite:
             if method == "GET" and url.path == f"/community/{ACCOUNT}/licenses":
                 if not logged_in:
                     return _send(h, 302, "", location="/")
-                keys = "".join(f'<div class="license"><pre class="key-code"><code>{k}</code></pre></div>' for k in KEYS)
+                keys = "".join(f'<div class="license"><pre class="key-code"><code>{k}</code></pre></div>' for k in s.keys)
                 return _send(h, 200, f"<html><body>{keys}</body></html>")
             return _send(h, 404, "Not Found")
 

@@ -186,8 +186,9 @@ def when(invite: InviteView) -> str:
 async def send_invite(domain: str, user: discord.abc.User, invite: InviteView) -> bool:
     """DM the invitee a button that starts the setup wizard; False when their DMs are closed."""
     text = (f"**You are invited to run a Foundry VTT game on {domain}.**\n"
-            "Press the button to choose your instance's name, give your Foundry license key and pick a "
-            f"release; it takes a minute. The invite expires {when(invite)}. `/fleet setup` does the same.")
+            "Press the button to choose your instance's name, give your Foundry license key (or let the fleet "
+            "read it from your foundryvtt.com account) and pick a release; it takes a minute. "
+            f"The invite expires {when(invite)}. `/fleet setup` does the same.")
     try:
         await user.send(text, view=invite_view())
     except discord.Forbidden:

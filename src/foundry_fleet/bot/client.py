@@ -25,9 +25,10 @@ from foundry_fleet.bot.notifier import DiscordNotifier
 from foundry_fleet.bot.principals import principal_for
 from foundry_fleet.bot.replies import UNEXPECTED, Reply, claimed, say_privately
 from foundry_fleet.bot.wizard_flow import WizardFlow
-from foundry_fleet.bot.wizard_ui import WizardButton
+from foundry_fleet.bot.wizard_ui import AccountKeySelect, WizardButton
 from foundry_fleet.config import FleetConfig
 from foundry_fleet.services.access import Access, Principal
+from foundry_fleet.services.account_keys import AccountKeys
 from foundry_fleet.services.invites import Invites
 from foundry_fleet.services.sftp_keys import SftpKeys
 from foundry_fleet.services.views import CreatedInstance
@@ -49,6 +50,7 @@ class BotServices:
     invites: Invites  # recording events under the bot's own actor
     invites_for: Callable[[str], Invites]  # the invites, recording events under that actor
     wizard_for: Callable[[Invites, Callable[..., CreatedInstance]], SetupWizard]  # with these invites and create
+    account_keys_for: Callable[[SetupWizard], AccountKeys]  # the wizard's reading of a foundryvtt.com account
     sftp_keys: SftpKeys | None = None
 
 
@@ -71,7 +73,7 @@ class FleetBot(discord.Client):
         self._create = create
         self._api_create: CreateThroughApi | None = None
         self.wizard = services.wizard_for(self.invites, self._create_instance)
-        self.wizard_flow = WizardFlow(self.wizard, config.fleet.domain)
+        self.wizard_flow = WizardFlow(self.wizard, services.account_keys_for(self.wizard), config.fleet.domain)
         self.confirmations = Confirmations()
         self.notifier = DiscordNotifier(self, self.settings.ops_channel_id)
         self.guild = discord.Object(int(self.settings.guild_id)) if self.settings.guild_id else None
@@ -101,7 +103,7 @@ class FleetBot(discord.Client):
     # lifecycle ----------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(WizardButton, ConfirmButton)
+        self.add_dynamic_items(WizardButton, AccountKeySelect, ConfirmButton)
         if self._create is None:
             self._api_create = CreateThroughApi(self.control_transport, asyncio.get_running_loop())
         await self.sync_commands()

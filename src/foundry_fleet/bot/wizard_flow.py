@@ -2,6 +2,7 @@
 
     invite DM or /fleet setup or /fleet join
       -> [Set up] -> form 1 (name, license key) -> panel with [Next]   (a form cannot answer a form)
+         or [Read my key from foundryvtt.com] -> login form -> the key (or a list to choose from) -> form 1
       -> form 2 (a cached release, or a timed download link) -> "thinking", progress edits
       -> the URL and the generated admin password, privately, once.
 
@@ -20,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 import discord
 
 from foundry_fleet.bot.progress import ProgressMessage
-from foundry_fleet.bot.replies import Reply, claim, failure, say_privately
+from foundry_fleet.bot.replies import UNEXPECTED, Reply, claim, failure, say_privately
 from foundry_fleet.bot.text import clip, error_text, public_url, scrub, sleep_note
-from foundry_fleet.bot.wizard_ui import DetailsModal, ReleaseModal, buttons, panel
-from foundry_fleet.domain.errors import FleetError, NotFound
-from foundry_fleet.services.wizard import DETAILS, READY, RELEASE, SetupWizard, WizardView
+from foundry_fleet.bot.wizard_ui import AccountModal, DetailsModal, ReleaseModal, buttons, panel
+from foundry_fleet.domain.errors import FleetError, NotFound, RateLimited
+from foundry_fleet.services.account_keys import AccountKeys
+from foundry_fleet.services.wizard import DETAILS, KEY_STEPS, READY, RELEASE, SetupWizard, WizardView
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,9 @@ CANCELLED = ("Setup cancelled; nothing was made. Your invite stays valid until i
 
 
 class WizardFlow:
-    def __init__(self, wizard: SetupWizard, domain: str, provisioners: int = 4) -> None:
+    def __init__(self, wizard: SetupWizard, account_keys: AccountKeys, domain: str, provisioners: int = 4) -> None:
         self.wizard = wizard
+        self.account_keys = account_keys
         self.domain = domain
         # Provisioning blocks a thread on the control API; in the daemon that API runs on the same
         # event loop and uses the default executor, so provisioning must not take threads from it.
@@ -58,7 +61,7 @@ class WizardFlow:
         claim(interaction)
         user = str(interaction.user.id)
         try:
-            if action == "start":
+            if action in ("start", "account"):  # both are on the invite: either starts (or resumes) the wizard
                 view = await asyncio.to_thread(self.wizard.start, user)
             else:
                 found = await asyncio.to_thread(self.wizard.get, user)
@@ -70,7 +73,10 @@ class WizardFlow:
                 await interaction.response.edit_message(content=CANCELLED, view=None)
             elif (action == "start" and view.step == DETAILS) or (
                     action == "details" and view.step in (DETAILS, RELEASE, READY)):
-                await interaction.response.send_modal(DetailsModal(self, self.domain, view.instance_name))
+                await interaction.response.send_modal(DetailsModal(self, self.domain, view.instance_name,
+                                                                   view.license_ending))
+            elif action == "account" and view.step in KEY_STEPS:
+                await interaction.response.send_modal(AccountModal(self))
             elif action == "release" and view.step in (RELEASE, READY):
                 choices = await asyncio.to_thread(self.wizard.release_choices)
                 await interaction.response.send_modal(ReleaseModal(self, choices))
@@ -110,6 +116,43 @@ class WizardFlow:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         await self.provision(interaction)
+
+    async def account_submitted(self, interaction: discord.Interaction, username: str, password: str) -> None:
+        """One login to the tenant's account, its keys to the wizard; the password goes no further."""
+        claim(interaction)
+        user = str(interaction.user.id)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a login can take seconds
+        try:
+            view = await asyncio.to_thread(self.account_keys.read, user, username, password)
+        except Exception as e:  # noqa: BLE001 - the person hears what went wrong; the wizard is unchanged
+            await interaction.edit_original_response(**self._account_failed(e))
+            return
+        reply = await self.panel_for(view)
+        read = "" if view.key_choices else (f"License key ending in `{view.license_ending}` read from your "
+                                            "foundryvtt.com account; your password was not kept.\n\n")
+        await interaction.edit_original_response(content=clip(read + reply.content), view=reply.view)
+
+    async def key_chosen(self, interaction: discord.Interaction, number: int) -> None:
+        claim(interaction)
+        user = str(interaction.user.id)
+        try:
+            view = await asyncio.to_thread(self.wizard.choose_account_key, user, number)
+        except Exception as e:  # noqa: BLE001 - the person hears what went wrong
+            await say_privately(interaction, failure(e))
+            return
+        reply = await self.panel_for(view)
+        await interaction.response.edit_message(
+            content=clip(f"License key ending in `{view.license_ending}` chosen.\n\n{reply.content}"), view=reply.view)
+
+    def _account_failed(self, error: Exception) -> dict[str, object]:
+        if isinstance(error, FleetError):
+            text = error_text(error)
+        else:
+            log.error("reading a license key from a foundryvtt.com account failed: %s", type(error).__name__)
+            text = UNEXPECTED
+        again = [] if isinstance(error, RateLimited) else [("account", "Try again")]
+        return {"content": clip(text + "\nNothing in your setup changed."),
+                "view": buttons(*again, ("details", "Paste the key instead"), "cancel")}
 
     async def failed(self, interaction: discord.Interaction, error: Exception) -> None:
         await say_privately(interaction, failure(error))

@@ -38,11 +38,23 @@ FIRST_WAIT_SECONDS = 120.0
 MAX_TOTAL_WAIT_SECONDS = 900.0
 
 
+class LoginRefused(InvalidInput):
+    """The site refused the username or password (it answers with its login form again)."""
+
+
+class SiteUnavailable(ExternalFailure):
+    """The site kept answering `status`: 429 when this host logged in too often, 5xx when it is down."""
+
+    def __init__(self, message: str, hint: str | None, status: int) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class AccountCredentials:
     username: str
     password: str = field(repr=False)
-    source: Path
+    source: Path | None = None  # the credentials file; None when a person typed them (the setup wizard)
 
     @classmethod
     def read(cls, path: Path) -> AccountCredentials:
@@ -109,7 +121,11 @@ class FoundryAccount:
                 "password": self.credentials.password}
         answer = self._request("POST", "auth/login/", data=form, headers={"Referer": str(self.site)})
         if not self.client.cookies.get("sessionid"):
-            raise InvalidInput(f"{SITE} refused the username or password in {self.credentials.source}",
+            source = self.credentials.source
+            if source is None:
+                raise LoginRefused(f"{SITE} refused the username or password",
+                                   "check them by logging in on the site")
+            raise LoginRefused(f"{SITE} refused the username or password in {source}",
                                "check both lines of the file (username, then password) by logging in on the site")
         name = _account_name(answer.text)
         if name is None:
@@ -165,11 +181,11 @@ class FoundryAccount:
                                       "try again later")
             pause = wait * (1.0 + 0.25 * self.jitter())
             if waited + pause > self.max_total_wait:
-                raise ExternalFailure(
+                raise SiteUnavailable(
                     f"{SITE} kept answering HTTP {response.status_code} to {method} {shown}; "
                     f"gave up after waiting {waited:.0f}s in all (the limit is {self.max_total_wait:.0f}s)",
                     f"{SITE} limits hosts that log in often: wait some minutes, then try again "
-                    "(a release in the cache never logs in again)")
+                    "(a release in the cache never logs in again)", response.status_code)
             log.warning("%s answered HTTP %d; waiting %.0fs before trying again", SITE, response.status_code, pause)
             self.sleep(pause)
             waited += pause

@@ -7,8 +7,11 @@
 
 `start` resumes a wizard that was left half-way. The license key and a timed download URL are
 secrets: they wait in a 0600 file (`state/wizards/<user>.json`) and are removed with the wizard,
-never stored in the database or shown again. A provisioning interrupted by a crash is settled by
-`repair` at the next start: done if the instance was made, else back to `release`.
+never stored in the database or shown again (a key's last 4 characters are, to tell keys apart).
+The key may also be read from the tenant's foundryvtt.com account (services/account_keys.py): one
+key is kept as a pasted one is; several wait in the same file until the tenant chooses one. A
+provisioning interrupted by a crash is settled by `repair` at the next start: done if the instance
+was made, else back to `release`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from foundry_fleet.services.views import CreatedInstance
 from foundry_fleet.store.models import Instance, WizardRow
 
 DETAILS, RELEASE, READY, PROVISIONING, DONE = "details", "release", "ready", "provisioning", "done"
+# The steps at which the license key may be given or changed (later ones through "Change name or license").
+KEY_STEPS = (DETAILS, RELEASE, READY)
+_ACCOUNT_KEYS = "account_keys"  # in the secrets file: the keys read from the account, waiting for a choice
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class WizardView:
     has_license: bool
     has_download_url: bool
     message: str
+    license_ending: str | None = None  # the last 4 characters of the key held: enough to tell keys apart
+    key_choices: tuple[str, ...] = ()  # the endings of the account's keys the tenant is to choose from
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -105,14 +113,20 @@ class SetupWizard:
         return self._require(user)
 
     def submit_details(self, discord_user_id: str, instance_name: str, license_key: str) -> WizardView:
-        """Step 1: the instance's name (its subdomain) and the Foundry license key."""
+        """Step 1: the instance's name (its subdomain) and the Foundry license key; an empty key keeps
+        the one held (read from the tenant's account, or pasted before)."""
         user = validate_discord_id(discord_user_id)
-        wizard = self._require(user, DETAILS, RELEASE, READY)
+        wizard = self._require(user, *KEY_STEPS)
         name = validate_instance_name(instance_name.strip().lower(), frozenset({self.config.fleet.fleet_host}))
-        key = normalise_license_key(license_key)
+        held = self._read_secrets(user)
+        if license_key.strip() or "license" not in held:
+            key = normalise_license_key(license_key)
+        else:
+            key = held["license"]
         self._check_name_free(name, user)
         self.invites.require_pending(wizard.invite_id, user)
-        self._write_secrets(user, {**self._read_secrets(user), "license": key})
+        kept = {k: v for k, v in held.items() if k != _ACCOUNT_KEYS}  # a pasted key ends a pending choice
+        self._write_secrets(user, {**kept, "license": key})
         self._update(user, step=RELEASE, instance_name=name, message="")
         return self._require(user)
 
@@ -135,6 +149,40 @@ class SetupWizard:
             secrets_now["url"] = url
         self._write_secrets(user, secrets_now)
         self._update(user, step=READY, release_version=version, message="")
+        return self._require(user)
+
+    def hold_account_keys(self, discord_user_id: str, keys: list[str]) -> WizardView:
+        """The license keys read from the tenant's foundryvtt.com account: a single one becomes the
+        wizard's key (as a pasted one would); several wait for `choose_account_key`."""
+        user = validate_discord_id(discord_user_id)
+        wizard = self._require(user, *KEY_STEPS)
+        self.invites.require_pending(wizard.invite_id, user)
+        bare = [normalise_license_key(key) for key in keys]
+        if not bare:
+            raise NotFound("your foundryvtt.com account has no license key",
+                           "buy or redeem a license on foundryvtt.com, or paste a key you were given")
+        held = {k: v for k, v in self._read_secrets(user).items() if k != _ACCOUNT_KEYS}
+        if len(bare) == 1:
+            held["license"] = bare[0]
+        else:
+            held[_ACCOUNT_KEYS] = " ".join(bare)
+        self._write_secrets(user, held)
+        self._update(user, message="")
+        return self._require(user)
+
+    def choose_account_key(self, discord_user_id: str, number: int) -> WizardView:
+        """Which of the account's keys (from 1, in the site's order) becomes the wizard's license key."""
+        user = validate_discord_id(discord_user_id)
+        self._require(user, *KEY_STEPS)
+        held = self._read_secrets(user)
+        keys = held.pop(_ACCOUNT_KEYS, "").split()
+        if not keys:
+            raise NotFound("there are no keys from your foundryvtt.com account to choose from",
+                           "read them from your account again, or paste the key")
+        if not 1 <= number <= len(keys):
+            raise InvalidInput(f"your account has {len(keys)} license keys; there is no key {number}",
+                               "choose one from the list")
+        self._write_secrets(user, {**held, "license": keys[number - 1]})
         return self._require(user)
 
     def provision(self, discord_user_id: str, progress: ProgressCallback | None = None,
@@ -235,8 +283,10 @@ class SetupWizard:
 
     def _view(self, row: WizardRow) -> WizardView:
         held = self._read_secrets(row.discord_user_id)
+        key = held.get("license")
         return WizardView(row.discord_user_id, row.invite_id, row.step, row.instance_name, row.release_version,
-                          "license" in held, "url" in held, row.message)
+                          key is not None, "url" in held, row.message, key[-4:] if key else None,
+                          tuple(k[-4:] for k in held.get(_ACCOUNT_KEYS, "").split()))
 
     def _secrets_path(self, user: str) -> Path:
         return self.secrets_dir / f"{user}.json"

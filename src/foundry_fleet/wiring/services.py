@@ -167,6 +167,7 @@ def make_wizard(services: FleetServices, invites: Invites | None = None,
 def make_bot_services(services: FleetServices, access: Access | None = None) -> BotServices:
     """What the Discord bot's commands and wizard use; `access`: the daemon's one (a new one if None)."""
     from foundry_fleet.bot.client import BotServices
+    from foundry_fleet.services.account_keys import AccountKeys
     from foundry_fleet.services.invites import Invites
     from foundry_fleet.services.sftp_keys import SftpKeys
 
@@ -176,6 +177,7 @@ def make_bot_services(services: FleetServices, access: Access | None = None) -> 
         invites=make_invites(services),
         invites_for=lambda actor: Invites(sessions, events.acting_as(actor)),
         wizard_for=lambda invites, create: make_wizard(services, invites, create),
+        account_keys_for=lambda wizard: AccountKeys(wizard, events, services.releases),
         sftp_keys=SftpKeys(sessions, "discord"),
     )
 
