@@ -202,6 +202,9 @@ def test_start_serves_on_loopback_only_as_the_tenant_with_the_release_and_shared
         caps = {c.name: c for c in await runtime.open()}
         assert all(c.available for c in caps.values()), caps
         handle = await runtime.start_task(spec)
+        # Asked at once, as the supervisor asks for the pid it records: the server's, not its init's.
+        at_once = await runtime.inspect_task(handle)
+        assert at_once.running and at_once.pid is not None and "/foundry/main.js" in procfs.cmdline(at_once.pid)
         assert runtime.images.asked == [13]
         assert handle.driver == "podman" and handle.state["container_name"] == f"foundry-fleet-{world.fleet_id}-alpha"
         address = await runtime.address(handle)

@@ -42,6 +42,10 @@ DRIVER = "podman"
 T = TypeVar("T")
 # How long wait_task waits for a stopped container's conmon to finish (drain the log, free the port).
 CONMON_GRACE = 5.0
+# How long inspect_task waits for a container's init to fork the server. Podman answers a start once
+# the init runs; the init forks the server a moment later, on a busy host after the supervisor has asked
+# for the pid it records.
+SERVER_FORK_GRACE = 5.0
 # Starts tried when runc itself fails (not the server, nor a port in use).
 START_ATTEMPTS = 2
 # Lost namespace mounts one call may repair (Podman reports them one at a time).
@@ -348,9 +352,10 @@ class PodmanRuntime:
         info = await self._call(lambda api: api.inspect(_container(handle)))
         if info is None or not (info.get("State") or {}).get("Running"):
             return TaskStatus(running=False)
-        init_pid = int(info["State"].get("Pid") or 0) or None
-        server = procfs.children(init_pid)[:1] if init_pid else []
-        return TaskStatus(running=True, pid=server[0] if server else init_pid)
+        pid = int(info["State"].get("Pid") or 0) or None
+        if pid and (info.get("HostConfig") or {}).get("Init"):
+            pid = await _server_of(pid, SERVER_FORK_GRACE)
+        return TaskStatus(running=True, pid=pid)
 
     async def recover_task(self, handle: TaskHandle) -> TaskHandle | None:
         if handle.driver != DRIVER or not isinstance(handle.state.get("container"), str):
@@ -509,6 +514,23 @@ async def _gone(pid: int, comm: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.002
     while pid > 0 and time.monotonic() < deadline and _alive(pid, comm):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def _server_of(init_pid: int, timeout: float) -> int | None:
+    """The server the container's init (`init_pid`) runs: its child, waited for (at most `timeout`) while
+    the init has not forked it yet. None when the init ends without one (the server is gone, or never
+    started): the init's own pid is not the server's."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    started = procfs.start_time(init_pid)
+    while True:
+        children = procfs.children(init_pid)
+        if children:
+            return children[0]
+        if started is None or not procfs.is_alive(init_pid, started) or time.monotonic() >= deadline:
+            return None
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
 
