@@ -1,6 +1,10 @@
-"""The podman runtime's inspect_task names the server's process, the one the container's init forks: its
-inspect document comes from a mocked libpod API, the container's processes are real ones standing in for
-catatonit and node."""
+"""The podman runtime's inspect_task names the server's process, the one the container's init forks.
+
+The window this is about (Podman has started the init, the init has not forked the server yet) lasts
+microseconds in a real container and cannot be held open from outside; tests/drivers/test_runtime_podman.py
+checks the same with real Podman on the path it takes. Here the inspect document comes from a stand-in
+of libpod's API (httpx's MockTransport) naming a pid, and the processes behind that pid are real ones,
+standing in for catatonit and node, so the window can be made as long as the test needs."""
 
 from __future__ import annotations
 
