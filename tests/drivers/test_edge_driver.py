@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.harness import wait_until_async
 from tests.support.ports import port_block
+from tests.support.caddy_routes import served_hosts
 from foundry_fleet.edge.admin import CaddyAdmin
 from foundry_fleet.edge.caddy_config import EdgeSettings, TenantSite
 from foundry_fleet.edge.driver import Edge
@@ -28,8 +29,7 @@ def _edge(tmp_path: Path, sites: list[TenantSite]) -> Edge:
 
 
 def _hosts(config: dict | None) -> set[str]:
-    routes = (config or {})["apps"]["http"]["servers"]["edge"]["routes"]
-    return {h for r in routes for m in r.get("match", []) for h in m.get("host", [])}
+    return served_hosts(config)
 
 
 def _site(i: int) -> TenantSite:

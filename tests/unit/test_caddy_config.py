@@ -143,6 +143,20 @@ def test_names_only_a_local_ca_can_certify_get_their_certificates_from_it_in_eve
     assert server["automatic_https"] == {"disable": True} and server["tls_connection_policies"] == [{}]
 
 
+def test_the_http_redirect_names_the_fleets_own_hosts_by_one_wildcard_and_the_others_each() -> None:
+    """`<label>.<domain>` as one `*.<domain>` (a name of a host matcher costs Caddy every load), extra hosts
+    and deeper names by name; without a domain, every host by name."""
+    from dataclasses import replace
+
+    sites = [TenantSite(f"t{i}", (f"t{i}.localhost",), f"127.0.0.1:{30000 + i}", "running") for i in range(300)]
+    sites.append(TenantSite("alice", ("alice.localhost", "games.example.org", "a.b.localhost"), "127.0.0.1:1", "running"))
+    redirect = build_caddy_config(replace(SETTINGS, domain="localhost"), sites)["apps"]["http"]["servers"]["redirect"]
+    assert redirect["routes"][0]["match"] == [{"host": ["*.localhost", "a.b.localhost", "games.example.org"]}]
+    assert redirect["routes"][1] == {"handle": [{"handler": "static_response", "status_code": 404}]}
+    every = build_caddy_config(SETTINGS, sites)["apps"]["http"]["servers"]["redirect"]["routes"][0]["match"][0]["host"]
+    assert len(every) == 300 + 4 and "fleet.localhost" in every
+
+
 names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), unique=True, max_size=8)
 
 

@@ -1,6 +1,6 @@
 """Caddy's JSON configuration, built as data from the fleet's desired state (pure: no I/O).
 
-Per tenant host (`<name>.<domain>` and any extra hosts), all of them behind one host matcher:
+Per tenant host (`<name>.<domain>` and any extra hosts; a host the tenant map holds):
   /          -> 302 to /-/
   /-/*       -> the instance (websockets pass; `stream_close_delay` keeps open sockets across
                 config reloads, so changing one tenant never disconnects another's players), with
@@ -14,14 +14,14 @@ Per tenant host (`<name>.<domain>` and any extra hosts), all of them behind one 
              -> the fleet's web endpoints, told the tenant host (X-Forwarded-Host): where a
                 signed-in browser gets, and gives up, that host's own session cookie, and where the
                 wake handler's page waits for the instance to serve
-What differs between tenants is data, not routes: one `map` handler turns the request's host into its
-instance's address and what its `/-/` does (proxy, wake, or which page), and each of those is written once.
-Caddy provisions every handler again on each load, so a route of its own per tenant made each push cost
-about 0.1 ms per tenant (bench/edge_push.py); the map costs a small fraction of that.
+What differs between tenants is data, not routes: one `map` handler turns the request's host into what
+its `/-/` does (its instance's address to proxy to, wake, or which page), and each of those is written
+once. Caddy provisions every handler again on each load, so a route of its own per tenant made each push
+cost about 0.13 ms per tenant (bench/edge_push.py); a mapping costs a small fraction of that.
 The fleet host serves the fleet's web endpoints (health, Discord sign-in, the panel; never the control API, the
 forward_auth check, nor the TLS permission check, which Caddy asks directly with a secret path).
-Plain HTTP to a host the fleet serves redirects to HTTPS on the configured port; any other host gets a
-404, never a redirect to where its Host header points. A host the fleet does not serve gets no
+Plain HTTP to a host of the fleet's (its own `<label>.<domain>` and the extra hosts it serves) redirects
+to HTTPS on the configured port; any other host gets a 404, never a redirect to where its Host header points. A host the fleet does not serve gets no
 certificate and no route.
 """
 
@@ -54,10 +54,10 @@ FLEET_WEB_PATHS = ("/health", "/auth/login", "/auth/callback", *PANEL_PATHS, MET
 # repeated markup); its event streams and everything else as they are.
 COMPRESSED_TYPES = ["text/html*", "text/css*", "text/javascript*", "application/javascript*"]
 NS = 1_000_000_000  # Caddy durations are integer nanoseconds
-# What the tenant map sets for a request's host: where its Foundry listens, and what its `/-/` does.
-UPSTREAM = "{fleet.upstream}"
-SERVING = "{fleet.serving}"
-_PROXY, _WAKE = "proxy", "wake"  # besides these, the page shown (page_kind); "" for a host it lacks
+# What the tenant map sets for a request's host: its instance's address ("host:port") when it is proxied
+# to, else "wake" or the label of the page it shows; "" for a host that is no tenant's.
+TENANT = "{fleet.tenant}"
+_WAKE = "wake"
 # Every cookie the fleet sets on a tenant host starts with this (the backups session, sign-in state):
 # the tenant's server never sees them, and a Set-Cookie of its for them is emptied (its scripts share
 # the host's origin, so a browser would still let them overwrite one: the session is HttpOnly).
@@ -100,6 +100,9 @@ class EdgeSettings:
     # The 0600 file holding the secret path of the TLS permission check (read by Caddy when it asks).
     tls_secret_file: str = ""
     operator: Operator = Operator()  # who hosts the fleet, on the pages the edge serves itself
+    # The fleet's domain: its own hosts are `<label>.<domain>`, which the HTTP redirect matches as one
+    # wildcard rather than a list of every host. "" lists every host.
+    domain: str = ""
 
 
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -215,54 +218,53 @@ def _wakes(site: TenantSite) -> bool:
     return site.wakes and not site.restoring and not _proxied(site)
 
 
-def _serving(site: TenantSite) -> str:
-    """What the site's `/-/` does now: "proxy", "wake", or the page shown (its kind)."""
-    if _proxied(site):
-        return _PROXY
-    return _WAKE if _wakes(site) else page_kind(site)
-
-
 def _page_labels(sites: list[TenantSite]) -> dict[str, str]:
     """The pages shown now, each under a label of no meaning ("page-0"...): the config says which page a
     host gets, never why (a suspension is the admin's and the tenant's business)."""
-    kinds = sorted({_serving(s) for s in sites} - {_PROXY, _WAKE})
+    kinds = sorted({page_kind(s) for s in sites if not _proxied(s) and not _wakes(s)})
     return {kind: f"page-{n}" for n, kind in enumerate(kinds)}
 
 
 def _tenant_map(sites: list[TenantSite], labels: dict[str, str]) -> dict[str, Any]:
-    """Each tenant host's upstream and what its `/-/` does: the only part of the config that grows with the
-    fleet, as data (one handler, however many tenants), so a push costs Caddy little per tenant."""
-    def serving(site: TenantSite) -> str:
-        what = _serving(site)
-        return labels.get(what, what)
+    """Each tenant host to what its `/-/` does: the address of its instance when it is proxied to, else
+    "wake" or the label of its page. This is the only part of the config that grows with the fleet, so
+    it is as small as it can be: one output a host (Caddy decodes each mapping on every load)."""
+    def what(site: TenantSite) -> str:
+        if _proxied(site):
+            assert site.address is not None
+            return site.address
+        return _WAKE if _wakes(site) else labels[page_kind(site)]
 
-    mappings = [{"input": host, "outputs": [site.address if _proxied(site) else "", serving(site)]}
-                for site in sites for host in site.hosts]
+    mappings = [{"input": host, "outputs": [what(site)]} for site in sites for host in site.hosts]
     mappings.sort(key=lambda m: m["input"])
-    return {"handler": "map", "source": "{http.request.host}", "destinations": [UPSTREAM, SERVING],
-            "mappings": mappings, "defaults": ["", ""]}
+    return {"handler": "map", "source": "{http.request.host}", "destinations": [TENANT],
+            "mappings": mappings, "defaults": [""]}
 
 
 def _game_routes(settings: EdgeSettings, labels: dict[str, str]) -> list[dict[str, Any]]:
-    """`/-/` of every tenant host: the map says where each goes; each way is written once. A page's
-    route is there only while some tenant shows it (a page names no host, and its style is its bulk)."""
-    def when(serving: str) -> list[dict[str, Any]]:
-        return [{"vars": {SERVING: [serving]}}]
+    """`/-/` of every tenant host, as the map says; each way is written once. A page's route is there
+    only while some tenant shows it (a page names no host, and its style is its bulk). What is neither
+    "wake" nor a page's label is an address (they all have a port), proxied to."""
+    def when(value: str) -> list[dict[str, Any]]:
+        return [{"vars": {TENANT: [value]}}]
 
     return [
-        {"match": when(_PROXY), "handle": _proxy(UPSTREAM, settings), "terminal": True},
         {"match": when(_WAKE), "handle": _wake(settings), "terminal": True},
         *({"match": when(label), "handle": [_state_page(kind, settings)], "terminal": True}
           for kind, label in labels.items()),
+        {"handle": _proxy(TENANT, settings)},
     ]
 
 
-def _tenant_hosts_route(settings: EdgeSettings, labels: dict[str, str], tenant_hosts: list[str]) -> dict[str, Any]:
-    """Everything a tenant host serves, behind one host matcher: `/` redirects, `/backups/` behind the auth
-    service, the sign-in and wake paths, `/-/` as the map says, and a 404 for the rest.
+def _tenant_hosts_route(settings: EdgeSettings, labels: dict[str, str]) -> dict[str, Any]:
+    """Everything a tenant host serves: `/` redirects, `/backups/` behind the auth service, the sign-in and
+    wake paths, `/-/` as the map says, and a 404 for the rest.
 
-    The routes are written once for all tenant hosts; the auth service and the wake handler tell tenants
-    apart by the X-Forwarded-Host they are sent.
+    A tenant host is one the map holds: no list of the hosts besides it (Caddy checks each name of a host
+    matcher again on every load). The map compares the host as sent, where a host matcher ignores letter
+    case: a tenant host in capitals (which no browser sends) is hung up on, as a host the fleet does not
+    serve. The routes are written once for all tenant hosts; the auth service and the wake handler tell
+    tenants apart by the X-Forwarded-Host they are sent.
     """
     strip_identity = {"handler": "headers", "request": {"delete": list(IDENTITY_HEADERS)}}
     if settings.backups_dial:
@@ -279,13 +281,13 @@ def _tenant_hosts_route(settings: EdgeSettings, labels: dict[str, str], tenant_h
         {"match": [{"path": list(TENANT_WEB_PATHS)}],
          "handle": [strip_identity, _to_web(settings)],
          "terminal": True},
-        # Not terminal: a host the map does not hold goes on to the 404 below. That is only a tenant host in
-        # other letter case (Caddy's host matcher ignores case, the map does not; browsers send lower case).
         {"match": [{"path": ["/-", "/-/*"]}],
-         "handle": [{"handler": "subroute", "routes": _game_routes(settings, labels)}]},
+         "handle": [{"handler": "subroute", "routes": _game_routes(settings, labels)}],
+         "terminal": True},
         {"handle": [_not_found(settings, Link("/-/", "Go to the game"))]},
     ]
-    return {"match": [{"host": tenant_hosts}], "handle": [{"handler": "subroute", "routes": routes}], "terminal": True}
+    return {"match": [{"not": [{"vars": {TENANT: [""]}}]}], "handle": [{"handler": "subroute", "routes": routes}],
+            "terminal": True}
 
 
 def tls_permission_endpoint(settings: EdgeSettings) -> str:
@@ -334,6 +336,18 @@ def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
     return {"automation": {"policies": policies}, "certificates": {"automate": hosts}}
 
 
+def _redirected_hosts(settings: EdgeSettings, hosts: list[str]) -> list[str]:
+    """The hosts the plain-HTTP server sends on to HTTPS: `*.<domain>` for the fleet's own
+    (`<label>.<domain>`), and every other host by name. A host matcher's names are each checked again at
+    every load (about 2 µs a name), and a wildcard is one name however many tenants there are; an unknown
+    `<label>.<domain>` sent on finds no certificate and no route there."""
+    if not settings.domain:
+        return hosts
+    suffix = "." + settings.domain
+    own = {h for h in hosts if h.endswith(suffix) and "." not in h[: -len(suffix)]}
+    return sorted({*(h for h in hosts if h not in own), *(["*" + suffix] if own else [])})
+
+
 def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[str, Any]:
     """The whole configuration; the same input always gives the same output (so reloads can be skipped)."""
     # A site without hosts would be a host matcher with no hosts, which matches every host.
@@ -345,7 +359,7 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
         # top of the config: Caddy decodes a handler's JSON once more at each level it is nested in, and
         # the map is most of the config's bytes.
         labels = _page_labels(sites)
-        routes += [{"handle": [_tenant_map(sites, labels)]}, _tenant_hosts_route(settings, labels, tenant_hosts)]
+        routes += [{"handle": [_tenant_map(sites, labels)]}, _tenant_hosts_route(settings, labels)]
     routes.append({
         "match": [{"host": [settings.fleet_host]}],
         "handle": [{"handler": "subroute", "routes": [
@@ -385,8 +399,8 @@ def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[
         "redirect": {
             "listen": [f":{settings.http_port}"],
             "routes": [
-                # The Host header is the client's to choose: only hosts the fleet serves are sent on.
-                {"match": [{"host": all_hosts}],
+                # The Host header is the client's to choose: only hosts of the fleet's are sent on.
+                {"match": [{"host": _redirected_hosts(settings, all_hosts)}],
                  "handle": [{
                      "handler": "static_response",
                      "status_code": 308,

@@ -34,6 +34,7 @@ def edge_settings(config: FleetConfig) -> EdgeSettings:
         https_port=e.https_port,
         tls=e.tls,
         fleet_host=config.host_for(config.fleet.fleet_host),
+        domain=config.fleet.domain,
         web_dial=f"127.0.0.1:{e.web_port}",
         admin_listen=f"unix/{config.paths.run / 'caddy-admin.sock'}",
         acme_email=e.acme_email,
