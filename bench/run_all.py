@@ -15,7 +15,7 @@ SCRIPTS = [
     "netns_overhead.py", "log_flood.py", "snapshot_safe_walk.py", "cli_latency.py",
     "standin_shutdown.py", "restic_offline.py", "runtime_local_timings.py", "podman_runtime.py",
     "nomad_runtime.py", "home_move.py", "unit_exposure.py", "sleep_wake.py",
-    "sftp_upload.py",
+    "sftp_upload.py", "sftp_transport_floor.py",
 ]
 
 for script in SCRIPTS:

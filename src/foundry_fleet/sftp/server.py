@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol, cast
 
 import asyncssh
 
 from foundry_fleet.sftp.confine import Confinement, Outside, open_beneath
+from foundry_fleet.sftp.file_io import read_at, write_at
 
 log = logging.getLogger("foundry_fleet.sftp")
 
@@ -216,6 +217,12 @@ class ConfinedSFTP(asyncssh.SFTPServer):
         except BaseException:
             os.close(fd)
             raise
+
+    def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        return read_at(cast(BinaryIO, file_obj), offset, size)
+
+    def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        return write_at(cast(BinaryIO, file_obj), offset, data)
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> object:
         raise asyncssh.SFTPOpUnsupported("use SFTP version 3")
