@@ -17,7 +17,7 @@ Per tenant host (`<name>.<domain>` and any extra hosts; a host the tenant map ho
 What differs between tenants is data, not routes: one `map` handler turns the request's host into what
 its `/-/` does (its instance's address to proxy to, wake, or which page), and each of those is written
 once. Caddy provisions every handler again on each load, so a route of its own per tenant made each push
-cost about 0.13 ms per tenant (bench/edge_push.py); a mapping costs a small fraction of that.
+cost about 0.12 ms per tenant (bench/edge_push.py); a mapping costs a small fraction of that.
 The fleet host serves the fleet's web endpoints (health, Discord sign-in, the panel; never the control API, the
 forward_auth check, nor the TLS permission check, which Caddy asks directly with a secret path).
 Plain HTTP to a host of the fleet's (its own `<label>.<domain>` and the extra hosts it serves) redirects
