@@ -20,9 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from foundry_fleet.wiring.services import FleetServices
 
 from foundry_fleet.releases.policy import MIB, DownloadPolicy, UnpackLimits
 
@@ -304,3 +308,17 @@ def local_policy(server: LocalHTTPS, **overrides: object) -> DownloadPolicy:
     }
     values.update(overrides)
     return DownloadPolicy(**values)  # type: ignore[arg-type]
+
+
+def services_with_release(work: Path) -> FleetServices:
+    """The services of a new fleet under `work` (as one process of it opens them), with the stand-in
+    release 13.345 added: what tests that create instances in their own process start from."""
+    from foundry_fleet.config import load_config
+    from foundry_fleet.domain.release import ReleaseLayout
+    from foundry_fleet.services.init import init_fleet
+    from foundry_fleet.wiring.services import open_services
+    from tests.support.foundry_standin import build_release_zip
+
+    services = open_services(load_config(init_fleet(work / "fleet")), actor="test")
+    services.releases.add(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
+    return services

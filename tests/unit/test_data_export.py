@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from foundry_fleet.config import load_config
-from foundry_fleet.domain.release import ReleaseLayout
-from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operations import Operations
-from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
-from tests.support.foundry_standin import build_release_zip
+from foundry_fleet.wiring.services import FleetServices, make_backups
+from tests.support.releases import services_with_release
 from tests.unit.test_operations import HeldSupervisor
 
 BIG = os.urandom(3 << 20)  # does not compress: the zip is many pieces
@@ -26,9 +23,7 @@ BIG = os.urandom(3 << 20)  # does not compress: the zip is many pieces
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetServices:
-    work = tmp_path_factory.mktemp("exports")
-    services = open_services(load_config(init_fleet(work / "fleet")), actor="test")
-    services.releases.add(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
+    services = services_with_release(tmp_path_factory.mktemp("exports"))
     return services
 
 

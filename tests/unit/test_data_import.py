@@ -15,18 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict, ExternalFailure, InvalidInput
-from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.releases.policy import UnpackLimits
 from foundry_fleet.services import data_import
 from foundry_fleet.services.data_import import DataImport, checked_into
-from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.snapshot_files import not_exported
-from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
-from tests.support.foundry_standin import build_release_zip
-from tests.support.releases import LocalHTTPS, Route, local_policy
+from foundry_fleet.wiring.services import FleetServices, make_backups
+from tests.support.releases import LocalHTTPS, Route, local_policy, services_with_release
 from tests.unit.test_operations import HeldSupervisor
 
 WORLD = {"mine/world.json": b'{"id": "mine"}', "mine/data/actors.db": b"actors\n", "mine/scenes/map.webp": b"x" * 1000}
@@ -34,9 +30,7 @@ WORLD = {"mine/world.json": b'{"id": "mine"}', "mine/data/actors.db": b"actors\n
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetServices:
-    work = tmp_path_factory.mktemp("imports")
-    services = open_services(load_config(init_fleet(work / "fleet")), actor="test")
-    services.releases.add(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
+    services = services_with_release(tmp_path_factory.mktemp("imports"))
     return services
 
 

@@ -11,17 +11,14 @@ import socket
 
 import pytest
 
-from foundry_fleet.config import load_config
 from foundry_fleet.domain.errors import Conflict, InvalidInput, NotFound, Unsupported
-from foundry_fleet.domain.release import ReleaseLayout
 from foundry_fleet.runtime.base import Capabilities, NodeInfo
 from foundry_fleet.runtime.fake import FakeRuntime
-from foundry_fleet.services.init import init_fleet
 from foundry_fleet.services.operation_lock import InstanceBusy, OperationLock
 from foundry_fleet.services.operations import Operations
 from foundry_fleet.services.supervision_records import SupervisionRecords
-from foundry_fleet.wiring.services import FleetServices, make_backups, open_services
-from tests.support.foundry_standin import build_release_zip
+from foundry_fleet.wiring.services import FleetServices, make_backups
+from tests.support.releases import services_with_release
 
 
 class HeldSupervisor:
@@ -49,9 +46,7 @@ class HeldSupervisor:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetServices:
-    work = tmp_path_factory.mktemp("ops")
-    services = open_services(load_config(init_fleet(work / "fleet")), actor="test")
-    services.releases.add(str(build_release_zip(work, ReleaseLayout.NODE, 13, 345)))
+    services = services_with_release(tmp_path_factory.mktemp("ops"))
     for name in ("alice", "bob"):
         services.provisioning.create("cli:admin", name, "13.345", start=False)
     return services

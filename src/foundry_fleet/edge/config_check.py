@@ -36,15 +36,9 @@ def _route_problems(where: str, routes: list[dict[str, Any]]) -> list[str]:
             if not hosts:
                 problems.append(f"{where}, route {index}: a host matcher without hosts matches every host")
             rest = json.dumps({k: v for k, v in matcher.items() if k != "host"}, sort_keys=True)
-            in_matcher: set[str] = set()
-            for host in hosts:
-                if not isinstance(host, str) or "{" in host or "}" in host:
-                    problems.append(f"{where}, route {index}: host {host!r} is a placeholder, not a hostname")
-                    continue
-                key = _comparable(host)
-                if key in in_matcher:
-                    problems.append(f"{where}, route {index}: host {host} is repeated in one matcher")
-                in_matcher.add(key)
+            named, said = _names(hosts, f"{where}, route {index}", "host", "is repeated in one matcher")
+            problems += said
+            for host, key in named:
                 first = seen.setdefault(rest, {}).setdefault(key, index)
                 if first != index:
                     problems.append(f"{where}: host {host} is in route {first} and route {index}, which match alike")
@@ -57,20 +51,28 @@ def _route_problems(where: str, routes: list[dict[str, Any]]) -> list[str]:
 
 
 def _map_problems(where: str, handler: dict[str, Any]) -> list[str]:
-    """The tenant map: Caddy refuses an input given twice; the same host in other letter case would be
-    two entries for one host (the host matcher in front of it ignores case), one of them never used."""
+    """The tenant map: Caddy refuses an input given twice; the same host in other letter case is the same
+    name to DNS and to browsers (which send it in lower case): an entry never used."""
+    inputs = [mapping.get("input") for mapping in handler.get("mappings") or []]
+    return _names(inputs, where, "map input", "is mapped twice")[1]
+
+
+def _names(names: list[Any], where: str, what: str, twice: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The hostnames among `names` with the form they are compared in, and what is wrong: a placeholder
+    where a hostname should be, or one name given twice (as browsers compare names)."""
+    named: list[tuple[str, str]] = []
     problems: list[str] = []
-    inputs: set[str] = set()
-    for mapping in handler.get("mappings") or []:
-        host = mapping.get("input")
-        if not isinstance(host, str) or "{" in host or "}" in host:
-            problems.append(f"{where}: map input {host!r} is a placeholder, not a hostname")
+    keys: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or "{" in name or "}" in name:
+            problems.append(f"{where}: {what} {name!r} is a placeholder, not a hostname")
             continue
-        key = _comparable(host)
-        if key in inputs:
-            problems.append(f"{where}: host {host} is mapped twice")
-        inputs.add(key)
-    return problems
+        key = _comparable(name)
+        if key in keys:
+            problems.append(f"{where}: host {name} {twice}")
+        keys.add(key)
+        named.append((name, key))
+    return named, problems
 
 
 def _subroutes(where: str, route: dict[str, Any]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
