@@ -54,22 +54,24 @@ def _map_problems(where: str, handler: dict[str, Any]) -> list[str]:
     """The tenant map: Caddy refuses an input given twice; the same host in other letter case is the same
     name to DNS and to browsers (which send it in lower case): an entry never used."""
     inputs = [mapping.get("input") for mapping in handler.get("mappings") or []]
-    return _names(inputs, where, "map input", "is mapped twice")[1]
+    return _names(inputs, where, "host", "is mapped twice")[1]
 
 
-def _names(names: list[Any], where: str, what: str, twice: str) -> tuple[list[tuple[str, str]], list[str]]:
+def _names(names: list[Any], where: str, what: str, twice: str,
+           keys: set[str] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
     """The hostnames among `names` with the form they are compared in, and what is wrong: a placeholder
-    where a hostname should be, or one name given twice (as browsers compare names)."""
+    where a hostname should be, or one name given twice (as browsers compare names; `keys`: those seen
+    before, when the names go on from an earlier list)."""
     named: list[tuple[str, str]] = []
     problems: list[str] = []
-    keys: set[str] = set()
+    keys = set() if keys is None else keys
     for name in names:
         if not isinstance(name, str) or "{" in name or "}" in name:
             problems.append(f"{where}: {what} {name!r} is a placeholder, not a hostname")
             continue
         key = _comparable(name)
         if key in keys:
-            problems.append(f"{where}: host {name} {twice}")
+            problems.append(f"{where}: {what} {name} {twice}")
         keys.add(key)
         named.append((name, key))
     return named, problems
@@ -83,16 +85,10 @@ def _subroutes(where: str, route: dict[str, Any]) -> Iterator[tuple[str, list[di
 
 def _tls_problems(tls: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    subjects: set[str] = set()
+    subjects: set[str] = set()  # across the policies: a name has one policy
     for index, policy in enumerate(tls.get("automation", {}).get("policies", [])):
-        for subject in policy.get("subjects") or []:
-            if "{" in subject or "}" in subject:
-                problems.append(f"TLS policy {index}: subject {subject!r} is a placeholder, not a hostname")
-                continue
-            key = _comparable(subject)
-            if key in subjects:
-                problems.append(f"TLS policy {index}: subject {subject} is certified twice")
-            subjects.add(key)
+        problems += _names(policy.get("subjects") or [], f"TLS policy {index}", "subject", "is certified twice",
+                           subjects)[1]
     return problems
 
 
