@@ -350,7 +350,7 @@ def _redirected_hosts(settings: EdgeSettings, hosts: list[str]) -> list[str]:
 
 def build_caddy_config(settings: EdgeSettings, sites: list[TenantSite]) -> dict[str, Any]:
     """The whole configuration; the same input always gives the same output (so reloads can be skipped)."""
-    # A site without hosts would be a host matcher with no hosts, which matches every host.
+    # A site without hosts has nothing to route (and no host of it may reach a matcher or the map).
     sites = sorted((s for s in sites if s.hosts), key=lambda s: s.name)
     tenant_hosts = sorted(h for s in sites for h in s.hosts)
     routes = []
