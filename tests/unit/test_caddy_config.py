@@ -130,14 +130,15 @@ def test_names_only_a_local_ca_can_certify_get_their_certificates_from_it_in_eve
 
     sites = [TenantSite("alice", ("alice.localhost", "games.example.org"), "127.0.0.1:30001", "running")]
     acme = build_caddy_config(replace(SETTINGS, tls="acme"), sites)["apps"]["tls"]
+    issuer = {"module": "acme", "challenges": {"http": {"alternate_port": 8080}, "tls-alpn": {"alternate_port": 8443}}}
     assert acme["automation"]["policies"] == [
-        {"subjects": ["games.example.org"], "issuers": [{"module": "acme"}]},
+        {"subjects": ["games.example.org"], "issuers": [issuer]},
         {"subjects": ["alice.localhost", "fleet.localhost"], "issuers": [{"module": "internal"}]}]
     assert acme["certificates"] == {"automate": ["alice.localhost", "fleet.localhost", "games.example.org"]}
     od = build_caddy_config(replace(SETTINGS, tls="on-demand"), sites)["apps"]["tls"]
     assert od["automation"]["policies"] == [
         {"subjects": ["alice.localhost", "fleet.localhost"], "issuers": [{"module": "internal"}], "on_demand": True},
-        {"issuers": [{"module": "acme"}], "on_demand": True}]
+        {"issuers": [issuer], "on_demand": True}]
     assert "certificates" not in od  # nothing managed at a load: each host when first asked for
     server = build_caddy_config(SETTINGS, sites)["apps"]["http"]["servers"]["edge"]
     assert server["automatic_https"] == {"disable": True} and server["tls_connection_policies"] == [{}]

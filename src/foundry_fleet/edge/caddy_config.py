@@ -307,7 +307,10 @@ def _tls(settings: EdgeSettings, hosts: list[str]) -> dict[str, Any]:
     if settings.tls == "internal":
         public_issuers = internal
     else:
-        acme: dict[str, Any] = {"module": "acme"}
+        # The challenges come in on the fleet's own ports (forwarded from 80 and 443 when they are others),
+        # as Caddy's automatic HTTPS told the issuer when it was on.
+        acme: dict[str, Any] = {"module": "acme", "challenges": {
+            "http": {"alternate_port": settings.http_port}, "tls-alpn": {"alternate_port": settings.https_port}}}
         if settings.acme_email:
             acme["email"] = settings.acme_email
         if settings.acme_staging:
