@@ -30,7 +30,7 @@ from foundry_fleet.services.doctor.clock import ClockReading, clock_check, kerne
 from foundry_fleet.services.doctor.dns import (
     HostAddresses, dns_checks, interface_addresses, judge, system_resolver,
 )
-from foundry_fleet.services.doctor.edge import edge_checks
+from foundry_fleet.services.doctor.edge import edge_checks, scale_check
 from foundry_fleet.services.doctor.ports import port_check, port_in_use
 from foundry_fleet.services.doctor.report import run_groups
 from foundry_fleet.services.doctor.space import SpaceLimits, disk_checks, zfs_check
@@ -232,6 +232,24 @@ def test_certificates_of_running_instances_and_the_fleet_host_are_judged_as_the_
     assert edge_checks(out_of_date, "acme", "fleet.example.org", Path("x"))[0].detail == \
         "Caddy does not serve the current configuration: Caddy refused it"
     assert [c.status for c in edge_checks(None, "acme", "fleet.example.org", Path("x"))] == [SKIP, SKIP]
+
+
+def test_a_large_fleet_is_told_when_its_tls_mode_makes_every_push_check_every_certificate() -> None:
+    """internal and acme: Caddy checks each managed name at every load (805 ms at 5,000, bench/RESULTS.md);
+    on-demand manages none. Past 1,000 hosts the doctor warns, with the setting to change."""
+    assert scale_check("on-demand", 20_000).status is PASS
+    assert scale_check("internal", 1000).status is PASS
+    large = scale_check("acme", 5001)
+    assert large.status is WARN and "5,001 hosts" in large.detail
+    assert 'tls = "on-demand"' in (large.fix or "")
+
+
+def test_the_doctor_counts_every_host_the_edge_serves() -> None:
+    from foundry_fleet.wiring.doctor import _host_count
+
+    status = {"instances": [{"hosts": ["a.example.org", "games.example.org"]}, {"hosts": ["b.example.org"]},
+                            {"hosts": []}]}
+    assert _host_count(status) == 4  # and the fleet's own host
 
 
 # storage and disk space --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from foundry_fleet.runtime.base import Capability
 from foundry_fleet.services.doctor.backups import DestinationProbe, destination_checks
 from foundry_fleet.services.doctor.clock import ClockReading, clock_check, read_clock
 from foundry_fleet.services.doctor.dns import HostAddresses, Resolver, dns_checks, interface_addresses, system_resolver
-from foundry_fleet.services.doctor.edge import edge_checks
+from foundry_fleet.services.doctor.edge import edge_checks, scale_check
 from foundry_fleet.services.doctor.ports import port_check
 from foundry_fleet.services.doctor.report import Check, CheckGroup, DoctorReport, run_groups
 from foundry_fleet.services.doctor.space import disk_checks, no_zfs, zfs_check
@@ -51,6 +51,7 @@ def doctor_report(config: FleetConfig, services: FleetServices, status: dict[str
         ("ports", lambda: _port_checks(config)),
         ("edge", lambda: edge_checks(status if running else None, config.edge.tls, config.host_for(fleet.fleet_host),
                                      config.paths.logs / "caddy.log")),
+        ("certificates at scale", lambda: [scale_check(config.edge.tls, _host_count(status))]),
         ("zfs pool", lambda: _zfs_checks(config)),
         ("runtime tools", lambda: _tool_checks(config, services, health, runtime_block.get("images"))),
         ("clock", lambda: [clock_check((clock or read_clock)())]),
@@ -59,6 +60,11 @@ def doctor_report(config: FleetConfig, services: FleetServices, status: dict[str
                                             ("the release cache", config.paths.releases)])),
     ]
     return DoctorReport(run_groups(groups), daemon={"running": running, "pid": daemon.get("pid")})
+
+
+def _host_count(status: dict[str, Any]) -> int:
+    """Every host the edge serves: each instance's, whatever its state, and the fleet's own."""
+    return 1 + len({h for i in status.get("instances") or [] for h in i.get("hosts") or []})
 
 
 def _port_checks(config: FleetConfig) -> list[Check]:
