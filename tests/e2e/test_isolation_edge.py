@@ -35,7 +35,7 @@ from foundry_fleet.edge.process import ManagedCaddy, find_caddy
 from foundry_fleet.services.edge_status import edge_problem_reporter
 from foundry_fleet.services.init import init_fleet
 from foundry_fleet.wiring.services import make_invites, make_status_updates, make_wizard, open_services
-from tests.support.edge_client import http, https, local_ca, serves_certificate
+from tests.support.edge_client import http, https, local_ca, serves_certificate, tls_context
 from tests.support.harness import FleetHarness, wait_until, wait_until_async
 from tests.support.offline import create_offline
 from tests.support.ports import port_block
@@ -508,7 +508,7 @@ def edge_with_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge
     base = port_block()
     socket_path = tmp / "admin.sock"
     settings = EdgeSettings(http_port=base, https_port=base + 1, tls="internal", fleet_host="fleet.localhost",
-                            web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}")
+                            web_dial="127.0.0.1:9", admin_listen=f"unix/{socket_path}", domain="localhost")
     caddy = ManagedCaddy(find_caddy(None), tmp / "edge", socket_path, tmp / "caddy.log")
     caddy.write_config(build_caddy_config(settings, [TenantSite("alice", ("alice.localhost",), f"127.0.0.1:{port}", "running")]))
     caddy.start()
@@ -535,6 +535,22 @@ def test_the_http_redirect_never_follows_a_host_the_fleet_does_not_serve(edge_wi
         r = http(e.http_port, host, "/-/join")
         # (Go itself answers 400 to a Host header that is not a hostname at all.)
         assert r.status_code in (400, 404) and "location" not in r.headers, host
+
+
+def test_an_unknown_name_of_the_fleets_domain_finds_no_certificate_and_a_name_in_capitals_no_route(
+        edge_with_standin: Edgeside) -> None:
+    """What the tenant map changed (README, "At scale"): plain HTTP to any `<label>.<domain>` is sent on to
+    HTTPS (one wildcard, not a list of every host), where an unknown one gets no certificate; the map
+    compares the host as sent, so a tenant host in capitals (which browsers never send) is hung up on."""
+    e = edge_with_standin
+    r = http(e.http_port, "nobody.localhost", "/-/")
+    assert r.status_code == 308 and r.headers["location"] == f"https://nobody.localhost:{e.https_port}/-/"
+    with pytest.raises(httpx.ConnectError):
+        https(e.https_port, "nobody.localhost", "/-/", e.ca)
+    assert https(e.https_port, "alice.localhost", "/-/api/status", e.ca).status_code == 200
+    with httpx.Client(verify=tls_context(e.ca), timeout=10) as client, pytest.raises(httpx.RemoteProtocolError):
+        client.get(f"https://127.0.0.1:{e.https_port}/-/api/status", headers={"Host": "ALICE.localhost"},
+                   extensions={"sni_hostname": "alice.localhost"})
 
 
 def test_the_fleets_cookies_never_reach_tenant_code(edge_with_standin: Edgeside) -> None:
