@@ -23,8 +23,7 @@ BIG = os.urandom(3 << 20)  # does not compress: the zip is many pieces
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetServices:
-    services = services_with_release(tmp_path_factory.mktemp("exports"))
-    return services
+    return services_with_release(tmp_path_factory.mktemp("exports"))
 
 
 @pytest.fixture

@@ -30,8 +30,7 @@ WORLD = {"mine/world.json": b'{"id": "mine"}', "mine/data/actors.db": b"actors\n
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetServices:
-    services = services_with_release(tmp_path_factory.mktemp("imports"))
-    return services
+    return services_with_release(tmp_path_factory.mktemp("imports"))
 
 
 @pytest.fixture

@@ -123,8 +123,7 @@ class AccountKeys:
         return keys
 
     def _account(self, username: str, password: str) -> FoundryAccount:
-        from foundry_fleet.releases.account import AccountCredentials, FoundryAccount
+        from foundry_fleet.releases.account import AccountCredentials
 
         # No waiting on a 429: the tenant is waiting, and one login per attempt is the rule.
-        return FoundryAccount(AccountCredentials(username, password), self.releases.cache.policy,
-                              transport=self.releases.cache.transport, max_total_wait=0.0)
+        return self.releases.foundry_account(AccountCredentials(username, password), max_total_wait=0.0)

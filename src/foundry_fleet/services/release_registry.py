@@ -22,7 +22,7 @@ from foundry_fleet.services.views import ReleaseView
 from foundry_fleet.store.models import Instance, Release
 
 if TYPE_CHECKING:  # the account pages need httpx; a node that only reads the cache never loads it
-    from foundry_fleet.releases.account import FoundryAccount
+    from foundry_fleet.releases.account import AccountCredentials, FoundryAccount
 
 
 class ReleaseRegistry:
@@ -68,9 +68,17 @@ class ReleaseRegistry:
         return keys[index - 1]
 
     def _account(self, account_file: Path) -> FoundryAccount:
+        from foundry_fleet.releases.account import AccountCredentials
+
+        return self.foundry_account(AccountCredentials.read(account_file))
+
+    def foundry_account(self, credentials: AccountCredentials, max_total_wait: float | None = None) -> FoundryAccount:
+        """A session with foundryvtt.com under the downloads' own rules (allow-list, transport); `max_total_wait`:
+        how long a 429 may be waited out (None: the account's default; 0: not at all, someone is waiting)."""
         from foundry_fleet.releases.account import FoundryAccount
 
-        return FoundryAccount.from_file(account_file, self.cache.policy, transport=self.cache.transport)
+        wait = {} if max_total_wait is None else {"max_total_wait": max_total_wait}
+        return FoundryAccount(credentials, self.cache.policy, transport=self.cache.transport, **wait)
 
     def _register(self, info: ReleaseInfo) -> ReleaseView:
         try:
