@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.support.releases import _make_certificate
+from tests.support.releases import make_certificate
 
 USERNAME = "gm@example.org"
 PASSWORD = "correct horse battery staple"
@@ -184,7 +184,7 @@ def write_account_file(path: Path, username: str = USERNAME, password: str = PAS
 
 @pytest.fixture(scope="session")
 def foundry_site_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FoundrySite]:
-    cert, key = _make_certificate(tmp_path_factory.mktemp("site-tls"))
+    cert, key = make_certificate(tmp_path_factory.mktemp("site-tls"))
     site = FoundrySite(cert, key)
     yield site
     site.close()

@@ -268,7 +268,7 @@ class LocalHTTPS:
         self.httpd.server_close()
 
 
-def _make_certificate(folder: Path) -> tuple[Path, Path]:
+def make_certificate(folder: Path) -> tuple[Path, Path]:
     assert shutil.which("openssl"), "the openssl command is needed to make the test certificate"
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -285,7 +285,7 @@ def _make_certificate(folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def https_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHTTPS]:
-    cert, key = _make_certificate(tmp_path_factory.mktemp("tls"))
+    cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
     server = LocalHTTPS(cert, key)
     yield server
     server.close()
