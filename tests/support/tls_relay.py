@@ -42,13 +42,16 @@ def tls_relay(port: int, host: str, context: ssl.SSLContext, timeout: float = 10
 
 async def _relay(inner: socket.socket, port: int, host: str, context: ssl.SSLContext, timeout: float,
                  opened: concurrent.futures.Future[None]) -> None:
+    remote = None
     try:
         remote = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=host), timeout)
         local = await asyncio.open_connection(sock=inner)
     except BaseException as exc:
         inner.close()
-        opened.set_exception(exc)
+        if remote is not None:
+            remote[1].close()
+        opened.set_exception(exc)  # the caller waits on this, whatever failed
         return
     opened.set_result(None)
     try:
