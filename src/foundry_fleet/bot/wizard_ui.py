@@ -137,12 +137,22 @@ def panel(view: WizardView, domain: str, choices: list[str]) -> tuple[str, ui.Vi
     return "Your instance is set up: run `/fleet status` to see it.", None
 
 
-class DetailsModal(ui.Modal):
+class _WizardModal(ui.Modal):
+    """A step's form: whatever goes wrong while it is handled goes to the wizard's one failure path."""
+
+    def __init__(self, flow: WizardFlow, title: str) -> None:
+        super().__init__(title=title, timeout=MODAL_SECONDS)
+        self.flow = flow
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await self.flow.failed(interaction, error)
+
+
+class DetailsModal(_WizardModal):
     def __init__(self, flow: WizardFlow, domain: str, name: str | None = None,
                  license_ending: str | None = None) -> None:
         """`license_ending`: a key is held already (its last 4 characters); the field may stay empty."""
-        super().__init__(title="Set up your Foundry instance (1 of 2)", timeout=MODAL_SECONDS)
-        self.flow = flow
+        super().__init__(flow, "Set up your Foundry instance (1 of 2)")
         self.name = ui.TextInput(custom_id="name", min_length=1, max_length=63, default=name,
                                  placeholder="e.g. dragons")
         self.license = ui.TextInput(custom_id="license", min_length=24, max_length=64,
@@ -157,17 +167,13 @@ class DetailsModal(ui.Modal):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.flow.details_submitted(interaction, self.name.value, self.license.value)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        await self.flow.failed(interaction, error)
 
-
-class AccountModal(ui.Modal):
+class AccountModal(_WizardModal):
     """The tenant's foundryvtt.com login, used once to read their license keys and not kept. Discord's
     forms have no password field that hides what is typed: only the tenant sees this form."""
 
     def __init__(self, flow: WizardFlow) -> None:
-        super().__init__(title="Read your key from foundryvtt.com", timeout=MODAL_SECONDS)
-        self.flow = flow
+        super().__init__(flow, "Read your key from foundryvtt.com")
         self.username = ui.TextInput(custom_id="username", min_length=1, max_length=254,
                                      placeholder="as you log in on foundryvtt.com")
         self.password = ui.TextInput(custom_id="password", min_length=1, max_length=256)
@@ -179,14 +185,10 @@ class AccountModal(ui.Modal):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.flow.account_submitted(interaction, self.username.value, self.password.value)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        await self.flow.failed(interaction, error)
 
-
-class ReleaseModal(ui.Modal):
+class ReleaseModal(_WizardModal):
     def __init__(self, flow: WizardFlow, choices: list[str]) -> None:
-        super().__init__(title="Set up your Foundry instance (2 of 2)", timeout=MODAL_SECONDS)
-        self.flow = flow
+        super().__init__(flow, "Set up your Foundry instance (2 of 2)")
         listed = ", ".join(choices)
         label = f"Release ({listed})" if choices and len(listed) <= 35 else "Release (a cached version)"
         cached = f"Cached here: {listed}." if choices else "No release is cached yet."
@@ -201,6 +203,3 @@ class ReleaseModal(ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.flow.release_submitted(interaction, self.version.value, self.url.value)
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        await self.flow.failed(interaction, error)
