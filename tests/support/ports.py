@@ -48,6 +48,12 @@ def _worker_share(starts: list[int]) -> list[int]:
     return starts[int(worker[2:]) % count::count]
 
 
+# The block single ports are being drawn from. It is held for as long as that takes (many tests), while
+# the round of blocks can come past it again: a fleet given it would find its edge's port taken by a
+# lone server (or the other way round), so the round skips it.
+_singles_block: int | None = None
+
+
 def _port_blocks() -> Iterator[int]:
     """Round and round this worker's share: a block comes again only after every other one has been
     given (by then the tests that had it are long over, and a block still in use is skipped)."""
@@ -56,7 +62,7 @@ def _port_blocks() -> Iterator[int]:
     while True:
         given = 0
         for low in starts[first:] + starts[:first]:
-            if _block_is_free(low):
+            if low != _singles_block and _block_is_free(low):
                 given += 1
                 yield low
         if not given:
@@ -84,8 +90,10 @@ def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
 
 
 def _single_ports() -> Iterator[int]:
+    global _singles_block
     while True:
         low = port_block()
+        _singles_block = low
         yield from (port for port in range(low, low + _BLOCK) if port_is_free(port))
 
 
