@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -63,10 +62,8 @@ def uses_podman(root: Path, config: Path) -> bool:
 
 
 @functools.cache
-def _default_conf() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="foundry-fleet-tests-podman-")) / containers_conf.CONF_NAME
-    path.write_text(containers_conf.render(containers_conf.find_init(), containers_conf.oci_runtime()))
-    return path
+def _default_conf_text() -> str:
+    return containers_conf.render(containers_conf.find_init(), containers_conf.oci_runtime())
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,15 @@ class FleetPodman:
     @property
     def conf(self) -> Path:
         own = self.root / "run" / "podman" / containers_conf.CONF_NAME
-        return own if own.is_file() else _default_conf()
+        if own.is_file():
+            return own
+        # A fleet that has not written its own yet: the same settings, beside its root in the test's
+        # folder, so the run's folder (removed when the run passes) takes it away too.
+        fallback = self.root.parent / f"{self.root.name}-podman" / containers_conf.CONF_NAME
+        if not fallback.is_file():
+            fallback.parent.mkdir(parents=True, exist_ok=True)
+            fallback.write_text(_default_conf_text())
+        return fallback
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
