@@ -7,7 +7,9 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,16 +41,22 @@ class Chromium(contextlib.AbstractContextManager["Chromium"]):
     def __init__(self, chromium: str, base: Path, home: Path) -> None:
         profile = base / "cdp-profile"
         profile.mkdir()
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
-               "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
-        self.process = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.stack = contextlib.ExitStack()
-        self.stack.callback(self._stop)
+        # Chromium puts its singleton socket in a folder of its own under TMPDIR, and a killed Chromium
+        # leaves it there: a short folder of ours (a unix socket's path may not pass 107 bytes), removed
+        # once Chromium is gone.
+        scratch = tempfile.mkdtemp(prefix="ff-cdp-")
+        self.stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+               "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache"),
+               "TMPDIR": scratch}
         try:
+            self.process = subprocess.Popen(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.stack.callback(self._stop)
             self.ws = self._attach(profile / "DevToolsActivePort")
         except BaseException:
             self.stack.close()
