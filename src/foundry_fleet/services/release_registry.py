@@ -75,10 +75,10 @@ class ReleaseRegistry:
     def foundry_account(self, credentials: AccountCredentials, max_total_wait: float | None = None) -> FoundryAccount:
         """A session with foundryvtt.com under the downloads' own rules (allow-list, transport); `max_total_wait`:
         how long a 429 may be waited out (None: the account's default; 0: not at all, someone is waiting)."""
-        from foundry_fleet.releases.account import FoundryAccount
+        from foundry_fleet.releases.account import MAX_TOTAL_WAIT_SECONDS, FoundryAccount
 
-        wait = {} if max_total_wait is None else {"max_total_wait": max_total_wait}
-        return FoundryAccount(credentials, self.cache.policy, transport=self.cache.transport, **wait)
+        wait = MAX_TOTAL_WAIT_SECONDS if max_total_wait is None else max_total_wait
+        return FoundryAccount(credentials, self.cache.policy, transport=self.cache.transport, max_total_wait=wait)
 
     def _register(self, info: ReleaseInfo) -> ReleaseView:
         try:
